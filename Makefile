@@ -1,0 +1,38 @@
+# The README's two commands: `make demo` and `make test`. Both install what is
+# missing (scripts/install-deps.sh, needs root or sudo), configure and build.
+BUILD_DIR  ?= build
+BUILD_TYPE ?= RelWithDebInfo
+JOBS       ?= $(shell nproc)
+CHORUS      = $(BUILD_DIR)/apps/chorus/chorus
+
+.PHONY: all deps configure build demo test bench format clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+# Configure once; CMake re-runs itself when a CMakeLists.txt changes.
+$(BUILD_DIR)/build.ninja:
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
+
+configure: deps $(BUILD_DIR)/build.ninja
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+demo: build
+	$(CHORUS) simulate
+
+test: build
+	ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS)
+
+bench: build
+	@mkdir -p $(BUILD_DIR)/bench-results
+	$(BUILD_DIR)/bench/bench_data --json $(BUILD_DIR)/bench-results/data.json
+
+format:
+	git ls-files '*.cpp' '*.hpp' '*.hpp.in' | xargs clang-format -i
+
+clean:
+	rm -rf $(BUILD_DIR)

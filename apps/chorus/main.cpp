@@ -1,0 +1,148 @@
+// The `chorus` command: subcommands only; the work lives in the libraries.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "chorus/core/error.hpp"
+#include "chorus/core/log.hpp"
+#include "chorus/core/version.hpp"
+
+namespace {
+
+// Exit codes of the chorus command, also listed in `chorus --help`.
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitNotBuilt = 3;
+
+struct Command {
+  CLI::App* app;
+  std::function<int()> run;
+};
+
+// A subcommand whose implementation has not landed yet: it says so and exits
+// non-zero rather than printing anything that could pass for a result.
+std::function<int()> not_built(std::string name, std::string issue) {
+  return [name = std::move(name), issue = std::move(issue)] {
+    fmt::print(stderr,
+               "chorus {}: not built yet in chorus {} (tracked by {}); "
+               "nothing was run\n",
+               name, chorus::kVersion, issue);
+    return kExitNotBuilt;
+  };
+}
+
+CLI::App* add_stub(CLI::App& parent, const std::string& name,
+                   const std::string& description) {
+  CLI::App* sub = parent.add_subcommand(name, description);
+  sub->allow_extras();  // Arguments are accepted and ignored until built.
+  return sub;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "chorus: collective learning from black-box experts.\n"
+      "Nodes keep their data and models at home and answer prediction\n"
+      "queries over mutual TLS; a coordinator fuses their answers.",
+      "chorus"};
+  app.set_version_flag("--version", fmt::format("chorus {}", chorus::kVersion),
+                       "Print the version and exit");
+  app.require_subcommand(0, 1);
+  app.footer(
+      "Run 'chorus SUBCOMMAND --help' for a subcommand's options.\n"
+      "Exit status: 0 success, 1 error, 2 usage error, 3 subcommand not built "
+      "yet.\n"
+      "Documentation: README.md and examples/ in the source tree.");
+
+  std::string log_level = "info";
+  if (const char* env = std::getenv("CHORUS_LOG_LEVEL"); env && *env) {
+    log_level = env;
+  }
+  app.add_option("--log-level", log_level,
+                 "trace, debug, info, warn, error, critical or off "
+                 "(default: $CHORUS_LOG_LEVEL or info)")
+      ->capture_default_str();
+
+  std::vector<Command> commands;
+  commands.push_back(
+      {add_stub(app, "simulate",
+                "Run a whole fusion on this machine: nodes with private "
+                "shards, a coordinator, real mTLS on loopback; prints the "
+                "results table"),
+       not_built("simulate", "issue #6")});
+  commands.push_back(
+      {add_stub(app, "coordinator",
+                "Run the coordinator: admit rostered nodes, run fusion "
+                "rounds, broadcast the fused model (--config coordinator.toml)"),
+       not_built("coordinator", "issue #6")});
+  commands.push_back(
+      {add_stub(app, "node",
+                "Run a node serving a private black-box expert to a "
+                "coordinator (--config node.toml)"),
+       not_built("node", "issue #5")});
+
+  CLI::App* certs = app.add_subcommand(
+      "certs", "Create and inspect the deployment's CA and certificates");
+  certs->require_subcommand(1);
+  commands.push_back(
+      {add_stub(*certs, "init",
+                "Create a CA and a key and certificate per party "
+                "(--out DIR --coordinator HOST --nodes a,b,c)"),
+       not_built("certs init", "issue #3")});
+  commands.push_back({add_stub(*certs, "add-node",
+                               "Add one node's key and certificate to an "
+                               "existing CA (NAME --ca DIR)"),
+                      not_built("certs add-node", "issue #3")});
+  commands.push_back(
+      {add_stub(*certs, "show", "Print a certificate's subject, SAN, validity"),
+       not_built("certs show", "issue #3")});
+
+  commands.push_back(
+      {add_stub(app, "predict",
+                "Ask a running coordinator, or a saved fused model, for "
+                "fused predictions (--model FUSED --input FILE)"),
+       not_built("predict", "issue #6")});
+  commands.push_back({add_stub(app, "eval",
+                               "Evaluate a saved fused model on a data set "
+                               "(--model FUSED --dataset NAME)"),
+                      not_built("eval", "issue #4")});
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return kExitUsage;
+  }
+
+  try {
+    chorus::log::Options log_options;
+    log_options.level = chorus::log::parse_level(log_level);
+    chorus::log::init(log_options);
+    for (const Command& command : commands) {
+      if (command.app->parsed()) return command.run();
+    }
+    fmt::print("{}", app.help());
+    return kExitUsage;
+  } catch (const chorus::Error& e) {
+    fmt::print(stderr, "chorus: error: {}\n", chorus::describe(e));
+    return kExitError;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "chorus: error: {}\n", e.what());
+    return kExitError;
+  }
+  return kExitOk;
+}

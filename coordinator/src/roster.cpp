@@ -1,0 +1,59 @@
+#include "chorus/coordinator/roster.hpp"
+
+#include <algorithm>
+#include <set>
+
+#include "chorus/core/error.hpp"
+
+namespace chorus::coordinator {
+namespace {
+
+bool is_alnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9');
+}
+
+}  // namespace
+
+void Roster::validate_identity(std::string_view identity) {
+  CHORUS_CHECK(!identity.empty() && identity.size() <= 64,
+               "node identity '{}' must be 1 to 64 characters long", identity);
+  CHORUS_CHECK(is_alnum(identity.front()),
+               "node identity '{}' must start with a letter or digit",
+               identity);
+  for (char c : identity) {
+    CHORUS_CHECK(is_alnum(c) || c == '.' || c == '_' || c == '-',
+                 "node identity '{}' contains '{}'; use letters, digits, "
+                 "'.', '_' or '-'",
+                 identity, c);
+  }
+}
+
+Roster::Roster(std::vector<std::string> identities)
+    : identities_(std::move(identities)) {
+  CHORUS_CHECK(!identities_.empty(), "the roster names no node");
+  std::set<std::string_view> seen;
+  for (const auto& id : identities_) {
+    validate_identity(id);
+    CHORUS_CHECK(seen.insert(id).second, "node '{}' is on the roster twice",
+                 id);
+  }
+}
+
+bool Roster::admits(std::string_view identity) const {
+  return std::find(identities_.begin(), identities_.end(), identity) !=
+         identities_.end();
+}
+
+std::vector<std::string> Roster::missing(
+    const std::vector<std::string>& present) const {
+  std::vector<std::string> out;
+  for (const auto& id : identities_) {
+    if (std::find(present.begin(), present.end(), id) == present.end()) {
+      out.push_back(id);
+    }
+  }
+  return out;
+}
+
+}  // namespace chorus::coordinator

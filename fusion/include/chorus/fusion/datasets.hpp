@@ -1,0 +1,62 @@
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+/// Labelled image data sets read from IDX files (the MNIST family's format).
+namespace chorus::fusion {
+
+/// A labelled image set held in memory.
+struct Dataset {
+  /// float32 [N, 1, H, W], pixel intensities scaled to [0, 1].
+  torch::Tensor images;
+  /// int64 [N], class indices into `class_names`.
+  torch::Tensor labels;
+  /// Human-readable name of every class, by index.
+  std::vector<std::string> class_names;
+
+  /// Number of examples.
+  std::int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
+};
+
+/// Which official split to read.
+enum class Split { kTrain, kTest };
+
+/// Where Fashion-MNIST is installed by the Debian package
+/// `dataset-fashion-mnist`.
+inline constexpr const char* kDefaultFashionMnistDir =
+    "/usr/share/datasets/fashion-mnist";
+
+/// The directory to read Fashion-MNIST from: `override_dir` when given, else
+/// `$CHORUS_DATA_DIR` when set and non-empty, else `kDefaultFashionMnistDir`.
+std::filesystem::path fashion_mnist_dir(
+    const std::optional<std::filesystem::path>& override_dir = std::nullopt);
+
+/// Loads one split of Fashion-MNIST from `fashion_mnist_dir(override_dir)`:
+/// `{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz` (uncompressed files
+/// without `.gz` are accepted too). Throws `chorus::Error`: NOT_FOUND when the
+/// files are missing (the message says to install dataset-fashion-mnist or set
+/// CHORUS_DATA_DIR), DATA_LOSS when they are corrupt or disagree.
+Dataset load_fashion_mnist(
+    Split split,
+    const std::optional<std::filesystem::path>& override_dir = std::nullopt);
+
+/// The ten Fashion-MNIST class names, by label.
+const std::vector<std::string>& fashion_mnist_class_names();
+
+/// Reads an IDX image file (magic 0x00000803), gzip-compressed or not, into a
+/// uint8 tensor [N, rows, cols]. Validates the magic number, the dimensions
+/// and that the payload is exactly N·rows·cols bytes. Throws `chorus::Error`
+/// (NOT_FOUND, DATA_LOSS).
+torch::Tensor read_idx_images(const std::filesystem::path& path);
+
+/// Reads an IDX label file (magic 0x00000801), gzip-compressed or not, into an
+/// int64 tensor [N]. Throws `chorus::Error` (NOT_FOUND, DATA_LOSS).
+torch::Tensor read_idx_labels(const std::filesystem::path& path);
+
+}  // namespace chorus::fusion

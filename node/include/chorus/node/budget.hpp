@@ -1,0 +1,59 @@
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+
+/// The part of a node's query policy that bounds how much the coordinator may
+/// ask: a batch cap, a total budget and a per-round budget, all counted in
+/// inputs. A node enforces these itself; the coordinator only reads them.
+namespace chorus::node {
+
+/// Limits on prediction queries, as configured by the data owner.
+struct BudgetPolicy {
+  /// Largest number of inputs in one `Predict`; larger requests are refused.
+  std::int64_t max_batch = 1024;
+  /// Inputs the node answers over its lifetime; unlimited when empty.
+  std::optional<std::int64_t> total_budget;
+  /// Inputs the node answers per fusion round; unlimited when empty.
+  std::optional<std::int64_t> round_budget;
+
+  /// Throws `chorus::Error` (INVALID_ARGUMENT) naming the offending field.
+  void validate() const;
+};
+
+/// Thread-safe ledger of inputs answered against a `BudgetPolicy`.
+class BudgetLedger {
+ public:
+  /// Validates `policy` and starts with nothing spent.
+  explicit BudgetLedger(BudgetPolicy policy);
+
+  /// Accounts for a request of `n` inputs, or refuses all of it: throws
+  /// `chorus::Error` with INVALID_ARGUMENT when `n` is not positive or exceeds
+  /// the batch cap, and RESOURCE_EXHAUSTED (naming what remains) when it
+  /// exceeds the total or round budget. A refused request spends nothing.
+  void charge(std::int64_t n);
+
+  /// Starts a new round: the round budget is available in full again.
+  void start_round();
+
+  /// Inputs left in the total budget; empty when unlimited.
+  std::optional<std::int64_t> total_remaining() const;
+
+  /// Inputs left in this round; empty when unlimited.
+  std::optional<std::int64_t> round_remaining() const;
+
+  /// Inputs answered so far, over all rounds.
+  std::int64_t spent() const;
+
+  /// The policy this ledger enforces.
+  const BudgetPolicy& policy() const { return policy_; }
+
+ private:
+  BudgetPolicy policy_;
+  mutable std::mutex mutex_;
+  std::int64_t spent_total_ = 0;
+  std::int64_t spent_round_ = 0;
+};
+
+}  // namespace chorus::node

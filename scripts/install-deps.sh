@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Chorus builds and runs with — only those that are
+# missing. Idempotent: a second run installs nothing and exits 0.
+#
+# Usage: scripts/install-deps.sh [--check]
+#   --check   list what is missing and exit 1 if anything is; install nothing.
+set -euo pipefail
+
+packages=(
+  g++ cmake ninja-build ccache make pkg-config
+  libtorch-dev libopenblas0-openmp
+  libprotobuf-dev protobuf-compiler
+  libasio-dev libssl-dev
+  libspdlog-dev libfmt-dev
+  doctest-dev zlib1g-dev
+  libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
+  dataset-fashion-mnist
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "installed" ] || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+if [ "${1:-}" = "--check" ]; then
+  echo "install-deps: missing: ${missing[*]}"
+  exit 1
+fi
+
+echo "install-deps: installing: ${missing[*]}"
+
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=()
+elif command -v sudo >/dev/null 2>&1; then
+  sudo=(sudo)
+else
+  echo "install-deps: error: not root and sudo is not available;" \
+       "install as root: apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+if ! "${sudo[@]}" apt-get update -qq; then
+  echo "install-deps: error: apt-get update failed; check network access to" \
+       "the Debian mirrors (/etc/apt/sources.list)" >&2
+  exit 1
+fi
+
+unavailable=()
+for p in "${missing[@]}"; do
+  if ! apt-cache show "$p" >/dev/null 2>&1; then unavailable+=("$p"); fi
+done
+if [ ${#unavailable[@]} -gt 0 ]; then
+  echo "install-deps: error: apt cannot find: ${unavailable[*]}" >&2
+  echo "  Chorus needs Debian 12 (bookworm) or later with the 'main' component." >&2
+  exit 1
+fi
+
+if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+  echo "install-deps: error: apt-get install failed for: ${missing[*]}" >&2
+  exit 1
+fi
+echo "install-deps: done"
