@@ -7,7 +7,7 @@
 set -euo pipefail
 
 packages=(
-  g++ cmake ninja-build ccache make pkg-config
+  g++ cmake ninja-build ccache make
   libtorch-dev libopenblas0-openmp
   libprotobuf-dev protobuf-compiler
   libasio-dev libssl-dev
@@ -62,8 +62,14 @@ if [ ${#unavailable[@]} -gt 0 ]; then
   exit 1
 fi
 
-if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
-  echo "install-deps: error: apt-get install failed for: ${missing[*]}" >&2
+# apt's progress goes to a log; it is shown only when something fails.
+log=$(mktemp -t chorus-install-deps.XXXXXX.log)
+if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends \
+    "${missing[@]}" >"$log" 2>&1; then
+  tail -n 30 "$log" >&2
+  echo "install-deps: error: apt-get install failed for: ${missing[*]}" \
+       "(full log: $log)" >&2
   exit 1
 fi
+rm -f "$log"
 echo "install-deps: done"
