@@ -1,0 +1,38 @@
+#pragma once
+
+#include <torch/types.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "chorus/fusion/models.hpp"
+
+/// A fused model on disk: a zoo architecture (its spec string) plus named
+/// tensors, written with `torch::serialize::OutputArchive` so Python's
+/// `torch.jit.load` can open it too, and written atomically.
+namespace chorus::fusion {
+
+/// A fused model and what is needed to use it.
+struct FusedModel {
+  /// The algorithm that produced it: "distill", "foe", "foe-distill", ...
+  std::string algorithm;
+  /// The architecture.
+  ModelSpec spec;
+  /// Free-form attributes (e.g. the FoE feature form, the expert order).
+  std::map<std::string, std::string> attributes;
+  /// The weights, in a model built from `spec`.
+  std::shared_ptr<ClassifierImpl> model;
+};
+
+/// Writes `fused` to `path` atomically. Throws `chorus::Error`.
+void save_fused_model(const FusedModel& fused,
+                      const std::filesystem::path& path);
+
+/// Reads a file written by `save_fused_model`. Throws `chorus::Error`:
+/// NOT_FOUND for a missing file, DATA_LOSS for a corrupt one or one whose
+/// tensors do not fit its spec.
+FusedModel load_fused_model(const std::filesystem::path& path);
+
+}  // namespace chorus::fusion

@@ -1,0 +1,146 @@
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+/// The model zoo: chorus's own classifier architectures. Every model maps a
+/// float batch [N, C, H, W] (or [N, D] for the MLP) to logits [N, classes].
+namespace chorus::fusion {
+
+/// What every zoo model is: a module with a logits-returning `forward`.
+class ClassifierImpl : public torch::nn::Module {
+ public:
+  /// Logits [N, num_classes] for inputs [N, ...].
+  virtual torch::Tensor forward(torch::Tensor x) = 0;
+};
+
+/// Options of `Mlp`.
+struct MlpOptions {
+  /// Input shape of one example (flattened by the model), e.g. {1, 28, 28}.
+  TORCH_ARG(std::vector<std::int64_t>, input_shape) = {1, 28, 28};
+  /// Number of output classes.
+  TORCH_ARG(std::int64_t, num_classes) = 10;
+  /// Widths of the hidden layers (ReLU after each).
+  TORCH_ARG(std::vector<std::int64_t>, hidden) = {256, 128};
+  /// Dropout probability after each hidden layer.
+  TORCH_ARG(double, dropout) = 0.1;
+};
+
+/// A multi-layer perceptron over the flattened input.
+class MlpImpl : public ClassifierImpl {
+ public:
+  explicit MlpImpl(MlpOptions options = {});
+  torch::Tensor forward(torch::Tensor x) override;
+  /// The options this model was built with.
+  const MlpOptions& options() const { return options_; }
+
+ private:
+  MlpOptions options_;
+  torch::nn::ModuleList layers_{nullptr};
+  torch::nn::Dropout dropout_{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+/// Options of `LeNet`.
+struct LeNetOptions {
+  /// Input channels.
+  TORCH_ARG(std::int64_t, in_channels) = 1;
+  /// Input height and width (square images).
+  TORCH_ARG(std::int64_t, image_size) = 28;
+  /// Number of output classes.
+  TORCH_ARG(std::int64_t, num_classes) = 10;
+  /// Channels of the two convolution stages.
+  TORCH_ARG(std::int64_t, channels1) = 16;
+  TORCH_ARG(std::int64_t, channels2) = 32;
+  /// Width of the fully connected layer.
+  TORCH_ARG(std::int64_t, hidden) = 128;
+  /// Dropout before the classifier.
+  TORCH_ARG(double, dropout) = 0.25;
+};
+
+/// A LeNet-style CNN: two 3×3 conv + BatchNorm + ReLU + 2×2 max-pool stages,
+/// one hidden fully connected layer.
+class LeNetImpl : public ClassifierImpl {
+ public:
+  explicit LeNetImpl(LeNetOptions options = {});
+  torch::Tensor forward(torch::Tensor x) override;
+  const LeNetOptions& options() const { return options_; }
+
+ private:
+  LeNetOptions options_;
+  torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
+  torch::nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
+  torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
+  torch::nn::Dropout dropout_{nullptr};
+};
+TORCH_MODULE(LeNet);
+
+/// Options of `ResNet`.
+struct ResNetOptions {
+  /// Input channels.
+  TORCH_ARG(std::int64_t, in_channels) = 1;
+  /// Number of output classes.
+  TORCH_ARG(std::int64_t, num_classes) = 10;
+  /// Channels of the first stage; each later stage doubles them.
+  TORCH_ARG(std::int64_t, width) = 16;
+  /// Number of stages (each after the first halves the resolution).
+  TORCH_ARG(std::int64_t, stages) = 3;
+  /// Residual blocks per stage.
+  TORCH_ARG(std::int64_t, blocks_per_stage) = 1;
+};
+
+/// A small pre-activation-free ResNet: a 3×3 stem, `stages` stages of
+/// `blocks_per_stage` basic blocks, global average pooling, a linear head.
+class ResNetImpl : public ClassifierImpl {
+ public:
+  explicit ResNetImpl(ResNetOptions options = {});
+  torch::Tensor forward(torch::Tensor x) override;
+  const ResNetOptions& options() const { return options_; }
+
+ private:
+  ResNetOptions options_;
+  torch::nn::Sequential stem_{nullptr};
+  torch::nn::Sequential body_{nullptr};
+  torch::nn::Linear head_{nullptr};
+};
+TORCH_MODULE(ResNet);
+
+/// A model's architecture as a string, e.g. "lenet in=1x28x28 classes=10".
+/// Fused models travel and are stored as this spec plus named tensors.
+struct ModelSpec {
+  /// "mlp", "lenet" or "resnet".
+  std::string arch = "lenet";
+  /// Shape of one input example.
+  std::vector<std::int64_t> input_shape = {1, 28, 28};
+  /// Number of output classes.
+  std::int64_t num_classes = 10;
+  /// Hidden widths (mlp only; empty means the MlpOptions default).
+  std::vector<std::int64_t> hidden;
+
+  /// "arch in=AxBxC classes=N [hidden=W1,W2]".
+  std::string to_string() const;
+  /// Parses `to_string`'s form. Throws `chorus::Error` (INVALID_ARGUMENT)
+  /// naming what is wrong.
+  static ModelSpec parse(const std::string& text);
+  bool operator==(const ModelSpec&) const = default;
+};
+
+/// The names of the zoo's architectures, in a fixed order.
+const std::vector<std::string>& architectures();
+
+/// Builds a freshly initialised model for `spec`. Throws `chorus::Error`
+/// (INVALID_ARGUMENT) for an unknown architecture or a shape it cannot take.
+std::shared_ptr<ClassifierImpl> make_classifier(const ModelSpec& spec);
+
+}  // namespace chorus::fusion

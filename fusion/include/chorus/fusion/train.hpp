@@ -1,0 +1,92 @@
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+
+#include "chorus/fusion/models.hpp"
+
+/// Training and evaluation of zoo models on in-memory tensors.
+namespace chorus::fusion {
+
+/// The optimiser `train` uses.
+enum class Optimizer { kAdam, kAdamW };
+
+/// What `train` reports after each epoch.
+struct EpochReport {
+  std::int64_t epoch = 0;   ///< 1-based.
+  std::int64_t epochs = 0;  ///< Planned epochs.
+  double train_loss = 0;    ///< Mean loss over the epoch's batches.
+  std::optional<double> val_accuracy;  ///< When validation data was given.
+  double seconds = 0;       ///< Wall time of the epoch.
+};
+
+/// Options of `train`.
+struct TrainOptions {
+  TORCH_ARG(std::int64_t, epochs) = 10;
+  TORCH_ARG(std::int64_t, batch_size) = 128;
+  /// Peak learning rate.
+  TORCH_ARG(double, lr) = 1e-3;
+  TORCH_ARG(double, weight_decay) = 0.0;
+  TORCH_ARG(Optimizer, optimizer) = Optimizer::kAdam;
+  /// Cosine decay of the learning rate to zero over all steps.
+  TORCH_ARG(bool, cosine) = true;
+  /// Stop after this many epochs without a better validation accuracy and
+  /// restore the best weights; 0 disables early stopping (the best weights
+  /// are still restored when validation data is given).
+  TORCH_ARG(std::int64_t, patience) = 0;
+  /// Label smoothing for hard labels.
+  TORCH_ARG(double, label_smoothing) = 0.0;
+  /// Seeds shuffling and dropout.
+  TORCH_ARG(std::uint64_t, seed) = 0;
+  /// Torch intra-op threads for the duration of training; 0 keeps the
+  /// process's setting.
+  TORCH_ARG(int, threads) = 0;
+  /// Called after every epoch (progress reporting).
+  TORCH_ARG(std::function<void(const EpochReport&)>, on_epoch) = nullptr;
+};
+
+/// What `train` did.
+struct TrainResult {
+  std::int64_t epochs_run = 0;
+  std::int64_t best_epoch = 0;  ///< Epoch whose weights were kept.
+  double final_train_loss = 0;
+  std::optional<double> best_val_accuracy;
+  double seconds = 0;
+};
+
+/// Trains `model` on inputs `x` [N, ...] and targets `y`: int64 labels [N]
+/// (cross-entropy) or float probabilities [N, C] (soft cross-entropy, i.e.
+/// KL to the targets up to a constant, for distillation). With `val_x` and
+/// `val_y` it measures validation accuracy (against argmax of soft targets)
+/// each epoch, early-stops per `options.patience` and keeps the best
+/// weights. Throws `chorus::Error` (INVALID_ARGUMENT) on mismatched shapes.
+TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
+                  const torch::Tensor& y, const TrainOptions& options,
+                  const torch::Tensor& val_x = {},
+                  const torch::Tensor& val_y = {});
+
+/// Softmax probabilities [N, classes] of `model` on `x`, in eval mode,
+/// without gradients, `batch_size` inputs at a time.
+torch::Tensor predict_proba(ClassifierImpl& model, const torch::Tensor& x,
+                            std::int64_t batch_size = 1024);
+
+/// Fraction of rows of `scores` [N, C] whose argmax equals `labels` [N]
+/// (int64), or the argmax of `labels` when it is [N, C].
+double accuracy(const torch::Tensor& scores, const torch::Tensor& labels);
+
+/// Sets torch's intra-op thread count for the lifetime of the guard.
+class ThreadGuard {
+ public:
+  explicit ThreadGuard(int threads);
+  ~ThreadGuard();
+  ThreadGuard(const ThreadGuard&) = delete;
+  ThreadGuard& operator=(const ThreadGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+}  // namespace chorus::fusion

@@ -1,0 +1,51 @@
+#include "chorus/fusion/ensemble.hpp"
+
+#include <torch/torch.h>
+
+#include "chorus/core/error.hpp"
+
+namespace chorus::fusion {
+namespace {
+
+torch::Tensor normalise(const torch::Tensor& t) {
+  return t / t.sum(1, /*keepdim=*/true).clamp_min(1e-12);
+}
+
+}  // namespace
+
+torch::Tensor lift(const torch::Tensor& probs,
+                   const std::vector<std::int64_t>& labels,
+                   std::int64_t num_classes) {
+  CHORUS_CHECK(probs.dim() == 2 &&
+                   probs.size(1) == static_cast<std::int64_t>(labels.size()),
+               "lift: {} columns for {} labels", probs.dim() == 2 ? probs.size(1) : -1,
+               labels.size());
+  auto out = torch::zeros({probs.size(0), num_classes}, probs.options());
+  out.index_copy_(1, torch::tensor(labels, torch::kLong), probs);
+  return out;
+}
+
+std::vector<torch::Tensor> lift_all(const std::vector<torch::Tensor>& answers,
+                                    const QueryOracle& oracle) {
+  CHORUS_CHECK(static_cast<std::int64_t>(answers.size()) == oracle.num_experts(),
+               "lift_all: {} answers for {} experts", answers.size(),
+               oracle.num_experts());
+  std::vector<torch::Tensor> out;
+  for (std::size_t i = 0; i < answers.size(); ++i) {
+    out.push_back(lift(answers[i], oracle.experts()[i].labels,
+                       oracle.num_classes()));
+  }
+  return out;
+}
+
+torch::Tensor ensemble_sum(const std::vector<torch::Tensor>& lifted) {
+  CHORUS_CHECK(!lifted.empty(), "ensemble of no experts");
+  return normalise(torch::stack(lifted).sum(0));
+}
+
+torch::Tensor ensemble_max(const std::vector<torch::Tensor>& lifted) {
+  CHORUS_CHECK(!lifted.empty(), "ensemble of no experts");
+  return normalise(std::get<0>(torch::stack(lifted).max(0)));
+}
+
+}  // namespace chorus::fusion

@@ -1,0 +1,99 @@
+#include "chorus/fusion/fused_model.hpp"
+
+#include <fmt/ostream.h>
+#include <torch/torch.h>
+
+#include <sstream>
+
+#include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
+
+namespace chorus::fusion {
+namespace {
+
+constexpr const char* kFormat = "chorus.fused_model.v1";
+
+std::vector<std::pair<std::string, torch::Tensor>> named_state(
+    ClassifierImpl& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& item : model.named_parameters()) {
+    out.emplace_back("param." + item.key(), item.value());
+  }
+  for (const auto& item : model.named_buffers()) {
+    out.emplace_back("buffer." + item.key(), item.value());
+  }
+  return out;
+}
+
+}  // namespace
+
+void save_fused_model(const FusedModel& fused,
+                      const std::filesystem::path& path) {
+  CHORUS_CHECK(fused.model != nullptr, "fused model has no weights");
+  torch::serialize::OutputArchive archive;
+  archive.write("format", c10::IValue(std::string(kFormat)));
+  archive.write("algorithm", c10::IValue(fused.algorithm));
+  archive.write("spec", c10::IValue(fused.spec.to_string()));
+  torch::serialize::OutputArchive attributes;
+  for (const auto& [key, value] : fused.attributes) {
+    attributes.write(key, c10::IValue(value));
+  }
+  archive.write("attributes", attributes);
+  torch::serialize::OutputArchive tensors;
+  for (const auto& [name, tensor] : named_state(*fused.model)) {
+    tensors.write(name, tensor.detach(), /*is_buffer=*/true);
+  }
+  archive.write("tensors", tensors);
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  write_file_atomic(path, std::move(bytes).str());
+}
+
+FusedModel load_fused_model(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    fail(Code::kNotFound, "fused model '{}' does not exist", path.string());
+  }
+  FusedModel fused;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path.string());
+    c10::IValue value;
+    archive.read("format", value);
+    CHORUS_CHECK_CODE(value.isString() && value.toStringRef() == kFormat,
+                      Code::kDataLoss, "'{}' is not a chorus fused model",
+                      path.string());
+    archive.read("algorithm", value);
+    fused.algorithm = value.toStringRef();
+    archive.read("spec", value);
+    fused.spec = ModelSpec::parse(value.toStringRef());
+    torch::serialize::InputArchive attributes;
+    archive.read("attributes", attributes);
+    for (const auto& key : attributes.keys()) {
+      attributes.read(key, value);
+      fused.attributes[key] = value.toStringRef();
+    }
+    fused.model = make_classifier(fused.spec);
+    torch::serialize::InputArchive tensors;
+    archive.read("tensors", tensors);
+    torch::NoGradGuard no_grad;
+    for (auto& [name, tensor] : named_state(*fused.model)) {
+      torch::Tensor stored;
+      tensors.read(name, stored, /*is_buffer=*/true);
+      CHORUS_CHECK_CODE(stored.sizes() == tensor.sizes(), Code::kDataLoss,
+                        "'{}': tensor {} has shape {}, the spec needs {}",
+                        path.string(), name, fmt::streamed(stored.sizes()),
+                        fmt::streamed(tensor.sizes()));
+      tensor.copy_(stored);
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail(Code::kDataLoss, "cannot read fused model '{}': {}", path.string(),
+         e.what());
+  }
+  fused.model->eval();
+  return fused;
+}
+
+}  // namespace chorus::fusion

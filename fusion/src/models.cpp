@@ -1,0 +1,226 @@
+#include "chorus/fusion/models.hpp"
+
+#include <torch/torch.h>
+
+#include <fmt/ranges.h>
+
+#include <sstream>
+
+#include "chorus/core/error.hpp"
+
+namespace chorus::fusion {
+
+namespace nn = torch::nn;
+namespace F = torch::nn::functional;
+
+MlpImpl::MlpImpl(MlpOptions options) : options_(std::move(options)) {
+  CHORUS_CHECK(!options_.input_shape().empty(), "mlp: empty input shape");
+  CHORUS_CHECK(options_.num_classes() > 0, "mlp: num_classes must be positive");
+  std::int64_t in = 1;
+  for (auto d : options_.input_shape()) {
+    CHORUS_CHECK(d > 0, "mlp: input dimensions must be positive");
+    in *= d;
+  }
+  layers_ = register_module("layers", nn::ModuleList());
+  for (auto width : options_.hidden()) {
+    CHORUS_CHECK(width > 0, "mlp: hidden widths must be positive");
+    layers_->push_back(nn::Linear(in, width));
+    in = width;
+  }
+  layers_->push_back(nn::Linear(in, options_.num_classes()));
+  dropout_ = register_module("dropout", nn::Dropout(options_.dropout()));
+}
+
+torch::Tensor MlpImpl::forward(torch::Tensor x) {
+  x = x.flatten(/*start_dim=*/1);
+  const auto n = layers_->size();
+  for (std::size_t i = 0; i < n; ++i) {
+    x = layers_[i]->as<nn::Linear>()->forward(x);
+    if (i + 1 < n) x = dropout_(torch::relu(x));
+  }
+  return x;
+}
+
+LeNetImpl::LeNetImpl(LeNetOptions options) : options_(std::move(options)) {
+  const auto& o = options_;
+  CHORUS_CHECK(o.image_size() >= 4 && o.image_size() % 4 == 0,
+               "lenet: image size must be a positive multiple of 4, got {}",
+               o.image_size());
+  conv1_ = register_module(
+      "conv1", nn::Conv2d(nn::Conv2dOptions(o.in_channels(), o.channels1(), 3)
+                              .padding(1)
+                              .bias(false)));
+  bn1_ = register_module("bn1", nn::BatchNorm2d(o.channels1()));
+  conv2_ = register_module(
+      "conv2", nn::Conv2d(nn::Conv2dOptions(o.channels1(), o.channels2(), 3)
+                              .padding(1)
+                              .bias(false)));
+  bn2_ = register_module("bn2", nn::BatchNorm2d(o.channels2()));
+  const std::int64_t side = o.image_size() / 4;
+  fc1_ = register_module("fc1",
+                         nn::Linear(o.channels2() * side * side, o.hidden()));
+  fc2_ = register_module("fc2", nn::Linear(o.hidden(), o.num_classes()));
+  dropout_ = register_module("dropout", nn::Dropout(o.dropout()));
+}
+
+torch::Tensor LeNetImpl::forward(torch::Tensor x) {
+  x = F::max_pool2d(torch::relu(bn1_(conv1_(x))), F::MaxPool2dFuncOptions(2));
+  x = F::max_pool2d(torch::relu(bn2_(conv2_(x))), F::MaxPool2dFuncOptions(2));
+  x = dropout_(torch::relu(fc1_(x.flatten(/*start_dim=*/1))));
+  return fc2_(x);
+}
+
+namespace {
+
+// conv3x3-BN-ReLU-conv3x3-BN plus a (projected) shortcut, then ReLU.
+class BasicBlockImpl : public nn::Module {
+ public:
+  BasicBlockImpl(std::int64_t in, std::int64_t out, std::int64_t stride) {
+    conv1_ = register_module(
+        "conv1", nn::Conv2d(nn::Conv2dOptions(in, out, 3)
+                                .stride(stride)
+                                .padding(1)
+                                .bias(false)));
+    bn1_ = register_module("bn1", nn::BatchNorm2d(out));
+    conv2_ = register_module(
+        "conv2",
+        nn::Conv2d(nn::Conv2dOptions(out, out, 3).padding(1).bias(false)));
+    bn2_ = register_module("bn2", nn::BatchNorm2d(out));
+    if (stride != 1 || in != out) {
+      shortcut_ = register_module(
+          "shortcut",
+          nn::Sequential(
+              nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false)),
+              nn::BatchNorm2d(out)));
+    }
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    auto y = torch::relu(bn1_(conv1_(x)));
+    y = bn2_(conv2_(y));
+    return torch::relu(y + (shortcut_ ? shortcut_->forward(x) : x));
+  }
+
+ private:
+  nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
+  nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
+  nn::Sequential shortcut_{nullptr};
+};
+TORCH_MODULE(BasicBlock);
+
+}  // namespace
+
+ResNetImpl::ResNetImpl(ResNetOptions options) : options_(std::move(options)) {
+  const auto& o = options_;
+  CHORUS_CHECK(o.width() > 0 && o.stages() > 0 && o.blocks_per_stage() > 0,
+               "resnet: width, stages and blocks_per_stage must be positive");
+  stem_ = register_module(
+      "stem", nn::Sequential(nn::Conv2d(nn::Conv2dOptions(o.in_channels(),
+                                                          o.width(), 3)
+                                            .padding(1)
+                                            .bias(false)),
+                             nn::BatchNorm2d(o.width()), nn::ReLU()));
+  body_ = register_module("body", nn::Sequential());
+  std::int64_t in = o.width();
+  for (std::int64_t s = 0; s < o.stages(); ++s) {
+    const std::int64_t out = o.width() << s;
+    for (std::int64_t b = 0; b < o.blocks_per_stage(); ++b) {
+      body_->push_back(BasicBlock(in, out, (s > 0 && b == 0) ? 2 : 1));
+      in = out;
+    }
+  }
+  head_ = register_module("head", nn::Linear(in, o.num_classes()));
+}
+
+torch::Tensor ResNetImpl::forward(torch::Tensor x) {
+  x = body_->forward(stem_->forward(x));
+  return head_(x.mean({2, 3}));
+}
+
+std::string ModelSpec::to_string() const {
+  std::string shape;
+  for (std::size_t i = 0; i < input_shape.size(); ++i) {
+    if (i) shape += 'x';
+    shape += std::to_string(input_shape[i]);
+  }
+  std::string out = fmt::format("{} in={} classes={}", arch, shape, num_classes);
+  if (!hidden.empty()) out += fmt::format(" hidden={}", fmt::join(hidden, ","));
+  return out;
+}
+
+ModelSpec ModelSpec::parse(const std::string& text) {
+  std::istringstream in(text);
+  ModelSpec spec;
+  std::string token;
+  CHORUS_CHECK(static_cast<bool>(in >> spec.arch), "empty model spec");
+  bool have_in = false, have_classes = false;
+  while (in >> token) {
+    auto eq = token.find('=');
+    CHORUS_CHECK(eq != std::string::npos,
+                 "model spec '{}': expected key=value, got '{}'", text, token);
+    const std::string key = token.substr(0, eq), value = token.substr(eq + 1);
+    try {
+      if (key == "in") {
+        spec.input_shape.clear();
+        std::istringstream dims(value);
+        std::string d;
+        while (std::getline(dims, d, 'x')) {
+          spec.input_shape.push_back(std::stoll(d));
+        }
+        have_in = true;
+      } else if (key == "hidden") {
+        std::istringstream widths(value);
+        std::string w;
+        while (std::getline(widths, w, ',')) spec.hidden.push_back(std::stoll(w));
+      } else if (key == "classes") {
+        spec.num_classes = std::stoll(value);
+        have_classes = true;
+      } else {
+        fail(Code::kInvalidArgument, "model spec '{}': unknown key '{}'", text,
+             key);
+      }
+    } catch (const std::logic_error&) {
+      fail(Code::kInvalidArgument, "model spec '{}': bad number in '{}'", text,
+           token);
+    }
+  }
+  CHORUS_CHECK(have_in && have_classes,
+               "model spec '{}': needs in=... and classes=...", text);
+  return spec;
+}
+
+const std::vector<std::string>& architectures() {
+  static const std::vector<std::string> kArchs = {"mlp", "lenet", "resnet"};
+  return kArchs;
+}
+
+std::shared_ptr<ClassifierImpl> make_classifier(const ModelSpec& spec) {
+  CHORUS_CHECK(spec.num_classes > 0, "model spec '{}': classes must be positive",
+               spec.to_string());
+  if (spec.arch == "mlp") {
+    auto options =
+        MlpOptions().input_shape(spec.input_shape).num_classes(spec.num_classes);
+    if (!spec.hidden.empty()) options.hidden(spec.hidden);
+    return Mlp(options).ptr();
+  }
+  CHORUS_CHECK(spec.input_shape.size() == 3 &&
+                   spec.input_shape[1] == spec.input_shape[2],
+               "model spec '{}': {} needs square images CxHxW",
+               spec.to_string(), spec.arch);
+  if (spec.arch == "lenet") {
+    return LeNet(LeNetOptions()
+                     .in_channels(spec.input_shape[0])
+                     .image_size(spec.input_shape[1])
+                     .num_classes(spec.num_classes))
+        .ptr();
+  }
+  if (spec.arch == "resnet") {
+    return ResNet(ResNetOptions()
+                      .in_channels(spec.input_shape[0])
+                      .num_classes(spec.num_classes))
+        .ptr();
+  }
+  fail(Code::kInvalidArgument,
+       "unknown architecture '{}' (expected mlp, lenet or resnet)", spec.arch);
+}
+
+}  // namespace chorus::fusion
