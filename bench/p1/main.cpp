@@ -22,6 +22,8 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/distill.hpp"
+#include "chorus/fusion/frugal.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/foe.hpp"
 #include "chorus/fusion/oracle.hpp"
@@ -170,6 +172,7 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
       {"foe + log + self-train",
        fu::FoeOptions().features(fu::FoeFeatures::kLogProbs).self_training_rounds(1)},
   };
+  torch::Tensor foe_on_u;  // The best variant's predictions on U.
   for (auto& v : variants) {
     auto t = Clock::now();
     fu::Foe foe(v.options.seed(seed).threads(args.threads));
@@ -178,6 +181,50 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
               fu::accuracy(foe.predict_proba(answers_test), test.labels));
     table.add(v.name, "queries_per_image", 5);
     table.add(v.name, "seconds", seconds_since(t));
+    if (v.name == "foe + log-probs") foe_on_u = foe.predict_proba(answers_u);
+  }
+
+  // Distillation into a LeNet student: from B+, and from the FoE fuser.
+  auto distill_options = fu::DistillOptions().seed(seed).threads(args.threads);
+  {
+    auto t = Clock::now();
+    auto teacher = fu::ensemble_sum(fu::lift_all(answers_u, oracle));
+    auto student = fu::distill(u_x, teacher, distill_options, "distill");
+    table.add("distill (from B+)", "acc10",
+              fu::accuracy(fu::predict_proba(*student.model.model, test.images),
+                           test.labels));
+    table.add("distill (from B+)", "queries_per_image", 0);
+    table.add("distill (from B+)", "seconds", seconds_since(t));
+  }
+  {
+    auto t = Clock::now();
+    auto v_x = train.images.index_select(0, split.fusion);
+    auto student = fu::distill(u_x, foe_on_u, distill_options, "foe-distill",
+                               v_x, v_labels);
+    table.add("foe-distill", "acc10",
+              fu::accuracy(fu::predict_proba(*student.model.model, test.images),
+                           test.labels));
+    table.add("foe-distill", "queries_per_image", 0);
+    table.add("foe-distill", "seconds", seconds_since(t));
+  }
+
+  // Frugal FoE: experts queried one at a time on the test images.
+  {
+    fu::FrugalFoe frugal(fu::FrugalOptions().fuser(
+        fu::FoeOptions().features(fu::FoeFeatures::kLogProbs).seed(seed).threads(
+            args.threads)));
+    frugal.fit(slice_v(answers_u), v_labels, kClasses);
+    for (double lambda : {0.0, 0.01, 0.02, 0.05, 0.1}) {
+      auto t = Clock::now();
+      oracle.reset_stats();
+      auto pred = frugal.predict(oracle, test.images, lambda);
+      auto name = fmt::format("frugal λ={:.2f}", lambda);
+      table.add(name, "acc10", fu::accuracy(pred.probs, test.labels));
+      table.add(name, "queries_per_image",
+                static_cast<double>(oracle.total_stats().inputs) /
+                    test.images.size(0));
+      table.add(name, "seconds", seconds_since(t));
+    }
   }
 
   // Centralised: one model on the union of the experts' training data.

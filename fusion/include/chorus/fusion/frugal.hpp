@@ -1,0 +1,80 @@
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "chorus/fusion/foe.hpp"
+#include "chorus/fusion/oracle.hpp"
+
+/// Frugal FoE (ALGORITHMS.md §3, Wang et al. ICLR 2024): per test input,
+/// query experts one at a time, and stop as soon as the estimated gain of
+/// another expert is not worth its cost. In Chorus every expert query is a
+/// round trip to an institution, and spends its budget.
+namespace chorus::fusion {
+
+/// Options of `FrugalFoe`.
+struct FrugalOptions {
+  /// Options of every subset's fuser (an MLP per subset, trained on V).
+  TORCH_ARG(FoeOptions, fuser) =
+      FoeOptions().features(FoeFeatures::kLogProbs);
+  /// Neighbours of a test point in V used to estimate errors.
+  TORCH_ARG(std::int64_t, neighbours) = 10;
+  /// k of the leave-one-out kNN estimate of how well each subset separates
+  /// V: a point's score is the share of its k nearest other points of V
+  /// (in the subset's output space) that carry its label. Ours: an
+  /// out-of-sample estimate, since the MLP fusers fit V almost perfectly.
+  TORCH_ARG(std::int64_t, knn_k) = 9;
+  /// λ·cost: query another expert only if the estimated error drops by more
+  /// than this (a fraction; 0.02 = 2 percentage points) times its cost.
+  TORCH_ARG(double, lambda) = 0.02;
+  /// Cost of querying each expert; empty means 1 for every expert.
+  TORCH_ARG(std::vector<double>, costs) = {};
+};
+
+/// What `FrugalFoe::predict` returns.
+struct FrugalPrediction {
+  torch::Tensor probs;    ///< float32 [N, C].
+  torch::Tensor queried;  ///< bool [N, K]: which experts answered each input.
+  /// Mean number of experts queried per input.
+  double mean_experts() const;
+};
+
+/// Cost-aware sequential Fusion of Experts.
+class FrugalFoe {
+ public:
+  explicit FrugalFoe(FrugalOptions options = {});
+
+  /// Keeps the experts' answers on V and V's labels; subset fusers are
+  /// trained lazily, when the search first reaches a subset.
+  void fit(const std::vector<torch::Tensor>& answers, const torch::Tensor& labels,
+           std::int64_t num_classes);
+
+  /// Fused predictions for `inputs`, querying `oracle` only for the experts
+  /// the search chooses (the oracle's counters record what was spent).
+  /// `lambda` overrides the options' λ when given.
+  FrugalPrediction predict(QueryOracle& oracle, const torch::Tensor& inputs,
+                           std::optional<double> lambda = std::nullopt);
+
+  /// Number of subset fusers trained so far.
+  std::size_t fusers_trained() const { return fusers_.size(); }
+
+ private:
+  using Mask = std::uint32_t;
+  torch::Tensor subset_features(const std::vector<torch::Tensor>& answers,
+                                Mask mask) const;
+  Foe& fuser(Mask mask);
+  const torch::Tensor& loo_correct(Mask mask);
+
+  FrugalOptions options_;
+  std::int64_t num_classes_ = 0;
+  std::vector<torch::Tensor> v_answers_;
+  torch::Tensor v_labels_;
+  std::map<Mask, std::unique_ptr<Foe>> fusers_;
+  std::map<Mask, torch::Tensor> correct_;
+};
+
+}  // namespace chorus::fusion

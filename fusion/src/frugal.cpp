@@ -1,0 +1,186 @@
+#include "chorus/fusion/frugal.hpp"
+
+#include <torch/torch.h>
+
+#include <bit>
+
+#include "chorus/core/error.hpp"
+
+namespace chorus::fusion {
+namespace {
+
+using Mask = std::uint32_t;
+
+std::vector<std::int64_t> members(Mask mask) {
+  std::vector<std::int64_t> out;
+  for (std::int64_t i = 0; mask; ++i, mask >>= 1) {
+    if (mask & 1u) out.push_back(i);
+  }
+  return out;
+}
+
+}  // namespace
+
+double FrugalPrediction::mean_experts() const {
+  return queried.numel() ? queried.sum(1).to(torch::kDouble).mean().item<double>()
+                         : 0.0;
+}
+
+FrugalFoe::FrugalFoe(FrugalOptions options) : options_(std::move(options)) {
+  CHORUS_CHECK(options_.neighbours() > 0 && options_.knn_k() > 0,
+               "frugal: neighbours and knn_k must be positive");
+}
+
+void FrugalFoe::fit(const std::vector<torch::Tensor>& answers,
+                    const torch::Tensor& labels, std::int64_t num_classes) {
+  CHORUS_CHECK(!answers.empty() && answers.size() <= 20,
+               "frugal: needs 1 to 20 experts, got {}", answers.size());
+  for (const auto& a : answers) {
+    CHORUS_CHECK(a.size(0) == labels.size(0),
+                 "frugal: {} answers but {} labels", a.size(0), labels.size(0));
+  }
+  CHORUS_CHECK(labels.size(0) > options_.knn_k(),
+               "frugal: the fusion set needs more than knn_k = {} examples",
+               options_.knn_k());
+  CHORUS_CHECK(options_.costs().empty() || options_.costs().size() == answers.size(),
+               "frugal: {} costs for {} experts", options_.costs().size(),
+               answers.size());
+  v_answers_ = answers;
+  v_labels_ = labels;
+  num_classes_ = num_classes;
+  fusers_.clear();
+  correct_.clear();
+}
+
+torch::Tensor FrugalFoe::subset_features(
+    const std::vector<torch::Tensor>& answers, Mask mask) const {
+  std::vector<torch::Tensor> parts;
+  for (auto i : members(mask)) parts.push_back(answers[static_cast<std::size_t>(i)]);
+  return Foe::features(parts, options_.fuser().features());
+}
+
+Foe& FrugalFoe::fuser(Mask mask) {
+  auto it = fusers_.find(mask);
+  if (it != fusers_.end()) return *it->second;
+  std::vector<torch::Tensor> parts;
+  for (auto i : members(mask)) parts.push_back(v_answers_[static_cast<std::size_t>(i)]);
+  auto foe = std::make_unique<Foe>(options_.fuser());
+  foe->fit(parts, v_labels_, num_classes_);
+  return *fusers_.emplace(mask, std::move(foe)).first->second;
+}
+
+const torch::Tensor& FrugalFoe::loo_correct(Mask mask) {
+  auto it = correct_.find(mask);
+  if (it != correct_.end()) return it->second;
+  auto f = subset_features(v_answers_, mask);
+  auto d = torch::cdist(f, f);
+  d.fill_diagonal_(std::numeric_limits<float>::infinity());
+  auto nn = std::get<1>(d.topk(options_.knn_k(), /*dim=*/1, /*largest=*/false));
+  // Soft correctness: the share of a point's leave-one-out neighbours that
+  // carry its label (smoother than the 0/1 kNN vote, so λ acts gradually).
+  auto agree = v_labels_.index({nn}).eq(v_labels_.unsqueeze(1));
+  auto correct = agree.to(torch::kFloat32).mean(1);
+  return correct_.emplace(mask, correct).first->second;
+}
+
+FrugalPrediction FrugalFoe::predict(QueryOracle& oracle,
+                                    const torch::Tensor& inputs,
+                                    std::optional<double> lambda_override) {
+  CHORUS_CHECK_CODE(v_labels_.defined(), Code::kFailedPrecondition,
+                    "frugal: predict before fit");
+  const auto k = static_cast<std::int64_t>(v_answers_.size());
+  CHORUS_CHECK(oracle.num_experts() == k,
+               "frugal: fitted on {} experts, the oracle has {}", k,
+               oracle.num_experts());
+  const double lambda = lambda_override.value_or(options_.lambda());
+  auto cost = [&](std::int64_t i) {
+    return options_.costs().empty() ? 1.0
+                                    : options_.costs()[static_cast<std::size_t>(i)];
+  };
+  const std::int64_t n = inputs.size(0);
+
+  // Answers gathered so far; rows of experts not queried stay zero.
+  std::vector<torch::Tensor> answers;
+  for (const auto& info : oracle.experts()) {
+    answers.push_back(torch::zeros({n, static_cast<std::int64_t>(info.labels.size())}));
+  }
+  auto ask = [&](std::int64_t expert, const torch::Tensor& rows) {
+    answers[expert].index_copy_(0, rows,
+                                oracle.query(expert, inputs.index_select(0, rows)));
+  };
+
+  // Start from the expert whose own outputs best predict V's labels.
+  std::int64_t first = 0;
+  double best = -1;
+  for (std::int64_t i = 0; i < k; ++i) {
+    double acc = loo_correct(Mask{1} << i).to(torch::kDouble).mean().item<double>();
+    if (acc > best) best = acc, first = i;
+  }
+  std::vector<Mask> mask(static_cast<std::size_t>(n), Mask{1} << first);
+  std::vector<bool> done(static_cast<std::size_t>(n), false);
+  ask(first, torch::arange(n, torch::kLong));
+
+  for (std::int64_t step = 1; step < k; ++step) {
+    // Group the undecided inputs by their current subset.
+    std::map<Mask, std::vector<std::int64_t>> groups;
+    for (std::int64_t r = 0; r < n; ++r) {
+      if (!done[r]) groups[mask[r]].push_back(r);
+    }
+    if (groups.empty()) break;
+    std::map<std::pair<Mask, std::int64_t>, std::vector<std::int64_t>> to_ask;
+    for (auto& [m, rows_vec] : groups) {
+      auto rows = torch::tensor(rows_vec, torch::kLong);
+      std::vector<torch::Tensor> sub;
+      for (auto& a : answers) sub.push_back(a.index_select(0, rows));
+      // Neighbours in V, in the space of the experts queried so far.
+      auto d = torch::cdist(subset_features(sub, m), subset_features(v_answers_, m));
+      auto nn = std::get<1>(d.topk(std::min<std::int64_t>(options_.neighbours(), d.size(1)),
+                                   /*dim=*/1, /*largest=*/false));
+      auto err_now = 1.0 - loo_correct(m).index({nn}).to(torch::kFloat32).mean(1);
+      auto best_gain = torch::full({rows.size(0)}, -1e9);
+      auto best_k = torch::full({rows.size(0)}, -1, torch::kLong);
+      for (std::int64_t c = 0; c < k; ++c) {
+        if (m & (Mask{1} << c)) continue;
+        auto err = 1.0 - loo_correct(m | (Mask{1} << c)).index({nn}).to(torch::kFloat32).mean(1);
+        auto gain = (err_now - err) - lambda * cost(c);
+        auto better = gain.gt(best_gain);
+        best_gain = torch::where(better, gain, best_gain);
+        best_k = torch::where(better, torch::full_like(best_k, c), best_k);
+      }
+      auto gain_acc = best_gain.accessor<float, 1>();
+      auto k_acc = best_k.accessor<std::int64_t, 1>();
+      for (std::int64_t j = 0; j < rows.size(0); ++j) {
+        const auto r = rows_vec[static_cast<std::size_t>(j)];
+        if (k_acc[j] < 0 || gain_acc[j] <= 0) {
+          done[r] = true;
+        } else {
+          to_ask[{m, k_acc[j]}].push_back(r);
+        }
+      }
+    }
+    if (to_ask.empty()) break;
+    for (auto& [key, rows_vec] : to_ask) {
+      ask(key.second, torch::tensor(rows_vec, torch::kLong));
+      for (auto r : rows_vec) mask[r] |= Mask{1} << key.second;
+    }
+  }
+
+  // Predict each input with the fuser of the subset it ended with.
+  FrugalPrediction out;
+  out.probs = torch::zeros({n, num_classes_});
+  out.queried = torch::zeros({n, k}, torch::kBool);
+  std::map<Mask, std::vector<std::int64_t>> final_groups;
+  for (std::int64_t r = 0; r < n; ++r) final_groups[mask[r]].push_back(r);
+  for (auto& [m, rows_vec] : final_groups) {
+    auto rows = torch::tensor(rows_vec, torch::kLong);
+    std::vector<torch::Tensor> sub;
+    for (auto i : members(m)) sub.push_back(answers[i].index_select(0, rows));
+    out.probs.index_copy_(0, rows, fuser(m).predict_proba(sub));
+    auto q = out.queried.index_select(0, rows);
+    for (auto i : members(m)) q.select(1, i).fill_(true);
+    out.queried.index_copy_(0, rows, q);
+  }
+  return out;
+}
+
+}  // namespace chorus::fusion

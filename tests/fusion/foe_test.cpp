@@ -1,0 +1,152 @@
+#include "chorus/fusion/foe.hpp"
+
+#include "chorus/core/error.hpp"
+#include "chorus/fusion/distill.hpp"
+#include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/frugal.hpp"
+#include "support/doctest.hpp"
+#include "support/temp_dir.hpp"
+#include "synthetic.hpp"
+
+namespace fu = chorus::fusion;
+using chorus::testing::Blobs;
+
+namespace {
+
+// Three experts on 4 classes of blobs, each knowing only part of them, and
+// their answers on a labelled fusion set V and a test set.
+struct World {
+  Blobs train, v, test;
+  fu::LocalOracle oracle{4};
+  std::vector<torch::Tensor> answers_v, answers_test;
+
+  World() {
+    train = chorus::testing::make_blobs(600, 4, 8, /*seed=*/5, /*noise=*/1.2);
+    v = chorus::testing::resample_blobs(200, 4, 8, 5, /*sample_seed=*/50, 1.2);
+    test = chorus::testing::resample_blobs(400, 4, 8, 5, /*sample_seed=*/51, 1.2);
+    const std::vector<std::vector<std::int64_t>> tasks = {{0, 1}, {1, 2, 3}, {0, 3}};
+    for (std::size_t i = 0; i < tasks.size(); ++i) {
+      oracle.add_expert({fmt::format("e{}", i), tasks[i]},
+                        chorus::testing::train_expert(train, tasks[i], 10 + i));
+    }
+    answers_v = oracle.query_all(v.x);
+    answers_test = oracle.query_all(test.x);
+    oracle.reset_stats();
+  }
+};
+
+World& world() {
+  static World w;
+  return w;
+}
+
+fu::FoeOptions quick_foe() {
+  return fu::FoeOptions().hidden({64, 64}).epochs(60).batch_size(32);
+}
+
+}  // namespace
+
+TEST_CASE("foe: the fuser beats the B+ ensemble on complementary experts") {
+  auto& w = world();
+  double bplus = fu::accuracy(fu::ensemble_sum(fu::lift_all(w.answers_test, w.oracle)),
+                              w.test.y);
+  for (auto form : {fu::FoeFeatures::kProbs, fu::FoeFeatures::kLogProbs}) {
+    fu::Foe foe(quick_foe().features(form));
+    foe.fit(w.answers_v, w.v.y, 4);
+    double acc = fu::accuracy(foe.predict_proba(w.answers_test), w.test.y);
+    CAPTURE(bplus);
+    CHECK(acc > 0.85);
+    CHECK(acc > bplus);
+  }
+}
+
+TEST_CASE("foe: a saved fuser predicts identically after loading") {
+  auto& w = world();
+  chorus::testing::TempDir dir;
+  fu::Foe foe(quick_foe().features(fu::FoeFeatures::kLogProbs));
+  foe.fit(w.answers_v, w.v.y, 4);
+  fu::save_fused_model(foe.to_fused_model(), dir / "foe.pt");
+  auto loaded = fu::Foe::from_fused_model(fu::load_fused_model(dir / "foe.pt"));
+  CHECK(loaded.options().features() == fu::FoeFeatures::kLogProbs);
+  CHECK(torch::equal(loaded.predict_proba(w.answers_test),
+                     foe.predict_proba(w.answers_test)));
+}
+
+TEST_CASE("foe: misuse is refused") {
+  auto& w = world();
+  fu::Foe foe(quick_foe());
+  try {
+    foe.predict_proba(w.answers_test);
+    FAIL("no error");
+  } catch (const chorus::Error& e) {
+    CHECK(e.code() == chorus::Code::kFailedPrecondition);
+  }
+  CHECK_THROWS_AS(foe.fit(w.answers_v, w.test.y, 4), chorus::Error);
+  foe.fit(w.answers_v, w.v.y, 4);
+  std::vector<torch::Tensor> two(w.answers_test.begin(), w.answers_test.begin() + 2);
+  CHECK_THROWS_AS(foe.predict_proba(two), chorus::Error);
+}
+
+TEST_CASE("distill: a student reproduces its teacher without querying experts") {
+  auto& w = world();
+  auto teacher = fu::ensemble_sum(fu::lift_all(w.oracle.query_all(w.train.x), w.oracle));
+  auto options = fu::DistillOptions().arch("mlp").epochs(15).batch_size(32);
+  auto result = fu::distill(w.train.x, teacher, options, "distill");
+  CHECK(result.model.algorithm == "distill");
+  REQUIRE(result.train.best_val_accuracy.has_value());
+  CHECK(*result.train.best_val_accuracy > 0.9);
+  auto test_teacher = fu::ensemble_sum(fu::lift_all(w.answers_test, w.oracle));
+  CHECK(fu::accuracy(fu::predict_proba(*result.model.model, w.test.x), test_teacher) > 0.9);
+
+  auto imitators = fu::distill_imitators(w.train.x, w.oracle.query_all(w.train.x),
+                                         w.oracle, options);
+  REQUIRE(imitators.size() == 3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    CHECK(imitators[i].model.attributes.at("expert") == fmt::format("e{}", i));
+    CHECK(imitators[i].model.spec.num_classes ==
+          static_cast<std::int64_t>(w.oracle.experts()[i].labels.size()));
+    CHECK(fu::accuracy(fu::predict_proba(*imitators[i].model.model, w.test.x),
+                       w.answers_test[i]) > 0.9);
+  }
+}
+
+TEST_CASE("distill: sharpening follows t^(1/T)") {
+  auto p = torch::tensor({{0.2f, 0.8f}});
+  auto s = fu::sharpen(p, 0.5);
+  CHECK(s[0][1].item<float>() == doctest::Approx(0.64 / 0.68));
+  CHECK(torch::equal(fu::sharpen(p, 1.0), p));
+  CHECK_THROWS_AS(fu::sharpen(p, 0.0), chorus::Error);
+}
+
+TEST_CASE("frugal: λ trades experts queried against accuracy, and counts are honest") {
+  auto& w = world();
+  fu::FrugalFoe frugal(fu::FrugalOptions().fuser(quick_foe()));
+  frugal.fit(w.answers_v, w.v.y, 4);
+
+  w.oracle.reset_stats();
+  auto stingy = frugal.predict(w.oracle, w.test.x, /*lambda=*/10.0);
+  CHECK(stingy.mean_experts() == 1.0);
+  CHECK(w.oracle.total_stats().inputs == 400);
+
+  w.oracle.reset_stats();
+  auto eager = frugal.predict(w.oracle, w.test.x, /*lambda=*/-1.0);
+  CHECK(eager.mean_experts() == 3.0);
+  CHECK(w.oracle.total_stats().inputs == 1200);
+
+  w.oracle.reset_stats();
+  auto balanced = frugal.predict(w.oracle, w.test.x, /*lambda=*/0.0);
+  CHECK(balanced.queried.sum().item<std::int64_t>() == w.oracle.total_stats().inputs);
+  CHECK(balanced.mean_experts() >= 1.0);
+  CHECK(balanced.mean_experts() <= 3.0);
+
+  double acc_stingy = fu::accuracy(stingy.probs, w.test.y);
+  double acc_eager = fu::accuracy(eager.probs, w.test.y);
+  double acc_balanced = fu::accuracy(balanced.probs, w.test.y);
+  CAPTURE(acc_stingy);
+  CAPTURE(acc_balanced);
+  CHECK(acc_eager > 0.85);
+  CHECK(acc_eager > acc_stingy + 0.1);  // One expert cannot know all classes.
+  CHECK(acc_balanced > acc_eager - 0.05);
+  CHECK(frugal.fusers_trained() <= 7);
+}

@@ -1,0 +1,98 @@
+#include "chorus/fusion/models.hpp"
+
+#include <fstream>
+
+#include "chorus/core/error.hpp"
+#include "chorus/fusion/fused_model.hpp"
+#include "chorus/fusion/train.hpp"
+#include "support/doctest.hpp"
+#include "support/temp_dir.hpp"
+
+namespace fu = chorus::fusion;
+
+TEST_CASE("models: every architecture maps [N,1,28,28] to [N, classes]") {
+  auto x = torch::rand({3, 1, 28, 28});
+  for (const auto& arch : fu::architectures()) {
+    CAPTURE(arch);
+    auto model = fu::make_classifier(fu::ModelSpec{.arch = arch, .num_classes = 7});
+    model->eval();
+    auto out = model->forward(x);
+    CHECK(out.sizes().vec() == std::vector<std::int64_t>{3, 7});
+    CHECK(torch::isfinite(out).all().item<bool>());
+  }
+}
+
+TEST_CASE("models: a spec string round-trips and bad specs are refused") {
+  fu::ModelSpec spec{.arch = "mlp", .input_shape = {20}, .num_classes = 10,
+                     .hidden = {512, 512}};
+  CHECK(spec.to_string() == "mlp in=20 classes=10 hidden=512,512");
+  CHECK(fu::ModelSpec::parse(spec.to_string()) == spec);
+  fu::ModelSpec lenet{.arch = "lenet"};
+  CHECK(fu::ModelSpec::parse(lenet.to_string()) == lenet);
+
+  for (const char* bad : {"", "lenet", "lenet in=1x28x28", "lenet classes=x in=1",
+                          "lenet in=1x28x28 classes=10 depth=3",
+                          "lenet in=1x28x28 classes=10 junk"}) {
+    CAPTURE(bad);
+    CHECK_THROWS_AS(fu::ModelSpec::parse(bad), chorus::Error);
+  }
+  CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "vgg"}), chorus::Error);
+  CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "lenet",
+                                                    .input_shape = {1, 28, 14}}),
+                  chorus::Error);
+  CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "mlp",
+                                                    .num_classes = 0}),
+                  chorus::Error);
+}
+
+TEST_CASE("fused model: save and load reproduce the predictions exactly") {
+  chorus::testing::TempDir dir;
+  auto x = torch::rand({4, 1, 28, 28});
+  for (const auto& arch : fu::architectures()) {
+    CAPTURE(arch);
+    torch::manual_seed(1);
+    fu::FusedModel fused{.algorithm = "distill",
+                         .spec = fu::ModelSpec{.arch = arch, .num_classes = 10},
+                         .attributes = {{"teacher", "B+"}},
+                         .model = nullptr};
+    fused.model = fu::make_classifier(fused.spec);
+    // Move BatchNorm statistics away from their defaults.
+    fused.model->train();
+    fused.model->forward(torch::rand({8, 1, 28, 28}) * 3);
+    fu::save_fused_model(fused, dir / (arch + ".pt"));
+    auto loaded = fu::load_fused_model(dir / (arch + ".pt"));
+    CHECK(loaded.algorithm == "distill");
+    CHECK(loaded.spec == fused.spec);
+    CHECK(loaded.attributes.at("teacher") == "B+");
+    CHECK(torch::equal(fu::predict_proba(*loaded.model, x),
+                       fu::predict_proba(*fused.model, x)));
+  }
+}
+
+TEST_CASE("fused model: missing and corrupt files are refused precisely") {
+  chorus::testing::TempDir dir;
+  try {
+    fu::load_fused_model(dir / "absent.pt");
+    FAIL("no error");
+  } catch (const chorus::Error& e) {
+    CHECK(e.code() == chorus::Code::kNotFound);
+  }
+  std::ofstream(dir / "garbage.pt") << "not a zip archive";
+  try {
+    fu::load_fused_model(dir / "garbage.pt");
+    FAIL("no error");
+  } catch (const chorus::Error& e) {
+    CHECK(e.code() == chorus::Code::kDataLoss);
+    CHECK(std::string(e.what()).find("garbage.pt") != std::string::npos);
+  }
+  // A valid archive that is not a fused model.
+  torch::serialize::OutputArchive other;
+  other.write("weights", torch::ones({2}));
+  other.save_to((dir / "other.pt").string());
+  try {
+    fu::load_fused_model(dir / "other.pt");
+    FAIL("no error");
+  } catch (const chorus::Error& e) {
+    CHECK(e.code() == chorus::Code::kDataLoss);
+  }
+}

@@ -1,0 +1,91 @@
+#include "chorus/fusion/train.hpp"
+
+#include "chorus/core/error.hpp"
+#include "support/doctest.hpp"
+#include "synthetic.hpp"
+
+namespace fu = chorus::fusion;
+using chorus::testing::make_blobs;
+
+namespace {
+
+std::shared_ptr<fu::ClassifierImpl> small_mlp(std::int64_t classes,
+                                              std::uint64_t seed = 0) {
+  torch::manual_seed(seed);
+  return fu::make_classifier(fu::ModelSpec{
+      .arch = "mlp", .input_shape = {8}, .num_classes = classes, .hidden = {32}});
+}
+
+}  // namespace
+
+TEST_CASE("train: learns separable blobs and generalises") {
+  auto data = make_blobs(600, 4, 8, /*seed=*/1);
+  auto model = small_mlp(4);
+  auto before = fu::accuracy(fu::predict_proba(*model, data.x), data.y);
+  std::vector<double> losses;
+  auto result = fu::train(
+      *model, data.x.slice(0, 0, 500), data.y.slice(0, 0, 500),
+      fu::TrainOptions().epochs(10).batch_size(32).lr(3e-3).on_epoch(
+          [&](const fu::EpochReport& r) { losses.push_back(r.train_loss); }));
+  CHECK(result.epochs_run == 10);
+  CHECK(losses.size() == 10);
+  CHECK(losses.back() < losses.front() / 2);
+  auto after = fu::accuracy(fu::predict_proba(*model, data.x.slice(0, 500)),
+                            data.y.slice(0, 500));
+  CHECK(before < 0.6);
+  CHECK(after > 0.95);
+}
+
+TEST_CASE("train: the same seed gives the same weights") {
+  auto data = make_blobs(200, 3, 8, 2);
+  auto run = [&] {
+    auto model = small_mlp(3, 7);
+    fu::train(*model, data.x, data.y, fu::TrainOptions().epochs(3).seed(5));
+    return fu::predict_proba(*model, data.x);
+  };
+  CHECK(torch::equal(run(), run()));
+}
+
+TEST_CASE("train: soft targets are matched (distillation loss)") {
+  auto data = make_blobs(400, 3, 8, 3);
+  auto teacher = torch::one_hot(data.y, 3).to(torch::kFloat32) * 0.8 + 0.2 / 3;
+  auto model = small_mlp(3);
+  fu::train(*model, data.x, teacher, fu::TrainOptions().epochs(15).lr(3e-3));
+  auto p = fu::predict_proba(*model, data.x);
+  CHECK(fu::accuracy(p, teacher) > 0.95);
+  // The student learns the teacher's uncertainty (max 0.867), not one-hot
+  // labels, which would drive its confidence towards 1.
+  const double confidence = std::get<0>(p.max(1)).mean().item<double>();
+  CHECK(confidence > 0.6);
+  CHECK(confidence < 0.9);
+}
+
+TEST_CASE("train: early stopping keeps the best validation epoch") {
+  auto data = make_blobs(300, 3, 8, 4);
+  // Validation labels are noise: accuracy peaks early, patience stops it.
+  auto gen = at::detail::createCPUGenerator(9);
+  auto noise = torch::randint(3, {100}, gen, torch::kLong);
+  auto model = small_mlp(3);
+  auto result = fu::train(*model, data.x.slice(0, 0, 200), data.y.slice(0, 0, 200),
+                          fu::TrainOptions().epochs(40).patience(3),
+                          data.x.slice(0, 200), noise);
+  REQUIRE(result.best_val_accuracy.has_value());
+  CHECK(result.epochs_run < 40);
+  CHECK(result.epochs_run - result.best_epoch == 3);
+  auto val_acc = fu::accuracy(fu::predict_proba(*model, data.x.slice(0, 200)), noise);
+  CHECK(val_acc == doctest::Approx(*result.best_val_accuracy));
+}
+
+TEST_CASE("train: mismatched inputs and targets are INVALID_ARGUMENT") {
+  auto model = small_mlp(3);
+  CHECK_THROWS_AS(fu::train(*model, torch::rand({10, 8}),
+                            torch::zeros({9}, torch::kLong), fu::TrainOptions()),
+                  chorus::Error);
+  CHECK_THROWS_AS(fu::train(*model, torch::rand({10, 8}), torch::zeros({10}),
+                            fu::TrainOptions()),
+                  chorus::Error);
+  CHECK_THROWS_AS(fu::accuracy(torch::rand({4, 3}), torch::zeros({5}, torch::kLong)),
+                  chorus::Error);
+  CHECK(fu::accuracy(torch::tensor({{0.1, 0.9}, {0.8, 0.2}}),
+                     torch::tensor({1, 1}, torch::kLong)) == 0.5);
+}
