@@ -12,6 +12,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
+#include "eval_command.hpp"
 
 namespace {
 
@@ -110,10 +111,10 @@ int main(int argc, char** argv) {
                 "Ask a running coordinator, or a saved fused model, for "
                 "fused predictions (--model FUSED --input FILE)"),
        not_built("predict", "issue #6")});
-  commands.push_back({add_stub(app, "eval",
-                               "Evaluate a saved fused model on a data set "
-                               "(--model FUSED --dataset NAME)"),
-                      not_built("eval", "issue #4")});
+  {
+    auto run = chorus::app::add_eval_command(app);
+    commands.push_back({app.get_subcommand("eval"), std::move(run)});
+  }
 
   try {
     app.parse(argc, argv);
