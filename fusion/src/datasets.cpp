@@ -1,5 +1,6 @@
 #include "chorus/fusion/datasets.hpp"
 
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 #include <zlib.h>
 
@@ -8,6 +9,7 @@
 #include <memory>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
 
 namespace chorus::fusion {
@@ -179,6 +181,57 @@ Dataset load_fashion_mnist(Split split,
   data.class_names = names;
   log::get("fusion")->debug("event=load dataset=fashion-mnist split={} n={} dir={}",
                             prefix, data.size(), dir.string());
+  return data;
+}
+
+fs::path mnist_digits_dir(const std::optional<fs::path>& override_dir) {
+  if (override_dir && !override_dir->empty()) return *override_dir;
+  if (const char* env = std::getenv("CHORUS_MNIST_DIR"); env && *env) {
+    return fs::path(env);
+  }
+  return fs::path(kDefaultMnistDigitsDir);
+}
+
+Dataset load_mnist_digits(const std::optional<fs::path>& override_dir) {
+  constexpr std::int64_t kPixels = 28 * 28;
+  const fs::path dir = mnist_digits_dir(override_dir);
+  std::vector<torch::Tensor> images, labels;
+  Dataset data;
+  for (int digit = 0; digit < 10; ++digit) {
+    const fs::path path = dir / fmt::format("{}.json", digit);
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) {
+      fail(Code::kNotFound,
+           "MNIST digits not found: '{}' is missing; run scripts/fetch-mnist.sh "
+           "(or set CHORUS_MNIST_DIR to where the digits are)",
+           path.string());
+    }
+    std::vector<float> pixels;
+    try {
+      auto json = nlohmann::json::parse(read_file(path));
+      pixels = json.at("data").get<std::vector<float>>();
+    } catch (const nlohmann::json::exception& e) {
+      fail(Code::kDataLoss, "'{}': not an mnist digits file: {}", path.string(),
+           e.what());
+    }
+    const auto n = static_cast<std::int64_t>(pixels.size()) / kPixels;
+    if (pixels.empty() || static_cast<std::int64_t>(pixels.size()) % kPixels) {
+      fail(Code::kDataLoss, "'{}': {} values is not a whole number of 28x28 images",
+           path.string(), pixels.size());
+    }
+    auto t = torch::from_blob(pixels.data(), {n, 1, 28, 28}, torch::kFloat32).clone();
+    if (!torch::isfinite(t).all().item<bool>() || t.min().item<float>() < 0 ||
+        t.max().item<float>() > 1) {
+      fail(Code::kDataLoss, "'{}': pixel values outside [0, 1]", path.string());
+    }
+    images.push_back(t);
+    labels.push_back(torch::full({n}, digit, torch::kLong));
+    data.class_names.push_back(std::to_string(digit));
+  }
+  data.images = torch::cat(images);
+  data.labels = torch::cat(labels);
+  log::get("fusion")->debug("event=load dataset=mnist-digits n={} dir={}",
+                            data.size(), dir.string());
   return data;
 }
 

@@ -198,3 +198,38 @@ TEST_CASE("fashion-mnist: the installed package has the official splits") {
   // Mean intensity of Fashion-MNIST's training images is about 0.286.
   CHECK(train.images.mean().item<double>() == doctest::Approx(0.286).epsilon(0.01));
 }
+
+TEST_CASE("mnist digits: JSON files are read, ordered by digit, validated") {
+  chorus::testing::TempDir dir;
+  auto write_digit = [&](int d, int images, float value) {
+    std::string body = "{\"data\": [";
+    for (int i = 0; i < images * 784; ++i) {
+      body += (i ? "," : "") + fmt::format("{}", value);
+    }
+    std::ofstream(dir / fmt::format("{}.json", d)) << body << "]}";
+  };
+  for (int d = 0; d < 10; ++d) write_digit(d, d == 3 ? 2 : 1, 0.5f);
+  auto data = chorus::fusion::load_mnist_digits(dir.path());
+  CHECK(data.size() == 11);
+  CHECK(data.images.sizes().vec() == std::vector<std::int64_t>{11, 1, 28, 28});
+  CHECK(data.labels[4].item<std::int64_t>() == 3);
+  CHECK(data.labels[5].item<std::int64_t>() == 4);
+  CHECK(data.class_names.at(7) == "7");
+
+  std::string msg;
+  std::ofstream(dir / "5.json") << "{\"data\": [0.5, 0.5]}";
+  CHECK(error_code([&] { chorus::fusion::load_mnist_digits(dir.path()); }, &msg) ==
+        Code::kDataLoss);
+  CHECK(contains(msg, "whole number of 28x28 images"));
+  write_digit(5, 1, 2.0f);
+  CHECK(error_code([&] { chorus::fusion::load_mnist_digits(dir.path()); }, &msg) ==
+        Code::kDataLoss);
+  CHECK(contains(msg, "outside [0, 1]"));
+  std::ofstream(dir / "5.json") << "[1, 2";
+  CHECK(error_code([&] { chorus::fusion::load_mnist_digits(dir.path()); }) ==
+        Code::kDataLoss);
+  fs::remove(dir / "5.json");
+  CHECK(error_code([&] { chorus::fusion::load_mnist_digits(dir.path()); }, &msg) ==
+        Code::kNotFound);
+  CHECK(contains(msg, "scripts/fetch-mnist.sh"));
+}

