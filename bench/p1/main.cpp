@@ -2,6 +2,7 @@
 // on Fashion-MNIST — measured in-process (no network).
 //
 //   bench_p1 [--seeds N] [--expert-epochs N] [--threads N] [--json FILE]
+//            [--save-dir DIR]   (seed 0's fused models, for `chorus eval`)
 //
 // For each seed: split the 60,000 training images (50,000 private in K = 5
 // IID shards, 10,000 public transfer pool U, its first 500 labelled as V),
@@ -21,9 +22,8 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/fusion/algorithms.hpp"
 #include "chorus/fusion/datasets.hpp"
-#include "chorus/fusion/distill.hpp"
-#include "chorus/fusion/frugal.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/foe.hpp"
 #include "chorus/fusion/oracle.hpp"
@@ -40,6 +40,7 @@ struct Args {
   int expert_epochs = 3;
   int threads = 2;
   std::string json = "bench_p1.json";
+  std::string save_dir;  // Where to save seed 0's fused models, if set.
 };
 
 double seconds_since(Clock::time_point t) {
@@ -152,68 +153,50 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
     table.add(name, "acc10", fu::accuracy(lifted_test[i], test.labels));
     table.add(name, "queries_per_image", 1);
   }
-  table.add("B+", "acc10", fu::accuracy(fu::ensemble_sum(lifted_test), test.labels));
-  table.add("B+", "queries_per_image", 5);
-  table.add("Bmax", "acc10", fu::accuracy(fu::ensemble_max(lifted_test), test.labels));
-  table.add("Bmax", "queries_per_image", 5);
-
-  auto slice_v = [&](const std::vector<torch::Tensor>& a) {
-    std::vector<torch::Tensor> out;
-    for (const auto& t : a) out.push_back(t.slice(0, 0, n_v));
-    return out;
+  // The algorithms as the coordinator runs them: fitted on the round's
+  // answers on U (V = U's first 500, labelled), predicting the test set.
+  fu::FusionData data;
+  data.num_classes = kClasses;
+  data.experts = oracle.experts();
+  data.transfer = u_x;
+  data.answers = answers_u;
+  data.fusion_index = torch::arange(n_v, torch::kLong);
+  data.fusion_labels = v_labels;
+  auto options = fu::AlgorithmOptions().seed(seed).threads(args.threads);
+  auto add_result = [&](const std::string& row, const fu::FusionResult& r) {
+    table.add(row, "acc10", r.accuracy);
+    table.add(row, "queries_per_image", r.queries_per_input);
+    table.add(row, "seconds", r.fit_seconds + r.predict_seconds);
   };
-  struct Variant {
-    std::string name;
-    fu::FoeOptions options;
-  };
-  std::vector<Variant> variants = {
-      {"foe (paper recipe)", fu::FoeOptions()},
-      {"foe + log-probs", fu::FoeOptions().features(fu::FoeFeatures::kLogProbs)},
-      {"foe + log + self-train",
-       fu::FoeOptions().features(fu::FoeFeatures::kLogProbs).self_training_rounds(1)},
-  };
-  torch::Tensor foe_on_u;  // The best variant's predictions on U.
-  for (auto& v : variants) {
-    auto t = Clock::now();
-    fu::Foe foe(v.options.seed(seed).threads(args.threads));
-    foe.fit(slice_v(answers_u), v_labels, kClasses, answers_u);
-    table.add(v.name, "acc10",
-              fu::accuracy(foe.predict_proba(answers_test), test.labels));
-    table.add(v.name, "queries_per_image", 5);
-    table.add(v.name, "seconds", seconds_since(t));
-    if (v.name == "foe + log-probs") foe_on_u = foe.predict_proba(answers_u);
+  for (const auto& name : fu::algorithm_names()) {
+    auto fuser = fu::make_fuser(name, options);
+    add_result(name, fu::run_fusion(*fuser, data, oracle, test.images, test.labels));
+    auto fused = fuser->fused_model();
+    if (fused && seed == 0 && !args.save_dir.empty()) {
+      fu::save_fused_model(*fused, std::filesystem::path(args.save_dir) / (name + ".pt"));
+    }
   }
 
-  // Distillation into a LeNet student: from B+, and from the FoE fuser.
-  auto distill_options = fu::DistillOptions().seed(seed).threads(args.threads);
+  // Ablations of FoE: the paper's recipe (probability features), and
+  // self-training on U's unlabelled answers on top of log-probabilities.
   {
-    auto t = Clock::now();
-    auto teacher = fu::ensemble_sum(fu::lift_all(answers_u, oracle));
-    auto student = fu::distill(u_x, teacher, distill_options, "distill");
-    table.add("distill (from B+)", "acc10",
-              fu::accuracy(fu::predict_proba(*student.model.model, test.images),
-                           test.labels));
-    table.add("distill (from B+)", "queries_per_image", 0);
-    table.add("distill (from B+)", "seconds", seconds_since(t));
-  }
-  {
-    auto t = Clock::now();
-    auto v_x = train.images.index_select(0, split.fusion);
-    auto student = fu::distill(u_x, foe_on_u, distill_options, "foe-distill",
-                               v_x, v_labels);
-    table.add("foe-distill", "acc10",
-              fu::accuracy(fu::predict_proba(*student.model.model, test.images),
-                           test.labels));
-    table.add("foe-distill", "queries_per_image", 0);
-    table.add("foe-distill", "seconds", seconds_since(t));
+    auto paper = options;
+    paper.foe(fu::FoeOptions());
+    auto fuser = fu::make_fuser("foe", paper);
+    add_result("ablation: foe paper", fu::run_fusion(*fuser, data, oracle,
+                                                     test.images, test.labels));
+    auto self_train = options;
+    self_train.foe().self_training_rounds(1);
+    fuser = fu::make_fuser("foe", self_train);
+    add_result("ablation: foe +self-tr",
+               fu::run_fusion(*fuser, data, oracle, test.images, test.labels));
   }
 
-  // Frugal FoE: experts queried one at a time on the test images.
+  // Frugal FoE's trade-off: accuracy against experts queried, over λ.
   {
-    fu::FrugalFoe frugal(fu::FrugalOptions().fuser(
-        fu::FoeOptions().features(fu::FoeFeatures::kLogProbs).seed(seed).threads(
-            args.threads)));
-    frugal.fit(slice_v(answers_u), v_labels, kClasses);
+    fu::FrugalFoe frugal(options.frugal().fuser(
+        options.foe().seed(seed).threads(args.threads)));
+    frugal.fit(data.fusion_answers(), v_labels, kClasses);
     for (double lambda : {0.0, 0.01, 0.02, 0.05, 0.1}) {
       auto t = Clock::now();
       oracle.reset_stats();
@@ -255,10 +238,11 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--expert-epochs")) args.expert_epochs = std::atoi(next());
     else if (!std::strcmp(argv[i], "--threads")) args.threads = std::atoi(next());
     else if (!std::strcmp(argv[i], "--json")) args.json = next();
+    else if (!std::strcmp(argv[i], "--save-dir")) args.save_dir = next();
     else {
       fmt::print(stderr,
                  "usage: bench_p1 [--seeds N] [--expert-epochs N] "
-                 "[--threads N] [--json FILE]\n");
+                 "[--threads N] [--json FILE] [--save-dir DIR]\n");
       return 2;
     }
   }

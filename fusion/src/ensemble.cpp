@@ -26,16 +26,21 @@ torch::Tensor lift(const torch::Tensor& probs,
 }
 
 std::vector<torch::Tensor> lift_all(const std::vector<torch::Tensor>& answers,
-                                    const QueryOracle& oracle) {
-  CHORUS_CHECK(static_cast<std::int64_t>(answers.size()) == oracle.num_experts(),
+                                    const std::vector<ExpertInfo>& experts,
+                                    std::int64_t num_classes) {
+  CHORUS_CHECK(answers.size() == experts.size(),
                "lift_all: {} answers for {} experts", answers.size(),
-               oracle.num_experts());
+               experts.size());
   std::vector<torch::Tensor> out;
   for (std::size_t i = 0; i < answers.size(); ++i) {
-    out.push_back(lift(answers[i], oracle.experts()[i].labels,
-                       oracle.num_classes()));
+    out.push_back(lift(answers[i], experts[i].labels, num_classes));
   }
   return out;
+}
+
+std::vector<torch::Tensor> lift_all(const std::vector<torch::Tensor>& answers,
+                                    const QueryOracle& oracle) {
+  return lift_all(answers, oracle.experts(), oracle.num_classes());
 }
 
 torch::Tensor ensemble_sum(const std::vector<torch::Tensor>& lifted) {

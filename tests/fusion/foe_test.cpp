@@ -1,5 +1,9 @@
 #include "chorus/fusion/foe.hpp"
 
+#include <map>
+
+#include "chorus/fusion/algorithms.hpp"
+
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/distill.hpp"
 #include "chorus/fusion/ensemble.hpp"
@@ -149,4 +153,60 @@ TEST_CASE("frugal: λ trades experts queried against accuracy, and counts are ho
   CHECK(acc_eager > acc_stingy + 0.1);  // One expert cannot know all classes.
   CHECK(acc_balanced > acc_eager - 0.05);
   CHECK(frugal.fusers_trained() <= 7);
+}
+
+TEST_CASE("algorithms: every named algorithm fits, predicts and accounts queries") {
+  auto& w = world();
+  fu::FusionData data;
+  data.num_classes = 4;
+  data.experts = w.oracle.experts();
+  data.transfer = w.train.x;
+  data.answers = w.oracle.query_all(w.train.x);
+  data.fusion_index = torch::arange(200, torch::kLong);
+  data.fusion_labels = w.train.y.slice(0, 0, 200);
+  auto options = fu::AlgorithmOptions().seed(3);
+  options.foe(quick_foe().features(fu::FoeFeatures::kLogProbs));
+  options.distill().arch("mlp").epochs(10);
+  options.frugal().fuser(quick_foe());
+
+  std::map<std::string, fu::FusionResult> results;
+  for (const auto& name : fu::algorithm_names()) {
+    CAPTURE(name);
+    auto fuser = fu::make_fuser(name, options);
+    CHECK(fuser->name() == name);
+    results[name] = fu::run_fusion(*fuser, data, w.oracle, w.test.x, w.test.y);
+    CHECK(results[name].algorithm == name);
+    CHECK(results[name].accuracy > 0.5);
+    const bool has_model = fuser->fused_model().has_value();
+    CHECK(has_model == (name == "distill" || name == "foe" || name == "foe-distill"));
+  }
+  CHECK(results["bplus"].queries_per_input == 3.0);
+  CHECK(results["bplus"].bytes_sent == 3 * 400 * 8 * 4);
+  CHECK(results["foe"].queries_per_input == 3.0);
+  CHECK(results["distill"].queries_per_input == 0.0);
+  CHECK(results["foe-distill"].queries_per_input == 0.0);
+  CHECK(results["frugal"].queries_per_input >= 1.0);
+  CHECK(results["frugal"].queries_per_input <= 3.0);
+  CHECK(results["foe"].accuracy > results["bplus"].accuracy);
+  CHECK(results["foe-distill"].accuracy > results["foe"].accuracy - 0.05);
+}
+
+TEST_CASE("algorithms: unknown names and unlabelled data are refused") {
+  try {
+    fu::make_fuser("fedavg");
+    FAIL("no error");
+  } catch (const chorus::Error& e) {
+    CHECK(std::string(e.what()).find("expected one of: bplus, bmax") !=
+          std::string::npos);
+  }
+  auto& w = world();
+  fu::FusionData data;
+  data.num_classes = 4;
+  data.experts = w.oracle.experts();
+  data.transfer = w.train.x;
+  data.answers = w.oracle.query_all(w.train.x);
+  auto foe = fu::make_fuser("foe");
+  CHECK_THROWS_AS(foe->fit(data), chorus::Error);  // No V.
+  data.answers.pop_back();
+  CHECK_THROWS_AS(fu::make_fuser("bplus")->fit(data), chorus::Error);
 }

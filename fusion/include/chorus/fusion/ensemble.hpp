@@ -17,6 +17,11 @@ torch::Tensor lift(const torch::Tensor& probs,
                    const std::vector<std::int64_t>& labels,
                    std::int64_t num_classes);
 
+/// Lifts every expert's answer (in `experts` order).
+std::vector<torch::Tensor> lift_all(const std::vector<torch::Tensor>& answers,
+                                    const std::vector<ExpertInfo>& experts,
+                                    std::int64_t num_classes);
+
 /// Lifts every expert's answer (in `oracle`'s expert order).
 std::vector<torch::Tensor> lift_all(const std::vector<torch::Tensor>& answers,
                                     const QueryOracle& oracle);

@@ -1,0 +1,103 @@
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "chorus/fusion/distill.hpp"
+#include "chorus/fusion/foe.hpp"
+#include "chorus/fusion/frugal.hpp"
+#include "chorus/fusion/fused_model.hpp"
+#include "chorus/fusion/oracle.hpp"
+
+/// The fusion algorithms behind one interface, by name: what the coordinator
+/// runs each round and `chorus simulate --algorithm NAME` selects.
+namespace chorus::fusion {
+
+/// What a round collected: the experts' answers on the transfer pool U and
+/// the labelled fusion set V (a subset of U).
+struct FusionData {
+  /// C, the size of the shared label space.
+  std::int64_t num_classes = 0;
+  /// The experts, in the order of `answers`.
+  std::vector<ExpertInfo> experts;
+  /// U's inputs [N, ...].
+  torch::Tensor transfer;
+  /// Every expert's answers on U, in the oracle's expert order.
+  std::vector<torch::Tensor> answers;
+  /// Rows of U that form V (int64), and their labels (int64).
+  torch::Tensor fusion_index;
+  torch::Tensor fusion_labels;
+
+  /// The answers restricted to V's rows.
+  std::vector<torch::Tensor> fusion_answers() const;
+  /// V's inputs.
+  torch::Tensor fusion_inputs() const;
+  /// The answers on U lifted into the shared label space.
+  std::vector<torch::Tensor> lifted_answers() const;
+  /// Throws `chorus::Error` (INVALID_ARGUMENT) when the parts disagree, or
+  /// when `needs_labels` and V is empty.
+  void validate(bool needs_labels) const;
+};
+
+/// Options of every algorithm, by algorithm.
+struct AlgorithmOptions {
+  TORCH_ARG(FoeOptions, foe) = FoeOptions().features(FoeFeatures::kLogProbs);
+  TORCH_ARG(DistillOptions, distill) = DistillOptions();
+  TORCH_ARG(FrugalOptions, frugal) = FrugalOptions();
+  TORCH_ARG(std::uint64_t, seed) = 0;
+  TORCH_ARG(int, threads) = 0;
+};
+
+/// A fusion algorithm: fitted on a round's answers, then predicting, perhaps
+/// by querying experts.
+class Fuser {
+ public:
+  virtual ~Fuser() = default;
+  /// The algorithm's name, e.g. "foe".
+  virtual std::string name() const = 0;
+  /// Whether prediction queries the experts (ensembles, foe, frugal).
+  virtual bool needs_experts() const = 0;
+  /// Learns from the collected answers.
+  virtual void fit(const FusionData& data) = 0;
+  /// Fused probabilities [N, C] for `inputs`; queries `oracle` only when
+  /// `needs_experts()`.
+  virtual torch::Tensor predict(QueryOracle& oracle,
+                                const torch::Tensor& inputs) = 0;
+  /// The storable fused model; empty for the ensembles, which have none.
+  virtual std::optional<FusedModel> fused_model() const = 0;
+};
+
+/// The names `make_fuser` accepts: bplus, bmax, distill, foe, foe-distill,
+/// frugal.
+const std::vector<std::string>& algorithm_names();
+
+/// A fuser for `name`. Throws `chorus::Error` (INVALID_ARGUMENT) naming the
+/// accepted names.
+std::unique_ptr<Fuser> make_fuser(const std::string& name,
+                                  const AlgorithmOptions& options = {});
+
+/// The uniform result of an algorithm on a test set.
+struct FusionResult {
+  std::string algorithm;
+  double accuracy = 0;
+  /// Expert queries (inputs) at prediction time, per test input.
+  double queries_per_input = 0;
+  /// Bytes to and from the experts at prediction time.
+  std::int64_t bytes_sent = 0;
+  std::int64_t bytes_received = 0;
+  double fit_seconds = 0;
+  double predict_seconds = 0;
+};
+
+/// Fits `fuser` on `data`, predicts `test_inputs` through `oracle`, and
+/// measures it against `test_labels`. The oracle's counters are reset.
+FusionResult run_fusion(Fuser& fuser, const FusionData& data,
+                        QueryOracle& oracle, const torch::Tensor& test_inputs,
+                        const torch::Tensor& test_labels);
+
+}  // namespace chorus::fusion

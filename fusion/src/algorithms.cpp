@@ -1,0 +1,201 @@
+#include "chorus/fusion/algorithms.hpp"
+
+#include <fmt/ranges.h>
+#include <torch/torch.h>
+
+#include <chrono>
+
+#include "chorus/core/error.hpp"
+#include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/train.hpp"
+
+namespace chorus::fusion {
+
+std::vector<torch::Tensor> FusionData::fusion_answers() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& a : answers) out.push_back(a.index_select(0, fusion_index));
+  return out;
+}
+
+torch::Tensor FusionData::fusion_inputs() const {
+  return transfer.index_select(0, fusion_index);
+}
+
+std::vector<torch::Tensor> FusionData::lifted_answers() const {
+  return lift_all(answers, experts, num_classes);
+}
+
+void FusionData::validate(bool needs_labels) const {
+  CHORUS_CHECK(num_classes > 0, "fusion data: no label space");
+  CHORUS_CHECK(!answers.empty() && answers.size() == experts.size(),
+               "fusion data: {} answers for {} experts", answers.size(),
+               experts.size());
+  CHORUS_CHECK(transfer.defined() && transfer.size(0) > 0,
+               "fusion data: empty transfer pool");
+  for (std::size_t i = 0; i < answers.size(); ++i) {
+    CHORUS_CHECK(answers[i].dim() == 2 && answers[i].size(0) == transfer.size(0) &&
+                     answers[i].size(1) ==
+                         static_cast<std::int64_t>(experts[i].labels.size()),
+                 "fusion data: expert '{}' answered [{}] for {} inputs over {} "
+                 "labels",
+                 experts[i].name, fmt::join(answers[i].sizes(), ", "),
+                 transfer.size(0), experts[i].labels.size());
+  }
+  if (needs_labels) {
+    CHORUS_CHECK(fusion_index.defined() && fusion_index.numel() > 0 &&
+                     fusion_labels.defined() &&
+                     fusion_labels.numel() == fusion_index.numel(),
+                 "this algorithm needs a labelled fusion set V");
+  }
+}
+
+namespace {
+
+class EnsembleFuser : public Fuser {
+ public:
+  explicit EnsembleFuser(bool use_max) : use_max_(use_max) {}
+  std::string name() const override { return use_max_ ? "bmax" : "bplus"; }
+  bool needs_experts() const override { return true; }
+  void fit(const FusionData& data) override { data.validate(false); }
+  torch::Tensor predict(QueryOracle& oracle, const torch::Tensor& x) override {
+    auto lifted = lift_all(oracle.query_all(x), oracle);
+    return use_max_ ? ensemble_max(lifted) : ensemble_sum(lifted);
+  }
+  std::optional<FusedModel> fused_model() const override { return std::nullopt; }
+
+ private:
+  bool use_max_;
+};
+
+// Distillation into a student that needs no expert once trained: from B+
+// ("distill") or from the FoE fuser ("foe-distill").
+class StudentFuser : public Fuser {
+ public:
+  StudentFuser(bool from_foe, const AlgorithmOptions& o)
+      : from_foe_(from_foe), options_(o) {}
+  std::string name() const override { return from_foe_ ? "foe-distill" : "distill"; }
+  bool needs_experts() const override { return false; }
+  void fit(const FusionData& data) override {
+    data.validate(/*needs_labels=*/from_foe_);
+    if (!from_foe_) {
+      student_ = distill(data.transfer, ensemble_sum(data.lifted_answers()),
+                         options_.distill(), name())
+                     .model;
+      return;
+    }
+    Foe foe(options_.foe());
+    foe.fit(data.fusion_answers(), data.fusion_labels, data.num_classes,
+            data.answers);
+    student_ = distill(data.transfer, foe.predict_proba(data.answers),
+                       options_.distill(), name(), data.fusion_inputs(),
+                       data.fusion_labels)
+                   .model;
+  }
+  torch::Tensor predict(QueryOracle&, const torch::Tensor& x) override {
+    CHORUS_CHECK_CODE(student_.has_value(), Code::kFailedPrecondition,
+                      "{}: predict before fit", name());
+    return predict_proba(*student_->model, x);
+  }
+  std::optional<FusedModel> fused_model() const override { return student_; }
+
+ private:
+  bool from_foe_;
+  AlgorithmOptions options_;
+  std::optional<FusedModel> student_;
+};
+
+class FoeFuser : public Fuser {
+ public:
+  explicit FoeFuser(const AlgorithmOptions& o) : foe_(o.foe()) {}
+  std::string name() const override { return "foe"; }
+  bool needs_experts() const override { return true; }
+  void fit(const FusionData& data) override {
+    data.validate(/*needs_labels=*/true);
+    foe_.fit(data.fusion_answers(), data.fusion_labels, data.num_classes,
+             data.answers);
+    fitted_ = true;
+  }
+  torch::Tensor predict(QueryOracle& oracle, const torch::Tensor& x) override {
+    return foe_.predict_proba(oracle.query_all(x));
+  }
+  std::optional<FusedModel> fused_model() const override {
+    if (!fitted_) return std::nullopt;
+    return foe_.to_fused_model();
+  }
+
+ private:
+  Foe foe_;
+  bool fitted_ = false;
+};
+
+class FrugalFuser : public Fuser {
+ public:
+  explicit FrugalFuser(const AlgorithmOptions& o) : frugal_(o.frugal()) {}
+  std::string name() const override { return "frugal"; }
+  bool needs_experts() const override { return true; }
+  void fit(const FusionData& data) override {
+    data.validate(/*needs_labels=*/true);
+    frugal_.fit(data.fusion_answers(), data.fusion_labels, data.num_classes);
+  }
+  torch::Tensor predict(QueryOracle& oracle, const torch::Tensor& x) override {
+    return frugal_.predict(oracle, x).probs;
+  }
+  std::optional<FusedModel> fused_model() const override { return std::nullopt; }
+
+ private:
+  FrugalFoe frugal_;
+};
+
+// Applies the shared seed and thread count to every algorithm's options.
+AlgorithmOptions seeded(AlgorithmOptions o) {
+  o.foe().seed(o.seed()).threads(o.threads());
+  o.distill().seed(o.seed()).threads(o.threads());
+  o.frugal().fuser().seed(o.seed()).threads(o.threads());
+  return o;
+}
+
+}  // namespace
+
+const std::vector<std::string>& algorithm_names() {
+  static const std::vector<std::string> kNames = {
+      "bplus", "bmax", "distill", "foe", "foe-distill", "frugal"};
+  return kNames;
+}
+
+std::unique_ptr<Fuser> make_fuser(const std::string& name,
+                                  const AlgorithmOptions& options) {
+  const auto o = seeded(options);
+  if (name == "bplus") return std::make_unique<EnsembleFuser>(false);
+  if (name == "bmax") return std::make_unique<EnsembleFuser>(true);
+  if (name == "distill") return std::make_unique<StudentFuser>(false, o);
+  if (name == "foe-distill") return std::make_unique<StudentFuser>(true, o);
+  if (name == "foe") return std::make_unique<FoeFuser>(o);
+  if (name == "frugal") return std::make_unique<FrugalFuser>(o);
+  fail(Code::kInvalidArgument, "unknown algorithm '{}' (expected one of: {})",
+       name, fmt::join(algorithm_names(), ", "));
+}
+
+FusionResult run_fusion(Fuser& fuser, const FusionData& data,
+                        QueryOracle& oracle, const torch::Tensor& test_inputs,
+                        const torch::Tensor& test_labels) {
+  using Clock = std::chrono::steady_clock;
+  FusionResult result;
+  result.algorithm = fuser.name();
+  auto t0 = Clock::now();
+  fuser.fit(data);
+  auto t1 = Clock::now();
+  oracle.reset_stats();
+  auto probs = fuser.predict(oracle, test_inputs);
+  auto t2 = Clock::now();
+  const auto stats = oracle.total_stats();
+  result.accuracy = accuracy(probs, test_labels);
+  result.queries_per_input =
+      static_cast<double>(stats.inputs) / std::max<std::int64_t>(1, test_inputs.size(0));
+  result.bytes_sent = stats.bytes_sent;
+  result.bytes_received = stats.bytes_received;
+  result.fit_seconds = std::chrono::duration<double>(t1 - t0).count();
+  result.predict_seconds = std::chrono::duration<double>(t2 - t1).count();
+  return result;
+}
+
+}  // namespace chorus::fusion
