@@ -146,6 +146,68 @@ class FrugalFuser : public Fuser {
   FrugalFoe frugal_;
 };
 
+// FoE's selection form: a classifier over experts, trained on V's inputs
+// to name the expert to trust, so that only the chosen expert answers.
+// Its target for a point of V is the distribution over experts of the
+// probability each gives the true label (experts that do not know the
+// label give it none).
+class SelectFuser : public Fuser {
+ public:
+  explicit SelectFuser(const AlgorithmOptions& o) : options_(o) {}
+  std::string name() const override { return "foe-select"; }
+  bool needs_experts() const override { return true; }
+  void fit(const FusionData& data) override {
+    data.validate(/*needs_labels=*/true);
+    auto lifted = lift_all(data.fusion_answers(), data.experts, data.num_classes);
+    // [|V|, K]: each expert's probability of the true label.
+    auto truth = data.fusion_labels.unsqueeze(1);
+    std::vector<torch::Tensor> columns;
+    for (const auto& l : lifted) columns.push_back(l.gather(1, truth));
+    auto trust = torch::cat(columns, 1) + 1e-3;
+    auto targets = trust / trust.sum(1, /*keepdim=*/true);
+    const auto& d = options_.distill();
+    spec_.arch = d.arch();
+    spec_.input_shape = data.transfer.sizes().slice(1).vec();
+    spec_.num_classes = static_cast<std::int64_t>(data.experts.size());
+    torch::manual_seed(options_.seed());
+    selector_ = make_classifier(spec_);
+    train(*selector_, data.fusion_inputs(), targets,
+          TrainOptions()
+              .epochs(std::max<std::int64_t>(d.epochs(), 30))
+              .batch_size(64)
+              .lr(d.lr())
+              .seed(options_.seed())
+              .threads(options_.threads()));
+  }
+  torch::Tensor predict(QueryOracle& oracle, const torch::Tensor& x) override {
+    CHORUS_CHECK_CODE(selector_ != nullptr, Code::kFailedPrecondition,
+                      "foe-select: predict before fit");
+    auto choice = predict_proba(*selector_, x).argmax(1);
+    auto out = torch::zeros({x.size(0), oracle.num_classes()});
+    for (std::int64_t k = 0; k < oracle.num_experts(); ++k) {
+      auto rows = choice.eq(k).nonzero().flatten();
+      if (rows.numel() == 0) continue;
+      const auto& labels = oracle.experts()[static_cast<std::size_t>(k)].labels;
+      out.index_copy_(0, rows,
+                      lift(oracle.query(k, x.index_select(0, rows)), labels,
+                           oracle.num_classes()));
+    }
+    return out;
+  }
+  std::optional<FusedModel> fused_model() const override {
+    if (!selector_) return std::nullopt;
+    return FusedModel{.algorithm = "foe-select",
+                      .spec = spec_,
+                      .attributes = {},
+                      .model = selector_};
+  }
+
+ private:
+  AlgorithmOptions options_;
+  ModelSpec spec_;
+  std::shared_ptr<ClassifierImpl> selector_;
+};
+
 // Applies the shared seed and thread count to every algorithm's options.
 AlgorithmOptions seeded(AlgorithmOptions o) {
   o.foe().seed(o.seed()).threads(o.threads());
@@ -158,7 +220,7 @@ AlgorithmOptions seeded(AlgorithmOptions o) {
 
 const std::vector<std::string>& algorithm_names() {
   static const std::vector<std::string> kNames = {
-      "bplus", "bmax", "distill", "foe", "foe-distill", "frugal"};
+      "bplus", "bmax", "distill", "foe", "foe-distill", "foe-select", "frugal"};
   return kNames;
 }
 
@@ -171,6 +233,7 @@ std::unique_ptr<Fuser> make_fuser(const std::string& name,
   if (name == "foe-distill") return std::make_unique<StudentFuser>(true, o);
   if (name == "foe") return std::make_unique<FoeFuser>(o);
   if (name == "frugal") return std::make_unique<FrugalFuser>(o);
+  if (name == "foe-select") return std::make_unique<SelectFuser>(o);
   fail(Code::kInvalidArgument, "unknown algorithm '{}' (expected one of: {})",
        name, fmt::join(algorithm_names(), ", "));
 }

@@ -178,13 +178,15 @@ TEST_CASE("algorithms: every named algorithm fits, predicts and accounts queries
     CHECK(results[name].algorithm == name);
     CHECK(results[name].accuracy > 0.5);
     const bool has_model = fuser->fused_model().has_value();
-    CHECK(has_model == (name == "distill" || name == "foe" || name == "foe-distill"));
+    CHECK(has_model == (name == "distill" || name == "foe" ||
+                        name == "foe-distill" || name == "foe-select"));
   }
   CHECK(results["bplus"].queries_per_input == 3.0);
   CHECK(results["bplus"].bytes_sent == 3 * 400 * 8 * 4);
   CHECK(results["foe"].queries_per_input == 3.0);
   CHECK(results["distill"].queries_per_input == 0.0);
   CHECK(results["foe-distill"].queries_per_input == 0.0);
+  CHECK(results["foe-select"].queries_per_input == 1.0);
   CHECK(results["frugal"].queries_per_input >= 1.0);
   CHECK(results["frugal"].queries_per_input <= 3.0);
   CHECK(results["foe"].accuracy > results["bplus"].accuracy);

@@ -72,8 +72,11 @@ class Fuser {
   virtual std::optional<FusedModel> fused_model() const = 0;
 };
 
-/// The names `make_fuser` accepts: bplus, bmax, distill, foe, foe-distill,
-/// frugal.
+/// The names `make_fuser` accepts: bplus, bmax (ensembles); distill (a
+/// student of B+); foe (the FoE fuser); foe-distill (a student of FoE, no
+/// expert at prediction time); foe-select (FoE's selection form: a
+/// classifier over experts on the input, only the chosen expert answers);
+/// frugal (cost-aware sequential FoE).
 const std::vector<std::string>& algorithm_names();
 
 /// A fuser for `name`. Throws `chorus::Error` (INVALID_ARGUMENT) naming the
