@@ -27,9 +27,12 @@ demo: build
 test: build
 	ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS)
 
+# Benchmarks print their tables and write JSON to $(BUILD_DIR)/bench-results/.
 bench: build
 	@mkdir -p $(BUILD_DIR)/bench-results
 	$(BUILD_DIR)/bench/bench_data --json $(BUILD_DIR)/bench-results/data.json
+	$(BUILD_DIR)/bench/bench_p1 --seeds 3 --json $(BUILD_DIR)/bench-results/p1.json \
+	    --save-dir $(BUILD_DIR)/bench-results
 
 format:
 	git ls-files '*.cpp' '*.hpp' '*.hpp.in' | xargs clang-format -i
