@@ -12,6 +12,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
+#include "certs_command.hpp"
 #include "eval_command.hpp"
 
 namespace {
@@ -90,21 +91,9 @@ int main(int argc, char** argv) {
                 "coordinator (--config node.toml)"),
        not_built("node", "issue #5")});
 
-  CLI::App* certs = app.add_subcommand(
-      "certs", "Create and inspect the deployment's CA and certificates");
-  certs->require_subcommand(1);
-  commands.push_back(
-      {add_stub(*certs, "init",
-                "Create a CA and a key and certificate per party "
-                "(--out DIR --coordinator HOST --nodes a,b,c)"),
-       not_built("certs init", "issue #3")});
-  commands.push_back({add_stub(*certs, "add-node",
-                               "Add one node's key and certificate to an "
-                               "existing CA (NAME --ca DIR)"),
-                      not_built("certs add-node", "issue #3")});
-  commands.push_back(
-      {add_stub(*certs, "show", "Print a certificate's subject, SAN, validity"),
-       not_built("certs show", "issue #3")});
+  for (auto& [sub, run] : chorus::app::add_certs_commands(app)) {
+    commands.push_back({sub, std::move(run)});
+  }
 
   commands.push_back(
       {add_stub(app, "predict",

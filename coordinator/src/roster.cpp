@@ -4,29 +4,11 @@
 #include <set>
 
 #include "chorus/core/error.hpp"
+#include "chorus/protocol/identity.hpp"
 
 namespace chorus::coordinator {
-namespace {
-
-bool is_alnum(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9');
-}
-
-}  // namespace
-
 void Roster::validate_identity(std::string_view identity) {
-  CHORUS_CHECK(!identity.empty() && identity.size() <= 64,
-               "node identity '{}' must be 1 to 64 characters long", identity);
-  CHORUS_CHECK(is_alnum(identity.front()),
-               "node identity '{}' must start with a letter or digit",
-               identity);
-  for (char c : identity) {
-    CHORUS_CHECK(is_alnum(c) || c == '.' || c == '_' || c == '-',
-                 "node identity '{}' contains '{}'; use letters, digits, "
-                 "'.', '_' or '-'",
-                 identity, c);
-  }
+  protocol::validate_identity(identity);
 }
 
 Roster::Roster(std::vector<std::string> identities)
