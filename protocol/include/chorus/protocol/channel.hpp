@@ -1,0 +1,252 @@
+#pragma once
+
+#include <asio/awaitable.hpp>
+#include <asio/io_context.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/ssl/context.hpp>
+#include <asio/ssl/stream.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/strand.hpp>
+#include <spdlog/logger.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+
+#include "chorus/core/error.hpp"
+#include "chorus/protocol/framing.hpp"
+#include "chorus/v1/chorus.pb.h"
+
+/// The chorus.v1 transport: one mutually authenticated TLS connection per
+/// node, multiplexed by request_id, on Asio coroutines. The coordinator runs
+/// a `Server`, each node a `Client` that dials out and reconnects.
+namespace chorus::protocol {
+
+/// The protocol version this build speaks.
+inline constexpr std::uint32_t kProtocolMajor = 1;
+inline constexpr std::uint32_t kProtocolMinor = 0;
+
+/// PEM material of one party: the deployment's CA, its certificate, its key.
+struct TlsMaterial {
+  std::string ca_pem;
+  std::string cert_pem;
+  std::string key_pem;
+
+  /// Reads the three PEM files. Throws `chorus::Error` (NOT_FOUND).
+  static TlsMaterial load(const std::filesystem::path& ca,
+                          const std::filesystem::path& cert,
+                          const std::filesystem::path& key);
+};
+
+/// A TLS server context (coordinator): TLS 1.2 minimum, peer certificates
+/// required and verified against the CA. Throws `chorus::Error`.
+asio::ssl::context make_server_context(const TlsMaterial& tls);
+
+/// A TLS client context (node): TLS 1.2 minimum, the server verified
+/// against the CA and `server_host` checked against its certificate's SANs.
+asio::ssl::context make_client_context(const TlsMaterial& tls,
+                                       const std::string& server_host);
+
+/// Limits and timers of a connection.
+struct ChannelOptions {
+  /// Largest frame body accepted or sent.
+  std::uint32_t max_frame_size = kDefaultMaxFrameSize;
+  /// A Heartbeat is sent after this long without sending anything.
+  std::chrono::milliseconds heartbeat_interval{5000};
+  /// The connection is closed after this long without receiving anything.
+  std::chrono::milliseconds idle_timeout{30000};
+  /// TLS handshake plus Hello/Welcome must finish within this.
+  std::chrono::milliseconds handshake_timeout{10000};
+  /// Bytes queued for a peer that does not read before the connection is
+  /// closed (bounds memory under backpressure).
+  std::size_t max_queued_bytes = std::size_t{256} << 20;
+};
+
+/// One established, authenticated connection. All of its state lives on
+/// its strand; `request_async` and `close` may be called from any thread.
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  using Stream = asio::ssl::stream<asio::ip::tcp::socket>;
+  /// Answers an incoming request; its result (a reply body, or a Status) is
+  /// sent back with the request's id. Throwing `chorus::Error` sends a
+  /// Status with its code: every request gets exactly one reply.
+  using RequestHandler =
+      std::function<asio::awaitable<v1::Envelope>(const v1::Envelope&)>;
+  /// Called once when the connection ends, with the reason.
+  using CloseHandler = std::function<void(const std::string& reason)>;
+
+  Connection(Stream stream, ChannelOptions options, std::string peer_identity,
+             std::string log_name);
+  ~Connection();
+
+  /// Starts the reader, writer and heartbeat coroutines.
+  void start(RequestHandler on_request, CloseHandler on_close);
+
+  /// Sends `request` (its body set; the id is assigned) and awaits the
+  /// reply. Must run on this connection's strand. Throws `chorus::Error`:
+  /// DEADLINE_EXCEEDED after `deadline`, UNAVAILABLE if the connection
+  /// closes first, or the code of a Status reply.
+  asio::awaitable<v1::Envelope> request(v1::Envelope request,
+                                        std::chrono::milliseconds deadline);
+
+  /// `request` from any thread.
+  std::future<v1::Envelope> request_async(v1::Envelope request,
+                                          std::chrono::milliseconds deadline);
+
+  /// Queues `envelope` for sending (any thread).
+  void send(v1::Envelope envelope);
+
+  /// Sends Goodbye (best effort) and closes (any thread).
+  void close(const std::string& reason);
+
+  /// The peer's certificate CN.
+  const std::string& peer_identity() const { return peer_identity_; }
+  /// Whether the connection is still open.
+  bool is_open() const { return open_.load(); }
+  /// The strand all of this connection's work runs on.
+  asio::strand<asio::any_io_executor> strand() const { return strand_; }
+
+ private:
+  struct Pending {
+    asio::steady_timer* timer;
+    std::optional<v1::Envelope>* reply;
+  };
+
+  asio::awaitable<void> reader();
+  asio::awaitable<void> writer();
+  asio::awaitable<void> heartbeat();
+  asio::awaitable<void> serve(v1::Envelope request);
+  void enqueue(const v1::Envelope& envelope);
+  void shutdown(const std::string& reason);
+
+  Stream stream_;
+  asio::strand<asio::any_io_executor> strand_;
+  ChannelOptions options_;
+  std::string peer_identity_;
+  std::shared_ptr<spdlog::logger> log_;
+  RequestHandler on_request_;
+  CloseHandler on_close_;
+  std::atomic<bool> open_{false};
+  bool closing_ = false;
+  std::deque<std::string> queue_;
+  std::size_t queued_bytes_ = 0;
+  asio::steady_timer write_signal_;
+  std::chrono::steady_clock::time_point last_sent_, last_received_;
+  std::uint64_t next_request_id_ = 1;
+  std::map<std::uint64_t, Pending> pending_;
+};
+
+/// What the server asks the application when a node says Hello.
+struct Admission {
+  /// Admit (send Welcome) or refuse (send Status and close).
+  bool admit = true;
+  Code code = Code::kOk;
+  std::string message;
+};
+
+/// The coordinator's listener.
+class Server {
+ public:
+  /// Decides on a node's Hello (its identity is already verified).
+  using AdmitHandler =
+      std::function<Admission(const std::string& identity, const v1::Hello& hello)>;
+  /// Receives each admitted connection, already started by the caller of
+  /// this handler (the handler calls `Connection::start`).
+  using ConnectHandler = std::function<void(std::shared_ptr<Connection>,
+                                            const v1::Hello& hello)>;
+
+  /// Listens on `endpoint` (port 0: any free port).
+  Server(asio::io_context& io, asio::ip::tcp::endpoint endpoint,
+         const TlsMaterial& tls, ChannelOptions options, v1::Welcome welcome,
+         AdmitHandler on_admit, ConnectHandler on_connect);
+
+  /// Starts accepting.
+  void start();
+  /// Stops accepting (connections already made stay up).
+  void stop();
+  /// The bound port.
+  std::uint16_t port() const { return port_; }
+
+ private:
+  asio::awaitable<void> accept_loop();
+  asio::awaitable<void> admit(asio::ip::tcp::socket socket);
+
+  asio::io_context& io_;
+  asio::ssl::context ssl_;
+  asio::ip::tcp::acceptor acceptor_;
+  std::uint16_t port_ = 0;
+  ChannelOptions options_;
+  v1::Welcome welcome_;
+  AdmitHandler on_admit_;
+  ConnectHandler on_connect_;
+  std::shared_ptr<spdlog::logger> log_;
+};
+
+/// Reconnection policy of a `Client`.
+struct Backoff {
+  std::chrono::milliseconds initial{200};
+  std::chrono::milliseconds max{10000};
+  double multiplier = 2.0;
+  /// Each delay is drawn uniformly from [delay·(1−jitter), delay].
+  double jitter = 0.5;
+
+  /// The delay before attempt `attempt` (0-based), drawn with `rng`.
+  std::chrono::milliseconds delay(int attempt, std::mt19937_64& rng) const;
+};
+
+/// A node's dialler: connects, says Hello, serves requests, and reconnects
+/// with exponential backoff and jitter whenever the connection ends.
+class Client {
+ public:
+  /// Called with each new connection after Welcome (the client starts it).
+  using ConnectHandler =
+      std::function<void(std::shared_ptr<Connection>, const v1::Welcome&)>;
+
+  Client(asio::io_context& io, std::string host, std::uint16_t port,
+         const TlsMaterial& tls, ChannelOptions options, Backoff backoff,
+         std::function<v1::Hello()> make_hello,
+         Connection::RequestHandler on_request, ConnectHandler on_connect = {});
+
+  /// Starts dialling.
+  void start();
+  /// Stops reconnecting and closes the current connection.
+  void stop();
+  /// The current connection, if any.
+  std::shared_ptr<Connection> connection() const;
+  /// Number of sessions that reached Welcome so far.
+  int sessions() const { return sessions_.load(); }
+
+ private:
+  asio::awaitable<void> run();
+  asio::awaitable<std::shared_ptr<Connection>> connect_once();
+
+  asio::io_context& io_;
+  std::string host_;
+  std::uint16_t port_;
+  asio::ssl::context ssl_;
+  ChannelOptions options_;
+  Backoff backoff_;
+  std::function<v1::Hello()> make_hello_;
+  Connection::RequestHandler on_request_;
+  ConnectHandler on_connect_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::atomic<bool> stopped_{false};
+  std::atomic<int> sessions_{0};
+  mutable std::mutex mutex_;
+  std::shared_ptr<Connection> current_;
+  asio::steady_timer wait_;
+};
+
+/// Builds a Status envelope.
+v1::Envelope make_status(Code code, const std::string& message,
+                         std::uint64_t request_id = 0);
+
+}  // namespace chorus::protocol

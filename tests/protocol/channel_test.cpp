@@ -1,0 +1,547 @@
+// The TLS channel over real loopback sockets with real certificates: a
+// coordinator-side Server, node-side Clients, and raw clients that misbehave.
+#include "chorus/protocol/channel.hpp"
+
+#include <asio/connect.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/read.hpp>
+#include <asio/write.hpp>
+#include <spdlog/sinks/ostream_sink.h>
+
+#include <sstream>
+#include <thread>
+
+#include "chorus/core/log.hpp"
+#include "chorus/protocol/certs.hpp"
+#include "chorus/protocol/tensor_codec.hpp"
+#include "support/doctest.hpp"
+
+namespace pr = chorus::protocol;
+namespace v1 = chorus::v1;
+using namespace std::chrono_literals;
+using asio::ip::tcp;
+
+namespace {
+
+// Test PKI, made once per process.
+struct Pki {
+  pr::KeyPair ca = pr::make_ca("test-ca");
+  pr::KeyPair other_ca = pr::make_ca("other-ca");
+  pr::KeyPair coordinator = pr::issue_certificate(
+      ca, "coordinator", pr::CertRole::kCoordinator, {"localhost", "127.0.0.1"});
+  pr::KeyPair localhost_only = pr::issue_certificate(
+      ca, "coordinator", pr::CertRole::kCoordinator, {"localhost"});
+  pr::KeyPair alpha = pr::issue_certificate(ca, "alpha", pr::CertRole::kNode, {});
+  pr::KeyPair beta = pr::issue_certificate(ca, "beta", pr::CertRole::kNode, {});
+  pr::KeyPair stranger = pr::issue_certificate(ca, "stranger", pr::CertRole::kNode, {});
+  pr::KeyPair expired = pr::issue_certificate(
+      ca, "alpha", pr::CertRole::kNode, {},
+      pr::Validity{.not_before_offset = std::chrono::hours(-72), .days = 1});
+  pr::KeyPair foreign = pr::issue_certificate(other_ca, "alpha", pr::CertRole::kNode, {});
+
+  pr::TlsMaterial material(const pr::KeyPair& leaf) const {
+    return {ca.cert_pem, leaf.cert_pem, leaf.key_pem};
+  }
+};
+
+const Pki& pki() {
+  static Pki p;
+  return p;
+}
+
+// Captures what the "protocol" logger writes.
+class LogCapture {
+ public:
+  LogCapture() : sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)) {
+    sink_->set_pattern("%v");
+    chorus::log::get("protocol")->sinks().push_back(sink_);
+    chorus::log::get("protocol")->set_level(spdlog::level::debug);
+  }
+  ~LogCapture() {
+    auto& sinks = chorus::log::get("protocol")->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
+  }
+  bool contains(const std::string& text) const {
+    return out_.str().find(text) != std::string::npos;
+  }
+  // Waits up to `timeout` for `text` to be logged.
+  bool wait_for(const std::string& text, std::chrono::milliseconds timeout = 5s) const {
+    auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      if (contains(text)) return true;
+      std::this_thread::sleep_for(10ms);
+    }
+    MESSAGE("log so far:\n" << out_.str());
+    return false;
+  }
+
+ private:
+  std::ostringstream out_;
+  std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
+};
+
+v1::Envelope predict_request(const torch::Tensor& inputs) {
+  v1::Envelope e;
+  pr::encode_tensor(inputs, e.mutable_predict_request()->mutable_inputs());
+  return e;
+}
+
+// A node's request handler: answers Predict with 2·inputs, validating the
+// tensor; sleeps first when the input's first value is negative.
+asio::awaitable<v1::Envelope> doubling_node(const v1::Envelope& request) {
+  CHORUS_CHECK(request.has_predict_request(), "only Predict is served here");
+  auto inputs = pr::decode_tensor(request.predict_request().inputs());
+  if (inputs.numel() > 0 && inputs.flatten()[0].item<float>() < 0) {
+    asio::steady_timer t(co_await asio::this_coro::executor, 500ms);
+    co_await t.async_wait(asio::use_awaitable);
+  }
+  v1::Envelope reply;
+  pr::encode_tensor(inputs * 2, reply.mutable_predict_response()->mutable_outputs());
+  co_return reply;
+}
+
+// A coordinator on loopback with roster {alpha, beta}, on its own thread.
+class TestCoordinator {
+ public:
+  explicit TestCoordinator(pr::ChannelOptions options = fast_options(),
+                           std::uint16_t port = 0) {
+    v1::Welcome welcome;
+    welcome.set_coordinator("coordinator");
+    server_ = std::make_unique<pr::Server>(
+        io_, tcp::endpoint(asio::ip::address_v4::loopback(), port),
+        pki().material(pki().coordinator), options, welcome,
+        [](const std::string& identity, const v1::Hello&) {
+          if (identity == "alpha" || identity == "beta") return pr::Admission{};
+          return pr::Admission{false, chorus::Code::kPermissionDenied,
+                               "'" + identity + "' is not on the roster"};
+        },
+        [this](std::shared_ptr<pr::Connection> c, const v1::Hello&) {
+          c->start([](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
+                     chorus::fail(chorus::Code::kUnimplemented, "coordinator serves nothing");
+                   },
+                   [](const std::string&) {});
+          std::lock_guard lock(mutex_);
+          connections_[c->peer_identity()] = c;
+        });
+    server_->start();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~TestCoordinator() {
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& [id, c] : connections_) c->close("test over");
+    }
+    server_->stop();
+    std::this_thread::sleep_for(50ms);
+    io_.stop();
+    thread_.join();
+  }
+  static pr::ChannelOptions fast_options() {
+    pr::ChannelOptions o;
+    o.heartbeat_interval = 200ms;
+    o.idle_timeout = 3s;
+    o.handshake_timeout = 2s;
+    return o;
+  }
+  std::uint16_t port() const { return server_->port(); }
+  // The connection of `identity`, waiting up to 5 s for it.
+  std::shared_ptr<pr::Connection> wait_for(const std::string& identity) {
+    for (int i = 0; i < 500; ++i) {
+      {
+        std::lock_guard lock(mutex_);
+        auto it = connections_.find(identity);
+        if (it != connections_.end() && it->second->is_open()) return it->second;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return nullptr;
+  }
+  void forget(const std::string& identity) {
+    std::lock_guard lock(mutex_);
+    connections_.erase(identity);
+  }
+
+ private:
+  asio::io_context io_;
+  std::unique_ptr<pr::Server> server_;
+  std::thread thread_;
+  std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<pr::Connection>> connections_;
+};
+
+// A node dialling the coordinator, on its own thread.
+class TestNode {
+ public:
+  TestNode(const pr::KeyPair& leaf, std::uint16_t port, std::string host = "localhost",
+           pr::ChannelOptions options = TestCoordinator::fast_options()) {
+    client_ = std::make_unique<pr::Client>(
+        io_, host, port, pki().material(leaf), options,
+        pr::Backoff{.initial = 50ms, .max = 200ms},
+        [] {
+          v1::Hello hello;
+          hello.set_software("test-node");
+          return hello;
+        },
+        doubling_node);
+    client_->start();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~TestNode() {
+    client_->stop();
+    std::this_thread::sleep_for(50ms);
+    io_.stop();
+    thread_.join();
+  }
+  pr::Client& client() { return *client_; }
+
+ private:
+  asio::io_context io_;
+  std::unique_ptr<pr::Client> client_;
+  std::thread thread_;
+};
+
+// A hand-driven client for misbehaviour: optional certificate, raw bytes.
+class RawClient {
+ public:
+  RawClient(std::uint16_t port, const pr::KeyPair* leaf)
+      : ctx_(asio::ssl::context::tls_client), stream_(io_, ctx_) {
+    ctx_.add_certificate_authority(asio::buffer(pki().ca.cert_pem));
+    if (leaf) {
+      ctx_.use_certificate_chain(asio::buffer(leaf->cert_pem));
+      ctx_.use_private_key(asio::buffer(leaf->key_pem), asio::ssl::context::pem);
+    }
+    stream_ = Stream(io_, ctx_);
+    stream_.lowest_layer().connect(tcp::endpoint(asio::ip::address_v4::loopback(), port));
+  }
+  bool handshake() {
+    std::error_code ec;
+    stream_.handshake(asio::ssl::stream_base::client, ec);
+    return !ec;
+  }
+  void write_tls(const std::string& bytes) {
+    std::error_code ec;
+    asio::write(stream_, asio::buffer(bytes), ec);
+  }
+  void write_plain(const std::string& bytes) {
+    std::error_code ec;
+    asio::write(stream_.next_layer(), asio::buffer(bytes), ec);
+  }
+  void send(const v1::Envelope& e) {
+    std::string body = e.SerializeAsString();
+    auto header = pr::encode_frame_header(body.size());
+    write_tls(std::string(header.begin(), header.end()) + body);
+  }
+  // The next envelope, or empty when the server closed the connection.
+  std::optional<v1::Envelope> receive() {
+    std::array<std::uint8_t, 4> header{};
+    std::error_code ec;
+    asio::read(stream_, asio::buffer(header), ec);
+    if (ec) return std::nullopt;
+    std::string body(pr::decode_frame_header(header), '\0');
+    asio::read(stream_, asio::buffer(body), ec);
+    if (ec) return std::nullopt;
+    v1::Envelope e;
+    if (!e.ParseFromString(body)) return std::nullopt;
+    return e;
+  }
+  // Skips heartbeats.
+  std::optional<v1::Envelope> receive_non_heartbeat() {
+    while (auto e = receive()) {
+      if (!e->has_heartbeat()) return e;
+    }
+    return std::nullopt;
+  }
+  bool hello() {
+    v1::Envelope e;
+    e.mutable_hello()->set_protocol_major(pr::kProtocolMajor);
+    send(e);
+    auto reply = receive_non_heartbeat();
+    return reply && reply->has_welcome();
+  }
+  void close() {
+    std::error_code ec;
+    stream_.lowest_layer().close(ec);
+  }
+
+ private:
+  using Stream = asio::ssl::stream<tcp::socket>;
+  asio::io_context io_;
+  asio::ssl::context ctx_;
+  Stream stream_;
+};
+
+// The server still admits and serves a well-behaved node.
+void check_still_serving(TestCoordinator& coordinator) {
+  TestNode beta(pki().beta, coordinator.port());
+  auto conn = coordinator.wait_for("beta");
+  REQUIRE(conn != nullptr);
+  auto reply = conn->request_async(predict_request(torch::ones({1, 3})), 2s).get();
+  CHECK(torch::equal(pr::decode_tensor(reply.predict_response().outputs()),
+                     torch::full({1, 3}, 2.0f)));
+  coordinator.forget("beta");
+}
+
+chorus::Code code_of(std::future<v1::Envelope>&& f) {
+  try {
+    f.get();
+  } catch (const chorus::Error& e) {
+    return e.code();
+  }
+  return chorus::Code::kOk;
+}
+
+}  // namespace
+
+TEST_CASE("channel: a node answers the coordinator over mutual TLS") {
+  TestCoordinator coordinator;
+  TestNode alpha(pki().alpha, coordinator.port());
+  auto conn = coordinator.wait_for("alpha");
+  REQUIRE(conn != nullptr);
+  CHECK(conn->peer_identity() == "alpha");
+  auto image = torch::rand({1, 1, 28, 28});
+  auto reply = conn->request_async(predict_request(image), 2s).get();
+  CHECK(torch::equal(pr::decode_tensor(reply.predict_response().outputs()), image * 2));
+  REQUIRE(alpha.client().connection() != nullptr);
+  CHECK(alpha.client().connection()->peer_identity() == "coordinator");
+
+  // Concurrent requests on one connection each get their own reply.
+  std::vector<std::future<v1::Envelope>> futures;
+  for (int i = 0; i < 20; ++i) {
+    futures.push_back(conn->request_async(predict_request(torch::full({2, 2}, float(i))), 2s));
+  }
+  for (int i = 0; i < 20; ++i) {
+    auto out = pr::decode_tensor(futures[i].get().predict_response().outputs());
+    CHECK(out[0][0].item<float>() == 2.0f * i);
+  }
+}
+
+TEST_CASE("channel: a bad tensor gets INVALID_ARGUMENT and the connection stays") {
+  TestCoordinator coordinator;
+  TestNode alpha(pki().alpha, coordinator.port());
+  auto conn = coordinator.wait_for("alpha");
+  REQUIRE(conn != nullptr);
+  auto bad = predict_request(torch::zeros({2, 3}));
+  bad.mutable_predict_request()->mutable_inputs()->mutable_data()->append("xx");
+  try {
+    conn->request_async(bad, 2s).get();
+    FAIL("no error");
+  } catch (const chorus::Error& e) {
+    CHECK(e.code() == chorus::Code::kInvalidArgument);
+    CHECK(std::string(e.what()).find("needs 24 bytes, got 26") != std::string::npos);
+  }
+  CHECK(conn->is_open());
+  auto reply = conn->request_async(predict_request(torch::ones({1})), 2s).get();
+  CHECK(reply.has_predict_response());
+}
+
+TEST_CASE("channel: a slow answer misses its deadline while heartbeats keep the link") {
+  TestCoordinator coordinator;
+  TestNode alpha(pki().alpha, coordinator.port());
+  auto conn = coordinator.wait_for("alpha");
+  REQUIRE(conn != nullptr);
+  CHECK(code_of(conn->request_async(predict_request(torch::full({1}, -1.0f)), 100ms)) ==
+        chorus::Code::kDeadlineExceeded);
+  std::this_thread::sleep_for(700ms);  // Idle longer than a heartbeat interval.
+  CHECK(conn->is_open());
+  CHECK(conn->request_async(predict_request(torch::ones({1})), 2s).get().has_predict_response());
+}
+
+TEST_CASE("channel: TLS refusals — no certificate, another CA, expired, plaintext") {
+  TestCoordinator coordinator;
+  LogCapture log;
+  {
+    RawClient anonymous(coordinator.port(), nullptr);
+    anonymous.handshake();
+    CHECK_FALSE(anonymous.hello());
+  }
+  CHECK(log.wait_for("event=tls_refused error=\"peer did not return a certificate"));
+  {
+    RawClient foreign(coordinator.port(), &pki().foreign);
+    foreign.handshake();
+    CHECK_FALSE(foreign.hello());
+  }
+  CHECK(log.wait_for("certificate verify failed"));
+  {
+    RawClient expired(coordinator.port(), &pki().expired);
+    expired.handshake();
+    CHECK_FALSE(expired.hello());
+  }
+  CHECK(log.wait_for("event=tls_refused"));
+  {
+    RawClient plaintext(coordinator.port(), nullptr);
+    plaintext.write_plain("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK_FALSE(plaintext.receive().has_value());
+  }
+  CHECK(log.wait_for("http request"));
+  check_still_serving(coordinator);
+}
+
+TEST_CASE("channel: a valid certificate off the roster is PERMISSION_DENIED") {
+  TestCoordinator coordinator;
+  LogCapture log;
+  RawClient stranger(coordinator.port(), &pki().stranger);
+  REQUIRE(stranger.handshake());
+  v1::Envelope hello;
+  hello.mutable_hello()->set_protocol_major(pr::kProtocolMajor);
+  stranger.send(hello);
+  auto reply = stranger.receive();
+  REQUIRE(reply.has_value());
+  REQUIRE(reply->has_status());
+  CHECK(reply->status().code() == v1::CODE_PERMISSION_DENIED);
+  CHECK(reply->status().message() == "'stranger' is not on the roster");
+  CHECK_FALSE(stranger.receive().has_value());
+  CHECK(log.wait_for("peer=stranger event=refused code=PERMISSION_DENIED"));
+  check_still_serving(coordinator);
+}
+
+TEST_CASE("channel: an unsupported protocol major is refused with its own code") {
+  TestCoordinator coordinator;
+  RawClient future(coordinator.port(), &pki().alpha);
+  REQUIRE(future.handshake());
+  v1::Envelope hello;
+  hello.mutable_hello()->set_protocol_major(pr::kProtocolMajor + 1);
+  future.send(hello);
+  auto reply = future.receive();
+  REQUIRE((reply && reply->has_status()));
+  CHECK(reply->status().code() == v1::CODE_UNSUPPORTED_VERSION);
+  CHECK_FALSE(future.receive().has_value());
+}
+
+TEST_CASE("channel: malformed frames close that connection only") {
+  TestCoordinator coordinator;
+  LogCapture log;
+  SUBCASE("an oversized length prefix") {
+    RawClient c(coordinator.port(), &pki().alpha);
+    REQUIRE(c.handshake());
+    REQUIRE(c.hello());
+    c.write_tls(std::string("\xff\xff\xff\xf0", 4));
+    auto reply = c.receive_non_heartbeat();
+    REQUIRE((reply && reply->has_status()));
+    CHECK(reply->status().code() == v1::CODE_RESOURCE_EXHAUSTED);
+    CHECK(log.wait_for("event=bad_frame code=RESOURCE_EXHAUSTED"));
+  }
+  SUBCASE("an oversized prefix before Hello") {
+    RawClient c(coordinator.port(), &pki().alpha);
+    REQUIRE(c.handshake());
+    c.write_tls(std::string("\x7f\xff\xff\xff", 4));
+    auto reply = c.receive();
+    REQUIRE((reply && reply->has_status()));
+    CHECK(reply->status().code() == v1::CODE_RESOURCE_EXHAUSTED);
+  }
+  SUBCASE("a truncated frame") {
+    RawClient c(coordinator.port(), &pki().alpha);
+    REQUIRE(c.handshake());
+    REQUIRE(c.hello());
+    c.write_tls(std::string("\x00\x00\x00\x64", 4) + "only ten b");
+    c.close();
+    CHECK(log.wait_for("truncated frame: the connection ended after"));
+  }
+  SUBCASE("garbage after a valid handshake") {
+    RawClient c(coordinator.port(), &pki().alpha);
+    REQUIRE(c.handshake());
+    REQUIRE(c.hello());
+    c.write_tls(std::string("\x00\x00\x00\x08", 4) + std::string(8, '\xff'));
+    auto reply = c.receive_non_heartbeat();
+    REQUIRE((reply && reply->has_status()));
+    CHECK(reply->status().code() == v1::CODE_INVALID_ARGUMENT);
+    CHECK(reply->status().message() == "a frame of 8 bytes is not a chorus.v1.Envelope");
+  }
+  SUBCASE("an envelope with an unknown body") {
+    RawClient c(coordinator.port(), &pki().alpha);
+    REQUIRE(c.handshake());
+    REQUIRE(c.hello());
+    // request_id = 5, then field 99 (length-delimited "x"): a newer peer's body.
+    const std::string body("\x08\x05\x9a\x06\x01x", 6);
+    c.write_tls(std::string("\x00\x00\x00\x06", 4) + body);
+    auto reply = c.receive_non_heartbeat();
+    REQUIRE((reply && reply->has_status()));
+    CHECK(reply->status().code() == v1::CODE_INVALID_ARGUMENT);
+    CHECK(reply->status().message().find("no body this peer knows (request_id=5)") !=
+          std::string::npos);
+  }
+  check_still_serving(coordinator);
+}
+
+TEST_CASE("channel: a peer that stops reading is cut off at the queue limit") {
+  auto options = TestCoordinator::fast_options();
+  options.max_queued_bytes = 4u << 20;
+  TestCoordinator coordinator(options);
+  LogCapture log;
+  RawClient lazy(coordinator.port(), &pki().alpha);
+  REQUIRE(lazy.handshake());
+  REQUIRE(lazy.hello());  // Then never reads again.
+  auto conn = coordinator.wait_for("alpha");
+  REQUIRE(conn != nullptr);
+  auto big = predict_request(torch::zeros({256, 1024}));  // 1 MiB each.
+  std::vector<std::future<v1::Envelope>> futures;
+  for (int i = 0; i < 64 && conn->is_open(); ++i) {
+    futures.push_back(conn->request_async(big, 5s));
+    std::this_thread::sleep_for(5ms);
+  }
+  CHECK(log.wait_for("event=backpressure"));
+  CHECK_FALSE(conn->is_open());
+  for (auto& f : futures) CHECK(code_of(std::move(f)) == chorus::Code::kUnavailable);
+  coordinator.forget("alpha");
+  check_still_serving(coordinator);
+}
+
+TEST_CASE("channel: the node checks the coordinator's host name") {
+  v1::Welcome welcome;
+  asio::io_context io;
+  pr::Server server(io, tcp::endpoint(asio::ip::address_v4::loopback(), 0),
+                    pki().material(pki().localhost_only), TestCoordinator::fast_options(),
+                    welcome, [](auto&&...) { return pr::Admission{}; },
+                    [](std::shared_ptr<pr::Connection> c, const v1::Hello&) {
+                      c->start([](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
+                        co_return v1::Envelope{};
+                      }, {});
+                    });
+  server.start();
+  std::thread t([&] { io.run_for(3s); });
+  LogCapture log;
+  {
+    // Dialling 127.0.0.1, which the certificate does not name.
+    TestNode by_ip(pki().alpha, server.port(), "127.0.0.1");
+    CHECK(log.wait_for("event=connect_failed"));
+    CHECK(log.contains("UNAUTHENTICATED"));
+    CHECK(by_ip.client().sessions() == 0);
+  }
+  {
+    TestNode by_name(pki().alpha, server.port(), "localhost");
+    for (int i = 0; i < 200 && by_name.client().sessions() == 0; ++i) {
+      std::this_thread::sleep_for(10ms);
+    }
+    CHECK(by_name.client().sessions() == 1);
+  }
+  server.stop();
+  t.join();
+}
+
+TEST_CASE("channel: a node reconnects with backoff after the coordinator restarts") {
+  std::uint16_t port = 0;
+  auto first = std::make_unique<TestCoordinator>();
+  port = first->port();
+  TestNode alpha(pki().alpha, port);
+  REQUIRE(first->wait_for("alpha") != nullptr);
+  first.reset();  // The coordinator goes away...
+  std::this_thread::sleep_for(300ms);
+  TestCoordinator second(TestCoordinator::fast_options(), port);  // ...and returns.
+  auto conn = second.wait_for("alpha");
+  REQUIRE(conn != nullptr);
+  CHECK(alpha.client().sessions() >= 2);
+  CHECK(conn->request_async(predict_request(torch::ones({1})), 2s).get().has_predict_response());
+}
+
+TEST_CASE("channel: backoff grows exponentially with jitter, capped") {
+  pr::Backoff b{.initial = 100ms, .max = 1000ms, .multiplier = 2.0, .jitter = 0.5};
+  std::mt19937_64 rng(1);
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    const double nominal = std::min(1000.0, 100.0 * std::pow(2.0, attempt));
+    for (int i = 0; i < 20; ++i) {
+      auto d = b.delay(attempt, rng).count();
+      CHECK(d >= nominal * 0.5 - 1);
+      CHECK(d <= nominal);
+    }
+  }
+}
