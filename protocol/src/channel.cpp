@@ -28,7 +28,10 @@ using asio::use_awaitable;
 using asio::experimental::as_tuple;
 using namespace asio::experimental::awaitable_operators;
 using Clock = std::chrono::steady_clock;
-using Stream = Connection::Stream;
+using TlsStream = Connection::Stream;
+
+template <typename S>
+constexpr bool kIsTls = std::is_same_v<S, TlsStream>;
 
 constexpr auto kGoodbyeGrace = std::chrono::milliseconds(1000);
 
@@ -54,6 +57,7 @@ std::string frame_bytes(const v1::Envelope& envelope, std::uint32_t max) {
 
 // One frame. Empty on a clean end of stream before a frame starts; throws
 // chorus::Error for everything a peer can get wrong.
+template <typename Stream>
 awaitable<std::optional<v1::Envelope>> read_envelope(Stream& stream,
                                                      std::uint32_t max) {
   std::array<std::uint8_t, kFrameHeaderSize> header{};
@@ -93,7 +97,7 @@ struct ReadResult {
   std::optional<Error> error;
 };
 
-awaitable<ReadResult> read_envelope_result(Stream& stream, std::uint32_t max) {
+awaitable<ReadResult> read_envelope_result(TlsStream& stream, std::uint32_t max) {
   ReadResult result;
   try {
     result.envelope = co_await read_envelope(stream, max);
@@ -104,7 +108,7 @@ awaitable<ReadResult> read_envelope_result(Stream& stream, std::uint32_t max) {
 }
 
 // Writes one envelope directly (before a Connection owns the stream).
-awaitable<std::error_code> write_envelope(Stream& stream, const v1::Envelope& e,
+awaitable<std::error_code> write_envelope(TlsStream& stream, const v1::Envelope& e,
                                           std::uint32_t max) {
   auto bytes = frame_bytes(e, max);
   auto [ec, n] =
@@ -112,7 +116,7 @@ awaitable<std::error_code> write_envelope(Stream& stream, const v1::Envelope& e,
   co_return ec;
 }
 
-std::string peer_common_name(Stream& stream) {
+std::string peer_common_name(TlsStream& stream) {
   X509* cert = SSL_get1_peer_certificate(stream.native_handle());
   if (!cert) return {};
   std::string cn;
@@ -185,7 +189,8 @@ asio::ssl::context make_client_context(const TlsMaterial& tls,
 
 // --- Connection --------------------------------------------------------------
 
-Connection::Connection(Stream stream, ChannelOptions options,
+template <typename S>
+BasicConnection<S>::BasicConnection(Stream stream, ChannelOptions options,
                        std::string peer_identity, std::string log_name)
     : stream_(std::move(stream)),
       strand_(asio::make_strand(stream_.get_executor())),
@@ -194,14 +199,16 @@ Connection::Connection(Stream stream, ChannelOptions options,
       log_(log::get(log_name)),
       write_signal_(strand_, Clock::time_point::max()) {}
 
-Connection::~Connection() = default;
+template <typename S>
+BasicConnection<S>::~BasicConnection() = default;
 
-void Connection::start(RequestHandler on_request, CloseHandler on_close) {
+template <typename S>
+void BasicConnection<S>::start(RequestHandler on_request, CloseHandler on_close) {
   on_request_ = std::move(on_request);
   on_close_ = std::move(on_close);
   open_ = true;
   last_sent_ = last_received_ = Clock::now();
-  auto self = shared_from_this();
+  auto self = this->shared_from_this();
   auto report = [self](std::exception_ptr e) {
     if (!e) return;
     try {
@@ -217,8 +224,9 @@ void Connection::start(RequestHandler on_request, CloseHandler on_close) {
   asio::co_spawn(strand_, heartbeat(), report);
 }
 
-awaitable<void> Connection::reader() {
-  auto self = shared_from_this();
+template <typename S>
+awaitable<void> BasicConnection<S>::reader() {
+  auto self = this->shared_from_this();
   while (!closing_) {
     std::optional<v1::Envelope> envelope;
     try {
@@ -281,8 +289,9 @@ awaitable<void> Connection::reader() {
   }
 }
 
-awaitable<void> Connection::serve(v1::Envelope request) {
-  auto self = shared_from_this();
+template <typename S>
+awaitable<void> BasicConnection<S>::serve(v1::Envelope request) {
+  auto self = this->shared_from_this();
   v1::Envelope reply;
   try {
     reply = co_await on_request_(request);
@@ -297,8 +306,9 @@ awaitable<void> Connection::serve(v1::Envelope request) {
   enqueue(reply);
 }
 
-awaitable<void> Connection::writer() {
-  auto self = shared_from_this();
+template <typename S>
+awaitable<void> BasicConnection<S>::writer() {
+  auto self = this->shared_from_this();
   while (true) {
     if (queue_.empty()) {
       if (closing_) break;
@@ -321,14 +331,17 @@ awaitable<void> Connection::writer() {
     queue_.pop_front();
     last_sent_ = Clock::now();
   }
-  // Graceful TLS close, bounded in time; then the socket goes.
-  co_await (stream_.async_shutdown(as_tuple(use_awaitable)) || sleep_for(kGoodbyeGrace));
+  if constexpr (kIsTls<S>) {
+    // Graceful TLS close, bounded in time; then the socket goes.
+    co_await (stream_.async_shutdown(as_tuple(use_awaitable)) || sleep_for(kGoodbyeGrace));
+  }
   std::error_code ignored;
   stream_.lowest_layer().close(ignored);
 }
 
-awaitable<void> Connection::heartbeat() {
-  auto self = shared_from_this();
+template <typename S>
+awaitable<void> BasicConnection<S>::heartbeat() {
+  auto self = this->shared_from_this();
   asio::steady_timer timer(strand_);
   const auto tick = std::max(std::chrono::milliseconds(10),
                              std::min(options_.heartbeat_interval, options_.idle_timeout) / 4);
@@ -356,7 +369,8 @@ awaitable<void> Connection::heartbeat() {
   }
 }
 
-void Connection::enqueue(const v1::Envelope& envelope) {
+template <typename S>
+void BasicConnection<S>::enqueue(const v1::Envelope& envelope) {
   if (closing_ && !envelope.has_status() && !envelope.has_goodbye()) return;
   std::string bytes;
   try {
@@ -383,9 +397,10 @@ void Connection::enqueue(const v1::Envelope& envelope) {
   write_signal_.cancel();
 }
 
-std::future<v1::Envelope> Connection::request_async(v1::Envelope request,
+template <typename S>
+std::future<v1::Envelope> BasicConnection<S>::request_async(v1::Envelope request,
                                                     std::chrono::milliseconds deadline) {
-  auto self = shared_from_this();
+  auto self = this->shared_from_this();
   return asio::co_spawn(
       strand_,
       [self, request = std::move(request), deadline]() mutable -> awaitable<v1::Envelope> {
@@ -394,9 +409,10 @@ std::future<v1::Envelope> Connection::request_async(v1::Envelope request,
       asio::use_future);
 }
 
-awaitable<v1::Envelope> Connection::request(v1::Envelope request,
+template <typename S>
+awaitable<v1::Envelope> BasicConnection<S>::request(v1::Envelope request,
                                             std::chrono::milliseconds deadline) {
-  auto self = shared_from_this();
+  auto self = this->shared_from_this();
   if (!open_ || closing_) {
     fail(Code::kUnavailable, "the connection to '{}' is closed", peer_identity_);
   }
@@ -422,13 +438,15 @@ awaitable<v1::Envelope> Connection::request(v1::Envelope request,
   co_return std::move(*reply);
 }
 
-void Connection::send(v1::Envelope envelope) {
-  auto self = shared_from_this();
+template <typename S>
+void BasicConnection<S>::send(v1::Envelope envelope) {
+  auto self = this->shared_from_this();
   asio::post(strand_, [self, envelope = std::move(envelope)] { self->enqueue(envelope); });
 }
 
-void Connection::close(const std::string& reason) {
-  auto self = shared_from_this();
+template <typename S>
+void BasicConnection<S>::close(const std::string& reason) {
+  auto self = this->shared_from_this();
   asio::post(strand_, [self, reason] {
     if (self->closing_) return;
     v1::Envelope bye;
@@ -438,7 +456,8 @@ void Connection::close(const std::string& reason) {
   });
 }
 
-void Connection::shutdown(const std::string& reason) {
+template <typename S>
+void BasicConnection<S>::shutdown(const std::string& reason) {
   if (closing_) return;
   closing_ = true;
   open_ = false;
@@ -446,7 +465,7 @@ void Connection::shutdown(const std::string& reason) {
   for (auto& [id, pending] : pending_) pending.timer->cancel();
   write_signal_.cancel();
   // Whatever is still queued gets a grace period; then the socket goes.
-  auto self = shared_from_this();
+  auto self = this->shared_from_this();
   asio::co_spawn(
       strand_,
       [self]() -> awaitable<void> {
@@ -461,6 +480,9 @@ void Connection::shutdown(const std::string& reason) {
     handler(reason);
   }
 }
+
+template class BasicConnection<asio::ssl::stream<asio::ip::tcp::socket>>;
+template class BasicConnection<asio::ip::tcp::socket>;
 
 // --- Server ------------------------------------------------------------------
 
@@ -523,7 +545,7 @@ awaitable<void> Server::accept_loop() {
 
 awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
   const std::string from = endpoint_string(socket);
-  auto stream = std::make_unique<Stream>(std::move(socket), ssl_);
+  auto stream = std::make_unique<TlsStream>(std::move(socket), ssl_);
   auto handshake = co_await (stream->async_handshake(asio::ssl::stream_base::server,
                                                      as_tuple(use_awaitable)) ||
                              sleep_for(options_.handshake_timeout));
@@ -632,7 +654,7 @@ awaitable<std::shared_ptr<Connection>> Client::connect_once() {
                                                           as_tuple(use_awaitable));
   CHORUS_CHECK_CODE(!rec, Code::kUnavailable, "cannot resolve '{}': {}", host_,
                     rec.message());
-  Stream stream(io_, ssl_);
+  TlsStream stream(io_, ssl_);
   SSL_set_tlsext_host_name(stream.native_handle(), host_.c_str());
   auto [cec, ep] = co_await asio::async_connect(stream.lowest_layer(), endpoints,
                                                 as_tuple(use_awaitable));

@@ -70,11 +70,15 @@ struct ChannelOptions {
   std::size_t max_queued_bytes = std::size_t{256} << 20;
 };
 
-/// One established, authenticated connection. All of its state lives on
-/// its strand; `request_async` and `close` may be called from any thread.
-class Connection : public std::enable_shared_from_this<Connection> {
+/// One established connection. All of its state lives on its strand;
+/// `request_async`, `send` and `close` may be called from any thread. Chorus
+/// runs it over TLS (`Connection`); `PlainConnection` exists only so that
+/// benchmarks can measure the same code over plain TCP.
+template <typename StreamT>
+class BasicConnection
+    : public std::enable_shared_from_this<BasicConnection<StreamT>> {
  public:
-  using Stream = asio::ssl::stream<asio::ip::tcp::socket>;
+  using Stream = StreamT;
   /// Answers an incoming request; its result (a reply body, or a Status) is
   /// sent back with the request's id. Throwing `chorus::Error` sends a
   /// Status with its code: every request gets exactly one reply.
@@ -83,9 +87,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   /// Called once when the connection ends, with the reason.
   using CloseHandler = std::function<void(const std::string& reason)>;
 
-  Connection(Stream stream, ChannelOptions options, std::string peer_identity,
-             std::string log_name);
-  ~Connection();
+  BasicConnection(Stream stream, ChannelOptions options,
+                  std::string peer_identity, std::string log_name);
+  ~BasicConnection();
 
   /// Starts the reader, writer and heartbeat coroutines.
   void start(RequestHandler on_request, CloseHandler on_close);
@@ -143,6 +147,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::uint64_t next_request_id_ = 1;
   std::map<std::uint64_t, Pending> pending_;
 };
+
+/// The connection chorus uses: mutually authenticated TLS.
+using Connection = BasicConnection<asio::ssl::stream<asio::ip::tcp::socket>>;
+/// The same code over plain TCP: for benchmarks and tests only.
+using PlainConnection = BasicConnection<asio::ip::tcp::socket>;
 
 /// What the server asks the application when a node says Hello.
 struct Admission {
