@@ -1,0 +1,42 @@
+#pragma once
+
+#include <asio/io_context.hpp>
+#include <asio/signal_set.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+
+namespace chorus::protocol {
+
+/// Structured shutdown on SIGINT and SIGTERM for the long-running commands:
+/// the first signal runs `graceful` (stop accepting, send Goodbye, finish
+/// what is in flight); `terminal` runs when the grace period ends or on a
+/// second signal, whichever comes first.
+class ShutdownOnSignal {
+ public:
+  ShutdownOnSignal(asio::io_context& io, std::function<void(int signal)> graceful,
+                   std::function<void()> terminal,
+                   std::chrono::milliseconds grace = std::chrono::seconds(5));
+
+  /// Whether a signal has arrived.
+  bool triggered() const { return triggered_.load(); }
+  /// Starts the grace period as if a signal had arrived (for tests and for
+  /// shutting down after a fatal error).
+  void trigger(int signal = 0);
+
+ private:
+  void wait();
+  void finish();
+
+  asio::signal_set signals_;
+  asio::steady_timer grace_timer_;
+  std::function<void(int)> graceful_;
+  std::function<void()> terminal_;
+  std::chrono::milliseconds grace_;
+  std::atomic<bool> triggered_{false};
+  bool finished_ = false;
+};
+
+}  // namespace chorus::protocol

@@ -1,0 +1,57 @@
+#include "chorus/protocol/shutdown.hpp"
+
+#include <asio/post.hpp>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+
+#include "chorus/core/log.hpp"
+
+namespace chorus::protocol {
+
+ShutdownOnSignal::ShutdownOnSignal(asio::io_context& io,
+                                   std::function<void(int)> graceful,
+                                   std::function<void()> terminal,
+                                   std::chrono::milliseconds grace)
+    : signals_(io, SIGINT, SIGTERM),
+      grace_timer_(io),
+      graceful_(std::move(graceful)),
+      terminal_(std::move(terminal)),
+      grace_(grace) {
+  wait();
+}
+
+void ShutdownOnSignal::wait() {
+  signals_.async_wait([this](const std::error_code& ec, int signal) {
+    if (ec) return;
+    if (triggered_) {
+      log::get("protocol")->warn("event=signal signal={} action=terminate", signal);
+      finish();
+      return;
+    }
+    trigger(signal);
+    wait();  // A second signal ends the grace period.
+  });
+}
+
+void ShutdownOnSignal::trigger(int signal) {
+  if (triggered_.exchange(true)) return;
+  log::get("protocol")->info("event=shutdown signal={} grace_ms={}", signal,
+                             grace_.count());
+  if (graceful_) graceful_(signal);
+  grace_timer_.expires_after(grace_);
+  grace_timer_.async_wait([this](const std::error_code& ec) {
+    if (!ec) finish();
+  });
+}
+
+void ShutdownOnSignal::finish() {
+  if (finished_) return;
+  finished_ = true;
+  grace_timer_.cancel();
+  std::error_code ignored;
+  signals_.cancel(ignored);
+  if (terminal_) terminal_();
+}
+
+}  // namespace chorus::protocol
