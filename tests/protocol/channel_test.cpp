@@ -545,3 +545,23 @@ TEST_CASE("channel: backoff grows exponentially with jitter, capped") {
     }
   }
 }
+
+TEST_CASE("channel: a silent peer is closed after the idle timeout") {
+  auto options = TestCoordinator::fast_options();
+  options.heartbeat_interval = 100ms;
+  options.idle_timeout = 400ms;
+  TestCoordinator coordinator(options);
+  LogCapture log;
+  RawClient silent(coordinator.port(), &pki().alpha);
+  REQUIRE(silent.handshake());
+  REQUIRE(silent.hello());
+  // The coordinator keeps sending heartbeats; this client never answers.
+  int heartbeats = 0;
+  while (auto e = silent.receive()) {
+    if (e->has_heartbeat()) ++heartbeats;
+  }
+  CHECK(heartbeats >= 2);
+  CHECK(log.wait_for("peer=alpha event=idle_timeout"));
+  coordinator.forget("alpha");
+  check_still_serving(coordinator);
+}
