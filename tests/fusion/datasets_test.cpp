@@ -7,11 +7,13 @@
 
 #include "chorus/core/error.hpp"
 #include "support/doctest.hpp"
+#include "support/errors.hpp"
 #include "support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using chorus::Code;
 using chorus::fusion::Split;
+using chorus::testing::code_of;
 
 namespace {
 
@@ -51,15 +53,6 @@ void write_split(const fs::path& dir, std::uint32_t labels = 3,
   write_idx(dir / "t10k-labels-idx1-ubyte.gz", 0x801, {labels}, label_bytes);
 }
 
-Code error_code(const std::function<void()>& f, std::string* message = nullptr) {
-  try {
-    f();
-  } catch (const chorus::Error& e) {
-    if (message) *message = e.what();
-    return e.code();
-  }
-  return Code::kOk;
-}
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
@@ -89,35 +82,35 @@ TEST_CASE("idx: corrupt files are DATA_LOSS with a precise message") {
   std::string msg;
 
   write_idx(dir / "swapped", 0x801, {3}, "abc");
-  CHECK(error_code([&] { chorus::fusion::read_idx_images(dir / "swapped"); },
+  CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "swapped"); },
                    &msg) == Code::kDataLoss);
   CHECK(contains(msg, "bad magic number 0x00000801, expected 0x00000803"));
 
   write_idx(dir / "short", 0x803, {2, 28, 28}, pixels(784 + 100));
-  CHECK(error_code([&] { chorus::fusion::read_idx_images(dir / "short"); },
+  CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "short"); },
                    &msg) == Code::kDataLoss);
   CHECK(contains(msg, "truncated"));
 
   write_idx(dir / "long", 0x801, {2}, "abc");
-  CHECK(error_code([&] { chorus::fusion::read_idx_labels(dir / "long"); },
+  CHECK(code_of([&] { chorus::fusion::read_idx_labels(dir / "long"); },
                    &msg) == Code::kDataLoss);
   CHECK(contains(msg, "trailing bytes"));
 
   write_idx(dir / "zero", 0x803, {0, 28, 28}, "");
-  CHECK(error_code([&] { chorus::fusion::read_idx_images(dir / "zero"); },
+  CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "zero"); },
                    &msg) == Code::kDataLoss);
   CHECK(contains(msg, "image count 0"));
 
   write_idx(dir / "huge", 0x803, {4000000000u, 28, 28}, "");
-  CHECK(error_code([&] { chorus::fusion::read_idx_images(dir / "huge"); }) ==
+  CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "huge"); }) ==
         Code::kDataLoss);
 
   std::ofstream(dir / "header-only", std::ios::binary) << be32(0x803);
-  CHECK(error_code([&] { chorus::fusion::read_idx_images(dir / "header-only"); },
+  CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "header-only"); },
                    &msg) == Code::kDataLoss);
   CHECK(contains(msg, "image count"));
 
-  CHECK(error_code([&] { chorus::fusion::read_idx_labels(dir / "absent"); }) ==
+  CHECK(code_of([&] { chorus::fusion::read_idx_labels(dir / "absent"); }) ==
         Code::kNotFound);
 }
 
@@ -134,13 +127,13 @@ TEST_CASE("fashion-mnist: a split is loaded, scaled and checked for agreement") 
 
   std::string msg;
   write_split(dir.path(), 2, std::string{1, 2});
-  CHECK(error_code([&] {
+  CHECK(code_of([&] {
           chorus::fusion::load_fashion_mnist(Split::kTest, dir.path());
         }, &msg) == Code::kDataLoss);
   CHECK(contains(msg, "holds 3 images but"));
 
   write_split(dir.path(), 3, std::string{1, 10, 2});
-  CHECK(error_code([&] {
+  CHECK(code_of([&] {
           chorus::fusion::load_fashion_mnist(Split::kTest, dir.path());
         }, &msg) == Code::kDataLoss);
   CHECK(contains(msg, "label 10 outside 0..9"));
@@ -149,7 +142,7 @@ TEST_CASE("fashion-mnist: a split is loaded, scaled and checked for agreement") 
 TEST_CASE("fashion-mnist: missing files say how to install them") {
   chorus::testing::TempDir dir;
   std::string msg;
-  CHECK(error_code([&] {
+  CHECK(code_of([&] {
           chorus::fusion::load_fashion_mnist(Split::kTrain, dir.path());
         }, &msg) == Code::kNotFound);
   CHECK(contains(msg, "train-images-idx3-ubyte.gz"));
@@ -218,18 +211,18 @@ TEST_CASE("mnist digits: JSON files are read, ordered by digit, validated") {
 
   std::string msg;
   std::ofstream(dir / "5.json") << "{\"data\": [0.5, 0.5]}";
-  CHECK(error_code([&] { chorus::fusion::load_mnist_digits(dir.path()); }, &msg) ==
+  CHECK(code_of([&] { chorus::fusion::load_mnist_digits(dir.path()); }, &msg) ==
         Code::kDataLoss);
   CHECK(contains(msg, "whole number of 28x28 images"));
   write_digit(5, 1, 2.0f);
-  CHECK(error_code([&] { chorus::fusion::load_mnist_digits(dir.path()); }, &msg) ==
+  CHECK(code_of([&] { chorus::fusion::load_mnist_digits(dir.path()); }, &msg) ==
         Code::kDataLoss);
   CHECK(contains(msg, "outside [0, 1]"));
   std::ofstream(dir / "5.json") << "[1, 2";
-  CHECK(error_code([&] { chorus::fusion::load_mnist_digits(dir.path()); }) ==
+  CHECK(code_of([&] { chorus::fusion::load_mnist_digits(dir.path()); }) ==
         Code::kDataLoss);
   fs::remove(dir / "5.json");
-  CHECK(error_code([&] { chorus::fusion::load_mnist_digits(dir.path()); }, &msg) ==
+  CHECK(code_of([&] { chorus::fusion::load_mnist_digits(dir.path()); }, &msg) ==
         Code::kNotFound);
   CHECK(contains(msg, "scripts/fetch-mnist.sh"));
 }

@@ -44,6 +44,19 @@ World& world() {
   return w;
 }
 
+// The round data an algorithm is fitted on: answers on the training points,
+// the first 200 of them labelled.
+fu::FusionData round_data(World& w) {
+  fu::FusionData data;
+  data.num_classes = 4;
+  data.experts = w.oracle.experts();
+  data.transfer = w.train.x;
+  data.answers = w.oracle.query_all(w.train.x);
+  data.fusion_index = torch::arange(200, torch::kLong);
+  data.fusion_labels = w.train.y.slice(0, 0, 200);
+  return data;
+}
+
 fu::FoeOptions quick_foe() {
   return fu::FoeOptions().hidden({64, 64}).epochs(60).batch_size(32);
 }
@@ -157,13 +170,7 @@ TEST_CASE("frugal: λ trades experts queried against accuracy, and counts are ho
 
 TEST_CASE("algorithms: every named algorithm fits, predicts and accounts queries") {
   auto& w = world();
-  fu::FusionData data;
-  data.num_classes = 4;
-  data.experts = w.oracle.experts();
-  data.transfer = w.train.x;
-  data.answers = w.oracle.query_all(w.train.x);
-  data.fusion_index = torch::arange(200, torch::kLong);
-  data.fusion_labels = w.train.y.slice(0, 0, 200);
+  auto data = round_data(w);
   auto options = fu::AlgorithmOptions().seed(3);
   options.foe(quick_foe().features(fu::FoeFeatures::kLogProbs));
   options.distill().arch("mlp").epochs(10);
@@ -202,11 +209,9 @@ TEST_CASE("algorithms: unknown names and unlabelled data are refused") {
           std::string::npos);
   }
   auto& w = world();
-  fu::FusionData data;
-  data.num_classes = 4;
-  data.experts = w.oracle.experts();
-  data.transfer = w.train.x;
-  data.answers = w.oracle.query_all(w.train.x);
+  auto data = round_data(w);
+  data.fusion_index = torch::Tensor();
+  data.fusion_labels = torch::Tensor();
   auto foe = fu::make_fuser("foe");
   CHECK_THROWS_AS(foe->fit(data), chorus::Error);  // No V.
   data.answers.pop_back();

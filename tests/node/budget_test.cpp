@@ -2,23 +2,13 @@
 
 #include "chorus/core/error.hpp"
 #include "support/doctest.hpp"
+#include "support/errors.hpp"
 
 using chorus::Code;
 using chorus::node::BudgetLedger;
 using chorus::node::BudgetPolicy;
 
-namespace {
-
-Code code_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const chorus::Error& e) {
-    return e.code();
-  }
-  return Code::kOk;
-}
-
-}  // namespace
+using chorus::testing::code_of;
 
 TEST_CASE("budget: an unlimited policy only caps the batch") {
   BudgetLedger ledger(BudgetPolicy{.max_batch = 8});

@@ -11,9 +11,11 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "support/doctest.hpp"
+#include "support/errors.hpp"
 #include "support/temp_dir.hpp"
 
 namespace pr = chorus::protocol;
+using chorus::testing::code_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -49,15 +51,6 @@ unsigned mode_of(const fs::path& p) {
   return st.st_mode & 0777;
 }
 
-chorus::Code code_of(const std::function<void()>& f, std::string* msg = nullptr) {
-  try {
-    f();
-  } catch (const chorus::Error& e) {
-    if (msg) *msg = e.what();
-    return e.code();
-  }
-  return chorus::Code::kOk;
-}
 
 }  // namespace
 

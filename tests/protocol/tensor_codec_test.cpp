@@ -2,20 +2,13 @@
 
 #include "chorus/core/error.hpp"
 #include "support/doctest.hpp"
+#include "support/errors.hpp"
 
 namespace pr = chorus::protocol;
+using chorus::testing::code_of;
 
 namespace {
 
-chorus::Code code_of(const std::function<void()>& f, std::string* msg = nullptr) {
-  try {
-    f();
-  } catch (const chorus::Error& e) {
-    if (msg) *msg = e.what();
-    return e.code();
-  }
-  return chorus::Code::kOk;
-}
 
 }  // namespace
 
