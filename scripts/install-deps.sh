@@ -15,6 +15,9 @@ packages=(
   doctest-dev zlib1g-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
   dataset-fashion-mnist
+  # PyTorch for Python: the bring-your-own-expert example exports a
+  # TorchScript model with it, and tests check that Python reads our files.
+  python3-torch
 )
 
 missing=()

@@ -246,6 +246,7 @@ awaitable<void> BasicConnection<S>::reader() {
       break;
     }
     last_received_ = Clock::now();
+    if (options_.on_receive) options_.on_receive(*envelope);
     const auto id = envelope->request_id();
     switch (envelope->body_case()) {
       case v1::Envelope::kHeartbeat:
@@ -581,6 +582,7 @@ awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
     log_->warn("from={} peer={} event=closed_before_hello", from, identity);
     co_return;
   }
+  if (options_.on_receive) options_.on_receive(*hello);
   if (!hello->has_hello()) {
     co_await refuse(Code::kFailedPrecondition, "the first frame must be a Hello");
     co_return;

@@ -68,6 +68,9 @@ struct ChannelOptions {
   /// Bytes queued for a peer that does not read before the connection is
   /// closed (bounds memory under backpressure).
   std::size_t max_queued_bytes = std::size_t{256} << 20;
+  /// Called on the connection's strand with every envelope received, Hello
+  /// included (for audits, metrics and tests that inspect the traffic).
+  std::function<void(const v1::Envelope&)> on_receive;
 };
 
 /// One established connection. All of its state lives on its strand;

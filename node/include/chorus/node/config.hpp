@@ -1,0 +1,49 @@
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "chorus/core/config.hpp"
+#include "chorus/node/expert.hpp"
+#include "chorus/node/service.hpp"
+#include "chorus/node/session.hpp"
+
+/// node.toml: everything a data owner sets about the node, with defaults.
+/// Relative paths are relative to the config file. See examples/.
+namespace chorus::node {
+
+/// A node's resolved configuration.
+struct NodeConfig {
+  /// [node] name: shown in logs; the identity the coordinator sees is the
+  /// certificate's CN.
+  std::string name = "node";
+  /// [node] state_dir: pushed models and, by default, the audit log.
+  std::filesystem::path state_dir = "state";
+  /// [node] threads: torch intra-op threads for inference (and training).
+  int threads = 1;
+  /// [node] workers: inference worker threads.
+  int workers = 1;
+  /// [coordinator] host, port; [tls] ca, cert, key.
+  std::string host = "localhost";
+  std::uint16_t port = 7700;
+  std::filesystem::path ca, cert, key;
+  /// [expert] ...
+  ExpertOptions expert;
+  /// [policy] ...
+  QueryPolicy policy;
+  /// [audit] log (default: <state_dir>/audit.jsonl).
+  std::filesystem::path audit_log;
+  /// [train] ... (for `chorus node train`).
+  TrainExpertOptions train;
+};
+
+/// Reads every node key from `config` (defaults for absent ones) and then
+/// refuses unknown keys. Throws `chorus::Error` (INVALID_ARGUMENT) naming the
+/// key at fault.
+NodeConfig read_node_config(Config& config);
+
+/// The config as TOML, every key resolved (for `--print-config`).
+std::string to_toml(const NodeConfig& config);
+
+}  // namespace chorus::node

@@ -1,0 +1,124 @@
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "chorus/fusion/train.hpp"
+
+/// A node's expert: the private model it serves as a black box. Whatever the
+/// backend, the node discloses only its input shape and its output labels.
+namespace chorus::node {
+
+/// Where an expert comes from.
+enum class ExpertKind {
+  kTorchScript,  ///< A module saved from Python with `torch.jit.save`.
+  kBuiltin,      ///< A chorus zoo model trained by `chorus node train`.
+};
+
+/// "torchscript" or "builtin".
+const char* expert_kind_name(ExpertKind kind);
+/// Parses `expert_kind_name`'s form. Throws `chorus::Error`.
+ExpertKind parse_expert_kind(const std::string& text);
+
+/// How to load and call an expert.
+struct ExpertOptions {
+  ExpertKind kind = ExpertKind::kBuiltin;
+  /// The model file.
+  std::filesystem::path path;
+  /// Shape of one input, e.g. {1, 28, 28}.
+  std::vector<std::int64_t> input_shape = {1, 28, 28};
+  /// The expert's task: its output labels, as names in the deployment's
+  /// shared label space, in the order of its output columns. For a builtin
+  /// expert, empty means "as stored in the model file".
+  std::vector<std::string> labels;
+  /// Whether the module returns logits (softmax is applied) or
+  /// probabilities (used as they are).
+  bool outputs_logits = true;
+  /// Inputs are normalised as (x − mean) / std before the model sees them.
+  double normalize_mean = 0.0;
+  double normalize_std = 1.0;
+};
+
+/// A loaded expert. `predict` may be called from several threads.
+class Expert {
+ public:
+  virtual ~Expert() = default;
+  /// Probabilities float32 [N, labels().size()] for inputs [N, input_shape].
+  /// Throws `chorus::Error`: INVALID_ARGUMENT for inputs of the wrong shape,
+  /// INTERNAL when the model answers with the wrong shape or non-finite
+  /// values.
+  torch::Tensor predict(const torch::Tensor& inputs);
+  /// The shape of one input.
+  const std::vector<std::int64_t>& input_shape() const { return options_.input_shape; }
+  /// The output labels.
+  const std::vector<std::string>& labels() const { return options_.labels; }
+  /// The backend.
+  ExpertKind kind() const { return options_.kind; }
+
+ protected:
+  explicit Expert(ExpertOptions options);
+  /// The model's raw output (logits or probabilities) for normalised inputs.
+  virtual torch::Tensor forward(const torch::Tensor& inputs) = 0;
+  ExpertOptions options_;
+};
+
+/// Loads the expert `options` describe. Throws `chorus::Error`: NOT_FOUND for
+/// a missing file, DATA_LOSS for a file that is not a model of that kind,
+/// INVALID_ARGUMENT when the labels or shapes disagree with the model.
+std::unique_ptr<Expert> load_expert(ExpertOptions options);
+
+/// A builtin expert held in memory (what `chorus simulate` serves).
+std::unique_ptr<Expert> make_builtin_expert(
+    std::shared_ptr<fusion::ClassifierImpl> model, ExpertOptions options);
+
+/// How `chorus node train` trains a builtin expert on local labelled data.
+struct TrainExpertOptions {
+  /// Zoo architecture: "mlp", "lenet" or "resnet".
+  TORCH_ARG(std::string, arch) = "lenet";
+  TORCH_ARG(std::int64_t, epochs) = 3;
+  TORCH_ARG(std::int64_t, batch_size) = 64;
+  TORCH_ARG(double, lr) = 2e-3;
+  TORCH_ARG(std::uint64_t, seed) = 0;
+  /// Fraction of the examples held out to report accuracy.
+  TORCH_ARG(double, holdout) = 0.1;
+  /// Use IID shard `shard` of `shards` of the training split (the node's
+  /// private share when several nodes start from one public data set).
+  TORCH_ARG(std::int64_t, shard) = 0;
+  TORCH_ARG(std::int64_t, shards) = 1;
+  /// Fashion-MNIST location (empty: the default search).
+  TORCH_ARG(std::filesystem::path, data_dir);
+  /// Torch threads for training.
+  TORCH_ARG(int, threads) = 0;
+  /// Progress after each epoch.
+  TORCH_ARG(std::function<void(const fusion::EpochReport&)>, on_epoch) = nullptr;
+};
+
+/// What `train_builtin_expert` did.
+struct TrainExpertResult {
+  std::int64_t examples = 0;       ///< Training examples used.
+  std::int64_t holdout = 0;        ///< Held-out examples.
+  double holdout_accuracy = 0;     ///< Accuracy on them, over the labels.
+  double seconds = 0;
+};
+
+/// Trains a builtin expert on the Fashion-MNIST training split restricted
+/// to `labels` (Fashion-MNIST class names), and saves it atomically to
+/// `out`. Throws `chorus::Error` (INVALID_ARGUMENT for an unknown label).
+TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
+                                       const TrainExpertOptions& options,
+                                       const std::filesystem::path& out);
+
+/// Saves `model` as a builtin expert file over `labels`.
+void save_builtin_expert(const std::shared_ptr<fusion::ClassifierImpl>& model,
+                         const fusion::ModelSpec& spec,
+                         const std::vector<std::string>& labels,
+                         const std::filesystem::path& out);
+
+}  // namespace chorus::node

@@ -1,0 +1,98 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "chorus/core/error.hpp"
+#include "chorus/node/policy.hpp"
+#include "chorus/v1/chorus.pb.h"
+
+/// What a node does with each request, independent of the network: the
+/// session (session.hpp) moves envelopes, this decides what to answer. No
+/// torch in this header, no Asio in its implementation.
+namespace chorus::node {
+
+class Expert;
+class AuditLog;
+
+/// Options of a `NodeService`.
+struct NodeServiceOptions {
+  QueryPolicy policy;
+  /// Where pushed global models are stored (created when missing).
+  std::filesystem::path state_dir;
+  /// The audit log; none when empty.
+  std::filesystem::path audit_log;
+  /// Free-form descriptor metadata (shown to the coordinator's operator).
+  std::map<std::string, std::string> metadata;
+  /// Inference runs over at most this many inputs at once.
+  std::int64_t inference_batch = 256;
+  /// Largest model a coordinator may push.
+  std::uint64_t max_model_bytes = std::uint64_t{1} << 30;
+};
+
+/// The global model the node holds, as its manifest records it.
+struct StoredModel {
+  std::uint32_t round = 0;
+  std::string algorithm;
+  std::string spec;
+  std::string sha256_hex;
+  std::filesystem::path file;
+};
+
+/// A predict request that passed admission, waiting for a worker.
+struct PredictJob;
+
+/// The node's request handling. Thread-safe.
+class NodeService {
+ public:
+  NodeService(std::unique_ptr<Expert> expert, NodeServiceOptions options);
+  ~NodeService();
+
+  /// The Hello this node sends: its expert descriptor and policy.
+  v1::Hello hello() const;
+
+  /// Admission of a PredictRequest (cheap; runs on the network thread):
+  /// decodes and validates the inputs, charges the budget, reserves rate
+  /// capacity. Throws `chorus::Error`: INVALID_ARGUMENT naming the expected
+  /// shape and dtype, or for NaN/Inf inputs (refused, never answered);
+  /// RESOURCE_EXHAUSTED naming what remains. Nothing is spent on a refusal.
+  std::shared_ptr<PredictJob> admit_predict(const v1::Envelope& request);
+  /// How long the job must wait for the rate limit.
+  static std::chrono::milliseconds wait_of(const PredictJob& job);
+  /// Runs the expert and shapes its answer per the policy (a worker thread).
+  v1::Envelope run_predict(PredictJob& job);
+
+  /// One ModelPush chunk. Returns an OK Status; throws `chorus::Error`
+  /// (DATA_LOSS for a digest or size mismatch, FAILED_PRECONDITION for a
+  /// chunk out of order); the previously stored model is kept on any error.
+  v1::Envelope receive_model_chunk(const v1::Envelope& request);
+
+  /// An AdaptRequest. Throws `chorus::Error` (UNIMPLEMENTED until the tae
+  /// algorithm lands).
+  v1::Envelope adapt(const v1::Envelope& request);
+
+  /// Writes the audit record of a finished request.
+  void record(const std::string& peer, const v1::Envelope& request, Code outcome,
+              const std::string& message, std::chrono::steady_clock::duration latency);
+
+  /// The latest stored global model, if any.
+  std::optional<StoredModel> stored_model() const;
+  /// Inputs answered so far.
+  std::int64_t inputs_answered() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Reads the manifest of the global model stored in `state_dir`, if any.
+/// Throws `chorus::Error` (DATA_LOSS) for a corrupt manifest.
+std::optional<StoredModel> read_stored_model(const std::filesystem::path& state_dir);
+
+}  // namespace chorus::node

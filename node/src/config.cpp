@@ -1,0 +1,125 @@
+#include "chorus/node/config.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <limits>
+
+#include "chorus/core/error.hpp"
+
+namespace chorus::node {
+namespace {
+
+std::string quoted(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out + "\"";
+}
+
+std::optional<std::int64_t> budget(Config& c, const std::string& key) {
+  auto v = c.get_optional_int(key);
+  CHORUS_CHECK(!v || *v >= 0, "{}: {} must be >= 0 (omit it for no limit), got {}",
+               c.path().string(), key, v.value_or(0));
+  return v;
+}
+
+}  // namespace
+
+NodeConfig read_node_config(Config& c) {
+  NodeConfig n;
+  n.name = c.get_string("node.name", n.name);
+  n.state_dir = c.resolve(c.get_string("node.state_dir", n.state_dir.string()));
+  n.threads = static_cast<int>(c.get_int("node.threads", n.threads));
+  n.workers = static_cast<int>(c.get_int("node.workers", n.workers));
+  CHORUS_CHECK(n.threads >= 1 && n.workers >= 1,
+               "node.threads and node.workers must be at least 1");
+
+  n.host = c.get_string("coordinator.host", n.host);
+  const auto port = c.get_int("coordinator.port", n.port);
+  CHORUS_CHECK(port > 0 && port < 65536, "coordinator.port must be 1..65535, got {}",
+               port);
+  n.port = static_cast<std::uint16_t>(port);
+  n.ca = c.resolve(c.get_string("tls.ca", "pki/ca.crt"));
+  n.cert = c.resolve(c.get_string("tls.cert", fmt::format("pki/{}.crt", n.name)));
+  n.key = c.resolve(c.get_string("tls.key", fmt::format("pki/{}.key", n.name)));
+
+  auto& e = n.expert;
+  e.kind = parse_expert_kind(c.get_string("expert.kind", "builtin"));
+  e.path = c.resolve(c.get_string("expert.path", "expert.pt"));
+  e.input_shape = c.get_int_array("expert.input_shape", e.input_shape);
+  e.labels = c.get_string_array("expert.labels", e.labels);
+  const auto output = c.get_string("expert.output", "logits");
+  CHORUS_CHECK(output == "logits" || output == "probabilities",
+               "expert.output must be \"logits\" or \"probabilities\", got '{}'", output);
+  e.outputs_logits = output == "logits";
+  e.normalize_mean = c.get_double("expert.normalize_mean", e.normalize_mean);
+  e.normalize_std = c.get_double("expert.normalize_std", e.normalize_std);
+
+  auto& p = n.policy;
+  p.budget.max_batch = c.get_int("policy.max_batch", p.budget.max_batch);
+  p.budget.total_budget = budget(c, "policy.total_budget");
+  p.budget.round_budget = budget(c, "policy.round_budget");
+  p.rate_limit = c.get_double("policy.rate_limit", p.rate_limit);
+  p.output_form = parse_output_form(c.get_string("policy.output_form", "probabilities"));
+  p.top_k = c.get_int("policy.top_k", p.top_k);
+  p.temperature = c.get_double("policy.temperature", p.temperature);
+  p.noise_std = c.get_double("policy.noise_std", p.noise_std);
+  p.noise_seed = static_cast<std::uint64_t>(c.get_int("policy.noise_seed", 0));
+  p.validate();
+
+  n.audit_log = c.resolve(c.get_string("audit.log", ""));
+  if (n.audit_log.empty()) n.audit_log = n.state_dir / "audit.jsonl";
+
+  auto& t = n.train;
+  t.arch(c.get_string("train.arch", t.arch()));
+  t.epochs(c.get_int("train.epochs", t.epochs()));
+  t.batch_size(c.get_int("train.batch_size", t.batch_size()));
+  t.lr(c.get_double("train.lr", t.lr()));
+  t.seed(static_cast<std::uint64_t>(c.get_int("train.seed", 0)));
+  t.holdout(c.get_double("train.holdout", t.holdout()));
+  t.shard(c.get_int("train.shard", t.shard()));
+  t.shards(c.get_int("train.shards", t.shards()));
+  t.data_dir(c.resolve(c.get_string("train.data_dir", "")));
+  t.threads(n.threads);
+  CHORUS_CHECK(t.epochs() >= 1 && t.batch_size() >= 1,
+               "train.epochs and train.batch_size must be at least 1");
+  c.finish();
+  return n;
+}
+
+std::string to_toml(const NodeConfig& n) {
+  std::vector<std::string> labels;
+  for (const auto& l : n.expert.labels) labels.push_back(quoted(l));
+  auto opt = [](const std::optional<std::int64_t>& v, const char* key) {
+    return v ? fmt::format("{} = {}\n", key, *v) : fmt::format("# {} = (unlimited)\n", key);
+  };
+  return fmt::format(
+      "[node]\nname = {}\nstate_dir = {}\nthreads = {}\nworkers = {}\n\n"
+      "[coordinator]\nhost = {}\nport = {}\n\n"
+      "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
+      "[expert]\nkind = \"{}\"\npath = {}\ninput_shape = [{}]\nlabels = [{}]\n"
+      "output = \"{}\"\nnormalize_mean = {}\nnormalize_std = {}\n\n"
+      "[policy]\nmax_batch = {}\n{}{}rate_limit = {}\noutput_form = \"{}\"\n"
+      "top_k = {}\ntemperature = {}\nnoise_std = {}\nnoise_seed = {}\n\n"
+      "[audit]\nlog = {}\n\n"
+      "[train]\narch = {}\nepochs = {}\nbatch_size = {}\nlr = {}\nseed = {}\n"
+      "holdout = {}\nshard = {}\nshards = {}\ndata_dir = {}\n",
+      quoted(n.name), quoted(n.state_dir.string()), n.threads, n.workers,
+      quoted(n.host), n.port, quoted(n.ca.string()), quoted(n.cert.string()),
+      quoted(n.key.string()), expert_kind_name(n.expert.kind),
+      quoted(n.expert.path.string()), fmt::join(n.expert.input_shape, ", "),
+      fmt::join(labels, ", "), n.expert.outputs_logits ? "logits" : "probabilities",
+      n.expert.normalize_mean, n.expert.normalize_std, n.policy.budget.max_batch,
+      opt(n.policy.budget.total_budget, "total_budget"),
+      opt(n.policy.budget.round_budget, "round_budget"), n.policy.rate_limit,
+      output_form_name(n.policy.output_form), n.policy.top_k, n.policy.temperature,
+      n.policy.noise_std, n.policy.noise_seed, quoted(n.audit_log.string()),
+      quoted(n.train.arch()), n.train.epochs(), n.train.batch_size(), n.train.lr(),
+      n.train.seed(), n.train.holdout(), n.train.shard(), n.train.shards(),
+      quoted(n.train.data_dir().string()));
+}
+
+}  // namespace chorus::node

@@ -1,0 +1,52 @@
+#include "chorus/node/run.hpp"
+
+#include <ATen/Parallel.h>
+#include <asio/io_context.hpp>
+#include <asio/thread_pool.hpp>
+
+#include "chorus/core/log.hpp"
+#include "chorus/node/service.hpp"
+#include "chorus/node/session.hpp"
+#include "chorus/protocol/shutdown.hpp"
+
+namespace chorus::node {
+
+void set_torch_threads(int threads) {
+  if (threads > 0) at::set_num_threads(threads);
+}
+
+void run_node(const NodeConfig& config) {
+  auto log = log::get("node");
+  set_torch_threads(config.threads);
+  auto expert = load_expert(config.expert);
+  NodeServiceOptions options;
+  options.policy = config.policy;
+  options.state_dir = config.state_dir;
+  options.audit_log = config.audit_log;
+  options.metadata = {{"name", config.name},
+                      {"backend", expert_kind_name(config.expert.kind)}};
+  NodeService service(std::move(expert), options);
+
+  SessionOptions session_options;
+  session_options.host = config.host;
+  session_options.port = config.port;
+  session_options.tls = protocol::TlsMaterial::load(config.ca, config.cert, config.key);
+
+  asio::io_context io;
+  asio::thread_pool pool(static_cast<std::size_t>(config.workers));
+  NodeSession session(io, pool, service, session_options);
+  protocol::ShutdownOnSignal shutdown(
+      io, [&](int) { session.stop(); }, [&] { io.stop(); },
+      std::chrono::milliseconds(2000));
+  log->info("event=starting name={} coordinator={}:{} expert={} labels={} "
+            "max_batch={} audit={}",
+            config.name, config.host, config.port, config.expert.path.string(),
+            config.expert.labels.size(), config.policy.budget.max_batch,
+            config.audit_log.string());
+  session.start();
+  io.run();
+  pool.join();
+  log->info("event=stopped inputs_answered={}", service.inputs_answered());
+}
+
+}  // namespace chorus::node

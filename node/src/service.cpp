@@ -1,0 +1,381 @@
+#include "chorus/node/service.hpp"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
+#include "chorus/core/log.hpp"
+#include "chorus/core/version.hpp"
+#include "chorus/node/audit.hpp"
+#include "chorus/node/expert.hpp"
+#include "chorus/protocol/digest.hpp"
+#include "chorus/protocol/tensor_codec.hpp"
+
+namespace chorus::node {
+
+struct PredictJob {
+  std::uint64_t request_id = 0;
+  std::uint32_t round = 0;
+  torch::Tensor inputs;
+  std::chrono::milliseconds wait{0};
+};
+
+namespace {
+
+constexpr const char* kManifest = "global.json";
+
+v1::OutputForm to_wire(OutputForm form) {
+  switch (form) {
+    case OutputForm::kTopK:
+      return v1::OUTPUT_FORM_TOP_K;
+    case OutputForm::kLabelOnly:
+      return v1::OUTPUT_FORM_LABEL_ONLY;
+    case OutputForm::kProbabilities:
+      break;
+  }
+  return v1::OUTPUT_FORM_PROBABILITIES;
+}
+
+const char* kind_of(const v1::Envelope& e) {
+  switch (e.body_case()) {
+    case v1::Envelope::kPredictRequest:
+      return "predict";
+    case v1::Envelope::kModelPush:
+      return "model_push";
+    case v1::Envelope::kAdaptRequest:
+      return "adapt";
+    default:
+      return "other";
+  }
+}
+
+// Chunks of a ModelPush being reassembled.
+struct Assembly {
+  std::uint32_t round = 0;
+  std::string algorithm, spec, sha256;
+  std::uint32_t count = 0;
+  std::uint64_t total = 0;
+  std::uint32_t next = 0;
+  std::string data;
+};
+
+}  // namespace
+
+struct NodeService::Impl {
+  std::unique_ptr<Expert> expert;
+  NodeServiceOptions options;
+  BudgetLedger ledger;
+  RateLimiter rate;
+  std::unique_ptr<AuditLog> audit;
+  std::shared_ptr<spdlog::logger> log = log::get("node");
+
+  std::mutex mutex;  // Guards what follows.
+  std::uint32_t round = 0;
+  at::Generator noise = at::make_generator<at::CPUGeneratorImpl>(0);
+  std::optional<Assembly> assembly;
+  std::optional<StoredModel> stored;
+
+  Impl(std::unique_ptr<Expert> e, NodeServiceOptions o)
+      : expert(std::move(e)),
+        options(std::move(o)),
+        ledger(options.policy.budget),
+        rate(options.policy.rate_limit) {
+    options.policy.validate();
+    noise = at::make_generator<at::CPUGeneratorImpl>(options.policy.noise_seed);
+    if (!options.audit_log.empty()) {
+      audit = std::make_unique<AuditLog>(options.audit_log);
+    }
+  }
+
+  torch::Tensor shape_output(torch::Tensor p) {
+    const auto& pol = options.policy;
+    if (pol.temperature != 1.0) {
+      p = (p.clamp_min(1e-12).log() / pol.temperature).softmax(1);
+    }
+    if (pol.noise_std > 0) {
+      torch::Tensor eps;
+      {
+        std::lock_guard lock(mutex);
+        eps = at::normal(0.0, pol.noise_std, p.sizes(), noise);
+      }
+      p = (p + eps).clamp_min(0);
+      auto sums = p.sum(1, /*keepdim=*/true);
+      // A row the noise zeroed entirely becomes uniform.
+      p = torch::where(sums > 0, p / sums.clamp_min(1e-12),
+                       torch::full_like(p, 1.0 / static_cast<double>(p.size(1))));
+    }
+    switch (pol.output_form) {
+      case OutputForm::kTopK: {
+        const auto k = std::min<std::int64_t>(pol.top_k, p.size(1));
+        auto [values, index] = p.topk(k, 1);
+        p = torch::zeros_like(p).scatter_(1, index, values);
+        break;
+      }
+      case OutputForm::kLabelOnly:
+        p = torch::zeros_like(p).scatter_(1, p.argmax(1, /*keepdim=*/true), 1.0);
+        break;
+      case OutputForm::kProbabilities:
+        break;
+    }
+    return p.contiguous();
+  }
+};
+
+NodeService::NodeService(std::unique_ptr<Expert> expert, NodeServiceOptions options)
+    : impl_(std::make_unique<Impl>(std::move(expert), std::move(options))) {
+  if (!impl_->options.state_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(impl_->options.state_dir, ec);
+    CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create state directory '{}': {}",
+                      impl_->options.state_dir.string(), ec.message());
+    impl_->stored = read_stored_model(impl_->options.state_dir);
+  }
+}
+
+NodeService::~NodeService() = default;
+
+v1::Hello NodeService::hello() const {
+  const auto& e = *impl_->expert;
+  const auto& pol = impl_->options.policy;
+  v1::Hello h;
+  h.set_software(fmt::format("chorus {}", kVersion));
+  auto* d = h.mutable_expert();
+  for (auto s : e.input_shape()) d->add_input_shape(s);
+  d->set_input_dtype(v1::DTYPE_FLOAT32);
+  for (const auto& l : e.labels()) d->add_labels(l);
+  for (const auto& [k, v] : impl_->options.metadata) (*d->mutable_metadata())[k] = v;
+  auto* p = h.mutable_policy();
+  p->set_max_batch(static_cast<std::uint64_t>(pol.budget.max_batch));
+  if (pol.budget.total_budget) {
+    p->set_total_budget(static_cast<std::uint64_t>(*pol.budget.total_budget));
+  }
+  if (pol.budget.round_budget) {
+    p->set_round_budget(static_cast<std::uint64_t>(*pol.budget.round_budget));
+  }
+  if (auto left = impl_->ledger.total_remaining()) {
+    p->set_total_remaining(static_cast<std::uint64_t>(*left));
+  }
+  p->set_rate_limit(pol.rate_limit);
+  p->set_output_form(to_wire(pol.output_form));
+  p->set_top_k(static_cast<std::uint32_t>(pol.top_k));
+  p->set_temperature(pol.temperature);
+  p->set_noise_std(pol.noise_std);
+  h.add_capabilities("predict");
+  h.add_capabilities("model_push");
+  return h;
+}
+
+std::shared_ptr<PredictJob> NodeService::admit_predict(const v1::Envelope& request) {
+  const auto& req = request.predict_request();
+  const auto& shape = impl_->expert->input_shape();
+  std::int64_t per_input = 1;
+  for (auto d : shape) per_input *= d;
+  const auto expected = fmt::format("float32 [N, {}] with 1 <= N <= {}",
+                                    fmt::join(shape, ", "),
+                                    impl_->options.policy.budget.max_batch);
+  // Cheap checks on the header before decoding any bytes.
+  CHORUS_CHECK(req.inputs().dtype() == v1::DTYPE_FLOAT32,
+               "inputs must be {}; got dtype {}", expected,
+               v1::DType_Name(req.inputs().dtype()));
+  protocol::TensorLimits limits;
+  limits.max_elements = std::max<std::int64_t>(
+      per_input, per_input * impl_->options.policy.budget.max_batch);
+  CHORUS_CHECK(req.inputs().shape_size() >= 1 &&
+                   req.inputs().shape(0) <= impl_->options.policy.budget.max_batch,
+               "inputs must be {}; got a batch of {}", expected,
+               req.inputs().shape_size() ? req.inputs().shape(0) : 0);
+  auto inputs = protocol::decode_tensor(req.inputs(), limits);
+  std::vector<std::int64_t> got(inputs.sizes().begin(), inputs.sizes().end());
+  const bool shape_ok = inputs.dim() == static_cast<std::int64_t>(shape.size()) + 1 &&
+                        std::equal(shape.begin(), shape.end(), got.begin() + 1) &&
+                        inputs.size(0) > 0;
+  CHORUS_CHECK(shape_ok, "inputs must be {}; got [{}]", expected, fmt::join(got, ", "));
+  CHORUS_CHECK(!protocol::has_non_finite(inputs),
+               "inputs hold NaN or infinite values; this node refuses them");
+  {
+    std::lock_guard lock(impl_->mutex);
+    if (req.round() > impl_->round) {
+      impl_->round = req.round();
+      impl_->ledger.start_round();
+    }
+  }
+  const auto n = inputs.size(0);
+  const auto deadline = std::chrono::milliseconds(req.deadline_ms() ? req.deadline_ms() : 60000);
+  // Rate first: a request refused for the rate spends no budget.
+  auto wait = impl_->rate.reserve(n, deadline / 2);
+  impl_->ledger.charge(n);
+  auto job = std::make_shared<PredictJob>();
+  job->request_id = request.request_id();
+  job->round = req.round();
+  job->inputs = std::move(inputs);
+  job->wait = wait;
+  return job;
+}
+
+std::chrono::milliseconds NodeService::wait_of(const PredictJob& job) { return job.wait; }
+
+v1::Envelope NodeService::run_predict(PredictJob& job) {
+  std::vector<torch::Tensor> parts;
+  const auto step = std::max<std::int64_t>(1, impl_->options.inference_batch);
+  for (std::int64_t i = 0; i < job.inputs.size(0); i += step) {
+    parts.push_back(impl_->expert->predict(job.inputs.slice(0, i, i + step)));
+  }
+  auto probs = impl_->shape_output(torch::cat(parts));
+  v1::Envelope reply;
+  auto* r = reply.mutable_predict_response();
+  protocol::encode_tensor(probs, r->mutable_outputs());
+  r->set_form(to_wire(impl_->options.policy.output_form));
+  if (auto left = impl_->ledger.total_remaining()) {
+    r->set_budget_remaining(static_cast<std::uint64_t>(*left));
+  }
+  r->set_noise_std(impl_->options.policy.noise_std);
+  job.inputs = torch::Tensor();
+  return reply;
+}
+
+v1::Envelope NodeService::receive_model_chunk(const v1::Envelope& request) {
+  const auto& c = request.model_push();
+  std::lock_guard lock(impl_->mutex);
+  auto& a = impl_->assembly;
+  auto discard = [&](Code code, const std::string& why) {
+    a.reset();
+    impl_->log->warn("event=model_push_rejected round={} code={} reason=\"{}\"",
+                     c.round(), code_name(code), why);
+    fail(code, "{}; the push is discarded and the previous model kept", why);
+  };
+  if (c.chunk_count() == 0 || c.chunk_index() >= c.chunk_count()) {
+    discard(Code::kInvalidArgument,
+            fmt::format("chunk {} of {} is not a valid chunk", c.chunk_index(),
+                        c.chunk_count()));
+  }
+  if (c.total_bytes() > impl_->options.max_model_bytes) {
+    discard(Code::kResourceExhausted,
+            fmt::format("a model of {} bytes exceeds this node's limit of {}",
+                        c.total_bytes(), impl_->options.max_model_bytes));
+  }
+  if (c.sha256().size() != 32) {
+    discard(Code::kInvalidArgument,
+            fmt::format("the digest has {} bytes, SHA-256 needs 32", c.sha256().size()));
+  }
+  if (c.chunk_index() == 0) {
+    a = Assembly{.round = c.round(),
+                 .algorithm = c.algorithm(),
+                 .spec = c.spec(),
+                 .sha256 = c.sha256(),
+                 .count = c.chunk_count(),
+                 .total = c.total_bytes(),
+                 .next = 0,
+                 .data = {}};
+    a->data.reserve(c.total_bytes());
+  } else if (!a || a->round != c.round() || a->count != c.chunk_count() ||
+             a->total != c.total_bytes() || a->sha256 != c.sha256() ||
+             a->next != c.chunk_index()) {
+    discard(Code::kFailedPrecondition,
+            fmt::format("chunk {} of round {} arrived out of order (expected {})",
+                        c.chunk_index(), c.round(),
+                        a ? fmt::format("chunk {} of round {}", a->next, a->round)
+                          : std::string("chunk 0")));
+  }
+  if (a->data.size() + c.data().size() > a->total) {
+    discard(Code::kDataLoss, fmt::format("the chunks exceed the announced {} bytes",
+                                         a->total));
+  }
+  a->data += c.data();
+  ++a->next;
+  v1::Envelope ok;
+  ok.mutable_status()->set_code(v1::CODE_OK);
+  if (a->next < a->count) {
+    ok.mutable_status()->set_message(
+        fmt::format("chunk {} of {} received", c.chunk_index() + 1, c.chunk_count()));
+    return ok;
+  }
+  if (a->data.size() != a->total) {
+    discard(Code::kDataLoss, fmt::format("the model has {} bytes, {} were announced",
+                                         a->data.size(), a->total));
+  }
+  if (protocol::sha256(a->data) != a->sha256) {
+    discard(Code::kDataLoss, "the model's SHA-256 digest does not match");
+  }
+  CHORUS_CHECK_CODE(!impl_->options.state_dir.empty(), Code::kFailedPrecondition,
+                    "this node has no state directory to store models in");
+  StoredModel stored{.round = a->round,
+                     .algorithm = a->algorithm,
+                     .spec = a->spec,
+                     .sha256_hex = protocol::to_hex(a->sha256),
+                     .file = impl_->options.state_dir /
+                             fmt::format("global-round-{}.pt", a->round)};
+  write_file_atomic(stored.file, a->data);
+  nlohmann::json manifest{{"round", stored.round},
+                          {"algorithm", stored.algorithm},
+                          {"spec", stored.spec},
+                          {"sha256", stored.sha256_hex},
+                          {"bytes", a->total},
+                          {"file", stored.file.filename().string()}};
+  write_file_atomic(impl_->options.state_dir / kManifest, manifest.dump(2) + "\n");
+  impl_->log->info("event=model_stored round={} algorithm={} bytes={} file={}",
+                   stored.round, stored.algorithm, a->total, stored.file.string());
+  impl_->stored = stored;
+  a.reset();
+  ok.mutable_status()->set_message(fmt::format("model of round {} stored", stored.round));
+  return ok;
+}
+
+v1::Envelope NodeService::adapt(const v1::Envelope&) {
+  fail(Code::kUnimplemented,
+       "this node cannot adapt yet: node-side adaptation comes with the tae "
+       "algorithm (issue #7)");
+}
+
+void NodeService::record(const std::string& peer, const v1::Envelope& request,
+                         Code outcome, const std::string& message,
+                         std::chrono::steady_clock::duration latency) {
+  if (!impl_->audit) return;
+  AuditRecord r;
+  r.peer = peer;
+  r.kind = kind_of(request);
+  r.request_id = request.request_id();
+  if (request.has_predict_request()) {
+    r.round = request.predict_request().round();
+    const auto& shape = request.predict_request().inputs().shape();
+    r.inputs = shape.empty() ? 0 : shape[0];
+  } else if (request.has_model_push()) {
+    r.round = request.model_push().round();
+  } else if (request.has_adapt_request()) {
+    r.round = request.adapt_request().round();
+  }
+  r.outcome = std::string(code_name(outcome));
+  r.message = message;
+  r.budget_left = impl_->ledger.total_remaining();
+  r.latency_ms = std::chrono::duration<double, std::milli>(latency).count();
+  impl_->audit->append(r);
+}
+
+std::optional<StoredModel> NodeService::stored_model() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->stored;
+}
+
+std::int64_t NodeService::inputs_answered() const { return impl_->ledger.spent(); }
+
+std::optional<StoredModel> read_stored_model(const std::filesystem::path& state_dir) {
+  const auto path = state_dir / kManifest;
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return std::nullopt;
+  try {
+    auto j = nlohmann::json::parse(read_file(path));
+    return StoredModel{.round = j.at("round").get<std::uint32_t>(),
+                       .algorithm = j.at("algorithm").get<std::string>(),
+                       .spec = j.at("spec").get<std::string>(),
+                       .sha256_hex = j.at("sha256").get<std::string>(),
+                       .file = state_dir / j.at("file").get<std::string>()};
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail(Code::kDataLoss, "corrupt model manifest '{}': {}", path.string(), e.what());
+  }
+}
+
+}  // namespace chorus::node

@@ -1,0 +1,163 @@
+#include "chorus/node/session.hpp"
+
+#include <asio/co_spawn.hpp>
+#include <asio/post.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include "chorus/core/error.hpp"
+#include "chorus/core/log.hpp"
+#include "chorus/node/service.hpp"
+
+namespace chorus::node {
+
+using asio::awaitable;
+using asio::use_awaitable;
+
+struct NodeSession::Impl {
+  asio::io_context& io;
+  asio::thread_pool& pool;
+  NodeService& service;
+  SessionOptions options;
+  std::unique_ptr<protocol::Client> client;
+  std::shared_ptr<spdlog::logger> log = log::get("node");
+
+  Impl(asio::io_context& i, asio::thread_pool& p, NodeService& s, SessionOptions o)
+      : io(i), pool(p), service(s), options(std::move(o)) {}
+
+  // What a request produced: a reply, or the error to answer with. Errors
+  // travel as values between coroutines: g++ 12 has been seen corrupting
+  // the heap when exceptions unwind through several awaitable frames here.
+  struct Outcome {
+    v1::Envelope reply;
+    std::optional<Error> error;
+  };
+
+  template <typename F>
+  static Outcome run_caught(F&& work) {
+    Outcome out;
+    try {
+      out.reply = work();
+    } catch (const Error& e) {
+      out.error = e;
+    } catch (const std::exception& e) {
+      out.error = Error(Code::kInternal, e.what());
+    }
+    return out;
+  }
+
+  // A piece of work for the inference pool and its outcome. The network
+  // coroutine waits on `done`, which the pool cancels when the work is over.
+  //
+  // Deliberately no lambda or other non-trivial value is passed to a
+  // coroutine or to co_spawn here: g++ 12 was seen destroying such an
+  // argument twice (a double free of the captured Envelope), so the work
+  // travels in a shared_ptr through plain asio::post handlers.
+  struct PoolCall {
+    std::function<v1::Envelope()> work;
+    Outcome result;
+    asio::steady_timer done;
+    explicit PoolCall(const asio::any_io_executor& ex)
+        : done(ex, asio::steady_timer::time_point::max()) {}
+  };
+
+  // Starts `call` on the pool; await the returned operation, then read
+  // `call->result`. Not a coroutine.
+  auto start_on_pool(const std::shared_ptr<PoolCall>& call) {
+    asio::post(pool, [call] {
+      call->result = run_caught(call->work);
+      asio::post(call->done.get_executor(), [call] { call->done.cancel(); });
+    });
+    return call->done.async_wait(asio::experimental::as_tuple(use_awaitable));
+  }
+
+  awaitable<Outcome> dispatch(const v1::Envelope& request) {
+    auto call = std::make_shared<PoolCall>(co_await asio::this_coro::executor);
+    switch (request.body_case()) {
+      case v1::Envelope::kPredictRequest: {
+        std::shared_ptr<PredictJob> job;
+        Outcome admitted = run_caught([&] {
+          job = service.admit_predict(request);
+          return v1::Envelope{};
+        });
+        if (admitted.error) co_return admitted;
+        if (auto wait = NodeService::wait_of(*job); wait.count() > 0) {
+          asio::steady_timer timer(co_await asio::this_coro::executor, wait);
+          co_await timer.async_wait(asio::experimental::as_tuple(use_awaitable));
+        }
+        call->work = [this, job] { return service.run_predict(*job); };
+        break;
+      }
+      case v1::Envelope::kModelPush:
+        // Storing writes and fsyncs a file: not on the network thread.
+        call->work = [this, request] { return service.receive_model_chunk(request); };
+        break;
+      case v1::Envelope::kAdaptRequest:
+        call->work = [this, request] { return service.adapt(request); };
+        break;
+      default: {
+        Outcome refused;
+        refused.error = Error(Code::kUnimplemented, "this node does not serve this request");
+        co_return refused;
+      }
+    }
+    auto finished = start_on_pool(call);
+    co_await std::move(finished);
+    co_return call->result;
+  }
+
+  awaitable<v1::Envelope> handle(const std::string& peer, const v1::Envelope& request) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Outcome outcome = co_await dispatch(request);
+    const auto latency = std::chrono::steady_clock::now() - t0;
+    const auto& error = outcome.error;
+    try {
+      service.record(peer, request, error ? error->code() : Code::kOk,
+                     error ? error->what() : "", latency);
+    } catch (const Error& e) {
+      log->error("event=audit_failed error=\"{}\"", e.what());
+    }
+    if (error) {
+      log->info("peer={} request_id={} event=refused code={} error=\"{}\"", peer,
+                request.request_id(), code_name(error->code()), error->what());
+      co_return protocol::make_status(error->code(), error->what(),
+                                      request.request_id());
+    }
+    co_return std::move(outcome.reply);
+  }
+};
+
+NodeSession::NodeSession(asio::io_context& io, asio::thread_pool& pool,
+                         NodeService& service, SessionOptions options)
+    : impl_(std::make_unique<Impl>(io, pool, service, std::move(options))) {
+  auto* impl = impl_.get();
+  // The handler learns the peer from the connection it serves.
+  auto peer = std::make_shared<std::string>();
+  impl->client = std::make_unique<protocol::Client>(
+      io, impl->options.host, impl->options.port, impl->options.tls,
+      impl->options.channel, impl->options.backoff,
+      [impl] { return impl->service.hello(); },
+      [impl, peer](const v1::Envelope& request) -> awaitable<v1::Envelope> {
+        v1::Envelope reply = co_await impl->handle(*peer, request);
+        co_return reply;
+      },
+      [impl, peer](std::shared_ptr<protocol::Connection> c, const v1::Welcome& w) {
+        *peer = c->peer_identity();
+        impl->log->info("event=welcomed coordinator={} round={}", w.coordinator(),
+                        w.round());
+      });
+}
+
+NodeSession::~NodeSession() = default;
+
+void NodeSession::start() { impl_->client->start(); }
+void NodeSession::stop() { impl_->client->stop(); }
+int NodeSession::sessions() const { return impl_->client->sessions(); }
+bool NodeSession::connected() const {
+  auto c = impl_->client->connection();
+  return c && c->is_open();
+}
+
+}  // namespace chorus::node

@@ -1,0 +1,583 @@
+// The node over real loopback mutual TLS: a test coordinator endpoint (the
+// protocol's Server) asks a NodeSession for predictions, pushes models and
+// inspects every frame the node sends.
+#include <asio/io_context.hpp>
+#include <asio/thread_pool.hpp>
+#include <torch/script.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <future>
+#include <set>
+#include <thread>
+
+#include "chorus/core/config.hpp"
+#include "chorus/core/fs.hpp"
+#include "chorus/fusion/models.hpp"
+#include "chorus/node/audit.hpp"
+#include "chorus/node/config.hpp"
+#include "chorus/node/expert.hpp"
+#include "chorus/node/service.hpp"
+#include "chorus/node/session.hpp"
+#include "chorus/protocol/certs.hpp"
+#include "chorus/protocol/channel.hpp"
+#include "chorus/protocol/digest.hpp"
+#include "chorus/protocol/tensor_codec.hpp"
+#include "support/doctest.hpp"
+#include "support/errors.hpp"
+#include "support/temp_dir.hpp"
+
+namespace pr = chorus::protocol;
+namespace nd = chorus::node;
+namespace fu = chorus::fusion;
+namespace v1 = chorus::v1;
+using chorus::Code;
+using chorus::testing::code_of;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Pki {
+  pr::KeyPair ca = pr::make_ca("test-ca");
+  pr::KeyPair coordinator = pr::issue_certificate(
+      ca, "coordinator", pr::CertRole::kCoordinator, {"localhost", "127.0.0.1"});
+  pr::KeyPair alpha = pr::issue_certificate(ca, "alpha", pr::CertRole::kNode, {});
+  pr::TlsMaterial material(const pr::KeyPair& leaf) const {
+    return {ca.cert_pem, leaf.cert_pem, leaf.key_pem};
+  }
+};
+
+const Pki& pki() {
+  static Pki p;
+  return p;
+}
+
+const std::vector<std::int64_t> kShape = {1, 4, 4};
+const std::vector<std::string> kLabels = {"a", "b", "c"};
+
+std::shared_ptr<fu::ClassifierImpl> small_model() {
+  torch::manual_seed(7);
+  return fu::make_classifier(fu::ModelSpec{
+      .arch = "mlp", .input_shape = kShape, .num_classes = 3, .hidden = {8}});
+}
+
+std::unique_ptr<nd::Expert> builtin_expert(std::shared_ptr<fu::ClassifierImpl> m) {
+  nd::ExpertOptions o;
+  o.input_shape = kShape;
+  o.labels = kLabels;
+  return nd::make_builtin_expert(std::move(m), o);
+}
+
+// A coordinator endpoint on loopback that records every frame it receives.
+class TestCoordinator {
+ public:
+  explicit TestCoordinator(std::uint16_t port = 0) {
+    pr::ChannelOptions options;
+    options.on_receive = [this](const v1::Envelope& e) {
+      std::lock_guard lock(mutex_);
+      received_.push_back(e);
+    };
+    server_ = std::make_unique<pr::Server>(
+        io_, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port),
+        pki().material(pki().coordinator), options, v1::Welcome{},
+        [](const std::string& identity, const v1::Hello&) {
+          return pr::Admission{.admit = identity == "alpha"};
+        },
+        [this](std::shared_ptr<pr::Connection> c, const v1::Hello& hello) {
+          c->start(
+              [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
+                chorus::fail(Code::kUnimplemented, "the test coordinator serves nothing");
+              },
+              [](const std::string&) {});
+          std::lock_guard lock(mutex_);
+          connection_ = c;
+          hello_ = hello;
+          connected_.notify_all();
+        });
+    server_->start();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~TestCoordinator() { shut(); }
+
+  void shut() {
+    if (!thread_.joinable()) return;
+    if (auto c = connection()) c->close("test over");
+    server_->stop();
+    std::this_thread::sleep_for(50ms);
+    io_.stop();
+    thread_.join();
+  }
+
+  std::uint16_t port() const { return server_->port(); }
+
+  std::shared_ptr<pr::Connection> wait_connection(std::chrono::seconds t = 10s) {
+    std::unique_lock lock(mutex_);
+    connected_.wait_for(lock, t, [&] { return connection_ && connection_->is_open(); });
+    REQUIRE_MESSAGE(connection_ != nullptr, "the node did not connect");
+    return connection_;
+  }
+  std::shared_ptr<pr::Connection> connection() {
+    std::lock_guard lock(mutex_);
+    return connection_;
+  }
+  void forget_connection() {
+    std::lock_guard lock(mutex_);
+    connection_.reset();
+  }
+  v1::Hello hello() {
+    std::lock_guard lock(mutex_);
+    return hello_;
+  }
+  std::vector<v1::Envelope> received() {
+    std::lock_guard lock(mutex_);
+    return received_;
+  }
+
+ private:
+  asio::io_context io_;
+  std::unique_ptr<pr::Server> server_;
+  std::thread thread_;
+  std::mutex mutex_;
+  std::condition_variable connected_;
+  std::shared_ptr<pr::Connection> connection_;
+  v1::Hello hello_;
+  std::vector<v1::Envelope> received_;
+};
+
+// A node (service + session) on its own io_context thread.
+class TestNode {
+ public:
+  TestNode(std::unique_ptr<nd::Expert> expert, nd::NodeServiceOptions options,
+           std::uint16_t port)
+      : service_(std::move(expert), std::move(options)) {
+    nd::SessionOptions s;
+    s.host = "127.0.0.1";
+    s.port = port;
+    s.tls = pki().material(pki().alpha);
+    s.backoff.initial = 50ms;
+    s.backoff.max = 200ms;
+    session_ = std::make_unique<nd::NodeSession>(io_, pool_, service_, s);
+    session_->start();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~TestNode() {
+    session_->stop();
+    std::this_thread::sleep_for(100ms);
+    io_.stop();
+    thread_.join();
+    pool_.join();
+  }
+  nd::NodeService& service() { return service_; }
+  nd::NodeSession& session() { return *session_; }
+
+ private:
+  asio::io_context io_;
+  asio::thread_pool pool_{1};
+  nd::NodeService service_;
+  std::unique_ptr<nd::NodeSession> session_;
+  std::thread thread_;
+};
+
+v1::Envelope predict_request(const torch::Tensor& x, std::uint32_t round = 1) {
+  v1::Envelope e;
+  auto* r = e.mutable_predict_request();
+  r->set_round(round);
+  r->set_deadline_ms(5000);
+  pr::encode_tensor(x, r->mutable_inputs());
+  return e;
+}
+
+// Sends a Predict; returns the outputs, or throws the node's chorus::Error.
+torch::Tensor predict(pr::Connection& c, const torch::Tensor& x,
+                      std::uint32_t round = 1) {
+  auto reply = c.request_async(predict_request(x, round), 10s).get();
+  REQUIRE(reply.has_predict_response());
+  return pr::decode_tensor(reply.predict_response().outputs());
+}
+
+torch::Tensor inputs(std::int64_t n, std::uint64_t seed = 1) {
+  torch::manual_seed(seed);
+  return torch::rand({n, 1, 4, 4});
+}
+
+torch::Tensor local_probs(fu::ClassifierImpl& m, const torch::Tensor& x) {
+  torch::NoGradGuard g;
+  m.eval();
+  return torch::softmax(m.forward(x), 1);
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+v1::Envelope push_chunk(std::uint32_t round, std::uint32_t index, std::uint32_t count,
+                        const std::string& whole, const std::string& digest,
+                        std::size_t chunk) {
+  v1::Envelope e;
+  auto* p = e.mutable_model_push();
+  p->set_round(round);
+  p->set_algorithm("foe-distill");
+  p->set_spec("mlp in=1x4x4 classes=3");
+  p->set_chunk_index(index);
+  p->set_chunk_count(count);
+  p->set_total_bytes(whole.size());
+  p->set_sha256(digest);
+  p->set_data(whole.substr(index * chunk, chunk));
+  return e;
+}
+
+// Pushes `model` in chunks of `chunk` bytes; returns the code of the first
+// failure (kOk when every chunk was acknowledged).
+Code push(pr::Connection& c, std::uint32_t round, const std::string& model,
+          std::size_t chunk, const std::string& digest, std::string* message = nullptr) {
+  const auto count = static_cast<std::uint32_t>((model.size() + chunk - 1) / chunk);
+  for (std::uint32_t i = 0; i < count; ++i) {
+    auto code = code_of(
+        [&] { c.request_async(push_chunk(round, i, count, model, digest, chunk), 10s).get(); },
+        message);
+    if (code != Code::kOk) return code;
+  }
+  return Code::kOk;
+}
+
+}  // namespace
+
+TEST_CASE("node: a builtin expert's Predict equals local inference, and Hello "
+          "describes only its interface") {
+  TestCoordinator coordinator;
+  auto model = small_model();
+  TestNode node(builtin_expert(model), {}, coordinator.port());
+  auto c = coordinator.wait_connection();
+  auto x = inputs(37);
+  auto got = predict(*c, x);
+  CHECK(got.sizes() == torch::IntArrayRef({37, 3}));
+  CHECK(torch::allclose(got, local_probs(*model, x), 1e-5, 1e-6));
+
+  auto hello = coordinator.hello();
+  CHECK(hello.expert().labels_size() == 3);
+  CHECK(hello.expert().labels(2) == "c");
+  CHECK(hello.expert().input_shape_size() == 3);
+  CHECK(hello.policy().max_batch() == 1024);
+  CHECK_FALSE(hello.policy().has_total_budget());
+}
+
+TEST_CASE("node: a TorchScript module exported by the example script is served "
+          "exactly") {
+  chorus::testing::TempDir dir;
+  const auto script = std::filesystem::path(CHORUS_SOURCE_DIR) /
+                      "examples/byo-expert/export_expert.py";
+  const auto out = dir / "expert.pt";
+  // Debian's python3-torch (scripts/install-deps.sh) lives in /usr/bin/python3.
+  const auto command = "/usr/bin/python3 " + script.string() + " --steps 0 --out " +
+                       out.string() + " > " + (dir / "export.log").string() + " 2>&1";
+  const int status = std::system(command.c_str());
+  REQUIRE_MESSAGE(status == 0, "the export script failed (is python3-torch installed? "
+                               "run scripts/install-deps.sh): see "
+                                   << (dir / "export.log").string());
+
+  nd::ExpertOptions o;
+  o.kind = nd::ExpertKind::kTorchScript;
+  o.path = out;
+  o.input_shape = {1, 28, 28};
+  o.labels = {"Sandal", "Sneaker", "Bag", "Ankle boot"};
+  TestCoordinator coordinator;
+  TestNode node(nd::load_expert(o), {}, coordinator.port());
+  auto c = coordinator.wait_connection();
+  torch::manual_seed(3);
+  auto x = torch::rand({20, 1, 28, 28});
+  auto got = predict(*c, x);
+
+  auto module = torch::jit::load(out.string());
+  module.eval();
+  torch::NoGradGuard g;
+  auto expected = torch::softmax(module.forward({x}).toTensor(), 1);
+  CHECK(torch::allclose(got, expected, 1e-5, 1e-6));
+
+  // A module whose outputs do not match the configured labels is an error
+  // of the node (INTERNAL), answered as such; the node keeps serving.
+  o.labels = {"Sandal", "Sneaker"};
+  auto wrong = nd::load_expert(o);
+  CHECK(code_of([&] { wrong->predict(x); }) == Code::kInternal);
+}
+
+TEST_CASE("node: bad inputs are refused precisely, spend nothing, and the node "
+          "keeps serving") {
+  TestCoordinator coordinator;
+  nd::NodeServiceOptions options;
+  options.policy.budget.max_batch = 16;
+  options.policy.budget.total_budget = 100;
+  TestNode node(builtin_expert(small_model()), options, coordinator.port());
+  auto c = coordinator.wait_connection();
+  std::string msg;
+
+  CHECK(code_of([&] { predict(*c, torch::rand({4, 1, 5, 5})); }, &msg) ==
+        Code::kInvalidArgument);
+  CHECK(contains(msg, "float32 [N, 1, 4, 4] with 1 <= N <= 16"));
+  CHECK(contains(msg, "got [4, 1, 5, 5]"));
+
+  CHECK(code_of([&] { predict(*c, torch::ones({4, 1, 4, 4}, torch::kUInt8)); },
+                &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "got dtype DTYPE_UINT8"));
+
+  auto nan = inputs(4);
+  nan[2][0][1][1] = std::nanf("");
+  CHECK(code_of([&] { predict(*c, nan); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "NaN or infinite"));
+
+  CHECK(code_of([&] { predict(*c, inputs(17)); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "got a batch of 17"));
+
+  // A tensor whose bytes do not match its shape.
+  auto bad = predict_request(inputs(2));
+  bad.mutable_predict_request()->mutable_inputs()->mutable_data()->resize(10);
+  CHECK(code_of([&] { c->request_async(bad, 10s).get(); }, &msg) ==
+        Code::kInvalidArgument);
+
+  CHECK(node.service().inputs_answered() == 0);
+  CHECK(predict(*c, inputs(16)).size(0) == 16);
+  CHECK(node.service().inputs_answered() == 16);
+}
+
+TEST_CASE("node: budgets are enforced per round and in total, naming what "
+          "remains") {
+  TestCoordinator coordinator;
+  chorus::testing::TempDir dir;
+  nd::NodeServiceOptions options;
+  options.policy.budget.max_batch = 8;
+  options.policy.budget.total_budget = 20;
+  options.policy.budget.round_budget = 12;
+  options.audit_log = dir / "audit.jsonl";
+  TestNode node(builtin_expert(small_model()), options, coordinator.port());
+  auto c = coordinator.wait_connection();
+  std::string msg;
+
+  CHECK(predict(*c, inputs(8), 1).size(0) == 8);
+  CHECK(code_of([&] { predict(*c, inputs(5), 1); }, &msg) == Code::kResourceExhausted);
+  CHECK(contains(msg, "round budget: 4 of 12 remaining"));
+  CHECK(predict(*c, inputs(4), 1).size(0) == 4);
+  // A new round renews the round budget, not the total.
+  CHECK(predict(*c, inputs(8), 2).size(0) == 0 + 8);
+  CHECK(code_of([&] { predict(*c, inputs(1), 2); }, &msg) == Code::kResourceExhausted);
+  CHECK(contains(msg, "total budget: 0 of 20 remaining"));
+  auto reply = c->request_async(predict_request(inputs(1), 3), 10s);
+  CHECK_THROWS_AS(reply.get(), chorus::Error);
+
+  auto summary = nd::summarise_audit(dir / "audit.jsonl");
+  CHECK(summary.requests == 6);
+  CHECK(summary.inputs_answered == 20);
+  CHECK(summary.by_outcome["OK"] == 3);
+  CHECK(summary.by_outcome["RESOURCE_EXHAUSTED"] == 3);
+  CHECK(summary.by_peer["coordinator"] == 6);
+  REQUIRE(summary.budget_left.has_value());
+  CHECK(*summary.budget_left == 0);
+  CHECK(summary.malformed_lines == 0);
+}
+
+TEST_CASE("node: output forms — label only, top-k, temperature and seeded noise") {
+  auto model = small_model();
+  auto x = inputs(50);
+  auto reference = local_probs(*model, x);
+
+  auto answer = [&](nd::QueryPolicy policy) {
+    TestCoordinator coordinator;
+    nd::NodeServiceOptions options;
+    options.policy = policy;
+    TestNode node(builtin_expert(model), options, coordinator.port());
+    auto c = coordinator.wait_connection();
+    auto reply = c->request_async(predict_request(x), 10s).get();
+    return std::make_pair(pr::decode_tensor(reply.predict_response().outputs()),
+                          reply.predict_response());
+  };
+
+  SUBCASE("label only: one-hot of the arg-max") {
+    nd::QueryPolicy p;
+    p.output_form = nd::OutputForm::kLabelOnly;
+    auto [out, r] = answer(p);
+    CHECK(r.form() == v1::OUTPUT_FORM_LABEL_ONLY);
+    CHECK(torch::equal(out.argmax(1), reference.argmax(1)));
+    CHECK(torch::equal(out.sum(1), torch::ones({50})));
+    CHECK(out.eq(0).logical_or(out.eq(1)).all().item<bool>());
+  }
+  SUBCASE("top-k: the k largest kept, the rest zero") {
+    nd::QueryPolicy p;
+    p.output_form = nd::OutputForm::kTopK;
+    p.top_k = 2;
+    auto [out, r] = answer(p);
+    CHECK(r.form() == v1::OUTPUT_FORM_TOP_K);
+    CHECK(out.ne(0).sum(1).eq(2).all().item<bool>());
+    CHECK(torch::allclose(std::get<0>(out.max(1)), std::get<0>(reference.max(1))));
+  }
+  SUBCASE("temperature flattens, keeping the ranking") {
+    nd::QueryPolicy p;
+    p.temperature = 4.0;
+    auto [out, r] = answer(p);
+    CHECK(torch::equal(out.argmax(1), reference.argmax(1)));
+    CHECK((std::get<0>(out.max(1)) <= std::get<0>(reference.max(1)) + 1e-6)
+              .all()
+              .item<bool>());
+    CHECK(torch::allclose(out.sum(1), torch::ones({50}), 1e-5));
+  }
+  SUBCASE("noise: recorded, renormalised, reproducible from its seed") {
+    nd::QueryPolicy p;
+    p.noise_std = 0.1;
+    p.noise_seed = 42;
+    auto [out, r] = answer(p);
+    auto [again, r2] = answer(p);
+    CHECK(r.noise_std() == doctest::Approx(0.1));
+    CHECK_FALSE(torch::allclose(out, reference, 1e-3));
+    CHECK(torch::allclose(out.sum(1), torch::ones({50}), 1e-5));
+    CHECK((out >= 0).all().item<bool>());
+    CHECK(torch::equal(out, again));
+  }
+}
+
+TEST_CASE("node: rate limiting paces inputs and refuses what would miss the "
+          "deadline") {
+  nd::RateLimiter limiter(100.0);  // inputs per second
+  CHECK(limiter.reserve(50, 1000ms).count() == 0);
+  auto wait = limiter.reserve(50, 1000ms);
+  CHECK(wait.count() >= 400);
+  CHECK(wait.count() <= 500);
+  std::string msg;
+  CHECK(code_of([&] { limiter.reserve(100, 100ms); }, &msg) == Code::kResourceExhausted);
+  CHECK(contains(msg, "rate limit of 100 inputs/s"));
+  nd::RateLimiter unlimited(0);
+  CHECK(unlimited.reserve(1'000'000, 0ms).count() == 0);
+}
+
+TEST_CASE("node: pushed models are reassembled, verified and stored atomically; "
+          "corrupt pushes keep the previous model") {
+  TestCoordinator coordinator;
+  chorus::testing::TempDir dir;
+  nd::NodeServiceOptions options;
+  options.state_dir = dir / "state";
+  TestNode node(builtin_expert(small_model()), options, coordinator.port());
+  auto c = coordinator.wait_connection();
+  std::string model(10'000, '\0');
+  for (std::size_t i = 0; i < model.size(); ++i) model[i] = static_cast<char>(i * 7);
+  const auto digest = pr::sha256(model);
+  std::string msg;
+
+  REQUIRE(push(*c, 1, model, 3000, digest) == Code::kOk);
+  auto stored = node.service().stored_model();
+  REQUIRE(stored.has_value());
+  CHECK(stored->round == 1);
+  CHECK(stored->algorithm == "foe-distill");
+  CHECK(stored->sha256_hex == pr::to_hex(digest));
+  CHECK(chorus::read_file(stored->file) == model);
+
+  // A wrong digest: DATA_LOSS, round 1 kept.
+  auto tampered = model;
+  tampered[5000] ^= 1;
+  CHECK(push(*c, 2, tampered, 3000, digest, &msg) == Code::kDataLoss);
+  CHECK(contains(msg, "digest does not match"));
+  CHECK(node.service().stored_model()->round == 1);
+
+  // A missing chunk: the next one is out of order.
+  CHECK(code_of([&] { c->request_async(push_chunk(3, 0, 4, model, digest, 3000), 10s).get(); }) ==
+        Code::kOk);
+  CHECK(code_of([&] { c->request_async(push_chunk(3, 2, 4, model, digest, 3000), 10s).get(); },
+                &msg) == Code::kFailedPrecondition);
+  CHECK(contains(msg, "out of order"));
+  // Truncated: chunks that add up to less than announced.
+  auto short_push = push_chunk(4, 0, 1, model, digest, 3000);
+  CHECK(code_of([&] { c->request_async(short_push, 10s).get(); }, &msg) == Code::kDataLoss);
+  CHECK(node.service().stored_model()->round == 1);
+  CHECK_FALSE(std::filesystem::exists(dir / "state" / "global-round-2.pt"));
+
+  // The manifest survives a restart of the node's service.
+  auto reread = nd::read_stored_model(dir / "state");
+  REQUIRE(reread.has_value());
+  CHECK(reread->round == 1);
+}
+
+TEST_CASE("node: never sends weights — every frame of a full session is Hello, "
+          "PredictResponse, AdaptResponse, Heartbeat, Status or Goodbye") {
+  auto coordinator = std::make_unique<TestCoordinator>();
+  chorus::testing::TempDir dir;
+  nd::NodeServiceOptions options;
+  options.state_dir = dir / "state";
+  {
+    TestNode node(builtin_expert(small_model()), options, coordinator->port());
+    auto c = coordinator->wait_connection();
+    predict(*c, inputs(10));
+    CHECK(code_of([&] { predict(*c, inputs(3, 1).to(torch::kFloat16)); }) ==
+          Code::kInvalidArgument);
+    std::string model(5000, 'm');
+    CHECK(push(*c, 1, model, 2048, pr::sha256(model)) == Code::kOk);
+    v1::Envelope adapt;
+    adapt.mutable_adapt_request()->set_round(1);
+    CHECK(code_of([&] { c->request_async(adapt, 10s).get(); }) == Code::kUnimplemented);
+  }  // The node says Goodbye.
+  std::this_thread::sleep_for(200ms);
+  auto frames = coordinator->received();
+  coordinator.reset();
+  const std::set<v1::Envelope::BodyCase> allowed = {
+      v1::Envelope::kHello,        v1::Envelope::kPredictResponse,
+      v1::Envelope::kAdaptResponse, v1::Envelope::kHeartbeat,
+      v1::Envelope::kStatus,       v1::Envelope::kGoodbye};
+  std::map<v1::Envelope::BodyCase, int> seen;
+  for (const auto& f : frames) {
+    CHECK_MESSAGE(allowed.count(f.body_case()), "the node sent " << f.DebugString());
+    ++seen[f.body_case()];
+  }
+  CHECK(seen[v1::Envelope::kHello] == 1);
+  CHECK(seen[v1::Envelope::kPredictResponse] == 1);
+  CHECK(seen[v1::Envelope::kStatus] == 5);  // Refusal, 3 push acks, adapt.
+  CHECK(seen[v1::Envelope::kGoodbye] == 1);
+}
+
+TEST_CASE("node: reconnects after the coordinator restarts, and survives it "
+          "vanishing mid-request") {
+  auto first = std::make_unique<TestCoordinator>();
+  const auto port = first->port();
+  TestNode node(builtin_expert(small_model()), {}, port);
+  auto c = first->wait_connection();
+  CHECK(predict(*c, inputs(4)).size(0) == 4);
+  auto pending = c->request_async(predict_request(inputs(1000)), 10s);
+  c.reset();      // The connection lives on the coordinator's io_context,
+  first.reset();  // which goes now, with the request in flight.
+  (void)pending.wait_for(5s);
+
+  TestCoordinator second(port);
+  auto c2 = second.wait_connection(15s);
+  CHECK(predict(*c2, inputs(4)).size(0) == 4);
+  CHECK(node.session().sessions() == 2);
+}
+
+TEST_CASE("node config: defaults, overrides, and unknown keys named") {
+  chorus::testing::TempDir dir;
+  {
+    std::ofstream(dir / "node.toml") << "[node]\nname = \"alpha\"\n"
+                                        "[policy]\nmax_batch = 64\nround_budget = 500\n"
+                                        "output_form = \"top-k\"\ntop_k = 2\n"
+                                        "[expert]\nkind = \"torchscript\"\n"
+                                        "labels = [\"x\", \"y\"]\n";
+  }
+  auto config = chorus::Config::load(dir / "node.toml");
+  config.set("policy.max_batch=128");
+  config.set("coordinator.host=fusion.example.org");
+  auto n = nd::read_node_config(config);
+  CHECK(n.policy.budget.max_batch == 128);
+  CHECK(n.policy.budget.round_budget == 500);
+  CHECK_FALSE(n.policy.budget.total_budget.has_value());
+  CHECK(n.policy.output_form == nd::OutputForm::kTopK);
+  CHECK(n.host == "fusion.example.org");
+  CHECK(n.cert == dir / "pki/alpha.crt");
+  CHECK(n.expert.kind == nd::ExpertKind::kTorchScript);
+  CHECK(n.audit_log == dir / "state/audit.jsonl");
+
+  std::string msg;
+  auto typo = chorus::Config::parse("[policy]\nmax_bach = 3\n", "typo.toml");
+  CHECK(code_of([&] { nd::read_node_config(typo); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "unknown config key 'policy.max_bach'"));
+  auto wrong = chorus::Config::parse("[policy]\nmax_batch = \"many\"\n", "wrong.toml");
+  CHECK(code_of([&] { nd::read_node_config(wrong); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "'policy.max_batch' must be an integer"));
+  auto negative = chorus::Config::parse("[policy]\ntotal_budget = -1\n", "neg.toml");
+  CHECK(code_of([&] { nd::read_node_config(negative); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "total_budget must be >= 0"));
+  CHECK(code_of([&] { chorus::Config::parse("[policy\n", "broken.toml"); }, &msg) ==
+        Code::kInvalidArgument);
+  CHECK(contains(msg, "broken.toml:1:"));
+}
