@@ -13,7 +13,10 @@
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
 #include "certs_command.hpp"
+#include "coordinator_command.hpp"
 #include "eval_command.hpp"
+#include "node_command.hpp"
+#include "simulate_command.hpp"
 
 namespace {
 
@@ -64,32 +67,25 @@ int main(int argc, char** argv) {
       "yet.\n"
       "Documentation: README.md and examples/ in the source tree.");
 
-  std::string log_level = "info";
-  if (const char* env = std::getenv("CHORUS_LOG_LEVEL"); env && *env) {
-    log_level = env;
-  }
+  std::string log_level;
+  const char* env_level = std::getenv("CHORUS_LOG_LEVEL");
   app.add_option("--log-level", log_level,
-                 "trace, debug, info, warn, error, critical or off "
-                 "(default: $CHORUS_LOG_LEVEL or info)")
-      ->capture_default_str();
+                 "trace, debug, info, warn, error, critical or off (default: "
+                 "$CHORUS_LOG_LEVEL, else warn for simulate, whose progress "
+                 "lines say what happens, and info for the rest)");
 
   std::vector<Command> commands;
-  commands.push_back(
-      {add_stub(app, "simulate",
-                "Run a whole fusion on this machine: nodes with private "
-                "shards, a coordinator, real mTLS on loopback; prints the "
-                "results table"),
-       not_built("simulate", "issue #6")});
-  commands.push_back(
-      {add_stub(app, "coordinator",
-                "Run the coordinator: admit rostered nodes, run fusion "
-                "rounds, broadcast the fused model (--config coordinator.toml)"),
-       not_built("coordinator", "issue #6")});
-  commands.push_back(
-      {add_stub(app, "node",
-                "Run a node serving a private black-box expert to a "
-                "coordinator (--config node.toml)"),
-       not_built("node", "issue #5")});
+  {
+    auto run = chorus::app::add_simulate_command(app, argv[0]);
+    commands.push_back({app.get_subcommand("simulate"), std::move(run)});
+  }
+  {
+    auto run = chorus::app::add_coordinator_command(app);
+    commands.push_back({app.get_subcommand("coordinator"), std::move(run)});
+  }
+  for (auto& [sub, run] : chorus::app::add_node_commands(app)) {
+    commands.push_back({sub, std::move(run)});
+  }
 
   for (auto& [sub, run] : chorus::app::add_certs_commands(app)) {
     commands.push_back({sub, std::move(run)});
@@ -119,6 +115,10 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (log_level.empty() && env_level && *env_level) log_level = env_level;
+    if (log_level.empty()) {
+      log_level = app.get_subcommand("simulate")->parsed() ? "warn" : "info";
+    }
     chorus::log::Options log_options;
     log_options.level = chorus::log::parse_level(log_level);
     chorus::log::init(log_options);

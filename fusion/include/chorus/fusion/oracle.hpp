@@ -55,8 +55,9 @@ class QueryOracle {
   /// with the wrong shape or non-finite values.
   torch::Tensor query(std::int64_t expert, const torch::Tensor& inputs);
 
-  /// `query` on every expert, in order.
-  std::vector<torch::Tensor> query_all(const torch::Tensor& inputs);
+  /// `query` on every expert, in order. Remote oracles override it to ask
+  /// the experts concurrently.
+  virtual std::vector<torch::Tensor> query_all(const torch::Tensor& inputs);
 
   /// Accounting of one expert since construction or `reset_stats`.
   QueryStats stats(std::int64_t expert) const;

@@ -1,0 +1,40 @@
+// chorus coordinator --config coordinator.toml [--set key=value ...] [--resume]
+#include "coordinator_command.hpp"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "chorus/coordinator/run.hpp"
+#include "chorus/core/config.hpp"
+
+namespace chorus::app {
+
+std::function<int()> add_coordinator_command(CLI::App& app) {
+  struct Args {
+    std::string config;
+    std::vector<std::string> sets;
+    bool resume = false;
+  };
+  auto args = std::make_shared<Args>();
+  auto* sub = app.add_subcommand(
+      "coordinator",
+      "Run the coordinator: admit rostered nodes, run fusion rounds, broadcast "
+      "the fused model (--config coordinator.toml)");
+  sub->add_option("--config", args->config, "coordinator.toml")
+      ->required()
+      ->check(CLI::ExistingFile);
+  sub->add_option("--set", args->sets,
+                  "Override one config key, e.g. --set coordinator.rounds=3 (repeatable)");
+  sub->add_flag("--resume", args->resume,
+                "Continue from the checkpoints in the run directory, repeating no "
+                "answered query");
+  return [args] {
+    Config config = Config::load(args->config);
+    for (const auto& s : args->sets) config.set(s);
+    auto resolved = coordinator::read_coordinator_config(config);
+    return coordinator::run_coordinator(resolved, args->resume);
+  };
+}
+
+}  // namespace chorus::app

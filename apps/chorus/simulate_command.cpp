@@ -1,0 +1,81 @@
+// chorus simulate [--experts N] [--algorithm NAME[,NAME...]] [--dataset NAME]
+//                 [--rounds N] [--seed N] [--out DIR] [--processes] ...
+#include "simulate_command.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <filesystem>
+#include <memory>
+
+#include "chorus/simulate/simulate.hpp"
+
+namespace chorus::app {
+
+std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
+  auto o = std::make_shared<simulate::SimulateOptions>();
+  auto out = std::make_shared<std::string>(o->out.string());
+  auto data_dir = std::make_shared<std::string>();
+  auto* sub = app.add_subcommand(
+      "simulate",
+      "Run a whole fusion on this machine: nodes with private shards and their "
+      "own experts, a coordinator, real mTLS on loopback; prints the results "
+      "table (protocol P1 on the defaults)");
+  sub->add_option("--experts", o->experts, "Number of nodes K")->capture_default_str();
+  sub->add_option("--algorithm", o->algorithm,
+                  "Fusion algorithms, comma-separated; the first is run by the "
+                  "coordinator and broadcast (bplus, bmax, distill, foe, "
+                  "foe-distill, foe-select, frugal)")
+      ->capture_default_str();
+  sub->add_option("--dataset", o->dataset, "Data set (fashion-mnist)")->capture_default_str();
+  sub->add_option("--rounds", o->rounds, "Fusion rounds (the transfer pool is queried "
+                                         "in that many slices)")
+      ->capture_default_str();
+  sub->add_option("--seed", o->seed, "Seed of the split, the training and the fusion")
+      ->capture_default_str();
+  sub->add_option("--out", *out, "Run directory (experts are cached here)")
+      ->capture_default_str();
+  sub->add_option("--classes-per-expert", o->classes_per_expert,
+                  "Classes in each node's task")
+      ->capture_default_str();
+  sub->add_option("--transfer-size", o->transfer_size,
+                  "Public transfer pool U (unlabelled)")
+      ->capture_default_str();
+  sub->add_option("--fusion-labels", o->fusion_labels,
+                  "Labelled fusion set V, taken from U")
+      ->capture_default_str();
+  sub->add_option("--expert-epochs", o->expert_epochs, "Epochs of each expert's training")
+      ->capture_default_str();
+  sub->add_option("--threads", o->threads, "Torch threads for training and fusion")
+      ->capture_default_str();
+  sub->add_option("--data-dir", *data_dir,
+                  "Fashion-MNIST directory (default: $CHORUS_DATA_DIR or "
+                  "/usr/share/datasets/fashion-mnist)");
+  sub->add_flag("--processes", o->processes,
+                "Run each node as its own 'chorus node' process");
+  sub->add_flag("--resume", o->resume,
+                "Continue the run in --out from its checkpoints, reusing every "
+                "answer already collected");
+  std::string self = argv0;
+  return [o, out, data_dir, self] {
+    o->out = *out;
+    o->data_dir = *data_dir;
+    std::error_code ec;
+    o->chorus_binary = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (ec) o->chorus_binary = std::filesystem::absolute(self);
+    fmt::print(stderr,
+               "chorus simulate: {} nodes, algorithm {}, data set {}, seed {}, run "
+               "directory {}\n",
+               o->experts, o->algorithm, o->dataset, o->seed, o->out.string());
+    auto result = simulate::run_simulation(*o);
+    fmt::print("\n{}\n", simulate::format_table(result));
+    fmt::print("experts: {} trained in {:.1f} s, {} from the cache; total {:.1f} s\n",
+               o->experts - result.experts_cached, result.expert_seconds,
+               result.experts_cached, result.total_seconds);
+    fmt::print("run directory: {} (report.json, metrics.jsonl, fused.pt)\n",
+               result.run_dir.string());
+    return 0;
+  };
+}
+
+}  // namespace chorus::app

@@ -1,0 +1,103 @@
+#pragma once
+
+#include <torch/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "chorus/coordinator/registry.hpp"
+#include "chorus/coordinator/remote_oracle.hpp"
+#include "chorus/fusion/algorithms.hpp"
+
+/// The coordinator's fusion rounds: a state machine over the nodes in a
+/// `NodeRegistry` — quorum, query fan-out, fusion, checkpoint, broadcast.
+namespace chorus::coordinator {
+
+/// The coordinator's public data: the unlabelled transfer pool U and the
+/// labelled fusion set V (rows of U with their labels).
+struct PoolData {
+  torch::Tensor inputs;         ///< U, float32 [N, ...].
+  torch::Tensor fusion_index;   ///< Rows of U that form V (int64).
+  torch::Tensor fusion_labels;  ///< Their labels in the label space (int64).
+};
+
+/// Options of the rounds.
+struct CoordinatorOptions {
+  /// The shared label space: a node's labels must be names from it.
+  std::vector<std::string> label_space;
+  /// The fusion algorithm (`fusion::algorithm_names()`).
+  std::string algorithm = "foe-distill";
+  fusion::AlgorithmOptions algorithm_options;
+  /// Rounds: U is split into this many slices; round r queries slice r and
+  /// fuses on slices 1..r.
+  int rounds = 1;
+  /// Nodes needed to run a round, and how long to wait for them.
+  std::size_t min_nodes = 1;
+  std::chrono::milliseconds quorum_timeout{60000};
+  /// After the quorum, how long to wait for the rest of the roster.
+  std::chrono::milliseconds settle{1000};
+  /// Deadline of one PredictRequest.
+  std::chrono::milliseconds request_deadline{60000};
+  /// Largest PredictRequest (further capped by each node's max_batch).
+  std::int64_t query_batch = 512;
+  /// The run directory (checkpoints, fused models, metrics.jsonl).
+  std::filesystem::path run_dir;
+  /// Continue from the checkpoints in `run_dir`, reusing every answer
+  /// already collected.
+  bool resume = false;
+  /// Chunk size of a ModelPush.
+  std::size_t push_chunk = std::size_t{1} << 20;
+  /// Called after each round (progress output).
+  std::function<void(const struct RoundReport&)> on_round;
+};
+
+/// What one round did.
+struct RoundReport {
+  int round = 0;
+  int rounds = 0;
+  std::vector<std::string> experts;  ///< Nodes fused this round.
+  std::map<std::string, std::string> failed;  ///< Node → why it was left out.
+  std::int64_t inputs_queried = 0;   ///< Inputs sent this round, all nodes.
+  std::int64_t bytes_sent = 0, bytes_received = 0;
+  /// The same, per node.
+  std::map<std::string, fusion::QueryStats> per_node;
+  std::int64_t pool_size = 0;        ///< |U| fused on.
+  std::filesystem::path fused_model;  ///< Empty for ensembles.
+  std::vector<std::string> pushed_to;
+  double seconds = 0;
+  bool resumed = false;  ///< Taken from a checkpoint, not run.
+};
+
+/// Runs fusion rounds over the registry's nodes. Use from one thread.
+class Coordinator {
+ public:
+  Coordinator(NodeRegistry& registry, PoolData pool, CoordinatorOptions options);
+  ~Coordinator();
+
+  /// Runs the remaining rounds. Throws `chorus::Error` when no quorum forms
+  /// or no node answers.
+  std::vector<RoundReport> run();
+
+  /// After `run`: the fitted algorithm, the experts it fused (in order), and
+  /// an oracle that reaches them (for evaluation and fused prediction).
+  fusion::Fuser& fuser();
+  const std::vector<fusion::ExpertInfo>& experts() const;
+  /// The answers the last round fused (to fit further algorithms on them).
+  const fusion::FusionData& data() const;
+  RemoteOracle& oracle();
+  /// Totals over all rounds (queries and bytes of collecting answers).
+  fusion::QueryStats collection_stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace chorus::coordinator

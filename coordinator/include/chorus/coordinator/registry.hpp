@@ -1,0 +1,85 @@
+#pragma once
+
+#include <asio/io_context.hpp>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "chorus/coordinator/roster.hpp"
+#include "chorus/protocol/channel.hpp"
+
+/// The coordinator's view of its nodes: who is connected, what each
+/// announced in its Hello, and a way to send each of them requests. Runs the
+/// mTLS server; no torch here.
+namespace chorus::coordinator {
+
+/// A connected node.
+struct NodeInfo {
+  std::string identity;  ///< Its certificate CN.
+  v1::Hello hello;       ///< Its expert descriptor and policy.
+  int generation = 0;    ///< Connections so far (a reconnect adds one).
+};
+
+/// Options of the registry's server.
+struct RegistryOptions {
+  std::string listen_host = "127.0.0.1";
+  std::uint16_t port = 7700;  ///< 0: any free port.
+  protocol::TlsMaterial tls;
+  protocol::ChannelOptions channel;
+  /// The coordinator's name, sent in Welcome.
+  std::string name = "coordinator";
+  /// Checks a Hello beyond the roster (e.g. labels in the label space);
+  /// returns an error message to refuse, empty to admit.
+  std::function<std::string(const v1::Hello&)> check_hello;
+};
+
+/// Admits rostered nodes and keeps their connections. Thread-safe; the
+/// server runs on `io`, which the caller runs on some thread.
+class NodeRegistry {
+ public:
+  NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions options);
+  ~NodeRegistry();
+
+  /// Starts listening.
+  void start();
+  /// Stops listening and says Goodbye to every node.
+  void stop(const std::string& reason);
+  /// The bound port.
+  std::uint16_t port() const;
+
+  /// The connected nodes, in roster order.
+  std::vector<NodeInfo> connected() const;
+  /// Whether `identity` is connected now.
+  bool is_connected(const std::string& identity) const;
+  /// Waits until at least `min_nodes` are connected, or all of the roster
+  /// after they are, for up to `timeout`. Throws `chorus::Error`
+  /// (DEADLINE_EXCEEDED) naming the nodes that are missing.
+  std::vector<NodeInfo> wait_for_quorum(std::size_t min_nodes,
+                                        std::chrono::milliseconds timeout,
+                                        std::chrono::milliseconds settle = {});
+
+  /// Sends a request to `identity` and returns its reply; the future throws
+  /// `chorus::Error` (UNAVAILABLE when the node is not connected or goes
+  /// away, DEADLINE_EXCEEDED, or the code of the node's Status).
+  std::future<v1::Envelope> request(const std::string& identity, v1::Envelope request,
+                                    std::chrono::milliseconds deadline);
+
+  /// The roster.
+  const Roster& roster() const { return roster_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  Roster roster_;
+};
+
+}  // namespace chorus::coordinator

@@ -1,0 +1,52 @@
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "chorus/core/config.hpp"
+
+/// `chorus coordinator --config coordinator.toml`: what an operator runs.
+namespace chorus::coordinator {
+
+/// coordinator.toml, resolved.
+struct CoordinatorConfig {
+  /// [coordinator]
+  std::string name = "coordinator";
+  std::string listen = "0.0.0.0";
+  std::uint16_t port = 7700;
+  std::vector<std::string> roster;
+  std::int64_t min_nodes = 0;  ///< 0: the whole roster.
+  double quorum_timeout_s = 300;
+  double settle_s = 5;
+  double request_deadline_s = 120;
+  std::int64_t query_batch = 512;
+  std::int64_t rounds = 1;
+  std::filesystem::path run_dir = "runs/coordinator";
+  /// [tls]
+  std::filesystem::path ca, cert, key;
+  /// [fusion]
+  std::string algorithm = "foe-distill";
+  std::int64_t seed = 0;
+  std::int64_t threads = 2;
+  /// [data]: the public transfer pool, drawn from Fashion-MNIST's training
+  /// split as protocol P1 draws it; the labels of the first
+  /// `fusion_labels` form V.
+  std::string dataset = "fashion-mnist";
+  std::filesystem::path data_dir;
+  std::int64_t transfer_size = 10'000;
+  std::int64_t fusion_labels = 500;
+  std::int64_t pool_seed = 0;
+  /// Evaluate the fused model on the test split when it needs no expert.
+  bool evaluate = true;
+};
+
+/// Reads every key (defaults for absent ones), then refuses unknown keys.
+CoordinatorConfig read_coordinator_config(Config& config);
+
+/// Runs the coordinator until its rounds are done (or SIGINT/SIGTERM).
+/// Returns the process exit status.
+int run_coordinator(const CoordinatorConfig& config, bool resume);
+
+}  // namespace chorus::coordinator

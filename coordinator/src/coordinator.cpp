@@ -1,0 +1,361 @@
+#include "chorus/coordinator/coordinator.hpp"
+
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
+#include "chorus/core/log.hpp"
+#include "chorus/fusion/fused_model.hpp"
+#include "chorus/protocol/digest.hpp"
+
+namespace chorus::coordinator {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+std::string tensor_bytes(const std::vector<torch::Tensor>& tensors) {
+  std::ostringstream out;
+  torch::save(tensors, out);
+  return std::move(out).str();
+}
+
+std::vector<torch::Tensor> tensors_from(const fs::path& file) {
+  std::vector<torch::Tensor> out;
+  std::istringstream in(read_file(file));
+  torch::load(out, in);
+  return out;
+}
+
+}  // namespace
+
+struct Coordinator::Impl {
+  NodeRegistry& registry;
+  PoolData pool;
+  CoordinatorOptions options;
+  std::shared_ptr<spdlog::logger> log = log::get("coordinator");
+
+  // Collected answers: node → slice → [rows of the slice, |labels|].
+  std::map<std::string, std::map<int, torch::Tensor>> answers;
+  std::map<std::string, std::vector<std::int64_t>> labels;
+
+  std::unique_ptr<fusion::Fuser> fuser;
+  std::vector<fusion::ExpertInfo> experts;
+  fusion::FusionData last_data;
+  std::unique_ptr<RemoteOracle> oracle;
+  fusion::QueryStats stats;
+
+  Impl(NodeRegistry& r, PoolData p, CoordinatorOptions o)
+      : registry(r), pool(std::move(p)), options(std::move(o)) {}
+
+  std::int64_t n() const { return pool.inputs.size(0); }
+  std::int64_t slice_begin(int s) const { return n() * s / options.rounds; }
+  std::int64_t slice_end(int s) const { return n() * (s + 1) / options.rounds; }
+
+  fs::path answers_dir() const { return options.run_dir / "checkpoints" / "answers"; }
+  fs::path answer_file(const std::string& node, int slice) const {
+    return answers_dir() / fmt::format("{}.slice{}.pt", node, slice);
+  }
+  fs::path manifest(int round) const {
+    return options.run_dir / "checkpoints" / fmt::format("round-{}.json", round);
+  }
+
+  std::vector<std::int64_t> to_indices(const v1::Hello& hello) const {
+    std::vector<std::int64_t> out;
+    const auto& space = options.label_space;
+    for (const auto& l : hello.expert().labels()) {
+      auto it = std::find(space.begin(), space.end(), l);
+      CHORUS_CHECK(it != space.end(), "label '{}' is not in the label space", l);
+      out.push_back(it - space.begin());
+    }
+    return out;
+  }
+
+  // Loads every answer file and the last complete round. Returns it (0: none).
+  int load_checkpoints() {
+    std::error_code ec;
+    if (fs::is_directory(answers_dir(), ec)) {
+      for (const auto& entry : fs::directory_iterator(answers_dir())) {
+        const auto name = entry.path().filename().string();
+        const auto dot = name.find(".slice");
+        if (dot == std::string::npos || entry.path().extension() != ".pt") continue;
+        const auto node = name.substr(0, dot);
+        const int slice = std::stoi(name.substr(dot + 6));
+        try {
+          auto t = tensors_from(entry.path());
+          CHORUS_CHECK_CODE(t.size() == 2, Code::kDataLoss, "expected 2 tensors");
+          std::vector<std::int64_t> l(t[1].data_ptr<std::int64_t>(),
+                                      t[1].data_ptr<std::int64_t>() + t[1].numel());
+          if (labels.count(node) && labels[node] != l) continue;
+          labels[node] = l;
+          answers[node][slice] = t[0];
+        } catch (const std::exception& e) {
+          log->warn("event=checkpoint_skipped file={} error=\"{}\"", entry.path().string(),
+                    e.what());
+        }
+      }
+    }
+    int last = 0;
+    for (int r = 1; r <= options.rounds; ++r) {
+      if (fs::exists(manifest(r), ec)) last = r;
+    }
+    return last;
+  }
+
+  // Asks `node` (expert index `k` of `oracle`) for every slice < round it
+  // has not answered; stores and checkpoints each.
+  void collect(RemoteOracle& oracle, std::int64_t k, const std::string& node, int round) {
+    for (int s = 0; s < round; ++s) {
+      if (answers[node].count(s)) continue;
+      auto x = pool.inputs.slice(0, slice_begin(s), slice_end(s));
+      auto a = oracle.query(k, x);
+      write_file_atomic(answer_file(node, s),
+                        tensor_bytes({a, torch::tensor(labels[node], torch::kLong)}));
+      std::lock_guard lock(mutex);
+      answers[node][s] = a;
+    }
+  }
+  std::mutex mutex;
+
+  // Sends the fused model file to every connected node; returns who took it.
+  std::vector<std::string> push(const fs::path& file, int round, const fusion::FusedModel& m) {
+    const std::string bytes = read_file(file);
+    const std::string digest = protocol::sha256(bytes);
+    const auto chunk = std::max<std::size_t>(1, options.push_chunk);
+    const auto count = static_cast<std::uint32_t>((bytes.size() + chunk - 1) / chunk);
+    std::vector<std::future<std::string>> jobs;
+    for (const auto& node : registry.connected()) {
+      jobs.push_back(std::async(std::launch::async, [&, id = node.identity]() -> std::string {
+        for (std::uint32_t i = 0; i < count; ++i) {
+          v1::Envelope e;
+          auto* p = e.mutable_model_push();
+          p->set_round(static_cast<std::uint32_t>(round));
+          p->set_algorithm(m.algorithm);
+          p->set_spec(m.spec.to_string());
+          p->set_chunk_index(i);
+          p->set_chunk_count(count);
+          p->set_total_bytes(bytes.size());
+          p->set_sha256(digest);
+          p->set_data(bytes.substr(i * chunk, chunk));
+          try {
+            registry.request(id, std::move(e), options.request_deadline).get();
+          } catch (const Error& err) {
+            log->warn("round={} node={} event=push_failed chunk={} error=\"{}\"", round,
+                      id, i, describe(err));
+            return {};
+          }
+        }
+        return id;
+      }));
+    }
+    std::vector<std::string> out;
+    for (auto& j : jobs) {
+      if (auto id = j.get(); !id.empty()) out.push_back(id);
+    }
+    return out;
+  }
+
+  RoundReport run_round(int round) {
+    const auto t0 = Clock::now();
+    RoundReport report;
+    report.round = round;
+    report.rounds = options.rounds;
+    auto present = registry.wait_for_quorum(options.min_nodes, options.quorum_timeout,
+                                            options.settle);
+    std::vector<RemoteExpert> remote;
+    for (const auto& node : present) {
+      auto l = to_indices(node.hello);
+      if (labels.count(node.identity) && labels[node.identity] != l) {
+        log->warn("node={} event=task_changed action=discard_answers", node.identity);
+        answers.erase(node.identity);
+      }
+      labels[node.identity] = l;
+      answers[node.identity];  // Created here: the fan-out threads only look up.
+      remote.push_back(RemoteExpert{
+          .info = {.name = node.identity, .labels = l},
+          .max_batch = static_cast<std::int64_t>(
+              std::max<std::uint64_t>(1, node.hello.policy().max_batch()))});
+    }
+    RemoteOracleOptions ro{.round = static_cast<std::uint32_t>(round),
+                           .deadline = options.request_deadline,
+                           .batch = options.query_batch};
+    auto request = [this](const std::string& id, v1::Envelope e,
+                          std::chrono::milliseconds d) {
+      return registry.request(id, std::move(e), d);
+    };
+    auto round_oracle = std::make_unique<RemoteOracle>(
+        static_cast<std::int64_t>(options.label_space.size()), remote, request, ro);
+
+    // Fan out: every node, concurrently, for the slices it has not answered.
+    std::vector<std::future<std::string>> jobs;
+    for (std::size_t k = 0; k < remote.size(); ++k) {
+      jobs.push_back(std::async(std::launch::async, [&, k]() -> std::string {
+        try {
+          collect(*round_oracle, static_cast<std::int64_t>(k), remote[k].info.name, round);
+          return {};
+        } catch (const Error& e) {
+          return describe(e);
+        } catch (const std::exception& e) {
+          return e.what();
+        }
+      }));
+    }
+    std::vector<RemoteExpert> fused_experts;
+    for (std::size_t k = 0; k < remote.size(); ++k) {
+      auto error = jobs[k].get();
+      if (error.empty()) {
+        fused_experts.push_back(remote[k]);
+      } else {
+        report.failed[remote[k].info.name] = error;
+        log->warn("round={} node={} event=left_out error=\"{}\"", round,
+                  remote[k].info.name, error);
+      }
+    }
+    for (std::size_t k = 0; k < remote.size(); ++k) {
+      report.per_node[remote[k].info.name] =
+          round_oracle->stats(static_cast<std::int64_t>(k));
+    }
+    const auto s = round_oracle->total_stats();
+    report.inputs_queried = s.inputs;
+    report.bytes_sent = s.bytes_sent;
+    report.bytes_received = s.bytes_received;
+    stats += s;
+    CHORUS_CHECK_CODE(fused_experts.size() >= options.min_nodes, Code::kUnavailable,
+                      "round {}: only {} node(s) answered, {} needed ({})", round,
+                      fused_experts.size(), options.min_nodes,
+                      fmt::join(report.failed, "; "));
+
+    // Fuse on U's slices 1..round.
+    const auto end = slice_end(round - 1);
+    fusion::FusionData data;
+    data.num_classes = static_cast<std::int64_t>(options.label_space.size());
+    data.transfer = pool.inputs.slice(0, 0, end);
+    for (const auto& e : fused_experts) {
+      std::vector<torch::Tensor> parts;
+      for (int sl = 0; sl < round; ++sl) parts.push_back(answers[e.info.name].at(sl));
+      data.answers.push_back(torch::cat(parts));
+      data.experts.push_back(e.info);
+      report.experts.push_back(e.info.name);
+    }
+    if (pool.fusion_index.defined() && pool.fusion_index.numel() > 0) {
+      auto keep = pool.fusion_index.lt(end).nonzero().flatten();
+      data.fusion_index = pool.fusion_index.index_select(0, keep);
+      data.fusion_labels = pool.fusion_labels.index_select(0, keep);
+    }
+    report.pool_size = end;
+    fuser = fusion::make_fuser(options.algorithm, options.algorithm_options);
+    fuser->fit(data);
+    experts = data.experts;
+    last_data = data;
+    round_oracle = std::make_unique<RemoteOracle>(data.num_classes, fused_experts,
+                                                  request, ro);
+    oracle = std::move(round_oracle);
+
+    if (auto fused = fuser->fused_model()) {
+      report.fused_model = options.run_dir / fmt::format("fused-round-{}.pt", round);
+      fusion::save_fused_model(*fused, report.fused_model);
+      write_file_atomic(options.run_dir / "fused.pt", read_file(report.fused_model));
+      report.pushed_to = push(report.fused_model, round, *fused);
+    }
+    report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+
+    nlohmann::json line{{"round", round},
+                        {"rounds", options.rounds},
+                        {"algorithm", options.algorithm},
+                        {"experts", report.experts},
+                        {"failed", report.failed},
+                        {"pool_size", report.pool_size},
+                        {"inputs_queried", report.inputs_queried},
+                        {"bytes_sent", report.bytes_sent},
+                        {"bytes_received", report.bytes_received},
+                        {"fused_model", report.fused_model.filename().string()},
+                        {"pushed_to", report.pushed_to},
+                        {"seconds", report.seconds}};
+    {
+      std::ofstream metrics(options.run_dir / "metrics.jsonl", std::ios::app);
+      metrics << line.dump() << "\n";
+      metrics.flush();
+      CHORUS_CHECK_CODE(metrics.good(), Code::kInternal, "cannot append to {}",
+                        (options.run_dir / "metrics.jsonl").string());
+    }
+    // The manifest marks the round complete; it is written last.
+    write_file_atomic(manifest(round), line.dump(2) + "\n");
+    log->info("round={} event=done experts={} queried={} seconds={:.1f}", round,
+              report.experts.size(), report.inputs_queried, report.seconds);
+    return report;
+  }
+};
+
+Coordinator::Coordinator(NodeRegistry& registry, PoolData pool, CoordinatorOptions options)
+    : impl_(std::make_unique<Impl>(registry, std::move(pool), std::move(options))) {
+  auto& o = impl_->options;
+  CHORUS_CHECK(!o.label_space.empty(), "the coordinator needs a label space");
+  CHORUS_CHECK(o.rounds >= 1, "rounds must be at least 1, got {}", o.rounds);
+  CHORUS_CHECK(o.min_nodes >= 1, "min_nodes must be at least 1");
+  CHORUS_CHECK(impl_->pool.inputs.defined() && impl_->pool.inputs.size(0) >= o.rounds,
+               "the transfer pool needs at least one input per round");
+  CHORUS_CHECK(!o.run_dir.empty(), "the coordinator needs a run directory");
+  (void)fusion::make_fuser(o.algorithm, o.algorithm_options);  // Names it early.
+  std::error_code ec;
+  fs::create_directories(impl_->answers_dir(), ec);
+  CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create {}: {}",
+                    impl_->answers_dir().string(), ec.message());
+}
+
+Coordinator::~Coordinator() = default;
+
+std::vector<RoundReport> Coordinator::run() {
+  auto& o = impl_->options;
+  int first = 1;
+  std::vector<RoundReport> reports;
+  if (o.resume) {
+    const int last = impl_->load_checkpoints();
+    for (int r = 1; r <= last && r < o.rounds; ++r) {
+      RoundReport done;
+      done.round = r;
+      done.rounds = o.rounds;
+      done.resumed = true;
+      reports.push_back(done);
+      if (o.on_round) o.on_round(done);
+    }
+    // The last complete round is fused again (without new queries) when
+    // every round is done, so that its model is at hand.
+    first = std::min(last + 1, o.rounds);
+    impl_->log->info("event=resume last_complete_round={} next_round={}", last, first);
+  } else {
+    std::error_code ec;
+    fs::remove(o.run_dir / "metrics.jsonl", ec);
+  }
+  for (int r = first; r <= o.rounds; ++r) {
+    reports.push_back(impl_->run_round(r));
+    if (o.on_round) o.on_round(reports.back());
+  }
+  return reports;
+}
+
+fusion::Fuser& Coordinator::fuser() {
+  CHORUS_CHECK_CODE(impl_->fuser != nullptr, Code::kFailedPrecondition,
+                    "no round has run yet");
+  return *impl_->fuser;
+}
+
+const std::vector<fusion::ExpertInfo>& Coordinator::experts() const {
+  return impl_->experts;
+}
+
+const fusion::FusionData& Coordinator::data() const { return impl_->last_data; }
+
+RemoteOracle& Coordinator::oracle() {
+  CHORUS_CHECK_CODE(impl_->oracle != nullptr, Code::kFailedPrecondition,
+                    "no round has run yet");
+  return *impl_->oracle;
+}
+
+fusion::QueryStats Coordinator::collection_stats() const { return impl_->stats; }
+
+}  // namespace chorus::coordinator

@@ -1,0 +1,151 @@
+#include "chorus/coordinator/run.hpp"
+
+#include <fmt/ranges.h>
+#include <torch/torch.h>
+
+#include <asio/io_context.hpp>
+#include <thread>
+
+#include "chorus/coordinator/coordinator.hpp"
+#include "chorus/coordinator/registry.hpp"
+#include "chorus/core/error.hpp"
+#include "chorus/core/log.hpp"
+#include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/partition.hpp"
+#include "chorus/fusion/train.hpp"
+#include "chorus/protocol/shutdown.hpp"
+
+namespace chorus::coordinator {
+
+CoordinatorConfig read_coordinator_config(Config& c) {
+  CoordinatorConfig k;
+  k.name = c.get_string("coordinator.name", k.name);
+  k.listen = c.get_string("coordinator.listen", k.listen);
+  const auto port = c.get_int("coordinator.port", k.port);
+  CHORUS_CHECK(port >= 0 && port < 65536, "coordinator.port must be 0..65535, got {}",
+               port);
+  k.port = static_cast<std::uint16_t>(port);
+  k.roster = c.get_string_array("coordinator.roster", {});
+  CHORUS_CHECK(!k.roster.empty(),
+               "coordinator.roster must list the node identities (certificate CNs) "
+               "to admit");
+  k.min_nodes = c.get_int("coordinator.min_nodes", 0);
+  k.quorum_timeout_s = c.get_double("coordinator.quorum_timeout_s", k.quorum_timeout_s);
+  k.settle_s = c.get_double("coordinator.settle_s", k.settle_s);
+  k.request_deadline_s =
+      c.get_double("coordinator.request_deadline_s", k.request_deadline_s);
+  k.query_batch = c.get_int("coordinator.query_batch", k.query_batch);
+  k.rounds = c.get_int("coordinator.rounds", k.rounds);
+  k.run_dir = c.resolve(c.get_string("coordinator.run_dir", k.run_dir.string()));
+  k.ca = c.resolve(c.get_string("tls.ca", "pki/ca.crt"));
+  k.cert = c.resolve(c.get_string("tls.cert", "pki/coordinator.crt"));
+  k.key = c.resolve(c.get_string("tls.key", "pki/coordinator.key"));
+  k.algorithm = c.get_string("fusion.algorithm", k.algorithm);
+  k.seed = c.get_int("fusion.seed", k.seed);
+  k.threads = c.get_int("fusion.threads", k.threads);
+  k.dataset = c.get_string("data.dataset", k.dataset);
+  k.data_dir = c.resolve(c.get_string("data.data_dir", ""));
+  k.transfer_size = c.get_int("data.transfer_size", k.transfer_size);
+  k.fusion_labels = c.get_int("data.fusion_labels", k.fusion_labels);
+  k.pool_seed = c.get_int("data.pool_seed", k.pool_seed);
+  k.evaluate = c.get_bool("data.evaluate", k.evaluate);
+  c.finish();
+  CHORUS_CHECK(k.dataset == "fashion-mnist",
+               "data.dataset '{}' is not supported (expected fashion-mnist)", k.dataset);
+  CHORUS_CHECK(k.min_nodes >= 0 &&
+                   k.min_nodes <= static_cast<std::int64_t>(k.roster.size()),
+               "coordinator.min_nodes must be 0..{} (the roster's size), got {}",
+               k.roster.size(), k.min_nodes);
+  CHORUS_CHECK(k.rounds >= 1 && k.query_batch >= 1 && k.threads >= 1,
+               "coordinator.rounds, coordinator.query_batch and fusion.threads must "
+               "be at least 1");
+  CHORUS_CHECK(k.quorum_timeout_s > 0 && k.request_deadline_s > 0 && k.settle_s >= 0,
+               "timeouts must be positive");
+  return k;
+}
+
+int run_coordinator(const CoordinatorConfig& k, bool resume) {
+  auto log = log::get("coordinator");
+  fusion::ThreadGuard threads(static_cast<int>(k.threads));
+  std::optional<std::filesystem::path> dir;
+  if (!k.data_dir.empty()) dir = k.data_dir;
+  auto train = fusion::load_fashion_mnist(fusion::Split::kTrain, dir);
+  auto split = fusion::p1_split(train.labels, fusion::P1Options()
+                                                  .transfer_size(k.transfer_size)
+                                                  .fusion_labels(k.fusion_labels)
+                                                  .seed(static_cast<std::uint64_t>(k.pool_seed)));
+  PoolData pool{.inputs = train.images.index_select(0, split.transfer),
+                .fusion_index = torch::arange(split.fusion.size(0), torch::kLong),
+                .fusion_labels = train.labels.index_select(0, split.fusion)};
+
+  asio::io_context io;
+  RegistryOptions ro;
+  ro.listen_host = k.listen;
+  ro.port = k.port;
+  ro.name = k.name;
+  ro.tls = protocol::TlsMaterial::load(k.ca, k.cert, k.key);
+  const auto space = train.class_names;
+  ro.check_hello = [space](const v1::Hello& h) -> std::string {
+    for (const auto& l : h.expert().labels()) {
+      if (std::find(space.begin(), space.end(), l) == space.end()) {
+        return fmt::format("label '{}' is not in the coordinator's label space ({})", l,
+                           fmt::join(space, ", "));
+      }
+    }
+    return {};
+  };
+  NodeRegistry registry(io, Roster(k.roster), ro);
+  registry.start();
+  protocol::ShutdownOnSignal shutdown(
+      io, [&](int) { registry.stop("the coordinator is shutting down"); },
+      [&] { std::_Exit(130); }, std::chrono::milliseconds(3000));
+  std::thread io_thread([&] { io.run(); });
+  fmt::print(stderr, "coordinator '{}' listening on {}:{}; roster: {}\n", k.name,
+             k.listen, registry.port(), fmt::join(k.roster, ", "));
+
+  CoordinatorOptions co;
+  co.label_space = space;
+  co.algorithm = k.algorithm;
+  co.algorithm_options = fusion::AlgorithmOptions()
+                             .seed(static_cast<std::uint64_t>(k.seed))
+                             .threads(static_cast<int>(k.threads));
+  co.rounds = static_cast<int>(k.rounds);
+  co.min_nodes = k.min_nodes == 0 ? k.roster.size() : static_cast<std::size_t>(k.min_nodes);
+  co.quorum_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(k.quorum_timeout_s * 1000));
+  co.settle = std::chrono::milliseconds(static_cast<std::int64_t>(k.settle_s * 1000));
+  co.request_deadline =
+      std::chrono::milliseconds(static_cast<std::int64_t>(k.request_deadline_s * 1000));
+  co.query_batch = k.query_batch;
+  co.run_dir = k.run_dir;
+  co.resume = resume;
+  co.on_round = [](const RoundReport& r) {
+    fmt::print(stderr, "round {}/{}: {}{} nodes answered, {} left out, {} inputs queried, {:.1f} s\n",
+               r.round, r.rounds, r.resumed ? "(from checkpoint) " : "", r.experts.size(),
+               r.failed.size(), r.inputs_queried, r.seconds);
+  };
+  int status = 0;
+  try {
+    Coordinator coordinator(registry, pool, co);
+    coordinator.run();
+    auto& fuser = coordinator.fuser();
+    if (k.evaluate && !fuser.needs_experts()) {
+      auto test = fusion::load_fashion_mnist(fusion::Split::kTest, dir);
+      auto probs = fuser.predict(coordinator.oracle(), test.images);
+      fmt::print("fused model ({}): test accuracy {:.4f} on {} images; {}\n",
+                 k.algorithm, fusion::accuracy(probs, test.labels), test.size(),
+                 (k.run_dir / "fused.pt").string());
+    } else {
+      fmt::print("rounds done; run directory {}\n", k.run_dir.string());
+    }
+  } catch (const Error& e) {
+    fmt::print(stderr, "chorus coordinator: {}\n", describe(e));
+    status = 1;
+  }
+  registry.stop("the coordinator's rounds are done");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  io.stop();
+  io_thread.join();
+  return status;
+}
+
+}  // namespace chorus::coordinator

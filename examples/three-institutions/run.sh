@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Three institutions and a fusion operator on one machine, each its own
+# process, talking mutual TLS over loopback. Run from this directory:
+#   ./run.sh [path/to/chorus]
+set -euo pipefail
+cd "$(dirname "$0")"
+chorus=${1:-../../build/apps/chorus/chorus}
+nodes=(hospital-a lab-b clinic-c)
+
+[ -f pki/ca.crt ] || "$chorus" certs init --out pki --coordinator localhost,127.0.0.1 \
+  --nodes "$(IFS=,; echo "${nodes[*]}")"
+for n in "${nodes[@]}"; do
+  [ -f "state/$n/expert.pt" ] || "$chorus" node train --config "$n.toml"
+done
+pids=()
+for n in "${nodes[@]}"; do
+  "$chorus" node --config "$n.toml" 2> "state/$n.log" & pids+=($!)
+done
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+"$chorus" coordinator --config coordinator.toml
+for n in "${nodes[@]}"; do "$chorus" node audit --log "state/$n/audit.jsonl"; done

@@ -1,0 +1,68 @@
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+/// `chorus simulate`: a whole multi-party fusion on one machine — K nodes
+/// with private shards and their own experts, a coordinator, certificates
+/// made for the run, real mutual-TLS connections over loopback — with a
+/// table of results. Protocol P1 of ALGORITHMS.md on its defaults.
+namespace chorus::simulate {
+
+/// What `chorus simulate` runs.
+struct SimulateOptions {
+  int experts = 5;
+  /// Algorithms, comma-separated: the first is the one the coordinator runs
+  /// and broadcasts; the others are fitted on the same answers for the table.
+  std::string algorithm = "foe-distill,foe";
+  std::string dataset = "fashion-mnist";
+  int rounds = 1;
+  std::uint64_t seed = 0;
+  /// The run directory.
+  std::filesystem::path out = "runs/simulate";
+  int classes_per_expert = 4;
+  std::int64_t transfer_size = 10'000;
+  std::int64_t fusion_labels = 500;
+  /// Epochs of each expert's training.
+  int expert_epochs = 3;
+  /// Run each node as its own `chorus node` process.
+  bool processes = false;
+  /// Torch threads (training and fusion); nodes infer on one thread each.
+  int threads = 2;
+  /// Data directory override (empty: the default search).
+  std::filesystem::path data_dir;
+  /// The chorus executable, for --processes.
+  std::filesystem::path chorus_binary;
+  /// Continue a run from its checkpoints.
+  bool resume = false;
+};
+
+/// One row of the results table.
+struct ResultRow {
+  std::string method;
+  double accuracy = 0;             ///< 10-way on the test set.
+  double task_accuracy = -1;       ///< On its own classes (experts); -1: n/a.
+  std::int64_t train_queries = 0;  ///< Inputs the round asked of the nodes.
+  double queries_per_input = 0;    ///< Expert queries per test input.
+  std::int64_t bytes_sent = 0, bytes_received = 0;
+  double seconds = 0;
+};
+
+/// What a simulation produced.
+struct SimulateResult {
+  std::vector<ResultRow> rows;
+  std::filesystem::path run_dir;
+  double expert_seconds = 0;  ///< Training (0 when every expert was cached).
+  int experts_cached = 0;
+  double total_seconds = 0;
+};
+
+/// Runs it. Prints progress to stderr; throws `chorus::Error`.
+SimulateResult run_simulation(const SimulateOptions& options);
+
+/// The table as text.
+std::string format_table(const SimulateResult& result);
+
+}  // namespace chorus::simulate

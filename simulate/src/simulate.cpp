@@ -1,0 +1,500 @@
+#include "chorus/simulate/simulate.hpp"
+
+#include <asio/io_context.hpp>
+#include <asio/thread_pool.hpp>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+
+#include <csignal>
+#include <fstream>
+#include <sstream>
+#include <thread>
+#include <unordered_map>
+
+#include "chorus/coordinator/coordinator.hpp"
+#include "chorus/coordinator/registry.hpp"
+#include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
+#include "chorus/core/log.hpp"
+#include "chorus/core/version.hpp"
+#include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/partition.hpp"
+#include "chorus/fusion/train.hpp"
+#include "chorus/node/expert.hpp"
+#include "chorus/node/service.hpp"
+#include "chorus/node/session.hpp"
+#include "chorus/protocol/certs.hpp"
+#include "chorus/protocol/digest.hpp"
+
+extern char** environ;
+
+namespace chorus::simulate {
+namespace {
+
+namespace fs = std::filesystem;
+namespace fu = chorus::fusion;
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+std::string node_name(int i) {
+  static const char* kNames[] = {"alpha", "beta",  "gamma", "delta", "epsilon",
+                                 "zeta",  "eta",   "theta", "iota",  "kappa",
+                                 "lambda", "mu"};
+  if (i < 12) return kNames[i];
+  return fmt::format("node{}", i + 1);
+}
+
+// Each node a different architecture of the zoo.
+std::string arch_of(int i) {
+  static const char* kArchs[] = {"lenet", "mlp", "resnet"};
+  return kArchs[i % 3];
+}
+
+// Answers from a table collected over the network, charged as queries.
+// Inputs are found by their bytes, so any subset or order of the test
+// inputs can be asked for.
+class ReplayOracle : public fu::QueryOracle {
+ public:
+  ReplayOracle(std::int64_t classes, std::vector<fu::ExpertInfo> experts,
+               const torch::Tensor& inputs, std::vector<torch::Tensor> answers)
+      : classes_(classes), experts_(std::move(experts)), answers_(std::move(answers)) {
+    auto x = inputs.contiguous();
+    for (std::int64_t i = 0; i < x.size(0); ++i) rows_.emplace(key(x[i]), i);
+  }
+  std::int64_t num_classes() const override { return classes_; }
+  const std::vector<fu::ExpertInfo>& experts() const override { return experts_; }
+
+ protected:
+  torch::Tensor do_query(std::int64_t expert, const torch::Tensor& inputs) override {
+    auto x = inputs.contiguous();
+    std::vector<std::int64_t> index;
+    for (std::int64_t i = 0; i < x.size(0); ++i) {
+      auto it = rows_.find(key(x[i]));
+      CHORUS_CHECK_CODE(it != rows_.end(), Code::kInternal,
+                        "replay: an input the experts were not asked about");
+      index.push_back(it->second);
+    }
+    return answers_[static_cast<std::size_t>(expert)].index_select(
+        0, torch::tensor(index, torch::kLong));
+  }
+
+ private:
+  static std::string key(const torch::Tensor& row) {
+    auto r = row.contiguous();
+    return std::string(static_cast<const char*>(r.data_ptr()),
+                       static_cast<std::size_t>(r.numel() * r.element_size()));
+  }
+  std::int64_t classes_;
+  std::vector<fu::ExpertInfo> experts_;
+  std::vector<torch::Tensor> answers_;
+  std::unordered_map<std::string, std::int64_t> rows_;
+};
+
+// Child processes (one per node with --processes), ended with the run.
+class Children {
+ public:
+  void spawn(const std::vector<std::string>& argv, const fs::path& log) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    pid_t pid = 0;
+    const int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    CHORUS_CHECK_CODE(rc == 0, Code::kInternal, "cannot start {}: {}", argv[0],
+                      std::strerror(rc));
+    pids_.push_back(pid);
+  }
+  ~Children() {
+    for (auto pid : pids_) kill(pid, SIGTERM);
+    for (auto pid : pids_) waitpid(pid, nullptr, 0);
+  }
+
+ private:
+  std::vector<pid_t> pids_;
+};
+
+// Local labels of `labels` (shared space) for an expert's task; -1 outside.
+torch::Tensor to_local(const torch::Tensor& labels, const std::vector<std::int64_t>& task) {
+  auto out = torch::full_like(labels, -1);
+  for (std::size_t j = 0; j < task.size(); ++j) {
+    out.masked_fill_(labels.eq(task[j]), static_cast<std::int64_t>(j));
+  }
+  return out;
+}
+
+struct Expert {
+  std::string name;
+  std::vector<std::int64_t> task;
+  std::vector<std::string> labels;
+  std::string arch;
+  fs::path file;
+};
+
+void write_config(const SimulateOptions& o, const fs::path& run_dir) {
+  auto text = fmt::format(
+      "# chorus simulate, resolved options (chorus {})\n"
+      "experts = {}\nalgorithm = \"{}\"\ndataset = \"{}\"\nrounds = {}\nseed = {}\n"
+      "classes_per_expert = {}\ntransfer_size = {}\nfusion_labels = {}\n"
+      "expert_epochs = {}\nprocesses = {}\nthreads = {}\n",
+      kVersion, o.experts, o.algorithm, o.dataset, o.rounds, o.seed,
+      o.classes_per_expert, o.transfer_size, o.fusion_labels, o.expert_epochs,
+      o.processes, o.threads);
+  write_file_atomic(run_dir / "config.toml", text);
+}
+
+// Trains (or finds in the cache) each node's expert.
+std::vector<Expert> prepare_experts(const SimulateOptions& o, const fu::Dataset& train,
+                                    const fu::P1Split& split, const fs::path& dir,
+                                    SimulateResult& result) {
+  auto log = log::get("simulate");
+  fs::create_directories(dir);
+  std::vector<Expert> experts;
+  const auto& names = train.class_names;
+  for (int i = 0; i < o.experts; ++i) {
+    Expert e{.name = node_name(i),
+             .task = split.tasks[static_cast<std::size_t>(i)],
+             .labels = {},
+             .arch = arch_of(i),
+             .file = {}};
+    for (auto c : e.task) e.labels.push_back(names[static_cast<std::size_t>(c)]);
+    const auto& idx = split.expert_train[static_cast<std::size_t>(i)];
+    // The cache key: everything the trained weights depend on.
+    auto idx_bytes = std::string(static_cast<const char*>(idx.data_ptr()),
+                                 static_cast<std::size_t>(idx.numel() * 8));
+    auto key = protocol::to_hex(protocol::sha256(fmt::format(
+                   "chorus-expert-v1|{}|{}|{}|{}|{}|{}|{}", kVersion, e.arch,
+                   o.expert_epochs, o.seed, i, fmt::join(e.task, ","),
+                   protocol::to_hex(protocol::sha256(idx_bytes)))))
+                   .substr(0, 16);
+    e.file = dir / fmt::format("{}-{}-{}.pt", e.name, e.arch, key);
+    if (fs::exists(e.file)) {
+      ++result.experts_cached;
+      log->info("node={} event=expert_cached file={}", e.name, e.file.string());
+    } else {
+      const auto t0 = Clock::now();
+      auto x = train.images.index_select(0, idx);
+      auto y = to_local(train.labels.index_select(0, idx), e.task);
+      fu::ModelSpec spec{.arch = e.arch,
+                         .input_shape = {1, 28, 28},
+                         .num_classes = static_cast<std::int64_t>(e.task.size())};
+      torch::manual_seed(o.seed * 100 + static_cast<std::uint64_t>(i));
+      auto model = fu::make_classifier(spec);
+      fu::train(*model, x, y,
+                fu::TrainOptions()
+                    .epochs(o.expert_epochs)
+                    .batch_size(64)
+                    .lr(2e-3)
+                    .seed(o.seed * 100 + static_cast<std::uint64_t>(i))
+                    .threads(o.threads));
+      node::save_builtin_expert(model, spec, e.labels, e.file);
+      const double s = since(t0);
+      result.expert_seconds += s;
+      fmt::print(stderr, "trained {:<8} {:<6} on [{}]: {} images, {:.1f} s\n", e.name,
+                 e.arch, fmt::join(e.labels, ", "), x.size(0), s);
+    }
+    experts.push_back(std::move(e));
+  }
+  return experts;
+}
+
+void ensure_pki(const fs::path& pki, const std::vector<Expert>& experts) {
+  std::vector<std::string> names;
+  for (const auto& e : experts) names.push_back(e.name);
+  if (!fs::exists(pki / "ca.crt")) {
+    protocol::init_deployment(pki, {"localhost", "127.0.0.1"}, names, 30);
+    return;
+  }
+  for (const auto& n : names) {
+    if (!fs::exists(pki / (n + ".crt"))) protocol::add_node(pki, n, 30);
+  }
+}
+
+}  // namespace
+
+SimulateResult run_simulation(const SimulateOptions& o) {
+  const auto t_start = Clock::now();
+  auto log = log::get("simulate");
+  CHORUS_CHECK(o.dataset == "fashion-mnist",
+               "unknown data set '{}' (simulate supports: fashion-mnist)", o.dataset);
+  CHORUS_CHECK(o.experts >= 1 && o.experts <= 64, "--experts must be 1..64, got {}",
+               o.experts);
+  CHORUS_CHECK(o.rounds >= 1, "--rounds must be at least 1, got {}", o.rounds);
+  CHORUS_CHECK(o.threads >= 1, "--threads must be at least 1");
+  auto algorithms = split_list(o.algorithm);
+  CHORUS_CHECK(!algorithms.empty(), "--algorithm names no algorithm");
+  for (const auto& a : algorithms) (void)fu::make_fuser(a);  // Unknown names fail here.
+  fu::ThreadGuard threads(o.threads);
+
+  SimulateResult result;
+  result.run_dir = o.out;
+  fs::create_directories(o.out);
+  write_config(o, o.out);
+
+  std::optional<fs::path> data_dir;
+  if (!o.data_dir.empty()) data_dir = o.data_dir;
+  auto train = fu::load_fashion_mnist(fu::Split::kTrain, data_dir);
+  auto test = fu::load_fashion_mnist(fu::Split::kTest, data_dir);
+  const std::int64_t classes = static_cast<std::int64_t>(train.class_names.size());
+  auto split = fu::p1_split(train.labels, fu::P1Options()
+                                              .experts(o.experts)
+                                              .classes_per_expert(o.classes_per_expert)
+                                              .num_classes(classes)
+                                              .transfer_size(o.transfer_size)
+                                              .fusion_labels(o.fusion_labels)
+                                              .seed(o.seed));
+  auto experts = prepare_experts(o, train, split, o.out / "experts", result);
+  const auto pki = o.out / "pki";
+  ensure_pki(pki, experts);
+
+  // The coordinator: its own io_context and thread.
+  std::vector<std::string> roster;
+  for (const auto& e : experts) roster.push_back(e.name);
+  asio::io_context coordinator_io;
+  coordinator::RegistryOptions ro;
+  ro.port = 0;
+  ro.tls = protocol::TlsMaterial::load(pki / "ca.crt", pki / "coordinator.crt",
+                                       pki / "coordinator.key");
+  ro.check_hello = [&train](const v1::Hello& h) -> std::string {
+    for (const auto& l : h.expert().labels()) {
+      if (std::find(train.class_names.begin(), train.class_names.end(), l) ==
+          train.class_names.end()) {
+        return fmt::format("label '{}' is not in the label space", l);
+      }
+    }
+    return {};
+  };
+  coordinator::NodeRegistry registry(coordinator_io, coordinator::Roster(roster), ro);
+  registry.start();
+  std::thread coordinator_thread([&] { coordinator_io.run(); });
+
+  // The nodes: in this process on one io_context sharing one inference
+  // thread, or one `chorus node` process each.
+  asio::io_context node_io;
+  asio::thread_pool inference(1);
+  std::vector<std::unique_ptr<node::NodeService>> services;
+  std::vector<std::unique_ptr<node::NodeSession>> sessions;
+  std::optional<Children> children;
+  if (o.processes) {
+    CHORUS_CHECK(!o.chorus_binary.empty(), "--processes needs the chorus executable");
+    children.emplace();
+    for (const auto& e : experts) {
+      const auto dir = fs::absolute(o.out / "nodes" / e.name);
+      fs::create_directories(dir);
+      write_file_atomic(
+          dir / "node.toml",
+          fmt::format("# written by chorus simulate --processes\n"
+                      "[node]\nname = \"{0}\"\nstate_dir = \"{1}\"\nthreads = 1\n"
+                      "[coordinator]\nhost = \"127.0.0.1\"\nport = {2}\n"
+                      "[tls]\nca = \"{3}/ca.crt\"\ncert = \"{3}/{0}.crt\"\n"
+                      "key = \"{3}/{0}.key\"\n"
+                      "[expert]\nkind = \"builtin\"\npath = \"{4}\"\n",
+                      e.name, dir.string(), registry.port(), fs::absolute(pki).string(),
+                      fs::absolute(e.file).string()));
+      children->spawn({o.chorus_binary.string(), "node", "--config",
+                       (dir / "node.toml").string()},
+                      dir / "node.log");
+    }
+  } else {
+    for (const auto& e : experts) {
+      node::ExpertOptions eo;
+      eo.kind = node::ExpertKind::kBuiltin;
+      eo.path = e.file;
+      node::NodeServiceOptions so;
+      so.state_dir = o.out / "nodes" / e.name;
+      so.audit_log = so.state_dir / "audit.jsonl";
+      so.metadata = {{"name", e.name}, {"arch", e.arch}};
+      services.push_back(
+          std::make_unique<node::NodeService>(node::load_expert(eo), so));
+      node::SessionOptions s;
+      s.host = "127.0.0.1";
+      s.port = registry.port();
+      s.tls = protocol::TlsMaterial::load(pki / "ca.crt", pki / (e.name + ".crt"),
+                                          pki / (e.name + ".key"));
+      sessions.push_back(std::make_unique<node::NodeSession>(node_io, inference,
+                                                             *services.back(), s));
+      sessions.back()->start();
+    }
+  }
+  std::thread node_thread([&] { node_io.run(); });
+  auto stop_all = [&] {
+    registry.stop("the simulation is over");
+    for (auto& s : sessions) s->stop();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    node_io.stop();
+    coordinator_io.stop();
+    if (node_thread.joinable()) node_thread.join();
+    if (coordinator_thread.joinable()) coordinator_thread.join();
+    inference.join();
+    children.reset();
+  };
+
+  try {
+    coordinator::CoordinatorOptions co;
+    co.label_space = train.class_names;
+    co.algorithm = algorithms.front();
+    co.algorithm_options = fu::AlgorithmOptions().seed(o.seed).threads(o.threads);
+    co.rounds = o.rounds;
+    co.min_nodes = static_cast<std::size_t>(o.experts);
+    co.quorum_timeout = std::chrono::seconds(o.processes ? 120 : 30);
+    co.run_dir = o.out;
+    co.resume = o.resume;
+    co.on_round = [](const coordinator::RoundReport& r) {
+      if (r.resumed) {
+        fmt::print(stderr, "round {}/{}: complete in a checkpoint, not repeated\n",
+                   r.round, r.rounds);
+        return;
+      }
+      fmt::print(stderr,
+                 "round {}/{}: {} nodes answered, {} left out, {} inputs queried, "
+                 "{:.1f} MB sent, {:.1f} MB received, pushed to {}, {:.1f} s\n",
+                 r.round, r.rounds, r.experts.size(), r.failed.size(), r.inputs_queried,
+                 static_cast<double>(r.bytes_sent) / 1e6,
+                 static_cast<double>(r.bytes_received) / 1e6, r.pushed_to.size(),
+                 r.seconds);
+    };
+    coordinator::PoolData pool{
+        .inputs = train.images.index_select(0, split.transfer),
+        .fusion_index = torch::arange(split.fusion.size(0), torch::kLong),
+        .fusion_labels = train.labels.index_select(0, split.fusion)};
+    coordinator::Coordinator coordinator(registry, pool, co);
+    const auto t_rounds = Clock::now();
+    auto reports = coordinator.run();
+    const double round_seconds = since(t_rounds);
+    std::int64_t train_queries = 0, train_sent = 0, train_received = 0;
+    std::map<std::string, fu::QueryStats> per_node;
+    for (const auto& r : reports) {
+      train_queries += r.inputs_queried;
+      train_sent += r.bytes_sent;
+      train_received += r.bytes_received;
+      for (const auto& [n, s] : r.per_node) per_node[n] += s;
+    }
+
+    // The test set, asked of every expert once over the network.
+    auto& oracle = coordinator.oracle();
+    oracle.reset_stats();
+    auto test_answers = oracle.query_all(test.images);
+    const auto& fused_experts = coordinator.experts();
+    for (std::size_t k = 0; k < fused_experts.size(); ++k) {
+      const auto& info = fused_experts[k];
+      auto local = to_local(test.labels, info.labels);
+      auto known = local.ge(0).nonzero().flatten();
+      const auto& stats = per_node[info.name];
+      result.rows.push_back(ResultRow{
+          .method = fmt::format("expert {} ({})", info.name,
+                                fmt::join(info.labels, ",")),
+          .accuracy = fu::accuracy(fu::lift(test_answers[k], info.labels, classes),
+                                   test.labels),
+          .task_accuracy = fu::accuracy(test_answers[k].index_select(0, known),
+                                        local.index_select(0, known)),
+          .train_queries = stats.inputs,
+          .queries_per_input = 1,
+          .bytes_sent = stats.bytes_sent,
+          .bytes_received = stats.bytes_received,
+          .seconds = 0});
+    }
+    ReplayOracle replay(classes, fused_experts, test.images, test_answers);
+    std::vector<std::string> methods = {"bplus", "bmax"};
+    for (const auto& a : algorithms) {
+      if (std::find(methods.begin(), methods.end(), a) == methods.end()) methods.push_back(a);
+    }
+    for (const auto& name : methods) {
+      const auto t0 = Clock::now();
+      std::unique_ptr<fu::Fuser> own;
+      fu::Fuser* fuser = nullptr;
+      if (name == algorithms.front()) {
+        fuser = &coordinator.fuser();
+      } else {
+        own = fu::make_fuser(name, co.algorithm_options);
+        own->fit(coordinator.data());
+        fuser = own.get();
+      }
+      replay.reset_stats();
+      auto probs = fuser->predict(replay, test.images);
+      const auto s = replay.total_stats();
+      result.rows.push_back(ResultRow{
+          .method = name == algorithms.front() ? name + " (broadcast)" : name,
+          .accuracy = fu::accuracy(probs, test.labels),
+          .task_accuracy = -1,
+          .train_queries = name == "bplus" || name == "bmax" ? 0 : train_queries,
+          .queries_per_input =
+              static_cast<double>(s.inputs) / static_cast<double>(test.images.size(0)),
+          .bytes_sent = s.bytes_sent,
+          .bytes_received = s.bytes_received,
+          .seconds = since(t0) + (name == algorithms.front() ? round_seconds : 0.0)});
+    }
+    (void)train_sent;
+    (void)train_received;
+  } catch (...) {
+    stop_all();
+    throw;
+  }
+  stop_all();
+  result.total_seconds = since(t_start);
+
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& r : result.rows) {
+    rows.push_back({{"method", r.method},
+                    {"accuracy", r.accuracy},
+                    {"task_accuracy", r.task_accuracy < 0 ? nlohmann::json(nullptr)
+                                                          : nlohmann::json(r.task_accuracy)},
+                    {"train_queries", r.train_queries},
+                    {"queries_per_test_input", r.queries_per_input},
+                    {"bytes_sent", r.bytes_sent},
+                    {"bytes_received", r.bytes_received},
+                    {"seconds", r.seconds}});
+  }
+  nlohmann::json report{{"chorus", kVersion},
+                        {"experts", o.experts},
+                        {"algorithm", o.algorithm},
+                        {"dataset", o.dataset},
+                        {"rounds", o.rounds},
+                        {"seed", o.seed},
+                        {"processes", o.processes},
+                        {"threads", o.threads},
+                        {"expert_training_seconds", result.expert_seconds},
+                        {"experts_cached", result.experts_cached},
+                        {"total_seconds", result.total_seconds},
+                        {"rows", rows}};
+  write_file_atomic(o.out / "report.json", report.dump(2) + "\n");
+  return result;
+}
+
+std::string format_table(const SimulateResult& r) {
+  std::string out = fmt::format("{:<44} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+                                "method", "acc-10", "acc-task", "queries", "q/test",
+                                "MB sent", "MB recv", "seconds");
+  for (const auto& row : r.rows) {
+    out += fmt::format(
+        "{:<44} {:>8.4f} {:>8} {:>9} {:>9.2f} {:>9.2f} {:>9.2f} {:>7.1f}\n", row.method,
+        row.accuracy,
+        row.task_accuracy < 0 ? std::string("-") : fmt::format("{:.4f}", row.task_accuracy),
+        row.train_queries, row.queries_per_input,
+        static_cast<double>(row.bytes_sent) / 1e6,
+        static_cast<double>(row.bytes_received) / 1e6, row.seconds);
+  }
+  return out;
+}
+
+}  // namespace chorus::simulate

@@ -1,0 +1,286 @@
+// Fusion rounds end to end over real loopback mutual TLS: a NodeRegistry and
+// a Coordinator against in-process nodes (NodeService + NodeSession) serving
+// small synthetic experts.
+#include <asio/io_context.hpp>
+#include <asio/thread_pool.hpp>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <thread>
+
+#include "../fusion/synthetic.hpp"
+#include "chorus/coordinator/coordinator.hpp"
+#include "chorus/coordinator/registry.hpp"
+#include "chorus/core/fs.hpp"
+#include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/fused_model.hpp"
+#include "chorus/node/expert.hpp"
+#include "chorus/node/service.hpp"
+#include "chorus/node/session.hpp"
+#include "chorus/protocol/certs.hpp"
+#include "chorus/protocol/digest.hpp"
+#include "support/doctest.hpp"
+#include "support/errors.hpp"
+#include "support/temp_dir.hpp"
+
+namespace co = chorus::coordinator;
+namespace nd = chorus::node;
+namespace fu = chorus::fusion;
+namespace pr = chorus::protocol;
+namespace v1 = chorus::v1;
+using chorus::Code;
+using chorus::testing::code_of;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::vector<std::string> kSpace = {"c0", "c1", "c2", "c3"};
+constexpr std::int64_t kDim = 8;
+
+struct World {
+  chorus::testing::Blobs train = chorus::testing::make_blobs(1200, 4, kDim, 11);
+  chorus::testing::Blobs test = chorus::testing::resample_blobs(400, 4, kDim, 11, 12);
+  pr::KeyPair ca = pr::make_ca("test-ca");
+  pr::KeyPair coordinator = pr::issue_certificate(
+      ca, "coordinator", pr::CertRole::kCoordinator, {"127.0.0.1"});
+  std::map<std::string, pr::KeyPair> nodes;
+  std::map<std::string, std::shared_ptr<fu::ClassifierImpl>> models;
+  std::map<std::string, std::vector<std::int64_t>> tasks = {
+      {"alpha", {0, 1}}, {"beta", {1, 2}}, {"gamma", {2, 3, 0}}};
+
+  World() {
+    std::uint64_t seed = 1;
+    for (const auto& [name, task] : tasks) {
+      nodes.emplace(name, pr::issue_certificate(ca, name, pr::CertRole::kNode, {}));
+      models[name] = chorus::testing::train_expert(train, task, seed++);
+    }
+  }
+  pr::TlsMaterial material(const pr::KeyPair& leaf) const {
+    return {ca.cert_pem, leaf.cert_pem, leaf.key_pem};
+  }
+};
+
+World& world() {
+  static World w;
+  return w;
+}
+
+// The coordinator side: a registry on its own io thread.
+struct CoordinatorSide {
+  asio::io_context io;
+  std::unique_ptr<co::NodeRegistry> registry;
+  std::thread thread;
+
+  explicit CoordinatorSide(std::vector<std::string> roster) {
+    co::RegistryOptions o;
+    o.port = 0;
+    o.tls = world().material(world().coordinator);
+    o.check_hello = [](const v1::Hello& h) -> std::string {
+      for (const auto& l : h.expert().labels()) {
+        if (std::find(kSpace.begin(), kSpace.end(), l) == kSpace.end()) {
+          return "label '" + l + "' is not in the label space";
+        }
+      }
+      return {};
+    };
+    registry = std::make_unique<co::NodeRegistry>(io, co::Roster(std::move(roster)), o);
+    registry->start();
+    thread = std::thread([this] { io.run(); });
+  }
+  ~CoordinatorSide() {
+    registry->stop("test over");
+    std::this_thread::sleep_for(100ms);
+    io.stop();
+    thread.join();
+  }
+};
+
+// In-process nodes on one io thread.
+struct Nodes {
+  asio::io_context io;
+  asio::thread_pool pool{1};
+  std::map<std::string, std::unique_ptr<nd::NodeService>> services;
+  std::vector<std::unique_ptr<nd::NodeSession>> sessions;
+  std::thread thread;
+
+  Nodes(std::uint16_t port, const std::filesystem::path& dir,
+        std::map<std::string, nd::QueryPolicy> policies = {},
+        std::map<std::string, std::vector<std::string>> labels = {}) {
+    for (const auto& [name, task] : world().tasks) {
+      nd::ExpertOptions eo;
+      eo.input_shape = {kDim};
+      for (auto c : task) eo.labels.push_back(kSpace[static_cast<std::size_t>(c)]);
+      if (labels.count(name)) eo.labels = labels[name];
+      nd::NodeServiceOptions so;
+      so.state_dir = dir / name;
+      if (policies.count(name)) so.policy = policies[name];
+      services[name] = std::make_unique<nd::NodeService>(
+          nd::make_builtin_expert(world().models[name], eo), so);
+      nd::SessionOptions s;
+      s.host = "127.0.0.1";
+      s.port = port;
+      s.tls = world().material(world().nodes.at(name));
+      s.backoff.initial = 50ms;
+      s.backoff.max = 500ms;
+      sessions.push_back(
+          std::make_unique<nd::NodeSession>(io, pool, *services[name], s));
+      sessions.back()->start();
+    }
+    thread = std::thread([this] { io.run(); });
+  }
+  ~Nodes() {
+    for (auto& s : sessions) s->stop();
+    std::this_thread::sleep_for(100ms);
+    io.stop();
+    thread.join();
+    pool.join();
+  }
+};
+
+co::PoolData pool_data() {
+  const auto& w = world();
+  return co::PoolData{.inputs = w.train.x.slice(0, 0, 600),
+                      .fusion_index = torch::arange(100, torch::kLong),
+                      .fusion_labels = w.train.y.slice(0, 0, 100)};
+}
+
+co::CoordinatorOptions options(const std::filesystem::path& run_dir) {
+  co::CoordinatorOptions o;
+  o.label_space = kSpace;
+  o.algorithm = "foe-distill";
+  o.algorithm_options = fu::AlgorithmOptions().seed(1);
+  o.algorithm_options.foe(fu::FoeOptions().hidden({32}).epochs(40).batch_size(32));
+  o.algorithm_options.distill().arch("mlp").epochs(8);
+  o.min_nodes = 3;
+  o.quorum_timeout = 15s;
+  o.settle = 0ms;
+  o.request_deadline = 10s;
+  o.query_batch = 128;
+  o.run_dir = run_dir;
+  return o;
+}
+
+nlohmann::json read_json(const std::filesystem::path& p) {
+  return nlohmann::json::parse(chorus::read_file(p));
+}
+
+}  // namespace
+
+TEST_CASE("coordinator: a round queries every node, fuses, checkpoints and "
+          "broadcasts the fused model") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma"});
+  Nodes nodes(side.registry->port(), dir / "nodes");
+  co::Coordinator coordinator(*side.registry, pool_data(), options(dir / "run"));
+  auto reports = coordinator.run();
+  REQUIRE(reports.size() == 1);
+  const auto& r = reports[0];
+  CHECK(r.experts == std::vector<std::string>{"alpha", "beta", "gamma"});
+  CHECK(r.failed.empty());
+  CHECK(r.inputs_queried == 3 * 600);
+  CHECK(r.pool_size == 600);
+  CHECK(r.per_node.at("beta").inputs == 600);
+  for (const auto& [name, service] : nodes.services) {
+    CHECK(service->inputs_answered() == 600);
+  }
+
+  // The fused student works without experts, and beats every single expert.
+  auto& fuser = coordinator.fuser();
+  CHECK_FALSE(fuser.needs_experts());
+  auto probs = fuser.predict(coordinator.oracle(), world().test.x);
+  const double fused = fu::accuracy(probs, world().test.y);
+  auto answers = coordinator.oracle().query_all(world().test.x);
+  for (std::size_t k = 0; k < answers.size(); ++k) {
+    auto lifted = fu::lift(answers[k], coordinator.experts()[k].labels, 4);
+    CHECK(fused > fu::accuracy(lifted, world().test.y) + 0.1);
+  }
+  CHECK(fused > 0.85);
+
+  // Broadcast: every node stored exactly the file the coordinator wrote.
+  const auto model_file = dir / "run" / "fused-round-1.pt";
+  REQUIRE(std::filesystem::exists(model_file));
+  CHECK(r.pushed_to.size() == 3);
+  const auto digest = pr::to_hex(pr::sha256(chorus::read_file(model_file)));
+  for (const auto& [name, service] : nodes.services) {
+    auto stored = service->stored_model();
+    REQUIRE(stored.has_value());
+    CHECK(stored->round == 1);
+    CHECK(stored->algorithm == "foe-distill");
+    CHECK(stored->sha256_hex == digest);
+    auto reloaded = fu::load_fused_model(stored->file);
+    CHECK(reloaded.spec.num_classes == 4);
+  }
+  auto line = read_json(dir / "run" / "checkpoints" / "round-1.json");
+  CHECK(line["inputs_queried"] == 1800);
+  CHECK(std::filesystem::exists(dir / "run" / "metrics.jsonl"));
+  CHECK(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" /
+                                "gamma.slice0.pt"));
+}
+
+TEST_CASE("coordinator: rounds query new slices only, and --resume repeats no "
+          "answered query") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma"});
+  Nodes nodes(side.registry->port(), dir / "nodes");
+  auto o = options(dir / "run");
+  o.rounds = 3;
+  o.algorithm = "foe";
+  {
+    co::Coordinator coordinator(*side.registry, pool_data(), o);
+    auto reports = coordinator.run();
+    REQUIRE(reports.size() == 3);
+    for (const auto& r : reports) CHECK(r.inputs_queried == 3 * 200);
+    CHECK(reports[2].pool_size == 600);
+  }
+  for (const auto& [name, service] : nodes.services) {
+    CHECK(service->inputs_answered() == 600);
+  }
+  // A crash after round 2: its manifest is gone, its answers are on disk.
+  std::filesystem::remove(dir / "run" / "checkpoints" / "round-3.json");
+  o.resume = true;
+  co::Coordinator again(*side.registry, pool_data(), o);
+  auto reports = again.run();
+  REQUIRE(reports.size() == 3);
+  CHECK(reports[0].resumed);
+  CHECK(reports[1].resumed);
+  CHECK_FALSE(reports[2].resumed);
+  CHECK(reports[2].inputs_queried == 0);
+  for (const auto& [name, service] : nodes.services) {
+    CHECK(service->inputs_answered() == 600);
+  }
+  CHECK(fu::accuracy(again.fuser().predict(again.oracle(), world().test.x),
+                     world().test.y) > 0.85);
+}
+
+TEST_CASE("coordinator: a node that refuses is left out and the round proceeds "
+          "with the quorum") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma"});
+  nd::QueryPolicy stingy;
+  stingy.budget.total_budget = 100;  // Less than the pool.
+  Nodes nodes(side.registry->port(), dir / "nodes", {{"beta", stingy}});
+  auto o = options(dir / "run");
+  o.min_nodes = 2;
+  o.settle = 2s;
+  co::Coordinator coordinator(*side.registry, pool_data(), o);
+  auto reports = coordinator.run();
+  REQUIRE(reports.size() == 1);
+  CHECK(reports[0].experts == std::vector<std::string>{"alpha", "gamma"});
+  REQUIRE(reports[0].failed.count("beta"));
+  CHECK(reports[0].failed.at("beta").find("RESOURCE_EXHAUSTED") != std::string::npos);
+  CHECK(coordinator.experts().size() == 2);
+}
+
+TEST_CASE("coordinator: no quorum names the missing nodes; labels outside the "
+          "label space are refused at admission") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma", "delta"});
+  Nodes nodes(side.registry->port(), dir / "nodes", {},
+              {{"gamma", {"c2", "c3", "c9"}}});
+  std::string msg;
+  CHECK(code_of([&] { side.registry->wait_for_quorum(3, 2s); }, &msg) ==
+        Code::kDeadlineExceeded);
+  CHECK(msg.find("missing: gamma, delta") != std::string::npos);
+  CHECK(side.registry->connected().size() == 2);
+  CHECK_FALSE(side.registry->is_connected("gamma"));
+}
