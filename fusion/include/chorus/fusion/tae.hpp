@@ -1,0 +1,192 @@
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <vector>
+
+/// tae: task-agnostic embedding of black-box experts (Hoang, Lam, Low,
+/// Jaillet, ICML 2020; ALGORITHMS.md §4). Each expert is a distribution over
+/// a spectrum of predictive prototypes; a new task is a new distribution
+/// over the same prototypes, fitted at a node with a few private examples by
+/// minimising a PAC-Bayes bound.
+namespace chorus::fusion {
+
+/// Options of tae. The paper's defaults for 28×28 inputs; our choices are
+/// marked.
+struct TaeOptions {
+  /// |w|, the task-dependent style.
+  TORCH_ARG(std::int64_t, w_dim) = 2;
+  /// |z|, the concept that drives the prediction.
+  TORCH_ARG(std::int64_t, z_dim) = 5;
+  /// Width of every hidden layer.
+  TORCH_ARG(std::int64_t, hidden) = 100;
+  /// m, the cached prototypes z_1..z_m.
+  TORCH_ARG(std::int64_t, prototypes) = 100;
+  /// n, samples of w in recomposition and in the Gibbs loss.
+  TORCH_ARG(std::int64_t, samples) = 10;
+  /// δ of the PAC-Bayes bound.
+  TORCH_ARG(double, delta) = 0.05;
+  /// ζ_I, weight of the adversarial decoupling term (ours: 1).
+  TORCH_ARG(double, zeta) = 1.0;
+  /// Weight of log p_α(η|z) against the pixel likelihood (ours: the 784
+  /// Bernoulli terms would otherwise drown the 1 label term).
+  TORCH_ARG(double, label_weight) = 50.0;
+  /// Weight of the Gibbs loss of each expert's own task under its prior
+  /// p_γ(w|τ_i), trained with the ELBO (our reading of Algorithm 1's
+  /// alternation: it makes the prototypes' votes agree with the experts).
+  TORCH_ARG(double, gibbs_weight) = 50.0;
+  /// β in G_w(η|x) ∝ Σ_j p_θ(x|z_j,w)^β p_α(η|z_j) (ours; the paper has
+  /// β = 1). With hundreds of pixels the likelihoods of two prototypes
+  /// differ by hundreds of nats, G is the vote of one prototype, and the
+  /// Gibbs loss has no gradient for adaptation to follow; a tempered
+  /// likelihood keeps G a mixture. 0 means 1/sqrt(input pixels).
+  TORCH_ARG(double, likelihood_scale) = 0.0;
+  /// Training.
+  TORCH_ARG(std::int64_t, epochs) = 20;
+  TORCH_ARG(std::int64_t, batch_size) = 128;
+  TORCH_ARG(double, lr) = 1e-3;
+  /// Adaptation of q_λ(w): Adam steps and learning rate (ours).
+  TORCH_ARG(std::int64_t, adapt_steps) = 150;
+  TORCH_ARG(double, adapt_lr) = 0.05;
+  TORCH_ARG(std::uint64_t, seed) = 0;
+  /// Torch threads while training; 0 keeps the process's setting.
+  TORCH_ARG(int, threads) = 0;
+  /// Progress: epoch (1-based) and mean negative ELBO.
+  TORCH_ARG(std::function<void(std::int64_t, double)>, on_epoch) = nullptr;
+};
+
+/// A diagonal Gaussian over w: p_γ(w|τ), or an adapted q_λ(w) — a node's
+/// prototype embedding.
+struct WDistribution {
+  torch::Tensor mean;    ///< [w_dim]
+  torch::Tensor logvar;  ///< [w_dim]
+};
+
+/// What tae learns from: R = {(x, τ_i, η_i = B_i(x))}.
+struct TaeData {
+  /// Inputs [N, ...], pixels in [0, 1].
+  torch::Tensor inputs;
+  /// Expert i's answers on them, lifted into the output space [N, C].
+  std::vector<torch::Tensor> answers;
+  /// Expert i's task descriptor τ_i [T].
+  std::vector<torch::Tensor> tasks;
+};
+
+/// The networks of the generative model and of inference.
+class TaeNetImpl : public torch::nn::Module {
+ public:
+  TaeNetImpl(std::int64_t input_dim, std::int64_t outputs, std::int64_t task_dim,
+             const TaeOptions& options);
+
+  /// p_θ(x|w,z): logits of the pixels' Bernoulli [N, D].
+  torch::Tensor decode_x(const torch::Tensor& w, const torch::Tensor& z);
+  /// p_α(η|z): log-probabilities over the outputs [N, C].
+  torch::Tensor decode_y(const torch::Tensor& z);
+  /// p_γ(w|τ): mean and log-variance [N, w_dim].
+  std::pair<torch::Tensor, torch::Tensor> prior_w(const torch::Tensor& tau);
+  /// q_φ(z|x,η), q_φ(w|x,τ).
+  std::pair<torch::Tensor, torch::Tensor> encode_z(const torch::Tensor& x,
+                                                   const torch::Tensor& eta);
+  std::pair<torch::Tensor, torch::Tensor> encode_w(const torch::Tensor& x,
+                                                   const torch::Tensor& tau);
+  /// q_ψ(η|w): log-probabilities [N, C].
+  torch::Tensor adversary(const torch::Tensor& w);
+
+  /// The parameters of the model and of q_φ (everything but ψ).
+  std::vector<torch::Tensor> model_parameters();
+  /// ψ's parameters.
+  std::vector<torch::Tensor> adversary_parameters();
+
+  std::int64_t input_dim, outputs, task_dim, w_dim, z_dim;
+
+ private:
+  torch::nn::Sequential dec_x_{nullptr}, dec_y_{nullptr}, adv_{nullptr};
+  torch::nn::Sequential prior_trunk_{nullptr}, enc_z_trunk_{nullptr},
+      enc_w_trunk_{nullptr};
+  torch::nn::Linear prior_mean_{nullptr}, prior_logvar_{nullptr};
+  torch::nn::Linear enc_z_mean_{nullptr}, enc_z_logvar_{nullptr};
+  torch::nn::Linear enc_w_mean_{nullptr}, enc_w_logvar_{nullptr};
+};
+TORCH_MODULE(TaeNet);
+
+/// What adaptation reached.
+struct TaeAdaptation {
+  WDistribution posterior;  ///< q_λ(w): the prototype embedding.
+  double bound = 0;         ///< F_R(λ), the PAC-Bayes objective.
+  double gibbs_loss = 0;    ///< Ĝ(q_λ) on the shots.
+  double kl = 0;            ///< KL(q_λ ‖ p_γ(·|τ*)).
+};
+
+/// The tae global model: θ, α, γ and the cached prototypes (with φ and ψ
+/// while training).
+class TaeModel {
+ public:
+  /// A fresh model for inputs of `input_dim` values, `outputs` classes and
+  /// task descriptors of `task_dim`.
+  TaeModel(std::int64_t input_dim, std::int64_t outputs, std::int64_t task_dim,
+           TaeOptions options = {});
+
+  /// Trains on R. Returns the mean negative ELBO of each epoch. Throws
+  /// `chorus::Error` (INVALID_ARGUMENT) on inconsistent data.
+  std::vector<double> train(const TaeData& data);
+
+  /// The mean negative ELBO (without the adversary) on `data`, in eval mode.
+  double negative_elbo(const TaeData& data);
+
+  /// p_γ(w|τ) for a task descriptor [T].
+  WDistribution prior(const torch::Tensor& tau);
+
+  /// log G_w(y|x) for one w [w_dim]: [N, C] (or [N, |classes|] renormalised
+  /// over `classes` when given).
+  torch::Tensor log_g(const torch::Tensor& x, const torch::Tensor& w,
+                      const std::vector<std::int64_t>& classes = {});
+
+  /// B_τ*(x): votes of argmax_y G_{w_s}(y|x) over n samples w_s ~ `q`,
+  /// [N, C] (or [N, |classes|]); rows sum to 1.
+  torch::Tensor predict(const torch::Tensor& x, const WDistribution& q,
+                        const std::vector<std::int64_t>& classes = {});
+
+  /// PAC-Bayes adaptation of q_λ(w) to the task τ* from the labelled shots
+  /// (`labels` index `classes`, or the outputs when `classes` is empty).
+  TaeAdaptation adapt(const torch::Tensor& tau, const torch::Tensor& x,
+                      const torch::Tensor& labels,
+                      const std::vector<std::int64_t>& classes = {});
+
+  /// The PAC-Bayes objective of `q` on the shots (what `adapt` minimises),
+  /// e.g. at the prior.
+  TaeAdaptation bound(const torch::Tensor& tau, const torch::Tensor& x,
+                      const torch::Tensor& labels, const WDistribution& q,
+                      const std::vector<std::int64_t>& classes = {});
+
+  /// Refits p_γ on task embeddings (one per task), so later tasks start from
+  /// a better prior: a few steps of maximum likelihood of each embedding's
+  /// mean under p_γ(w|τ).
+  void refit_prior(const std::vector<torch::Tensor>& tasks,
+                   const std::vector<WDistribution>& embeddings, std::int64_t steps = 100);
+
+  /// Writes the global model atomically (format "chorus.tae.v1").
+  void save(const std::filesystem::path& path) const;
+  /// Reads `save`'s file. Throws `chorus::Error` (NOT_FOUND, DATA_LOSS).
+  static TaeModel load(const std::filesystem::path& path);
+
+  const TaeOptions& options() const { return options_; }
+  std::int64_t outputs() const { return net_->outputs; }
+  std::int64_t task_dim() const { return net_->task_dim; }
+  /// The cached prototypes [m, z_dim].
+  const torch::Tensor& prototypes() const { return prototypes_; }
+
+ private:
+  TaeOptions options_;
+  TaeNet net_;
+  torch::Tensor prototypes_;
+};
+
+}  // namespace chorus::fusion
