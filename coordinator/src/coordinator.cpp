@@ -12,6 +12,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/protocol/digest.hpp"
+#include "chorus/protocol/tensor_codec.hpp"
 
 namespace chorus::coordinator {
 namespace {
@@ -123,7 +124,8 @@ struct Coordinator::Impl {
   std::mutex mutex;
 
   // Sends the fused model file to every connected node; returns who took it.
-  std::vector<std::string> push(const fs::path& file, int round, const fusion::FusedModel& m) {
+  std::vector<std::string> push(const fs::path& file, int round, const std::string& algorithm,
+                                const std::string& spec) {
     const std::string bytes = read_file(file);
     const std::string digest = protocol::sha256(bytes);
     const auto chunk = std::max<std::size_t>(1, options.push_chunk);
@@ -135,8 +137,8 @@ struct Coordinator::Impl {
           v1::Envelope e;
           auto* p = e.mutable_model_push();
           p->set_round(static_cast<std::uint32_t>(round));
-          p->set_algorithm(m.algorithm);
-          p->set_spec(m.spec.to_string());
+          p->set_algorithm(algorithm);
+          p->set_spec(spec);
           p->set_chunk_index(i);
           p->set_chunk_count(count);
           p->set_total_bytes(bytes.size());
@@ -158,6 +160,63 @@ struct Coordinator::Impl {
       if (auto id = j.get(); !id.empty()) out.push_back(id);
     }
     return out;
+  }
+
+  // tae: every node that can adapts the pushed model to its own task with
+  // its private shots and returns only its prototype embedding; p_γ is
+  // refit on them (one per task) and the round's model saved again, so the
+  // next push carries the better prior.
+  void aggregate_embeddings(fusion::TaeModel& tae, int round, RoundReport& report,
+                            const fs::path& model_file) {
+    std::vector<std::pair<std::string, std::future<v1::Envelope>>> replies;
+    for (const auto& node : registry.connected()) {
+      const auto& caps = node.hello.capabilities();
+      if (std::find(caps.begin(), caps.end(), "adapt") == caps.end()) continue;
+      if (std::find(report.pushed_to.begin(), report.pushed_to.end(), node.identity) ==
+          report.pushed_to.end()) {
+        continue;
+      }
+      v1::Envelope e;
+      e.mutable_adapt_request()->set_round(static_cast<std::uint32_t>(round));
+      replies.emplace_back(node.identity,
+                           registry.request(node.identity, std::move(e), options.request_deadline));
+    }
+    std::vector<torch::Tensor> tasks;
+    std::vector<fusion::WDistribution> embeddings;
+    nlohmann::json saved = nlohmann::json::object();
+    for (auto& [id, reply] : replies) {
+      try {
+        auto r = reply.get().adapt_response();
+        fusion::WDistribution q{protocol::decode_tensor(r.embedding_mean()),
+                                protocol::decode_tensor(r.embedding_logvar())};
+        CHORUS_CHECK_CODE(q.mean.numel() == tae.options().w_dim() &&
+                              q.logvar.numel() == tae.options().w_dim() &&
+                              !protocol::has_non_finite(q.mean) &&
+                              !protocol::has_non_finite(q.logvar),
+                          Code::kDataLoss, "node '{}' sent a malformed embedding", id);
+        auto tau = torch::zeros({tae.task_dim()});
+        for (auto c : labels.at(id)) tau[c] = 1;
+        tasks.push_back(tau);
+        embeddings.push_back(q);
+        report.adapted[id] = r.bound();
+        auto mean = q.mean.to(torch::kDouble), logvar = q.logvar.to(torch::kDouble);
+        saved[id] = {{"mean", std::vector<double>(mean.data_ptr<double>(),
+                                                  mean.data_ptr<double>() + mean.numel())},
+                     {"logvar", std::vector<double>(logvar.data_ptr<double>(),
+                                                    logvar.data_ptr<double>() + logvar.numel())},
+                     {"shots", r.shots()},
+                     {"bound", r.bound()}};
+      } catch (const Error& e) {
+        log->warn("round={} node={} event=adapt_failed error=\"{}\"", round, id, describe(e));
+      }
+    }
+    if (embeddings.empty()) return;
+    tae.refit_prior(tasks, embeddings);
+    tae.save(model_file);
+    write_file_atomic(options.run_dir / "fused.pt", read_file(model_file));
+    write_file_atomic(options.run_dir / fmt::format("embeddings-round-{}.json", round),
+                      saved.dump(2) + "\n");
+    log->info("round={} event=embeddings_aggregated nodes={}", round, embeddings.size());
   }
 
   RoundReport run_round(int round) {
@@ -234,6 +293,7 @@ struct Coordinator::Impl {
     const auto end = slice_end(round - 1);
     fusion::FusionData data;
     data.num_classes = static_cast<std::int64_t>(options.label_space.size());
+    data.label_names = options.label_space;
     data.transfer = pool.inputs.slice(0, 0, end);
     for (const auto& e : fused_experts) {
       std::vector<torch::Tensor> parts;
@@ -256,11 +316,14 @@ struct Coordinator::Impl {
                                                   request, ro);
     oracle = std::move(round_oracle);
 
-    if (auto fused = fuser->fused_model()) {
-      report.fused_model = options.run_dir / fmt::format("fused-round-{}.pt", round);
-      fusion::save_fused_model(*fused, report.fused_model);
-      write_file_atomic(options.run_dir / "fused.pt", read_file(report.fused_model));
-      report.pushed_to = push(report.fused_model, round, *fused);
+    const auto model_file = options.run_dir / fmt::format("fused-round-{}.pt", round);
+    if (fuser->save(model_file)) {
+      report.fused_model = model_file;
+      write_file_atomic(options.run_dir / "fused.pt", read_file(model_file));
+      report.pushed_to = push(model_file, round, fuser->name(), fuser->spec());
+      if (auto* tae = fusion::tae_model(*fuser)) {
+        aggregate_embeddings(*tae, round, report, model_file);
+      }
     }
     report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 
@@ -275,6 +338,7 @@ struct Coordinator::Impl {
                         {"bytes_received", report.bytes_received},
                         {"fused_model", report.fused_model.filename().string()},
                         {"pushed_to", report.pushed_to},
+                        {"adapted", report.adapted},
                         {"seconds", report.seconds}};
     {
       std::ofstream metrics(options.run_dir / "metrics.jsonl", std::ios::app);

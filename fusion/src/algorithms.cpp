@@ -49,6 +49,18 @@ void FusionData::validate(bool needs_labels) const {
   }
 }
 
+bool Fuser::save(const std::filesystem::path& path) const {
+  auto fused = fused_model();
+  if (!fused) return false;
+  save_fused_model(*fused, path);
+  return true;
+}
+
+std::string Fuser::spec() const {
+  auto fused = fused_model();
+  return fused ? fused->spec.to_string() : std::string();
+}
+
 namespace {
 
 class EnsembleFuser : public Fuser {
@@ -208,6 +220,73 @@ class SelectFuser : public Fuser {
   std::shared_ptr<ClassifierImpl> selector_;
 };
 
+// tae: the experts as distributions over shared prototypes (ALGORITHMS.md
+// §4). Its fused predictor for the whole label space is q_λ(w) adapted to
+// the all-classes task with up to 10 examples per class of V (the
+// coordinator's own labelled shots), or the prior p_γ(w|τ) without V.
+class TaeFuser : public Fuser {
+ public:
+  explicit TaeFuser(const AlgorithmOptions& o) : options_(o) {}
+  std::string name() const override { return "tae"; }
+  bool needs_experts() const override { return false; }
+  void fit(const FusionData& data) override {
+    data.validate(/*needs_labels=*/false);
+    const auto c = data.num_classes;
+    const auto dim = data.transfer[0].numel();
+    model_.emplace(dim, c, c, options_.tae().seed(options_.seed()).threads(options_.threads()));
+    TaeData r;
+    r.inputs = data.transfer;
+    r.answers = data.lifted_answers();
+    for (const auto& e : data.experts) {
+      auto tau = torch::zeros({c});
+      for (auto l : e.labels) tau[l] = 1;
+      r.tasks.push_back(tau);
+    }
+    model_->train(r);
+    model_->set_labels(data.label_names);
+    auto all = torch::ones({c});
+    q_ = model_->prior(all);
+    if (data.fusion_index.defined() && data.fusion_index.numel() > 0) {
+      // Up to 10 shots per class from V.
+      std::vector<std::int64_t> rows;
+      std::vector<int> per_class(static_cast<std::size_t>(c), 0);
+      for (std::int64_t i = 0; i < data.fusion_labels.numel(); ++i) {
+        const auto y = data.fusion_labels[i].item<std::int64_t>();
+        if (per_class[static_cast<std::size_t>(y)]++ < 10) rows.push_back(i);
+      }
+      auto idx = torch::tensor(rows, torch::kLong);
+      auto x = data.fusion_inputs().index_select(0, idx);
+      auto y = data.fusion_labels.index_select(0, idx);
+      q_ = model_->adapt(all, x, y).posterior;
+    }
+  }
+  torch::Tensor predict(QueryOracle&, const torch::Tensor& x) override {
+    CHORUS_CHECK_CODE(model_.has_value(), Code::kFailedPrecondition, "tae: predict before fit");
+    return model_->predict(x, q_);
+  }
+  std::optional<FusedModel> fused_model() const override { return std::nullopt; }
+  bool save(const std::filesystem::path& path) const override {
+    if (!model_) return false;
+    model_->save(path);
+    return true;
+  }
+  std::string spec() const override {
+    return model_ ? fmt::format("tae outputs={} w={} z={} prototypes={}", model_->outputs(),
+                                model_->options().w_dim(), model_->options().z_dim(),
+                                model_->options().prototypes())
+                  : std::string();
+  }
+  TaeModel& model() {
+    CHORUS_CHECK_CODE(model_.has_value(), Code::kFailedPrecondition, "tae: not fitted");
+    return *model_;
+  }
+
+ private:
+  AlgorithmOptions options_;
+  std::optional<TaeModel> model_;
+  WDistribution q_;
+};
+
 // Applies the shared seed and thread count to every algorithm's options.
 AlgorithmOptions seeded(AlgorithmOptions o) {
   o.foe().seed(o.seed()).threads(o.threads());
@@ -220,7 +299,7 @@ AlgorithmOptions seeded(AlgorithmOptions o) {
 
 const std::vector<std::string>& algorithm_names() {
   static const std::vector<std::string> kNames = {
-      "bplus", "bmax", "distill", "foe", "foe-distill", "foe-select", "frugal"};
+      "bplus", "bmax", "distill", "foe", "foe-distill", "foe-select", "frugal", "tae"};
   return kNames;
 }
 
@@ -234,8 +313,14 @@ std::unique_ptr<Fuser> make_fuser(const std::string& name,
   if (name == "foe") return std::make_unique<FoeFuser>(o);
   if (name == "frugal") return std::make_unique<FrugalFuser>(o);
   if (name == "foe-select") return std::make_unique<SelectFuser>(o);
+  if (name == "tae") return std::make_unique<TaeFuser>(o);
   fail(Code::kInvalidArgument, "unknown algorithm '{}' (expected one of: {})",
        name, fmt::join(algorithm_names(), ", "));
+}
+
+TaeModel* tae_model(Fuser& fuser) {
+  auto* tae = dynamic_cast<TaeFuser*>(&fuser);
+  return tae ? &tae->model() : nullptr;
 }
 
 FusionResult run_fusion(Fuser& fuser, const FusionData& data,

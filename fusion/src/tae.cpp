@@ -443,6 +443,9 @@ void TaeModel::save(const std::filesystem::path& path) const {
                               torch::kDouble),
                 /*is_buffer=*/true);
   archive.write("prototypes", prototypes_, /*is_buffer=*/true);
+  std::string names;
+  for (const auto& l : labels_) names += l + "\n";
+  archive.write("labels", c10::IValue(names));
   torch::serialize::OutputArchive tensors;
   for (const auto& item : net_->named_parameters()) {
     tensors.write("param." + item.key(), item.value().detach(), true);
@@ -499,6 +502,10 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
     CHORUS_CHECK_CODE(prototypes.sizes() == model.prototypes_.sizes(), Code::kDataLoss,
                       "'{}': prototypes have the wrong shape", path.string());
     model.prototypes_ = prototypes.clone();
+    c10::IValue names;
+    archive.read("labels", names);
+    std::istringstream lines(names.toStringRef());
+    for (std::string l; std::getline(lines, l);) model.labels_.push_back(l);
     model.net_->eval();
     return model;
   } catch (const Error&) {

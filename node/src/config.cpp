@@ -73,6 +73,9 @@ NodeConfig read_node_config(Config& c) {
   n.audit_log = c.resolve(c.get_string("audit.log", ""));
   if (n.audit_log.empty()) n.audit_log = n.state_dir / "audit.jsonl";
 
+  n.adapt_shots_per_class = c.get_int("adapt.shots_per_class", 0);
+  CHORUS_CHECK(n.adapt_shots_per_class >= 0, "adapt.shots_per_class must be >= 0");
+  n.adapt_seed = static_cast<std::uint64_t>(c.get_int("adapt.seed", 0));
   auto& t = n.train;
   t.arch(c.get_string("train.arch", t.arch()));
   t.epochs(c.get_int("train.epochs", t.epochs()));
@@ -104,7 +107,7 @@ std::string to_toml(const NodeConfig& n) {
       "output = \"{}\"\nnormalize_mean = {}\nnormalize_std = {}\n\n"
       "[policy]\nmax_batch = {}\n{}{}rate_limit = {}\noutput_form = \"{}\"\n"
       "top_k = {}\ntemperature = {}\nnoise_std = {}\nnoise_seed = {}\n\n"
-      "[audit]\nlog = {}\n\n"
+      "[audit]\nlog = {}\n\n[adapt]\nshots_per_class = {}\nseed = {}\n\n"
       "[train]\narch = {}\nepochs = {}\nbatch_size = {}\nlr = {}\nseed = {}\n"
       "holdout = {}\nshard = {}\nshards = {}\ndata_dir = {}\n",
       quoted(n.name), quoted(n.state_dir.string()), n.threads, n.workers,
@@ -117,6 +120,7 @@ std::string to_toml(const NodeConfig& n) {
       opt(n.policy.budget.round_budget, "round_budget"), n.policy.rate_limit,
       output_form_name(n.policy.output_form), n.policy.top_k, n.policy.temperature,
       n.policy.noise_std, n.policy.noise_seed, quoted(n.audit_log.string()),
+      n.adapt_shots_per_class, n.adapt_seed,
       quoted(n.train.arch()), n.train.epochs(), n.train.batch_size(), n.train.lr(),
       n.train.seed(), n.train.holdout(), n.train.shard(), n.train.shards(),
       quoted(n.train.data_dir().string()));

@@ -182,6 +182,28 @@ void save_builtin_expert(const std::shared_ptr<fusion::ClassifierImpl>& model,
   fusion::save_fused_model(file, out);
 }
 
+LabelledShots draw_fashion_mnist_shots(const std::vector<std::string>& labels,
+                                       std::int64_t per_class, std::uint64_t seed,
+                                       const std::filesystem::path& data_dir) {
+  CHORUS_CHECK(per_class >= 1, "shots per class must be at least 1, got {}", per_class);
+  const auto& names = fusion::fashion_mnist_class_names();
+  std::optional<std::filesystem::path> dir;
+  if (!data_dir.empty()) dir = data_dir;
+  auto data = fusion::load_fashion_mnist(fusion::Split::kTrain, dir);
+  auto gen = at::detail::createCPUGenerator(seed);
+  std::vector<torch::Tensor> xs, ys;
+  for (std::size_t j = 0; j < labels.size(); ++j) {
+    auto it = std::find(names.begin(), names.end(), labels[j]);
+    CHORUS_CHECK(it != names.end(), "label '{}' is not a Fashion-MNIST class", labels[j]);
+    auto rows = data.labels.eq(it - names.begin()).nonzero().flatten();
+    auto pick = rows.index_select(0, torch::randperm(rows.numel(), gen, torch::kLong)
+                                         .slice(0, 0, per_class));
+    xs.push_back(data.images.index_select(0, pick));
+    ys.push_back(torch::full({pick.numel()}, static_cast<std::int64_t>(j), torch::kLong));
+  }
+  return {torch::cat(xs), torch::cat(ys)};
+}
+
 TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                                        const TrainExpertOptions& options,
                                        const std::filesystem::path& out) {

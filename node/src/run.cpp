@@ -25,6 +25,12 @@ void run_node(const NodeConfig& config) {
   options.audit_log = config.audit_log;
   options.metadata = {{"name", config.name},
                       {"backend", expert_kind_name(config.expert.kind)}};
+  if (config.adapt_shots_per_class > 0) {
+    options.shots = std::make_shared<LabelledShots>(draw_fashion_mnist_shots(
+        expert->labels(), config.adapt_shots_per_class, config.adapt_seed,
+        config.train.data_dir()));
+  }
+  const auto labels = expert->labels().size();
   NodeService service(std::move(expert), options);
 
   SessionOptions session_options;
@@ -40,8 +46,7 @@ void run_node(const NodeConfig& config) {
       std::chrono::milliseconds(2000));
   log->info("event=starting name={} coordinator={}:{} expert={} labels={} "
             "max_batch={} audit={}",
-            config.name, config.host, config.port, config.expert.path.string(),
-            config.expert.labels.size(), config.policy.budget.max_batch,
+            config.name, config.host, config.port, config.expert.path.string(), labels, config.policy.budget.max_batch,
             config.audit_log.string());
   session.start();
   io.run();

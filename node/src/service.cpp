@@ -9,6 +9,7 @@
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
+#include "chorus/fusion/tae.hpp"
 #include "chorus/node/audit.hpp"
 #include "chorus/node/expert.hpp"
 #include "chorus/protocol/digest.hpp"
@@ -77,6 +78,10 @@ struct NodeService::Impl {
   at::Generator noise = at::make_generator<at::CPUGeneratorImpl>(0);
   std::optional<Assembly> assembly;
   std::optional<StoredModel> stored;
+  // The tae model of the stored round, loaded on first use.
+  std::mutex tae_mutex;  // Guards what follows (adaptation takes a while).
+  std::optional<fusion::TaeModel> tae;
+  std::uint32_t tae_round = 0;
 
   Impl(std::unique_ptr<Expert> e, NodeServiceOptions o)
       : expert(std::move(e)),
@@ -165,6 +170,7 @@ v1::Hello NodeService::hello() const {
   p->set_noise_std(pol.noise_std);
   h.add_capabilities("predict");
   h.add_capabilities("model_push");
+  if (impl_->options.shots) h.add_capabilities("adapt");
   return h;
 }
 
@@ -323,10 +329,63 @@ v1::Envelope NodeService::receive_model_chunk(const v1::Envelope& request) {
   return ok;
 }
 
-v1::Envelope NodeService::adapt(const v1::Envelope&) {
-  fail(Code::kUnimplemented,
-       "this node cannot adapt yet: node-side adaptation comes with the tae "
-       "algorithm (issue #7)");
+v1::Envelope NodeService::adapt(const v1::Envelope& request) {
+  const auto& req = request.adapt_request();
+  CHORUS_CHECK_CODE(impl_->options.shots != nullptr, Code::kFailedPrecondition,
+                    "this node has no labelled shots to adapt with (node config: "
+                    "[adapt] shots_per_class)");
+  std::optional<StoredModel> stored;
+  {
+    std::lock_guard lock(impl_->mutex);
+    stored = impl_->stored;
+  }
+  CHORUS_CHECK_CODE(stored && stored->algorithm == "tae",
+                    Code::kFailedPrecondition,
+                    "no tae global model has been pushed to this node (it holds {})",
+                    stored ? "a '" + stored->algorithm + "' model" : std::string("none"));
+  std::lock_guard tae_lock(impl_->tae_mutex);
+  if (!impl_->tae || impl_->tae_round != stored->round) {
+    impl_->tae.emplace(fusion::TaeModel::load(stored->file));
+    impl_->tae_round = stored->round;
+  }
+  auto& model = *impl_->tae;
+  // The node's labels as outputs of the global model.
+  const auto& space = model.labels();
+  std::vector<std::int64_t> classes;
+  for (const auto& l : impl_->expert->labels()) {
+    auto it = std::find(space.begin(), space.end(), l);
+    CHORUS_CHECK_CODE(it != space.end(), Code::kFailedPrecondition,
+                      "label '{}' of this node is not an output of the global model", l);
+    classes.push_back(it - space.begin());
+  }
+  torch::Tensor tau;
+  if (req.task_descriptor_size() > 0) {
+    CHORUS_CHECK(req.task_descriptor_size() == model.task_dim(),
+                 "the task descriptor has {} entries, the global model takes {}",
+                 req.task_descriptor_size(), model.task_dim());
+    tau = torch::tensor(std::vector<float>(req.task_descriptor().begin(),
+                                           req.task_descriptor().end()));
+  } else {
+    tau = torch::zeros({model.task_dim()});
+    for (auto c : classes) tau[c] = 1;
+  }
+  const auto& shots = *impl_->options.shots;
+  auto result = model.adapt(tau, shots.inputs, shots.labels, classes);
+  const double accuracy =
+      model.predict(shots.inputs, result.posterior, classes).argmax(1).eq(shots.labels)
+          .to(torch::kFloat64).mean().item<double>();
+  impl_->log->info("event=adapted round={} shots={} bound={:.4f} gibbs={:.4f} kl={:.4f} "
+                   "shot_accuracy={:.3f}",
+                   req.round(), shots.labels.numel(), result.bound, result.gibbs_loss,
+                   result.kl, accuracy);
+  v1::Envelope reply;
+  auto* r = reply.mutable_adapt_response();
+  protocol::encode_tensor(result.posterior.mean.contiguous(), r->mutable_embedding_mean());
+  protocol::encode_tensor(result.posterior.logvar.contiguous(),
+                          r->mutable_embedding_logvar());
+  r->set_shots(static_cast<std::uint32_t>(shots.labels.numel()));
+  r->set_bound(result.bound);
+  return reply;
 }
 
 void NodeService::record(const std::string& peer, const v1::Envelope& request,

@@ -309,9 +309,10 @@ SimulateResult run_simulation(const SimulateOptions& o) {
                       "[coordinator]\nhost = \"127.0.0.1\"\nport = {2}\n"
                       "[tls]\nca = \"{3}/ca.crt\"\ncert = \"{3}/{0}.crt\"\n"
                       "key = \"{3}/{0}.key\"\n"
-                      "[expert]\nkind = \"builtin\"\npath = \"{4}\"\n",
+                      "[expert]\nkind = \"builtin\"\npath = \"{4}\"\n"
+                      "[adapt]\nshots_per_class = 5\nseed = {5}\n",
                       e.name, dir.string(), registry.port(), fs::absolute(pki).string(),
-                      fs::absolute(e.file).string()));
+                      fs::absolute(e.file).string(), o.seed));
       children->spawn({o.chorus_binary.string(), "node", "--config",
                        (dir / "node.toml").string()},
                       dir / "node.log");
@@ -322,6 +323,23 @@ SimulateResult run_simulation(const SimulateOptions& o) {
       eo.kind = node::ExpertKind::kBuiltin;
       eo.path = e.file;
       node::NodeServiceOptions so;
+      // Five private labelled examples per class of its task, from its own
+      // shard: what the node adapts a pushed tae model with.
+      {
+        const auto& idx = split.expert_train[static_cast<std::size_t>(&e - experts.data())];
+        auto y = train.labels.index_select(0, idx);
+        std::vector<std::int64_t> rows, local;
+        for (std::size_t j = 0; j < e.task.size(); ++j) {
+          auto r = idx.index_select(0, y.eq(e.task[j]).nonzero().flatten()).slice(0, 0, 5);
+          for (std::int64_t k = 0; k < r.numel(); ++k) {
+            rows.push_back(r[k].item<std::int64_t>());
+            local.push_back(static_cast<std::int64_t>(j));
+          }
+        }
+        so.shots = std::make_shared<node::LabelledShots>(node::LabelledShots{
+            train.images.index_select(0, torch::tensor(rows, torch::kLong)),
+            torch::tensor(local, torch::kLong)});
+      }
       so.state_dir = o.out / "nodes" / e.name;
       so.audit_log = so.state_dir / "audit.jsonl";
       so.metadata = {{"name", e.name}, {"arch", e.arch}};
@@ -368,10 +386,13 @@ SimulateResult run_simulation(const SimulateOptions& o) {
       }
       fmt::print(stderr,
                  "round {}/{}: {} nodes answered, {} left out, {} inputs queried, "
-                 "{:.1f} MB sent, {:.1f} MB received, pushed to {}, {:.1f} s\n",
+                 "{:.1f} MB sent, {:.1f} MB received, pushed to {}{}, {:.1f} s\n",
                  r.round, r.rounds, r.experts.size(), r.failed.size(), r.inputs_queried,
                  static_cast<double>(r.bytes_sent) / 1e6,
                  static_cast<double>(r.bytes_received) / 1e6, r.pushed_to.size(),
+                 r.adapted.empty() ? std::string()
+                                   : fmt::format(", {} adapted and sent their embedding",
+                                                 r.adapted.size()),
                  r.seconds);
     };
     coordinator::PoolData pool{

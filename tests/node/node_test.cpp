@@ -14,6 +14,7 @@
 #include "chorus/core/config.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/fusion/models.hpp"
+#include "chorus/fusion/tae.hpp"
 #include "chorus/node/audit.hpp"
 #include "chorus/node/config.hpp"
 #include "chorus/node/expert.hpp"
@@ -212,11 +213,11 @@ bool contains(const std::string& text, const std::string& part) {
 
 v1::Envelope push_chunk(std::uint32_t round, std::uint32_t index, std::uint32_t count,
                         const std::string& whole, const std::string& digest,
-                        std::size_t chunk) {
+                        std::size_t chunk, const std::string& algorithm = "foe-distill") {
   v1::Envelope e;
   auto* p = e.mutable_model_push();
   p->set_round(round);
-  p->set_algorithm("foe-distill");
+  p->set_algorithm(algorithm);
   p->set_spec("mlp in=1x4x4 classes=3");
   p->set_chunk_index(index);
   p->set_chunk_count(count);
@@ -229,11 +230,15 @@ v1::Envelope push_chunk(std::uint32_t round, std::uint32_t index, std::uint32_t 
 // Pushes `model` in chunks of `chunk` bytes; returns the code of the first
 // failure (kOk when every chunk was acknowledged).
 Code push(pr::Connection& c, std::uint32_t round, const std::string& model,
-          std::size_t chunk, const std::string& digest, std::string* message = nullptr) {
+          std::size_t chunk, const std::string& digest, std::string* message = nullptr,
+          const std::string& algorithm = "foe-distill") {
   const auto count = static_cast<std::uint32_t>((model.size() + chunk - 1) / chunk);
   for (std::uint32_t i = 0; i < count; ++i) {
     auto code = code_of(
-        [&] { c.request_async(push_chunk(round, i, count, model, digest, chunk), 10s).get(); },
+        [&] {
+          c.request_async(push_chunk(round, i, count, model, digest, chunk, algorithm), 10s)
+              .get();
+        },
         message);
     if (code != Code::kOk) return code;
   }
@@ -507,7 +512,8 @@ TEST_CASE("node: never sends weights — every frame of a full session is Hello,
     CHECK(push(*c, 1, model, 2048, pr::sha256(model)) == Code::kOk);
     v1::Envelope adapt;
     adapt.mutable_adapt_request()->set_round(1);
-    CHECK(code_of([&] { c->request_async(adapt, 10s).get(); }) == Code::kUnimplemented);
+    CHECK(code_of([&] { c->request_async(adapt, 10s).get(); }) ==
+          Code::kFailedPrecondition);  // No shots, no tae model.
   }  // The node says Goodbye.
   std::this_thread::sleep_for(200ms);
   auto frames = coordinator->received();
@@ -580,4 +586,59 @@ TEST_CASE("node config: defaults, overrides, and unknown keys named") {
   CHECK(code_of([&] { chorus::Config::parse("[policy\n", "broken.toml"); }, &msg) ==
         Code::kInvalidArgument);
   CHECK(contains(msg, "broken.toml:1:"));
+}
+
+TEST_CASE("node: adapts a pushed tae model with its private shots and returns only "
+          "its prototype embedding") {
+  chorus::testing::TempDir dir;
+  // A small global model over the node's three labels and 16-pixel inputs.
+  torch::manual_seed(5);
+  fu::TaeModel tae(16, 3, 3, fu::TaeOptions().epochs(2).prototypes(20).samples(3)
+                                 .adapt_steps(20));
+  auto pool = torch::rand({300, 1, 4, 4});
+  auto answers = torch::softmax(torch::randn({300, 3}), 1);
+  tae.train(fu::TaeData{.inputs = pool,
+                        .answers = {answers},
+                        .tasks = {torch::ones({3})}});
+  tae.set_labels(kLabels);
+  tae.save(dir / "tae.pt");
+  const auto bytes = chorus::read_file(dir / "tae.pt");
+
+  TestCoordinator coordinator;
+  nd::NodeServiceOptions options;
+  options.state_dir = dir / "state";
+  options.shots = std::make_shared<nd::LabelledShots>(nd::LabelledShots{
+      torch::rand({6, 1, 4, 4}), torch::tensor({0, 0, 1, 1, 2, 2}, torch::kLong)});
+  TestNode node(builtin_expert(small_model()), options, coordinator.port());
+  auto c = coordinator.wait_connection();
+  CHECK(std::find(coordinator.hello().capabilities().begin(),
+                  coordinator.hello().capabilities().end(),
+                  "adapt") != coordinator.hello().capabilities().end());
+  v1::Envelope adapt;
+  adapt.mutable_adapt_request()->set_round(1);
+  std::string msg;
+  CHECK(code_of([&] { c->request_async(adapt, 10s).get(); }, &msg) ==
+        Code::kFailedPrecondition);
+  CHECK(contains(msg, "no tae global model"));
+
+  REQUIRE(push(*c, 1, bytes, 4096, pr::sha256(bytes), nullptr, "tae") == Code::kOk);
+  auto reply = c->request_async(adapt, 30s).get();
+  REQUIRE(reply.has_adapt_response());
+  const auto& r = reply.adapt_response();
+  auto mean = pr::decode_tensor(r.embedding_mean());
+  auto logvar = pr::decode_tensor(r.embedding_logvar());
+  CHECK(mean.sizes() == torch::IntArrayRef({2}));
+  CHECK(logvar.sizes() == torch::IntArrayRef({2}));
+  CHECK_FALSE(pr::has_non_finite(mean));
+  CHECK(r.shots() == 6);
+  CHECK(std::isfinite(r.bound()));
+  // Two 2-float tensors, a count and a bound: nothing of the shots.
+  CHECK(r.ByteSizeLong() < 64);
+  CHECK(reply.ByteSizeLong() < 80);
+
+  // A task descriptor of the wrong size is refused, naming the size.
+  adapt.mutable_adapt_request()->add_task_descriptor(1.0f);
+  CHECK(code_of([&] { c->request_async(adapt, 10s).get(); }, &msg) ==
+        Code::kInvalidArgument);
+  CHECK(contains(msg, "the global model takes 3"));
 }

@@ -71,6 +71,9 @@ struct RoundReport {
   std::int64_t pool_size = 0;        ///< |U| fused on.
   std::filesystem::path fused_model;  ///< Empty for ensembles.
   std::vector<std::string> pushed_to;
+  /// tae: node → the PAC-Bayes bound its adaptation reached (the nodes'
+  /// prototype embeddings refit p_γ and are saved with the round).
+  std::map<std::string, double> adapted;
   double seconds = 0;
   bool resumed = false;  ///< Taken from a checkpoint, not run.
 };

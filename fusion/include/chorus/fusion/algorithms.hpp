@@ -3,6 +3,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -13,6 +14,7 @@
 #include "chorus/fusion/frugal.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/oracle.hpp"
+#include "chorus/fusion/tae.hpp"
 
 /// The fusion algorithms behind one interface, by name: what the coordinator
 /// runs each round and `chorus simulate --algorithm NAME` selects.
@@ -23,6 +25,8 @@ namespace chorus::fusion {
 struct FusionData {
   /// C, the size of the shared label space.
   std::int64_t num_classes = 0;
+  /// The names of the C labels, when known.
+  std::vector<std::string> label_names;
   /// The experts, in the order of `answers`.
   std::vector<ExpertInfo> experts;
   /// U's inputs [N, ...].
@@ -49,6 +53,7 @@ struct AlgorithmOptions {
   TORCH_ARG(FoeOptions, foe) = FoeOptions().features(FoeFeatures::kLogProbs);
   TORCH_ARG(DistillOptions, distill) = DistillOptions();
   TORCH_ARG(FrugalOptions, frugal) = FrugalOptions();
+  TORCH_ARG(TaeOptions, tae) = TaeOptions();
   TORCH_ARG(std::uint64_t, seed) = 0;
   TORCH_ARG(int, threads) = 0;
 };
@@ -70,19 +75,28 @@ class Fuser {
                                 const torch::Tensor& inputs) = 0;
   /// The storable fused model; empty for the ensembles, which have none.
   virtual std::optional<FusedModel> fused_model() const = 0;
+  /// Writes the model to broadcast to `path` atomically: `fused_model()` by
+  /// default, tae's global model for tae. False when there is none.
+  virtual bool save(const std::filesystem::path& path) const;
+  /// What a ModelPush announces as the saved model's spec.
+  virtual std::string spec() const;
 };
 
 /// The names `make_fuser` accepts: bplus, bmax (ensembles); distill (a
 /// student of B+); foe (the FoE fuser); foe-distill (a student of FoE, no
 /// expert at prediction time); foe-select (FoE's selection form: a
 /// classifier over experts on the input, only the chosen expert answers);
-/// frugal (cost-aware sequential FoE).
+/// frugal (cost-aware sequential FoE); tae (task-agnostic prototypes: the
+/// global model is broadcast, nodes adapt it to their tasks).
 const std::vector<std::string>& algorithm_names();
 
 /// A fuser for `name`. Throws `chorus::Error` (INVALID_ARGUMENT) naming the
 /// accepted names.
 std::unique_ptr<Fuser> make_fuser(const std::string& name,
                                   const AlgorithmOptions& options = {});
+
+/// The global model of a fitted "tae" fuser (null for other algorithms).
+TaeModel* tae_model(Fuser& fuser);
 
 /// The uniform result of an algorithm on a test set.
 struct FusionResult {

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <string>
 #include <vector>
 
 /// tae: task-agnostic embedding of black-box experts (Hoang, Lam, Low,
@@ -178,6 +179,10 @@ class TaeModel {
   static TaeModel load(const std::filesystem::path& path);
 
   const TaeOptions& options() const { return options_; }
+  /// Names of the outputs (the deployment's label space), saved with the
+  /// model so that a node can map its own labels onto them.
+  const std::vector<std::string>& labels() const { return labels_; }
+  void set_labels(std::vector<std::string> labels) { labels_ = std::move(labels); }
   std::int64_t outputs() const { return net_->outputs; }
   std::int64_t task_dim() const { return net_->task_dim; }
   /// The cached prototypes [m, z_dim].
@@ -187,6 +192,7 @@ class TaeModel {
   TaeOptions options_;
   TaeNet net_;
   torch::Tensor prototypes_;
+  std::vector<std::string> labels_;
 };
 
 }  // namespace chorus::fusion

@@ -115,6 +115,20 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                                        const TrainExpertOptions& options,
                                        const std::filesystem::path& out);
 
+/// A node's private labelled examples for adapting the global model to its
+/// task. They never leave the node.
+struct LabelledShots {
+  torch::Tensor inputs;  ///< [N, input_shape...]
+  torch::Tensor labels;  ///< int64 [N], indices into the expert's labels.
+};
+
+/// `per_class` examples of each of `labels` (Fashion-MNIST class names)
+/// from the Fashion-MNIST training split, drawn with `seed`. Throws
+/// `chorus::Error`.
+LabelledShots draw_fashion_mnist_shots(const std::vector<std::string>& labels,
+                                       std::int64_t per_class, std::uint64_t seed,
+                                       const std::filesystem::path& data_dir = {});
+
 /// Saves `model` as a builtin expert file over `labels`.
 void save_builtin_expert(const std::shared_ptr<fusion::ClassifierImpl>& model,
                          const fusion::ModelSpec& spec,

@@ -20,6 +20,7 @@ namespace chorus::node {
 
 class Expert;
 class AuditLog;
+struct LabelledShots;
 
 /// Options of a `NodeService`.
 struct NodeServiceOptions {
@@ -32,6 +33,9 @@ struct NodeServiceOptions {
   std::map<std::string, std::string> metadata;
   /// Inference runs over at most this many inputs at once.
   std::int64_t inference_batch = 256;
+  /// Private labelled examples for adapting a pushed tae model; without
+  /// them the node refuses AdaptRequests (FAILED_PRECONDITION).
+  std::shared_ptr<const LabelledShots> shots;
   /// Largest model a coordinator may push.
   std::uint64_t max_model_bytes = std::uint64_t{1} << 30;
 };
@@ -73,8 +77,11 @@ class NodeService {
   /// chunk out of order); the previously stored model is kept on any error.
   v1::Envelope receive_model_chunk(const v1::Envelope& request);
 
-  /// An AdaptRequest. Throws `chorus::Error` (UNIMPLEMENTED until the tae
-  /// algorithm lands).
+  /// An AdaptRequest: adapts the pushed tae global model to the task (the
+  /// request's τ*, or the node's own) with the node's private shots and
+  /// returns only the prototype embedding (mean, log-variance of q_λ) and
+  /// the bound. Throws `chorus::Error`: FAILED_PRECONDITION without a tae
+  /// model or without shots.
   v1::Envelope adapt(const v1::Envelope& request);
 
   /// Writes the audit record of a finished request.

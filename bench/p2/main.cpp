@@ -1,0 +1,318 @@
+// bench_p2: protocol P2 of ALGORITHMS.md — few-shot new tasks from black
+// boxes trained on other tasks (the ICML 2020 protocol), in process.
+//
+//   bench_p2 [--tasks N] [--seed N] [--datasets mnist2,fmnist3] [--threads N]
+//            [--epochs N] [--json FILE]
+//
+// Black boxes are binary classifiers on class pairs: MNIST-2 has two,
+// (0,1) and (2,3); F-MNIST-3 has three, (0,1), (2,3) and (4,5). Each answers
+// [p(first class), p(second class)] on the coordinator's unlabelled pool; tae
+// learns from those answers with τ_i = [onehot(first), onehot(second)]. A new
+// task is an ordered pair (a, b): seen (S) when both classes were some black
+// box's, unseen (U) when neither was (our reading of "unseen"). For each
+// task, k labelled shots per class (k = 1, 5) drawn from the training split,
+// accuracy on the test images of a and b. Rows: tae (PAC-Bayes adaptation
+// with the shots), B+ (the black boxes' lifted sum, compared on a and b), FS
+// (a model trained from scratch on the shots), FT (a student distilled from
+// B+ on the pool, fine-tuned on the shots). Mean ± sd over tasks.
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
+#include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/distill.hpp"
+#include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/models.hpp"
+#include "chorus/fusion/tae.hpp"
+#include "chorus/fusion/train.hpp"
+
+namespace fu = chorus::fusion;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Args {
+  int tasks = 100;
+  std::uint64_t seed = 0;
+  std::vector<std::string> datasets = {"mnist2", "fmnist3"};
+  int threads = 2;
+  int epochs = 20;
+  std::string json = "bench_p2.json";
+};
+
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::pair<double, double> mean_sd(const std::vector<double>& v) {
+  double m = 0, s = 0;
+  for (double x : v) m += x;
+  m /= static_cast<double>(v.size());
+  for (double x : v) s += (x - m) * (x - m);
+  return {m, v.size() > 1 ? std::sqrt(s / static_cast<double>(v.size() - 1)) : 0.0};
+}
+
+struct Split {
+  torch::Tensor train_x, train_y, test_x, test_y, pool_x;
+};
+
+Split load(const std::string& name, std::uint64_t seed) {
+  torch::manual_seed(seed);
+  Split s;
+  if (name == "mnist2") {
+    auto d = fu::load_mnist_digits();
+    auto perm = torch::randperm(d.size(), torch::kLong);
+    const auto n_train = d.size() * 8 / 10;
+    auto tr = perm.slice(0, 0, n_train), te = perm.slice(0, n_train);
+    s.train_x = d.images.index_select(0, tr);
+    s.train_y = d.labels.index_select(0, tr);
+    s.test_x = d.images.index_select(0, te);
+    s.test_y = d.labels.index_select(0, te);
+    s.pool_x = s.train_x;
+  } else {
+    auto train = fu::load_fashion_mnist(fu::Split::kTrain);
+    auto test = fu::load_fashion_mnist(fu::Split::kTest);
+    auto perm = torch::randperm(train.size(), torch::kLong).slice(0, 0, 20000);
+    s.train_x = train.images.index_select(0, perm);
+    s.train_y = train.labels.index_select(0, perm);
+    s.test_x = test.images;
+    s.test_y = test.labels;
+    s.pool_x = s.train_x.slice(0, 0, 10000);
+  }
+  return s;
+}
+
+torch::Tensor rows_of(const torch::Tensor& y, std::int64_t c) {
+  return y.eq(c).nonzero().flatten();
+}
+
+// A binary black box on (a, b): a LeNet trained on those two classes.
+std::shared_ptr<fu::ClassifierImpl> black_box(const Split& s, std::int64_t a,
+                                              std::int64_t b, std::uint64_t seed,
+                                              int threads) {
+  auto ia = rows_of(s.train_y, a), ib = rows_of(s.train_y, b);
+  auto idx = torch::cat({ia, ib});
+  auto y = torch::cat({torch::zeros({ia.numel()}, torch::kLong),
+                       torch::ones({ib.numel()}, torch::kLong)});
+  torch::manual_seed(seed);
+  auto m = fu::make_classifier(fu::ModelSpec{.arch = "lenet", .num_classes = 2});
+  fu::train(*m, s.train_x.index_select(0, idx), y,
+            fu::TrainOptions().epochs(2).batch_size(64).lr(2e-3).seed(seed).threads(threads));
+  return m;
+}
+
+struct Row {
+  std::vector<double> values;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  for (int i = 1; i < argc; ++i) {
+    auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
+    const std::string a = argv[i];
+    if (a == "--tasks") args.tasks = std::stoi(next());
+    else if (a == "--seed") args.seed = std::stoull(next());
+    else if (a == "--threads") args.threads = std::stoi(next());
+    else if (a == "--epochs") args.epochs = std::stoi(next());
+    else if (a == "--json") args.json = next();
+    else if (a == "--datasets") {
+      args.datasets.clear();
+      std::stringstream in(next());
+      std::string d;
+      while (std::getline(in, d, ',')) args.datasets.push_back(d);
+    } else {
+      fmt::print(stderr,
+                 "usage: bench_p2 [--tasks N] [--seed N] [--datasets mnist2,fmnist3] "
+                 "[--threads N] [--epochs N] [--json FILE]\n");
+      return 2;
+    }
+  }
+  try {
+    torch::set_num_threads(args.threads);
+    const auto t_all = Clock::now();
+    nlohmann::json out{{"benchmark", "p2"}, {"seed", args.seed}, {"tasks", args.tasks},
+                       {"threads", args.threads}, {"tae_epochs", args.epochs}};
+    // The paper's Table 1 (MNIST-2), printed beside ours.
+    const std::map<std::string, double> paper = {
+        {"mnist2 S 1 tae", 94.25}, {"mnist2 S 5 tae", 95.07}, {"mnist2 U 1 tae", 78.56},
+        {"mnist2 U 5 tae", 88.77}, {"mnist2 S 1 B+", 96.25},  {"mnist2 U 1 B+", 50.25},
+        {"mnist2 S 1 FS", 80.75},  {"mnist2 U 1 FS", 76.75},  {"mnist2 U 5 FS", 89.21}};
+    std::vector<std::string> table;
+    for (const auto& name : args.datasets) {
+      CHORUS_CHECK(name == "mnist2" || name == "fmnist3",
+                   "unknown data set '{}' (expected mnist2 or fmnist3)", name);
+      const auto t_ds = Clock::now();
+      auto s = load(name, args.seed);
+      std::vector<std::pair<std::int64_t, std::int64_t>> pairs =
+          name == "mnist2" ? std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 1}, {2, 3}}
+                           : std::vector<std::pair<std::int64_t, std::int64_t>>{
+                                 {0, 1}, {2, 3}, {4, 5}};
+      std::vector<bool> seen(10, false);
+      std::vector<std::shared_ptr<fu::ClassifierImpl>> boxes;
+      std::vector<fu::ExpertInfo> infos;
+      fu::TaeData data;
+      data.inputs = s.pool_x;
+      auto task_of = [](std::int64_t a, std::int64_t b) {
+        auto t = torch::zeros({20});
+        t[a] = 1;
+        t[10 + b] = 1;
+        return t;
+      };
+      for (std::size_t i = 0; i < pairs.size(); ++i) {
+        auto [a, b] = pairs[i];
+        seen[static_cast<std::size_t>(a)] = seen[static_cast<std::size_t>(b)] = true;
+        boxes.push_back(black_box(s, a, b, args.seed * 10 + i, args.threads));
+        infos.push_back({fmt::format("box{}", i), {a, b}});
+        data.answers.push_back(fu::predict_proba(*boxes.back(), s.pool_x));
+        data.tasks.push_back(task_of(a, b));
+      }
+      const double boxes_seconds = since(t_ds);
+      fmt::print(stderr, "{}: {} black boxes trained in {:.1f} s\n", name, boxes.size(),
+                 boxes_seconds);
+
+      // tae on R, over the binary output space.
+      const auto t_tae = Clock::now();
+      fu::TaeModel tae(28 * 28, 2, 20,
+                       fu::TaeOptions().epochs(args.epochs).seed(args.seed)
+                           .threads(args.threads).adapt_steps(60).samples(5)
+                           .on_epoch([&](std::int64_t e, double nelbo) {
+                             fmt::print(stderr, "{} tae epoch {}/{}: -ELBO {:.1f} ({:.0f} s)\n",
+                                        name, e, args.epochs, nelbo, since(t_tae));
+                           }));
+      tae.train(data);
+      const double tae_seconds = since(t_tae);
+
+      // FT's student: distilled from B+ (lifted into the 10 classes) on the pool.
+      std::vector<torch::Tensor> lifted;
+      for (std::size_t i = 0; i < boxes.size(); ++i) {
+        lifted.push_back(fu::lift(data.answers[i], infos[i].labels, 10));
+      }
+      auto bplus_pool = fu::ensemble_sum(lifted);
+      auto student = fu::distill(s.pool_x, bplus_pool,
+                                 fu::DistillOptions().arch("lenet").epochs(3).seed(args.seed)
+                                     .threads(args.threads),
+                                 "ft-student")
+                         .model;
+      std::ostringstream student_bytes;
+      {
+        torch::serialize::OutputArchive archive;
+        student.model->save(archive);
+        archive.save_to(student_bytes);
+      }
+      auto bplus_test = [&] {
+        std::vector<torch::Tensor> l;
+        for (std::size_t i = 0; i < boxes.size(); ++i) {
+          l.push_back(fu::lift(fu::predict_proba(*boxes[i], s.test_x), infos[i].labels, 10));
+        }
+        return fu::ensemble_sum(l);
+      }();
+
+      std::vector<std::int64_t> seen_c, unseen_c;
+      for (std::int64_t c = 0; c < 10; ++c) (seen[c] ? seen_c : unseen_c).push_back(c);
+      std::mt19937_64 rng(args.seed + 1234);
+      for (const char* kind : {"S", "U"}) {
+        const auto& pool = std::string(kind) == "S" ? seen_c : unseen_c;
+        for (int k : {1, 5}) {
+          std::map<std::string, std::vector<double>> acc;
+          for (int t = 0; t < args.tasks; ++t) {
+            std::uniform_int_distribution<std::size_t> pick(0, pool.size() - 1);
+            std::int64_t a = pool[pick(rng)], b = a;
+            while (b == a) b = pool[pick(rng)];
+            // Shots: k of each class from the training split.
+            auto ia = rows_of(s.train_y, a), ib = rows_of(s.train_y, b);
+            std::uniform_int_distribution<std::int64_t> ra(0, ia.numel() - 1),
+                rb(0, ib.numel() - 1);
+            std::vector<std::int64_t> shot_rows, shot_labels;
+            for (int j = 0; j < k; ++j) {
+              shot_rows.push_back(ia[ra(rng)].item<std::int64_t>());
+              shot_labels.push_back(0);
+              shot_rows.push_back(ib[rb(rng)].item<std::int64_t>());
+              shot_labels.push_back(1);
+            }
+            auto sx = s.train_x.index_select(0, torch::tensor(shot_rows, torch::kLong));
+            auto sy = torch::tensor(shot_labels, torch::kLong);
+            auto ta = rows_of(s.test_y, a), tb = rows_of(s.test_y, b);
+            auto tidx = torch::cat({ta, tb});
+            auto tx = s.test_x.index_select(0, tidx);
+            auto ty = torch::cat({torch::zeros({ta.numel()}, torch::kLong),
+                                  torch::ones({tb.numel()}, torch::kLong)});
+            auto score = [&](const torch::Tensor& p) {
+              return 100.0 * p.argmax(1).eq(ty).to(torch::kFloat64).mean().item<double>();
+            };
+            // tae: adapt q_λ(w) with the shots, recompose.
+            auto tau = task_of(a, b);
+            auto adapted = tae.adapt(tau, sx, sy);
+            acc["tae"].push_back(score(tae.predict(tx, adapted.posterior)));
+            // B+: the black boxes' lifted sum on a and b.
+            auto bp = bplus_test.index_select(0, tidx)
+                          .index_select(1, torch::tensor({a, b}, torch::kLong));
+            acc["B+"].push_back(score(bp + 1e-6 * torch::rand_like(bp)));
+            // FS: from scratch on the shots.
+            torch::manual_seed(args.seed + static_cast<std::uint64_t>(t));
+            auto fs = fu::make_classifier(
+                fu::ModelSpec{.arch = "mlp", .num_classes = 2, .hidden = {100}});
+            fu::train(*fs, sx, sy, fu::TrainOptions().epochs(60).batch_size(16).lr(3e-3)
+                                       .seed(args.seed + static_cast<std::uint64_t>(t)));
+            acc["FS"].push_back(score(fu::predict_proba(*fs, tx)));
+            // FT: the distilled student, fine-tuned on the shots (10-way head,
+            // compared on a and b).
+            auto ft = fu::make_classifier(student.spec);
+            {
+              torch::serialize::InputArchive archive;
+              std::istringstream in(student_bytes.str());
+              archive.load_from(in);
+              ft->load(archive);
+            }
+            auto sy10 = torch::where(sy.eq(0), torch::full_like(sy, a), torch::full_like(sy, b));
+            fu::train(*ft, sx, sy10, fu::TrainOptions().epochs(20).batch_size(16).lr(1e-3)
+                                         .seed(args.seed));
+            auto pf = fu::predict_proba(*ft, tx).index_select(
+                1, torch::tensor({a, b}, torch::kLong));
+            acc["FT"].push_back(score(pf));
+          }
+          for (const char* method : {"tae", "B+", "FS", "FT"}) {
+            auto [m, sd] = mean_sd(acc[method]);
+            const auto key = fmt::format("{} {} {} {}", name, kind, k, method);
+            auto p = paper.find(key);
+            table.push_back(fmt::format("{:<9} {:<2} {:>5}-shot {:<5} {:>7.2f} ± {:>5.2f}   {}",
+                                        name, kind, k, method, m, sd,
+                                        p == paper.end() ? std::string("")
+                                                         : fmt::format("{:.2f}", p->second)));
+            out["rows"].push_back({{"dataset", name}, {"tasks", kind}, {"shots", k},
+                                   {"method", method}, {"mean", m}, {"sd", sd},
+                                   {"values", acc[method]}});
+          }
+          fmt::print(stderr, "{} {} {}-shot: {} tasks done ({:.0f} s so far)\n", name, kind,
+                     k, args.tasks, since(t_all));
+        }
+      }
+      out["datasets"][name] = {{"black_boxes_seconds", boxes_seconds},
+                               {"tae_training_seconds", tae_seconds},
+                               {"seconds", since(t_ds)}};
+    }
+    const double total = since(t_all);
+    fmt::print("\n{:<9} {:<2} {:>10} {:<5} {:>15}   {}\n", "data set", "", "", "method",
+               "accuracy (%)", "paper");
+    for (const auto& line : table) fmt::print("{}\n", line);
+    fmt::print("\ntasks={} seed={} threads={} tae_epochs={} total={:.1f} s\n", args.tasks,
+               args.seed, args.threads, args.epochs, total);
+    out["total_seconds"] = total;
+    chorus::write_file_atomic(args.json, out.dump(2) + "\n");
+    fmt::print("wrote {}\n", args.json);
+  } catch (const chorus::Error& e) {
+    fmt::print(stderr, "bench_p2: {}\n", chorus::describe(e));
+    return 1;
+  }
+  return 0;
+}
