@@ -2,7 +2,7 @@
 // boxes trained on other tasks (the ICML 2020 protocol), in process.
 //
 //   bench_p2 [--tasks N] [--seed N] [--datasets mnist2,fmnist3] [--threads N]
-//            [--epochs N] [--json FILE]
+//            [--epochs N] [--space classes|binary] [--json FILE]
 //
 // Black boxes are binary classifiers on class pairs: MNIST-2 has two,
 // (0,1) and (2,3); F-MNIST-3 has three, (0,1), (2,3) and (4,5). Each answers
@@ -46,6 +46,13 @@ struct Args {
   std::vector<std::string> datasets = {"mnist2", "fmnist3"};
   int threads = 2;
   int epochs = 20;
+  /// tae's output space: "classes" (the experts' answers lifted into the 10
+  /// classes, τ the multi-hot of a task's classes; a new task reads G on its
+  /// two classes) or "binary" (η = [p(first), p(second)] of each task, τ
+  /// = [onehot(first), onehot(second)]).
+  std::string space = "classes";
+  /// β of G (TaeOptions::likelihood_scale); 0: its default.
+  double beta = 0;
   std::string json = "bench_p2.json";
 };
 
@@ -126,6 +133,8 @@ int main(int argc, char** argv) {
     else if (a == "--threads") args.threads = std::stoi(next());
     else if (a == "--epochs") args.epochs = std::stoi(next());
     else if (a == "--json") args.json = next();
+    else if (a == "--space") args.space = next();
+    else if (a == "--beta") args.beta = std::stod(next());
     else if (a == "--datasets") {
       args.datasets.clear();
       std::stringstream in(next());
@@ -142,6 +151,7 @@ int main(int argc, char** argv) {
     torch::set_num_threads(args.threads);
     const auto t_all = Clock::now();
     nlohmann::json out{{"benchmark", "p2"}, {"seed", args.seed}, {"tasks", args.tasks},
+                       {"tae_output_space", args.space}, {"tae_beta", args.beta},
                        {"threads", args.threads}, {"tae_epochs", args.epochs}};
     // The paper's Table 1 (MNIST-2), printed beside ours.
     const std::map<std::string, double> paper = {
@@ -163,10 +173,14 @@ int main(int argc, char** argv) {
       std::vector<fu::ExpertInfo> infos;
       fu::TaeData data;
       data.inputs = s.pool_x;
-      auto task_of = [](std::int64_t a, std::int64_t b) {
-        auto t = torch::zeros({20});
+      std::vector<torch::Tensor> raw_answers;
+      const bool binary = args.space == "binary";
+      CHORUS_CHECK(binary || args.space == "classes",
+                   "--space must be classes or binary, got '{}'", args.space);
+      auto task_of = [binary](std::int64_t a, std::int64_t b) {
+        auto t = torch::zeros({binary ? 20 : 10});
         t[a] = 1;
-        t[10 + b] = 1;
+        t[binary ? 10 + b : b] = 1;
         return t;
       };
       for (std::size_t i = 0; i < pairs.size(); ++i) {
@@ -174,7 +188,9 @@ int main(int argc, char** argv) {
         seen[static_cast<std::size_t>(a)] = seen[static_cast<std::size_t>(b)] = true;
         boxes.push_back(black_box(s, a, b, args.seed * 10 + i, args.threads));
         infos.push_back({fmt::format("box{}", i), {a, b}});
-        data.answers.push_back(fu::predict_proba(*boxes.back(), s.pool_x));
+        auto answers = fu::predict_proba(*boxes.back(), s.pool_x);
+        data.answers.push_back(binary ? answers : fu::lift(answers, {a, b}, 10));
+        raw_answers.push_back(answers);
         data.tasks.push_back(task_of(a, b));
       }
       const double boxes_seconds = since(t_ds);
@@ -183,9 +199,10 @@ int main(int argc, char** argv) {
 
       // tae on R, over the binary output space.
       const auto t_tae = Clock::now();
-      fu::TaeModel tae(28 * 28, 2, 20,
+      fu::TaeModel tae(28 * 28, binary ? 2 : 10, binary ? 20 : 10,
                        fu::TaeOptions().epochs(args.epochs).seed(args.seed)
                            .threads(args.threads).adapt_steps(60).samples(5)
+                           .likelihood_scale(args.beta)
                            .on_epoch([&](std::int64_t e, double nelbo) {
                              fmt::print(stderr, "{} tae epoch {}/{}: -ELBO {:.1f} ({:.0f} s)\n",
                                         name, e, args.epochs, nelbo, since(t_tae));
@@ -196,7 +213,7 @@ int main(int argc, char** argv) {
       // FT's student: distilled from B+ (lifted into the 10 classes) on the pool.
       std::vector<torch::Tensor> lifted;
       for (std::size_t i = 0; i < boxes.size(); ++i) {
-        lifted.push_back(fu::lift(data.answers[i], infos[i].labels, 10));
+        lifted.push_back(fu::lift(raw_answers[i], infos[i].labels, 10));
       }
       auto bplus_pool = fu::ensemble_sum(lifted);
       auto student = fu::distill(s.pool_x, bplus_pool,
@@ -252,8 +269,10 @@ int main(int argc, char** argv) {
             };
             // tae: adapt q_λ(w) with the shots, recompose.
             auto tau = task_of(a, b);
-            auto adapted = tae.adapt(tau, sx, sy);
-            acc["tae"].push_back(score(tae.predict(tx, adapted.posterior)));
+            const auto classes = binary ? std::vector<std::int64_t>{}
+                                        : std::vector<std::int64_t>{a, b};
+            auto adapted = tae.adapt(tau, sx, sy, classes);
+            acc["tae"].push_back(score(tae.predict(tx, adapted.posterior, classes)));
             // B+: the black boxes' lifted sum on a and b.
             auto bp = bplus_test.index_select(0, tidx)
                           .index_select(1, torch::tensor({a, b}, torch::kLong));
@@ -305,8 +324,8 @@ int main(int argc, char** argv) {
     fmt::print("\n{:<9} {:<2} {:>10} {:<5} {:>15}   {}\n", "data set", "", "", "method",
                "accuracy (%)", "paper");
     for (const auto& line : table) fmt::print("{}\n", line);
-    fmt::print("\ntasks={} seed={} threads={} tae_epochs={} total={:.1f} s\n", args.tasks,
-               args.seed, args.threads, args.epochs, total);
+    fmt::print("\ntasks={} seed={} threads={} tae_epochs={} tae_space={} total={:.1f} s\n",
+               args.tasks, args.seed, args.threads, args.epochs, args.space, total);
     out["total_seconds"] = total;
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
     fmt::print("wrote {}\n", args.json);
