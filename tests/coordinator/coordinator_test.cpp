@@ -271,7 +271,7 @@ TEST_CASE("coordinator: a node that refuses is left out and the round proceeds "
   CHECK(coordinator.experts().size() == 2);
 }
 
-TEST_CASE("coordinator: no quorum names the missing nodes; labels outside the "
+TEST_CASE("coordinator: no quorum names the missing nodes, and labels outside the "
           "label space are refused at admission") {
   chorus::testing::TempDir dir;
   CoordinatorSide side({"alpha", "beta", "gamma", "delta"});

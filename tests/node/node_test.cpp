@@ -450,8 +450,8 @@ TEST_CASE("node: rate limiting paces inputs and refuses what would miss the "
   CHECK(unlimited.reserve(1'000'000, 0ms).count() == 0);
 }
 
-TEST_CASE("node: pushed models are reassembled, verified and stored atomically; "
-          "corrupt pushes keep the previous model") {
+TEST_CASE("node: pushed models are reassembled, verified and stored atomically, "
+          "and corrupt pushes keep the previous model") {
   TestCoordinator coordinator;
   chorus::testing::TempDir dir;
   nd::NodeServiceOptions options;
