@@ -31,8 +31,11 @@ test: build
 bench: build
 	@mkdir -p $(BUILD_DIR)/bench-results
 	$(BUILD_DIR)/bench/bench_data --json $(BUILD_DIR)/bench-results/data.json
+	$(BUILD_DIR)/bench/bench_transport --json $(BUILD_DIR)/bench-results/transport.json
 	$(BUILD_DIR)/bench/bench_p1 --seeds 3 --json $(BUILD_DIR)/bench-results/p1.json \
 	    --save-dir $(BUILD_DIR)/bench-results
+	scripts/fetch-mnist.sh
+	$(BUILD_DIR)/bench/bench_p2 --tasks 100 --json $(BUILD_DIR)/bench-results/p2.json
 
 format:
 	git ls-files '*.cpp' '*.hpp' '*.hpp.in' | xargs clang-format -i
