@@ -226,6 +226,12 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                  label, fmt::join(names, ", "));
     classes.push_back(it - names.begin());
   }
+  if (out.has_parent_path()) {
+    std::error_code ec;
+    std::filesystem::create_directories(out.parent_path(), ec);
+    CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create '{}': {}",
+                      out.parent_path().string(), ec.message());
+  }
   std::optional<std::filesystem::path> dir;
   if (!options.data_dir().empty()) dir = options.data_dir();
   auto data = fusion::load_fashion_mnist(fusion::Split::kTrain, dir);
