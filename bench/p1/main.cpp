@@ -95,16 +95,6 @@ class Table {
   std::map<std::string, std::map<std::string, std::vector<double>>> rows_;
 };
 
-// Maps shared-space labels to an expert's local output index (-1: unknown).
-torch::Tensor to_local(const torch::Tensor& labels,
-                       const std::vector<std::int64_t>& task) {
-  auto out = torch::full_like(labels, -1);
-  for (std::size_t j = 0; j < task.size(); ++j) {
-    out.masked_fill_(labels.eq(task[j]), static_cast<std::int64_t>(j));
-  }
-  return out;
-}
-
 void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
               const fu::Dataset& test, Table& table) {
   const std::int64_t kClasses = 10;
@@ -117,7 +107,7 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
     const auto& task = split.tasks[i];
     auto idx = split.expert_train[i];
     auto x = train.images.index_select(0, idx);
-    auto y = to_local(train.labels.index_select(0, idx), task);
+    auto y = fu::to_local_labels(train.labels.index_select(0, idx), task);
     torch::manual_seed(seed * 100 + i);
     auto model = fu::make_classifier(
         fu::ModelSpec{.arch = "lenet",
@@ -144,7 +134,7 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
 
   for (std::size_t i = 0; i < split.tasks.size(); ++i) {
     const auto& task = split.tasks[i];
-    auto local = to_local(test.labels, task);
+    auto local = fu::to_local_labels(test.labels, task);
     auto known = local.ge(0).nonzero().flatten();
     auto name = fmt::format("expert {} {}", i, fmt::join(task, ","));
     table.add(name, "acc_task",

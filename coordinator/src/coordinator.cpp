@@ -124,9 +124,8 @@ struct Coordinator::Impl {
   std::mutex mutex;
 
   // Sends the fused model file to every connected node; returns who took it.
-  std::vector<std::string> push(const fs::path& file, int round, const std::string& algorithm,
-                                const std::string& spec) {
-    const std::string bytes = read_file(file);
+  std::vector<std::string> push(const std::string& bytes, int round,
+                                const std::string& algorithm, const std::string& spec) {
     const std::string digest = protocol::sha256(bytes);
     const auto chunk = std::max<std::size_t>(1, options.push_chunk);
     const auto count = static_cast<std::uint32_t>((bytes.size() + chunk - 1) / chunk);
@@ -319,8 +318,9 @@ struct Coordinator::Impl {
     const auto model_file = options.run_dir / fmt::format("fused-round-{}.pt", round);
     if (fuser->save(model_file)) {
       report.fused_model = model_file;
-      write_file_atomic(options.run_dir / "fused.pt", read_file(model_file));
-      report.pushed_to = push(model_file, round, fuser->name(), fuser->spec());
+      const std::string bytes = read_file(model_file);
+      write_file_atomic(options.run_dir / "fused.pt", bytes);
+      report.pushed_to = push(bytes, round, fuser->name(), fuser->spec());
       if (auto* tae = fusion::tae_model(*fuser)) {
         aggregate_embeddings(*tae, round, report, model_file);
       }

@@ -44,10 +44,15 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions 
               .message = fmt::format("node '{}' is not on this coordinator's roster",
                                      identity)};
         }
-        if (impl->options.check_hello) {
-          if (auto why = impl->options.check_hello(hello); !why.empty()) {
+        const auto& space = impl->options.label_space;
+        for (const auto& l : hello.expert().labels()) {
+          if (!space.empty() && std::find(space.begin(), space.end(), l) == space.end()) {
             return protocol::Admission{
-                .admit = false, .code = Code::kInvalidArgument, .message = why};
+                .admit = false,
+                .code = Code::kInvalidArgument,
+                .message = fmt::format(
+                    "label '{}' is not in the coordinator's label space ({})", l,
+                    fmt::join(space, ", "))};
           }
         }
         return protocol::Admission{};

@@ -85,15 +85,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   ro.name = k.name;
   ro.tls = protocol::TlsMaterial::load(k.ca, k.cert, k.key);
   const auto space = train.class_names;
-  ro.check_hello = [space](const v1::Hello& h) -> std::string {
-    for (const auto& l : h.expert().labels()) {
-      if (std::find(space.begin(), space.end(), l) == space.end()) {
-        return fmt::format("label '{}' is not in the coordinator's label space ({})", l,
-                           fmt::join(space, ", "));
-      }
-    }
-    return {};
-  };
+  ro.label_space = space;
   NodeRegistry registry(io, Roster(k.roster), ro);
   registry.start();
   protocol::ShutdownOnSignal shutdown(

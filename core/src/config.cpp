@@ -176,49 +176,41 @@ bool Config::get_bool(const std::string& key, bool fallback) {
   return *n->value<bool>();
 }
 
-std::vector<std::int64_t> Config::get_int_array(const std::string& key,
-                                                 std::vector<std::int64_t> fallback) {
-  impl_->read.insert(key);
-  const auto* n = find(impl_->table, key);
+namespace {
+
+// An array of T at `key`: each element must pass `is_t`.
+template <typename T, typename Is>
+std::vector<T> read_array(const toml::table& table, const std::string& origin,
+                          const std::string& key, std::vector<T> fallback, Is is_t,
+                          const char* what) {
+  const auto* n = find(table, key);
   if (!n) return fallback;
   const auto* a = n->as_array();
-  if (!a) wrong_type(impl_->origin, key, "an array of integers");
-  std::vector<std::int64_t> out;
+  if (!a) wrong_type(origin, key, what);
+  std::vector<T> out;
   for (const auto& e : *a) {
-    if (!e.is_integer()) wrong_type(impl_->origin, key, "an array of integers");
-    out.push_back(*e.value<std::int64_t>());
+    if (!is_t(e)) wrong_type(origin, key, what);
+    out.emplace_back(*e.template value<T>());
   }
   return out;
 }
 
-std::vector<double> Config::get_double_array(const std::string& key,
-                                             std::vector<double> fallback) {
+}  // namespace
+
+std::vector<std::int64_t> Config::get_int_array(const std::string& key,
+                                                 std::vector<std::int64_t> fallback) {
   impl_->read.insert(key);
-  const auto* n = find(impl_->table, key);
-  if (!n) return fallback;
-  const auto* a = n->as_array();
-  if (!a) wrong_type(impl_->origin, key, "an array of numbers");
-  std::vector<double> out;
-  for (const auto& e : *a) {
-    if (!e.is_number()) wrong_type(impl_->origin, key, "an array of numbers");
-    out.push_back(*e.value<double>());
-  }
-  return out;
+  return read_array<std::int64_t>(
+      impl_->table, impl_->origin, key, std::move(fallback),
+      [](const toml::node& e) { return e.is_integer(); }, "an array of integers");
 }
 
 std::vector<std::string> Config::get_string_array(const std::string& key,
                                                   std::vector<std::string> fallback) {
   impl_->read.insert(key);
-  const auto* n = find(impl_->table, key);
-  if (!n) return fallback;
-  const auto* a = n->as_array();
-  if (!a) wrong_type(impl_->origin, key, "an array of strings");
-  std::vector<std::string> out;
-  for (const auto& e : *a) {
-    if (!e.is_string()) wrong_type(impl_->origin, key, "an array of strings");
-    out.emplace_back(*e.value<std::string_view>());
-  }
-  return out;
+  return read_array<std::string>(
+      impl_->table, impl_->origin, key, std::move(fallback),
+      [](const toml::node& e) { return e.is_string(); }, "an array of strings");
 }
 
 void Config::finish() const {

@@ -32,6 +32,15 @@ torch::Tensor class_subset_indices(const torch::Tensor& labels,
   return mask.nonzero().flatten();
 }
 
+torch::Tensor to_local_labels(const torch::Tensor& labels,
+                              const std::vector<std::int64_t>& task) {
+  auto out = torch::full_like(labels, -1);
+  for (std::size_t j = 0; j < task.size(); ++j) {
+    out.masked_fill_(labels.eq(task[j]), static_cast<std::int64_t>(j));
+  }
+  return out;
+}
+
 std::vector<torch::Tensor> iid_partition(std::int64_t n, std::int64_t parts,
                                          std::uint64_t seed) {
   CHORUS_CHECK(parts > 0 && n >= parts,

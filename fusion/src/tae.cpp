@@ -342,8 +342,7 @@ TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
     auto lv = clamp_logvar(logvar);
     torch::Tensor gibbs = torch::zeros({});
     for (std::int64_t s = 0; s < options_.samples(); ++s) {
-      auto w = mean + torch::exp(0.5 * lv) * torch::randn_like(mean);
-      auto g = log_g(x, w, classes).exp().gather(1, y).squeeze(1);
+      auto g = log_g(x, sample(mean, lv), classes).exp().gather(1, y).squeeze(1);
       gibbs = gibbs + (1 - g).mean();
     }
     gibbs = gibbs / static_cast<double>(options_.samples());

@@ -246,11 +246,7 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                keep.numel(), fmt::join(labels, ", "), options.shard(),
                options.shards());
   auto x = data.images.index_select(0, keep);
-  auto global = data.labels.index_select(0, keep);
-  auto y = torch::full_like(global, -1);
-  for (std::size_t j = 0; j < classes.size(); ++j) {
-    y.masked_fill_(global.eq(classes[j]), static_cast<std::int64_t>(j));
-  }
+  auto y = fusion::to_local_labels(data.labels.index_select(0, keep), classes);
   torch::manual_seed(options.seed());
   auto perm = torch::randperm(x.size(0), torch::kLong);
   const auto n_hold = std::max<std::int64_t>(

@@ -1,6 +1,5 @@
 #include "chorus/node/session.hpp"
 
-#include <asio/co_spawn.hpp>
 #include <asio/post.hpp>
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/steady_timer.hpp>

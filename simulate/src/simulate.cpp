@@ -135,15 +135,6 @@ class Children {
   std::vector<pid_t> pids_;
 };
 
-// Local labels of `labels` (shared space) for an expert's task; -1 outside.
-torch::Tensor to_local(const torch::Tensor& labels, const std::vector<std::int64_t>& task) {
-  auto out = torch::full_like(labels, -1);
-  for (std::size_t j = 0; j < task.size(); ++j) {
-    out.masked_fill_(labels.eq(task[j]), static_cast<std::int64_t>(j));
-  }
-  return out;
-}
-
 struct Expert {
   std::string name;
   std::vector<std::int64_t> task;
@@ -195,7 +186,7 @@ std::vector<Expert> prepare_experts(const SimulateOptions& o, const fu::Dataset&
     } else {
       const auto t0 = Clock::now();
       auto x = train.images.index_select(0, idx);
-      auto y = to_local(train.labels.index_select(0, idx), e.task);
+      auto y = fu::to_local_labels(train.labels.index_select(0, idx), e.task);
       fu::ModelSpec spec{.arch = e.arch,
                          .input_shape = {1, 28, 28},
                          .num_classes = static_cast<std::int64_t>(e.task.size())};
@@ -276,15 +267,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
   ro.port = 0;
   ro.tls = protocol::TlsMaterial::load(pki / "ca.crt", pki / "coordinator.crt",
                                        pki / "coordinator.key");
-  ro.check_hello = [&train](const v1::Hello& h) -> std::string {
-    for (const auto& l : h.expert().labels()) {
-      if (std::find(train.class_names.begin(), train.class_names.end(), l) ==
-          train.class_names.end()) {
-        return fmt::format("label '{}' is not in the label space", l);
-      }
-    }
-    return {};
-  };
+  ro.label_space = train.class_names;
   coordinator::NodeRegistry registry(coordinator_io, coordinator::Roster(roster), ro);
   registry.start();
   std::thread coordinator_thread([&] { coordinator_io.run(); });
@@ -403,12 +386,10 @@ SimulateResult run_simulation(const SimulateOptions& o) {
     const auto t_rounds = Clock::now();
     auto reports = coordinator.run();
     const double round_seconds = since(t_rounds);
-    std::int64_t train_queries = 0, train_sent = 0, train_received = 0;
+    std::int64_t train_queries = 0;
     std::map<std::string, fu::QueryStats> per_node;
     for (const auto& r : reports) {
       train_queries += r.inputs_queried;
-      train_sent += r.bytes_sent;
-      train_received += r.bytes_received;
       for (const auto& [n, s] : r.per_node) per_node[n] += s;
     }
 
@@ -419,7 +400,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
     const auto& fused_experts = coordinator.experts();
     for (std::size_t k = 0; k < fused_experts.size(); ++k) {
       const auto& info = fused_experts[k];
-      auto local = to_local(test.labels, info.labels);
+      auto local = fu::to_local_labels(test.labels, info.labels);
       auto known = local.ge(0).nonzero().flatten();
       const auto& stats = per_node[info.name];
       result.rows.push_back(ResultRow{
@@ -465,8 +446,6 @@ SimulateResult run_simulation(const SimulateOptions& o) {
           .bytes_received = s.bytes_received,
           .seconds = since(t0) + (name == algorithms.front() ? round_seconds : 0.0)});
     }
-    (void)train_sent;
-    (void)train_received;
   } catch (...) {
     stop_all();
     throw;

@@ -75,14 +75,7 @@ struct CoordinatorSide {
     co::RegistryOptions o;
     o.port = 0;
     o.tls = world().material(world().coordinator);
-    o.check_hello = [](const v1::Hello& h) -> std::string {
-      for (const auto& l : h.expert().labels()) {
-        if (std::find(kSpace.begin(), kSpace.end(), l) == kSpace.end()) {
-          return "label '" + l + "' is not in the label space";
-        }
-      }
-      return {};
-    };
+    o.label_space = kSpace;
     registry = std::make_unique<co::NodeRegistry>(io, co::Roster(std::move(roster)), o);
     registry->start();
     thread = std::thread([this] { io.run(); });

@@ -37,9 +37,9 @@ struct RegistryOptions {
   protocol::ChannelOptions channel;
   /// The coordinator's name, sent in Welcome.
   std::string name = "coordinator";
-  /// Checks a Hello beyond the roster (e.g. labels in the label space);
-  /// returns an error message to refuse, empty to admit.
-  std::function<std::string(const v1::Hello&)> check_hello;
+  /// The shared label space: a node announcing a label outside it is
+  /// refused (INVALID_ARGUMENT naming the label). Empty admits any labels.
+  std::vector<std::string> label_space;
 };
 
 /// Admits rostered nodes and keeps their connections. Thread-safe; the

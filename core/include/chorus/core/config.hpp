@@ -51,8 +51,6 @@ class Config {
   std::optional<std::string> get_optional_string(const std::string& key);
   std::vector<std::int64_t> get_int_array(const std::string& key,
                                           std::vector<std::int64_t> fallback);
-  std::vector<double> get_double_array(const std::string& key,
-                                       std::vector<double> fallback);
   std::vector<std::string> get_string_array(const std::string& key,
                                             std::vector<std::string> fallback);
   /// Whether the key is present.

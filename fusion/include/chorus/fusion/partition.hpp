@@ -12,6 +12,11 @@ namespace chorus::fusion {
 torch::Tensor class_subset_indices(const torch::Tensor& labels,
                                    const std::vector<std::int64_t>& classes);
 
+/// Labels of the shared space [N] as an expert's local output indices: the
+/// position of each label in `task`, -1 for labels outside it.
+torch::Tensor to_local_labels(const torch::Tensor& labels,
+                              const std::vector<std::int64_t>& task);
+
 /// `n` indices shuffled with `seed` and dealt into `parts` near-equal parts.
 std::vector<torch::Tensor> iid_partition(std::int64_t n, std::int64_t parts,
                                          std::uint64_t seed);
