@@ -25,7 +25,7 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
   sub->add_option("--algorithm", o->algorithm,
                   "Fusion algorithms, comma-separated; the first is run by the "
                   "coordinator and broadcast (bplus, bmax, distill, foe, "
-                  "foe-distill, foe-select, frugal)")
+                  "foe-distill, foe-select, frugal, tae)")
       ->capture_default_str();
   sub->add_option("--dataset", o->dataset, "Data set (fashion-mnist)")->capture_default_str();
   sub->add_option("--rounds", o->rounds, "Fusion rounds (the transfer pool is queried "
