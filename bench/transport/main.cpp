@@ -1,11 +1,12 @@
 // bench_transport: the chorus.v1 channel over loopback, mutual TLS against
 // the same channel code on plain TCP, in one run.
 //
-//   bench_transport [--requests N] [--messages N] [--json FILE]
+//   bench_transport [--requests N] [--messages N] [--rounds N] [--json FILE]
 //
 // Round trip: N sequential Predict requests of one 28×28 float32 image,
 // echoed back (p50, p99). Throughput: 4 MiB tensors sent to the node, 4 in
-// flight, each answered by a small reply (MiB/s of request payload).
+// flight, each answered by a small reply (MiB/s of request payload). Each
+// figure is the median of --rounds interleaved TLS/TCP measurements.
 #include <asio/io_context.hpp>
 #include <asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
@@ -99,18 +100,31 @@ Result<Conn> measure(Conn& conn, int requests, int messages) {
   return r;
 }
 
+template <typename Conn>
+Result<Conn> median_of(std::vector<Result<Conn>> runs) {
+  auto median = [&](auto field) {
+    std::vector<double> v;
+    for (const auto& r : runs) v.push_back(r.*field);
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  return {median(&Result<Conn>::p50_us), median(&Result<Conn>::p99_us),
+          median(&Result<Conn>::mib_per_s)};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  int requests = 5000, messages = 100;
+  int requests = 5000, messages = 100, rounds = 3;
   std::string json_path = "bench_transport.json";
   for (int i = 1; i < argc; ++i) {
     auto next = [&] { return i + 1 < argc ? argv[++i] : ""; };
     if (!std::strcmp(argv[i], "--requests")) requests = std::max(10, std::atoi(next()));
     else if (!std::strcmp(argv[i], "--messages")) messages = std::max(4, std::atoi(next()));
+    else if (!std::strcmp(argv[i], "--rounds")) rounds = std::max(1, std::atoi(next()));
     else if (!std::strcmp(argv[i], "--json")) json_path = next();
     else {
-      std::fprintf(stderr, "usage: bench_transport [--requests N] [--messages N] [--json FILE]\n");
+      std::fprintf(stderr, "usage: bench_transport [--requests N] [--messages N] [--rounds N] [--json FILE]\n");
       return 2;
     }
   }
@@ -162,8 +176,16 @@ int main(int argc, char** argv) {
     std::thread node_thread([&] { node_io.run(); });
     auto tls = tls_conn.get_future().get();
 
-    auto t = measure(*tls, requests, messages);
-    auto p = measure(*plain_coord, requests, messages);
+    // Interleaved rounds, medians: on a shared 2-core VM the order and the
+    // moment of a measurement move it by 10% or more.
+    std::vector<Result<pr::Connection>> tls_runs;
+    std::vector<Result<pr::PlainConnection>> tcp_runs;
+    for (int r = 0; r < rounds; ++r) {
+      tls_runs.push_back(measure(*tls, requests, messages));
+      tcp_runs.push_back(measure(*plain_coord, requests, messages));
+    }
+    auto t = median_of(tls_runs);
+    auto p = median_of(tcp_runs);
 
     std::printf("%-34s %12s %12s %10s\n", "metric", "mTLS", "plain TCP", "TLS/TCP");
     std::printf("%-34s %12.1f %12.1f %10.2f\n", "round trip p50, 28x28 float (us)",
@@ -172,13 +194,14 @@ int main(int argc, char** argv) {
                 t.p99_us, p.p99_us, t.p99_us / p.p99_us);
     std::printf("%-34s %12.1f %12.1f %10.2f\n", "throughput, 4 MiB tensors (MiB/s)",
                 t.mib_per_s, p.mib_per_s, t.mib_per_s / p.mib_per_s);
-    std::printf("requests=%d messages=%d cores=%u\n", requests, messages,
-                std::thread::hardware_concurrency());
+    std::printf("requests=%d messages=%d rounds=%d (medians) cores=%u\n", requests,
+                messages, rounds, std::thread::hardware_concurrency());
 
     nlohmann::json out{
         {"benchmark", "transport"},
         {"requests", requests},
         {"messages", messages},
+        {"rounds", rounds},
         {"tls", {{"p50_us", t.p50_us}, {"p99_us", t.p99_us}, {"mib_per_s", t.mib_per_s}}},
         {"tcp", {{"p50_us", p.p50_us}, {"p99_us", p.p99_us}, {"mib_per_s", p.mib_per_s}}},
         {"throughput_ratio_tls_over_tcp", t.mib_per_s / p.mib_per_s}};

@@ -28,7 +28,6 @@ using asio::use_awaitable;
 using asio::experimental::as_tuple;
 using namespace asio::experimental::awaitable_operators;
 using Clock = std::chrono::steady_clock;
-using TlsStream = Connection::Stream;
 
 template <typename S>
 constexpr bool kIsTls = std::is_same_v<S, TlsStream>;
@@ -57,12 +56,29 @@ std::string frame_bytes(const v1::Envelope& envelope, std::uint32_t max) {
 
 // One frame. Empty on a clean end of stream before a frame starts; throws
 // chorus::Error for everything a peer can get wrong.
+// Exact reads and whole writes, on TLS and (for benchmarks) plain TCP.
+awaitable<std::tuple<std::error_code, std::size_t>> read_exact(
+    asio::ip::tcp::socket& socket, asio::mutable_buffer buffer) {
+  co_return co_await asio::async_read(socket, buffer, as_tuple(use_awaitable));
+}
+awaitable<std::tuple<std::error_code, std::size_t>> read_exact(
+    TlsStream& stream, asio::mutable_buffer buffer) {
+  co_return co_await stream.read_exact(buffer);
+}
+awaitable<std::tuple<std::error_code, std::size_t>> write_all(
+    asio::ip::tcp::socket& socket, asio::const_buffer buffer) {
+  co_return co_await asio::async_write(socket, buffer, as_tuple(use_awaitable));
+}
+awaitable<std::tuple<std::error_code, std::size_t>> write_all(
+    TlsStream& stream, asio::const_buffer buffer) {
+  co_return co_await stream.write_all(buffer);
+}
+
 template <typename Stream>
 awaitable<std::optional<v1::Envelope>> read_envelope(Stream& stream,
                                                      std::uint32_t max) {
   std::array<std::uint8_t, kFrameHeaderSize> header{};
-  auto [ec, n] =
-      co_await asio::async_read(stream, asio::buffer(header), as_tuple(use_awaitable));
+  auto [ec, n] = co_await read_exact(stream, asio::buffer(header));
   if (ec) {
     if (n == 0 && is_benign_close(ec)) co_return std::nullopt;
     fail(n == 0 ? Code::kUnavailable : Code::kDataLoss,
@@ -70,8 +86,7 @@ awaitable<std::optional<v1::Envelope>> read_envelope(Stream& stream,
   }
   const std::uint32_t size = decode_frame_header(header, max);
   std::string body(size, '\0');
-  auto [ec2, n2] =
-      co_await asio::async_read(stream, asio::buffer(body), as_tuple(use_awaitable));
+  auto [ec2, n2] = co_await read_exact(stream, asio::buffer(body));
   if (ec2) {
     fail(Code::kDataLoss, "truncated frame: the connection ended after {} of {} bytes",
          n2, size);
@@ -111,8 +126,7 @@ awaitable<ReadResult> read_envelope_result(TlsStream& stream, std::uint32_t max)
 awaitable<std::error_code> write_envelope(TlsStream& stream, const v1::Envelope& e,
                                           std::uint32_t max) {
   auto bytes = frame_bytes(e, max);
-  auto [ec, n] =
-      co_await asio::async_write(stream, asio::buffer(bytes), as_tuple(use_awaitable));
+  auto [ec, n] = co_await stream.write_all(asio::buffer(bytes));
   co_return ec;
 }
 
@@ -317,8 +331,7 @@ awaitable<void> BasicConnection<S>::writer() {
       co_await write_signal_.async_wait(as_tuple(use_awaitable));
       continue;
     }
-    auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(queue_.front()),
-                                              as_tuple(use_awaitable));
+    auto [ec, n] = co_await write_all(stream_, asio::buffer(queue_.front()));
     if (ec) {
       if (!closing_) {
         log_->warn("peer={} event=write_failed error=\"{}\"", peer_identity_, ec.message());
@@ -334,7 +347,7 @@ awaitable<void> BasicConnection<S>::writer() {
   }
   if constexpr (kIsTls<S>) {
     // Graceful TLS close, bounded in time; then the socket goes.
-    co_await (stream_.async_shutdown(as_tuple(use_awaitable)) || sleep_for(kGoodbyeGrace));
+    co_await (stream_.shutdown() || sleep_for(kGoodbyeGrace));
   }
   std::error_code ignored;
   stream_.lowest_layer().close(ignored);
@@ -482,7 +495,7 @@ void BasicConnection<S>::shutdown(const std::string& reason) {
   }
 }
 
-template class BasicConnection<asio::ssl::stream<asio::ip::tcp::socket>>;
+template class BasicConnection<TlsStream>;
 template class BasicConnection<asio::ip::tcp::socket>;
 
 // --- Server ------------------------------------------------------------------
@@ -547,14 +560,13 @@ awaitable<void> Server::accept_loop() {
 awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
   const std::string from = endpoint_string(socket);
   auto stream = std::make_unique<TlsStream>(std::move(socket), ssl_);
-  auto handshake = co_await (stream->async_handshake(asio::ssl::stream_base::server,
-                                                     as_tuple(use_awaitable)) ||
+  auto handshake = co_await (stream->handshake(TlsStream::Role::kServer) ||
                              sleep_for(options_.handshake_timeout));
   if (handshake.index() == 1) {
     log_->warn("from={} event=tls_refused error=\"handshake timed out\"", from);
     co_return;
   }
-  if (auto [ec] = std::get<0>(handshake); ec) {
+  if (auto ec = std::get<0>(handshake); ec) {
     log_->warn("from={} event=tls_refused error=\"{}\"", from, ec.message());
     co_return;
   }
@@ -564,7 +576,7 @@ awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
     log_->warn("from={} peer={} event=refused code={} reason=\"{}\"", from, identity,
                code_name(code), message);
     co_await write_envelope(*stream, make_status(code, message), options_.max_frame_size);
-    co_await (stream->async_shutdown(as_tuple(use_awaitable)) || sleep_for(kGoodbyeGrace));
+    co_await (stream->shutdown() || sleep_for(kGoodbyeGrace));
   };
 
   auto first = co_await (read_envelope_result(*stream, options_.max_frame_size) ||
@@ -656,18 +668,17 @@ awaitable<std::shared_ptr<Connection>> Client::connect_once() {
                                                           as_tuple(use_awaitable));
   CHORUS_CHECK_CODE(!rec, Code::kUnavailable, "cannot resolve '{}': {}", host_,
                     rec.message());
-  TlsStream stream(io_, ssl_);
+  TlsStream stream(io_.get_executor(), ssl_);
   SSL_set_tlsext_host_name(stream.native_handle(), host_.c_str());
   auto [cec, ep] = co_await asio::async_connect(stream.lowest_layer(), endpoints,
                                                 as_tuple(use_awaitable));
   CHORUS_CHECK_CODE(!cec, Code::kUnavailable, "cannot connect to {}:{}: {}", host_,
                     port_, cec.message());
-  auto handshake = co_await (stream.async_handshake(asio::ssl::stream_base::client,
-                                                    as_tuple(use_awaitable)) ||
+  auto handshake = co_await (stream.handshake(TlsStream::Role::kClient) ||
                              sleep_for(options_.handshake_timeout));
   CHORUS_CHECK_CODE(handshake.index() == 0, Code::kDeadlineExceeded,
                     "TLS handshake with {}:{} timed out", host_, port_);
-  if (auto [hec] = std::get<0>(handshake); hec) {
+  if (auto hec = std::get<0>(handshake); hec) {
     fail(Code::kUnauthenticated, "TLS handshake with {}:{} failed: {}", host_, port_,
          hec.message());
   }

@@ -3,6 +3,7 @@
 #include "chorus/protocol/channel.hpp"
 
 #include <asio/connect.hpp>
+#include <asio/ssl/stream.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/read.hpp>
@@ -313,6 +314,28 @@ TEST_CASE("channel: a node answers the coordinator over mutual TLS") {
   for (int i = 0; i < 20; ++i) {
     auto out = pr::decode_tensor(futures[i].get().predict_response().outputs());
     CHECK(out[0][0].item<float>() == 2.0f * i);
+  }
+}
+
+TEST_CASE("channel: frames larger than a TLS chunk arrive intact, interleaved with "
+          "small ones") {
+  TestCoordinator coordinator;
+  TestNode alpha(pki().alpha, coordinator.port());
+  auto conn = coordinator.wait_for("alpha");
+  REQUIRE(conn != nullptr);
+  // 3 MiB + 7 floats: many 16 KiB records, several 256 KiB chunks, a ragged end.
+  torch::manual_seed(5);
+  auto big = torch::rand({(3 << 20) / 4 + 7});
+  std::vector<std::future<v1::Envelope>> futures;
+  for (int i = 0; i < 3; ++i) {
+    futures.push_back(conn->request_async(predict_request(big + i), 10s));
+    futures.push_back(conn->request_async(predict_request(torch::full({1}, float(i))), 10s));
+  }
+  for (int i = 0; i < 3; ++i) {
+    auto large = pr::decode_tensor(futures[2 * i].get().predict_response().outputs());
+    CHECK(torch::equal(large, (big + i) * 2));
+    auto small = pr::decode_tensor(futures[2 * i + 1].get().predict_response().outputs());
+    CHECK(small.item<float>() == 2.0f * i);
   }
 }
 

@@ -4,7 +4,6 @@
 #include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/ssl/context.hpp>
-#include <asio/ssl/stream.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/strand.hpp>
 #include <spdlog/logger.h>
@@ -23,6 +22,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/protocol/framing.hpp"
+#include "chorus/protocol/tls_stream.hpp"
 #include "chorus/v1/chorus.pb.h"
 
 /// The chorus.v1 transport: one mutually authenticated TLS connection per
@@ -152,7 +152,7 @@ class BasicConnection
 };
 
 /// The connection chorus uses: mutually authenticated TLS.
-using Connection = BasicConnection<asio::ssl::stream<asio::ip::tcp::socket>>;
+using Connection = BasicConnection<TlsStream>;
 /// The same code over plain TCP: for benchmarks and tests only.
 using PlainConnection = BasicConnection<asio::ip::tcp::socket>;
 
