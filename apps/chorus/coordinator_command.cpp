@@ -1,4 +1,4 @@
-// chorus coordinator --config coordinator.toml [--set key=value ...] [--resume]
+// chorus coordinator --config coordinator.toml [--set key=value ...] [--resume] [--serve]
 #include "coordinator_command.hpp"
 
 #include <memory>
@@ -15,6 +15,7 @@ std::function<int()> add_coordinator_command(CLI::App& app) {
     std::string config;
     std::vector<std::string> sets;
     bool resume = false;
+    bool serve = false;
   };
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand(
@@ -26,12 +27,17 @@ std::function<int()> add_coordinator_command(CLI::App& app) {
       ->check(CLI::ExistingFile);
   sub->add_option("--set", args->sets,
                   "Override one config key, e.g. --set coordinator.rounds=3 (repeatable)");
+  sub->add_flag("--serve", args->serve,
+                "After the rounds, serve fused predictions to coordinator.operators "
+                "(chorus predict --coordinator) until Ctrl-C; same as --set "
+                "coordinator.serve=true");
   sub->add_flag("--resume", args->resume,
                 "Continue from the checkpoints in the run directory, repeating no "
                 "answered query");
   return [args] {
     Config config = Config::load(args->config);
     for (const auto& s : args->sets) config.set(s);
+    if (args->serve) config.set("coordinator.serve=true");
     auto resolved = coordinator::read_coordinator_config(config);
     return coordinator::run_coordinator(resolved, args->resume);
   };

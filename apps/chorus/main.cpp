@@ -16,6 +16,7 @@
 #include "coordinator_command.hpp"
 #include "eval_command.hpp"
 #include "node_command.hpp"
+#include "predict_command.hpp"
 #include "simulate_command.hpp"
 
 namespace {
@@ -24,31 +25,11 @@ namespace {
 constexpr int kExitOk = 0;
 constexpr int kExitError = 1;
 constexpr int kExitUsage = 2;
-constexpr int kExitNotBuilt = 3;
 
 struct Command {
   CLI::App* app;
   std::function<int()> run;
 };
-
-// A subcommand whose implementation has not landed yet: it says so and exits
-// non-zero rather than printing anything that could pass for a result.
-std::function<int()> not_built(std::string name, std::string issue) {
-  return [name = std::move(name), issue = std::move(issue)] {
-    fmt::print(stderr,
-               "chorus {}: not built yet in chorus {} (tracked by {}); "
-               "nothing was run\n",
-               name, chorus::kVersion, issue);
-    return kExitNotBuilt;
-  };
-}
-
-CLI::App* add_stub(CLI::App& parent, const std::string& name,
-                   const std::string& description) {
-  CLI::App* sub = parent.add_subcommand(name, description);
-  sub->allow_extras();  // Arguments are accepted and ignored until built.
-  return sub;
-}
 
 }  // namespace
 
@@ -63,8 +44,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(0, 1);
   app.footer(
       "Run 'chorus SUBCOMMAND --help' for a subcommand's options.\n"
-      "Exit status: 0 success, 1 error, 2 usage error, 3 subcommand not built "
-      "yet.\n"
+      "Exit status: 0 success, 1 error, 2 usage error.\n"
       "Documentation: README.md and examples/ in the source tree.");
 
   std::string log_level;
@@ -91,11 +71,10 @@ int main(int argc, char** argv) {
     commands.push_back({sub, std::move(run)});
   }
 
-  commands.push_back(
-      {add_stub(app, "predict",
-                "Ask a running coordinator, or a saved fused model, for "
-                "fused predictions (--model FUSED --input FILE)"),
-       not_built("predict", "issue #6")});
+  {
+    auto run = chorus::app::add_predict_command(app);
+    commands.push_back({app.get_subcommand("predict"), std::move(run)});
+  }
   {
     auto run = chorus::app::add_eval_command(app);
     commands.push_back({app.get_subcommand("eval"), std::move(run)});

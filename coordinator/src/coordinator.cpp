@@ -1,5 +1,6 @@
 #include "chorus/coordinator/coordinator.hpp"
 
+#include <fmt/ostream.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -43,12 +44,15 @@ struct Coordinator::Impl {
 
   // Collected answers: node → slice → [rows of the slice, |labels|].
   std::map<std::string, std::map<int, torch::Tensor>> answers;
+  // node → slice → first row → answers of a chunk of an unfinished slice.
+  std::map<std::string, std::map<int, std::map<std::int64_t, torch::Tensor>>> partial;
   std::map<std::string, std::vector<std::int64_t>> labels;
 
   std::unique_ptr<fusion::Fuser> fuser;
   std::vector<fusion::ExpertInfo> experts;
   fusion::FusionData last_data;
   std::unique_ptr<RemoteOracle> oracle;
+  int fused_round = 0;
   fusion::QueryStats stats;
 
   Impl(NodeRegistry& r, PoolData p, CoordinatorOptions o)
@@ -61,6 +65,12 @@ struct Coordinator::Impl {
   fs::path answers_dir() const { return options.run_dir / "checkpoints" / "answers"; }
   fs::path answer_file(const std::string& node, int slice) const {
     return answers_dir() / fmt::format("{}.slice{}.pt", node, slice);
+  }
+  // Answers to part of a slice, from row `offset` of U: written as each
+  // chunk arrives, so that a crash mid-slice loses at most the chunks in
+  // flight; merged into the slice's file when it is complete.
+  fs::path part_file(const std::string& node, int slice, std::int64_t offset) const {
+    return answers_dir() / fmt::format("{}.slice{}.part{}.pt", node, slice, offset);
   }
   fs::path manifest(int round) const {
     return options.run_dir / "checkpoints" / fmt::format("round-{}.json", round);
@@ -86,15 +96,20 @@ struct Coordinator::Impl {
         const auto dot = name.find(".slice");
         if (dot == std::string::npos || entry.path().extension() != ".pt") continue;
         const auto node = name.substr(0, dot);
-        const int slice = std::stoi(name.substr(dot + 6));
+        const auto part = name.find(".part", dot);
         try {
+          const int slice = std::stoi(name.substr(dot + 6));
           auto t = tensors_from(entry.path());
           CHORUS_CHECK_CODE(t.size() == 2, Code::kDataLoss, "expected 2 tensors");
           std::vector<std::int64_t> l(t[1].data_ptr<std::int64_t>(),
                                       t[1].data_ptr<std::int64_t>() + t[1].numel());
           if (labels.count(node) && labels[node] != l) continue;
           labels[node] = l;
-          answers[node][slice] = t[0];
+          if (part != std::string::npos) {
+            partial[node][slice][std::stoll(name.substr(part + 5))] = t[0];
+          } else {
+            answers[node][slice] = t[0];
+          }
         } catch (const std::exception& e) {
           log->warn("event=checkpoint_skipped file={} error=\"{}\"", entry.path().string(),
                     e.what());
@@ -111,14 +126,43 @@ struct Coordinator::Impl {
   // Asks `node` (expert index `k` of `oracle`) for every slice < round it
   // has not answered; stores and checkpoints each.
   void collect(RemoteOracle& oracle, std::int64_t k, const std::string& node, int round) {
+    const auto task = torch::tensor(labels[node], torch::kLong);
+    // A chunk keeps the node's request window full (see RemoteOracle).
+    const std::int64_t chunk = std::max<std::int64_t>(1, options.query_batch) * 4;
     for (int s = 0; s < round; ++s) {
       if (answers[node].count(s)) continue;
-      auto x = pool.inputs.slice(0, slice_begin(s), slice_end(s));
-      auto a = oracle.query(k, x);
-      write_file_atomic(answer_file(node, s),
-                        tensor_bytes({a, torch::tensor(labels[node], torch::kLong)}));
+      // Chunks answered before a crash, contiguous from the slice's start.
+      std::vector<torch::Tensor> parts;
+      std::vector<fs::path> part_files;
+      std::int64_t offset = slice_begin(s);
+      {
+        std::lock_guard lock(mutex);
+        auto& known = partial[node][s];
+        for (auto it = known.find(offset); it != known.end(); it = known.find(offset)) {
+          parts.push_back(it->second);
+          part_files.push_back(part_file(node, s, offset));
+          offset += it->second.size(0);
+        }
+      }
+      if (offset > slice_begin(s)) {
+        log->info("node={} slice={} event=resumed_slice answered={} remaining={}", node, s,
+                  offset - slice_begin(s), slice_end(s) - offset);
+      }
+      while (offset < slice_end(s)) {
+        const auto end = std::min(slice_end(s), offset + chunk);
+        auto a = oracle.query(k, pool.inputs.slice(0, offset, end));
+        part_files.push_back(part_file(node, s, offset));
+        write_file_atomic(part_files.back(), tensor_bytes({a, task}));
+        parts.push_back(a);
+        offset = end;
+      }
+      auto a = torch::cat(parts);
+      write_file_atomic(answer_file(node, s), tensor_bytes({a, task}));
+      std::error_code ec;
+      for (const auto& f : part_files) fs::remove(f, ec);
       std::lock_guard lock(mutex);
       answers[node][s] = a;
+      partial[node].erase(s);
     }
   }
   std::mutex mutex;
@@ -231,6 +275,7 @@ struct Coordinator::Impl {
       if (labels.count(node.identity) && labels[node.identity] != l) {
         log->warn("node={} event=task_changed action=discard_answers", node.identity);
         answers.erase(node.identity);
+        partial.erase(node.identity);
       }
       labels[node.identity] = l;
       answers[node.identity];  // Created here: the fan-out threads only look up.
@@ -314,6 +359,7 @@ struct Coordinator::Impl {
     round_oracle = std::make_unique<RemoteOracle>(data.num_classes, fused_experts,
                                                   request, ro);
     oracle = std::move(round_oracle);
+    fused_round = round;
 
     const auto model_file = options.run_dir / fmt::format("fused-round-{}.pt", round);
     if (fuser->save(model_file)) {
@@ -421,5 +467,43 @@ RemoteOracle& Coordinator::oracle() {
 }
 
 fusion::QueryStats Coordinator::collection_stats() const { return impl_->stats; }
+
+FusedPrediction Coordinator::predict(const torch::Tensor& inputs) {
+  auto& fuser = this->fuser();
+  auto& oracle = this->oracle();
+  const auto& pool = impl_->pool.inputs;
+  const auto expected = pool.sizes().slice(1);
+  CHORUS_CHECK(inputs.dim() == pool.dim() && inputs.size(0) >= 1 &&
+                   inputs.sizes().slice(1) == expected,
+               "inputs must be [N, {}] with N >= 1, got {}", fmt::join(expected, ", "),
+               fmt::format("{}", fmt::streamed(inputs.sizes())));
+  CHORUS_CHECK(inputs.scalar_type() == torch::kFloat32, "inputs must be float32, got {}",
+               c10::toString(inputs.scalar_type()));
+  CHORUS_CHECK(!protocol::has_non_finite(inputs), "inputs hold NaN or infinite values");
+  // Nodes account these queries to the round after the last one.
+  oracle.set_round(static_cast<std::uint32_t>(impl_->options.rounds + 1));
+  const auto before = oracle.total_stats().inputs;
+  FusedPrediction out;
+  out.probabilities = fuser.predict(oracle, inputs);
+  out.expert_queries = oracle.total_stats().inputs - before;
+  out.round = impl_->fused_round;
+  return out;
+}
+
+v1::Envelope Coordinator::answer(const v1::Envelope& request) {
+  CHORUS_CHECK_CODE(request.has_predict_request(), Code::kUnimplemented,
+                    "expected a PredictRequest");
+  auto prediction = predict(protocol::decode_tensor(request.predict_request().inputs()));
+  v1::Envelope reply;
+  auto* r = reply.mutable_predict_response();
+  protocol::encode_tensor(prediction.probabilities.to(torch::kFloat32).contiguous(),
+                          r->mutable_outputs());
+  r->set_form(v1::OUTPUT_FORM_PROBABILITIES);
+  for (const auto& l : impl_->options.label_space) r->add_labels(l);
+  r->set_algorithm(impl_->options.algorithm);
+  r->set_fused_round(static_cast<std::uint32_t>(prediction.round));
+  r->set_expert_queries(static_cast<std::uint64_t>(prediction.expert_queries));
+  return reply;
+}
 
 }  // namespace chorus::coordinator

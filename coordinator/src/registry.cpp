@@ -1,9 +1,12 @@
 #include "chorus/coordinator/registry.hpp"
 
+#include <asio/this_coro.hpp>
+#include <asio/thread_pool.hpp>
 #include <fmt/ranges.h>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/protocol/offload.hpp"
 
 namespace chorus::coordinator {
 
@@ -22,6 +25,20 @@ struct NodeRegistry::Impl {
   std::map<std::string, Entry> nodes;
   std::map<std::string, int> generations;
   std::atomic<bool> stopping{false};
+  // Operators: their connections, the handler, and the one thread that
+  // runs their predictions (a fused prediction blocks on the nodes, whose
+  // replies arrive on the io thread).
+  std::multimap<std::string, std::shared_ptr<protocol::Connection>> operators;
+  OperatorHandler operator_handler;
+  asio::thread_pool operator_pool{1};
+
+  bool is_operator(const std::string& identity) const {
+    const auto& o = options.operators;
+    return std::find(o.begin(), o.end(), identity) != o.end();
+  }
+  void admit_operator(const std::shared_ptr<protocol::Connection>& connection);
+  asio::awaitable<v1::Envelope> serve_operator(const std::string& identity,
+                                               const v1::Envelope& request);
 
   Impl(asio::io_context& i, RegistryOptions o) : io(i), options(std::move(o)) {}
 };
@@ -37,6 +54,26 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions 
                               impl->options.port),
       impl->options.tls, impl->options.channel, welcome,
       [this, impl](const std::string& identity, const v1::Hello& hello) {
+        const auto& caps = hello.capabilities();
+        const bool says_operator =
+            std::find(caps.begin(), caps.end(), "operator") != caps.end();
+        if (impl->is_operator(identity)) {
+          if (says_operator) return protocol::Admission{};
+          return protocol::Admission{
+              .admit = false,
+              .code = Code::kPermissionDenied,
+              .message = fmt::format("'{}' is an operator of this coordinator, not a "
+                                     "node; a node needs its own certificate",
+                                     identity)};
+        }
+        if (says_operator) {
+          return protocol::Admission{
+              .admit = false,
+              .code = Code::kPermissionDenied,
+              .message = fmt::format("'{}' is not an operator of this coordinator "
+                                     "(coordinator.operators)",
+                                     identity)};
+        }
         if (!roster_.admits(identity)) {
           return protocol::Admission{
               .admit = false,
@@ -59,6 +96,10 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions 
       },
       [impl](std::shared_ptr<protocol::Connection> connection, const v1::Hello& hello) {
         const auto identity = connection->peer_identity();
+        if (impl->is_operator(identity)) {
+          impl->admit_operator(connection);
+          return;
+        }
         std::weak_ptr<protocol::Connection> weak = connection;
         connection->start(
             [](const v1::Envelope& e) -> asio::awaitable<v1::Envelope> {
@@ -95,7 +136,82 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions 
       });
 }
 
-NodeRegistry::~NodeRegistry() = default;
+void NodeRegistry::Impl::admit_operator(
+    const std::shared_ptr<protocol::Connection>& connection) {
+  const auto identity = connection->peer_identity();
+  std::weak_ptr<protocol::Connection> weak = connection;
+  connection->start(
+      [this, identity](const v1::Envelope& request) -> asio::awaitable<v1::Envelope> {
+        v1::Envelope reply = co_await serve_operator(identity, request);
+        co_return reply;
+      },
+      [this, identity, weak](const std::string& reason) {
+        std::lock_guard lock(mutex);
+        auto range = operators.equal_range(identity);
+        for (auto it = range.first; it != range.second; ++it) {
+          if (it->second == weak.lock()) {
+            operators.erase(it);
+            break;
+          }
+        }
+        log->info("operator={} event=disconnected reason=\"{}\"", identity, reason);
+      });
+  {
+    std::lock_guard lock(mutex);
+    operators.emplace(identity, connection);
+  }
+  log->info("operator={} event=joined", identity);
+}
+
+asio::awaitable<v1::Envelope> NodeRegistry::Impl::serve_operator(
+    const std::string& identity, const v1::Envelope& request) {
+  auto call = std::make_shared<protocol::PoolCall>(co_await asio::this_coro::executor);
+  call->work = [this, identity, request] {
+    CHORUS_CHECK_CODE(request.has_predict_request(), Code::kUnimplemented,
+                      "an operator may send PredictRequest only");
+    OperatorHandler handler;
+    {
+      std::lock_guard lock(mutex);
+      handler = operator_handler;
+    }
+    CHORUS_CHECK_CODE(handler != nullptr, Code::kUnavailable,
+                      "this coordinator is not serving fused predictions (its rounds "
+                      "are not done, or coordinator.serve is off)");
+    return handler(identity, request);
+  };
+  auto finished = protocol::start_on_pool(operator_pool, call);
+  co_await std::move(finished);
+  const auto& error = call->result.error;
+  log->log(error ? spdlog::level::warn : spdlog::level::info,
+           "operator={} request_id={} event=predict inputs={} code={}{}", identity,
+           request.request_id(),
+           request.predict_request().inputs().shape_size() > 0
+               ? request.predict_request().inputs().shape(0)
+               : 0,
+           code_name(error ? error->code() : Code::kOk),
+           error ? fmt::format(" error=\"{}\"", error->what()) : std::string());
+  if (error) co_return protocol::make_status(error->code(), error->what());
+  co_return std::move(call->result.reply);
+}
+
+NodeRegistry::~NodeRegistry() {
+  serve_operators(nullptr);
+  impl_->operator_pool.join();
+}
+
+void NodeRegistry::serve_operators(OperatorHandler handler) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->operator_handler = std::move(handler);
+}
+
+std::vector<std::string> NodeRegistry::operators_connected() const {
+  std::lock_guard lock(impl_->mutex);
+  std::vector<std::string> out;
+  for (const auto& [id, c] : impl_->operators) {
+    if (c->is_open()) out.push_back(id);
+  }
+  return out;
+}
 
 void NodeRegistry::start() { impl_->server->start(); }
 
@@ -106,6 +222,7 @@ void NodeRegistry::stop(const std::string& reason) {
   {
     std::lock_guard lock(impl_->mutex);
     for (auto& [id, e] : impl_->nodes) all.push_back(e.connection);
+    for (auto& [id, c] : impl_->operators) all.push_back(c);
   }
   for (auto& c : all) c->close(reason);
 }

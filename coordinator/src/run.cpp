@@ -4,6 +4,9 @@
 #include <torch/torch.h>
 
 #include <asio/io_context.hpp>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
 #include <thread>
 
 #include "chorus/coordinator/coordinator.hpp"
@@ -37,6 +40,8 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   k.query_batch = c.get_int("coordinator.query_batch", k.query_batch);
   k.rounds = c.get_int("coordinator.rounds", k.rounds);
   k.run_dir = c.resolve(c.get_string("coordinator.run_dir", k.run_dir.string()));
+  k.operators = c.get_string_array("coordinator.operators", {});
+  k.serve = c.get_bool("coordinator.serve", k.serve);
   k.ca = c.resolve(c.get_string("tls.ca", "pki/ca.crt"));
   k.cert = c.resolve(c.get_string("tls.cert", "pki/coordinator.crt"));
   k.key = c.resolve(c.get_string("tls.key", "pki/coordinator.key"));
@@ -56,6 +61,15 @@ CoordinatorConfig read_coordinator_config(Config& c) {
                    k.min_nodes <= static_cast<std::int64_t>(k.roster.size()),
                "coordinator.min_nodes must be 0..{} (the roster's size), got {}",
                k.roster.size(), k.min_nodes);
+  for (const auto& o : k.operators) {
+    CHORUS_CHECK(std::find(k.roster.begin(), k.roster.end(), o) == k.roster.end(),
+                 "'{}' is both on coordinator.roster and in coordinator.operators; an "
+                 "operator needs a certificate of its own",
+                 o);
+  }
+  CHORUS_CHECK(!k.serve || !k.operators.empty(),
+               "coordinator.serve needs coordinator.operators (the identities that may "
+               "ask for fused predictions)");
   CHORUS_CHECK(k.rounds >= 1 && k.query_batch >= 1 && k.threads >= 1,
                "coordinator.rounds, coordinator.query_batch and fusion.threads must "
                "be at least 1");
@@ -86,10 +100,20 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   ro.tls = protocol::TlsMaterial::load(k.ca, k.cert, k.key);
   const auto space = train.class_names;
   ro.label_space = space;
+  ro.operators = k.operators;
   NodeRegistry registry(io, Roster(k.roster), ro);
   registry.start();
+  std::mutex serving_mutex;
+  std::condition_variable serving_done;
+  bool stop_serving = false;
   protocol::ShutdownOnSignal shutdown(
-      io, [&](int) { registry.stop("the coordinator is shutting down"); },
+      io,
+      [&](int) {
+        registry.stop("the coordinator is shutting down");
+        std::lock_guard lock(serving_mutex);
+        stop_serving = true;
+        serving_done.notify_all();
+      },
       [&] { std::_Exit(130); }, std::chrono::milliseconds(3000));
   std::thread io_thread([&] { io.run(); });
   fmt::print(stderr, "coordinator '{}' listening on {}:{}; roster: {}\n", k.name,
@@ -128,6 +152,19 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
                  (k.run_dir / "fused.pt").string());
     } else {
       fmt::print("rounds done; run directory {}\n", k.run_dir.string());
+    }
+    std::fflush(stdout);
+    if (k.serve) {
+      registry.serve_operators([&](const std::string&, const v1::Envelope& request) {
+        return coordinator.answer(request);
+      });
+      fmt::print(stderr,
+                 "serving fused predictions ({}, round {}) to {} on port {}; "
+                 "Ctrl-C stops\n",
+                 k.algorithm, k.rounds, fmt::join(k.operators, ", "), registry.port());
+      std::unique_lock lock(serving_mutex);
+      serving_done.wait(lock, [&] { return stop_serving; });
+      registry.serve_operators(nullptr);
     }
   } catch (const Error& e) {
     fmt::print(stderr, "chorus coordinator: {}\n", describe(e));

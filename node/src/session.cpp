@@ -9,6 +9,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/node/service.hpp"
+#include "chorus/protocol/offload.hpp"
 
 namespace chorus::node {
 
@@ -26,58 +27,15 @@ struct NodeSession::Impl {
   Impl(asio::io_context& i, asio::thread_pool& p, NodeService& s, SessionOptions o)
       : io(i), pool(p), service(s), options(std::move(o)) {}
 
-  // What a request produced: a reply, or the error to answer with. Errors
-  // travel as values between coroutines: g++ 12 has been seen corrupting
-  // the heap when exceptions unwind through several awaitable frames here.
-  struct Outcome {
-    v1::Envelope reply;
-    std::optional<Error> error;
-  };
-
-  template <typename F>
-  static Outcome run_caught(F&& work) {
-    Outcome out;
-    try {
-      out.reply = work();
-    } catch (const Error& e) {
-      out.error = e;
-    } catch (const std::exception& e) {
-      out.error = Error(Code::kInternal, e.what());
-    }
-    return out;
-  }
-
-  // A piece of work for the inference pool and its outcome. The network
-  // coroutine waits on `done`, which the pool cancels when the work is over.
-  //
-  // Deliberately no lambda or other non-trivial value is passed to a
-  // coroutine or to co_spawn here: g++ 12 was seen destroying such an
-  // argument twice (a double free of the captured Envelope), so the work
-  // travels in a shared_ptr through plain asio::post handlers.
-  struct PoolCall {
-    std::function<v1::Envelope()> work;
-    Outcome result;
-    asio::steady_timer done;
-    explicit PoolCall(const asio::any_io_executor& ex)
-        : done(ex, asio::steady_timer::time_point::max()) {}
-  };
-
-  // Starts `call` on the pool; await the returned operation, then read
-  // `call->result`. Not a coroutine.
-  auto start_on_pool(const std::shared_ptr<PoolCall>& call) {
-    asio::post(pool, [call] {
-      call->result = run_caught(call->work);
-      asio::post(call->done.get_executor(), [call] { call->done.cancel(); });
-    });
-    return call->done.async_wait(asio::experimental::as_tuple(use_awaitable));
-  }
+  using Outcome = protocol::Outcome;
+  using PoolCall = protocol::PoolCall;  // Work off the network thread.
 
   awaitable<Outcome> dispatch(const v1::Envelope& request) {
     auto call = std::make_shared<PoolCall>(co_await asio::this_coro::executor);
     switch (request.body_case()) {
       case v1::Envelope::kPredictRequest: {
         std::shared_ptr<PredictJob> job;
-        Outcome admitted = run_caught([&] {
+        Outcome admitted = protocol::run_caught([&] {
           job = service.admit_predict(request);
           return v1::Envelope{};
         });
@@ -102,7 +60,7 @@ struct NodeSession::Impl {
         co_return refused;
       }
     }
-    auto finished = start_on_pool(call);
+    auto finished = protocol::start_on_pool(pool, call);
     co_await std::move(finished);
     co_return call->result;
   }

@@ -662,52 +662,82 @@ std::shared_ptr<Connection> Client::connection() const {
   return current_;
 }
 
-awaitable<std::shared_ptr<Connection>> Client::connect_once() {
-  asio::ip::tcp::resolver resolver(io_);
-  auto [rec, endpoints] = co_await resolver.async_resolve(host_, std::to_string(port_),
+namespace {
+
+// TCP connect, TLS handshake, Hello → Welcome. Throws chorus::Error.
+awaitable<std::shared_ptr<Connection>> dial(asio::io_context& io, const std::string& host,
+                                            std::uint16_t port, asio::ssl::context& ssl,
+                                            const ChannelOptions& options,
+                                            const v1::Hello& hello_body, v1::Welcome* welcome) {
+  // (By reference: g++ 12 has destroyed by-value coroutine arguments twice.)
+  asio::ip::tcp::resolver resolver(io);
+  auto [rec, endpoints] = co_await resolver.async_resolve(host, std::to_string(port),
                                                           as_tuple(use_awaitable));
-  CHORUS_CHECK_CODE(!rec, Code::kUnavailable, "cannot resolve '{}': {}", host_,
+  CHORUS_CHECK_CODE(!rec, Code::kUnavailable, "cannot resolve '{}': {}", host,
                     rec.message());
-  TlsStream stream(io_.get_executor(), ssl_);
-  SSL_set_tlsext_host_name(stream.native_handle(), host_.c_str());
+  TlsStream stream(io.get_executor(), ssl);
+  SSL_set_tlsext_host_name(stream.native_handle(), host.c_str());
   auto [cec, ep] = co_await asio::async_connect(stream.lowest_layer(), endpoints,
                                                 as_tuple(use_awaitable));
-  CHORUS_CHECK_CODE(!cec, Code::kUnavailable, "cannot connect to {}:{}: {}", host_,
-                    port_, cec.message());
+  CHORUS_CHECK_CODE(!cec, Code::kUnavailable, "cannot connect to {}:{}: {}", host,
+                    port, cec.message());
   auto handshake = co_await (stream.handshake(TlsStream::Role::kClient) ||
-                             sleep_for(options_.handshake_timeout));
+                             sleep_for(options.handshake_timeout));
   CHORUS_CHECK_CODE(handshake.index() == 0, Code::kDeadlineExceeded,
-                    "TLS handshake with {}:{} timed out", host_, port_);
+                    "TLS handshake with {}:{} timed out", host, port);
   if (auto hec = std::get<0>(handshake); hec) {
-    fail(Code::kUnauthenticated, "TLS handshake with {}:{} failed: {}", host_, port_,
+    fail(Code::kUnauthenticated, "TLS handshake with {}:{} failed: {}", host, port,
          hec.message());
   }
   v1::Envelope hello;
-  *hello.mutable_hello() = make_hello_();
+  *hello.mutable_hello() = hello_body;
   hello.mutable_hello()->set_protocol_major(kProtocolMajor);
   hello.mutable_hello()->set_protocol_minor(kProtocolMinor);
-  auto wec = co_await write_envelope(stream, hello, options_.max_frame_size);
+  auto wec = co_await write_envelope(stream, hello, options.max_frame_size);
   CHORUS_CHECK_CODE(!wec, Code::kUnavailable, "cannot send Hello: {}", wec.message());
-  auto reply = co_await (read_envelope_result(stream, options_.max_frame_size) ||
-                         sleep_for(options_.handshake_timeout));
+  auto reply = co_await (read_envelope_result(stream, options.max_frame_size) ||
+                         sleep_for(options.handshake_timeout));
   CHORUS_CHECK_CODE(reply.index() == 0, Code::kDeadlineExceeded,
-                    "no Welcome from {}:{} within the handshake timeout", host_, port_);
+                    "no Welcome from {}:{} within the handshake timeout", host, port);
   if (auto& error = std::get<0>(reply).error) throw *error;
   auto& first = std::get<0>(reply).envelope;
   CHORUS_CHECK_CODE(first.has_value(), Code::kUnavailable,
-                    "{}:{} closed the connection after Hello", host_, port_);
+                    "{}:{} closed the connection after Hello", host, port);
   if (first->has_status()) {
     throw Error(static_cast<Code>(first->status().code()),
-                fmt::format("the coordinator refused this node: {}",
+                fmt::format("the coordinator refused this client: {}",
                             first->status().message()));
   }
   CHORUS_CHECK_CODE(first->has_welcome(), Code::kFailedPrecondition,
                     "expected Welcome after Hello");
+  *welcome = first->welcome();
   const std::string identity = peer_common_name(stream);
-  auto connection =
-      std::make_shared<Connection>(std::move(stream), options_, identity, "protocol");
-  if (on_connect_) on_connect_(connection, first->welcome());
+  co_return std::make_shared<Connection>(std::move(stream), options, identity, "protocol");
+}
+
+}  // namespace
+
+awaitable<std::shared_ptr<Connection>> Client::connect_once() {
+  v1::Welcome welcome;
+  const v1::Hello hello = make_hello_();
+  auto connection = co_await dial(io_, host_, port_, ssl_, options_, hello, &welcome);
+  if (on_connect_) on_connect_(connection, welcome);
   co_return connection;
+}
+
+std::shared_ptr<Connection> connect(asio::io_context& io, const std::string& host,
+                                    std::uint16_t port, const TlsMaterial& tls,
+                                    ChannelOptions options, v1::Hello hello,
+                                    Connection::RequestHandler on_request) {
+  auto ssl = std::make_shared<asio::ssl::context>(make_client_context(tls, host));
+  auto welcome = std::make_shared<v1::Welcome>();
+  auto future = asio::co_spawn(
+      io, dial(io, host, port, *ssl, options, hello, welcome.get()), asio::use_future);
+  auto connection = future.get();  // Throws what dial threw; `hello` outlives it.
+  // The context must outlive the connection's SSL session: it is kept by
+  // the close handler, which the connection holds until it closes.
+  connection->start(std::move(on_request), [ssl](const std::string&) {});
+  return connection;
 }
 
 awaitable<void> Client::run() {

@@ -1,6 +1,7 @@
 // Fusion rounds end to end over real loopback mutual TLS: a NodeRegistry and
 // a Coordinator against in-process nodes (NodeService + NodeSession) serving
 // small synthetic experts.
+#include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <asio/thread_pool.hpp>
 #include <nlohmann/json.hpp>
@@ -19,6 +20,7 @@
 #include "chorus/node/session.hpp"
 #include "chorus/protocol/certs.hpp"
 #include "chorus/protocol/digest.hpp"
+#include "chorus/protocol/tensor_codec.hpp"
 #include "support/doctest.hpp"
 #include "support/errors.hpp"
 #include "support/temp_dir.hpp"
@@ -48,6 +50,9 @@ struct World {
   std::map<std::string, std::vector<std::int64_t>> tasks = {
       {"alpha", {0, 1}}, {"beta", {1, 2}}, {"gamma", {2, 3, 0}}};
 
+  pr::KeyPair operator_keys =
+      pr::issue_certificate(ca, "ops", pr::CertRole::kNode, {});
+
   World() {
     std::uint64_t seed = 1;
     for (const auto& [name, task] : tasks) {
@@ -71,11 +76,13 @@ struct CoordinatorSide {
   std::unique_ptr<co::NodeRegistry> registry;
   std::thread thread;
 
-  explicit CoordinatorSide(std::vector<std::string> roster) {
+  explicit CoordinatorSide(std::vector<std::string> roster,
+                           std::vector<std::string> operators = {}) {
     co::RegistryOptions o;
     o.port = 0;
     o.tls = world().material(world().coordinator);
     o.label_space = kSpace;
+    o.operators = std::move(operators);
     registry = std::make_unique<co::NodeRegistry>(io, co::Roster(std::move(roster)), o);
     registry->start();
     thread = std::thread([this] { io.run(); });
@@ -276,4 +283,148 @@ TEST_CASE("coordinator: no quorum names the missing nodes, and labels outside th
   CHECK(msg.find("missing: gamma, delta") != std::string::npos);
   CHECK(side.registry->connected().size() == 2);
   CHECK_FALSE(side.registry->is_connected("gamma"));
+}
+
+namespace {
+
+// An operator's one-shot client on its own io thread.
+struct Operator {
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> guard{io.get_executor()};
+  std::thread thread{[this] { io.run(); }};
+  std::shared_ptr<pr::Connection> connection;
+
+  Operator(std::uint16_t port, const pr::KeyPair& keys, bool says_operator = true) {
+    v1::Hello hello;
+    if (says_operator) hello.add_capabilities("operator");
+    try {
+      connection = pr::connect(
+          io, "127.0.0.1", port, world().material(keys), pr::ChannelOptions{}, hello,
+          [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
+            co_return pr::make_status(Code::kUnimplemented, "no");
+          });
+    } catch (...) {
+      stop();
+      throw;
+    }
+  }
+  ~Operator() { stop(); }
+  void stop() {
+    if (!thread.joinable()) return;
+    if (connection) connection->close("done");
+    std::this_thread::sleep_for(50ms);
+    guard.reset();
+    io.stop();
+    thread.join();
+  }
+  v1::Envelope ask(const torch::Tensor& x) {
+    v1::Envelope request;
+    pr::encode_tensor(x, request.mutable_predict_request()->mutable_inputs());
+    return connection->request_async(request, 10s).get();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("coordinator: after its rounds it serves operators fused predictions, "
+          "asking the nodes") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma"}, {"ops"});
+  Nodes nodes(side.registry->port(), dir / "nodes");
+  auto o = options(dir / "run");
+  o.algorithm = "foe";
+  co::Coordinator coordinator(*side.registry, pool_data(), o);
+  coordinator.run();
+
+  Operator ops(side.registry->port(), world().operator_keys);
+  auto x = world().test.x.slice(0, 0, 50);
+  // Not serving yet: UNAVAILABLE, and the connection stays.
+  std::string msg;
+  CHECK(code_of([&] { ops.ask(x); }, &msg) == Code::kUnavailable);
+  CHECK(msg.find("not serving") != std::string::npos);
+  CHECK(side.registry->operators_connected() == std::vector<std::string>{"ops"});
+  // The operator is not a node.
+  CHECK(side.registry->connected().size() == 3);
+
+  side.registry->serve_operators([&](const std::string&, const v1::Envelope& request) {
+    return coordinator.answer(request);
+  });
+  std::map<std::string, std::int64_t> before;
+  for (const auto& [name, service] : nodes.services) before[name] = service->inputs_answered();
+  auto reply = ops.ask(x);
+  REQUIRE(reply.has_predict_response());
+  const auto& r = reply.predict_response();
+  CHECK(r.algorithm() == "foe");
+  CHECK(r.fused_round() == 1);
+  CHECK(std::vector<std::string>(r.labels().begin(), r.labels().end()) == kSpace);
+  // foe asks every fused expert about every input.
+  CHECK(r.expert_queries() == 3 * 50);
+  for (const auto& [name, service] : nodes.services) {
+    CHECK(service->inputs_answered() == before[name] + 50);
+  }
+  auto probs = pr::decode_tensor(r.outputs());
+  REQUIRE(probs.sizes() == torch::IntArrayRef({50, 4}));
+  CHECK(torch::allclose(probs, coordinator.fuser().predict(coordinator.oracle(), x), 1e-5,
+                        1e-6));
+  CHECK(fu::accuracy(probs, world().test.y.slice(0, 0, 50)) > 0.8);
+
+  // Bad inputs: a clear error, and the operator stays connected.
+  CHECK(code_of([&] { ops.ask(torch::zeros({5, 7})); }, &msg) == Code::kInvalidArgument);
+  CHECK(msg.find("inputs must be [N, 8]") != std::string::npos);
+  CHECK(code_of([&] { ops.ask(torch::full({2, kDim}, std::nanf(""))); }, &msg) ==
+        Code::kInvalidArgument);
+  CHECK(msg.find("NaN") != std::string::npos);
+  CHECK(ops.ask(x).has_predict_response());
+
+  // A node's certificate cannot act as an operator, nor an operator's as a node.
+  CHECK(code_of([&] { Operator impostor(side.registry->port(), world().nodes.at("alpha")); },
+                &msg) == Code::kPermissionDenied);
+  CHECK(msg.find("'alpha' is not an operator") != std::string::npos);
+  CHECK(code_of([&] { Operator node_like(side.registry->port(), world().operator_keys, false); },
+                &msg) == Code::kPermissionDenied);
+  CHECK(msg.find("'ops' is an operator of this coordinator, not a node") != std::string::npos);
+}
+
+TEST_CASE("coordinator: answers are checkpointed chunk by chunk, and a resumed round "
+          "asks only for the chunks missing") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma"});
+  auto o = options(dir / "run");
+  o.algorithm = "foe";
+  o.rounds = 2;           // Slices of 300 inputs.
+  o.query_batch = 50;     // Chunks of 200 inputs.
+  o.min_nodes = 2;
+  o.settle = 2s;
+  {
+    // beta's budget ends inside the second chunk of its first slice.
+    nd::QueryPolicy stingy;
+    stingy.budget.total_budget = 250;
+    Nodes nodes(side.registry->port(), dir / "nodes1", {{"beta", stingy}});
+    co::Coordinator coordinator(*side.registry, pool_data(), o);
+    auto reports = coordinator.run();
+    REQUIRE(reports.size() == 2);
+    CHECK(reports[0].failed.count("beta"));
+    CHECK(reports[1].failed.count("beta"));
+    CHECK(nodes.services.at("beta")->inputs_answered() == 250);
+  }
+  CHECK(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" /
+                                "beta.slice0.part0.pt"));
+  CHECK_FALSE(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" /
+                                      "beta.slice0.pt"));
+  // Round 2 again, with beta's budget raised: beta is asked for the last
+  // 100 inputs of slice 0 and for slice 1, the others for nothing.
+  std::filesystem::remove(dir / "run" / "checkpoints" / "round-2.json");
+  Nodes nodes(side.registry->port(), dir / "nodes2");
+  o.resume = true;
+  o.settle = 5s;
+  co::Coordinator again(*side.registry, pool_data(), o);
+  auto reports = again.run();
+  REQUIRE(reports.size() == 2);
+  CHECK(reports[1].failed.empty());
+  CHECK(nodes.services.at("beta")->inputs_answered() == 100 + 300);
+  CHECK(nodes.services.at("alpha")->inputs_answered() == 0);
+  CHECK(nodes.services.at("gamma")->inputs_answered() == 0);
+  CHECK(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" / "beta.slice0.pt"));
+  CHECK_FALSE(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" /
+                                      "beta.slice0.part0.pt"));
 }

@@ -78,6 +78,13 @@ struct RoundReport {
   bool resumed = false;  ///< Taken from a checkpoint, not run.
 };
 
+/// A fused prediction served after the rounds.
+struct FusedPrediction {
+  torch::Tensor probabilities;     ///< float32 [N, C] over the label space.
+  std::int64_t expert_queries = 0;  ///< Expert answers consumed (inputs × experts).
+  int round = 0;                    ///< The round whose fused model answered.
+};
+
 /// Runs fusion rounds over the registry's nodes. Use from one thread.
 class Coordinator {
  public:
@@ -97,6 +104,17 @@ class Coordinator {
   RemoteOracle& oracle();
   /// Totals over all rounds (queries and bytes of collecting answers).
   fusion::QueryStats collection_stats() const;
+
+  /// After `run`: the fused prediction of `inputs` (float32, shaped like the
+  /// pool's rows, [N, ...]), asking the nodes as the algorithm needs
+  /// (ensemble and foe ask every fused expert, frugal only those it
+  /// chooses, distilled models none). Nodes account the queries to round
+  /// `rounds + 1`. Throws `chorus::Error` (INVALID_ARGUMENT for a wrong
+  /// shape, dtype or non-finite values; a node's error when it fails).
+  FusedPrediction predict(const torch::Tensor& inputs);
+  /// `predict` for an operator's PredictRequest: the fused PredictResponse
+  /// (probabilities, label names, algorithm, round, expert queries).
+  v1::Envelope answer(const v1::Envelope& request);
 
  private:
   struct Impl;

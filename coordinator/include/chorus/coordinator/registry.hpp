@@ -40,7 +40,16 @@ struct RegistryOptions {
   /// The shared label space: a node announcing a label outside it is
   /// refused (INVALID_ARGUMENT naming the label). Empty admits any labels.
   std::vector<std::string> label_space;
+  /// Identities (certificate CNs) admitted as operators: clients that say
+  /// Hello with the capability "operator" and send PredictRequests to the
+  /// coordinator (`chorus predict --coordinator`). Not nodes.
+  std::vector<std::string> operators;
 };
+
+/// Answers an operator's PredictRequest (blocking; called on the registry's
+/// operator thread, one request at a time). Throws `chorus::Error`.
+using OperatorHandler =
+    std::function<v1::Envelope(const std::string& identity, const v1::Envelope& request)>;
 
 /// Admits rostered nodes and keeps their connections. Thread-safe; the
 /// server runs on `io`, which the caller runs on some thread.
@@ -72,6 +81,12 @@ class NodeRegistry {
   /// away, DEADLINE_EXCEEDED, or the code of the node's Status).
   std::future<v1::Envelope> request(const std::string& identity, v1::Envelope request,
                                     std::chrono::milliseconds deadline);
+
+  /// Starts answering operators' PredictRequests with `handler` (an empty
+  /// handler stops: operators then get UNAVAILABLE).
+  void serve_operators(OperatorHandler handler);
+  /// Operators connected now.
+  std::vector<std::string> operators_connected() const;
 
   /// The roster.
   const Roster& roster() const { return roster_; }

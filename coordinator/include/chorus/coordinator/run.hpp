@@ -24,6 +24,11 @@ struct CoordinatorConfig {
   std::int64_t query_batch = 512;
   std::int64_t rounds = 1;
   std::filesystem::path run_dir = "runs/coordinator";
+  /// Identities admitted as operators (`chorus predict --coordinator`).
+  std::vector<std::string> operators;
+  /// After the rounds, keep serving fused predictions to operators until
+  /// SIGINT/SIGTERM.
+  bool serve = false;
   /// [tls]
   std::filesystem::path ca, cert, key;
   /// [fusion]

@@ -32,7 +32,7 @@ namespace chorus::protocol {
 
 /// The protocol version this build speaks.
 inline constexpr std::uint32_t kProtocolMajor = 1;
-inline constexpr std::uint32_t kProtocolMinor = 0;
+inline constexpr std::uint32_t kProtocolMinor = 1;  ///< 1.1: operators.
 
 /// PEM material of one party: the deployment's CA, its certificate, its key.
 struct TlsMaterial {
@@ -256,6 +256,16 @@ class Client {
   std::shared_ptr<Connection> current_;
   asio::steady_timer wait_;
 };
+
+/// Connects once, without reconnecting (an operator's one-shot command):
+/// TLS handshake, Hello, Welcome, then starts the connection with
+/// `on_request`. `io` must be running on another thread. Throws
+/// `chorus::Error` (UNAUTHENTICATED for a failed handshake, the code of the
+/// coordinator's Status when it refuses).
+std::shared_ptr<Connection> connect(asio::io_context& io, const std::string& host,
+                                    std::uint16_t port, const TlsMaterial& tls,
+                                    ChannelOptions options, v1::Hello hello,
+                                    Connection::RequestHandler on_request);
 
 /// Builds a Status envelope.
 v1::Envelope make_status(Code code, const std::string& message,

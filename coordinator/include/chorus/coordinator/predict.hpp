@@ -1,0 +1,59 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "chorus/protocol/channel.hpp"
+
+/// `chorus predict`: fused predictions for the images in a file, from a
+/// saved fused model or from a running coordinator. Torch-free header.
+namespace chorus::coordinator {
+
+/// Where the predictions come from, and what to predict.
+struct PredictOptions {
+  /// Images: an IDX image file (`*-images-idx3-ubyte`, gzip or not; bytes
+  /// scaled to [0, 1]) or a tensor saved by Python's `torch.save`
+  /// ([N, 1, H, W] or [N, H, W]; uint8 is scaled to [0, 1]).
+  std::filesystem::path input;
+  /// Optional IDX label file: report the accuracy.
+  std::filesystem::path labels;
+  /// Predict the first `limit` images only (0: all).
+  std::int64_t limit = 0;
+
+  /// Either a saved fused model that needs no experts ...
+  std::filesystem::path model;
+  int threads = 2;
+  /// ... or a coordinator serving fused predictions (`coordinator.serve`),
+  /// reached with an operator's certificate.
+  std::string host;
+  std::uint16_t port = 0;
+  protocol::TlsMaterial tls;
+  std::chrono::milliseconds deadline{120000};  ///< Per request.
+  std::int64_t batch = 1000;                   ///< Images per request.
+};
+
+/// What `predict_from_file` produced.
+struct PredictReport {
+  std::string source;     ///< "model FILE" or "coordinator HOST:PORT".
+  std::string algorithm;
+  int round = 0;          ///< The coordinator's fused round (0 for a file).
+  std::vector<std::string> class_names;
+  std::vector<std::int64_t> predicted;           ///< Arg-max label per image.
+  std::vector<std::vector<float>> probabilities;  ///< [N][C].
+  std::int64_t expert_queries = 0;  ///< Expert answers the coordinator used.
+  std::optional<double> accuracy;   ///< With `labels`.
+  double seconds = 0;
+};
+
+/// Reads the images, predicts them, and reports. Throws `chorus::Error`:
+/// NOT_FOUND / DATA_LOSS / INVALID_ARGUMENT for the files,
+/// FAILED_PRECONDITION for a saved model that needs its experts (ask the
+/// coordinator instead), UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE
+/// from the coordinator.
+PredictReport predict_from_file(const PredictOptions& options);
+
+}  // namespace chorus::coordinator
