@@ -44,7 +44,7 @@ struct Coordinator::Impl {
 
   // Collected answers: node → slice → [rows of the slice, |labels|].
   std::map<std::string, std::map<int, torch::Tensor>> answers;
-  // node → slice → first row → answers of a chunk of an unfinished slice.
+  // node → slice → first row → answers of one request of an unfinished slice.
   std::map<std::string, std::map<int, std::map<std::int64_t, torch::Tensor>>> partial;
   std::map<std::string, std::vector<std::int64_t>> labels;
 
@@ -67,8 +67,8 @@ struct Coordinator::Impl {
     return answers_dir() / fmt::format("{}.slice{}.pt", node, slice);
   }
   // Answers to part of a slice, from row `offset` of U: written as each
-  // chunk arrives, so that a crash mid-slice loses at most the chunks in
-  // flight; merged into the slice's file when it is complete.
+  // request's answers arrive, so that a crash mid-slice loses only the
+  // requests in flight; merged into the slice's file when it is complete.
   fs::path part_file(const std::string& node, int slice, std::int64_t offset) const {
     return answers_dir() / fmt::format("{}.slice{}.part{}.pt", node, slice, offset);
   }
@@ -127,11 +127,9 @@ struct Coordinator::Impl {
   // has not answered; stores and checkpoints each.
   void collect(RemoteOracle& oracle, std::int64_t k, const std::string& node, int round) {
     const auto task = torch::tensor(labels[node], torch::kLong);
-    // A chunk keeps the node's request window full (see RemoteOracle).
-    const std::int64_t chunk = std::max<std::int64_t>(1, options.query_batch) * 4;
     for (int s = 0; s < round; ++s) {
       if (answers[node].count(s)) continue;
-      // Chunks answered before a crash, contiguous from the slice's start.
+      // Requests answered before a crash, contiguous from the slice's start.
       std::vector<torch::Tensor> parts;
       std::vector<fs::path> part_files;
       std::int64_t offset = slice_begin(s);
@@ -148,13 +146,14 @@ struct Coordinator::Impl {
         log->info("node={} slice={} event=resumed_slice answered={} remaining={}", node, s,
                   offset - slice_begin(s), slice_end(s) - offset);
       }
-      while (offset < slice_end(s)) {
-        const auto end = std::min(slice_end(s), offset + chunk);
-        auto a = oracle.query(k, pool.inputs.slice(0, offset, end));
-        part_files.push_back(part_file(node, s, offset));
-        write_file_atomic(part_files.back(), tensor_bytes({a, task}));
-        parts.push_back(a);
-        offset = end;
+      if (offset < slice_end(s)) {
+        // Each answered request is checkpointed as it arrives.
+        parts.push_back(oracle.query_each_batch(
+            k, pool.inputs.slice(0, offset, slice_end(s)),
+            [&](std::int64_t row, const torch::Tensor& part) {
+              part_files.push_back(part_file(node, s, offset + row));
+              write_file_atomic(part_files.back(), tensor_bytes({part, task}));
+            }));
       }
       auto a = torch::cat(parts);
       write_file_atomic(answer_file(node, s), tensor_bytes({a, task}));
@@ -467,6 +466,13 @@ RemoteOracle& Coordinator::oracle() {
 }
 
 fusion::QueryStats Coordinator::collection_stats() const { return impl_->stats; }
+
+std::string describe_left_out(const RoundReport& report) {
+  if (report.failed.empty()) return "0 left out";
+  std::vector<std::string> why;
+  for (const auto& [node, error] : report.failed) why.push_back(node + ": " + error);
+  return fmt::format("{} left out ({})", report.failed.size(), fmt::join(why, "; "));
+}
 
 FusedPrediction Coordinator::predict(const torch::Tensor& inputs) {
   auto& fuser = this->fuser();

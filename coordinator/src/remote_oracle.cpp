@@ -8,6 +8,23 @@
 #include "chorus/protocol/tensor_codec.hpp"
 
 namespace chorus::coordinator {
+namespace {
+
+// The hook of the `query_each_batch` running on this thread (do_query runs
+// on the caller's thread, under QueryOracle::query's accounting).
+thread_local const RemoteOracle::BatchHook* t_on_batch = nullptr;
+
+}  // namespace
+
+torch::Tensor RemoteOracle::query_each_batch(std::int64_t expert,
+                                             const torch::Tensor& inputs,
+                                             const BatchHook& on_batch) {
+  struct Reset {
+    ~Reset() { t_on_batch = nullptr; }
+  } reset;
+  t_on_batch = &on_batch;
+  return query(expert, inputs);
+}
 
 RemoteOracle::RemoteOracle(std::int64_t num_classes, std::vector<RemoteExpert> experts,
                            RequestFn request, RemoteOracleOptions options)
@@ -32,12 +49,27 @@ torch::Tensor RemoteOracle::do_query(std::int64_t expert, const torch::Tensor& i
   const auto n = x.size(0);
   std::vector<torch::Tensor> parts;
   std::deque<std::future<v1::Envelope>> in_flight;
+  std::int64_t answered = 0;
+  const auto* on_batch = t_on_batch;
+  const auto labels = static_cast<std::int64_t>(node.info.labels.size());
   auto collect = [&] {
     auto reply = in_flight.front().get();
     in_flight.pop_front();
     CHORUS_CHECK_CODE(reply.has_predict_response(), Code::kDataLoss,
                       "node '{}' answered a Predict with something else", node.info.name);
     parts.push_back(protocol::decode_tensor(reply.predict_response().outputs()));
+    const auto& part = parts.back();
+    const auto rows = std::min(step, n - answered);
+    CHORUS_CHECK_CODE(part.dim() == 2 && part.size(0) == rows && part.size(1) == labels,
+                      Code::kDataLoss,
+                      "node '{}' answered {} inputs with a tensor of {} dimensions ({} "
+                      "rows), expected [{}, {}]",
+                      node.info.name, rows, part.dim(), part.dim() ? part.size(0) : 0, rows,
+                      labels);
+    CHORUS_CHECK_CODE(!protocol::has_non_finite(part), Code::kDataLoss,
+                      "node '{}' answered with NaN or infinite values", node.info.name);
+    if (on_batch && *on_batch) (*on_batch)(answered, part);
+    answered += rows;
   };
   for (std::int64_t i = 0; i < n; i += step) {
     v1::Envelope request;

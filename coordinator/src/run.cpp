@@ -135,9 +135,14 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   co.run_dir = k.run_dir;
   co.resume = resume;
   co.on_round = [](const RoundReport& r) {
-    fmt::print(stderr, "round {}/{}: {}{} nodes answered, {} left out, {} inputs queried, {:.1f} s\n",
-               r.round, r.rounds, r.resumed ? "(from checkpoint) " : "", r.experts.size(),
-               r.failed.size(), r.inputs_queried, r.seconds);
+    if (r.resumed) {
+      fmt::print(stderr, "round {}/{}: complete in a checkpoint, not repeated\n", r.round,
+                 r.rounds);
+      return;
+    }
+    fmt::print(stderr, "round {}/{}: {} nodes answered, {}, {} inputs queried, {:.1f} s\n",
+               r.round, r.rounds, r.experts.size(), describe_left_out(r), r.inputs_queried,
+               r.seconds);
   };
   int status = 0;
   try {

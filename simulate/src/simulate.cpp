@@ -368,9 +368,10 @@ SimulateResult run_simulation(const SimulateOptions& o) {
         return;
       }
       fmt::print(stderr,
-                 "round {}/{}: {} nodes answered, {} left out, {} inputs queried, "
+                 "round {}/{}: {} nodes answered, {}, {} inputs queried, "
                  "{:.1f} MB sent, {:.1f} MB received, pushed to {}{}, {:.1f} s\n",
-                 r.round, r.rounds, r.experts.size(), r.failed.size(), r.inputs_queried,
+                 r.round, r.rounds, r.experts.size(), coordinator::describe_left_out(r),
+                 r.inputs_queried,
                  static_cast<double>(r.bytes_sent) / 1e6,
                  static_cast<double>(r.bytes_received) / 1e6, r.pushed_to.size(),
                  r.adapted.empty() ? std::string()

@@ -385,18 +385,18 @@ TEST_CASE("coordinator: after its rounds it serves operators fused predictions, 
   CHECK(msg.find("'ops' is an operator of this coordinator, not a node") != std::string::npos);
 }
 
-TEST_CASE("coordinator: answers are checkpointed chunk by chunk, and a resumed round "
-          "asks only for the chunks missing") {
+TEST_CASE("coordinator: answers are checkpointed request by request, and a resumed "
+          "round asks only for the inputs not answered") {
   chorus::testing::TempDir dir;
   CoordinatorSide side({"alpha", "beta", "gamma"});
   auto o = options(dir / "run");
   o.algorithm = "foe";
   o.rounds = 2;           // Slices of 300 inputs.
-  o.query_batch = 50;     // Chunks of 200 inputs.
+  o.query_batch = 50;
   o.min_nodes = 2;
   o.settle = 2s;
   {
-    // beta's budget ends inside the second chunk of its first slice.
+    // beta's budget ends after 5 of the 6 requests of its first slice.
     nd::QueryPolicy stingy;
     stingy.budget.total_budget = 250;
     Nodes nodes(side.registry->port(), dir / "nodes1", {{"beta", stingy}});
@@ -409,10 +409,12 @@ TEST_CASE("coordinator: answers are checkpointed chunk by chunk, and a resumed r
   }
   CHECK(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" /
                                 "beta.slice0.part0.pt"));
+  CHECK(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" /
+                                "beta.slice0.part200.pt"));
   CHECK_FALSE(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" /
                                       "beta.slice0.pt"));
   // Round 2 again, with beta's budget raised: beta is asked for the last
-  // 100 inputs of slice 0 and for slice 1, the others for nothing.
+  // 50 inputs of slice 0 and for slice 1, the others for nothing.
   std::filesystem::remove(dir / "run" / "checkpoints" / "round-2.json");
   Nodes nodes(side.registry->port(), dir / "nodes2");
   o.resume = true;
@@ -421,7 +423,7 @@ TEST_CASE("coordinator: answers are checkpointed chunk by chunk, and a resumed r
   auto reports = again.run();
   REQUIRE(reports.size() == 2);
   CHECK(reports[1].failed.empty());
-  CHECK(nodes.services.at("beta")->inputs_answered() == 100 + 300);
+  CHECK(nodes.services.at("beta")->inputs_answered() == 50 + 300);
   CHECK(nodes.services.at("alpha")->inputs_answered() == 0);
   CHECK(nodes.services.at("gamma")->inputs_answered() == 0);
   CHECK(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" / "beta.slice0.pt"));

@@ -78,6 +78,10 @@ struct RoundReport {
   bool resumed = false;  ///< Taken from a checkpoint, not run.
 };
 
+/// "0 left out", or "2 left out (beta: UNAVAILABLE: ...; gamma: ...)": for
+/// progress lines.
+std::string describe_left_out(const RoundReport& report);
+
 /// A fused prediction served after the rounds.
 struct FusedPrediction {
   torch::Tensor probabilities;     ///< float32 [N, C] over the label space.

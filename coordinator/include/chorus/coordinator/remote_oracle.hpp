@@ -52,6 +52,16 @@ class RemoteOracle : public fusion::QueryOracle {
   /// Sets the round stamped on later requests.
   void set_round(std::uint32_t round) { options_.round = round; }
 
+  /// Receives each request's answers as they arrive, in order: the row of
+  /// `inputs` they start at, and the answers (already checked: one row per
+  /// input, one column per label, finite).
+  using BatchHook = std::function<void(std::int64_t first_row, const torch::Tensor& answers)>;
+  /// `query`, calling `on_batch` for every answered request (to checkpoint
+  /// answers as they arrive: a crash then loses only the requests in
+  /// flight). Not re-entrant on one thread.
+  torch::Tensor query_each_batch(std::int64_t expert, const torch::Tensor& inputs,
+                                 const BatchHook& on_batch);
+
  protected:
   torch::Tensor do_query(std::int64_t expert, const torch::Tensor& inputs) override;
 

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Fusion rounds with every party its own OS process, over mutual TLS on
+# loopback: three `chorus node` processes, a `chorus coordinator`, and an
+# operator's `chorus predict`.
+#
+#   processes.sh CHORUS WORKDIR
+#
+# 1. A node is killed (SIGKILL) in the middle of round 1: the round completes
+#    with the two others and the progress line names the missing node.
+# 2. The coordinator is killed (SIGKILL) once round 1 is checkpointed, the
+#    node comes back, and `chorus coordinator --resume` finishes rounds 2
+#    and 3 with all three nodes.
+# 3. The resumed coordinator serves fused predictions; `chorus predict`
+#    asks it for 200 test images.
+# 4. The nodes' audit logs: every input of the transfer pool was answered by
+#    every node exactly once (nothing answered before either crash was asked
+#    again), and the operator's 200 images once more by each node.
+set -euo pipefail
+
+chorus=$(realpath "$1")
+work=$2
+fmnist=${CHORUS_DATA_DIR:-/usr/share/datasets/fashion-mnist}
+transfer=1500
+rounds=3
+
+rm -rf "$work"
+mkdir -p "$work"
+cd "$work"
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+fail() {
+  echo "FAILED: $*" >&2
+  for f in coordinator*.err state/*.log; do
+    [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
+  done
+  exit 1
+}
+check() {  # check DESCRIPTION COMMAND...
+  local what=$1
+  shift
+  if "$@"; then echo "ok: $what"; else fail "$what"; fi
+}
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+  local seconds=$1 what=$2
+  shift 2
+  for _ in $(seq $((seconds * 10))); do
+    if "$@" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  fail "timed out after ${seconds}s waiting for: $what"
+}
+
+"$chorus" certs init --out pki --coordinator localhost,127.0.0.1 --nodes a,b,c >/dev/null
+"$chorus" certs add-node ops --ca pki >/dev/null
+
+declare -A labels=(
+  [a]='["T-shirt/top", "Trouser", "Pullover", "Dress"]'
+  [b]='["Coat", "Sandal", "Shirt", "Sneaker"]'
+  [c]='["Bag", "Ankle boot", "Trouser", "Sandal"]'
+)
+shard=0
+for n in a b c; do
+  cat > "$n.toml" <<EOF
+[node]
+name = "$n"
+state_dir = "state/$n"
+[coordinator]
+host = "localhost"
+port = 1  # Set when the coordinator has chosen its port.
+[tls]
+ca = "pki/ca.crt"
+cert = "pki/$n.crt"
+key = "pki/$n.key"
+[expert]
+path = "state/$n/expert.pt"
+labels = ${labels[$n]}
+[policy]
+max_batch = 100
+[train]
+epochs = 1
+shard = $shard
+shards = 20
+EOF
+  shard=$((shard + 1))
+  "$chorus" node train --config "$n.toml" >/dev/null 2>&1 || fail "node train $n"
+done
+
+cat > coordinator.toml <<EOF
+[coordinator]
+listen = "127.0.0.1"
+port = 0
+roster = ["a", "b", "c"]
+operators = ["ops"]
+min_nodes = 2
+quorum_timeout_s = 60
+settle_s = 3
+request_deadline_s = 30
+query_batch = 100
+rounds = $rounds
+run_dir = "run"
+[fusion]
+algorithm = "foe"
+[data]
+transfer_size = $transfer
+fusion_labels = 100
+EOF
+
+port=0  # The first coordinator chooses; a restarted one listens there again.
+start_coordinator() {  # start_coordinator LOG ARGS...
+  local log=$1
+  shift
+  "$chorus" coordinator --config coordinator.toml --set coordinator.port="$port" "$@" \
+    > "$log.out" 2> "$log.err" &
+  pids+=($!)
+  coordinator_pid=$!
+  wait_for 30 "the coordinator to listen" grep -q "listening on" "$log.err"
+  port=$(sed -n 's/.* listening on 127\.0\.0\.1:\([0-9]*\);.*/\1/p' "$log.err")
+}
+start_node() {  # start_node NAME [ARGS...]
+  local n=$1
+  shift
+  "$chorus" node --config "$n.toml" --set coordinator.port="$port" "$@" \
+    2>> "state/$n.log" &
+  pids+=($!)
+  eval "node_$n=$!"
+}
+ok_inputs() {  # OK predict inputs in a node's audit log, rounds FROM..TO
+  awk -v from="$2" -v to="$3" '
+    /"kind":"predict"/ && /"outcome":"OK"/ {
+      match($0, /"round":[0-9]+/); r = substr($0, RSTART + 8, RLENGTH - 8) + 0
+      match($0, /"inputs":[0-9]+/); n = substr($0, RSTART + 9, RLENGTH - 9) + 0
+      if (r >= from && r <= to) sum += n
+    }
+    END { print sum + 0 }' "state/$1/audit.jsonl"
+}
+
+# --- 1. a node killed mid-round ----------------------------------------------
+start_coordinator coordinator1
+start_node a
+start_node b
+# c answers at 200 inputs/s: round 1 takes it 2.5 s, long enough to kill it
+# in the middle.
+start_node c --set policy.rate_limit=200
+c_answered_some() { [ -f state/c/audit.jsonl ] && [ "$(ok_inputs c 1 1)" -ge 200 ]; }
+wait_for 60 "c to answer its first requests" c_answered_some
+kill -9 "$node_c"
+wait_for 120 "round 1 to be checkpointed" test -f run/checkpoints/round-1.json
+# --- 2. the coordinator killed after round 1 ---------------------------------
+kill -9 "$coordinator_pid"
+wait "$coordinator_pid" 2>/dev/null || true
+check "round 1 completed with a and b, and named c as left out" \
+  grep -Eq "round 1/$rounds: 2 nodes answered, 1 left out \(c: UNAVAILABLE" coordinator1.err
+c_round1=$(ok_inputs c 1 1)
+check "c answered part of its first slice before it was killed ($c_round1 inputs)" \
+  test "$c_round1" -gt 0 -a "$c_round1" -lt $((transfer / rounds))
+
+start_coordinator coordinator2 --resume --serve
+start_node c
+serving() {
+  kill -0 "$coordinator_pid" || fail "the resumed coordinator exited: $(tail -n 3 coordinator2.err)"
+  grep -q "serving fused predictions" coordinator2.err
+}
+wait_for 240 "the resumed rounds to finish" serving
+check "the resumed coordinator took round 1 from its checkpoint" \
+  grep -q "round 1/$rounds: complete in a checkpoint, not repeated" coordinator2.err
+check "round $rounds ran with all three nodes" \
+  grep -Eq "round $rounds/$rounds: 3 nodes answered, 0 left out" coordinator2.err
+
+# --- 3. an operator asks for fused predictions -------------------------------
+"$chorus" predict --coordinator "localhost:$port" --pki pki --identity ops \
+  --input "$fmnist/t10k-images-idx3-ubyte.gz" --labels "$fmnist/t10k-labels-idx1-ubyte.gz" \
+  --limit 200 > predict.out 2> predict.err || fail "chorus predict: $(cat predict.err)"
+check "the operator got foe's fused answer from all three experts" \
+  grep -Eq "expert queries +600 \(3\.00 per image\)" predict.out
+check "the fused answer is accurate" \
+  grep -Eq "accuracy +0\.([6-9])" predict.out
+
+kill -INT "$coordinator_pid"
+wait "$coordinator_pid" || fail "the coordinator did not stop cleanly on SIGINT"
+echo "ok: the coordinator stopped cleanly on SIGINT"
+
+# --- 4. the audit logs -------------------------------------------------------
+for n in a b c; do
+  answered=$(ok_inputs "$n" 1 "$rounds")
+  check "$n answered each of the $transfer pool inputs once ($answered)" \
+    test "$answered" -eq "$transfer"
+  served=$(ok_inputs "$n" $((rounds + 1)) $((rounds + 1)))
+  check "$n answered the operator's 200 images once ($served)" test "$served" -eq 200
+done
+echo "all checks passed"
