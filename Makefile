@@ -32,6 +32,7 @@ bench: build
 	@mkdir -p $(BUILD_DIR)/bench-results
 	$(BUILD_DIR)/bench/bench_data --json $(BUILD_DIR)/bench-results/data.json
 	$(BUILD_DIR)/bench/bench_transport --json $(BUILD_DIR)/bench-results/transport.json
+	$(BUILD_DIR)/bench/bench_coordinator --json $(BUILD_DIR)/bench-results/coordinator.json
 	$(BUILD_DIR)/bench/bench_p1 --seeds 3 --json $(BUILD_DIR)/bench-results/p1.json \
 	    --save-dir $(BUILD_DIR)/bench-results
 	scripts/fetch-mnist.sh

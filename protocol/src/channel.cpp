@@ -436,6 +436,10 @@ awaitable<v1::Envelope> BasicConnection<S>::request(v1::Envelope request,
   std::optional<v1::Envelope> reply;
   pending_[id] = Pending{&timer, &reply};
   enqueue(request);
+  // The frame is queued; do not hold the message's payload (a batch of
+  // inputs) while waiting for the reply. (Move-assignment frees it; Clear()
+  // would keep the string capacity.)
+  request = v1::Envelope();
   co_await timer.async_wait(as_tuple(use_awaitable));
   pending_.erase(id);
   if (!reply) {

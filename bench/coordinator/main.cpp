@@ -1,0 +1,282 @@
+// bench_coordinator: one fusion round against many lightweight nodes, over
+// loopback mTLS: wall time, payload bytes and the coordinator's memory as the
+// number of nodes grows. The cost per node should stay flat.
+//
+//   bench_coordinator [--nodes 5,20,100] [--pool N] [--json FILE]
+//
+// Each node count runs in a fresh coordinator process (so its RSS is its
+// own), whose nodes all live in one child process: a tiny MLP expert each
+// (784 → 16 → 4), a share of the ten labels, no budget. The round queries
+// every node for the whole pool (`--pool` inputs of 28×28 floats) in batches
+// of 256, fuses with bplus (cheap: the round is fan-out bound), and pushes
+// nothing. Bytes are tensor payload (requests and answers), not TLS framing.
+#include <asio/io_context.hpp>
+#include <asio/signal_set.hpp>
+#include <asio/thread_pool.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "chorus/coordinator/coordinator.hpp"
+#include "chorus/coordinator/registry.hpp"
+#include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
+#include "chorus/core/log.hpp"
+#include "chorus/fusion/models.hpp"
+#include "chorus/node/expert.hpp"
+#include "chorus/node/service.hpp"
+#include "chorus/node/session.hpp"
+#include "chorus/protocol/certs.hpp"
+
+namespace co = chorus::coordinator;
+namespace nd = chorus::node;
+namespace fu = chorus::fusion;
+namespace pr = chorus::protocol;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::vector<std::string> kSpace = {"c0", "c1", "c2", "c3", "c4",
+                                         "c5", "c6", "c7", "c8", "c9"};
+
+std::string node_name(int i) { return fmt::format("node{:03d}", i); }
+
+// kB of the current process's resident set ("VmRSS") or peak ("VmHWM").
+long status_kb(const char* key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) == 0) return std::stol(line.substr(std::strlen(key) + 1));
+  }
+  return -1;
+}
+
+pid_t spawn(const std::vector<std::string>& args) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv("/proc/self/exe", argv.data());
+    std::perror("execv");
+    _exit(127);
+  }
+  return pid;
+}
+
+// --- the nodes' process -------------------------------------------------------
+
+int serve_nodes(int count, std::uint16_t port, const fs::path& pki) {
+  torch::set_num_threads(1);
+  asio::io_context io;
+  asio::thread_pool pool(1);
+  std::vector<std::unique_ptr<nd::NodeService>> services;
+  std::vector<std::unique_ptr<nd::NodeSession>> sessions;
+  const auto ca = chorus::read_file(pki / "ca.crt");
+  for (int i = 0; i < count; ++i) {
+    torch::manual_seed(static_cast<std::uint64_t>(i));
+    auto model = fu::make_classifier(
+        fu::ModelSpec{.arch = "mlp", .input_shape = {1, 28, 28}, .num_classes = 4, .hidden = {16}});
+    nd::ExpertOptions eo;
+    eo.input_shape = {1, 28, 28};
+    for (int j = 0; j < 4; ++j) eo.labels.push_back(kSpace[static_cast<std::size_t>((i + j * 3) % 10)]);
+    nd::NodeServiceOptions so;
+    so.state_dir = pki / "state" / node_name(i);
+    so.policy.budget.max_batch = 256;
+    services.push_back(std::make_unique<nd::NodeService>(nd::make_builtin_expert(model, eo), so));
+    nd::SessionOptions s;
+    s.host = "127.0.0.1";
+    s.port = port;
+    s.tls = {ca, chorus::read_file(pki / (node_name(i) + ".crt")),
+             chorus::read_file(pki / (node_name(i) + ".key"))};
+    s.backoff.initial = 50ms;
+    s.backoff.max = 1000ms;
+    sessions.push_back(std::make_unique<nd::NodeSession>(io, pool, *services.back(), s));
+    sessions.back()->start();
+  }
+  asio::signal_set signals(io, SIGTERM, SIGINT);
+  signals.async_wait([&](auto, int) {
+    for (auto& s : sessions) s->stop();
+    io.stop();
+  });
+  io.run();
+  pool.join();
+  return 0;
+}
+
+// --- one coordinator run --------------------------------------------------------
+
+int run_one(int count, std::int64_t pool_size, const fs::path& out_json) {
+  const long rss_start = status_kb("VmRSS:");
+  const auto dir = fs::temp_directory_path() / fmt::format("chorus-bench-coord-{}", getpid());
+  fs::create_directories(dir);
+  auto ca = pr::make_ca("bench-ca");
+  auto coordinator_keys =
+      pr::issue_certificate(ca, "coordinator", pr::CertRole::kCoordinator, {"127.0.0.1"});
+  chorus::write_file_atomic(dir / "ca.crt", ca.cert_pem);
+  std::vector<std::string> roster;
+  for (int i = 0; i < count; ++i) {
+    roster.push_back(node_name(i));
+    auto keys = pr::issue_certificate(ca, roster.back(), pr::CertRole::kNode, {});
+    chorus::write_file_atomic(dir / (roster.back() + ".crt"), keys.cert_pem);
+    chorus::write_file_atomic(dir / (roster.back() + ".key"), keys.key_pem);
+  }
+
+  asio::io_context io;
+  co::RegistryOptions ro;
+  ro.port = 0;
+  ro.tls = {ca.cert_pem, coordinator_keys.cert_pem, coordinator_keys.key_pem};
+  ro.label_space = kSpace;
+  co::NodeRegistry registry(io, co::Roster(roster), ro);
+  registry.start();
+  std::thread io_thread([&] { io.run(); });
+  const pid_t nodes = spawn({"bench_coordinator", "--serve-nodes", std::to_string(count),
+                             "--port", std::to_string(registry.port()), "--pki", dir.string()});
+
+  torch::manual_seed(0);
+  co::PoolData data{.inputs = torch::rand({pool_size, 1, 28, 28}),
+                    .fusion_index = torch::arange(100, torch::kLong),
+                    .fusion_labels = torch::randint(0, 10, {100}, torch::kLong)};
+  co::CoordinatorOptions o;
+  o.label_space = kSpace;
+  o.algorithm = "bplus";
+  o.min_nodes = static_cast<std::size_t>(count);
+  o.quorum_timeout = 120s;
+  o.settle = 0ms;
+  o.request_deadline = 120s;
+  o.query_batch = 256;
+  o.run_dir = dir / "run";
+  const auto t_join = std::chrono::steady_clock::now();
+  registry.wait_for_quorum(o.min_nodes, o.quorum_timeout);
+  const double join_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_join).count();
+  const long rss_joined = status_kb("VmRSS:");
+  co::Coordinator coordinator(registry, data, o);
+  auto reports = coordinator.run();
+  const auto& r = reports.at(0);
+  const long rss_after = status_kb("VmRSS:");
+  const long rss_peak = status_kb("VmHWM:");
+
+  registry.stop("bench over");
+  kill(nodes, SIGTERM);
+  int status = 0;
+  waitpid(nodes, &status, 0);
+  io.stop();
+  io_thread.join();
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+
+  nlohmann::json out{{"nodes", count},
+                     {"pool", pool_size},
+                     {"answered", r.experts.size()},
+                     {"join_seconds", join_s},
+                     {"round_seconds", r.seconds},
+                     {"inputs_queried", r.inputs_queried},
+                     {"bytes_sent", r.bytes_sent},
+                     {"bytes_received", r.bytes_received},
+                     {"rss_start_kb", rss_start},
+                     {"rss_joined_kb", rss_joined},
+                     {"rss_after_kb", rss_after},
+                     {"rss_peak_kb", rss_peak}};
+  chorus::write_file_atomic(out_json, out.dump() + "\n");
+  return r.experts.size() == static_cast<std::size_t>(count) ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> counts = {5, 20, 100};
+  std::int64_t pool_size = 1000;
+  std::string json_path = "bench_coordinator.json";
+  int serve = 0, one = 0;
+  std::uint16_t port = 0;
+  std::string pki, one_json;
+  for (int i = 1; i < argc; ++i) {
+    auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
+    const std::string a = argv[i];
+    if (a == "--nodes") {
+      counts.clear();
+      std::stringstream list(next());
+      for (std::string item; std::getline(list, item, ',');) counts.push_back(std::stoi(item));
+    } else if (a == "--pool") {
+      pool_size = std::stoll(next());
+    } else if (a == "--json") {
+      json_path = next();
+    } else if (a == "--serve-nodes") {  // Internal: the nodes' process.
+      serve = std::stoi(next());
+    } else if (a == "--port") {
+      port = static_cast<std::uint16_t>(std::stoi(next()));
+    } else if (a == "--pki") {
+      pki = next();
+    } else if (a == "--one") {  // Internal: one coordinator run.
+      one = std::stoi(next());
+    } else if (a == "--one-json") {
+      one_json = next();
+    } else {
+      std::fprintf(stderr, "usage: bench_coordinator [--nodes 5,20,100] [--pool N] [--json FILE]\n");
+      return 2;
+    }
+  }
+  chorus::log::Options quiet;
+  quiet.level = spdlog::level::err;
+  chorus::log::init(quiet);
+  try {
+    if (serve > 0) return serve_nodes(serve, port, pki);
+    if (one > 0) {
+      torch::set_num_threads(1);
+      return run_one(one, pool_size, one_json);
+    }
+
+    std::printf("%6s %9s %12s %10s %10s %12s %12s %12s %12s\n", "nodes", "round s",
+                "ms per node", "MB sent", "MB recv", "KB per node", "coord RSS MB",
+                "RSS KB/node", "peak RSS MB");
+    nlohmann::json runs = nlohmann::json::array();
+    for (int count : counts) {
+      const auto tmp = fs::temp_directory_path() / fmt::format("bench-coord-{}.json", count);
+      const pid_t pid = spawn({"bench_coordinator", "--one", std::to_string(count), "--pool",
+                               std::to_string(pool_size), "--one-json", tmp.string()});
+      int status = 0;
+      waitpid(pid, &status, 0);
+      CHORUS_CHECK_CODE(WIFEXITED(status) && WEXITSTATUS(status) == 0, chorus::Code::kInternal,
+                        "the run with {} nodes failed (status {})", count, status);
+      auto r = nlohmann::json::parse(chorus::read_file(tmp));
+      fs::remove(tmp);
+      const double n = count;
+      const double sent = r["bytes_sent"].get<double>(), recv = r["bytes_received"].get<double>();
+      const double rss_growth_kb =
+          r["rss_after_kb"].get<double>() - r["rss_start_kb"].get<double>();
+      std::printf("%6d %9.2f %12.1f %10.1f %10.2f %12.1f %12.1f %12.1f %12.1f\n", count,
+                  r["round_seconds"].get<double>(),
+                  1000 * r["round_seconds"].get<double>() / n, sent / 1e6, recv / 1e6,
+                  (sent + recv) / 1e3 / n, r["rss_after_kb"].get<double>() / 1024,
+                  rss_growth_kb / n, r["rss_peak_kb"].get<double>() / 1024);
+      std::fflush(stdout);
+      r["ms_per_node"] = 1000 * r["round_seconds"].get<double>() / n;
+      r["rss_growth_kb_per_node"] = rss_growth_kb / n;
+      runs.push_back(r);
+    }
+    std::printf("pool=%lld inputs of 1x28x28 per node, batch 256, bplus, cores=%u\n",
+                static_cast<long long>(pool_size), std::thread::hardware_concurrency());
+    nlohmann::json out{{"benchmark", "coordinator"}, {"pool", pool_size}, {"runs", runs}};
+    chorus::write_file_atomic(json_path, out.dump(2) + "\n");
+    std::printf("wrote %s\n", json_path.c_str());
+  } catch (const chorus::Error& e) {
+    std::fprintf(stderr, "bench_coordinator: %s\n", chorus::describe(e).c_str());
+    return 1;
+  }
+  return 0;
+}
