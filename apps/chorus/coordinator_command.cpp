@@ -1,5 +1,8 @@
 // chorus coordinator --config coordinator.toml [--set key=value ...] [--resume] [--serve]
+//                    [--print-config]
 #include "coordinator_command.hpp"
+
+#include <fmt/format.h>
 
 #include <memory>
 #include <string>
@@ -16,6 +19,7 @@ std::function<int()> add_coordinator_command(CLI::App& app) {
     std::vector<std::string> sets;
     bool resume = false;
     bool serve = false;
+    bool print_config = false;
   };
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand(
@@ -31,6 +35,8 @@ std::function<int()> add_coordinator_command(CLI::App& app) {
                 "After the rounds, serve fused predictions to coordinator.operators "
                 "(chorus predict --coordinator) until Ctrl-C; same as --set "
                 "coordinator.serve=true");
+  sub->add_flag("--print-config", args->print_config,
+                "Print the resolved configuration and exit");
   sub->add_flag("--resume", args->resume,
                 "Continue from the checkpoints in the run directory, repeating no "
                 "answered query");
@@ -39,6 +45,10 @@ std::function<int()> add_coordinator_command(CLI::App& app) {
     for (const auto& s : args->sets) config.set(s);
     if (args->serve) config.set("coordinator.serve=true");
     auto resolved = coordinator::read_coordinator_config(config);
+    if (args->print_config) {
+      fmt::print("{}", coordinator::to_toml(resolved));
+      return 0;
+    }
     return coordinator::run_coordinator(resolved, args->resume);
   };
 }

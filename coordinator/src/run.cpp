@@ -1,6 +1,7 @@
 #include "chorus/coordinator/run.hpp"
 
 #include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <asio/io_context.hpp>
@@ -12,6 +13,8 @@
 #include "chorus/coordinator/coordinator.hpp"
 #include "chorus/coordinator/registry.hpp"
 #include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
+#include "chorus/core/version.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/partition.hpp"
@@ -77,6 +80,47 @@ CoordinatorConfig read_coordinator_config(Config& c) {
                "timeouts must be positive");
   return k;
 }
+
+std::string to_toml(const CoordinatorConfig& k) {
+  auto list = [](const std::vector<std::string>& v) {
+    std::vector<std::string> q;
+    for (const auto& s : v) q.push_back(toml_quoted(s));
+    return fmt::format("[{}]", fmt::join(q, ", "));
+  };
+  return fmt::format(
+      "[coordinator]\nname = {}\nlisten = {}\nport = {}\nroster = {}\nmin_nodes = {}\n"
+      "quorum_timeout_s = {}\nsettle_s = {}\nrequest_deadline_s = {}\nquery_batch = {}\n"
+      "rounds = {}\nrun_dir = {}\noperators = {}\nserve = {}\n\n"
+      "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
+      "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\n\n"
+      "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels = {}\n"
+      "pool_seed = {}\nevaluate = {}\n",
+      toml_quoted(k.name), toml_quoted(k.listen), k.port, list(k.roster), k.min_nodes,
+      k.quorum_timeout_s, k.settle_s, k.request_deadline_s, k.query_batch, k.rounds,
+      toml_quoted(k.run_dir.string()), list(k.operators), k.serve,
+      toml_quoted(k.ca.string()), toml_quoted(k.cert.string()), toml_quoted(k.key.string()),
+      toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.dataset),
+      toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels, k.pool_seed,
+      k.evaluate);
+}
+
+namespace {
+
+nlohmann::json round_json(const RoundReport& r) {
+  return {{"round", r.round},
+          {"resumed", r.resumed},
+          {"experts", r.experts},
+          {"left_out", r.failed},
+          {"inputs_queried", r.inputs_queried},
+          {"bytes_sent", r.bytes_sent},
+          {"bytes_received", r.bytes_received},
+          {"pool_size", r.pool_size},
+          {"fused_model", r.fused_model.string()},
+          {"pushed_to", r.pushed_to},
+          {"seconds", r.seconds}};
+}
+
+}  // namespace
 
 int run_coordinator(const CoordinatorConfig& k, bool resume) {
   auto log = log::get("coordinator");
@@ -146,18 +190,32 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   };
   int status = 0;
   try {
+    std::filesystem::create_directories(k.run_dir);
+    write_file_atomic(k.run_dir / "config.toml",
+                      fmt::format("# chorus coordinator, resolved configuration (chorus {})\n{}",
+                                  kVersion, to_toml(k)));
     Coordinator coordinator(registry, pool, co);
-    coordinator.run();
+    const auto t0 = std::chrono::steady_clock::now();
+    auto reports = coordinator.run();
     auto& fuser = coordinator.fuser();
+    nlohmann::json report{{"chorus", kVersion},
+                          {"algorithm", k.algorithm},
+                          {"rounds", nlohmann::json::array()},
+                          {"test_accuracy", nullptr}};
+    for (const auto& r : reports) report["rounds"].push_back(round_json(r));
     if (k.evaluate && !fuser.needs_experts()) {
       auto test = fusion::load_fashion_mnist(fusion::Split::kTest, dir);
       auto probs = fuser.predict(coordinator.oracle(), test.images);
+      const double acc = fusion::accuracy(probs, test.labels);
+      report["test_accuracy"] = acc;
       fmt::print("fused model ({}): test accuracy {:.4f} on {} images; {}\n",
-                 k.algorithm, fusion::accuracy(probs, test.labels), test.size(),
-                 (k.run_dir / "fused.pt").string());
+                 k.algorithm, acc, test.size(), (k.run_dir / "fused.pt").string());
     } else {
       fmt::print("rounds done; run directory {}\n", k.run_dir.string());
     }
+    report["seconds"] =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    write_file_atomic(k.run_dir / "report.json", report.dump(2) + "\n");
     std::fflush(stdout);
     if (k.serve) {
       registry.serve_operators([&](const std::string&, const v1::Envelope& request) {

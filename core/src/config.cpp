@@ -225,4 +225,13 @@ void Config::finish() const {
        unknown.size() > 1 ? "s" : "", fmt::join(unknown, "', '"));
 }
 
+std::string toml_quoted(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out + "\"";
+}
+
 }  // namespace chorus

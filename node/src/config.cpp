@@ -10,14 +10,7 @@
 namespace chorus::node {
 namespace {
 
-std::string quoted(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  return out + "\"";
-}
+std::string quoted(const std::string& s) { return toml_quoted(s); }
 
 std::optional<std::int64_t> budget(Config& c, const std::string& key) {
   auto v = c.get_optional_int(key);

@@ -170,6 +170,10 @@ check "the resumed coordinator took round 1 from its checkpoint" \
   grep -q "round 1/$rounds: complete in a checkpoint, not repeated" coordinator2.err
 check "round $rounds ran with all three nodes" \
   grep -Eq "round $rounds/$rounds: 3 nodes answered, 0 left out" coordinator2.err
+check "the run directory holds the resolved config" \
+  grep -q "^operators = \[\"ops\"\]" run/config.toml
+check "report.json lists the rounds, round 1 from the checkpoint" \
+  grep -Eq "\"resumed\": true" run/report.json
 
 # --- 3. an operator asks for fused predictions -------------------------------
 "$chorus" predict --coordinator "localhost:$port" --pki pki --identity ops \

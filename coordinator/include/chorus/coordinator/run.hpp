@@ -50,6 +50,10 @@ struct CoordinatorConfig {
 /// Reads every key (defaults for absent ones), then refuses unknown keys.
 CoordinatorConfig read_coordinator_config(Config& config);
 
+/// The resolved config as TOML (`--print-config`, and `config.toml` in the
+/// run directory).
+std::string to_toml(const CoordinatorConfig& config);
+
 /// Runs the coordinator until its rounds are done (or SIGINT/SIGTERM).
 /// Returns the process exit status.
 int run_coordinator(const CoordinatorConfig& config, bool resume);

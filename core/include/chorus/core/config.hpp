@@ -65,4 +65,8 @@ class Config {
   std::unique_ptr<Impl> impl_;
 };
 
+/// `s` as a TOML basic string: quoted, with `"` and `\` escaped (for
+/// writing resolved configs).
+std::string toml_quoted(const std::string& s);
+
 }  // namespace chorus
