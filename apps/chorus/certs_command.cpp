@@ -56,7 +56,7 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_certs_commands(
       ->check(CLI::Range(1, 3650));
 
   CLI::App* add = certs->add_subcommand(
-      "add-node", "Add one node's key and certificate to an existing CA");
+      "add-node", "Add one client key and certificate (a node, or an operator for chorus predict) to an existing CA");
   add->add_option("name", args->name, "The node's name (its identity)")
       ->required();
   add->add_option("--ca", args->ca_dir, "Directory holding ca.crt and ca.key")

@@ -3,6 +3,8 @@
 //
 //   bench_p1 [--seeds N] [--expert-epochs N] [--threads N] [--json FILE]
 //            [--save-dir DIR]   (seed 0's fused models, for `chorus eval`)
+//            [--only a,b,...]   (these methods only: algorithm names,
+//                                "ablations", "frugal-sweep", "centralised")
 //
 // For each seed: split the 60,000 training images (50,000 private in K = 5
 // IID shards, 10,000 public transfer pool U, its first 500 labelled as V),
@@ -16,6 +18,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <set>
+#include <sstream>
 #include <map>
 #include <string>
 #include <vector>
@@ -41,6 +45,8 @@ struct Args {
   int threads = 2;
   std::string json = "bench_p1.json";
   std::string save_dir;  // Where to save seed 0's fused models, if set.
+  std::set<std::string> only;  // Empty: every method.
+  bool wants(const std::string& method) const { return only.empty() || only.count(method); }
 };
 
 double seconds_since(Clock::time_point t) {
@@ -159,6 +165,7 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
     table.add(row, "seconds", r.fit_seconds + r.predict_seconds);
   };
   for (const auto& name : fu::algorithm_names()) {
+    if (!args.wants(name)) continue;
     auto fuser = fu::make_fuser(name, options);
     add_result(name, fu::run_fusion(*fuser, data, oracle, test.images, test.labels));
     auto fused = fuser->fused_model();
@@ -169,7 +176,7 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
 
   // Ablations of FoE: the paper's recipe (probability features), and
   // self-training on U's unlabelled answers on top of log-probabilities.
-  {
+  if (args.wants("ablations")) {
     auto paper = options;
     paper.foe(fu::FoeOptions());
     auto fuser = fu::make_fuser("foe", paper);
@@ -183,10 +190,10 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
   }
 
   // Frugal FoE's trade-off: accuracy against experts queried, over λ.
-  {
+  if (args.wants("frugal-sweep")) {
     fu::FrugalFoe frugal(options.frugal().fuser(
         options.foe().seed(seed).threads(args.threads)));
-    frugal.fit(data.fusion_answers(), v_labels, kClasses);
+    frugal.fit(data.fusion_answers(), v_labels, kClasses, data.answers);
     for (double lambda : {0.0, 0.01, 0.02, 0.05, 0.1}) {
       auto t = Clock::now();
       oracle.reset_stats();
@@ -201,7 +208,7 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
   }
 
   // Centralised: one model on the union of the experts' training data.
-  {
+  if (args.wants("centralised")) {
     auto t = Clock::now();
     auto idx = torch::cat(split.expert_train);
     torch::manual_seed(seed);
@@ -229,10 +236,14 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--threads")) args.threads = std::atoi(next());
     else if (!std::strcmp(argv[i], "--json")) args.json = next();
     else if (!std::strcmp(argv[i], "--save-dir")) args.save_dir = next();
+    else if (!std::strcmp(argv[i], "--only")) {
+      std::stringstream list(next());
+      for (std::string item; std::getline(list, item, ',');) args.only.insert(item);
+    }
     else {
       fmt::print(stderr,
                  "usage: bench_p1 [--seeds N] [--expert-epochs N] "
-                 "[--threads N] [--json FILE] [--save-dir DIR]\n");
+                 "[--threads N] [--json FILE] [--save-dir DIR] [--only a,b,...]\n");
       return 2;
     }
   }

@@ -147,7 +147,7 @@ class FrugalFuser : public Fuser {
   bool needs_experts() const override { return true; }
   void fit(const FusionData& data) override {
     data.validate(/*needs_labels=*/true);
-    frugal_.fit(data.fusion_answers(), data.fusion_labels, data.num_classes);
+    frugal_.fit(data.fusion_answers(), data.fusion_labels, data.num_classes, data.answers);
   }
   torch::Tensor predict(QueryOracle& oracle, const torch::Tensor& x) override {
     return frugal_.predict(oracle, x).probs;

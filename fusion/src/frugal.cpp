@@ -19,6 +19,26 @@ std::vector<std::int64_t> members(Mask mask) {
   return out;
 }
 
+// For each row of `query`, the indices of its `k` nearest rows of `ref`
+// (Euclidean), skipping row i of `ref` for query row i when `skip_self`.
+// Chunked so that 10,000 × 10,000 distances never sit in memory at once.
+torch::Tensor nearest(const torch::Tensor& query, const torch::Tensor& ref, std::int64_t k,
+                      bool skip_self) {
+  constexpr std::int64_t kChunk = 1024;
+  k = std::min(k, ref.size(0) - (skip_self ? 1 : 0));
+  std::vector<torch::Tensor> out;
+  for (std::int64_t i = 0; i < query.size(0); i += kChunk) {
+    const auto end = std::min(query.size(0), i + kChunk);
+    auto d = torch::cdist(query.slice(0, i, end), ref);
+    if (skip_self) {
+      auto rows = torch::arange(end - i, torch::kLong);
+      d.index_put_({rows, rows + i}, std::numeric_limits<float>::infinity());
+    }
+    out.push_back(std::get<1>(d.topk(k, /*dim=*/1, /*largest=*/false)));
+  }
+  return torch::cat(out);
+}
+
 }  // namespace
 
 double FrugalPrediction::mean_experts() const {
@@ -32,7 +52,8 @@ FrugalFoe::FrugalFoe(FrugalOptions options) : options_(std::move(options)) {
 }
 
 void FrugalFoe::fit(const std::vector<torch::Tensor>& answers,
-                    const torch::Tensor& labels, std::int64_t num_classes) {
+                    const torch::Tensor& labels, std::int64_t num_classes,
+                    const std::vector<torch::Tensor>& transfer) {
   CHORUS_CHECK(!answers.empty() && answers.size() <= 20,
                "frugal: needs 1 to 20 experts, got {}", answers.size());
   for (const auto& a : answers) {
@@ -45,11 +66,22 @@ void FrugalFoe::fit(const std::vector<torch::Tensor>& answers,
   CHORUS_CHECK(options_.costs().empty() || options_.costs().size() == answers.size(),
                "frugal: {} costs for {} experts", options_.costs().size(),
                answers.size());
+  CHORUS_CHECK(transfer.empty() || transfer.size() == answers.size(),
+               "frugal: {} experts answered on V but {} on U", answers.size(),
+               transfer.size());
   v_answers_ = answers;
   v_labels_ = labels;
   num_classes_ = num_classes;
   fusers_.clear();
   correct_.clear();
+  est_answers_ = answers;
+  est_labels_ = labels;
+  if (!transfer.empty() && options_.estimate_on_transfer() &&
+      transfer.front().size(0) > options_.knn_k()) {
+    const Mask all = (Mask{1} << answers.size()) - 1;
+    est_answers_ = transfer;
+    est_labels_ = fuser(all).predict_proba(transfer).argmax(1);
+  }
 }
 
 torch::Tensor FrugalFoe::subset_features(
@@ -72,13 +104,11 @@ Foe& FrugalFoe::fuser(Mask mask) {
 const torch::Tensor& FrugalFoe::loo_correct(Mask mask) {
   auto it = correct_.find(mask);
   if (it != correct_.end()) return it->second;
-  auto f = subset_features(v_answers_, mask);
-  auto d = torch::cdist(f, f);
-  d.fill_diagonal_(std::numeric_limits<float>::infinity());
-  auto nn = std::get<1>(d.topk(options_.knn_k(), /*dim=*/1, /*largest=*/false));
+  auto f = subset_features(est_answers_, mask);
+  auto nn = nearest(f, f, options_.knn_k(), /*skip_self=*/true);
   // Soft correctness: the share of a point's leave-one-out neighbours that
   // carry its label (smoother than the 0/1 kNN vote, so λ acts gradually).
-  auto agree = v_labels_.index({nn}).eq(v_labels_.unsqueeze(1));
+  auto agree = est_labels_.index({nn}).eq(est_labels_.unsqueeze(1));
   auto correct = agree.to(torch::kFloat32).mean(1);
   return correct_.emplace(mask, correct).first->second;
 }
@@ -133,9 +163,8 @@ FrugalPrediction FrugalFoe::predict(QueryOracle& oracle,
       std::vector<torch::Tensor> sub;
       for (auto& a : answers) sub.push_back(a.index_select(0, rows));
       // Neighbours in V, in the space of the experts queried so far.
-      auto d = torch::cdist(subset_features(sub, m), subset_features(v_answers_, m));
-      auto nn = std::get<1>(d.topk(std::min<std::int64_t>(options_.neighbours(), d.size(1)),
-                                   /*dim=*/1, /*largest=*/false));
+      auto nn = nearest(subset_features(sub, m), subset_features(est_answers_, m),
+                        options_.neighbours(), /*skip_self=*/false);
       auto err_now = 1.0 - loo_correct(m).index({nn}).to(torch::kFloat32).mean(1);
       auto best_gain = torch::full({rows.size(0)}, -1e9);
       auto best_k = torch::full({rows.size(0)}, -1, torch::kLong);

@@ -168,6 +168,37 @@ TEST_CASE("frugal: λ trades experts queried against accuracy, and counts are ho
   CHECK(frugal.fusers_trained() <= 7);
 }
 
+TEST_CASE("frugal: errors estimated on the transfer pool, labelled by the full fuser") {
+  auto& w = world();
+  const auto transfer = w.oracle.query_all(w.train.x);  // U: 600 unlabelled points.
+  fu::FrugalFoe on_u(fu::FrugalOptions().fuser(quick_foe()));
+  on_u.fit(w.answers_v, w.v.y, 4, transfer);
+  w.oracle.reset_stats();
+  auto eager = on_u.predict(w.oracle, w.test.x, /*lambda=*/-1.0);
+  w.oracle.reset_stats();
+  auto balanced = on_u.predict(w.oracle, w.test.x, /*lambda=*/0.0);
+  CHECK(balanced.queried.sum().item<std::int64_t>() == w.oracle.total_stats().inputs);
+  CHECK(balanced.mean_experts() >= 1.0);
+  CHECK(balanced.mean_experts() < 3.0);
+  const double acc_eager = fu::accuracy(eager.probs, w.test.y);
+  const double acc_balanced = fu::accuracy(balanced.probs, w.test.y);
+  CAPTURE(acc_balanced);
+  CHECK(acc_balanced > acc_eager - 0.03);
+
+  // Switched off, the transfer answers change nothing (V's labels only).
+  fu::FrugalFoe v_only(fu::FrugalOptions().fuser(quick_foe()));
+  v_only.fit(w.answers_v, w.v.y, 4);
+  fu::FrugalFoe off(fu::FrugalOptions().fuser(quick_foe()).estimate_on_transfer(false));
+  off.fit(w.answers_v, w.v.y, 4, transfer);
+  const auto v_only_queried = v_only.predict(w.oracle, w.test.x, 0.0).queried;
+  CHECK(torch::equal(v_only_queried, off.predict(w.oracle, w.test.x, 0.0).queried));
+  // ... and switched on, they change which experts are asked.
+  CHECK_FALSE(torch::equal(v_only_queried, balanced.queried));
+
+  std::vector<torch::Tensor> two(transfer.begin(), transfer.begin() + 2);
+  CHECK_THROWS_AS(on_u.fit(w.answers_v, w.v.y, 4, two), chorus::Error);
+}
+
 TEST_CASE("algorithms: every named algorithm fits, predicts and accounts queries") {
   auto& w = world();
   auto data = round_data(w);

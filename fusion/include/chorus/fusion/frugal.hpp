@@ -33,6 +33,11 @@ struct FrugalOptions {
   TORCH_ARG(double, lambda) = 0.02;
   /// Cost of querying each expert; empty means 1 for every expert.
   TORCH_ARG(std::vector<double>, costs) = {};
+  /// Ours: with the experts' answers on the transfer pool U (see `fit`),
+  /// the error estimates use U, labelled by the full fuser (every expert,
+  /// trained on V), instead of V's 500 labels: an estimate of how far a
+  /// subset is from what the full fusion would answer, on 20× the points.
+  TORCH_ARG(bool, estimate_on_transfer) = true;
 };
 
 /// What `FrugalFoe::predict` returns.
@@ -50,8 +55,10 @@ class FrugalFoe {
 
   /// Keeps the experts' answers on V and V's labels; subset fusers are
   /// trained lazily, when the search first reaches a subset.
+  /// `transfer`: the experts' answers on U (optional; see
+  /// `estimate_on_transfer`).
   void fit(const std::vector<torch::Tensor>& answers, const torch::Tensor& labels,
-           std::int64_t num_classes);
+           std::int64_t num_classes, const std::vector<torch::Tensor>& transfer = {});
 
   /// Fused predictions for `inputs`, querying `oracle` only for the experts
   /// the search chooses (the oracle's counters record what was spent).
@@ -73,6 +80,10 @@ class FrugalFoe {
   std::int64_t num_classes_ = 0;
   std::vector<torch::Tensor> v_answers_;
   torch::Tensor v_labels_;
+  // Where errors are estimated: V with its labels, or U with the full
+  // fuser's labels.
+  std::vector<torch::Tensor> est_answers_;
+  torch::Tensor est_labels_;
   std::map<Mask, std::unique_ptr<Foe>> fusers_;
   std::map<Mask, torch::Tensor> correct_;
 };
