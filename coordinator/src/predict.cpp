@@ -20,15 +20,11 @@
 namespace chorus::coordinator {
 namespace {
 
-bool has_suffix(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // Float images in [0, 1], [N, C, H, W].
 torch::Tensor read_images(const std::filesystem::path& path) {
   const auto name = path.filename().string();
   torch::Tensor images;
-  if (has_suffix(name, ".pt") || has_suffix(name, ".pth")) {
+  if (name.ends_with(".pt") || name.ends_with(".pth")) {
     const auto bytes = read_file(path);
     torch::IValue value;
     try {
@@ -62,8 +58,7 @@ void predict_locally(const PredictOptions& o, const torch::Tensor& images,
                      PredictReport& report, torch::Tensor& probs) {
   auto fused = fusion::load_fused_model(o.model);
   CHORUS_CHECK_CODE(
-      fused.algorithm != "foe" && fused.algorithm != "frugal" &&
-          fused.algorithm != "foe-select",
+      !fusion::needs_experts_at_prediction(fused.algorithm),
       Code::kFailedPrecondition,
       "'{}' is a {} fuser: it combines the experts' answers at prediction time; ask "
       "the coordinator that runs it (chorus predict --coordinator HOST:PORT)",

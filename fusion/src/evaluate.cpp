@@ -28,8 +28,7 @@ EvalReport evaluate_fused_model(const std::filesystem::path& model_path,
                fmt::join(names, ", "));
   auto fused = load_fused_model(model_path);
   CHORUS_CHECK_CODE(
-      fused.algorithm != "foe" && fused.algorithm != "frugal" &&
-          fused.algorithm != "foe-select",
+      !needs_experts_at_prediction(fused.algorithm),
       Code::kFailedPrecondition,
       "'{}' is a {} fuser: it combines the experts' answers and needs them at "
       "prediction time; evaluate it through a coordinator (chorus predict), "

@@ -96,4 +96,8 @@ FusedModel load_fused_model(const std::filesystem::path& path) {
   return fused;
 }
 
+bool needs_experts_at_prediction(const std::string& algorithm) {
+  return algorithm == "foe" || algorithm == "foe-select" || algorithm == "frugal";
+}
+
 }  // namespace chorus::fusion

@@ -10,8 +10,6 @@
 namespace chorus::node {
 namespace {
 
-std::string quoted(const std::string& s) { return toml_quoted(s); }
-
 std::optional<std::int64_t> budget(Config& c, const std::string& key) {
   auto v = c.get_optional_int(key);
   CHORUS_CHECK(!v || *v >= 0, "{}: {} must be >= 0 (omit it for no limit), got {}",
@@ -88,7 +86,7 @@ NodeConfig read_node_config(Config& c) {
 
 std::string to_toml(const NodeConfig& n) {
   std::vector<std::string> labels;
-  for (const auto& l : n.expert.labels) labels.push_back(quoted(l));
+  for (const auto& l : n.expert.labels) labels.push_back(toml_quoted(l));
   auto opt = [](const std::optional<std::int64_t>& v, const char* key) {
     return v ? fmt::format("{} = {}\n", key, *v) : fmt::format("# {} = (unlimited)\n", key);
   };
@@ -103,20 +101,20 @@ std::string to_toml(const NodeConfig& n) {
       "[audit]\nlog = {}\n\n[adapt]\nshots_per_class = {}\nseed = {}\n\n"
       "[train]\narch = {}\nepochs = {}\nbatch_size = {}\nlr = {}\nseed = {}\n"
       "holdout = {}\nshard = {}\nshards = {}\ndata_dir = {}\n",
-      quoted(n.name), quoted(n.state_dir.string()), n.threads, n.workers,
-      quoted(n.host), n.port, quoted(n.ca.string()), quoted(n.cert.string()),
-      quoted(n.key.string()), expert_kind_name(n.expert.kind),
-      quoted(n.expert.path.string()), fmt::join(n.expert.input_shape, ", "),
+      toml_quoted(n.name), toml_quoted(n.state_dir.string()), n.threads, n.workers,
+      toml_quoted(n.host), n.port, toml_quoted(n.ca.string()), toml_quoted(n.cert.string()),
+      toml_quoted(n.key.string()), expert_kind_name(n.expert.kind),
+      toml_quoted(n.expert.path.string()), fmt::join(n.expert.input_shape, ", "),
       fmt::join(labels, ", "), n.expert.outputs_logits ? "logits" : "probabilities",
       n.expert.normalize_mean, n.expert.normalize_std, n.policy.budget.max_batch,
       opt(n.policy.budget.total_budget, "total_budget"),
       opt(n.policy.budget.round_budget, "round_budget"), n.policy.rate_limit,
       output_form_name(n.policy.output_form), n.policy.top_k, n.policy.temperature,
-      n.policy.noise_std, n.policy.noise_seed, quoted(n.audit_log.string()),
+      n.policy.noise_std, n.policy.noise_seed, toml_quoted(n.audit_log.string()),
       n.adapt_shots_per_class, n.adapt_seed,
-      quoted(n.train.arch()), n.train.epochs(), n.train.batch_size(), n.train.lr(),
+      toml_quoted(n.train.arch()), n.train.epochs(), n.train.batch_size(), n.train.lr(),
       n.train.seed(), n.train.holdout(), n.train.shard(), n.train.shards(),
-      quoted(n.train.data_dir().string()));
+      toml_quoted(n.train.data_dir().string()));
 }
 
 }  // namespace chorus::node

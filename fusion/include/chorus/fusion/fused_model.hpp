@@ -35,4 +35,9 @@ void save_fused_model(const FusedModel& fused,
 /// tensors do not fit its spec.
 FusedModel load_fused_model(const std::filesystem::path& path);
 
+/// Whether a fused model of `algorithm` combines the experts' answers at
+/// prediction time (foe, foe-select, frugal), so that its file alone cannot
+/// predict.
+bool needs_experts_at_prediction(const std::string& algorithm);
+
 }  // namespace chorus::fusion
