@@ -55,6 +55,18 @@ struct Coordinator::Impl {
   int fused_round = 0;
   fusion::QueryStats stats;
 
+  // tae: the prototype embeddings the nodes sent, one per task (the task's
+  // classes, comma-separated → the newest embedding and who sent it). Every
+  // round's freshly trained model has p_γ refit on all of them before it is
+  // pushed, so what earlier rounds learnt about the tasks is not lost.
+  struct TaskEmbedding {
+    std::vector<std::int64_t> classes;
+    fusion::WDistribution q;
+    std::string node;
+    int round = 0;
+  };
+  std::map<std::string, TaskEmbedding> task_embeddings;
+
   Impl(NodeRegistry& r, PoolData p, CoordinatorOptions o)
       : registry(r), pool(std::move(p)), options(std::move(o)) {}
 
@@ -72,6 +84,74 @@ struct Coordinator::Impl {
   fs::path part_file(const std::string& node, int slice, std::int64_t offset) const {
     return answers_dir() / fmt::format("{}.slice{}.part{}.pt", node, slice, offset);
   }
+  fs::path embeddings_file() const {
+    return options.run_dir / "checkpoints" / "embeddings.json";
+  }
+
+  static std::vector<double> to_doubles(const torch::Tensor& t) {
+    auto d = t.to(torch::kDouble).contiguous();
+    return {d.data_ptr<double>(), d.data_ptr<double>() + d.numel()};
+  }
+
+  void save_embeddings() const {
+    nlohmann::json out = nlohmann::json::object();
+    for (const auto& [key, e] : task_embeddings) {
+      out[key] = {{"classes", e.classes}, {"node", e.node}, {"round", e.round},
+                  {"mean", to_doubles(e.q.mean)}, {"logvar", to_doubles(e.q.logvar)}};
+    }
+    write_file_atomic(embeddings_file(), out.dump(2) + "\n");
+  }
+
+  // Reads the embeddings a previous run kept (--resume).
+  void load_embeddings() {
+    std::error_code ec;
+    if (!fs::is_regular_file(embeddings_file(), ec)) return;
+    try {
+      auto in = nlohmann::json::parse(read_file(embeddings_file()));
+      for (const auto& [key, e] : in.items()) {
+        TaskEmbedding t;
+        t.classes = e.at("classes").get<std::vector<std::int64_t>>();
+        t.node = e.at("node").get<std::string>();
+        t.round = e.at("round").get<int>();
+        auto mean = e.at("mean").get<std::vector<double>>();
+        auto logvar = e.at("logvar").get<std::vector<double>>();
+        CHORUS_CHECK_CODE(mean.size() == logvar.size() && !mean.empty(), Code::kDataLoss,
+                          "task {}: mean and log-variance differ in size", key);
+        t.q = {torch::tensor(mean, torch::kFloat32), torch::tensor(logvar, torch::kFloat32)};
+        task_embeddings[key] = std::move(t);
+      }
+    } catch (const nlohmann::json::exception& e) {
+      fail(Code::kDataLoss, "{}: {}", embeddings_file().string(), e.what());
+    }
+    log->info("event=embeddings_loaded tasks={}", task_embeddings.size());
+  }
+
+  torch::Tensor task_descriptor(const std::vector<std::int64_t>& classes,
+                                std::int64_t task_dim) const {
+    auto tau = torch::zeros({task_dim});
+    for (auto c : classes) tau[c] = 1;
+    return tau;
+  }
+
+  // Refits tae's p_γ on every task embedding kept so far; false when there
+  // are none (or none fits this model).
+  bool refit_on_embeddings(fusion::TaeModel& tae) {
+    std::vector<torch::Tensor> tasks;
+    std::vector<fusion::WDistribution> embeddings;
+    for (const auto& [key, e] : task_embeddings) {
+      if (e.q.mean.numel() != tae.options().w_dim()) {
+        log->warn("event=embedding_skipped task={} reason=\"|w| {} != {}\"", key,
+                  e.q.mean.numel(), tae.options().w_dim());
+        continue;
+      }
+      tasks.push_back(task_descriptor(e.classes, tae.task_dim()));
+      embeddings.push_back(e.q);
+    }
+    if (embeddings.empty()) return false;
+    tae.refit_prior(tasks, embeddings);
+    return true;
+  }
+
   fs::path manifest(int round) const {
     return options.run_dir / "checkpoints" / fmt::format("round-{}.json", round);
   }
@@ -205,9 +285,10 @@ struct Coordinator::Impl {
   }
 
   // tae: every node that can adapts the pushed model to its own task with
-  // its private shots and returns only its prototype embedding; p_γ is
-  // refit on them (one per task) and the round's model saved again, so the
-  // next push carries the better prior.
+  // its private shots and returns only its prototype embedding; they are
+  // kept (one per task, the newest), p_γ is refit on all of them and the
+  // round's model saved again; the next round's model is refit on them
+  // before it is pushed.
   void aggregate_embeddings(fusion::TaeModel& tae, int round, RoundReport& report,
                             const fs::path& model_file) {
     std::vector<std::pair<std::string, std::future<v1::Envelope>>> replies;
@@ -223,8 +304,7 @@ struct Coordinator::Impl {
       replies.emplace_back(node.identity,
                            registry.request(node.identity, std::move(e), options.request_deadline));
     }
-    std::vector<torch::Tensor> tasks;
-    std::vector<fusion::WDistribution> embeddings;
+    std::size_t received = 0;
     nlohmann::json saved = nlohmann::json::object();
     for (auto& [id, reply] : replies) {
       try {
@@ -236,29 +316,29 @@ struct Coordinator::Impl {
                               !protocol::has_non_finite(q.mean) &&
                               !protocol::has_non_finite(q.logvar),
                           Code::kDataLoss, "node '{}' sent a malformed embedding", id);
-        auto tau = torch::zeros({tae.task_dim()});
-        for (auto c : labels.at(id)) tau[c] = 1;
-        tasks.push_back(tau);
-        embeddings.push_back(q);
+        auto classes = labels.at(id);
+        std::sort(classes.begin(), classes.end());
+        task_embeddings[fmt::format("{}", fmt::join(classes, ","))] = {
+            classes, {q.mean.to(torch::kFloat32), q.logvar.to(torch::kFloat32)}, id, round};
+        ++received;
         report.adapted[id] = r.bound();
-        auto mean = q.mean.to(torch::kDouble), logvar = q.logvar.to(torch::kDouble);
-        saved[id] = {{"mean", std::vector<double>(mean.data_ptr<double>(),
-                                                  mean.data_ptr<double>() + mean.numel())},
-                     {"logvar", std::vector<double>(logvar.data_ptr<double>(),
-                                                    logvar.data_ptr<double>() + logvar.numel())},
+        saved[id] = {{"mean", to_doubles(q.mean)},
+                     {"logvar", to_doubles(q.logvar)},
                      {"shots", r.shots()},
                      {"bound", r.bound()}};
       } catch (const Error& e) {
         log->warn("round={} node={} event=adapt_failed error=\"{}\"", round, id, describe(e));
       }
     }
-    if (embeddings.empty()) return;
-    tae.refit_prior(tasks, embeddings);
+    if (received == 0) return;
+    save_embeddings();
+    refit_on_embeddings(tae);
     tae.save(model_file);
     write_file_atomic(options.run_dir / "fused.pt", read_file(model_file));
     write_file_atomic(options.run_dir / fmt::format("embeddings-round-{}.json", round),
                       saved.dump(2) + "\n");
-    log->info("round={} event=embeddings_aggregated nodes={}", round, embeddings.size());
+    log->info("round={} event=embeddings_aggregated nodes={} tasks={}", round, received,
+              task_embeddings.size());
   }
 
   RoundReport run_round(int round) {
@@ -360,6 +440,9 @@ struct Coordinator::Impl {
     oracle = std::move(round_oracle);
     fused_round = round;
 
+    if (auto* tae = fusion::tae_model(*fuser); tae && refit_on_embeddings(*tae)) {
+      log->info("round={} event=prior_refit tasks={}", round, task_embeddings.size());
+    }
     const auto model_file = options.run_dir / fmt::format("fused-round-{}.pt", round);
     if (fuser->save(model_file)) {
       report.fused_model = model_file;
@@ -424,6 +507,7 @@ std::vector<RoundReport> Coordinator::run() {
   std::vector<RoundReport> reports;
   if (o.resume) {
     const int last = impl_->load_checkpoints();
+    impl_->load_embeddings();
     for (int r = 1; r <= last && r < o.rounds; ++r) {
       RoundReport done;
       done.round = r;

@@ -105,7 +105,8 @@ struct Nodes {
 
   Nodes(std::uint16_t port, const std::filesystem::path& dir,
         std::map<std::string, nd::QueryPolicy> policies = {},
-        std::map<std::string, std::vector<std::string>> labels = {}) {
+        std::map<std::string, std::vector<std::string>> labels = {},
+        std::int64_t shots_per_class = 0) {
     for (const auto& [name, task] : world().tasks) {
       nd::ExpertOptions eo;
       eo.input_shape = {kDim};
@@ -114,6 +115,18 @@ struct Nodes {
       nd::NodeServiceOptions so;
       so.state_dir = dir / name;
       if (policies.count(name)) so.policy = policies[name];
+      if (shots_per_class > 0) {
+        // Private labelled shots of the node's own classes, for tae.
+        std::vector<torch::Tensor> xs, ys;
+        for (std::size_t i = 0; i < task.size(); ++i) {
+          auto rows = world().train.y.eq(task[i]).nonzero().flatten().slice(
+              0, 0, shots_per_class);
+          xs.push_back(world().train.x.index_select(0, rows));
+          ys.push_back(torch::full({rows.numel()}, static_cast<std::int64_t>(i), torch::kLong));
+        }
+        so.shots = std::make_shared<nd::LabelledShots>(
+            nd::LabelledShots{torch::cat(xs), torch::cat(ys)});
+      }
       services[name] = std::make_unique<nd::NodeService>(
           nd::make_builtin_expert(world().models[name], eo), so);
       nd::SessionOptions s;
@@ -429,4 +442,73 @@ TEST_CASE("coordinator: answers are checkpointed request by request, and a resum
   CHECK(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" / "beta.slice0.pt"));
   CHECK_FALSE(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" /
                                       "beta.slice0.part0.pt"));
+}
+
+TEST_CASE("coordinator: tae keeps the nodes' embeddings, one per task, and the next "
+          "round's model is pushed with its prior refit on them") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma"});
+  Nodes nodes(side.registry->port(), dir / "nodes", {}, {}, /*shots_per_class=*/5);
+  auto o = options(dir / "run");
+  o.algorithm = "tae";
+  o.rounds = 2;
+  const auto tae_options =
+      fu::TaeOptions().epochs(3).prototypes(20).samples(3).adapt_steps(20).hidden(32);
+  o.algorithm_options.tae(tae_options);
+  co::Coordinator coordinator(*side.registry, pool_data(), o);
+  auto reports = coordinator.run();
+  REQUIRE(reports.size() == 2);
+  for (const auto& r : reports) {
+    CHECK(r.adapted.size() == 3);
+    CHECK(r.pushed_to.size() == 3);
+  }
+
+  // One embedding per task, the newest (round 2), saved atomically.
+  auto kept = read_json(dir / "run" / "checkpoints" / "embeddings.json");
+  CHECK(kept.size() == 3);
+  CHECK(kept.contains("0,1"));
+  CHECK(kept.contains("0,2,3"));  // gamma's classes, sorted
+  CHECK(kept["0,1"]["node"] == "alpha");
+  CHECK(kept["0,1"]["round"] == 2);
+  CHECK(kept["0,1"]["mean"].size() == 2);
+
+  // Round 2's model as the nodes got it: p_γ was refit on round 1's
+  // embeddings before the push. The same model trained without the refit
+  // (same data, same seed) fits those embeddings worse.
+  auto round1 = read_json(dir / "run" / "embeddings-round-1.json");
+  auto stored = nodes.services.at("alpha")->stored_model();
+  REQUIRE(stored.has_value());
+  CHECK(stored->round == 2);
+  auto pushed = fu::TaeModel::load(stored->file);
+  auto fresh = fu::make_fuser("tae", o.algorithm_options);
+  fresh->fit(coordinator.data());
+  auto& unrefit = *fu::tae_model(*fresh);
+  auto misfit = [&](fu::TaeModel& model) {
+    double total = 0;
+    for (const auto& [node, task] : world().tasks) {
+      auto tau = torch::zeros({4});
+      for (auto c : task) tau[c] = 1;
+      auto p = model.prior(tau);
+      auto mean = torch::tensor(round1[node]["mean"].get<std::vector<double>>(), torch::kFloat);
+      total += (p.mean - mean).pow(2).sum().item<double>();
+    }
+    return total;
+  };
+  const double refit = misfit(pushed), not_refit = misfit(unrefit);
+  INFO("squared distance of the priors to round 1's embeddings: refit " << refit
+       << ", not refit " << not_refit);
+  CHECK(refit < not_refit);
+
+  // A resumed coordinator reads the kept embeddings back and pushes a
+  // model refit on them.
+  {
+    auto again = o;
+    again.resume = true;
+    co::Coordinator resumed(*side.registry, pool_data(), again);
+    auto more = resumed.run();
+    REQUIRE(more.size() == 2);
+    CHECK(more.back().pushed_to.size() == 3);
+  }
+  auto reloaded = read_json(dir / "run" / "checkpoints" / "embeddings.json");
+  CHECK(reloaded.size() == 3);
 }
