@@ -1,10 +1,14 @@
 // chorus node --config node.toml [--set key=value ...] [--print-config]
 // chorus node train --config node.toml [--set key=value ...]
 // chorus node audit --log FILE [--json]
+// chorus node adapt --config node.toml [--shots FILE --shot-labels FILE]
+//                   [--eval FILE --eval-labels FILE] [--json]
 #include "node_command.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+
+#include <torch/torch.h>
 
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -13,6 +17,7 @@
 
 #include "chorus/core/config.hpp"
 #include "chorus/core/error.hpp"
+#include "chorus/node/adapt.hpp"
 #include "chorus/node/audit.hpp"
 #include "chorus/node/config.hpp"
 #include "chorus/node/run.hpp"
@@ -26,6 +31,8 @@ struct NodeArgs {
   bool print_config = false;
   std::string audit_log;
   bool audit_json = false;
+  std::string shots, shot_labels, eval, eval_labels;
+  bool adapt_json = false;
 };
 
 node::NodeConfig load(const NodeArgs& args) {
@@ -77,6 +84,57 @@ int train(const NodeArgs& args) {
   return 0;
 }
 
+int adapt(const NodeArgs& args) {
+  node::LocalAdaptOptions o;
+  o.config = load(args);
+  o.shots = args.shots;
+  o.shot_labels = args.shot_labels;
+  o.eval = args.eval;
+  o.eval_labels = args.eval_labels;
+  auto r = node::adapt_locally(o);
+  const auto& a = r.outcome.adaptation;
+  auto values = [](const torch::Tensor& t) {
+    auto d = t.to(torch::kDouble).contiguous();
+    return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+  };
+  auto optional = [](const std::optional<double>& v) {
+    return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+  };
+  if (args.adapt_json) {
+    nlohmann::json out{{"model", r.model.string()},
+                       {"round", r.outcome.round},
+                       {"classes", r.outcome.class_names},
+                       {"shots", r.outcome.shots},
+                       {"bound", a.bound},
+                       {"gibbs_loss", a.gibbs_loss},
+                       {"kl", a.kl},
+                       {"shot_accuracy", r.outcome.shot_accuracy},
+                       {"embedding", {{"mean", values(a.posterior.mean)},
+                                      {"logvar", values(a.posterior.logvar)}}},
+                       {"eval_images", r.eval_images},
+                       {"prior_accuracy", optional(r.prior_accuracy)},
+                       {"adapted_accuracy", optional(r.adapted_accuracy)},
+                       {"written", r.written.string()}};
+    fmt::print("{}\n", out.dump(2));
+    return 0;
+  }
+  fmt::print("model            {} (round {})\n", r.model.string(), r.outcome.round);
+  fmt::print("task             {}\n", fmt::join(r.outcome.class_names, ", "));
+  fmt::print("shots            {}\n", r.outcome.shots);
+  fmt::print("PAC-Bayes bound  {:.4f} (Gibbs loss {:.4f}, KL {:.4f})\n", a.bound,
+             a.gibbs_loss, a.kl);
+  fmt::print("shot accuracy    {:.4f}\n", r.outcome.shot_accuracy);
+  fmt::print("embedding        mean [{:.4f}]  log-variance [{:.4f}]\n",
+             fmt::join(values(a.posterior.mean), ", "),
+             fmt::join(values(a.posterior.logvar), ", "));
+  if (r.adapted_accuracy) {
+    fmt::print("test accuracy    {:.4f} adapted, {:.4f} with the prior ({} images)\n",
+               *r.adapted_accuracy, *r.prior_accuracy, r.eval_images);
+  }
+  fmt::print("wrote {}\n", r.written.string());
+  return 0;
+}
+
 int audit(const NodeArgs& args) {
   auto s = node::summarise_audit(args.audit_log);
   if (args.audit_json) {
@@ -124,8 +182,9 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_node_commands(
   auto* node = app.add_subcommand(
       "node",
       "Run a node serving a private black-box expert to a coordinator "
-      "(--config node.toml); 'node train' trains a builtin expert, 'node audit' "
-      "summarises the audit log");
+      "(--config node.toml); 'node train' trains a builtin expert, 'node adapt' "
+      "adapts a pushed tae model with private shots, 'node audit' summarises the "
+      "audit log");
   add_config_options(node, *args);
   node->add_flag("--print-config", args->print_config,
                  "Print the resolved configuration and exit");
@@ -140,7 +199,31 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_node_commands(
   audit_cmd->add_option("--log", args->audit_log, "The audit log (JSONL)")->required();
   audit_cmd->add_flag("--json", args->audit_json, "Print JSON");
 
+  auto* adapt_cmd = node->add_subcommand(
+      "adapt",
+      "Adapt the tae global model this node holds to its task, or to a new one, with "
+      "private labelled shots (PAC-Bayes, ALGORITHMS.md 4); writes the embedding to "
+      "the state directory's adapted.json and scores the adapted model on local test "
+      "images");
+  add_config_options(adapt_cmd, *args);
+  adapt_cmd->add_option("--shots", args->shots,
+                        "Shot images (IDX or a torch.save tensor); the task is the classes "
+                        "their labels hold (default: adapt.shots_per_class of the "
+                        "expert's own labels from local Fashion-MNIST)")
+      ->check(CLI::ExistingFile);
+  adapt_cmd->add_option("--shot-labels", args->shot_labels,
+                        "Labels of the shots (IDX or a torch.save int tensor): indices into "
+                        "the global model's label space")
+      ->check(CLI::ExistingFile);
+  adapt_cmd->add_option("--eval", args->eval,
+                        "Test images; those of the task's classes are scored")
+      ->check(CLI::ExistingFile);
+  adapt_cmd->add_option("--eval-labels", args->eval_labels, "Labels of --eval (IDX or torch.save)")
+      ->check(CLI::ExistingFile);
+  adapt_cmd->add_flag("--json", args->adapt_json, "Print JSON");
+
   return {{train_cmd, [args] { return train(*args); }},
+          {adapt_cmd, [args] { return adapt(*args); }},
           {audit_cmd, [args] { return audit(*args); }},
           {node, [args] { return run(*args); }}};
 }

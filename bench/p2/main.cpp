@@ -2,7 +2,8 @@
 // boxes trained on other tasks (the ICML 2020 protocol), in process.
 //
 //   bench_p2 [--tasks N] [--seed N] [--datasets mnist2,fmnist3] [--threads N]
-//            [--epochs N] [--space classes|binary] [--json FILE]
+//            [--epochs N] [--space classes|binary] [--beta X]
+//            [--test-per-class N] [--json FILE]
 //
 // Black boxes are binary classifiers on class pairs: MNIST-2 has two,
 // (0,1) and (2,3); F-MNIST-3 has three, (0,1), (2,3) and (4,5). Each answers
@@ -11,7 +12,8 @@
 // task is an ordered pair (a, b): seen (S) when both classes were some black
 // box's, unseen (U) when neither was (our reading of "unseen"). For each
 // task, k labelled shots per class (k = 1, 5) drawn from the training split,
-// accuracy on the test images of a and b. Rows: tae (PAC-Bayes adaptation
+// accuracy on the test images of a and b (at most --test-per-class of each,
+// 500 by default: the first of a fixed shuffle of the test split). Rows: tae (PAC-Bayes adaptation
 // with the shots), B+ (the black boxes' lifted sum, compared on a and b), FS
 // (a model trained from scratch on the shots), FT (a student distilled from
 // B+ on the pool, fine-tuned on the shots). Mean ± sd over tasks.
@@ -53,6 +55,8 @@ struct Args {
   std::string space = "classes";
   /// β of G (TaeOptions::likelihood_scale); 0: its default.
   double beta = 0;
+  /// Test images per class of a task (the first of a fixed shuffle).
+  std::int64_t test_per_class = 500;
   std::string json = "bench_p2.json";
 };
 
@@ -91,8 +95,9 @@ Split load(const std::string& name, std::uint64_t seed) {
     auto perm = torch::randperm(train.size(), torch::kLong).slice(0, 0, 20000);
     s.train_x = train.images.index_select(0, perm);
     s.train_y = train.labels.index_select(0, perm);
-    s.test_x = test.images;
-    s.test_y = test.labels;
+    auto test_perm = torch::randperm(test.size(), torch::kLong);
+    s.test_x = test.images.index_select(0, test_perm);
+    s.test_y = test.labels.index_select(0, test_perm);
     s.pool_x = s.train_x.slice(0, 0, 10000);
   }
   return s;
@@ -135,6 +140,7 @@ int main(int argc, char** argv) {
     else if (a == "--json") args.json = next();
     else if (a == "--space") args.space = next();
     else if (a == "--beta") args.beta = std::stod(next());
+    else if (a == "--test-per-class") args.test_per_class = std::stoll(next());
     else if (a == "--datasets") {
       args.datasets.clear();
       std::stringstream in(next());
@@ -143,7 +149,8 @@ int main(int argc, char** argv) {
     } else {
       fmt::print(stderr,
                  "usage: bench_p2 [--tasks N] [--seed N] [--datasets mnist2,fmnist3] "
-                 "[--threads N] [--epochs N] [--json FILE]\n");
+                 "[--threads N] [--epochs N] [--space classes|binary] [--beta X] "
+                 "[--test-per-class N] [--json FILE]\n");
       return 2;
     }
   }
@@ -152,7 +159,8 @@ int main(int argc, char** argv) {
     const auto t_all = Clock::now();
     nlohmann::json out{{"benchmark", "p2"}, {"seed", args.seed}, {"tasks", args.tasks},
                        {"tae_output_space", args.space}, {"tae_beta", args.beta},
-                       {"threads", args.threads}, {"tae_epochs", args.epochs}};
+                       {"threads", args.threads}, {"tae_epochs", args.epochs},
+                       {"test_per_class", args.test_per_class}};
     // The paper's Table 1 (MNIST-2), printed beside ours.
     const std::map<std::string, double> paper = {
         {"mnist2 S 1 tae", 94.25}, {"mnist2 S 5 tae", 95.07}, {"mnist2 U 1 tae", 78.56},
@@ -242,6 +250,7 @@ int main(int argc, char** argv) {
         const auto& pool = std::string(kind) == "S" ? seen_c : unseen_c;
         for (int k : {1, 5}) {
           std::map<std::string, std::vector<double>> acc;
+          std::map<std::string, double> secs;
           for (int t = 0; t < args.tasks; ++t) {
             std::uniform_int_distribution<std::size_t> pick(0, pool.size() - 1);
             std::int64_t a = pool[pick(rng)], b = a;
@@ -259,7 +268,8 @@ int main(int argc, char** argv) {
             }
             auto sx = s.train_x.index_select(0, torch::tensor(shot_rows, torch::kLong));
             auto sy = torch::tensor(shot_labels, torch::kLong);
-            auto ta = rows_of(s.test_y, a), tb = rows_of(s.test_y, b);
+            auto ta = rows_of(s.test_y, a).slice(0, 0, args.test_per_class),
+                 tb = rows_of(s.test_y, b).slice(0, 0, args.test_per_class);
             auto tidx = torch::cat({ta, tb});
             auto tx = s.test_x.index_select(0, tidx);
             auto ty = torch::cat({torch::zeros({ta.numel()}, torch::kLong),
@@ -271,19 +281,24 @@ int main(int argc, char** argv) {
             auto tau = task_of(a, b);
             const auto classes = binary ? std::vector<std::int64_t>{}
                                         : std::vector<std::int64_t>{a, b};
+            auto t_method = Clock::now();
             auto adapted = tae.adapt(tau, sx, sy, classes);
             acc["tae"].push_back(score(tae.predict(tx, adapted.posterior, classes)));
+            secs["tae"] += since(t_method);
             // B+: the black boxes' lifted sum on a and b.
             auto bp = bplus_test.index_select(0, tidx)
                           .index_select(1, torch::tensor({a, b}, torch::kLong));
             acc["B+"].push_back(score(bp + 1e-6 * torch::rand_like(bp)));
             // FS: from scratch on the shots.
+            t_method = Clock::now();
             torch::manual_seed(args.seed + static_cast<std::uint64_t>(t));
             auto fs = fu::make_classifier(
                 fu::ModelSpec{.arch = "mlp", .num_classes = 2, .hidden = {100}});
             fu::train(*fs, sx, sy, fu::TrainOptions().epochs(60).batch_size(16).lr(3e-3)
                                        .seed(args.seed + static_cast<std::uint64_t>(t)));
             acc["FS"].push_back(score(fu::predict_proba(*fs, tx)));
+            secs["FS"] += since(t_method);
+            t_method = Clock::now();
             // FT: the distilled student, fine-tuned on the shots (10-way head,
             // compared on a and b).
             auto ft = fu::make_classifier(student.spec);
@@ -299,6 +314,7 @@ int main(int argc, char** argv) {
             auto pf = fu::predict_proba(*ft, tx).index_select(
                 1, torch::tensor({a, b}, torch::kLong));
             acc["FT"].push_back(score(pf));
+            secs["FT"] += since(t_method);
           }
           for (const char* method : {"tae", "B+", "FS", "FT"}) {
             auto [m, sd] = mean_sd(acc[method]);
@@ -310,10 +326,13 @@ int main(int argc, char** argv) {
                                                          : fmt::format("{:.2f}", p->second)));
             out["rows"].push_back({{"dataset", name}, {"tasks", kind}, {"shots", k},
                                    {"method", method}, {"mean", m}, {"sd", sd},
-                                   {"values", acc[method]}});
+                                   {"values", acc[method]}, {"seconds", secs[method]}});
           }
-          fmt::print(stderr, "{} {} {}-shot: {} tasks done ({:.0f} s so far)\n", name, kind,
-                     k, args.tasks, since(t_all));
+          fmt::print(stderr,
+                     "{} {} {}-shot: {} tasks done ({:.0f} s so far; tae {:.0f} s, FS {:.0f} "
+                     "s, FT {:.0f} s)\n",
+                     name, kind, k, args.tasks, since(t_all), secs["tae"], secs["FS"],
+                     secs["FT"]);
         }
       }
       out["datasets"][name] = {{"black_boxes_seconds", boxes_seconds},

@@ -20,40 +20,6 @@
 namespace chorus::coordinator {
 namespace {
 
-// Float images in [0, 1], [N, C, H, W].
-torch::Tensor read_images(const std::filesystem::path& path) {
-  const auto name = path.filename().string();
-  torch::Tensor images;
-  if (name.ends_with(".pt") || name.ends_with(".pth")) {
-    const auto bytes = read_file(path);
-    torch::IValue value;
-    try {
-      value = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
-    } catch (const c10::Error& e) {
-      fail(Code::kDataLoss, "'{}' is not a tensor saved by torch.save: {}", path.string(),
-           e.what_without_backtrace());
-    }
-    CHORUS_CHECK(value.isTensor(), "'{}' holds a {}, not a tensor", path.string(),
-                 value.tagKind());
-    images = value.toTensor();
-  } else {
-    images = fusion::read_idx_images(path);  // uint8 [N, H, W].
-  }
-  if (images.scalar_type() == torch::kUInt8) {
-    images = images.to(torch::kFloat32).div_(255.0);
-  }
-  CHORUS_CHECK(images.is_floating_point(), "'{}': images must be float or uint8, got {}",
-               path.string(), c10::toString(images.scalar_type()));
-  if (images.dim() == 3) images = images.unsqueeze(1);
-  CHORUS_CHECK(images.dim() == 4 && images.size(0) >= 1,
-               "'{}': images must be [N, 1, H, W] or [N, H, W] with N >= 1, got {}",
-               path.string(), fmt::format("{}", fmt::streamed(images.sizes())));
-  images = images.to(torch::kFloat32).contiguous();
-  CHORUS_CHECK(!protocol::has_non_finite(images), "'{}' holds NaN or infinite values",
-               path.string());
-  return images;
-}
-
 void predict_locally(const PredictOptions& o, const torch::Tensor& images,
                      PredictReport& report, torch::Tensor& probs) {
   auto fused = fusion::load_fused_model(o.model);
@@ -143,11 +109,11 @@ PredictReport predict_from_file(const PredictOptions& o) {
                "give either a fused model file or a coordinator to ask, not {}",
                o.model.empty() ? "neither" : "both");
   CHORUS_CHECK(o.batch >= 1 && o.limit >= 0, "batch must be >= 1 and limit >= 0");
-  auto images = read_images(o.input);
+  auto images = fusion::read_image_file(o.input);
   if (o.limit > 0 && o.limit < images.size(0)) images = images.slice(0, 0, o.limit);
   torch::Tensor labels;
   if (!o.labels.empty()) {
-    labels = fusion::read_idx_labels(o.labels);
+    labels = fusion::read_label_file(o.labels);
     CHORUS_CHECK(labels.size(0) >= images.size(0),
                  "'{}' has {} labels for {} images", o.labels.string(), labels.size(0),
                  images.size(0));

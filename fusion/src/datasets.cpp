@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <fmt/ostream.h>
+#include <torch/serialize.h>
 #include <zlib.h>
 
 #include <array>
@@ -233,6 +235,61 @@ Dataset load_mnist_digits(const std::optional<fs::path>& override_dir) {
   log::get("fusion")->debug("event=load dataset=mnist-digits n={} dir={}",
                             data.size(), dir.string());
   return data;
+}
+
+namespace {
+
+bool is_torch_save(const std::filesystem::path& path) {
+  const auto name = path.filename().string();
+  return name.ends_with(".pt") || name.ends_with(".pth");
+}
+
+torch::Tensor load_saved_tensor(const std::filesystem::path& path) {
+  const auto bytes = read_file(path);
+  torch::IValue value;
+  try {
+    value = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+  } catch (const c10::Error& e) {
+    fail(Code::kDataLoss, "'{}' is not a tensor saved by torch.save: {}", path.string(),
+         e.what_without_backtrace());
+  }
+  CHORUS_CHECK(value.isTensor(), "'{}' holds a {}, not a tensor", path.string(),
+               value.tagKind());
+  return value.toTensor();
+}
+
+}  // namespace
+
+torch::Tensor read_label_file(const std::filesystem::path& path) {
+  if (!is_torch_save(path)) return read_idx_labels(path);
+  auto labels = load_saved_tensor(path);
+  CHORUS_CHECK(!labels.is_floating_point() && !labels.is_complex() && labels.dim() == 1,
+               "'{}': labels must be a 1-d integer tensor, got {} of {}", path.string(),
+               fmt::format("{}", fmt::streamed(labels.sizes())),
+               c10::toString(labels.scalar_type()));
+  return labels.to(torch::kLong).contiguous();
+}
+
+torch::Tensor read_image_file(const std::filesystem::path& path) {
+  torch::Tensor images;
+  if (is_torch_save(path)) {
+    images = load_saved_tensor(path);
+  } else {
+    images = fusion::read_idx_images(path);  // uint8 [N, H, W].
+  }
+  if (images.scalar_type() == torch::kUInt8) {
+    images = images.to(torch::kFloat32).div_(255.0);
+  }
+  CHORUS_CHECK(images.is_floating_point(), "'{}': images must be float or uint8, got {}",
+               path.string(), c10::toString(images.scalar_type()));
+  if (images.dim() == 3) images = images.unsqueeze(1);
+  CHORUS_CHECK(images.dim() == 4 && images.size(0) >= 1,
+               "'{}': images must be [N, 1, H, W] or [N, H, W] with N >= 1, got {}",
+               path.string(), fmt::format("{}", fmt::streamed(images.sizes())));
+  images = images.to(torch::kFloat32).contiguous();
+  CHORUS_CHECK(torch::isfinite(images).all().item<bool>(), "'{}' holds NaN or infinite values",
+               path.string());
+  return images;
 }
 
 }  // namespace chorus::fusion

@@ -10,6 +10,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
 #include "chorus/fusion/tae.hpp"
+#include "chorus/node/adapt.hpp"
 #include "chorus/node/audit.hpp"
 #include "chorus/node/expert.hpp"
 #include "chorus/protocol/digest.hpp"
@@ -307,20 +308,8 @@ v1::Envelope NodeService::receive_model_chunk(const v1::Envelope& request) {
   }
   CHORUS_CHECK_CODE(!impl_->options.state_dir.empty(), Code::kFailedPrecondition,
                     "this node has no state directory to store models in");
-  StoredModel stored{.round = a->round,
-                     .algorithm = a->algorithm,
-                     .spec = a->spec,
-                     .sha256_hex = protocol::to_hex(a->sha256),
-                     .file = impl_->options.state_dir /
-                             fmt::format("global-round-{}.pt", a->round)};
-  write_file_atomic(stored.file, a->data);
-  nlohmann::json manifest{{"round", stored.round},
-                          {"algorithm", stored.algorithm},
-                          {"spec", stored.spec},
-                          {"sha256", stored.sha256_hex},
-                          {"bytes", a->total},
-                          {"file", stored.file.filename().string()}};
-  write_file_atomic(impl_->options.state_dir / kManifest, manifest.dump(2) + "\n");
+  auto stored =
+      store_global_model(impl_->options.state_dir, a->round, a->algorithm, a->spec, a->data);
   impl_->log->info("event=model_stored round={} algorithm={} bytes={} file={}",
                    stored.round, stored.algorithm, a->total, stored.file.string());
   impl_->stored = stored;
@@ -349,15 +338,7 @@ v1::Envelope NodeService::adapt(const v1::Envelope& request) {
     impl_->tae_round = stored->round;
   }
   auto& model = *impl_->tae;
-  // The node's labels as outputs of the global model.
-  const auto& space = model.labels();
-  std::vector<std::int64_t> classes;
-  for (const auto& l : impl_->expert->labels()) {
-    auto it = std::find(space.begin(), space.end(), l);
-    CHORUS_CHECK_CODE(it != space.end(), Code::kFailedPrecondition,
-                      "label '{}' of this node is not an output of the global model", l);
-    classes.push_back(it - space.begin());
-  }
+  const auto classes = classes_of(model, impl_->expert->labels());
   torch::Tensor tau;
   if (req.task_descriptor_size() > 0) {
     CHORUS_CHECK(req.task_descriptor_size() == model.task_dim(),
@@ -365,25 +346,22 @@ v1::Envelope NodeService::adapt(const v1::Envelope& request) {
                  req.task_descriptor_size(), model.task_dim());
     tau = torch::tensor(std::vector<float>(req.task_descriptor().begin(),
                                            req.task_descriptor().end()));
-  } else {
-    tau = torch::zeros({model.task_dim()});
-    for (auto c : classes) tau[c] = 1;
   }
-  const auto& shots = *impl_->options.shots;
-  auto result = model.adapt(tau, shots.inputs, shots.labels, classes);
-  const double accuracy =
-      model.predict(shots.inputs, result.posterior, classes).argmax(1).eq(shots.labels)
-          .to(torch::kFloat64).mean().item<double>();
+  auto outcome = adapt_tae(model, classes, *impl_->options.shots, tau);
+  outcome.round = stored->round;
+  // The adapted model stays here: `chorus node adapt` and local use read it.
+  const auto written = write_adapted(impl_->options.state_dir, outcome);
+  const auto& result = outcome.adaptation;
   impl_->log->info("event=adapted round={} shots={} bound={:.4f} gibbs={:.4f} kl={:.4f} "
-                   "shot_accuracy={:.3f}",
-                   req.round(), shots.labels.numel(), result.bound, result.gibbs_loss,
-                   result.kl, accuracy);
+                   "shot_accuracy={:.3f} written={}",
+                   req.round(), outcome.shots, result.bound, result.gibbs_loss, result.kl,
+                   outcome.shot_accuracy, written.string());
   v1::Envelope reply;
   auto* r = reply.mutable_adapt_response();
   protocol::encode_tensor(result.posterior.mean.contiguous(), r->mutable_embedding_mean());
   protocol::encode_tensor(result.posterior.logvar.contiguous(),
                           r->mutable_embedding_logvar());
-  r->set_shots(static_cast<std::uint32_t>(shots.labels.numel()));
+  r->set_shots(static_cast<std::uint32_t>(outcome.shots));
   r->set_bound(result.bound);
   return reply;
 }
@@ -418,6 +396,25 @@ std::optional<StoredModel> NodeService::stored_model() const {
 }
 
 std::int64_t NodeService::inputs_answered() const { return impl_->ledger.spent(); }
+
+StoredModel store_global_model(const std::filesystem::path& state_dir, std::uint32_t round,
+                               const std::string& algorithm, const std::string& spec,
+                               const std::string& bytes) {
+  StoredModel stored{.round = round,
+                     .algorithm = algorithm,
+                     .spec = spec,
+                     .sha256_hex = protocol::to_hex(protocol::sha256(bytes)),
+                     .file = state_dir / fmt::format("global-round-{}.pt", round)};
+  write_file_atomic(stored.file, bytes);
+  nlohmann::json manifest{{"round", stored.round},
+                          {"algorithm", stored.algorithm},
+                          {"spec", stored.spec},
+                          {"sha256", stored.sha256_hex},
+                          {"bytes", bytes.size()},
+                          {"file", stored.file.filename().string()}};
+  write_file_atomic(state_dir / kManifest, manifest.dump(2) + "\n");
+  return stored;
+}
 
 std::optional<StoredModel> read_stored_model(const std::filesystem::path& state_dir) {
   const auto path = state_dir / kManifest;

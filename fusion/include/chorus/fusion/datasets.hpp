@@ -77,4 +77,15 @@ torch::Tensor read_idx_images(const std::filesystem::path& path);
 /// int64 tensor [N]. Throws `chorus::Error` (NOT_FOUND, DATA_LOSS).
 torch::Tensor read_idx_labels(const std::filesystem::path& path);
 
+/// Images from a file: IDX (uint8, as Fashion-MNIST ships) or a tensor saved
+/// by Python's `torch.save` (float in [0, 1] or uint8), [N, H, W] or
+/// [N, C, H, W]. Returns float [N, C, H, W] in [0, 1]. Throws
+/// `chorus::Error`: DATA_LOSS for a file that is neither, INVALID_ARGUMENT
+/// for a wrong shape or dtype, or NaN/Inf values.
+torch::Tensor read_image_file(const std::filesystem::path& path);
+
+/// Labels from a file: IDX, or a 1-d integer tensor saved by `torch.save`
+/// (a name ending in .pt or .pth). Returns int64 [N]. Throws `chorus::Error`.
+torch::Tensor read_label_file(const std::filesystem::path& path);
+
 }  // namespace chorus::fusion

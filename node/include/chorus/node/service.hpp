@@ -102,4 +102,10 @@ class NodeService {
 /// Throws `chorus::Error` (DATA_LOSS) for a corrupt manifest.
 std::optional<StoredModel> read_stored_model(const std::filesystem::path& state_dir);
 
+/// Stores a global model's bytes in `state_dir` (global-round-R.pt and the
+/// manifest, each written atomically), as a push does.
+StoredModel store_global_model(const std::filesystem::path& state_dir, std::uint32_t round,
+                               const std::string& algorithm, const std::string& spec,
+                               const std::string& bytes);
+
 }  // namespace chorus::node

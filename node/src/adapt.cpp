@@ -1,0 +1,170 @@
+#include "chorus/node/adapt.hpp"
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <set>
+
+#include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
+#include "chorus/core/log.hpp"
+#include "chorus/fusion/datasets.hpp"
+#include "chorus/node/run.hpp"
+#include "chorus/node/service.hpp"
+
+namespace chorus::node {
+namespace {
+
+std::vector<double> to_doubles(const torch::Tensor& t) {
+  auto d = t.to(torch::kDouble).contiguous();
+  return {d.data_ptr<double>(), d.data_ptr<double>() + d.numel()};
+}
+
+double accuracy(fusion::TaeModel& model, const torch::Tensor& x, const torch::Tensor& y,
+                const fusion::WDistribution& q, const std::vector<std::int64_t>& classes) {
+  return model.predict(x, q, classes).argmax(1).eq(y).to(torch::kFloat64).mean()
+      .item<double>();
+}
+
+// Images and their labels (indices into the model's outputs) from files.
+std::pair<torch::Tensor, torch::Tensor> read_labelled(const std::filesystem::path& images,
+                                                      const std::filesystem::path& labels,
+                                                      std::int64_t outputs) {
+  CHORUS_CHECK(!labels.empty(), "'{}' needs its labels file", images.string());
+  auto x = fusion::read_image_file(images);
+  auto y = fusion::read_label_file(labels);
+  CHORUS_CHECK(y.size(0) == x.size(0), "'{}' has {} labels for the {} images of '{}'",
+               labels.string(), y.size(0), x.size(0), images.string());
+  CHORUS_CHECK(y.min().item<std::int64_t>() >= 0 && y.max().item<std::int64_t>() < outputs,
+               "'{}': labels must index the global model's {} outputs, got {}..{}",
+               labels.string(), outputs, y.min().item<std::int64_t>(),
+               y.max().item<std::int64_t>());
+  return {x, y};
+}
+
+// Rows of `y` in `classes`, relabelled as indices into `classes`.
+std::pair<torch::Tensor, torch::Tensor> restrict_to(const torch::Tensor& x,
+                                                    const torch::Tensor& y,
+                                                    const std::vector<std::int64_t>& classes) {
+  auto local = torch::full_like(y, -1);
+  for (std::size_t i = 0; i < classes.size(); ++i) {
+    local.masked_fill_(y.eq(classes[i]), static_cast<std::int64_t>(i));
+  }
+  auto rows = local.ge(0).nonzero().flatten();
+  return {x.index_select(0, rows), local.index_select(0, rows)};
+}
+
+}  // namespace
+
+std::vector<std::int64_t> classes_of(const fusion::TaeModel& model,
+                                     const std::vector<std::string>& labels) {
+  const auto& space = model.labels();
+  std::vector<std::int64_t> classes;
+  for (const auto& l : labels) {
+    auto it = std::find(space.begin(), space.end(), l);
+    CHORUS_CHECK_CODE(it != space.end(), Code::kFailedPrecondition,
+                      "label '{}' of this node is not an output of the global model", l);
+    classes.push_back(it - space.begin());
+  }
+  return classes;
+}
+
+AdaptOutcome adapt_tae(fusion::TaeModel& model, const std::vector<std::int64_t>& classes,
+                       const LabelledShots& shots, torch::Tensor tau) {
+  CHORUS_CHECK(classes.size() >= 2, "a task needs at least 2 classes, got {}",
+               classes.size());
+  if (!tau.defined()) {
+    tau = torch::zeros({model.task_dim()});
+    for (auto c : classes) tau[c] = 1;
+  }
+  AdaptOutcome out;
+  out.adaptation = model.adapt(tau, shots.inputs, shots.labels, classes);
+  out.classes = classes;
+  for (auto c : classes) {
+    out.class_names.push_back(static_cast<std::size_t>(c) < model.labels().size()
+                                  ? model.labels()[static_cast<std::size_t>(c)]
+                                  : std::to_string(c));
+  }
+  out.shots = shots.labels.numel();
+  out.shot_accuracy =
+      accuracy(model, shots.inputs, shots.labels, out.adaptation.posterior, classes);
+  return out;
+}
+
+std::filesystem::path write_adapted(const std::filesystem::path& state_dir,
+                                    const AdaptOutcome& o) {
+  nlohmann::json j{{"algorithm", "tae"},
+                   {"round", o.round},
+                   {"classes", o.class_names},
+                   {"outputs", o.classes},
+                   {"mean", to_doubles(o.adaptation.posterior.mean)},
+                   {"logvar", to_doubles(o.adaptation.posterior.logvar)},
+                   {"bound", o.adaptation.bound},
+                   {"gibbs_loss", o.adaptation.gibbs_loss},
+                   {"kl", o.adaptation.kl},
+                   {"shots", o.shots},
+                   {"shot_accuracy", o.shot_accuracy}};
+  const auto path = state_dir / "adapted.json";
+  write_file_atomic(path, j.dump(2) + "\n");
+  return path;
+}
+
+LocalAdaptReport adapt_locally(const LocalAdaptOptions& o) {
+  const auto& config = o.config;
+  set_torch_threads(config.threads);
+  auto stored = read_stored_model(config.state_dir);
+  CHORUS_CHECK_CODE(stored && stored->algorithm == "tae", Code::kFailedPrecondition,
+                    "no tae global model has been pushed to this node (state directory "
+                    "'{}' holds {})",
+                    config.state_dir.string(),
+                    stored ? "a '" + stored->algorithm + "' model" : std::string("none"));
+  auto model = fusion::TaeModel::load(stored->file);
+  LocalAdaptReport report;
+  report.model = stored->file;
+
+  LabelledShots shots;
+  std::vector<std::int64_t> classes;
+  if (!o.shots.empty()) {
+    // A task of the classes the shots hold: the node's own or a new one.
+    auto [x, y] = read_labelled(o.shots, o.shot_labels, model.outputs());
+    std::set<std::int64_t> present;
+    for (std::int64_t i = 0; i < y.size(0); ++i) present.insert(y[i].item<std::int64_t>());
+    classes.assign(present.begin(), present.end());
+    CHORUS_CHECK(classes.size() >= 2, "'{}': the shots hold {} class(es), a task needs 2",
+                 o.shot_labels.string(), classes.size());
+    std::tie(shots.inputs, shots.labels) = restrict_to(x, y, classes);
+  } else {
+    CHORUS_CHECK(config.adapt_shots_per_class > 0,
+                 "no shots: give --shots FILE --shot-labels FILE, or set "
+                 "adapt.shots_per_class to draw them from the node's local data");
+    auto labels = config.expert.labels.empty() ? load_expert(config.expert)->labels()
+                                               : config.expert.labels;
+    classes = classes_of(model, labels);
+    shots = draw_fashion_mnist_shots(labels, config.adapt_shots_per_class, config.adapt_seed,
+                                     config.train.data_dir());
+  }
+  report.outcome = adapt_tae(model, classes, shots);
+  report.outcome.round = stored->round;
+  report.written = write_adapted(config.state_dir, report.outcome);
+
+  if (!o.eval.empty()) {
+    auto [x, y] = read_labelled(o.eval, o.eval_labels, model.outputs());
+    auto [tx, ty] = restrict_to(x, y, classes);
+    report.eval_images = tx.size(0);
+    CHORUS_CHECK(report.eval_images > 0, "'{}' has no image of the task's classes",
+                 o.eval.string());
+    auto tau = torch::zeros({model.task_dim()});
+    for (auto c : classes) tau[c] = 1;
+    report.prior_accuracy = accuracy(model, tx, ty, model.prior(tau), classes);
+    report.adapted_accuracy =
+        accuracy(model, tx, ty, report.outcome.adaptation.posterior, classes);
+  }
+  log::get("node")->info(
+      "event=adapted_locally round={} classes={} shots={} bound={:.4f} written={}",
+      report.outcome.round, classes.size(), report.outcome.shots,
+      report.outcome.adaptation.bound, report.written.string());
+  return report;
+}
+
+}  // namespace chorus::node
