@@ -3,7 +3,7 @@
 //
 //   bench_p2 [--tasks N] [--seed N] [--datasets mnist2,fmnist3] [--threads N]
 //            [--epochs N] [--space classes|binary] [--beta X]
-//            [--test-per-class N] [--json FILE]
+//            [--gibbs-weight X] [--no-union] [--test-per-class N] [--json FILE]
 //
 // Black boxes are binary classifiers on class pairs: MNIST-2 has two,
 // (0,1) and (2,3); F-MNIST-3 has three, (0,1), (2,3) and (4,5). Each answers
@@ -55,6 +55,10 @@ struct Args {
   std::string space = "classes";
   /// β of G (TaeOptions::likelihood_scale); 0: its default.
   double beta = 0;
+  /// TaeOptions::gibbs_weight; negative: its default.
+  double gibbs_weight = -1;
+  /// TaeOptions::union_task (only in the classes space).
+  bool union_task = true;
   /// Test images per class of a task (the first of a fixed shuffle).
   std::int64_t test_per_class = 500;
   std::string json = "bench_p2.json";
@@ -140,6 +144,8 @@ int main(int argc, char** argv) {
     else if (a == "--json") args.json = next();
     else if (a == "--space") args.space = next();
     else if (a == "--beta") args.beta = std::stod(next());
+    else if (a == "--gibbs-weight") args.gibbs_weight = std::stod(next());
+    else if (a == "--no-union") args.union_task = false;
     else if (a == "--test-per-class") args.test_per_class = std::stoll(next());
     else if (a == "--datasets") {
       args.datasets.clear();
@@ -150,7 +156,7 @@ int main(int argc, char** argv) {
       fmt::print(stderr,
                  "usage: bench_p2 [--tasks N] [--seed N] [--datasets mnist2,fmnist3] "
                  "[--threads N] [--epochs N] [--space classes|binary] [--beta X] "
-                 "[--test-per-class N] [--json FILE]\n");
+                 "[--gibbs-weight X] [--no-union] [--test-per-class N] [--json FILE]\n");
       return 2;
     }
   }
@@ -159,6 +165,8 @@ int main(int argc, char** argv) {
     const auto t_all = Clock::now();
     nlohmann::json out{{"benchmark", "p2"}, {"seed", args.seed}, {"tasks", args.tasks},
                        {"tae_output_space", args.space}, {"tae_beta", args.beta},
+                       {"tae_gibbs_weight", args.gibbs_weight},
+                       {"tae_union_task", args.union_task && args.space != "binary"},
                        {"threads", args.threads}, {"tae_epochs", args.epochs},
                        {"test_per_class", args.test_per_class}};
     // The paper's Table 1 (MNIST-2), printed beside ours.
@@ -207,10 +215,13 @@ int main(int argc, char** argv) {
 
       // tae on R, over the binary output space.
       const auto t_tae = Clock::now();
+      auto tae_options = fu::TaeOptions().epochs(args.epochs).seed(args.seed)
+                             .threads(args.threads).adapt_steps(60).samples(5)
+                             .likelihood_scale(args.beta)
+                             .union_task(args.union_task && !binary);
+      if (args.gibbs_weight >= 0) tae_options.gibbs_weight(args.gibbs_weight);
       fu::TaeModel tae(28 * 28, binary ? 2 : 10, binary ? 20 : 10,
-                       fu::TaeOptions().epochs(args.epochs).seed(args.seed)
-                           .threads(args.threads).adapt_steps(60).samples(5)
-                           .likelihood_scale(args.beta)
+                       tae_options
                            .on_epoch([&](std::int64_t e, double nelbo) {
                              fmt::print(stderr, "{} tae epoch {}/{}: -ELBO {:.1f} ({:.0f} s)\n",
                                         name, e, args.epochs, nelbo, since(t_tae));
@@ -343,8 +354,10 @@ int main(int argc, char** argv) {
     fmt::print("\n{:<9} {:<2} {:>10} {:<5} {:>15}   {}\n", "data set", "", "", "method",
                "accuracy (%)", "paper");
     for (const auto& line : table) fmt::print("{}\n", line);
-    fmt::print("\ntasks={} seed={} threads={} tae_epochs={} tae_space={} total={:.1f} s\n",
-               args.tasks, args.seed, args.threads, args.epochs, args.space, total);
+    fmt::print("\ntasks={} seed={} threads={} tae_epochs={} tae_space={} tae_union_task={} "
+               "tae_gibbs_weight={} total={:.1f} s\n",
+               args.tasks, args.seed, args.threads, args.epochs, args.space,
+               args.union_task && args.space != "binary", args.gibbs_weight, total);
     out["total_seconds"] = total;
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
     fmt::print("wrote {}\n", args.json);

@@ -155,11 +155,25 @@ std::vector<double> TaeModel::train(const TaeData& data) {
                  "tae: task {} has {} entries, the model takes {}", i,
                  data.tasks[static_cast<std::size_t>(i)].numel(), net_->task_dim);
   }
-  // Every (input, expert) pair is a row of R.
-  auto rows_x = x.repeat({k, 1});
-  auto rows_eta = torch::cat(data.answers).to(torch::kFloat32);
-  rows_eta = rows_eta / rows_eta.sum(1, true).clamp_min(1e-12);
-  auto taus = torch::stack(data.tasks).to(torch::kFloat32).reshape({k, -1});
+  // R's experts, plus (ours) the union pseudo-task: the experts' normalised
+  // sum (B+) under the union of their task descriptors.
+  std::vector<torch::Tensor> answers;
+  std::vector<torch::Tensor> task_list;
+  for (std::int64_t i = 0; i < k; ++i) {
+    auto a = data.answers[static_cast<std::size_t>(i)].to(torch::kFloat32);
+    answers.push_back(a / a.sum(1, true).clamp_min(1e-12));
+    task_list.push_back(data.tasks[static_cast<std::size_t>(i)].to(torch::kFloat32).reshape(-1));
+  }
+  if (options_.union_task() && k >= 2) {
+    auto sum = torch::stack(answers).sum(0);
+    answers.push_back(sum / sum.sum(1, true).clamp_min(1e-12));
+    task_list.push_back(torch::stack(task_list).sum(0).clamp_max(1));
+  }
+  const auto tasks_in_r = static_cast<std::int64_t>(answers.size());
+  // Every (input, task) pair is a row of R.
+  auto rows_x = x.repeat({tasks_in_r, 1});
+  auto rows_eta = torch::cat(answers);
+  auto taus = torch::stack(task_list);
   auto rows_tau = taus.repeat_interleave(n, 0);
   const auto rows = rows_x.size(0);
 
@@ -199,12 +213,10 @@ std::vector<double> TaeModel::train(const TaeData& data) {
       // Gibbs loss of one expert's own task under its prior, through the
       // prototypes: trains θ, α, γ so that G_w agrees with the experts.
       if (options_.gibbs_weight() > 0) {
-        const auto e = step % k;
+        const auto e = step % tasks_in_r;
         auto eta_rows = torch::randint(n, {bs}, torch::kLong);
         auto ex2 = x.index_select(0, eta_rows);
-        auto eeta = data.answers[static_cast<std::size_t>(e)]
-                        .to(torch::kFloat32)
-                        .index_select(0, eta_rows);
+        auto eeta = answers[static_cast<std::size_t>(e)].index_select(0, eta_rows);
         // One task descriptor: BatchNorm uses its running statistics.
         net_->eval();
         auto [pm, plv] = net_->prior_w(taus.slice(0, e, e + 1));
