@@ -93,10 +93,6 @@ int adapt(const NodeArgs& args) {
   o.eval_labels = args.eval_labels;
   auto r = node::adapt_locally(o);
   const auto& a = r.outcome.adaptation;
-  auto values = [](const torch::Tensor& t) {
-    auto d = t.to(torch::kDouble).contiguous();
-    return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
-  };
   auto optional = [](const std::optional<double>& v) {
     return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
   };
@@ -109,8 +105,8 @@ int adapt(const NodeArgs& args) {
                        {"gibbs_loss", a.gibbs_loss},
                        {"kl", a.kl},
                        {"shot_accuracy", r.outcome.shot_accuracy},
-                       {"embedding", {{"mean", values(a.posterior.mean)},
-                                      {"logvar", values(a.posterior.logvar)}}},
+                       {"embedding", {{"mean", fusion::to_doubles(a.posterior.mean)},
+                                      {"logvar", fusion::to_doubles(a.posterior.logvar)}}},
                        {"eval_images", r.eval_images},
                        {"prior_accuracy", optional(r.prior_accuracy)},
                        {"adapted_accuracy", optional(r.adapted_accuracy)},
@@ -125,8 +121,8 @@ int adapt(const NodeArgs& args) {
              a.gibbs_loss, a.kl);
   fmt::print("shot accuracy    {:.4f}\n", r.outcome.shot_accuracy);
   fmt::print("embedding        mean [{:.4f}]  log-variance [{:.4f}]\n",
-             fmt::join(values(a.posterior.mean), ", "),
-             fmt::join(values(a.posterior.logvar), ", "));
+             fmt::join(fusion::to_doubles(a.posterior.mean), ", "),
+             fmt::join(fusion::to_doubles(a.posterior.logvar), ", "));
   if (r.adapted_accuracy) {
     fmt::print("test accuracy    {:.4f} adapted, {:.4f} with the prior ({} images)\n",
                *r.adapted_accuracy, *r.prior_accuracy, r.eval_images);

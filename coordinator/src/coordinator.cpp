@@ -88,16 +88,11 @@ struct Coordinator::Impl {
     return options.run_dir / "checkpoints" / "embeddings.json";
   }
 
-  static std::vector<double> to_doubles(const torch::Tensor& t) {
-    auto d = t.to(torch::kDouble).contiguous();
-    return {d.data_ptr<double>(), d.data_ptr<double>() + d.numel()};
-  }
-
   void save_embeddings() const {
     nlohmann::json out = nlohmann::json::object();
     for (const auto& [key, e] : task_embeddings) {
       out[key] = {{"classes", e.classes}, {"node", e.node}, {"round", e.round},
-                  {"mean", to_doubles(e.q.mean)}, {"logvar", to_doubles(e.q.logvar)}};
+                  {"mean", fusion::to_doubles(e.q.mean)}, {"logvar", fusion::to_doubles(e.q.logvar)}};
     }
     write_file_atomic(embeddings_file(), out.dump(2) + "\n");
   }
@@ -126,13 +121,6 @@ struct Coordinator::Impl {
     log->info("event=embeddings_loaded tasks={}", task_embeddings.size());
   }
 
-  torch::Tensor task_descriptor(const std::vector<std::int64_t>& classes,
-                                std::int64_t task_dim) const {
-    auto tau = torch::zeros({task_dim});
-    for (auto c : classes) tau[c] = 1;
-    return tau;
-  }
-
   // Refits tae's p_γ on every task embedding kept so far; false when there
   // are none (or none fits this model).
   bool refit_on_embeddings(fusion::TaeModel& tae) {
@@ -144,7 +132,7 @@ struct Coordinator::Impl {
                   e.q.mean.numel(), tae.options().w_dim());
         continue;
       }
-      tasks.push_back(task_descriptor(e.classes, tae.task_dim()));
+      tasks.push_back(fusion::task_descriptor(e.classes, tae.task_dim()));
       embeddings.push_back(e.q);
     }
     if (embeddings.empty()) return false;
@@ -322,8 +310,8 @@ struct Coordinator::Impl {
             classes, {q.mean.to(torch::kFloat32), q.logvar.to(torch::kFloat32)}, id, round};
         ++received;
         report.adapted[id] = r.bound();
-        saved[id] = {{"mean", to_doubles(q.mean)},
-                     {"logvar", to_doubles(q.logvar)},
+        saved[id] = {{"mean", fusion::to_doubles(q.mean)},
+                     {"logvar", fusion::to_doubles(q.logvar)},
                      {"shots", r.shots()},
                      {"bound", r.bound()}};
       } catch (const Error& e) {

@@ -237,11 +237,7 @@ class TaeFuser : public Fuser {
     TaeData r;
     r.inputs = data.transfer;
     r.answers = data.lifted_answers();
-    for (const auto& e : data.experts) {
-      auto tau = torch::zeros({c});
-      for (auto l : e.labels) tau[l] = 1;
-      r.tasks.push_back(tau);
-    }
+    for (const auto& e : data.experts) r.tasks.push_back(task_descriptor(e.labels, c));
     model_->train(r);
     model_->set_labels(data.label_names);
     auto all = torch::ones({c});

@@ -270,6 +270,22 @@ double TaeModel::negative_elbo(const TaeData& data) {
   return total / static_cast<double>(std::max<std::size_t>(1, data.answers.size()));
 }
 
+torch::Tensor task_descriptor(const std::vector<std::int64_t>& classes,
+                              std::int64_t task_dim) {
+  auto tau = torch::zeros({task_dim});
+  for (auto c : classes) {
+    CHORUS_CHECK(c >= 0 && c < task_dim, "class {} is outside the {} entries of a task descriptor",
+                 c, task_dim);
+    tau[c] = 1;
+  }
+  return tau;
+}
+
+std::vector<double> to_doubles(const torch::Tensor& t) {
+  auto d = t.to(torch::kDouble).contiguous();
+  return {d.data_ptr<double>(), d.data_ptr<double>() + d.numel()};
+}
+
 WDistribution TaeModel::prior(const torch::Tensor& tau) {
   torch::NoGradGuard no_grad;
   net_->eval();
@@ -277,8 +293,7 @@ WDistribution TaeModel::prior(const torch::Tensor& tau) {
   return {m.squeeze(0), lv.squeeze(0)};
 }
 
-torch::Tensor TaeModel::log_g(const torch::Tensor& x, const torch::Tensor& w,
-                              const std::vector<std::int64_t>& classes) {
+torch::Tensor TaeModel::log_px(const torch::Tensor& x, const torch::Tensor& w) {
   // The decoder sees the m prototypes with one w: its batch statistics
   // would be the prototypes', so it runs in eval mode (running statistics)
   // here, gradients still flowing.
@@ -287,37 +302,85 @@ torch::Tensor TaeModel::log_g(const torch::Tensor& x, const torch::Tensor& w,
   const auto m = prototypes_.size(0);
   auto flat = x.reshape({x.size(0), -1}).to(torch::kFloat32).clamp(0, 1);
   auto logits = net_->decode_x(w.reshape({1, -1}).expand({m, -1}), prototypes_);  // [m, D]
-  // log p_θ(x|z_j, w) for every input and prototype: [N, m].
   auto log_px = torch::matmul(flat, torch::log_sigmoid(logits).t()) +
                 torch::matmul(1 - flat, torch::log_sigmoid(-logits).t());
+  if (was_training) net_->train();
   const double beta = options_.likelihood_scale() > 0
                           ? options_.likelihood_scale()
                           : 1.0 / std::sqrt(static_cast<double>(net_->input_dim));
-  log_px = beta * log_px;
+  return beta * log_px;
+}
+
+torch::Tensor TaeModel::log_g(const torch::Tensor& x, const torch::Tensor& w,
+                              const std::vector<std::int64_t>& classes,
+                              const torch::Tensor& votes) {
+  auto lpx = log_px(x, w);  // [N, m]
+  if (votes.defined()) {
+    const auto width = classes.empty() ? net_->outputs
+                                       : static_cast<std::int64_t>(classes.size());
+    CHORUS_CHECK(votes.dim() == 2 && votes.size(0) == prototypes_.size(0) &&
+                     votes.size(1) == width,
+                 "tae: votes must be [{}, {}], got a {}-d tensor of {} values",
+                 prototypes_.size(0), width, votes.dim(), votes.numel());
+    // log Σ_j p_θ(x|z_j,w) votes_j(y), normalised over y.
+    auto joint = torch::logsumexp(
+        lpx.unsqueeze(2) + torch::log(votes.to(torch::kFloat32).clamp_min(1e-12)).unsqueeze(0),
+        1);
+    return torch::log_softmax(joint, 1);
+  }
+  const bool was_training = net_->is_training();
+  net_->eval();
   auto log_py = net_->decode_y(prototypes_);  // [m, C]
-  // log Σ_j p_θ(x|z_j,w) p_α(y|z_j), normalised over y.
-  auto joint = torch::logsumexp(log_px.unsqueeze(2) + log_py.unsqueeze(0), 1);  // [N, C]
   if (was_training) net_->train();
+  // log Σ_j p_θ(x|z_j,w) p_α(y|z_j), normalised over y.
+  auto joint = torch::logsumexp(lpx.unsqueeze(2) + log_py.unsqueeze(0), 1);  // [N, C]
   return restrict(joint, classes);
 }
 
 torch::Tensor TaeModel::predict(const torch::Tensor& x, const WDistribution& q,
-                                const std::vector<std::int64_t>& classes) {
+                                const std::vector<std::int64_t>& classes,
+                                const torch::Tensor& votes) {
   torch::NoGradGuard no_grad;
   net_->eval();
   const auto width = classes.empty() ? net_->outputs
                                      : static_cast<std::int64_t>(classes.size());
-  auto votes = torch::zeros({x.size(0), width});
+  auto counts = torch::zeros({x.size(0), width});
   auto soft = torch::zeros({x.size(0), width});
   for (std::int64_t s = 0; s < options_.samples(); ++s) {
     auto w = sample(q.mean, q.logvar);
-    auto lg = log_g(x, w, classes);
-    votes.scatter_add_(1, lg.argmax(1, true), torch::ones({x.size(0), 1}));
+    auto lg = log_g(x, w, classes, votes);
+    counts.scatter_add_(1, lg.argmax(1, true), torch::ones({x.size(0), 1}));
     soft += lg.exp();
   }
   // Votes decide; the mean of G breaks ties.
-  auto out = votes + 1e-3 * soft / static_cast<double>(options_.samples());
+  auto out = counts + 1e-3 * soft / static_cast<double>(options_.samples());
   return out / out.sum(1, true);
+}
+
+torch::Tensor TaeModel::predict(const torch::Tensor& x, const TaeAdaptation& adapted,
+                                const std::vector<std::int64_t>& classes) {
+  return predict(x, adapted.posterior, classes, adapted.votes);
+}
+
+torch::Tensor TaeModel::relabel(const torch::Tensor& x, const torch::Tensor& labels,
+                                const WDistribution& q,
+                                const std::vector<std::int64_t>& classes) {
+  torch::NoGradGuard no_grad;
+  net_->eval();
+  const auto d = x.size(0);
+  const auto width = classes.empty() ? net_->outputs
+                                     : static_cast<std::int64_t>(classes.size());
+  CHORUS_CHECK(d >= 1 && labels.numel() == d, "tae relabel: {} shots with {} labels", d,
+               labels.numel());
+  auto y = labels.to(torch::kLong).reshape({d});
+  CHORUS_CHECK(y.min().item<std::int64_t>() >= 0 && y.max().item<std::int64_t>() < width,
+               "tae relabel: labels must index the task's {} classes", width);
+  // r_ij: how much prototype j explains shot i under the adapted mean.
+  auto resp = torch::softmax(log_px(x, q.mean), 1);  // [d, m]
+  auto counts = torch::matmul(resp.t(), torch::one_hot(y, width).to(torch::kFloat32));
+  auto prior_votes = restrict(net_->decode_y(prototypes_), classes).exp();  // [m, width]
+  auto votes = options_.relabel_prior() * prior_votes + counts + 1e-3;
+  return votes / votes.sum(1, true);
 }
 
 TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
@@ -376,6 +439,7 @@ TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
   if (!(out.bound <= start.bound)) out = start;
   CHORUS_CHECK_CODE(std::isfinite(out.bound), Code::kInternal,
                     "tae adapt: the bound is not finite");
+  if (options_.relabel()) out.votes = relabel(x, labels, out.posterior, classes);
   return out;
 }
 
@@ -450,7 +514,8 @@ void TaeModel::save(const std::filesystem::path& path) const {
   archive.write("scalars",
                 torch::tensor({options_.delta(), options_.adapt_lr(),
                                static_cast<double>(options_.adapt_steps()),
-                               options_.likelihood_scale()},
+                               options_.likelihood_scale(),
+                               options_.relabel() ? 1.0 : 0.0, options_.relabel_prior()},
                               torch::kDouble),
                 /*is_buffer=*/true);
   archive.write("prototypes", prototypes_, /*is_buffer=*/true);
@@ -490,10 +555,13 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
     auto sc = scalars.accessor<double, 1>();
     TaeOptions o;
     o.w_dim(d[3]).z_dim(d[4]).hidden(d[5]).prototypes(d[6]).samples(d[7]);
-    CHORUS_CHECK_CODE(scalars.numel() == 4, Code::kDataLoss, "'{}': bad scalars",
-                      path.string());
+    // 4 scalars in files written before prototype relabelling (which then
+    // takes its defaults), 6 since.
+    CHORUS_CHECK_CODE(scalars.numel() == 4 || scalars.numel() == 6, Code::kDataLoss,
+                      "'{}': bad scalars", path.string());
     o.delta(sc[0]).adapt_lr(sc[1]).adapt_steps(static_cast<std::int64_t>(sc[2]));
     o.likelihood_scale(sc[3]);
+    if (scalars.numel() == 6) o.relabel(sc[4] != 0).relabel_prior(sc[5]);
     TaeModel model(d[0], d[1], d[2], o);
     torch::serialize::InputArchive tensors;
     archive.read("tensors", tensors);

@@ -16,15 +16,8 @@
 namespace chorus::node {
 namespace {
 
-std::vector<double> to_doubles(const torch::Tensor& t) {
-  auto d = t.to(torch::kDouble).contiguous();
-  return {d.data_ptr<double>(), d.data_ptr<double>() + d.numel()};
-}
-
-double accuracy(fusion::TaeModel& model, const torch::Tensor& x, const torch::Tensor& y,
-                const fusion::WDistribution& q, const std::vector<std::int64_t>& classes) {
-  return model.predict(x, q, classes).argmax(1).eq(y).to(torch::kFloat64).mean()
-      .item<double>();
+double accuracy(const torch::Tensor& predicted, const torch::Tensor& y) {
+  return predicted.argmax(1).eq(y).to(torch::kFloat64).mean().item<double>();
 }
 
 // Images and their labels (indices into the model's outputs) from files.
@@ -74,10 +67,7 @@ AdaptOutcome adapt_tae(fusion::TaeModel& model, const std::vector<std::int64_t>&
                        const LabelledShots& shots, torch::Tensor tau) {
   CHORUS_CHECK(classes.size() >= 2, "a task needs at least 2 classes, got {}",
                classes.size());
-  if (!tau.defined()) {
-    tau = torch::zeros({model.task_dim()});
-    for (auto c : classes) tau[c] = 1;
-  }
+  if (!tau.defined()) tau = fusion::task_descriptor(classes, model.task_dim());
   AdaptOutcome out;
   out.adaptation = model.adapt(tau, shots.inputs, shots.labels, classes);
   out.classes = classes;
@@ -88,7 +78,7 @@ AdaptOutcome adapt_tae(fusion::TaeModel& model, const std::vector<std::int64_t>&
   }
   out.shots = shots.labels.numel();
   out.shot_accuracy =
-      accuracy(model, shots.inputs, shots.labels, out.adaptation.posterior, classes);
+      accuracy(model.predict(shots.inputs, out.adaptation, classes), shots.labels);
   return out;
 }
 
@@ -98,13 +88,21 @@ std::filesystem::path write_adapted(const std::filesystem::path& state_dir,
                    {"round", o.round},
                    {"classes", o.class_names},
                    {"outputs", o.classes},
-                   {"mean", to_doubles(o.adaptation.posterior.mean)},
-                   {"logvar", to_doubles(o.adaptation.posterior.logvar)},
+                   {"mean", fusion::to_doubles(o.adaptation.posterior.mean)},
+                   {"logvar", fusion::to_doubles(o.adaptation.posterior.logvar)},
                    {"bound", o.adaptation.bound},
                    {"gibbs_loss", o.adaptation.gibbs_loss},
                    {"kl", o.adaptation.kl},
                    {"shots", o.shots},
                    {"shot_accuracy", o.shot_accuracy}};
+  // The prototypes' votes relabelled by the shots: derived from private
+  // data, so they live here and never in the AdaptResponse.
+  if (o.adaptation.votes.defined()) {
+    const auto& v = o.adaptation.votes;
+    auto rows = nlohmann::json::array();
+    for (std::int64_t j = 0; j < v.size(0); ++j) rows.push_back(fusion::to_doubles(v[j]));
+    j["votes"] = std::move(rows);
+  }
   const auto path = state_dir / "adapted.json";
   write_file_atomic(path, j.dump(2) + "\n");
   return path;
@@ -154,11 +152,11 @@ LocalAdaptReport adapt_locally(const LocalAdaptOptions& o) {
     report.eval_images = tx.size(0);
     CHORUS_CHECK(report.eval_images > 0, "'{}' has no image of the task's classes",
                  o.eval.string());
-    auto tau = torch::zeros({model.task_dim()});
-    for (auto c : classes) tau[c] = 1;
-    report.prior_accuracy = accuracy(model, tx, ty, model.prior(tau), classes);
-    report.adapted_accuracy =
-        accuracy(model, tx, ty, report.outcome.adaptation.posterior, classes);
+    report.prior_accuracy = accuracy(
+        model.predict(tx, model.prior(fusion::task_descriptor(classes, model.task_dim())),
+                      classes),
+        ty);
+    report.adapted_accuracy = accuracy(model.predict(tx, report.outcome.adaptation, classes), ty);
   }
   log::get("node")->info(
       "event=adapted_locally round={} classes={} shots={} bound={:.4f} written={}",

@@ -486,9 +486,7 @@ TEST_CASE("coordinator: tae keeps the nodes' embeddings, one per task, and the n
   auto misfit = [&](fu::TaeModel& model) {
     double total = 0;
     for (const auto& [node, task] : world().tasks) {
-      auto tau = torch::zeros({4});
-      for (auto c : task) tau[c] = 1;
-      auto p = model.prior(tau);
+      auto p = model.prior(fu::task_descriptor(task, 4));
       auto mean = torch::tensor(round1[node]["mean"].get<std::vector<double>>(), torch::kFloat);
       total += (p.mean - mean).pow(2).sum().item<double>();
     }

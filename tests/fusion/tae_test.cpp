@@ -1,6 +1,8 @@
 // tae on a small synthetic multi-task problem: binary "images" of 16 pixels
 // drawn around one pattern per class; two experts that each know two of the
-// four classes.
+// four classes (six in the relabelling test, whose last two no expert knows).
+// Sampling uses torch's global generator: each test seeds it, so that a
+// test's outcome does not depend on which tests ran before it.
 #include "chorus/fusion/tae.hpp"
 
 #include <fstream>
@@ -22,11 +24,11 @@ struct Images {
   torch::Tensor x, y;
 };
 
-Images draw(std::int64_t n, std::uint64_t seed) {
+Images draw(std::int64_t n, std::uint64_t seed, std::int64_t classes = kClasses) {
   auto gen = at::detail::createCPUGenerator(seed);
   auto patterns_gen = at::detail::createCPUGenerator(99);
-  auto patterns = (torch::rand({kClasses, kPixels}, patterns_gen) > 0.5).to(torch::kFloat32);
-  auto y = torch::randint(kClasses, {n}, gen, torch::kLong);
+  auto patterns = (torch::rand({classes, kPixels}, patterns_gen) > 0.5).to(torch::kFloat32);
+  auto y = torch::randint(classes, {n}, gen, torch::kLong);
   auto flip = torch::rand({n, kPixels}, gen) < 0.1;
   auto x = patterns.index_select(0, y);
   x = torch::where(flip, 1 - x, x);
@@ -34,9 +36,10 @@ Images draw(std::int64_t n, std::uint64_t seed) {
 }
 
 // An expert that knows `task` perfectly and says nothing of other classes:
-// its answers lifted into the 4 outputs (uniform over its task elsewhere).
-torch::Tensor expert_answers(const Images& d, const std::vector<std::int64_t>& task) {
-  auto out = torch::zeros({d.x.size(0), kClasses});
+// its answers lifted into the outputs (uniform over its task elsewhere).
+torch::Tensor expert_answers(const Images& d, const std::vector<std::int64_t>& task,
+                             std::int64_t outputs = kClasses) {
+  auto out = torch::zeros({d.x.size(0), outputs});
   for (std::int64_t i = 0; i < d.x.size(0); ++i) {
     const auto c = d.y[i].item<std::int64_t>();
     const bool known = std::find(task.begin(), task.end(), c) != task.end();
@@ -45,8 +48,9 @@ torch::Tensor expert_answers(const Images& d, const std::vector<std::int64_t>& t
   return out;
 }
 
-torch::Tensor multi_hot(const std::vector<std::int64_t>& classes) {
-  auto t = torch::zeros({kClasses});
+torch::Tensor multi_hot(const std::vector<std::int64_t>& classes,
+                        std::int64_t width = kClasses) {
+  auto t = torch::zeros({width});
   for (auto c : classes) t[c] = 1;
   return t;
 }
@@ -67,8 +71,11 @@ fu::TaeOptions quick() {
       .adapt_steps(80).gibbs_weight(50);
 }
 
-double accuracy_on(fu::TaeModel& m, const Images& test, const fu::WDistribution& q,
-                   const std::vector<std::int64_t>& classes) {
+// Accuracy of `predict` (given the test inputs) on the test images of
+// `classes`, labels as indices into `classes`.
+template <typename Predict>
+double accuracy_of(const Images& test, const std::vector<std::int64_t>& classes,
+                   Predict predict) {
   auto mask = torch::zeros_like(test.y, torch::kBool);
   auto local = torch::full_like(test.y, -1);
   for (std::size_t j = 0; j < classes.size(); ++j) {
@@ -76,12 +83,39 @@ double accuracy_on(fu::TaeModel& m, const Images& test, const fu::WDistribution&
     local.masked_fill_(test.y.eq(classes[j]), static_cast<std::int64_t>(j));
   }
   auto idx = mask.nonzero().flatten();
-  auto pred = m.predict(test.x.index_select(0, idx), q, classes).argmax(1);
+  const torch::Tensor pred = predict(test.x.index_select(0, idx)).argmax(1);
   return pred.eq(local.index_select(0, idx)).to(torch::kFloat64).mean().item<double>();
+}
+
+double accuracy_on(fu::TaeModel& m, const Images& test, const fu::WDistribution& q,
+                   const std::vector<std::int64_t>& classes) {
+  return accuracy_of(test, classes,
+                     [&](const torch::Tensor& x) { return m.predict(x, q, classes); });
+}
+
+// The first `k` images of each of `classes` in `pool`, labelled by their
+// index in `classes`.
+std::pair<torch::Tensor, torch::Tensor> shots_of(const Images& pool,
+                                                 const std::vector<std::int64_t>& classes,
+                                                 int k) {
+  std::vector<std::int64_t> rows, labels;
+  for (std::size_t j = 0; j < classes.size(); ++j) {
+    int taken = 0;
+    for (std::int64_t i = 0; i < pool.y.size(0) && taken < k; ++i) {
+      if (pool.y[i].item<std::int64_t>() != classes[j]) continue;
+      rows.push_back(i);
+      labels.push_back(static_cast<std::int64_t>(j));
+      ++taken;
+    }
+    REQUIRE(taken == k);
+  }
+  return {pool.x.index_select(0, torch::tensor(rows, torch::kLong)),
+          torch::tensor(labels, torch::kLong)};
 }
 
 fu::TaeModel& trained() {
   static fu::TaeModel model = [] {
+    torch::manual_seed(11);
     fu::TaeModel m(kPixels, kClasses, kClasses, quick());
     m.train(data(draw(1500, 1)));
     return m;
@@ -105,6 +139,7 @@ TEST_CASE("tae: training lowers the negative ELBO on a multi-task problem") {
 
 TEST_CASE("tae: the prior of an expert's own task recomposes that expert") {
   auto& m = trained();
+  torch::manual_seed(12);
   auto test = draw(400, 2);
   CHECK(accuracy_on(m, test, m.prior(multi_hot({0, 1})), {0, 1}) > 0.8);
   CHECK(accuracy_on(m, test, m.prior(multi_hot({2, 3})), {2, 3}) > 0.8);
@@ -113,6 +148,7 @@ TEST_CASE("tae: the prior of an expert's own task recomposes that expert") {
 TEST_CASE("tae: adapting to a new task with 5 shots tightens the PAC-Bayes bound "
           "and does not lose to the prior") {
   auto& m = trained();
+  torch::manual_seed(13);
   auto shots = draw(200, 4);
   // A task no expert had: class 1 against class 2, five shots of each.
   std::vector<std::int64_t> xs;
@@ -147,6 +183,7 @@ TEST_CASE("tae: adapting to a new task with 5 shots tightens the PAC-Bayes bound
 
 TEST_CASE("tae: one shot per class gives a finite bound, and bad shots are refused") {
   auto& m = trained();
+  torch::manual_seed(14);
   auto shots = draw(50, 6);
   auto x = shots.x.slice(0, 0, 2);
   auto y = torch::tensor({0, 1}, torch::kLong);
@@ -177,4 +214,51 @@ TEST_CASE("tae: a saved and reloaded global model predicts identically") {
   CHECK(code_of([&] { fu::TaeModel::load(dir / "absent.pt"); }) == Code::kNotFound);
   std::ofstream(dir / "junk.pt") << "not a model";
   CHECK(code_of([&] { fu::TaeModel::load(dir / "junk.pt"); }) == Code::kDataLoss);
+}
+
+TEST_CASE("tae: relabelling the prototypes with the shots beats the prior on a pair of "
+          "classes no expert knew") {
+  // Six classes; the experts know {0, 1} and {2, 3}; the new task is 4 vs 5,
+  // on which p_α(y|z) never saw a label.
+  constexpr std::int64_t kSix = 6;
+  const auto d = draw(1500, 1, kSix);
+  fu::TaeModel m(kPixels, kSix, kSix, quick());
+  m.train(fu::TaeData{.inputs = d.x,
+                      .answers = {expert_answers(d, {0, 1}, kSix),
+                                  expert_answers(d, {2, 3}, kSix)},
+                      .tasks = {multi_hot({0, 1}, kSix), multi_hot({2, 3}, kSix)}});
+  torch::manual_seed(15);
+  const std::vector<std::int64_t> task = {4, 5};
+  const auto tau = multi_hot(task, kSix);
+  auto [x, y] = shots_of(draw(300, 8, kSix), task, 5);
+  auto adapted = m.adapt(tau, x, y, task);
+  REQUIRE(adapted.votes.defined());
+  CHECK(adapted.votes.sizes() == torch::IntArrayRef{quick().prototypes(), 2});
+  CHECK(torch::allclose(adapted.votes.sum(1), torch::ones({quick().prototypes()})));
+
+  const auto test = draw(600, 9, kSix);
+  const auto prior = m.prior(tau);
+  const double acc_prior = accuracy_of(
+      test, task, [&](const torch::Tensor& t) { return m.predict(t, prior, task); });
+  const double acc_moved = accuracy_of(test, task, [&](const torch::Tensor& t) {
+    return m.predict(t, adapted.posterior, task);
+  });
+  const double acc_relabelled = accuracy_of(
+      test, task, [&](const torch::Tensor& t) { return m.predict(t, adapted, task); });
+  MESSAGE("prior " << acc_prior << ", q_λ alone " << acc_moved << ", relabelled "
+                   << acc_relabelled);
+  CHECK(acc_relabelled > acc_prior + 0.1);
+  CHECK(acc_relabelled > acc_moved);
+  CHECK(acc_relabelled > 0.85);
+
+  // Votes of the wrong shape are refused.
+  CHECK(code_of([&] { m.predict(test.x, adapted.posterior, task, torch::ones({3, 2})); }) ==
+        Code::kInvalidArgument);
+
+  // The relabelling settings travel with the saved model.
+  chorus::testing::TempDir dir;
+  m.save(dir / "tae.pt");
+  auto again = fu::TaeModel::load(dir / "tae.pt");
+  CHECK(again.options().relabel() == m.options().relabel());
+  CHECK(again.options().relabel_prior() == doctest::Approx(m.options().relabel_prior()));
 }
