@@ -1,4 +1,4 @@
-// chorus eval --model FILE --dataset NAME [--data-dir DIR] [--json FILE]
+// chorus eval --model FILE [--adapted FILE] --dataset NAME [--data-dir DIR] [--json FILE]
 #include "eval_command.hpp"
 
 #include <fmt/format.h>
@@ -17,6 +17,7 @@ namespace {
 
 struct EvalArgs {
   std::string model;
+  std::string adapted;
   std::string dataset = "fashion-mnist";
   std::string data_dir;
   std::string json;
@@ -26,11 +27,14 @@ struct EvalArgs {
 int run_eval(const EvalArgs& args) {
   std::optional<std::filesystem::path> data_dir;
   if (!args.data_dir.empty()) data_dir = args.data_dir;
+  std::optional<std::filesystem::path> adapted;
+  if (!args.adapted.empty()) adapted = args.adapted;
   auto report = fusion::evaluate_fused_model(args.model, args.dataset, data_dir,
-                                             args.threads);
+                                             args.threads, adapted);
   fmt::print("model       {}\n", args.model);
   fmt::print("algorithm   {}\n", report.algorithm);
   fmt::print("spec        {}\n", report.spec);
+  if (!report.task.empty()) fmt::print("task        {}\n", report.task);
   fmt::print("dataset     {}\n", report.dataset);
   fmt::print("examples    {}\n", report.examples);
   fmt::print("accuracy    {:.4f}\n\n", report.accuracy);
@@ -43,6 +47,7 @@ int run_eval(const EvalArgs& args) {
     nlohmann::json out{{"model", args.model},
                        {"algorithm", report.algorithm},
                        {"spec", report.spec},
+                       {"task", report.task},
                        {"dataset", report.dataset},
                        {"examples", report.examples},
                        {"accuracy", report.accuracy},
@@ -60,7 +65,13 @@ std::function<int()> add_eval_command(CLI::App& app) {
   auto args = std::make_shared<EvalArgs>();
   CLI::App* cmd = app.add_subcommand(
       "eval", "Evaluate a saved fused model on a data set");
-  cmd->add_option("--model", args->model, "Fused model file")->required();
+  cmd->add_option("--model", args->model, "Fused model file (or a tae global model)")
+      ->required();
+  cmd->add_option("--adapted", args->adapted,
+                  "With a tae model: the task a node adapted it to (the node's "
+                  "adapted.json, from chorus node adapt); scores the images of its "
+                  "classes. Without it, tae is scored on every class under its prior")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--dataset", args->dataset,
                   fmt::format("Data set: {}",
                               fmt::join(fusion::evaluation_datasets(), ", ")))

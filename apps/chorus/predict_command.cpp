@@ -1,5 +1,6 @@
-// chorus predict --input FILE (--model FUSED | --coordinator HOST:PORT --pki DIR
-//                --identity NAME) [--labels FILE] [--limit N] [--json FILE]
+// chorus predict --input FILE (--model FUSED [--adapted FILE] | --coordinator
+//                HOST:PORT --pki DIR --identity NAME) [--labels FILE] [--limit N]
+//                [--json FILE]
 #include "predict_command.hpp"
 
 #include <fmt/format.h>
@@ -17,7 +18,7 @@ namespace {
 
 struct PredictArgs {
   coordinator::PredictOptions options;
-  std::string input, labels, model, coordinator, pki, identity = "operator", json;
+  std::string input, labels, model, adapted, coordinator, pki, identity = "operator", json;
   double deadline_s = 120;
   std::int64_t show = 20;
 };
@@ -27,6 +28,7 @@ int run_predict(PredictArgs& a) {
   o.input = a.input;
   o.labels = a.labels;
   o.model = a.model;
+  o.adapted = a.adapted;
   o.deadline = std::chrono::milliseconds(static_cast<std::int64_t>(a.deadline_s * 1000));
   if (!a.coordinator.empty()) {
     const auto colon = a.coordinator.rfind(':');
@@ -69,18 +71,29 @@ int run_predict(PredictArgs& a) {
     fmt::print("expert queries  {} ({:.2f} per image)\n", report.expert_queries,
                n ? static_cast<double>(report.expert_queries) / static_cast<double>(n) : 0.0);
   }
-  if (report.accuracy) fmt::print("accuracy        {:.4f}\n", *report.accuracy);
+  if (report.accuracy) {
+    fmt::print("accuracy        {:.4f}{}\n", *report.accuracy,
+               report.scored < n ? fmt::format(" (the {} images of the task's classes)",
+                                               report.scored)
+                                 : "");
+  } else if (!o.labels.empty()) {
+    fmt::print("accuracy        - (no image of the task's classes)\n");
+  }
   fmt::print("seconds         {:.2f}\n", report.seconds);
   if (!a.json.empty()) {
     nlohmann::json out{{"source", report.source},
                        {"algorithm", report.algorithm},
                        {"round", report.round},
                        {"class_names", report.class_names},
+                       {"class_labels", report.class_labels},
                        {"predicted", report.predicted},
                        {"probabilities", report.probabilities},
                        {"expert_queries", report.expert_queries},
                        {"seconds", report.seconds}};
-    if (report.accuracy) out["accuracy"] = *report.accuracy;
+    if (report.accuracy) {
+      out["accuracy"] = *report.accuracy;
+      out["scored"] = report.scored;
+    }
     write_file_atomic(a.json, out.dump() + "\n");
     fmt::print("wrote {}\n", a.json);
   }
@@ -102,8 +115,14 @@ std::function<int()> add_predict_command(CLI::App& app) {
       ->check(CLI::ExistingFile);
   auto* model = cmd->add_option("--model", args->model,
                                 "A fused model that needs no experts (distill, "
-                                "foe-distill, ...)")
+                                "foe-distill, ..., tae)")
                     ->check(CLI::ExistingFile);
+  cmd->add_option("--adapted", args->adapted,
+                  "With a tae --model: the task a node adapted it to (its adapted.json, "
+                  "from chorus node adapt); predicts among that task's classes. Without "
+                  "it, tae predicts every class under its prior")
+      ->check(CLI::ExistingFile)
+      ->needs(model);
   auto* coord = cmd->add_option(
       "--coordinator", args->coordinator,
       "HOST:PORT of a coordinator serving fused predictions (coordinator --serve); "

@@ -1,7 +1,7 @@
 # Python prototype of tae used to iterate on the algorithm quickly (not part of the
 # build or tests). Same nets and losses as fusion/src/tae.cpp; MNIST-2 only.
 #   /usr/bin/python3 bench/p2/prototype_tae.py union=1 gw=0 epochs=5 tasks=20 relabel=0.01
-# relabel=C: prototype relabelling for the new task (ours, not in the C++ code yet):
+# relabel=C: prototype relabelling for the new task (ours; in C++ as TaeOptions::relabel):
 # votes_j ∝ C·p_α(y|z_j) restricted to the task + Σ_i r_ij [y_i = y], r_ij the shots' responsibilities.
 import json, math, sys, time, random
 import torch, torch.nn as nn, torch.nn.functional as F

@@ -14,14 +14,58 @@
 #include "chorus/core/version.hpp"
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/fused_model.hpp"
+#include "chorus/fusion/tae.hpp"
 #include "chorus/fusion/train.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
 
 namespace chorus::coordinator {
 namespace {
 
+// Class names for `n` outputs: Fashion-MNIST's for 10, numbers otherwise.
+std::vector<std::string> output_names(std::int64_t n) {
+  auto names = n == 10 ? fusion::fashion_mnist_class_names() : std::vector<std::string>{};
+  for (auto c = static_cast<std::int64_t>(names.size()); c < n; ++c) {
+    names.push_back(std::to_string(c));
+  }
+  return names;
+}
+
+// A tae global model, on the adapted task or every output under the prior.
+void predict_tae(const PredictOptions& o, const torch::Tensor& images, PredictReport& report,
+                 torch::Tensor& probs) {
+  auto model = fusion::TaeModel::load(o.model);
+  CHORUS_CHECK(images[0].numel() == model.input_dim(),
+               "tae model '{}' takes inputs of {} values, the images have {}",
+               o.model.string(), model.input_dim(), images[0].numel());
+  auto task = o.adapted.empty() ? model.task_of_all_outputs()
+                                : model.read_adapted_task(o.adapted);
+  fusion::ThreadGuard guard(o.threads);
+  std::vector<torch::Tensor> parts;
+  for (std::int64_t b = 0; b < images.size(0); b += 2000) {
+    parts.push_back(model.predict(images.slice(0, b, b + 2000), task));
+  }
+  probs = torch::cat(parts);
+  report.source = "model " + o.model.string();
+  report.algorithm = "tae (" + task.source + ")";
+  auto names = model.labels().size() == static_cast<std::size_t>(model.outputs())
+                   ? model.labels()
+                   : output_names(model.outputs());
+  if (task.classes.empty()) {
+    report.class_names = names;
+  } else {
+    for (auto c : task.classes) report.class_names.push_back(names[static_cast<std::size_t>(c)]);
+    report.class_labels = task.classes;
+  }
+}
+
 void predict_locally(const PredictOptions& o, const torch::Tensor& images,
                      PredictReport& report, torch::Tensor& probs) {
+  if (fusion::TaeModel::is_model_file(o.model)) {
+    predict_tae(o, images, report, probs);
+    return;
+  }
+  CHORUS_CHECK(o.adapted.empty(), "--adapted '{}' goes with a tae model; '{}' is not one",
+               o.adapted.string(), o.model.string());
   auto fused = fusion::load_fused_model(o.model);
   CHORUS_CHECK_CODE(
       !fusion::needs_experts_at_prediction(fused.algorithm),
@@ -38,13 +82,7 @@ void predict_locally(const PredictOptions& o, const torch::Tensor& images,
   probs = fusion::predict_proba(*fused.model, images);
   report.source = "model " + o.model.string();
   report.algorithm = fused.algorithm;
-  report.class_names = fused.spec.num_classes == 10
-                           ? fusion::fashion_mnist_class_names()
-                           : std::vector<std::string>{};
-  for (std::int64_t c = static_cast<std::int64_t>(report.class_names.size());
-       c < fused.spec.num_classes; ++c) {
-    report.class_names.push_back(std::to_string(c));
-  }
+  report.class_names = output_names(fused.spec.num_classes);
 }
 
 void predict_remotely(const PredictOptions& o, const torch::Tensor& images,
@@ -139,8 +177,24 @@ PredictReport predict_from_file(const PredictOptions& o) {
     const float* row = probs.data_ptr<float>() + i * c;
     report.probabilities.emplace_back(row, row + c);
   }
+  if (report.class_labels.empty()) {
+    for (std::int64_t k = 0; k < c; ++k) report.class_labels.push_back(k);
+  }
+  CHORUS_CHECK_CODE(static_cast<std::int64_t>(report.class_labels.size()) == c,
+                    Code::kInternal, "{} class labels for {} columns",
+                    report.class_labels.size(), c);
   if (labels.defined()) {
-    report.accuracy = predicted.eq(labels).to(torch::kDouble).mean().item<double>();
+    // Labels as columns; images of other classes (outside a tae task) are not scored.
+    auto column = torch::full_like(labels, -1);
+    for (std::int64_t k = 0; k < c; ++k) {
+      column.masked_fill_(labels.eq(report.class_labels[static_cast<std::size_t>(k)]), k);
+    }
+    auto rows = column.ge(0);
+    report.scored = rows.sum().item<std::int64_t>();
+    if (report.scored > 0) {
+      report.accuracy = predicted.eq(column).logical_and(rows).sum().item<double>() /
+                        static_cast<double>(report.scored);
+    }
   }
   return report;
 }

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/ostream.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -499,6 +500,100 @@ void TaeModel::refit_prior(const std::vector<torch::Tensor>& tasks,
     opt.zero_grad();
     loss.backward();
     opt.step();
+  }
+}
+
+TaeTask TaeModel::task_of_all_outputs() {
+  CHORUS_CHECK(net_->task_dim == net_->outputs,
+               "tae: task descriptors of {} values do not name the model's {} outputs",
+               net_->task_dim, net_->outputs);
+  std::vector<std::int64_t> all(static_cast<std::size_t>(net_->outputs));
+  for (std::int64_t c = 0; c < net_->outputs; ++c) all[static_cast<std::size_t>(c)] = c;
+  TaeTask task;
+  task.q = prior(task_descriptor(all, net_->task_dim));
+  task.source = "prior of all outputs";
+  return task;
+}
+
+TaeTask TaeModel::read_adapted_task(const std::filesystem::path& path) const {
+  const auto text = read_file(path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(Code::kDataLoss, "'{}' is not JSON: {}", path.string(), e.what());
+  }
+  TaeTask task;
+  task.source = path.string();
+  std::vector<double> mean, logvar;
+  try {
+    CHORUS_CHECK_CODE(j.is_object() && j.value("algorithm", "") == "tae", Code::kDataLoss,
+                      "'{}' is not a tae adaptation (adapted.json of chorus node adapt)",
+                      path.string());
+    task.classes = j.at("outputs").get<std::vector<std::int64_t>>();
+    mean = j.at("mean").get<std::vector<double>>();
+    logvar = j.at("logvar").get<std::vector<double>>();
+    if (j.contains("votes")) {
+      auto rows = j.at("votes").get<std::vector<std::vector<double>>>();
+      const auto width = task.classes.size();
+      std::vector<float> flat;
+      for (const auto& r : rows) {
+        CHORUS_CHECK_CODE(r.size() == width, Code::kDataLoss,
+                          "'{}': a row of votes has {} values for {} classes", path.string(),
+                          r.size(), width);
+        flat.insert(flat.end(), r.begin(), r.end());
+      }
+      task.votes = torch::tensor(flat).reshape(
+          {static_cast<std::int64_t>(rows.size()), static_cast<std::int64_t>(width)});
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail(Code::kDataLoss, "'{}': {}", path.string(), e.what());
+  }
+  const auto w_dim = net_->w_dim;
+  CHORUS_CHECK(static_cast<std::int64_t>(mean.size()) == w_dim &&
+                   static_cast<std::int64_t>(logvar.size()) == w_dim,
+               "'{}': the embedding has {} values, this model's w has {}", path.string(),
+               mean.size(), w_dim);
+  CHORUS_CHECK(task.classes.size() >= 2, "'{}': a task needs at least 2 classes, got {}",
+               path.string(), task.classes.size());
+  for (auto c : task.classes) {
+    CHORUS_CHECK(c >= 0 && c < net_->outputs,
+                 "'{}': class {} is not one of this model's {} outputs", path.string(), c,
+                 net_->outputs);
+  }
+  task.q.mean = torch::tensor(std::vector<float>(mean.begin(), mean.end()));
+  task.q.logvar = clamp_logvar(torch::tensor(std::vector<float>(logvar.begin(), logvar.end())));
+  CHORUS_CHECK(torch::isfinite(task.q.mean).all().item<bool>() &&
+                   torch::isfinite(task.q.logvar).all().item<bool>(),
+               "'{}': the embedding holds NaN or Inf", path.string());
+  if (task.votes.defined()) {
+    CHORUS_CHECK(task.votes.size(0) == prototypes_.size(0),
+                 "'{}': votes for {} prototypes, this model has {} (adapted from another "
+                 "global model?)",
+                 path.string(), task.votes.size(0), prototypes_.size(0));
+    CHORUS_CHECK(torch::isfinite(task.votes).all().item<bool>() &&
+                     task.votes.min().item<float>() >= 0,
+                 "'{}': votes must be finite and non-negative", path.string());
+    task.votes = task.votes / task.votes.sum(1, true).clamp_min(1e-12);
+  }
+  return task;
+}
+
+torch::Tensor TaeModel::predict(const torch::Tensor& x, const TaeTask& task) {
+  return predict(x, task.q, task.classes, task.votes);
+}
+
+bool TaeModel::is_model_file(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return false;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path.string());
+    c10::IValue format;
+    if (!archive.try_read("format", format)) return false;
+    return format.isString() && format.toStringRef() == kFormat;
+  } catch (const std::exception&) {
+    return false;
   }
 }
 

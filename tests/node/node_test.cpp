@@ -635,6 +635,13 @@ TEST_CASE("node: adapts a pushed tae model with its private shots and returns on
   // Two 2-float tensors, a count and a bound: nothing of the shots.
   CHECK(r.ByteSizeLong() < 64);
   CHECK(reply.ByteSizeLong() < 80);
+  // What the shots taught the prototypes (their relabelled votes) stays at
+  // the node, beside the embedding, in adapted.json.
+  auto local = tae.read_adapted_task(options.state_dir / "adapted.json");
+  CHECK(local.classes == std::vector<std::int64_t>{0, 1, 2});
+  CHECK(torch::allclose(local.q.mean, mean));
+  REQUIRE(local.votes.defined());
+  CHECK(local.votes.sizes() == torch::IntArrayRef({20, 3}));
 
   // A task descriptor of the wrong size is refused, naming the size.
   adapt.mutable_adapt_request()->add_task_descriptor(1.0f);

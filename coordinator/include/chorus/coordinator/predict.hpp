@@ -24,8 +24,11 @@ struct PredictOptions {
   /// Predict the first `limit` images only (0: all).
   std::int64_t limit = 0;
 
-  /// Either a saved fused model that needs no experts ...
+  /// Either a saved fused model that needs no experts (or a tae global
+  /// model, with the task a node adapted it to in `adapted`, else every
+  /// output under its prior) ...
   std::filesystem::path model;
+  std::filesystem::path adapted;
   int threads = 2;
   /// ... or a coordinator serving fused predictions (`coordinator.serve`),
   /// reached with an operator's certificate.
@@ -42,17 +45,23 @@ struct PredictReport {
   std::string algorithm;
   int round = 0;          ///< The coordinator's fused round (0 for a file).
   std::vector<std::string> class_names;
-  std::vector<std::int64_t> predicted;           ///< Arg-max label per image.
+  /// The label each class (column) stands for: 0..C-1, or a tae task's
+  /// classes among the model's outputs.
+  std::vector<std::int64_t> class_labels;
+  std::vector<std::int64_t> predicted;           ///< Arg-max column per image.
   std::vector<std::vector<float>> probabilities;  ///< [N][C].
   std::int64_t expert_queries = 0;  ///< Expert answers the coordinator used.
-  std::optional<double> accuracy;   ///< With `labels`.
+  /// With `labels`: accuracy on the images whose label is one of
+  /// `class_labels` (all of them but for a tae task), and how many those are.
+  std::optional<double> accuracy;
+  std::int64_t scored = 0;
   double seconds = 0;
 };
 
 /// Reads the images, predicts them, and reports. Throws `chorus::Error`:
 /// NOT_FOUND / DATA_LOSS / INVALID_ARGUMENT for the files,
 /// FAILED_PRECONDITION for a saved model that needs its experts (ask the
-/// coordinator instead), UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE
+/// coordinator instead), INVALID_ARGUMENT for `adapted` without a tae model, UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE
 /// from the coordinator.
 PredictReport predict_from_file(const PredictOptions& options);
 

@@ -161,6 +161,17 @@ struct TaeAdaptation {
   torch::Tensor votes;
 };
 
+/// A task to predict with a tae model: its classes (indices of the model's
+/// outputs; empty: all of them), q(w), and the prototypes' relabelled votes
+/// when an adaptation made them.
+struct TaeTask {
+  std::vector<std::int64_t> classes;
+  WDistribution q;
+  torch::Tensor votes;
+  /// Where it comes from, for reports: "prior of all outputs" or a file.
+  std::string source;
+};
+
 /// The tae global model: θ, α, γ and the cached prototypes (with φ and ψ
 /// while training).
 class TaeModel {
@@ -221,6 +232,23 @@ class TaeModel {
   void refit_prior(const std::vector<torch::Tensor>& tasks,
                    const std::vector<WDistribution>& embeddings, std::int64_t steps = 100);
 
+  /// The task of every output under its prior p_γ(w|τ_all): what the global
+  /// model predicts before any node adapted it.
+  TaeTask task_of_all_outputs();
+
+  /// The adapted task a node wrote (`chorus node adapt`: the state
+  /// directory's adapted.json — its "outputs", "mean", "logvar" and
+  /// optional "votes"). Throws `chorus::Error`: NOT_FOUND, DATA_LOSS for a
+  /// malformed file, INVALID_ARGUMENT when it does not fit this model.
+  TaeTask read_adapted_task(const std::filesystem::path& path) const;
+
+  /// Predictions for `task`: [N, |classes|] (all outputs when empty).
+  torch::Tensor predict(const torch::Tensor& x, const TaeTask& task);
+
+  /// Whether `path` holds a tae global model (by its format tag). False for
+  /// any file that is not one, including unreadable ones.
+  static bool is_model_file(const std::filesystem::path& path);
+
   /// Writes the global model atomically (format "chorus.tae.v1").
   void save(const std::filesystem::path& path) const;
   /// Reads `save`'s file. Throws `chorus::Error` (NOT_FOUND, DATA_LOSS).
@@ -231,6 +259,7 @@ class TaeModel {
   /// model so that a node can map its own labels onto them.
   const std::vector<std::string>& labels() const { return labels_; }
   void set_labels(std::vector<std::string> labels) { labels_ = std::move(labels); }
+  std::int64_t input_dim() const { return net_->input_dim; }
   std::int64_t outputs() const { return net_->outputs; }
   std::int64_t task_dim() const { return net_->task_dim; }
   /// The cached prototypes [m, z_dim].
