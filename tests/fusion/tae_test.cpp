@@ -63,12 +63,11 @@ fu::TaeData data(const Images& d) {
 }
 
 fu::TaeOptions quick() {
-  // The Gibbs loss on (its default was 50 until the union task came): with
-  // it off, adaptation on this small synthetic problem moves q_λ without
-  // changing the votes (prior 0.744, adapted 0.715), the known weakness of
-  // tae here (README, P2).
+  // The defaults but for size. With the Gibbs loss off (its default since
+  // the union task), moving q_λ alone hardly changes the votes on this
+  // problem (prior 0.72, adapted 0.72); the relabelled votes do (1.0).
   return fu::TaeOptions().epochs(12).batch_size(64).prototypes(40).samples(5).seed(3)
-      .adapt_steps(80).gibbs_weight(50);
+      .adapt_steps(80);
 }
 
 // Accuracy of `predict` (given the test inputs) on the test images of
@@ -175,10 +174,15 @@ TEST_CASE("tae: adapting to a new task with 5 shots tightens the PAC-Bayes bound
   auto test = draw(600, 5);
   const double acc_prior = accuracy_on(model, test, prior, {1, 2});
   const double acc_adapted = accuracy_on(model, test, adapted.posterior, {1, 2});
-  MESSAGE("prior " << acc_prior << " adapted " << acc_adapted << " bound "
-                   << adapted.bound);
+  // As a node serves it: q_λ with the prototypes' votes relabelled by the shots.
+  const double acc_served = accuracy_of(test, {1, 2}, [&](const torch::Tensor& t) {
+    return model.predict(t, adapted, {1, 2});
+  });
+  MESSAGE("prior " << acc_prior << " adapted " << acc_adapted << " relabelled "
+                   << acc_served << " bound " << adapted.bound);
   CHECK(acc_adapted >= acc_prior - 0.02);
-  CHECK(acc_adapted > 0.7);
+  CHECK(acc_served > acc_prior + 0.1);
+  CHECK(acc_served > 0.9);
 }
 
 TEST_CASE("tae: one shot per class gives a finite bound, and bad shots are refused") {
