@@ -223,7 +223,8 @@ class SelectFuser : public Fuser {
 // tae: the experts as distributions over shared prototypes (ALGORITHMS.md
 // §4). Its fused predictor for the whole label space is q_λ(w) adapted to
 // the all-classes task with up to 10 examples per class of V (the
-// coordinator's own labelled shots), or the prior p_γ(w|τ) without V.
+// coordinator's own labelled shots) and the prototypes' votes relabelled by
+// them, or the prior p_γ(w|τ) without V.
 class TaeFuser : public Fuser {
  public:
   explicit TaeFuser(const AlgorithmOptions& o) : options_(o) {}
@@ -242,6 +243,7 @@ class TaeFuser : public Fuser {
     model_->set_labels(data.label_names);
     auto all = torch::ones({c});
     q_ = model_->prior(all);
+    votes_ = torch::Tensor();
     if (data.fusion_index.defined() && data.fusion_index.numel() > 0) {
       // Up to 10 shots per class from V.
       std::vector<std::int64_t> rows;
@@ -253,12 +255,14 @@ class TaeFuser : public Fuser {
       auto idx = torch::tensor(rows, torch::kLong);
       auto x = data.fusion_inputs().index_select(0, idx);
       auto y = data.fusion_labels.index_select(0, idx);
-      q_ = model_->adapt(all, x, y).posterior;
+      auto adapted = model_->adapt(all, x, y);
+      q_ = adapted.posterior;
+      votes_ = adapted.votes;
     }
   }
   torch::Tensor predict(QueryOracle&, const torch::Tensor& x) override {
     CHORUS_CHECK_CODE(model_.has_value(), Code::kFailedPrecondition, "tae: predict before fit");
-    return model_->predict(x, q_);
+    return model_->predict(x, q_, {}, votes_);
   }
   std::optional<FusedModel> fused_model() const override { return std::nullopt; }
   bool save(const std::filesystem::path& path) const override {
@@ -281,6 +285,7 @@ class TaeFuser : public Fuser {
   AlgorithmOptions options_;
   std::optional<TaeModel> model_;
   WDistribution q_;
+  torch::Tensor votes_;  ///< Relabelled by V's shots; undefined without V.
 };
 
 // Applies the shared seed and thread count to every algorithm's options.
