@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include <array>
+#include <iterator>
 
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
@@ -331,7 +332,9 @@ awaitable<void> BasicConnection<S>::writer() {
       co_await write_signal_.async_wait(as_tuple(use_awaitable));
       continue;
     }
+    writing_ = true;
     auto [ec, n] = co_await write_all(stream_, asio::buffer(queue_.front()));
+    writing_ = false;
     if (ec) {
       if (!closing_) {
         log_->warn("peer={} event=write_failed error=\"{}\"", peer_identity_, ec.message());
@@ -399,8 +402,15 @@ void BasicConnection<S>::enqueue(const v1::Envelope& envelope) {
   if (queued_bytes_ + bytes.size() > options_.max_queued_bytes) {
     log_->warn("peer={} event=backpressure queued_bytes={} limit={} action=close",
                peer_identity_, queued_bytes_, options_.max_queued_bytes);
-    queue_.clear();
-    queued_bytes_ = 0;
+    // Drop what is queued, but not the frame being written: the async write
+    // still reads it (cancelled below, the writer then drops it).
+    if (writing_ && !queue_.empty()) {
+      queue_.erase(std::next(queue_.begin()), queue_.end());
+      queued_bytes_ = queue_.front().size();
+    } else {
+      queue_.clear();
+      queued_bytes_ = 0;
+    }
     shutdown("the peer does not read its messages");
     std::error_code ignored;
     stream_.lowest_layer().cancel(ignored);  // Abort the blocked write.

@@ -144,6 +144,9 @@ class BasicConnection
   std::atomic<bool> open_{false};
   bool closing_ = false;
   std::deque<std::string> queue_;
+  /// The writer has queue_.front() in an async write: that string must live
+  /// until the write returns (freeing it meanwhile was a use-after-free).
+  bool writing_ = false;
   std::size_t queued_bytes_ = 0;
   asio::steady_timer write_signal_;
   std::chrono::steady_clock::time_point last_sent_, last_received_;
