@@ -224,7 +224,8 @@ class SelectFuser : public Fuser {
 // §4). Its fused predictor for the whole label space is q_λ(w) adapted to
 // the all-classes task with up to 10 examples per class of V (the
 // coordinator's own labelled shots) and the prototypes' votes relabelled by
-// them, or the prior p_γ(w|τ) without V.
+// them; without V, the prior p_γ(w|τ) with the votes relabelled by the
+// experts' union answer on the transfer pool.
 class TaeFuser : public Fuser {
  public:
   explicit TaeFuser(const AlgorithmOptions& o) : options_(o) {}
@@ -258,6 +259,10 @@ class TaeFuser : public Fuser {
       auto adapted = model_->adapt(all, x, y);
       q_ = adapted.posterior;
       votes_ = adapted.votes;
+    } else if (options_.tae().relabel()) {
+      // No labelled set: the prototypes are relabelled by what the experts
+      // said of the transfer pool (their union answer as soft labels).
+      votes_ = model_->relabel(r.inputs, union_answer(r.answers), q_);
     }
   }
   torch::Tensor predict(QueryOracle&, const torch::Tensor& x) override {

@@ -166,8 +166,7 @@ std::vector<double> TaeModel::train(const TaeData& data) {
     task_list.push_back(data.tasks[static_cast<std::size_t>(i)].to(torch::kFloat32).reshape(-1));
   }
   if (options_.union_task() && k >= 2) {
-    auto sum = torch::stack(answers).sum(0);
-    answers.push_back(sum / sum.sum(1, true).clamp_min(1e-12));
+    answers.push_back(union_answer(answers));
     task_list.push_back(torch::stack(task_list).sum(0).clamp_max(1));
   }
   const auto tasks_in_r = static_cast<std::int64_t>(answers.size());
@@ -282,6 +281,16 @@ torch::Tensor task_descriptor(const std::vector<std::int64_t>& classes,
   return tau;
 }
 
+torch::Tensor union_answer(const std::vector<torch::Tensor>& answers) {
+  CHORUS_CHECK(!answers.empty(), "tae: the union answer of no expert");
+  auto sum = torch::zeros_like(answers.front(), torch::kFloat32);
+  for (const auto& a : answers) {
+    auto f = a.to(torch::kFloat32);
+    sum += f / f.sum(1, true).clamp_min(1e-12);
+  }
+  return sum / sum.sum(1, true).clamp_min(1e-12);
+}
+
 std::vector<double> to_doubles(const torch::Tensor& t) {
   auto d = t.to(torch::kDouble).contiguous();
   return {d.data_ptr<double>(), d.data_ptr<double>() + d.numel()};
@@ -371,14 +380,30 @@ torch::Tensor TaeModel::relabel(const torch::Tensor& x, const torch::Tensor& lab
   const auto d = x.size(0);
   const auto width = classes.empty() ? net_->outputs
                                      : static_cast<std::int64_t>(classes.size());
-  CHORUS_CHECK(d >= 1 && labels.numel() == d, "tae relabel: {} shots with {} labels", d,
-               labels.numel());
-  auto y = labels.to(torch::kLong).reshape({d});
-  CHORUS_CHECK(y.min().item<std::int64_t>() >= 0 && y.max().item<std::int64_t>() < width,
-               "tae relabel: labels must index the task's {} classes", width);
-  // r_ij: how much prototype j explains shot i under the adapted mean.
-  auto resp = torch::softmax(log_px(x, q.mean), 1);  // [d, m]
-  auto counts = torch::matmul(resp.t(), torch::one_hot(y, width).to(torch::kFloat32));
+  torch::Tensor targets;  // [d, width]
+  if (labels.dim() == 2) {
+    CHORUS_CHECK(labels.size(0) == d && labels.size(1) == width,
+                 "tae relabel: soft labels must be [{}, {}]", d, width);
+    targets = labels.to(torch::kFloat32);
+    CHORUS_CHECK(torch::isfinite(targets).all().item<bool>() &&
+                     targets.min().item<float>() >= 0,
+                 "tae relabel: soft labels must be finite and non-negative");
+    targets = targets / targets.sum(1, true).clamp_min(1e-12);
+  } else {
+    CHORUS_CHECK(d >= 1 && labels.numel() == d, "tae relabel: {} shots with {} labels", d,
+                 labels.numel());
+    auto y = labels.to(torch::kLong).reshape({d});
+    CHORUS_CHECK(y.min().item<std::int64_t>() >= 0 && y.max().item<std::int64_t>() < width,
+                 "tae relabel: labels must index the task's {} classes", width);
+    targets = torch::one_hot(y, width).to(torch::kFloat32);
+  }
+  // r_ij: how much prototype j explains example i under the adapted mean
+  // (in chunks: the pool can be large).
+  auto counts = torch::zeros({prototypes_.size(0), width});
+  for (std::int64_t b = 0; b < d; b += 4096) {
+    auto resp = torch::softmax(log_px(x.slice(0, b, b + 4096), q.mean), 1);  // [≤4096, m]
+    counts += torch::matmul(resp.t(), targets.slice(0, b, b + 4096));
+  }
   auto prior_votes = restrict(net_->decode_y(prototypes_), classes).exp();  // [m, width]
   auto votes = options_.relabel_prior() * prior_votes + counts + 1e-3;
   return votes / votes.sum(1, true);

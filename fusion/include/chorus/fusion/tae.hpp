@@ -98,6 +98,11 @@ struct WDistribution {
 /// classes. Throws `chorus::Error` (INVALID_ARGUMENT) on a class outside it.
 torch::Tensor task_descriptor(const std::vector<std::int64_t>& classes, std::int64_t task_dim);
 
+/// The experts' union answer [N, C]: each expert's answers [N, C] (lifted
+/// into the output space) normalised, summed, and normalised again — what B+
+/// predicts, as soft labels.
+torch::Tensor union_answer(const std::vector<torch::Tensor>& answers);
+
 /// A tensor's values as doubles (an embedding's mean or log-variance, for
 /// JSON files and reports).
 std::vector<double> to_doubles(const torch::Tensor& t);
@@ -209,7 +214,8 @@ class TaeModel {
                         const std::vector<std::int64_t>& classes = {});
 
   /// The prototypes' votes relabelled by the labelled shots under `q`'s mean
-  /// (see `TaeOptions::relabel`): [m, width], rows sum to 1.
+  /// (see `TaeOptions::relabel`): [m, width], rows sum to 1. `labels` are
+  /// indices [d] into the task's classes, or soft labels [d, width].
   torch::Tensor relabel(const torch::Tensor& x, const torch::Tensor& labels,
                         const WDistribution& q,
                         const std::vector<std::int64_t>& classes = {});
