@@ -40,11 +40,7 @@ void predict_tae(const PredictOptions& o, const torch::Tensor& images, PredictRe
   auto task = o.adapted.empty() ? model.task_of_all_outputs()
                                 : model.read_adapted_task(o.adapted);
   fusion::ThreadGuard guard(o.threads);
-  std::vector<torch::Tensor> parts;
-  for (std::int64_t b = 0; b < images.size(0); b += 2000) {
-    parts.push_back(model.predict(images.slice(0, b, b + 2000), task));
-  }
-  probs = torch::cat(parts);
+  probs = model.predict(images, task);
   report.source = "model " + o.model.string();
   report.algorithm = "tae (" + task.source + ")";
   auto names = model.labels().size() == static_cast<std::size_t>(model.outputs())

@@ -65,14 +65,7 @@ EvalReport evaluate_tae(const std::filesystem::path& model_path, Split split,
   ThreadGuard guard(threads);
   EvalReport report;
   const auto start = std::chrono::steady_clock::now();
-  torch::Tensor predicted;
-  {
-    std::vector<torch::Tensor> parts;
-    for (std::int64_t b = 0; b < x.size(0); b += 2000) {
-      parts.push_back(model.predict(x.slice(0, b, b + 2000), task).argmax(1));
-    }
-    predicted = torch::cat(parts);
-  }
+  auto predicted = model.predict(x, task).argmax(1);
   report.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   report.algorithm = "tae";

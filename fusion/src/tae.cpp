@@ -605,7 +605,13 @@ TaeTask TaeModel::read_adapted_task(const std::filesystem::path& path) const {
 }
 
 torch::Tensor TaeModel::predict(const torch::Tensor& x, const TaeTask& task) {
-  return predict(x, task.q, task.classes, task.votes);
+  // In chunks: a whole test split at once would hold [N, m, C] log-joints.
+  constexpr std::int64_t kChunk = 2000;
+  std::vector<torch::Tensor> parts;
+  for (std::int64_t b = 0; b < x.size(0); b += kChunk) {
+    parts.push_back(predict(x.slice(0, b, b + kChunk), task.q, task.classes, task.votes));
+  }
+  return parts.empty() ? predict(x, task.q, task.classes, task.votes) : torch::cat(parts);
 }
 
 bool TaeModel::is_model_file(const std::filesystem::path& path) {
