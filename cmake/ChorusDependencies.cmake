@@ -11,6 +11,12 @@ find_package(spdlog REQUIRED)
 find_package(tomlplusplus REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
+# Data readers: PNG (libspng), JPEG (TurboJPEG), .npz archives (libzip).
+# Debian ships pkg-config files for all three, not CMake configs for spng.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(spng REQUIRED IMPORTED_TARGET spng)
+pkg_check_modules(turbojpeg REQUIRED IMPORTED_TARGET libturbojpeg)
+pkg_check_modules(libzip REQUIRED IMPORTED_TARGET libzip)
 if(CHORUS_BUILD_TESTS)
   find_package(doctest REQUIRED)
 endif()

@@ -14,10 +14,15 @@ packages=(
   libspdlog-dev libfmt-dev
   doctest-dev zlib1g-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
+  # Data readers: PNG, JPEG and .npz (zip) files.
+  pkg-config libspng-dev libturbojpeg0-dev libzip-dev
   dataset-fashion-mnist
   # PyTorch for Python: the bring-your-own-expert example exports a
   # TorchScript model with it, and tests check that Python reads our files.
   python3-torch
+  # Small real tabular data sets (breast cancer, wine, iris, digits) for
+  # `chorus simulate --dataset NAME`, and numpy for tests that write .npy.
+  python3-sklearn
 )
 
 missing=()

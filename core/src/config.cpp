@@ -213,6 +213,14 @@ std::vector<std::string> Config::get_string_array(const std::string& key,
       [](const toml::node& e) { return e.is_string(); }, "an array of strings");
 }
 
+std::vector<double> Config::get_double_array(const std::string& key,
+                                             std::vector<double> fallback) {
+  impl_->read.insert(key);
+  return read_array<double>(
+      impl_->table, impl_->origin, key, std::move(fallback),
+      [](const toml::node& e) { return e.is_number(); }, "an array of numbers");
+}
+
 void Config::finish() const {
   std::vector<std::string> keys;
   collect_keys(impl_->table, "", keys);

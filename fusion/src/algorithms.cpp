@@ -178,8 +178,8 @@ class SelectFuser : public Fuser {
     auto trust = torch::cat(columns, 1) + 1e-3;
     auto targets = trust / trust.sum(1, /*keepdim=*/true);
     const auto& d = options_.distill();
-    spec_.arch = d.arch();
     spec_.input_shape = data.transfer.sizes().slice(1).vec();
+    spec_.arch = resolve_architecture(d.arch(), spec_.input_shape);
     spec_.num_classes = static_cast<std::int64_t>(data.experts.size());
     torch::manual_seed(options_.seed());
     selector_ = make_classifier(spec_);

@@ -45,8 +45,8 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
   }
 
   ModelSpec spec;
-  spec.arch = options.arch();
   spec.input_shape = inputs.sizes().slice(1).vec();
+  spec.arch = resolve_architecture(options.arch(), spec.input_shape);
   spec.num_classes = classes;
   torch::manual_seed(options.seed());
   auto student = make_classifier(spec);

@@ -43,9 +43,10 @@ torch::Tensor MlpImpl::forward(torch::Tensor x) {
 
 LeNetImpl::LeNetImpl(LeNetOptions options) : options_(std::move(options)) {
   const auto& o = options_;
-  CHORUS_CHECK(o.image_size() >= 4 && o.image_size() % 4 == 0,
-               "lenet: image size must be a positive multiple of 4, got {}",
-               o.image_size());
+  CHORUS_CHECK(o.image_height() >= 4 && o.image_width() >= 4,
+               "lenet: images must be at least 4x4 (two 2x2 poolings), got {}x{}; use "
+               "the mlp for smaller inputs",
+               o.image_height(), o.image_width());
   conv1_ = register_module(
       "conv1", nn::Conv2d(nn::Conv2dOptions(o.in_channels(), o.channels1(), 3)
                               .padding(1)
@@ -56,9 +57,9 @@ LeNetImpl::LeNetImpl(LeNetOptions options) : options_(std::move(options)) {
                               .padding(1)
                               .bias(false)));
   bn2_ = register_module("bn2", nn::BatchNorm2d(o.channels2()));
-  const std::int64_t side = o.image_size() / 4;
-  fc1_ = register_module("fc1",
-                         nn::Linear(o.channels2() * side * side, o.hidden()));
+  // Each 2x2 max-pool rounds down.
+  const std::int64_t h = o.image_height() / 2 / 2, w = o.image_width() / 2 / 2;
+  fc1_ = register_module("fc1", nn::Linear(o.channels2() * h * w, o.hidden()));
   fc2_ = register_module("fc2", nn::Linear(o.hidden(), o.num_classes()));
   dropout_ = register_module("dropout", nn::Dropout(o.dropout()));
 }
@@ -193,6 +194,31 @@ const std::vector<std::string>& architectures() {
   return kArchs;
 }
 
+std::string default_architecture(const std::vector<std::int64_t>& input_shape) {
+  if (input_shape.size() == 3 && input_shape[1] >= 4 && input_shape[2] >= 4) {
+    return "lenet";
+  }
+  return "mlp";
+}
+
+std::string resolve_architecture(const std::string& arch,
+                                 const std::vector<std::int64_t>& input_shape) {
+  if (arch == "auto") return default_architecture(input_shape);
+  const auto& all = architectures();
+  CHORUS_CHECK(std::find(all.begin(), all.end(), arch) != all.end(),
+               "unknown architecture '{}' (expected auto, mlp, lenet or resnet)", arch);
+  if (arch == "mlp") return arch;
+  CHORUS_CHECK(input_shape.size() == 3,
+               "architecture '{}' takes images [C, H, W], but the inputs are [{}]; use "
+               "mlp or auto",
+               arch, fmt::join(input_shape, ", "));
+  CHORUS_CHECK(arch != "lenet" || (input_shape[1] >= 4 && input_shape[2] >= 4),
+               "lenet needs images of at least 4x4, but the inputs are [{}]; use mlp, "
+               "resnet or auto",
+               fmt::join(input_shape, ", "));
+  return arch;
+}
+
 std::shared_ptr<ClassifierImpl> make_classifier(const ModelSpec& spec) {
   CHORUS_CHECK(spec.num_classes > 0, "model spec '{}': classes must be positive",
                spec.to_string());
@@ -202,14 +228,22 @@ std::shared_ptr<ClassifierImpl> make_classifier(const ModelSpec& spec) {
     if (!spec.hidden.empty()) options.hidden(spec.hidden);
     return Mlp(options).ptr();
   }
-  CHORUS_CHECK(spec.input_shape.size() == 3 &&
-                   spec.input_shape[1] == spec.input_shape[2],
-               "model spec '{}': {} needs square images CxHxW",
-               spec.to_string(), spec.arch);
+  if (spec.arch != "lenet" && spec.arch != "resnet") {
+    fail(Code::kInvalidArgument,
+         "unknown architecture '{}' (expected mlp, lenet or resnet)", spec.arch);
+  }
+  CHORUS_CHECK(spec.input_shape.size() == 3,
+               "model spec '{}': {} takes images [C, H, W]; inputs of shape [{}] need "
+               "the mlp",
+               spec.to_string(), spec.arch, fmt::join(spec.input_shape, ", "));
+  for (auto d : spec.input_shape) {
+    CHORUS_CHECK(d > 0, "model spec '{}': dimensions must be positive", spec.to_string());
+  }
   if (spec.arch == "lenet") {
     return LeNet(LeNetOptions()
                      .in_channels(spec.input_shape[0])
-                     .image_size(spec.input_shape[1])
+                     .image_height(spec.input_shape[1])
+                     .image_width(spec.input_shape[2])
                      .num_classes(spec.num_classes))
         .ptr();
   }

@@ -38,11 +38,37 @@ TEST_CASE("models: a spec string round-trips and bad specs are refused") {
   }
   CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "vgg"}), chorus::Error);
   CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "lenet",
-                                                    .input_shape = {1, 28, 14}}),
+                                                    .input_shape = {1, 3, 3}}),
+                  chorus::Error);
+  CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "resnet",
+                                                    .input_shape = {30}}),
                   chorus::Error);
   CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "mlp",
                                                     .num_classes = 0}),
                   chorus::Error);
+}
+
+TEST_CASE("models: every image architecture takes any channel count and size") {
+  for (const auto& arch : {"lenet", "resnet", "mlp"}) {
+    for (auto shape : std::vector<std::vector<std::int64_t>>{
+             {3, 32, 32}, {1, 28, 14}, {3, 30, 17}, {5, 8, 8}, {1, 5, 4}}) {
+      CAPTURE(arch);
+      CAPTURE(shape.size());
+      auto model = fu::make_classifier(
+          fu::ModelSpec{.arch = arch, .input_shape = shape, .num_classes = 7});
+      std::vector<std::int64_t> batch{2};
+      batch.insert(batch.end(), shape.begin(), shape.end());
+      model->eval();
+      CHECK(model->forward(torch::rand(batch)).sizes().vec() ==
+            std::vector<std::int64_t>{2, 7});
+    }
+  }
+  CHECK(fu::default_architecture({30}) == "mlp");
+  CHECK(fu::default_architecture({3, 32, 32}) == "lenet");
+  CHECK(fu::default_architecture({1, 2, 2}) == "mlp");
+  CHECK(fu::resolve_architecture("auto", {64}) == "mlp");
+  CHECK_THROWS_AS(fu::resolve_architecture("lenet", {64}), chorus::Error);
+  CHECK_THROWS_AS(fu::resolve_architecture("vgg", {1, 28, 28}), chorus::Error);
 }
 
 TEST_CASE("fused model: save and load reproduce the predictions exactly") {

@@ -53,6 +53,9 @@ class Config {
                                           std::vector<std::int64_t> fallback);
   std::vector<std::string> get_string_array(const std::string& key,
                                             std::vector<std::string> fallback);
+  /// An array of numbers (integers are accepted and converted).
+  std::vector<double> get_double_array(const std::string& key,
+                                       std::vector<double> fallback);
   /// Whether the key is present.
   bool has(const std::string& key) const;
 

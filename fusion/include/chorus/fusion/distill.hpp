@@ -19,8 +19,10 @@ namespace chorus::fusion {
 
 /// Options of `distill`.
 struct DistillOptions {
-  /// The student's architecture ("mlp", "lenet", "resnet").
-  TORCH_ARG(std::string, arch) = "lenet";
+  /// The student's architecture ("mlp", "lenet", "resnet"), or "auto":
+  /// chosen from the input shape (`default_architecture`: lenet for images,
+  /// mlp for features).
+  TORCH_ARG(std::string, arch) = "auto";
   TORCH_ARG(std::int64_t, epochs) = 20;
   TORCH_ARG(std::int64_t, batch_size) = 128;
   TORCH_ARG(double, lr) = 1e-3;

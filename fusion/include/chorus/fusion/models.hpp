@@ -56,8 +56,10 @@ TORCH_MODULE(Mlp);
 struct LeNetOptions {
   /// Input channels.
   TORCH_ARG(std::int64_t, in_channels) = 1;
-  /// Input height and width (square images).
-  TORCH_ARG(std::int64_t, image_size) = 28;
+  /// Input height and width: any size of at least 4×4 (each 2×2 max-pool
+  /// rounds down).
+  TORCH_ARG(std::int64_t, image_height) = 28;
+  TORCH_ARG(std::int64_t, image_width) = 28;
   /// Number of output classes.
   TORCH_ARG(std::int64_t, num_classes) = 10;
   /// Channels of the two convolution stages.
@@ -138,6 +140,17 @@ struct ModelSpec {
 
 /// The names of the zoo's architectures, in a fixed order.
 const std::vector<std::string>& architectures();
+
+/// The architecture that suits inputs of `input_shape`: "lenet" for images
+/// [C, H, W] of at least 4×4, "mlp" otherwise (tabular features [D], or
+/// images too small to pool).
+std::string default_architecture(const std::vector<std::int64_t>& input_shape);
+
+/// `arch`, or `default_architecture(input_shape)` when `arch` is "auto".
+/// Throws `chorus::Error` (INVALID_ARGUMENT) when the named architecture
+/// cannot take inputs of that shape, naming both.
+std::string resolve_architecture(const std::string& arch,
+                                 const std::vector<std::int64_t>& input_shape);
 
 /// Builds a freshly initialised model for `spec`. Throws `chorus::Error`
 /// (INVALID_ARGUMENT) for an unknown architecture or a shape it cannot take.
