@@ -73,11 +73,14 @@ int train(const NodeArgs& args) {
                r.seconds);
     std::fflush(stdout);
   });
-  fmt::print("training {} on [{}] (shard {}/{}), {} epochs, {} thread(s)\n",
-             options.arch(), fmt::join(config.expert.labels, ", "), options.shard(),
-             options.shards(), options.epochs(), config.threads);
+  const auto& source = options.source();
+  fmt::print("training {} on [{}] from {} (shard {}/{}), {} epochs, {} thread(s)\n",
+             options.arch(), fmt::join(config.expert.labels, ", "),
+             source.dataset() == "files" ? source.data().path.string() : source.dataset(),
+             options.shard(), options.shards(), options.epochs(), config.threads);
   auto result = node::train_builtin_expert(config.expert.labels, options,
                                            config.expert.path);
+  fmt::print("architecture {}  inputs [{}]\n", result.arch, fmt::join(result.input_shape, ", "));
   fmt::print("examples {}  held out {}  held-out accuracy {:.4f}  {:.1f} s\n",
              result.examples, result.holdout, result.holdout_accuracy, result.seconds);
   fmt::print("wrote {}\n", config.expert.path.string());

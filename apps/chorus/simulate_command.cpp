@@ -27,7 +27,11 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
                   "coordinator and broadcast (bplus, bmax, distill, foe, "
                   "foe-distill, foe-select, frugal, tae)")
       ->capture_default_str();
-  sub->add_option("--dataset", o->dataset, "Data set (fashion-mnist)")->capture_default_str();
+  sub->add_option("--dataset", o->dataset,
+                  "A built-in data set (fashion-mnist, mnist, breast-cancer, wine, iris, "
+                  "digits) or a directory with task.toml and train/test files (.npz, "
+                  ".csv, or image folders)")
+      ->capture_default_str();
   sub->add_option("--rounds", o->rounds, "Fusion rounds (the transfer pool is queried "
                                          "in that many slices)")
       ->capture_default_str();
@@ -36,21 +40,27 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
   sub->add_option("--out", *out, "Run directory (experts are cached here)")
       ->capture_default_str();
   sub->add_option("--classes-per-expert", o->classes_per_expert,
-                  "Classes in each node's task")
+                  "Classes in each node's task (at most the label space's)")
       ->capture_default_str();
   sub->add_option("--transfer-size", o->transfer_size,
-                  "Public transfer pool U (unlabelled)")
+                  "Public transfer pool U (unlabelled); 0: 10000, or half the "
+                  "training split of a smaller data set")
       ->capture_default_str();
   sub->add_option("--fusion-labels", o->fusion_labels,
-                  "Labelled fusion set V, taken from U")
+                  "Labelled fusion set V, taken from U; -1: 500, or a fifth of U "
+                  "when that is smaller")
       ->capture_default_str();
-  sub->add_option("--expert-epochs", o->expert_epochs, "Epochs of each expert's training")
+  sub->add_option("--expert-epochs", o->expert_epochs,
+                  "Epochs of each expert's training; 0: 3 on Fashion-MNIST, more for "
+                  "small shards")
       ->capture_default_str();
   sub->add_option("--threads", o->threads, "Torch threads for training and fusion")
       ->capture_default_str();
   sub->add_option("--data-dir", *data_dir,
-                  "Fashion-MNIST directory (default: $CHORUS_DATA_DIR or "
-                  "/usr/share/datasets/fashion-mnist)");
+                  "Where a built-in data set's files are (default: Fashion-MNIST "
+                  "$CHORUS_DATA_DIR or /usr/share/datasets/fashion-mnist; MNIST "
+                  "$CHORUS_MNIST_DIR or data/mnist; scikit-learn's data sets "
+                  "/usr/lib/python3/dist-packages/sklearn/datasets/data)");
   sub->add_flag("--processes", o->processes,
                 "Run each node as its own 'chorus node' process");
   sub->add_flag("--resume", o->resume,

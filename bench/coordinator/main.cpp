@@ -2,14 +2,22 @@
 // loopback mTLS: wall time, payload bytes and the coordinator's memory as the
 // number of nodes grows. The cost per node should stay flat.
 //
-//   bench_coordinator [--nodes 5,20,100] [--pool N] [--json FILE]
+//   bench_coordinator [--nodes 5,20,100] [--pool N] [--dtypes float32,uint8]
+//                     [--repeat N] [--json FILE]
 //
 // Each node count runs in a fresh coordinator process (so its RSS is its
 // own), whose nodes all live in one child process: a tiny MLP expert each
 // (784 → 16 → 4), a share of the ten labels, no budget. The round queries
 // every node for the whole pool (`--pool` inputs of 28×28 floats) in batches
 // of 256, fuses with bplus (cheap: the round is fan-out bound), and pushes
-// nothing. Bytes are tensor payload (requests and answers), not TLS framing.
+// nothing. "MB sent"/"MB recv" are tensor payload (requests and answers);
+// "wire MB" is what the nodes' process read from its sockets (/proc/PID/io
+// rchar, after the certificates: TLS records, frames and payload).
+//
+// --dtypes: the task's input dtype; float32 sends 4 bytes per pixel, uint8
+// (protocol 1.2) one. Every dtype runs on the same pool, quantised to bytes,
+// alternating, --repeat times; the table ends with the uint8/float32 ratio
+// of the wire bytes and of the round time (medians).
 #include <asio/io_context.hpp>
 #include <asio/signal_set.hpp>
 #include <asio/thread_pool.hpp>
@@ -23,7 +31,9 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <algorithm>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -35,6 +45,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/core/task.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/node/expert.hpp"
 #include "chorus/node/service.hpp"
@@ -54,6 +65,17 @@ const std::vector<std::string> kSpace = {"c0", "c1", "c2", "c3", "c4",
                                          "c5", "c6", "c7", "c8", "c9"};
 
 std::string node_name(int i) { return fmt::format("node{:03d}", i); }
+
+// Bytes a process has read so far ("rchar" of /proc/PID/io).
+long long read_bytes(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/io", pid));
+  std::string key;
+  long long value = 0;
+  while (in >> key >> value) {
+    if (key == "rchar:") return value;
+  }
+  return -1;
+}
 
 // kB of the current process's resident set ("VmRSS") or peak ("VmHWM").
 long status_kb(const char* key) {
@@ -120,7 +142,8 @@ int serve_nodes(int count, std::uint16_t port, const fs::path& pki) {
 
 // --- one coordinator run --------------------------------------------------------
 
-int run_one(int count, std::int64_t pool_size, const fs::path& out_json) {
+int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
+            const fs::path& out_json) {
   const long rss_start = status_kb("VmRSS:");
   const auto dir = fs::temp_directory_path() / fmt::format("chorus-bench-coord-{}", getpid());
   fs::create_directories(dir);
@@ -140,7 +163,11 @@ int run_one(int count, std::int64_t pool_size, const fs::path& out_json) {
   co::RegistryOptions ro;
   ro.port = 0;
   ro.tls = {ca.cert_pem, coordinator_keys.cert_pem, coordinator_keys.key_pem};
-  ro.label_space = kSpace;
+  const chorus::TaskSpec task{.name = "bench",
+                              .labels = chorus::LabelSpace(kSpace),
+                              .input_shape = {1, 28, 28},
+                              .dtype = dtype};
+  ro.task = task;
   co::NodeRegistry registry(io, co::Roster(roster), ro);
   registry.start();
   std::thread io_thread([&] { io.run(); });
@@ -148,11 +175,12 @@ int run_one(int count, std::int64_t pool_size, const fs::path& out_json) {
                              "--port", std::to_string(registry.port()), "--pki", dir.string()});
 
   torch::manual_seed(0);
-  co::PoolData data{.inputs = torch::rand({pool_size, 1, 28, 28}),
+  // Pixels as bytes would give them, for every dtype alike.
+  co::PoolData data{.inputs = torch::randint(0, 256, {pool_size, 1, 28, 28}).div_(255.0),
                     .fusion_index = torch::arange(100, torch::kLong),
                     .fusion_labels = torch::randint(0, 10, {100}, torch::kLong)};
   co::CoordinatorOptions o;
-  o.label_space = kSpace;
+  o.task = task;
   o.algorithm = "bplus";
   o.min_nodes = static_cast<std::size_t>(count);
   o.quorum_timeout = 120s;
@@ -162,6 +190,7 @@ int run_one(int count, std::int64_t pool_size, const fs::path& out_json) {
   o.run_dir = dir / "run";
   const auto t_join = std::chrono::steady_clock::now();
   registry.wait_for_quorum(o.min_nodes, o.quorum_timeout);
+  const long long nodes_read_before = read_bytes(nodes);
   const double join_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_join).count();
   const long rss_joined = status_kb("VmRSS:");
@@ -171,6 +200,7 @@ int run_one(int count, std::int64_t pool_size, const fs::path& out_json) {
   const long rss_after = status_kb("VmRSS:");
   const long rss_peak = status_kb("VmHWM:");
 
+  const long long nodes_read = read_bytes(nodes) - nodes_read_before;
   registry.stop("bench over");
   kill(nodes, SIGTERM);
   int status = 0;
@@ -182,6 +212,8 @@ int run_one(int count, std::int64_t pool_size, const fs::path& out_json) {
 
   nlohmann::json out{{"nodes", count},
                      {"pool", pool_size},
+                     {"dtype", chorus::dtype_name(dtype)},
+                     {"wire_bytes_to_nodes", nodes_read},
                      {"answered", r.experts.size()},
                      {"join_seconds", join_s},
                      {"round_seconds", r.seconds},
@@ -205,6 +237,9 @@ int main(int argc, char** argv) {
   int serve = 0, one = 0;
   std::uint16_t port = 0;
   std::string pki, one_json;
+  std::vector<std::string> dtypes = {"float32"};
+  std::string one_dtype = "float32";
+  int repeat = 1;
   for (int i = 1; i < argc; ++i) {
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
     const std::string a = argv[i];
@@ -214,6 +249,14 @@ int main(int argc, char** argv) {
       for (std::string item; std::getline(list, item, ',');) counts.push_back(std::stoi(item));
     } else if (a == "--pool") {
       pool_size = std::stoll(next());
+    } else if (a == "--dtypes") {
+      dtypes.clear();
+      std::stringstream list(next());
+      for (std::string item; std::getline(list, item, ',');) dtypes.push_back(item);
+    } else if (a == "--repeat") {
+      repeat = std::stoi(next());
+    } else if (a == "--dtype") {  // Internal: one coordinator run's dtype.
+      one_dtype = next();
     } else if (a == "--json") {
       json_path = next();
     } else if (a == "--serve-nodes") {  // Internal: the nodes' process.
@@ -227,7 +270,9 @@ int main(int argc, char** argv) {
     } else if (a == "--one-json") {
       one_json = next();
     } else {
-      std::fprintf(stderr, "usage: bench_coordinator [--nodes 5,20,100] [--pool N] [--json FILE]\n");
+      std::fprintf(stderr,
+                   "usage: bench_coordinator [--nodes 5,20,100] [--pool N] "
+                   "[--dtypes float32,uint8] [--repeat N] [--json FILE]\n");
       return 2;
     }
   }
@@ -238,17 +283,23 @@ int main(int argc, char** argv) {
     if (serve > 0) return serve_nodes(serve, port, pki);
     if (one > 0) {
       torch::set_num_threads(1);
-      return run_one(one, pool_size, one_json);
+      return run_one(one, pool_size, chorus::parse_input_dtype(one_dtype), one_json);
     }
 
-    std::printf("%6s %9s %12s %10s %10s %12s %12s %12s %12s\n", "nodes", "round s",
-                "ms per node", "MB sent", "MB recv", "KB per node", "coord RSS MB",
-                "RSS KB/node", "peak RSS MB");
+    for (const auto& d : dtypes) (void)chorus::parse_input_dtype(d);
+    CHORUS_CHECK(repeat >= 1, "--repeat must be at least 1");
+    std::printf("%6s %8s %9s %12s %10s %10s %10s %12s %12s %12s %12s\n", "nodes", "dtype",
+                "round s", "ms per node", "MB sent", "MB recv", "wire MB", "KB per node",
+                "coord RSS MB", "RSS KB/node", "peak RSS MB");
     nlohmann::json runs = nlohmann::json::array();
-    for (int count : counts) {
+    std::map<std::string, std::vector<double>> wire, seconds;
+    for (int rep = 0; rep < repeat; ++rep)
+    for (int count : counts)
+    for (const auto& dtype : dtypes) {
       const auto tmp = fs::temp_directory_path() / fmt::format("bench-coord-{}.json", count);
       const pid_t pid = spawn({"bench_coordinator", "--one", std::to_string(count), "--pool",
-                               std::to_string(pool_size), "--one-json", tmp.string()});
+                               std::to_string(pool_size), "--dtype", dtype, "--one-json",
+                               tmp.string()});
       int status = 0;
       waitpid(pid, &status, 0);
       CHORUS_CHECK_CODE(WIFEXITED(status) && WEXITSTATUS(status) == 0, chorus::Code::kInternal,
@@ -259,9 +310,12 @@ int main(int argc, char** argv) {
       const double sent = r["bytes_sent"].get<double>(), recv = r["bytes_received"].get<double>();
       const double rss_growth_kb =
           r["rss_after_kb"].get<double>() - r["rss_start_kb"].get<double>();
-      std::printf("%6d %9.2f %12.1f %10.1f %10.2f %12.1f %12.1f %12.1f %12.1f\n", count,
-                  r["round_seconds"].get<double>(),
-                  1000 * r["round_seconds"].get<double>() / n, sent / 1e6, recv / 1e6,
+      const double wire_mb = r["wire_bytes_to_nodes"].get<double>() / 1e6;
+      wire[dtype].push_back(wire_mb);
+      seconds[dtype].push_back(r["round_seconds"].get<double>());
+      std::printf("%6d %8s %9.2f %12.1f %10.1f %10.2f %10.1f %12.1f %12.1f %12.1f %12.1f\n",
+                  count, dtype.c_str(), r["round_seconds"].get<double>(),
+                  1000 * r["round_seconds"].get<double>() / n, sent / 1e6, recv / 1e6, wire_mb,
                   (sent + recv) / 1e3 / n, r["rss_after_kb"].get<double>() / 1024,
                   rss_growth_kb / n, r["rss_peak_kb"].get<double>() / 1024);
       std::fflush(stdout);
@@ -271,6 +325,15 @@ int main(int argc, char** argv) {
     }
     std::printf("pool=%lld inputs of 1x28x28 per node, batch 256, bplus, cores=%u\n",
                 static_cast<long long>(pool_size), std::thread::hardware_concurrency());
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    if (wire.count("float32") && wire.count("uint8") && counts.size() == 1) {
+      std::printf("uint8 / float32 (medians of %d): wire bytes %.3f, round time %.3f\n",
+                  repeat, median(wire["uint8"]) / median(wire["float32"]),
+                  median(seconds["uint8"]) / median(seconds["float32"]));
+    }
     nlohmann::json out{{"benchmark", "coordinator"}, {"pool", pool_size}, {"runs", runs}};
     chorus::write_file_atomic(json_path, out.dump(2) + "\n");
     std::printf("wrote %s\n", json_path.c_str());

@@ -11,6 +11,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/protocol/digest.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
@@ -146,11 +147,8 @@ struct Coordinator::Impl {
 
   std::vector<std::int64_t> to_indices(const v1::Hello& hello) const {
     std::vector<std::int64_t> out;
-    const auto& space = options.label_space;
     for (const auto& l : hello.expert().labels()) {
-      auto it = std::find(space.begin(), space.end(), l);
-      CHORUS_CHECK(it != space.end(), "label '{}' is not in the label space", l);
-      out.push_back(it - space.begin());
+      out.push_back(options.task.labels.index(l, "a node's label"));
     }
     return out;
   }
@@ -354,12 +352,17 @@ struct Coordinator::Impl {
     RemoteOracleOptions ro{.round = static_cast<std::uint32_t>(round),
                            .deadline = options.request_deadline,
                            .batch = options.query_batch};
+    // Inputs travel in the task's form (uint8 pixels: a quarter of float32).
+    ro.to_wire = [task = options.task](const torch::Tensor& x) {
+      return fusion::to_wire_inputs(x, task);
+    };
+    ro.wire_element_size = options.task.dtype == InputDType::kUInt8 ? 1 : 4;
     auto request = [this](const std::string& id, v1::Envelope e,
                           std::chrono::milliseconds d) {
       return registry.request(id, std::move(e), d);
     };
     auto round_oracle = std::make_unique<RemoteOracle>(
-        static_cast<std::int64_t>(options.label_space.size()), remote, request, ro);
+        options.task.labels.size(), remote, request, ro);
 
     // Fan out: every node, concurrently, for the slices it has not answered.
     std::vector<std::future<std::string>> jobs;
@@ -403,8 +406,8 @@ struct Coordinator::Impl {
     // Fuse on U's slices 1..round.
     const auto end = slice_end(round - 1);
     fusion::FusionData data;
-    data.num_classes = static_cast<std::int64_t>(options.label_space.size());
-    data.label_names = options.label_space;
+    data.num_classes = options.task.labels.size();
+    data.label_names = options.task.labels.names();
     data.transfer = pool.inputs.slice(0, 0, end);
     for (const auto& e : fused_experts) {
       std::vector<torch::Tensor> parts;
@@ -474,7 +477,7 @@ struct Coordinator::Impl {
 Coordinator::Coordinator(NodeRegistry& registry, PoolData pool, CoordinatorOptions options)
     : impl_(std::make_unique<Impl>(registry, std::move(pool), std::move(options))) {
   auto& o = impl_->options;
-  CHORUS_CHECK(!o.label_space.empty(), "the coordinator needs a label space");
+  CHORUS_CHECK(!o.task.labels.empty(), "the coordinator needs a label space");
   CHORUS_CHECK(o.rounds >= 1, "rounds must be at least 1, got {}", o.rounds);
   CHORUS_CHECK(o.min_nodes >= 1, "min_nodes must be at least 1");
   CHORUS_CHECK(impl_->pool.inputs.defined() && impl_->pool.inputs.size(0) >= o.rounds,
@@ -571,13 +574,17 @@ FusedPrediction Coordinator::predict(const torch::Tensor& inputs) {
 v1::Envelope Coordinator::answer(const v1::Envelope& request) {
   CHORUS_CHECK_CODE(request.has_predict_request(), Code::kUnimplemented,
                     "expected a PredictRequest");
-  auto prediction = predict(protocol::decode_tensor(request.predict_request().inputs()));
+  auto raw = protocol::decode_tensor(request.predict_request().inputs());
+  CHORUS_CHECK(raw.scalar_type() == torch::kFloat32 || raw.scalar_type() == torch::kUInt8,
+               "inputs must be uint8 or float32, got {}", c10::toString(raw.scalar_type()));
+  CHORUS_CHECK(!protocol::has_non_finite(raw), "inputs hold NaN or infinite values");
+  auto prediction = predict(fusion::to_model_inputs(raw, impl_->options.task));
   v1::Envelope reply;
   auto* r = reply.mutable_predict_response();
   protocol::encode_tensor(prediction.probabilities.to(torch::kFloat32).contiguous(),
                           r->mutable_outputs());
   r->set_form(v1::OUTPUT_FORM_PROBABILITIES);
-  for (const auto& l : impl_->options.label_space) r->add_labels(l);
+  for (const auto& l : impl_->options.task.labels.names()) r->add_labels(l);
   r->set_algorithm(impl_->options.algorithm);
   r->set_fused_round(static_cast<std::uint32_t>(prediction.round));
   r->set_expert_queries(static_cast<std::uint64_t>(prediction.expert_queries));

@@ -7,6 +7,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/offload.hpp"
+#include "chorus/protocol/task_codec.hpp"
 
 namespace chorus::coordinator {
 
@@ -24,6 +25,7 @@ struct NodeRegistry::Impl {
   };
   std::map<std::string, Entry> nodes;
   std::map<std::string, int> generations;
+  std::map<std::string, std::string> refused;  // Identity → why, last refusal.
   std::atomic<bool> stopping{false};
   // Operators: their connections, the handler, and the one thread that
   // runs their predictions (a fused prediction blocks on the nodes, whose
@@ -48,6 +50,10 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions 
   auto* impl = impl_.get();
   v1::Welcome welcome;
   welcome.set_coordinator(impl->options.name);
+  if (impl->options.task) {
+    impl->options.task->validate();
+    protocol::encode_task(*impl->options.task, welcome.mutable_task());
+  }
   impl->server = std::make_unique<protocol::Server>(
       io,
       asio::ip::tcp::endpoint(asio::ip::make_address(impl->options.listen_host),
@@ -81,15 +87,16 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions 
               .message = fmt::format("node '{}' is not on this coordinator's roster",
                                      identity)};
         }
-        const auto& space = impl->options.label_space;
-        for (const auto& l : hello.expert().labels()) {
-          if (!space.empty() && std::find(space.begin(), space.end(), l) == space.end()) {
+        if (impl->options.task) {
+          if (auto why = protocol::descriptor_mismatch(
+                  *impl->options.task, hello.expert(), fmt::format("node '{}'", identity))) {
+            {
+              std::lock_guard lock(impl->mutex);
+              impl->refused[identity] = *why;
+            }
+            impl->log->warn("node={} event=refused reason=\"{}\"", identity, *why);
             return protocol::Admission{
-                .admit = false,
-                .code = Code::kInvalidArgument,
-                .message = fmt::format(
-                    "label '{}' is not in the coordinator's label space ({})", l,
-                    fmt::join(space, ", "))};
+                .admit = false, .code = Code::kInvalidArgument, .message = *why};
           }
         }
         return protocol::Admission{};
@@ -121,6 +128,7 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions 
         std::shared_ptr<protocol::Connection> replaced;
         {
           std::lock_guard lock(impl->mutex);
+          impl->refused.erase(identity);
           auto& entry = impl->nodes[identity];
           replaced = entry.connection;
           entry.connection = connection;
@@ -241,6 +249,11 @@ std::vector<NodeInfo> NodeRegistry::connected() const {
   return out;
 }
 
+std::map<std::string, std::string> NodeRegistry::refusals() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->refused;
+}
+
 bool NodeRegistry::is_connected(const std::string& identity) const {
   std::lock_guard lock(impl_->mutex);
   auto it = impl_->nodes.find(identity);
@@ -270,11 +283,19 @@ std::vector<NodeInfo> NodeRegistry::wait_for_quorum(std::size_t min_nodes,
   if (present.size() < min_nodes) {
     std::vector<std::string> names;
     for (const auto& n : present) names.push_back(n.identity);
+    std::string why;
+    {
+      std::lock_guard lock(impl_->mutex);
+      for (const auto& m : roster_.missing(names)) {
+        auto it = impl_->refused.find(m);
+        if (it != impl_->refused.end()) why += fmt::format("; '{}' was refused: {}", m, it->second);
+      }
+    }
     fail(Code::kDeadlineExceeded,
          "no quorum after {} ms: {} of the {} required nodes are connected; "
-         "missing: {}",
+         "missing: {}{}",
          timeout.count(), present.size(), min_nodes,
-         fmt::join(roster_.missing(names), ", "));
+         fmt::join(roster_.missing(names), ", "), why);
   }
   return present;
 }

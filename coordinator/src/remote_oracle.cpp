@@ -45,7 +45,8 @@ RemoteOracle::RemoteOracle(std::int64_t num_classes, std::vector<RemoteExpert> e
 torch::Tensor RemoteOracle::do_query(std::int64_t expert, const torch::Tensor& inputs) {
   const auto& node = remote_[static_cast<std::size_t>(expert)];
   const auto step = std::min(options_.batch, node.max_batch);
-  const auto x = inputs.to(torch::kFloat32).contiguous();
+  const auto x = options_.to_wire ? options_.to_wire(inputs).contiguous()
+                                  : inputs.to(torch::kFloat32).contiguous();
   const auto n = x.size(0);
   std::vector<torch::Tensor> parts;
   std::deque<std::future<v1::Envelope>> in_flight;

@@ -16,7 +16,7 @@
 #include "chorus/core/fs.hpp"
 #include "chorus/core/version.hpp"
 #include "chorus/core/log.hpp"
-#include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/train.hpp"
 #include "chorus/protocol/shutdown.hpp"
@@ -52,14 +52,41 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   k.seed = c.get_int("fusion.seed", k.seed);
   k.threads = c.get_int("fusion.threads", k.threads);
   k.dataset = c.get_string("data.dataset", k.dataset);
+  const bool files = k.dataset == "files";
+  CHORUS_CHECK(files || fusion::is_builtin_source(k.dataset),
+               "data.dataset '{}' is neither \"files\" nor a built-in data set ({})",
+               k.dataset, fmt::join(fusion::builtin_sources(), ", "));
   k.data_dir = c.resolve(c.get_string("data.data_dir", ""));
-  k.transfer_size = c.get_int("data.transfer_size", k.transfer_size);
+  k.transfer_size = c.get_int("data.transfer_size", files ? 0 : k.transfer_size);
   k.fusion_labels = c.get_int("data.fusion_labels", k.fusion_labels);
   k.pool_seed = c.get_int("data.pool_seed", k.pool_seed);
+  const auto label_column = c.get_string("data.label_column", "label");
+  auto data_ref = [&](const std::string& key) {
+    fusion::DataRef r;
+    r.label_column = label_column;
+    if (auto p = c.get_optional_string("data." + key)) r.path = c.resolve(*p);
+    if (auto p = c.get_optional_string("data." + key + "_labels")) r.labels = c.resolve(*p);
+    CHORUS_CHECK(r.labels.empty() || !r.path.empty(), "{}: data.{}_labels needs data.{}",
+                 c.path().string(), key, key);
+    CHORUS_CHECK(files || r.path.empty(),
+                 "{}: data.{} reads files; set data.dataset = \"files\" to use it (data.dataset "
+                 "is '{}')",
+                 c.path().string(), key, k.dataset);
+    return r;
+  };
+  k.transfer = data_ref("transfer");
+  k.fusion = data_ref("fusion");
+  k.test = data_ref("test");
+  CHORUS_CHECK(!files || !k.transfer.path.empty(),
+               "{}: data.dataset = \"files\" needs data.transfer (the transfer pool U)",
+               c.path().string());
   k.evaluate = c.get_bool("data.evaluate", k.evaluate);
+  // A built-in source brings its task; files need the [task] table.
+  TaskSpec fallback;
+  fallback.name = "task";
+  if (!files) fallback = fusion::builtin_task(k.dataset);
+  k.task = read_task(c, fallback);
   c.finish();
-  CHORUS_CHECK(k.dataset == "fashion-mnist",
-               "data.dataset '{}' is not supported (expected fashion-mnist)", k.dataset);
   CHORUS_CHECK(k.min_nodes >= 0 &&
                    k.min_nodes <= static_cast<std::int64_t>(k.roster.size()),
                "coordinator.min_nodes must be 0..{} (the roster's size), got {}",
@@ -87,6 +114,15 @@ std::string to_toml(const CoordinatorConfig& k) {
     for (const auto& s : v) q.push_back(toml_quoted(s));
     return fmt::format("[{}]", fmt::join(q, ", "));
   };
+  std::string data_files;
+  for (const auto& [key, ref] : {std::pair{"transfer", &k.transfer},
+                                 std::pair{"fusion", &k.fusion}, std::pair{"test", &k.test}}) {
+    if (!ref->path.empty()) data_files += fmt::format("{} = {}\n", key, toml_quoted(ref->path.string()));
+    if (!ref->labels.empty()) {
+      data_files += fmt::format("{}_labels = {}\n", key, toml_quoted(ref->labels.string()));
+    }
+  }
+  if (k.dataset == "files") data_files += fmt::format("label_column = {}\n", toml_quoted(k.transfer.label_column));
   return fmt::format(
       "[coordinator]\nname = {}\nlisten = {}\nport = {}\nroster = {}\nmin_nodes = {}\n"
       "quorum_timeout_s = {}\nsettle_s = {}\nrequest_deadline_s = {}\nquery_batch = {}\n"
@@ -94,14 +130,14 @@ std::string to_toml(const CoordinatorConfig& k) {
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
       "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\n\n"
       "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels = {}\n"
-      "pool_seed = {}\nevaluate = {}\n",
+      "pool_seed = {}\nevaluate = {}\n{}\n{}",
       toml_quoted(k.name), toml_quoted(k.listen), k.port, list(k.roster), k.min_nodes,
       k.quorum_timeout_s, k.settle_s, k.request_deadline_s, k.query_batch, k.rounds,
       toml_quoted(k.run_dir.string()), list(k.operators), k.serve,
       toml_quoted(k.ca.string()), toml_quoted(k.cert.string()), toml_quoted(k.key.string()),
       toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.dataset),
       toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels, k.pool_seed,
-      k.evaluate);
+      k.evaluate, data_files, to_toml(k.task));
 }
 
 namespace {
@@ -120,21 +156,79 @@ nlohmann::json round_json(const RoundReport& r) {
           {"seconds", r.seconds}};
 }
 
+// The public data of a run: the task as announced (normalisation statistics
+// computed from U when the config leaves them out), the pool (U as models see
+// it; V's rows and labels) and the test set (raw; empty when there is none).
+struct PublicData {
+  TaskSpec task;
+  PoolData pool;
+  fusion::Examples test;
+};
+
+PublicData load_public_data(const CoordinatorConfig& k) {
+  PublicData out;
+  out.task = k.task;
+  auto& task = out.task;
+  torch::Tensor raw_u, raw_v, labels_v;
+  if (k.dataset != "files") {
+    std::optional<std::filesystem::path> dir;
+    if (!k.data_dir.empty()) dir = k.data_dir;
+    auto data = fusion::load_builtin(k.dataset, dir);
+    const auto c = task.labels.size();
+    CHORUS_CHECK(k.transfer_size >= 1 && k.transfer_size < data.train.size(),
+                 "data.transfer_size must be 1..{} for '{}' (its training split has {} "
+                 "examples), got {}",
+                 data.train.size() - 1, k.dataset, data.train.size(), k.transfer_size);
+    auto split = fusion::p1_split(data.train.labels,
+                                  fusion::P1Options()
+                                      .num_classes(c)
+                                      .classes_per_expert(std::min<std::int64_t>(4, c))
+                                      .experts(1)
+                                      .transfer_size(k.transfer_size)
+                                      .fusion_labels(k.fusion_labels)
+                                      .seed(static_cast<std::uint64_t>(k.pool_seed)));
+    raw_u = data.train.inputs.index_select(0, split.transfer);
+    labels_v = data.train.labels.index_select(0, split.fusion);
+    out.test = std::move(data.test);
+  } else {
+    auto u = fusion::read_examples(k.transfer, task, /*need_labels=*/false);
+    raw_u = u.inputs;
+    if (k.transfer_size > 0 && raw_u.size(0) > k.transfer_size) {
+      raw_u = raw_u.slice(0, 0, k.transfer_size);
+    }
+    if (!k.fusion.path.empty()) {
+      // V: its own labelled rows, placed first in U (as P1 places them).
+      auto v = fusion::read_examples(k.fusion, task, /*need_labels=*/true);
+      raw_u = torch::cat({v.inputs, raw_u});
+      labels_v = v.labels;
+    }
+    if (!k.test.path.empty()) out.test = fusion::read_examples(k.test, task, true);
+  }
+  fusion::fit_normalisation(task, raw_u);
+  task.validate();
+  out.pool.inputs = fusion::to_model_inputs(raw_u, task);
+  out.pool.fusion_index = labels_v.defined() ? torch::arange(labels_v.size(0), torch::kLong)
+                                             : torch::empty({0}, torch::kLong);
+  out.pool.fusion_labels = labels_v.defined() ? labels_v : torch::empty({0}, torch::kLong);
+  return out;
+}
+
 }  // namespace
 
 int run_coordinator(const CoordinatorConfig& k, bool resume) {
   auto log = log::get("coordinator");
   fusion::ThreadGuard threads(static_cast<int>(k.threads));
-  std::optional<std::filesystem::path> dir;
-  if (!k.data_dir.empty()) dir = k.data_dir;
-  auto train = fusion::load_fashion_mnist(fusion::Split::kTrain, dir);
-  auto split = fusion::p1_split(train.labels, fusion::P1Options()
-                                                  .transfer_size(k.transfer_size)
-                                                  .fusion_labels(k.fusion_labels)
-                                                  .seed(static_cast<std::uint64_t>(k.pool_seed)));
-  PoolData pool{.inputs = train.images.index_select(0, split.transfer),
-                .fusion_index = torch::arange(split.fusion.size(0), torch::kLong),
-                .fusion_labels = train.labels.index_select(0, split.fusion)};
+  auto [task, pool, test] = load_public_data(k);
+  if (task.normalisation != Normalisation::kNone) {
+    log->info("event=normalisation kind={} mean=[{}] std=[{}]", normalisation_name(task.normalisation),
+              fmt::join(task.mean, ", "), fmt::join(task.std, ", "));
+  }
+  fmt::print(stderr, "task '{}': {} labels, inputs {}, normalise {}; transfer pool {} inputs, "
+             "{} labelled{}\n",
+             task.name, task.labels.size(), task.describe_input(),
+             normalisation_name(task.normalisation), pool.inputs.size(0),
+             pool.fusion_index.numel(),
+             test.size() ? fmt::format(", test set {}", test.size()) : std::string());
 
   asio::io_context io;
   RegistryOptions ro;
@@ -142,8 +236,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   ro.port = k.port;
   ro.name = k.name;
   ro.tls = protocol::TlsMaterial::load(k.ca, k.cert, k.key);
-  const auto space = train.class_names;
-  ro.label_space = space;
+  ro.task = task;
   ro.operators = k.operators;
   NodeRegistry registry(io, Roster(k.roster), ro);
   registry.start();
@@ -164,7 +257,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
              k.listen, registry.port(), fmt::join(k.roster, ", "));
 
   CoordinatorOptions co;
-  co.label_space = space;
+  co.task = task;
   co.algorithm = k.algorithm;
   co.algorithm_options = fusion::AlgorithmOptions()
                              .seed(static_cast<std::uint64_t>(k.seed))
@@ -191,9 +284,12 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   int status = 0;
   try {
     std::filesystem::create_directories(k.run_dir);
+    // The task as announced (with the statistics computed from U).
+    auto resolved = k;
+    resolved.task = task;
     write_file_atomic(k.run_dir / "config.toml",
                       fmt::format("# chorus coordinator, resolved configuration (chorus {})\n{}",
-                                  kVersion, to_toml(k)));
+                                  kVersion, to_toml(resolved)));
     Coordinator coordinator(registry, pool, co);
     const auto t0 = std::chrono::steady_clock::now();
     auto reports = coordinator.run();
@@ -203,12 +299,11 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
                           {"rounds", nlohmann::json::array()},
                           {"test_accuracy", nullptr}};
     for (const auto& r : reports) report["rounds"].push_back(round_json(r));
-    if (k.evaluate && !fuser.needs_experts()) {
-      auto test = fusion::load_fashion_mnist(fusion::Split::kTest, dir);
-      auto probs = fuser.predict(coordinator.oracle(), test.images);
+    if (k.evaluate && test.size() > 0 && !fuser.needs_experts()) {
+      auto probs = fuser.predict(coordinator.oracle(), fusion::to_model_inputs(test.inputs, task));
       const double acc = fusion::accuracy(probs, test.labels);
       report["test_accuracy"] = acc;
-      fmt::print("fused model ({}): test accuracy {:.4f} on {} images; {}\n",
+      fmt::print("fused model ({}): test accuracy {:.4f} on {} inputs; {}\n",
                  k.algorithm, acc, test.size(), (k.run_dir / "fused.pt").string());
     } else {
       fmt::print("rounds done; run directory {}\n", k.run_dir.string());

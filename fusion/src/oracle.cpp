@@ -40,9 +40,13 @@ torch::Tensor QueryOracle::query(std::int64_t expert,
   auto& s = stats_[static_cast<std::size_t>(expert)];
   s.requests += 1;
   s.inputs += inputs.size(0);
-  s.bytes_sent += inputs.numel() * static_cast<std::int64_t>(inputs.element_size());
+  s.bytes_sent += shipped_bytes(inputs);
   s.bytes_received += out.numel() * static_cast<std::int64_t>(out.element_size());
   return out;
+}
+
+std::int64_t QueryOracle::shipped_bytes(const torch::Tensor& inputs) const {
+  return inputs.numel() * static_cast<std::int64_t>(inputs.element_size());
 }
 
 std::vector<torch::Tensor> QueryOracle::query_all(const torch::Tensor& inputs) {

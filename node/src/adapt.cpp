@@ -139,8 +139,8 @@ LocalAdaptReport adapt_locally(const LocalAdaptOptions& o) {
     auto labels = config.expert.labels.empty() ? load_expert(config.expert)->labels()
                                                : config.expert.labels;
     classes = classes_of(model, labels);
-    shots = draw_fashion_mnist_shots(labels, config.adapt_shots_per_class, config.adapt_seed,
-                                     config.train.data_dir());
+    shots = draw_local_shots(labels, config.adapt_shots_per_class, config.adapt_seed,
+                             config.train.source());
   }
   report.outcome = adapt_tae(model, classes, shots);
   report.outcome.round = stored->round;

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/task.hpp"
 
 namespace chorus::node {
 namespace {
@@ -46,6 +47,7 @@ NodeConfig read_node_config(Config& c) {
   CHORUS_CHECK(output == "logits" || output == "probabilities",
                "expert.output must be \"logits\" or \"probabilities\", got '{}'", output);
   e.outputs_logits = output == "logits";
+  e.output_key = c.get_string("expert.output_key", e.output_key);
   e.normalize_mean = c.get_double("expert.normalize_mean", e.normalize_mean);
   e.normalize_std = c.get_double("expert.normalize_std", e.normalize_std);
 
@@ -76,7 +78,34 @@ NodeConfig read_node_config(Config& c) {
   t.holdout(c.get_double("train.holdout", t.holdout()));
   t.shard(c.get_int("train.shard", t.shard()));
   t.shards(c.get_int("train.shards", t.shards()));
-  t.data_dir(c.resolve(c.get_string("train.data_dir", "")));
+  LocalDataOptions source;
+  source.dataset(c.get_string("train.dataset", source.dataset()));
+  CHORUS_CHECK(source.dataset() == "files" || fusion::is_builtin_source(source.dataset()),
+               "{}: train.dataset '{}' is neither \"files\" nor a built-in data set ({})",
+               c.path().string(), source.dataset(), fmt::join(fusion::builtin_sources(), ", "));
+  source.data_dir(c.resolve(c.get_string("train.data_dir", "")));
+  fusion::DataRef data;
+  if (auto p = c.get_optional_string("train.data")) data.path = c.resolve(*p);
+  if (auto p = c.get_optional_string("train.data_labels")) data.labels = c.resolve(*p);
+  data.label_column = c.get_string("train.label_column", data.label_column);
+  CHORUS_CHECK(data.path.empty() || source.dataset() == "files",
+               "{}: train.data reads files; set train.dataset = \"files\" to use it",
+               c.path().string());
+  source.data(data);
+  // The local data's task: the [task] table (or task.file), as the
+  // federation's coordinator declares it.
+  bool task_given = false;
+  for (const char* k : {"file", "name", "labels", "input_shape", "dtype", "normalise", "mean",
+                        "std"}) {
+    task_given = task_given || c.has(std::string("task.") + k);
+  }
+  if (task_given) {
+    TaskSpec fallback;
+    fallback.name = "task";
+    if (source.dataset() != "files") fallback = fusion::builtin_task(source.dataset());
+    source.task(read_task(c, fallback));
+  }
+  t.source(source);
   t.threads(n.threads);
   CHORUS_CHECK(t.epochs() >= 1 && t.batch_size() >= 1,
                "train.epochs and train.batch_size must be at least 1");
@@ -85,6 +114,15 @@ NodeConfig read_node_config(Config& c) {
 }
 
 std::string to_toml(const NodeConfig& n) {
+  std::string train_files;
+  const auto& data = n.train.source().data();
+  if (!data.path.empty()) {
+    train_files += fmt::format("data = {}\n", toml_quoted(data.path.string()));
+    if (!data.labels.empty()) {
+      train_files += fmt::format("data_labels = {}\n", toml_quoted(data.labels.string()));
+    }
+    train_files += fmt::format("label_column = {}\n", toml_quoted(data.label_column));
+  }
   std::vector<std::string> labels;
   for (const auto& l : n.expert.labels) labels.push_back(toml_quoted(l));
   auto opt = [](const std::optional<std::int64_t>& v, const char* key) {
@@ -95,18 +133,18 @@ std::string to_toml(const NodeConfig& n) {
       "[coordinator]\nhost = {}\nport = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
       "[expert]\nkind = \"{}\"\npath = {}\ninput_shape = [{}]\nlabels = [{}]\n"
-      "output = \"{}\"\nnormalize_mean = {}\nnormalize_std = {}\n\n"
+      "output = \"{}\"\noutput_key = {}\nnormalize_mean = {}\nnormalize_std = {}\n\n"
       "[policy]\nmax_batch = {}\n{}{}rate_limit = {}\noutput_form = \"{}\"\n"
       "top_k = {}\ntemperature = {}\nnoise_std = {}\nnoise_seed = {}\n\n"
       "[audit]\nlog = {}\n\n[adapt]\nshots_per_class = {}\nseed = {}\n\n"
       "[train]\narch = {}\nepochs = {}\nbatch_size = {}\nlr = {}\nseed = {}\n"
-      "holdout = {}\nshard = {}\nshards = {}\ndata_dir = {}\n",
+      "holdout = {}\nshard = {}\nshards = {}\ndataset = {}\ndata_dir = {}\n{}{}",
       toml_quoted(n.name), toml_quoted(n.state_dir.string()), n.threads, n.workers,
       toml_quoted(n.host), n.port, toml_quoted(n.ca.string()), toml_quoted(n.cert.string()),
       toml_quoted(n.key.string()), expert_kind_name(n.expert.kind),
       toml_quoted(n.expert.path.string()), fmt::join(n.expert.input_shape, ", "),
       fmt::join(labels, ", "), n.expert.outputs_logits ? "logits" : "probabilities",
-      n.expert.normalize_mean, n.expert.normalize_std, n.policy.budget.max_batch,
+      toml_quoted(n.expert.output_key), n.expert.normalize_mean, n.expert.normalize_std, n.policy.budget.max_batch,
       opt(n.policy.budget.total_budget, "total_budget"),
       opt(n.policy.budget.round_budget, "round_budget"), n.policy.rate_limit,
       output_form_name(n.policy.output_form), n.policy.top_k, n.policy.temperature,
@@ -114,7 +152,8 @@ std::string to_toml(const NodeConfig& n) {
       n.adapt_shots_per_class, n.adapt_seed,
       toml_quoted(n.train.arch()), n.train.epochs(), n.train.batch_size(), n.train.lr(),
       n.train.seed(), n.train.holdout(), n.train.shard(), n.train.shards(),
-      toml_quoted(n.train.data_dir().string()));
+      toml_quoted(n.train.source().dataset()), toml_quoted(n.train.source().data_dir().string()),
+      train_files, n.train.source().task() ? "\n" + to_toml(*n.train.source().task()) : "");
 }
 
 }  // namespace chorus::node

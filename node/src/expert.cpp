@@ -6,11 +6,13 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include <charconv>
 #include <chrono>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
-#include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/data_files.hpp"
+#include "chorus/fusion/models.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/partition.hpp"
 
@@ -49,9 +51,46 @@ class TorchScriptExpert : public Expert {
       fail(Code::kInternal, "the TorchScript expert failed on a batch of {}: {}",
            inputs.size(0), e.what());
     }
-    CHORUS_CHECK_CODE(out.isTensor(), Code::kInternal,
-                      "the TorchScript expert returned a {}, not a tensor",
-                      out.tagKind());
+    const auto& key = options_.output_key;
+    if (out.isTuple()) {
+      const auto& items = out.toTupleRef().elements();
+      CHORUS_CHECK(!key.empty(),
+                   "the TorchScript expert '{}' returns a tuple of {} elements; set "
+                   "expert.output_key to the index of the one that holds the class "
+                   "scores (e.g. \"0\")",
+                   options_.path.string(), items.size());
+      std::size_t index = 0;
+      const auto* end = key.data() + key.size();
+      auto [ptr, ec] = std::from_chars(key.data(), end, index);
+      CHORUS_CHECK(ec == std::errc() && ptr == end && index < items.size(),
+                   "expert.output_key '{}' is not an index of the {}-element tuple the "
+                   "TorchScript expert '{}' returns",
+                   key, items.size(), options_.path.string());
+      out = items[index];
+    } else if (out.isGenericDict()) {
+      std::vector<std::string> keys;
+      for (const auto& e : out.toGenericDict()) {
+        keys.push_back(e.key().isString() ? e.key().toStringRef() : e.key().tagKind());
+      }
+      CHORUS_CHECK(!key.empty(),
+                   "the TorchScript expert '{}' returns a dict with keys [{}]; set "
+                   "expert.output_key to the one that holds the class scores",
+                   options_.path.string(), fmt::join(keys, ", "));
+      auto dict = out.toGenericDict();
+      auto it = dict.find(key);
+      CHORUS_CHECK(it != dict.end(),
+                   "expert.output_key '{}' is not a key of the dict the TorchScript expert "
+                   "'{}' returns (its keys: {})",
+                   key, options_.path.string(), fmt::join(keys, ", "));
+      out = it->value();
+    } else {
+      CHORUS_CHECK(key.empty(),
+                   "expert.output_key is '{}', but the TorchScript expert '{}' returns a "
+                   "{}, not a tuple or dict",
+                   key, options_.path.string(), out.tagKind());
+    }
+    CHORUS_CHECK(out.isTensor(), "the TorchScript expert '{}' returned a {}, not a tensor",
+                 options_.path.string(), out.tagKind());
     return out.toTensor();
   }
 
@@ -132,13 +171,39 @@ torch::Tensor Expert::predict(const torch::Tensor& inputs) {
   return out;
 }
 
+namespace {
+
+// One prediction on a zero input: a module that returns what the node cannot
+// read fails here, at start-up, not in the middle of a round.
+std::unique_ptr<Expert> checked(std::unique_ptr<Expert> expert, const std::string& path) {
+  std::vector<std::int64_t> shape{1};
+  shape.insert(shape.end(), expert->input_shape().begin(), expert->input_shape().end());
+  try {
+    (void)expert->predict(torch::zeros(shape));
+  } catch (const Error& e) {
+    fail(Code::kInvalidArgument, "expert '{}' failed its start-up check (one prediction on "
+         "a zero input of [{}]): {}",
+         path, fmt::join(expert->input_shape(), ", "), e.what());
+  }
+  return expert;
+}
+
+}  // namespace
+
 std::unique_ptr<Expert> load_expert(ExpertOptions options) {
+  const auto path = options.path.string();
   if (options.kind == ExpertKind::kTorchScript) {
     CHORUS_CHECK(!options.labels.empty(),
                  "a TorchScript expert needs its output labels in the config "
                  "(expert.labels)");
-    return std::make_unique<TorchScriptExpert>(std::move(options));
+    CHORUS_CHECK(!options.input_shape.empty(),
+                 "a TorchScript expert needs the shape of one input in the config "
+                 "(expert.input_shape, e.g. [1, 28, 28] or [30])");
+    return checked(std::make_unique<TorchScriptExpert>(std::move(options)), path);
   }
+  CHORUS_CHECK(options.output_key.empty(),
+               "expert.output_key is for TorchScript experts; '{}' is a builtin expert",
+               path);
   auto fused = fusion::load_fused_model(options.path);
   CHORUS_CHECK_CODE(fused.algorithm == kExpertAlgorithm, Code::kDataLoss,
                     "'{}' is a fused '{}' model, not a builtin expert (train one "
@@ -158,9 +223,14 @@ std::unique_ptr<Expert> load_expert(ExpertOptions options) {
                "trained on: [{}]",
                fmt::join(options.labels, ", "), options.path.string(),
                fmt::join(stored, ", "));
+  CHORUS_CHECK(options.input_shape.empty() || options.input_shape == fused.spec.input_shape,
+               "expert.input_shape is [{}], but the builtin expert '{}' was trained on "
+               "inputs of [{}]; remove the key or retrain (chorus node train)",
+               fmt::join(options.input_shape, ", "), path,
+               fmt::join(fused.spec.input_shape, ", "));
   options.input_shape = fused.spec.input_shape;
   options.outputs_logits = true;
-  return make_builtin_expert(fused.model, std::move(options));
+  return checked(make_builtin_expert(fused.model, std::move(options)), path);
 }
 
 std::unique_ptr<Expert> make_builtin_expert(
@@ -182,23 +252,75 @@ void save_builtin_expert(const std::shared_ptr<fusion::ClassifierImpl>& model,
   fusion::save_fused_model(file, out);
 }
 
-LabelledShots draw_fashion_mnist_shots(const std::vector<std::string>& labels,
-                                       std::int64_t per_class, std::uint64_t seed,
-                                       const std::filesystem::path& data_dir) {
+LocalData load_local_data(const LocalDataOptions& o) {
+  LocalData out;
+  torch::Tensor raw_x, y;
+  if (o.dataset() == "files") {
+    CHORUS_CHECK(o.task().has_value(),
+                 "train.dataset = \"files\" needs the task its data is read against (the "
+                 "[task] table, or task.file: labels, input_shape, dtype, normalise)");
+    CHORUS_CHECK(!o.data().path.empty(),
+                 "train.dataset = \"files\" needs train.data (the labelled file or image "
+                 "folder)");
+    out.task = *o.task();
+    auto ex = fusion::read_examples(o.data(), out.task, /*need_labels=*/true);
+    raw_x = ex.inputs;
+    y = ex.labels;
+  } else {
+    std::optional<std::filesystem::path> dir;
+    if (!o.data_dir().empty()) dir = o.data_dir();
+    auto b = fusion::load_builtin(o.dataset(), dir);
+    out.task = o.task().value_or(b.task);
+    CHORUS_CHECK(out.task.labels == b.task.labels && out.task.input_shape == b.task.input_shape,
+                 "the [task] table (labels [{}], inputs [{}]) does not describe the built-in "
+                 "data set '{}' (labels [{}], inputs [{}])",
+                 fmt::join(out.task.labels.names(), ", "),
+                 fmt::join(out.task.input_shape, ", "), o.dataset(),
+                 fmt::join(b.task.labels.names(), ", "), fmt::join(b.task.input_shape, ", "));
+    raw_x = b.train.inputs;
+    y = b.train.labels;
+  }
+  if (out.task.needs_statistics()) {
+    fusion::fit_normalisation(out.task, raw_x);
+    log::get("node")->warn(
+        "event=normalisation_fitted_locally task={} reason=\"the task names {} normalisation "
+        "without statistics; they were fitted on this node's data. Give the federation's "
+        "mean and std in the task file so that every party normalises alike\"",
+        out.task.name, normalisation_name(out.task.normalisation));
+  }
+  out.examples = fusion::Examples{fusion::to_model_inputs(raw_x, out.task), y};
+  return out;
+}
+
+namespace {
+
+std::vector<std::int64_t> class_indices(const std::vector<std::string>& labels,
+                                        const TaskSpec& task) {
+  std::vector<std::int64_t> classes;
+  for (const auto& label : labels) {
+    auto c = task.labels.find(label);
+    CHORUS_CHECK(c.has_value(), "label '{}' is not in the label space of '{}' (expected one "
+                 "of: {})",
+                 label, task.name, fmt::join(task.labels.names(), ", "));
+    classes.push_back(*c);
+  }
+  return classes;
+}
+
+}  // namespace
+
+LabelledShots draw_local_shots(const std::vector<std::string>& labels, std::int64_t per_class,
+                               std::uint64_t seed, const LocalDataOptions& source) {
   CHORUS_CHECK(per_class >= 1, "shots per class must be at least 1, got {}", per_class);
-  const auto& names = fusion::fashion_mnist_class_names();
-  std::optional<std::filesystem::path> dir;
-  if (!data_dir.empty()) dir = data_dir;
-  auto data = fusion::load_fashion_mnist(fusion::Split::kTrain, dir);
+  auto data = load_local_data(source);
+  const auto classes = class_indices(labels, data.task);
   auto gen = at::detail::createCPUGenerator(seed);
   std::vector<torch::Tensor> xs, ys;
-  for (std::size_t j = 0; j < labels.size(); ++j) {
-    auto it = std::find(names.begin(), names.end(), labels[j]);
-    CHORUS_CHECK(it != names.end(), "label '{}' is not a Fashion-MNIST class", labels[j]);
-    auto rows = data.labels.eq(it - names.begin()).nonzero().flatten();
+  for (std::size_t j = 0; j < classes.size(); ++j) {
+    auto rows = data.examples.labels.eq(classes[j]).nonzero().flatten();
     auto pick = rows.index_select(0, torch::randperm(rows.numel(), gen, torch::kLong)
                                          .slice(0, 0, per_class));
-    xs.push_back(data.images.index_select(0, pick));
+    xs.push_back(data.examples.inputs.index_select(0, pick));
     ys.push_back(torch::full({pick.numel()}, static_cast<std::int64_t>(j), torch::kLong));
   }
   return {torch::cat(xs), torch::cat(ys)};
@@ -217,36 +339,28 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                options.shard());
   CHORUS_CHECK(options.holdout() > 0 && options.holdout() < 0.5,
                "train.holdout must be in (0, 0.5), got {}", options.holdout());
-  const auto& names = fusion::fashion_mnist_class_names();
-  std::vector<std::int64_t> classes;
-  for (const auto& label : labels) {
-    auto it = std::find(names.begin(), names.end(), label);
-    CHORUS_CHECK(it != names.end(),
-                 "label '{}' is not a Fashion-MNIST class (expected one of: {})",
-                 label, fmt::join(names, ", "));
-    classes.push_back(it - names.begin());
-  }
+  auto data = load_local_data(options.source());
+  const auto& task = data.task;
+  const auto classes = class_indices(labels, task);
+  const auto arch = fusion::resolve_architecture(options.arch(), task.input_shape);
   if (out.has_parent_path()) {
     std::error_code ec;
     std::filesystem::create_directories(out.parent_path(), ec);
     CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create '{}': {}",
                       out.parent_path().string(), ec.message());
   }
-  std::optional<std::filesystem::path> dir;
-  if (!options.data_dir().empty()) dir = options.data_dir();
-  auto data = fusion::load_fashion_mnist(fusion::Split::kTrain, dir);
-
-  auto shard = fusion::iid_partition(data.size(), options.shards(), options.seed())
+  const auto& all = data.examples;
+  auto shard = fusion::iid_partition(all.size(), options.shards(), options.seed())
                    .at(static_cast<std::size_t>(options.shard()));
   shard = std::get<0>(shard.sort());
-  auto shard_labels = data.labels.index_select(0, shard);
+  auto shard_labels = all.labels.index_select(0, shard);
   auto keep = shard.index_select(
       0, fusion::class_subset_indices(shard_labels, classes));
   CHORUS_CHECK(keep.numel() >= 10, "only {} training examples of [{}] in shard {}/{}",
                keep.numel(), fmt::join(labels, ", "), options.shard(),
                options.shards());
-  auto x = data.images.index_select(0, keep);
-  auto y = fusion::to_local_labels(data.labels.index_select(0, keep), classes);
+  auto x = all.inputs.index_select(0, keep);
+  auto y = fusion::to_local_labels(all.labels.index_select(0, keep), classes);
   torch::manual_seed(options.seed());
   auto perm = torch::randperm(x.size(0), torch::kLong);
   const auto n_hold = std::max<std::int64_t>(
@@ -254,8 +368,8 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
   auto hold = perm.slice(0, 0, n_hold);
   auto rest = perm.slice(0, n_hold);
 
-  fusion::ModelSpec spec{.arch = options.arch(),
-                         .input_shape = {1, 28, 28},
+  fusion::ModelSpec spec{.arch = arch,
+                         .input_shape = task.input_shape,
                          .num_classes = static_cast<std::int64_t>(labels.size())};
   auto model = fusion::make_classifier(spec);
   fusion::train(*model, x.index_select(0, rest), y.index_select(0, rest),
@@ -272,6 +386,8 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
   result.holdout_accuracy =
       fusion::accuracy(fusion::predict_proba(*model, x.index_select(0, hold)),
                        y.index_select(0, hold));
+  result.arch = arch;
+  result.input_shape = task.input_shape;
   save_builtin_expert(model, spec, labels, out);
   result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return result;

@@ -26,9 +26,9 @@ void run_node(const NodeConfig& config) {
   options.metadata = {{"name", config.name},
                       {"backend", expert_kind_name(config.expert.kind)}};
   if (config.adapt_shots_per_class > 0) {
-    options.shots = std::make_shared<LabelledShots>(draw_fashion_mnist_shots(
+    options.shots = std::make_shared<LabelledShots>(draw_local_shots(
         expert->labels(), config.adapt_shots_per_class, config.adapt_seed,
-        config.train.data_dir()));
+        config.train.source()));
   }
   const auto labels = expert->labels().size();
   NodeService service(std::move(expert), options);

@@ -9,6 +9,7 @@
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
+#include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "chorus/node/adapt.hpp"
 #include "chorus/node/audit.hpp"
@@ -76,6 +77,7 @@ struct NodeService::Impl {
 
   std::mutex mutex;  // Guards what follows.
   std::uint32_t round = 0;
+  std::optional<TaskSpec> task;  // The coordinator's, from its Welcome.
   at::Generator noise = at::make_generator<at::CPUGeneratorImpl>(0);
   std::optional<Assembly> assembly;
   std::optional<StoredModel> stored;
@@ -175,16 +177,43 @@ v1::Hello NodeService::hello() const {
   return h;
 }
 
+std::optional<std::string> NodeService::accept_task(const std::optional<TaskSpec>& task) {
+  if (task) {
+    const auto& e = *impl_->expert;
+    if (auto why = task_mismatch(*task, e.input_shape(), InputDType::kFloat32, e.labels(),
+                                 "this node's expert")) {
+      impl_->log->error("event=task_refused task={} reason=\"{}\"", task->name, *why);
+      return why;
+    }
+    impl_->log->info("event=task_accepted task={} input=\"{}\" normalisation={} labels={}",
+                     task->name, task->describe_input(),
+                     normalisation_name(task->normalisation), task->labels.size());
+  }
+  std::lock_guard lock(impl_->mutex);
+  impl_->task = task;
+  return std::nullopt;
+}
+
 std::shared_ptr<PredictJob> NodeService::admit_predict(const v1::Envelope& request) {
   const auto& req = request.predict_request();
-  const auto& shape = impl_->expert->input_shape();
+  std::optional<TaskSpec> task;
+  {
+    std::lock_guard lock(impl_->mutex);
+    task = impl_->task;
+  }
+  // With a task, inputs come in its dtype and shape ([H, W] experts take
+  // [1, H, W] tasks); float32 is always accepted.
+  const auto shape = task ? task->input_shape : impl_->expert->input_shape();
+  const bool uint8_ok = task && task->dtype == InputDType::kUInt8;
   std::int64_t per_input = 1;
   for (auto d : shape) per_input *= d;
-  const auto expected = fmt::format("float32 [N, {}] with 1 <= N <= {}",
+  const auto expected = fmt::format("{} [N, {}] with 1 <= N <= {}",
+                                    uint8_ok ? "uint8 (or float32)" : "float32",
                                     fmt::join(shape, ", "),
                                     impl_->options.policy.budget.max_batch);
   // Cheap checks on the header before decoding any bytes.
-  CHORUS_CHECK(req.inputs().dtype() == v1::DTYPE_FLOAT32,
+  CHORUS_CHECK(req.inputs().dtype() == v1::DTYPE_FLOAT32 ||
+                   (uint8_ok && req.inputs().dtype() == v1::DTYPE_UINT8),
                "inputs must be {}; got dtype {}", expected,
                v1::DType_Name(req.inputs().dtype()));
   protocol::TensorLimits limits;
@@ -202,6 +231,15 @@ std::shared_ptr<PredictJob> NodeService::admit_predict(const v1::Envelope& reque
   CHORUS_CHECK(shape_ok, "inputs must be {}; got [{}]", expected, fmt::join(got, ", "));
   CHORUS_CHECK(!protocol::has_non_finite(inputs),
                "inputs hold NaN or infinite values; this node refuses them");
+  if (task) {
+    inputs = fusion::to_model_inputs(inputs, *task);
+    const auto& own = impl_->expert->input_shape();
+    if (static_cast<std::int64_t>(own.size()) + 1 != inputs.dim()) {
+      std::vector<std::int64_t> s{inputs.size(0)};
+      s.insert(s.end(), own.begin(), own.end());
+      inputs = inputs.reshape(s);
+    }
+  }
   {
     std::lock_guard lock(impl_->mutex);
     if (req.round() > impl_->round) {

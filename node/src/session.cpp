@@ -10,6 +10,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/node/service.hpp"
 #include "chorus/protocol/offload.hpp"
+#include "chorus/protocol/task_codec.hpp"
 
 namespace chorus::node {
 
@@ -102,6 +103,12 @@ NodeSession::NodeSession(asio::io_context& io, asio::thread_pool& pool,
       },
       [impl, peer](std::shared_ptr<protocol::Connection> c, const v1::Welcome& w) {
         *peer = c->peer_identity();
+        // A task this node's expert does not fit: say why on this end too,
+        // and try again later (slowly) in case the coordinator's changes.
+        if (auto why = impl->service.accept_task(protocol::task_of(w))) {
+          throw Error(Code::kInvalidArgument,
+                      fmt::format("this node does not fit the coordinator's task: {}", *why));
+        }
         impl->log->info("event=welcomed coordinator={} round={}", w.coordinator(),
                         w.round());
       });

@@ -780,9 +780,10 @@ awaitable<void> Client::run() {
     } catch (const Error& e) {
       log_->warn("event=connect_failed host={} port={} attempt={} code={} error=\"{}\"",
                  host_, port_, attempt + 1, code_name(e.code()), e.what());
-      if (e.code() == Code::kPermissionDenied || e.code() == Code::kUnsupportedVersion) {
-        // Retrying cannot help until someone changes the roster or a binary;
-        // keep trying, slowly.
+      if (e.code() == Code::kPermissionDenied || e.code() == Code::kUnsupportedVersion ||
+          e.code() == Code::kInvalidArgument) {
+        // Retrying cannot help until someone changes the roster, the task or
+        // a binary; keep trying, slowly.
         attempt = std::max(attempt, 20);
       }
     }

@@ -20,7 +20,8 @@
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
-#include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/data_files.hpp"
+#include "chorus/fusion/models.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/train.hpp"
@@ -61,10 +62,58 @@ std::string node_name(int i) {
   return fmt::format("node{}", i + 1);
 }
 
-// Each node a different architecture of the zoo.
-std::string arch_of(int i) {
+// Each node a different architecture of the zoo that fits the inputs: MLPs
+// of different widths for features, the three families for images.
+std::string arch_of(int i, const std::vector<std::int64_t>& input_shape) {
+  if (fu::default_architecture(input_shape) == "mlp") return "mlp";
   static const char* kArchs[] = {"lenet", "mlp", "resnet"};
   return kArchs[i % 3];
+}
+
+std::vector<std::int64_t> hidden_of(int i, const std::vector<std::int64_t>& input_shape) {
+  if (input_shape.size() != 1) return fu::ModelSpec{}.hidden;
+  static const std::vector<std::int64_t> kWidths[] = {{64, 32}, {128}, {32, 32}};
+  return kWidths[i % 3];
+}
+
+// The data of a simulation: the task, and the training and test splits as
+// models see them (uint8 scaled, normalised with statistics from U).
+struct SimulationData {
+  TaskSpec task;
+  fu::Examples train, test;  // Model inputs, float32.
+};
+
+// A data set directory: task.toml and train.* / test.* in a format
+// fusion::read_examples reads.
+fu::DataRef find_split(const fs::path& dir, const std::string& split) {
+  for (const auto& name : {split + ".npz", split + ".csv", split + ".csv.gz"}) {
+    if (fs::is_regular_file(dir / name)) return fu::DataRef{.path = dir / name};
+  }
+  if (fs::is_directory(dir / split)) return fu::DataRef{.path = dir / split};
+  fail(Code::kNotFound,
+       "data set directory '{}' has no {} split: expected {}.npz, {}.csv(.gz) or a folder "
+       "{}/ of images in one sub-folder per class",
+       dir.string(), split, split, split, split);
+}
+
+fu::BuiltinData load_simulation_data(const std::string& dataset,
+                                     const std::optional<fs::path>& data_dir) {
+  if (fu::is_builtin_source(dataset)) return fu::load_builtin(dataset, data_dir);
+  const fs::path dir(dataset);
+  CHORUS_CHECK_CODE(fs::is_directory(dir), Code::kNotFound,
+                    "--dataset '{}' is neither a built-in data set ({}) nor a directory",
+                    dataset, fmt::join(fu::builtin_sources(), ", "));
+  CHORUS_CHECK_CODE(fs::is_regular_file(dir / "task.toml"), Code::kNotFound,
+                    "data set directory '{}' has no task.toml (the [task] table: labels, "
+                    "input_shape, dtype, normalise)",
+                    dir.string());
+  TaskSpec fallback;
+  fallback.name = dir.filename().string();
+  fu::BuiltinData b;
+  b.task = read_task_file(dir / "task.toml", fallback);
+  b.train = fu::read_examples(find_split(dir, "train"), b.task, true);
+  b.test = fu::read_examples(find_split(dir, "test"), b.task, true);
+  return b;
 }
 
 // Answers from a table collected over the network, charged as queries.
@@ -137,6 +186,7 @@ class Children {
 
 struct Expert {
   std::string name;
+  std::vector<std::int64_t> hidden;
   std::vector<std::int64_t> task;
   std::vector<std::string> labels;
   std::string arch;
@@ -156,18 +206,19 @@ void write_config(const SimulateOptions& o, const fs::path& run_dir) {
 }
 
 // Trains (or finds in the cache) each node's expert.
-std::vector<Expert> prepare_experts(const SimulateOptions& o, const fu::Dataset& train,
-                                    const fu::P1Split& split, const fs::path& dir,
-                                    SimulateResult& result) {
+std::vector<Expert> prepare_experts(const SimulateOptions& o, const TaskSpec& task,
+                                    const fu::Examples& train, const fu::P1Split& split,
+                                    int epochs, const fs::path& dir, SimulateResult& result) {
   auto log = log::get("simulate");
   fs::create_directories(dir);
   std::vector<Expert> experts;
-  const auto& names = train.class_names;
+  const auto& names = task.labels.names();
   for (int i = 0; i < o.experts; ++i) {
     Expert e{.name = node_name(i),
+             .hidden = hidden_of(i, task.input_shape),
              .task = split.tasks[static_cast<std::size_t>(i)],
              .labels = {},
-             .arch = arch_of(i),
+             .arch = arch_of(i, task.input_shape),
              .file = {}};
     for (auto c : e.task) e.labels.push_back(names[static_cast<std::size_t>(c)]);
     const auto& idx = split.expert_train[static_cast<std::size_t>(i)];
@@ -175,9 +226,10 @@ std::vector<Expert> prepare_experts(const SimulateOptions& o, const fu::Dataset&
     auto idx_bytes = std::string(static_cast<const char*>(idx.data_ptr()),
                                  static_cast<std::size_t>(idx.numel() * 8));
     auto key = protocol::to_hex(protocol::sha256(fmt::format(
-                   "chorus-expert-v1|{}|{}|{}|{}|{}|{}|{}", kVersion, e.arch,
-                   o.expert_epochs, o.seed, i, fmt::join(e.task, ","),
-                   protocol::to_hex(protocol::sha256(idx_bytes)))))
+                   "chorus-expert-v2|{}|{}|{}|{}|{}|{}|{}|{}|{}", kVersion, e.arch,
+                   epochs, o.seed, i, fmt::join(e.task, ","),
+                   protocol::to_hex(protocol::sha256(idx_bytes)), to_toml(task),
+                   fmt::join(e.hidden, ","))))
                    .substr(0, 16);
     e.file = dir / fmt::format("{}-{}-{}.pt", e.name, e.arch, key);
     if (fs::exists(e.file)) {
@@ -185,16 +237,17 @@ std::vector<Expert> prepare_experts(const SimulateOptions& o, const fu::Dataset&
       log->info("node={} event=expert_cached file={}", e.name, e.file.string());
     } else {
       const auto t0 = Clock::now();
-      auto x = train.images.index_select(0, idx);
+      auto x = train.inputs.index_select(0, idx);
       auto y = fu::to_local_labels(train.labels.index_select(0, idx), e.task);
       fu::ModelSpec spec{.arch = e.arch,
-                         .input_shape = {1, 28, 28},
-                         .num_classes = static_cast<std::int64_t>(e.task.size())};
+                         .input_shape = task.input_shape,
+                         .num_classes = static_cast<std::int64_t>(e.task.size()),
+                         .hidden = e.hidden};
       torch::manual_seed(o.seed * 100 + static_cast<std::uint64_t>(i));
       auto model = fu::make_classifier(spec);
       fu::train(*model, x, y,
                 fu::TrainOptions()
-                    .epochs(o.expert_epochs)
+                    .epochs(epochs)
                     .batch_size(64)
                     .lr(2e-3)
                     .seed(o.seed * 100 + static_cast<std::uint64_t>(i))
@@ -202,12 +255,32 @@ std::vector<Expert> prepare_experts(const SimulateOptions& o, const fu::Dataset&
       node::save_builtin_expert(model, spec, e.labels, e.file);
       const double s = since(t0);
       result.expert_seconds += s;
-      fmt::print(stderr, "trained {:<8} {:<6} on [{}]: {} images, {:.1f} s\n", e.name,
-                 e.arch, fmt::join(e.labels, ", "), x.size(0), s);
+      fmt::print(stderr, "trained {:<8} {:<6} on [{}]: {} examples, {} epochs, {:.1f} s\n",
+                 e.name, e.arch, fmt::join(e.labels, ", "), x.size(0), epochs, s);
     }
     experts.push_back(std::move(e));
   }
   return experts;
+}
+
+// P1's sizes, scaled down for data sets smaller than Fashion-MNIST: U at
+// most half the training split, V at most a fifth of U, and no more classes
+// per expert than there are.
+struct Sizes {
+  std::int64_t transfer_size, fusion_labels, classes_per_expert;
+};
+Sizes resolve_sizes(const SimulateOptions& o, std::int64_t train_size, std::int64_t classes) {
+  Sizes s;
+  s.transfer_size = o.transfer_size > 0 ? o.transfer_size
+                                        : std::min<std::int64_t>(10'000, train_size / 2);
+  s.fusion_labels = o.fusion_labels >= 0 ? o.fusion_labels
+                                         : std::min<std::int64_t>(500, s.transfer_size / 5);
+  s.classes_per_expert = std::min<std::int64_t>(o.classes_per_expert, classes);
+  CHORUS_CHECK(s.transfer_size < train_size,
+               "--transfer-size {} leaves no private data: the training split has {} "
+               "examples",
+               s.transfer_size, train_size);
+  return s;
 }
 
 void ensure_pki(const fs::path& pki, const std::vector<Expert>& experts) {
@@ -227,8 +300,6 @@ void ensure_pki(const fs::path& pki, const std::vector<Expert>& experts) {
 SimulateResult run_simulation(const SimulateOptions& o) {
   const auto t_start = Clock::now();
   auto log = log::get("simulate");
-  CHORUS_CHECK(o.dataset == "fashion-mnist",
-               "unknown data set '{}' (simulate supports: fashion-mnist)", o.dataset);
   CHORUS_CHECK(o.experts >= 1 && o.experts <= 64, "--experts must be 1..64, got {}",
                o.experts);
   CHORUS_CHECK(o.rounds >= 1, "--rounds must be at least 1, got {}", o.rounds);
@@ -245,17 +316,33 @@ SimulateResult run_simulation(const SimulateOptions& o) {
 
   std::optional<fs::path> data_dir;
   if (!o.data_dir.empty()) data_dir = o.data_dir;
-  auto train = fu::load_fashion_mnist(fu::Split::kTrain, data_dir);
-  auto test = fu::load_fashion_mnist(fu::Split::kTest, data_dir);
-  const std::int64_t classes = static_cast<std::int64_t>(train.class_names.size());
-  auto split = fu::p1_split(train.labels, fu::P1Options()
-                                              .experts(o.experts)
-                                              .classes_per_expert(o.classes_per_expert)
-                                              .num_classes(classes)
-                                              .transfer_size(o.transfer_size)
-                                              .fusion_labels(o.fusion_labels)
-                                              .seed(o.seed));
-  auto experts = prepare_experts(o, train, split, o.out / "experts", result);
+  auto raw = load_simulation_data(o.dataset, data_dir);
+  TaskSpec task = raw.task;
+  const std::int64_t classes = task.labels.size();
+  const auto sizes = resolve_sizes(o, raw.train.size(), classes);
+  auto split = fu::p1_split(raw.train.labels, fu::P1Options()
+                                                  .experts(o.experts)
+                                                  .classes_per_expert(sizes.classes_per_expert)
+                                                  .num_classes(classes)
+                                                  .transfer_size(sizes.transfer_size)
+                                                  .fusion_labels(sizes.fusion_labels)
+                                                  .seed(o.seed));
+  // Normalisation statistics, when the task asks for them, come from the
+  // public pool U (what a coordinator has).
+  fu::fit_normalisation(task, raw.train.inputs.index_select(0, split.transfer));
+  const fu::Examples train{fu::to_model_inputs(raw.train.inputs, task), raw.train.labels};
+  const fu::Examples test{fu::to_model_inputs(raw.test.inputs, task), raw.test.labels};
+  fmt::print(stderr,
+             "data set {}: {} labels, inputs {}, normalise {}; {} training and {} test "
+             "examples; U {} (V {}), {} classes per expert\n",
+             task.name, classes, task.describe_input(), normalisation_name(task.normalisation),
+             train.size(), test.size(), sizes.transfer_size, sizes.fusion_labels,
+             sizes.classes_per_expert);
+  const std::int64_t shard = (train.size() - sizes.transfer_size) / o.experts;
+  const int epochs = o.expert_epochs > 0 ? o.expert_epochs
+                                         : static_cast<int>(std::clamp<std::int64_t>(
+                                               30'000 / std::max<std::int64_t>(1, shard), 3, 200));
+  auto experts = prepare_experts(o, task, train, split, epochs, o.out / "experts", result);
   const auto pki = o.out / "pki";
   ensure_pki(pki, experts);
 
@@ -267,7 +354,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
   ro.port = 0;
   ro.tls = protocol::TlsMaterial::load(pki / "ca.crt", pki / "coordinator.crt",
                                        pki / "coordinator.key");
-  ro.label_space = train.class_names;
+  ro.task = task;
   coordinator::NodeRegistry registry(coordinator_io, coordinator::Roster(roster), ro);
   registry.start();
   std::thread coordinator_thread([&] { coordinator_io.run(); });
@@ -292,10 +379,13 @@ SimulateResult run_simulation(const SimulateOptions& o) {
                       "[coordinator]\nhost = \"127.0.0.1\"\nport = {2}\n"
                       "[tls]\nca = \"{3}/ca.crt\"\ncert = \"{3}/{0}.crt\"\n"
                       "key = \"{3}/{0}.key\"\n"
-                      "[expert]\nkind = \"builtin\"\npath = \"{4}\"\n"
-                      "[adapt]\nshots_per_class = 5\nseed = {5}\n",
+                      "[expert]\nkind = \"builtin\"\npath = \"{4}\"\n{5}",
                       e.name, dir.string(), registry.port(), fs::absolute(pki).string(),
-                      fs::absolute(e.file).string(), o.seed));
+                      fs::absolute(e.file).string(),
+                      // Adaptation shots are drawn from Fashion-MNIST only.
+                      o.dataset == "fashion-mnist"
+                          ? fmt::format("[adapt]\nshots_per_class = 5\nseed = {}\n", o.seed)
+                          : std::string()));
       children->spawn({o.chorus_binary.string(), "node", "--config",
                        (dir / "node.toml").string()},
                       dir / "node.log");
@@ -320,7 +410,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
           }
         }
         so.shots = std::make_shared<node::LabelledShots>(node::LabelledShots{
-            train.images.index_select(0, torch::tensor(rows, torch::kLong)),
+            train.inputs.index_select(0, torch::tensor(rows, torch::kLong)),
             torch::tensor(local, torch::kLong)});
       }
       so.state_dir = o.out / "nodes" / e.name;
@@ -353,7 +443,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
 
   try {
     coordinator::CoordinatorOptions co;
-    co.label_space = train.class_names;
+    co.task = task;
     co.algorithm = algorithms.front();
     co.algorithm_options = fu::AlgorithmOptions().seed(o.seed).threads(o.threads);
     co.rounds = o.rounds;
@@ -380,7 +470,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
                  r.seconds);
     };
     coordinator::PoolData pool{
-        .inputs = train.images.index_select(0, split.transfer),
+        .inputs = train.inputs.index_select(0, split.transfer),
         .fusion_index = torch::arange(split.fusion.size(0), torch::kLong),
         .fusion_labels = train.labels.index_select(0, split.fusion)};
     coordinator::Coordinator coordinator(registry, pool, co);
@@ -397,7 +487,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
     // The test set, asked of every expert once over the network.
     auto& oracle = coordinator.oracle();
     oracle.reset_stats();
-    auto test_answers = oracle.query_all(test.images);
+    auto test_answers = oracle.query_all(test.inputs);
     const auto& fused_experts = coordinator.experts();
     for (std::size_t k = 0; k < fused_experts.size(); ++k) {
       const auto& info = fused_experts[k];
@@ -417,7 +507,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
           .bytes_received = stats.bytes_received,
           .seconds = 0});
     }
-    ReplayOracle replay(classes, fused_experts, test.images, test_answers);
+    ReplayOracle replay(classes, fused_experts, test.inputs, test_answers);
     std::vector<std::string> methods = {"bplus", "bmax"};
     for (const auto& a : algorithms) {
       if (std::find(methods.begin(), methods.end(), a) == methods.end()) methods.push_back(a);
@@ -434,7 +524,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
         fuser = own.get();
       }
       replay.reset_stats();
-      auto probs = fuser->predict(replay, test.images);
+      auto probs = fuser->predict(replay, test.inputs);
       const auto s = replay.total_stats();
       result.rows.push_back(ResultRow{
           .method = name == algorithms.front() ? name + " (broadcast)" : name,
@@ -442,7 +532,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
           .task_accuracy = -1,
           .train_queries = name == "bplus" || name == "bmax" ? 0 : train_queries,
           .queries_per_input =
-              static_cast<double>(s.inputs) / static_cast<double>(test.images.size(0)),
+              static_cast<double>(s.inputs) / static_cast<double>(test.size()),
           .bytes_sent = s.bytes_sent,
           .bytes_received = s.bytes_received,
           .seconds = since(t0) + (name == algorithms.front() ? round_seconds : 0.0)});

@@ -39,6 +39,11 @@ namespace {
 const std::vector<std::string> kSpace = {"c0", "c1", "c2", "c3"};
 constexpr std::int64_t kDim = 8;
 
+chorus::TaskSpec blob_task() {
+  return chorus::TaskSpec{
+      .name = "blobs", .labels = chorus::LabelSpace(kSpace), .input_shape = {kDim}};
+}
+
 struct World {
   chorus::testing::Blobs train = chorus::testing::make_blobs(1200, 4, kDim, 11);
   chorus::testing::Blobs test = chorus::testing::resample_blobs(400, 4, kDim, 11, 12);
@@ -81,7 +86,7 @@ struct CoordinatorSide {
     co::RegistryOptions o;
     o.port = 0;
     o.tls = world().material(world().coordinator);
-    o.label_space = kSpace;
+    o.task = blob_task();
     o.operators = std::move(operators);
     registry = std::make_unique<co::NodeRegistry>(io, co::Roster(std::move(roster)), o);
     registry->start();
@@ -159,7 +164,7 @@ co::PoolData pool_data() {
 
 co::CoordinatorOptions options(const std::filesystem::path& run_dir) {
   co::CoordinatorOptions o;
-  o.label_space = kSpace;
+  o.task = blob_task();
   o.algorithm = "foe-distill";
   o.algorithm_options = fu::AlgorithmOptions().seed(1);
   o.algorithm_options.foe(fu::FoeOptions().hidden({32}).epochs(40).batch_size(32));
@@ -294,6 +299,10 @@ TEST_CASE("coordinator: no quorum names the missing nodes, and labels outside th
   CHECK(code_of([&] { side.registry->wait_for_quorum(3, 2s); }, &msg) ==
         Code::kDeadlineExceeded);
   CHECK(msg.find("missing: gamma, delta") != std::string::npos);
+  // The timeout repeats why gamma was refused at its Hello.
+  CHECK(msg.find("'gamma' was refused: node 'gamma' has label 'c9', which is not in the "
+                 "label space of task 'blobs' (c0, c1, c2, c3)") != std::string::npos);
+  CHECK(side.registry->refusals().count("gamma") == 1);
   CHECK(side.registry->connected().size() == 2);
   CHECK_FALSE(side.registry->is_connected("gamma"));
 }
@@ -383,7 +392,8 @@ TEST_CASE("coordinator: after its rounds it serves operators fused predictions, 
 
   // Bad inputs: a clear error, and the operator stays connected.
   CHECK(code_of([&] { ops.ask(torch::zeros({5, 7})); }, &msg) == Code::kInvalidArgument);
-  CHECK(msg.find("inputs must be [N, 8]") != std::string::npos);
+  CHECK(msg.find("inputs of shape [5, 7] do not fit the task 'blobs' (one input is [8])") !=
+        std::string::npos);
   CHECK(code_of([&] { ops.ask(torch::full({2, kDim}, std::nanf(""))); }, &msg) ==
         Code::kInvalidArgument);
   CHECK(msg.find("NaN") != std::string::npos);

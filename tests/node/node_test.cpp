@@ -266,6 +266,110 @@ TEST_CASE("node: a builtin expert's Predict equals local inference, and Hello "
   CHECK_FALSE(hello.policy().has_total_budget());
 }
 
+TEST_CASE("node: the coordinator's task is checked against the expert, and uint8 "
+          "inputs are scaled and normalised as the task says") {
+  auto model = small_model();
+  nd::NodeService service(builtin_expert(model), nd::NodeServiceOptions{});
+  chorus::TaskSpec task{.name = "tiny",
+                        .labels = chorus::LabelSpace({"a", "b", "c", "d"}),
+                        .input_shape = {3, 32, 32},
+                        .dtype = chorus::InputDType::kUInt8};
+  auto why = service.accept_task(task);
+  REQUIRE(why.has_value());
+  CHECK(contains(*why, "takes inputs of shape [1, 4, 4]"));
+  CHECK(contains(*why, "task 'tiny' has inputs of shape [3, 32, 32]"));
+  task.input_shape = {1, 4, 4};
+  task.labels = chorus::LabelSpace({"a", "b"});
+  why = service.accept_task(task);
+  REQUIRE(why.has_value());
+  CHECK(contains(*why, "label 'c', which is not in the label space of task 'tiny' (a, b)"));
+
+  // A task it fits: uint8 pixels in, (x / 255 - 0.5) / 0.25 seen by the model.
+  task.labels = chorus::LabelSpace({"a", "b", "c"});
+  task.normalisation = chorus::Normalisation::kPerChannel;
+  task.mean = {0.5};
+  task.std = {0.25};
+  CHECK_FALSE(service.accept_task(task).has_value());
+  torch::manual_seed(5);
+  auto pixels = torch::randint(0, 256, {6, 1, 4, 4}, torch::kLong).to(torch::kUInt8);
+  v1::Envelope request;
+  request.set_request_id(1);
+  pr::encode_tensor(pixels, request.mutable_predict_request()->mutable_inputs());
+  auto job = service.admit_predict(request);
+  auto reply = service.run_predict(*job);
+  auto got = pr::decode_tensor(reply.predict_response().outputs());
+  auto seen = (pixels.to(torch::kFloat32) / 255.0 - 0.5) / 0.25;
+  CHECK(torch::allclose(got, local_probs(*model, seen), 1e-5, 1e-6));
+
+  // Without a uint8 task, uint8 inputs are refused naming what is expected.
+  CHECK_FALSE(service.accept_task(std::nullopt).has_value());
+  std::string msg;
+  CHECK(code_of([&] { service.admit_predict(request); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "inputs must be float32 [N, 1, 4, 4]"));
+}
+
+TEST_CASE("node: the start-up check refuses a tuple, a dict or too many columns "
+          "unless told how to read them, and a builtin expert's shape is honoured") {
+  chorus::testing::TempDir dir;
+  const auto script =
+      std::filesystem::path(CHORUS_SOURCE_DIR) / "tests/support/export_odd_modules.py";
+  const auto command = "/usr/bin/python3 " + script.string() + " " + dir.path().string() +
+                       " > " + (dir / "export.log").string() + " 2>&1";
+  REQUIRE_MESSAGE(std::system(command.c_str()) == 0,
+                  "export_odd_modules.py failed (python3-torch installed?): see "
+                      << (dir / "export.log").string());
+  auto options = [&](const std::string& name) {
+    nd::ExpertOptions o;
+    o.kind = nd::ExpertKind::kTorchScript;
+    o.path = dir / (name + ".pt");
+    o.input_shape = {1, 4, 4};
+    o.labels = {"a", "b", "c"};
+    return o;
+  };
+  std::string msg;
+  CHECK(code_of([&] { nd::load_expert(options("tuple")); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "start-up check"));
+  CHECK(contains(msg, "returns a tuple of 2 elements; set expert.output_key"));
+  CHECK(code_of([&] { nd::load_expert(options("dict")); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "returns a dict with keys [features, logits]"));
+  CHECK(code_of([&] { nd::load_expert(options("wide")); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "its 3 labels need [1, 3]"));
+  auto bad_key = options("dict");
+  bad_key.output_key = "scores";
+  CHECK(code_of([&] { nd::load_expert(bad_key); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "'scores' is not a key"));
+
+  // Told which element holds the scores, both serve the same answers.
+  auto from_tuple = options("tuple");
+  from_tuple.output_key = "0";
+  auto from_dict = options("dict");
+  from_dict.output_key = "logits";
+  auto x = inputs(5);
+  auto a = nd::load_expert(from_tuple)->predict(x);
+  auto b = nd::load_expert(from_dict)->predict(x);
+  CHECK(a.sizes() == torch::IntArrayRef({5, 3}));
+  CHECK(torch::allclose(a, b));
+
+  // A TorchScript expert must say its input shape; a builtin one's, when
+  // given, must be the model's.
+  auto no_shape = options("rgb");
+  no_shape.input_shape.clear();
+  CHECK(code_of([&] { nd::load_expert(no_shape); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "expert.input_shape"));
+  nd::save_builtin_expert(small_model(),
+                          fu::ModelSpec{.arch = "mlp", .input_shape = kShape, .num_classes = 3,
+                                        .hidden = {8}},
+                          kLabels, dir / "builtin.pt");
+  nd::ExpertOptions builtin;
+  builtin.path = dir / "builtin.pt";
+  builtin.input_shape = {3, 32, 32};
+  CHECK(code_of([&] { nd::load_expert(builtin); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "expert.input_shape is [3, 32, 32], but the builtin expert"));
+  CHECK(contains(msg, "trained on inputs of [1, 4, 4]"));
+  builtin.input_shape = kShape;
+  CHECK(nd::load_expert(builtin)->input_shape() == kShape);
+}
+
 TEST_CASE("node: a TorchScript module exported by the example script is served "
           "exactly") {
   chorus::testing::TempDir dir;
@@ -298,11 +402,12 @@ TEST_CASE("node: a TorchScript module exported by the example script is served "
   auto expected = torch::softmax(module.forward({x}).toTensor(), 1);
   CHECK(torch::allclose(got, expected, 1e-5, 1e-6));
 
-  // A module whose outputs do not match the configured labels is an error
-  // of the node (INTERNAL), answered as such; the node keeps serving.
+  // A module whose outputs do not match the configured labels is refused
+  // by the start-up check, not mid-round.
   o.labels = {"Sandal", "Sneaker"};
-  auto wrong = nd::load_expert(o);
-  CHECK(code_of([&] { wrong->predict(x); }) == Code::kInternal);
+  std::string msg;
+  CHECK(code_of([&] { nd::load_expert(o); }, &msg) == Code::kInvalidArgument);
+  CHECK(contains(msg, "answered [1, 4] for 1 inputs; its 2 labels need [1, 2]"));
 }
 
 TEST_CASE("node: bad inputs are refused precisely, spend nothing, and the node "

@@ -14,6 +14,7 @@
 
 #include "chorus/coordinator/registry.hpp"
 #include "chorus/coordinator/remote_oracle.hpp"
+#include "chorus/core/task.hpp"
 #include "chorus/fusion/algorithms.hpp"
 
 /// The coordinator's fusion rounds: a state machine over the nodes in a
@@ -23,15 +24,16 @@ namespace chorus::coordinator {
 /// The coordinator's public data: the unlabelled transfer pool U and the
 /// labelled fusion set V (rows of U with their labels).
 struct PoolData {
-  torch::Tensor inputs;         ///< U, float32 [N, ...].
+  torch::Tensor inputs;         ///< U as models see it: float32 [N, input_shape...].
   torch::Tensor fusion_index;   ///< Rows of U that form V (int64).
   torch::Tensor fusion_labels;  ///< Their labels in the label space (int64).
 };
 
 /// Options of the rounds.
 struct CoordinatorOptions {
-  /// The shared label space: a node's labels must be names from it.
-  std::vector<std::string> label_space;
+  /// The federation's task: its label space (a node's labels must be names
+  /// from it) and the form inputs travel in (`fusion::to_wire_inputs`).
+  TaskSpec task;
   /// The fusion algorithm (`fusion::algorithm_names()`).
   std::string algorithm = "foe-distill";
   fusion::AlgorithmOptions algorithm_options;
@@ -109,14 +111,16 @@ class Coordinator {
   /// Totals over all rounds (queries and bytes of collecting answers).
   fusion::QueryStats collection_stats() const;
 
-  /// After `run`: the fused prediction of `inputs` (float32, shaped like the
-  /// pool's rows, [N, ...]), asking the nodes as the algorithm needs
+  /// After `run`: the fused prediction of `inputs` (float32 as models see
+  /// them, shaped like the pool's rows, [N, ...]), asking the nodes as the algorithm needs
   /// (ensemble and foe ask every fused expert, frugal only those it
   /// chooses, distilled models none). Nodes account the queries to round
   /// `rounds + 1`. Throws `chorus::Error` (INVALID_ARGUMENT for a wrong
   /// shape, dtype or non-finite values; a node's error when it fails).
   FusedPrediction predict(const torch::Tensor& inputs);
-  /// `predict` for an operator's PredictRequest: the fused PredictResponse
+  /// `predict` for an operator's PredictRequest, whose inputs are in the
+  /// task's form (uint8 pixels, or float32 already scaled to [0, 1]; raw
+  /// features before the normalisation): the fused PredictResponse
   /// (probabilities, label names, algorithm, round, expert queries).
   v1::Envelope answer(const v1::Envelope& request);
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "chorus/coordinator/roster.hpp"
+#include "chorus/core/task.hpp"
 #include "chorus/protocol/channel.hpp"
 
 /// The coordinator's view of its nodes: who is connected, what each
@@ -37,9 +38,10 @@ struct RegistryOptions {
   protocol::ChannelOptions channel;
   /// The coordinator's name, sent in Welcome.
   std::string name = "coordinator";
-  /// The shared label space: a node announcing a label outside it is
-  /// refused (INVALID_ARGUMENT naming the label). Empty admits any labels.
-  std::vector<std::string> label_space;
+  /// The federation's task, announced in Welcome: a node whose expert's
+  /// input shape or labels do not fit it is refused (INVALID_ARGUMENT naming
+  /// both sides' values). None admits any expert and announces no task.
+  std::optional<TaskSpec> task;
   /// Identities (certificate CNs) admitted as operators: clients that say
   /// Hello with the capability "operator" and send PredictRequests to the
   /// coordinator (`chorus predict --coordinator`). Not nodes.
@@ -67,11 +69,15 @@ class NodeRegistry {
 
   /// The connected nodes, in roster order.
   std::vector<NodeInfo> connected() const;
+  /// Why each node that tried to join was refused, by identity (the last
+  /// refusal; cleared when it joins).
+  std::map<std::string, std::string> refusals() const;
   /// Whether `identity` is connected now.
   bool is_connected(const std::string& identity) const;
   /// Waits until at least `min_nodes` are connected, or all of the roster
   /// after they are, for up to `timeout`. Throws `chorus::Error`
-  /// (DEADLINE_EXCEEDED) naming the nodes that are missing.
+  /// (DEADLINE_EXCEEDED) naming the nodes that are missing and why each
+  /// that tried was refused.
   std::vector<NodeInfo> wait_for_quorum(std::size_t min_nodes,
                                         std::chrono::milliseconds timeout,
                                         std::chrono::milliseconds settle = {});

@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "chorus/core/config.hpp"
+#include "chorus/core/task.hpp"
+#include "chorus/fusion/formats.hpp"
 
 /// `chorus coordinator --config coordinator.toml`: what an operator runs.
 namespace chorus::coordinator {
@@ -35,14 +37,24 @@ struct CoordinatorConfig {
   std::string algorithm = "foe-distill";
   std::int64_t seed = 0;
   std::int64_t threads = 2;
-  /// [data]: the public transfer pool, drawn from Fashion-MNIST's training
-  /// split as protocol P1 draws it; the labels of the first
-  /// `fusion_labels` form V.
+  /// [task]: what the federation is about (announced in Welcome). Defaults
+  /// to the built-in data set's task; required (labels, input_shape) for
+  /// `dataset = "files"`. Normalisation statistics left out are computed
+  /// from the transfer pool.
+  TaskSpec task = fashion_mnist_task();
+  /// [data]: where the public data comes from.
+  /// A built-in source (`fusion::builtin_sources()`): the transfer pool is
+  /// drawn from its training split as protocol P1 draws it (the labels of
+  /// the first `fusion_labels` form V) and the test split is the test set.
+  /// "files": U from `transfer`, the labelled fusion set V from `fusion`
+  /// (optional), the test set from `test` (optional), each a file or folder
+  /// in the formats `fusion::read_examples` reads.
   std::string dataset = "fashion-mnist";
   std::filesystem::path data_dir;
-  std::int64_t transfer_size = 10'000;
+  std::int64_t transfer_size = 10'000;  ///< 0: all of `transfer`.
   std::int64_t fusion_labels = 500;
   std::int64_t pool_seed = 0;
+  fusion::DataRef transfer, fusion, test;
   /// Evaluate the fused model on the test split when it needs no expert.
   bool evaluate = true;
 };

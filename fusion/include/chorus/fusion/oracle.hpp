@@ -70,6 +70,9 @@ class QueryOracle {
   /// Answers a validated query; implementations need not count.
   virtual torch::Tensor do_query(std::int64_t expert,
                                  const torch::Tensor& inputs) = 0;
+  /// Bytes of `inputs` as they are shipped (counted in `bytes_sent`); by
+  /// default their own size.
+  virtual std::int64_t shipped_bytes(const torch::Tensor& inputs) const;
 
  private:
   mutable std::mutex mutex_;

@@ -35,11 +35,14 @@ struct NodeConfig {
   /// [audit] log (default: <state_dir>/audit.jsonl).
   std::filesystem::path audit_log;
   /// [adapt] shots_per_class: private labelled examples per class of the
-  /// node's task, drawn from its local Fashion-MNIST, for adapting a pushed
+  /// node's task, drawn from its local data ([train]), for adapting a pushed
   /// tae model (0: the node does not adapt); [adapt] seed.
   std::int64_t adapt_shots_per_class = 0;
   std::uint64_t adapt_seed = 0;
-  /// [train] ... (for `chorus node train`).
+  /// [train] ... (for `chorus node train`): the architecture and recipe,
+  /// and the local data (train.dataset: a built-in source or "files" with
+  /// train.data, train.data_labels, train.label_column; the [task] table
+  /// it is read against).
   TrainExpertOptions train;
 };
 

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "chorus/core/task.hpp"
+#include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/train.hpp"
 
 /// A node's expert: the private model it serves as a black box. Whatever the
@@ -32,8 +34,10 @@ struct ExpertOptions {
   ExpertKind kind = ExpertKind::kBuiltin;
   /// The model file.
   std::filesystem::path path;
-  /// Shape of one input, e.g. {1, 28, 28}.
-  std::vector<std::int64_t> input_shape = {1, 28, 28};
+  /// Shape of one input, e.g. {1, 28, 28} or {30}. Required for a
+  /// TorchScript expert; a builtin expert takes its model file's, and a
+  /// shape given here must equal it.
+  std::vector<std::int64_t> input_shape;
   /// The expert's task: its output labels, as names in the deployment's
   /// shared label space, in the order of its output columns. For a builtin
   /// expert, empty means "as stored in the model file".
@@ -41,7 +45,12 @@ struct ExpertOptions {
   /// Whether the module returns logits (softmax is applied) or
   /// probabilities (used as they are).
   bool outputs_logits = true;
-  /// Inputs are normalised as (x − mean) / std before the model sees them.
+  /// A TorchScript module that returns a tuple or a dict: which element
+  /// holds the class scores (a tuple index, e.g. "0", or a dict key, e.g.
+  /// "logits"). Empty: the module must return a tensor.
+  std::string output_key;
+  /// Inputs are normalised as (x − mean) / std before the model sees them
+  /// (after the task's own normalisation, which the node applies first).
   double normalize_mean = 0.0;
   double normalize_std = 1.0;
 };
@@ -69,31 +78,59 @@ class Expert {
   ExpertOptions options_;
 };
 
-/// Loads the expert `options` describe. Throws `chorus::Error`: NOT_FOUND for
-/// a missing file, DATA_LOSS for a file that is not a model of that kind,
-/// INVALID_ARGUMENT when the labels or shapes disagree with the model.
+/// Loads the expert `options` describe and runs one dummy prediction on a
+/// zero input, so that a module that returns a tuple or dict it was not told
+/// how to read, or a number of columns other than its labels', is refused
+/// at start-up. Throws `chorus::Error`: NOT_FOUND for a missing file,
+/// DATA_LOSS for a file that is not a model of that kind, INVALID_ARGUMENT
+/// when the labels, shapes or outputs disagree with the config.
 std::unique_ptr<Expert> load_expert(ExpertOptions options);
 
 /// A builtin expert held in memory (what `chorus simulate` serves).
 std::unique_ptr<Expert> make_builtin_expert(
     std::shared_ptr<fusion::ClassifierImpl> model, ExpertOptions options);
 
+/// Where a node's local labelled data comes from (`chorus node train`, and
+/// the shots `adapt.shots_per_class` draws).
+struct LocalDataOptions {
+  /// A built-in source (`fusion::builtin_sources()`), or "files": `data`.
+  TORCH_ARG(std::string, dataset) = "fashion-mnist";
+  /// With "files": the labelled file or image folder.
+  TORCH_ARG(fusion::DataRef, data);
+  /// The task the data is read against (label names, input shape, dtype,
+  /// normalisation); none: the built-in source's. Required for "files".
+  TORCH_ARG(std::optional<TaskSpec>, task);
+  /// A built-in source's directory (empty: the default search).
+  TORCH_ARG(std::filesystem::path, data_dir);
+};
+
+/// The local data: its task (normalisation statistics fitted on it when the
+/// task leaves them out) and its labelled examples as models see them
+/// (float32, scaled and normalised), labels indexing the task's space.
+struct LocalData {
+  TaskSpec task;
+  fusion::Examples examples;
+};
+/// Reads the training examples `options` name. Throws `chorus::Error`.
+LocalData load_local_data(const LocalDataOptions& options);
+
 /// How `chorus node train` trains a builtin expert on local labelled data.
 struct TrainExpertOptions {
-  /// Zoo architecture: "mlp", "lenet" or "resnet".
-  TORCH_ARG(std::string, arch) = "lenet";
+  /// Zoo architecture: "mlp", "lenet", "resnet", or "auto" (lenet for
+  /// images, mlp for features).
+  TORCH_ARG(std::string, arch) = "auto";
   TORCH_ARG(std::int64_t, epochs) = 3;
   TORCH_ARG(std::int64_t, batch_size) = 64;
   TORCH_ARG(double, lr) = 2e-3;
   TORCH_ARG(std::uint64_t, seed) = 0;
   /// Fraction of the examples held out to report accuracy.
   TORCH_ARG(double, holdout) = 0.1;
-  /// Use IID shard `shard` of `shards` of the training split (the node's
+  /// Use IID shard `shard` of `shards` of the training data (the node's
   /// private share when several nodes start from one public data set).
   TORCH_ARG(std::int64_t, shard) = 0;
   TORCH_ARG(std::int64_t, shards) = 1;
-  /// Fashion-MNIST location (empty: the default search).
-  TORCH_ARG(std::filesystem::path, data_dir);
+  /// The data.
+  TORCH_ARG(LocalDataOptions, source);
   /// Torch threads for training.
   TORCH_ARG(int, threads) = 0;
   /// Progress after each epoch.
@@ -105,12 +142,15 @@ struct TrainExpertResult {
   std::int64_t examples = 0;       ///< Training examples used.
   std::int64_t holdout = 0;        ///< Held-out examples.
   double holdout_accuracy = 0;     ///< Accuracy on them, over the labels.
+  std::string arch;                ///< The architecture trained.
+  std::vector<std::int64_t> input_shape;
   double seconds = 0;
 };
 
-/// Trains a builtin expert on the Fashion-MNIST training split restricted
-/// to `labels` (Fashion-MNIST class names), and saves it atomically to
-/// `out`. Throws `chorus::Error` (INVALID_ARGUMENT for an unknown label).
+/// Trains a builtin expert on the local data restricted to `labels` (names
+/// in the data's label space), and saves it atomically to `out`. Throws
+/// `chorus::Error` (INVALID_ARGUMENT for an unknown label, naming the
+/// space).
 TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                                        const TrainExpertOptions& options,
                                        const std::filesystem::path& out);
@@ -122,12 +162,10 @@ struct LabelledShots {
   torch::Tensor labels;  ///< int64 [N], indices into the expert's labels.
 };
 
-/// `per_class` examples of each of `labels` (Fashion-MNIST class names)
-/// from the Fashion-MNIST training split, drawn with `seed`. Throws
-/// `chorus::Error`.
-LabelledShots draw_fashion_mnist_shots(const std::vector<std::string>& labels,
-                                       std::int64_t per_class, std::uint64_t seed,
-                                       const std::filesystem::path& data_dir = {});
+/// `per_class` examples of each of `labels` from the local data, drawn with
+/// `seed`. Throws `chorus::Error`.
+LabelledShots draw_local_shots(const std::vector<std::string>& labels, std::int64_t per_class,
+                               std::uint64_t seed, const LocalDataOptions& source);
 
 /// Saves `model` as a builtin expert file over `labels`.
 void save_builtin_expert(const std::shared_ptr<fusion::ClassifierImpl>& model,

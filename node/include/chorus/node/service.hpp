@@ -10,6 +10,7 @@
 #include <string>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/task.hpp"
 #include "chorus/node/policy.hpp"
 #include "chorus/v1/chorus.pb.h"
 
@@ -61,11 +62,21 @@ class NodeService {
   /// The Hello this node sends: its expert descriptor and policy.
   v1::Hello hello() const;
 
+  /// Takes the task a coordinator announced in its Welcome (none from a 1.1
+  /// coordinator): later PredictRequests must bring inputs in its dtype and
+  /// shape, which the node scales and normalises before its expert sees
+  /// them. Returns why the expert does not fit the task (naming both sides'
+  /// shapes, or the label outside the space) and keeps the previous task
+  /// then; nullopt when it fits.
+  std::optional<std::string> accept_task(const std::optional<TaskSpec>& task);
+
   /// Admission of a PredictRequest (cheap; runs on the network thread):
   /// decodes and validates the inputs, charges the budget, reserves rate
   /// capacity. Throws `chorus::Error`: INVALID_ARGUMENT naming the expected
   /// shape and dtype, or for NaN/Inf inputs (refused, never answered);
   /// RESOURCE_EXHAUSTED naming what remains. Nothing is spent on a refusal.
+  /// Inputs are float32 as the expert takes them, or — with a task — in the
+  /// task's dtype (uint8 pixels), scaled and normalised here.
   std::shared_ptr<PredictJob> admit_predict(const v1::Envelope& request);
   /// How long the job must wait for the rate limit.
   static std::chrono::milliseconds wait_of(const PredictJob& job);

@@ -32,7 +32,8 @@ namespace chorus::protocol {
 
 /// The protocol version this build speaks.
 inline constexpr std::uint32_t kProtocolMajor = 1;
-inline constexpr std::uint32_t kProtocolMinor = 1;  ///< 1.1: operators.
+/// 1.1: operators. 1.2: the task in Welcome; inputs in the task's dtype.
+inline constexpr std::uint32_t kProtocolMinor = 2;
 
 /// PEM material of one party: the deployment's CA, its certificate, its key.
 struct TlsMaterial {

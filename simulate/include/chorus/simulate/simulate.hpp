@@ -17,16 +17,22 @@ struct SimulateOptions {
   /// Algorithms, comma-separated: the first is the one the coordinator runs
   /// and broadcasts; the others are fitted on the same answers for the table.
   std::string algorithm = "foe-distill,foe";
+  /// A built-in data set (`fusion::builtin_sources()`) or a directory with
+  /// task.toml and train.* / test.* files (npz, csv, or image folders).
   std::string dataset = "fashion-mnist";
   int rounds = 1;
   std::uint64_t seed = 0;
   /// The run directory.
   std::filesystem::path out = "runs/simulate";
+  /// At most this many (and no more than the label space has).
   int classes_per_expert = 4;
-  std::int64_t transfer_size = 10'000;
-  std::int64_t fusion_labels = 500;
-  /// Epochs of each expert's training.
-  int expert_epochs = 3;
+  /// 0: 10,000 (protocol P1), or half the training split when it is smaller.
+  std::int64_t transfer_size = 0;
+  /// -1: 500 (P1), or a fifth of U when that is smaller.
+  std::int64_t fusion_labels = -1;
+  /// Epochs of each expert's training; 0: 3 for Fashion-MNIST-sized shards,
+  /// more for small ones (30,000 / shard size, at most 200).
+  int expert_epochs = 0;
   /// Run each node as its own `chorus node` process.
   bool processes = false;
   /// Torch threads (training and fusion); nodes infer on one thread each.
@@ -60,6 +66,7 @@ struct SimulateResult {
 };
 
 /// Runs it. Prints progress to stderr; throws `chorus::Error`.
+/// Fashion-MNIST on the defaults is protocol P1 exactly.
 SimulateResult run_simulation(const SimulateOptions& options);
 
 /// The table as text.

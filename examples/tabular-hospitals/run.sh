@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Three institutions with tabular patient records and a fusion operator on
+# one machine, each its own process, talking mutual TLS over loopback. Run
+# from anywhere:
+#   ./run.sh [path/to/chorus]
+set -euo pipefail
+cd "$(dirname "$0")"
+chorus=$(realpath "${1:-../../build/apps/chorus/chorus}")
+nodes=(hospital-a hospital-b clinic-c)
+
+[ -f data/task.toml ] || /usr/bin/python3 prepare.py
+[ -f pki/ca.crt ] || "$chorus" certs init --out pki --coordinator localhost,127.0.0.1 \
+  --nodes "$(IFS=,; echo "${nodes[*]}")"
+for n in hospital-a hospital-b; do
+  [ -f "state/$n/expert.pt" ] || "$chorus" node train --config "$n.toml"
+done
+mkdir -p state
+pids=()
+for n in "${nodes[@]}"; do
+  "$chorus" node --config "$n.toml" 2> "state/$n.log" & pids+=($!)
+done
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+"$chorus" coordinator --config coordinator.toml
+for n in "${nodes[@]}"; do "$chorus" node audit --log "state/$n/audit.jsonl"; done
