@@ -65,8 +65,8 @@ CoordinatorConfig read_coordinator_config(Config& c) {
     fusion::DataRef r;
     r.label_column = label_column;
     if (auto p = c.get_optional_string("data." + key)) r.path = c.resolve(*p);
-    if (auto p = c.get_optional_string("data." + key + "_labels")) r.labels = c.resolve(*p);
-    CHORUS_CHECK(r.labels.empty() || !r.path.empty(), "{}: data.{}_labels needs data.{}",
+    if (auto p = c.get_optional_string("data." + key + "_label_file")) r.labels = c.resolve(*p);
+    CHORUS_CHECK(r.labels.empty() || !r.path.empty(), "{}: data.{}_label_file needs data.{}",
                  c.path().string(), key, key);
     CHORUS_CHECK(files || r.path.empty(),
                  "{}: data.{} reads files; set data.dataset = \"files\" to use it (data.dataset "
@@ -119,7 +119,7 @@ std::string to_toml(const CoordinatorConfig& k) {
                                  std::pair{"fusion", &k.fusion}, std::pair{"test", &k.test}}) {
     if (!ref->path.empty()) data_files += fmt::format("{} = {}\n", key, toml_quoted(ref->path.string()));
     if (!ref->labels.empty()) {
-      data_files += fmt::format("{}_labels = {}\n", key, toml_quoted(ref->labels.string()));
+      data_files += fmt::format("{}_label_file = {}\n", key, toml_quoted(ref->labels.string()));
     }
   }
   if (k.dataset == "files") data_files += fmt::format("label_column = {}\n", toml_quoted(k.transfer.label_column));

@@ -86,7 +86,7 @@ NodeConfig read_node_config(Config& c) {
   source.data_dir(c.resolve(c.get_string("train.data_dir", "")));
   fusion::DataRef data;
   if (auto p = c.get_optional_string("train.data")) data.path = c.resolve(*p);
-  if (auto p = c.get_optional_string("train.data_labels")) data.labels = c.resolve(*p);
+  if (auto p = c.get_optional_string("train.label_file")) data.labels = c.resolve(*p);
   data.label_column = c.get_string("train.label_column", data.label_column);
   CHORUS_CHECK(data.path.empty() || source.dataset() == "files",
                "{}: train.data reads files; set train.dataset = \"files\" to use it",
@@ -119,7 +119,7 @@ std::string to_toml(const NodeConfig& n) {
   if (!data.path.empty()) {
     train_files += fmt::format("data = {}\n", toml_quoted(data.path.string()));
     if (!data.labels.empty()) {
-      train_files += fmt::format("data_labels = {}\n", toml_quoted(data.labels.string()));
+      train_files += fmt::format("label_file = {}\n", toml_quoted(data.labels.string()));
     }
     train_files += fmt::format("label_column = {}\n", toml_quoted(data.label_column));
   }

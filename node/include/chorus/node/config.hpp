@@ -41,7 +41,7 @@ struct NodeConfig {
   std::uint64_t adapt_seed = 0;
   /// [train] ... (for `chorus node train`): the architecture and recipe,
   /// and the local data (train.dataset: a built-in source or "files" with
-  /// train.data, train.data_labels, train.label_column; the [task] table
+  /// train.data, train.label_file, train.label_column; the [task] table
   /// it is read against).
   TrainExpertOptions train;
 };
