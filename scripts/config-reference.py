@@ -48,7 +48,7 @@ def keys_of(toml):
 
 
 def main():
-    chorus, check = sys.argv[1], "--check" in sys.argv[2:]
+    chorus, check = str(Path(sys.argv[1]).resolve()), "--check" in sys.argv[2:]
     text = DOC.read_text()
     generated = blocks(chorus)
     new = text

@@ -98,7 +98,7 @@ TEST_CASE("npz: compressed and plain archives give the same examples") {
   CHECK(contains(m, "inputs_wrong"));
 }
 
-TEST_CASE("npy: Fortran order is transposed back; [N, H, W] fits a 1xHxW task") {
+TEST_CASE("npy: Fortran order is transposed back, and [N, H, W] fits a 1xHxW task") {
   const auto& d = numpy_files();
   auto f = chorus::fusion::read_npy(d / "fortran.npy");
   REQUIRE(f.sizes().vec() == std::vector<std::int64_t>{4, 5});
@@ -263,7 +263,7 @@ TEST_CASE("image folder: PNG and JPEG files, one sub-folder per class name") {
   CHECK(contains(m, "bad.png"));
 }
 
-TEST_CASE("normalisation: statistics from raw inputs; model and wire inputs round-trip") {
+TEST_CASE("normalisation: statistics from raw inputs, and model and wire inputs round-trip") {
   auto task = colour_task();
   task.normalisation = Normalisation::kPerChannel;
   auto raw = torch::randint(0, 256, {20, 3, 32, 32}, torch::kLong).to(torch::kUInt8);

@@ -7,7 +7,9 @@ pool), and a TorchScript expert of that shape trained on private draws
 (expert.pt, logits over the 5 classes). Each class is a colour with noise,
 so a model can learn it.
 
-Usage: write_pets.py DIR
+Usage: write_pets.py DIR             (the coordinator's files, expert.pt)
+       write_pets.py DIR --simulate  (task.toml, train.npz and test.npz for
+                                      chorus simulate --dataset DIR)
 """
 import sys
 from pathlib import Path
@@ -29,10 +31,23 @@ def draw(rng, n):
     return np.clip(np.rint(x), 0, 255).astype(np.uint8), y.astype(np.int64)
 
 
+def task_table():
+    return ("[task]\nname = \"pets\"\n"
+            f"labels = [{', '.join(chr(34) + c + chr(34) for c in CLASSES)}]\n"
+            "input_shape = [3, 32, 32]\ndtype = \"uint8\"\nnormalise = \"per-channel\"\n")
+
+
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261202)
+    if "--simulate" in sys.argv[2:]:
+        # Statistics left out: simulate computes them from its pool U.
+        (out / "task.toml").write_text(task_table())
+        for split, n in [("train", 1200), ("test", 300)]:
+            x, y = draw(rng, n)
+            np.savez_compressed(out / f"{split}.npz", x=x, y=y)
+        return
     pool, _ = draw(rng, 600)
     np.save(out / "pool.npy", pool)
     labelled, y = draw(rng, 40)
@@ -46,9 +61,7 @@ def main():
     mean = scaled.mean(axis=(0, 2, 3))
     std = scaled.std(axis=(0, 2, 3))
     (out / "task.toml").write_text(
-        "[task]\nname = \"pets\"\n"
-        f"labels = [{', '.join(chr(34) + c + chr(34) for c in CLASSES)}]\n"
-        "input_shape = [3, 32, 32]\ndtype = \"uint8\"\nnormalise = \"per-channel\"\n"
+        task_table() +
         f"mean = [{', '.join(f'{m:.6f}' for m in mean)}]\n"
         f"std = [{', '.join(f'{s:.6f}' for s in std)}]\n")
     train_expert(rng, mean, std, out / "expert.pt")
