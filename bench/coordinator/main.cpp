@@ -176,7 +176,7 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
 
   torch::manual_seed(0);
   // Pixels as bytes would give them, for every dtype alike.
-  co::PoolData data{.inputs = torch::randint(0, 256, {pool_size, 1, 28, 28}).div_(255.0),
+  co::PoolData data{.inputs = torch::randint(0, 256, {pool_size, 1, 28, 28}, torch::kFloat32).div_(255.0),
                     .fusion_index = torch::arange(100, torch::kLong),
                     .fusion_labels = torch::randint(0, 10, {100}, torch::kLong)};
   co::CoordinatorOptions o;

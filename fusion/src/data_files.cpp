@@ -10,6 +10,7 @@
 #include <charconv>
 #include <cstring>
 #include <set>
+#include <utility>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
@@ -417,6 +418,26 @@ Examples read_examples(const DataRef& ref, const TaskSpec& task, bool need_label
   return ex;
 }
 
+namespace {
+
+// The task's mean and std shaped to broadcast over a batch [N, input...];
+// nullopt without a normalisation.
+std::optional<std::pair<torch::Tensor, torch::Tensor>> normalisation_of(const TaskSpec& task) {
+  if (task.normalisation == Normalisation::kNone || task.mean.empty()) return std::nullopt;
+  std::vector<std::int64_t> shape{1};
+  if (task.normalisation == Normalisation::kPerChannel) {
+    shape.push_back(task.input_shape.front());
+    for (std::size_t i = 1; i < task.input_shape.size(); ++i) shape.push_back(1);
+  } else {
+    shape.insert(shape.end(), task.input_shape.begin(), task.input_shape.end());
+  }
+  auto m = torch::tensor(task.mean, torch::kFloat64).to(torch::kFloat32).reshape(shape);
+  auto s = torch::tensor(task.std, torch::kFloat64).to(torch::kFloat32).reshape(shape);
+  return std::pair{m, s};
+}
+
+}  // namespace
+
 torch::Tensor to_model_inputs(const torch::Tensor& raw, const TaskSpec& task) {
   std::vector<std::int64_t> want{raw.dim() > 0 ? raw.size(0) : 0};
   want.insert(want.end(), task.input_shape.begin(), task.input_shape.end());
@@ -425,36 +446,13 @@ torch::Tensor to_model_inputs(const torch::Tensor& raw, const TaskSpec& task) {
                shape_string(raw.sizes()), task.name, fmt::join(task.input_shape, ", "));
   auto x = raw.scalar_type() == torch::kUInt8 ? raw.to(torch::kFloat32).div_(255.0)
                                               : raw.to(torch::kFloat32);
-  if (task.normalisation == Normalisation::kNone || task.mean.empty()) return x;
-  auto [mean, std] = [&] {
-    auto m = torch::tensor(task.mean, torch::kFloat64).to(torch::kFloat32);
-    auto s = torch::tensor(task.std, torch::kFloat64).to(torch::kFloat32);
-    std::vector<std::int64_t> shape{1};
-    if (task.normalisation == Normalisation::kPerChannel) {
-      shape.push_back(task.input_shape.front());
-      for (std::size_t i = 1; i < task.input_shape.size(); ++i) shape.push_back(1);
-    } else {
-      shape.insert(shape.end(), task.input_shape.begin(), task.input_shape.end());
-    }
-    return std::pair{m.reshape(shape), s.reshape(shape)};
-  }();
-  return (x - mean) / std;
+  if (auto n = normalisation_of(task)) return (x - n->first) / n->second;
+  return x;
 }
 
 torch::Tensor to_wire_inputs(const torch::Tensor& model_inputs, const TaskSpec& task) {
   auto x = model_inputs.to(torch::kFloat32);
-  if (task.normalisation != Normalisation::kNone && !task.mean.empty()) {
-    std::vector<std::int64_t> shape{1};
-    if (task.normalisation == Normalisation::kPerChannel) {
-      shape.push_back(task.input_shape.front());
-      for (std::size_t i = 1; i < task.input_shape.size(); ++i) shape.push_back(1);
-    } else {
-      shape.insert(shape.end(), task.input_shape.begin(), task.input_shape.end());
-    }
-    auto m = torch::tensor(task.mean, torch::kFloat64).to(torch::kFloat32).reshape(shape);
-    auto s = torch::tensor(task.std, torch::kFloat64).to(torch::kFloat32).reshape(shape);
-    x = x * s + m;
-  }
+  if (auto n = normalisation_of(task)) x = x * n->second + n->first;
   if (task.dtype == InputDType::kUInt8) {
     return x.mul(255.0).round_().clamp_(0, 255).to(torch::kUInt8).contiguous();
   }

@@ -122,8 +122,12 @@ fu::BuiltinData load_simulation_data(const std::string& dataset,
 class ReplayOracle : public fu::QueryOracle {
  public:
   ReplayOracle(std::int64_t classes, std::vector<fu::ExpertInfo> experts,
-               const torch::Tensor& inputs, std::vector<torch::Tensor> answers)
-      : classes_(classes), experts_(std::move(experts)), answers_(std::move(answers)) {
+               const torch::Tensor& inputs, std::vector<torch::Tensor> answers,
+               std::int64_t wire_element_size)
+      : classes_(classes),
+        experts_(std::move(experts)),
+        answers_(std::move(answers)),
+        wire_element_size_(wire_element_size) {
     auto x = inputs.contiguous();
     for (std::int64_t i = 0; i < x.size(0); ++i) rows_.emplace(key(x[i]), i);
   }
@@ -143,6 +147,10 @@ class ReplayOracle : public fu::QueryOracle {
     return answers_[static_cast<std::size_t>(expert)].index_select(
         0, torch::tensor(index, torch::kLong));
   }
+  // Counted as the inputs would travel to a node: in the task's dtype.
+  std::int64_t shipped_bytes(const torch::Tensor& inputs) const override {
+    return inputs.numel() * wire_element_size_;
+  }
 
  private:
   static std::string key(const torch::Tensor& row) {
@@ -154,6 +162,7 @@ class ReplayOracle : public fu::QueryOracle {
   std::vector<fu::ExpertInfo> experts_;
   std::vector<torch::Tensor> answers_;
   std::unordered_map<std::string, std::int64_t> rows_;
+  std::int64_t wire_element_size_;
 };
 
 // Child processes (one per node with --processes), ended with the run.
@@ -319,6 +328,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
   auto raw = load_simulation_data(o.dataset, data_dir);
   TaskSpec task = raw.task;
   const std::int64_t classes = task.labels.size();
+  result.classes = classes;
   const auto sizes = resolve_sizes(o, raw.train.size(), classes);
   auto split = fu::p1_split(raw.train.labels, fu::P1Options()
                                                   .experts(o.experts)
@@ -507,7 +517,8 @@ SimulateResult run_simulation(const SimulateOptions& o) {
           .bytes_received = stats.bytes_received,
           .seconds = 0});
     }
-    ReplayOracle replay(classes, fused_experts, test.inputs, test_answers);
+    ReplayOracle replay(classes, fused_experts, test.inputs, test_answers,
+                        task.dtype == InputDType::kUInt8 ? 1 : 4);
     std::vector<std::string> methods = {"bplus", "bmax"};
     for (const auto& a : algorithms) {
       if (std::find(methods.begin(), methods.end(), a) == methods.end()) methods.push_back(a);
@@ -574,7 +585,8 @@ SimulateResult run_simulation(const SimulateOptions& o) {
 
 std::string format_table(const SimulateResult& r) {
   std::string out = fmt::format("{:<44} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
-                                "method", "acc-10", "acc-task", "queries", "q/test",
+                                "method", fmt::format("acc-{}", r.classes), "acc-task",
+                                "queries", "q/test",
                                 "MB sent", "MB recv", "seconds");
   for (const auto& row : r.rows) {
     out += fmt::format(

@@ -21,32 +21,9 @@ rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
 
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-fail() {
-  echo "FAILED: $*" >&2
-  for f in coordinator.err coordinator.out rgb.log gray.log; do
-    [ -f "$f" ] && { echo "--- $f" >&2; tail -n 30 "$f" >&2; }
-  done
-  exit 1
-}
-check() {  # check DESCRIPTION COMMAND...
-  local what=$1
-  shift
-  if "$@"; then echo "ok: $what"; else fail "$what"; fi
-}
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-  local seconds=$1 what=$2
-  shift 2
-  for _ in $(seq $((seconds * 10))); do
-    if "$@" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  fail "timed out after ${seconds}s waiting for: $what"
-}
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+logs=(coordinator.err coordinator.out rgb.log gray.log)
 
 /usr/bin/python3 "$here/write_pets.py" data || fail "write_pets.py"
 "$chorus" certs init --out pki --coordinator localhost,127.0.0.1 --nodes rgb,gray >/dev/null

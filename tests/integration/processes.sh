@@ -19,6 +19,7 @@ set -euo pipefail
 
 chorus=$(realpath "$1")
 work=$2
+here=$(cd "$(dirname "$0")" && pwd)
 fmnist=${CHORUS_DATA_DIR:-/usr/share/datasets/fashion-mnist}
 transfer=1500
 rounds=3
@@ -27,33 +28,9 @@ rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
 
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-fail() {
-  echo "FAILED: $*" >&2
-  for f in coordinator*.err state/*.log; do
-    [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
-  done
-  exit 1
-}
-check() {  # check DESCRIPTION COMMAND...
-  local what=$1
-  shift
-  if "$@"; then echo "ok: $what"; else fail "$what"; fi
-}
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-  local seconds=$1 what=$2
-  shift 2
-  for _ in $(seq $((seconds * 10))); do
-    if "$@" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  fail "timed out after ${seconds}s waiting for: $what"
-}
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+logs=("coordinator*.err" "state/*.log")
 
 "$chorus" certs init --out pki --coordinator localhost,127.0.0.1 --nodes a,b,c >/dev/null
 "$chorus" certs add-node ops --ca pki >/dev/null
