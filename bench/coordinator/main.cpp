@@ -11,8 +11,8 @@
 // every node for the whole pool (`--pool` inputs of 28×28 floats) in batches
 // of 256, fuses with bplus (cheap: the round is fan-out bound), and pushes
 // nothing. "MB sent"/"MB recv" are tensor payload (requests and answers);
-// "wire MB" is what the nodes' process read from its sockets (/proc/PID/io
-// rchar, after the certificates: TLS records, frames and payload).
+// "wire MB" is what crossed the loopback interface during the round, both
+// ways (/proc/net/dev: TCP/IP headers, TLS records, frames and payload).
 //
 // --dtypes: the task's input dtype; float32 sends 4 bytes per pixel, uint8
 // (protocol 1.2) one. Every dtype runs on the same pool, quantised to bytes,
@@ -66,13 +66,21 @@ const std::vector<std::string> kSpace = {"c0", "c1", "c2", "c3", "c4",
 
 std::string node_name(int i) { return fmt::format("node{:03d}", i); }
 
-// Bytes a process has read so far ("rchar" of /proc/PID/io).
-long long read_bytes(pid_t pid) {
-  std::ifstream in(fmt::format("/proc/{}/io", pid));
-  std::string key;
-  long long value = 0;
-  while (in >> key >> value) {
-    if (key == "rchar:") return value;
+// Bytes the loopback interface has carried so far (received, both
+// directions: /proc/net/dev). The round is what runs on it meanwhile.
+long long loopback_bytes() {
+  std::ifstream in("/proc/net/dev");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    auto name = line.substr(0, colon);
+    name.erase(0, name.find_first_not_of(' '));
+    if (name != "lo") continue;
+    std::istringstream fields(line.substr(colon + 1));
+    long long rx = -1;
+    fields >> rx;
+    return rx;
   }
   return -1;
 }
@@ -190,7 +198,7 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
   o.run_dir = dir / "run";
   const auto t_join = std::chrono::steady_clock::now();
   registry.wait_for_quorum(o.min_nodes, o.quorum_timeout);
-  const long long nodes_read_before = read_bytes(nodes);
+  const long long loopback_before = loopback_bytes();
   const double join_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_join).count();
   const long rss_joined = status_kb("VmRSS:");
@@ -200,7 +208,7 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
   const long rss_after = status_kb("VmRSS:");
   const long rss_peak = status_kb("VmHWM:");
 
-  const long long nodes_read = read_bytes(nodes) - nodes_read_before;
+  const long long wire_bytes = loopback_bytes() - loopback_before;
   registry.stop("bench over");
   kill(nodes, SIGTERM);
   int status = 0;
@@ -213,7 +221,7 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
   nlohmann::json out{{"nodes", count},
                      {"pool", pool_size},
                      {"dtype", chorus::dtype_name(dtype)},
-                     {"wire_bytes_to_nodes", nodes_read},
+                     {"wire_bytes", wire_bytes},
                      {"answered", r.experts.size()},
                      {"join_seconds", join_s},
                      {"round_seconds", r.seconds},
@@ -310,7 +318,7 @@ int main(int argc, char** argv) {
       const double sent = r["bytes_sent"].get<double>(), recv = r["bytes_received"].get<double>();
       const double rss_growth_kb =
           r["rss_after_kb"].get<double>() - r["rss_start_kb"].get<double>();
-      const double wire_mb = r["wire_bytes_to_nodes"].get<double>() / 1e6;
+      const double wire_mb = r["wire_bytes"].get<double>() / 1e6;
       wire[dtype].push_back(wire_mb);
       seconds[dtype].push_back(r["round_seconds"].get<double>());
       std::printf("%6d %8s %9.2f %12.1f %10.1f %10.2f %10.1f %12.1f %12.1f %12.1f %12.1f\n",

@@ -45,8 +45,7 @@ RemoteOracle::RemoteOracle(std::int64_t num_classes, std::vector<RemoteExpert> e
 torch::Tensor RemoteOracle::do_query(std::int64_t expert, const torch::Tensor& inputs) {
   const auto& node = remote_[static_cast<std::size_t>(expert)];
   const auto step = std::min(options_.batch, node.max_batch);
-  const auto x = options_.to_wire ? options_.to_wire(inputs).contiguous()
-                                  : inputs.to(torch::kFloat32).contiguous();
+  const auto x = inputs.to(torch::kFloat32).contiguous();
   const auto n = x.size(0);
   std::vector<torch::Tensor> parts;
   std::deque<std::future<v1::Envelope>> in_flight;
@@ -77,7 +76,11 @@ torch::Tensor RemoteOracle::do_query(std::int64_t expert, const torch::Tensor& i
     auto* r = request.mutable_predict_request();
     r->set_round(options_.round);
     r->set_deadline_ms(static_cast<std::uint32_t>(options_.deadline.count()));
-    protocol::encode_tensor(x.slice(0, i, std::min(n, i + step)), r->mutable_inputs());
+    // Converted request by request: the wire form of the whole pool is
+    // never held at once.
+    const auto part = x.slice(0, i, std::min(n, i + step));
+    protocol::encode_tensor(options_.to_wire ? options_.to_wire(part) : part,
+                            r->mutable_inputs());
     in_flight.push_back(request_(node.info.name, std::move(request), options_.deadline));
     if (static_cast<std::int64_t>(in_flight.size()) >= options_.window) collect();
   }
