@@ -17,6 +17,7 @@
 #include "chorus/core/version.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/data_files.hpp"
+#include "chorus/fusion/models.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/train.hpp"
 #include "chorus/protocol/shutdown.hpp"
@@ -51,6 +52,7 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   k.algorithm = c.get_string("fusion.algorithm", k.algorithm);
   k.seed = c.get_int("fusion.seed", k.seed);
   k.threads = c.get_int("fusion.threads", k.threads);
+  k.student = c.get_string("fusion.student", k.student);
   k.dataset = c.get_string("data.dataset", k.dataset);
   const bool files = k.dataset == "files";
   CHORUS_CHECK(files || fusion::is_builtin_source(k.dataset),
@@ -87,6 +89,12 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   if (!files) fallback = fusion::builtin_task(k.dataset);
   k.task = read_task(c, fallback);
   c.finish();
+  // Names an architecture that cannot take the task's inputs here, not mid-round.
+  try {
+    (void)fusion::resolve_architecture(k.student, k.task.input_shape);
+  } catch (const Error& e) {
+    fail(e.code(), "{}: fusion.student: {}", c.path().string(), e.what());
+  }
   CHORUS_CHECK(k.min_nodes >= 0 &&
                    k.min_nodes <= static_cast<std::int64_t>(k.roster.size()),
                "coordinator.min_nodes must be 0..{} (the roster's size), got {}",
@@ -128,14 +136,15 @@ std::string to_toml(const CoordinatorConfig& k) {
       "quorum_timeout_s = {}\nsettle_s = {}\nrequest_deadline_s = {}\nquery_batch = {}\n"
       "rounds = {}\nrun_dir = {}\noperators = {}\nserve = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
-      "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\n\n"
+      "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\nstudent = {}\n\n"
       "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels = {}\n"
       "pool_seed = {}\nevaluate = {}\n{}\n{}",
       toml_quoted(k.name), toml_quoted(k.listen), k.port, list(k.roster), k.min_nodes,
       k.quorum_timeout_s, k.settle_s, k.request_deadline_s, k.query_batch, k.rounds,
       toml_quoted(k.run_dir.string()), list(k.operators), k.serve,
       toml_quoted(k.ca.string()), toml_quoted(k.cert.string()), toml_quoted(k.key.string()),
-      toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.dataset),
+      toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.student),
+      toml_quoted(k.dataset),
       toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels, k.pool_seed,
       k.evaluate, data_files, to_toml(k.task));
 }
@@ -262,6 +271,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   co.algorithm_options = fusion::AlgorithmOptions()
                              .seed(static_cast<std::uint64_t>(k.seed))
                              .threads(static_cast<int>(k.threads));
+  co.algorithm_options.distill().arch(k.student);
   co.rounds = static_cast<int>(k.rounds);
   co.min_nodes = k.min_nodes == 0 ? k.roster.size() : static_cast<std::size_t>(k.min_nodes);
   co.quorum_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(k.quorum_timeout_s * 1000));

@@ -37,6 +37,10 @@ struct CoordinatorConfig {
   std::string algorithm = "foe-distill";
   std::int64_t seed = 0;
   std::int64_t threads = 2;
+  /// The distilled student's architecture (distill, foe-distill, and
+  /// foe-select's selector): "auto" (from the task's input shape: LeNet for
+  /// images, an MLP for features), "mlp", "lenet" or "resnet".
+  std::string student = "auto";
   /// [task]: what the federation is about (announced in Welcome). Defaults
   /// to the built-in data set's task; required (labels, input_shape) for
   /// `dataset = "files"`. Normalisation statistics left out are computed
