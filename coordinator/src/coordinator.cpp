@@ -353,10 +353,7 @@ struct Coordinator::Impl {
                            .deadline = options.request_deadline,
                            .batch = options.query_batch};
     // Inputs travel in the task's form (uint8 pixels: a quarter of float32).
-    ro.to_wire = [task = options.task](const torch::Tensor& x) {
-      return fusion::to_wire_inputs(x, task);
-    };
-    ro.wire_element_size = options.task.dtype == InputDType::kUInt8 ? 1 : 4;
+    ro.task = options.task;
     auto request = [this](const std::string& id, v1::Envelope e,
                           std::chrono::milliseconds d) {
       return registry.request(id, std::move(e), d);
@@ -577,7 +574,7 @@ v1::Envelope Coordinator::answer(const v1::Envelope& request) {
   auto raw = protocol::decode_tensor(request.predict_request().inputs());
   CHORUS_CHECK(raw.scalar_type() == torch::kFloat32 || raw.scalar_type() == torch::kUInt8,
                "inputs must be uint8 or float32, got {}", c10::toString(raw.scalar_type()));
-  CHORUS_CHECK(!protocol::has_non_finite(raw), "inputs hold NaN or infinite values");
+  // predict() refuses NaN and infinities in what they become.
   auto prediction = predict(fusion::to_model_inputs(raw, impl_->options.task));
   v1::Envelope reply;
   auto* r = reply.mutable_predict_response();

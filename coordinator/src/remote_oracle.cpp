@@ -5,6 +5,7 @@
 #include <deque>
 
 #include "chorus/core/error.hpp"
+#include "chorus/fusion/data_files.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
 
 namespace chorus::coordinator {
@@ -79,13 +80,18 @@ torch::Tensor RemoteOracle::do_query(std::int64_t expert, const torch::Tensor& i
     // Converted request by request: the wire form of the whole pool is
     // never held at once.
     const auto part = x.slice(0, i, std::min(n, i + step));
-    protocol::encode_tensor(options_.to_wire ? options_.to_wire(part) : part,
+    protocol::encode_tensor(options_.task ? fusion::to_wire_inputs(part, *options_.task) : part,
                             r->mutable_inputs());
     in_flight.push_back(request_(node.info.name, std::move(request), options_.deadline));
     if (static_cast<std::int64_t>(in_flight.size()) >= options_.window) collect();
   }
   while (!in_flight.empty()) collect();
   return torch::cat(parts);
+}
+
+std::int64_t RemoteOracle::shipped_bytes(const torch::Tensor& inputs) const {
+  const bool bytes = options_.task && options_.task->dtype == InputDType::kUInt8;
+  return inputs.numel() * (bytes ? 1 : 4);
 }
 
 std::vector<torch::Tensor> RemoteOracle::query_all(const torch::Tensor& inputs) {

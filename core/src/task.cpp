@@ -162,11 +162,22 @@ TaskSpec read_task_keys(Config& c, const TaskSpec& fallback, const std::string& 
 
 }  // namespace
 
+// The keys of a [task] table, but `file`.
+constexpr const char* kTaskKeys[] = {"name",      "labels", "input_shape", "dtype",
+                                     "normalise", "mean",   "std"};
+
+bool has_task(const Config& c, const std::string& prefix) {
+  if (c.has(prefix + ".file")) return true;
+  for (const char* k : kTaskKeys) {
+    if (c.has(prefix + "." + k)) return true;
+  }
+  return false;
+}
+
 TaskSpec read_task(Config& c, const TaskSpec& fallback, const std::string& prefix) {
   TaskSpec t;
   if (auto file = c.get_optional_string(prefix + ".file")) {
-    for (const char* k : {"name", "labels", "input_shape", "dtype", "normalise", "mean",
-                          "std"}) {
+    for (const char* k : kTaskKeys) {
       CHORUS_CHECK(!c.has(prefix + "." + k),
                    "{}: {}.file names a task file; {}.{} must then be in that file",
                    c.path().string(), prefix, prefix, k);

@@ -94,12 +94,7 @@ NodeConfig read_node_config(Config& c) {
   source.data(data);
   // The local data's task: the [task] table (or task.file), as the
   // federation's coordinator declares it.
-  bool task_given = false;
-  for (const char* k : {"file", "name", "labels", "input_shape", "dtype", "normalise", "mean",
-                        "std"}) {
-    task_given = task_given || c.has(std::string("task.") + k);
-  }
-  if (task_given) {
+  if (has_task(c)) {
     TaskSpec fallback;
     fallback.name = "task";
     if (source.dataset() != "files") fallback = fusion::builtin_task(source.dataset());

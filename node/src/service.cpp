@@ -22,7 +22,8 @@ namespace chorus::node {
 struct PredictJob {
   std::uint64_t request_id = 0;
   std::uint32_t round = 0;
-  torch::Tensor inputs;
+  torch::Tensor inputs;  // As received: the task's dtype, unnormalised.
+  std::shared_ptr<const TaskSpec> task;  // Converts them, on the worker.
   std::chrono::milliseconds wait{0};
 };
 
@@ -77,7 +78,7 @@ struct NodeService::Impl {
 
   std::mutex mutex;  // Guards what follows.
   std::uint32_t round = 0;
-  std::optional<TaskSpec> task;  // The coordinator's, from its Welcome.
+  std::shared_ptr<const TaskSpec> task;  // The coordinator's, from its Welcome.
   at::Generator noise = at::make_generator<at::CPUGeneratorImpl>(0);
   std::optional<Assembly> assembly;
   std::optional<StoredModel> stored;
@@ -190,13 +191,13 @@ std::optional<std::string> NodeService::accept_task(const std::optional<TaskSpec
                      normalisation_name(task->normalisation), task->labels.size());
   }
   std::lock_guard lock(impl_->mutex);
-  impl_->task = task;
+  impl_->task = task ? std::make_shared<const TaskSpec>(*task) : nullptr;
   return std::nullopt;
 }
 
 std::shared_ptr<PredictJob> NodeService::admit_predict(const v1::Envelope& request) {
   const auto& req = request.predict_request();
-  std::optional<TaskSpec> task;
+  std::shared_ptr<const TaskSpec> task;
   {
     std::lock_guard lock(impl_->mutex);
     task = impl_->task;
@@ -231,15 +232,6 @@ std::shared_ptr<PredictJob> NodeService::admit_predict(const v1::Envelope& reque
   CHORUS_CHECK(shape_ok, "inputs must be {}; got [{}]", expected, fmt::join(got, ", "));
   CHORUS_CHECK(!protocol::has_non_finite(inputs),
                "inputs hold NaN or infinite values; this node refuses them");
-  if (task) {
-    inputs = fusion::to_model_inputs(inputs, *task);
-    const auto& own = impl_->expert->input_shape();
-    if (static_cast<std::int64_t>(own.size()) + 1 != inputs.dim()) {
-      std::vector<std::int64_t> s{inputs.size(0)};
-      s.insert(s.end(), own.begin(), own.end());
-      inputs = inputs.reshape(s);
-    }
-  }
   {
     std::lock_guard lock(impl_->mutex);
     if (req.round() > impl_->round) {
@@ -256,6 +248,7 @@ std::shared_ptr<PredictJob> NodeService::admit_predict(const v1::Envelope& reque
   job->request_id = request.request_id();
   job->round = req.round();
   job->inputs = std::move(inputs);
+  job->task = std::move(task);
   job->wait = wait;
   return job;
 }
@@ -263,6 +256,15 @@ std::shared_ptr<PredictJob> NodeService::admit_predict(const v1::Envelope& reque
 std::chrono::milliseconds NodeService::wait_of(const PredictJob& job) { return job.wait; }
 
 v1::Envelope NodeService::run_predict(PredictJob& job) {
+  if (job.task) {
+    // Scaled and normalised as the task says, in the shape the expert takes
+    // ([H, W] experts fit [1, H, W] tasks).
+    auto x = fusion::to_model_inputs(job.inputs, *job.task);
+    std::vector<std::int64_t> shape{x.size(0)};
+    const auto& own = impl_->expert->input_shape();
+    shape.insert(shape.end(), own.begin(), own.end());
+    job.inputs = x.reshape(shape);
+  }
   std::vector<torch::Tensor> parts;
   const auto step = std::max<std::int64_t>(1, impl_->options.inference_batch);
   for (std::int64_t i = 0; i < job.inputs.size(0); i += step) {

@@ -4,9 +4,11 @@
 #include <cstdint>
 #include <functional>
 #include <future>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "chorus/core/task.hpp"
 #include "chorus/fusion/oracle.hpp"
 #include "chorus/v1/chorus.pb.h"
 
@@ -37,11 +39,10 @@ struct RemoteOracleOptions {
   std::int64_t batch = 512;
   /// Requests in flight per node.
   std::int64_t window = 4;
-  /// Turns the algorithms' float inputs into the form they travel in (the
-  /// task's dtype, unnormalised); none sends them as float32.
-  std::function<torch::Tensor(const torch::Tensor&)> to_wire;
-  /// Bytes per element of what `to_wire` returns (1 for uint8).
-  std::int64_t wire_element_size = 4;
+  /// The federation's task: the algorithms' float inputs travel in its form
+  /// (`fusion::to_wire_inputs`: its dtype, unnormalised). None sends them
+  /// as float32.
+  std::optional<TaskSpec> task;
 };
 
 /// Experts reached through their nodes.
@@ -69,10 +70,8 @@ class RemoteOracle : public fusion::QueryOracle {
 
  protected:
   torch::Tensor do_query(std::int64_t expert, const torch::Tensor& inputs) override;
-  /// Inputs travel in the wire form (`RemoteOracleOptions::to_wire`).
-  std::int64_t shipped_bytes(const torch::Tensor& inputs) const override {
-    return inputs.numel() * options_.wire_element_size;
-  }
+  /// Inputs travel in the task's dtype.
+  std::int64_t shipped_bytes(const torch::Tensor& inputs) const override;
 
  private:
   std::int64_t num_classes_;

@@ -105,6 +105,8 @@ TaskSpec fashion_mnist_task();
 /// absent take `fallback`'s values. Validates the result.
 TaskSpec read_task(Config& config, const TaskSpec& fallback,
                    const std::string& prefix = "task");
+/// Whether `config` sets any task key under `prefix` (`file` included).
+bool has_task(const Config& config, const std::string& prefix = "task");
 /// Reads the `[task]` table of the TOML file `path` (all of its keys must be
 /// task keys). Throws `chorus::Error` naming the file.
 TaskSpec read_task_file(const std::filesystem::path& path, const TaskSpec& fallback);
