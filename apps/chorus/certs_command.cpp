@@ -55,8 +55,10 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_certs_commands(
       ->capture_default_str()
       ->check(CLI::Range(1, 3650));
 
-  CLI::App* add = certs->add_subcommand(
-      "add-node", "Add one client key and certificate (a node, or an operator for chorus predict) to an existing CA");
+  CLI::App* add =
+      certs->add_subcommand("add-node",
+                            "Add one client key and certificate (a node, or an "
+                            "operator for chorus predict) to an existing CA");
   add->add_option("name", args->name, "The node's name (its identity)")
       ->required();
   add->add_option("--ca", args->ca_dir, "Directory holding ca.crt and ca.key")
@@ -82,7 +84,8 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_certs_commands(
        }},
       {add,
        [args] {
-         print_written(protocol::add_node(args->ca_dir, args->name, args->days));
+         print_written(
+             protocol::add_node(args->ca_dir, args->name, args->days));
          return 0;
        }},
       {show,
@@ -91,10 +94,11 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_certs_commands(
          fmt::print("subject      {}\n", info.subject);
          fmt::print("issuer       {}\n", info.issuer);
          fmt::print("serial       {}\n", info.serial);
-         fmt::print("alt names    {}\n",
-                    info.subject_alt_names.empty()
-                        ? std::string("(none)")
-                        : fmt::format("{}", fmt::join(info.subject_alt_names, ", ")));
+         fmt::print(
+             "alt names    {}\n",
+             info.subject_alt_names.empty()
+                 ? std::string("(none)")
+                 : fmt::format("{}", fmt::join(info.subject_alt_names, ", ")));
          fmt::print("not before   {}{}\n", info.not_before,
                     info.not_yet_valid ? "  (NOT YET VALID)" : "");
          fmt::print("not after    {}{}\n", info.not_after,

@@ -1,4 +1,5 @@
-// chorus coordinator --config coordinator.toml [--set key=value ...] [--resume] [--serve]
+// chorus coordinator --config coordinator.toml [--set key=value ...] [--resume]
+// [--serve]
 //                    [--print-config]
 #include "coordinator_command.hpp"
 
@@ -29,17 +30,20 @@ std::function<int()> add_coordinator_command(CLI::App& app) {
   sub->add_option("--config", args->config, "coordinator.toml")
       ->required()
       ->check(CLI::ExistingFile);
-  sub->add_option("--set", args->sets,
-                  "Override one config key, e.g. --set coordinator.rounds=3 (repeatable)");
-  sub->add_flag("--serve", args->serve,
-                "After the rounds, serve fused predictions to coordinator.operators "
-                "(chorus predict --coordinator) until Ctrl-C; same as --set "
-                "coordinator.serve=true");
+  sub->add_option(
+      "--set", args->sets,
+      "Override one config key, e.g. --set coordinator.rounds=3 (repeatable)");
+  sub->add_flag(
+      "--serve", args->serve,
+      "After the rounds, serve fused predictions to coordinator.operators "
+      "(chorus predict --coordinator) until Ctrl-C; same as --set "
+      "coordinator.serve=true");
   sub->add_flag("--print-config", args->print_config,
                 "Print the resolved configuration and exit");
-  sub->add_flag("--resume", args->resume,
-                "Continue from the checkpoints in the run directory, repeating no "
-                "answered query");
+  sub->add_flag(
+      "--resume", args->resume,
+      "Continue from the checkpoints in the run directory, repeating no "
+      "answered query");
   return [args] {
     Config config = Config::load(args->config);
     for (const auto& s : args->sets) config.set(s);

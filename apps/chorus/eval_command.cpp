@@ -1,4 +1,5 @@
-// chorus eval --model FILE [--adapted FILE] --dataset NAME [--data-dir DIR] [--json FILE]
+// chorus eval --model FILE [--adapted FILE] --dataset NAME [--data-dir DIR]
+// [--json FILE]
 #include "eval_command.hpp"
 
 #include <fmt/format.h>
@@ -63,14 +64,16 @@ int run_eval(const EvalArgs& args) {
 
 std::function<int()> add_eval_command(CLI::App& app) {
   auto args = std::make_shared<EvalArgs>();
-  CLI::App* cmd = app.add_subcommand(
-      "eval", "Evaluate a saved fused model on a data set");
-  cmd->add_option("--model", args->model, "Fused model file (or a tae global model)")
+  CLI::App* cmd =
+      app.add_subcommand("eval", "Evaluate a saved fused model on a data set");
+  cmd->add_option("--model", args->model,
+                  "Fused model file (or a tae global model)")
       ->required();
-  cmd->add_option("--adapted", args->adapted,
-                  "With a tae model: the task a node adapted it to (the node's "
-                  "adapted.json, from chorus node adapt); scores the images of its "
-                  "classes. Without it, tae is scored on every class under its prior")
+  cmd->add_option(
+         "--adapted", args->adapted,
+         "With a tae model: the task a node adapted it to (the node's "
+         "adapted.json, from chorus node adapt); scores the images of its "
+         "classes. Without it, tae is scored on every class under its prior")
       ->check(CLI::ExistingFile);
   cmd->add_option("--dataset", args->dataset,
                   fmt::format("Data set: {}",

@@ -1,7 +1,7 @@
 // The `chorus` command: subcommands only; the work lives in the libraries.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "certs_command.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
-#include "certs_command.hpp"
 #include "coordinator_command.hpp"
 #include "eval_command.hpp"
 #include "node_command.hpp"

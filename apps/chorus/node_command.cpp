@@ -7,7 +7,6 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-
 #include <torch/torch.h>
 
 #include <memory>
@@ -42,7 +41,8 @@ node::NodeConfig load(const NodeArgs& args) {
 }
 
 void add_config_options(CLI::App* sub, NodeArgs& args) {
-  sub->add_option("--config", args.config, "node.toml (every key has a default)")
+  sub->add_option("--config", args.config,
+                  "node.toml (every key has a default)")
       ->check(CLI::ExistingFile);
   sub->add_option("--set", args.sets,
                   "Override one config key, e.g. --set policy.max_batch=256 "
@@ -69,20 +69,24 @@ int train(const NodeArgs& args) {
   node::set_torch_threads(config.threads);
   auto options = config.train;
   options.on_epoch([](const fusion::EpochReport& r) {
-    fmt::print("epoch {}/{}  loss {:.4f}  {:.1f} s\n", r.epoch, r.epochs, r.train_loss,
-               r.seconds);
+    fmt::print("epoch {}/{}  loss {:.4f}  {:.1f} s\n", r.epoch, r.epochs,
+               r.train_loss, r.seconds);
     std::fflush(stdout);
   });
   const auto& source = options.source();
-  fmt::print("training {} on [{}] from {} (shard {}/{}), {} epochs, {} thread(s)\n",
-             options.arch(), fmt::join(config.expert.labels, ", "),
-             source.dataset() == "files" ? source.data().path.string() : source.dataset(),
-             options.shard(), options.shards(), options.epochs(), config.threads);
+  fmt::print(
+      "training {} on [{}] from {} (shard {}/{}), {} epochs, {} thread(s)\n",
+      options.arch(), fmt::join(config.expert.labels, ", "),
+      source.dataset() == "files" ? source.data().path.string()
+                                  : source.dataset(),
+      options.shard(), options.shards(), options.epochs(), config.threads);
   auto result = node::train_builtin_expert(config.expert.labels, options,
                                            config.expert.path);
-  fmt::print("architecture {}  inputs [{}]\n", result.arch, fmt::join(result.input_shape, ", "));
+  fmt::print("architecture {}  inputs [{}]\n", result.arch,
+             fmt::join(result.input_shape, ", "));
   fmt::print("examples {}  held out {}  held-out accuracy {:.4f}  {:.1f} s\n",
-             result.examples, result.holdout, result.holdout_accuracy, result.seconds);
+             result.examples, result.holdout, result.holdout_accuracy,
+             result.seconds);
   fmt::print("wrote {}\n", config.expert.path.string());
   return 0;
 }
@@ -108,8 +112,9 @@ int adapt(const NodeArgs& args) {
                        {"gibbs_loss", a.gibbs_loss},
                        {"kl", a.kl},
                        {"shot_accuracy", r.outcome.shot_accuracy},
-                       {"embedding", {{"mean", fusion::to_doubles(a.posterior.mean)},
-                                      {"logvar", fusion::to_doubles(a.posterior.logvar)}}},
+                       {"embedding",
+                        {{"mean", fusion::to_doubles(a.posterior.mean)},
+                         {"logvar", fusion::to_doubles(a.posterior.logvar)}}},
                        {"eval_images", r.eval_images},
                        {"prior_accuracy", optional(r.prior_accuracy)},
                        {"adapted_accuracy", optional(r.adapted_accuracy)},
@@ -117,18 +122,20 @@ int adapt(const NodeArgs& args) {
     fmt::print("{}\n", out.dump(2));
     return 0;
   }
-  fmt::print("model            {} (round {})\n", r.model.string(), r.outcome.round);
+  fmt::print("model            {} (round {})\n", r.model.string(),
+             r.outcome.round);
   fmt::print("task             {}\n", fmt::join(r.outcome.class_names, ", "));
   fmt::print("shots            {}\n", r.outcome.shots);
-  fmt::print("PAC-Bayes bound  {:.4f} (Gibbs loss {:.4f}, KL {:.4f})\n", a.bound,
-             a.gibbs_loss, a.kl);
+  fmt::print("PAC-Bayes bound  {:.4f} (Gibbs loss {:.4f}, KL {:.4f})\n",
+             a.bound, a.gibbs_loss, a.kl);
   fmt::print("shot accuracy    {:.4f}\n", r.outcome.shot_accuracy);
   fmt::print("embedding        mean [{:.4f}]  log-variance [{:.4f}]\n",
              fmt::join(fusion::to_doubles(a.posterior.mean), ", "),
              fmt::join(fusion::to_doubles(a.posterior.logvar), ", "));
   if (r.adapted_accuracy) {
-    fmt::print("test accuracy    {:.4f} adapted, {:.4f} with the prior ({} images)\n",
-               *r.adapted_accuracy, *r.prior_accuracy, r.eval_images);
+    fmt::print(
+        "test accuracy    {:.4f} adapted, {:.4f} with the prior ({} images)\n",
+        *r.adapted_accuracy, *r.prior_accuracy, r.eval_images);
   }
   fmt::print("wrote {}\n", r.written.string());
   return 0;
@@ -137,17 +144,18 @@ int adapt(const NodeArgs& args) {
 int audit(const NodeArgs& args) {
   auto s = node::summarise_audit(args.audit_log);
   if (args.audit_json) {
-    nlohmann::json out{{"log", args.audit_log},
-                       {"requests", s.requests},
-                       {"inputs_answered", s.inputs_answered},
-                       {"by_kind", s.by_kind},
-                       {"by_outcome", s.by_outcome},
-                       {"by_peer", s.by_peer},
-                       {"first", s.first_time},
-                       {"last", s.last_time},
-                       {"budget_left", s.budget_left ? nlohmann::json(*s.budget_left)
-                                                     : nlohmann::json(nullptr)},
-                       {"malformed_lines", s.malformed_lines}};
+    nlohmann::json out{
+        {"log", args.audit_log},
+        {"requests", s.requests},
+        {"inputs_answered", s.inputs_answered},
+        {"by_kind", s.by_kind},
+        {"by_outcome", s.by_outcome},
+        {"by_peer", s.by_peer},
+        {"first", s.first_time},
+        {"last", s.last_time},
+        {"budget_left", s.budget_left ? nlohmann::json(*s.budget_left)
+                                      : nlohmann::json(nullptr)},
+        {"malformed_lines", s.malformed_lines}};
     fmt::print("{}\n", out.dump(2));
     return 0;
   }
@@ -163,12 +171,14 @@ int audit(const NodeArgs& args) {
   fmt::print("by outcome       {}\n", rows(s.by_outcome));
   fmt::print("by peer          {}\n", rows(s.by_peer));
   fmt::print("period           {} .. {}\n", s.first_time, s.last_time);
-  fmt::print("budget left      {}\n",
-             s.budget_left ? std::to_string(*s.budget_left) : std::string("unlimited"));
+  fmt::print("budget left      {}\n", s.budget_left
+                                          ? std::to_string(*s.budget_left)
+                                          : std::string("unlimited"));
   if (s.malformed_lines > 0) {
-    fmt::print("malformed lines  {} (not audit records; a torn last line after a "
-               "crash, or an edited file)\n",
-               s.malformed_lines);
+    fmt::print(
+        "malformed lines  {} (not audit records; a torn last line after a "
+        "crash, or an edited file)\n",
+        s.malformed_lines);
   }
   return 0;
 }
@@ -181,8 +191,10 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_node_commands(
   auto* node = app.add_subcommand(
       "node",
       "Run a node serving a private black-box expert to a coordinator "
-      "(--config node.toml); 'node train' trains a builtin expert, 'node adapt' "
-      "adapts a pushed tae model with private shots, 'node audit' summarises the "
+      "(--config node.toml); 'node train' trains a builtin expert, 'node "
+      "adapt' "
+      "adapts a pushed tae model with private shots, 'node audit' summarises "
+      "the "
       "audit log");
   add_config_options(node, *args);
   node->add_flag("--print-config", args->print_config,
@@ -190,34 +202,47 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_node_commands(
   node->require_subcommand(0, 1);
 
   auto* train_cmd = node->add_subcommand(
-      "train", "Train the builtin expert named by expert.path on local data "
-               "(Fashion-MNIST restricted to expert.labels)");
+      "train",
+      "Train the builtin expert named by expert.path on local data "
+      "(Fashion-MNIST restricted to expert.labels)");
   add_config_options(train_cmd, *args);
 
-  auto* audit_cmd = node->add_subcommand("audit", "Summarise a node's audit log");
-  audit_cmd->add_option("--log", args->audit_log, "The audit log (JSONL)")->required();
+  auto* audit_cmd =
+      node->add_subcommand("audit", "Summarise a node's audit log");
+  audit_cmd->add_option("--log", args->audit_log, "The audit log (JSONL)")
+      ->required();
   audit_cmd->add_flag("--json", args->audit_json, "Print JSON");
 
-  auto* adapt_cmd = node->add_subcommand(
-      "adapt",
-      "Adapt the tae global model this node holds to its task, or to a new one, with "
-      "private labelled shots (PAC-Bayes, ALGORITHMS.md 4); writes the embedding to "
-      "the state directory's adapted.json and scores the adapted model on local test "
-      "images");
+  auto* adapt_cmd =
+      node->add_subcommand("adapt",
+                           "Adapt the tae global model this node holds to its "
+                           "task, or to a new one, with "
+                           "private labelled shots (PAC-Bayes, ALGORITHMS.md "
+                           "4); writes the embedding to "
+                           "the state directory's adapted.json and scores the "
+                           "adapted model on local test "
+                           "images");
   add_config_options(adapt_cmd, *args);
-  adapt_cmd->add_option("--shots", args->shots,
-                        "Shot images (IDX or a torch.save tensor); the task is the classes "
-                        "their labels hold (default: adapt.shots_per_class of the "
-                        "expert's own labels from local Fashion-MNIST)")
+  adapt_cmd
+      ->add_option(
+          "--shots", args->shots,
+          "Shot images (IDX or a torch.save tensor); the task is the classes "
+          "their labels hold (default: adapt.shots_per_class of the "
+          "expert's own labels from local Fashion-MNIST)")
       ->check(CLI::ExistingFile);
-  adapt_cmd->add_option("--shot-labels", args->shot_labels,
-                        "Labels of the shots (IDX or a torch.save int tensor): indices into "
-                        "the global model's label space")
+  adapt_cmd
+      ->add_option(
+          "--shot-labels", args->shot_labels,
+          "Labels of the shots (IDX or a torch.save int tensor): indices into "
+          "the global model's label space")
       ->check(CLI::ExistingFile);
-  adapt_cmd->add_option("--eval", args->eval,
-                        "Test images; those of the task's classes are scored")
+  adapt_cmd
+      ->add_option("--eval", args->eval,
+                   "Test images; those of the task's classes are scored")
       ->check(CLI::ExistingFile);
-  adapt_cmd->add_option("--eval-labels", args->eval_labels, "Labels of --eval (IDX or torch.save)")
+  adapt_cmd
+      ->add_option("--eval-labels", args->eval_labels,
+                   "Labels of --eval (IDX or torch.save)")
       ->check(CLI::ExistingFile);
   adapt_cmd->add_flag("--json", args->adapt_json, "Print JSON");
 

@@ -1,5 +1,6 @@
 // chorus predict --input FILE (--model FUSED [--adapted FILE] | --coordinator
-//                HOST:PORT --pki DIR --identity NAME) [--labels FILE] [--limit N]
+//                HOST:PORT --pki DIR --identity NAME) [--labels FILE] [--limit
+//                N]
 //                [--json FILE]
 #include "predict_command.hpp"
 
@@ -18,7 +19,8 @@ namespace {
 
 struct PredictArgs {
   coordinator::PredictOptions options;
-  std::string input, labels, model, adapted, coordinator, pki, identity = "operator", json;
+  std::string input, labels, model, adapted, coordinator, pki,
+      identity = "operator", json;
   double deadline_s = 120;
   std::int64_t show = 20;
 };
@@ -29,7 +31,8 @@ int run_predict(PredictArgs& a) {
   o.labels = a.labels;
   o.model = a.model;
   o.adapted = a.adapted;
-  o.deadline = std::chrono::milliseconds(static_cast<std::int64_t>(a.deadline_s * 1000));
+  o.deadline =
+      std::chrono::milliseconds(static_cast<std::int64_t>(a.deadline_s * 1000));
   if (!a.coordinator.empty()) {
     const auto colon = a.coordinator.rfind(':');
     CHORUS_CHECK(colon != std::string::npos && colon > 0,
@@ -45,8 +48,9 @@ int run_predict(PredictArgs& a) {
                  a.coordinator);
     o.port = static_cast<std::uint16_t>(port);
     const std::filesystem::path pki = a.pki;
-    o.tls = protocol::TlsMaterial::load(pki / "ca.crt", pki / (a.identity + ".crt"),
-                                        pki / (a.identity + ".key"));
+    o.tls =
+        protocol::TlsMaterial::load(pki / "ca.crt", pki / (a.identity + ".crt"),
+                                    pki / (a.identity + ".key"));
   }
   auto report = coordinator::predict_from_file(o);
 
@@ -60,22 +64,26 @@ int run_predict(PredictArgs& a) {
                                    [static_cast<std::size_t>(label)]);
   }
   if (a.show >= 0 && n > a.show) {
-    fmt::print("  ... {} more (--show -1 prints every row, --json writes them all)\n",
-               n - a.show);
+    fmt::print(
+        "  ... {} more (--show -1 prints every row, --json writes them all)\n",
+        n - a.show);
   }
   fmt::print("\nsource          {}\n", report.source);
   fmt::print("algorithm       {}{}\n", report.algorithm,
              report.round > 0 ? fmt::format(" (round {})", report.round) : "");
   fmt::print("images          {}\n", n);
   if (!o.host.empty()) {
-    fmt::print("expert queries  {} ({:.2f} per image)\n", report.expert_queries,
-               n ? static_cast<double>(report.expert_queries) / static_cast<double>(n) : 0.0);
+    fmt::print(
+        "expert queries  {} ({:.2f} per image)\n", report.expert_queries,
+        n ? static_cast<double>(report.expert_queries) / static_cast<double>(n)
+          : 0.0);
   }
   if (report.accuracy) {
     fmt::print("accuracy        {:.4f}{}\n", *report.accuracy,
-               report.scored < n ? fmt::format(" (the {} images of the task's classes)",
-                                               report.scored)
-                                 : "");
+               report.scored < n
+                   ? fmt::format(" (the {} images of the task's classes)",
+                                 report.scored)
+                   : "");
   } else if (!o.labels.empty()) {
     fmt::print("accuracy        - (no image of the task's classes)\n");
   }
@@ -108,24 +116,27 @@ std::function<int()> add_predict_command(CLI::App& app) {
       "predict",
       "Fused predictions for the images in a file, from a saved fused model "
       "(--model) or a running coordinator (--coordinator)");
-  cmd->add_option("--input", args->input,
-                  "Images: an IDX file (e.g. t10k-images-idx3-ubyte.gz) or a tensor "
-                  "saved by Python's torch.save, [N, 1, H, W] or [N, H, W]")
+  cmd->add_option(
+         "--input", args->input,
+         "Images: an IDX file (e.g. t10k-images-idx3-ubyte.gz) or a tensor "
+         "saved by Python's torch.save, [N, 1, H, W] or [N, H, W]")
       ->required()
       ->check(CLI::ExistingFile);
   auto* model = cmd->add_option("--model", args->model,
                                 "A fused model that needs no experts (distill, "
                                 "foe-distill, ..., tae)")
                     ->check(CLI::ExistingFile);
-  cmd->add_option("--adapted", args->adapted,
-                  "With a tae --model: the task a node adapted it to (its adapted.json, "
-                  "from chorus node adapt); predicts among that task's classes. Without "
-                  "it, tae predicts every class under its prior")
+  cmd->add_option(
+         "--adapted", args->adapted,
+         "With a tae --model: the task a node adapted it to (its adapted.json, "
+         "from chorus node adapt); predicts among that task's classes. Without "
+         "it, tae predicts every class under its prior")
       ->check(CLI::ExistingFile)
       ->needs(model);
   auto* coord = cmd->add_option(
       "--coordinator", args->coordinator,
-      "HOST:PORT of a coordinator serving fused predictions (coordinator --serve); "
+      "HOST:PORT of a coordinator serving fused predictions (coordinator "
+      "--serve); "
       "needed for foe, frugal and the ensembles, which ask the nodes");
   model->excludes(coord);
   cmd->add_option("--pki", args->pki,
@@ -136,24 +147,31 @@ std::function<int()> add_predict_command(CLI::App& app) {
                   "With --coordinator: the operator's certificate name "
                   "(listed in the coordinator's coordinator.operators)")
       ->capture_default_str();
-  cmd->add_option("--labels", args->labels, "An IDX label file: also print the accuracy")
+  cmd->add_option("--labels", args->labels,
+                  "An IDX label file: also print the accuracy")
       ->check(CLI::ExistingFile);
-  cmd->add_option("--limit", args->options.limit, "Predict the first N images only")
+  cmd->add_option("--limit", args->options.limit,
+                  "Predict the first N images only")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--batch", args->options.batch, "Images per request to the coordinator")
+  cmd->add_option("--batch", args->options.batch,
+                  "Images per request to the coordinator")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
-  cmd->add_option("--deadline", args->deadline_s, "Seconds to wait for one request")
+  cmd->add_option("--deadline", args->deadline_s,
+                  "Seconds to wait for one request")
       ->capture_default_str();
-  cmd->add_option("--show", args->show, "Rows to print (-1: all)")->capture_default_str();
-  cmd->add_option("--json", args->json,
-                  "Write every prediction (labels and probabilities) as JSON here");
+  cmd->add_option("--show", args->show, "Rows to print (-1: all)")
+      ->capture_default_str();
+  cmd->add_option(
+      "--json", args->json,
+      "Write every prediction (labels and probabilities) as JSON here");
   cmd->add_option("--threads", args->options.threads, "Torch threads (--model)")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
   cmd->callback([cmd] {
     if (cmd->count("--model") + cmd->count("--coordinator") != 1) {
-      throw CLI::ValidationError("predict", "give --model FILE or --coordinator HOST:PORT");
+      throw CLI::ValidationError(
+          "predict", "give --model FILE or --coordinator HOST:PORT");
     }
   });
   return [args] { return run_predict(*args); };

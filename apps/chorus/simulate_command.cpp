@@ -21,21 +21,26 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
       "Run a whole fusion on this machine: nodes with private shards and their "
       "own experts, a coordinator, real mTLS on loopback; prints the results "
       "table (protocol P1 on the defaults)");
-  sub->add_option("--experts", o->experts, "Number of nodes K")->capture_default_str();
+  sub->add_option("--experts", o->experts, "Number of nodes K")
+      ->capture_default_str();
   sub->add_option("--algorithm", o->algorithm,
                   "Fusion algorithms, comma-separated; the first is run by the "
                   "coordinator and broadcast (bplus, bmax, distill, foe, "
                   "foe-distill, foe-select, frugal, tae)")
       ->capture_default_str();
-  sub->add_option("--dataset", o->dataset,
-                  "A built-in data set (fashion-mnist, mnist, breast-cancer, wine, iris, "
-                  "digits) or a directory with task.toml and train/test files (.npz, "
-                  ".csv, or image folders)")
+  sub->add_option(
+         "--dataset", o->dataset,
+         "A built-in data set (fashion-mnist, mnist, breast-cancer, wine, "
+         "iris, "
+         "digits) or a directory with task.toml and train/test files (.npz, "
+         ".csv, or image folders)")
       ->capture_default_str();
-  sub->add_option("--rounds", o->rounds, "Fusion rounds (the transfer pool is queried "
-                                         "in that many slices)")
+  sub->add_option("--rounds", o->rounds,
+                  "Fusion rounds (the transfer pool is queried "
+                  "in that many slices)")
       ->capture_default_str();
-  sub->add_option("--seed", o->seed, "Seed of the split, the training and the fusion")
+  sub->add_option("--seed", o->seed,
+                  "Seed of the split, the training and the fusion")
       ->capture_default_str();
   sub->add_option("--out", *out, "Run directory (experts are cached here)")
       ->capture_default_str();
@@ -46,21 +51,25 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
                   "Public transfer pool U (unlabelled); 0: 10000, or half the "
                   "training split of a smaller data set")
       ->capture_default_str();
-  sub->add_option("--fusion-labels", o->fusion_labels,
-                  "Labelled fusion set V, taken from U; -1: 500, or a fifth of U "
-                  "when that is smaller")
+  sub->add_option(
+         "--fusion-labels", o->fusion_labels,
+         "Labelled fusion set V, taken from U; -1: 500, or a fifth of U "
+         "when that is smaller")
       ->capture_default_str();
-  sub->add_option("--expert-epochs", o->expert_epochs,
-                  "Epochs of each expert's training; 0: 3 on Fashion-MNIST, more for "
-                  "small shards")
+  sub->add_option(
+         "--expert-epochs", o->expert_epochs,
+         "Epochs of each expert's training; 0: 3 on Fashion-MNIST, more for "
+         "small shards")
       ->capture_default_str();
-  sub->add_option("--threads", o->threads, "Torch threads for training and fusion")
+  sub->add_option("--threads", o->threads,
+                  "Torch threads for training and fusion")
       ->capture_default_str();
-  sub->add_option("--data-dir", *data_dir,
-                  "Where a built-in data set's files are (default: Fashion-MNIST "
-                  "$CHORUS_DATA_DIR or /usr/share/datasets/fashion-mnist; MNIST "
-                  "$CHORUS_MNIST_DIR or data/mnist; scikit-learn's data sets "
-                  "/usr/lib/python3/dist-packages/sklearn/datasets/data)");
+  sub->add_option(
+      "--data-dir", *data_dir,
+      "Where a built-in data set's files are (default: Fashion-MNIST "
+      "$CHORUS_DATA_DIR or /usr/share/datasets/fashion-mnist; MNIST "
+      "$CHORUS_MNIST_DIR or data/mnist; scikit-learn's data sets "
+      "/usr/lib/python3/dist-packages/sklearn/datasets/data)");
   sub->add_flag("--processes", o->processes,
                 "Run each node as its own 'chorus node' process");
   sub->add_flag("--resume", o->resume,
@@ -73,15 +82,17 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
     std::error_code ec;
     o->chorus_binary = std::filesystem::read_symlink("/proc/self/exe", ec);
     if (ec) o->chorus_binary = std::filesystem::absolute(self);
-    fmt::print(stderr,
-               "chorus simulate: {} nodes, algorithm {}, data set {}, seed {}, run "
-               "directory {}\n",
-               o->experts, o->algorithm, o->dataset, o->seed, o->out.string());
+    fmt::print(
+        stderr,
+        "chorus simulate: {} nodes, algorithm {}, data set {}, seed {}, run "
+        "directory {}\n",
+        o->experts, o->algorithm, o->dataset, o->seed, o->out.string());
     auto result = simulate::run_simulation(*o);
     fmt::print("\n{}\n", simulate::format_table(result));
-    fmt::print("experts: {} trained in {:.1f} s, {} from the cache; total {:.1f} s\n",
-               o->experts - result.experts_cached, result.expert_seconds,
-               result.experts_cached, result.total_seconds);
+    fmt::print(
+        "experts: {} trained in {:.1f} s, {} from the cache; total {:.1f} s\n",
+        o->experts - result.experts_cached, result.expert_seconds,
+        result.experts_cached, result.total_seconds);
     fmt::print("run directory: {} (report.json, metrics.jsonl, fused.pt)\n",
                result.run_dir.string());
     return 0;

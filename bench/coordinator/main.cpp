@@ -18,23 +18,23 @@
 // (protocol 1.2) one. Every dtype runs on the same pool, quantised to bytes,
 // alternating, --repeat times; the table ends with the uint8/float32 ratio
 // of the wire bytes and of the round time (medians).
-#include <asio/io_context.hpp>
-#include <asio/signal_set.hpp>
-#include <asio/thread_pool.hpp>
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <sys/wait.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <asio/io_context.hpp>
+#include <asio/signal_set.hpp>
+#include <asio/thread_pool.hpp>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <algorithm>
 #include <filesystem>
-#include <map>
 #include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -90,7 +90,8 @@ long status_kb(const char* key) {
   std::ifstream in("/proc/self/status");
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind(key, 0) == 0) return std::stol(line.substr(std::strlen(key) + 1));
+    if (line.rfind(key, 0) == 0)
+      return std::stol(line.substr(std::strlen(key) + 1));
   }
   return -1;
 }
@@ -108,7 +109,8 @@ pid_t spawn(const std::vector<std::string>& args) {
   return pid;
 }
 
-// --- the nodes' process -------------------------------------------------------
+// --- the nodes' process
+// -------------------------------------------------------
 
 int serve_nodes(int count, std::uint16_t port, const fs::path& pki) {
   torch::set_num_threads(1);
@@ -119,15 +121,19 @@ int serve_nodes(int count, std::uint16_t port, const fs::path& pki) {
   const auto ca = chorus::read_file(pki / "ca.crt");
   for (int i = 0; i < count; ++i) {
     torch::manual_seed(static_cast<std::uint64_t>(i));
-    auto model = fu::make_classifier(
-        fu::ModelSpec{.arch = "mlp", .input_shape = {1, 28, 28}, .num_classes = 4, .hidden = {16}});
+    auto model = fu::make_classifier(fu::ModelSpec{.arch = "mlp",
+                                                   .input_shape = {1, 28, 28},
+                                                   .num_classes = 4,
+                                                   .hidden = {16}});
     nd::ExpertOptions eo;
     eo.input_shape = {1, 28, 28};
-    for (int j = 0; j < 4; ++j) eo.labels.push_back(kSpace[static_cast<std::size_t>((i + j * 3) % 10)]);
+    for (int j = 0; j < 4; ++j)
+      eo.labels.push_back(kSpace[static_cast<std::size_t>((i + j * 3) % 10)]);
     nd::NodeServiceOptions so;
     so.state_dir = pki / "state" / node_name(i);
     so.policy.budget.max_batch = 256;
-    services.push_back(std::make_unique<nd::NodeService>(nd::make_builtin_expert(model, eo), so));
+    services.push_back(std::make_unique<nd::NodeService>(
+        nd::make_builtin_expert(model, eo), so));
     nd::SessionOptions s;
     s.host = "127.0.0.1";
     s.port = port;
@@ -135,7 +141,8 @@ int serve_nodes(int count, std::uint16_t port, const fs::path& pki) {
              chorus::read_file(pki / (node_name(i) + ".key"))};
     s.backoff.initial = 50ms;
     s.backoff.max = 1000ms;
-    sessions.push_back(std::make_unique<nd::NodeSession>(io, pool, *services.back(), s));
+    sessions.push_back(
+        std::make_unique<nd::NodeSession>(io, pool, *services.back(), s));
     sessions.back()->start();
   }
   asio::signal_set signals(io, SIGTERM, SIGINT);
@@ -148,21 +155,24 @@ int serve_nodes(int count, std::uint16_t port, const fs::path& pki) {
   return 0;
 }
 
-// --- one coordinator run --------------------------------------------------------
+// --- one coordinator run
+// --------------------------------------------------------
 
 int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
             const fs::path& out_json) {
   const long rss_start = status_kb("VmRSS:");
-  const auto dir = fs::temp_directory_path() / fmt::format("chorus-bench-coord-{}", getpid());
+  const auto dir = fs::temp_directory_path() /
+                   fmt::format("chorus-bench-coord-{}", getpid());
   fs::create_directories(dir);
   auto ca = pr::make_ca("bench-ca");
-  auto coordinator_keys =
-      pr::issue_certificate(ca, "coordinator", pr::CertRole::kCoordinator, {"127.0.0.1"});
+  auto coordinator_keys = pr::issue_certificate(
+      ca, "coordinator", pr::CertRole::kCoordinator, {"127.0.0.1"});
   chorus::write_file_atomic(dir / "ca.crt", ca.cert_pem);
   std::vector<std::string> roster;
   for (int i = 0; i < count; ++i) {
     roster.push_back(node_name(i));
-    auto keys = pr::issue_certificate(ca, roster.back(), pr::CertRole::kNode, {});
+    auto keys =
+        pr::issue_certificate(ca, roster.back(), pr::CertRole::kNode, {});
     chorus::write_file_atomic(dir / (roster.back() + ".crt"), keys.cert_pem);
     chorus::write_file_atomic(dir / (roster.back() + ".key"), keys.key_pem);
   }
@@ -179,14 +189,17 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
   co::NodeRegistry registry(io, co::Roster(roster), ro);
   registry.start();
   std::thread io_thread([&] { io.run(); });
-  const pid_t nodes = spawn({"bench_coordinator", "--serve-nodes", std::to_string(count),
-                             "--port", std::to_string(registry.port()), "--pki", dir.string()});
+  const pid_t nodes =
+      spawn({"bench_coordinator", "--serve-nodes", std::to_string(count),
+             "--port", std::to_string(registry.port()), "--pki", dir.string()});
 
   torch::manual_seed(0);
   // Pixels as bytes would give them, for every dtype alike.
-  co::PoolData data{.inputs = torch::randint(0, 256, {pool_size, 1, 28, 28}, torch::kFloat32).div_(255.0),
-                    .fusion_index = torch::arange(100, torch::kLong),
-                    .fusion_labels = torch::randint(0, 10, {100}, torch::kLong)};
+  co::PoolData data{
+      .inputs = torch::randint(0, 256, {pool_size, 1, 28, 28}, torch::kFloat32)
+                    .div_(255.0),
+      .fusion_index = torch::arange(100, torch::kLong),
+      .fusion_labels = torch::randint(0, 10, {100}, torch::kLong)};
   co::CoordinatorOptions o;
   o.task = task;
   o.algorithm = "bplus";
@@ -200,7 +213,8 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
   registry.wait_for_quorum(o.min_nodes, o.quorum_timeout);
   const long long loopback_before = loopback_bytes();
   const double join_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_join).count();
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_join)
+          .count();
   const long rss_joined = status_kb("VmRSS:");
   co::Coordinator coordinator(registry, data, o);
   auto reports = coordinator.run();
@@ -249,18 +263,22 @@ int main(int argc, char** argv) {
   std::string one_dtype = "float32";
   int repeat = 1;
   for (int i = 1; i < argc; ++i) {
-    auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
+    auto next = [&] {
+      return i + 1 < argc ? std::string(argv[++i]) : std::string();
+    };
     const std::string a = argv[i];
     if (a == "--nodes") {
       counts.clear();
       std::stringstream list(next());
-      for (std::string item; std::getline(list, item, ',');) counts.push_back(std::stoi(item));
+      for (std::string item; std::getline(list, item, ',');)
+        counts.push_back(std::stoi(item));
     } else if (a == "--pool") {
       pool_size = std::stoll(next());
     } else if (a == "--dtypes") {
       dtypes.clear();
       std::stringstream list(next());
-      for (std::string item; std::getline(list, item, ',');) dtypes.push_back(item);
+      for (std::string item; std::getline(list, item, ',');)
+        dtypes.push_back(item);
     } else if (a == "--repeat") {
       repeat = std::stoi(next());
     } else if (a == "--dtype") {  // Internal: one coordinator run's dtype.
@@ -291,62 +309,76 @@ int main(int argc, char** argv) {
     if (serve > 0) return serve_nodes(serve, port, pki);
     if (one > 0) {
       torch::set_num_threads(1);
-      return run_one(one, pool_size, chorus::parse_input_dtype(one_dtype), one_json);
+      return run_one(one, pool_size, chorus::parse_input_dtype(one_dtype),
+                     one_json);
     }
 
     for (const auto& d : dtypes) (void)chorus::parse_input_dtype(d);
     CHORUS_CHECK(repeat >= 1, "--repeat must be at least 1");
-    std::printf("%6s %8s %9s %12s %10s %10s %10s %12s %12s %12s %12s\n", "nodes", "dtype",
-                "round s", "ms per node", "MB sent", "MB recv", "wire MB", "KB per node",
-                "coord RSS MB", "RSS KB/node", "peak RSS MB");
+    std::printf("%6s %8s %9s %12s %10s %10s %10s %12s %12s %12s %12s\n",
+                "nodes", "dtype", "round s", "ms per node", "MB sent",
+                "MB recv", "wire MB", "KB per node", "coord RSS MB",
+                "RSS KB/node", "peak RSS MB");
     nlohmann::json runs = nlohmann::json::array();
     std::map<std::string, std::vector<double>> wire, seconds;
     for (int rep = 0; rep < repeat; ++rep)
-    for (int count : counts)
-    for (const auto& dtype : dtypes) {
-      const auto tmp = fs::temp_directory_path() / fmt::format("bench-coord-{}.json", count);
-      const pid_t pid = spawn({"bench_coordinator", "--one", std::to_string(count), "--pool",
-                               std::to_string(pool_size), "--dtype", dtype, "--one-json",
-                               tmp.string()});
-      int status = 0;
-      waitpid(pid, &status, 0);
-      CHORUS_CHECK_CODE(WIFEXITED(status) && WEXITSTATUS(status) == 0, chorus::Code::kInternal,
-                        "the run with {} nodes failed (status {})", count, status);
-      auto r = nlohmann::json::parse(chorus::read_file(tmp));
-      fs::remove(tmp);
-      const double n = count;
-      const double sent = r["bytes_sent"].get<double>(), recv = r["bytes_received"].get<double>();
-      const double rss_growth_kb =
-          r["rss_after_kb"].get<double>() - r["rss_start_kb"].get<double>();
-      const double wire_mb = r["wire_bytes"].get<double>() / 1e6;
-      wire[dtype].push_back(wire_mb);
-      seconds[dtype].push_back(r["round_seconds"].get<double>());
-      std::printf("%6d %8s %9.2f %12.1f %10.1f %10.2f %10.1f %12.1f %12.1f %12.1f %12.1f\n",
-                  count, dtype.c_str(), r["round_seconds"].get<double>(),
-                  1000 * r["round_seconds"].get<double>() / n, sent / 1e6, recv / 1e6, wire_mb,
-                  (sent + recv) / 1e3 / n, r["rss_after_kb"].get<double>() / 1024,
-                  rss_growth_kb / n, r["rss_peak_kb"].get<double>() / 1024);
-      std::fflush(stdout);
-      r["ms_per_node"] = 1000 * r["round_seconds"].get<double>() / n;
-      r["rss_growth_kb_per_node"] = rss_growth_kb / n;
-      runs.push_back(r);
-    }
-    std::printf("pool=%lld inputs of 1x28x28 per node, batch 256, bplus, cores=%u\n",
-                static_cast<long long>(pool_size), std::thread::hardware_concurrency());
+      for (int count : counts)
+        for (const auto& dtype : dtypes) {
+          const auto tmp = fs::temp_directory_path() /
+                           fmt::format("bench-coord-{}.json", count);
+          const pid_t pid =
+              spawn({"bench_coordinator", "--one", std::to_string(count),
+                     "--pool", std::to_string(pool_size), "--dtype", dtype,
+                     "--one-json", tmp.string()});
+          int status = 0;
+          waitpid(pid, &status, 0);
+          CHORUS_CHECK_CODE(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                            chorus::Code::kInternal,
+                            "the run with {} nodes failed (status {})", count,
+                            status);
+          auto r = nlohmann::json::parse(chorus::read_file(tmp));
+          fs::remove(tmp);
+          const double n = count;
+          const double sent = r["bytes_sent"].get<double>(),
+                       recv = r["bytes_received"].get<double>();
+          const double rss_growth_kb =
+              r["rss_after_kb"].get<double>() - r["rss_start_kb"].get<double>();
+          const double wire_mb = r["wire_bytes"].get<double>() / 1e6;
+          wire[dtype].push_back(wire_mb);
+          seconds[dtype].push_back(r["round_seconds"].get<double>());
+          std::printf(
+              "%6d %8s %9.2f %12.1f %10.1f %10.2f %10.1f %12.1f %12.1f %12.1f "
+              "%12.1f\n",
+              count, dtype.c_str(), r["round_seconds"].get<double>(),
+              1000 * r["round_seconds"].get<double>() / n, sent / 1e6,
+              recv / 1e6, wire_mb, (sent + recv) / 1e3 / n,
+              r["rss_after_kb"].get<double>() / 1024, rss_growth_kb / n,
+              r["rss_peak_kb"].get<double>() / 1024);
+          std::fflush(stdout);
+          r["ms_per_node"] = 1000 * r["round_seconds"].get<double>() / n;
+          r["rss_growth_kb_per_node"] = rss_growth_kb / n;
+          runs.push_back(r);
+        }
+    std::printf(
+        "pool=%lld inputs of 1x28x28 per node, batch 256, bplus, cores=%u\n",
+        static_cast<long long>(pool_size), std::thread::hardware_concurrency());
     auto median = [](std::vector<double> v) {
       std::sort(v.begin(), v.end());
       return v[v.size() / 2];
     };
     if (wire.count("float32") && wire.count("uint8") && counts.size() == 1) {
-      std::printf("uint8 / float32 (medians of %d): wire bytes %.3f, round time %.3f\n",
-                  repeat, median(wire["uint8"]) / median(wire["float32"]),
-                  median(seconds["uint8"]) / median(seconds["float32"]));
+      std::printf(
+          "uint8 / float32 (medians of %d): wire bytes %.3f, round time %.3f\n",
+          repeat, median(wire["uint8"]) / median(wire["float32"]),
+          median(seconds["uint8"]) / median(seconds["float32"]));
     }
-    nlohmann::json out{{"benchmark", "coordinator"}, {"pool", pool_size}, {"runs", runs}};
+    nlohmann::json out{
+        {"benchmark", "coordinator"}, {"pool", pool_size}, {"runs", runs}};
     chorus::write_file_atomic(json_path, out.dump(2) + "\n");
     std::printf("wrote %s\n", json_path.c_str());
   } catch (const chorus::Error& e) {
-    std::fprintf(stderr, "bench_coordinator: %s\n", chorus::describe(e).c_str());
+    std::fprintf(stderr, "bench_coordinator: %s\n",
+                 chorus::describe(e).c_str());
     return 1;
   }
   return 0;

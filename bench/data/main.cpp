@@ -1,13 +1,13 @@
 // bench_data: how long reading Fashion-MNIST's gzip IDX files takes.
 //   bench_data [--repeat N] [--json FILE]
 // Prints the median wall time per split and writes them as JSON.
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -43,8 +43,9 @@ int main(int argc, char** argv) {
     out["benchmark"] = "data";
     out["repeat"] = repeat;
     std::printf("%-28s %10s %12s\n", "split", "examples", "median ms");
-    for (auto [split, name] : {std::pair{chorus::fusion::Split::kTrain, "train"},
-                               std::pair{chorus::fusion::Split::kTest, "test"}}) {
+    for (auto [split, name] :
+         {std::pair{chorus::fusion::Split::kTrain, "train"},
+          std::pair{chorus::fusion::Split::kTest, "test"}}) {
       std::vector<double> ms;
       std::int64_t n = 0;
       for (int r = 0; r < repeat; ++r) {
@@ -52,14 +53,16 @@ int main(int argc, char** argv) {
         auto data = chorus::fusion::load_fashion_mnist(split);
         auto t1 = std::chrono::steady_clock::now();
         n = data.size();
-        ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+        ms.push_back(
+            std::chrono::duration<double, std::milli>(t1 - t0).count());
       }
       double med = median(ms);
       std::printf("fashion-mnist/%-14s %10lld %12.1f\n", name,
                   static_cast<long long>(n), med);
-      out["results"].push_back(
-          {{"dataset", "fashion-mnist"}, {"split", name}, {"examples", n},
-           {"median_ms", med}});
+      out["results"].push_back({{"dataset", "fashion-mnist"},
+                                {"split", name},
+                                {"examples", n},
+                                {"median_ms", med}});
     }
     chorus::write_file_atomic(json_path, out.dump(2) + "\n");
     std::printf("wrote %s\n", json_path.c_str());

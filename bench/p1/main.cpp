@@ -11,16 +11,16 @@
 // train one expert per shard on its 4-class task, query every expert on U
 // and on the 10,000 test images, and fuse. Prints one row per expert and per
 // method, mean ± sd over seeds, and writes the rows as JSON.
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -44,9 +44,11 @@ struct Args {
   int expert_epochs = 3;
   int threads = 2;
   std::string json = "bench_p1.json";
-  std::string save_dir;  // Where to save seed 0's fused models, if set.
+  std::string save_dir;        // Where to save seed 0's fused models, if set.
   std::set<std::string> only;  // Empty: every method.
-  bool wants(const std::string& method) const { return only.empty() || only.count(method); }
+  bool wants(const std::string& method) const {
+    return only.empty() || only.count(method);
+  }
 };
 
 double seconds_since(Clock::time_point t) {
@@ -75,8 +77,8 @@ class Table {
     return fmt::format("{:.{}f} ± {:.{}f}", m, precision, s, precision);
   }
   void print() const {
-    fmt::print("\n{:<22} {:>15} {:>15} {:>14} {:>12}\n", "method",
-               "acc 10-way", "acc own task", "queries/img", "seconds");
+    fmt::print("\n{:<22} {:>15} {:>15} {:>14} {:>12}\n", "method", "acc 10-way",
+               "acc own task", "queries/img", "seconds");
     for (const auto& row : order_) {
       fmt::print("{:<22} {:>15} {:>15} {:>14} {:>12}\n", row,
                  cell(row, "acc10"), cell(row, "acc_task"),
@@ -167,10 +169,12 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
   for (const auto& name : fu::algorithm_names()) {
     if (!args.wants(name)) continue;
     auto fuser = fu::make_fuser(name, options);
-    add_result(name, fu::run_fusion(*fuser, data, oracle, test.images, test.labels));
+    add_result(name,
+               fu::run_fusion(*fuser, data, oracle, test.images, test.labels));
     auto fused = fuser->fused_model();
     if (fused && seed == 0 && !args.save_dir.empty()) {
-      fu::save_fused_model(*fused, std::filesystem::path(args.save_dir) / (name + ".pt"));
+      fu::save_fused_model(
+          *fused, std::filesystem::path(args.save_dir) / (name + ".pt"));
     }
   }
 
@@ -180,8 +184,8 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
     auto paper = options;
     paper.foe(fu::FoeOptions());
     auto fuser = fu::make_fuser("foe", paper);
-    add_result("ablation: foe paper", fu::run_fusion(*fuser, data, oracle,
-                                                     test.images, test.labels));
+    add_result("ablation: foe paper",
+               fu::run_fusion(*fuser, data, oracle, test.images, test.labels));
     auto self_train = options;
     self_train.foe().self_training_rounds(1);
     fuser = fu::make_fuser("foe", self_train);
@@ -191,8 +195,8 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
 
   // Frugal FoE's trade-off: accuracy against experts queried, over λ.
   if (args.wants("frugal-sweep")) {
-    fu::FrugalFoe frugal(options.frugal().fuser(
-        options.foe().seed(seed).threads(args.threads)));
+    fu::FrugalFoe frugal(
+        options.frugal().fuser(options.foe().seed(seed).threads(args.threads)));
     frugal.fit(data.fusion_answers(), v_labels, kClasses, data.answers);
     for (double lambda : {0.0, 0.01, 0.02, 0.05, 0.1}) {
       auto t = Clock::now();
@@ -215,10 +219,15 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
     auto model = fu::make_classifier(fu::ModelSpec{.arch = "lenet"});
     fu::train(*model, train.images.index_select(0, idx),
               train.labels.index_select(0, idx),
-              fu::TrainOptions().epochs(args.expert_epochs).batch_size(64).lr(2e-3)
-                  .seed(seed).threads(args.threads));
-    table.add("centralised", "acc10",
-              fu::accuracy(fu::predict_proba(*model, test.images), test.labels));
+              fu::TrainOptions()
+                  .epochs(args.expert_epochs)
+                  .batch_size(64)
+                  .lr(2e-3)
+                  .seed(seed)
+                  .threads(args.threads));
+    table.add(
+        "centralised", "acc10",
+        fu::accuracy(fu::predict_proba(*model, test.images), test.labels));
     table.add("centralised", "seconds", seconds_since(t));
   }
   fmt::print(stderr, "seed {} done: experts trained in {:.1f} s\n", seed,
@@ -231,19 +240,25 @@ int main(int argc, char** argv) {
   Args args;
   for (int i = 1; i < argc; ++i) {
     auto next = [&] { return i + 1 < argc ? argv[++i] : ""; };
-    if (!std::strcmp(argv[i], "--seeds")) args.seeds = std::atoi(next());
-    else if (!std::strcmp(argv[i], "--expert-epochs")) args.expert_epochs = std::atoi(next());
-    else if (!std::strcmp(argv[i], "--threads")) args.threads = std::atoi(next());
-    else if (!std::strcmp(argv[i], "--json")) args.json = next();
-    else if (!std::strcmp(argv[i], "--save-dir")) args.save_dir = next();
+    if (!std::strcmp(argv[i], "--seeds"))
+      args.seeds = std::atoi(next());
+    else if (!std::strcmp(argv[i], "--expert-epochs"))
+      args.expert_epochs = std::atoi(next());
+    else if (!std::strcmp(argv[i], "--threads"))
+      args.threads = std::atoi(next());
+    else if (!std::strcmp(argv[i], "--json"))
+      args.json = next();
+    else if (!std::strcmp(argv[i], "--save-dir"))
+      args.save_dir = next();
     else if (!std::strcmp(argv[i], "--only")) {
       std::stringstream list(next());
-      for (std::string item; std::getline(list, item, ',');) args.only.insert(item);
-    }
-    else {
-      fmt::print(stderr,
-                 "usage: bench_p1 [--seeds N] [--expert-epochs N] "
-                 "[--threads N] [--json FILE] [--save-dir DIR] [--only a,b,...]\n");
+      for (std::string item; std::getline(list, item, ',');)
+        args.only.insert(item);
+    } else {
+      fmt::print(
+          stderr,
+          "usage: bench_p1 [--seeds N] [--expert-epochs N] "
+          "[--threads N] [--json FILE] [--save-dir DIR] [--only a,b,...]\n");
       return 2;
     }
   }

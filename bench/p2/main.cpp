@@ -19,13 +19,13 @@
 // --no-relabel), B+ (the black boxes' lifted sum, compared on a and b), FS
 // (a model trained from scratch on the shots), FT (a student distilled from
 // B+ on the pool, fine-tuned on the shots). Mean ± sd over tasks.
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
@@ -78,7 +78,8 @@ std::pair<double, double> mean_sd(const std::vector<double>& v) {
   for (double x : v) m += x;
   m /= static_cast<double>(v.size());
   for (double x : v) s += (x - m) * (x - m);
-  return {m, v.size() > 1 ? std::sqrt(s / static_cast<double>(v.size() - 1)) : 0.0};
+  return {
+      m, v.size() > 1 ? std::sqrt(s / static_cast<double>(v.size() - 1)) : 0.0};
 }
 
 struct Split {
@@ -118,16 +119,19 @@ torch::Tensor rows_of(const torch::Tensor& y, std::int64_t c) {
 
 // A binary black box on (a, b): a LeNet trained on those two classes.
 std::shared_ptr<fu::ClassifierImpl> black_box(const Split& s, std::int64_t a,
-                                              std::int64_t b, std::uint64_t seed,
-                                              int threads) {
+                                              std::int64_t b,
+                                              std::uint64_t seed, int threads) {
   auto ia = rows_of(s.train_y, a), ib = rows_of(s.train_y, b);
   auto idx = torch::cat({ia, ib});
   auto y = torch::cat({torch::zeros({ia.numel()}, torch::kLong),
                        torch::ones({ib.numel()}, torch::kLong)});
   torch::manual_seed(seed);
-  auto m = fu::make_classifier(fu::ModelSpec{.arch = "lenet", .num_classes = 2});
-  fu::train(*m, s.train_x.index_select(0, idx), y,
-            fu::TrainOptions().epochs(2).batch_size(64).lr(2e-3).seed(seed).threads(threads));
+  auto m =
+      fu::make_classifier(fu::ModelSpec{.arch = "lenet", .num_classes = 2});
+  fu::train(
+      *m, s.train_x.index_select(0, idx), y,
+      fu::TrainOptions().epochs(2).batch_size(64).lr(2e-3).seed(seed).threads(
+          threads));
   return m;
 }
 
@@ -140,31 +144,46 @@ struct Row {
 int main(int argc, char** argv) {
   Args args;
   for (int i = 1; i < argc; ++i) {
-    auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
+    auto next = [&] {
+      return i + 1 < argc ? std::string(argv[++i]) : std::string();
+    };
     const std::string a = argv[i];
-    if (a == "--tasks") args.tasks = std::stoi(next());
-    else if (a == "--seed") args.seed = std::stoull(next());
-    else if (a == "--threads") args.threads = std::stoi(next());
-    else if (a == "--epochs") args.epochs = std::stoi(next());
-    else if (a == "--json") args.json = next();
-    else if (a == "--space") args.space = next();
-    else if (a == "--beta") args.beta = std::stod(next());
-    else if (a == "--gibbs-weight") args.gibbs_weight = std::stod(next());
-    else if (a == "--no-union") args.union_task = false;
-    else if (a == "--relabel-prior") args.relabel_prior = std::stod(next());
-    else if (a == "--no-relabel") args.relabel = false;
-    else if (a == "--test-per-class") args.test_per_class = std::stoll(next());
+    if (a == "--tasks")
+      args.tasks = std::stoi(next());
+    else if (a == "--seed")
+      args.seed = std::stoull(next());
+    else if (a == "--threads")
+      args.threads = std::stoi(next());
+    else if (a == "--epochs")
+      args.epochs = std::stoi(next());
+    else if (a == "--json")
+      args.json = next();
+    else if (a == "--space")
+      args.space = next();
+    else if (a == "--beta")
+      args.beta = std::stod(next());
+    else if (a == "--gibbs-weight")
+      args.gibbs_weight = std::stod(next());
+    else if (a == "--no-union")
+      args.union_task = false;
+    else if (a == "--relabel-prior")
+      args.relabel_prior = std::stod(next());
+    else if (a == "--no-relabel")
+      args.relabel = false;
+    else if (a == "--test-per-class")
+      args.test_per_class = std::stoll(next());
     else if (a == "--datasets") {
       args.datasets.clear();
       std::stringstream in(next());
       std::string d;
       while (std::getline(in, d, ',')) args.datasets.push_back(d);
     } else {
-      fmt::print(stderr,
-                 "usage: bench_p2 [--tasks N] [--seed N] [--datasets mnist2,fmnist3] "
-                 "[--threads N] [--epochs N] [--space classes|binary] [--beta X] "
-                 "[--gibbs-weight X] [--no-union] [--relabel-prior X] [--no-relabel] "
-                 "[--test-per-class N] [--json FILE]\n");
+      fmt::print(
+          stderr,
+          "usage: bench_p2 [--tasks N] [--seed N] [--datasets mnist2,fmnist3] "
+          "[--threads N] [--epochs N] [--space classes|binary] [--beta X] "
+          "[--gibbs-weight X] [--no-union] [--relabel-prior X] [--no-relabel] "
+          "[--test-per-class N] [--json FILE]\n");
       return 2;
     }
   }
@@ -173,19 +192,25 @@ int main(int argc, char** argv) {
   try {
     torch::set_num_threads(args.threads);
     const auto t_all = Clock::now();
-    nlohmann::json out{{"benchmark", "p2"}, {"seed", args.seed}, {"tasks", args.tasks},
-                       {"tae_output_space", args.space}, {"tae_beta", args.beta},
+    nlohmann::json out{{"benchmark", "p2"},
+                       {"seed", args.seed},
+                       {"tasks", args.tasks},
+                       {"tae_output_space", args.space},
+                       {"tae_beta", args.beta},
                        {"tae_gibbs_weight", args.gibbs_weight},
                        {"tae_union_task", args.union_task},
                        {"tae_relabel", args.relabel},
                        {"tae_relabel_prior", args.relabel_prior},
-                       {"threads", args.threads}, {"tae_epochs", args.epochs},
+                       {"threads", args.threads},
+                       {"tae_epochs", args.epochs},
                        {"test_per_class", args.test_per_class}};
     // The paper's Table 1 (MNIST-2), printed beside ours.
     const std::map<std::string, double> paper = {
-        {"mnist2 S 1 tae", 94.25}, {"mnist2 S 5 tae", 95.07}, {"mnist2 U 1 tae", 78.56},
-        {"mnist2 U 5 tae", 88.77}, {"mnist2 S 1 B+", 96.25},  {"mnist2 U 1 B+", 50.25},
-        {"mnist2 S 1 FS", 80.75},  {"mnist2 U 1 FS", 76.75},  {"mnist2 U 5 FS", 89.21}};
+        {"mnist2 S 1 tae", 94.25}, {"mnist2 S 5 tae", 95.07},
+        {"mnist2 U 1 tae", 78.56}, {"mnist2 U 5 tae", 88.77},
+        {"mnist2 S 1 B+", 96.25},  {"mnist2 U 1 B+", 50.25},
+        {"mnist2 S 1 FS", 80.75},  {"mnist2 U 1 FS", 76.75},
+        {"mnist2 U 5 FS", 89.21}};
     std::vector<std::string> table;
     for (const auto& name : args.datasets) {
       CHORUS_CHECK(name == "mnist2" || name == "fmnist3",
@@ -193,9 +218,11 @@ int main(int argc, char** argv) {
       const auto t_ds = Clock::now();
       auto s = load(name, args.seed);
       std::vector<std::pair<std::int64_t, std::int64_t>> pairs =
-          name == "mnist2" ? std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 1}, {2, 3}}
-                           : std::vector<std::pair<std::int64_t, std::int64_t>>{
-                                 {0, 1}, {2, 3}, {4, 5}};
+          name == "mnist2"
+              ? std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 1},
+                                                                   {2, 3}}
+              : std::vector<std::pair<std::int64_t, std::int64_t>>{
+                    {0, 1}, {2, 3}, {4, 5}};
       std::vector<bool> seen(10, false);
       std::vector<std::shared_ptr<fu::ClassifierImpl>> boxes;
       std::vector<fu::ExpertInfo> infos;
@@ -213,44 +240,54 @@ int main(int argc, char** argv) {
       };
       for (std::size_t i = 0; i < pairs.size(); ++i) {
         auto [a, b] = pairs[i];
-        seen[static_cast<std::size_t>(a)] = seen[static_cast<std::size_t>(b)] = true;
+        seen[static_cast<std::size_t>(a)] = seen[static_cast<std::size_t>(b)] =
+            true;
         boxes.push_back(black_box(s, a, b, args.seed * 10 + i, args.threads));
         infos.push_back({fmt::format("box{}", i), {a, b}});
         auto answers = fu::predict_proba(*boxes.back(), s.pool_x);
-        data.answers.push_back(binary ? answers : fu::lift(answers, {a, b}, 10));
+        data.answers.push_back(binary ? answers
+                                      : fu::lift(answers, {a, b}, 10));
         raw_answers.push_back(answers);
         data.tasks.push_back(task_of(a, b));
       }
       const double boxes_seconds = since(t_ds);
-      fmt::print(stderr, "{}: {} black boxes trained in {:.1f} s\n", name, boxes.size(),
-                 boxes_seconds);
+      fmt::print(stderr, "{}: {} black boxes trained in {:.1f} s\n", name,
+                 boxes.size(), boxes_seconds);
 
       // tae on R, over the binary output space.
       const auto t_tae = Clock::now();
-      auto tae_options = fu::TaeOptions().epochs(args.epochs).seed(args.seed)
-                             .threads(args.threads).adapt_steps(60).samples(5)
+      auto tae_options = fu::TaeOptions()
+                             .epochs(args.epochs)
+                             .seed(args.seed)
+                             .threads(args.threads)
+                             .adapt_steps(60)
+                             .samples(5)
                              .likelihood_scale(args.beta)
                              .union_task(args.union_task)
                              .gibbs_weight(args.gibbs_weight)
                              .relabel(args.relabel)
                              .relabel_prior(args.relabel_prior);
-      fu::TaeModel tae(28 * 28, binary ? 2 : 10, binary ? 20 : 10,
-                       tae_options
-                           .on_epoch([&](std::int64_t e, double nelbo) {
-                             fmt::print(stderr, "{} tae epoch {}/{}: -ELBO {:.1f} ({:.0f} s)\n",
-                                        name, e, args.epochs, nelbo, since(t_tae));
-                           }));
+      fu::TaeModel tae(
+          28 * 28, binary ? 2 : 10, binary ? 20 : 10,
+          tae_options.on_epoch([&](std::int64_t e, double nelbo) {
+            fmt::print(stderr, "{} tae epoch {}/{}: -ELBO {:.1f} ({:.0f} s)\n",
+                       name, e, args.epochs, nelbo, since(t_tae));
+          }));
       tae.train(data);
       const double tae_seconds = since(t_tae);
 
-      // FT's student: distilled from B+ (lifted into the 10 classes) on the pool.
+      // FT's student: distilled from B+ (lifted into the 10 classes) on the
+      // pool.
       std::vector<torch::Tensor> lifted;
       for (std::size_t i = 0; i < boxes.size(); ++i) {
         lifted.push_back(fu::lift(raw_answers[i], infos[i].labels, 10));
       }
       auto bplus_pool = fu::ensemble_sum(lifted);
       auto student = fu::distill(s.pool_x, bplus_pool,
-                                 fu::DistillOptions().arch("lenet").epochs(3).seed(args.seed)
+                                 fu::DistillOptions()
+                                     .arch("lenet")
+                                     .epochs(3)
+                                     .seed(args.seed)
                                      .threads(args.threads),
                                  "ft-student")
                          .model;
@@ -263,13 +300,15 @@ int main(int argc, char** argv) {
       auto bplus_test = [&] {
         std::vector<torch::Tensor> l;
         for (std::size_t i = 0; i < boxes.size(); ++i) {
-          l.push_back(fu::lift(fu::predict_proba(*boxes[i], s.test_x), infos[i].labels, 10));
+          l.push_back(fu::lift(fu::predict_proba(*boxes[i], s.test_x),
+                               infos[i].labels, 10));
         }
         return fu::ensemble_sum(l);
       }();
 
       std::vector<std::int64_t> seen_c, unseen_c;
-      for (std::int64_t c = 0; c < 10; ++c) (seen[c] ? seen_c : unseen_c).push_back(c);
+      for (std::int64_t c = 0; c < 10; ++c)
+        (seen[c] ? seen_c : unseen_c).push_back(c);
       std::mt19937_64 rng(args.seed + 1234);
       for (const char* kind : {"S", "U"}) {
         const auto& pool = std::string(kind) == "S" ? seen_c : unseen_c;
@@ -291,7 +330,8 @@ int main(int argc, char** argv) {
               shot_rows.push_back(ib[rb(rng)].item<std::int64_t>());
               shot_labels.push_back(1);
             }
-            auto sx = s.train_x.index_select(0, torch::tensor(shot_rows, torch::kLong));
+            auto sx = s.train_x.index_select(
+                0, torch::tensor(shot_rows, torch::kLong));
             auto sy = torch::tensor(shot_labels, torch::kLong);
             auto ta = rows_of(s.test_y, a).slice(0, 0, args.test_per_class),
                  tb = rows_of(s.test_y, b).slice(0, 0, args.test_per_class);
@@ -300,7 +340,11 @@ int main(int argc, char** argv) {
             auto ty = torch::cat({torch::zeros({ta.numel()}, torch::kLong),
                                   torch::ones({tb.numel()}, torch::kLong)});
             auto score = [&](const torch::Tensor& p) {
-              return 100.0 * p.argmax(1).eq(ty).to(torch::kFloat64).mean().item<double>();
+              return 100.0 * p.argmax(1)
+                                 .eq(ty)
+                                 .to(torch::kFloat64)
+                                 .mean()
+                                 .item<double>();
             };
             // tae: adapt q_λ(w) with the shots, recompose.
             auto tau = task_of(a, b);
@@ -311,16 +355,18 @@ int main(int argc, char** argv) {
             acc["tae"].push_back(score(tae.predict(tx, adapted, classes)));
             secs["tae"] += since(t_method);
             // B+: the black boxes' lifted sum on a and b.
-            auto bp = bplus_test.index_select(0, tidx)
-                          .index_select(1, torch::tensor({a, b}, torch::kLong));
+            auto bp = bplus_test.index_select(0, tidx).index_select(
+                1, torch::tensor({a, b}, torch::kLong));
             acc["B+"].push_back(score(bp + 1e-6 * torch::rand_like(bp)));
             // FS: from scratch on the shots.
             t_method = Clock::now();
             torch::manual_seed(args.seed + static_cast<std::uint64_t>(t));
-            auto fs = fu::make_classifier(
-                fu::ModelSpec{.arch = "mlp", .num_classes = 2, .hidden = {100}});
-            fu::train(*fs, sx, sy, fu::TrainOptions().epochs(60).batch_size(16).lr(3e-3)
-                                       .seed(args.seed + static_cast<std::uint64_t>(t)));
+            auto fs = fu::make_classifier(fu::ModelSpec{
+                .arch = "mlp", .num_classes = 2, .hidden = {100}});
+            fu::train(
+                *fs, sx, sy,
+                fu::TrainOptions().epochs(60).batch_size(16).lr(3e-3).seed(
+                    args.seed + static_cast<std::uint64_t>(t)));
             acc["FS"].push_back(score(fu::predict_proba(*fs, tx)));
             secs["FS"] += since(t_method);
             t_method = Clock::now();
@@ -333,9 +379,12 @@ int main(int argc, char** argv) {
               archive.load_from(in);
               ft->load(archive);
             }
-            auto sy10 = torch::where(sy.eq(0), torch::full_like(sy, a), torch::full_like(sy, b));
-            fu::train(*ft, sx, sy10, fu::TrainOptions().epochs(20).batch_size(16).lr(1e-3)
-                                         .seed(args.seed));
+            auto sy10 = torch::where(sy.eq(0), torch::full_like(sy, a),
+                                     torch::full_like(sy, b));
+            fu::train(
+                *ft, sx, sy10,
+                fu::TrainOptions().epochs(20).batch_size(16).lr(1e-3).seed(
+                    args.seed));
             auto pf = fu::predict_proba(*ft, tx).index_select(
                 1, torch::tensor({a, b}, torch::kLong));
             acc["FT"].push_back(score(pf));
@@ -345,19 +394,26 @@ int main(int argc, char** argv) {
             auto [m, sd] = mean_sd(acc[method]);
             const auto key = fmt::format("{} {} {} {}", name, kind, k, method);
             auto p = paper.find(key);
-            table.push_back(fmt::format("{:<9} {:<2} {:>5}-shot {:<5} {:>7.2f} ± {:>5.2f}   {}",
-                                        name, kind, k, method, m, sd,
-                                        p == paper.end() ? std::string("")
-                                                         : fmt::format("{:.2f}", p->second)));
-            out["rows"].push_back({{"dataset", name}, {"tasks", kind}, {"shots", k},
-                                   {"method", method}, {"mean", m}, {"sd", sd},
-                                   {"values", acc[method]}, {"seconds", secs[method]}});
+            table.push_back(fmt::format(
+                "{:<9} {:<2} {:>5}-shot {:<5} {:>7.2f} ± {:>5.2f}   {}", name,
+                kind, k, method, m, sd,
+                p == paper.end() ? std::string("")
+                                 : fmt::format("{:.2f}", p->second)));
+            out["rows"].push_back({{"dataset", name},
+                                   {"tasks", kind},
+                                   {"shots", k},
+                                   {"method", method},
+                                   {"mean", m},
+                                   {"sd", sd},
+                                   {"values", acc[method]},
+                                   {"seconds", secs[method]}});
           }
           fmt::print(stderr,
-                     "{} {} {}-shot: {} tasks done ({:.0f} s so far; tae {:.0f} s, FS {:.0f} "
+                     "{} {} {}-shot: {} tasks done ({:.0f} s so far; tae "
+                     "{:.0f} s, FS {:.0f} "
                      "s, FT {:.0f} s)\n",
-                     name, kind, k, args.tasks, since(t_all), secs["tae"], secs["FS"],
-                     secs["FT"]);
+                     name, kind, k, args.tasks, since(t_all), secs["tae"],
+                     secs["FS"], secs["FT"]);
         }
       }
       out["datasets"][name] = {{"black_boxes_seconds", boxes_seconds},
@@ -365,13 +421,17 @@ int main(int argc, char** argv) {
                                {"seconds", since(t_ds)}};
     }
     const double total = since(t_all);
-    fmt::print("\n{:<9} {:<2} {:>10} {:<5} {:>15}   {}\n", "data set", "", "", "method",
-               "accuracy (%)", "paper");
+    fmt::print("\n{:<9} {:<2} {:>10} {:<5} {:>15}   {}\n", "data set", "", "",
+               "method", "accuracy (%)", "paper");
     for (const auto& line : table) fmt::print("{}\n", line);
-    fmt::print("\ntasks={} seed={} threads={} tae_epochs={} tae_space={} tae_union_task={} "
-               "tae_gibbs_weight={} tae_relabel={} tae_relabel_prior={} total={:.1f} s\n",
-               args.tasks, args.seed, args.threads, args.epochs, args.space,
-               args.union_task, args.gibbs_weight, args.relabel, args.relabel_prior, total);
+    fmt::print(
+        "\ntasks={} seed={} threads={} tae_epochs={} tae_space={} "
+        "tae_union_task={} "
+        "tae_gibbs_weight={} tae_relabel={} tae_relabel_prior={} total={:.1f} "
+        "s\n",
+        args.tasks, args.seed, args.threads, args.epochs, args.space,
+        args.union_task, args.gibbs_weight, args.relabel, args.relabel_prior,
+        total);
     out["total_seconds"] = total;
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
     fmt::print("wrote {}\n", args.json);

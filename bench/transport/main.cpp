@@ -7,15 +7,14 @@
 // echoed back (p50, p99). Throughput: 4 MiB tensors sent to the node, 4 in
 // flight, each answered by a small reply (MiB/s of request payload). Each
 // figure is the median of --rounds interleaved TLS/TCP measurements.
+#include <algorithm>
 #include <asio/io_context.hpp>
 #include <asio/use_awaitable.hpp>
-#include <nlohmann/json.hpp>
-
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "chorus/core/error.hpp"
@@ -69,13 +68,15 @@ template <typename Conn>
 Result<Conn> measure(Conn& conn, int requests, int messages) {
   Result<Conn> r;
   auto small = tensor_request(784);
-  for (int i = 0; i < 200; ++i) conn.request_async(small, 5s).get();  // Warm up.
+  for (int i = 0; i < 200; ++i)
+    conn.request_async(small, 5s).get();  // Warm up.
   std::vector<double> rtt;
   rtt.reserve(requests);
   for (int i = 0; i < requests; ++i) {
     auto t0 = Clock::now();
     conn.request_async(small, 5s).get();
-    rtt.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    rtt.push_back(
+        std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
   }
   std::sort(rtt.begin(), rtt.end());
   r.p50_us = rtt[rtt.size() / 2];
@@ -96,7 +97,8 @@ Result<Conn> measure(Conn& conn, int requests, int messages) {
     in_flight.front().get();
     in_flight.pop_front();
   }
-  r.mib_per_s = messages * mib / std::chrono::duration<double>(Clock::now() - t0).count();
+  r.mib_per_s =
+      messages * mib / std::chrono::duration<double>(Clock::now() - t0).count();
   return r;
 }
 
@@ -119,12 +121,18 @@ int main(int argc, char** argv) {
   std::string json_path = "bench_transport.json";
   for (int i = 1; i < argc; ++i) {
     auto next = [&] { return i + 1 < argc ? argv[++i] : ""; };
-    if (!std::strcmp(argv[i], "--requests")) requests = std::max(10, std::atoi(next()));
-    else if (!std::strcmp(argv[i], "--messages")) messages = std::max(4, std::atoi(next()));
-    else if (!std::strcmp(argv[i], "--rounds")) rounds = std::max(1, std::atoi(next()));
-    else if (!std::strcmp(argv[i], "--json")) json_path = next();
+    if (!std::strcmp(argv[i], "--requests"))
+      requests = std::max(10, std::atoi(next()));
+    else if (!std::strcmp(argv[i], "--messages"))
+      messages = std::max(4, std::atoi(next()));
+    else if (!std::strcmp(argv[i], "--rounds"))
+      rounds = std::max(1, std::atoi(next()));
+    else if (!std::strcmp(argv[i], "--json"))
+      json_path = next();
     else {
-      std::fprintf(stderr, "usage: bench_transport [--requests N] [--messages N] [--rounds N] [--json FILE]\n");
+      std::fprintf(stderr,
+                   "usage: bench_transport [--requests N] [--messages N] "
+                   "[--rounds N] [--json FILE]\n");
       return 2;
     }
   }
@@ -135,8 +143,8 @@ int main(int argc, char** argv) {
     pr::ChannelOptions options;
     options.max_frame_size = 64u << 20;
     auto ca = pr::make_ca("bench-ca");
-    auto coord_keys = pr::issue_certificate(ca, "coordinator", pr::CertRole::kCoordinator,
-                                            {"localhost"});
+    auto coord_keys = pr::issue_certificate(
+        ca, "coordinator", pr::CertRole::kCoordinator, {"localhost"});
     auto node_keys = pr::issue_certificate(ca, "node", pr::CertRole::kNode, {});
 
     // Coordinator and node each on their own thread, as in deployment.
@@ -146,29 +154,31 @@ int main(int argc, char** argv) {
     std::promise<std::shared_ptr<pr::Connection>> tls_conn;
     pr::Server server(
         coord_io, tcp::endpoint(asio::ip::address_v4::loopback(), 0),
-        {ca.cert_pem, coord_keys.cert_pem, coord_keys.key_pem}, options, v1::Welcome{},
-        [](auto&&...) { return pr::Admission{}; },
+        {ca.cert_pem, coord_keys.cert_pem, coord_keys.key_pem}, options,
+        v1::Welcome{}, [](auto&&...) { return pr::Admission{}; },
         [&](std::shared_ptr<pr::Connection> c, const v1::Hello&) {
           c->start(echo, {});
           tls_conn.set_value(c);
         });
     server.start();
-    pr::Client client(node_io, "localhost", server.port(),
-                      {ca.cert_pem, node_keys.cert_pem, node_keys.key_pem}, options,
-                      pr::Backoff{}, [] { return v1::Hello{}; }, echo);
+    pr::Client client(
+        node_io, "localhost", server.port(),
+        {ca.cert_pem, node_keys.cert_pem, node_keys.key_pem}, options,
+        pr::Backoff{}, [] { return v1::Hello{}; }, echo);
     client.start();
 
     // Plain TCP: the same connection code, no TLS.
-    tcp::acceptor acceptor(coord_io, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
+    tcp::acceptor acceptor(coord_io,
+                           tcp::endpoint(asio::ip::address_v4::loopback(), 0));
     tcp::socket node_socket(node_io), coord_socket(coord_io);
     node_socket.connect(acceptor.local_endpoint());
     acceptor.accept(coord_socket);
     node_socket.set_option(tcp::no_delay(true));
     coord_socket.set_option(tcp::no_delay(true));
-    auto plain_coord = std::make_shared<pr::PlainConnection>(std::move(coord_socket), options,
-                                                             "node", "bench");
-    auto plain_node = std::make_shared<pr::PlainConnection>(std::move(node_socket), options,
-                                                            "coordinator", "bench");
+    auto plain_coord = std::make_shared<pr::PlainConnection>(
+        std::move(coord_socket), options, "node", "bench");
+    auto plain_node = std::make_shared<pr::PlainConnection>(
+        std::move(node_socket), options, "coordinator", "bench");
     plain_coord->start(echo, {});
     plain_node->start(echo, {});
 
@@ -187,23 +197,34 @@ int main(int argc, char** argv) {
     auto t = median_of(tls_runs);
     auto p = median_of(tcp_runs);
 
-    std::printf("%-34s %12s %12s %10s\n", "metric", "mTLS", "plain TCP", "TLS/TCP");
-    std::printf("%-34s %12.1f %12.1f %10.2f\n", "round trip p50, 28x28 float (us)",
-                t.p50_us, p.p50_us, t.p50_us / p.p50_us);
-    std::printf("%-34s %12.1f %12.1f %10.2f\n", "round trip p99, 28x28 float (us)",
-                t.p99_us, p.p99_us, t.p99_us / p.p99_us);
-    std::printf("%-34s %12.1f %12.1f %10.2f\n", "throughput, 4 MiB tensors (MiB/s)",
-                t.mib_per_s, p.mib_per_s, t.mib_per_s / p.mib_per_s);
-    std::printf("requests=%d messages=%d rounds=%d (medians) cores=%u\n", requests,
-                messages, rounds, std::thread::hardware_concurrency());
+    std::printf("%-34s %12s %12s %10s\n", "metric", "mTLS", "plain TCP",
+                "TLS/TCP");
+    std::printf("%-34s %12.1f %12.1f %10.2f\n",
+                "round trip p50, 28x28 float (us)", t.p50_us, p.p50_us,
+                t.p50_us / p.p50_us);
+    std::printf("%-34s %12.1f %12.1f %10.2f\n",
+                "round trip p99, 28x28 float (us)", t.p99_us, p.p99_us,
+                t.p99_us / p.p99_us);
+    std::printf("%-34s %12.1f %12.1f %10.2f\n",
+                "throughput, 4 MiB tensors (MiB/s)", t.mib_per_s, p.mib_per_s,
+                t.mib_per_s / p.mib_per_s);
+    std::printf("requests=%d messages=%d rounds=%d (medians) cores=%u\n",
+                requests, messages, rounds,
+                std::thread::hardware_concurrency());
 
     nlohmann::json out{
         {"benchmark", "transport"},
         {"requests", requests},
         {"messages", messages},
         {"rounds", rounds},
-        {"tls", {{"p50_us", t.p50_us}, {"p99_us", t.p99_us}, {"mib_per_s", t.mib_per_s}}},
-        {"tcp", {{"p50_us", p.p50_us}, {"p99_us", p.p99_us}, {"mib_per_s", p.mib_per_s}}},
+        {"tls",
+         {{"p50_us", t.p50_us},
+          {"p99_us", t.p99_us},
+          {"mib_per_s", t.mib_per_s}}},
+        {"tcp",
+         {{"p50_us", p.p50_us},
+          {"p99_us", p.p99_us},
+          {"mib_per_s", p.mib_per_s}}},
         {"throughput_ratio_tls_over_tcp", t.mib_per_s / p.mib_per_s}};
     chorus::write_file_atomic(json_path, out.dump(2) + "\n");
     std::printf("wrote %s\n", json_path.c_str());

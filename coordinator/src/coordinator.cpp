@@ -2,10 +2,10 @@
 
 #include <fmt/ostream.h>
 #include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "chorus/core/error.hpp"
@@ -46,7 +46,8 @@ struct Coordinator::Impl {
   // Collected answers: node → slice → [rows of the slice, |labels|].
   std::map<std::string, std::map<int, torch::Tensor>> answers;
   // node → slice → first row → answers of one request of an unfinished slice.
-  std::map<std::string, std::map<int, std::map<std::int64_t, torch::Tensor>>> partial;
+  std::map<std::string, std::map<int, std::map<std::int64_t, torch::Tensor>>>
+      partial;
   std::map<std::string, std::vector<std::int64_t>> labels;
 
   std::unique_ptr<fusion::Fuser> fuser;
@@ -75,15 +76,19 @@ struct Coordinator::Impl {
   std::int64_t slice_begin(int s) const { return n() * s / options.rounds; }
   std::int64_t slice_end(int s) const { return n() * (s + 1) / options.rounds; }
 
-  fs::path answers_dir() const { return options.run_dir / "checkpoints" / "answers"; }
+  fs::path answers_dir() const {
+    return options.run_dir / "checkpoints" / "answers";
+  }
   fs::path answer_file(const std::string& node, int slice) const {
     return answers_dir() / fmt::format("{}.slice{}.pt", node, slice);
   }
   // Answers to part of a slice, from row `offset` of U: written as each
   // request's answers arrive, so that a crash mid-slice loses only the
   // requests in flight; merged into the slice's file when it is complete.
-  fs::path part_file(const std::string& node, int slice, std::int64_t offset) const {
-    return answers_dir() / fmt::format("{}.slice{}.part{}.pt", node, slice, offset);
+  fs::path part_file(const std::string& node, int slice,
+                     std::int64_t offset) const {
+    return answers_dir() /
+           fmt::format("{}.slice{}.part{}.pt", node, slice, offset);
   }
   fs::path embeddings_file() const {
     return options.run_dir / "checkpoints" / "embeddings.json";
@@ -92,8 +97,11 @@ struct Coordinator::Impl {
   void save_embeddings() const {
     nlohmann::json out = nlohmann::json::object();
     for (const auto& [key, e] : task_embeddings) {
-      out[key] = {{"classes", e.classes}, {"node", e.node}, {"round", e.round},
-                  {"mean", fusion::to_doubles(e.q.mean)}, {"logvar", fusion::to_doubles(e.q.logvar)}};
+      out[key] = {{"classes", e.classes},
+                  {"node", e.node},
+                  {"round", e.round},
+                  {"mean", fusion::to_doubles(e.q.mean)},
+                  {"logvar", fusion::to_doubles(e.q.logvar)}};
     }
     write_file_atomic(embeddings_file(), out.dump(2) + "\n");
   }
@@ -111,9 +119,11 @@ struct Coordinator::Impl {
         t.round = e.at("round").get<int>();
         auto mean = e.at("mean").get<std::vector<double>>();
         auto logvar = e.at("logvar").get<std::vector<double>>();
-        CHORUS_CHECK_CODE(mean.size() == logvar.size() && !mean.empty(), Code::kDataLoss,
+        CHORUS_CHECK_CODE(mean.size() == logvar.size() && !mean.empty(),
+                          Code::kDataLoss,
                           "task {}: mean and log-variance differ in size", key);
-        t.q = {torch::tensor(mean, torch::kFloat32), torch::tensor(logvar, torch::kFloat32)};
+        t.q = {torch::tensor(mean, torch::kFloat32),
+               torch::tensor(logvar, torch::kFloat32)};
         task_embeddings[key] = std::move(t);
       }
     } catch (const nlohmann::json::exception& e) {
@@ -129,8 +139,8 @@ struct Coordinator::Impl {
     std::vector<fusion::WDistribution> embeddings;
     for (const auto& [key, e] : task_embeddings) {
       if (e.q.mean.numel() != tae.options().w_dim()) {
-        log->warn("event=embedding_skipped task={} reason=\"|w| {} != {}\"", key,
-                  e.q.mean.numel(), tae.options().w_dim());
+        log->warn("event=embedding_skipped task={} reason=\"|w| {} != {}\"",
+                  key, e.q.mean.numel(), tae.options().w_dim());
         continue;
       }
       tasks.push_back(fusion::task_descriptor(e.classes, tae.task_dim()));
@@ -142,7 +152,8 @@ struct Coordinator::Impl {
   }
 
   fs::path manifest(int round) const {
-    return options.run_dir / "checkpoints" / fmt::format("round-{}.json", round);
+    return options.run_dir / "checkpoints" /
+           fmt::format("round-{}.json", round);
   }
 
   std::vector<std::int64_t> to_indices(const v1::Hello& hello) const {
@@ -160,15 +171,18 @@ struct Coordinator::Impl {
       for (const auto& entry : fs::directory_iterator(answers_dir())) {
         const auto name = entry.path().filename().string();
         const auto dot = name.find(".slice");
-        if (dot == std::string::npos || entry.path().extension() != ".pt") continue;
+        if (dot == std::string::npos || entry.path().extension() != ".pt")
+          continue;
         const auto node = name.substr(0, dot);
         const auto part = name.find(".part", dot);
         try {
           const int slice = std::stoi(name.substr(dot + 6));
           auto t = tensors_from(entry.path());
-          CHORUS_CHECK_CODE(t.size() == 2, Code::kDataLoss, "expected 2 tensors");
-          std::vector<std::int64_t> l(t[1].data_ptr<std::int64_t>(),
-                                      t[1].data_ptr<std::int64_t>() + t[1].numel());
+          CHORUS_CHECK_CODE(t.size() == 2, Code::kDataLoss,
+                            "expected 2 tensors");
+          std::vector<std::int64_t> l(
+              t[1].data_ptr<std::int64_t>(),
+              t[1].data_ptr<std::int64_t>() + t[1].numel());
           if (labels.count(node) && labels[node] != l) continue;
           labels[node] = l;
           if (part != std::string::npos) {
@@ -177,8 +191,8 @@ struct Coordinator::Impl {
             answers[node][slice] = t[0];
           }
         } catch (const std::exception& e) {
-          log->warn("event=checkpoint_skipped file={} error=\"{}\"", entry.path().string(),
-                    e.what());
+          log->warn("event=checkpoint_skipped file={} error=\"{}\"",
+                    entry.path().string(), e.what());
         }
       }
     }
@@ -191,7 +205,8 @@ struct Coordinator::Impl {
 
   // Asks `node` (expert index `k` of `oracle`) for every slice < round it
   // has not answered; stores and checkpoints each.
-  void collect(RemoteOracle& oracle, std::int64_t k, const std::string& node, int round) {
+  void collect(RemoteOracle& oracle, std::int64_t k, const std::string& node,
+               int round) {
     const auto task = torch::tensor(labels[node], torch::kLong);
     for (int s = 0; s < round; ++s) {
       if (answers[node].count(s)) continue;
@@ -202,15 +217,17 @@ struct Coordinator::Impl {
       {
         std::lock_guard lock(mutex);
         auto& known = partial[node][s];
-        for (auto it = known.find(offset); it != known.end(); it = known.find(offset)) {
+        for (auto it = known.find(offset); it != known.end();
+             it = known.find(offset)) {
           parts.push_back(it->second);
           part_files.push_back(part_file(node, s, offset));
           offset += it->second.size(0);
         }
       }
       if (offset > slice_begin(s)) {
-        log->info("node={} slice={} event=resumed_slice answered={} remaining={}", node, s,
-                  offset - slice_begin(s), slice_end(s) - offset);
+        log->info(
+            "node={} slice={} event=resumed_slice answered={} remaining={}",
+            node, s, offset - slice_begin(s), slice_end(s) - offset);
       }
       if (offset < slice_end(s)) {
         // Each answered request is checkpointed as it arrives.
@@ -234,34 +251,39 @@ struct Coordinator::Impl {
 
   // Sends the fused model file to every connected node; returns who took it.
   std::vector<std::string> push(const std::string& bytes, int round,
-                                const std::string& algorithm, const std::string& spec) {
+                                const std::string& algorithm,
+                                const std::string& spec) {
     const std::string digest = protocol::sha256(bytes);
     const auto chunk = std::max<std::size_t>(1, options.push_chunk);
-    const auto count = static_cast<std::uint32_t>((bytes.size() + chunk - 1) / chunk);
+    const auto count =
+        static_cast<std::uint32_t>((bytes.size() + chunk - 1) / chunk);
     std::vector<std::future<std::string>> jobs;
     for (const auto& node : registry.connected()) {
-      jobs.push_back(std::async(std::launch::async, [&, id = node.identity]() -> std::string {
-        for (std::uint32_t i = 0; i < count; ++i) {
-          v1::Envelope e;
-          auto* p = e.mutable_model_push();
-          p->set_round(static_cast<std::uint32_t>(round));
-          p->set_algorithm(algorithm);
-          p->set_spec(spec);
-          p->set_chunk_index(i);
-          p->set_chunk_count(count);
-          p->set_total_bytes(bytes.size());
-          p->set_sha256(digest);
-          p->set_data(bytes.substr(i * chunk, chunk));
-          try {
-            registry.request(id, std::move(e), options.request_deadline).get();
-          } catch (const Error& err) {
-            log->warn("round={} node={} event=push_failed chunk={} error=\"{}\"", round,
-                      id, i, describe(err));
-            return {};
-          }
-        }
-        return id;
-      }));
+      jobs.push_back(std::async(
+          std::launch::async, [&, id = node.identity]() -> std::string {
+            for (std::uint32_t i = 0; i < count; ++i) {
+              v1::Envelope e;
+              auto* p = e.mutable_model_push();
+              p->set_round(static_cast<std::uint32_t>(round));
+              p->set_algorithm(algorithm);
+              p->set_spec(spec);
+              p->set_chunk_index(i);
+              p->set_chunk_count(count);
+              p->set_total_bytes(bytes.size());
+              p->set_sha256(digest);
+              p->set_data(bytes.substr(i * chunk, chunk));
+              try {
+                registry.request(id, std::move(e), options.request_deadline)
+                    .get();
+              } catch (const Error& err) {
+                log->warn(
+                    "round={} node={} event=push_failed chunk={} error=\"{}\"",
+                    round, id, i, describe(err));
+                return {};
+              }
+            }
+            return id;
+          }));
     }
     std::vector<std::string> out;
     for (auto& j : jobs) {
@@ -275,20 +297,21 @@ struct Coordinator::Impl {
   // kept (one per task, the newest), p_γ is refit on all of them and the
   // round's model saved again; the next round's model is refit on them
   // before it is pushed.
-  void aggregate_embeddings(fusion::TaeModel& tae, int round, RoundReport& report,
-                            const fs::path& model_file) {
+  void aggregate_embeddings(fusion::TaeModel& tae, int round,
+                            RoundReport& report, const fs::path& model_file) {
     std::vector<std::pair<std::string, std::future<v1::Envelope>>> replies;
     for (const auto& node : registry.connected()) {
       const auto& caps = node.hello.capabilities();
       if (std::find(caps.begin(), caps.end(), "adapt") == caps.end()) continue;
-      if (std::find(report.pushed_to.begin(), report.pushed_to.end(), node.identity) ==
-          report.pushed_to.end()) {
+      if (std::find(report.pushed_to.begin(), report.pushed_to.end(),
+                    node.identity) == report.pushed_to.end()) {
         continue;
       }
       v1::Envelope e;
       e.mutable_adapt_request()->set_round(static_cast<std::uint32_t>(round));
       replies.emplace_back(node.identity,
-                           registry.request(node.identity, std::move(e), options.request_deadline));
+                           registry.request(node.identity, std::move(e),
+                                            options.request_deadline));
     }
     std::size_t received = 0;
     nlohmann::json saved = nlohmann::json::object();
@@ -301,11 +324,15 @@ struct Coordinator::Impl {
                               q.logvar.numel() == tae.options().w_dim() &&
                               !protocol::has_non_finite(q.mean) &&
                               !protocol::has_non_finite(q.logvar),
-                          Code::kDataLoss, "node '{}' sent a malformed embedding", id);
+                          Code::kDataLoss,
+                          "node '{}' sent a malformed embedding", id);
         auto classes = labels.at(id);
         std::sort(classes.begin(), classes.end());
         task_embeddings[fmt::format("{}", fmt::join(classes, ","))] = {
-            classes, {q.mean.to(torch::kFloat32), q.logvar.to(torch::kFloat32)}, id, round};
+            classes,
+            {q.mean.to(torch::kFloat32), q.logvar.to(torch::kFloat32)},
+            id,
+            round};
         ++received;
         report.adapted[id] = r.bound();
         saved[id] = {{"mean", fusion::to_doubles(q.mean)},
@@ -313,7 +340,8 @@ struct Coordinator::Impl {
                      {"shots", r.shots()},
                      {"bound", r.bound()}};
       } catch (const Error& e) {
-        log->warn("round={} node={} event=adapt_failed error=\"{}\"", round, id, describe(e));
+        log->warn("round={} node={} event=adapt_failed error=\"{}\"", round, id,
+                  describe(e));
       }
     }
     if (received == 0) return;
@@ -321,10 +349,11 @@ struct Coordinator::Impl {
     refit_on_embeddings(tae);
     tae.save(model_file);
     write_file_atomic(options.run_dir / "fused.pt", read_file(model_file));
-    write_file_atomic(options.run_dir / fmt::format("embeddings-round-{}.json", round),
-                      saved.dump(2) + "\n");
-    log->info("round={} event=embeddings_aggregated nodes={} tasks={}", round, received,
-              task_embeddings.size());
+    write_file_atomic(
+        options.run_dir / fmt::format("embeddings-round-{}.json", round),
+        saved.dump(2) + "\n");
+    log->info("round={} event=embeddings_aggregated nodes={} tasks={}", round,
+              received, task_embeddings.size());
   }
 
   RoundReport run_round(int round) {
@@ -332,18 +361,20 @@ struct Coordinator::Impl {
     RoundReport report;
     report.round = round;
     report.rounds = options.rounds;
-    auto present = registry.wait_for_quorum(options.min_nodes, options.quorum_timeout,
-                                            options.settle);
+    auto present = registry.wait_for_quorum(
+        options.min_nodes, options.quorum_timeout, options.settle);
     std::vector<RemoteExpert> remote;
     for (const auto& node : present) {
       auto l = to_indices(node.hello);
       if (labels.count(node.identity) && labels[node.identity] != l) {
-        log->warn("node={} event=task_changed action=discard_answers", node.identity);
+        log->warn("node={} event=task_changed action=discard_answers",
+                  node.identity);
         answers.erase(node.identity);
         partial.erase(node.identity);
       }
       labels[node.identity] = l;
-      answers[node.identity];  // Created here: the fan-out threads only look up.
+      answers[node.identity];  // Created here: the fan-out threads only look
+                               // up.
       remote.push_back(RemoteExpert{
           .info = {.name = node.identity, .labels = l},
           .max_batch = static_cast<std::int64_t>(
@@ -366,7 +397,8 @@ struct Coordinator::Impl {
     for (std::size_t k = 0; k < remote.size(); ++k) {
       jobs.push_back(std::async(std::launch::async, [&, k]() -> std::string {
         try {
-          collect(*round_oracle, static_cast<std::int64_t>(k), remote[k].info.name, round);
+          collect(*round_oracle, static_cast<std::int64_t>(k),
+                  remote[k].info.name, round);
           return {};
         } catch (const Error& e) {
           return describe(e);
@@ -395,9 +427,10 @@ struct Coordinator::Impl {
     report.bytes_sent = s.bytes_sent;
     report.bytes_received = s.bytes_received;
     stats += s;
-    CHORUS_CHECK_CODE(fused_experts.size() >= options.min_nodes, Code::kUnavailable,
-                      "round {}: only {} node(s) answered, {} needed ({})", round,
-                      fused_experts.size(), options.min_nodes,
+    CHORUS_CHECK_CODE(fused_experts.size() >= options.min_nodes,
+                      Code::kUnavailable,
+                      "round {}: only {} node(s) answered, {} needed ({})",
+                      round, fused_experts.size(), options.min_nodes,
                       fmt::join(report.failed, "; "));
 
     // Fuse on U's slices 1..round.
@@ -408,7 +441,8 @@ struct Coordinator::Impl {
     data.transfer = pool.inputs.slice(0, 0, end);
     for (const auto& e : fused_experts) {
       std::vector<torch::Tensor> parts;
-      for (int sl = 0; sl < round; ++sl) parts.push_back(answers[e.info.name].at(sl));
+      for (int sl = 0; sl < round; ++sl)
+        parts.push_back(answers[e.info.name].at(sl));
       data.answers.push_back(torch::cat(parts));
       data.experts.push_back(e.info);
       report.experts.push_back(e.info.name);
@@ -423,15 +457,18 @@ struct Coordinator::Impl {
     fuser->fit(data);
     experts = data.experts;
     last_data = data;
-    round_oracle = std::make_unique<RemoteOracle>(data.num_classes, fused_experts,
-                                                  request, ro);
+    round_oracle = std::make_unique<RemoteOracle>(data.num_classes,
+                                                  fused_experts, request, ro);
     oracle = std::move(round_oracle);
     fused_round = round;
 
-    if (auto* tae = fusion::tae_model(*fuser); tae && refit_on_embeddings(*tae)) {
-      log->info("round={} event=prior_refit tasks={}", round, task_embeddings.size());
+    if (auto* tae = fusion::tae_model(*fuser);
+        tae && refit_on_embeddings(*tae)) {
+      log->info("round={} event=prior_refit tasks={}", round,
+                task_embeddings.size());
     }
-    const auto model_file = options.run_dir / fmt::format("fused-round-{}.pt", round);
+    const auto model_file =
+        options.run_dir / fmt::format("fused-round-{}.pt", round);
     if (fuser->save(model_file)) {
       report.fused_model = model_file;
       const std::string bytes = read_file(model_file);
@@ -471,16 +508,20 @@ struct Coordinator::Impl {
   }
 };
 
-Coordinator::Coordinator(NodeRegistry& registry, PoolData pool, CoordinatorOptions options)
-    : impl_(std::make_unique<Impl>(registry, std::move(pool), std::move(options))) {
+Coordinator::Coordinator(NodeRegistry& registry, PoolData pool,
+                         CoordinatorOptions options)
+    : impl_(std::make_unique<Impl>(registry, std::move(pool),
+                                   std::move(options))) {
   auto& o = impl_->options;
   CHORUS_CHECK(!o.task.labels.empty(), "the coordinator needs a label space");
   CHORUS_CHECK(o.rounds >= 1, "rounds must be at least 1, got {}", o.rounds);
   CHORUS_CHECK(o.min_nodes >= 1, "min_nodes must be at least 1");
-  CHORUS_CHECK(impl_->pool.inputs.defined() && impl_->pool.inputs.size(0) >= o.rounds,
-               "the transfer pool needs at least one input per round");
+  CHORUS_CHECK(
+      impl_->pool.inputs.defined() && impl_->pool.inputs.size(0) >= o.rounds,
+      "the transfer pool needs at least one input per round");
   CHORUS_CHECK(!o.run_dir.empty(), "the coordinator needs a run directory");
-  (void)fusion::make_fuser(o.algorithm, o.algorithm_options);  // Names it early.
+  (void)fusion::make_fuser(o.algorithm,
+                           o.algorithm_options);  // Names it early.
   std::error_code ec;
   fs::create_directories(impl_->answers_dir(), ec);
   CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create {}: {}",
@@ -507,7 +548,8 @@ std::vector<RoundReport> Coordinator::run() {
     // The last complete round is fused again (without new queries) when
     // every round is done, so that its model is at hand.
     first = std::min(last + 1, o.rounds);
-    impl_->log->info("event=resume last_complete_round={} next_round={}", last, first);
+    impl_->log->info("event=resume last_complete_round={} next_round={}", last,
+                     first);
   } else {
     std::error_code ec;
     fs::remove(o.run_dir / "metrics.jsonl", ec);
@@ -537,13 +579,17 @@ RemoteOracle& Coordinator::oracle() {
   return *impl_->oracle;
 }
 
-fusion::QueryStats Coordinator::collection_stats() const { return impl_->stats; }
+fusion::QueryStats Coordinator::collection_stats() const {
+  return impl_->stats;
+}
 
 std::string describe_left_out(const RoundReport& report) {
   if (report.failed.empty()) return "0 left out";
   std::vector<std::string> why;
-  for (const auto& [node, error] : report.failed) why.push_back(node + ": " + error);
-  return fmt::format("{} left out ({})", report.failed.size(), fmt::join(why, "; "));
+  for (const auto& [node, error] : report.failed)
+    why.push_back(node + ": " + error);
+  return fmt::format("{} left out ({})", report.failed.size(),
+                     fmt::join(why, "; "));
 }
 
 FusedPrediction Coordinator::predict(const torch::Tensor& inputs) {
@@ -553,11 +599,14 @@ FusedPrediction Coordinator::predict(const torch::Tensor& inputs) {
   const auto expected = pool.sizes().slice(1);
   CHORUS_CHECK(inputs.dim() == pool.dim() && inputs.size(0) >= 1 &&
                    inputs.sizes().slice(1) == expected,
-               "inputs must be [N, {}] with N >= 1, got {}", fmt::join(expected, ", "),
+               "inputs must be [N, {}] with N >= 1, got {}",
+               fmt::join(expected, ", "),
                fmt::format("{}", fmt::streamed(inputs.sizes())));
-  CHORUS_CHECK(inputs.scalar_type() == torch::kFloat32, "inputs must be float32, got {}",
+  CHORUS_CHECK(inputs.scalar_type() == torch::kFloat32,
+               "inputs must be float32, got {}",
                c10::toString(inputs.scalar_type()));
-  CHORUS_CHECK(!protocol::has_non_finite(inputs), "inputs hold NaN or infinite values");
+  CHORUS_CHECK(!protocol::has_non_finite(inputs),
+               "inputs hold NaN or infinite values");
   // Nodes account these queries to the round after the last one.
   oracle.set_round(static_cast<std::uint32_t>(impl_->options.rounds + 1));
   const auto before = oracle.total_stats().inputs;
@@ -572,14 +621,17 @@ v1::Envelope Coordinator::answer(const v1::Envelope& request) {
   CHORUS_CHECK_CODE(request.has_predict_request(), Code::kUnimplemented,
                     "expected a PredictRequest");
   auto raw = protocol::decode_tensor(request.predict_request().inputs());
-  CHORUS_CHECK(raw.scalar_type() == torch::kFloat32 || raw.scalar_type() == torch::kUInt8,
-               "inputs must be uint8 or float32, got {}", c10::toString(raw.scalar_type()));
+  CHORUS_CHECK(raw.scalar_type() == torch::kFloat32 ||
+                   raw.scalar_type() == torch::kUInt8,
+               "inputs must be uint8 or float32, got {}",
+               c10::toString(raw.scalar_type()));
   // predict() refuses NaN and infinities in what they become.
   auto prediction = predict(fusion::to_model_inputs(raw, impl_->options.task));
   v1::Envelope reply;
   auto* r = reply.mutable_predict_response();
-  protocol::encode_tensor(prediction.probabilities.to(torch::kFloat32).contiguous(),
-                          r->mutable_outputs());
+  protocol::encode_tensor(
+      prediction.probabilities.to(torch::kFloat32).contiguous(),
+      r->mutable_outputs());
   r->set_form(v1::OUTPUT_FORM_PROBABILITIES);
   for (const auto& l : impl_->options.task.labels.names()) r->add_labels(l);
   r->set_algorithm(impl_->options.algorithm);

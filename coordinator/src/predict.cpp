@@ -1,12 +1,12 @@
 #include "chorus/coordinator/predict.hpp"
 
-#include <asio/executor_work_guard.hpp>
-#include <asio/io_context.hpp>
 #include <fmt/ostream.h>
 #include <fmt/ranges.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
 #include <thread>
 
 #include "chorus/core/error.hpp"
@@ -23,7 +23,8 @@ namespace {
 
 // Class names for `n` outputs: Fashion-MNIST's for 10, numbers otherwise.
 std::vector<std::string> output_names(std::int64_t n) {
-  auto names = n == 10 ? fusion::fashion_mnist_class_names() : std::vector<std::string>{};
+  auto names = n == 10 ? fusion::fashion_mnist_class_names()
+                       : std::vector<std::string>{};
   for (auto c = static_cast<std::int64_t>(names.size()); c < n; ++c) {
     names.push_back(std::to_string(c));
   }
@@ -31,8 +32,8 @@ std::vector<std::string> output_names(std::int64_t n) {
 }
 
 // A tae global model, on the adapted task or every output under the prior.
-void predict_tae(const PredictOptions& o, const torch::Tensor& images, PredictReport& report,
-                 torch::Tensor& probs) {
+void predict_tae(const PredictOptions& o, const torch::Tensor& images,
+                 PredictReport& report, torch::Tensor& probs) {
   auto model = fusion::TaeModel::load(o.model);
   CHORUS_CHECK(images[0].numel() == model.input_dim(),
                "tae model '{}' takes inputs of {} values, the images have {}",
@@ -43,13 +44,15 @@ void predict_tae(const PredictOptions& o, const torch::Tensor& images, PredictRe
   probs = model.predict(images, task);
   report.source = "model " + o.model.string();
   report.algorithm = "tae (" + task.source + ")";
-  auto names = model.labels().size() == static_cast<std::size_t>(model.outputs())
-                   ? model.labels()
-                   : output_names(model.outputs());
+  auto names =
+      model.labels().size() == static_cast<std::size_t>(model.outputs())
+          ? model.labels()
+          : output_names(model.outputs());
   if (task.classes.empty()) {
     report.class_names = names;
   } else {
-    for (auto c : task.classes) report.class_names.push_back(names[static_cast<std::size_t>(c)]);
+    for (auto c : task.classes)
+      report.class_names.push_back(names[static_cast<std::size_t>(c)]);
     report.class_labels = task.classes;
   }
 }
@@ -60,13 +63,15 @@ void predict_locally(const PredictOptions& o, const torch::Tensor& images,
     predict_tae(o, images, report, probs);
     return;
   }
-  CHORUS_CHECK(o.adapted.empty(), "--adapted '{}' goes with a tae model; '{}' is not one",
+  CHORUS_CHECK(o.adapted.empty(),
+               "--adapted '{}' goes with a tae model; '{}' is not one",
                o.adapted.string(), o.model.string());
   auto fused = fusion::load_fused_model(o.model);
   CHORUS_CHECK_CODE(
       !fusion::needs_experts_at_prediction(fused.algorithm),
       Code::kFailedPrecondition,
-      "'{}' is a {} fuser: it combines the experts' answers at prediction time; ask "
+      "'{}' is a {} fuser: it combines the experts' answers at prediction "
+      "time; ask "
       "the coordinator that runs it (chorus predict --coordinator HOST:PORT)",
       o.model.string(), fused.algorithm);
   const auto shape = images.sizes().slice(1).vec();
@@ -107,10 +112,12 @@ void predict_remotely(const PredictOptions& o, const torch::Tensor& images,
       v1::Envelope request;
       auto* p = request.mutable_predict_request();
       p->set_deadline_ms(static_cast<std::uint32_t>(o.deadline.count()));
-      protocol::encode_tensor(images.slice(0, begin, begin + o.batch), p->mutable_inputs());
+      protocol::encode_tensor(images.slice(0, begin, begin + o.batch),
+                              p->mutable_inputs());
       auto reply = connection->request_async(request, o.deadline).get();
       if (reply.has_status()) {
-        throw Error(static_cast<Code>(reply.status().code()), reply.status().message());
+        throw Error(static_cast<Code>(reply.status().code()),
+                    reply.status().message());
       }
       CHORUS_CHECK_CODE(reply.has_predict_response(), Code::kDataLoss,
                         "the coordinator answered with something other than a "
@@ -129,11 +136,12 @@ void predict_remotely(const PredictOptions& o, const torch::Tensor& images,
   }
   finish();
   probs = torch::cat(parts);
-  CHORUS_CHECK_CODE(probs.dim() == 2 && probs.size(0) == images.size(0) &&
-                        probs.size(1) == static_cast<std::int64_t>(report.class_names.size()),
-                    Code::kDataLoss,
-                    "the coordinator's answers do not match the {} images and {} labels",
-                    images.size(0), report.class_names.size());
+  CHORUS_CHECK_CODE(
+      probs.dim() == 2 && probs.size(0) == images.size(0) &&
+          probs.size(1) == static_cast<std::int64_t>(report.class_names.size()),
+      Code::kDataLoss,
+      "the coordinator's answers do not match the {} images and {} labels",
+      images.size(0), report.class_names.size());
 }
 
 }  // namespace
@@ -142,15 +150,17 @@ PredictReport predict_from_file(const PredictOptions& o) {
   CHORUS_CHECK(o.model.empty() != o.host.empty(),
                "give either a fused model file or a coordinator to ask, not {}",
                o.model.empty() ? "neither" : "both");
-  CHORUS_CHECK(o.batch >= 1 && o.limit >= 0, "batch must be >= 1 and limit >= 0");
+  CHORUS_CHECK(o.batch >= 1 && o.limit >= 0,
+               "batch must be >= 1 and limit >= 0");
   auto images = fusion::read_image_file(o.input);
-  if (o.limit > 0 && o.limit < images.size(0)) images = images.slice(0, 0, o.limit);
+  if (o.limit > 0 && o.limit < images.size(0))
+    images = images.slice(0, 0, o.limit);
   torch::Tensor labels;
   if (!o.labels.empty()) {
     labels = fusion::read_label_file(o.labels);
     CHORUS_CHECK(labels.size(0) >= images.size(0),
-                 "'{}' has {} labels for {} images", o.labels.string(), labels.size(0),
-                 images.size(0));
+                 "'{}' has {} labels for {} images", o.labels.string(),
+                 labels.size(0), images.size(0));
     labels = labels.slice(0, 0, images.size(0));
   }
 
@@ -163,11 +173,13 @@ PredictReport predict_from_file(const PredictOptions& o) {
     predict_remotely(o, images, report, probs);
   }
   report.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
   probs = probs.to(torch::kFloat32).contiguous();
   auto predicted = probs.argmax(1);
-  report.predicted.assign(predicted.data_ptr<std::int64_t>(),
-                          predicted.data_ptr<std::int64_t>() + predicted.numel());
+  report.predicted.assign(
+      predicted.data_ptr<std::int64_t>(),
+      predicted.data_ptr<std::int64_t>() + predicted.numel());
   const auto c = probs.size(1);
   for (std::int64_t i = 0; i < probs.size(0); ++i) {
     const float* row = probs.data_ptr<float>() + i * c;
@@ -180,16 +192,19 @@ PredictReport predict_from_file(const PredictOptions& o) {
                     Code::kInternal, "{} class labels for {} columns",
                     report.class_labels.size(), c);
   if (labels.defined()) {
-    // Labels as columns; images of other classes (outside a tae task) are not scored.
+    // Labels as columns; images of other classes (outside a tae task) are not
+    // scored.
     auto column = torch::full_like(labels, -1);
     for (std::int64_t k = 0; k < c; ++k) {
-      column.masked_fill_(labels.eq(report.class_labels[static_cast<std::size_t>(k)]), k);
+      column.masked_fill_(
+          labels.eq(report.class_labels[static_cast<std::size_t>(k)]), k);
     }
     auto rows = column.ge(0);
     report.scored = rows.sum().item<std::int64_t>();
     if (report.scored > 0) {
-      report.accuracy = predicted.eq(column).logical_and(rows).sum().item<double>() /
-                        static_cast<double>(report.scored);
+      report.accuracy =
+          predicted.eq(column).logical_and(rows).sum().item<double>() /
+          static_cast<double>(report.scored);
     }
   }
   return report;

@@ -1,8 +1,9 @@
 #include "chorus/coordinator/registry.hpp"
 
+#include <fmt/ranges.h>
+
 #include <asio/this_coro.hpp>
 #include <asio/thread_pool.hpp>
-#include <fmt/ranges.h>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
@@ -45,8 +46,10 @@ struct NodeRegistry::Impl {
   Impl(asio::io_context& i, RegistryOptions o) : io(i), options(std::move(o)) {}
 };
 
-NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions options)
-    : impl_(std::make_unique<Impl>(io, std::move(options))), roster_(std::move(roster)) {
+NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
+                           RegistryOptions options)
+    : impl_(std::make_unique<Impl>(io, std::move(options))),
+      roster_(std::move(roster)) {
   auto* impl = impl_.get();
   v1::Welcome welcome;
   welcome.set_coordinator(impl->options.name);
@@ -68,40 +71,46 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions 
           return protocol::Admission{
               .admit = false,
               .code = Code::kPermissionDenied,
-              .message = fmt::format("'{}' is an operator of this coordinator, not a "
-                                     "node; a node needs its own certificate",
-                                     identity)};
+              .message =
+                  fmt::format("'{}' is an operator of this coordinator, not a "
+                              "node; a node needs its own certificate",
+                              identity)};
         }
         if (says_operator) {
           return protocol::Admission{
               .admit = false,
               .code = Code::kPermissionDenied,
-              .message = fmt::format("'{}' is not an operator of this coordinator "
-                                     "(coordinator.operators)",
-                                     identity)};
+              .message =
+                  fmt::format("'{}' is not an operator of this coordinator "
+                              "(coordinator.operators)",
+                              identity)};
         }
         if (!roster_.admits(identity)) {
           return protocol::Admission{
               .admit = false,
               .code = Code::kPermissionDenied,
-              .message = fmt::format("node '{}' is not on this coordinator's roster",
-                                     identity)};
+              .message = fmt::format(
+                  "node '{}' is not on this coordinator's roster", identity)};
         }
         if (impl->options.task) {
           if (auto why = protocol::descriptor_mismatch(
-                  *impl->options.task, hello.expert(), fmt::format("node '{}'", identity))) {
+                  *impl->options.task, hello.expert(),
+                  fmt::format("node '{}'", identity))) {
             {
               std::lock_guard lock(impl->mutex);
               impl->refused[identity] = *why;
             }
-            impl->log->warn("node={} event=refused reason=\"{}\"", identity, *why);
-            return protocol::Admission{
-                .admit = false, .code = Code::kInvalidArgument, .message = *why};
+            impl->log->warn("node={} event=refused reason=\"{}\"", identity,
+                            *why);
+            return protocol::Admission{.admit = false,
+                                       .code = Code::kInvalidArgument,
+                                       .message = *why};
           }
         }
         return protocol::Admission{};
       },
-      [impl](std::shared_ptr<protocol::Connection> connection, const v1::Hello& hello) {
+      [impl](std::shared_ptr<protocol::Connection> connection,
+             const v1::Hello& hello) {
         const auto identity = connection->peer_identity();
         if (impl->is_operator(identity)) {
           impl->admit_operator(connection);
@@ -116,12 +125,14 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions 
               std::lock_guard lock(impl->mutex);
               auto it = impl->nodes.find(identity);
               // Only the connection being closed leaves; a newer one stays.
-              if (it != impl->nodes.end() && it->second.connection == weak.lock()) {
+              if (it != impl->nodes.end() &&
+                  it->second.connection == weak.lock()) {
                 impl->nodes.erase(it);
                 // Expected when this coordinator is the one closing.
-                impl->log->log(impl->stopping ? spdlog::level::info : spdlog::level::warn,
-                               "node={} event=disconnected reason=\"{}\"", identity,
-                               reason);
+                impl->log->log(
+                    impl->stopping ? spdlog::level::info : spdlog::level::warn,
+                    "node={} event=disconnected reason=\"{}\"", identity,
+                    reason);
               }
               impl->changed.notify_all();
             });
@@ -137,10 +148,12 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster, RegistryOptions 
                                 .generation = ++impl->generations[identity]};
           impl->changed.notify_all();
         }
-        if (replaced) replaced->close("replaced by a newer connection of the same node");
-        impl->log->info("node={} event=joined labels=[{}] max_batch={} generation={}",
-                        identity, fmt::join(hello.expert().labels(), ", "),
-                        hello.policy().max_batch(), impl->generations[identity]);
+        if (replaced)
+          replaced->close("replaced by a newer connection of the same node");
+        impl->log->info(
+            "node={} event=joined labels=[{}] max_batch={} generation={}",
+            identity, fmt::join(hello.expert().labels(), ", "),
+            hello.policy().max_batch(), impl->generations[identity]);
       });
 }
 
@@ -149,7 +162,8 @@ void NodeRegistry::Impl::admit_operator(
   const auto identity = connection->peer_identity();
   std::weak_ptr<protocol::Connection> weak = connection;
   connection->start(
-      [this, identity](const v1::Envelope& request) -> asio::awaitable<v1::Envelope> {
+      [this,
+       identity](const v1::Envelope& request) -> asio::awaitable<v1::Envelope> {
         v1::Envelope reply = co_await serve_operator(identity, request);
         co_return reply;
       },
@@ -162,7 +176,8 @@ void NodeRegistry::Impl::admit_operator(
             break;
           }
         }
-        log->info("operator={} event=disconnected reason=\"{}\"", identity, reason);
+        log->info("operator={} event=disconnected reason=\"{}\"", identity,
+                  reason);
       });
   {
     std::lock_guard lock(mutex);
@@ -173,7 +188,8 @@ void NodeRegistry::Impl::admit_operator(
 
 asio::awaitable<v1::Envelope> NodeRegistry::Impl::serve_operator(
     const std::string& identity, const v1::Envelope& request) {
-  auto call = std::make_shared<protocol::PoolCall>(co_await asio::this_coro::executor);
+  auto call =
+      std::make_shared<protocol::PoolCall>(co_await asio::this_coro::executor);
   call->work = [this, identity, request] {
     CHORUS_CHECK_CODE(request.has_predict_request(), Code::kUnimplemented,
                       "an operator may send PredictRequest only");
@@ -182,17 +198,18 @@ asio::awaitable<v1::Envelope> NodeRegistry::Impl::serve_operator(
       std::lock_guard lock(mutex);
       handler = operator_handler;
     }
-    CHORUS_CHECK_CODE(handler != nullptr, Code::kUnavailable,
-                      "this coordinator is not serving fused predictions (its rounds "
-                      "are not done, or coordinator.serve is off)");
+    CHORUS_CHECK_CODE(
+        handler != nullptr, Code::kUnavailable,
+        "this coordinator is not serving fused predictions (its rounds "
+        "are not done, or coordinator.serve is off)");
     return handler(identity, request);
   };
   auto finished = protocol::start_on_pool(operator_pool, call);
   co_await std::move(finished);
   const auto& error = call->result.error;
   log->log(error ? spdlog::level::warn : spdlog::level::info,
-           "operator={} request_id={} event=predict inputs={} code={}{}", identity,
-           request.request_id(),
+           "operator={} request_id={} event=predict inputs={} code={}{}",
+           identity, request.request_id(),
            request.predict_request().inputs().shape_size() > 0
                ? request.predict_request().inputs().shape(0)
                : 0,
@@ -260,9 +277,9 @@ bool NodeRegistry::is_connected(const std::string& identity) const {
   return it != impl_->nodes.end() && it->second.connection->is_open();
 }
 
-std::vector<NodeInfo> NodeRegistry::wait_for_quorum(std::size_t min_nodes,
-                                                    std::chrono::milliseconds timeout,
-                                                    std::chrono::milliseconds settle) {
+std::vector<NodeInfo> NodeRegistry::wait_for_quorum(
+    std::size_t min_nodes, std::chrono::milliseconds timeout,
+    std::chrono::milliseconds settle) {
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = start + timeout;
   auto count = [&] {
@@ -272,11 +289,13 @@ std::vector<NodeInfo> NodeRegistry::wait_for_quorum(std::size_t min_nodes,
   };
   {
     std::unique_lock lock(impl_->mutex);
-    impl_->changed.wait_until(lock, deadline, [&] { return count() >= min_nodes; });
+    impl_->changed.wait_until(lock, deadline,
+                              [&] { return count() >= min_nodes; });
     // With a quorum, give the rest of the roster a moment to arrive too.
     if (count() >= min_nodes && settle.count() > 0) {
-      impl_->changed.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + settle),
-                                [&] { return count() >= roster_.size(); });
+      impl_->changed.wait_until(
+          lock, std::min(deadline, std::chrono::steady_clock::now() + settle),
+          [&] { return count() >= roster_.size(); });
     }
   }
   auto present = connected();
@@ -288,7 +307,8 @@ std::vector<NodeInfo> NodeRegistry::wait_for_quorum(std::size_t min_nodes,
       std::lock_guard lock(impl_->mutex);
       for (const auto& m : roster_.missing(names)) {
         auto it = impl_->refused.find(m);
-        if (it != impl_->refused.end()) why += fmt::format("; '{}' was refused: {}", m, it->second);
+        if (it != impl_->refused.end())
+          why += fmt::format("; '{}' was refused: {}", m, it->second);
       }
     }
     fail(Code::kDeadlineExceeded,
@@ -300,9 +320,9 @@ std::vector<NodeInfo> NodeRegistry::wait_for_quorum(std::size_t min_nodes,
   return present;
 }
 
-std::future<v1::Envelope> NodeRegistry::request(const std::string& identity,
-                                                v1::Envelope request,
-                                                std::chrono::milliseconds deadline) {
+std::future<v1::Envelope> NodeRegistry::request(
+    const std::string& identity, v1::Envelope request,
+    std::chrono::milliseconds deadline) {
   std::shared_ptr<protocol::Connection> c;
   {
     std::lock_guard lock(impl_->mutex);
@@ -312,7 +332,8 @@ std::future<v1::Envelope> NodeRegistry::request(const std::string& identity,
   if (!c || !c->is_open()) {
     std::promise<v1::Envelope> p;
     p.set_exception(std::make_exception_ptr(
-        Error(Code::kUnavailable, fmt::format("node '{}' is not connected", identity))));
+        Error(Code::kUnavailable,
+              fmt::format("node '{}' is not connected", identity))));
     return p.get_future();
   }
   return c->request_async(std::move(request), deadline);

@@ -1,21 +1,21 @@
 #include "chorus/coordinator/run.hpp"
 
 #include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <asio/io_context.hpp>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "chorus/coordinator/coordinator.hpp"
 #include "chorus/coordinator/registry.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
-#include "chorus/core/version.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/core/version.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/partition.hpp"
@@ -29,21 +29,24 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   k.name = c.get_string("coordinator.name", k.name);
   k.listen = c.get_string("coordinator.listen", k.listen);
   const auto port = c.get_int("coordinator.port", k.port);
-  CHORUS_CHECK(port >= 0 && port < 65536, "coordinator.port must be 0..65535, got {}",
-               port);
+  CHORUS_CHECK(port >= 0 && port < 65536,
+               "coordinator.port must be 0..65535, got {}", port);
   k.port = static_cast<std::uint16_t>(port);
   k.roster = c.get_string_array("coordinator.roster", {});
-  CHORUS_CHECK(!k.roster.empty(),
-               "coordinator.roster must list the node identities (certificate CNs) "
-               "to admit");
+  CHORUS_CHECK(
+      !k.roster.empty(),
+      "coordinator.roster must list the node identities (certificate CNs) "
+      "to admit");
   k.min_nodes = c.get_int("coordinator.min_nodes", 0);
-  k.quorum_timeout_s = c.get_double("coordinator.quorum_timeout_s", k.quorum_timeout_s);
+  k.quorum_timeout_s =
+      c.get_double("coordinator.quorum_timeout_s", k.quorum_timeout_s);
   k.settle_s = c.get_double("coordinator.settle_s", k.settle_s);
   k.request_deadline_s =
       c.get_double("coordinator.request_deadline_s", k.request_deadline_s);
   k.query_batch = c.get_int("coordinator.query_batch", k.query_batch);
   k.rounds = c.get_int("coordinator.rounds", k.rounds);
-  k.run_dir = c.resolve(c.get_string("coordinator.run_dir", k.run_dir.string()));
+  k.run_dir =
+      c.resolve(c.get_string("coordinator.run_dir", k.run_dir.string()));
   k.operators = c.get_string_array("coordinator.operators", {});
   k.serve = c.get_bool("coordinator.serve", k.serve);
   k.ca = c.resolve(c.get_string("tls.ca", "pki/ca.crt"));
@@ -55,11 +58,13 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   k.student = c.get_string("fusion.student", k.student);
   k.dataset = c.get_string("data.dataset", k.dataset);
   const bool files = k.dataset == "files";
-  CHORUS_CHECK(files || fusion::is_builtin_source(k.dataset),
-               "data.dataset '{}' is neither \"files\" nor a built-in data set ({})",
-               k.dataset, fmt::join(fusion::builtin_sources(), ", "));
+  CHORUS_CHECK(
+      files || fusion::is_builtin_source(k.dataset),
+      "data.dataset '{}' is neither \"files\" nor a built-in data set ({})",
+      k.dataset, fmt::join(fusion::builtin_sources(), ", "));
   k.data_dir = c.resolve(c.get_string("data.data_dir", ""));
-  k.transfer_size = c.get_int("data.transfer_size", files ? 0 : k.transfer_size);
+  k.transfer_size =
+      c.get_int("data.transfer_size", files ? 0 : k.transfer_size);
   k.fusion_labels = c.get_int("data.fusion_labels", k.fusion_labels);
   k.pool_seed = c.get_int("data.pool_seed", k.pool_seed);
   const auto label_column = c.get_string("data.label_column", "label");
@@ -67,11 +72,14 @@ CoordinatorConfig read_coordinator_config(Config& c) {
     fusion::DataRef r;
     r.label_column = label_column;
     if (auto p = c.get_optional_string("data." + key)) r.path = c.resolve(*p);
-    if (auto p = c.get_optional_string("data." + key + "_label_file")) r.labels = c.resolve(*p);
-    CHORUS_CHECK(r.labels.empty() || !r.path.empty(), "{}: data.{}_label_file needs data.{}",
-                 c.path().string(), key, key);
+    if (auto p = c.get_optional_string("data." + key + "_label_file"))
+      r.labels = c.resolve(*p);
+    CHORUS_CHECK(r.labels.empty() || !r.path.empty(),
+                 "{}: data.{}_label_file needs data.{}", c.path().string(), key,
+                 key);
     CHORUS_CHECK(files || r.path.empty(),
-                 "{}: data.{} reads files; set data.dataset = \"files\" to use it (data.dataset "
+                 "{}: data.{} reads files; set data.dataset = \"files\" to use "
+                 "it (data.dataset "
                  "is '{}')",
                  c.path().string(), key, k.dataset);
     return r;
@@ -79,9 +87,10 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   k.transfer = data_ref("transfer");
   k.fusion = data_ref("fusion");
   k.test = data_ref("test");
-  CHORUS_CHECK(!files || !k.transfer.path.empty(),
-               "{}: data.dataset = \"files\" needs data.transfer (the transfer pool U)",
-               c.path().string());
+  CHORUS_CHECK(
+      !files || !k.transfer.path.empty(),
+      "{}: data.dataset = \"files\" needs data.transfer (the transfer pool U)",
+      c.path().string());
   k.evaluate = c.get_bool("data.evaluate", k.evaluate);
   // A built-in source brings its task; files need the [task] table.
   TaskSpec fallback;
@@ -89,30 +98,36 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   if (!files) fallback = fusion::builtin_task(k.dataset);
   k.task = read_task(c, fallback);
   c.finish();
-  // Names an architecture that cannot take the task's inputs here, not mid-round.
+  // Names an architecture that cannot take the task's inputs here, not
+  // mid-round.
   try {
     (void)fusion::resolve_architecture(k.student, k.task.input_shape);
   } catch (const Error& e) {
     fail(e.code(), "{}: fusion.student: {}", c.path().string(), e.what());
   }
-  CHORUS_CHECK(k.min_nodes >= 0 &&
-                   k.min_nodes <= static_cast<std::int64_t>(k.roster.size()),
-               "coordinator.min_nodes must be 0..{} (the roster's size), got {}",
-               k.roster.size(), k.min_nodes);
+  CHORUS_CHECK(
+      k.min_nodes >= 0 &&
+          k.min_nodes <= static_cast<std::int64_t>(k.roster.size()),
+      "coordinator.min_nodes must be 0..{} (the roster's size), got {}",
+      k.roster.size(), k.min_nodes);
   for (const auto& o : k.operators) {
-    CHORUS_CHECK(std::find(k.roster.begin(), k.roster.end(), o) == k.roster.end(),
-                 "'{}' is both on coordinator.roster and in coordinator.operators; an "
-                 "operator needs a certificate of its own",
-                 o);
+    CHORUS_CHECK(
+        std::find(k.roster.begin(), k.roster.end(), o) == k.roster.end(),
+        "'{}' is both on coordinator.roster and in coordinator.operators; an "
+        "operator needs a certificate of its own",
+        o);
   }
-  CHORUS_CHECK(!k.serve || !k.operators.empty(),
-               "coordinator.serve needs coordinator.operators (the identities that may "
-               "ask for fused predictions)");
-  CHORUS_CHECK(k.rounds >= 1 && k.query_batch >= 1 && k.threads >= 1,
-               "coordinator.rounds, coordinator.query_batch and fusion.threads must "
-               "be at least 1");
-  CHORUS_CHECK(k.quorum_timeout_s > 0 && k.request_deadline_s > 0 && k.settle_s >= 0,
-               "timeouts must be positive");
+  CHORUS_CHECK(
+      !k.serve || !k.operators.empty(),
+      "coordinator.serve needs coordinator.operators (the identities that may "
+      "ask for fused predictions)");
+  CHORUS_CHECK(
+      k.rounds >= 1 && k.query_batch >= 1 && k.threads >= 1,
+      "coordinator.rounds, coordinator.query_batch and fusion.threads must "
+      "be at least 1");
+  CHORUS_CHECK(
+      k.quorum_timeout_s > 0 && k.request_deadline_s > 0 && k.settle_s >= 0,
+      "timeouts must be positive");
   return k;
 }
 
@@ -123,30 +138,39 @@ std::string to_toml(const CoordinatorConfig& k) {
     return fmt::format("[{}]", fmt::join(q, ", "));
   };
   std::string data_files;
-  for (const auto& [key, ref] : {std::pair{"transfer", &k.transfer},
-                                 std::pair{"fusion", &k.fusion}, std::pair{"test", &k.test}}) {
-    if (!ref->path.empty()) data_files += fmt::format("{} = {}\n", key, toml_quoted(ref->path.string()));
+  for (const auto& [key, ref] :
+       {std::pair{"transfer", &k.transfer}, std::pair{"fusion", &k.fusion},
+        std::pair{"test", &k.test}}) {
+    if (!ref->path.empty())
+      data_files +=
+          fmt::format("{} = {}\n", key, toml_quoted(ref->path.string()));
     if (!ref->labels.empty()) {
-      data_files += fmt::format("{}_label_file = {}\n", key, toml_quoted(ref->labels.string()));
+      data_files += fmt::format("{}_label_file = {}\n", key,
+                                toml_quoted(ref->labels.string()));
     }
   }
-  if (k.dataset == "files") data_files += fmt::format("label_column = {}\n", toml_quoted(k.transfer.label_column));
+  if (k.dataset == "files")
+    data_files += fmt::format("label_column = {}\n",
+                              toml_quoted(k.transfer.label_column));
   return fmt::format(
-      "[coordinator]\nname = {}\nlisten = {}\nport = {}\nroster = {}\nmin_nodes = {}\n"
-      "quorum_timeout_s = {}\nsettle_s = {}\nrequest_deadline_s = {}\nquery_batch = {}\n"
+      "[coordinator]\nname = {}\nlisten = {}\nport = {}\nroster = "
+      "{}\nmin_nodes = {}\n"
+      "quorum_timeout_s = {}\nsettle_s = {}\nrequest_deadline_s = "
+      "{}\nquery_batch = {}\n"
       "rounds = {}\nrun_dir = {}\noperators = {}\nserve = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
       "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\nstudent = {}\n\n"
-      "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels = {}\n"
+      "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels "
+      "= {}\n"
       "pool_seed = {}\nevaluate = {}\n{}\n{}",
-      toml_quoted(k.name), toml_quoted(k.listen), k.port, list(k.roster), k.min_nodes,
-      k.quorum_timeout_s, k.settle_s, k.request_deadline_s, k.query_batch, k.rounds,
-      toml_quoted(k.run_dir.string()), list(k.operators), k.serve,
-      toml_quoted(k.ca.string()), toml_quoted(k.cert.string()), toml_quoted(k.key.string()),
+      toml_quoted(k.name), toml_quoted(k.listen), k.port, list(k.roster),
+      k.min_nodes, k.quorum_timeout_s, k.settle_s, k.request_deadline_s,
+      k.query_batch, k.rounds, toml_quoted(k.run_dir.string()),
+      list(k.operators), k.serve, toml_quoted(k.ca.string()),
+      toml_quoted(k.cert.string()), toml_quoted(k.key.string()),
       toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.student),
-      toml_quoted(k.dataset),
-      toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels, k.pool_seed,
-      k.evaluate, data_files, to_toml(k.task));
+      toml_quoted(k.dataset), toml_quoted(k.data_dir.string()), k.transfer_size,
+      k.fusion_labels, k.pool_seed, k.evaluate, data_files, to_toml(k.task));
 }
 
 namespace {
@@ -184,18 +208,19 @@ PublicData load_public_data(const CoordinatorConfig& k) {
     if (!k.data_dir.empty()) dir = k.data_dir;
     auto data = fusion::load_builtin(k.dataset, dir);
     const auto c = task.labels.size();
-    CHORUS_CHECK(k.transfer_size >= 1 && k.transfer_size < data.train.size(),
-                 "data.transfer_size must be 1..{} for '{}' (its training split has {} "
-                 "examples), got {}",
-                 data.train.size() - 1, k.dataset, data.train.size(), k.transfer_size);
-    auto split = fusion::p1_split(data.train.labels,
-                                  fusion::P1Options()
-                                      .num_classes(c)
-                                      .classes_per_expert(std::min<std::int64_t>(4, c))
-                                      .experts(1)
-                                      .transfer_size(k.transfer_size)
-                                      .fusion_labels(k.fusion_labels)
-                                      .seed(static_cast<std::uint64_t>(k.pool_seed)));
+    CHORUS_CHECK(
+        k.transfer_size >= 1 && k.transfer_size < data.train.size(),
+        "data.transfer_size must be 1..{} for '{}' (its training split has {} "
+        "examples), got {}",
+        data.train.size() - 1, k.dataset, data.train.size(), k.transfer_size);
+    auto split = fusion::p1_split(
+        data.train.labels, fusion::P1Options()
+                               .num_classes(c)
+                               .classes_per_expert(std::min<std::int64_t>(4, c))
+                               .experts(1)
+                               .transfer_size(k.transfer_size)
+                               .fusion_labels(k.fusion_labels)
+                               .seed(static_cast<std::uint64_t>(k.pool_seed)));
     raw_u = data.train.inputs.index_select(0, split.transfer);
     labels_v = data.train.labels.index_select(0, split.fusion);
     out.test = std::move(data.test);
@@ -211,14 +236,17 @@ PublicData load_public_data(const CoordinatorConfig& k) {
       raw_u = torch::cat({v.inputs, raw_u});
       labels_v = v.labels;
     }
-    if (!k.test.path.empty()) out.test = fusion::read_examples(k.test, task, true);
+    if (!k.test.path.empty())
+      out.test = fusion::read_examples(k.test, task, true);
   }
   fusion::fit_normalisation(task, raw_u);
   task.validate();
   out.pool.inputs = fusion::to_model_inputs(raw_u, task);
-  out.pool.fusion_index = labels_v.defined() ? torch::arange(labels_v.size(0), torch::kLong)
-                                             : torch::empty({0}, torch::kLong);
-  out.pool.fusion_labels = labels_v.defined() ? labels_v : torch::empty({0}, torch::kLong);
+  out.pool.fusion_index = labels_v.defined()
+                              ? torch::arange(labels_v.size(0), torch::kLong)
+                              : torch::empty({0}, torch::kLong);
+  out.pool.fusion_labels =
+      labels_v.defined() ? labels_v : torch::empty({0}, torch::kLong);
   return out;
 }
 
@@ -229,15 +257,18 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   fusion::ThreadGuard threads(static_cast<int>(k.threads));
   auto [task, pool, test] = load_public_data(k);
   if (task.normalisation != Normalisation::kNone) {
-    log->info("event=normalisation kind={} mean=[{}] std=[{}]", normalisation_name(task.normalisation),
+    log->info("event=normalisation kind={} mean=[{}] std=[{}]",
+              normalisation_name(task.normalisation),
               fmt::join(task.mean, ", "), fmt::join(task.std, ", "));
   }
-  fmt::print(stderr, "task '{}': {} labels, inputs {}, normalise {}; transfer pool {} inputs, "
-             "{} labelled{}\n",
-             task.name, task.labels.size(), task.describe_input(),
-             normalisation_name(task.normalisation), pool.inputs.size(0),
-             pool.fusion_index.numel(),
-             test.size() ? fmt::format(", test set {}", test.size()) : std::string());
+  fmt::print(
+      stderr,
+      "task '{}': {} labels, inputs {}, normalise {}; transfer pool {} inputs, "
+      "{} labelled{}\n",
+      task.name, task.labels.size(), task.describe_input(),
+      normalisation_name(task.normalisation), pool.inputs.size(0),
+      pool.fusion_index.numel(),
+      test.size() ? fmt::format(", test set {}", test.size()) : std::string());
 
   asio::io_context io;
   RegistryOptions ro;
@@ -262,8 +293,8 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
       },
       [&] { std::_Exit(130); }, std::chrono::milliseconds(3000));
   std::thread io_thread([&] { io.run(); });
-  fmt::print(stderr, "coordinator '{}' listening on {}:{}; roster: {}\n", k.name,
-             k.listen, registry.port(), fmt::join(k.roster, ", "));
+  fmt::print(stderr, "coordinator '{}' listening on {}:{}; roster: {}\n",
+             k.name, k.listen, registry.port(), fmt::join(k.roster, ", "));
 
   CoordinatorOptions co;
   co.task = task;
@@ -273,23 +304,29 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
                              .threads(static_cast<int>(k.threads));
   co.algorithm_options.distill().arch(k.student);
   co.rounds = static_cast<int>(k.rounds);
-  co.min_nodes = k.min_nodes == 0 ? k.roster.size() : static_cast<std::size_t>(k.min_nodes);
-  co.quorum_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(k.quorum_timeout_s * 1000));
-  co.settle = std::chrono::milliseconds(static_cast<std::int64_t>(k.settle_s * 1000));
-  co.request_deadline =
-      std::chrono::milliseconds(static_cast<std::int64_t>(k.request_deadline_s * 1000));
+  co.min_nodes = k.min_nodes == 0 ? k.roster.size()
+                                  : static_cast<std::size_t>(k.min_nodes);
+  co.quorum_timeout = std::chrono::milliseconds(
+      static_cast<std::int64_t>(k.quorum_timeout_s * 1000));
+  co.settle =
+      std::chrono::milliseconds(static_cast<std::int64_t>(k.settle_s * 1000));
+  co.request_deadline = std::chrono::milliseconds(
+      static_cast<std::int64_t>(k.request_deadline_s * 1000));
   co.query_batch = k.query_batch;
   co.run_dir = k.run_dir;
   co.resume = resume;
   co.on_round = [](const RoundReport& r) {
     if (r.resumed) {
-      fmt::print(stderr, "round {}/{}: complete in a checkpoint, not repeated\n", r.round,
-                 r.rounds);
+      fmt::print(stderr,
+                 "round {}/{}: complete in a checkpoint, not repeated\n",
+                 r.round, r.rounds);
       return;
     }
-    fmt::print(stderr, "round {}/{}: {} nodes answered, {}, {} inputs queried, {:.1f} s\n",
-               r.round, r.rounds, r.experts.size(), describe_left_out(r), r.inputs_queried,
-               r.seconds);
+    fmt::print(
+        stderr,
+        "round {}/{}: {} nodes answered, {}, {} inputs queried, {:.1f} s\n",
+        r.round, r.rounds, r.experts.size(), describe_left_out(r),
+        r.inputs_queried, r.seconds);
   };
   int status = 0;
   try {
@@ -297,9 +334,11 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
     // The task as announced (with the statistics computed from U).
     auto resolved = k;
     resolved.task = task;
-    write_file_atomic(k.run_dir / "config.toml",
-                      fmt::format("# chorus coordinator, resolved configuration (chorus {})\n{}",
-                                  kVersion, to_toml(resolved)));
+    write_file_atomic(
+        k.run_dir / "config.toml",
+        fmt::format(
+            "# chorus coordinator, resolved configuration (chorus {})\n{}",
+            kVersion, to_toml(resolved)));
     Coordinator coordinator(registry, pool, co);
     const auto t0 = std::chrono::steady_clock::now();
     auto reports = coordinator.run();
@@ -310,26 +349,31 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
                           {"test_accuracy", nullptr}};
     for (const auto& r : reports) report["rounds"].push_back(round_json(r));
     if (k.evaluate && test.size() > 0 && !fuser.needs_experts()) {
-      auto probs = fuser.predict(coordinator.oracle(), fusion::to_model_inputs(test.inputs, task));
+      auto probs = fuser.predict(coordinator.oracle(),
+                                 fusion::to_model_inputs(test.inputs, task));
       const double acc = fusion::accuracy(probs, test.labels);
       report["test_accuracy"] = acc;
       fmt::print("fused model ({}): test accuracy {:.4f} on {} inputs; {}\n",
-                 k.algorithm, acc, test.size(), (k.run_dir / "fused.pt").string());
+                 k.algorithm, acc, test.size(),
+                 (k.run_dir / "fused.pt").string());
     } else {
       fmt::print("rounds done; run directory {}\n", k.run_dir.string());
     }
     report["seconds"] =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
     write_file_atomic(k.run_dir / "report.json", report.dump(2) + "\n");
     std::fflush(stdout);
     if (k.serve) {
-      registry.serve_operators([&](const std::string&, const v1::Envelope& request) {
-        return coordinator.answer(request);
-      });
+      registry.serve_operators(
+          [&](const std::string&, const v1::Envelope& request) {
+            return coordinator.answer(request);
+          });
       fmt::print(stderr,
                  "serving fused predictions ({}, round {}) to {} on port {}; "
                  "Ctrl-C stops\n",
-                 k.algorithm, k.rounds, fmt::join(k.operators, ", "), registry.port());
+                 k.algorithm, k.rounds, fmt::join(k.operators, ", "),
+                 registry.port());
       std::unique_lock lock(serving_mutex);
       serving_done.wait(lock, [&] { return stop_serving; });
       registry.serve_operators(nullptr);

@@ -2,10 +2,10 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <toml++/toml.h>
 
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
@@ -34,8 +34,8 @@ toml::table parse_text(const std::string& text, const std::string& origin) {
     return toml::parse(text, origin);
   } catch (const toml::parse_error& e) {
     const auto& where = e.source().begin;
-    fail(Code::kInvalidArgument, "{}:{}:{}: {}", origin, where.line, where.column,
-         e.description());
+    fail(Code::kInvalidArgument, "{}:{}:{}: {}", origin, where.line,
+         where.column, e.description());
   }
 }
 
@@ -54,7 +54,9 @@ void collect_keys(const toml::table& table, const std::string& prefix,
 
 }  // namespace
 
-Config::Config() : impl_(std::make_unique<Impl>()) { impl_->origin = "(defaults)"; }
+Config::Config() : impl_(std::make_unique<Impl>()) {
+  impl_->origin = "(defaults)";
+}
 Config::~Config() = default;
 Config::Config(Config&&) noexcept = default;
 Config& Config::operator=(Config&&) noexcept = default;
@@ -89,7 +91,8 @@ void Config::set(const std::string& assignment) {
       table->insert(parts[i], toml::table{});
       node = table->get(parts[i]);
     }
-    CHORUS_CHECK(node->is_table(), "--set {}: '{}' is not a section", key, parts[i]);
+    CHORUS_CHECK(node->is_table(), "--set {}: '{}' is not a section", key,
+                 parts[i]);
     table = node->as_table();
   }
   toml::table parsed;
@@ -103,7 +106,8 @@ void Config::set(const std::string& assignment) {
 
 const std::filesystem::path& Config::path() const { return impl_->path; }
 
-std::filesystem::path Config::resolve(const std::filesystem::path& relative) const {
+std::filesystem::path Config::resolve(
+    const std::filesystem::path& relative) const {
   if (relative.empty() || relative.is_absolute() || impl_->path.empty()) {
     return relative;
   }
@@ -127,7 +131,8 @@ const toml::node* find(const toml::table& table, const std::string& key) {
 
 [[noreturn]] void wrong_type(const std::string& origin, const std::string& key,
                              const char* expected) {
-  fail(Code::kInvalidArgument, "{}: config key '{}' must be {}", origin, key, expected);
+  fail(Code::kInvalidArgument, "{}: config key '{}' must be {}", origin, key,
+       expected);
 }
 
 }  // namespace
@@ -136,7 +141,8 @@ bool Config::has(const std::string& key) const {
   return find(impl_->table, key) != nullptr;
 }
 
-std::string Config::get_string(const std::string& key, const std::string& fallback) {
+std::string Config::get_string(const std::string& key,
+                               const std::string& fallback) {
   return get_optional_string(key).value_or(fallback);
 }
 
@@ -181,8 +187,8 @@ namespace {
 // An array of T at `key`: each element must pass `is_t`.
 template <typename T, typename Is>
 std::vector<T> read_array(const toml::table& table, const std::string& origin,
-                          const std::string& key, std::vector<T> fallback, Is is_t,
-                          const char* what) {
+                          const std::string& key, std::vector<T> fallback,
+                          Is is_t, const char* what) {
   const auto* n = find(table, key);
   if (!n) return fallback;
   const auto* a = n->as_array();
@@ -197,16 +203,17 @@ std::vector<T> read_array(const toml::table& table, const std::string& origin,
 
 }  // namespace
 
-std::vector<std::int64_t> Config::get_int_array(const std::string& key,
-                                                 std::vector<std::int64_t> fallback) {
+std::vector<std::int64_t> Config::get_int_array(
+    const std::string& key, std::vector<std::int64_t> fallback) {
   impl_->read.insert(key);
   return read_array<std::int64_t>(
       impl_->table, impl_->origin, key, std::move(fallback),
-      [](const toml::node& e) { return e.is_integer(); }, "an array of integers");
+      [](const toml::node& e) { return e.is_integer(); },
+      "an array of integers");
 }
 
-std::vector<std::string> Config::get_string_array(const std::string& key,
-                                                  std::vector<std::string> fallback) {
+std::vector<std::string> Config::get_string_array(
+    const std::string& key, std::vector<std::string> fallback) {
   impl_->read.insert(key);
   return read_array<std::string>(
       impl_->table, impl_->origin, key, std::move(fallback),

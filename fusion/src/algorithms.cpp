@@ -33,7 +33,8 @@ void FusionData::validate(bool needs_labels) const {
   CHORUS_CHECK(transfer.defined() && transfer.size(0) > 0,
                "fusion data: empty transfer pool");
   for (std::size_t i = 0; i < answers.size(); ++i) {
-    CHORUS_CHECK(answers[i].dim() == 2 && answers[i].size(0) == transfer.size(0) &&
+    CHORUS_CHECK(answers[i].dim() == 2 &&
+                     answers[i].size(0) == transfer.size(0) &&
                      answers[i].size(1) ==
                          static_cast<std::int64_t>(experts[i].labels.size()),
                  "fusion data: expert '{}' answered [{}] for {} inputs over {} "
@@ -73,7 +74,9 @@ class EnsembleFuser : public Fuser {
     auto lifted = lift_all(oracle.query_all(x), oracle);
     return use_max_ ? ensemble_max(lifted) : ensemble_sum(lifted);
   }
-  std::optional<FusedModel> fused_model() const override { return std::nullopt; }
+  std::optional<FusedModel> fused_model() const override {
+    return std::nullopt;
+  }
 
  private:
   bool use_max_;
@@ -85,7 +88,9 @@ class StudentFuser : public Fuser {
  public:
   StudentFuser(bool from_foe, const AlgorithmOptions& o)
       : from_foe_(from_foe), options_(o) {}
-  std::string name() const override { return from_foe_ ? "foe-distill" : "distill"; }
+  std::string name() const override {
+    return from_foe_ ? "foe-distill" : "distill";
+  }
   bool needs_experts() const override { return false; }
   void fit(const FusionData& data) override {
     data.validate(/*needs_labels=*/from_foe_);
@@ -147,12 +152,15 @@ class FrugalFuser : public Fuser {
   bool needs_experts() const override { return true; }
   void fit(const FusionData& data) override {
     data.validate(/*needs_labels=*/true);
-    frugal_.fit(data.fusion_answers(), data.fusion_labels, data.num_classes, data.answers);
+    frugal_.fit(data.fusion_answers(), data.fusion_labels, data.num_classes,
+                data.answers);
   }
   torch::Tensor predict(QueryOracle& oracle, const torch::Tensor& x) override {
     return frugal_.predict(oracle, x).probs;
   }
-  std::optional<FusedModel> fused_model() const override { return std::nullopt; }
+  std::optional<FusedModel> fused_model() const override {
+    return std::nullopt;
+  }
 
  private:
   FrugalFoe frugal_;
@@ -170,7 +178,8 @@ class SelectFuser : public Fuser {
   bool needs_experts() const override { return true; }
   void fit(const FusionData& data) override {
     data.validate(/*needs_labels=*/true);
-    auto lifted = lift_all(data.fusion_answers(), data.experts, data.num_classes);
+    auto lifted =
+        lift_all(data.fusion_answers(), data.experts, data.num_classes);
     // [|V|, K]: each expert's probability of the true label.
     auto truth = data.fusion_labels.unsqueeze(1);
     std::vector<torch::Tensor> columns;
@@ -235,11 +244,14 @@ class TaeFuser : public Fuser {
     data.validate(/*needs_labels=*/false);
     const auto c = data.num_classes;
     const auto dim = data.transfer[0].numel();
-    model_.emplace(dim, c, c, options_.tae().seed(options_.seed()).threads(options_.threads()));
+    model_.emplace(
+        dim, c, c,
+        options_.tae().seed(options_.seed()).threads(options_.threads()));
     TaeData r;
     r.inputs = data.transfer;
     r.answers = data.lifted_answers();
-    for (const auto& e : data.experts) r.tasks.push_back(task_descriptor(e.labels, c));
+    for (const auto& e : data.experts)
+      r.tasks.push_back(task_descriptor(e.labels, c));
     model_->train(r);
     model_->set_labels(data.label_names);
     auto all = torch::ones({c});
@@ -266,23 +278,28 @@ class TaeFuser : public Fuser {
     }
   }
   torch::Tensor predict(QueryOracle&, const torch::Tensor& x) override {
-    CHORUS_CHECK_CODE(model_.has_value(), Code::kFailedPrecondition, "tae: predict before fit");
+    CHORUS_CHECK_CODE(model_.has_value(), Code::kFailedPrecondition,
+                      "tae: predict before fit");
     return model_->predict(x, q_, {}, votes_);
   }
-  std::optional<FusedModel> fused_model() const override { return std::nullopt; }
+  std::optional<FusedModel> fused_model() const override {
+    return std::nullopt;
+  }
   bool save(const std::filesystem::path& path) const override {
     if (!model_) return false;
     model_->save(path);
     return true;
   }
   std::string spec() const override {
-    return model_ ? fmt::format("tae outputs={} w={} z={} prototypes={}", model_->outputs(),
-                                model_->options().w_dim(), model_->options().z_dim(),
+    return model_ ? fmt::format("tae outputs={} w={} z={} prototypes={}",
+                                model_->outputs(), model_->options().w_dim(),
+                                model_->options().z_dim(),
                                 model_->options().prototypes())
                   : std::string();
   }
   TaeModel& model() {
-    CHORUS_CHECK_CODE(model_.has_value(), Code::kFailedPrecondition, "tae: not fitted");
+    CHORUS_CHECK_CODE(model_.has_value(), Code::kFailedPrecondition,
+                      "tae: not fitted");
     return *model_;
   }
 
@@ -305,7 +322,8 @@ AlgorithmOptions seeded(AlgorithmOptions o) {
 
 const std::vector<std::string>& algorithm_names() {
   static const std::vector<std::string> kNames = {
-      "bplus", "bmax", "distill", "foe", "foe-distill", "foe-select", "frugal", "tae"};
+      "bplus",       "bmax",       "distill", "foe",
+      "foe-distill", "foe-select", "frugal",  "tae"};
   return kNames;
 }
 
@@ -343,8 +361,8 @@ FusionResult run_fusion(Fuser& fuser, const FusionData& data,
   auto t2 = Clock::now();
   const auto stats = oracle.total_stats();
   result.accuracy = accuracy(probs, test_labels);
-  result.queries_per_input =
-      static_cast<double>(stats.inputs) / std::max<std::int64_t>(1, test_inputs.size(0));
+  result.queries_per_input = static_cast<double>(stats.inputs) /
+                             std::max<std::int64_t>(1, test_inputs.size(0));
   result.bytes_sent = stats.bytes_sent;
   result.bytes_received = stats.bytes_received;
   result.fit_seconds = std::chrono::duration<double>(t1 - t0).count();

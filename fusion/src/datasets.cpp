@@ -1,14 +1,14 @@
 #include "chorus/fusion/datasets.hpp"
 
-#include <nlohmann/json.hpp>
-#include <torch/torch.h>
 #include <fmt/ostream.h>
 #include <torch/serialize.h>
+#include <torch/torch.h>
 #include <zlib.h>
 
 #include <array>
 #include <cstdlib>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
@@ -52,12 +52,14 @@ class IdxReader {
   void read_exact(void* out, std::size_t n, const char* what) {
     auto* p = static_cast<unsigned char*>(out);
     while (n > 0) {
-      unsigned chunk = static_cast<unsigned>(std::min<std::size_t>(n, 1u << 30));
+      unsigned chunk =
+          static_cast<unsigned>(std::min<std::size_t>(n, 1u << 30));
       int got = gzread(file_.get(), p, chunk);
       if (got < 0) {
         int err = 0;
         const char* msg = gzerror(file_.get(), &err);
-        fail(Code::kDataLoss, "'{}': corrupt compressed data while reading {}: {}",
+        fail(Code::kDataLoss,
+             "'{}': corrupt compressed data while reading {}: {}",
              path_.string(), what, msg);
       }
       if (got == 0) {
@@ -138,8 +140,8 @@ torch::Tensor read_idx_images(const fs::path& path) {
   std::uint32_t rows = in.read_dim("row count", kMaxSide);
   std::uint32_t cols = in.read_dim("column count", kMaxSide);
   auto images = torch::empty({n, rows, cols}, torch::kUInt8);
-  in.read_exact(images.data_ptr<std::uint8_t>(),
-                std::size_t{n} * rows * cols, "the image payload");
+  in.read_exact(images.data_ptr<std::uint8_t>(), std::size_t{n} * rows * cols,
+                "the image payload");
   in.expect_end();
   return images;
 }
@@ -181,8 +183,9 @@ Dataset load_fashion_mnist(Split split,
   data.images = images.unsqueeze(1).to(torch::kFloat32).div_(255.0);
   data.labels = std::move(labels);
   data.class_names = names;
-  log::get("fusion")->debug("event=load dataset=fashion-mnist split={} n={} dir={}",
-                            prefix, data.size(), dir.string());
+  log::get("fusion")->debug(
+      "event=load dataset=fashion-mnist split={} n={} dir={}", prefix,
+      data.size(), dir.string());
   return data;
 }
 
@@ -203,10 +206,11 @@ Dataset load_mnist_digits(const std::optional<fs::path>& override_dir) {
     const fs::path path = dir / fmt::format("{}.json", digit);
     std::error_code ec;
     if (!fs::is_regular_file(path, ec)) {
-      fail(Code::kNotFound,
-           "MNIST digits not found: '{}' is missing; run scripts/fetch-mnist.sh "
-           "(or set CHORUS_MNIST_DIR to where the digits are)",
-           path.string());
+      fail(
+          Code::kNotFound,
+          "MNIST digits not found: '{}' is missing; run scripts/fetch-mnist.sh "
+          "(or set CHORUS_MNIST_DIR to where the digits are)",
+          path.string());
     }
     std::vector<float> pixels;
     try {
@@ -218,10 +222,12 @@ Dataset load_mnist_digits(const std::optional<fs::path>& override_dir) {
     }
     const auto n = static_cast<std::int64_t>(pixels.size()) / kPixels;
     if (pixels.empty() || static_cast<std::int64_t>(pixels.size()) % kPixels) {
-      fail(Code::kDataLoss, "'{}': {} values is not a whole number of 28x28 images",
+      fail(Code::kDataLoss,
+           "'{}': {} values is not a whole number of 28x28 images",
            path.string(), pixels.size());
     }
-    auto t = torch::from_blob(pixels.data(), {n, 1, 28, 28}, torch::kFloat32).clone();
+    auto t = torch::from_blob(pixels.data(), {n, 1, 28, 28}, torch::kFloat32)
+                 .clone();
     if (!torch::isfinite(t).all().item<bool>() || t.min().item<float>() < 0 ||
         t.max().item<float>() > 1) {
       fail(Code::kDataLoss, "'{}': pixel values outside [0, 1]", path.string());
@@ -250,8 +256,8 @@ torch::Tensor load_saved_tensor(const std::filesystem::path& path) {
   try {
     value = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
   } catch (const c10::Error& e) {
-    fail(Code::kDataLoss, "'{}' is not a tensor saved by torch.save: {}", path.string(),
-         e.what_without_backtrace());
+    fail(Code::kDataLoss, "'{}' is not a tensor saved by torch.save: {}",
+         path.string(), e.what_without_backtrace());
   }
   CHORUS_CHECK(value.isTensor(), "'{}' holds a {}, not a tensor", path.string(),
                value.tagKind());
@@ -263,10 +269,11 @@ torch::Tensor load_saved_tensor(const std::filesystem::path& path) {
 torch::Tensor read_label_file(const std::filesystem::path& path) {
   if (!is_torch_save(path)) return read_idx_labels(path);
   auto labels = load_saved_tensor(path);
-  CHORUS_CHECK(!labels.is_floating_point() && !labels.is_complex() && labels.dim() == 1,
-               "'{}': labels must be a 1-d integer tensor, got {} of {}", path.string(),
-               fmt::format("{}", fmt::streamed(labels.sizes())),
-               c10::toString(labels.scalar_type()));
+  CHORUS_CHECK(
+      !labels.is_floating_point() && !labels.is_complex() && labels.dim() == 1,
+      "'{}': labels must be a 1-d integer tensor, got {} of {}", path.string(),
+      fmt::format("{}", fmt::streamed(labels.sizes())),
+      c10::toString(labels.scalar_type()));
   return labels.to(torch::kLong).contiguous();
 }
 
@@ -280,15 +287,17 @@ torch::Tensor read_image_file(const std::filesystem::path& path) {
   if (images.scalar_type() == torch::kUInt8) {
     images = images.to(torch::kFloat32).div_(255.0);
   }
-  CHORUS_CHECK(images.is_floating_point(), "'{}': images must be float or uint8, got {}",
-               path.string(), c10::toString(images.scalar_type()));
+  CHORUS_CHECK(images.is_floating_point(),
+               "'{}': images must be float or uint8, got {}", path.string(),
+               c10::toString(images.scalar_type()));
   if (images.dim() == 3) images = images.unsqueeze(1);
-  CHORUS_CHECK(images.dim() == 4 && images.size(0) >= 1,
-               "'{}': images must be [N, 1, H, W] or [N, H, W] with N >= 1, got {}",
-               path.string(), fmt::format("{}", fmt::streamed(images.sizes())));
+  CHORUS_CHECK(
+      images.dim() == 4 && images.size(0) >= 1,
+      "'{}': images must be [N, 1, H, W] or [N, H, W] with N >= 1, got {}",
+      path.string(), fmt::format("{}", fmt::streamed(images.sizes())));
   images = images.to(torch::kFloat32).contiguous();
-  CHORUS_CHECK(torch::isfinite(images).all().item<bool>(), "'{}' holds NaN or infinite values",
-               path.string());
+  CHORUS_CHECK(torch::isfinite(images).all().item<bool>(),
+               "'{}' holds NaN or infinite values", path.string());
   return images;
 }
 

@@ -39,7 +39,8 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
   if (labelled_inputs.defined() && labelled_inputs.size(0) > 0) {
     CHORUS_CHECK(labels.defined() && labels.size(0) == labelled_inputs.size(0),
                  "distill: {} labelled inputs but {} labels",
-                 labelled_inputs.size(0), labels.defined() ? labels.size(0) : 0);
+                 labelled_inputs.size(0),
+                 labels.defined() ? labels.size(0) : 0);
     x = torch::cat({x, labelled_inputs});
     y = torch::cat({y, torch::one_hot(labels, classes).to(torch::kFloat32)});
   }
@@ -59,11 +60,10 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
                            .threads(options.threads())
                            .on_epoch(options.on_epoch());
   DistillResult result;
-  result.train =
-      n_val > 0 ? train(*student, x, y, train_options,
-                        inputs.index_select(0, val_idx),
-                        targets.index_select(0, val_idx))
-                : train(*student, x, y, train_options);
+  result.train = n_val > 0 ? train(*student, x, y, train_options,
+                                   inputs.index_select(0, val_idx),
+                                   targets.index_select(0, val_idx))
+                           : train(*student, x, y, train_options);
   result.model = FusedModel{.algorithm = std::move(algorithm),
                             .spec = spec,
                             .attributes = {},
@@ -74,9 +74,10 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
 std::vector<DistillResult> distill_imitators(
     const torch::Tensor& inputs, const std::vector<torch::Tensor>& answers,
     const QueryOracle& oracle, const DistillOptions& options) {
-  CHORUS_CHECK(static_cast<std::int64_t>(answers.size()) == oracle.num_experts(),
-               "imitators: {} answers for {} experts", answers.size(),
-               oracle.num_experts());
+  CHORUS_CHECK(
+      static_cast<std::int64_t>(answers.size()) == oracle.num_experts(),
+      "imitators: {} answers for {} experts", answers.size(),
+      oracle.num_experts());
   std::vector<DistillResult> out;
   for (std::size_t i = 0; i < answers.size(); ++i) {
     auto options_i = options;
@@ -84,7 +85,8 @@ std::vector<DistillResult> distill_imitators(
     auto result = distill(inputs, answers[i], options_i, "imitator");
     const auto& info = oracle.experts()[i];
     result.model.attributes["expert"] = info.name;
-    result.model.attributes["labels"] = fmt::format("{}", fmt::join(info.labels, ","));
+    result.model.attributes["labels"] =
+        fmt::format("{}", fmt::join(info.labels, ","));
     out.push_back(std::move(result));
   }
   return out;

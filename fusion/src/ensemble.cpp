@@ -18,8 +18,8 @@ torch::Tensor lift(const torch::Tensor& probs,
                    std::int64_t num_classes) {
   CHORUS_CHECK(probs.dim() == 2 &&
                    probs.size(1) == static_cast<std::int64_t>(labels.size()),
-               "lift: {} columns for {} labels", probs.dim() == 2 ? probs.size(1) : -1,
-               labels.size());
+               "lift: {} columns for {} labels",
+               probs.dim() == 2 ? probs.size(1) : -1, labels.size());
   auto out = torch::zeros({probs.size(0), num_classes}, probs.options());
   out.index_copy_(1, torch::tensor(labels, torch::kLong), probs);
   return out;

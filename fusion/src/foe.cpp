@@ -56,9 +56,8 @@ TrainResult Foe::fit(const std::vector<torch::Tensor>& answers,
          ++round) {
       auto probs = fusion::predict_proba(*fuser_, u);
       auto [confidence, pseudo] = probs.max(1);
-      auto keep = confidence.ge(options_.pseudo_label_confidence())
-                      .nonzero()
-                      .flatten();
+      auto keep =
+          confidence.ge(options_.pseudo_label_confidence()).nonzero().flatten();
       auto xs = torch::cat({x, u.index_select(0, keep)});
       auto ys = torch::cat({labels, pseudo.index_select(0, keep)});
       fuser_ = make_fuser();
@@ -68,7 +67,8 @@ TrainResult Foe::fit(const std::vector<torch::Tensor>& answers,
   return result;
 }
 
-torch::Tensor Foe::predict_proba(const std::vector<torch::Tensor>& answers) const {
+torch::Tensor Foe::predict_proba(
+    const std::vector<torch::Tensor>& answers) const {
   CHORUS_CHECK_CODE(fuser_ != nullptr, Code::kFailedPrecondition,
                     "foe: predict before fit");
   auto x = features(answers, options_.features());
@@ -81,10 +81,11 @@ torch::Tensor Foe::predict_proba(const std::vector<torch::Tensor>& answers) cons
 FusedModel Foe::to_fused_model() const {
   CHORUS_CHECK_CODE(fuser_ != nullptr, Code::kFailedPrecondition,
                     "foe: save before fit");
-  return FusedModel{.algorithm = "foe",
-                    .spec = spec_,
-                    .attributes = {{"features", feature_name(options_.features())}},
-                    .model = fuser_};
+  return FusedModel{
+      .algorithm = "foe",
+      .spec = spec_,
+      .attributes = {{"features", feature_name(options_.features())}},
+      .model = fuser_};
 }
 
 Foe Foe::from_fused_model(const FusedModel& fused) {

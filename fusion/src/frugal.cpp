@@ -22,8 +22,8 @@ std::vector<std::int64_t> members(Mask mask) {
 // For each row of `query`, the indices of its `k` nearest rows of `ref`
 // (Euclidean), skipping row i of `ref` for query row i when `skip_self`.
 // Chunked so that 10,000 × 10,000 distances never sit in memory at once.
-torch::Tensor nearest(const torch::Tensor& query, const torch::Tensor& ref, std::int64_t k,
-                      bool skip_self) {
+torch::Tensor nearest(const torch::Tensor& query, const torch::Tensor& ref,
+                      std::int64_t k, bool skip_self) {
   constexpr std::int64_t kChunk = 1024;
   k = std::min(k, ref.size(0) - (skip_self ? 1 : 0));
   std::vector<torch::Tensor> out;
@@ -42,8 +42,9 @@ torch::Tensor nearest(const torch::Tensor& query, const torch::Tensor& ref, std:
 }  // namespace
 
 double FrugalPrediction::mean_experts() const {
-  return queried.numel() ? queried.sum(1).to(torch::kDouble).mean().item<double>()
-                         : 0.0;
+  return queried.numel()
+             ? queried.sum(1).to(torch::kDouble).mean().item<double>()
+             : 0.0;
 }
 
 FrugalFoe::FrugalFoe(FrugalOptions options) : options_(std::move(options)) {
@@ -63,9 +64,10 @@ void FrugalFoe::fit(const std::vector<torch::Tensor>& answers,
   CHORUS_CHECK(labels.size(0) > options_.knn_k(),
                "frugal: the fusion set needs more than knn_k = {} examples",
                options_.knn_k());
-  CHORUS_CHECK(options_.costs().empty() || options_.costs().size() == answers.size(),
-               "frugal: {} costs for {} experts", options_.costs().size(),
-               answers.size());
+  CHORUS_CHECK(
+      options_.costs().empty() || options_.costs().size() == answers.size(),
+      "frugal: {} costs for {} experts", options_.costs().size(),
+      answers.size());
   CHORUS_CHECK(transfer.empty() || transfer.size() == answers.size(),
                "frugal: {} experts answered on V but {} on U", answers.size(),
                transfer.size());
@@ -87,7 +89,8 @@ void FrugalFoe::fit(const std::vector<torch::Tensor>& answers,
 torch::Tensor FrugalFoe::subset_features(
     const std::vector<torch::Tensor>& answers, Mask mask) const {
   std::vector<torch::Tensor> parts;
-  for (auto i : members(mask)) parts.push_back(answers[static_cast<std::size_t>(i)]);
+  for (auto i : members(mask))
+    parts.push_back(answers[static_cast<std::size_t>(i)]);
   return Foe::features(parts, options_.fuser().features());
 }
 
@@ -95,7 +98,8 @@ Foe& FrugalFoe::fuser(Mask mask) {
   auto it = fusers_.find(mask);
   if (it != fusers_.end()) return *it->second;
   std::vector<torch::Tensor> parts;
-  for (auto i : members(mask)) parts.push_back(v_answers_[static_cast<std::size_t>(i)]);
+  for (auto i : members(mask))
+    parts.push_back(v_answers_[static_cast<std::size_t>(i)]);
   auto foe = std::make_unique<Foe>(options_.fuser());
   foe->fit(parts, v_labels_, num_classes_);
   return *fusers_.emplace(mask, std::move(foe)).first->second;
@@ -124,26 +128,29 @@ FrugalPrediction FrugalFoe::predict(QueryOracle& oracle,
                oracle.num_experts());
   const double lambda = lambda_override.value_or(options_.lambda());
   auto cost = [&](std::int64_t i) {
-    return options_.costs().empty() ? 1.0
-                                    : options_.costs()[static_cast<std::size_t>(i)];
+    return options_.costs().empty()
+               ? 1.0
+               : options_.costs()[static_cast<std::size_t>(i)];
   };
   const std::int64_t n = inputs.size(0);
 
   // Answers gathered so far; rows of experts not queried stay zero.
   std::vector<torch::Tensor> answers;
   for (const auto& info : oracle.experts()) {
-    answers.push_back(torch::zeros({n, static_cast<std::int64_t>(info.labels.size())}));
+    answers.push_back(
+        torch::zeros({n, static_cast<std::int64_t>(info.labels.size())}));
   }
   auto ask = [&](std::int64_t expert, const torch::Tensor& rows) {
-    answers[expert].index_copy_(0, rows,
-                                oracle.query(expert, inputs.index_select(0, rows)));
+    answers[expert].index_copy_(
+        0, rows, oracle.query(expert, inputs.index_select(0, rows)));
   };
 
   // Start from the expert whose own outputs best predict V's labels.
   std::int64_t first = 0;
   double best = -1;
   for (std::int64_t i = 0; i < k; ++i) {
-    double acc = loo_correct(Mask{1} << i).to(torch::kDouble).mean().item<double>();
+    double acc =
+        loo_correct(Mask{1} << i).to(torch::kDouble).mean().item<double>();
     if (acc > best) best = acc, first = i;
   }
   std::vector<Mask> mask(static_cast<std::size_t>(n), Mask{1} << first);
@@ -163,14 +170,19 @@ FrugalPrediction FrugalFoe::predict(QueryOracle& oracle,
       std::vector<torch::Tensor> sub;
       for (auto& a : answers) sub.push_back(a.index_select(0, rows));
       // Neighbours in V, in the space of the experts queried so far.
-      auto nn = nearest(subset_features(sub, m), subset_features(est_answers_, m),
-                        options_.neighbours(), /*skip_self=*/false);
-      auto err_now = 1.0 - loo_correct(m).index({nn}).to(torch::kFloat32).mean(1);
+      auto nn =
+          nearest(subset_features(sub, m), subset_features(est_answers_, m),
+                  options_.neighbours(), /*skip_self=*/false);
+      auto err_now =
+          1.0 - loo_correct(m).index({nn}).to(torch::kFloat32).mean(1);
       auto best_gain = torch::full({rows.size(0)}, -1e9);
       auto best_k = torch::full({rows.size(0)}, -1, torch::kLong);
       for (std::int64_t c = 0; c < k; ++c) {
         if (m & (Mask{1} << c)) continue;
-        auto err = 1.0 - loo_correct(m | (Mask{1} << c)).index({nn}).to(torch::kFloat32).mean(1);
+        auto err = 1.0 - loo_correct(m | (Mask{1} << c))
+                             .index({nn})
+                             .to(torch::kFloat32)
+                             .mean(1);
         auto gain = (err_now - err) - lambda * cost(c);
         auto better = gain.gt(best_gain);
         best_gain = torch::where(better, gain, best_gain);

@@ -97,7 +97,8 @@ FusedModel load_fused_model(const std::filesystem::path& path) {
 }
 
 bool needs_experts_at_prediction(const std::string& algorithm) {
-  return algorithm == "foe" || algorithm == "foe-select" || algorithm == "frugal";
+  return algorithm == "foe" || algorithm == "foe-select" ||
+         algorithm == "frugal";
 }
 
 }  // namespace chorus::fusion

@@ -1,8 +1,7 @@
 #include "chorus/fusion/models.hpp"
 
-#include <torch/torch.h>
-
 #include <fmt/ranges.h>
+#include <torch/torch.h>
 
 #include <sstream>
 
@@ -43,10 +42,11 @@ torch::Tensor MlpImpl::forward(torch::Tensor x) {
 
 LeNetImpl::LeNetImpl(LeNetOptions options) : options_(std::move(options)) {
   const auto& o = options_;
-  CHORUS_CHECK(o.image_height() >= 4 && o.image_width() >= 4,
-               "lenet: images must be at least 4x4 (two 2x2 poolings), got {}x{}; use "
-               "the mlp for smaller inputs",
-               o.image_height(), o.image_width());
+  CHORUS_CHECK(
+      o.image_height() >= 4 && o.image_width() >= 4,
+      "lenet: images must be at least 4x4 (two 2x2 poolings), got {}x{}; use "
+      "the mlp for smaller inputs",
+      o.image_height(), o.image_width());
   conv1_ = register_module(
       "conv1", nn::Conv2d(nn::Conv2dOptions(o.in_channels(), o.channels1(), 3)
                               .padding(1)
@@ -77,11 +77,10 @@ namespace {
 class BasicBlockImpl : public nn::Module {
  public:
   BasicBlockImpl(std::int64_t in, std::int64_t out, std::int64_t stride) {
-    conv1_ = register_module(
-        "conv1", nn::Conv2d(nn::Conv2dOptions(in, out, 3)
-                                .stride(stride)
-                                .padding(1)
-                                .bias(false)));
+    conv1_ = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(in, out, 3)
+                                                     .stride(stride)
+                                                     .padding(1)
+                                                     .bias(false)));
     bn1_ = register_module("bn1", nn::BatchNorm2d(out));
     conv2_ = register_module(
         "conv2",
@@ -91,7 +90,8 @@ class BasicBlockImpl : public nn::Module {
       shortcut_ = register_module(
           "shortcut",
           nn::Sequential(
-              nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false)),
+              nn::Conv2d(
+                  nn::Conv2dOptions(in, out, 1).stride(stride).bias(false)),
               nn::BatchNorm2d(out)));
     }
   }
@@ -115,11 +115,11 @@ ResNetImpl::ResNetImpl(ResNetOptions options) : options_(std::move(options)) {
   CHORUS_CHECK(o.width() > 0 && o.stages() > 0 && o.blocks_per_stage() > 0,
                "resnet: width, stages and blocks_per_stage must be positive");
   stem_ = register_module(
-      "stem", nn::Sequential(nn::Conv2d(nn::Conv2dOptions(o.in_channels(),
-                                                          o.width(), 3)
-                                            .padding(1)
-                                            .bias(false)),
-                             nn::BatchNorm2d(o.width()), nn::ReLU()));
+      "stem",
+      nn::Sequential(nn::Conv2d(nn::Conv2dOptions(o.in_channels(), o.width(), 3)
+                                    .padding(1)
+                                    .bias(false)),
+                     nn::BatchNorm2d(o.width()), nn::ReLU()));
   body_ = register_module("body", nn::Sequential());
   std::int64_t in = o.width();
   for (std::int64_t s = 0; s < o.stages(); ++s) {
@@ -143,7 +143,8 @@ std::string ModelSpec::to_string() const {
     if (i) shape += 'x';
     shape += std::to_string(input_shape[i]);
   }
-  std::string out = fmt::format("{} in={} classes={}", arch, shape, num_classes);
+  std::string out =
+      fmt::format("{} in={} classes={}", arch, shape, num_classes);
   if (!hidden.empty()) out += fmt::format(" hidden={}", fmt::join(hidden, ","));
   return out;
 }
@@ -171,7 +172,8 @@ ModelSpec ModelSpec::parse(const std::string& text) {
       } else if (key == "hidden") {
         std::istringstream widths(value);
         std::string w;
-        while (std::getline(widths, w, ',')) spec.hidden.push_back(std::stoll(w));
+        while (std::getline(widths, w, ','))
+          spec.hidden.push_back(std::stoll(w));
       } else if (key == "classes") {
         spec.num_classes = std::stoll(value);
         have_classes = true;
@@ -205,39 +207,46 @@ std::string resolve_architecture(const std::string& arch,
                                  const std::vector<std::int64_t>& input_shape) {
   if (arch == "auto") return default_architecture(input_shape);
   const auto& all = architectures();
-  CHORUS_CHECK(std::find(all.begin(), all.end(), arch) != all.end(),
-               "unknown architecture '{}' (expected auto, mlp, lenet or resnet)", arch);
+  CHORUS_CHECK(
+      std::find(all.begin(), all.end(), arch) != all.end(),
+      "unknown architecture '{}' (expected auto, mlp, lenet or resnet)", arch);
   if (arch == "mlp") return arch;
-  CHORUS_CHECK(input_shape.size() == 3,
-               "architecture '{}' takes images [C, H, W], but the inputs are [{}]; use "
-               "mlp or auto",
-               arch, fmt::join(input_shape, ", "));
-  CHORUS_CHECK(arch != "lenet" || (input_shape[1] >= 4 && input_shape[2] >= 4),
-               "lenet needs images of at least 4x4, but the inputs are [{}]; use mlp, "
-               "resnet or auto",
-               fmt::join(input_shape, ", "));
+  CHORUS_CHECK(
+      input_shape.size() == 3,
+      "architecture '{}' takes images [C, H, W], but the inputs are [{}]; use "
+      "mlp or auto",
+      arch, fmt::join(input_shape, ", "));
+  CHORUS_CHECK(
+      arch != "lenet" || (input_shape[1] >= 4 && input_shape[2] >= 4),
+      "lenet needs images of at least 4x4, but the inputs are [{}]; use mlp, "
+      "resnet or auto",
+      fmt::join(input_shape, ", "));
   return arch;
 }
 
 std::shared_ptr<ClassifierImpl> make_classifier(const ModelSpec& spec) {
-  CHORUS_CHECK(spec.num_classes > 0, "model spec '{}': classes must be positive",
-               spec.to_string());
+  CHORUS_CHECK(spec.num_classes > 0,
+               "model spec '{}': classes must be positive", spec.to_string());
   if (spec.arch == "mlp") {
-    auto options =
-        MlpOptions().input_shape(spec.input_shape).num_classes(spec.num_classes);
+    auto options = MlpOptions()
+                       .input_shape(spec.input_shape)
+                       .num_classes(spec.num_classes);
     if (!spec.hidden.empty()) options.hidden(spec.hidden);
     return Mlp(options).ptr();
   }
   if (spec.arch != "lenet" && spec.arch != "resnet") {
     fail(Code::kInvalidArgument,
-         "unknown architecture '{}' (expected mlp, lenet or resnet)", spec.arch);
+         "unknown architecture '{}' (expected mlp, lenet or resnet)",
+         spec.arch);
   }
-  CHORUS_CHECK(spec.input_shape.size() == 3,
-               "model spec '{}': {} takes images [C, H, W]; inputs of shape [{}] need "
-               "the mlp",
-               spec.to_string(), spec.arch, fmt::join(spec.input_shape, ", "));
+  CHORUS_CHECK(
+      spec.input_shape.size() == 3,
+      "model spec '{}': {} takes images [C, H, W]; inputs of shape [{}] need "
+      "the mlp",
+      spec.to_string(), spec.arch, fmt::join(spec.input_shape, ", "));
   for (auto d : spec.input_shape) {
-    CHORUS_CHECK(d > 0, "model spec '{}': dimensions must be positive", spec.to_string());
+    CHORUS_CHECK(d > 0, "model spec '{}': dimensions must be positive",
+                 spec.to_string());
   }
   if (spec.arch == "lenet") {
     return LeNet(LeNetOptions()

@@ -20,10 +20,13 @@ constexpr std::size_t kMaxHeader = 1 << 16;
 // A cursor over the header dict literal.
 class DictParser {
  public:
-  DictParser(std::string_view text, std::string_view origin) : s_(text), origin_(origin) {}
+  DictParser(std::string_view text, std::string_view origin)
+      : s_(text), origin_(origin) {}
 
   void skip_space() {
-    while (pos_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[pos_]))) ++pos_;
+    while (pos_ < s_.size() &&
+           std::isspace(static_cast<unsigned char>(s_[pos_])))
+      ++pos_;
   }
   bool eat(char c) {
     skip_space();
@@ -69,8 +72,10 @@ class DictParser {
     while (!eat(')')) {
       skip_space();
       std::int64_t v = 0;
-      auto [end, ec] = std::from_chars(s_.data() + pos_, s_.data() + s_.size(), v);
-      if (ec != std::errc() || v < 0) error("expected a non-negative dimension");
+      auto [end, ec] =
+          std::from_chars(s_.data() + pos_, s_.data() + s_.size(), v);
+      if (ec != std::errc() || v < 0)
+        error("expected a non-negative dimension");
       pos_ = static_cast<std::size_t>(end - s_.data());
       shape.push_back(v);
       if (shape.size() > 32) error("more than 32 dimensions");
@@ -87,8 +92,9 @@ class DictParser {
     return pos_ == s_.size();
   }
   [[noreturn]] void error(const std::string& what) const {
-    fail(Code::kDataLoss, "'{}': malformed .npy header at byte {} of the dict: {}",
-         origin_, pos_, what);
+    fail(Code::kDataLoss,
+         "'{}': malformed .npy header at byte {} of the dict: {}", origin_,
+         pos_, what);
   }
 
  private:
@@ -111,8 +117,10 @@ std::string NpyArray::descr() const {
 
 NpyArray parse_npy(std::string_view bytes, std::string_view origin,
                    std::int64_t max_elements) {
-  if (bytes.size() < kMagic.size() + 2 || bytes.substr(0, kMagic.size()) != kMagic) {
-    fail(Code::kDataLoss, "'{}' is not a NumPy .npy file (no \\x93NUMPY magic)", origin);
+  if (bytes.size() < kMagic.size() + 2 ||
+      bytes.substr(0, kMagic.size()) != kMagic) {
+    fail(Code::kDataLoss, "'{}' is not a NumPy .npy file (no \\x93NUMPY magic)",
+         origin);
   }
   const auto major = static_cast<unsigned char>(bytes[6]);
   const auto minor = static_cast<unsigned char>(bytes[7]);
@@ -121,19 +129,23 @@ NpyArray parse_npy(std::string_view bytes, std::string_view origin,
     return static_cast<std::size_t>(static_cast<unsigned char>(bytes[i]));
   };
   if (major == 1 && minor == 0) {
-    if (bytes.size() < 10) fail(Code::kDataLoss, "'{}': truncated .npy header", origin);
+    if (bytes.size() < 10)
+      fail(Code::kDataLoss, "'{}': truncated .npy header", origin);
     header_len = byte(8) | (byte(9) << 8);
     offset = 10;
   } else if ((major == 2 || major == 3) && minor == 0) {
-    if (bytes.size() < 12) fail(Code::kDataLoss, "'{}': truncated .npy header", origin);
+    if (bytes.size() < 12)
+      fail(Code::kDataLoss, "'{}': truncated .npy header", origin);
     header_len = byte(8) | (byte(9) << 8) | (byte(10) << 16) | (byte(11) << 24);
     offset = 12;
   } else {
-    fail(Code::kDataLoss, "'{}': unsupported .npy format version {}.{} (1.0-3.0 are read)",
+    fail(Code::kDataLoss,
+         "'{}': unsupported .npy format version {}.{} (1.0-3.0 are read)",
          origin, major, minor);
   }
   if (header_len > kMaxHeader || header_len > bytes.size() - offset) {
-    fail(Code::kDataLoss, "'{}': truncated .npy file: the header declares {} bytes, {} follow",
+    fail(Code::kDataLoss,
+         "'{}': truncated .npy file: the header declares {} bytes, {} follow",
          origin, header_len, bytes.size() - offset);
   }
   DictParser p(bytes.substr(offset, header_len), origin);
@@ -172,15 +184,19 @@ NpyArray parse_npy(std::string_view bytes, std::string_view origin,
   const char order = descr[0];
   a.kind = descr[1];
   int size = 0;
-  auto [end, ec] = std::from_chars(descr.data() + 2, descr.data() + descr.size(), size);
+  auto [end, ec] =
+      std::from_chars(descr.data() + 2, descr.data() + descr.size(), size);
   const bool whole = ec == std::errc() && end == descr.data() + descr.size();
-  const bool known_kind = a.kind == 'f' || a.kind == 'i' || a.kind == 'u' || a.kind == 'b';
-  const bool known_size = a.kind == 'f'   ? (size == 4 || size == 8)
-                          : a.kind == 'b' ? size == 1
-                                          : (size == 1 || size == 2 || size == 4 || size == 8);
+  const bool known_kind =
+      a.kind == 'f' || a.kind == 'i' || a.kind == 'u' || a.kind == 'b';
+  const bool known_size =
+      a.kind == 'f'   ? (size == 4 || size == 8)
+      : a.kind == 'b' ? size == 1
+                      : (size == 1 || size == 2 || size == 4 || size == 8);
   if (!whole || !known_kind || !known_size) {
     fail(Code::kDataLoss,
-         "'{}': unsupported .npy dtype '{}' (bool, int, uint and float32/64 arrays are "
+         "'{}': unsupported .npy dtype '{}' (bool, int, uint and float32/64 "
+         "arrays are "
          "read)",
          origin, descr);
   }
@@ -191,27 +207,29 @@ NpyArray parse_npy(std::string_view bytes, std::string_view origin,
          origin, descr);
   }
   if (order != '<' && order != '|' && order != '=' && order != '>') {
-    fail(Code::kDataLoss, "'{}': unsupported .npy byte order in '{}'", origin, descr);
+    fail(Code::kDataLoss, "'{}': unsupported .npy byte order in '{}'", origin,
+         descr);
   }
   a.item_size = size;
   std::int64_t n = 1;
   for (auto d : a.shape) {
     if (d != 0 && n > max_elements / d) {
-      fail(Code::kDataLoss, "'{}': .npy shape ({}) has more than {} elements", origin,
-           fmt::join(a.shape, ", "), max_elements);
+      fail(Code::kDataLoss, "'{}': .npy shape ({}) has more than {} elements",
+           origin, fmt::join(a.shape, ", "), max_elements);
     }
     n *= d;
   }
   if (n > max_elements) {
-    fail(Code::kDataLoss, "'{}': .npy shape ({}) has more than {} elements", origin,
-         fmt::join(a.shape, ", "), max_elements);
+    fail(Code::kDataLoss, "'{}': .npy shape ({}) has more than {} elements",
+         origin, fmt::join(a.shape, ", "), max_elements);
   }
   const auto payload = bytes.substr(offset + header_len);
-  const auto want = static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(size);
+  const auto want =
+      static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(size);
   if (payload.size() != want) {
     fail(Code::kDataLoss,
-         "'{}': .npy payload is {} bytes, but shape ({}) of '{}' needs {}{}", origin,
-         payload.size(), fmt::join(a.shape, ", "), descr, want,
+         "'{}': .npy payload is {} bytes, but shape ({}) of '{}' needs {}{}",
+         origin, payload.size(), fmt::join(a.shape, ", "), descr, want,
          payload.size() < want ? " (truncated file)" : "");
   }
   a.data = payload;

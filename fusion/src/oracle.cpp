@@ -25,23 +25,22 @@ torch::Tensor QueryOracle::query(std::int64_t expert,
   const auto& info = experts()[static_cast<std::size_t>(expert)];
   torch::Tensor out = do_query(expert, inputs);
   const auto width = static_cast<std::int64_t>(info.labels.size());
-  CHORUS_CHECK_CODE(out.dim() == 2 && out.size(0) == inputs.size(0) &&
-                        out.size(1) == width,
-                    Code::kDataLoss,
-                    "expert '{}' answered {} for {} inputs over {} labels",
-                    info.name, fmt::format("{}", fmt::streamed(out.sizes())),
-                    inputs.size(0), width);
+  CHORUS_CHECK_CODE(
+      out.dim() == 2 && out.size(0) == inputs.size(0) && out.size(1) == width,
+      Code::kDataLoss, "expert '{}' answered {} for {} inputs over {} labels",
+      info.name, fmt::format("{}", fmt::streamed(out.sizes())), inputs.size(0),
+      width);
   out = out.to(torch::kFloat32);
   CHORUS_CHECK_CODE(torch::isfinite(out).all().item<bool>(), Code::kDataLoss,
-                    "expert '{}' answered non-finite probabilities",
-                    info.name);
+                    "expert '{}' answered non-finite probabilities", info.name);
   std::lock_guard lock(mutex_);
   if (stats_.size() < experts().size()) stats_.resize(experts().size());
   auto& s = stats_[static_cast<std::size_t>(expert)];
   s.requests += 1;
   s.inputs += inputs.size(0);
   s.bytes_sent += shipped_bytes(inputs);
-  s.bytes_received += out.numel() * static_cast<std::int64_t>(out.element_size());
+  s.bytes_received +=
+      out.numel() * static_cast<std::int64_t>(out.element_size());
   return out;
 }
 
@@ -51,7 +50,8 @@ std::int64_t QueryOracle::shipped_bytes(const torch::Tensor& inputs) const {
 
 std::vector<torch::Tensor> QueryOracle::query_all(const torch::Tensor& inputs) {
   std::vector<torch::Tensor> out;
-  for (std::int64_t i = 0; i < num_experts(); ++i) out.push_back(query(i, inputs));
+  for (std::int64_t i = 0; i < num_experts(); ++i)
+    out.push_back(query(i, inputs));
   return out;
 }
 

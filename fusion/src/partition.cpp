@@ -44,7 +44,8 @@ torch::Tensor to_local_labels(const torch::Tensor& labels,
 std::vector<torch::Tensor> iid_partition(std::int64_t n, std::int64_t parts,
                                          std::uint64_t seed) {
   CHORUS_CHECK(parts > 0 && n >= parts,
-               "iid partition: cannot deal {} examples into {} parts", n, parts);
+               "iid partition: cannot deal {} examples into {} parts", n,
+               parts);
   std::mt19937_64 rng(seed);
   auto order = shuffled(n, rng);
   std::vector<torch::Tensor> out;
@@ -119,7 +120,8 @@ P1Split p1_split(const torch::Tensor& labels, const P1Options& o) {
                                      order.begin() + o.transfer_size());
   split.transfer = to_tensor(transfer, /*sort=*/false);
   split.fusion = split.transfer.slice(0, 0, o.fusion_labels()).clone();
-  std::vector<std::int64_t> priv(order.begin() + o.transfer_size(), order.end());
+  std::vector<std::int64_t> priv(order.begin() + o.transfer_size(),
+                                 order.end());
   auto labels_cpu = labels.to(torch::kLong);
   for (std::int64_t i = 0; i < o.experts(); ++i) {
     auto begin = priv.begin() + i * std::ssize(priv) / o.experts();

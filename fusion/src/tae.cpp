@@ -2,10 +2,10 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/ostream.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "chorus/core/error.hpp"
@@ -32,7 +32,8 @@ nn::Sequential mlp2(std::int64_t in, std::int64_t hidden, std::int64_t out,
 }
 
 nn::Sequential trunk(std::int64_t in, std::int64_t hidden) {
-  return nn::Sequential(nn::Linear(in, hidden), nn::BatchNorm1d(hidden), nn::ReLU());
+  return nn::Sequential(nn::Linear(in, hidden), nn::BatchNorm1d(hidden),
+                        nn::ReLU());
 }
 
 torch::Tensor clamp_logvar(const torch::Tensor& v) {
@@ -46,7 +47,8 @@ torch::Tensor sample(const torch::Tensor& mean, const torch::Tensor& logvar) {
 // KL(N(m1, v1) ‖ N(m2, v2)) summed over the last dimension.
 torch::Tensor kl_gauss(const torch::Tensor& m1, const torch::Tensor& lv1,
                        const torch::Tensor& m2, const torch::Tensor& lv2) {
-  return 0.5 * (lv2 - lv1 + (torch::exp(lv1) + (m1 - m2).pow(2)) / torch::exp(lv2) - 1)
+  return 0.5 * (lv2 - lv1 +
+                (torch::exp(lv1) + (m1 - m2).pow(2)) / torch::exp(lv2) - 1)
                    .sum(-1);
 }
 
@@ -62,9 +64,14 @@ torch::Tensor restrict(const torch::Tensor& log_scores,
 
 TaeNetImpl::TaeNetImpl(std::int64_t d, std::int64_t c, std::int64_t t,
                        const TaeOptions& o)
-    : input_dim(d), outputs(c), task_dim(t), w_dim(o.w_dim()), z_dim(o.z_dim()) {
+    : input_dim(d),
+      outputs(c),
+      task_dim(t),
+      w_dim(o.w_dim()),
+      z_dim(o.z_dim()) {
   const auto h = o.hidden();
-  dec_x_ = register_module("dec_x", mlp2(w_dim + z_dim, h, d, /*batch_norm=*/true));
+  dec_x_ =
+      register_module("dec_x", mlp2(w_dim + z_dim, h, d, /*batch_norm=*/true));
   dec_y_ = register_module("dec_y", mlp2(z_dim, h, c, /*batch_norm=*/false));
   adv_ = register_module("adv", mlp2(w_dim, h, c, /*batch_norm=*/false));
   prior_trunk_ = register_module("prior_trunk", trunk(t, h));
@@ -78,7 +85,8 @@ TaeNetImpl::TaeNetImpl(std::int64_t d, std::int64_t c, std::int64_t t,
   enc_w_logvar_ = register_module("enc_w_logvar", nn::Linear(h, w_dim));
 }
 
-torch::Tensor TaeNetImpl::decode_x(const torch::Tensor& w, const torch::Tensor& z) {
+torch::Tensor TaeNetImpl::decode_x(const torch::Tensor& w,
+                                   const torch::Tensor& z) {
   return dec_x_->forward(torch::cat({w, z}, 1));
 }
 
@@ -86,19 +94,20 @@ torch::Tensor TaeNetImpl::decode_y(const torch::Tensor& z) {
   return torch::log_softmax(dec_y_->forward(z), 1);
 }
 
-std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::prior_w(const torch::Tensor& tau) {
+std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::prior_w(
+    const torch::Tensor& tau) {
   auto h = prior_trunk_->forward(tau);
   return {prior_mean_->forward(h), clamp_logvar(prior_logvar_->forward(h))};
 }
 
-std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_z(const torch::Tensor& x,
-                                                             const torch::Tensor& eta) {
+std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_z(
+    const torch::Tensor& x, const torch::Tensor& eta) {
   auto h = enc_z_trunk_->forward(torch::cat({x, eta}, 1));
   return {enc_z_mean_->forward(h), clamp_logvar(enc_z_logvar_->forward(h))};
 }
 
-std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_w(const torch::Tensor& x,
-                                                             const torch::Tensor& tau) {
+std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_w(
+    const torch::Tensor& x, const torch::Tensor& tau) {
   auto h = enc_w_trunk_->forward(torch::cat({x, tau}, 1));
   return {enc_w_mean_->forward(h), clamp_logvar(enc_w_logvar_->forward(h))};
 }
@@ -119,15 +128,16 @@ std::vector<torch::Tensor> TaeNetImpl::adversary_parameters() {
   return adv_->parameters();
 }
 
-TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs, std::int64_t task_dim,
-                   TaeOptions options)
+TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
+                   std::int64_t task_dim, TaeOptions options)
     : options_(std::move(options)), net_(nullptr) {
-  CHORUS_CHECK(input_dim > 0 && outputs >= 2 && task_dim > 0,
-               "tae: input_dim {}, outputs {} and task_dim {} must be positive (outputs "
-               ">= 2)",
-               input_dim, outputs, task_dim);
-  CHORUS_CHECK(options_.w_dim() > 0 && options_.z_dim() > 0 && options_.prototypes() > 0 &&
-                   options_.samples() > 0,
+  CHORUS_CHECK(
+      input_dim > 0 && outputs >= 2 && task_dim > 0,
+      "tae: input_dim {}, outputs {} and task_dim {} must be positive (outputs "
+      ">= 2)",
+      input_dim, outputs, task_dim);
+  CHORUS_CHECK(options_.w_dim() > 0 && options_.z_dim() > 0 &&
+                   options_.prototypes() > 0 && options_.samples() > 0,
                "tae: w_dim, z_dim, prototypes and samples must be positive");
   CHORUS_CHECK(options_.delta() > 0 && options_.delta() < 1,
                "tae: delta must be in (0, 1), got {}", options_.delta());
@@ -140,21 +150,24 @@ std::vector<double> TaeModel::train(const TaeData& data) {
   ThreadGuard threads(options_.threads());
   const auto k = static_cast<std::int64_t>(data.answers.size());
   CHORUS_CHECK(k >= 1 && data.tasks.size() == data.answers.size(),
-               "tae: {} answer sets for {} task descriptors", data.answers.size(),
-               data.tasks.size());
-  CHORUS_CHECK(data.inputs.defined() && data.inputs.size(0) > 1, "tae: no inputs");
+               "tae: {} answer sets for {} task descriptors",
+               data.answers.size(), data.tasks.size());
+  CHORUS_CHECK(data.inputs.defined() && data.inputs.size(0) > 1,
+               "tae: no inputs");
   const auto n = data.inputs.size(0);
   auto x = data.inputs.reshape({n, -1}).to(torch::kFloat32).clamp(0, 1);
-  CHORUS_CHECK(x.size(1) == net_->input_dim, "tae: inputs of {} values, the model takes {}",
-               x.size(1), net_->input_dim);
+  CHORUS_CHECK(x.size(1) == net_->input_dim,
+               "tae: inputs of {} values, the model takes {}", x.size(1),
+               net_->input_dim);
   for (std::int64_t i = 0; i < k; ++i) {
     const auto& a = data.answers[static_cast<std::size_t>(i)];
     CHORUS_CHECK(a.dim() == 2 && a.size(0) == n && a.size(1) == net_->outputs,
                  "tae: expert {} answered {} for {} inputs over {} outputs", i,
                  fmt::streamed(a.sizes()), n, net_->outputs);
-    CHORUS_CHECK(data.tasks[static_cast<std::size_t>(i)].numel() == net_->task_dim,
-                 "tae: task {} has {} entries, the model takes {}", i,
-                 data.tasks[static_cast<std::size_t>(i)].numel(), net_->task_dim);
+    CHORUS_CHECK(
+        data.tasks[static_cast<std::size_t>(i)].numel() == net_->task_dim,
+        "tae: task {} has {} entries, the model takes {}", i,
+        data.tasks[static_cast<std::size_t>(i)].numel(), net_->task_dim);
   }
   // R's experts, plus (ours) the union pseudo-task: the experts' normalised
   // sum (B+) under the union of their task descriptors.
@@ -163,7 +176,9 @@ std::vector<double> TaeModel::train(const TaeData& data) {
   for (std::int64_t i = 0; i < k; ++i) {
     auto a = data.answers[static_cast<std::size_t>(i)].to(torch::kFloat32);
     answers.push_back(a / a.sum(1, true).clamp_min(1e-12));
-    task_list.push_back(data.tasks[static_cast<std::size_t>(i)].to(torch::kFloat32).reshape(-1));
+    task_list.push_back(data.tasks[static_cast<std::size_t>(i)]
+                            .to(torch::kFloat32)
+                            .reshape(-1));
   }
   if (options_.union_task() && k >= 2) {
     answers.push_back(union_answer(answers));
@@ -178,8 +193,10 @@ std::vector<double> TaeModel::train(const TaeData& data) {
   const auto rows = rows_x.size(0);
 
   torch::manual_seed(options_.seed());
-  torch::optim::Adam main(net_->model_parameters(), torch::optim::AdamOptions(options_.lr()));
-  torch::optim::Adam adv(net_->adversary_parameters(), torch::optim::AdamOptions(options_.lr()));
+  torch::optim::Adam main(net_->model_parameters(),
+                          torch::optim::AdamOptions(options_.lr()));
+  torch::optim::Adam adv(net_->adversary_parameters(),
+                         torch::optim::AdamOptions(options_.lr()));
   const auto bs = std::min(options_.batch_size(), rows);
   std::vector<double> history;
   std::int64_t step = 0;
@@ -203,7 +220,8 @@ std::vector<double> TaeModel::train(const TaeData& data) {
                       net_->decode_x(w, z), bx, {}, {}, at::Reduction::None)
                       .sum(1);
       auto pred = (beta * net_->decode_y(z)).sum(1);
-      auto kl_z = kl_gauss(mz, lvz, torch::zeros_like(mz), torch::zeros_like(lvz));
+      auto kl_z =
+          kl_gauss(mz, lvz, torch::zeros_like(mz), torch::zeros_like(lvz));
       auto [mp, lvp] = net_->prior_w(btau);
       auto kl_w = kl_gauss(mw, lvw, mp, lvp);
       auto elbo = rec + options_.label_weight() * pred - kl_z - kl_w;
@@ -216,7 +234,8 @@ std::vector<double> TaeModel::train(const TaeData& data) {
         const auto e = step % tasks_in_r;
         auto eta_rows = torch::randint(n, {bs}, torch::kLong);
         auto ex2 = x.index_select(0, eta_rows);
-        auto eeta = answers[static_cast<std::size_t>(e)].index_select(0, eta_rows);
+        auto eeta =
+            answers[static_cast<std::size_t>(e)].index_select(0, eta_rows);
         // One task descriptor: BatchNorm uses its running statistics.
         net_->eval();
         auto [pm, plv] = net_->prior_w(taus.slice(0, e, e + 1));
@@ -254,28 +273,32 @@ double TaeModel::negative_elbo(const TaeData& data) {
   double total = 0;
   for (std::size_t i = 0; i < data.answers.size(); ++i) {
     auto eta = data.answers[i].to(torch::kFloat32);
-    auto tau = data.tasks[i].to(torch::kFloat32).reshape({1, -1}).expand({n, -1});
+    auto tau =
+        data.tasks[i].to(torch::kFloat32).reshape({1, -1}).expand({n, -1});
     auto [mz, lvz] = net_->encode_z(x, eta);
     auto [mw, lvw] = net_->encode_w(x, tau);
-    auto rec = -torch::binary_cross_entropy_with_logits(net_->decode_x(mw, mz), x, {}, {},
-                                                        at::Reduction::None)
+    auto rec = -torch::binary_cross_entropy_with_logits(
+                    net_->decode_x(mw, mz), x, {}, {}, at::Reduction::None)
                     .sum(1);
     auto pred = (eta * net_->decode_y(mz)).sum(1);
     auto [mp, lvp] = net_->prior_w(tau);
-    auto elbo = rec + options_.label_weight() * pred -
-                kl_gauss(mz, lvz, torch::zeros_like(mz), torch::zeros_like(lvz)) -
-                kl_gauss(mw, lvw, mp, lvp);
+    auto elbo =
+        rec + options_.label_weight() * pred -
+        kl_gauss(mz, lvz, torch::zeros_like(mz), torch::zeros_like(lvz)) -
+        kl_gauss(mw, lvw, mp, lvp);
     total += -elbo.mean().item<double>();
   }
-  return total / static_cast<double>(std::max<std::size_t>(1, data.answers.size()));
+  return total /
+         static_cast<double>(std::max<std::size_t>(1, data.answers.size()));
 }
 
 torch::Tensor task_descriptor(const std::vector<std::int64_t>& classes,
                               std::int64_t task_dim) {
   auto tau = torch::zeros({task_dim});
   for (auto c : classes) {
-    CHORUS_CHECK(c >= 0 && c < task_dim, "class {} is outside the {} entries of a task descriptor",
-                 c, task_dim);
+    CHORUS_CHECK(c >= 0 && c < task_dim,
+                 "class {} is outside the {} entries of a task descriptor", c,
+                 task_dim);
     tau[c] = 1;
   }
   return tau;
@@ -311,13 +334,15 @@ torch::Tensor TaeModel::log_px(const torch::Tensor& x, const torch::Tensor& w) {
   net_->eval();
   const auto m = prototypes_.size(0);
   auto flat = x.reshape({x.size(0), -1}).to(torch::kFloat32).clamp(0, 1);
-  auto logits = net_->decode_x(w.reshape({1, -1}).expand({m, -1}), prototypes_);  // [m, D]
+  auto logits = net_->decode_x(w.reshape({1, -1}).expand({m, -1}),
+                               prototypes_);  // [m, D]
   auto log_px = torch::matmul(flat, torch::log_sigmoid(logits).t()) +
                 torch::matmul(1 - flat, torch::log_sigmoid(-logits).t());
   if (was_training) net_->train();
-  const double beta = options_.likelihood_scale() > 0
-                          ? options_.likelihood_scale()
-                          : 1.0 / std::sqrt(static_cast<double>(net_->input_dim));
+  const double beta =
+      options_.likelihood_scale() > 0
+          ? options_.likelihood_scale()
+          : 1.0 / std::sqrt(static_cast<double>(net_->input_dim));
   return beta * log_px;
 }
 
@@ -326,15 +351,17 @@ torch::Tensor TaeModel::log_g(const torch::Tensor& x, const torch::Tensor& w,
                               const torch::Tensor& votes) {
   auto lpx = log_px(x, w);  // [N, m]
   if (votes.defined()) {
-    const auto width = classes.empty() ? net_->outputs
-                                       : static_cast<std::int64_t>(classes.size());
+    const auto width = classes.empty()
+                           ? net_->outputs
+                           : static_cast<std::int64_t>(classes.size());
     CHORUS_CHECK(votes.dim() == 2 && votes.size(0) == prototypes_.size(0) &&
                      votes.size(1) == width,
                  "tae: votes must be [{}, {}], got a {}-d tensor of {} values",
                  prototypes_.size(0), width, votes.dim(), votes.numel());
     // log Σ_j p_θ(x|z_j,w) votes_j(y), normalised over y.
     auto joint = torch::logsumexp(
-        lpx.unsqueeze(2) + torch::log(votes.to(torch::kFloat32).clamp_min(1e-12)).unsqueeze(0),
+        lpx.unsqueeze(2) +
+            torch::log(votes.to(torch::kFloat32).clamp_min(1e-12)).unsqueeze(0),
         1);
     return torch::log_softmax(joint, 1);
   }
@@ -343,7 +370,8 @@ torch::Tensor TaeModel::log_g(const torch::Tensor& x, const torch::Tensor& w,
   auto log_py = net_->decode_y(prototypes_);  // [m, C]
   if (was_training) net_->train();
   // log Σ_j p_θ(x|z_j,w) p_α(y|z_j), normalised over y.
-  auto joint = torch::logsumexp(lpx.unsqueeze(2) + log_py.unsqueeze(0), 1);  // [N, C]
+  auto joint =
+      torch::logsumexp(lpx.unsqueeze(2) + log_py.unsqueeze(0), 1);  // [N, C]
   return restrict(joint, classes);
 }
 
@@ -352,8 +380,9 @@ torch::Tensor TaeModel::predict(const torch::Tensor& x, const WDistribution& q,
                                 const torch::Tensor& votes) {
   torch::NoGradGuard no_grad;
   net_->eval();
-  const auto width = classes.empty() ? net_->outputs
-                                     : static_cast<std::int64_t>(classes.size());
+  const auto width = classes.empty()
+                         ? net_->outputs
+                         : static_cast<std::int64_t>(classes.size());
   auto counts = torch::zeros({x.size(0), width});
   auto soft = torch::zeros({x.size(0), width});
   for (std::int64_t s = 0; s < options_.samples(); ++s) {
@@ -367,19 +396,22 @@ torch::Tensor TaeModel::predict(const torch::Tensor& x, const WDistribution& q,
   return out / out.sum(1, true);
 }
 
-torch::Tensor TaeModel::predict(const torch::Tensor& x, const TaeAdaptation& adapted,
+torch::Tensor TaeModel::predict(const torch::Tensor& x,
+                                const TaeAdaptation& adapted,
                                 const std::vector<std::int64_t>& classes) {
   return predict(x, adapted.posterior, classes, adapted.votes);
 }
 
-torch::Tensor TaeModel::relabel(const torch::Tensor& x, const torch::Tensor& labels,
+torch::Tensor TaeModel::relabel(const torch::Tensor& x,
+                                const torch::Tensor& labels,
                                 const WDistribution& q,
                                 const std::vector<std::int64_t>& classes) {
   torch::NoGradGuard no_grad;
   net_->eval();
   const auto d = x.size(0);
-  const auto width = classes.empty() ? net_->outputs
-                                     : static_cast<std::int64_t>(classes.size());
+  const auto width = classes.empty()
+                         ? net_->outputs
+                         : static_cast<std::int64_t>(classes.size());
   torch::Tensor targets;  // [d, width]
   if (labels.dim() == 2) {
     CHORUS_CHECK(labels.size(0) == d && labels.size(1) == width,
@@ -390,10 +422,11 @@ torch::Tensor TaeModel::relabel(const torch::Tensor& x, const torch::Tensor& lab
                  "tae relabel: soft labels must be finite and non-negative");
     targets = targets / targets.sum(1, true).clamp_min(1e-12);
   } else {
-    CHORUS_CHECK(d >= 1 && labels.numel() == d, "tae relabel: {} shots with {} labels", d,
-                 labels.numel());
+    CHORUS_CHECK(d >= 1 && labels.numel() == d,
+                 "tae relabel: {} shots with {} labels", d, labels.numel());
     auto y = labels.to(torch::kLong).reshape({d});
-    CHORUS_CHECK(y.min().item<std::int64_t>() >= 0 && y.max().item<std::int64_t>() < width,
+    CHORUS_CHECK(y.min().item<std::int64_t>() >= 0 &&
+                     y.max().item<std::int64_t>() < width,
                  "tae relabel: labels must index the task's {} classes", width);
     targets = torch::one_hot(y, width).to(torch::kFloat32);
   }
@@ -401,10 +434,12 @@ torch::Tensor TaeModel::relabel(const torch::Tensor& x, const torch::Tensor& lab
   // (in chunks: the pool can be large).
   auto counts = torch::zeros({prototypes_.size(0), width});
   for (std::int64_t b = 0; b < d; b += 4096) {
-    auto resp = torch::softmax(log_px(x.slice(0, b, b + 4096), q.mean), 1);  // [≤4096, m]
+    auto resp = torch::softmax(log_px(x.slice(0, b, b + 4096), q.mean),
+                               1);  // [≤4096, m]
     counts += torch::matmul(resp.t(), targets.slice(0, b, b + 4096));
   }
-  auto prior_votes = restrict(net_->decode_y(prototypes_), classes).exp();  // [m, width]
+  auto prior_votes =
+      restrict(net_->decode_y(prototypes_), classes).exp();  // [m, width]
   auto votes = options_.relabel_prior() * prior_votes + counts + 1e-3;
   return votes / votes.sum(1, true);
 }
@@ -415,12 +450,14 @@ TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
   const auto d = x.size(0);
   CHORUS_CHECK(d >= 1 && labels.numel() == d,
                "tae adapt: {} shots with {} labels", d, labels.numel());
-  const auto width = classes.empty() ? net_->outputs
-                                     : static_cast<std::int64_t>(classes.size());
+  const auto width = classes.empty()
+                         ? net_->outputs
+                         : static_cast<std::int64_t>(classes.size());
   CHORUS_CHECK(labels.min().item<std::int64_t>() >= 0 &&
                    labels.max().item<std::int64_t>() < width,
                "tae adapt: labels must index the task's {} classes", width);
-  CHORUS_CHECK(torch::isfinite(x).all().item<bool>(), "tae adapt: shots hold NaN or Inf");
+  CHORUS_CHECK(torch::isfinite(x).all().item<bool>(),
+               "tae adapt: shots hold NaN or Inf");
   net_->eval();
   // Only λ moves: the global model is frozen for the duration.
   struct Freeze {
@@ -435,7 +472,8 @@ TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
   auto prior_q = prior(tau);
   auto mean = prior_q.mean.clone().set_requires_grad(true);
   auto logvar = prior_q.logvar.clone().set_requires_grad(true);
-  torch::optim::Adam opt({mean, logvar}, torch::optim::AdamOptions(options_.adapt_lr()));
+  torch::optim::Adam opt({mean, logvar},
+                         torch::optim::AdamOptions(options_.adapt_lr()));
   const double log_term = std::log(static_cast<double>(d) / options_.delta());
   const double denom = std::max(1.0, 2.0 * static_cast<double>(d) - 1.0);
   auto y = labels.to(torch::kLong).reshape({d, 1});
@@ -443,7 +481,8 @@ TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
     auto lv = clamp_logvar(logvar);
     torch::Tensor gibbs = torch::zeros({});
     for (std::int64_t s = 0; s < options_.samples(); ++s) {
-      auto g = log_g(x, sample(mean, lv), classes).exp().gather(1, y).squeeze(1);
+      auto g =
+          log_g(x, sample(mean, lv), classes).exp().gather(1, y).squeeze(1);
       gibbs = gibbs + (1 - g).mean();
     }
     gibbs = gibbs / static_cast<double>(options_.samples());
@@ -460,23 +499,26 @@ TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
   // Adaptation never ends worse than it started, by its own measure.
   auto start = bound(tau, x, labels, prior_q, classes);
   auto out = bound(tau, x, labels,
-                   WDistribution{mean.detach().clone(), clamp_logvar(logvar.detach()).clone()},
+                   WDistribution{mean.detach().clone(),
+                                 clamp_logvar(logvar.detach()).clone()},
                    classes);
   if (!(out.bound <= start.bound)) out = start;
   CHORUS_CHECK_CODE(std::isfinite(out.bound), Code::kInternal,
                     "tae adapt: the bound is not finite");
-  if (options_.relabel()) out.votes = relabel(x, labels, out.posterior, classes);
+  if (options_.relabel())
+    out.votes = relabel(x, labels, out.posterior, classes);
   return out;
 }
 
 TaeAdaptation TaeModel::bound(const torch::Tensor& tau, const torch::Tensor& x,
-                              const torch::Tensor& labels, const WDistribution& q,
+                              const torch::Tensor& labels,
+                              const WDistribution& q,
                               const std::vector<std::int64_t>& classes) {
   torch::NoGradGuard no_grad;
   net_->eval();
   const auto d = x.size(0);
-  CHORUS_CHECK(d >= 1 && labels.numel() == d, "tae bound: {} shots with {} labels", d,
-               labels.numel());
+  CHORUS_CHECK(d >= 1 && labels.numel() == d,
+               "tae bound: {} shots with {} labels", d, labels.numel());
   auto p = prior(tau);
   auto y = labels.to(torch::kLong).reshape({d, 1});
   // Fixed draws (4n of them): the same q always gets the same value, so
@@ -494,9 +536,10 @@ TaeAdaptation TaeModel::bound(const torch::Tensor& tau, const torch::Tensor& x,
   out.posterior = q;
   out.gibbs_loss = gibbs / static_cast<double>(draws);
   out.kl = kl_gauss(q.mean, q.logvar, p.mean, p.logvar).item<double>();
-  out.bound = out.gibbs_loss +
-              std::sqrt((out.kl + std::log(static_cast<double>(d) / options_.delta())) /
-                        std::max(1.0, 2.0 * static_cast<double>(d) - 1.0));
+  out.bound =
+      out.gibbs_loss +
+      std::sqrt((out.kl + std::log(static_cast<double>(d) / options_.delta())) /
+                std::max(1.0, 2.0 * static_cast<double>(d) - 1.0));
   return out;
 }
 
@@ -504,15 +547,19 @@ void TaeModel::refit_prior(const std::vector<torch::Tensor>& tasks,
                            const std::vector<WDistribution>& embeddings,
                            std::int64_t steps) {
   CHORUS_CHECK(tasks.size() == embeddings.size() && !tasks.empty(),
-               "tae: {} tasks for {} embeddings", tasks.size(), embeddings.size());
-  auto tau = torch::stack(tasks).to(torch::kFloat32).reshape({static_cast<long>(tasks.size()), -1});
+               "tae: {} tasks for {} embeddings", tasks.size(),
+               embeddings.size());
+  auto tau = torch::stack(tasks)
+                 .to(torch::kFloat32)
+                 .reshape({static_cast<long>(tasks.size()), -1});
   std::vector<torch::Tensor> means, logvars;
   for (const auto& e : embeddings) {
     means.push_back(e.mean);
     logvars.push_back(e.logvar);
   }
   auto target_m = torch::stack(means), target_lv = torch::stack(logvars);
-  net_->eval();  // BatchNorm keeps its statistics; one embedding per task is few.
+  net_->eval();  // BatchNorm keeps its statistics; one embedding per task is
+                 // few.
   std::vector<torch::Tensor> params;
   for (const auto& item : net_->named_parameters()) {
     if (item.key().rfind("prior_", 0) == 0) params.push_back(item.value());
@@ -529,11 +576,13 @@ void TaeModel::refit_prior(const std::vector<torch::Tensor>& tasks,
 }
 
 TaeTask TaeModel::task_of_all_outputs() {
-  CHORUS_CHECK(net_->task_dim == net_->outputs,
-               "tae: task descriptors of {} values do not name the model's {} outputs",
-               net_->task_dim, net_->outputs);
+  CHORUS_CHECK(
+      net_->task_dim == net_->outputs,
+      "tae: task descriptors of {} values do not name the model's {} outputs",
+      net_->task_dim, net_->outputs);
   std::vector<std::int64_t> all(static_cast<std::size_t>(net_->outputs));
-  for (std::int64_t c = 0; c < net_->outputs; ++c) all[static_cast<std::size_t>(c)] = c;
+  for (std::int64_t c = 0; c < net_->outputs; ++c)
+    all[static_cast<std::size_t>(c)] = c;
   TaeTask task;
   task.q = prior(task_descriptor(all, net_->task_dim));
   task.source = "prior of all outputs";
@@ -552,9 +601,10 @@ TaeTask TaeModel::read_adapted_task(const std::filesystem::path& path) const {
   task.source = path.string();
   std::vector<double> mean, logvar;
   try {
-    CHORUS_CHECK_CODE(j.is_object() && j.value("algorithm", "") == "tae", Code::kDataLoss,
-                      "'{}' is not a tae adaptation (adapted.json of chorus node adapt)",
-                      path.string());
+    CHORUS_CHECK_CODE(
+        j.is_object() && j.value("algorithm", "") == "tae", Code::kDataLoss,
+        "'{}' is not a tae adaptation (adapted.json of chorus node adapt)",
+        path.string());
     task.classes = j.at("outputs").get<std::vector<std::int64_t>>();
     mean = j.at("mean").get<std::vector<double>>();
     logvar = j.at("logvar").get<std::vector<double>>();
@@ -564,12 +614,13 @@ TaeTask TaeModel::read_adapted_task(const std::filesystem::path& path) const {
       std::vector<float> flat;
       for (const auto& r : rows) {
         CHORUS_CHECK_CODE(r.size() == width, Code::kDataLoss,
-                          "'{}': a row of votes has {} values for {} classes", path.string(),
-                          r.size(), width);
+                          "'{}': a row of votes has {} values for {} classes",
+                          path.string(), r.size(), width);
         flat.insert(flat.end(), r.begin(), r.end());
       }
-      task.votes = torch::tensor(flat).reshape(
-          {static_cast<std::int64_t>(rows.size()), static_cast<std::int64_t>(width)});
+      task.votes =
+          torch::tensor(flat).reshape({static_cast<std::int64_t>(rows.size()),
+                                       static_cast<std::int64_t>(width)});
     }
   } catch (const nlohmann::json::exception& e) {
     fail(Code::kDataLoss, "'{}': {}", path.string(), e.what());
@@ -577,23 +628,26 @@ TaeTask TaeModel::read_adapted_task(const std::filesystem::path& path) const {
   const auto w_dim = net_->w_dim;
   CHORUS_CHECK(static_cast<std::int64_t>(mean.size()) == w_dim &&
                    static_cast<std::int64_t>(logvar.size()) == w_dim,
-               "'{}': the embedding has {} values, this model's w has {}", path.string(),
-               mean.size(), w_dim);
-  CHORUS_CHECK(task.classes.size() >= 2, "'{}': a task needs at least 2 classes, got {}",
-               path.string(), task.classes.size());
+               "'{}': the embedding has {} values, this model's w has {}",
+               path.string(), mean.size(), w_dim);
+  CHORUS_CHECK(task.classes.size() >= 2,
+               "'{}': a task needs at least 2 classes, got {}", path.string(),
+               task.classes.size());
   for (auto c : task.classes) {
     CHORUS_CHECK(c >= 0 && c < net_->outputs,
-                 "'{}': class {} is not one of this model's {} outputs", path.string(), c,
-                 net_->outputs);
+                 "'{}': class {} is not one of this model's {} outputs",
+                 path.string(), c, net_->outputs);
   }
   task.q.mean = torch::tensor(std::vector<float>(mean.begin(), mean.end()));
-  task.q.logvar = clamp_logvar(torch::tensor(std::vector<float>(logvar.begin(), logvar.end())));
+  task.q.logvar = clamp_logvar(
+      torch::tensor(std::vector<float>(logvar.begin(), logvar.end())));
   CHORUS_CHECK(torch::isfinite(task.q.mean).all().item<bool>() &&
                    torch::isfinite(task.q.logvar).all().item<bool>(),
                "'{}': the embedding holds NaN or Inf", path.string());
   if (task.votes.defined()) {
     CHORUS_CHECK(task.votes.size(0) == prototypes_.size(0),
-                 "'{}': votes for {} prototypes, this model has {} (adapted from another "
+                 "'{}': votes for {} prototypes, this model has {} (adapted "
+                 "from another "
                  "global model?)",
                  path.string(), task.votes.size(0), prototypes_.size(0));
     CHORUS_CHECK(torch::isfinite(task.votes).all().item<bool>() &&
@@ -609,9 +663,11 @@ torch::Tensor TaeModel::predict(const torch::Tensor& x, const TaeTask& task) {
   constexpr std::int64_t kChunk = 2000;
   std::vector<torch::Tensor> parts;
   for (std::int64_t b = 0; b < x.size(0); b += kChunk) {
-    parts.push_back(predict(x.slice(0, b, b + kChunk), task.q, task.classes, task.votes));
+    parts.push_back(
+        predict(x.slice(0, b, b + kChunk), task.q, task.classes, task.votes));
   }
-  return parts.empty() ? predict(x, task.q, task.classes, task.votes) : torch::cat(parts);
+  return parts.empty() ? predict(x, task.q, task.classes, task.votes)
+                       : torch::cat(parts);
 }
 
 bool TaeModel::is_model_file(const std::filesystem::path& path) {
@@ -631,19 +687,21 @@ bool TaeModel::is_model_file(const std::filesystem::path& path) {
 void TaeModel::save(const std::filesystem::path& path) const {
   torch::serialize::OutputArchive archive;
   archive.write("format", c10::IValue(std::string(kFormat)));
-  archive.write("dims", torch::tensor({net_->input_dim, net_->outputs, net_->task_dim,
-                                       options_.w_dim(), options_.z_dim(),
-                                       options_.hidden(), options_.prototypes(),
-                                       options_.samples()},
-                                      torch::kLong),
-                /*is_buffer=*/true);
-  archive.write("scalars",
-                torch::tensor({options_.delta(), options_.adapt_lr(),
-                               static_cast<double>(options_.adapt_steps()),
-                               options_.likelihood_scale(),
-                               options_.relabel() ? 1.0 : 0.0, options_.relabel_prior()},
-                              torch::kDouble),
-                /*is_buffer=*/true);
+  archive.write(
+      "dims",
+      torch::tensor({net_->input_dim, net_->outputs, net_->task_dim,
+                     options_.w_dim(), options_.z_dim(), options_.hidden(),
+                     options_.prototypes(), options_.samples()},
+                    torch::kLong),
+      /*is_buffer=*/true);
+  archive.write(
+      "scalars",
+      torch::tensor({options_.delta(), options_.adapt_lr(),
+                     static_cast<double>(options_.adapt_steps()),
+                     options_.likelihood_scale(),
+                     options_.relabel() ? 1.0 : 0.0, options_.relabel_prior()},
+                    torch::kDouble),
+      /*is_buffer=*/true);
   archive.write("prototypes", prototypes_, /*is_buffer=*/true);
   std::string names;
   for (const auto& l : labels_) names += l + "\n";
@@ -671,8 +729,9 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
     archive.load_from(path.string());
     c10::IValue format;
     archive.read("format", format);
-    CHORUS_CHECK_CODE(format.isString() && format.toStringRef() == kFormat, Code::kDataLoss,
-                      "'{}' is not a chorus tae model", path.string());
+    CHORUS_CHECK_CODE(format.isString() && format.toStringRef() == kFormat,
+                      Code::kDataLoss, "'{}' is not a chorus tae model",
+                      path.string());
     torch::Tensor dims, scalars, prototypes;
     archive.read("dims", dims, true);
     archive.read("scalars", scalars, true);
@@ -683,9 +742,10 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
     o.w_dim(d[3]).z_dim(d[4]).hidden(d[5]).prototypes(d[6]).samples(d[7]);
     // 4 scalars in files written before prototype relabelling (which then
     // takes its defaults), 6 since.
-    CHORUS_CHECK_CODE(scalars.numel() == 4 || scalars.numel() == 6, Code::kDataLoss,
-                      "'{}': bad scalars", path.string());
-    o.delta(sc[0]).adapt_lr(sc[1]).adapt_steps(static_cast<std::int64_t>(sc[2]));
+    CHORUS_CHECK_CODE(scalars.numel() == 4 || scalars.numel() == 6,
+                      Code::kDataLoss, "'{}': bad scalars", path.string());
+    o.delta(sc[0]).adapt_lr(sc[1]).adapt_steps(
+        static_cast<std::int64_t>(sc[2]));
     o.likelihood_scale(sc[3]);
     if (scalars.numel() == 6) o.relabel(sc[4] != 0).relabel_prior(sc[5]);
     TaeModel model(d[0], d[1], d[2], o);
@@ -696,7 +756,8 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
       torch::Tensor t;
       tensors.read("param." + item.key(), t, true);
       CHORUS_CHECK_CODE(t.sizes() == item.value().sizes(), Code::kDataLoss,
-                        "'{}': {} has the wrong shape", path.string(), item.key());
+                        "'{}': {} has the wrong shape", path.string(),
+                        item.key());
       item.value().copy_(t);
     }
     for (auto& item : model.net_->named_buffers()) {
@@ -704,8 +765,9 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
       tensors.read("buffer." + item.key(), t, true);
       item.value().copy_(t);
     }
-    CHORUS_CHECK_CODE(prototypes.sizes() == model.prototypes_.sizes(), Code::kDataLoss,
-                      "'{}': prototypes have the wrong shape", path.string());
+    CHORUS_CHECK_CODE(prototypes.sizes() == model.prototypes_.sizes(),
+                      Code::kDataLoss, "'{}': prototypes have the wrong shape",
+                      path.string());
     model.prototypes_ = prototypes.clone();
     c10::IValue names;
     archive.read("labels", names);
@@ -716,7 +778,8 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    fail(Code::kDataLoss, "cannot read tae model '{}': {}", path.string(), e.what());
+    fail(Code::kDataLoss, "cannot read tae model '{}': {}", path.string(),
+         e.what());
   }
 }
 

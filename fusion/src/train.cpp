@@ -17,8 +17,8 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(
-    ClassifierImpl& model, const TrainOptions& o) {
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(ClassifierImpl& model,
+                                                        const TrainOptions& o) {
   if (o.optimizer() == Optimizer::kAdamW) {
     return std::make_unique<torch::optim::AdamW>(
         model.parameters(),
@@ -73,9 +73,10 @@ TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
                "train: {} inputs but {} targets", x.defined() ? x.size(0) : 0,
                y.defined() ? y.size(0) : 0);
   CHORUS_CHECK(x.size(0) > 0, "train: no training examples");
-  CHORUS_CHECK(y.scalar_type() == torch::kLong ||
-                   (y.is_floating_point() && y.dim() == 2),
-               "train: targets must be int64 labels [N] or probabilities [N, C]");
+  CHORUS_CHECK(
+      y.scalar_type() == torch::kLong ||
+          (y.is_floating_point() && y.dim() == 2),
+      "train: targets must be int64 labels [N] or probabilities [N, C]");
   CHORUS_CHECK(options.epochs() > 0 && options.batch_size() > 0,
                "train: epochs and batch_size must be positive");
   const bool validate = val_x.defined() && val_y.defined();
@@ -105,9 +106,11 @@ TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
     double loss_sum = 0;
     for (std::int64_t b = 0; b < steps_per_epoch; ++b, ++step) {
       if (options.cosine()) {
-        const double lr = options.lr() * 0.5 *
-                          (1.0 + std::cos(std::numbers::pi * step / total_steps));
-        for (auto& group : optimizer->param_groups()) group.options().set_lr(lr);
+        const double lr =
+            options.lr() * 0.5 *
+            (1.0 + std::cos(std::numbers::pi * step / total_steps));
+        for (auto& group : optimizer->param_groups())
+          group.options().set_lr(lr);
       }
       auto idx = order.slice(0, b * bs, std::min(n, (b + 1) * bs));
       auto xb = x.index_select(0, idx);

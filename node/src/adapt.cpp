@@ -1,9 +1,9 @@
 #include "chorus/node/adapt.hpp"
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "chorus/core/error.hpp"
@@ -21,25 +21,28 @@ double accuracy(const torch::Tensor& predicted, const torch::Tensor& y) {
 }
 
 // Images and their labels (indices into the model's outputs) from files.
-std::pair<torch::Tensor, torch::Tensor> read_labelled(const std::filesystem::path& images,
-                                                      const std::filesystem::path& labels,
-                                                      std::int64_t outputs) {
+std::pair<torch::Tensor, torch::Tensor> read_labelled(
+    const std::filesystem::path& images, const std::filesystem::path& labels,
+    std::int64_t outputs) {
   CHORUS_CHECK(!labels.empty(), "'{}' needs its labels file", images.string());
   auto x = fusion::read_image_file(images);
   auto y = fusion::read_label_file(labels);
-  CHORUS_CHECK(y.size(0) == x.size(0), "'{}' has {} labels for the {} images of '{}'",
-               labels.string(), y.size(0), x.size(0), images.string());
-  CHORUS_CHECK(y.min().item<std::int64_t>() >= 0 && y.max().item<std::int64_t>() < outputs,
-               "'{}': labels must index the global model's {} outputs, got {}..{}",
-               labels.string(), outputs, y.min().item<std::int64_t>(),
-               y.max().item<std::int64_t>());
+  CHORUS_CHECK(y.size(0) == x.size(0),
+               "'{}' has {} labels for the {} images of '{}'", labels.string(),
+               y.size(0), x.size(0), images.string());
+  CHORUS_CHECK(
+      y.min().item<std::int64_t>() >= 0 &&
+          y.max().item<std::int64_t>() < outputs,
+      "'{}': labels must index the global model's {} outputs, got {}..{}",
+      labels.string(), outputs, y.min().item<std::int64_t>(),
+      y.max().item<std::int64_t>());
   return {x, y};
 }
 
 // Rows of `y` in `classes`, relabelled as indices into `classes`.
-std::pair<torch::Tensor, torch::Tensor> restrict_to(const torch::Tensor& x,
-                                                    const torch::Tensor& y,
-                                                    const std::vector<std::int64_t>& classes) {
+std::pair<torch::Tensor, torch::Tensor> restrict_to(
+    const torch::Tensor& x, const torch::Tensor& y,
+    const std::vector<std::int64_t>& classes) {
   auto local = torch::full_like(y, -1);
   for (std::size_t i = 0; i < classes.size(); ++i) {
     local.masked_fill_(y.eq(classes[i]), static_cast<std::int64_t>(i));
@@ -56,14 +59,16 @@ std::vector<std::int64_t> classes_of(const fusion::TaeModel& model,
   std::vector<std::int64_t> classes;
   for (const auto& l : labels) {
     auto it = std::find(space.begin(), space.end(), l);
-    CHORUS_CHECK_CODE(it != space.end(), Code::kFailedPrecondition,
-                      "label '{}' of this node is not an output of the global model", l);
+    CHORUS_CHECK_CODE(
+        it != space.end(), Code::kFailedPrecondition,
+        "label '{}' of this node is not an output of the global model", l);
     classes.push_back(it - space.begin());
   }
   return classes;
 }
 
-AdaptOutcome adapt_tae(fusion::TaeModel& model, const std::vector<std::int64_t>& classes,
+AdaptOutcome adapt_tae(fusion::TaeModel& model,
+                       const std::vector<std::int64_t>& classes,
                        const LabelledShots& shots, torch::Tensor tau) {
   CHORUS_CHECK(classes.size() >= 2, "a task needs at least 2 classes, got {}",
                classes.size());
@@ -72,35 +77,38 @@ AdaptOutcome adapt_tae(fusion::TaeModel& model, const std::vector<std::int64_t>&
   out.adaptation = model.adapt(tau, shots.inputs, shots.labels, classes);
   out.classes = classes;
   for (auto c : classes) {
-    out.class_names.push_back(static_cast<std::size_t>(c) < model.labels().size()
+    out.class_names.push_back(static_cast<std::size_t>(c) <
+                                      model.labels().size()
                                   ? model.labels()[static_cast<std::size_t>(c)]
                                   : std::to_string(c));
   }
   out.shots = shots.labels.numel();
-  out.shot_accuracy =
-      accuracy(model.predict(shots.inputs, out.adaptation, classes), shots.labels);
+  out.shot_accuracy = accuracy(
+      model.predict(shots.inputs, out.adaptation, classes), shots.labels);
   return out;
 }
 
 std::filesystem::path write_adapted(const std::filesystem::path& state_dir,
                                     const AdaptOutcome& o) {
-  nlohmann::json j{{"algorithm", "tae"},
-                   {"round", o.round},
-                   {"classes", o.class_names},
-                   {"outputs", o.classes},
-                   {"mean", fusion::to_doubles(o.adaptation.posterior.mean)},
-                   {"logvar", fusion::to_doubles(o.adaptation.posterior.logvar)},
-                   {"bound", o.adaptation.bound},
-                   {"gibbs_loss", o.adaptation.gibbs_loss},
-                   {"kl", o.adaptation.kl},
-                   {"shots", o.shots},
-                   {"shot_accuracy", o.shot_accuracy}};
+  nlohmann::json j{
+      {"algorithm", "tae"},
+      {"round", o.round},
+      {"classes", o.class_names},
+      {"outputs", o.classes},
+      {"mean", fusion::to_doubles(o.adaptation.posterior.mean)},
+      {"logvar", fusion::to_doubles(o.adaptation.posterior.logvar)},
+      {"bound", o.adaptation.bound},
+      {"gibbs_loss", o.adaptation.gibbs_loss},
+      {"kl", o.adaptation.kl},
+      {"shots", o.shots},
+      {"shot_accuracy", o.shot_accuracy}};
   // The prototypes' votes relabelled by the shots: derived from private
   // data, so they live here and never in the AdaptResponse.
   if (o.adaptation.votes.defined()) {
     const auto& v = o.adaptation.votes;
     auto rows = nlohmann::json::array();
-    for (std::int64_t j = 0; j < v.size(0); ++j) rows.push_back(fusion::to_doubles(v[j]));
+    for (std::int64_t j = 0; j < v.size(0); ++j)
+      rows.push_back(fusion::to_doubles(v[j]));
     j["votes"] = std::move(rows);
   }
   const auto path = state_dir / "adapted.json";
@@ -112,11 +120,12 @@ LocalAdaptReport adapt_locally(const LocalAdaptOptions& o) {
   const auto& config = o.config;
   set_torch_threads(config.threads);
   auto stored = read_stored_model(config.state_dir);
-  CHORUS_CHECK_CODE(stored && stored->algorithm == "tae", Code::kFailedPrecondition,
-                    "no tae global model has been pushed to this node (state directory "
-                    "'{}' holds {})",
-                    config.state_dir.string(),
-                    stored ? "a '" + stored->algorithm + "' model" : std::string("none"));
+  CHORUS_CHECK_CODE(
+      stored && stored->algorithm == "tae", Code::kFailedPrecondition,
+      "no tae global model has been pushed to this node (state directory "
+      "'{}' holds {})",
+      config.state_dir.string(),
+      stored ? "a '" + stored->algorithm + "' model" : std::string("none"));
   auto model = fusion::TaeModel::load(stored->file);
   LocalAdaptReport report;
   report.model = stored->file;
@@ -127,20 +136,24 @@ LocalAdaptReport adapt_locally(const LocalAdaptOptions& o) {
     // A task of the classes the shots hold: the node's own or a new one.
     auto [x, y] = read_labelled(o.shots, o.shot_labels, model.outputs());
     std::set<std::int64_t> present;
-    for (std::int64_t i = 0; i < y.size(0); ++i) present.insert(y[i].item<std::int64_t>());
+    for (std::int64_t i = 0; i < y.size(0); ++i)
+      present.insert(y[i].item<std::int64_t>());
     classes.assign(present.begin(), present.end());
-    CHORUS_CHECK(classes.size() >= 2, "'{}': the shots hold {} class(es), a task needs 2",
+    CHORUS_CHECK(classes.size() >= 2,
+                 "'{}': the shots hold {} class(es), a task needs 2",
                  o.shot_labels.string(), classes.size());
     std::tie(shots.inputs, shots.labels) = restrict_to(x, y, classes);
   } else {
-    CHORUS_CHECK(config.adapt_shots_per_class > 0,
-                 "no shots: give --shots FILE --shot-labels FILE, or set "
-                 "adapt.shots_per_class to draw them from the node's local data");
-    auto labels = config.expert.labels.empty() ? load_expert(config.expert)->labels()
-                                               : config.expert.labels;
+    CHORUS_CHECK(
+        config.adapt_shots_per_class > 0,
+        "no shots: give --shots FILE --shot-labels FILE, or set "
+        "adapt.shots_per_class to draw them from the node's local data");
+    auto labels = config.expert.labels.empty()
+                      ? load_expert(config.expert)->labels()
+                      : config.expert.labels;
     classes = classes_of(model, labels);
-    shots = draw_local_shots(labels, config.adapt_shots_per_class, config.adapt_seed,
-                             config.train.source());
+    shots = draw_local_shots(labels, config.adapt_shots_per_class,
+                             config.adapt_seed, config.train.source());
   }
   report.outcome = adapt_tae(model, classes, shots);
   report.outcome.round = stored->round;
@@ -150,16 +163,19 @@ LocalAdaptReport adapt_locally(const LocalAdaptOptions& o) {
     auto [x, y] = read_labelled(o.eval, o.eval_labels, model.outputs());
     auto [tx, ty] = restrict_to(x, y, classes);
     report.eval_images = tx.size(0);
-    CHORUS_CHECK(report.eval_images > 0, "'{}' has no image of the task's classes",
-                 o.eval.string());
+    CHORUS_CHECK(report.eval_images > 0,
+                 "'{}' has no image of the task's classes", o.eval.string());
     report.prior_accuracy = accuracy(
-        model.predict(tx, model.prior(fusion::task_descriptor(classes, model.task_dim())),
-                      classes),
+        model.predict(
+            tx, model.prior(fusion::task_descriptor(classes, model.task_dim())),
+            classes),
         ty);
-    report.adapted_accuracy = accuracy(model.predict(tx, report.outcome.adaptation, classes), ty);
+    report.adapted_accuracy =
+        accuracy(model.predict(tx, report.outcome.adaptation, classes), ty);
   }
   log::get("node")->info(
-      "event=adapted_locally round={} classes={} shots={} bound={:.4f} written={}",
+      "event=adapted_locally round={} classes={} shots={} bound={:.4f} "
+      "written={}",
       report.outcome.round, classes.size(), report.outcome.shots,
       report.outcome.adaptation.bound, report.written.string());
   return report;

@@ -2,12 +2,12 @@
 
 #include <fmt/chrono.h>
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "chorus/core/error.hpp"
 
@@ -42,12 +42,13 @@ AuditLog::~AuditLog() {
 }
 
 void AuditLog::append(const AuditRecord& r) {
-  nlohmann::json line{{"time", utc_now()},     {"peer", r.peer},
-                      {"kind", r.kind},        {"request_id", r.request_id},
-                      {"round", r.round},      {"inputs", r.inputs},
-                      {"outcome", r.outcome},  {"latency_ms", r.latency_ms}};
+  nlohmann::json line{{"time", utc_now()},    {"peer", r.peer},
+                      {"kind", r.kind},       {"request_id", r.request_id},
+                      {"round", r.round},     {"inputs", r.inputs},
+                      {"outcome", r.outcome}, {"latency_ms", r.latency_ms}};
   if (!r.message.empty()) line["message"] = r.message;
-  line["budget_left"] = r.budget_left ? nlohmann::json(*r.budget_left) : nullptr;
+  line["budget_left"] =
+      r.budget_left ? nlohmann::json(*r.budget_left) : nullptr;
   const std::string text = line.dump() + "\n";
   std::lock_guard lock(mutex_);
   // One write per line: a concurrent reader sees whole lines.
@@ -60,7 +61,8 @@ void AuditLog::append(const AuditRecord& r) {
 
 AuditSummary summarise_audit(const std::filesystem::path& path) {
   std::ifstream in(path);
-  if (!in) fail(Code::kNotFound, "audit log '{}' does not exist", path.string());
+  if (!in)
+    fail(Code::kNotFound, "audit log '{}' does not exist", path.string());
   AuditSummary s;
   std::string text;
   while (std::getline(in, text)) {

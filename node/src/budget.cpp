@@ -14,8 +14,8 @@ std::string describe_limit(const std::optional<std::int64_t>& remaining) {
 }  // namespace
 
 void BudgetPolicy::validate() const {
-  CHORUS_CHECK(max_batch > 0, "query policy: max_batch must be positive, got {}",
-               max_batch);
+  CHORUS_CHECK(max_batch > 0,
+               "query policy: max_batch must be positive, got {}", max_batch);
   CHORUS_CHECK(!total_budget || *total_budget >= 0,
                "query policy: total_budget must not be negative, got {}",
                total_budget.value_or(0));
@@ -40,13 +40,14 @@ void BudgetLedger::charge(std::int64_t n) {
          *policy_.total_budget - spent_total_, *policy_.total_budget);
   }
   if (policy_.round_budget && spent_round_ + n > *policy_.round_budget) {
-    fail(Code::kResourceExhausted,
-         "query of {} inputs exceeds the round budget: {} of {} remaining "
-         "this round (total remaining: {})",
-         n, *policy_.round_budget - spent_round_, *policy_.round_budget,
-         describe_limit(policy_.total_budget
-                            ? std::optional(*policy_.total_budget - spent_total_)
-                            : std::nullopt));
+    fail(
+        Code::kResourceExhausted,
+        "query of {} inputs exceeds the round budget: {} of {} remaining "
+        "this round (total remaining: {})",
+        n, *policy_.round_budget - spent_round_, *policy_.round_budget,
+        describe_limit(policy_.total_budget
+                           ? std::optional(*policy_.total_budget - spent_total_)
+                           : std::nullopt));
   }
   spent_total_ += n;
   spent_round_ += n;

@@ -13,7 +13,8 @@ namespace {
 
 std::optional<std::int64_t> budget(Config& c, const std::string& key) {
   auto v = c.get_optional_int(key);
-  CHORUS_CHECK(!v || *v >= 0, "{}: {} must be >= 0 (omit it for no limit), got {}",
+  CHORUS_CHECK(!v || *v >= 0,
+               "{}: {} must be >= 0 (omit it for no limit), got {}",
                c.path().string(), key, v.value_or(0));
   return v;
 }
@@ -31,11 +32,12 @@ NodeConfig read_node_config(Config& c) {
 
   n.host = c.get_string("coordinator.host", n.host);
   const auto port = c.get_int("coordinator.port", n.port);
-  CHORUS_CHECK(port > 0 && port < 65536, "coordinator.port must be 1..65535, got {}",
-               port);
+  CHORUS_CHECK(port > 0 && port < 65536,
+               "coordinator.port must be 1..65535, got {}", port);
   n.port = static_cast<std::uint16_t>(port);
   n.ca = c.resolve(c.get_string("tls.ca", "pki/ca.crt"));
-  n.cert = c.resolve(c.get_string("tls.cert", fmt::format("pki/{}.crt", n.name)));
+  n.cert =
+      c.resolve(c.get_string("tls.cert", fmt::format("pki/{}.crt", n.name)));
   n.key = c.resolve(c.get_string("tls.key", fmt::format("pki/{}.key", n.name)));
 
   auto& e = n.expert;
@@ -44,8 +46,10 @@ NodeConfig read_node_config(Config& c) {
   e.input_shape = c.get_int_array("expert.input_shape", e.input_shape);
   e.labels = c.get_string_array("expert.labels", e.labels);
   const auto output = c.get_string("expert.output", "logits");
-  CHORUS_CHECK(output == "logits" || output == "probabilities",
-               "expert.output must be \"logits\" or \"probabilities\", got '{}'", output);
+  CHORUS_CHECK(
+      output == "logits" || output == "probabilities",
+      "expert.output must be \"logits\" or \"probabilities\", got '{}'",
+      output);
   e.outputs_logits = output == "logits";
   e.output_key = c.get_string("expert.output_key", e.output_key);
   e.normalize_mean = c.get_double("expert.normalize_mean", e.normalize_mean);
@@ -56,7 +60,8 @@ NodeConfig read_node_config(Config& c) {
   p.budget.total_budget = budget(c, "policy.total_budget");
   p.budget.round_budget = budget(c, "policy.round_budget");
   p.rate_limit = c.get_double("policy.rate_limit", p.rate_limit);
-  p.output_form = parse_output_form(c.get_string("policy.output_form", "probabilities"));
+  p.output_form =
+      parse_output_form(c.get_string("policy.output_form", "probabilities"));
   p.top_k = c.get_int("policy.top_k", p.top_k);
   p.temperature = c.get_double("policy.temperature", p.temperature);
   p.noise_std = c.get_double("policy.noise_std", p.noise_std);
@@ -67,7 +72,8 @@ NodeConfig read_node_config(Config& c) {
   if (n.audit_log.empty()) n.audit_log = n.state_dir / "audit.jsonl";
 
   n.adapt_shots_per_class = c.get_int("adapt.shots_per_class", 0);
-  CHORUS_CHECK(n.adapt_shots_per_class >= 0, "adapt.shots_per_class must be >= 0");
+  CHORUS_CHECK(n.adapt_shots_per_class >= 0,
+               "adapt.shots_per_class must be >= 0");
   n.adapt_seed = static_cast<std::uint64_t>(c.get_int("adapt.seed", 0));
   auto& t = n.train;
   t.arch(c.get_string("train.arch", t.arch()));
@@ -80,24 +86,30 @@ NodeConfig read_node_config(Config& c) {
   t.shards(c.get_int("train.shards", t.shards()));
   LocalDataOptions source;
   source.dataset(c.get_string("train.dataset", source.dataset()));
-  CHORUS_CHECK(source.dataset() == "files" || fusion::is_builtin_source(source.dataset()),
-               "{}: train.dataset '{}' is neither \"files\" nor a built-in data set ({})",
-               c.path().string(), source.dataset(), fmt::join(fusion::builtin_sources(), ", "));
+  CHORUS_CHECK(source.dataset() == "files" ||
+                   fusion::is_builtin_source(source.dataset()),
+               "{}: train.dataset '{}' is neither \"files\" nor a built-in "
+               "data set ({})",
+               c.path().string(), source.dataset(),
+               fmt::join(fusion::builtin_sources(), ", "));
   source.data_dir(c.resolve(c.get_string("train.data_dir", "")));
   fusion::DataRef data;
   if (auto p = c.get_optional_string("train.data")) data.path = c.resolve(*p);
-  if (auto p = c.get_optional_string("train.label_file")) data.labels = c.resolve(*p);
+  if (auto p = c.get_optional_string("train.label_file"))
+    data.labels = c.resolve(*p);
   data.label_column = c.get_string("train.label_column", data.label_column);
-  CHORUS_CHECK(data.path.empty() || source.dataset() == "files",
-               "{}: train.data reads files; set train.dataset = \"files\" to use it",
-               c.path().string());
+  CHORUS_CHECK(
+      data.path.empty() || source.dataset() == "files",
+      "{}: train.data reads files; set train.dataset = \"files\" to use it",
+      c.path().string());
   source.data(data);
   // The local data's task: the [task] table (or task.file), as the
   // federation's coordinator declares it.
   if (has_task(c)) {
     TaskSpec fallback;
     fallback.name = "task";
-    if (source.dataset() != "files") fallback = fusion::builtin_task(source.dataset());
+    if (source.dataset() != "files")
+      fallback = fusion::builtin_task(source.dataset());
     source.task(read_task(c, fallback));
   }
   t.source(source);
@@ -114,41 +126,49 @@ std::string to_toml(const NodeConfig& n) {
   if (!data.path.empty()) {
     train_files += fmt::format("data = {}\n", toml_quoted(data.path.string()));
     if (!data.labels.empty()) {
-      train_files += fmt::format("label_file = {}\n", toml_quoted(data.labels.string()));
+      train_files +=
+          fmt::format("label_file = {}\n", toml_quoted(data.labels.string()));
     }
-    train_files += fmt::format("label_column = {}\n", toml_quoted(data.label_column));
+    train_files +=
+        fmt::format("label_column = {}\n", toml_quoted(data.label_column));
   }
   std::vector<std::string> labels;
   for (const auto& l : n.expert.labels) labels.push_back(toml_quoted(l));
   auto opt = [](const std::optional<std::int64_t>& v, const char* key) {
-    return v ? fmt::format("{} = {}\n", key, *v) : fmt::format("# {} = (unlimited)\n", key);
+    return v ? fmt::format("{} = {}\n", key, *v)
+             : fmt::format("# {} = (unlimited)\n", key);
   };
   return fmt::format(
       "[node]\nname = {}\nstate_dir = {}\nthreads = {}\nworkers = {}\n\n"
       "[coordinator]\nhost = {}\nport = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
       "[expert]\nkind = \"{}\"\npath = {}\ninput_shape = [{}]\nlabels = [{}]\n"
-      "output = \"{}\"\noutput_key = {}\nnormalize_mean = {}\nnormalize_std = {}\n\n"
+      "output = \"{}\"\noutput_key = {}\nnormalize_mean = {}\nnormalize_std = "
+      "{}\n\n"
       "[policy]\nmax_batch = {}\n{}{}rate_limit = {}\noutput_form = \"{}\"\n"
       "top_k = {}\ntemperature = {}\nnoise_std = {}\nnoise_seed = {}\n\n"
       "[audit]\nlog = {}\n\n[adapt]\nshots_per_class = {}\nseed = {}\n\n"
       "[train]\narch = {}\nepochs = {}\nbatch_size = {}\nlr = {}\nseed = {}\n"
-      "holdout = {}\nshard = {}\nshards = {}\ndataset = {}\ndata_dir = {}\n{}{}",
-      toml_quoted(n.name), toml_quoted(n.state_dir.string()), n.threads, n.workers,
-      toml_quoted(n.host), n.port, toml_quoted(n.ca.string()), toml_quoted(n.cert.string()),
-      toml_quoted(n.key.string()), expert_kind_name(n.expert.kind),
-      toml_quoted(n.expert.path.string()), fmt::join(n.expert.input_shape, ", "),
-      fmt::join(labels, ", "), n.expert.outputs_logits ? "logits" : "probabilities",
-      toml_quoted(n.expert.output_key), n.expert.normalize_mean, n.expert.normalize_std, n.policy.budget.max_batch,
+      "holdout = {}\nshard = {}\nshards = {}\ndataset = {}\ndata_dir = "
+      "{}\n{}{}",
+      toml_quoted(n.name), toml_quoted(n.state_dir.string()), n.threads,
+      n.workers, toml_quoted(n.host), n.port, toml_quoted(n.ca.string()),
+      toml_quoted(n.cert.string()), toml_quoted(n.key.string()),
+      expert_kind_name(n.expert.kind), toml_quoted(n.expert.path.string()),
+      fmt::join(n.expert.input_shape, ", "), fmt::join(labels, ", "),
+      n.expert.outputs_logits ? "logits" : "probabilities",
+      toml_quoted(n.expert.output_key), n.expert.normalize_mean,
+      n.expert.normalize_std, n.policy.budget.max_batch,
       opt(n.policy.budget.total_budget, "total_budget"),
       opt(n.policy.budget.round_budget, "round_budget"), n.policy.rate_limit,
-      output_form_name(n.policy.output_form), n.policy.top_k, n.policy.temperature,
-      n.policy.noise_std, n.policy.noise_seed, toml_quoted(n.audit_log.string()),
-      n.adapt_shots_per_class, n.adapt_seed,
-      toml_quoted(n.train.arch()), n.train.epochs(), n.train.batch_size(), n.train.lr(),
-      n.train.seed(), n.train.holdout(), n.train.shard(), n.train.shards(),
-      toml_quoted(n.train.source().dataset()), toml_quoted(n.train.source().data_dir().string()),
-      train_files, n.train.source().task() ? "\n" + to_toml(*n.train.source().task()) : "");
+      output_form_name(n.policy.output_form), n.policy.top_k,
+      n.policy.temperature, n.policy.noise_std, n.policy.noise_seed,
+      toml_quoted(n.audit_log.string()), n.adapt_shots_per_class, n.adapt_seed,
+      toml_quoted(n.train.arch()), n.train.epochs(), n.train.batch_size(),
+      n.train.lr(), n.train.seed(), n.train.holdout(), n.train.shard(),
+      n.train.shards(), toml_quoted(n.train.source().dataset()),
+      toml_quoted(n.train.source().data_dir().string()), train_files,
+      n.train.source().task() ? "\n" + to_toml(*n.train.source().task()) : "");
 }
 
 }  // namespace chorus::node

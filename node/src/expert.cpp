@@ -2,18 +2,18 @@
 
 #include <fmt/ostream.h>
 #include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
 #include <torch/script.h>
 #include <torch/torch.h>
 
 #include <charconv>
 #include <chrono>
+#include <nlohmann/json.hpp>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/data_files.hpp"
-#include "chorus/fusion/models.hpp"
 #include "chorus/fusion/fused_model.hpp"
+#include "chorus/fusion/models.hpp"
 #include "chorus/fusion/partition.hpp"
 
 namespace chorus::node {
@@ -27,7 +27,8 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
 
 class TorchScriptExpert : public Expert {
  public:
-  explicit TorchScriptExpert(ExpertOptions options) : Expert(std::move(options)) {
+  explicit TorchScriptExpert(ExpertOptions options)
+      : Expert(std::move(options)) {
     std::error_code ec;
     if (!std::filesystem::is_regular_file(options_.path, ec)) {
       fail(Code::kNotFound, "TorchScript expert '{}' does not exist",
@@ -48,48 +49,56 @@ class TorchScriptExpert : public Expert {
     try {
       out = module_.forward({inputs});
     } catch (const std::exception& e) {
-      fail(Code::kInternal, "the TorchScript expert failed on a batch of {}: {}",
-           inputs.size(0), e.what());
+      fail(Code::kInternal,
+           "the TorchScript expert failed on a batch of {}: {}", inputs.size(0),
+           e.what());
     }
     const auto& key = options_.output_key;
     if (out.isTuple()) {
       const auto& items = out.toTupleRef().elements();
-      CHORUS_CHECK(!key.empty(),
-                   "the TorchScript expert '{}' returns a tuple of {} elements; set "
-                   "expert.output_key to the index of the one that holds the class "
-                   "scores (e.g. \"0\")",
-                   options_.path.string(), items.size());
+      CHORUS_CHECK(
+          !key.empty(),
+          "the TorchScript expert '{}' returns a tuple of {} elements; set "
+          "expert.output_key to the index of the one that holds the class "
+          "scores (e.g. \"0\")",
+          options_.path.string(), items.size());
       std::size_t index = 0;
       const auto* end = key.data() + key.size();
       auto [ptr, ec] = std::from_chars(key.data(), end, index);
-      CHORUS_CHECK(ec == std::errc() && ptr == end && index < items.size(),
-                   "expert.output_key '{}' is not an index of the {}-element tuple the "
-                   "TorchScript expert '{}' returns",
-                   key, items.size(), options_.path.string());
+      CHORUS_CHECK(
+          ec == std::errc() && ptr == end && index < items.size(),
+          "expert.output_key '{}' is not an index of the {}-element tuple the "
+          "TorchScript expert '{}' returns",
+          key, items.size(), options_.path.string());
       out = items[index];
     } else if (out.isGenericDict()) {
       std::vector<std::string> keys;
       for (const auto& e : out.toGenericDict()) {
-        keys.push_back(e.key().isString() ? e.key().toStringRef() : e.key().tagKind());
+        keys.push_back(e.key().isString() ? e.key().toStringRef()
+                                          : e.key().tagKind());
       }
-      CHORUS_CHECK(!key.empty(),
-                   "the TorchScript expert '{}' returns a dict with keys [{}]; set "
-                   "expert.output_key to the one that holds the class scores",
-                   options_.path.string(), fmt::join(keys, ", "));
+      CHORUS_CHECK(
+          !key.empty(),
+          "the TorchScript expert '{}' returns a dict with keys [{}]; set "
+          "expert.output_key to the one that holds the class scores",
+          options_.path.string(), fmt::join(keys, ", "));
       auto dict = out.toGenericDict();
       auto it = dict.find(key);
       CHORUS_CHECK(it != dict.end(),
-                   "expert.output_key '{}' is not a key of the dict the TorchScript expert "
+                   "expert.output_key '{}' is not a key of the dict the "
+                   "TorchScript expert "
                    "'{}' returns (its keys: {})",
                    key, options_.path.string(), fmt::join(keys, ", "));
       out = it->value();
     } else {
       CHORUS_CHECK(key.empty(),
-                   "expert.output_key is '{}', but the TorchScript expert '{}' returns a "
+                   "expert.output_key is '{}', but the TorchScript expert '{}' "
+                   "returns a "
                    "{}, not a tuple or dict",
                    key, options_.path.string(), out.tagKind());
     }
-    CHORUS_CHECK(out.isTensor(), "the TorchScript expert '{}' returned a {}, not a tensor",
+    CHORUS_CHECK(out.isTensor(),
+                 "the TorchScript expert '{}' returned a {}, not a tensor",
                  options_.path.string(), out.tagKind());
     return out.toTensor();
   }
@@ -100,7 +109,8 @@ class TorchScriptExpert : public Expert {
 
 class BuiltinExpert : public Expert {
  public:
-  BuiltinExpert(std::shared_ptr<fusion::ClassifierImpl> model, ExpertOptions options)
+  BuiltinExpert(std::shared_ptr<fusion::ClassifierImpl> model,
+                ExpertOptions options)
       : Expert(std::move(options)), model_(std::move(model)) {
     model_->eval();
   }
@@ -133,7 +143,8 @@ Expert::Expert(ExpertOptions options) : options_(std::move(options)) {
     CHORUS_CHECK(d > 0, "input shape {} has a non-positive dimension",
                  shape_string(options_.input_shape));
   }
-  CHORUS_CHECK(options_.normalize_std > 0, "normalize_std must be positive, got {}",
+  CHORUS_CHECK(options_.normalize_std > 0,
+               "normalize_std must be positive, got {}",
                options_.normalize_std);
 }
 
@@ -153,12 +164,11 @@ torch::Tensor Expert::predict(const torch::Tensor& inputs) {
   }
   auto out = forward(x.contiguous());
   const auto width = static_cast<std::int64_t>(options_.labels.size());
-  CHORUS_CHECK_CODE(out.dim() == 2 && out.size(0) == inputs.size(0) &&
-                        out.size(1) == width,
-                    Code::kInternal,
-                    "the expert answered {} for {} inputs; its {} labels need [{}, {}]",
-                    fmt::streamed(out.sizes()), inputs.size(0), width,
-                    inputs.size(0), width);
+  CHORUS_CHECK_CODE(
+      out.dim() == 2 && out.size(0) == inputs.size(0) && out.size(1) == width,
+      Code::kInternal,
+      "the expert answered {} for {} inputs; its {} labels need [{}, {}]",
+      fmt::streamed(out.sizes()), inputs.size(0), width, inputs.size(0), width);
   out = out.to(torch::kFloat32);
   if (options_.outputs_logits) {
     out = torch::softmax(out, 1);
@@ -175,13 +185,16 @@ namespace {
 
 // One prediction on a zero input: a module that returns what the node cannot
 // read fails here, at start-up, not in the middle of a round.
-std::unique_ptr<Expert> checked(std::unique_ptr<Expert> expert, const std::string& path) {
+std::unique_ptr<Expert> checked(std::unique_ptr<Expert> expert,
+                                const std::string& path) {
   std::vector<std::int64_t> shape{1};
-  shape.insert(shape.end(), expert->input_shape().begin(), expert->input_shape().end());
+  shape.insert(shape.end(), expert->input_shape().begin(),
+               expert->input_shape().end());
   try {
     (void)expert->predict(torch::zeros(shape));
   } catch (const Error& e) {
-    fail(Code::kInvalidArgument, "expert '{}' failed its start-up check (one prediction on "
+    fail(Code::kInvalidArgument,
+         "expert '{}' failed its start-up check (one prediction on "
          "a zero input of [{}]): {}",
          path, fmt::join(expert->input_shape(), ", "), e.what());
   }
@@ -196,19 +209,23 @@ std::unique_ptr<Expert> load_expert(ExpertOptions options) {
     CHORUS_CHECK(!options.labels.empty(),
                  "a TorchScript expert needs its output labels in the config "
                  "(expert.labels)");
-    CHORUS_CHECK(!options.input_shape.empty(),
-                 "a TorchScript expert needs the shape of one input in the config "
-                 "(expert.input_shape, e.g. [1, 28, 28] or [30])");
-    return checked(std::make_unique<TorchScriptExpert>(std::move(options)), path);
+    CHORUS_CHECK(
+        !options.input_shape.empty(),
+        "a TorchScript expert needs the shape of one input in the config "
+        "(expert.input_shape, e.g. [1, 28, 28] or [30])");
+    return checked(std::make_unique<TorchScriptExpert>(std::move(options)),
+                   path);
   }
-  CHORUS_CHECK(options.output_key.empty(),
-               "expert.output_key is for TorchScript experts; '{}' is a builtin expert",
-               path);
+  CHORUS_CHECK(
+      options.output_key.empty(),
+      "expert.output_key is for TorchScript experts; '{}' is a builtin expert",
+      path);
   auto fused = fusion::load_fused_model(options.path);
-  CHORUS_CHECK_CODE(fused.algorithm == kExpertAlgorithm, Code::kDataLoss,
-                    "'{}' is a fused '{}' model, not a builtin expert (train one "
-                    "with 'chorus node train')",
-                    options.path.string(), fused.algorithm);
+  CHORUS_CHECK_CODE(
+      fused.algorithm == kExpertAlgorithm, Code::kDataLoss,
+      "'{}' is a fused '{}' model, not a builtin expert (train one "
+      "with 'chorus node train')",
+      options.path.string(), fused.algorithm);
   std::vector<std::string> stored;
   try {
     stored = nlohmann::json::parse(fused.attributes.at("labels"))
@@ -218,16 +235,19 @@ std::unique_ptr<Expert> load_expert(ExpertOptions options) {
          options.path.string(), e.what());
   }
   if (options.labels.empty()) options.labels = stored;
-  CHORUS_CHECK(options.labels == stored,
-               "expert.labels [{}] differ from the labels the model in '{}' was "
-               "trained on: [{}]",
-               fmt::join(options.labels, ", "), options.path.string(),
-               fmt::join(stored, ", "));
-  CHORUS_CHECK(options.input_shape.empty() || options.input_shape == fused.spec.input_shape,
-               "expert.input_shape is [{}], but the builtin expert '{}' was trained on "
-               "inputs of [{}]; remove the key or retrain (chorus node train)",
-               fmt::join(options.input_shape, ", "), path,
-               fmt::join(fused.spec.input_shape, ", "));
+  CHORUS_CHECK(
+      options.labels == stored,
+      "expert.labels [{}] differ from the labels the model in '{}' was "
+      "trained on: [{}]",
+      fmt::join(options.labels, ", "), options.path.string(),
+      fmt::join(stored, ", "));
+  CHORUS_CHECK(
+      options.input_shape.empty() ||
+          options.input_shape == fused.spec.input_shape,
+      "expert.input_shape is [{}], but the builtin expert '{}' was trained on "
+      "inputs of [{}]; remove the key or retrain (chorus node train)",
+      fmt::join(options.input_shape, ", "), path,
+      fmt::join(fused.spec.input_shape, ", "));
   options.input_shape = fused.spec.input_shape;
   options.outputs_logits = true;
   return checked(make_builtin_expert(fused.model, std::move(options)), path);
@@ -245,10 +265,11 @@ void save_builtin_expert(const std::shared_ptr<fusion::ClassifierImpl>& model,
                          const fusion::ModelSpec& spec,
                          const std::vector<std::string>& labels,
                          const std::filesystem::path& out) {
-  fusion::FusedModel file{.algorithm = kExpertAlgorithm,
-                          .spec = spec,
-                          .attributes = {{"labels", nlohmann::json(labels).dump()}},
-                          .model = model};
+  fusion::FusedModel file{
+      .algorithm = kExpertAlgorithm,
+      .spec = spec,
+      .attributes = {{"labels", nlohmann::json(labels).dump()}},
+      .model = model};
   fusion::save_fused_model(file, out);
 }
 
@@ -256,11 +277,14 @@ LocalData load_local_data(const LocalDataOptions& o) {
   LocalData out;
   torch::Tensor raw_x, y;
   if (o.dataset() == "files") {
-    CHORUS_CHECK(o.task().has_value(),
-                 "train.dataset = \"files\" needs the task its data is read against (the "
-                 "[task] table, or task.file: labels, input_shape, dtype, normalise)");
+    CHORUS_CHECK(
+        o.task().has_value(),
+        "train.dataset = \"files\" needs the task its data is read against "
+        "(the "
+        "[task] table, or task.file: labels, input_shape, dtype, normalise)");
     CHORUS_CHECK(!o.data().path.empty(),
-                 "train.dataset = \"files\" needs train.data (the labelled file or image "
+                 "train.dataset = \"files\" needs train.data (the labelled "
+                 "file or image "
                  "folder)");
     out.task = *o.task();
     auto ex = fusion::read_examples(o.data(), out.task, /*need_labels=*/true);
@@ -271,20 +295,25 @@ LocalData load_local_data(const LocalDataOptions& o) {
     if (!o.data_dir().empty()) dir = o.data_dir();
     auto b = fusion::load_builtin(o.dataset(), dir);
     out.task = o.task().value_or(b.task);
-    CHORUS_CHECK(out.task.labels == b.task.labels && out.task.input_shape == b.task.input_shape,
-                 "the [task] table (labels [{}], inputs [{}]) does not describe the built-in "
+    CHORUS_CHECK(out.task.labels == b.task.labels &&
+                     out.task.input_shape == b.task.input_shape,
+                 "the [task] table (labels [{}], inputs [{}]) does not "
+                 "describe the built-in "
                  "data set '{}' (labels [{}], inputs [{}])",
                  fmt::join(out.task.labels.names(), ", "),
                  fmt::join(out.task.input_shape, ", "), o.dataset(),
-                 fmt::join(b.task.labels.names(), ", "), fmt::join(b.task.input_shape, ", "));
+                 fmt::join(b.task.labels.names(), ", "),
+                 fmt::join(b.task.input_shape, ", "));
     raw_x = b.train.inputs;
     y = b.train.labels;
   }
   if (out.task.needs_statistics()) {
     fusion::fit_normalisation(out.task, raw_x);
     log::get("node")->warn(
-        "event=normalisation_fitted_locally task={} reason=\"the task names {} normalisation "
-        "without statistics; they were fitted on this node's data. Give the federation's "
+        "event=normalisation_fitted_locally task={} reason=\"the task names {} "
+        "normalisation "
+        "without statistics; they were fitted on this node's data. Give the "
+        "federation's "
         "mean and std in the task file so that every party normalises alike\"",
         out.task.name, normalisation_name(out.task.normalisation));
   }
@@ -299,7 +328,8 @@ std::vector<std::int64_t> class_indices(const std::vector<std::string>& labels,
   std::vector<std::int64_t> classes;
   for (const auto& label : labels) {
     auto c = task.labels.find(label);
-    CHORUS_CHECK(c.has_value(), "label '{}' is not in the label space of '{}' (expected one "
+    CHORUS_CHECK(c.has_value(),
+                 "label '{}' is not in the label space of '{}' (expected one "
                  "of: {})",
                  label, task.name, fmt::join(task.labels.names(), ", "));
     classes.push_back(*c);
@@ -309,19 +339,23 @@ std::vector<std::int64_t> class_indices(const std::vector<std::string>& labels,
 
 }  // namespace
 
-LabelledShots draw_local_shots(const std::vector<std::string>& labels, std::int64_t per_class,
-                               std::uint64_t seed, const LocalDataOptions& source) {
-  CHORUS_CHECK(per_class >= 1, "shots per class must be at least 1, got {}", per_class);
+LabelledShots draw_local_shots(const std::vector<std::string>& labels,
+                               std::int64_t per_class, std::uint64_t seed,
+                               const LocalDataOptions& source) {
+  CHORUS_CHECK(per_class >= 1, "shots per class must be at least 1, got {}",
+               per_class);
   auto data = load_local_data(source);
   const auto classes = class_indices(labels, data.task);
   auto gen = at::detail::createCPUGenerator(seed);
   std::vector<torch::Tensor> xs, ys;
   for (std::size_t j = 0; j < classes.size(); ++j) {
     auto rows = data.examples.labels.eq(classes[j]).nonzero().flatten();
-    auto pick = rows.index_select(0, torch::randperm(rows.numel(), gen, torch::kLong)
-                                         .slice(0, 0, per_class));
+    auto pick =
+        rows.index_select(0, torch::randperm(rows.numel(), gen, torch::kLong)
+                                 .slice(0, 0, per_class));
     xs.push_back(data.examples.inputs.index_select(0, pick));
-    ys.push_back(torch::full({pick.numel()}, static_cast<std::int64_t>(j), torch::kLong));
+    ys.push_back(torch::full({pick.numel()}, static_cast<std::int64_t>(j),
+                             torch::kLong));
   }
   return {torch::cat(xs), torch::cat(ys)};
 }
@@ -331,8 +365,8 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                                        const std::filesystem::path& out) {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
-  CHORUS_CHECK(labels.size() >= 2, "an expert needs at least two labels, got {}",
-               labels.size());
+  CHORUS_CHECK(labels.size() >= 2,
+               "an expert needs at least two labels, got {}", labels.size());
   CHORUS_CHECK(options.shards() >= 1 && options.shard() >= 0 &&
                    options.shard() < options.shards(),
                "train.shard must be in 0..{}, got {}", options.shards() - 1,
@@ -342,7 +376,8 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
   auto data = load_local_data(options.source());
   const auto& task = data.task;
   const auto classes = class_indices(labels, task);
-  const auto arch = fusion::resolve_architecture(options.arch(), task.input_shape);
+  const auto arch =
+      fusion::resolve_architecture(options.arch(), task.input_shape);
   if (out.has_parent_path()) {
     std::error_code ec;
     std::filesystem::create_directories(out.parent_path(), ec);
@@ -350,27 +385,30 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                       out.parent_path().string(), ec.message());
   }
   const auto& all = data.examples;
-  auto shard = fusion::iid_partition(all.size(), options.shards(), options.seed())
-                   .at(static_cast<std::size_t>(options.shard()));
+  auto shard =
+      fusion::iid_partition(all.size(), options.shards(), options.seed())
+          .at(static_cast<std::size_t>(options.shard()));
   shard = std::get<0>(shard.sort());
   auto shard_labels = all.labels.index_select(0, shard);
   auto keep = shard.index_select(
       0, fusion::class_subset_indices(shard_labels, classes));
-  CHORUS_CHECK(keep.numel() >= 10, "only {} training examples of [{}] in shard {}/{}",
-               keep.numel(), fmt::join(labels, ", "), options.shard(),
-               options.shards());
+  CHORUS_CHECK(keep.numel() >= 10,
+               "only {} training examples of [{}] in shard {}/{}", keep.numel(),
+               fmt::join(labels, ", "), options.shard(), options.shards());
   auto x = all.inputs.index_select(0, keep);
   auto y = fusion::to_local_labels(all.labels.index_select(0, keep), classes);
   torch::manual_seed(options.seed());
   auto perm = torch::randperm(x.size(0), torch::kLong);
   const auto n_hold = std::max<std::int64_t>(
-      1, static_cast<std::int64_t>(options.holdout() * static_cast<double>(x.size(0))));
+      1, static_cast<std::int64_t>(options.holdout() *
+                                   static_cast<double>(x.size(0))));
   auto hold = perm.slice(0, 0, n_hold);
   auto rest = perm.slice(0, n_hold);
 
-  fusion::ModelSpec spec{.arch = arch,
-                         .input_shape = task.input_shape,
-                         .num_classes = static_cast<std::int64_t>(labels.size())};
+  fusion::ModelSpec spec{
+      .arch = arch,
+      .input_shape = task.input_shape,
+      .num_classes = static_cast<std::int64_t>(labels.size())};
   auto model = fusion::make_classifier(spec);
   fusion::train(*model, x.index_select(0, rest), y.index_select(0, rest),
                 fusion::TrainOptions()

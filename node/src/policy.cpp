@@ -23,28 +23,32 @@ OutputForm parse_output_form(const std::string& text) {
   if (text == "top-k") return OutputForm::kTopK;
   if (text == "label-only") return OutputForm::kLabelOnly;
   fail(Code::kInvalidArgument,
-       "unknown output form '{}' (expected probabilities, top-k or label-only)", text);
+       "unknown output form '{}' (expected probabilities, top-k or label-only)",
+       text);
 }
 
 void QueryPolicy::validate() const {
   budget.validate();
-  CHORUS_CHECK(std::isfinite(rate_limit) && rate_limit >= 0,
-               "query policy: rate_limit must be >= 0 inputs per second, got {}",
-               rate_limit);
-  CHORUS_CHECK(top_k >= 1, "query policy: top_k must be at least 1, got {}", top_k);
+  CHORUS_CHECK(
+      std::isfinite(rate_limit) && rate_limit >= 0,
+      "query policy: rate_limit must be >= 0 inputs per second, got {}",
+      rate_limit);
+  CHORUS_CHECK(top_k >= 1, "query policy: top_k must be at least 1, got {}",
+               top_k);
   CHORUS_CHECK(std::isfinite(temperature) && temperature > 0,
-               "query policy: temperature must be positive, got {}", temperature);
+               "query policy: temperature must be positive, got {}",
+               temperature);
   CHORUS_CHECK(std::isfinite(noise_std) && noise_std >= 0,
                "query policy: noise_std must be >= 0, got {}", noise_std);
 }
 
 RateLimiter::RateLimiter(double rate) : rate_(rate) {
-  CHORUS_CHECK(std::isfinite(rate) && rate >= 0, "rate limit must be >= 0, got {}",
-               rate);
+  CHORUS_CHECK(std::isfinite(rate) && rate >= 0,
+               "rate limit must be >= 0, got {}", rate);
 }
 
-std::chrono::milliseconds RateLimiter::reserve(std::int64_t n,
-                                               std::chrono::milliseconds max_wait) {
+std::chrono::milliseconds RateLimiter::reserve(
+    std::int64_t n, std::chrono::milliseconds max_wait) {
   using namespace std::chrono;
   if (rate_ <= 0) return milliseconds(0);
   std::lock_guard lock(mutex_);

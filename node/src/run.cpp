@@ -1,6 +1,7 @@
 #include "chorus/node/run.hpp"
 
 #include <ATen/Parallel.h>
+
 #include <asio/io_context.hpp>
 #include <asio/thread_pool.hpp>
 
@@ -26,9 +27,9 @@ void run_node(const NodeConfig& config) {
   options.metadata = {{"name", config.name},
                       {"backend", expert_kind_name(config.expert.kind)}};
   if (config.adapt_shots_per_class > 0) {
-    options.shots = std::make_shared<LabelledShots>(draw_local_shots(
-        expert->labels(), config.adapt_shots_per_class, config.adapt_seed,
-        config.train.source()));
+    options.shots = std::make_shared<LabelledShots>(
+        draw_local_shots(expert->labels(), config.adapt_shots_per_class,
+                         config.adapt_seed, config.train.source()));
   }
   const auto labels = expert->labels().size();
   NodeService service(std::move(expert), options);
@@ -36,7 +37,8 @@ void run_node(const NodeConfig& config) {
   SessionOptions session_options;
   session_options.host = config.host;
   session_options.port = config.port;
-  session_options.tls = protocol::TlsMaterial::load(config.ca, config.cert, config.key);
+  session_options.tls =
+      protocol::TlsMaterial::load(config.ca, config.cert, config.key);
 
   asio::io_context io;
   asio::thread_pool pool(static_cast<std::size_t>(config.workers));
@@ -44,10 +46,11 @@ void run_node(const NodeConfig& config) {
   protocol::ShutdownOnSignal shutdown(
       io, [&](int) { session.stop(); }, [&] { io.stop(); },
       std::chrono::milliseconds(2000));
-  log->info("event=starting name={} coordinator={}:{} expert={} labels={} "
-            "max_batch={} audit={}",
-            config.name, config.host, config.port, config.expert.path.string(), labels, config.policy.budget.max_batch,
-            config.audit_log.string());
+  log->info(
+      "event=starting name={} coordinator={}:{} expert={} labels={} "
+      "max_batch={} audit={}",
+      config.name, config.host, config.port, config.expert.path.string(),
+      labels, config.policy.budget.max_batch, config.audit_log.string());
   session.start();
   io.run();
   pool.join();

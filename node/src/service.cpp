@@ -2,8 +2,9 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
@@ -113,8 +114,9 @@ struct NodeService::Impl {
       p = (p + eps).clamp_min(0);
       auto sums = p.sum(1, /*keepdim=*/true);
       // A row the noise zeroed entirely becomes uniform.
-      p = torch::where(sums > 0, p / sums.clamp_min(1e-12),
-                       torch::full_like(p, 1.0 / static_cast<double>(p.size(1))));
+      p = torch::where(
+          sums > 0, p / sums.clamp_min(1e-12),
+          torch::full_like(p, 1.0 / static_cast<double>(p.size(1))));
     }
     switch (pol.output_form) {
       case OutputForm::kTopK: {
@@ -124,7 +126,8 @@ struct NodeService::Impl {
         break;
       }
       case OutputForm::kLabelOnly:
-        p = torch::zeros_like(p).scatter_(1, p.argmax(1, /*keepdim=*/true), 1.0);
+        p = torch::zeros_like(p).scatter_(1, p.argmax(1, /*keepdim=*/true),
+                                          1.0);
         break;
       case OutputForm::kProbabilities:
         break;
@@ -133,12 +136,14 @@ struct NodeService::Impl {
   }
 };
 
-NodeService::NodeService(std::unique_ptr<Expert> expert, NodeServiceOptions options)
+NodeService::NodeService(std::unique_ptr<Expert> expert,
+                         NodeServiceOptions options)
     : impl_(std::make_unique<Impl>(std::move(expert), std::move(options))) {
   if (!impl_->options.state_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(impl_->options.state_dir, ec);
-    CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create state directory '{}': {}",
+    CHORUS_CHECK_CODE(!ec, Code::kInternal,
+                      "cannot create state directory '{}': {}",
                       impl_->options.state_dir.string(), ec.message());
     impl_->stored = read_stored_model(impl_->options.state_dir);
   }
@@ -155,7 +160,8 @@ v1::Hello NodeService::hello() const {
   for (auto s : e.input_shape()) d->add_input_shape(s);
   d->set_input_dtype(v1::DTYPE_FLOAT32);
   for (const auto& l : e.labels()) d->add_labels(l);
-  for (const auto& [k, v] : impl_->options.metadata) (*d->mutable_metadata())[k] = v;
+  for (const auto& [k, v] : impl_->options.metadata)
+    (*d->mutable_metadata())[k] = v;
   auto* p = h.mutable_policy();
   p->set_max_batch(static_cast<std::uint64_t>(pol.budget.max_batch));
   if (pol.budget.total_budget) {
@@ -178,24 +184,28 @@ v1::Hello NodeService::hello() const {
   return h;
 }
 
-std::optional<std::string> NodeService::accept_task(const std::optional<TaskSpec>& task) {
+std::optional<std::string> NodeService::accept_task(
+    const std::optional<TaskSpec>& task) {
   if (task) {
     const auto& e = *impl_->expert;
-    if (auto why = task_mismatch(*task, e.input_shape(), InputDType::kFloat32, e.labels(),
-                                 "this node's expert")) {
-      impl_->log->error("event=task_refused task={} reason=\"{}\"", task->name, *why);
+    if (auto why = task_mismatch(*task, e.input_shape(), InputDType::kFloat32,
+                                 e.labels(), "this node's expert")) {
+      impl_->log->error("event=task_refused task={} reason=\"{}\"", task->name,
+                        *why);
       return why;
     }
-    impl_->log->info("event=task_accepted task={} input=\"{}\" normalisation={} labels={}",
-                     task->name, task->describe_input(),
-                     normalisation_name(task->normalisation), task->labels.size());
+    impl_->log->info(
+        "event=task_accepted task={} input=\"{}\" normalisation={} labels={}",
+        task->name, task->describe_input(),
+        normalisation_name(task->normalisation), task->labels.size());
   }
   std::lock_guard lock(impl_->mutex);
   impl_->task = task ? std::make_shared<const TaskSpec>(*task) : nullptr;
   return std::nullopt;
 }
 
-std::shared_ptr<PredictJob> NodeService::admit_predict(const v1::Envelope& request) {
+std::shared_ptr<PredictJob> NodeService::admit_predict(
+    const v1::Envelope& request) {
   const auto& req = request.predict_request();
   std::shared_ptr<const TaskSpec> task;
   {
@@ -220,16 +230,19 @@ std::shared_ptr<PredictJob> NodeService::admit_predict(const v1::Envelope& reque
   protocol::TensorLimits limits;
   limits.max_elements = std::max<std::int64_t>(
       per_input, per_input * impl_->options.policy.budget.max_batch);
-  CHORUS_CHECK(req.inputs().shape_size() >= 1 &&
-                   req.inputs().shape(0) <= impl_->options.policy.budget.max_batch,
-               "inputs must be {}; got a batch of {}", expected,
-               req.inputs().shape_size() ? req.inputs().shape(0) : 0);
+  CHORUS_CHECK(
+      req.inputs().shape_size() >= 1 &&
+          req.inputs().shape(0) <= impl_->options.policy.budget.max_batch,
+      "inputs must be {}; got a batch of {}", expected,
+      req.inputs().shape_size() ? req.inputs().shape(0) : 0);
   auto inputs = protocol::decode_tensor(req.inputs(), limits);
   std::vector<std::int64_t> got(inputs.sizes().begin(), inputs.sizes().end());
-  const bool shape_ok = inputs.dim() == static_cast<std::int64_t>(shape.size()) + 1 &&
-                        std::equal(shape.begin(), shape.end(), got.begin() + 1) &&
-                        inputs.size(0) > 0;
-  CHORUS_CHECK(shape_ok, "inputs must be {}; got [{}]", expected, fmt::join(got, ", "));
+  const bool shape_ok =
+      inputs.dim() == static_cast<std::int64_t>(shape.size()) + 1 &&
+      std::equal(shape.begin(), shape.end(), got.begin() + 1) &&
+      inputs.size(0) > 0;
+  CHORUS_CHECK(shape_ok, "inputs must be {}; got [{}]", expected,
+               fmt::join(got, ", "));
   CHORUS_CHECK(!protocol::has_non_finite(inputs),
                "inputs hold NaN or infinite values; this node refuses them");
   {
@@ -240,7 +253,8 @@ std::shared_ptr<PredictJob> NodeService::admit_predict(const v1::Envelope& reque
     }
   }
   const auto n = inputs.size(0);
-  const auto deadline = std::chrono::milliseconds(req.deadline_ms() ? req.deadline_ms() : 60000);
+  const auto deadline =
+      std::chrono::milliseconds(req.deadline_ms() ? req.deadline_ms() : 60000);
   // Rate first: a request refused for the rate spends no budget.
   auto wait = impl_->rate.reserve(n, deadline / 2);
   impl_->ledger.charge(n);
@@ -253,7 +267,9 @@ std::shared_ptr<PredictJob> NodeService::admit_predict(const v1::Envelope& reque
   return job;
 }
 
-std::chrono::milliseconds NodeService::wait_of(const PredictJob& job) { return job.wait; }
+std::chrono::milliseconds NodeService::wait_of(const PredictJob& job) {
+  return job.wait;
+}
 
 v1::Envelope NodeService::run_predict(PredictJob& job) {
   if (job.task) {
@@ -305,7 +321,8 @@ v1::Envelope NodeService::receive_model_chunk(const v1::Envelope& request) {
   }
   if (c.sha256().size() != 32) {
     discard(Code::kInvalidArgument,
-            fmt::format("the digest has {} bytes, SHA-256 needs 32", c.sha256().size()));
+            fmt::format("the digest has {} bytes, SHA-256 needs 32",
+                        c.sha256().size()));
   }
   if (c.chunk_index() == 0) {
     a = Assembly{.round = c.round(),
@@ -320,58 +337,64 @@ v1::Envelope NodeService::receive_model_chunk(const v1::Envelope& request) {
   } else if (!a || a->round != c.round() || a->count != c.chunk_count() ||
              a->total != c.total_bytes() || a->sha256 != c.sha256() ||
              a->next != c.chunk_index()) {
-    discard(Code::kFailedPrecondition,
-            fmt::format("chunk {} of round {} arrived out of order (expected {})",
-                        c.chunk_index(), c.round(),
-                        a ? fmt::format("chunk {} of round {}", a->next, a->round)
-                          : std::string("chunk 0")));
+    discard(
+        Code::kFailedPrecondition,
+        fmt::format("chunk {} of round {} arrived out of order (expected {})",
+                    c.chunk_index(), c.round(),
+                    a ? fmt::format("chunk {} of round {}", a->next, a->round)
+                      : std::string("chunk 0")));
   }
   if (a->data.size() + c.data().size() > a->total) {
-    discard(Code::kDataLoss, fmt::format("the chunks exceed the announced {} bytes",
-                                         a->total));
+    discard(Code::kDataLoss,
+            fmt::format("the chunks exceed the announced {} bytes", a->total));
   }
   a->data += c.data();
   ++a->next;
   v1::Envelope ok;
   ok.mutable_status()->set_code(v1::CODE_OK);
   if (a->next < a->count) {
-    ok.mutable_status()->set_message(
-        fmt::format("chunk {} of {} received", c.chunk_index() + 1, c.chunk_count()));
+    ok.mutable_status()->set_message(fmt::format(
+        "chunk {} of {} received", c.chunk_index() + 1, c.chunk_count()));
     return ok;
   }
   if (a->data.size() != a->total) {
-    discard(Code::kDataLoss, fmt::format("the model has {} bytes, {} were announced",
-                                         a->data.size(), a->total));
+    discard(Code::kDataLoss,
+            fmt::format("the model has {} bytes, {} were announced",
+                        a->data.size(), a->total));
   }
   if (protocol::sha256(a->data) != a->sha256) {
     discard(Code::kDataLoss, "the model's SHA-256 digest does not match");
   }
-  CHORUS_CHECK_CODE(!impl_->options.state_dir.empty(), Code::kFailedPrecondition,
+  CHORUS_CHECK_CODE(!impl_->options.state_dir.empty(),
+                    Code::kFailedPrecondition,
                     "this node has no state directory to store models in");
-  auto stored =
-      store_global_model(impl_->options.state_dir, a->round, a->algorithm, a->spec, a->data);
+  auto stored = store_global_model(impl_->options.state_dir, a->round,
+                                   a->algorithm, a->spec, a->data);
   impl_->log->info("event=model_stored round={} algorithm={} bytes={} file={}",
-                   stored.round, stored.algorithm, a->total, stored.file.string());
+                   stored.round, stored.algorithm, a->total,
+                   stored.file.string());
   impl_->stored = stored;
   a.reset();
-  ok.mutable_status()->set_message(fmt::format("model of round {} stored", stored.round));
+  ok.mutable_status()->set_message(
+      fmt::format("model of round {} stored", stored.round));
   return ok;
 }
 
 v1::Envelope NodeService::adapt(const v1::Envelope& request) {
   const auto& req = request.adapt_request();
-  CHORUS_CHECK_CODE(impl_->options.shots != nullptr, Code::kFailedPrecondition,
-                    "this node has no labelled shots to adapt with (node config: "
-                    "[adapt] shots_per_class)");
+  CHORUS_CHECK_CODE(
+      impl_->options.shots != nullptr, Code::kFailedPrecondition,
+      "this node has no labelled shots to adapt with (node config: "
+      "[adapt] shots_per_class)");
   std::optional<StoredModel> stored;
   {
     std::lock_guard lock(impl_->mutex);
     stored = impl_->stored;
   }
-  CHORUS_CHECK_CODE(stored && stored->algorithm == "tae",
-                    Code::kFailedPrecondition,
-                    "no tae global model has been pushed to this node (it holds {})",
-                    stored ? "a '" + stored->algorithm + "' model" : std::string("none"));
+  CHORUS_CHECK_CODE(
+      stored && stored->algorithm == "tae", Code::kFailedPrecondition,
+      "no tae global model has been pushed to this node (it holds {})",
+      stored ? "a '" + stored->algorithm + "' model" : std::string("none"));
   std::lock_guard tae_lock(impl_->tae_mutex);
   if (!impl_->tae || impl_->tae_round != stored->round) {
     impl_->tae.emplace(fusion::TaeModel::load(stored->file));
@@ -381,9 +404,10 @@ v1::Envelope NodeService::adapt(const v1::Envelope& request) {
   const auto classes = classes_of(model, impl_->expert->labels());
   torch::Tensor tau;
   if (req.task_descriptor_size() > 0) {
-    CHORUS_CHECK(req.task_descriptor_size() == model.task_dim(),
-                 "the task descriptor has {} entries, the global model takes {}",
-                 req.task_descriptor_size(), model.task_dim());
+    CHORUS_CHECK(
+        req.task_descriptor_size() == model.task_dim(),
+        "the task descriptor has {} entries, the global model takes {}",
+        req.task_descriptor_size(), model.task_dim());
     tau = torch::tensor(std::vector<float>(req.task_descriptor().begin(),
                                            req.task_descriptor().end()));
   }
@@ -392,13 +416,15 @@ v1::Envelope NodeService::adapt(const v1::Envelope& request) {
   // The adapted model stays here: `chorus node adapt` and local use read it.
   const auto written = write_adapted(impl_->options.state_dir, outcome);
   const auto& result = outcome.adaptation;
-  impl_->log->info("event=adapted round={} shots={} bound={:.4f} gibbs={:.4f} kl={:.4f} "
-                   "shot_accuracy={:.3f} written={}",
-                   req.round(), outcome.shots, result.bound, result.gibbs_loss, result.kl,
-                   outcome.shot_accuracy, written.string());
+  impl_->log->info(
+      "event=adapted round={} shots={} bound={:.4f} gibbs={:.4f} kl={:.4f} "
+      "shot_accuracy={:.3f} written={}",
+      req.round(), outcome.shots, result.bound, result.gibbs_loss, result.kl,
+      outcome.shot_accuracy, written.string());
   v1::Envelope reply;
   auto* r = reply.mutable_adapt_response();
-  protocol::encode_tensor(result.posterior.mean.contiguous(), r->mutable_embedding_mean());
+  protocol::encode_tensor(result.posterior.mean.contiguous(),
+                          r->mutable_embedding_mean());
   protocol::encode_tensor(result.posterior.logvar.contiguous(),
                           r->mutable_embedding_logvar());
   r->set_shots(static_cast<std::uint32_t>(outcome.shots));
@@ -435,28 +461,32 @@ std::optional<StoredModel> NodeService::stored_model() const {
   return impl_->stored;
 }
 
-std::int64_t NodeService::inputs_answered() const { return impl_->ledger.spent(); }
+std::int64_t NodeService::inputs_answered() const {
+  return impl_->ledger.spent();
+}
 
-StoredModel store_global_model(const std::filesystem::path& state_dir, std::uint32_t round,
-                               const std::string& algorithm, const std::string& spec,
+StoredModel store_global_model(const std::filesystem::path& state_dir,
+                               std::uint32_t round,
+                               const std::string& algorithm,
+                               const std::string& spec,
                                const std::string& bytes) {
-  StoredModel stored{.round = round,
-                     .algorithm = algorithm,
-                     .spec = spec,
-                     .sha256_hex = protocol::to_hex(protocol::sha256(bytes)),
-                     .file = state_dir / fmt::format("global-round-{}.pt", round)};
+  StoredModel stored{
+      .round = round,
+      .algorithm = algorithm,
+      .spec = spec,
+      .sha256_hex = protocol::to_hex(protocol::sha256(bytes)),
+      .file = state_dir / fmt::format("global-round-{}.pt", round)};
   write_file_atomic(stored.file, bytes);
-  nlohmann::json manifest{{"round", stored.round},
-                          {"algorithm", stored.algorithm},
-                          {"spec", stored.spec},
-                          {"sha256", stored.sha256_hex},
-                          {"bytes", bytes.size()},
-                          {"file", stored.file.filename().string()}};
+  nlohmann::json manifest{
+      {"round", stored.round}, {"algorithm", stored.algorithm},
+      {"spec", stored.spec},   {"sha256", stored.sha256_hex},
+      {"bytes", bytes.size()}, {"file", stored.file.filename().string()}};
   write_file_atomic(state_dir / kManifest, manifest.dump(2) + "\n");
   return stored;
 }
 
-std::optional<StoredModel> read_stored_model(const std::filesystem::path& state_dir) {
+std::optional<StoredModel> read_stored_model(
+    const std::filesystem::path& state_dir) {
   const auto path = state_dir / kManifest;
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) return std::nullopt;
@@ -470,7 +500,8 @@ std::optional<StoredModel> read_stored_model(const std::filesystem::path& state_
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    fail(Code::kDataLoss, "corrupt model manifest '{}': {}", path.string(), e.what());
+    fail(Code::kDataLoss, "corrupt model manifest '{}': {}", path.string(),
+         e.what());
   }
 }
 

@@ -1,7 +1,7 @@
 #include "chorus/node/session.hpp"
 
-#include <asio/post.hpp>
 #include <asio/experimental/as_tuple.hpp>
+#include <asio/post.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
@@ -25,7 +25,8 @@ struct NodeSession::Impl {
   std::unique_ptr<protocol::Client> client;
   std::shared_ptr<spdlog::logger> log = log::get("node");
 
-  Impl(asio::io_context& i, asio::thread_pool& p, NodeService& s, SessionOptions o)
+  Impl(asio::io_context& i, asio::thread_pool& p, NodeService& s,
+       SessionOptions o)
       : io(i), pool(p), service(s), options(std::move(o)) {}
 
   using Outcome = protocol::Outcome;
@@ -43,21 +44,25 @@ struct NodeSession::Impl {
         if (admitted.error) co_return admitted;
         if (auto wait = NodeService::wait_of(*job); wait.count() > 0) {
           asio::steady_timer timer(co_await asio::this_coro::executor, wait);
-          co_await timer.async_wait(asio::experimental::as_tuple(use_awaitable));
+          co_await timer.async_wait(
+              asio::experimental::as_tuple(use_awaitable));
         }
         call->work = [this, job] { return service.run_predict(*job); };
         break;
       }
       case v1::Envelope::kModelPush:
         // Storing writes and fsyncs a file: not on the network thread.
-        call->work = [this, request] { return service.receive_model_chunk(request); };
+        call->work = [this, request] {
+          return service.receive_model_chunk(request);
+        };
         break;
       case v1::Envelope::kAdaptRequest:
         call->work = [this, request] { return service.adapt(request); };
         break;
       default: {
         Outcome refused;
-        refused.error = Error(Code::kUnimplemented, "this node does not serve this request");
+        refused.error = Error(Code::kUnimplemented,
+                              "this node does not serve this request");
         co_return refused;
       }
     }
@@ -66,7 +71,8 @@ struct NodeSession::Impl {
     co_return call->result;
   }
 
-  awaitable<v1::Envelope> handle(const std::string& peer, const v1::Envelope& request) {
+  awaitable<v1::Envelope> handle(const std::string& peer,
+                                 const v1::Envelope& request) {
     const auto t0 = std::chrono::steady_clock::now();
     Outcome outcome = co_await dispatch(request);
     const auto latency = std::chrono::steady_clock::now() - t0;
@@ -78,8 +84,9 @@ struct NodeSession::Impl {
       log->error("event=audit_failed error=\"{}\"", e.what());
     }
     if (error) {
-      log->info("peer={} request_id={} event=refused code={} error=\"{}\"", peer,
-                request.request_id(), code_name(error->code()), error->what());
+      log->info("peer={} request_id={} event=refused code={} error=\"{}\"",
+                peer, request.request_id(), code_name(error->code()),
+                error->what());
       co_return protocol::make_status(error->code(), error->what(),
                                       request.request_id());
     }
@@ -101,16 +108,19 @@ NodeSession::NodeSession(asio::io_context& io, asio::thread_pool& pool,
         v1::Envelope reply = co_await impl->handle(*peer, request);
         co_return reply;
       },
-      [impl, peer](std::shared_ptr<protocol::Connection> c, const v1::Welcome& w) {
+      [impl, peer](std::shared_ptr<protocol::Connection> c,
+                   const v1::Welcome& w) {
         *peer = c->peer_identity();
         // A task this node's expert does not fit: say why on this end too,
         // and try again later (slowly) in case the coordinator's changes.
         if (auto why = impl->service.accept_task(protocol::task_of(w))) {
-          throw Error(Code::kInvalidArgument,
-                      fmt::format("this node does not fit the coordinator's task: {}", *why));
+          throw Error(
+              Code::kInvalidArgument,
+              fmt::format("this node does not fit the coordinator's task: {}",
+                          *why));
         }
-        impl->log->info("event=welcomed coordinator={} round={}", w.coordinator(),
-                        w.round());
+        impl->log->info("event=welcomed coordinator={} round={}",
+                        w.coordinator(), w.round());
       });
 }
 

@@ -29,8 +29,8 @@ using PKey = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
 using Cert = std::unique_ptr<X509, Deleter<X509, X509_free>>;
 using Bio = std::unique_ptr<BIO, Deleter<BIO, BIO_free_all>>;
 using Bignum = std::unique_ptr<BIGNUM, Deleter<BIGNUM, BN_free>>;
-using Extension =
-    std::unique_ptr<X509_EXTENSION, Deleter<X509_EXTENSION, X509_EXTENSION_free>>;
+using Extension = std::unique_ptr<X509_EXTENSION,
+                                  Deleter<X509_EXTENSION, X509_EXTENSION_free>>;
 
 // Throws INTERNAL with OpenSSL's queued error text.
 [[noreturn]] void fail_openssl(std::string_view what) {
@@ -41,8 +41,8 @@ using Extension =
     if (!detail.empty()) detail += "; ";
     detail += buf;
   }
-  fail(Code::kInternal, "openssl: {} failed{}{}", what, detail.empty() ? "" : ": ",
-       detail);
+  fail(Code::kInternal, "openssl: {} failed{}{}", what,
+       detail.empty() ? "" : ": ", detail);
 }
 
 void ensure(bool ok, std::string_view what) {
@@ -98,9 +98,11 @@ Cert read_cert(const std::string& pem) {
   return cert;
 }
 
-void add_extension(X509* cert, X509V3_CTX* ctx, int nid, const std::string& value) {
+void add_extension(X509* cert, X509V3_CTX* ctx, int nid,
+                   const std::string& value) {
   Extension ext(X509V3_EXT_conf_nid(nullptr, ctx, nid, value.c_str()));
-  ensure(ext != nullptr, fmt::format("extension {}={}", OBJ_nid2sn(nid), value));
+  ensure(ext != nullptr,
+         fmt::format("extension {}={}", OBJ_nid2sn(nid), value));
   ensure(X509_add_ext(cert, ext.get(), -1) == 1, "X509_add_ext");
 }
 
@@ -124,14 +126,17 @@ std::string san_entry(const std::string& host) {
 Cert build_cert(EVP_PKEY* key, const std::string& cn, CertRole role,
                 const std::vector<std::string>& hosts, const Validity& validity,
                 X509* issuer, EVP_PKEY* issuer_key) {
-  CHORUS_CHECK(validity.days > 0, "certificate validity must be at least one day");
+  CHORUS_CHECK(validity.days > 0,
+               "certificate validity must be at least one day");
   Cert cert(X509_new());
   ensure(cert != nullptr, "X509_new");
   ensure(X509_set_version(cert.get(), X509_VERSION_3) == 1, "X509_set_version");
   Bignum serial(BN_new());
-  ensure(serial && BN_rand(serial.get(), 127, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) == 1,
+  ensure(serial && BN_rand(serial.get(), 127, BN_RAND_TOP_ANY,
+                           BN_RAND_BOTTOM_ANY) == 1,
          "serial number");
-  ensure(BN_to_ASN1_INTEGER(serial.get(), X509_get_serialNumber(cert.get())) != nullptr,
+  ensure(BN_to_ASN1_INTEGER(serial.get(), X509_get_serialNumber(cert.get())) !=
+             nullptr,
          "BN_to_ASN1_INTEGER");
   const long start = static_cast<long>(validity.not_before_offset.count());
   ensure(X509_gmtime_adj(X509_getm_notBefore(cert.get()), start) != nullptr &&
@@ -140,25 +145,30 @@ Cert build_cert(EVP_PKEY* key, const std::string& cn, CertRole role,
          "validity");
   ensure(X509_set_pubkey(cert.get(), key) == 1, "X509_set_pubkey");
   X509_NAME* subject = X509_get_subject_name(cert.get());
-  ensure(X509_NAME_add_entry_by_txt(subject, "O", MBSTRING_ASC,
-                                    reinterpret_cast<const unsigned char*>("Chorus"),
-                                    -1, -1, 0) == 1 &&
-             X509_NAME_add_entry_by_txt(
-                 subject, "CN", MBSTRING_ASC,
-                 reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0) == 1,
-         "subject name");
-  ensure(X509_set_issuer_name(cert.get(), issuer ? X509_get_subject_name(issuer)
-                                                 : subject) == 1,
+  ensure(
+      X509_NAME_add_entry_by_txt(
+          subject, "O", MBSTRING_ASC,
+          reinterpret_cast<const unsigned char*>("Chorus"), -1, -1, 0) == 1 &&
+          X509_NAME_add_entry_by_txt(
+              subject, "CN", MBSTRING_ASC,
+              reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1,
+              0) == 1,
+      "subject name");
+  ensure(X509_set_issuer_name(
+             cert.get(), issuer ? X509_get_subject_name(issuer) : subject) == 1,
          "issuer name");
 
   X509V3_CTX ctx;
   X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, issuer ? issuer : cert.get(), cert.get(), nullptr, nullptr, 0);
+  X509V3_set_ctx(&ctx, issuer ? issuer : cert.get(), cert.get(), nullptr,
+                 nullptr, 0);
   add_extension(cert.get(), &ctx, NID_subject_key_identifier, "hash");
   add_extension(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always");
   if (role == CertRole::kCa) {
-    add_extension(cert.get(), &ctx, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
-    add_extension(cert.get(), &ctx, NID_key_usage, "critical,keyCertSign,cRLSign");
+    add_extension(cert.get(), &ctx, NID_basic_constraints,
+                  "critical,CA:TRUE,pathlen:0");
+    add_extension(cert.get(), &ctx, NID_key_usage,
+                  "critical,keyCertSign,cRLSign");
   } else {
     add_extension(cert.get(), &ctx, NID_basic_constraints, "critical,CA:FALSE");
     add_extension(cert.get(), &ctx, NID_key_usage, "critical,digitalSignature");
@@ -172,7 +182,8 @@ Cert build_cert(EVP_PKEY* key, const std::string& cn, CertRole role,
     };
     if (role == CertRole::kNode) add("DNS:" + cn);
     for (const auto& h : hosts) add(san_entry(h));
-    CHORUS_CHECK(!san.empty(), "the coordinator's certificate needs at least one host");
+    CHORUS_CHECK(!san.empty(),
+                 "the coordinator's certificate needs at least one host");
     add_extension(cert.get(), &ctx, NID_subject_alt_name, san);
   }
   ensure(X509_sign(cert.get(), issuer_key ? issuer_key : key, EVP_sha256()) > 0,
@@ -194,8 +205,8 @@ std::string name_string(const X509_NAME* name) {
   return bio_string(bio.get());
 }
 
-void write_pair(const fs::path& dir, const std::string& stem, const KeyPair& pair,
-                std::vector<fs::path>& written) {
+void write_pair(const fs::path& dir, const std::string& stem,
+                const KeyPair& pair, std::vector<fs::path>& written) {
   write_file_atomic(dir / (stem + ".key"), pair.key_pem,
                     fs::perms::owner_read | fs::perms::owner_write);
   write_file_atomic(dir / (stem + ".crt"), pair.cert_pem);
@@ -216,12 +227,13 @@ void check_node_name(const std::string& name) {
 KeyPair make_ca(const std::string& name, const Validity& validity) {
   validate_identity(name);
   auto key = new_key();
-  auto cert = build_cert(key.get(), name, CertRole::kCa, {}, validity, nullptr, nullptr);
+  auto cert = build_cert(key.get(), name, CertRole::kCa, {}, validity, nullptr,
+                         nullptr);
   return {key_pem(key.get()), cert_pem(cert.get())};
 }
 
-KeyPair issue_certificate(const KeyPair& ca, const std::string& name, CertRole role,
-                          const std::vector<std::string>& hosts,
+KeyPair issue_certificate(const KeyPair& ca, const std::string& name,
+                          CertRole role, const std::vector<std::string>& hosts,
                           const Validity& validity) {
   validate_identity(name);
   CHORUS_CHECK(role != CertRole::kCa, "use make_ca for a CA");
@@ -235,33 +247,37 @@ KeyPair issue_certificate(const KeyPair& ca, const std::string& name, CertRole r
   return {key_pem(key.get()), cert_pem(cert.get())};
 }
 
-std::vector<fs::path> init_deployment(const fs::path& dir,
-                                      const std::vector<std::string>& coordinator_hosts,
-                                      const std::vector<std::string>& nodes, int days) {
-  CHORUS_CHECK(!coordinator_hosts.empty(), "certs init: name at least one coordinator host");
+std::vector<fs::path> init_deployment(
+    const fs::path& dir, const std::vector<std::string>& coordinator_hosts,
+    const std::vector<std::string>& nodes, int days) {
+  CHORUS_CHECK(!coordinator_hosts.empty(),
+               "certs init: name at least one coordinator host");
   CHORUS_CHECK(!nodes.empty(), "certs init: name at least one node");
   std::set<std::string> seen;
   for (const auto& n : nodes) {
     check_node_name(n);
-    CHORUS_CHECK(seen.insert(n).second, "certs init: node '{}' is listed twice", n);
+    CHORUS_CHECK(seen.insert(n).second, "certs init: node '{}' is listed twice",
+                 n);
   }
   for (const auto& h : coordinator_hosts) san_entry(h);
   std::error_code ec;
-  CHORUS_CHECK_CODE(!fs::exists(dir / "ca.key", ec), Code::kAlreadyExists,
-                    "'{}' already holds a CA; use 'chorus certs add-node' to add "
-                    "nodes to it",
-                    dir.string());
+  CHORUS_CHECK_CODE(
+      !fs::exists(dir / "ca.key", ec), Code::kAlreadyExists,
+      "'{}' already holds a CA; use 'chorus certs add-node' to add "
+      "nodes to it",
+      dir.string());
   fs::create_directories(dir, ec);
-  CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create '{}': {}", dir.string(),
-                    ec.message());
+  CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create '{}': {}",
+                    dir.string(), ec.message());
   const Validity validity{.days = days};
   std::vector<fs::path> written;
   auto ca = make_ca("chorus-ca", Validity{.days = days + 365});
-  auto coordinator = issue_certificate(ca, "coordinator", CertRole::kCoordinator,
-                                       coordinator_hosts, validity);
+  auto coordinator = issue_certificate(
+      ca, "coordinator", CertRole::kCoordinator, coordinator_hosts, validity);
   std::vector<std::pair<std::string, KeyPair>> issued;
   for (const auto& n : nodes) {
-    issued.emplace_back(n, issue_certificate(ca, n, CertRole::kNode, {}, validity));
+    issued.emplace_back(
+        n, issue_certificate(ca, n, CertRole::kNode, {}, validity));
   }
   // Leaves first, the CA key last: a crash midway leaves no CA to reuse.
   write_pair(dir, "coordinator", coordinator, written);
@@ -275,21 +291,24 @@ std::vector<fs::path> add_node(const fs::path& ca_dir, const std::string& name,
   check_node_name(name);
   std::error_code ec;
   for (const char* f : {"ca.crt", "ca.key"}) {
-    CHORUS_CHECK_CODE(fs::exists(ca_dir / f, ec), Code::kNotFound,
-                      "no CA in '{}' ({} is missing); run 'chorus certs init' first",
-                      ca_dir.string(), f);
+    CHORUS_CHECK_CODE(
+        fs::exists(ca_dir / f, ec), Code::kNotFound,
+        "no CA in '{}' ({} is missing); run 'chorus certs init' first",
+        ca_dir.string(), f);
   }
   for (const char* ext : {".crt", ".key"}) {
-    CHORUS_CHECK_CODE(!fs::exists(ca_dir / (name + ext), ec), Code::kAlreadyExists,
-                      "node '{}' already has {} in '{}'; existing keys are never "
-                      "overwritten",
-                      name, name + ext, ca_dir.string());
+    CHORUS_CHECK_CODE(
+        !fs::exists(ca_dir / (name + ext), ec), Code::kAlreadyExists,
+        "node '{}' already has {} in '{}'; existing keys are never "
+        "overwritten",
+        name, name + ext, ca_dir.string());
   }
   KeyPair ca{read_file(ca_dir / "ca.key"), read_file(ca_dir / "ca.crt")};
   std::vector<fs::path> written;
-  write_pair(ca_dir, name,
-             issue_certificate(ca, name, CertRole::kNode, {}, Validity{.days = days}),
-             written);
+  write_pair(
+      ca_dir, name,
+      issue_certificate(ca, name, CertRole::kNode, {}, Validity{.days = days}),
+      written);
   return written;
 }
 
@@ -307,10 +326,11 @@ CertInfo inspect_certificate_pem(const std::string& pem) {
   info.not_before = asn1_time(X509_get0_notBefore(cert.get()));
   info.not_after = asn1_time(X509_get0_notAfter(cert.get()));
   info.expired = X509_cmp_current_time(X509_get0_notAfter(cert.get())) < 0;
-  info.not_yet_valid = X509_cmp_current_time(X509_get0_notBefore(cert.get())) > 0;
+  info.not_yet_valid =
+      X509_cmp_current_time(X509_get0_notBefore(cert.get())) > 0;
   info.is_ca = X509_check_ca(cert.get()) > 0;
-  if (auto* names = static_cast<GENERAL_NAMES*>(
-          X509_get_ext_d2i(cert.get(), NID_subject_alt_name, nullptr, nullptr))) {
+  if (auto* names = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(
+          cert.get(), NID_subject_alt_name, nullptr, nullptr))) {
     for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
       const GENERAL_NAME* gn = sk_GENERAL_NAME_value(names, i);
       if (gn->type == GEN_DNS) {
@@ -330,11 +350,13 @@ CertInfo inspect_certificate_pem(const std::string& pem) {
   }
   if (EVP_PKEY* key = X509_get0_pubkey(cert.get())) {
     const char* type = EVP_PKEY_get0_type_name(key);
-    info.key_type = fmt::format("{} {} bits", type ? type : "?", EVP_PKEY_get_bits(key));
+    info.key_type =
+        fmt::format("{} {} bits", type ? type : "?", EVP_PKEY_get_bits(key));
   }
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int md_len = 0;
-  ensure(X509_digest(cert.get(), EVP_sha256(), md, &md_len) == 1, "X509_digest");
+  ensure(X509_digest(cert.get(), EVP_sha256(), md, &md_len) == 1,
+         "X509_digest");
   for (unsigned i = 0; i < md_len; ++i) {
     info.sha256_fingerprint += fmt::format("{}{:02X}", i ? ":" : "", md[i]);
   }
@@ -354,7 +376,8 @@ std::string certificate_common_name(const std::string& pem) {
   auto cert = read_cert(pem);
   X509_NAME* name = X509_get_subject_name(cert.get());
   int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
-  CHORUS_CHECK_CODE(idx >= 0, Code::kDataLoss, "certificate has no common name");
+  CHORUS_CHECK_CODE(idx >= 0, Code::kDataLoss,
+                    "certificate has no common name");
   ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
   return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
                      ASN1_STRING_length(data));

@@ -1,5 +1,10 @@
 #include "chorus/protocol/channel.hpp"
 
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <spdlog/spdlog.h>
+
+#include <array>
 #include <asio/co_spawn.hpp>
 #include <asio/connect.hpp>
 #include <asio/detached.hpp>
@@ -11,11 +16,6 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/use_future.hpp>
 #include <asio/write.hpp>
-#include <openssl/ssl.h>
-#include <openssl/x509.h>
-#include <spdlog/spdlog.h>
-
-#include <array>
 #include <iterator>
 
 #include "chorus/core/fs.hpp"
@@ -51,7 +51,8 @@ std::string frame_bytes(const v1::Envelope& envelope, std::uint32_t max) {
   auto header = encode_frame_header(size, max);
   std::string out(kFrameHeaderSize + size, '\0');
   std::copy(header.begin(), header.end(), out.begin());
-  envelope.SerializeToArray(out.data() + kFrameHeaderSize, static_cast<int>(size));
+  envelope.SerializeToArray(out.data() + kFrameHeaderSize,
+                            static_cast<int>(size));
   return out;
 }
 
@@ -89,13 +90,14 @@ awaitable<std::optional<v1::Envelope>> read_envelope(Stream& stream,
   std::string body(size, '\0');
   auto [ec2, n2] = co_await read_exact(stream, asio::buffer(body));
   if (ec2) {
-    fail(Code::kDataLoss, "truncated frame: the connection ended after {} of {} bytes",
-         n2, size);
+    fail(Code::kDataLoss,
+         "truncated frame: the connection ended after {} of {} bytes", n2,
+         size);
   }
   v1::Envelope envelope;
   if (!envelope.ParseFromString(body)) {
-    fail(Code::kInvalidArgument, "a frame of {} bytes is not a chorus.v1.Envelope",
-         size);
+    fail(Code::kInvalidArgument,
+         "a frame of {} bytes is not a chorus.v1.Envelope", size);
   }
   if (envelope.body_case() == v1::Envelope::BODY_NOT_SET) {
     fail(Code::kInvalidArgument,
@@ -113,7 +115,8 @@ struct ReadResult {
   std::optional<Error> error;
 };
 
-awaitable<ReadResult> read_envelope_result(TlsStream& stream, std::uint32_t max) {
+awaitable<ReadResult> read_envelope_result(TlsStream& stream,
+                                           std::uint32_t max) {
   ReadResult result;
   try {
     result.envelope = co_await read_envelope(stream, max);
@@ -124,7 +127,8 @@ awaitable<ReadResult> read_envelope_result(TlsStream& stream, std::uint32_t max)
 }
 
 // Writes one envelope directly (before a Connection owns the stream).
-awaitable<std::error_code> write_envelope(TlsStream& stream, const v1::Envelope& e,
+awaitable<std::error_code> write_envelope(TlsStream& stream,
+                                          const v1::Envelope& e,
                                           std::uint32_t max) {
   auto bytes = frame_bytes(e, max);
   auto [ec, n] = co_await stream.write_all(asio::buffer(bytes));
@@ -138,7 +142,8 @@ std::string peer_common_name(TlsStream& stream) {
   X509_NAME* name = X509_get_subject_name(cert);
   int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
   if (idx >= 0) {
-    ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
+    ASN1_STRING* data =
+        X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
     cn.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
               ASN1_STRING_length(data));
   }
@@ -149,14 +154,16 @@ std::string peer_common_name(TlsStream& stream) {
 std::string endpoint_string(const asio::ip::tcp::socket& socket) {
   std::error_code ec;
   auto ep = socket.remote_endpoint(ec);
-  return ec ? std::string("?") : fmt::format("{}:{}", ep.address().to_string(), ep.port());
+  return ec ? std::string("?")
+            : fmt::format("{}:{}", ep.address().to_string(), ep.port());
 }
 
 void configure_common(asio::ssl::context& ctx, const TlsMaterial& tls) {
   try {
-    ctx.set_options(asio::ssl::context::default_workarounds |
-                    asio::ssl::context::no_sslv2 | asio::ssl::context::no_sslv3 |
-                    asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
+    ctx.set_options(
+        asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+        asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+        asio::ssl::context::no_tlsv1_1);
     SSL_CTX_set_min_proto_version(ctx.native_handle(), TLS1_2_VERSION);
     ctx.add_certificate_authority(asio::buffer(tls.ca_pem));
     ctx.use_certificate_chain(asio::buffer(tls.cert_pem));
@@ -206,7 +213,8 @@ asio::ssl::context make_client_context(const TlsMaterial& tls,
 
 template <typename S>
 BasicConnection<S>::BasicConnection(Stream stream, ChannelOptions options,
-                       std::string peer_identity, std::string log_name)
+                                    std::string peer_identity,
+                                    std::string log_name)
     : stream_(std::move(stream)),
       strand_(asio::make_strand(stream_.get_executor())),
       options_(options),
@@ -218,7 +226,8 @@ template <typename S>
 BasicConnection<S>::~BasicConnection() = default;
 
 template <typename S>
-void BasicConnection<S>::start(RequestHandler on_request, CloseHandler on_close) {
+void BasicConnection<S>::start(RequestHandler on_request,
+                               CloseHandler on_close) {
   on_request_ = std::move(on_request);
   on_close_ = std::move(on_close);
   open_ = true;
@@ -229,8 +238,8 @@ void BasicConnection<S>::start(RequestHandler on_request, CloseHandler on_close)
     try {
       std::rethrow_exception(e);
     } catch (const std::exception& ex) {
-      self->log_->error("peer={} event=coroutine_failed error={}", self->peer_identity_,
-                        ex.what());
+      self->log_->error("peer={} event=coroutine_failed error={}",
+                        self->peer_identity_, ex.what());
       asio::post(self->strand_, [self] { self->shutdown("internal error"); });
     }
   };
@@ -267,13 +276,15 @@ awaitable<void> BasicConnection<S>::reader() {
       case v1::Envelope::kHeartbeat:
         break;
       case v1::Envelope::kGoodbye:
-        shutdown(fmt::format("the peer said goodbye: {}", envelope->goodbye().reason()));
+        shutdown(fmt::format("the peer said goodbye: {}",
+                             envelope->goodbye().reason()));
         break;
       case v1::Envelope::kPredictRequest:
       case v1::Envelope::kModelPush:
       case v1::Envelope::kAdaptRequest:
         if (id == 0) {
-          enqueue(make_status(Code::kInvalidArgument, "a request needs a non-zero request_id"));
+          enqueue(make_status(Code::kInvalidArgument,
+                              "a request needs a non-zero request_id"));
         } else {
           asio::co_spawn(strand_, serve(std::move(*envelope)), asio::detached);
         }
@@ -287,19 +298,22 @@ awaitable<void> BasicConnection<S>::reader() {
           it->second.timer->cancel();
           pending_.erase(it);
         } else if (envelope->has_status() && id == 0) {
-          log_->warn("peer={} event=peer_status code={} message=\"{}\"", peer_identity_,
+          log_->warn("peer={} event=peer_status code={} message=\"{}\"",
+                     peer_identity_,
                      code_name(static_cast<Code>(envelope->status().code())),
                      envelope->status().message());
         } else {
-          log_->debug("peer={} event=late_reply request_id={}", peer_identity_, id);
+          log_->debug("peer={} event=late_reply request_id={}", peer_identity_,
+                      id);
         }
         break;
       }
       default:
-        enqueue(make_status(Code::kFailedPrecondition,
-                            "Hello and Welcome are only valid at the start of a "
-                            "connection",
-                            id));
+        enqueue(
+            make_status(Code::kFailedPrecondition,
+                        "Hello and Welcome are only valid at the start of a "
+                        "connection",
+                        id));
         break;
     }
   }
@@ -314,8 +328,8 @@ awaitable<void> BasicConnection<S>::serve(v1::Envelope request) {
   } catch (const Error& e) {
     reply = make_status(e.code(), e.what());
   } catch (const std::exception& e) {
-    log_->error("peer={} request_id={} event=handler_failed error={}", peer_identity_,
-                request.request_id(), e.what());
+    log_->error("peer={} request_id={} event=handler_failed error={}",
+                peer_identity_, request.request_id(), e.what());
     reply = make_status(Code::kInternal, e.what());
   }
   reply.set_request_id(request.request_id());
@@ -337,7 +351,8 @@ awaitable<void> BasicConnection<S>::writer() {
     writing_ = false;
     if (ec) {
       if (!closing_) {
-        log_->warn("peer={} event=write_failed error=\"{}\"", peer_identity_, ec.message());
+        log_->warn("peer={} event=write_failed error=\"{}\"", peer_identity_,
+                   ec.message());
       }
       queue_.clear();
       queued_bytes_ = 0;
@@ -360,8 +375,9 @@ template <typename S>
 awaitable<void> BasicConnection<S>::heartbeat() {
   auto self = this->shared_from_this();
   asio::steady_timer timer(strand_);
-  const auto tick = std::max(std::chrono::milliseconds(10),
-                             std::min(options_.heartbeat_interval, options_.idle_timeout) / 4);
+  const auto tick = std::max(
+      std::chrono::milliseconds(10),
+      std::min(options_.heartbeat_interval, options_.idle_timeout) / 4);
   while (!closing_) {
     timer.expires_after(tick);
     co_await timer.async_wait(as_tuple(use_awaitable));
@@ -369,7 +385,8 @@ awaitable<void> BasicConnection<S>::heartbeat() {
     const auto now = Clock::now();
     if (now - last_received_ > options_.idle_timeout) {
       log_->warn("peer={} event=idle_timeout idle_ms={}", peer_identity_,
-                 std::chrono::duration_cast<std::chrono::milliseconds>(now - last_received_)
+                 std::chrono::duration_cast<std::chrono::milliseconds>(
+                     now - last_received_)
                      .count());
       shutdown("idle timeout");
       break;
@@ -393,15 +410,17 @@ void BasicConnection<S>::enqueue(const v1::Envelope& envelope) {
   try {
     bytes = frame_bytes(envelope, options_.max_frame_size);
   } catch (const Error& e) {
-    log_->error("peer={} event=frame_too_large error=\"{}\"", peer_identity_, e.what());
+    log_->error("peer={} event=frame_too_large error=\"{}\"", peer_identity_,
+                e.what());
     if (envelope.request_id() != 0 && !envelope.has_status()) {
       enqueue(make_status(e.code(), e.what(), envelope.request_id()));
     }
     return;
   }
   if (queued_bytes_ + bytes.size() > options_.max_queued_bytes) {
-    log_->warn("peer={} event=backpressure queued_bytes={} limit={} action=close",
-               peer_identity_, queued_bytes_, options_.max_queued_bytes);
+    log_->warn(
+        "peer={} event=backpressure queued_bytes={} limit={} action=close",
+        peer_identity_, queued_bytes_, options_.max_queued_bytes);
     // Drop what is queued, but not the frame being written: the async write
     // still reads it (cancelled below, the writer then drops it).
     if (writing_ && !queue_.empty()) {
@@ -422,23 +441,25 @@ void BasicConnection<S>::enqueue(const v1::Envelope& envelope) {
 }
 
 template <typename S>
-std::future<v1::Envelope> BasicConnection<S>::request_async(v1::Envelope request,
-                                                    std::chrono::milliseconds deadline) {
+std::future<v1::Envelope> BasicConnection<S>::request_async(
+    v1::Envelope request, std::chrono::milliseconds deadline) {
   auto self = this->shared_from_this();
   return asio::co_spawn(
       strand_,
-      [self, request = std::move(request), deadline]() mutable -> awaitable<v1::Envelope> {
+      [self, request = std::move(request),
+       deadline]() mutable -> awaitable<v1::Envelope> {
         co_return co_await self->request(std::move(request), deadline);
       },
       asio::use_future);
 }
 
 template <typename S>
-awaitable<v1::Envelope> BasicConnection<S>::request(v1::Envelope request,
-                                            std::chrono::milliseconds deadline) {
+awaitable<v1::Envelope> BasicConnection<S>::request(
+    v1::Envelope request, std::chrono::milliseconds deadline) {
   auto self = this->shared_from_this();
   if (!open_ || closing_) {
-    fail(Code::kUnavailable, "the connection to '{}' is closed", peer_identity_);
+    fail(Code::kUnavailable, "the connection to '{}' is closed",
+         peer_identity_);
   }
   const std::uint64_t id = next_request_id_++;
   request.set_request_id(id);
@@ -454,14 +475,16 @@ awaitable<v1::Envelope> BasicConnection<S>::request(v1::Envelope request,
   pending_.erase(id);
   if (!reply) {
     if (!open_) {
-      fail(Code::kUnavailable, "the connection to '{}' closed before request {} was answered",
+      fail(Code::kUnavailable,
+           "the connection to '{}' closed before request {} was answered",
            peer_identity_, id);
     }
     fail(Code::kDeadlineExceeded, "'{}' did not answer request {} within {} ms",
          peer_identity_, id, deadline.count());
   }
   if (reply->has_status() && reply->status().code() != v1::CODE_OK) {
-    throw Error(static_cast<Code>(reply->status().code()), reply->status().message());
+    throw Error(static_cast<Code>(reply->status().code()),
+                reply->status().message());
   }
   co_return std::move(*reply);
 }
@@ -469,7 +492,9 @@ awaitable<v1::Envelope> BasicConnection<S>::request(v1::Envelope request,
 template <typename S>
 void BasicConnection<S>::send(v1::Envelope envelope) {
   auto self = this->shared_from_this();
-  asio::post(strand_, [self, envelope = std::move(envelope)] { self->enqueue(envelope); });
+  asio::post(strand_, [self, envelope = std::move(envelope)] {
+    self->enqueue(envelope);
+  });
 }
 
 template <typename S>
@@ -515,8 +540,9 @@ template class BasicConnection<asio::ip::tcp::socket>;
 // --- Server ------------------------------------------------------------------
 
 Server::Server(asio::io_context& io, asio::ip::tcp::endpoint endpoint,
-               const TlsMaterial& tls, ChannelOptions options, v1::Welcome welcome,
-               AdmitHandler on_admit, ConnectHandler on_connect)
+               const TlsMaterial& tls, ChannelOptions options,
+               v1::Welcome welcome, AdmitHandler on_admit,
+               ConnectHandler on_connect)
     : io_(io),
       ssl_(make_server_context(tls)),
       acceptor_(io),
@@ -531,13 +557,15 @@ Server::Server(asio::io_context& io, asio::ip::tcp::endpoint endpoint,
   if (!ec) acceptor_.bind(endpoint, ec);
   if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
   CHORUS_CHECK_CODE(!ec, Code::kUnavailable, "cannot listen on {}:{}: {}",
-                    endpoint.address().to_string(), endpoint.port(), ec.message());
+                    endpoint.address().to_string(), endpoint.port(),
+                    ec.message());
   port_ = acceptor_.local_endpoint().port();
   welcome_.set_protocol_major(kProtocolMajor);
   welcome_.set_protocol_minor(kProtocolMinor);
   welcome_.set_heartbeat_interval_ms(
       static_cast<std::uint32_t>(options_.heartbeat_interval.count()));
-  welcome_.set_idle_timeout_ms(static_cast<std::uint32_t>(options_.idle_timeout.count()));
+  welcome_.set_idle_timeout_ms(
+      static_cast<std::uint32_t>(options_.idle_timeout.count()));
 }
 
 void Server::start() {
@@ -554,20 +582,22 @@ void Server::stop() {
 
 awaitable<void> Server::accept_loop() {
   while (acceptor_.is_open()) {
-    auto [ec, socket] = co_await acceptor_.async_accept(as_tuple(use_awaitable));
+    auto [ec, socket] =
+        co_await acceptor_.async_accept(as_tuple(use_awaitable));
     if (ec) {
       if (ec == asio::error::operation_aborted) break;
       log_->warn("event=accept_failed error=\"{}\"", ec.message());
       continue;
     }
-    asio::co_spawn(io_, admit(std::move(socket)), [log = log_](std::exception_ptr e) {
-      if (!e) return;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        log->error("event=admission_failed error=\"{}\"", ex.what());
-      }
-    });
+    asio::co_spawn(
+        io_, admit(std::move(socket)), [log = log_](std::exception_ptr e) {
+          if (!e) return;
+          try {
+            std::rethrow_exception(e);
+          } catch (const std::exception& ex) {
+            log->error("event=admission_failed error=\"{}\"", ex.what());
+          }
+        });
   }
 }
 
@@ -587,16 +617,19 @@ awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
   const std::string identity = peer_common_name(*stream);
 
   auto refuse = [&](Code code, const std::string& message) -> awaitable<void> {
-    log_->warn("from={} peer={} event=refused code={} reason=\"{}\"", from, identity,
-               code_name(code), message);
-    co_await write_envelope(*stream, make_status(code, message), options_.max_frame_size);
+    log_->warn("from={} peer={} event=refused code={} reason=\"{}\"", from,
+               identity, code_name(code), message);
+    co_await write_envelope(*stream, make_status(code, message),
+                            options_.max_frame_size);
     co_await (stream->shutdown() || sleep_for(kGoodbyeGrace));
   };
 
-  auto first = co_await (read_envelope_result(*stream, options_.max_frame_size) ||
-                         sleep_for(options_.handshake_timeout));
+  auto first =
+      co_await (read_envelope_result(*stream, options_.max_frame_size) ||
+                sleep_for(options_.handshake_timeout));
   if (first.index() == 1) {
-    co_await refuse(Code::kDeadlineExceeded, "no Hello within the handshake timeout");
+    co_await refuse(Code::kDeadlineExceeded,
+                    "no Hello within the handshake timeout");
     co_return;
   }
   auto& [hello, bad_hello] = std::get<0>(first);
@@ -610,15 +643,17 @@ awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
   }
   if (options_.on_receive) options_.on_receive(*hello);
   if (!hello->has_hello()) {
-    co_await refuse(Code::kFailedPrecondition, "the first frame must be a Hello");
+    co_await refuse(Code::kFailedPrecondition,
+                    "the first frame must be a Hello");
     co_return;
   }
   if (hello->hello().protocol_major() != kProtocolMajor) {
-    co_await refuse(Code::kUnsupportedVersion,
-                    fmt::format("protocol major version {} is not supported (this "
-                                "coordinator speaks {}.{})",
-                                hello->hello().protocol_major(), kProtocolMajor,
-                                kProtocolMinor));
+    co_await refuse(
+        Code::kUnsupportedVersion,
+        fmt::format("protocol major version {} is not supported (this "
+                    "coordinator speaks {}.{})",
+                    hello->hello().protocol_major(), kProtocolMajor,
+                    kProtocolMinor));
     co_return;
   }
   Admission admission = on_admit_(identity, hello->hello());
@@ -627,8 +662,8 @@ awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
     co_return;
   }
   log_->info("from={} peer={} event=admitted", from, identity);
-  auto connection = std::make_shared<Connection>(std::move(*stream), options_, identity,
-                                                 "protocol");
+  auto connection = std::make_shared<Connection>(std::move(*stream), options_,
+                                                 identity, "protocol");
   v1::Envelope welcome;
   *welcome.mutable_welcome() = welcome_;
   connection->send(welcome);
@@ -637,7 +672,8 @@ awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
 
 // --- Client ------------------------------------------------------------------
 
-std::chrono::milliseconds Backoff::delay(int attempt, std::mt19937_64& rng) const {
+std::chrono::milliseconds Backoff::delay(int attempt,
+                                         std::mt19937_64& rng) const {
   double d = static_cast<double>(initial.count());
   for (int i = 0; i < attempt && d < max.count(); ++i) d *= multiplier;
   d = std::min(d, static_cast<double>(max.count()));
@@ -679,40 +715,42 @@ std::shared_ptr<Connection> Client::connection() const {
 namespace {
 
 // TCP connect, TLS handshake, Hello → Welcome. Throws chorus::Error.
-awaitable<std::shared_ptr<Connection>> dial(asio::io_context& io, const std::string& host,
-                                            std::uint16_t port, asio::ssl::context& ssl,
-                                            const ChannelOptions& options,
-                                            const v1::Hello& hello_body, v1::Welcome* welcome) {
+awaitable<std::shared_ptr<Connection>> dial(
+    asio::io_context& io, const std::string& host, std::uint16_t port,
+    asio::ssl::context& ssl, const ChannelOptions& options,
+    const v1::Hello& hello_body, v1::Welcome* welcome) {
   // (By reference: g++ 12 has destroyed by-value coroutine arguments twice.)
   asio::ip::tcp::resolver resolver(io);
-  auto [rec, endpoints] = co_await resolver.async_resolve(host, std::to_string(port),
-                                                          as_tuple(use_awaitable));
+  auto [rec, endpoints] = co_await resolver.async_resolve(
+      host, std::to_string(port), as_tuple(use_awaitable));
   CHORUS_CHECK_CODE(!rec, Code::kUnavailable, "cannot resolve '{}': {}", host,
                     rec.message());
   TlsStream stream(io.get_executor(), ssl);
   SSL_set_tlsext_host_name(stream.native_handle(), host.c_str());
-  auto [cec, ep] = co_await asio::async_connect(stream.lowest_layer(), endpoints,
-                                                as_tuple(use_awaitable));
-  CHORUS_CHECK_CODE(!cec, Code::kUnavailable, "cannot connect to {}:{}: {}", host,
-                    port, cec.message());
+  auto [cec, ep] = co_await asio::async_connect(
+      stream.lowest_layer(), endpoints, as_tuple(use_awaitable));
+  CHORUS_CHECK_CODE(!cec, Code::kUnavailable, "cannot connect to {}:{}: {}",
+                    host, port, cec.message());
   auto handshake = co_await (stream.handshake(TlsStream::Role::kClient) ||
                              sleep_for(options.handshake_timeout));
   CHORUS_CHECK_CODE(handshake.index() == 0, Code::kDeadlineExceeded,
                     "TLS handshake with {}:{} timed out", host, port);
   if (auto hec = std::get<0>(handshake); hec) {
-    fail(Code::kUnauthenticated, "TLS handshake with {}:{} failed: {}", host, port,
-         hec.message());
+    fail(Code::kUnauthenticated, "TLS handshake with {}:{} failed: {}", host,
+         port, hec.message());
   }
   v1::Envelope hello;
   *hello.mutable_hello() = hello_body;
   hello.mutable_hello()->set_protocol_major(kProtocolMajor);
   hello.mutable_hello()->set_protocol_minor(kProtocolMinor);
   auto wec = co_await write_envelope(stream, hello, options.max_frame_size);
-  CHORUS_CHECK_CODE(!wec, Code::kUnavailable, "cannot send Hello: {}", wec.message());
+  CHORUS_CHECK_CODE(!wec, Code::kUnavailable, "cannot send Hello: {}",
+                    wec.message());
   auto reply = co_await (read_envelope_result(stream, options.max_frame_size) ||
                          sleep_for(options.handshake_timeout));
   CHORUS_CHECK_CODE(reply.index() == 0, Code::kDeadlineExceeded,
-                    "no Welcome from {}:{} within the handshake timeout", host, port);
+                    "no Welcome from {}:{} within the handshake timeout", host,
+                    port);
   if (auto& error = std::get<0>(reply).error) throw *error;
   auto& first = std::get<0>(reply).envelope;
   CHORUS_CHECK_CODE(first.has_value(), Code::kUnavailable,
@@ -726,7 +764,8 @@ awaitable<std::shared_ptr<Connection>> dial(asio::io_context& io, const std::str
                     "expected Welcome after Hello");
   *welcome = first->welcome();
   const std::string identity = peer_common_name(stream);
-  co_return std::make_shared<Connection>(std::move(stream), options, identity, "protocol");
+  co_return std::make_shared<Connection>(std::move(stream), options, identity,
+                                         "protocol");
 }
 
 }  // namespace
@@ -734,20 +773,25 @@ awaitable<std::shared_ptr<Connection>> dial(asio::io_context& io, const std::str
 awaitable<std::shared_ptr<Connection>> Client::connect_once() {
   v1::Welcome welcome;
   const v1::Hello hello = make_hello_();
-  auto connection = co_await dial(io_, host_, port_, ssl_, options_, hello, &welcome);
+  auto connection =
+      co_await dial(io_, host_, port_, ssl_, options_, hello, &welcome);
   if (on_connect_) on_connect_(connection, welcome);
   co_return connection;
 }
 
-std::shared_ptr<Connection> connect(asio::io_context& io, const std::string& host,
-                                    std::uint16_t port, const TlsMaterial& tls,
+std::shared_ptr<Connection> connect(asio::io_context& io,
+                                    const std::string& host, std::uint16_t port,
+                                    const TlsMaterial& tls,
                                     ChannelOptions options, v1::Hello hello,
                                     Connection::RequestHandler on_request) {
-  auto ssl = std::make_shared<asio::ssl::context>(make_client_context(tls, host));
+  auto ssl =
+      std::make_shared<asio::ssl::context>(make_client_context(tls, host));
   auto welcome = std::make_shared<v1::Welcome>();
   auto future = asio::co_spawn(
-      io, dial(io, host, port, *ssl, options, hello, welcome.get()), asio::use_future);
-  auto connection = future.get();  // Throws what dial threw; `hello` outlives it.
+      io, dial(io, host, port, *ssl, options, hello, welcome.get()),
+      asio::use_future);
+  auto connection =
+      future.get();  // Throws what dial threw; `hello` outlives it.
   // The context must outlive the connection's SSL session: it is kept by
   // the close handler, which the connection holds until it closes.
   connection->start(std::move(on_request), [ssl](const std::string&) {});
@@ -766,21 +810,25 @@ awaitable<void> Client::run() {
         std::lock_guard lock(mutex_);
         current_ = connection;
       }
-      log_->info("peer={} event=connected host={} port={}", connection->peer_identity(),
-                 host_, port_);
+      log_->info("peer={} event=connected host={} port={}",
+                 connection->peer_identity(), host_, port_);
       asio::steady_timer closed(io_, Clock::time_point::max());
       // Moving the expiry to the past wakes the wait below, and makes a wait
       // that has not started yet complete at once.
       connection->start(on_request_, [&closed, this](const std::string&) {
-        asio::post(io_, [&closed] { closed.expires_at(Clock::time_point::min()); });
+        asio::post(io_,
+                   [&closed] { closed.expires_at(Clock::time_point::min()); });
       });
       co_await closed.async_wait(as_tuple(use_awaitable));
       std::lock_guard lock(mutex_);
       current_.reset();
     } catch (const Error& e) {
-      log_->warn("event=connect_failed host={} port={} attempt={} code={} error=\"{}\"",
-                 host_, port_, attempt + 1, code_name(e.code()), e.what());
-      if (e.code() == Code::kPermissionDenied || e.code() == Code::kUnsupportedVersion ||
+      log_->warn(
+          "event=connect_failed host={} port={} attempt={} code={} "
+          "error=\"{}\"",
+          host_, port_, attempt + 1, code_name(e.code()), e.what());
+      if (e.code() == Code::kPermissionDenied ||
+          e.code() == Code::kUnsupportedVersion ||
           e.code() == Code::kInvalidArgument) {
         // Retrying cannot help until someone changes the roster, the task or
         // a binary; keep trying, slowly.

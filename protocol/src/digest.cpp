@@ -9,8 +9,8 @@ namespace chorus::protocol {
 std::string sha256(std::string_view bytes) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
-  CHORUS_CHECK_CODE(EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(),
-                               nullptr) == 1,
+  CHORUS_CHECK_CODE(EVP_Digest(bytes.data(), bytes.size(), md, &len,
+                               EVP_sha256(), nullptr) == 1,
                     Code::kInternal, "EVP_Digest(sha256) failed");
   return std::string(reinterpret_cast<const char*>(md), len);
 }

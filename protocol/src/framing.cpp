@@ -10,8 +10,9 @@ std::array<std::uint8_t, kFrameHeaderSize> encode_frame_header(
                     "frame body of {} bytes exceeds the maximum of {} bytes",
                     body_size, max_frame_size);
   auto n = static_cast<std::uint32_t>(body_size);
-  return {static_cast<std::uint8_t>(n >> 24), static_cast<std::uint8_t>(n >> 16),
-          static_cast<std::uint8_t>(n >> 8), static_cast<std::uint8_t>(n)};
+  return {static_cast<std::uint8_t>(n >> 24),
+          static_cast<std::uint8_t>(n >> 16), static_cast<std::uint8_t>(n >> 8),
+          static_cast<std::uint8_t>(n)};
 }
 
 std::uint32_t decode_frame_header(

@@ -1,8 +1,8 @@
 #include "chorus/protocol/shutdown.hpp"
 
-#include <asio/post.hpp>
 #include <spdlog/spdlog.h>
 
+#include <asio/post.hpp>
 #include <csignal>
 
 #include "chorus/core/log.hpp"
@@ -25,7 +25,8 @@ void ShutdownOnSignal::wait() {
   signals_.async_wait([this](const std::error_code& ec, int signal) {
     if (ec) return;
     if (triggered_) {
-      log::get("protocol")->warn("event=signal signal={} action=terminate", signal);
+      log::get("protocol")
+          ->warn("event=signal signal={} action=terminate", signal);
       finish();
       return;
     }
@@ -36,8 +37,8 @@ void ShutdownOnSignal::wait() {
 
 void ShutdownOnSignal::trigger(int signal) {
   if (triggered_.exchange(true)) return;
-  log::get("protocol")->info("event=shutdown signal={} grace_ms={}", signal,
-                             grace_.count());
+  log::get("protocol")
+      ->info("event=shutdown signal={} grace_ms={}", signal, grace_.count());
   if (graceful_) graceful_(signal);
   grace_timer_.expires_after(grace_);
   grace_timer_.async_wait([this](const std::error_code& ec) {

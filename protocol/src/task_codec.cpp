@@ -39,9 +39,10 @@ TaskSpec decode_task(const v1::TaskSpec& wire) {
       t.dtype = InputDType::kUInt8;
       break;
     default:
-      fail(Code::kInvalidArgument,
-           "the task's input dtype must be DTYPE_FLOAT32 or DTYPE_UINT8, got {}",
-           static_cast<int>(wire.input_dtype()));
+      fail(
+          Code::kInvalidArgument,
+          "the task's input dtype must be DTYPE_FLOAT32 or DTYPE_UINT8, got {}",
+          static_cast<int>(wire.input_dtype()));
   }
   switch (wire.normalisation()) {
     case v1::NORMALISATION_NONE:
@@ -60,9 +61,10 @@ TaskSpec decode_task(const v1::TaskSpec& wire) {
   t.mean.assign(wire.mean().begin(), wire.mean().end());
   t.std.assign(wire.std().begin(), wire.std().end());
   t.validate();
-  CHORUS_CHECK(!t.needs_statistics(),
-               "the task '{}' asks for {} normalisation but carries no statistics",
-               t.name, normalisation_name(t.normalisation));
+  CHORUS_CHECK(
+      !t.needs_statistics(),
+      "the task '{}' asks for {} normalisation but carries no statistics",
+      t.name, normalisation_name(t.normalisation));
   return t;
 }
 
@@ -77,8 +79,8 @@ std::optional<std::string> descriptor_mismatch(const TaskSpec& task,
   std::optional<InputDType> dtype;
   if (d.input_dtype() == v1::DTYPE_UINT8) dtype = InputDType::kUInt8;
   if (d.input_dtype() == v1::DTYPE_FLOAT32) dtype = InputDType::kFloat32;
-  return task_mismatch(task, {d.input_shape().begin(), d.input_shape().end()}, dtype,
-                       {d.labels().begin(), d.labels().end()}, who);
+  return task_mismatch(task, {d.input_shape().begin(), d.input_shape().end()},
+                       dtype, {d.labels().begin(), d.labels().end()}, who);
 }
 
 }  // namespace chorus::protocol

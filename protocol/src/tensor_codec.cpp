@@ -1,12 +1,11 @@
 #include "chorus/protocol/tensor_codec.hpp"
 
 #include <ATen/ATen.h>
+#include <fmt/ranges.h>
 
 #include <bit>
 #include <cstring>
 #include <limits>
-
-#include <fmt/ranges.h>
 
 #include "chorus/core/error.hpp"
 

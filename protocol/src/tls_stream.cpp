@@ -1,14 +1,14 @@
 #include "chorus/protocol/tls_stream.hpp"
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/ssl/error.hpp>
-#include <asio/use_awaitable.hpp>
-#include <asio/write.hpp>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include <algorithm>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/ssl/error.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
 #include <climits>
 #include <cstring>
 #include <utility>
@@ -20,7 +20,9 @@ using asio::awaitable;
 using asio::use_awaitable;
 using asio::experimental::as_tuple;
 
-int clamp_int(std::size_t n) { return static_cast<int>(std::min<std::size_t>(n, INT_MAX)); }
+int clamp_int(std::size_t n) {
+  return static_cast<int>(std::min<std::size_t>(n, INT_MAX));
+}
 
 // The BIO between OpenSSL and TlsStream::Buffers: reads take received bytes
 // from `in`, writes append records to `out`; empty `in` means "retry later".
@@ -39,7 +41,8 @@ int buffers_read(BIO* bio, char* data, std::size_t size, std::size_t* done) {
   return 1;
 }
 
-int buffers_write(BIO* bio, const char* data, std::size_t size, std::size_t* done) {
+int buffers_write(BIO* bio, const char* data, std::size_t size,
+                  std::size_t* done) {
   auto* b = static_cast<TlsStream::Buffers*>(BIO_get_data(bio));
   BIO_clear_retry_flags(bio);
   b->out.append(data, size);
@@ -95,7 +98,8 @@ TlsStream::TlsStream(asio::ip::tcp::socket socket, asio::ssl::context& context)
     if (ssl_) SSL_free(ssl_);
     ssl_ = nullptr;
     throw std::system_error(static_cast<int>(ERR_get_error()),
-                            asio::error::get_ssl_category(), "cannot create a TLS session");
+                            asio::error::get_ssl_category(),
+                            "cannot create a TLS session");
   }
   SSL_set_bio(ssl_, bio, bio);  // One BIO both ways; the SSL owns it.
   // Tickets would be written after the handshake, outside any operation
@@ -146,8 +150,8 @@ awaitable<std::error_code> TlsStream::flush() {
   // a key update) collect in `out` for the next flush.
   sending_.clear();
   std::swap(sending_, buffers_->out);
-  auto [ec, n] =
-      co_await asio::async_write(socket_, asio::buffer(sending_), as_tuple(use_awaitable));
+  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(sending_),
+                                            as_tuple(use_awaitable));
   co_return ec;
 }
 
@@ -164,7 +168,8 @@ awaitable<std::error_code> TlsStream::fill() {
   auto [ec, n] = co_await socket_.async_read_some(
       asio::buffer(b.in.data() + b.in_end, kChunk), as_tuple(use_awaitable));
   b.in_end += n;
-  if (ec == asio::error::eof && !(SSL_get_shutdown(ssl_) & SSL_RECEIVED_SHUTDOWN)) {
+  if (ec == asio::error::eof &&
+      !(SSL_get_shutdown(ssl_) & SSL_RECEIVED_SHUTDOWN)) {
     co_return asio::ssl::error::stream_truncated;
   }
   co_return ec;
@@ -182,8 +187,10 @@ awaitable<std::error_code> TlsStream::handshake(Role role) {
     ERR_clear_error();
     const int ret = SSL_do_handshake(ssl_);
     const bool done = ret == 1;
-    const bool want_read = !done && SSL_get_error(ssl_, ret) == SSL_ERROR_WANT_READ;
-    const std::error_code error = done || want_read ? std::error_code{} : last_error(ret);
+    const bool want_read =
+        !done && SSL_get_error(ssl_, ret) == SSL_ERROR_WANT_READ;
+    const std::error_code error =
+        done || want_read ? std::error_code{} : last_error(ret);
     // Send what the step produced (our flight, or the alert before failing).
     const std::error_code sent = co_await flush();
     if (error) co_return error;
@@ -199,12 +206,14 @@ awaitable<std::tuple<std::error_code, std::size_t>> TlsStream::read_exact(
   std::size_t done = 0;
   while (done < buffer.size()) {
     ERR_clear_error();
-    const int ret = SSL_read(ssl_, data + done, clamp_int(buffer.size() - done));
+    const int ret =
+        SSL_read(ssl_, data + done, clamp_int(buffer.size() - done));
     if (ret > 0) {
       done += static_cast<std::size_t>(ret);
       continue;
     }
-    if (SSL_get_error(ssl_, ret) != SSL_ERROR_WANT_READ) co_return std::tuple{last_error(ret), done};
+    if (SSL_get_error(ssl_, ret) != SSL_ERROR_WANT_READ)
+      co_return std::tuple{last_error(ret), done};
     if (auto ec = co_await fill(); ec) co_return std::tuple{ec, done};
   }
   co_return std::tuple{std::error_code{}, done};
@@ -216,8 +225,8 @@ awaitable<std::tuple<std::error_code, std::size_t>> TlsStream::write_all(
   std::size_t done = 0;
   while (done < buffer.size()) {
     ERR_clear_error();
-    const int ret =
-        SSL_write(ssl_, data + done, clamp_int(std::min(buffer.size() - done, kChunk)));
+    const int ret = SSL_write(
+        ssl_, data + done, clamp_int(std::min(buffer.size() - done, kChunk)));
     if (ret <= 0) co_return std::tuple{last_error(ret), done};
     if (auto ec = co_await flush(); ec) co_return std::tuple{ec, done};
     done += static_cast<std::size_t>(ret);

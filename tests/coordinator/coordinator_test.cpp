@@ -1,16 +1,16 @@
 // Fusion rounds end to end over real loopback mutual TLS: a NodeRegistry and
 // a Coordinator against in-process nodes (NodeService + NodeSession) serving
 // small synthetic experts.
+#include "chorus/coordinator/coordinator.hpp"
+
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <asio/thread_pool.hpp>
-#include <nlohmann/json.hpp>
-
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "../fusion/synthetic.hpp"
-#include "chorus/coordinator/coordinator.hpp"
 #include "chorus/coordinator/registry.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/fusion/ensemble.hpp"
@@ -40,13 +40,15 @@ const std::vector<std::string> kSpace = {"c0", "c1", "c2", "c3"};
 constexpr std::int64_t kDim = 8;
 
 chorus::TaskSpec blob_task() {
-  return chorus::TaskSpec{
-      .name = "blobs", .labels = chorus::LabelSpace(kSpace), .input_shape = {kDim}};
+  return chorus::TaskSpec{.name = "blobs",
+                          .labels = chorus::LabelSpace(kSpace),
+                          .input_shape = {kDim}};
 }
 
 struct World {
   chorus::testing::Blobs train = chorus::testing::make_blobs(1200, 4, kDim, 11);
-  chorus::testing::Blobs test = chorus::testing::resample_blobs(400, 4, kDim, 11, 12);
+  chorus::testing::Blobs test =
+      chorus::testing::resample_blobs(400, 4, kDim, 11, 12);
   pr::KeyPair ca = pr::make_ca("test-ca");
   pr::KeyPair coordinator = pr::issue_certificate(
       ca, "coordinator", pr::CertRole::kCoordinator, {"127.0.0.1"});
@@ -61,7 +63,8 @@ struct World {
   World() {
     std::uint64_t seed = 1;
     for (const auto& [name, task] : tasks) {
-      nodes.emplace(name, pr::issue_certificate(ca, name, pr::CertRole::kNode, {}));
+      nodes.emplace(name,
+                    pr::issue_certificate(ca, name, pr::CertRole::kNode, {}));
       models[name] = chorus::testing::train_expert(train, task, seed++);
     }
   }
@@ -88,7 +91,8 @@ struct CoordinatorSide {
     o.tls = world().material(world().coordinator);
     o.task = blob_task();
     o.operators = std::move(operators);
-    registry = std::make_unique<co::NodeRegistry>(io, co::Roster(std::move(roster)), o);
+    registry = std::make_unique<co::NodeRegistry>(
+        io, co::Roster(std::move(roster)), o);
     registry->start();
     thread = std::thread([this] { io.run(); });
   }
@@ -115,7 +119,8 @@ struct Nodes {
     for (const auto& [name, task] : world().tasks) {
       nd::ExpertOptions eo;
       eo.input_shape = {kDim};
-      for (auto c : task) eo.labels.push_back(kSpace[static_cast<std::size_t>(c)]);
+      for (auto c : task)
+        eo.labels.push_back(kSpace[static_cast<std::size_t>(c)]);
       if (labels.count(name)) eo.labels = labels[name];
       nd::NodeServiceOptions so;
       so.state_dir = dir / name;
@@ -127,7 +132,8 @@ struct Nodes {
           auto rows = world().train.y.eq(task[i]).nonzero().flatten().slice(
               0, 0, shots_per_class);
           xs.push_back(world().train.x.index_select(0, rows));
-          ys.push_back(torch::full({rows.numel()}, static_cast<std::int64_t>(i), torch::kLong));
+          ys.push_back(torch::full({rows.numel()}, static_cast<std::int64_t>(i),
+                                   torch::kLong));
         }
         so.shots = std::make_shared<nd::LabelledShots>(
             nd::LabelledShots{torch::cat(xs), torch::cat(ys)});
@@ -167,7 +173,8 @@ co::CoordinatorOptions options(const std::filesystem::path& run_dir) {
   o.task = blob_task();
   o.algorithm = "foe-distill";
   o.algorithm_options = fu::AlgorithmOptions().seed(1);
-  o.algorithm_options.foe(fu::FoeOptions().hidden({32}).epochs(40).batch_size(32));
+  o.algorithm_options.foe(
+      fu::FoeOptions().hidden({32}).epochs(40).batch_size(32));
   o.algorithm_options.distill().arch("mlp").epochs(8);
   o.min_nodes = 3;
   o.quorum_timeout = 15s;
@@ -184,12 +191,14 @@ nlohmann::json read_json(const std::filesystem::path& p) {
 
 }  // namespace
 
-TEST_CASE("coordinator: a round queries every node, fuses, checkpoints and "
-          "broadcasts the fused model") {
+TEST_CASE(
+    "coordinator: a round queries every node, fuses, checkpoints and "
+    "broadcasts the fused model") {
   chorus::testing::TempDir dir;
   CoordinatorSide side({"alpha", "beta", "gamma"});
   Nodes nodes(side.registry->port(), dir / "nodes");
-  co::Coordinator coordinator(*side.registry, pool_data(), options(dir / "run"));
+  co::Coordinator coordinator(*side.registry, pool_data(),
+                              options(dir / "run"));
   auto reports = coordinator.run();
   REQUIRE(reports.size() == 1);
   const auto& r = reports[0];
@@ -235,8 +244,9 @@ TEST_CASE("coordinator: a round queries every node, fuses, checkpoints and "
                                 "gamma.slice0.pt"));
 }
 
-TEST_CASE("coordinator: rounds query new slices only, and --resume repeats no "
-          "answered query") {
+TEST_CASE(
+    "coordinator: rounds query new slices only, and --resume repeats no "
+    "answered query") {
   chorus::testing::TempDir dir;
   CoordinatorSide side({"alpha", "beta", "gamma"});
   Nodes nodes(side.registry->port(), dir / "nodes");
@@ -270,8 +280,9 @@ TEST_CASE("coordinator: rounds query new slices only, and --resume repeats no "
                      world().test.y) > 0.85);
 }
 
-TEST_CASE("coordinator: a node that refuses is left out and the round proceeds "
-          "with the quorum") {
+TEST_CASE(
+    "coordinator: a node that refuses is left out and the round proceeds "
+    "with the quorum") {
   chorus::testing::TempDir dir;
   CoordinatorSide side({"alpha", "beta", "gamma"});
   nd::QueryPolicy stingy;
@@ -285,12 +296,14 @@ TEST_CASE("coordinator: a node that refuses is left out and the round proceeds "
   REQUIRE(reports.size() == 1);
   CHECK(reports[0].experts == std::vector<std::string>{"alpha", "gamma"});
   REQUIRE(reports[0].failed.count("beta"));
-  CHECK(reports[0].failed.at("beta").find("RESOURCE_EXHAUSTED") != std::string::npos);
+  CHECK(reports[0].failed.at("beta").find("RESOURCE_EXHAUSTED") !=
+        std::string::npos);
   CHECK(coordinator.experts().size() == 2);
 }
 
-TEST_CASE("coordinator: no quorum names the missing nodes, and labels outside the "
-          "label space are refused at admission") {
+TEST_CASE(
+    "coordinator: no quorum names the missing nodes, and labels outside the "
+    "label space are refused at admission") {
   chorus::testing::TempDir dir;
   CoordinatorSide side({"alpha", "beta", "gamma", "delta"});
   Nodes nodes(side.registry->port(), dir / "nodes", {},
@@ -300,8 +313,10 @@ TEST_CASE("coordinator: no quorum names the missing nodes, and labels outside th
         Code::kDeadlineExceeded);
   CHECK(msg.find("missing: gamma, delta") != std::string::npos);
   // The timeout repeats why gamma was refused at its Hello.
-  CHECK(msg.find("'gamma' was refused: node 'gamma' has label 'c9', which is not in the "
-                 "label space of task 'blobs' (c0, c1, c2, c3)") != std::string::npos);
+  CHECK(msg.find("'gamma' was refused: node 'gamma' has label 'c9', which is "
+                 "not in the "
+                 "label space of task 'blobs' (c0, c1, c2, c3)") !=
+        std::string::npos);
   CHECK(side.registry->refusals().count("gamma") == 1);
   CHECK(side.registry->connected().size() == 2);
   CHECK_FALSE(side.registry->is_connected("gamma"));
@@ -312,17 +327,19 @@ namespace {
 // An operator's one-shot client on its own io thread.
 struct Operator {
   asio::io_context io;
-  asio::executor_work_guard<asio::io_context::executor_type> guard{io.get_executor()};
+  asio::executor_work_guard<asio::io_context::executor_type> guard{
+      io.get_executor()};
   std::thread thread{[this] { io.run(); }};
   std::shared_ptr<pr::Connection> connection;
 
-  Operator(std::uint16_t port, const pr::KeyPair& keys, bool says_operator = true) {
+  Operator(std::uint16_t port, const pr::KeyPair& keys,
+           bool says_operator = true) {
     v1::Hello hello;
     if (says_operator) hello.add_capabilities("operator");
     try {
       connection = pr::connect(
-          io, "127.0.0.1", port, world().material(keys), pr::ChannelOptions{}, hello,
-          [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
+          io, "127.0.0.1", port, world().material(keys), pr::ChannelOptions{},
+          hello, [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
             co_return pr::make_status(Code::kUnimplemented, "no");
           });
     } catch (...) {
@@ -348,8 +365,9 @@ struct Operator {
 
 }  // namespace
 
-TEST_CASE("coordinator: after its rounds it serves operators fused predictions, "
-          "asking the nodes") {
+TEST_CASE(
+    "coordinator: after its rounds it serves operators fused predictions, "
+    "asking the nodes") {
   chorus::testing::TempDir dir;
   CoordinatorSide side({"alpha", "beta", "gamma"}, {"ops"});
   Nodes nodes(side.registry->port(), dir / "nodes");
@@ -364,21 +382,25 @@ TEST_CASE("coordinator: after its rounds it serves operators fused predictions, 
   std::string msg;
   CHECK(code_of([&] { ops.ask(x); }, &msg) == Code::kUnavailable);
   CHECK(msg.find("not serving") != std::string::npos);
-  CHECK(side.registry->operators_connected() == std::vector<std::string>{"ops"});
+  CHECK(side.registry->operators_connected() ==
+        std::vector<std::string>{"ops"});
   // The operator is not a node.
   CHECK(side.registry->connected().size() == 3);
 
-  side.registry->serve_operators([&](const std::string&, const v1::Envelope& request) {
-    return coordinator.answer(request);
-  });
+  side.registry->serve_operators(
+      [&](const std::string&, const v1::Envelope& request) {
+        return coordinator.answer(request);
+      });
   std::map<std::string, std::int64_t> before;
-  for (const auto& [name, service] : nodes.services) before[name] = service->inputs_answered();
+  for (const auto& [name, service] : nodes.services)
+    before[name] = service->inputs_answered();
   auto reply = ops.ask(x);
   REQUIRE(reply.has_predict_response());
   const auto& r = reply.predict_response();
   CHECK(r.algorithm() == "foe");
   CHECK(r.fused_round() == 1);
-  CHECK(std::vector<std::string>(r.labels().begin(), r.labels().end()) == kSpace);
+  CHECK(std::vector<std::string>(r.labels().begin(), r.labels().end()) ==
+        kSpace);
   // foe asks every fused expert about every input.
   CHECK(r.expert_queries() == 3 * 50);
   for (const auto& [name, service] : nodes.services) {
@@ -386,35 +408,53 @@ TEST_CASE("coordinator: after its rounds it serves operators fused predictions, 
   }
   auto probs = pr::decode_tensor(r.outputs());
   REQUIRE(probs.sizes() == torch::IntArrayRef({50, 4}));
-  CHECK(torch::allclose(probs, coordinator.fuser().predict(coordinator.oracle(), x), 1e-5,
-                        1e-6));
+  CHECK(torch::allclose(
+      probs, coordinator.fuser().predict(coordinator.oracle(), x), 1e-5, 1e-6));
   CHECK(fu::accuracy(probs, world().test.y.slice(0, 0, 50)) > 0.8);
 
   // Bad inputs: a clear error, and the operator stays connected.
-  CHECK(code_of([&] { ops.ask(torch::zeros({5, 7})); }, &msg) == Code::kInvalidArgument);
-  CHECK(msg.find("inputs of shape [5, 7] do not fit the task 'blobs' (one input is [8])") !=
-        std::string::npos);
-  CHECK(code_of([&] { ops.ask(torch::full({2, kDim}, std::nanf(""))); }, &msg) ==
-        Code::kInvalidArgument);
+  CHECK(code_of(
+            [&] {
+              ops.ask(torch::zeros({5, 7}));
+            },
+            &msg) == Code::kInvalidArgument);
+  CHECK(msg.find("inputs of shape [5, 7] do not fit the task 'blobs' (one "
+                 "input is [8])") != std::string::npos);
+  CHECK(code_of(
+            [&] {
+              ops.ask(torch::full({2, kDim}, std::nanf("")));
+            },
+            &msg) == Code::kInvalidArgument);
   CHECK(msg.find("NaN") != std::string::npos);
   CHECK(ops.ask(x).has_predict_response());
 
-  // A node's certificate cannot act as an operator, nor an operator's as a node.
-  CHECK(code_of([&] { Operator impostor(side.registry->port(), world().nodes.at("alpha")); },
-                &msg) == Code::kPermissionDenied);
+  // A node's certificate cannot act as an operator, nor an operator's as a
+  // node.
+  CHECK(code_of(
+            [&] {
+              Operator impostor(side.registry->port(),
+                                world().nodes.at("alpha"));
+            },
+            &msg) == Code::kPermissionDenied);
   CHECK(msg.find("'alpha' is not an operator") != std::string::npos);
-  CHECK(code_of([&] { Operator node_like(side.registry->port(), world().operator_keys, false); },
-                &msg) == Code::kPermissionDenied);
-  CHECK(msg.find("'ops' is an operator of this coordinator, not a node") != std::string::npos);
+  CHECK(code_of(
+            [&] {
+              Operator node_like(side.registry->port(), world().operator_keys,
+                                 false);
+            },
+            &msg) == Code::kPermissionDenied);
+  CHECK(msg.find("'ops' is an operator of this coordinator, not a node") !=
+        std::string::npos);
 }
 
-TEST_CASE("coordinator: answers are checkpointed request by request, and a resumed "
-          "round asks only for the inputs not answered") {
+TEST_CASE(
+    "coordinator: answers are checkpointed request by request, and a resumed "
+    "round asks only for the inputs not answered") {
   chorus::testing::TempDir dir;
   CoordinatorSide side({"alpha", "beta", "gamma"});
   auto o = options(dir / "run");
   o.algorithm = "foe";
-  o.rounds = 2;           // Slices of 300 inputs.
+  o.rounds = 2;  // Slices of 300 inputs.
   o.query_batch = 50;
   o.min_nodes = 2;
   o.settle = 2s;
@@ -449,21 +489,28 @@ TEST_CASE("coordinator: answers are checkpointed request by request, and a resum
   CHECK(nodes.services.at("beta")->inputs_answered() == 50 + 300);
   CHECK(nodes.services.at("alpha")->inputs_answered() == 0);
   CHECK(nodes.services.at("gamma")->inputs_answered() == 0);
-  CHECK(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" / "beta.slice0.pt"));
+  CHECK(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" /
+                                "beta.slice0.pt"));
   CHECK_FALSE(std::filesystem::exists(dir / "run" / "checkpoints" / "answers" /
                                       "beta.slice0.part0.pt"));
 }
 
-TEST_CASE("coordinator: tae keeps the nodes' embeddings, one per task, and the next "
-          "round's model is pushed with its prior refit on them") {
+TEST_CASE(
+    "coordinator: tae keeps the nodes' embeddings, one per task, and the next "
+    "round's model is pushed with its prior refit on them") {
   chorus::testing::TempDir dir;
   CoordinatorSide side({"alpha", "beta", "gamma"});
-  Nodes nodes(side.registry->port(), dir / "nodes", {}, {}, /*shots_per_class=*/5);
+  Nodes nodes(side.registry->port(), dir / "nodes", {}, {},
+              /*shots_per_class=*/5);
   auto o = options(dir / "run");
   o.algorithm = "tae";
   o.rounds = 2;
-  const auto tae_options =
-      fu::TaeOptions().epochs(3).prototypes(20).samples(3).adapt_steps(20).hidden(32);
+  const auto tae_options = fu::TaeOptions()
+                               .epochs(3)
+                               .prototypes(20)
+                               .samples(3)
+                               .adapt_steps(20)
+                               .hidden(32);
   o.algorithm_options.tae(tae_options);
   co::Coordinator coordinator(*side.registry, pool_data(), o);
   auto reports = coordinator.run();
@@ -497,14 +544,15 @@ TEST_CASE("coordinator: tae keeps the nodes' embeddings, one per task, and the n
     double total = 0;
     for (const auto& [node, task] : world().tasks) {
       auto p = model.prior(fu::task_descriptor(task, 4));
-      auto mean = torch::tensor(round1[node]["mean"].get<std::vector<double>>(), torch::kFloat);
+      auto mean = torch::tensor(round1[node]["mean"].get<std::vector<double>>(),
+                                torch::kFloat);
       total += (p.mean - mean).pow(2).sum().item<double>();
     }
     return total;
   };
   const double refit = misfit(pushed), not_refit = misfit(unrefit);
-  INFO("squared distance of the priors to round 1's embeddings: refit " << refit
-       << ", not refit " << not_refit);
+  INFO("squared distance of the priors to round 1's embeddings: refit "
+       << refit << ", not refit " << not_refit);
   CHECK(refit < not_refit);
 
   // A resumed coordinator reads the kept embeddings back and pushes a

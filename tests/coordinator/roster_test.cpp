@@ -26,8 +26,8 @@ TEST_CASE("roster: empty, duplicate and unsafe identities are refused") {
     CHECK(e.code() == chorus::Code::kInvalidArgument);
     CHECK(std::string(e.what()) == "node 'a' is on the roster twice");
   }
-  for (const char* bad : {"", "-lead", ".hidden", "has space", "a/b",
-                          "CN=x,O=y", "tab\there"}) {
+  for (const char* bad :
+       {"", "-lead", ".hidden", "has space", "a/b", "CN=x,O=y", "tab\there"}) {
     CAPTURE(bad);
     CHECK_THROWS_AS(Roster::validate_identity(bad), chorus::Error);
   }

@@ -37,7 +37,7 @@ TEST_CASE("fs: write_file_atomic applies the requested mode") {
   const fs::path key = dir / "node.key";
   chorus::write_file_atomic(key, "secret",
                             fs::perms::owner_read | fs::perms::owner_write);
-  struct stat st{};
+  struct stat st {};
   REQUIRE(::stat(key.c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0600);
 }

@@ -42,5 +42,6 @@ TEST_CASE("log: named loggers share sinks and init redirects existing ones") {
   CHECK(text.find("[test-b] event=probe key=2") != std::string::npos);
   CHECK(text.find("hidden") == std::string::npos);
 
-  chorus::log::init(chorus::log::Options{});  // Back to stderr only, so the file can go.
+  chorus::log::init(
+      chorus::log::Options{});  // Back to stderr only, so the file can go.
 }

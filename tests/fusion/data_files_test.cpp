@@ -73,10 +73,12 @@ std::string error_of(const std::function<void()>& f, Code expected) {
 
 }  // namespace
 
-TEST_CASE("npy: NumPy-written uint8 images and int64 labels read as the task's") {
+TEST_CASE(
+    "npy: NumPy-written uint8 images and int64 labels read as the task's") {
   const auto& d = numpy_files();
-  auto ex = read_examples({.path = d / "colour.npy", .labels = d / "colour-labels.npy"},
-                          colour_task(), /*need_labels=*/true);
+  auto ex = read_examples(
+      {.path = d / "colour.npy", .labels = d / "colour-labels.npy"},
+      colour_task(), /*need_labels=*/true);
   REQUIRE(ex.inputs.sizes().vec() == std::vector<std::int64_t>{6, 3, 32, 32});
   CHECK((ex.inputs.scalar_type() == torch::kUInt8));
   // x[i].flatten()[j] = (7 i + j) % 256.
@@ -92,13 +94,15 @@ TEST_CASE("npz: compressed and plain archives give the same examples") {
   CHECK(torch::equal(a.inputs, b.inputs));
   CHECK(torch::equal(a.labels, b.labels));
   CHECK(a.labels[4].item<std::int64_t>() == 4);
-  auto m = error_of([&] { read_examples({.path = d / "no-x.npz"}, colour_task(), false); },
-                    Code::kInvalidArgument);
+  auto m = error_of(
+      [&] { read_examples({.path = d / "no-x.npz"}, colour_task(), false); },
+      Code::kInvalidArgument);
   CHECK(contains(m, "no array 'x'"));
   CHECK(contains(m, "inputs_wrong"));
 }
 
-TEST_CASE("npy: Fortran order is transposed back, and [N, H, W] fits a 1xHxW task") {
+TEST_CASE(
+    "npy: Fortran order is transposed back, and [N, H, W] fits a 1xHxW task") {
   const auto& d = numpy_files();
   auto f = chorus::fusion::read_npy(d / "fortran.npy");
   REQUIRE(f.sizes().vec() == std::vector<std::int64_t>{4, 5});
@@ -115,32 +119,40 @@ TEST_CASE("npy: bad files are refused with the file and the reason") {
   chorus::testing::TempDir tmp;
   // Wrong magic.
   chorus::write_file_atomic(tmp / "magic.npy", "PK\x03\x04 not numpy at all");
-  auto m = error_of([&] { chorus::fusion::read_npy(tmp / "magic.npy"); }, Code::kDataLoss);
+  auto m = error_of([&] { chorus::fusion::read_npy(tmp / "magic.npy"); },
+                    Code::kDataLoss);
   CHECK(contains(m, "magic.npy"));
   CHECK(contains(m, "magic"));
   // Truncated: the last 100 bytes cut off.
   auto bytes = chorus::read_file(d / "colour.npy");
-  chorus::write_file_atomic(tmp / "cut.npy", bytes.substr(0, bytes.size() - 100));
-  m = error_of([&] { chorus::fusion::read_npy(tmp / "cut.npy"); }, Code::kDataLoss);
+  chorus::write_file_atomic(tmp / "cut.npy",
+                            bytes.substr(0, bytes.size() - 100));
+  m = error_of([&] { chorus::fusion::read_npy(tmp / "cut.npy"); },
+               Code::kDataLoss);
   CHECK(contains(m, "truncated"));
   // Truncated inside the header.
   chorus::write_file_atomic(tmp / "head.npy", bytes.substr(0, 30));
-  CHECK(code_of([&] { chorus::fusion::read_npy(tmp / "head.npy"); }) == Code::kDataLoss);
+  CHECK(code_of([&] { chorus::fusion::read_npy(tmp / "head.npy"); }) ==
+        Code::kDataLoss);
   // Big-endian and string arrays name their descr.
-  m = error_of([&] { chorus::fusion::read_npy(d / "big-endian.npy"); }, Code::kDataLoss);
+  m = error_of([&] { chorus::fusion::read_npy(d / "big-endian.npy"); },
+               Code::kDataLoss);
   CHECK(contains(m, ">i4"));
-  m = error_of([&] { chorus::fusion::read_npy(d / "strings.npy"); }, Code::kDataLoss);
+  m = error_of([&] { chorus::fusion::read_npy(d / "strings.npy"); },
+               Code::kDataLoss);
   CHECK(contains(m, "<U1"));
   // NaN in a float task.
-  m = error_of([&] { read_examples({.path = d / "nan.npy"}, tabular_task(5), false); },
-               Code::kInvalidArgument);
+  m = error_of(
+      [&] { read_examples({.path = d / "nan.npy"}, tabular_task(5), false); },
+      Code::kInvalidArgument);
   CHECK(contains(m, "example 2"));
   CHECK(contains(m, "NaN"));
   // A label outside the space.
   m = error_of(
       [&] {
-        read_examples({.path = d / "colour.npy", .labels = d / "labels-out-of-range.npy"},
-                      colour_task(), true);
+        read_examples(
+            {.path = d / "colour.npy", .labels = d / "labels-out-of-range.npy"},
+            colour_task(), true);
       },
       Code::kInvalidArgument);
   CHECK(contains(m, "label 7 at position 2"));
@@ -152,14 +164,16 @@ TEST_CASE("npy: bad files are refused with the file and the reason") {
   CHECK(contains(m, "[6, 3, 32, 32]"));
   CHECK(contains(m, "[1, 28, 28]"));
   // Unlabelled where labels are needed.
-  m = error_of([&] { read_examples({.path = d / "colour.npy"}, colour_task(), true); },
-               Code::kInvalidArgument);
+  m = error_of(
+      [&] { read_examples({.path = d / "colour.npy"}, colour_task(), true); },
+      Code::kInvalidArgument);
   CHECK(contains(m, "has no labels"));
   // A float array for a uint8 task.
   auto as_bytes = tabular_task(5);
   as_bytes.dtype = InputDType::kUInt8;
-  m = error_of([&] { read_examples({.path = d / "fortran.npy"}, as_bytes, false); },
-               Code::kInvalidArgument);
+  m = error_of(
+      [&] { read_examples({.path = d / "fortran.npy"}, as_bytes, false); },
+      Code::kInvalidArgument);
   CHECK(contains(m, "uint8"));
 }
 
@@ -178,36 +192,46 @@ TEST_CASE("csv: features and a label column given as names or indices") {
   CHECK(longs(ex.labels) == std::vector<std::int64_t>{1, 0, 1});
   // Another label column name; an unlabelled pool reads every column.
   chorus::write_file_atomic(tmp / "diag.csv", "a,b,diagnosis\n1,2,healthy\n");
-  auto d = read_examples({.path = tmp / "diag.csv", .label_column = "diagnosis"},
-                         tabular_task(2), true);
+  auto d =
+      read_examples({.path = tmp / "diag.csv", .label_column = "diagnosis"},
+                    tabular_task(2), true);
   CHECK(d.labels[0].item<std::int64_t>() == 0);
   chorus::write_file_atomic(tmp / "pool.csv", "a,b\n1,2\n3,4\n");
-  auto pool =
-      read_examples({.path = tmp / "pool.csv", .label_column = ""}, tabular_task(2), false);
+  auto pool = read_examples({.path = tmp / "pool.csv", .label_column = ""},
+                            tabular_task(2), false);
   CHECK(pool.size() == 2);
   CHECK_FALSE(pool.labelled());
 }
 
-TEST_CASE("csv: ragged rows, bad numbers, NaN and unknown labels name the line") {
+TEST_CASE(
+    "csv: ragged rows, bad numbers, NaN and unknown labels name the line") {
   chorus::testing::TempDir tmp;
-  auto fails = [&](const std::string& text, Code code, const std::string& expect) {
+  auto fails = [&](const std::string& text, Code code,
+                   const std::string& expect) {
     chorus::write_file_atomic(tmp / "t.csv", text);
     std::string m;
-    CHECK(code_of([&] { read_examples({.path = tmp / "t.csv"}, tabular_task(2), true); },
-                  &m) == code);
+    CHECK(code_of(
+              [&] {
+                read_examples({.path = tmp / "t.csv"}, tabular_task(2), true);
+              },
+              &m) == code);
     CHECK_MESSAGE(contains(m, expect), m);
   };
-  fails("a,b,label\n1,2,sick\n3,sick\n", Code::kDataLoss, "line 3 has 2 fields, the header has 3");
-  fails("a,b,label\n1,x2,sick\n", Code::kInvalidArgument, "line 2, column 'b': 'x2' is not a number");
+  fails("a,b,label\n1,2,sick\n3,sick\n", Code::kDataLoss,
+        "line 3 has 2 fields, the header has 3");
+  fails("a,b,label\n1,x2,sick\n", Code::kInvalidArgument,
+        "line 2, column 'b': 'x2' is not a number");
   fails("a,b,label\n1,nan,sick\n", Code::kInvalidArgument, "not a finite");
   fails("a,b,label\n1,inf,sick\n", Code::kInvalidArgument, "not a finite");
   fails("a,b,label\n1,2,dead\n", Code::kInvalidArgument, "label 'dead'");
   fails("a,b,label\n1,2,5\n", Code::kInvalidArgument, "index 0..1");
-  fails("a,b,y\n1,2,sick\n", Code::kInvalidArgument, "no label column named 'label'");
+  fails("a,b,y\n1,2,sick\n", Code::kInvalidArgument,
+        "no label column named 'label'");
   fails("a,b,label\n", Code::kDataLoss, "no data rows");
   fails("", Code::kDataLoss, "empty");
   fails("a,b,label\n1,\"2,sick\n", Code::kDataLoss, "not closed");
-  fails("a,b,c,label\n1,2,3,sick\n", Code::kInvalidArgument, "3 feature columns");
+  fails("a,b,c,label\n1,2,3,sick\n", Code::kInvalidArgument,
+        "3 feature columns");
 }
 
 namespace {
@@ -218,9 +242,10 @@ void write_jpeg(const fs::path& path, int w, int h) {
   REQUIRE(tj != nullptr);
   unsigned char* out = nullptr;
   unsigned long size = 0;
-  REQUIRE(tjCompress2(tj, rgb.data(), w, 0, h, TJPF_RGB, &out, &size, TJSAMP_444, 95,
-                      0) == 0);
-  chorus::write_file_atomic(path, std::string(reinterpret_cast<char*>(out), size));
+  REQUIRE(tjCompress2(tj, rgb.data(), w, 0, h, TJPF_RGB, &out, &size,
+                      TJSAMP_444, 95, 0) == 0);
+  chorus::write_file_atomic(path,
+                            std::string(reinterpret_cast<char*>(out), size));
   tjFree(out);
   tjDestroy(tj);
 }
@@ -238,7 +263,8 @@ TEST_CASE("image folder: PNG and JPEG files, one sub-folder per class name") {
   CHECK(ex.inputs[3][1][0][0].item<int>() == 1);
   CHECK(ex.inputs[3][2][0][0].item<int>() == 9);
   // The JPEG of flat grey decodes to about 128.
-  CHECK(std::abs(ex.inputs[4].to(torch::kFloat).mean().item<float>() - 128.f) < 2.f);
+  CHECK(std::abs(ex.inputs[4].to(torch::kFloat).mean().item<float>() - 128.f) <
+        2.f);
   // A grey folder for a 1x8x8 task.
   auto grey = colour_task();
   grey.input_shape = {1, 8, 8};
@@ -246,11 +272,13 @@ TEST_CASE("image folder: PNG and JPEG files, one sub-folder per class name") {
   CHECK(g.inputs.sizes().vec() == std::vector<std::int64_t>{1, 1, 8, 8});
   CHECK(g.inputs[0][0][0][3].item<int>() == 3);
   // Unknown class folder; wrong size; a corrupt image.
-  auto m = error_of([&] { read_examples({.path = d / "odd-folder"}, colour_task(), true); },
-                    Code::kInvalidArgument);
+  auto m = error_of(
+      [&] { read_examples({.path = d / "odd-folder"}, colour_task(), true); },
+      Code::kInvalidArgument);
   CHECK(contains(m, "folder 'zebra' is not a class"));
-  m = error_of([&] { read_examples({.path = d / "small-folder"}, colour_task(), true); },
-               Code::kInvalidArgument);
+  m = error_of(
+      [&] { read_examples({.path = d / "small-folder"}, colour_task(), true); },
+      Code::kInvalidArgument);
   CHECK(contains(m, "16x16"));
   CHECK(contains(m, "32x32"));
   chorus::testing::TempDir tmp;
@@ -258,15 +286,19 @@ TEST_CASE("image folder: PNG and JPEG files, one sub-folder per class name") {
   auto png = chorus::read_file(d / "folder" / "cat" / "0.png");
   png[png.size() / 2] ^= 0x5a;
   chorus::write_file_atomic(tmp / "cat" / "bad.png", png);
-  m = error_of([&] { read_examples({.path = tmp.path()}, colour_task(), true); },
-               Code::kDataLoss);
+  m = error_of(
+      [&] { read_examples({.path = tmp.path()}, colour_task(), true); },
+      Code::kDataLoss);
   CHECK(contains(m, "bad.png"));
 }
 
-TEST_CASE("normalisation: statistics from raw inputs, and model and wire inputs round-trip") {
+TEST_CASE(
+    "normalisation: statistics from raw inputs, and model and wire inputs "
+    "round-trip") {
   auto task = colour_task();
   task.normalisation = Normalisation::kPerChannel;
-  auto raw = torch::randint(0, 256, {20, 3, 32, 32}, torch::kLong).to(torch::kUInt8);
+  auto raw =
+      torch::randint(0, 256, {20, 3, 32, 32}, torch::kLong).to(torch::kUInt8);
   chorus::fusion::fit_normalisation(task, raw);
   REQUIRE(task.mean.size() == 3);
   auto x = chorus::fusion::to_model_inputs(raw, task);
@@ -278,24 +310,28 @@ TEST_CASE("normalisation: statistics from raw inputs, and model and wire inputs 
   // Without normalisation a uint8 task's model inputs are pixels in [0, 1].
   auto plain = colour_task();
   CHECK(chorus::fusion::to_model_inputs(raw, plain).max().item<float>() <= 1.f);
-  CHECK(code_of([&] { chorus::fusion::to_model_inputs(raw.flatten(1), plain); }) ==
-        Code::kInvalidArgument);
+  CHECK(code_of([&] {
+          chorus::fusion::to_model_inputs(raw.flatten(1), plain);
+        }) == Code::kInvalidArgument);
 }
 
 TEST_CASE("built-in sources: the tabular sets of python3-sklearn") {
   if (!fs::exists(chorus::fusion::kSklearnDataDir)) {
-    MESSAGE("skipped: python3-sklearn is not installed (scripts/install-deps.sh)");
+    MESSAGE(
+        "skipped: python3-sklearn is not installed (scripts/install-deps.sh)");
     return;
   }
   auto b = chorus::fusion::load_builtin("breast-cancer");
-  CHECK(b.task.labels.names() == std::vector<std::string>{"malignant", "benign"});
+  CHECK(b.task.labels.names() ==
+        std::vector<std::string>{"malignant", "benign"});
   CHECK(b.task.input_shape == std::vector<std::int64_t>{30});
   CHECK(b.train.size() + b.test.size() == 569);
   CHECK(b.test.size() == 569 / 6);
   auto digits = chorus::fusion::load_builtin("digits");
   CHECK(digits.train.size() + digits.test.size() == 1797);
   CHECK(digits.task.labels.size() == 10);
-  CHECK(code_of([] { chorus::fusion::load_builtin("nope"); }) == Code::kInvalidArgument);
+  CHECK(code_of([] { chorus::fusion::load_builtin("nope"); }) ==
+        Code::kInvalidArgument);
   chorus::testing::TempDir empty;
   CHECK(code_of([&] { chorus::fusion::load_builtin("wine", empty.path()); }) ==
         Code::kNotFound);
@@ -304,7 +340,8 @@ TEST_CASE("built-in sources: the tabular sets of python3-sklearn") {
 TEST_CASE("task: [task] tables, task files, and mismatches naming both sides") {
   auto c = chorus::Config::parse(
       "[task]\nname = \"pets\"\nlabels = [\"cat\", \"dog\", \"bird\"]\n"
-      "input_shape = [3, 32, 32]\ndtype = \"uint8\"\nnormalise = \"per-channel\"\n"
+      "input_shape = [3, 32, 32]\ndtype = \"uint8\"\nnormalise = "
+      "\"per-channel\"\n"
       "mean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n",
       "test.toml");
   auto t = chorus::read_task(c, chorus::fashion_mnist_task());
@@ -322,24 +359,29 @@ TEST_CASE("task: [task] tables, task files, and mismatches naming both sides") {
   auto bad = [](const std::string& text) {
     auto k = chorus::Config::parse(text, "bad.toml");
     std::string m;
-    CHECK(code_of([&] { chorus::read_task(k, chorus::fashion_mnist_task()); }, &m) ==
-          Code::kInvalidArgument);
+    CHECK(code_of([&] { chorus::read_task(k, chorus::fashion_mnist_task()); },
+                  &m) == Code::kInvalidArgument);
     return m;
   };
-  CHECK(contains(bad("[task]\nnormalise = \"per-channel\"\nmean = [1, 2]\nstd = [1, 2]\n"),
-                 "needs 1 means"));
+  CHECK(contains(
+      bad("[task]\nnormalise = \"per-channel\"\nmean = [1, 2]\nstd = [1, 2]\n"),
+      "needs 1 means"));
   CHECK(contains(bad("[task]\nlabels = [\"a\", \"a\"]\n"), "'a' twice"));
   CHECK(contains(bad("[task]\ndtype = \"int8\"\n"), "int8"));
   CHECK(contains(bad("[task]\ninput_shape = [0, 3]\n"), "dimensions"));
   // Mismatches.
-  auto m = chorus::task_mismatch(t, {1, 28, 28}, std::nullopt, {"cat"}, "node 'lab'");
+  auto m = chorus::task_mismatch(t, {1, 28, 28}, std::nullopt, {"cat"},
+                                 "node 'lab'");
   REQUIRE(m.has_value());
   CHECK(contains(*m, "node 'lab' takes inputs of shape [1, 28, 28]"));
   CHECK(contains(*m, "[3, 32, 32]"));
-  m = chorus::task_mismatch(t, {3, 32, 32}, std::nullopt, {"cat", "wolf"}, "node 'lab'");
+  m = chorus::task_mismatch(t, {3, 32, 32}, std::nullopt, {"cat", "wolf"},
+                            "node 'lab'");
   REQUIRE(m.has_value());
   CHECK(contains(*m, "'wolf'"));
-  CHECK_FALSE(chorus::task_mismatch(t, {3, 32, 32}, InputDType::kFloat32, {"dog"}, "x"));
+  CHECK_FALSE(chorus::task_mismatch(t, {3, 32, 32}, InputDType::kFloat32,
+                                    {"dog"}, "x"));
   auto grey = chorus::fashion_mnist_task();
-  CHECK_FALSE(chorus::task_mismatch(grey, {28, 28}, std::nullopt, {"Bag"}, "x"));
+  CHECK_FALSE(
+      chorus::task_mismatch(grey, {28, 28}, std::nullopt, {"Bag"}, "x"));
 }

@@ -24,8 +24,8 @@ std::string be32(std::uint32_t v) {
 
 // Writes an IDX file: magic, dimensions, payload; gzip-compressed or raw.
 void write_idx(const fs::path& path, std::uint32_t magic,
-               const std::vector<std::uint32_t>& dims, const std::string& payload,
-               bool gzip = true) {
+               const std::vector<std::uint32_t>& dims,
+               const std::string& payload, bool gzip = true) {
   std::string bytes = be32(magic);
   for (auto d : dims) bytes += be32(d);
   bytes += payload;
@@ -52,7 +52,6 @@ void write_split(const fs::path& dir, std::uint32_t labels = 3,
   write_idx(dir / "t10k-images-idx3-ubyte.gz", 0x803, {3, 2, 2}, pixels(12));
   write_idx(dir / "t10k-labels-idx1-ubyte.gz", 0x801, {labels}, label_bytes);
 }
-
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
@@ -83,22 +82,22 @@ TEST_CASE("idx: corrupt files are DATA_LOSS with a precise message") {
 
   write_idx(dir / "swapped", 0x801, {3}, "abc");
   CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "swapped"); },
-                   &msg) == Code::kDataLoss);
+                &msg) == Code::kDataLoss);
   CHECK(contains(msg, "bad magic number 0x00000801, expected 0x00000803"));
 
   write_idx(dir / "short", 0x803, {2, 28, 28}, pixels(784 + 100));
   CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "short"); },
-                   &msg) == Code::kDataLoss);
+                &msg) == Code::kDataLoss);
   CHECK(contains(msg, "truncated"));
 
   write_idx(dir / "long", 0x801, {2}, "abc");
-  CHECK(code_of([&] { chorus::fusion::read_idx_labels(dir / "long"); },
-                   &msg) == Code::kDataLoss);
+  CHECK(code_of([&] { chorus::fusion::read_idx_labels(dir / "long"); }, &msg) ==
+        Code::kDataLoss);
   CHECK(contains(msg, "trailing bytes"));
 
   write_idx(dir / "zero", 0x803, {0, 28, 28}, "");
-  CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "zero"); },
-                   &msg) == Code::kDataLoss);
+  CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "zero"); }, &msg) ==
+        Code::kDataLoss);
   CHECK(contains(msg, "image count 0"));
 
   write_idx(dir / "huge", 0x803, {4000000000u, 28, 28}, "");
@@ -107,14 +106,15 @@ TEST_CASE("idx: corrupt files are DATA_LOSS with a precise message") {
 
   std::ofstream(dir / "header-only", std::ios::binary) << be32(0x803);
   CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "header-only"); },
-                   &msg) == Code::kDataLoss);
+                &msg) == Code::kDataLoss);
   CHECK(contains(msg, "image count"));
 
   CHECK(code_of([&] { chorus::fusion::read_idx_labels(dir / "absent"); }) ==
         Code::kNotFound);
 }
 
-TEST_CASE("fashion-mnist: a split is loaded, scaled and checked for agreement") {
+TEST_CASE(
+    "fashion-mnist: a split is loaded, scaled and checked for agreement") {
   chorus::testing::TempDir dir;
   write_split(dir.path());
   auto data = chorus::fusion::load_fashion_mnist(Split::kTest, dir.path());
@@ -127,30 +127,35 @@ TEST_CASE("fashion-mnist: a split is loaded, scaled and checked for agreement") 
 
   std::string msg;
   write_split(dir.path(), 2, std::string{1, 2});
-  CHECK(code_of([&] {
-          chorus::fusion::load_fashion_mnist(Split::kTest, dir.path());
-        }, &msg) == Code::kDataLoss);
+  CHECK(
+      code_of(
+          [&] { chorus::fusion::load_fashion_mnist(Split::kTest, dir.path()); },
+          &msg) == Code::kDataLoss);
   CHECK(contains(msg, "holds 3 images but"));
 
   write_split(dir.path(), 3, std::string{1, 10, 2});
-  CHECK(code_of([&] {
-          chorus::fusion::load_fashion_mnist(Split::kTest, dir.path());
-        }, &msg) == Code::kDataLoss);
+  CHECK(
+      code_of(
+          [&] { chorus::fusion::load_fashion_mnist(Split::kTest, dir.path()); },
+          &msg) == Code::kDataLoss);
   CHECK(contains(msg, "label 10 outside 0..9"));
 }
 
 TEST_CASE("fashion-mnist: missing files say how to install them") {
   chorus::testing::TempDir dir;
   std::string msg;
-  CHECK(code_of([&] {
-          chorus::fusion::load_fashion_mnist(Split::kTrain, dir.path());
-        }, &msg) == Code::kNotFound);
+  CHECK(code_of(
+            [&] {
+              chorus::fusion::load_fashion_mnist(Split::kTrain, dir.path());
+            },
+            &msg) == Code::kNotFound);
   CHECK(contains(msg, "train-images-idx3-ubyte.gz"));
   CHECK(contains(msg, "dataset-fashion-mnist"));
   CHECK(contains(msg, "CHORUS_DATA_DIR"));
 }
 
-TEST_CASE("fashion-mnist: the directory comes from flag, then env, then default") {
+TEST_CASE(
+    "fashion-mnist: the directory comes from flag, then env, then default") {
   const char* saved = std::getenv("CHORUS_DATA_DIR");
   std::optional<std::string> restore;
   if (saved) restore = saved;
@@ -180,8 +185,10 @@ TEST_CASE("fashion-mnist: the installed package has the official splits") {
       Split::kTrain, fs::path(chorus::fusion::kDefaultFashionMnistDir));
   auto test = chorus::fusion::load_fashion_mnist(
       Split::kTest, fs::path(chorus::fusion::kDefaultFashionMnistDir));
-  CHECK(train.images.sizes().vec() == std::vector<std::int64_t>{60000, 1, 28, 28});
-  CHECK(test.images.sizes().vec() == std::vector<std::int64_t>{10000, 1, 28, 28});
+  CHECK(train.images.sizes().vec() ==
+        std::vector<std::int64_t>{60000, 1, 28, 28});
+  CHECK(test.images.sizes().vec() ==
+        std::vector<std::int64_t>{10000, 1, 28, 28});
   CHECK(train.images.min().item<float>() == 0.0f);
   CHECK(train.images.max().item<float>() == 1.0f);
   auto train_counts = torch::bincount(train.labels);
@@ -189,7 +196,8 @@ TEST_CASE("fashion-mnist: the installed package has the official splits") {
   CHECK(torch::equal(train_counts, torch::full({10}, 6000, torch::kInt64)));
   CHECK(torch::equal(test_counts, torch::full({10}, 1000, torch::kInt64)));
   // Mean intensity of Fashion-MNIST's training images is about 0.286.
-  CHECK(train.images.mean().item<double>() == doctest::Approx(0.286).epsilon(0.01));
+  CHECK(train.images.mean().item<double>() ==
+        doctest::Approx(0.286).epsilon(0.01));
 }
 
 TEST_CASE("mnist digits: JSON files are read, ordered by digit, validated") {

@@ -2,9 +2,8 @@
 
 #include <map>
 
-#include "chorus/fusion/algorithms.hpp"
-
 #include "chorus/core/error.hpp"
+#include "chorus/fusion/algorithms.hpp"
 #include "chorus/fusion/distill.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/frugal.hpp"
@@ -27,8 +26,10 @@ struct World {
   World() {
     train = chorus::testing::make_blobs(600, 4, 8, /*seed=*/5, /*noise=*/1.2);
     v = chorus::testing::resample_blobs(200, 4, 8, 5, /*sample_seed=*/50, 1.2);
-    test = chorus::testing::resample_blobs(400, 4, 8, 5, /*sample_seed=*/51, 1.2);
-    const std::vector<std::vector<std::int64_t>> tasks = {{0, 1}, {1, 2, 3}, {0, 3}};
+    test =
+        chorus::testing::resample_blobs(400, 4, 8, 5, /*sample_seed=*/51, 1.2);
+    const std::vector<std::vector<std::int64_t>> tasks = {
+        {0, 1}, {1, 2, 3}, {0, 3}};
     for (std::size_t i = 0; i < tasks.size(); ++i) {
       oracle.add_expert({fmt::format("e{}", i), tasks[i]},
                         chorus::testing::train_expert(train, tasks[i], 10 + i));
@@ -65,8 +66,8 @@ fu::FoeOptions quick_foe() {
 
 TEST_CASE("foe: the fuser beats the B+ ensemble on complementary experts") {
   auto& w = world();
-  double bplus = fu::accuracy(fu::ensemble_sum(fu::lift_all(w.answers_test, w.oracle)),
-                              w.test.y);
+  double bplus = fu::accuracy(
+      fu::ensemble_sum(fu::lift_all(w.answers_test, w.oracle)), w.test.y);
   for (auto form : {fu::FoeFeatures::kProbs, fu::FoeFeatures::kLogProbs}) {
     fu::Foe foe(quick_foe().features(form));
     foe.fit(w.answers_v, w.v.y, 4);
@@ -100,23 +101,27 @@ TEST_CASE("foe: misuse is refused") {
   }
   CHECK_THROWS_AS(foe.fit(w.answers_v, w.test.y, 4), chorus::Error);
   foe.fit(w.answers_v, w.v.y, 4);
-  std::vector<torch::Tensor> two(w.answers_test.begin(), w.answers_test.begin() + 2);
+  std::vector<torch::Tensor> two(w.answers_test.begin(),
+                                 w.answers_test.begin() + 2);
   CHECK_THROWS_AS(foe.predict_proba(two), chorus::Error);
 }
 
-TEST_CASE("distill: a student reproduces its teacher without querying experts") {
+TEST_CASE(
+    "distill: a student reproduces its teacher without querying experts") {
   auto& w = world();
-  auto teacher = fu::ensemble_sum(fu::lift_all(w.oracle.query_all(w.train.x), w.oracle));
+  auto teacher =
+      fu::ensemble_sum(fu::lift_all(w.oracle.query_all(w.train.x), w.oracle));
   auto options = fu::DistillOptions().arch("mlp").epochs(15).batch_size(32);
   auto result = fu::distill(w.train.x, teacher, options, "distill");
   CHECK(result.model.algorithm == "distill");
   REQUIRE(result.train.best_val_accuracy.has_value());
   CHECK(*result.train.best_val_accuracy > 0.9);
   auto test_teacher = fu::ensemble_sum(fu::lift_all(w.answers_test, w.oracle));
-  CHECK(fu::accuracy(fu::predict_proba(*result.model.model, w.test.x), test_teacher) > 0.9);
+  CHECK(fu::accuracy(fu::predict_proba(*result.model.model, w.test.x),
+                     test_teacher) > 0.9);
 
-  auto imitators = fu::distill_imitators(w.train.x, w.oracle.query_all(w.train.x),
-                                         w.oracle, options);
+  auto imitators = fu::distill_imitators(
+      w.train.x, w.oracle.query_all(w.train.x), w.oracle, options);
   REQUIRE(imitators.size() == 3);
   for (std::size_t i = 0; i < 3; ++i) {
     CAPTURE(i);
@@ -136,7 +141,9 @@ TEST_CASE("distill: sharpening follows t^(1/T)") {
   CHECK_THROWS_AS(fu::sharpen(p, 0.0), chorus::Error);
 }
 
-TEST_CASE("frugal: λ trades experts queried against accuracy, and counts are honest") {
+TEST_CASE(
+    "frugal: λ trades experts queried against accuracy, and counts are "
+    "honest") {
   auto& w = world();
   fu::FrugalFoe frugal(fu::FrugalOptions().fuser(quick_foe()));
   frugal.fit(w.answers_v, w.v.y, 4);
@@ -153,7 +160,8 @@ TEST_CASE("frugal: λ trades experts queried against accuracy, and counts are ho
 
   w.oracle.reset_stats();
   auto balanced = frugal.predict(w.oracle, w.test.x, /*lambda=*/0.0);
-  CHECK(balanced.queried.sum().item<std::int64_t>() == w.oracle.total_stats().inputs);
+  CHECK(balanced.queried.sum().item<std::int64_t>() ==
+        w.oracle.total_stats().inputs);
   CHECK(balanced.mean_experts() >= 1.0);
   CHECK(balanced.mean_experts() <= 3.0);
 
@@ -168,16 +176,20 @@ TEST_CASE("frugal: λ trades experts queried against accuracy, and counts are ho
   CHECK(frugal.fusers_trained() <= 7);
 }
 
-TEST_CASE("frugal: errors estimated on the transfer pool, labelled by the full fuser") {
+TEST_CASE(
+    "frugal: errors estimated on the transfer pool, labelled by the full "
+    "fuser") {
   auto& w = world();
-  const auto transfer = w.oracle.query_all(w.train.x);  // U: 600 unlabelled points.
+  const auto transfer =
+      w.oracle.query_all(w.train.x);  // U: 600 unlabelled points.
   fu::FrugalFoe on_u(fu::FrugalOptions().fuser(quick_foe()));
   on_u.fit(w.answers_v, w.v.y, 4, transfer);
   w.oracle.reset_stats();
   auto eager = on_u.predict(w.oracle, w.test.x, /*lambda=*/-1.0);
   w.oracle.reset_stats();
   auto balanced = on_u.predict(w.oracle, w.test.x, /*lambda=*/0.0);
-  CHECK(balanced.queried.sum().item<std::int64_t>() == w.oracle.total_stats().inputs);
+  CHECK(balanced.queried.sum().item<std::int64_t>() ==
+        w.oracle.total_stats().inputs);
   CHECK(balanced.mean_experts() >= 1.0);
   CHECK(balanced.mean_experts() < 3.0);
   const double acc_eager = fu::accuracy(eager.probs, w.test.y);
@@ -188,10 +200,12 @@ TEST_CASE("frugal: errors estimated on the transfer pool, labelled by the full f
   // Switched off, the transfer answers change nothing (V's labels only).
   fu::FrugalFoe v_only(fu::FrugalOptions().fuser(quick_foe()));
   v_only.fit(w.answers_v, w.v.y, 4);
-  fu::FrugalFoe off(fu::FrugalOptions().fuser(quick_foe()).estimate_on_transfer(false));
+  fu::FrugalFoe off(
+      fu::FrugalOptions().fuser(quick_foe()).estimate_on_transfer(false));
   off.fit(w.answers_v, w.v.y, 4, transfer);
   const auto v_only_queried = v_only.predict(w.oracle, w.test.x, 0.0).queried;
-  CHECK(torch::equal(v_only_queried, off.predict(w.oracle, w.test.x, 0.0).queried));
+  CHECK(torch::equal(v_only_queried,
+                     off.predict(w.oracle, w.test.x, 0.0).queried));
   // ... and switched on, they change which experts are asked.
   CHECK_FALSE(torch::equal(v_only_queried, balanced.queried));
 
@@ -199,7 +213,8 @@ TEST_CASE("frugal: errors estimated on the transfer pool, labelled by the full f
   CHECK_THROWS_AS(on_u.fit(w.answers_v, w.v.y, 4, two), chorus::Error);
 }
 
-TEST_CASE("algorithms: every named algorithm fits, predicts and accounts queries") {
+TEST_CASE(
+    "algorithms: every named algorithm fits, predicts and accounts queries") {
   auto& w = world();
   auto data = round_data(w);
   auto options = fu::AlgorithmOptions().seed(3);
@@ -208,7 +223,12 @@ TEST_CASE("algorithms: every named algorithm fits, predicts and accounts queries
   options.frugal().fuser(quick_foe());
   // Gibbs loss on, as in tae_test: with the default 0 tae reaches 0.28 on
   // these blobs (chance 0.25).
-  options.tae().epochs(20).prototypes(60).samples(5).adapt_steps(40).gibbs_weight(50);
+  options.tae()
+      .epochs(20)
+      .prototypes(60)
+      .samples(5)
+      .adapt_steps(40)
+      .gibbs_weight(50);
 
   std::map<std::string, fu::FusionResult> results;
   for (const auto& name : fu::algorithm_names()) {

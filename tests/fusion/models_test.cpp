@@ -14,7 +14,8 @@ TEST_CASE("models: every architecture maps [N,1,28,28] to [N, classes]") {
   auto x = torch::rand({3, 1, 28, 28});
   for (const auto& arch : fu::architectures()) {
     CAPTURE(arch);
-    auto model = fu::make_classifier(fu::ModelSpec{.arch = arch, .num_classes = 7});
+    auto model =
+        fu::make_classifier(fu::ModelSpec{.arch = arch, .num_classes = 7});
     model->eval();
     auto out = model->forward(x);
     CHECK(out.sizes().vec() == std::vector<std::int64_t>{3, 7});
@@ -23,29 +24,33 @@ TEST_CASE("models: every architecture maps [N,1,28,28] to [N, classes]") {
 }
 
 TEST_CASE("models: a spec string round-trips and bad specs are refused") {
-  fu::ModelSpec spec{.arch = "mlp", .input_shape = {20}, .num_classes = 10,
+  fu::ModelSpec spec{.arch = "mlp",
+                     .input_shape = {20},
+                     .num_classes = 10,
                      .hidden = {512, 512}};
   CHECK(spec.to_string() == "mlp in=20 classes=10 hidden=512,512");
   CHECK(fu::ModelSpec::parse(spec.to_string()) == spec);
   fu::ModelSpec lenet{.arch = "lenet"};
   CHECK(fu::ModelSpec::parse(lenet.to_string()) == lenet);
 
-  for (const char* bad : {"", "lenet", "lenet in=1x28x28", "lenet classes=x in=1",
-                          "lenet in=1x28x28 classes=10 depth=3",
-                          "lenet in=1x28x28 classes=10 junk"}) {
+  for (const char* bad :
+       {"", "lenet", "lenet in=1x28x28", "lenet classes=x in=1",
+        "lenet in=1x28x28 classes=10 depth=3",
+        "lenet in=1x28x28 classes=10 junk"}) {
     CAPTURE(bad);
     CHECK_THROWS_AS(fu::ModelSpec::parse(bad), chorus::Error);
   }
-  CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "vgg"}), chorus::Error);
-  CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "lenet",
-                                                    .input_shape = {1, 3, 3}}),
+  CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "vgg"}),
                   chorus::Error);
-  CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "resnet",
-                                                    .input_shape = {30}}),
+  CHECK_THROWS_AS(fu::make_classifier(
+                      fu::ModelSpec{.arch = "lenet", .input_shape = {1, 3, 3}}),
                   chorus::Error);
-  CHECK_THROWS_AS(fu::make_classifier(fu::ModelSpec{.arch = "mlp",
-                                                    .num_classes = 0}),
-                  chorus::Error);
+  CHECK_THROWS_AS(
+      fu::make_classifier(fu::ModelSpec{.arch = "resnet", .input_shape = {30}}),
+      chorus::Error);
+  CHECK_THROWS_AS(
+      fu::make_classifier(fu::ModelSpec{.arch = "mlp", .num_classes = 0}),
+      chorus::Error);
 }
 
 TEST_CASE("models: every image architecture takes any channel count and size") {

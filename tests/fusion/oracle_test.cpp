@@ -26,8 +26,8 @@ class FixedAnswer : public fu::ClassifierImpl {
 TEST_CASE("ensemble: lift places each expert's columns in the shared space") {
   auto p = torch::tensor({{0.7f, 0.3f}, {0.1f, 0.9f}});
   auto lifted = fu::lift(p, {3, 1}, 4);
-  CHECK(torch::equal(lifted, torch::tensor({{0.f, 0.3f, 0.f, 0.7f},
-                                            {0.f, 0.9f, 0.f, 0.1f}})));
+  CHECK(torch::equal(
+      lifted, torch::tensor({{0.f, 0.3f, 0.f, 0.7f}, {0.f, 0.9f, 0.f, 0.1f}})));
   CHECK_THROWS_AS(fu::lift(p, {1, 2, 3}, 4), chorus::Error);
 }
 
@@ -44,10 +44,12 @@ TEST_CASE("ensemble: B+ sums and Bmax takes the maximum, then normalise") {
   CHECK_THROWS_AS(fu::ensemble_sum({}), chorus::Error);
 }
 
-TEST_CASE("oracle: answers are probabilities over the expert's labels, counted") {
+TEST_CASE(
+    "oracle: answers are probabilities over the expert's labels, counted") {
   fu::LocalOracle oracle(4, /*batch_size=*/7);
   auto data = chorus::testing::make_blobs(200, 4);
-  oracle.add_expert({"a", {0, 1}}, chorus::testing::train_expert(data, {0, 1}, 1));
+  oracle.add_expert({"a", {0, 1}},
+                    chorus::testing::train_expert(data, {0, 1}, 1));
   oracle.add_expert({"b", {1, 2, 3}},
                     chorus::testing::train_expert(data, {1, 2, 3}, 2));
   auto x = data.x.slice(0, 0, 20);
@@ -69,13 +71,14 @@ TEST_CASE("oracle: answers are probabilities over the expert's labels, counted")
 
 TEST_CASE("oracle: bad requests and bad answers are refused precisely") {
   fu::LocalOracle oracle(3);
-  CHECK_THROWS_AS(oracle.add_expert({"x", {0, 3}}, std::make_shared<FixedAnswer>(
-                                                       torch::zeros({2}))),
-                  chorus::Error);
+  CHECK_THROWS_AS(
+      oracle.add_expert({"x", {0, 3}},
+                        std::make_shared<FixedAnswer>(torch::zeros({2}))),
+      chorus::Error);
   oracle.add_expert({"wrong-width", {0, 1}},
                     std::make_shared<FixedAnswer>(torch::zeros({3})));
-  oracle.add_expert({"nan", {0, 2}}, std::make_shared<FixedAnswer>(
-                                         torch::tensor({NAN, 1.0f})));
+  oracle.add_expert({"nan", {0, 2}},
+                    std::make_shared<FixedAnswer>(torch::tensor({NAN, 1.0f})));
   auto x = torch::rand({4, 8});
   auto code_of = [&](std::int64_t expert, const torch::Tensor& in) {
     try {

@@ -30,7 +30,8 @@ TEST_CASE("partition: iid parts cover every index once, near-equal, seeded") {
   CHECK_THROWS_AS(fu::iid_partition(3, 5, 0), chorus::Error);
 }
 
-TEST_CASE("partition: dirichlet covers every index once and skews with small alpha") {
+TEST_CASE(
+    "partition: dirichlet covers every index once and skews with small alpha") {
   auto labels = balanced_labels(5000, 10);
   auto skew_of = [&](double alpha) {
     auto parts = fu::dirichlet_partition(labels, 5, alpha, 3);
@@ -38,7 +39,10 @@ TEST_CASE("partition: dirichlet covers every index once and skews with small alp
     // Mean over parts of the largest class share.
     double sum = 0;
     for (const auto& p : parts) {
-      if (p.numel() == 0) { sum += 1; continue; }
+      if (p.numel() == 0) {
+        sum += 1;
+        continue;
+      }
       auto counts = torch::bincount(labels.index_select(0, p), {}, 10);
       sum += counts.max().item<double>() / p.numel();
     }
@@ -73,7 +77,8 @@ TEST_CASE("partition: P1 split has the protocol's sizes and tasks") {
     auto in_task = torch::zeros_like(own, torch::kBool);
     for (auto c : task) in_task |= own.eq(c);
     CHECK(in_task.all().item<bool>());
-    CHECK(torch::isin(split.expert_train[i], split.shards[i]).all().item<bool>());
+    CHECK(
+        torch::isin(split.expert_train[i], split.shards[i]).all().item<bool>());
     CHECK(split.expert_train[i].numel() == doctest::Approx(4000).epsilon(0.05));
   }
   auto again = fu::p1_split(labels, fu::P1Options().seed(11));
@@ -85,10 +90,13 @@ TEST_CASE("partition: P1 sizes that do not fit are INVALID_ARGUMENT") {
   auto labels = balanced_labels(1000, 10);
   CHECK_THROWS_AS(fu::p1_split(labels, fu::P1Options()), chorus::Error);
   CHECK_THROWS_AS(
-      fu::p1_split(labels, fu::P1Options().transfer_size(100).fusion_labels(101)),
+      fu::p1_split(labels,
+                   fu::P1Options().transfer_size(100).fusion_labels(101)),
       chorus::Error);
   CHECK_THROWS_AS(
-      fu::p1_split(labels, fu::P1Options().transfer_size(100).classes_per_expert(11)),
+      fu::p1_split(labels,
+                   fu::P1Options().transfer_size(100).classes_per_expert(11)),
       chorus::Error);
-  CHECK_NOTHROW(fu::p1_split(labels, fu::P1Options().transfer_size(100).fusion_labels(50)));
+  CHECK_NOTHROW(fu::p1_split(
+      labels, fu::P1Options().transfer_size(100).fusion_labels(50)));
 }

@@ -1,14 +1,13 @@
 #pragma once
 // Small synthetic problems for fusion tests: Gaussian blobs in R^d, one per
 // class, and experts trained on subsets of the classes.
-#include "support/doctest.hpp"
-
 #include <memory>
 #include <vector>
 
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/oracle.hpp"
 #include "chorus/fusion/train.hpp"
+#include "support/doctest.hpp"
 
 namespace chorus::testing {
 
@@ -53,13 +52,14 @@ inline std::shared_ptr<fusion::ClassifierImpl> train_expert(
   }
   auto idx = mask.nonzero().flatten();
   torch::manual_seed(seed);
-  auto model = fusion::make_classifier(fusion::ModelSpec{
-      .arch = "mlp",
-      .input_shape = {data.x.size(1)},
-      .num_classes = static_cast<std::int64_t>(task.size()),
-      .hidden = {32}});
-  fusion::train(*model, data.x.index_select(0, idx), local.index_select(0, idx),
-                fusion::TrainOptions().epochs(15).batch_size(32).lr(3e-3).seed(seed));
+  auto model = fusion::make_classifier(
+      fusion::ModelSpec{.arch = "mlp",
+                        .input_shape = {data.x.size(1)},
+                        .num_classes = static_cast<std::int64_t>(task.size()),
+                        .hidden = {32}});
+  fusion::train(
+      *model, data.x.index_select(0, idx), local.index_select(0, idx),
+      fusion::TrainOptions().epochs(15).batch_size(32).lr(3e-3).seed(seed));
   return model;
 }
 

@@ -24,10 +24,12 @@ struct Images {
   torch::Tensor x, y;
 };
 
-Images draw(std::int64_t n, std::uint64_t seed, std::int64_t classes = kClasses) {
+Images draw(std::int64_t n, std::uint64_t seed,
+            std::int64_t classes = kClasses) {
   auto gen = at::detail::createCPUGenerator(seed);
   auto patterns_gen = at::detail::createCPUGenerator(99);
-  auto patterns = (torch::rand({classes, kPixels}, patterns_gen) > 0.5).to(torch::kFloat32);
+  auto patterns =
+      (torch::rand({classes, kPixels}, patterns_gen) > 0.5).to(torch::kFloat32);
   auto y = torch::randint(classes, {n}, gen, torch::kLong);
   auto flip = torch::rand({n, kPixels}, gen) < 0.1;
   auto x = patterns.index_select(0, y);
@@ -37,7 +39,8 @@ Images draw(std::int64_t n, std::uint64_t seed, std::int64_t classes = kClasses)
 
 // An expert that knows `task` perfectly and says nothing of other classes:
 // its answers lifted into the outputs (uniform over its task elsewhere).
-torch::Tensor expert_answers(const Images& d, const std::vector<std::int64_t>& task,
+torch::Tensor expert_answers(const Images& d,
+                             const std::vector<std::int64_t>& task,
                              std::int64_t outputs = kClasses) {
   auto out = torch::zeros({d.x.size(0), outputs});
   for (std::int64_t i = 0; i < d.x.size(0); ++i) {
@@ -66,7 +69,12 @@ fu::TaeOptions quick() {
   // The defaults but for size. With the Gibbs loss off (its default since
   // the union task), moving q_λ alone hardly changes the votes on this
   // problem (prior 0.72, adapted 0.72); the relabelled votes do (1.0).
-  return fu::TaeOptions().epochs(12).batch_size(64).prototypes(40).samples(5).seed(3)
+  return fu::TaeOptions()
+      .epochs(12)
+      .batch_size(64)
+      .prototypes(40)
+      .samples(5)
+      .seed(3)
       .adapt_steps(80);
 }
 
@@ -83,20 +91,24 @@ double accuracy_of(const Images& test, const std::vector<std::int64_t>& classes,
   }
   auto idx = mask.nonzero().flatten();
   const torch::Tensor pred = predict(test.x.index_select(0, idx)).argmax(1);
-  return pred.eq(local.index_select(0, idx)).to(torch::kFloat64).mean().item<double>();
+  return pred.eq(local.index_select(0, idx))
+      .to(torch::kFloat64)
+      .mean()
+      .item<double>();
 }
 
-double accuracy_on(fu::TaeModel& m, const Images& test, const fu::WDistribution& q,
+double accuracy_on(fu::TaeModel& m, const Images& test,
+                   const fu::WDistribution& q,
                    const std::vector<std::int64_t>& classes) {
-  return accuracy_of(test, classes,
-                     [&](const torch::Tensor& x) { return m.predict(x, q, classes); });
+  return accuracy_of(test, classes, [&](const torch::Tensor& x) {
+    return m.predict(x, q, classes);
+  });
 }
 
 // The first `k` images of each of `classes` in `pool`, labelled by their
 // index in `classes`.
-std::pair<torch::Tensor, torch::Tensor> shots_of(const Images& pool,
-                                                 const std::vector<std::int64_t>& classes,
-                                                 int k) {
+std::pair<torch::Tensor, torch::Tensor> shots_of(
+    const Images& pool, const std::vector<std::int64_t>& classes, int k) {
   std::vector<std::int64_t> rows, labels;
   for (std::size_t j = 0; j < classes.size(); ++j) {
     int taken = 0;
@@ -144,8 +156,9 @@ TEST_CASE("tae: the prior of an expert's own task recomposes that expert") {
   CHECK(accuracy_on(m, test, m.prior(multi_hot({2, 3})), {2, 3}) > 0.8);
 }
 
-TEST_CASE("tae: adapting to a new task with 5 shots tightens the PAC-Bayes bound "
-          "and does not lose to the prior") {
+TEST_CASE(
+    "tae: adapting to a new task with 5 shots tightens the PAC-Bayes bound "
+    "and does not lose to the prior") {
   auto& m = trained();
   torch::manual_seed(13);
   auto shots = draw(200, 4);
@@ -155,8 +168,16 @@ TEST_CASE("tae: adapting to a new task with 5 shots tightens the PAC-Bayes bound
   int ones = 0, twos = 0;
   for (std::int64_t i = 0; i < shots.y.size(0) && (ones < 5 || twos < 5); ++i) {
     auto c = shots.y[i].item<std::int64_t>();
-    if (c == 1 && ones < 5) { xs.push_back(i); ys.push_back(0); ++ones; }
-    if (c == 2 && twos < 5) { xs.push_back(i); ys.push_back(1); ++twos; }
+    if (c == 1 && ones < 5) {
+      xs.push_back(i);
+      ys.push_back(0);
+      ++ones;
+    }
+    if (c == 2 && twos < 5) {
+      xs.push_back(i);
+      ys.push_back(1);
+      ++twos;
+    }
   }
   auto x = shots.x.index_select(0, torch::tensor(xs, torch::kLong));
   auto y = torch::tensor(ys, torch::kLong);
@@ -173,11 +194,14 @@ TEST_CASE("tae: adapting to a new task with 5 shots tightens the PAC-Bayes bound
         doctest::Approx(adapted.bound));
   auto test = draw(600, 5);
   const double acc_prior = accuracy_on(model, test, prior, {1, 2});
-  const double acc_adapted = accuracy_on(model, test, adapted.posterior, {1, 2});
-  // As a node serves it: q_λ with the prototypes' votes relabelled by the shots.
-  const double acc_served = accuracy_of(test, {1, 2}, [&](const torch::Tensor& t) {
-    return model.predict(t, adapted, {1, 2});
-  });
+  const double acc_adapted =
+      accuracy_on(model, test, adapted.posterior, {1, 2});
+  // As a node serves it: q_λ with the prototypes' votes relabelled by the
+  // shots.
+  const double acc_served =
+      accuracy_of(test, {1, 2}, [&](const torch::Tensor& t) {
+        return model.predict(t, adapted, {1, 2});
+      });
   MESSAGE("prior " << acc_prior << " adapted " << acc_adapted << " relabelled "
                    << acc_served << " bound " << adapted.bound);
   CHECK(acc_adapted >= acc_prior - 0.02);
@@ -185,7 +209,8 @@ TEST_CASE("tae: adapting to a new task with 5 shots tightens the PAC-Bayes bound
   CHECK(acc_served > 0.9);
 }
 
-TEST_CASE("tae: one shot per class gives a finite bound, and bad shots are refused") {
+TEST_CASE(
+    "tae: one shot per class gives a finite bound, and bad shots are refused") {
   auto& m = trained();
   torch::manual_seed(14);
   auto shots = draw(50, 6);
@@ -197,10 +222,12 @@ TEST_CASE("tae: one shot per class gives a finite bound, and bad shots are refus
   CHECK(torch::isfinite(a.posterior.logvar).all().item<bool>());
   auto nan = x.clone();
   nan[0][0] = std::nanf("");
-  CHECK(code_of([&] { m.adapt(multi_hot({0, 3}), nan, y, {0, 3}); }) ==
-        Code::kInvalidArgument);
-  CHECK(code_of([&] { m.adapt(multi_hot({0, 3}), x, torch::tensor({0, 2}), {0, 3}); }) ==
-        Code::kInvalidArgument);
+  CHECK(code_of([&] {
+          m.adapt(multi_hot({0, 3}), nan, y, {0, 3});
+        }) == Code::kInvalidArgument);
+  CHECK(code_of([&] {
+          m.adapt(multi_hot({0, 3}), x, torch::tensor({0, 2}), {0, 3});
+        }) == Code::kInvalidArgument);
 }
 
 TEST_CASE("tae: a saved and reloaded global model predicts identically") {
@@ -210,27 +237,33 @@ TEST_CASE("tae: a saved and reloaded global model predicts identically") {
   auto again = fu::TaeModel::load(dir / "tae.pt");
   auto test = draw(100, 7);
   auto w = torch::tensor({0.3f, -0.7f});
-  CHECK(torch::allclose(m.log_g(test.x, w), again.log_g(test.x, w), 1e-5, 1e-6));
+  CHECK(
+      torch::allclose(m.log_g(test.x, w), again.log_g(test.x, w), 1e-5, 1e-6));
   CHECK(torch::equal(m.prototypes(), again.prototypes()));
   auto p = m.prior(multi_hot({0, 1}));
   auto p2 = again.prior(multi_hot({0, 1}));
   CHECK(torch::allclose(p.mean, p2.mean));
-  CHECK(code_of([&] { fu::TaeModel::load(dir / "absent.pt"); }) == Code::kNotFound);
+  CHECK(code_of([&] { fu::TaeModel::load(dir / "absent.pt"); }) ==
+        Code::kNotFound);
   std::ofstream(dir / "junk.pt") << "not a model";
-  CHECK(code_of([&] { fu::TaeModel::load(dir / "junk.pt"); }) == Code::kDataLoss);
+  CHECK(code_of([&] { fu::TaeModel::load(dir / "junk.pt"); }) ==
+        Code::kDataLoss);
 }
 
-TEST_CASE("tae: relabelling the prototypes with the shots beats the prior on a pair of "
-          "classes no expert knew") {
+TEST_CASE(
+    "tae: relabelling the prototypes with the shots beats the prior on a pair "
+    "of "
+    "classes no expert knew") {
   // Six classes; the experts know {0, 1} and {2, 3}; the new task is 4 vs 5,
   // on which p_α(y|z) never saw a label.
   constexpr std::int64_t kSix = 6;
   const auto d = draw(1500, 1, kSix);
   fu::TaeModel m(kPixels, kSix, kSix, quick());
-  m.train(fu::TaeData{.inputs = d.x,
-                      .answers = {expert_answers(d, {0, 1}, kSix),
-                                  expert_answers(d, {2, 3}, kSix)},
-                      .tasks = {multi_hot({0, 1}, kSix), multi_hot({2, 3}, kSix)}});
+  m.train(
+      fu::TaeData{.inputs = d.x,
+                  .answers = {expert_answers(d, {0, 1}, kSix),
+                              expert_answers(d, {2, 3}, kSix)},
+                  .tasks = {multi_hot({0, 1}, kSix), multi_hot({2, 3}, kSix)}});
   torch::manual_seed(15);
   const std::vector<std::int64_t> task = {4, 5};
   const auto tau = multi_hot(task, kSix);
@@ -238,31 +271,36 @@ TEST_CASE("tae: relabelling the prototypes with the shots beats the prior on a p
   auto adapted = m.adapt(tau, x, y, task);
   REQUIRE(adapted.votes.defined());
   CHECK(adapted.votes.sizes() == torch::IntArrayRef{quick().prototypes(), 2});
-  CHECK(torch::allclose(adapted.votes.sum(1), torch::ones({quick().prototypes()})));
+  CHECK(torch::allclose(adapted.votes.sum(1),
+                        torch::ones({quick().prototypes()})));
 
   const auto test = draw(600, 9, kSix);
   const auto prior = m.prior(tau);
-  const double acc_prior = accuracy_of(
-      test, task, [&](const torch::Tensor& t) { return m.predict(t, prior, task); });
+  const double acc_prior = accuracy_of(test, task, [&](const torch::Tensor& t) {
+    return m.predict(t, prior, task);
+  });
   const double acc_moved = accuracy_of(test, task, [&](const torch::Tensor& t) {
     return m.predict(t, adapted.posterior, task);
   });
   const double acc_relabelled = accuracy_of(
-      test, task, [&](const torch::Tensor& t) { return m.predict(t, adapted, task); });
-  MESSAGE("prior " << acc_prior << ", q_λ alone " << acc_moved << ", relabelled "
-                   << acc_relabelled);
+      test, task,
+      [&](const torch::Tensor& t) { return m.predict(t, adapted, task); });
+  MESSAGE("prior " << acc_prior << ", q_λ alone " << acc_moved
+                   << ", relabelled " << acc_relabelled);
   CHECK(acc_relabelled > acc_prior + 0.1);
   CHECK(acc_relabelled > acc_moved);
   CHECK(acc_relabelled > 0.85);
 
   // Votes of the wrong shape are refused.
-  CHECK(code_of([&] { m.predict(test.x, adapted.posterior, task, torch::ones({3, 2})); }) ==
-        Code::kInvalidArgument);
+  CHECK(code_of([&] {
+          m.predict(test.x, adapted.posterior, task, torch::ones({3, 2}));
+        }) == Code::kInvalidArgument);
 
   // The relabelling settings travel with the saved model.
   chorus::testing::TempDir dir;
   m.save(dir / "tae.pt");
   auto again = fu::TaeModel::load(dir / "tae.pt");
   CHECK(again.options().relabel() == m.options().relabel());
-  CHECK(again.options().relabel_prior() == doctest::Approx(m.options().relabel_prior()));
+  CHECK(again.options().relabel_prior() ==
+        doctest::Approx(m.options().relabel_prior()));
 }

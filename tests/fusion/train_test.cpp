@@ -12,8 +12,10 @@ namespace {
 std::shared_ptr<fu::ClassifierImpl> small_mlp(std::int64_t classes,
                                               std::uint64_t seed = 0) {
   torch::manual_seed(seed);
-  return fu::make_classifier(fu::ModelSpec{
-      .arch = "mlp", .input_shape = {8}, .num_classes = classes, .hidden = {32}});
+  return fu::make_classifier(fu::ModelSpec{.arch = "mlp",
+                                           .input_shape = {8},
+                                           .num_classes = classes,
+                                           .hidden = {32}});
 }
 
 }  // namespace
@@ -66,26 +68,29 @@ TEST_CASE("train: early stopping keeps the best validation epoch") {
   auto gen = at::detail::createCPUGenerator(9);
   auto noise = torch::randint(3, {100}, gen, torch::kLong);
   auto model = small_mlp(3);
-  auto result = fu::train(*model, data.x.slice(0, 0, 200), data.y.slice(0, 0, 200),
-                          fu::TrainOptions().epochs(40).patience(3),
-                          data.x.slice(0, 200), noise);
+  auto result = fu::train(
+      *model, data.x.slice(0, 0, 200), data.y.slice(0, 0, 200),
+      fu::TrainOptions().epochs(40).patience(3), data.x.slice(0, 200), noise);
   REQUIRE(result.best_val_accuracy.has_value());
   CHECK(result.epochs_run < 40);
   CHECK(result.epochs_run - result.best_epoch == 3);
-  auto val_acc = fu::accuracy(fu::predict_proba(*model, data.x.slice(0, 200)), noise);
+  auto val_acc =
+      fu::accuracy(fu::predict_proba(*model, data.x.slice(0, 200)), noise);
   CHECK(val_acc == doctest::Approx(*result.best_val_accuracy));
 }
 
 TEST_CASE("train: mismatched inputs and targets are INVALID_ARGUMENT") {
   auto model = small_mlp(3);
-  CHECK_THROWS_AS(fu::train(*model, torch::rand({10, 8}),
-                            torch::zeros({9}, torch::kLong), fu::TrainOptions()),
-                  chorus::Error);
+  CHECK_THROWS_AS(
+      fu::train(*model, torch::rand({10, 8}), torch::zeros({9}, torch::kLong),
+                fu::TrainOptions()),
+      chorus::Error);
   CHECK_THROWS_AS(fu::train(*model, torch::rand({10, 8}), torch::zeros({10}),
                             fu::TrainOptions()),
                   chorus::Error);
-  CHECK_THROWS_AS(fu::accuracy(torch::rand({4, 3}), torch::zeros({5}, torch::kLong)),
-                  chorus::Error);
+  CHECK_THROWS_AS(
+      fu::accuracy(torch::rand({4, 3}), torch::zeros({5}, torch::kLong)),
+      chorus::Error);
   CHECK(fu::accuracy(torch::tensor({{0.1, 0.9}, {0.8, 0.2}}),
                      torch::tensor({1, 1}, torch::kLong)) == 0.5);
 }

@@ -12,7 +12,8 @@
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/formats.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
+                                      std::size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   for (const char* label : {"label", ""}) {
     chorus::fusion::CsvOptions options;
@@ -20,9 +21,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     options.max_rows = 1 << 16;
     try {
       auto t = chorus::fusion::parse_csv(text, options, "fuzz.csv");
-      if (static_cast<std::int64_t>(t.features.size()) != t.rows * t.cols) std::abort();
-      if (static_cast<std::int64_t>(t.feature_names.size()) != t.cols) std::abort();
-      if (!t.labels.empty() && static_cast<std::int64_t>(t.labels.size()) != t.rows) {
+      if (static_cast<std::int64_t>(t.features.size()) != t.rows * t.cols)
+        std::abort();
+      if (static_cast<std::int64_t>(t.feature_names.size()) != t.cols)
+        std::abort();
+      if (!t.labels.empty() &&
+          static_cast<std::int64_t>(t.labels.size()) != t.rows) {
         std::abort();
       }
       for (float f : t.features) {

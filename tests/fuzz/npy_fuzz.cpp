@@ -11,14 +11,17 @@
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/formats.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
+                                      std::size_t size) {
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);
   try {
-    auto a = chorus::fusion::parse_npy(bytes, "fuzz.npy", std::int64_t{1} << 24);
+    auto a =
+        chorus::fusion::parse_npy(bytes, "fuzz.npy", std::int64_t{1} << 24);
     // The payload lies inside the input and has exactly the declared size.
     if (a.data.data() < bytes.data() ||
         a.data.data() + a.data.size() > bytes.data() + bytes.size() ||
-        static_cast<std::int64_t>(a.data.size()) != a.elements() * a.item_size) {
+        static_cast<std::int64_t>(a.data.size()) !=
+            a.elements() * a.item_size) {
       std::abort();
     }
   } catch (const chorus::Error&) {

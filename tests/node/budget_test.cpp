@@ -21,7 +21,8 @@ TEST_CASE("budget: an unlimited policy only caps the batch") {
   CHECK(ledger.spent() == 16);
 }
 
-TEST_CASE("budget: the total budget is exhausted and a refusal spends nothing") {
+TEST_CASE(
+    "budget: the total budget is exhausted and a refusal spends nothing") {
   BudgetLedger ledger(BudgetPolicy{.max_batch = 100, .total_budget = 250});
   ledger.charge(100);
   ledger.charge(100);

@@ -1,10 +1,10 @@
 // The node over real loopback mutual TLS: a test coordinator endpoint (the
 // protocol's Server) asks a NodeSession for predictions, pushes models and
 // inspects every frame the node sends.
-#include <asio/io_context.hpp>
-#include <asio/thread_pool.hpp>
 #include <torch/script.h>
 
+#include <asio/io_context.hpp>
+#include <asio/thread_pool.hpp>
 #include <cstdlib>
 #include <fstream>
 #include <future>
@@ -40,9 +40,11 @@ namespace {
 
 struct Pki {
   pr::KeyPair ca = pr::make_ca("test-ca");
-  pr::KeyPair coordinator = pr::issue_certificate(
-      ca, "coordinator", pr::CertRole::kCoordinator, {"localhost", "127.0.0.1"});
-  pr::KeyPair alpha = pr::issue_certificate(ca, "alpha", pr::CertRole::kNode, {});
+  pr::KeyPair coordinator =
+      pr::issue_certificate(ca, "coordinator", pr::CertRole::kCoordinator,
+                            {"localhost", "127.0.0.1"});
+  pr::KeyPair alpha =
+      pr::issue_certificate(ca, "alpha", pr::CertRole::kNode, {});
   pr::TlsMaterial material(const pr::KeyPair& leaf) const {
     return {ca.cert_pem, leaf.cert_pem, leaf.key_pem};
   }
@@ -62,7 +64,8 @@ std::shared_ptr<fu::ClassifierImpl> small_model() {
       .arch = "mlp", .input_shape = kShape, .num_classes = 3, .hidden = {8}});
 }
 
-std::unique_ptr<nd::Expert> builtin_expert(std::shared_ptr<fu::ClassifierImpl> m) {
+std::unique_ptr<nd::Expert> builtin_expert(
+    std::shared_ptr<fu::ClassifierImpl> m) {
   nd::ExpertOptions o;
   o.input_shape = kShape;
   o.labels = kLabels;
@@ -87,7 +90,8 @@ class TestCoordinator {
         [this](std::shared_ptr<pr::Connection> c, const v1::Hello& hello) {
           c->start(
               [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
-                chorus::fail(Code::kUnimplemented, "the test coordinator serves nothing");
+                chorus::fail(Code::kUnimplemented,
+                             "the test coordinator serves nothing");
               },
               [](const std::string&) {});
           std::lock_guard lock(mutex_);
@@ -111,9 +115,11 @@ class TestCoordinator {
 
   std::uint16_t port() const { return server_->port(); }
 
-  std::shared_ptr<pr::Connection> wait_connection(std::chrono::seconds t = 10s) {
+  std::shared_ptr<pr::Connection> wait_connection(
+      std::chrono::seconds t = 10s) {
     std::unique_lock lock(mutex_);
-    connected_.wait_for(lock, t, [&] { return connection_ && connection_->is_open(); });
+    connected_.wait_for(lock, t,
+                        [&] { return connection_ && connection_->is_open(); });
     REQUIRE_MESSAGE(connection_ != nullptr, "the node did not connect");
     return connection_;
   }
@@ -211,9 +217,10 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-v1::Envelope push_chunk(std::uint32_t round, std::uint32_t index, std::uint32_t count,
-                        const std::string& whole, const std::string& digest,
-                        std::size_t chunk, const std::string& algorithm = "foe-distill") {
+v1::Envelope push_chunk(std::uint32_t round, std::uint32_t index,
+                        std::uint32_t count, const std::string& whole,
+                        const std::string& digest, std::size_t chunk,
+                        const std::string& algorithm = "foe-distill") {
   v1::Envelope e;
   auto* p = e.mutable_model_push();
   p->set_round(round);
@@ -230,13 +237,17 @@ v1::Envelope push_chunk(std::uint32_t round, std::uint32_t index, std::uint32_t 
 // Pushes `model` in chunks of `chunk` bytes; returns the code of the first
 // failure (kOk when every chunk was acknowledged).
 Code push(pr::Connection& c, std::uint32_t round, const std::string& model,
-          std::size_t chunk, const std::string& digest, std::string* message = nullptr,
+          std::size_t chunk, const std::string& digest,
+          std::string* message = nullptr,
           const std::string& algorithm = "foe-distill") {
-  const auto count = static_cast<std::uint32_t>((model.size() + chunk - 1) / chunk);
+  const auto count =
+      static_cast<std::uint32_t>((model.size() + chunk - 1) / chunk);
   for (std::uint32_t i = 0; i < count; ++i) {
     auto code = code_of(
         [&] {
-          c.request_async(push_chunk(round, i, count, model, digest, chunk, algorithm), 10s)
+          c.request_async(
+               push_chunk(round, i, count, model, digest, chunk, algorithm),
+               10s)
               .get();
         },
         message);
@@ -247,8 +258,9 @@ Code push(pr::Connection& c, std::uint32_t round, const std::string& model,
 
 }  // namespace
 
-TEST_CASE("node: a builtin expert's Predict equals local inference, and Hello "
-          "describes only its interface") {
+TEST_CASE(
+    "node: a builtin expert's Predict equals local inference, and Hello "
+    "describes only its interface") {
   TestCoordinator coordinator;
   auto model = small_model();
   TestNode node(builtin_expert(model), {}, coordinator.port());
@@ -266,8 +278,9 @@ TEST_CASE("node: a builtin expert's Predict equals local inference, and Hello "
   CHECK_FALSE(hello.policy().has_total_budget());
 }
 
-TEST_CASE("node: the coordinator's task is checked against the expert, and uint8 "
-          "inputs are scaled and normalised as the task says") {
+TEST_CASE(
+    "node: the coordinator's task is checked against the expert, and uint8 "
+    "inputs are scaled and normalised as the task says") {
   auto model = small_model();
   nd::NodeService service(builtin_expert(model), nd::NodeServiceOptions{});
   chorus::TaskSpec task{.name = "tiny",
@@ -282,7 +295,9 @@ TEST_CASE("node: the coordinator's task is checked against the expert, and uint8
   task.labels = chorus::LabelSpace({"a", "b"});
   why = service.accept_task(task);
   REQUIRE(why.has_value());
-  CHECK(contains(*why, "label 'c', which is not in the label space of task 'tiny' (a, b)"));
+  CHECK(contains(
+      *why,
+      "label 'c', which is not in the label space of task 'tiny' (a, b)"));
 
   // A task it fits: uint8 pixels in, (x / 255 - 0.5) / 0.25 seen by the model.
   task.labels = chorus::LabelSpace({"a", "b", "c"});
@@ -291,10 +306,12 @@ TEST_CASE("node: the coordinator's task is checked against the expert, and uint8
   task.std = {0.25};
   CHECK_FALSE(service.accept_task(task).has_value());
   torch::manual_seed(5);
-  auto pixels = torch::randint(0, 256, {6, 1, 4, 4}, torch::kLong).to(torch::kUInt8);
+  auto pixels =
+      torch::randint(0, 256, {6, 1, 4, 4}, torch::kLong).to(torch::kUInt8);
   v1::Envelope request;
   request.set_request_id(1);
-  pr::encode_tensor(pixels, request.mutable_predict_request()->mutable_inputs());
+  pr::encode_tensor(pixels,
+                    request.mutable_predict_request()->mutable_inputs());
   auto job = service.admit_predict(request);
   auto reply = service.run_predict(*job);
   auto got = pr::decode_tensor(reply.predict_response().outputs());
@@ -304,20 +321,24 @@ TEST_CASE("node: the coordinator's task is checked against the expert, and uint8
   // Without a uint8 task, uint8 inputs are refused naming what is expected.
   CHECK_FALSE(service.accept_task(std::nullopt).has_value());
   std::string msg;
-  CHECK(code_of([&] { service.admit_predict(request); }, &msg) == Code::kInvalidArgument);
+  CHECK(code_of([&] { service.admit_predict(request); }, &msg) ==
+        Code::kInvalidArgument);
   CHECK(contains(msg, "inputs must be float32 [N, 1, 4, 4]"));
 }
 
-TEST_CASE("node: the start-up check refuses a tuple, a dict or too many columns "
-          "unless told how to read them, and a builtin expert's shape is honoured") {
+TEST_CASE(
+    "node: the start-up check refuses a tuple, a dict or too many columns "
+    "unless told how to read them, and a builtin expert's shape is honoured") {
   chorus::testing::TempDir dir;
-  const auto script =
-      std::filesystem::path(CHORUS_SOURCE_DIR) / "tests/support/export_odd_modules.py";
-  const auto command = "/usr/bin/python3 " + script.string() + " " + dir.path().string() +
-                       " > " + (dir / "export.log").string() + " 2>&1";
-  REQUIRE_MESSAGE(std::system(command.c_str()) == 0,
-                  "export_odd_modules.py failed (python3-torch installed?): see "
-                      << (dir / "export.log").string());
+  const auto script = std::filesystem::path(CHORUS_SOURCE_DIR) /
+                      "tests/support/export_odd_modules.py";
+  const auto command = "/usr/bin/python3 " + script.string() + " " +
+                       dir.path().string() + " > " +
+                       (dir / "export.log").string() + " 2>&1";
+  REQUIRE_MESSAGE(
+      std::system(command.c_str()) == 0,
+      "export_odd_modules.py failed (python3-torch installed?): see "
+          << (dir / "export.log").string());
   auto options = [&](const std::string& name) {
     nd::ExpertOptions o;
     o.kind = nd::ExpertKind::kTorchScript;
@@ -327,16 +348,20 @@ TEST_CASE("node: the start-up check refuses a tuple, a dict or too many columns 
     return o;
   };
   std::string msg;
-  CHECK(code_of([&] { nd::load_expert(options("tuple")); }, &msg) == Code::kInvalidArgument);
+  CHECK(code_of([&] { nd::load_expert(options("tuple")); }, &msg) ==
+        Code::kInvalidArgument);
   CHECK(contains(msg, "start-up check"));
   CHECK(contains(msg, "returns a tuple of 2 elements; set expert.output_key"));
-  CHECK(code_of([&] { nd::load_expert(options("dict")); }, &msg) == Code::kInvalidArgument);
+  CHECK(code_of([&] { nd::load_expert(options("dict")); }, &msg) ==
+        Code::kInvalidArgument);
   CHECK(contains(msg, "returns a dict with keys [features, logits]"));
-  CHECK(code_of([&] { nd::load_expert(options("wide")); }, &msg) == Code::kInvalidArgument);
+  CHECK(code_of([&] { nd::load_expert(options("wide")); }, &msg) ==
+        Code::kInvalidArgument);
   CHECK(contains(msg, "its 3 labels need [1, 3]"));
   auto bad_key = options("dict");
   bad_key.output_key = "scores";
-  CHECK(code_of([&] { nd::load_expert(bad_key); }, &msg) == Code::kInvalidArgument);
+  CHECK(code_of([&] { nd::load_expert(bad_key); }, &msg) ==
+        Code::kInvalidArgument);
   CHECK(contains(msg, "'scores' is not a key"));
 
   // Told which element holds the scores, both serve the same answers.
@@ -354,35 +379,43 @@ TEST_CASE("node: the start-up check refuses a tuple, a dict or too many columns 
   // given, must be the model's.
   auto no_shape = options("rgb");
   no_shape.input_shape.clear();
-  CHECK(code_of([&] { nd::load_expert(no_shape); }, &msg) == Code::kInvalidArgument);
+  CHECK(code_of([&] { nd::load_expert(no_shape); }, &msg) ==
+        Code::kInvalidArgument);
   CHECK(contains(msg, "expert.input_shape"));
   nd::save_builtin_expert(small_model(),
-                          fu::ModelSpec{.arch = "mlp", .input_shape = kShape, .num_classes = 3,
+                          fu::ModelSpec{.arch = "mlp",
+                                        .input_shape = kShape,
+                                        .num_classes = 3,
                                         .hidden = {8}},
                           kLabels, dir / "builtin.pt");
   nd::ExpertOptions builtin;
   builtin.path = dir / "builtin.pt";
   builtin.input_shape = {3, 32, 32};
-  CHECK(code_of([&] { nd::load_expert(builtin); }, &msg) == Code::kInvalidArgument);
-  CHECK(contains(msg, "expert.input_shape is [3, 32, 32], but the builtin expert"));
+  CHECK(code_of([&] { nd::load_expert(builtin); }, &msg) ==
+        Code::kInvalidArgument);
+  CHECK(contains(msg,
+                 "expert.input_shape is [3, 32, 32], but the builtin expert"));
   CHECK(contains(msg, "trained on inputs of [1, 4, 4]"));
   builtin.input_shape = kShape;
   CHECK(nd::load_expert(builtin)->input_shape() == kShape);
 }
 
-TEST_CASE("node: a TorchScript module exported by the example script is served "
-          "exactly") {
+TEST_CASE(
+    "node: a TorchScript module exported by the example script is served "
+    "exactly") {
   chorus::testing::TempDir dir;
   const auto script = std::filesystem::path(CHORUS_SOURCE_DIR) /
                       "examples/byo-expert/export_expert.py";
   const auto out = dir / "expert.pt";
   // Debian's python3-torch (scripts/install-deps.sh) lives in /usr/bin/python3.
-  const auto command = "/usr/bin/python3 " + script.string() + " --steps 0 --out " +
-                       out.string() + " > " + (dir / "export.log").string() + " 2>&1";
+  const auto command = "/usr/bin/python3 " + script.string() +
+                       " --steps 0 --out " + out.string() + " > " +
+                       (dir / "export.log").string() + " 2>&1";
   const int status = std::system(command.c_str());
-  REQUIRE_MESSAGE(status == 0, "the export script failed (is python3-torch installed? "
-                               "run scripts/install-deps.sh): see "
-                                   << (dir / "export.log").string());
+  REQUIRE_MESSAGE(status == 0,
+                  "the export script failed (is python3-torch installed? "
+                  "run scripts/install-deps.sh): see "
+                      << (dir / "export.log").string());
 
   nd::ExpertOptions o;
   o.kind = nd::ExpertKind::kTorchScript;
@@ -407,11 +440,13 @@ TEST_CASE("node: a TorchScript module exported by the example script is served "
   o.labels = {"Sandal", "Sneaker"};
   std::string msg;
   CHECK(code_of([&] { nd::load_expert(o); }, &msg) == Code::kInvalidArgument);
-  CHECK(contains(msg, "answered [1, 4] for 1 inputs; its 2 labels need [1, 2]"));
+  CHECK(
+      contains(msg, "answered [1, 4] for 1 inputs; its 2 labels need [1, 2]"));
 }
 
-TEST_CASE("node: bad inputs are refused precisely, spend nothing, and the node "
-          "keeps serving") {
+TEST_CASE(
+    "node: bad inputs are refused precisely, spend nothing, and the node "
+    "keeps serving") {
   TestCoordinator coordinator;
   nd::NodeServiceOptions options;
   options.policy.budget.max_batch = 16;
@@ -420,13 +455,19 @@ TEST_CASE("node: bad inputs are refused precisely, spend nothing, and the node "
   auto c = coordinator.wait_connection();
   std::string msg;
 
-  CHECK(code_of([&] { predict(*c, torch::rand({4, 1, 5, 5})); }, &msg) ==
-        Code::kInvalidArgument);
+  CHECK(code_of(
+            [&] {
+              predict(*c, torch::rand({4, 1, 5, 5}));
+            },
+            &msg) == Code::kInvalidArgument);
   CHECK(contains(msg, "float32 [N, 1, 4, 4] with 1 <= N <= 16"));
   CHECK(contains(msg, "got [4, 1, 5, 5]"));
 
-  CHECK(code_of([&] { predict(*c, torch::ones({4, 1, 4, 4}, torch::kUInt8)); },
-                &msg) == Code::kInvalidArgument);
+  CHECK(code_of(
+            [&] {
+              predict(*c, torch::ones({4, 1, 4, 4}, torch::kUInt8));
+            },
+            &msg) == Code::kInvalidArgument);
   CHECK(contains(msg, "got dtype DTYPE_UINT8"));
 
   auto nan = inputs(4);
@@ -434,7 +475,8 @@ TEST_CASE("node: bad inputs are refused precisely, spend nothing, and the node "
   CHECK(code_of([&] { predict(*c, nan); }, &msg) == Code::kInvalidArgument);
   CHECK(contains(msg, "NaN or infinite"));
 
-  CHECK(code_of([&] { predict(*c, inputs(17)); }, &msg) == Code::kInvalidArgument);
+  CHECK(code_of([&] { predict(*c, inputs(17)); }, &msg) ==
+        Code::kInvalidArgument);
   CHECK(contains(msg, "got a batch of 17"));
 
   // A tensor whose bytes do not match its shape.
@@ -448,8 +490,9 @@ TEST_CASE("node: bad inputs are refused precisely, spend nothing, and the node "
   CHECK(node.service().inputs_answered() == 16);
 }
 
-TEST_CASE("node: budgets are enforced per round and in total, naming what "
-          "remains") {
+TEST_CASE(
+    "node: budgets are enforced per round and in total, naming what "
+    "remains") {
   TestCoordinator coordinator;
   chorus::testing::TempDir dir;
   nd::NodeServiceOptions options;
@@ -462,12 +505,14 @@ TEST_CASE("node: budgets are enforced per round and in total, naming what "
   std::string msg;
 
   CHECK(predict(*c, inputs(8), 1).size(0) == 8);
-  CHECK(code_of([&] { predict(*c, inputs(5), 1); }, &msg) == Code::kResourceExhausted);
+  CHECK(code_of([&] { predict(*c, inputs(5), 1); }, &msg) ==
+        Code::kResourceExhausted);
   CHECK(contains(msg, "round budget: 4 of 12 remaining"));
   CHECK(predict(*c, inputs(4), 1).size(0) == 4);
   // A new round renews the round budget, not the total.
   CHECK(predict(*c, inputs(8), 2).size(0) == 0 + 8);
-  CHECK(code_of([&] { predict(*c, inputs(1), 2); }, &msg) == Code::kResourceExhausted);
+  CHECK(code_of([&] { predict(*c, inputs(1), 2); }, &msg) ==
+        Code::kResourceExhausted);
   CHECK(contains(msg, "total budget: 0 of 20 remaining"));
   auto reply = c->request_async(predict_request(inputs(1), 3), 10s);
   CHECK_THROWS_AS(reply.get(), chorus::Error);
@@ -483,7 +528,8 @@ TEST_CASE("node: budgets are enforced per round and in total, naming what "
   CHECK(summary.malformed_lines == 0);
 }
 
-TEST_CASE("node: output forms — label only, top-k, temperature and seeded noise") {
+TEST_CASE(
+    "node: output forms — label only, top-k, temperature and seeded noise") {
   auto model = small_model();
   auto x = inputs(50);
   auto reference = local_probs(*model, x);
@@ -515,7 +561,8 @@ TEST_CASE("node: output forms — label only, top-k, temperature and seeded nois
     auto [out, r] = answer(p);
     CHECK(r.form() == v1::OUTPUT_FORM_TOP_K);
     CHECK(out.ne(0).sum(1).eq(2).all().item<bool>());
-    CHECK(torch::allclose(std::get<0>(out.max(1)), std::get<0>(reference.max(1))));
+    CHECK(torch::allclose(std::get<0>(out.max(1)),
+                          std::get<0>(reference.max(1))));
   }
   SUBCASE("temperature flattens, keeping the ranking") {
     nd::QueryPolicy p;
@@ -541,22 +588,25 @@ TEST_CASE("node: output forms — label only, top-k, temperature and seeded nois
   }
 }
 
-TEST_CASE("node: rate limiting paces inputs and refuses what would miss the "
-          "deadline") {
+TEST_CASE(
+    "node: rate limiting paces inputs and refuses what would miss the "
+    "deadline") {
   nd::RateLimiter limiter(100.0);  // inputs per second
   CHECK(limiter.reserve(50, 1000ms).count() == 0);
   auto wait = limiter.reserve(50, 1000ms);
   CHECK(wait.count() >= 400);
   CHECK(wait.count() <= 500);
   std::string msg;
-  CHECK(code_of([&] { limiter.reserve(100, 100ms); }, &msg) == Code::kResourceExhausted);
+  CHECK(code_of([&] { limiter.reserve(100, 100ms); }, &msg) ==
+        Code::kResourceExhausted);
   CHECK(contains(msg, "rate limit of 100 inputs/s"));
   nd::RateLimiter unlimited(0);
   CHECK(unlimited.reserve(1'000'000, 0ms).count() == 0);
 }
 
-TEST_CASE("node: pushed models are reassembled, verified and stored atomically, "
-          "and corrupt pushes keep the previous model") {
+TEST_CASE(
+    "node: pushed models are reassembled, verified and stored atomically, "
+    "and corrupt pushes keep the previous model") {
   TestCoordinator coordinator;
   chorus::testing::TempDir dir;
   nd::NodeServiceOptions options;
@@ -564,7 +614,8 @@ TEST_CASE("node: pushed models are reassembled, verified and stored atomically, 
   TestNode node(builtin_expert(small_model()), options, coordinator.port());
   auto c = coordinator.wait_connection();
   std::string model(10'000, '\0');
-  for (std::size_t i = 0; i < model.size(); ++i) model[i] = static_cast<char>(i * 7);
+  for (std::size_t i = 0; i < model.size(); ++i)
+    model[i] = static_cast<char>(i * 7);
   const auto digest = pr::sha256(model);
   std::string msg;
 
@@ -584,14 +635,20 @@ TEST_CASE("node: pushed models are reassembled, verified and stored atomically, 
   CHECK(node.service().stored_model()->round == 1);
 
   // A missing chunk: the next one is out of order.
-  CHECK(code_of([&] { c->request_async(push_chunk(3, 0, 4, model, digest, 3000), 10s).get(); }) ==
-        Code::kOk);
-  CHECK(code_of([&] { c->request_async(push_chunk(3, 2, 4, model, digest, 3000), 10s).get(); },
-                &msg) == Code::kFailedPrecondition);
+  CHECK(code_of([&] {
+          c->request_async(push_chunk(3, 0, 4, model, digest, 3000), 10s).get();
+        }) == Code::kOk);
+  CHECK(code_of(
+            [&] {
+              c->request_async(push_chunk(3, 2, 4, model, digest, 3000), 10s)
+                  .get();
+            },
+            &msg) == Code::kFailedPrecondition);
   CHECK(contains(msg, "out of order"));
   // Truncated: chunks that add up to less than announced.
   auto short_push = push_chunk(4, 0, 1, model, digest, 3000);
-  CHECK(code_of([&] { c->request_async(short_push, 10s).get(); }, &msg) == Code::kDataLoss);
+  CHECK(code_of([&] { c->request_async(short_push, 10s).get(); }, &msg) ==
+        Code::kDataLoss);
   CHECK(node.service().stored_model()->round == 1);
   CHECK_FALSE(std::filesystem::exists(dir / "state" / "global-round-2.pt"));
 
@@ -601,8 +658,9 @@ TEST_CASE("node: pushed models are reassembled, verified and stored atomically, 
   CHECK(reread->round == 1);
 }
 
-TEST_CASE("node: never sends weights — every frame of a full session is Hello, "
-          "PredictResponse, AdaptResponse, Heartbeat, Status or Goodbye") {
+TEST_CASE(
+    "node: never sends weights — every frame of a full session is Hello, "
+    "PredictResponse, AdaptResponse, Heartbeat, Status or Goodbye") {
   auto coordinator = std::make_unique<TestCoordinator>();
   chorus::testing::TempDir dir;
   nd::NodeServiceOptions options;
@@ -619,17 +677,18 @@ TEST_CASE("node: never sends weights — every frame of a full session is Hello,
     adapt.mutable_adapt_request()->set_round(1);
     CHECK(code_of([&] { c->request_async(adapt, 10s).get(); }) ==
           Code::kFailedPrecondition);  // No shots, no tae model.
-  }  // The node says Goodbye.
+  }                                    // The node says Goodbye.
   std::this_thread::sleep_for(200ms);
   auto frames = coordinator->received();
   coordinator.reset();
   const std::set<v1::Envelope::BodyCase> allowed = {
-      v1::Envelope::kHello,        v1::Envelope::kPredictResponse,
+      v1::Envelope::kHello,         v1::Envelope::kPredictResponse,
       v1::Envelope::kAdaptResponse, v1::Envelope::kHeartbeat,
-      v1::Envelope::kStatus,       v1::Envelope::kGoodbye};
+      v1::Envelope::kStatus,        v1::Envelope::kGoodbye};
   std::map<v1::Envelope::BodyCase, int> seen;
   for (const auto& f : frames) {
-    CHECK_MESSAGE(allowed.count(f.body_case()), "the node sent " << f.DebugString());
+    CHECK_MESSAGE(allowed.count(f.body_case()),
+                  "the node sent " << f.DebugString());
     ++seen[f.body_case()];
   }
   CHECK(seen[v1::Envelope::kHello] == 1);
@@ -638,8 +697,9 @@ TEST_CASE("node: never sends weights — every frame of a full session is Hello,
   CHECK(seen[v1::Envelope::kGoodbye] == 1);
 }
 
-TEST_CASE("node: reconnects after the coordinator restarts, and survives it "
-          "vanishing mid-request") {
+TEST_CASE(
+    "node: reconnects after the coordinator restarts, and survives it "
+    "vanishing mid-request") {
   auto first = std::make_unique<TestCoordinator>();
   const auto port = first->port();
   TestNode node(builtin_expert(small_model()), {}, port);
@@ -659,11 +719,12 @@ TEST_CASE("node: reconnects after the coordinator restarts, and survives it "
 TEST_CASE("node config: defaults, overrides, and unknown keys named") {
   chorus::testing::TempDir dir;
   {
-    std::ofstream(dir / "node.toml") << "[node]\nname = \"alpha\"\n"
-                                        "[policy]\nmax_batch = 64\nround_budget = 500\n"
-                                        "output_form = \"top-k\"\ntop_k = 2\n"
-                                        "[expert]\nkind = \"torchscript\"\n"
-                                        "labels = [\"x\", \"y\"]\n";
+    std::ofstream(dir / "node.toml")
+        << "[node]\nname = \"alpha\"\n"
+           "[policy]\nmax_batch = 64\nround_budget = 500\n"
+           "output_form = \"top-k\"\ntop_k = 2\n"
+           "[expert]\nkind = \"torchscript\"\n"
+           "labels = [\"x\", \"y\"]\n";
   }
   auto config = chorus::Config::load(dir / "node.toml");
   config.set("policy.max_batch=128");
@@ -680,31 +741,37 @@ TEST_CASE("node config: defaults, overrides, and unknown keys named") {
 
   std::string msg;
   auto typo = chorus::Config::parse("[policy]\nmax_bach = 3\n", "typo.toml");
-  CHECK(code_of([&] { nd::read_node_config(typo); }, &msg) == Code::kInvalidArgument);
-  CHECK(contains(msg, "unknown config key 'policy.max_bach'"));
-  auto wrong = chorus::Config::parse("[policy]\nmax_batch = \"many\"\n", "wrong.toml");
-  CHECK(code_of([&] { nd::read_node_config(wrong); }, &msg) == Code::kInvalidArgument);
-  CHECK(contains(msg, "'policy.max_batch' must be an integer"));
-  auto negative = chorus::Config::parse("[policy]\ntotal_budget = -1\n", "neg.toml");
-  CHECK(code_of([&] { nd::read_node_config(negative); }, &msg) == Code::kInvalidArgument);
-  CHECK(contains(msg, "total_budget must be >= 0"));
-  CHECK(code_of([&] { chorus::Config::parse("[policy\n", "broken.toml"); }, &msg) ==
+  CHECK(code_of([&] { nd::read_node_config(typo); }, &msg) ==
         Code::kInvalidArgument);
+  CHECK(contains(msg, "unknown config key 'policy.max_bach'"));
+  auto wrong =
+      chorus::Config::parse("[policy]\nmax_batch = \"many\"\n", "wrong.toml");
+  CHECK(code_of([&] { nd::read_node_config(wrong); }, &msg) ==
+        Code::kInvalidArgument);
+  CHECK(contains(msg, "'policy.max_batch' must be an integer"));
+  auto negative =
+      chorus::Config::parse("[policy]\ntotal_budget = -1\n", "neg.toml");
+  CHECK(code_of([&] { nd::read_node_config(negative); }, &msg) ==
+        Code::kInvalidArgument);
+  CHECK(contains(msg, "total_budget must be >= 0"));
+  CHECK(code_of([&] { chorus::Config::parse("[policy\n", "broken.toml"); },
+                &msg) == Code::kInvalidArgument);
   CHECK(contains(msg, "broken.toml:1:"));
 }
 
-TEST_CASE("node: adapts a pushed tae model with its private shots and returns only "
-          "its prototype embedding") {
+TEST_CASE(
+    "node: adapts a pushed tae model with its private shots and returns only "
+    "its prototype embedding") {
   chorus::testing::TempDir dir;
   // A small global model over the node's three labels and 16-pixel inputs.
   torch::manual_seed(5);
-  fu::TaeModel tae(16, 3, 3, fu::TaeOptions().epochs(2).prototypes(20).samples(3)
-                                 .adapt_steps(20));
+  fu::TaeModel tae(
+      16, 3, 3,
+      fu::TaeOptions().epochs(2).prototypes(20).samples(3).adapt_steps(20));
   auto pool = torch::rand({300, 1, 4, 4});
   auto answers = torch::softmax(torch::randn({300, 3}), 1);
-  tae.train(fu::TaeData{.inputs = pool,
-                        .answers = {answers},
-                        .tasks = {torch::ones({3})}});
+  tae.train(fu::TaeData{
+      .inputs = pool, .answers = {answers}, .tasks = {torch::ones({3})}});
   tae.set_labels(kLabels);
   tae.save(dir / "tae.pt");
   const auto bytes = chorus::read_file(dir / "tae.pt");
@@ -712,8 +779,9 @@ TEST_CASE("node: adapts a pushed tae model with its private shots and returns on
   TestCoordinator coordinator;
   nd::NodeServiceOptions options;
   options.state_dir = dir / "state";
-  options.shots = std::make_shared<nd::LabelledShots>(nd::LabelledShots{
-      torch::rand({6, 1, 4, 4}), torch::tensor({0, 0, 1, 1, 2, 2}, torch::kLong)});
+  options.shots = std::make_shared<nd::LabelledShots>(
+      nd::LabelledShots{torch::rand({6, 1, 4, 4}),
+                        torch::tensor({0, 0, 1, 1, 2, 2}, torch::kLong)});
   TestNode node(builtin_expert(small_model()), options, coordinator.port());
   auto c = coordinator.wait_connection();
   CHECK(std::find(coordinator.hello().capabilities().begin(),
@@ -726,7 +794,8 @@ TEST_CASE("node: adapts a pushed tae model with its private shots and returns on
         Code::kFailedPrecondition);
   CHECK(contains(msg, "no tae global model"));
 
-  REQUIRE(push(*c, 1, bytes, 4096, pr::sha256(bytes), nullptr, "tae") == Code::kOk);
+  REQUIRE(push(*c, 1, bytes, 4096, pr::sha256(bytes), nullptr, "tae") ==
+          Code::kOk);
   auto reply = c->request_async(adapt, 30s).get();
   REQUIRE(reply.has_adapt_response());
   const auto& r = reply.adapt_response();

@@ -28,7 +28,8 @@ X509* parse(const std::string& pem) {
 }
 
 // Verifies `leaf` against `ca` with OpenSSL's own chain verification.
-int verify(const std::string& ca_pem, const std::string& leaf_pem, int purpose) {
+int verify(const std::string& ca_pem, const std::string& leaf_pem,
+           int purpose) {
   X509* ca = parse(ca_pem);
   X509* leaf = parse(leaf_pem);
   X509_STORE* store = X509_STORE_new();
@@ -50,7 +51,6 @@ unsigned mode_of(const fs::path& p) {
   REQUIRE(::stat(p.c_str(), &st) == 0);
   return st.st_mode & 0777;
 }
-
 
 }  // namespace
 
@@ -98,15 +98,19 @@ TEST_CASE("certs: init refuses to overwrite a CA and bad names") {
   CHECK(chorus::read_file(dir / "ca.key") == ca_key);
 
   chorus::testing::TempDir other;
-  CHECK(code_of([&] { pr::init_deployment(other.path(), {"localhost"}, {"a", "a"}); }) ==
-        chorus::Code::kInvalidArgument);
-  CHECK(code_of([&] { pr::init_deployment(other.path(), {"localhost"}, {"ca"}); }) ==
-        chorus::Code::kInvalidArgument);
-  CHECK(code_of([&] { pr::init_deployment(other.path(), {"bad host!"}, {"a"}); },
-                &msg) == chorus::Code::kInvalidArgument);
+  CHECK(code_of([&] {
+          pr::init_deployment(other.path(), {"localhost"}, {"a", "a"});
+        }) == chorus::Code::kInvalidArgument);
+  CHECK(code_of([&] {
+          pr::init_deployment(other.path(), {"localhost"}, {"ca"});
+        }) == chorus::Code::kInvalidArgument);
+  CHECK(
+      code_of([&] { pr::init_deployment(other.path(), {"bad host!"}, {"a"}); },
+              &msg) == chorus::Code::kInvalidArgument);
   CHECK(msg.find("neither an IP address nor a DNS name") != std::string::npos);
-  CHECK(code_of([&] { pr::init_deployment(other.path(), {"localhost"}, {"x y"}); }) ==
-        chorus::Code::kInvalidArgument);
+  CHECK(code_of([&] {
+          pr::init_deployment(other.path(), {"localhost"}, {"x y"});
+        }) == chorus::Code::kInvalidArgument);
   CHECK(fs::is_empty(other.path()));
 }
 
@@ -123,7 +127,8 @@ TEST_CASE("certs: add-node issues one more node and touches nothing else") {
     CAPTURE(name);
     CHECK(chorus::read_file(dir / name) == bytes);
   }
-  CHECK(verify(chorus::read_file(dir / "ca.crt"), chorus::read_file(dir / "c.crt"),
+  CHECK(verify(chorus::read_file(dir / "ca.crt"),
+               chorus::read_file(dir / "c.crt"),
                X509_PURPOSE_SSL_CLIENT) == X509_V_OK);
   CHECK(mode_of(dir / "c.key") == 0600);
 
@@ -152,7 +157,8 @@ TEST_CASE("certs: validity windows are honoured and reported") {
   CHECK(pr::inspect_certificate_pem(future.cert_pem).not_yet_valid);
 
   auto other_ca = pr::make_ca("other-ca");
-  auto stranger = pr::issue_certificate(other_ca, "stranger", pr::CertRole::kNode, {});
+  auto stranger =
+      pr::issue_certificate(other_ca, "stranger", pr::CertRole::kNode, {});
   CHECK(verify(ca.cert_pem, stranger.cert_pem, X509_PURPOSE_SSL_CLIENT) !=
         X509_V_OK);
   CHECK(code_of([&] { pr::inspect_certificate_pem("garbage"); }) ==

@@ -2,14 +2,14 @@
 // coordinator-side Server, node-side Clients, and raw clients that misbehave.
 #include "chorus/protocol/channel.hpp"
 
-#include <asio/connect.hpp>
-#include <asio/ssl/stream.hpp>
-#include <asio/use_awaitable.hpp>
-#include <asio/this_coro.hpp>
-#include <asio/read.hpp>
-#include <asio/write.hpp>
 #include <spdlog/sinks/ostream_sink.h>
 
+#include <asio/connect.hpp>
+#include <asio/read.hpp>
+#include <asio/ssl/stream.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
 #include <sstream>
 #include <thread>
 
@@ -29,17 +29,21 @@ namespace {
 struct Pki {
   pr::KeyPair ca = pr::make_ca("test-ca");
   pr::KeyPair other_ca = pr::make_ca("other-ca");
-  pr::KeyPair coordinator = pr::issue_certificate(
-      ca, "coordinator", pr::CertRole::kCoordinator, {"localhost", "127.0.0.1"});
+  pr::KeyPair coordinator =
+      pr::issue_certificate(ca, "coordinator", pr::CertRole::kCoordinator,
+                            {"localhost", "127.0.0.1"});
   pr::KeyPair localhost_only = pr::issue_certificate(
       ca, "coordinator", pr::CertRole::kCoordinator, {"localhost"});
-  pr::KeyPair alpha = pr::issue_certificate(ca, "alpha", pr::CertRole::kNode, {});
+  pr::KeyPair alpha =
+      pr::issue_certificate(ca, "alpha", pr::CertRole::kNode, {});
   pr::KeyPair beta = pr::issue_certificate(ca, "beta", pr::CertRole::kNode, {});
-  pr::KeyPair stranger = pr::issue_certificate(ca, "stranger", pr::CertRole::kNode, {});
+  pr::KeyPair stranger =
+      pr::issue_certificate(ca, "stranger", pr::CertRole::kNode, {});
   pr::KeyPair expired = pr::issue_certificate(
       ca, "alpha", pr::CertRole::kNode, {},
       pr::Validity{.not_before_offset = std::chrono::hours(-72), .days = 1});
-  pr::KeyPair foreign = pr::issue_certificate(other_ca, "alpha", pr::CertRole::kNode, {});
+  pr::KeyPair foreign =
+      pr::issue_certificate(other_ca, "alpha", pr::CertRole::kNode, {});
 
   pr::TlsMaterial material(const pr::KeyPair& leaf) const {
     return {ca.cert_pem, leaf.cert_pem, leaf.key_pem};
@@ -67,7 +71,8 @@ class LogCapture {
     return out_.str().find(text) != std::string::npos;
   }
   // Waits up to `timeout` for `text` to be logged.
-  bool wait_for(const std::string& text, std::chrono::milliseconds timeout = 5s) const {
+  bool wait_for(const std::string& text,
+                std::chrono::milliseconds timeout = 5s) const {
     auto end = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < end) {
       if (contains(text)) return true;
@@ -98,7 +103,8 @@ asio::awaitable<v1::Envelope> doubling_node(const v1::Envelope& request) {
     co_await t.async_wait(asio::use_awaitable);
   }
   v1::Envelope reply;
-  pr::encode_tensor(inputs * 2, reply.mutable_predict_response()->mutable_outputs());
+  pr::encode_tensor(inputs * 2,
+                    reply.mutable_predict_response()->mutable_outputs());
   co_return reply;
 }
 
@@ -118,10 +124,12 @@ class TestCoordinator {
                                "'" + identity + "' is not on the roster"};
         },
         [this](std::shared_ptr<pr::Connection> c, const v1::Hello&) {
-          c->start([](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
-                     chorus::fail(chorus::Code::kUnimplemented, "coordinator serves nothing");
-                   },
-                   [](const std::string&) {});
+          c->start(
+              [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
+                chorus::fail(chorus::Code::kUnimplemented,
+                             "coordinator serves nothing");
+              },
+              [](const std::string&) {});
           std::lock_guard lock(mutex_);
           connections_[c->peer_identity()] = c;
         });
@@ -152,7 +160,8 @@ class TestCoordinator {
       {
         std::lock_guard lock(mutex_);
         auto it = connections_.find(identity);
-        if (it != connections_.end() && it->second->is_open()) return it->second;
+        if (it != connections_.end() && it->second->is_open())
+          return it->second;
       }
       std::this_thread::sleep_for(10ms);
     }
@@ -174,7 +183,8 @@ class TestCoordinator {
 // A node dialling the coordinator, on its own thread.
 class TestNode {
  public:
-  TestNode(const pr::KeyPair& leaf, std::uint16_t port, std::string host = "localhost",
+  TestNode(const pr::KeyPair& leaf, std::uint16_t port,
+           std::string host = "localhost",
            pr::ChannelOptions options = TestCoordinator::fast_options()) {
     client_ = std::make_unique<pr::Client>(
         io_, host, port, pki().material(leaf), options,
@@ -210,10 +220,12 @@ class RawClient {
     ctx_.add_certificate_authority(asio::buffer(pki().ca.cert_pem));
     if (leaf) {
       ctx_.use_certificate_chain(asio::buffer(leaf->cert_pem));
-      ctx_.use_private_key(asio::buffer(leaf->key_pem), asio::ssl::context::pem);
+      ctx_.use_private_key(asio::buffer(leaf->key_pem),
+                           asio::ssl::context::pem);
     }
     stream_ = Stream(io_, ctx_);
-    stream_.lowest_layer().connect(tcp::endpoint(asio::ip::address_v4::loopback(), port));
+    stream_.lowest_layer().connect(
+        tcp::endpoint(asio::ip::address_v4::loopback(), port));
   }
   bool handshake() {
     std::error_code ec;
@@ -277,7 +289,8 @@ void check_still_serving(TestCoordinator& coordinator) {
   TestNode beta(pki().beta, coordinator.port());
   auto conn = coordinator.wait_for("beta");
   REQUIRE(conn != nullptr);
-  auto reply = conn->request_async(predict_request(torch::ones({1, 3})), 2s).get();
+  auto reply =
+      conn->request_async(predict_request(torch::ones({1, 3})), 2s).get();
   CHECK(torch::equal(pr::decode_tensor(reply.predict_response().outputs()),
                      torch::full({1, 3}, 2.0f)));
   coordinator.forget("beta");
@@ -302,14 +315,16 @@ TEST_CASE("channel: a node answers the coordinator over mutual TLS") {
   CHECK(conn->peer_identity() == "alpha");
   auto image = torch::rand({1, 1, 28, 28});
   auto reply = conn->request_async(predict_request(image), 2s).get();
-  CHECK(torch::equal(pr::decode_tensor(reply.predict_response().outputs()), image * 2));
+  CHECK(torch::equal(pr::decode_tensor(reply.predict_response().outputs()),
+                     image * 2));
   REQUIRE(alpha.client().connection() != nullptr);
   CHECK(alpha.client().connection()->peer_identity() == "coordinator");
 
   // Concurrent requests on one connection each get their own reply.
   std::vector<std::future<v1::Envelope>> futures;
   for (int i = 0; i < 20; ++i) {
-    futures.push_back(conn->request_async(predict_request(torch::full({2, 2}, float(i))), 2s));
+    futures.push_back(conn->request_async(
+        predict_request(torch::full({2, 2}, float(i))), 2s));
   }
   for (int i = 0; i < 20; ++i) {
     auto out = pr::decode_tensor(futures[i].get().predict_response().outputs());
@@ -317,29 +332,35 @@ TEST_CASE("channel: a node answers the coordinator over mutual TLS") {
   }
 }
 
-TEST_CASE("channel: frames larger than a TLS chunk arrive intact, interleaved with "
-          "small ones") {
+TEST_CASE(
+    "channel: frames larger than a TLS chunk arrive intact, interleaved with "
+    "small ones") {
   TestCoordinator coordinator;
   TestNode alpha(pki().alpha, coordinator.port());
   auto conn = coordinator.wait_for("alpha");
   REQUIRE(conn != nullptr);
-  // 3 MiB + 7 floats: many 16 KiB records, several 256 KiB chunks, a ragged end.
+  // 3 MiB + 7 floats: many 16 KiB records, several 256 KiB chunks, a ragged
+  // end.
   torch::manual_seed(5);
   auto big = torch::rand({(3 << 20) / 4 + 7});
   std::vector<std::future<v1::Envelope>> futures;
   for (int i = 0; i < 3; ++i) {
     futures.push_back(conn->request_async(predict_request(big + i), 10s));
-    futures.push_back(conn->request_async(predict_request(torch::full({1}, float(i))), 10s));
+    futures.push_back(
+        conn->request_async(predict_request(torch::full({1}, float(i))), 10s));
   }
   for (int i = 0; i < 3; ++i) {
-    auto large = pr::decode_tensor(futures[2 * i].get().predict_response().outputs());
+    auto large =
+        pr::decode_tensor(futures[2 * i].get().predict_response().outputs());
     CHECK(torch::equal(large, (big + i) * 2));
-    auto small = pr::decode_tensor(futures[2 * i + 1].get().predict_response().outputs());
+    auto small = pr::decode_tensor(
+        futures[2 * i + 1].get().predict_response().outputs());
     CHECK(small.item<float>() == 2.0f * i);
   }
 }
 
-TEST_CASE("channel: a bad tensor gets INVALID_ARGUMENT and the connection stays") {
+TEST_CASE(
+    "channel: a bad tensor gets INVALID_ARGUMENT and the connection stays") {
   TestCoordinator coordinator;
   TestNode alpha(pki().alpha, coordinator.port());
   auto conn = coordinator.wait_for("alpha");
@@ -351,26 +372,32 @@ TEST_CASE("channel: a bad tensor gets INVALID_ARGUMENT and the connection stays"
     FAIL("no error");
   } catch (const chorus::Error& e) {
     CHECK(e.code() == chorus::Code::kInvalidArgument);
-    CHECK(std::string(e.what()).find("needs 24 bytes, got 26") != std::string::npos);
+    CHECK(std::string(e.what()).find("needs 24 bytes, got 26") !=
+          std::string::npos);
   }
   CHECK(conn->is_open());
   auto reply = conn->request_async(predict_request(torch::ones({1})), 2s).get();
   CHECK(reply.has_predict_response());
 }
 
-TEST_CASE("channel: a slow answer misses its deadline while heartbeats keep the link") {
+TEST_CASE(
+    "channel: a slow answer misses its deadline while heartbeats keep the "
+    "link") {
   TestCoordinator coordinator;
   TestNode alpha(pki().alpha, coordinator.port());
   auto conn = coordinator.wait_for("alpha");
   REQUIRE(conn != nullptr);
-  CHECK(code_of(conn->request_async(predict_request(torch::full({1}, -1.0f)), 100ms)) ==
-        chorus::Code::kDeadlineExceeded);
+  CHECK(code_of(conn->request_async(predict_request(torch::full({1}, -1.0f)),
+                                    100ms)) == chorus::Code::kDeadlineExceeded);
   std::this_thread::sleep_for(700ms);  // Idle longer than a heartbeat interval.
   CHECK(conn->is_open());
-  CHECK(conn->request_async(predict_request(torch::ones({1})), 2s).get().has_predict_response());
+  CHECK(conn->request_async(predict_request(torch::ones({1})), 2s)
+            .get()
+            .has_predict_response());
 }
 
-TEST_CASE("channel: TLS refusals — no certificate, another CA, expired, plaintext") {
+TEST_CASE(
+    "channel: TLS refusals — no certificate, another CA, expired, plaintext") {
   TestCoordinator coordinator;
   LogCapture log;
   {
@@ -378,7 +405,8 @@ TEST_CASE("channel: TLS refusals — no certificate, another CA, expired, plaint
     anonymous.handshake();
     CHECK_FALSE(anonymous.hello());
   }
-  CHECK(log.wait_for("event=tls_refused error=\"peer did not return a certificate"));
+  CHECK(log.wait_for(
+      "event=tls_refused error=\"peer did not return a certificate"));
   {
     RawClient foreign(coordinator.port(), &pki().foreign);
     foreign.handshake();
@@ -418,7 +446,8 @@ TEST_CASE("channel: a valid certificate off the roster is PERMISSION_DENIED") {
   check_still_serving(coordinator);
 }
 
-TEST_CASE("channel: an unsupported protocol major is refused with its own code") {
+TEST_CASE(
+    "channel: an unsupported protocol major is refused with its own code") {
   TestCoordinator coordinator;
   RawClient future(coordinator.port(), &pki().alpha);
   REQUIRE(future.handshake());
@@ -468,20 +497,22 @@ TEST_CASE("channel: malformed frames close that connection only") {
     auto reply = c.receive_non_heartbeat();
     REQUIRE((reply && reply->has_status()));
     CHECK(reply->status().code() == v1::CODE_INVALID_ARGUMENT);
-    CHECK(reply->status().message() == "a frame of 8 bytes is not a chorus.v1.Envelope");
+    CHECK(reply->status().message() ==
+          "a frame of 8 bytes is not a chorus.v1.Envelope");
   }
   SUBCASE("an envelope with an unknown body") {
     RawClient c(coordinator.port(), &pki().alpha);
     REQUIRE(c.handshake());
     REQUIRE(c.hello());
-    // request_id = 5, then field 99 (length-delimited "x"): a newer peer's body.
+    // request_id = 5, then field 99 (length-delimited "x"): a newer peer's
+    // body.
     const std::string body("\x08\x05\x9a\x06\x01x", 6);
     c.write_tls(std::string("\x00\x00\x00\x06", 4) + body);
     auto reply = c.receive_non_heartbeat();
     REQUIRE((reply && reply->has_status()));
     CHECK(reply->status().code() == v1::CODE_INVALID_ARGUMENT);
-    CHECK(reply->status().message().find("no body this peer knows (request_id=5)") !=
-          std::string::npos);
+    CHECK(reply->status().message().find(
+              "no body this peer knows (request_id=5)") != std::string::npos);
   }
   check_still_serving(coordinator);
 }
@@ -504,7 +535,8 @@ TEST_CASE("channel: a peer that stops reading is cut off at the queue limit") {
   }
   CHECK(log.wait_for("event=backpressure"));
   CHECK_FALSE(conn->is_open());
-  for (auto& f : futures) CHECK(code_of(std::move(f)) == chorus::Code::kUnavailable);
+  for (auto& f : futures)
+    CHECK(code_of(std::move(f)) == chorus::Code::kUnavailable);
   coordinator.forget("alpha");
   check_still_serving(coordinator);
 }
@@ -512,14 +544,17 @@ TEST_CASE("channel: a peer that stops reading is cut off at the queue limit") {
 TEST_CASE("channel: the node checks the coordinator's host name") {
   v1::Welcome welcome;
   asio::io_context io;
-  pr::Server server(io, tcp::endpoint(asio::ip::address_v4::loopback(), 0),
-                    pki().material(pki().localhost_only), TestCoordinator::fast_options(),
-                    welcome, [](auto&&...) { return pr::Admission{}; },
-                    [](std::shared_ptr<pr::Connection> c, const v1::Hello&) {
-                      c->start([](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
-                        co_return v1::Envelope{};
-                      }, {});
-                    });
+  pr::Server server(
+      io, tcp::endpoint(asio::ip::address_v4::loopback(), 0),
+      pki().material(pki().localhost_only), TestCoordinator::fast_options(),
+      welcome, [](auto&&...) { return pr::Admission{}; },
+      [](std::shared_ptr<pr::Connection> c, const v1::Hello&) {
+        c->start(
+            [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
+              co_return v1::Envelope{};
+            },
+            {});
+      });
   server.start();
   std::thread t([&] { io.run_for(3s); });
   LogCapture log;
@@ -541,7 +576,8 @@ TEST_CASE("channel: the node checks the coordinator's host name") {
   t.join();
 }
 
-TEST_CASE("channel: a node reconnects with backoff after the coordinator restarts") {
+TEST_CASE(
+    "channel: a node reconnects with backoff after the coordinator restarts") {
   std::uint16_t port = 0;
   auto first = std::make_unique<TestCoordinator>();
   port = first->port();
@@ -549,15 +585,19 @@ TEST_CASE("channel: a node reconnects with backoff after the coordinator restart
   REQUIRE(first->wait_for("alpha") != nullptr);
   first.reset();  // The coordinator goes away...
   std::this_thread::sleep_for(300ms);
-  TestCoordinator second(TestCoordinator::fast_options(), port);  // ...and returns.
+  TestCoordinator second(TestCoordinator::fast_options(),
+                         port);  // ...and returns.
   auto conn = second.wait_for("alpha");
   REQUIRE(conn != nullptr);
   CHECK(alpha.client().sessions() >= 2);
-  CHECK(conn->request_async(predict_request(torch::ones({1})), 2s).get().has_predict_response());
+  CHECK(conn->request_async(predict_request(torch::ones({1})), 2s)
+            .get()
+            .has_predict_response());
 }
 
 TEST_CASE("channel: backoff grows exponentially with jitter, capped") {
-  pr::Backoff b{.initial = 100ms, .max = 1000ms, .multiplier = 2.0, .jitter = 0.5};
+  pr::Backoff b{
+      .initial = 100ms, .max = 1000ms, .multiplier = 2.0, .jitter = 0.5};
   std::mt19937_64 rng(1);
   for (int attempt = 0; attempt < 10; ++attempt) {
     const double nominal = std::min(1000.0, 100.0 * std::pow(2.0, attempt));

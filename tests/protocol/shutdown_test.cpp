@@ -7,7 +7,9 @@
 
 using namespace std::chrono_literals;
 
-TEST_CASE("shutdown: SIGTERM runs the graceful step, then the terminal one after the grace") {
+TEST_CASE(
+    "shutdown: SIGTERM runs the graceful step, then the terminal one after the "
+    "grace") {
   asio::io_context io;
   auto guard = asio::make_work_guard(io);
   std::atomic<int> graceful_signal{-1};

@@ -7,27 +7,26 @@
 namespace pr = chorus::protocol;
 using chorus::testing::code_of;
 
-namespace {
-
-
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("codec: every wire dtype round-trips bit for bit") {
-  for (auto dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16, torch::kLong,
-                     torch::kByte}) {
+  for (auto dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16,
+                     torch::kLong, torch::kByte}) {
     CAPTURE(c10::toString(dtype));
     auto t = (torch::rand({3, 1, 4, 5}) * 200).to(dtype);
     chorus::v1::Tensor wire;
     pr::encode_tensor(t, &wire);
     CHECK(wire.shape_size() == 4);
-    CHECK(wire.data().size() == static_cast<std::size_t>(t.numel() * t.element_size()));
+    CHECK(wire.data().size() ==
+          static_cast<std::size_t>(t.numel() * t.element_size()));
     auto back = pr::decode_tensor(wire);
     CHECK(chorus::testing::dtype_name(back) == chorus::testing::dtype_name(t));
     CHECK(torch::equal(back, t));
   }
 }
 
-TEST_CASE("codec: non-contiguous and rank-0 tensors are encoded as their values") {
+TEST_CASE(
+    "codec: non-contiguous and rank-0 tensors are encoded as their values") {
   auto t = torch::arange(12, torch::kFloat).reshape({3, 4}).t();
   chorus::v1::Tensor wire;
   pr::encode_tensor(t, &wire);
@@ -35,8 +34,9 @@ TEST_CASE("codec: non-contiguous and rank-0 tensors are encoded as their values"
   pr::encode_tensor(torch::tensor(7.5f), &wire);
   CHECK(wire.shape_size() == 0);
   CHECK(pr::decode_tensor(wire).item<float>() == 7.5f);
-  CHECK(code_of([&] { pr::encode_tensor(torch::zeros({2}, torch::kDouble), &wire); }) ==
-        chorus::Code::kInvalidArgument);
+  CHECK(code_of([&] {
+          pr::encode_tensor(torch::zeros({2}, torch::kDouble), &wire);
+        }) == chorus::Code::kInvalidArgument);
 }
 
 TEST_CASE("codec: a tensor whose bytes do not match its shape is refused") {
@@ -76,7 +76,8 @@ TEST_CASE("codec: hostile shapes are refused before allocating") {
   CHECK(msg.find("unknown dtype 42") != std::string::npos);
 
   wire.set_dtype(chorus::v1::DTYPE_UNSPECIFIED);
-  CHECK(code_of([&] { pr::decode_tensor(wire); }) == chorus::Code::kInvalidArgument);
+  CHECK(code_of([&] { pr::decode_tensor(wire); }) ==
+        chorus::Code::kInvalidArgument);
 }
 
 TEST_CASE("codec: NaN and infinity are detected for callers") {

@@ -9,7 +9,8 @@ namespace chorus::testing {
 
 /// The code of the `chorus::Error` that `f` throws (kOk if none), and its
 /// message in `*message` when given.
-inline Code code_of(const std::function<void()>& f, std::string* message = nullptr) {
+inline Code code_of(const std::function<void()>& f,
+                    std::string* message = nullptr) {
   try {
     f();
   } catch (const Error& e) {

@@ -18,7 +18,9 @@ int main(int argc, char** argv) {
     fused.algorithm = argv[1];
     fused.spec.arch = argv[2];
     if (fused.algorithm == "foe") {
-      fused.spec = {.arch = "mlp", .input_shape = {20}, .num_classes = 10,
+      fused.spec = {.arch = "mlp",
+                    .input_shape = {20},
+                    .num_classes = 10,
                     .hidden = {16}};
       fused.attributes["features"] = "logprobs";
     }

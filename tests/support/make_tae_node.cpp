@@ -39,14 +39,16 @@ int main(int argc, char** argv) {
       data.answers.push_back(answer);
       data.tasks.push_back(task);
     }
-    fu::TaeModel model(28 * 28, 10, 10,
-                       fu::TaeOptions().epochs(1).prototypes(30).samples(3).adapt_steps(20));
+    fu::TaeModel model(
+        28 * 28, 10, 10,
+        fu::TaeOptions().epochs(1).prototypes(30).samples(3).adapt_steps(20));
     model.train(data);
     model.set_labels(fu::fashion_mnist_class_names());
     const std::filesystem::path dir = argv[1];
     std::filesystem::create_directories(dir);
     model.save(dir / "tae.pt");
-    chorus::node::store_global_model(dir, 1, "tae", "tae", chorus::read_file(dir / "tae.pt"));
+    chorus::node::store_global_model(dir, 1, "tae", "tae",
+                                     chorus::read_file(dir / "tae.pt"));
     std::filesystem::remove(dir / "tae.pt");
   } catch (const chorus::Error& e) {
     std::fprintf(stderr, "make_tae_node: %s\n", chorus::describe(e).c_str());

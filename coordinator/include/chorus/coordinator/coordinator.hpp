@@ -24,7 +24,7 @@ namespace chorus::coordinator {
 /// The coordinator's public data: the unlabelled transfer pool U and the
 /// labelled fusion set V (rows of U with their labels).
 struct PoolData {
-  torch::Tensor inputs;         ///< U as models see it: float32 [N, input_shape...].
+  torch::Tensor inputs;  ///< U as models see it: float32 [N, input_shape...].
   torch::Tensor fusion_index;   ///< Rows of U that form V (int64).
   torch::Tensor fusion_labels;  ///< Their labels in the label space (int64).
 };
@@ -64,13 +64,13 @@ struct CoordinatorOptions {
 struct RoundReport {
   int round = 0;
   int rounds = 0;
-  std::vector<std::string> experts;  ///< Nodes fused this round.
+  std::vector<std::string> experts;           ///< Nodes fused this round.
   std::map<std::string, std::string> failed;  ///< Node → why it was left out.
-  std::int64_t inputs_queried = 0;   ///< Inputs sent this round, all nodes.
+  std::int64_t inputs_queried = 0;  ///< Inputs sent this round, all nodes.
   std::int64_t bytes_sent = 0, bytes_received = 0;
   /// The same, per node.
   std::map<std::string, fusion::QueryStats> per_node;
-  std::int64_t pool_size = 0;        ///< |U| fused on.
+  std::int64_t pool_size = 0;         ///< |U| fused on.
   std::filesystem::path fused_model;  ///< Empty for ensembles.
   std::vector<std::string> pushed_to;
   /// tae: node → the PAC-Bayes bound its adaptation reached (the nodes'
@@ -86,15 +86,17 @@ std::string describe_left_out(const RoundReport& report);
 
 /// A fused prediction served after the rounds.
 struct FusedPrediction {
-  torch::Tensor probabilities;     ///< float32 [N, C] over the label space.
-  std::int64_t expert_queries = 0;  ///< Expert answers consumed (inputs × experts).
-  int round = 0;                    ///< The round whose fused model answered.
+  torch::Tensor probabilities;  ///< float32 [N, C] over the label space.
+  std::int64_t expert_queries =
+      0;          ///< Expert answers consumed (inputs × experts).
+  int round = 0;  ///< The round whose fused model answered.
 };
 
 /// Runs fusion rounds over the registry's nodes. Use from one thread.
 class Coordinator {
  public:
-  Coordinator(NodeRegistry& registry, PoolData pool, CoordinatorOptions options);
+  Coordinator(NodeRegistry& registry, PoolData pool,
+              CoordinatorOptions options);
   ~Coordinator();
 
   /// Runs the remaining rounds. Throws `chorus::Error` when no quorum forms
@@ -112,10 +114,10 @@ class Coordinator {
   fusion::QueryStats collection_stats() const;
 
   /// After `run`: the fused prediction of `inputs` (float32 as models see
-  /// them, shaped like the pool's rows, [N, ...]), asking the nodes as the algorithm needs
-  /// (ensemble and foe ask every fused expert, frugal only those it
-  /// chooses, distilled models none). Nodes account the queries to round
-  /// `rounds + 1`. Throws `chorus::Error` (INVALID_ARGUMENT for a wrong
+  /// them, shaped like the pool's rows, [N, ...]), asking the nodes as the
+  /// algorithm needs (ensemble and foe ask every fused expert, frugal only
+  /// those it chooses, distilled models none). Nodes account the queries to
+  /// round `rounds + 1`. Throws `chorus::Error` (INVALID_ARGUMENT for a wrong
   /// shape, dtype or non-finite values; a node's error when it fails).
   FusedPrediction predict(const torch::Tensor& inputs);
   /// `predict` for an operator's PredictRequest, whose inputs are in the

@@ -41,14 +41,14 @@ struct PredictOptions {
 
 /// What `predict_from_file` produced.
 struct PredictReport {
-  std::string source;     ///< "model FILE" or "coordinator HOST:PORT".
+  std::string source;  ///< "model FILE" or "coordinator HOST:PORT".
   std::string algorithm;
-  int round = 0;          ///< The coordinator's fused round (0 for a file).
+  int round = 0;  ///< The coordinator's fused round (0 for a file).
   std::vector<std::string> class_names;
   /// The label each class (column) stands for: 0..C-1, or a tae task's
   /// classes among the model's outputs.
   std::vector<std::int64_t> class_labels;
-  std::vector<std::int64_t> predicted;           ///< Arg-max column per image.
+  std::vector<std::int64_t> predicted;            ///< Arg-max column per image.
   std::vector<std::vector<float>> probabilities;  ///< [N][C].
   std::int64_t expert_queries = 0;  ///< Expert answers the coordinator used.
   /// With `labels`: accuracy on the images whose label is one of
@@ -61,8 +61,8 @@ struct PredictReport {
 /// Reads the images, predicts them, and reports. Throws `chorus::Error`:
 /// NOT_FOUND / DATA_LOSS / INVALID_ARGUMENT for the files,
 /// FAILED_PRECONDITION for a saved model that needs its experts (ask the
-/// coordinator instead), INVALID_ARGUMENT for `adapted` without a tae model, UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE
-/// from the coordinator.
+/// coordinator instead), INVALID_ARGUMENT for `adapted` without a tae model,
+/// UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE from the coordinator.
 PredictReport predict_from_file(const PredictOptions& options);
 
 }  // namespace chorus::coordinator

@@ -1,7 +1,6 @@
 #pragma once
 
 #include <asio/io_context.hpp>
-
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -50,8 +49,8 @@ struct RegistryOptions {
 
 /// Answers an operator's PredictRequest (blocking; called on the registry's
 /// operator thread, one request at a time). Throws `chorus::Error`.
-using OperatorHandler =
-    std::function<v1::Envelope(const std::string& identity, const v1::Envelope& request)>;
+using OperatorHandler = std::function<v1::Envelope(
+    const std::string& identity, const v1::Envelope& request)>;
 
 /// Admits rostered nodes and keeps their connections. Thread-safe; the
 /// server runs on `io`, which the caller runs on some thread.
@@ -85,7 +84,8 @@ class NodeRegistry {
   /// Sends a request to `identity` and returns its reply; the future throws
   /// `chorus::Error` (UNAVAILABLE when the node is not connected or goes
   /// away, DEADLINE_EXCEEDED, or the code of the node's Status).
-  std::future<v1::Envelope> request(const std::string& identity, v1::Envelope request,
+  std::future<v1::Envelope> request(const std::string& identity,
+                                    v1::Envelope request,
                                     std::chrono::milliseconds deadline);
 
   /// Starts answering operators' PredictRequests with `handler` (an empty

@@ -21,12 +21,13 @@ namespace chorus::coordinator {
 /// Sends `request` to the node `identity`; the future yields its reply or
 /// throws `chorus::Error`.
 using RequestFn = std::function<std::future<v1::Envelope>(
-    const std::string& identity, v1::Envelope request, std::chrono::milliseconds deadline)>;
+    const std::string& identity, v1::Envelope request,
+    std::chrono::milliseconds deadline)>;
 
 /// A node as an expert.
 struct RemoteExpert {
-  fusion::ExpertInfo info;      ///< name = the node's identity.
-  std::int64_t max_batch = 1;   ///< From its announced policy.
+  fusion::ExpertInfo info;     ///< name = the node's identity.
+  std::int64_t max_batch = 1;  ///< From its announced policy.
 };
 
 /// Options of a `RemoteOracle`.
@@ -52,7 +53,9 @@ class RemoteOracle : public fusion::QueryOracle {
                RequestFn request, RemoteOracleOptions options);
 
   std::int64_t num_classes() const override { return num_classes_; }
-  const std::vector<fusion::ExpertInfo>& experts() const override { return infos_; }
+  const std::vector<fusion::ExpertInfo>& experts() const override {
+    return infos_;
+  }
   /// Every expert at once, each on its own thread.
   std::vector<torch::Tensor> query_all(const torch::Tensor& inputs) override;
   /// Sets the round stamped on later requests.
@@ -61,15 +64,18 @@ class RemoteOracle : public fusion::QueryOracle {
   /// Receives each request's answers as they arrive, in order: the row of
   /// `inputs` they start at, and the answers (already checked: one row per
   /// input, one column per label, finite).
-  using BatchHook = std::function<void(std::int64_t first_row, const torch::Tensor& answers)>;
+  using BatchHook =
+      std::function<void(std::int64_t first_row, const torch::Tensor& answers)>;
   /// `query`, calling `on_batch` for every answered request (to checkpoint
   /// answers as they arrive: a crash then loses only the requests in
   /// flight). Not re-entrant on one thread.
-  torch::Tensor query_each_batch(std::int64_t expert, const torch::Tensor& inputs,
+  torch::Tensor query_each_batch(std::int64_t expert,
+                                 const torch::Tensor& inputs,
                                  const BatchHook& on_batch);
 
  protected:
-  torch::Tensor do_query(std::int64_t expert, const torch::Tensor& inputs) override;
+  torch::Tensor do_query(std::int64_t expert,
+                         const torch::Tensor& inputs) override;
   /// Inputs travel in the task's dtype.
   std::int64_t shipped_bytes(const torch::Tensor& inputs) const override;
 

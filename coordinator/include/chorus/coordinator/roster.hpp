@@ -24,7 +24,8 @@ class Roster {
 
   /// Roster identities not in `present`, in roster order (for quorum
   /// messages that name who is missing).
-  std::vector<std::string> missing(const std::vector<std::string>& present) const;
+  std::vector<std::string> missing(
+      const std::vector<std::string>& present) const;
 
   /// All identities, in the order given.
   const std::vector<std::string>& identities() const { return identities_; }

@@ -83,17 +83,17 @@ template <typename... Args>
 /// Precondition check: throws `chorus::Error` with `Code::kInvalidArgument`
 /// and the formatted message when `cond` is false.
 /// `CHORUS_CHECK(n > 0, "batch size must be positive, got {}", n);`
-#define CHORUS_CHECK(cond, ...)                                       \
-  do {                                                                \
-    if (!(cond)) [[unlikely]] {                                       \
+#define CHORUS_CHECK(cond, ...)                                      \
+  do {                                                               \
+    if (!(cond)) [[unlikely]] {                                      \
       ::chorus::fail(::chorus::Code::kInvalidArgument, __VA_ARGS__); \
-    }                                                                 \
+    }                                                                \
   } while (false)
 
 /// Like `CHORUS_CHECK` with an explicit code.
-#define CHORUS_CHECK_CODE(cond, code, ...)          \
-  do {                                              \
-    if (!(cond)) [[unlikely]] {                     \
-      ::chorus::fail((code), __VA_ARGS__);          \
-    }                                               \
+#define CHORUS_CHECK_CODE(cond, code, ...) \
+  do {                                     \
+    if (!(cond)) [[unlikely]] {            \
+      ::chorus::fail((code), __VA_ARGS__); \
+    }                                      \
   } while (false)

@@ -11,13 +11,12 @@ namespace chorus {
 /// then the directory is fsync'ed. Readers see the old file or the new one,
 /// never a torn one. Throws `chorus::Error` (NOT_FOUND when the directory is
 /// missing, INTERNAL for other I/O failures) and leaves no temporary behind.
-void write_file_atomic(const std::filesystem::path& path,
-                       std::string_view bytes,
-                       std::filesystem::perms mode =
-                           std::filesystem::perms::owner_read |
-                           std::filesystem::perms::owner_write |
-                           std::filesystem::perms::group_read |
-                           std::filesystem::perms::others_read);
+void write_file_atomic(
+    const std::filesystem::path& path, std::string_view bytes,
+    std::filesystem::perms mode = std::filesystem::perms::owner_read |
+                                  std::filesystem::perms::owner_write |
+                                  std::filesystem::perms::group_read |
+                                  std::filesystem::perms::others_read);
 
 /// Reads a whole file. Throws `chorus::Error` (NOT_FOUND, INTERNAL).
 std::string read_file(const std::filesystem::path& path);

@@ -109,7 +109,8 @@ TaskSpec read_task(Config& config, const TaskSpec& fallback,
 bool has_task(const Config& config, const std::string& prefix = "task");
 /// Reads the `[task]` table of the TOML file `path` (all of its keys must be
 /// task keys). Throws `chorus::Error` naming the file.
-TaskSpec read_task_file(const std::filesystem::path& path, const TaskSpec& fallback);
+TaskSpec read_task_file(const std::filesystem::path& path,
+                        const TaskSpec& fallback);
 /// The task as a `[task]` TOML table (for resolved configs and task.toml).
 std::string to_toml(const TaskSpec& task);
 
@@ -117,10 +118,9 @@ std::string to_toml(const TaskSpec& task);
 /// sides' values; nullopt when it fits. `who` names the expert in the
 /// message (e.g. "node 'alpha'"). An input shape of [H, W] fits a task of
 /// [1, H, W]. Labels must be names in the task's label space.
-std::optional<std::string> task_mismatch(const TaskSpec& task,
-                                         const std::vector<std::int64_t>& input_shape,
-                                         std::optional<InputDType> input_dtype,
-                                         const std::vector<std::string>& labels,
-                                         std::string_view who);
+std::optional<std::string> task_mismatch(
+    const TaskSpec& task, const std::vector<std::int64_t>& input_shape,
+    std::optional<InputDType> input_dtype,
+    const std::vector<std::string>& labels, std::string_view who);
 
 }  // namespace chorus

@@ -31,20 +31,21 @@ struct Examples {
   bool labelled() const { return labels.defined(); }
 };
 
-
 /// Reads `ref` and checks it against `task`: each input's shape equals the
 /// task's (an [N, H, W] array is read as [N, 1, H, W] for a task of
 /// [1, H, W]); uint8 tasks take uint8 or integer data in 0..255; float32
 /// tasks take any numbers, which must be finite; labels (names or indices)
 /// must be in the label space. `need_labels`: a source without labels is an
 /// error. Throws `chorus::Error` naming the file and what is wrong.
-Examples read_examples(const DataRef& ref, const TaskSpec& task, bool need_labels);
+Examples read_examples(const DataRef& ref, const TaskSpec& task,
+                       bool need_labels);
 
 /// A `.npy` file as a tensor of its own dtype (bool as uint8).
 torch::Tensor read_npy(const std::filesystem::path& path);
 /// Every array of a `.npz` file (plain or compressed, as numpy's savez and
 /// savez_compressed write), by name without the `.npy` suffix.
-std::map<std::string, torch::Tensor> read_npz(const std::filesystem::path& path);
+std::map<std::string, torch::Tensor> read_npz(
+    const std::filesystem::path& path);
 /// A parsed `.npy` array as a tensor (copied; bool as uint8).
 torch::Tensor to_tensor(const NpyArray& array);
 
@@ -54,7 +55,8 @@ torch::Tensor to_tensor(const NpyArray& array);
 torch::Tensor to_model_inputs(const torch::Tensor& raw, const TaskSpec& task);
 /// The inverse of `to_model_inputs`, for the wire: the inputs in the task's
 /// dtype (uint8 rounded and clamped).
-torch::Tensor to_wire_inputs(const torch::Tensor& model_inputs, const TaskSpec& task);
+torch::Tensor to_wire_inputs(const torch::Tensor& model_inputs,
+                             const TaskSpec& task);
 /// Fills `task.mean` and `task.std` from `raw` inputs (after uint8 scaling)
 /// when the task asks for statistics it does not have; a constant feature
 /// gets std 1.
@@ -80,8 +82,9 @@ struct BuiltinData {
   TaskSpec task;
   Examples train, test;
 };
-BuiltinData load_builtin(const std::string& name,
-                         const std::optional<std::filesystem::path>& dir = std::nullopt);
+BuiltinData load_builtin(
+    const std::string& name,
+    const std::optional<std::filesystem::path>& dir = std::nullopt);
 
 /// Where python3-sklearn ships its small data sets.
 inline constexpr const char* kSklearnDataDir =

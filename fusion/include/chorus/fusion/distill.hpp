@@ -40,8 +40,8 @@ struct DistillOptions {
 
 /// What `distill` produced.
 struct DistillResult {
-  FusedModel model;    ///< The student, as a storable fused model.
-  TrainResult train;   ///< best_val_accuracy is the held-out agreement.
+  FusedModel model;   ///< The student, as a storable fused model.
+  TrainResult train;  ///< best_val_accuracy is the held-out agreement.
 };
 
 /// Sharpens probabilities [N, C]: rows ∝ p^{1/temperature}.

@@ -12,19 +12,19 @@ namespace chorus::fusion {
 
 /// What `evaluate_fused_model` measured.
 struct EvalReport {
-  std::string algorithm;   ///< From the model file.
-  std::string spec;        ///< The model's architecture spec.
+  std::string algorithm;  ///< From the model file.
+  std::string spec;       ///< The model's architecture spec.
   /// tae: the task scored ("prior of all outputs" or the adapted file);
   /// empty for other models.
   std::string task;
-  std::string dataset;     ///< As resolved, e.g. "fashion-mnist:test".
+  std::string dataset;  ///< As resolved, e.g. "fashion-mnist:test".
   std::int64_t examples = 0;
   double accuracy = 0;
   /// The classes scored (all of the data set's, or a tae task's) and the
   /// accuracy on each.
   std::vector<std::string> class_names;
   std::vector<double> class_accuracy;
-  double seconds = 0;                  ///< Wall time of the predictions.
+  double seconds = 0;  ///< Wall time of the predictions.
 };
 
 /// The data sets `evaluate_fused_model` accepts: "fashion-mnist" (the test

@@ -86,7 +86,8 @@ struct Image {
 /// signature, to 8 bits per sample with `channels` channels (1: grey, 3: RGB;
 /// a colour image asked for as grey is converted, a grey one asked for as
 /// RGB is replicated; alpha is dropped). At most `max_pixels` pixels.
-Image decode_image(std::string_view bytes, std::int64_t channels, std::string_view origin,
+Image decode_image(std::string_view bytes, std::int64_t channels,
+                   std::string_view origin,
                    std::int64_t max_pixels = std::int64_t{1} << 26);
 
 /// Where examples come from (read by `read_examples`, data_files.hpp).

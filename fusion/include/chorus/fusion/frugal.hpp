@@ -19,8 +19,7 @@ namespace chorus::fusion {
 /// Options of `FrugalFoe`.
 struct FrugalOptions {
   /// Options of every subset's fuser (an MLP per subset, trained on V).
-  TORCH_ARG(FoeOptions, fuser) =
-      FoeOptions().features(FoeFeatures::kLogProbs);
+  TORCH_ARG(FoeOptions, fuser) = FoeOptions().features(FoeFeatures::kLogProbs);
   /// Neighbours of a test point in V used to estimate errors.
   TORCH_ARG(std::int64_t, neighbours) = 10;
   /// k of the leave-one-out kNN estimate of how well each subset separates
@@ -57,8 +56,9 @@ class FrugalFoe {
   /// trained lazily, when the search first reaches a subset.
   /// `transfer`: the experts' answers on U (optional; see
   /// `estimate_on_transfer`).
-  void fit(const std::vector<torch::Tensor>& answers, const torch::Tensor& labels,
-           std::int64_t num_classes, const std::vector<torch::Tensor>& transfer = {});
+  void fit(const std::vector<torch::Tensor>& answers,
+           const torch::Tensor& labels, std::int64_t num_classes,
+           const std::vector<torch::Tensor>& transfer = {});
 
   /// Fused predictions for `inputs`, querying `oracle` only for the experts
   /// the search chooses (the oracle's counters record what was spent).

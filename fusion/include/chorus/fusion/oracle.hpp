@@ -83,7 +83,8 @@ class QueryOracle {
 class LocalOracle : public QueryOracle {
  public:
   /// `num_classes` is C; `batch_size` bounds one forward pass.
-  explicit LocalOracle(std::int64_t num_classes, std::int64_t batch_size = 1024);
+  explicit LocalOracle(std::int64_t num_classes,
+                       std::int64_t batch_size = 1024);
 
   /// Adds an expert whose `model` outputs logits over `info.labels`.
   void add_expert(ExpertInfo info, std::shared_ptr<ClassifierImpl> model);

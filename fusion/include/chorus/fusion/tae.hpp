@@ -96,7 +96,8 @@ struct WDistribution {
 
 /// τ of a task over the label space: the multi-hot [task_dim] of its
 /// classes. Throws `chorus::Error` (INVALID_ARGUMENT) on a class outside it.
-torch::Tensor task_descriptor(const std::vector<std::int64_t>& classes, std::int64_t task_dim);
+torch::Tensor task_descriptor(const std::vector<std::int64_t>& classes,
+                              std::int64_t task_dim);
 
 /// The experts' union answer [N, C]: each expert's answers [N, C] (lifted
 /// into the output space) normalised, summed, and normalised again — what B+
@@ -120,8 +121,8 @@ struct TaeData {
 /// The networks of the generative model and of inference.
 class TaeNetImpl : public torch::nn::Module {
  public:
-  TaeNetImpl(std::int64_t input_dim, std::int64_t outputs, std::int64_t task_dim,
-             const TaeOptions& options);
+  TaeNetImpl(std::int64_t input_dim, std::int64_t outputs,
+             std::int64_t task_dim, const TaeOptions& options);
 
   /// p_θ(x|w,z): logits of the pixels' Bernoulli [N, D].
   torch::Tensor decode_x(const torch::Tensor& w, const torch::Tensor& z);
@@ -236,7 +237,8 @@ class TaeModel {
   /// a better prior: a few steps of maximum likelihood of each embedding's
   /// mean under p_γ(w|τ).
   void refit_prior(const std::vector<torch::Tensor>& tasks,
-                   const std::vector<WDistribution>& embeddings, std::int64_t steps = 100);
+                   const std::vector<WDistribution>& embeddings,
+                   std::int64_t steps = 100);
 
   /// The task of every output under its prior p_γ(w|τ_all): what the global
   /// model predicts before any node adapted it.
@@ -264,7 +266,9 @@ class TaeModel {
   /// Names of the outputs (the deployment's label space), saved with the
   /// model so that a node can map its own labels onto them.
   const std::vector<std::string>& labels() const { return labels_; }
-  void set_labels(std::vector<std::string> labels) { labels_ = std::move(labels); }
+  void set_labels(std::vector<std::string> labels) {
+    labels_ = std::move(labels);
+  }
   std::int64_t input_dim() const { return net_->input_dim; }
   std::int64_t outputs() const { return net_->outputs; }
   std::int64_t task_dim() const { return net_->task_dim; }

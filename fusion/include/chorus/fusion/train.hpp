@@ -16,11 +16,11 @@ enum class Optimizer { kAdam, kAdamW };
 
 /// What `train` reports after each epoch.
 struct EpochReport {
-  std::int64_t epoch = 0;   ///< 1-based.
-  std::int64_t epochs = 0;  ///< Planned epochs.
-  double train_loss = 0;    ///< Mean loss over the epoch's batches.
+  std::int64_t epoch = 0;              ///< 1-based.
+  std::int64_t epochs = 0;             ///< Planned epochs.
+  double train_loss = 0;               ///< Mean loss over the epoch's batches.
   std::optional<double> val_accuracy;  ///< When validation data was given.
-  double seconds = 0;       ///< Wall time of the epoch.
+  double seconds = 0;                  ///< Wall time of the epoch.
 };
 
 /// Options of `train`.

@@ -33,7 +33,8 @@ struct AdaptOutcome {
 /// `shots` (labels index `classes`); `tau` is the task descriptor, or
 /// undefined for the multi-hot of `classes`. Throws `chorus::Error`
 /// (INVALID_ARGUMENT for shots that do not fit).
-AdaptOutcome adapt_tae(fusion::TaeModel& model, const std::vector<std::int64_t>& classes,
+AdaptOutcome adapt_tae(fusion::TaeModel& model,
+                       const std::vector<std::int64_t>& classes,
                        const LabelledShots& shots, torch::Tensor tau = {});
 
 /// The outputs of `model` named `labels`, in that order. Throws

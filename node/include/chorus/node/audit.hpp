@@ -15,8 +15,8 @@ namespace chorus::node {
 
 /// One request, as the audit log records it.
 struct AuditRecord {
-  std::string peer;            ///< The coordinator's identity (its CN).
-  std::string kind;            ///< "predict", "model_push", "adapt".
+  std::string peer;  ///< The coordinator's identity (its CN).
+  std::string kind;  ///< "predict", "model_push", "adapt".
   std::uint64_t request_id = 0;
   std::uint32_t round = 0;
   std::int64_t inputs = 0;     ///< Inputs in the request (predict).

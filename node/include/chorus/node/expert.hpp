@@ -65,7 +65,9 @@ class Expert {
   /// values.
   torch::Tensor predict(const torch::Tensor& inputs);
   /// The shape of one input.
-  const std::vector<std::int64_t>& input_shape() const { return options_.input_shape; }
+  const std::vector<std::int64_t>& input_shape() const {
+    return options_.input_shape;
+  }
   /// The output labels.
   const std::vector<std::string>& labels() const { return options_.labels; }
   /// The backend.
@@ -134,15 +136,16 @@ struct TrainExpertOptions {
   /// Torch threads for training.
   TORCH_ARG(int, threads) = 0;
   /// Progress after each epoch.
-  TORCH_ARG(std::function<void(const fusion::EpochReport&)>, on_epoch) = nullptr;
+  TORCH_ARG(std::function<void(const fusion::EpochReport&)>,
+            on_epoch) = nullptr;
 };
 
 /// What `train_builtin_expert` did.
 struct TrainExpertResult {
-  std::int64_t examples = 0;       ///< Training examples used.
-  std::int64_t holdout = 0;        ///< Held-out examples.
-  double holdout_accuracy = 0;     ///< Accuracy on them, over the labels.
-  std::string arch;                ///< The architecture trained.
+  std::int64_t examples = 0;    ///< Training examples used.
+  std::int64_t holdout = 0;     ///< Held-out examples.
+  double holdout_accuracy = 0;  ///< Accuracy on them, over the labels.
+  std::string arch;             ///< The architecture trained.
   std::vector<std::int64_t> input_shape;
   double seconds = 0;
 };
@@ -164,8 +167,9 @@ struct LabelledShots {
 
 /// `per_class` examples of each of `labels` from the local data, drawn with
 /// `seed`. Throws `chorus::Error`.
-LabelledShots draw_local_shots(const std::vector<std::string>& labels, std::int64_t per_class,
-                               std::uint64_t seed, const LocalDataOptions& source);
+LabelledShots draw_local_shots(const std::vector<std::string>& labels,
+                               std::int64_t per_class, std::uint64_t seed,
+                               const LocalDataOptions& source);
 
 /// Saves `model` as a builtin expert file over `labels`.
 void save_builtin_expert(const std::shared_ptr<fusion::ClassifierImpl>& model,

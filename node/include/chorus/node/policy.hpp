@@ -54,7 +54,8 @@ class RateLimiter {
   /// wait before serving them. Throws `chorus::Error` (RESOURCE_EXHAUSTED,
   /// naming the wait) when that is longer than `max_wait`; nothing is
   /// reserved then.
-  std::chrono::milliseconds reserve(std::int64_t n, std::chrono::milliseconds max_wait);
+  std::chrono::milliseconds reserve(std::int64_t n,
+                                    std::chrono::milliseconds max_wait);
 
  private:
   double rate_;

@@ -96,8 +96,9 @@ class NodeService {
   v1::Envelope adapt(const v1::Envelope& request);
 
   /// Writes the audit record of a finished request.
-  void record(const std::string& peer, const v1::Envelope& request, Code outcome,
-              const std::string& message, std::chrono::steady_clock::duration latency);
+  void record(const std::string& peer, const v1::Envelope& request,
+              Code outcome, const std::string& message,
+              std::chrono::steady_clock::duration latency);
 
   /// The latest stored global model, if any.
   std::optional<StoredModel> stored_model() const;
@@ -111,12 +112,15 @@ class NodeService {
 
 /// Reads the manifest of the global model stored in `state_dir`, if any.
 /// Throws `chorus::Error` (DATA_LOSS) for a corrupt manifest.
-std::optional<StoredModel> read_stored_model(const std::filesystem::path& state_dir);
+std::optional<StoredModel> read_stored_model(
+    const std::filesystem::path& state_dir);
 
 /// Stores a global model's bytes in `state_dir` (global-round-R.pt and the
 /// manifest, each written atomically), as a push does.
-StoredModel store_global_model(const std::filesystem::path& state_dir, std::uint32_t round,
-                               const std::string& algorithm, const std::string& spec,
+StoredModel store_global_model(const std::filesystem::path& state_dir,
+                               std::uint32_t round,
+                               const std::string& algorithm,
+                               const std::string& spec,
                                const std::string& bytes);
 
 }  // namespace chorus::node

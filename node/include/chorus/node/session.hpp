@@ -2,7 +2,6 @@
 
 #include <asio/io_context.hpp>
 #include <asio/thread_pool.hpp>
-
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -30,8 +29,8 @@ struct SessionOptions {
 class NodeSession {
  public:
   /// `pool` runs inference; nodes in one process may share it.
-  NodeSession(asio::io_context& io, asio::thread_pool& pool, NodeService& service,
-              SessionOptions options);
+  NodeSession(asio::io_context& io, asio::thread_pool& pool,
+              NodeService& service, SessionOptions options);
   ~NodeSession();
 
   /// Starts dialling.

@@ -1,13 +1,13 @@
 #pragma once
 
+#include <spdlog/logger.h>
+
 #include <asio/awaitable.hpp>
 #include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/ssl/context.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/strand.hpp>
-#include <spdlog/logger.h>
-
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -172,12 +172,12 @@ struct Admission {
 class Server {
  public:
   /// Decides on a node's Hello (its identity is already verified).
-  using AdmitHandler =
-      std::function<Admission(const std::string& identity, const v1::Hello& hello)>;
+  using AdmitHandler = std::function<Admission(const std::string& identity,
+                                               const v1::Hello& hello)>;
   /// Receives each admitted connection, already started by the caller of
   /// this handler (the handler calls `Connection::start`).
-  using ConnectHandler = std::function<void(std::shared_ptr<Connection>,
-                                            const v1::Hello& hello)>;
+  using ConnectHandler =
+      std::function<void(std::shared_ptr<Connection>, const v1::Hello& hello)>;
 
   /// Listens on `endpoint` (port 0: any free port).
   Server(asio::io_context& io, asio::ip::tcp::endpoint endpoint,
@@ -266,8 +266,9 @@ class Client {
 /// `on_request`. `io` must be running on another thread. Throws
 /// `chorus::Error` (UNAUTHENTICATED for a failed handshake, the code of the
 /// coordinator's Status when it refuses).
-std::shared_ptr<Connection> connect(asio::io_context& io, const std::string& host,
-                                    std::uint16_t port, const TlsMaterial& tls,
+std::shared_ptr<Connection> connect(asio::io_context& io,
+                                    const std::string& host, std::uint16_t port,
+                                    const TlsMaterial& tls,
                                     ChannelOptions options, v1::Hello hello,
                                     Connection::RequestHandler on_request);
 

@@ -5,7 +5,6 @@
 #include <asio/steady_timer.hpp>
 #include <asio/thread_pool.hpp>
 #include <asio/use_awaitable.hpp>
-
 #include <exception>
 #include <functional>
 #include <memory>
@@ -57,12 +56,14 @@ struct PoolCall {
 
 /// Starts `call` on `pool`; `co_await` the returned operation, then read
 /// `call->result`. Not a coroutine.
-inline auto start_on_pool(asio::thread_pool& pool, const std::shared_ptr<PoolCall>& call) {
+inline auto start_on_pool(asio::thread_pool& pool,
+                          const std::shared_ptr<PoolCall>& call) {
   asio::post(pool, [call] {
     call->result = run_caught(call->work);
     asio::post(call->done.get_executor(), [call] { call->done.cancel(); });
   });
-  return call->done.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+  return call->done.async_wait(
+      asio::experimental::as_tuple(asio::use_awaitable));
 }
 
 }  // namespace chorus::protocol

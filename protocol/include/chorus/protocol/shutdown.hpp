@@ -3,7 +3,6 @@
 #include <asio/io_context.hpp>
 #include <asio/signal_set.hpp>
 #include <asio/steady_timer.hpp>
-
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -16,7 +15,8 @@ namespace chorus::protocol {
 /// second signal, whichever comes first.
 class ShutdownOnSignal {
  public:
-  ShutdownOnSignal(asio::io_context& io, std::function<void(int signal)> graceful,
+  ShutdownOnSignal(asio::io_context& io,
+                   std::function<void(int signal)> graceful,
                    std::function<void()> terminal,
                    std::chrono::milliseconds grace = std::chrono::seconds(5));
 

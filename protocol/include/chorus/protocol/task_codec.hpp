@@ -24,8 +24,8 @@ std::optional<TaskSpec> task_of(const v1::Welcome& welcome);
 
 /// Why the expert `descriptor` announces does not fit `task` (naming both
 /// sides' values), or nullopt. `who` names the expert ("node 'alpha'").
-std::optional<std::string> descriptor_mismatch(const TaskSpec& task,
-                                               const v1::ExpertDescriptor& descriptor,
-                                               std::string_view who);
+std::optional<std::string> descriptor_mismatch(
+    const TaskSpec& task, const v1::ExpertDescriptor& descriptor,
+    std::string_view who);
 
 }  // namespace chorus::protocol

@@ -5,7 +5,6 @@
 #include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/ssl/context.hpp>
-
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -67,8 +66,8 @@ class TlsStream {
   /// Sends close_notify (does not wait for the peer's).
   asio::awaitable<std::error_code> shutdown();
 
-  /// (Internal.) What OpenSSL reads from and writes to (through a BIO of our own, so
-  /// records move between the socket and OpenSSL without another copy).
+  /// (Internal.) What OpenSSL reads from and writes to (through a BIO of our
+  /// own, so records move between the socket and OpenSSL without another copy).
   struct Buffers {
     std::vector<char> in;  // Received bytes, [in_begin, in_end) not yet read.
     std::size_t in_begin = 0, in_end = 0;

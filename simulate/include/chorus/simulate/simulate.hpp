@@ -48,8 +48,8 @@ struct SimulateOptions {
 /// One row of the results table.
 struct ResultRow {
   std::string method;
-  double accuracy = 0;             ///< Over the whole label space, on the test set.
-  double task_accuracy = -1;       ///< On its own classes (experts); -1: n/a.
+  double accuracy = 0;        ///< Over the whole label space, on the test set.
+  double task_accuracy = -1;  ///< On its own classes (experts); -1: n/a.
   std::int64_t train_queries = 0;  ///< Inputs the round asked of the nodes.
   double queries_per_input = 0;    ///< Expert queries per test input.
   std::int64_t bytes_sent = 0, bytes_received = 0;
@@ -59,7 +59,8 @@ struct ResultRow {
 /// What a simulation produced.
 struct SimulateResult {
   std::vector<ResultRow> rows;
-  std::int64_t classes = 0;  ///< The label space's size ("acc-10" on Fashion-MNIST).
+  std::int64_t classes =
+      0;  ///< The label space's size ("acc-10" on Fashion-MNIST).
   std::filesystem::path run_dir;
   double expert_seconds = 0;  ///< Training (0 when every expert was cached).
   int experts_cached = 0;
