@@ -204,7 +204,9 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_node_commands(
   auto* train_cmd = node->add_subcommand(
       "train",
       "Train the builtin expert named by expert.path on local data "
-      "(Fashion-MNIST restricted to expert.labels)");
+      "restricted to expert.labels: train.dataset, a built-in source "
+      "(fashion-mnist by default) or \"files\" with train.data read "
+      "against the [task] table");
   add_config_options(train_cmd, *args);
 
   auto* audit_cmd =
@@ -228,7 +230,7 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_node_commands(
           "--shots", args->shots,
           "Shot images (IDX or a torch.save tensor); the task is the classes "
           "their labels hold (default: adapt.shots_per_class of the "
-          "expert's own labels from local Fashion-MNIST)")
+          "expert's own labels from the local data of [train])")
       ->check(CLI::ExistingFile);
   adapt_cmd
       ->add_option(
