@@ -5,7 +5,7 @@ BUILD_TYPE ?= RelWithDebInfo
 JOBS       ?= $(shell nproc)
 CHORUS      = $(BUILD_DIR)/apps/chorus/chorus
 
-.PHONY: all deps configure build demo test bench format clean
+.PHONY: all deps configure build demo test bench format format-check clean
 
 all: build
 
@@ -38,8 +38,15 @@ bench: build
 	scripts/fetch-mnist.sh
 	$(BUILD_DIR)/bench/bench_p2 --tasks 100 --json $(BUILD_DIR)/bench-results/p2.json
 
+# The C++ sources follow .clang-format; CI fails on any difference.
+FORMATTED = git ls-files -z '*.cpp' '*.hpp' '*.hpp.in'
+
 format:
-	git ls-files '*.cpp' '*.hpp' '*.hpp.in' | xargs clang-format -i
+	$(FORMATTED) | xargs -0 clang-format -i
+
+format-check: deps
+	@$(FORMATTED) | xargs -0 clang-format --dry-run -Werror
+	@echo "format-check: every C++ file follows .clang-format"
 
 clean:
 	rm -rf $(BUILD_DIR)

@@ -7,6 +7,24 @@ function(chorus_set_warnings target)
                                            -Wno-missing-field-initializers)
 endfunction()
 
+# The torch headers, precompiled once (chorus_torch_pch) and reused by every
+# target that includes them: chorus_use_torch_pch(<target>).
+function(chorus_add_torch_pch)
+  if(NOT CHORUS_USE_PCH)
+    return()
+  endif()
+  add_library(chorus_torch_pch OBJECT ${PROJECT_SOURCE_DIR}/cmake/torch_pch.cpp)
+  target_link_libraries(chorus_torch_pch PRIVATE chorus::torch)
+  chorus_set_warnings(chorus_torch_pch)
+  target_precompile_headers(chorus_torch_pch PRIVATE <torch/torch.h>)
+endfunction()
+
+function(chorus_use_torch_pch target)
+  if(CHORUS_USE_PCH)
+    target_precompile_headers(${target} REUSE_FROM chorus_torch_pch)
+  endif()
+endfunction()
+
 # chorus_add_library(<lib> SOURCES ... [DEPS ...] [PRIVATE_DEPS ...] [TORCH_PCH])
 # Declares chorus_<lib> with alias chorus::<lib>, public headers under
 # <lib>/include and private sources under <lib>/src.
@@ -20,7 +38,7 @@ function(chorus_add_library lib)
   target_link_libraries(${target} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
   set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
   chorus_set_warnings(${target})
-  if(ARG_TORCH_PCH AND CHORUS_USE_PCH)
-    target_precompile_headers(${target} PRIVATE <torch/torch.h>)
+  if(ARG_TORCH_PCH)
+    chorus_use_torch_pch(${target})
   endif()
 endfunction()

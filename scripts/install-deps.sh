@@ -8,6 +8,8 @@ set -euo pipefail
 
 packages=(
   g++ cmake ninja-build ccache make
+  # `make format` and CI's format check (.ci/run) use it.
+  clang-format
   libtorch-dev libopenblas0-openmp
   libprotobuf-dev protobuf-compiler
   libasio-dev libssl-dev

@@ -11,7 +11,7 @@
 namespace chorus::fusion {
 namespace {
 
-constexpr const char* kFormat = "chorus.fused_model.v1";
+constexpr const char* kFusedModelFormat = "chorus.fused_model.v1";
 
 std::vector<std::pair<std::string, torch::Tensor>> named_state(
     ClassifierImpl& model) {
@@ -31,7 +31,7 @@ void save_fused_model(const FusedModel& fused,
                       const std::filesystem::path& path) {
   CHORUS_CHECK(fused.model != nullptr, "fused model has no weights");
   torch::serialize::OutputArchive archive;
-  archive.write("format", c10::IValue(std::string(kFormat)));
+  archive.write("format", c10::IValue(std::string(kFusedModelFormat)));
   archive.write("algorithm", c10::IValue(fused.algorithm));
   archive.write("spec", c10::IValue(fused.spec.to_string()));
   torch::serialize::OutputArchive attributes;
@@ -60,7 +60,7 @@ FusedModel load_fused_model(const std::filesystem::path& path) {
     archive.load_from(path.string());
     c10::IValue value;
     archive.read("format", value);
-    CHORUS_CHECK_CODE(value.isString() && value.toStringRef() == kFormat,
+    CHORUS_CHECK_CODE(value.isString() && value.toStringRef() == kFusedModelFormat,
                       Code::kDataLoss, "'{}' is not a chorus fused model",
                       path.string());
     archive.read("algorithm", value);

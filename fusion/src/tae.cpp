@@ -16,7 +16,7 @@ namespace chorus::fusion {
 namespace {
 
 namespace nn = torch::nn;
-constexpr const char* kFormat = "chorus.tae.v1";
+constexpr const char* kTaeFormat = "chorus.tae.v1";
 constexpr double kLogvarMin = -8.0, kLogvarMax = 6.0;
 
 nn::Sequential mlp2(std::int64_t in, std::int64_t hidden, std::int64_t out,
@@ -678,7 +678,7 @@ bool TaeModel::is_model_file(const std::filesystem::path& path) {
     archive.load_from(path.string());
     c10::IValue format;
     if (!archive.try_read("format", format)) return false;
-    return format.isString() && format.toStringRef() == kFormat;
+    return format.isString() && format.toStringRef() == kTaeFormat;
   } catch (const std::exception&) {
     return false;
   }
@@ -686,7 +686,7 @@ bool TaeModel::is_model_file(const std::filesystem::path& path) {
 
 void TaeModel::save(const std::filesystem::path& path) const {
   torch::serialize::OutputArchive archive;
-  archive.write("format", c10::IValue(std::string(kFormat)));
+  archive.write("format", c10::IValue(std::string(kTaeFormat)));
   archive.write(
       "dims",
       torch::tensor({net_->input_dim, net_->outputs, net_->task_dim,
@@ -729,7 +729,7 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
     archive.load_from(path.string());
     c10::IValue format;
     archive.read("format", format);
-    CHORUS_CHECK_CODE(format.isString() && format.toStringRef() == kFormat,
+    CHORUS_CHECK_CODE(format.isString() && format.toStringRef() == kTaeFormat,
                       Code::kDataLoss, "'{}' is not a chorus tae model",
                       path.string());
     torch::Tensor dims, scalars, prototypes;

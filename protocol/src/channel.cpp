@@ -719,7 +719,7 @@ awaitable<std::shared_ptr<Connection>> dial(
     asio::io_context& io, const std::string& host, std::uint16_t port,
     asio::ssl::context& ssl, const ChannelOptions& options,
     const v1::Hello& hello_body, v1::Welcome* welcome) {
-  // (By reference: g++ 12 has destroyed by-value coroutine arguments twice.)
+  // The caller keeps `hello_body` and `welcome` alive until dial completes.
   asio::ip::tcp::resolver resolver(io);
   auto [rec, endpoints] = co_await resolver.async_resolve(
       host, std::to_string(port), as_tuple(use_awaitable));

@@ -24,13 +24,11 @@ using chorus::testing::code_of;
 
 namespace {
 
+using chorus::testing::contains;
+
 std::vector<std::int64_t> longs(const torch::Tensor& t) {
   auto c = t.to(torch::kLong).contiguous();
   return {c.data_ptr<std::int64_t>(), c.data_ptr<std::int64_t>() + c.numel()};
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
 }
 
 TaskSpec colour_task() {

@@ -17,6 +17,8 @@ using chorus::testing::code_of;
 
 namespace {
 
+using chorus::testing::contains;
+
 std::string be32(std::uint32_t v) {
   return {static_cast<char>(v >> 24), static_cast<char>(v >> 16),
           static_cast<char>(v >> 8), static_cast<char>(v)};
@@ -51,10 +53,6 @@ void write_split(const fs::path& dir, std::uint32_t labels = 3,
                  std::string label_bytes = {0, 9, 4}) {
   write_idx(dir / "t10k-images-idx3-ubyte.gz", 0x803, {3, 2, 2}, pixels(12));
   write_idx(dir / "t10k-labels-idx1-ubyte.gz", 0x801, {labels}, label_bytes);
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
 }
 
 }  // namespace

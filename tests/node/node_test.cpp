@@ -38,6 +38,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
+using chorus::testing::contains;
+
 struct Pki {
   pr::KeyPair ca = pr::make_ca("test-ca");
   pr::KeyPair coordinator =
@@ -211,10 +213,6 @@ torch::Tensor local_probs(fu::ClassifierImpl& m, const torch::Tensor& x) {
   torch::NoGradGuard g;
   m.eval();
   return torch::softmax(m.forward(x), 1);
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
 }
 
 v1::Envelope push_chunk(std::uint32_t round, std::uint32_t index,

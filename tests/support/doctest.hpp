@@ -32,4 +32,9 @@ inline std::string dtype_name(const torch::Tensor& t) {
   return c10::toString(t.scalar_type());
 }
 
+/// Whether `text` contains `part` (error messages in assertions).
+inline bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
 }  // namespace chorus::testing

@@ -2,9 +2,9 @@
 // cases but no assertion fails, because a test that cannot fail is a defect.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include "support/doctest.hpp"
-// With the precompiled header, doctest.h was already included (interface
-// only) before the define above; including it again compiles the
-// implementation, which doctest guards separately.
+// Should doctest.h have been included before the define above (interface
+// only), including it again compiles the implementation, which doctest
+// guards separately.
 #include <doctest/doctest.h>
 
 #include <atomic>

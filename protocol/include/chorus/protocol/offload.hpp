@@ -42,10 +42,9 @@ Outcome run_caught(F&& work) {
 /// A piece of work for a pool and its outcome. The coroutine waits on
 /// `done`, which the pool cancels when the work is over.
 ///
-/// Deliberately no lambda or other non-trivial value is passed to a
-/// coroutine or to co_spawn: g++ 12 was seen destroying such an argument
-/// twice (a double free of a captured Envelope), so the work travels in a
-/// shared_ptr through plain asio::post handlers.
+/// The work travels in a shared_ptr through plain asio::post handlers, never
+/// as a lambda written in a statement with `co_await`: g++ 12 destroys such
+/// a closure twice (tests/protocol/coroutine_rule_test.cpp).
 struct PoolCall {
   std::function<v1::Envelope()> work;
   Outcome result;
