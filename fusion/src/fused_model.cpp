@@ -60,9 +60,9 @@ FusedModel load_fused_model(const std::filesystem::path& path) {
     archive.load_from(path.string());
     c10::IValue value;
     archive.read("format", value);
-    CHORUS_CHECK_CODE(value.isString() && value.toStringRef() == kFusedModelFormat,
-                      Code::kDataLoss, "'{}' is not a chorus fused model",
-                      path.string());
+    CHORUS_CHECK_CODE(
+        value.isString() && value.toStringRef() == kFusedModelFormat,
+        Code::kDataLoss, "'{}' is not a chorus fused model", path.string());
     archive.read("algorithm", value);
     fused.algorithm = value.toStringRef();
     archive.read("spec", value);

@@ -173,7 +173,8 @@ TEST_CASE("coroutine rule: what the tree does destroys each object once") {
   }
 }
 
-TEST_CASE("coroutine rule: a lambda in a statement with co_await (reproducer)") {
+TEST_CASE(
+    "coroutine rule: a lambda in a statement with co_await (reproducer)") {
   struct Case {
     const char* name;
     awaitable<void> (*body)();
