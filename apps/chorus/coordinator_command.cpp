@@ -43,7 +43,8 @@ std::function<int()> add_coordinator_command(CLI::App& app) {
   sub->add_flag(
       "--resume", args->resume,
       "Continue from the checkpoints in the run directory, repeating no "
-      "answered query");
+      "answered query (after a crash, or a Ctrl-C: that cancels the round, "
+      "checkpoints the answers in flight and exits with status 130)");
   return [args] {
     Config config = Config::load(args->config);
     for (const auto& s : args->sets) config.set(s);

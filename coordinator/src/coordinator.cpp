@@ -356,13 +356,22 @@ struct Coordinator::Impl {
               received, task_embeddings.size());
   }
 
+  // The round's cancellation point between phases.
+  void check_stop(int round, const char* before) const {
+    if (options.stop.stop_requested()) {
+      fail(Code::kCancelled, "round {} interrupted before {}", round, before);
+    }
+  }
+
   RoundReport run_round(int round) {
     const auto t0 = Clock::now();
+    check_stop(round, "the quorum");
     RoundReport report;
     report.round = round;
     report.rounds = options.rounds;
-    auto present = registry.wait_for_quorum(
-        options.min_nodes, options.quorum_timeout, options.settle);
+    auto present =
+        registry.wait_for_quorum(options.min_nodes, options.quorum_timeout,
+                                 options.settle, options.stop);
     std::vector<RemoteExpert> remote;
     for (const auto& node : present) {
       auto l = to_indices(node.hello);
@@ -385,6 +394,7 @@ struct Coordinator::Impl {
                            .batch = options.query_batch};
     // Inputs travel in the task's form (uint8 pixels: a quarter of float32).
     ro.task = options.task;
+    ro.stop = options.stop;
     auto request = [this](const std::string& id, v1::Envelope e,
                           std::chrono::milliseconds d) {
       return registry.request(id, std::move(e), d);
@@ -422,6 +432,8 @@ struct Coordinator::Impl {
       report.per_node[remote[k].info.name] =
           round_oracle->stats(static_cast<std::int64_t>(k));
     }
+    // A cancelled fan-out leaves every node looking failed: say why.
+    check_stop(round, "fusing (the answers received are checkpointed)");
     const auto s = round_oracle->total_stats();
     report.inputs_queried = s.inputs;
     report.bytes_sent = s.bytes_sent;
@@ -453,7 +465,9 @@ struct Coordinator::Impl {
       data.fusion_labels = pool.fusion_labels.index_select(0, keep);
     }
     report.pool_size = end;
-    fuser = fusion::make_fuser(options.algorithm, options.algorithm_options);
+    auto algorithm_options = options.algorithm_options;
+    algorithm_options.stop(options.stop);
+    fuser = fusion::make_fuser(options.algorithm, algorithm_options);
     fuser->fit(data);
     experts = data.experts;
     last_data = data;
@@ -469,6 +483,7 @@ struct Coordinator::Impl {
     }
     const auto model_file =
         options.run_dir / fmt::format("fused-round-{}.pt", round);
+    check_stop(round, "saving and pushing the fused model");
     if (fuser->save(model_file)) {
       report.fused_model = model_file;
       const std::string bytes = read_file(model_file);

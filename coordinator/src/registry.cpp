@@ -4,6 +4,7 @@
 
 #include <asio/this_coro.hpp>
 #include <asio/thread_pool.hpp>
+#include <condition_variable>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
@@ -19,7 +20,7 @@ struct NodeRegistry::Impl {
   std::shared_ptr<spdlog::logger> log = log::get("coordinator");
 
   mutable std::mutex mutex;
-  std::condition_variable changed;
+  std::condition_variable_any changed;  // Waits can be cancelled.
   struct Entry {
     NodeInfo info;
     std::shared_ptr<protocol::Connection> connection;
@@ -241,7 +242,11 @@ std::vector<std::string> NodeRegistry::operators_connected() const {
 void NodeRegistry::start() { impl_->server->start(); }
 
 void NodeRegistry::stop(const std::string& reason) {
-  impl_->stopping = true;
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->stopping = true;
+  }
+  impl_->changed.notify_all();
   impl_->server->stop();
   std::vector<std::shared_ptr<protocol::Connection>> all;
   {
@@ -279,7 +284,7 @@ bool NodeRegistry::is_connected(const std::string& identity) const {
 
 std::vector<NodeInfo> NodeRegistry::wait_for_quorum(
     std::size_t min_nodes, std::chrono::milliseconds timeout,
-    std::chrono::milliseconds settle) {
+    std::chrono::milliseconds settle, std::stop_token cancel) {
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = start + timeout;
   auto count = [&] {
@@ -289,14 +294,19 @@ std::vector<NodeInfo> NodeRegistry::wait_for_quorum(
   };
   {
     std::unique_lock lock(impl_->mutex);
-    impl_->changed.wait_until(lock, deadline,
-                              [&] { return count() >= min_nodes; });
+    impl_->changed.wait_until(lock, cancel, deadline, [&] {
+      return impl_->stopping || count() >= min_nodes;
+    });
     // With a quorum, give the rest of the roster a moment to arrive too.
-    if (count() >= min_nodes && settle.count() > 0) {
+    if (!impl_->stopping && count() >= min_nodes && settle.count() > 0) {
       impl_->changed.wait_until(
-          lock, std::min(deadline, std::chrono::steady_clock::now() + settle),
-          [&] { return count() >= roster_.size(); });
+          lock, cancel,
+          std::min(deadline, std::chrono::steady_clock::now() + settle),
+          [&] { return impl_->stopping || count() >= roster_.size(); });
     }
+    CHORUS_CHECK_CODE(!impl_->stopping && !cancel.stop_requested(),
+                      Code::kCancelled,
+                      "cancelled while waiting for the quorum");
   }
   auto present = connected();
   if (present.size() < min_nodes) {

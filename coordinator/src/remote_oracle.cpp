@@ -79,6 +79,12 @@ torch::Tensor RemoteOracle::do_query(std::int64_t expert,
     answered += rows;
   };
   for (std::int64_t i = 0; i < n; i += step) {
+    if (options_.stop.stop_requested()) {
+      while (!in_flight.empty()) collect();
+      fail(Code::kCancelled,
+           "querying node '{}' cancelled after {} of {} inputs answered",
+           node.info.name, answered, n);
+    }
     v1::Envelope request;
     auto* r = request.mutable_predict_request();
     r->set_round(options_.round);

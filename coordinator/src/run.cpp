@@ -6,8 +6,10 @@
 #include <asio/io_context.hpp>
 #include <condition_variable>
 #include <cstdio>
+#include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <stop_token>
 #include <thread>
 
 #include "chorus/coordinator/coordinator.hpp"
@@ -175,6 +177,9 @@ std::string to_toml(const CoordinatorConfig& k) {
 
 namespace {
 
+// How long Ctrl-C may take: cancelling the round, then closing connections.
+constexpr std::chrono::milliseconds kShutdownGrace{3000};
+
 nlohmann::json round_json(const RoundReport& r) {
   return {{"round", r.round},
           {"resumed", r.resumed},
@@ -280,19 +285,33 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   ro.operators = k.operators;
   NodeRegistry registry(io, Roster(k.roster), ro);
   registry.start();
+  // Ctrl-C (or SIGTERM) cancels the round in progress: no further request
+  // is sent, the answers in flight are awaited and checkpointed, training
+  // stops at its next batch, and `run` throws CANCELLED; then every node
+  // gets Goodbye. Should that not finish within the grace period, or a
+  // second signal arrive, the process ends by the signal.
+  std::stop_source stop;
   std::mutex serving_mutex;
   std::condition_variable serving_done;
   bool stop_serving = false;
   protocol::ShutdownOnSignal shutdown(
       io,
       [&](int) {
-        registry.stop("the coordinator is shutting down");
+        stop.request_stop();
         std::lock_guard lock(serving_mutex);
         stop_serving = true;
         serving_done.notify_all();
       },
-      [&] { std::_Exit(130); }, std::chrono::milliseconds(3000));
-  std::thread io_thread([&] { io.run(); });
+      [&] {
+        log->error("event=shutdown_forced grace_ms={}", kShutdownGrace.count());
+        protocol::ShutdownOnSignal::end_by_signal();
+      },
+      kShutdownGrace);
+  std::promise<void> io_done;
+  std::thread io_thread([&] {
+    io.run();
+    io_done.set_value();
+  });
   fmt::print(stderr, "coordinator '{}' listening on {}:{}; roster: {}\n",
              k.name, k.listen, registry.port(), fmt::join(k.roster, ", "));
 
@@ -315,6 +334,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   co.query_batch = k.query_batch;
   co.run_dir = k.run_dir;
   co.resume = resume;
+  co.stop = stop.get_token();
   co.on_round = [](const RoundReport& r) {
     if (r.resumed) {
       fmt::print(stderr,
@@ -379,13 +399,29 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
       registry.serve_operators(nullptr);
     }
   } catch (const Error& e) {
-    fmt::print(stderr, "chorus coordinator: {}\n", describe(e));
-    status = 1;
+    if (stop.stop_requested()) {
+      fmt::print(stderr,
+                 "chorus coordinator: interrupted ({}); the answers received "
+                 "are checkpointed in {}: --resume continues from them\n",
+                 e.what(), k.run_dir.string());
+      status = 130;
+    } else {
+      fmt::print(stderr, "chorus coordinator: {}\n", describe(e));
+      status = 1;
+    }
   }
+  // Goodbye to every node; the event loop ends once the connections have
+  // closed, or at the end of the grace period.
   registry.stop("the coordinator's rounds are done");
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  io.stop();
+  shutdown.disarm();
+  if (io_done.get_future().wait_for(kShutdownGrace) !=
+      std::future_status::ready) {
+    log->warn("event=connections_not_closed grace_ms={}",
+              kShutdownGrace.count());
+    io.stop();
+  }
   io_thread.join();
+  if (status == 130) log->info("event=interrupted exit=130");
   return status;
 }
 

@@ -197,6 +197,7 @@ class SelectFuser : public Fuser {
               .epochs(std::max<std::int64_t>(d.epochs(), 30))
               .batch_size(64)
               .lr(d.lr())
+              .stop(options_.stop())
               .seed(options_.seed())
               .threads(options_.threads()));
   }
@@ -312,9 +313,10 @@ class TaeFuser : public Fuser {
 
 // Applies the shared seed and thread count to every algorithm's options.
 AlgorithmOptions seeded(AlgorithmOptions o) {
-  o.foe().seed(o.seed()).threads(o.threads());
-  o.distill().seed(o.seed()).threads(o.threads());
-  o.frugal().fuser().seed(o.seed()).threads(o.threads());
+  o.foe().seed(o.seed()).threads(o.threads()).stop(o.stop());
+  o.distill().seed(o.seed()).threads(o.threads()).stop(o.stop());
+  o.frugal().fuser().seed(o.seed()).threads(o.threads()).stop(o.stop());
+  o.tae().stop(o.stop());
   return o;
 }
 

@@ -58,6 +58,7 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
                            .patience(n_val > 0 ? options.patience() : 0)
                            .seed(options.seed())
                            .threads(options.threads())
+                           .stop(options.stop())
                            .on_epoch(options.on_epoch());
   DistillResult result;
   result.train = n_val > 0 ? train(*student, x, y, train_options,

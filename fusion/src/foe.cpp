@@ -47,7 +47,8 @@ TrainResult Foe::fit(const std::vector<torch::Tensor>& answers,
                            .weight_decay(options_.weight_decay())
                            .optimizer(Optimizer::kAdamW)
                            .seed(options_.seed())
-                           .threads(options_.threads());
+                           .threads(options_.threads())
+                           .stop(options_.stop());
   fuser_ = make_fuser();
   TrainResult result = train(*fuser_, x, labels, train_options);
   if (options_.self_training_rounds() > 0 && !unlabelled.empty()) {

@@ -206,6 +206,7 @@ std::vector<double> TaeModel::train(const TaeData& data) {
     double total = 0;
     std::int64_t batches = 0;
     for (std::int64_t b = 0; b + bs <= rows; b += bs, ++step) {
+      throw_if_stopped(options_.stop(), "tae training");
       auto idx = perm.slice(0, b, b + bs);
       auto bx = rows_x.index_select(0, idx);
       auto beta = rows_eta.index_select(0, idx);
@@ -491,6 +492,7 @@ TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
     return std::make_tuple(bound, gibbs, kl);
   };
   for (std::int64_t step = 0; step < options_.adapt_steps(); ++step) {
+    throw_if_stopped(options_.stop(), "tae adaptation");
     auto [bound, gibbs, kl] = objective();
     opt.zero_grad();
     bound.backward();

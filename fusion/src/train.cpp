@@ -66,6 +66,10 @@ ThreadGuard::~ThreadGuard() {
   if (torch::get_num_threads() != previous_) torch::set_num_threads(previous_);
 }
 
+void throw_if_stopped(const std::stop_token& stop, const char* what) {
+  if (stop.stop_requested()) fail(Code::kCancelled, "{} cancelled", what);
+}
+
 TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
                   const torch::Tensor& y, const TrainOptions& options,
                   const torch::Tensor& val_x, const torch::Tensor& val_y) {
@@ -105,6 +109,7 @@ TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
     auto order = torch::randperm(n, torch::kLong);
     double loss_sum = 0;
     for (std::int64_t b = 0; b < steps_per_epoch; ++b, ++step) {
+      throw_if_stopped(options.stop(), "training");
       if (options.cosine()) {
         const double lr =
             options.lr() * 0.5 *

@@ -220,7 +220,9 @@ BasicConnection<S>::BasicConnection(Stream stream, ChannelOptions options,
       options_(options),
       peer_identity_(std::move(peer_identity)),
       log_(log::get(log_name)),
-      write_signal_(strand_, Clock::time_point::max()) {}
+      write_signal_(strand_, Clock::time_point::max()),
+      close_deadline_(strand_),
+      heartbeat_tick_(strand_) {}
 
 template <typename S>
 BasicConnection<S>::~BasicConnection() = default;
@@ -369,12 +371,13 @@ awaitable<void> BasicConnection<S>::writer() {
   }
   std::error_code ignored;
   stream_.lowest_layer().close(ignored);
+  close_deadline_.cancel();
 }
 
 template <typename S>
 awaitable<void> BasicConnection<S>::heartbeat() {
   auto self = this->shared_from_this();
-  asio::steady_timer timer(strand_);
+  auto& timer = heartbeat_tick_;
   const auto tick = std::max(
       std::chrono::milliseconds(10),
       std::min(options_.heartbeat_interval, options_.idle_timeout) / 4);
@@ -517,16 +520,16 @@ void BasicConnection<S>::shutdown(const std::string& reason) {
   log_->info("peer={} event=closed reason=\"{}\"", peer_identity_, reason);
   for (auto& [id, pending] : pending_) pending.timer->cancel();
   write_signal_.cancel();
-  // Whatever is still queued gets a grace period; then the socket goes.
+  heartbeat_tick_.cancel();
+  // Whatever is still queued gets a grace period (the writer flushes it and
+  // closes the socket); then the socket goes regardless.
   auto self = this->shared_from_this();
-  asio::co_spawn(
-      strand_,
-      [self]() -> awaitable<void> {
-        co_await sleep_for(kGoodbyeGrace * 2);
-        std::error_code ignored;
-        self->stream_.lowest_layer().close(ignored);
-      },
-      asio::detached);
+  close_deadline_.expires_after(kGoodbyeGrace * 2);
+  close_deadline_.async_wait([self](const std::error_code& ec) {
+    if (ec) return;  // The writer closed the socket in time.
+    std::error_code ignored;
+    self->stream_.lowest_layer().close(ignored);
+  });
   if (on_close_) {
     auto handler = std::move(on_close_);
     on_close_ = nullptr;

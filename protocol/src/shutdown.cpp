@@ -46,6 +46,21 @@ void ShutdownOnSignal::trigger(int signal) {
   });
 }
 
+void ShutdownOnSignal::disarm() {
+  asio::post(grace_timer_.get_executor(), [this] {
+    finished_ = true;
+    grace_timer_.cancel();
+    std::error_code ignored;
+    signals_.cancel(ignored);
+  });
+}
+
+void ShutdownOnSignal::end_by_signal() {
+  std::signal(SIGINT, SIG_DFL);
+  std::raise(SIGINT);
+  std::abort();  // Not reached: SIGINT's default action ends the process.
+}
+
 void ShutdownOnSignal::finish() {
   if (finished_) return;
   finished_ = true;

@@ -1,6 +1,9 @@
 #include "chorus/fusion/train.hpp"
 
+#include <stop_token>
+
 #include "chorus/core/error.hpp"
+#include "chorus/fusion/foe.hpp"
 #include "support/doctest.hpp"
 #include "synthetic.hpp"
 
@@ -93,4 +96,32 @@ TEST_CASE("train: mismatched inputs and targets are INVALID_ARGUMENT") {
       chorus::Error);
   CHECK(fu::accuracy(torch::tensor({{0.1, 0.9}, {0.8, 0.2}}),
                      torch::tensor({1, 1}, torch::kLong)) == 0.5);
+}
+
+TEST_CASE("train: a requested stop cancels at the next batch, naming it") {
+  auto data = make_blobs(400, 3, 8, 4);
+  auto model = small_mlp(3);
+  std::stop_source stop;
+  std::int64_t epochs_seen = 0;
+  auto options =
+      fu::TrainOptions().epochs(50).batch_size(32).stop(stop.get_token());
+  options.on_epoch([&](const fu::EpochReport& r) {
+    epochs_seen = r.epoch;
+    if (r.epoch == 2) stop.request_stop();
+  });
+  try {
+    fu::train(*model, data.x, data.y, options);
+    FAIL("training was not cancelled");
+  } catch (const chorus::Error& e) {
+    CHECK(e.code() == chorus::Code::kCancelled);
+    CHECK(chorus::testing::contains(e.what(), "training cancelled"));
+  }
+  CHECK(epochs_seen == 2);
+  // An algorithm's fit honours the same token.
+  auto answers =
+      std::vector<torch::Tensor>{torch::softmax(torch::randn({60, 3}), 1),
+                                 torch::softmax(torch::randn({60, 3}), 1)};
+  fu::Foe foe(fu::FoeOptions().epochs(5).stop(stop.get_token()));
+  CHECK_THROWS_AS(foe.fit(answers, torch::randint(0, 3, {60}), 3),
+                  chorus::Error);
 }

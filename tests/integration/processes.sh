@@ -15,6 +15,10 @@
 # 4. The nodes' audit logs: every input of the transfer pool was answered by
 #    every node exactly once (nothing answered before either crash was asked
 #    again), and the operator's 200 images once more by each node.
+# 5. Ctrl-C in the middle of a round: the coordinator cancels the round and
+#    exits within its grace period (3 s) with status 130, having said why;
+#    the answers it received stay checkpointed, and `--resume` asks none of
+#    them again.
 set -euo pipefail
 
 chorus=$(realpath "$1")
@@ -173,4 +177,40 @@ for n in a b c; do
   served=$(ok_inputs "$n" $((rounds + 1)) $((rounds + 1)))
   check "$n answered the operator's 200 images once ($served)" test "$served" -eq 200
 done
+
+# --- 5. Ctrl-C in the middle of a round --------------------------------------
+for n in a b c; do eval "kill \$node_$n"; done
+wait "$node_a" "$node_b" "$node_c" 2>/dev/null || true
+int_run=(--set coordinator.run_dir=run-int --set coordinator.rounds=1
+         --set coordinator.min_nodes=3)
+c_before=$(ok_inputs c 1 1)
+start_coordinator coordinator3 "${int_run[@]}"
+start_node a
+start_node b
+start_node c --set policy.rate_limit=300  # 1,500 inputs: 5 s.
+c_mid_round() { ls run-int/checkpoints/answers/c.slice0.part*.pt >/dev/null 2>&1; }
+wait_for 60 "c's first answers to be checkpointed" c_mid_round
+sleep 0.5
+interrupted_at=$(date +%s%N)
+kill -INT "$coordinator_pid"
+status=0
+wait "$coordinator_pid" || status=$?
+elapsed_ms=$((($(date +%s%N) - interrupted_at) / 1000000))
+check "Ctrl-C mid-round: the coordinator exited with status 130 ($status)" \
+  test "$status" -eq 130
+check "... within the 3 s grace period (${elapsed_ms} ms)" test "$elapsed_ms" -lt 3000
+check "... by cancelling the round, not by force" \
+  grep -q "chorus coordinator: interrupted (round 1 interrupted" coordinator3.err
+check "... with no forced shutdown" \
+  bash -c '! grep -q shutdown_forced coordinator3.err'
+c_parts=$(ls run-int/checkpoints/answers/c.slice0.part*.pt | wc -l)
+check "c's answers received before Ctrl-C are checkpointed ($c_parts requests)" \
+  test "$c_parts" -ge 1
+start_coordinator coordinator4 "${int_run[@]}" --resume
+wait "$coordinator_pid" || fail "the resumed coordinator failed: $(tail -n 3 coordinator4.err)"
+check "the resumed run finished the round with all three nodes" \
+  grep -Eq "round 1/1: 3 nodes answered, 0 left out" coordinator4.err
+c_delta=$(($(ok_inputs c 1 1) - c_before))
+check "c answered each input of the interrupted round once ($c_delta)" \
+  test "$c_delta" -eq "$transfer"
 echo "all checks passed"

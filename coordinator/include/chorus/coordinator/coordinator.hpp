@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,12 @@ struct CoordinatorOptions {
   std::size_t push_chunk = std::size_t{1} << 20;
   /// Called after each round (progress output).
   std::function<void(const struct RoundReport&)> on_round;
+  /// Cancels the rounds (Ctrl-C): the round in progress stops at its next
+  /// cancellation point — waiting for the quorum, between requests, at the
+  /// next training batch, before the push — and `run` throws
+  /// `chorus::Error` (CANCELLED). Answers already received stay
+  /// checkpointed; `resume` continues from them.
+  std::stop_token stop;
 };
 
 /// What one round did.
@@ -100,7 +107,7 @@ class Coordinator {
   ~Coordinator();
 
   /// Runs the remaining rounds. Throws `chorus::Error` when no quorum forms
-  /// or no node answers.
+  /// or no node answers, and CANCELLED when `options.stop` is requested.
   std::vector<RoundReport> run();
 
   /// After `run`: the fitted algorithm, the experts it fused (in order), and

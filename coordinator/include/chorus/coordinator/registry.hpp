@@ -2,7 +2,6 @@
 
 #include <asio/io_context.hpp>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <future>
@@ -10,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -76,10 +76,12 @@ class NodeRegistry {
   /// Waits until at least `min_nodes` are connected, or all of the roster
   /// after they are, for up to `timeout`. Throws `chorus::Error`
   /// (DEADLINE_EXCEEDED) naming the nodes that are missing and why each
-  /// that tried was refused.
+  /// that tried was refused, or CANCELLED once `stop` was called or
+  /// `cancel` requested.
   std::vector<NodeInfo> wait_for_quorum(std::size_t min_nodes,
                                         std::chrono::milliseconds timeout,
-                                        std::chrono::milliseconds settle = {});
+                                        std::chrono::milliseconds settle = {},
+                                        std::stop_token cancel = {});
 
   /// Sends a request to `identity` and returns its reply; the future throws
   /// `chorus::Error` (UNAVAILABLE when the node is not connected or goes

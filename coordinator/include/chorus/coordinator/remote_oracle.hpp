@@ -5,6 +5,7 @@
 #include <functional>
 #include <future>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,10 @@ struct RemoteOracleOptions {
   /// (`fusion::to_wire_inputs`: its dtype, unnormalised). None sends them
   /// as float32.
   std::optional<TaskSpec> task;
+  /// Once requested, no further request is sent: the requests in flight are
+  /// awaited (their answers reach the batch hook, so they are checkpointed)
+  /// and the query throws `chorus::Error` (CANCELLED).
+  std::stop_token stop;
 };
 
 /// Experts reached through their nodes.

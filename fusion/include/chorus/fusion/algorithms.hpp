@@ -56,6 +56,9 @@ struct AlgorithmOptions {
   TORCH_ARG(TaeOptions, tae) = TaeOptions();
   TORCH_ARG(std::uint64_t, seed) = 0;
   TORCH_ARG(int, threads) = 0;
+  /// Cancels fitting: every algorithm's training throws `chorus::Error`
+  /// (CANCELLED) at its next batch once a stop is requested.
+  TORCH_ARG(std::stop_token, stop) = {};
 };
 
 /// A fusion algorithm: fitted on a round's answers, then predicting, perhaps

@@ -3,6 +3,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,8 @@ struct DistillOptions {
   TORCH_ARG(std::int64_t, patience) = 4;
   TORCH_ARG(std::uint64_t, seed) = 0;
   TORCH_ARG(int, threads) = 0;
+  /// Cancels training (`TrainOptions::stop`).
+  TORCH_ARG(std::stop_token, stop) = {};
   TORCH_ARG(std::function<void(const EpochReport&)>, on_epoch) = nullptr;
 };
 

@@ -3,6 +3,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <stop_token>
 #include <vector>
 
 #include "chorus/fusion/fused_model.hpp"
@@ -36,6 +37,8 @@ struct FoeOptions {
   TORCH_ARG(double, pseudo_label_confidence) = 0.9;
   TORCH_ARG(std::uint64_t, seed) = 0;
   TORCH_ARG(int, threads) = 0;
+  /// Cancels training (`TrainOptions::stop`).
+  TORCH_ARG(std::stop_token, stop) = {};
 };
 
 /// The FoE fuser.

@@ -85,6 +85,8 @@ struct TaeOptions {
   TORCH_ARG(int, threads) = 0;
   /// Progress: epoch (1-based) and mean negative ELBO.
   TORCH_ARG(std::function<void(std::int64_t, double)>, on_epoch) = nullptr;
+  /// Cancels training and adaptation (`TrainOptions::stop`).
+  TORCH_ARG(std::stop_token, stop) = {};
 };
 
 /// A diagonal Gaussian over w: p_γ(w|τ), or an adapted q_λ(w) — a node's

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <stop_token>
 
 #include "chorus/fusion/models.hpp"
 
@@ -46,7 +47,14 @@ struct TrainOptions {
   TORCH_ARG(int, threads) = 0;
   /// Called after every epoch (progress reporting).
   TORCH_ARG(std::function<void(const EpochReport&)>, on_epoch) = nullptr;
+  /// Checked before every batch: once a stop is requested, training throws
+  /// `chorus::Error` (CANCELLED) and the model is left as it was then.
+  TORCH_ARG(std::stop_token, stop) = {};
 };
+
+/// Throws `chorus::Error` (CANCELLED) naming `what` when `stop` was
+/// requested: the cancellation point of every training loop.
+void throw_if_stopped(const std::stop_token& stop, const char* what);
 
 /// What `train` did.
 struct TrainResult {

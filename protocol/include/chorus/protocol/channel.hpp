@@ -150,6 +150,12 @@ class BasicConnection
   bool writing_ = false;
   std::size_t queued_bytes_ = 0;
   asio::steady_timer write_signal_;
+  // Closes the socket should the writer not have done so within the
+  // goodbye grace (a peer that stops reading); cancelled when it has.
+  asio::steady_timer close_deadline_;
+  // The heartbeat's tick; cancelled on shutdown so the connection's work
+  // ends with it.
+  asio::steady_timer heartbeat_tick_;
   std::chrono::steady_clock::time_point last_sent_, last_received_;
   std::uint64_t next_request_id_ = 1;
   std::map<std::uint64_t, Pending> pending_;

@@ -25,6 +25,16 @@ class ShutdownOnSignal {
   /// Starts the grace period as if a signal had arrived (for tests and for
   /// shutting down after a fatal error).
   void trigger(int signal = 0);
+  /// The graceful step has finished: stop listening for signals and cancel
+  /// the grace period, so that the event loop can run out of work. Safe
+  /// from any thread.
+  void disarm();
+
+  /// The forced end, for a `terminal` step: restores the default action of
+  /// SIGINT and raises it, so the process ends as an uninterrupted Ctrl-C
+  /// would (status 130 in a shell). Used when cancellation did not finish
+  /// within the grace period or a second signal arrived.
+  [[noreturn]] static void end_by_signal();
 
  private:
   void wait();
