@@ -6,11 +6,9 @@
 #include <asio/io_context.hpp>
 #include <condition_variable>
 #include <cstdio>
-#include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <stop_token>
-#include <thread>
 
 #include "chorus/coordinator/coordinator.hpp"
 #include "chorus/coordinator/registry.hpp"
@@ -307,11 +305,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
         protocol::ShutdownOnSignal::end_by_signal();
       },
       kShutdownGrace);
-  std::promise<void> io_done;
-  std::thread io_thread([&] {
-    io.run();
-    io_done.set_value();
-  });
+  protocol::IoThread io_thread(io);
   fmt::print(stderr, "coordinator '{}' listening on {}:{}; roster: {}\n",
              k.name, k.listen, registry.port(), fmt::join(k.roster, ", "));
 
@@ -414,13 +408,10 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   // closed, or at the end of the grace period.
   registry.stop("the coordinator's rounds are done");
   shutdown.disarm();
-  if (io_done.get_future().wait_for(kShutdownGrace) !=
-      std::future_status::ready) {
+  if (!io_thread.join_within(kShutdownGrace)) {
     log->warn("event=connections_not_closed grace_ms={}",
               kShutdownGrace.count());
-    io.stop();
   }
-  io_thread.join();
   if (status == 130) log->info("event=interrupted exit=130");
   return status;
 }

@@ -61,6 +61,22 @@ void ShutdownOnSignal::end_by_signal() {
   std::abort();  // Not reached: SIGINT's default action ends the process.
 }
 
+IoThread::IoThread(asio::io_context& io)
+    : io_(io), finished_(done_.get_future()), thread_([this] {
+        io_.run();
+        done_.set_value();
+      }) {}
+
+IoThread::~IoThread() { join_within(std::chrono::milliseconds(0)); }
+
+bool IoThread::join_within(std::chrono::milliseconds grace) {
+  if (!thread_.joinable()) return true;
+  const bool ended = finished_.wait_for(grace) == std::future_status::ready;
+  if (!ended) io_.stop();
+  thread_.join();
+  return ended;
+}
+
 void ShutdownOnSignal::finish() {
   if (finished_) return;
   finished_ = true;

@@ -11,7 +11,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
-#include <thread>
 #include <unordered_map>
 
 #include "chorus/coordinator/coordinator.hpp"
@@ -30,6 +29,7 @@
 #include "chorus/node/session.hpp"
 #include "chorus/protocol/certs.hpp"
 #include "chorus/protocol/digest.hpp"
+#include "chorus/protocol/shutdown.hpp"
 
 extern char** environ;
 
@@ -400,7 +400,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
   coordinator::NodeRegistry registry(coordinator_io,
                                      coordinator::Roster(roster), ro);
   registry.start();
-  std::thread coordinator_thread([&] { coordinator_io.run(); });
+  protocol::IoThread coordinator_thread(coordinator_io);
 
   // The nodes: in this process on one io_context sharing one inference
   // thread, or one `chorus node` process each.
@@ -476,15 +476,14 @@ SimulateResult run_simulation(const SimulateOptions& o) {
       sessions.back()->start();
     }
   }
-  std::thread node_thread([&] { node_io.run(); });
+  protocol::IoThread node_thread(node_io);
   auto stop_all = [&] {
+    // Goodbye both ways; each loop ends once its connections have closed.
     registry.stop("the simulation is over");
     for (auto& s : sessions) s->stop();
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    node_io.stop();
-    coordinator_io.stop();
-    if (node_thread.joinable()) node_thread.join();
-    if (coordinator_thread.joinable()) coordinator_thread.join();
+    constexpr std::chrono::milliseconds kGrace{3000};
+    node_thread.join_within(kGrace);
+    coordinator_thread.join_within(kGrace);
     inference.join();
     children.reset();
   };

@@ -57,3 +57,31 @@ TEST_CASE("shutdown: a second signal ends the grace period at once") {
   CHECK(terminal);
   CHECK(std::chrono::steady_clock::now() - start < 5s);
 }
+
+TEST_CASE(
+    "shutdown: disarm lets the loop run out of work and IoThread joins it") {
+  asio::io_context io;
+  int graceful_calls = 0;
+  chorus::protocol::ShutdownOnSignal shutdown(
+      io, [&](int) { ++graceful_calls; }, [] {}, 30s);
+  chorus::protocol::IoThread thread(io);
+  shutdown.disarm();
+  const auto start = std::chrono::steady_clock::now();
+  // Nothing else is pending: the loop ends on its own, well before 5 s.
+  CHECK(thread.join_within(5s));
+  CHECK(std::chrono::steady_clock::now() - start < 2s);
+  CHECK(graceful_calls == 0);
+  CHECK(thread.join_within(0ms));  // Idempotent.
+}
+
+TEST_CASE("shutdown: IoThread stops a loop that still has work at the bound") {
+  asio::io_context io;
+  auto guard = asio::make_work_guard(io);  // Work that never ends.
+  chorus::protocol::IoThread thread(io);
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(thread.join_within(200ms));
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  CHECK(elapsed >= 200ms);
+  CHECK(elapsed < 3s);
+  CHECK(io.stopped());
+}

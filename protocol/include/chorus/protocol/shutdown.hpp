@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <future>
+#include <thread>
 
 namespace chorus::protocol {
 
@@ -47,6 +49,29 @@ class ShutdownOnSignal {
   std::chrono::milliseconds grace_;
   std::atomic<bool> triggered_{false};
   bool finished_ = false;
+};
+
+/// Runs an io_context on a thread of its own until the loop runs out of
+/// work — which it does once its server has stopped and its connections
+/// have closed — and joins it within a bound, instead of stopping the loop
+/// after a fixed sleep.
+class IoThread {
+ public:
+  explicit IoThread(asio::io_context& io);
+  /// `join_within(0)`: stops the loop at once if it is still running.
+  ~IoThread();
+  IoThread(const IoThread&) = delete;
+  IoThread& operator=(const IoThread&) = delete;
+
+  /// Waits up to `grace` for the loop to end on its own, then stops it and
+  /// joins the thread. True when it ended on its own. Idempotent.
+  bool join_within(std::chrono::milliseconds grace);
+
+ private:
+  asio::io_context& io_;
+  std::promise<void> done_;
+  std::future<void> finished_;
+  std::thread thread_;
 };
 
 }  // namespace chorus::protocol
