@@ -1,0 +1,151 @@
+// The coordinator's mTLS server: accept, handshake within a deadline,
+// Hello, admission, Welcome or a refusal naming why.
+#include <spdlog/spdlog.h>
+
+#include <asio/co_spawn.hpp>
+#include <asio/connect.hpp>
+#include <asio/detached.hpp>
+#include <asio/post.hpp>
+#include <asio/use_future.hpp>
+
+#include "chorus/core/log.hpp"
+#include "chorus/protocol/channel.hpp"
+#include "envelope_io.hpp"
+
+namespace chorus::protocol {
+
+using namespace envelope_io;
+using namespace asio::experimental::awaitable_operators;
+
+Server::Server(asio::io_context& io, asio::ip::tcp::endpoint endpoint,
+               const TlsMaterial& tls, ChannelOptions options,
+               v1::Welcome welcome, AdmitHandler on_admit,
+               ConnectHandler on_connect)
+    : io_(io),
+      ssl_(make_server_context(tls)),
+      acceptor_(io),
+      options_(options),
+      welcome_(std::move(welcome)),
+      on_admit_(std::move(on_admit)),
+      on_connect_(std::move(on_connect)),
+      log_(log::get("protocol")) {
+  std::error_code ec;
+  acceptor_.open(endpoint.protocol(), ec);
+  if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(endpoint, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  CHORUS_CHECK_CODE(!ec, Code::kUnavailable, "cannot listen on {}:{}: {}",
+                    endpoint.address().to_string(), endpoint.port(),
+                    ec.message());
+  port_ = acceptor_.local_endpoint().port();
+  welcome_.set_protocol_major(kProtocolMajor);
+  welcome_.set_protocol_minor(kProtocolMinor);
+  welcome_.set_heartbeat_interval_ms(
+      static_cast<std::uint32_t>(options_.heartbeat_interval.count()));
+  welcome_.set_idle_timeout_ms(
+      static_cast<std::uint32_t>(options_.idle_timeout.count()));
+}
+
+void Server::start() {
+  log_->info("event=listening port={}", port_);
+  asio::co_spawn(io_, accept_loop(), asio::detached);
+}
+
+void Server::stop() {
+  asio::post(io_, [this] {
+    std::error_code ignored;
+    acceptor_.close(ignored);
+  });
+}
+
+awaitable<void> Server::accept_loop() {
+  while (acceptor_.is_open()) {
+    auto [ec, socket] =
+        co_await acceptor_.async_accept(as_tuple(use_awaitable));
+    if (ec) {
+      if (ec == asio::error::operation_aborted) break;
+      log_->warn("event=accept_failed error=\"{}\"", ec.message());
+      continue;
+    }
+    asio::co_spawn(
+        io_, admit(std::move(socket)), [log = log_](std::exception_ptr e) {
+          if (!e) return;
+          try {
+            std::rethrow_exception(e);
+          } catch (const std::exception& ex) {
+            log->error("event=admission_failed error=\"{}\"", ex.what());
+          }
+        });
+  }
+}
+
+awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
+  const std::string from = endpoint_string(socket);
+  auto stream = std::make_unique<TlsStream>(std::move(socket), ssl_);
+  auto handshake = co_await (stream->handshake(TlsStream::Role::kServer) ||
+                             sleep_for(options_.handshake_timeout));
+  if (handshake.index() == 1) {
+    log_->warn("from={} event=tls_refused error=\"handshake timed out\"", from);
+    co_return;
+  }
+  if (auto ec = std::get<0>(handshake); ec) {
+    log_->warn("from={} event=tls_refused error=\"{}\"", from, ec.message());
+    co_return;
+  }
+  const std::string identity = peer_common_name(*stream);
+
+  auto refuse = [&](Code code, const std::string& message) -> awaitable<void> {
+    log_->warn("from={} peer={} event=refused code={} reason=\"{}\"", from,
+               identity, code_name(code), message);
+    co_await write_envelope(*stream, make_status(code, message),
+                            options_.max_frame_size);
+    co_await (stream->shutdown() || sleep_for(kGoodbyeGrace));
+  };
+
+  auto first =
+      co_await (read_envelope_result(*stream, options_.max_frame_size) ||
+                sleep_for(options_.handshake_timeout));
+  if (first.index() == 1) {
+    co_await refuse(Code::kDeadlineExceeded,
+                    "no Hello within the handshake timeout");
+    co_return;
+  }
+  auto& [hello, bad_hello] = std::get<0>(first);
+  if (bad_hello) {
+    co_await refuse(bad_hello->code(), bad_hello->what());
+    co_return;
+  }
+  if (!hello) {
+    log_->warn("from={} peer={} event=closed_before_hello", from, identity);
+    co_return;
+  }
+  if (options_.on_receive) options_.on_receive(*hello);
+  if (!hello->has_hello()) {
+    co_await refuse(Code::kFailedPrecondition,
+                    "the first frame must be a Hello");
+    co_return;
+  }
+  if (hello->hello().protocol_major() != kProtocolMajor) {
+    co_await refuse(
+        Code::kUnsupportedVersion,
+        fmt::format("protocol major version {} is not supported (this "
+                    "coordinator speaks {}.{})",
+                    hello->hello().protocol_major(), kProtocolMajor,
+                    kProtocolMinor));
+    co_return;
+  }
+  Admission admission = on_admit_(identity, hello->hello());
+  if (!admission.admit) {
+    co_await refuse(admission.code, admission.message);
+    co_return;
+  }
+  log_->info("from={} peer={} event=admitted", from, identity);
+  auto connection = std::make_shared<Connection>(std::move(*stream), options_,
+                                                 identity, "protocol");
+  v1::Envelope welcome;
+  *welcome.mutable_welcome() = welcome_;
+  connection->send(welcome);
+  on_connect_(connection, hello->hello());
+}
+
+}  // namespace chorus::protocol
