@@ -185,7 +185,7 @@ class SelectFuser : public Fuser {
     std::vector<torch::Tensor> columns;
     for (const auto& l : lifted) columns.push_back(l.gather(1, truth));
     auto trust = torch::cat(columns, 1) + 1e-3;
-    auto targets = trust / trust.sum(1, /*keepdim=*/true);
+    auto targets = normalise_rows(trust);
     const auto& d = options_.distill();
     spec_.input_shape = data.transfer.sizes().slice(1).vec();
     spec_.arch = resolve_architecture(d.arch(), spec_.input_shape);

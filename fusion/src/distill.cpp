@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "chorus/core/error.hpp"
+#include "chorus/fusion/ensemble.hpp"
 
 namespace chorus::fusion {
 
@@ -12,7 +13,7 @@ torch::Tensor sharpen(const torch::Tensor& probs, double temperature) {
                temperature);
   if (temperature == 1.0) return probs;
   auto p = probs.clamp_min(1e-12).pow(1.0 / temperature);
-  return p / p.sum(1, /*keepdim=*/true);
+  return normalise_rows(p);
 }
 
 DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,

@@ -5,13 +5,9 @@
 #include "chorus/core/error.hpp"
 
 namespace chorus::fusion {
-namespace {
-
-torch::Tensor normalise(const torch::Tensor& t) {
-  return t / t.sum(1, /*keepdim=*/true).clamp_min(1e-12);
+torch::Tensor normalise_rows(const torch::Tensor& scores) {
+  return scores / scores.sum(1, /*keepdim=*/true).clamp_min(1e-12);
 }
-
-}  // namespace
 
 torch::Tensor lift(const torch::Tensor& probs,
                    const std::vector<std::int64_t>& labels,
@@ -45,12 +41,12 @@ std::vector<torch::Tensor> lift_all(const std::vector<torch::Tensor>& answers,
 
 torch::Tensor ensemble_sum(const std::vector<torch::Tensor>& lifted) {
   CHORUS_CHECK(!lifted.empty(), "ensemble of no experts");
-  return normalise(torch::stack(lifted).sum(0));
+  return normalise_rows(torch::stack(lifted).sum(0));
 }
 
 torch::Tensor ensemble_max(const std::vector<torch::Tensor>& lifted) {
   CHORUS_CHECK(!lifted.empty(), "ensemble of no experts");
-  return normalise(std::get<0>(torch::stack(lifted).max(0)));
+  return normalise_rows(std::get<0>(torch::stack(lifted).max(0)));
 }
 
 }  // namespace chorus::fusion

@@ -10,6 +10,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/train.hpp"
 
 namespace chorus::fusion {
@@ -175,7 +176,7 @@ std::vector<double> TaeModel::train(const TaeData& data) {
   std::vector<torch::Tensor> task_list;
   for (std::int64_t i = 0; i < k; ++i) {
     auto a = data.answers[static_cast<std::size_t>(i)].to(torch::kFloat32);
-    answers.push_back(a / a.sum(1, true).clamp_min(1e-12));
+    answers.push_back(normalise_rows(a));
     task_list.push_back(data.tasks[static_cast<std::size_t>(i)]
                             .to(torch::kFloat32)
                             .reshape(-1));
@@ -310,9 +311,9 @@ torch::Tensor union_answer(const std::vector<torch::Tensor>& answers) {
   auto sum = torch::zeros_like(answers.front(), torch::kFloat32);
   for (const auto& a : answers) {
     auto f = a.to(torch::kFloat32);
-    sum += f / f.sum(1, true).clamp_min(1e-12);
+    sum += normalise_rows(f);
   }
-  return sum / sum.sum(1, true).clamp_min(1e-12);
+  return normalise_rows(sum);
 }
 
 std::vector<double> to_doubles(const torch::Tensor& t) {
@@ -394,7 +395,7 @@ torch::Tensor TaeModel::predict(const torch::Tensor& x, const WDistribution& q,
   }
   // Votes decide; the mean of G breaks ties.
   auto out = counts + 1e-3 * soft / static_cast<double>(options_.samples());
-  return out / out.sum(1, true);
+  return normalise_rows(out);
 }
 
 torch::Tensor TaeModel::predict(const torch::Tensor& x,
@@ -421,7 +422,7 @@ torch::Tensor TaeModel::relabel(const torch::Tensor& x,
     CHORUS_CHECK(torch::isfinite(targets).all().item<bool>() &&
                      targets.min().item<float>() >= 0,
                  "tae relabel: soft labels must be finite and non-negative");
-    targets = targets / targets.sum(1, true).clamp_min(1e-12);
+    targets = normalise_rows(targets);
   } else {
     CHORUS_CHECK(d >= 1 && labels.numel() == d,
                  "tae relabel: {} shots with {} labels", d, labels.numel());
@@ -442,7 +443,7 @@ torch::Tensor TaeModel::relabel(const torch::Tensor& x,
   auto prior_votes =
       restrict(net_->decode_y(prototypes_), classes).exp();  // [m, width]
   auto votes = options_.relabel_prior() * prior_votes + counts + 1e-3;
-  return votes / votes.sum(1, true);
+  return normalise_rows(votes);
 }
 
 TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
@@ -655,7 +656,7 @@ TaeTask TaeModel::read_adapted_task(const std::filesystem::path& path) const {
     CHORUS_CHECK(torch::isfinite(task.votes).all().item<bool>() &&
                      task.votes.min().item<float>() >= 0,
                  "'{}': votes must be finite and non-negative", path.string());
-    task.votes = task.votes / task.votes.sum(1, true).clamp_min(1e-12);
+    task.votes = normalise_rows(task.votes);
   }
   return task;
 }

@@ -12,6 +12,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/data_files.hpp"
+#include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/partition.hpp"
@@ -174,7 +175,7 @@ torch::Tensor Expert::predict(const torch::Tensor& inputs) {
     out = torch::softmax(out, 1);
   } else {
     out = out.clamp_min(0);
-    out = out / out.sum(1, /*keepdim=*/true).clamp_min(1e-12);
+    out = fusion::normalise_rows(out);
   }
   CHORUS_CHECK_CODE(torch::isfinite(out).all().item<bool>(), Code::kInternal,
                     "the expert produced non-finite outputs");

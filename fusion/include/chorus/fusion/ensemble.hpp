@@ -26,6 +26,10 @@ std::vector<torch::Tensor> lift_all(const std::vector<torch::Tensor>& answers,
 std::vector<torch::Tensor> lift_all(const std::vector<torch::Tensor>& answers,
                                     const QueryOracle& oracle);
 
+/// Rows of non-negative scores [N, C] divided by their sums: distributions.
+/// A row that sums to zero stays zero (no NaN).
+torch::Tensor normalise_rows(const torch::Tensor& scores);
+
 /// B+(x) = normalise(Σ_i lift(η_i(x))), from already lifted answers.
 torch::Tensor ensemble_sum(const std::vector<torch::Tensor>& lifted);
 
