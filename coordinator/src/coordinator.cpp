@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "after_round.hpp"
+#include "broadcast.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
@@ -57,20 +59,17 @@ struct Coordinator::Impl {
   int fused_round = 0;
   fusion::QueryStats stats;
 
-  // tae: the prototype embeddings the nodes sent, one per task (the task's
-  // classes, comma-separated → the newest embedding and who sent it). Every
-  // round's freshly trained model has p_γ refit on all of them before it is
-  // pushed, so what earlier rounds learnt about the tasks is not lost.
-  struct TaskEmbedding {
-    std::vector<std::int64_t> classes;
-    fusion::WDistribution q;
-    std::string node;
-    int round = 0;
-  };
-  std::map<std::string, TaskEmbedding> task_embeddings;
+  // The algorithm's own steps around the push (tae: adaptation, prior).
+  std::unique_ptr<AfterRound> after_round;
 
   Impl(NodeRegistry& r, PoolData p, CoordinatorOptions o)
-      : registry(r), pool(std::move(p)), options(std::move(o)) {}
+      : registry(r),
+        pool(std::move(p)),
+        options(std::move(o)),
+        after_round(make_after_round(
+            options.algorithm,
+            RoundContext{
+                .registry = registry, .options = options, .labels = labels})) {}
 
   std::int64_t n() const { return pool.inputs.size(0); }
   std::int64_t slice_begin(int s) const { return n() * s / options.rounds; }
@@ -90,67 +89,6 @@ struct Coordinator::Impl {
     return answers_dir() /
            fmt::format("{}.slice{}.part{}.pt", node, slice, offset);
   }
-  fs::path embeddings_file() const {
-    return options.run_dir / "checkpoints" / "embeddings.json";
-  }
-
-  void save_embeddings() const {
-    nlohmann::json out = nlohmann::json::object();
-    for (const auto& [key, e] : task_embeddings) {
-      out[key] = {{"classes", e.classes},
-                  {"node", e.node},
-                  {"round", e.round},
-                  {"mean", fusion::to_doubles(e.q.mean)},
-                  {"logvar", fusion::to_doubles(e.q.logvar)}};
-    }
-    write_file_atomic(embeddings_file(), out.dump(2) + "\n");
-  }
-
-  // Reads the embeddings a previous run kept (--resume).
-  void load_embeddings() {
-    std::error_code ec;
-    if (!fs::is_regular_file(embeddings_file(), ec)) return;
-    try {
-      auto in = nlohmann::json::parse(read_file(embeddings_file()));
-      for (const auto& [key, e] : in.items()) {
-        TaskEmbedding t;
-        t.classes = e.at("classes").get<std::vector<std::int64_t>>();
-        t.node = e.at("node").get<std::string>();
-        t.round = e.at("round").get<int>();
-        auto mean = e.at("mean").get<std::vector<double>>();
-        auto logvar = e.at("logvar").get<std::vector<double>>();
-        CHORUS_CHECK_CODE(mean.size() == logvar.size() && !mean.empty(),
-                          Code::kDataLoss,
-                          "task {}: mean and log-variance differ in size", key);
-        t.q = {torch::tensor(mean, torch::kFloat32),
-               torch::tensor(logvar, torch::kFloat32)};
-        task_embeddings[key] = std::move(t);
-      }
-    } catch (const nlohmann::json::exception& e) {
-      fail(Code::kDataLoss, "{}: {}", embeddings_file().string(), e.what());
-    }
-    log->info("event=embeddings_loaded tasks={}", task_embeddings.size());
-  }
-
-  // Refits tae's p_γ on every task embedding kept so far; false when there
-  // are none (or none fits this model).
-  bool refit_on_embeddings(fusion::TaeModel& tae) {
-    std::vector<torch::Tensor> tasks;
-    std::vector<fusion::WDistribution> embeddings;
-    for (const auto& [key, e] : task_embeddings) {
-      if (e.q.mean.numel() != tae.options().w_dim()) {
-        log->warn("event=embedding_skipped task={} reason=\"|w| {} != {}\"",
-                  key, e.q.mean.numel(), tae.options().w_dim());
-        continue;
-      }
-      tasks.push_back(fusion::task_descriptor(e.classes, tae.task_dim()));
-      embeddings.push_back(e.q);
-    }
-    if (embeddings.empty()) return false;
-    tae.refit_prior(tasks, embeddings);
-    return true;
-  }
-
   fs::path manifest(int round) const {
     return options.run_dir / "checkpoints" /
            fmt::format("round-{}.json", round);
@@ -248,113 +186,6 @@ struct Coordinator::Impl {
     }
   }
   std::mutex mutex;
-
-  // Sends the fused model file to every connected node; returns who took it.
-  std::vector<std::string> push(const std::string& bytes, int round,
-                                const std::string& algorithm,
-                                const std::string& spec) {
-    const std::string digest = protocol::sha256(bytes);
-    const auto chunk = std::max<std::size_t>(1, options.push_chunk);
-    const auto count =
-        static_cast<std::uint32_t>((bytes.size() + chunk - 1) / chunk);
-    std::vector<std::future<std::string>> jobs;
-    for (const auto& node : registry.connected()) {
-      jobs.push_back(std::async(
-          std::launch::async, [&, id = node.identity]() -> std::string {
-            for (std::uint32_t i = 0; i < count; ++i) {
-              v1::Envelope e;
-              auto* p = e.mutable_model_push();
-              p->set_round(static_cast<std::uint32_t>(round));
-              p->set_algorithm(algorithm);
-              p->set_spec(spec);
-              p->set_chunk_index(i);
-              p->set_chunk_count(count);
-              p->set_total_bytes(bytes.size());
-              p->set_sha256(digest);
-              p->set_data(bytes.substr(i * chunk, chunk));
-              try {
-                registry.request(id, std::move(e), options.request_deadline)
-                    .get();
-              } catch (const Error& err) {
-                log->warn(
-                    "round={} node={} event=push_failed chunk={} error=\"{}\"",
-                    round, id, i, describe(err));
-                return {};
-              }
-            }
-            return id;
-          }));
-    }
-    std::vector<std::string> out;
-    for (auto& j : jobs) {
-      if (auto id = j.get(); !id.empty()) out.push_back(id);
-    }
-    return out;
-  }
-
-  // tae: every node that can adapts the pushed model to its own task with
-  // its private shots and returns only its prototype embedding; they are
-  // kept (one per task, the newest), p_γ is refit on all of them and the
-  // round's model saved again; the next round's model is refit on them
-  // before it is pushed.
-  void aggregate_embeddings(fusion::TaeModel& tae, int round,
-                            RoundReport& report, const fs::path& model_file) {
-    std::vector<std::pair<std::string, std::future<v1::Envelope>>> replies;
-    for (const auto& node : registry.connected()) {
-      const auto& caps = node.hello.capabilities();
-      if (std::find(caps.begin(), caps.end(), "adapt") == caps.end()) continue;
-      if (std::find(report.pushed_to.begin(), report.pushed_to.end(),
-                    node.identity) == report.pushed_to.end()) {
-        continue;
-      }
-      v1::Envelope e;
-      e.mutable_adapt_request()->set_round(static_cast<std::uint32_t>(round));
-      replies.emplace_back(node.identity,
-                           registry.request(node.identity, std::move(e),
-                                            options.request_deadline));
-    }
-    std::size_t received = 0;
-    nlohmann::json saved = nlohmann::json::object();
-    for (auto& [id, reply] : replies) {
-      try {
-        auto r = reply.get().adapt_response();
-        fusion::WDistribution q{protocol::decode_tensor(r.embedding_mean()),
-                                protocol::decode_tensor(r.embedding_logvar())};
-        CHORUS_CHECK_CODE(q.mean.numel() == tae.options().w_dim() &&
-                              q.logvar.numel() == tae.options().w_dim() &&
-                              !protocol::has_non_finite(q.mean) &&
-                              !protocol::has_non_finite(q.logvar),
-                          Code::kDataLoss,
-                          "node '{}' sent a malformed embedding", id);
-        auto classes = labels.at(id);
-        std::sort(classes.begin(), classes.end());
-        task_embeddings[fmt::format("{}", fmt::join(classes, ","))] = {
-            classes,
-            {q.mean.to(torch::kFloat32), q.logvar.to(torch::kFloat32)},
-            id,
-            round};
-        ++received;
-        report.adapted[id] = r.bound();
-        saved[id] = {{"mean", fusion::to_doubles(q.mean)},
-                     {"logvar", fusion::to_doubles(q.logvar)},
-                     {"shots", r.shots()},
-                     {"bound", r.bound()}};
-      } catch (const Error& e) {
-        log->warn("round={} node={} event=adapt_failed error=\"{}\"", round, id,
-                  describe(e));
-      }
-    }
-    if (received == 0) return;
-    save_embeddings();
-    refit_on_embeddings(tae);
-    tae.save(model_file);
-    write_file_atomic(options.run_dir / "fused.pt", read_file(model_file));
-    write_file_atomic(
-        options.run_dir / fmt::format("embeddings-round-{}.json", round),
-        saved.dump(2) + "\n");
-    log->info("round={} event=embeddings_aggregated nodes={} tasks={}", round,
-              received, task_embeddings.size());
-  }
 
   // The round's cancellation point between phases.
   void check_stop(int round, const char* before) const {
@@ -476,11 +307,7 @@ struct Coordinator::Impl {
     oracle = std::move(round_oracle);
     fused_round = round;
 
-    if (auto* tae = fusion::tae_model(*fuser);
-        tae && refit_on_embeddings(*tae)) {
-      log->info("round={} event=prior_refit tasks={}", round,
-                task_embeddings.size());
-    }
+    after_round->before_push(*fuser, round);
     const auto model_file =
         options.run_dir / fmt::format("fused-round-{}.pt", round);
     check_stop(round, "saving and pushing the fused model");
@@ -488,10 +315,13 @@ struct Coordinator::Impl {
       report.fused_model = model_file;
       const std::string bytes = read_file(model_file);
       write_file_atomic(options.run_dir / "fused.pt", bytes);
-      report.pushed_to = push(bytes, round, fuser->name(), fuser->spec());
-      if (auto* tae = fusion::tae_model(*fuser)) {
-        aggregate_embeddings(*tae, round, report, model_file);
-      }
+      report.pushed_to =
+          broadcast_model(registry, bytes,
+                          PushedModel{.round = round,
+                                      .algorithm = fuser->name(),
+                                      .spec = fuser->spec()},
+                          options.push_chunk, options.request_deadline);
+      after_round->after_push(*fuser, round, report, model_file);
     }
     report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 
@@ -551,7 +381,7 @@ std::vector<RoundReport> Coordinator::run() {
   std::vector<RoundReport> reports;
   if (o.resume) {
     const int last = impl_->load_checkpoints();
-    impl_->load_embeddings();
+    impl_->after_round->resume();
     for (int r = 1; r <= last && r < o.rounds; ++r) {
       RoundReport done;
       done.round = r;

@@ -1,0 +1,20 @@
+// The registry of algorithms' round steps.
+#include "after_round.hpp"
+
+#include <functional>
+
+namespace chorus::coordinator {
+
+std::unique_ptr<AfterRound> make_after_round(const std::string& algorithm,
+                                             const RoundContext& context) {
+  using Factory =
+      std::function<std::unique_ptr<AfterRound>(const RoundContext&)>;
+  static const std::map<std::string, Factory> kRegistered = {
+      {"tae", make_tae_round},
+  };
+  auto it = kRegistered.find(algorithm);
+  if (it != kRegistered.end()) return it->second(context);
+  return std::make_unique<AfterRound>();
+}
+
+}  // namespace chorus::coordinator

@@ -1,0 +1,50 @@
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "chorus/coordinator/coordinator.hpp"
+#include "chorus/coordinator/registry.hpp"
+#include "chorus/fusion/algorithms.hpp"
+
+/// Steps an algorithm adds to every round of the coordinator, around the
+/// push of its model — tae's adaptation by the nodes and the refit of its
+/// prior on their prototype embeddings. Each algorithm that needs such steps
+/// registers a factory in after_round.cpp; the rounds do not name any
+/// algorithm.
+namespace chorus::coordinator {
+
+/// What an algorithm's round steps may use.
+struct RoundContext {
+  NodeRegistry& registry;
+  const CoordinatorOptions& options;
+  /// Each node's labels, as indices in the federation's label space.
+  const std::map<std::string, std::vector<std::int64_t>>& labels;
+};
+
+/// An algorithm's steps in a round. The defaults do nothing.
+class AfterRound {
+ public:
+  virtual ~AfterRound() = default;
+  /// `--resume`: reloads what earlier rounds kept in the run directory.
+  virtual void resume() {}
+  /// After the round's fit, before its model is saved and pushed.
+  virtual void before_push(fusion::Fuser& fuser, int round) {}
+  /// After the push to `report.pushed_to`; may save the model again to
+  /// `model_file` (and the run directory's fused.pt).
+  virtual void after_push(fusion::Fuser& fuser, int round, RoundReport& report,
+                          const std::filesystem::path& model_file) {}
+};
+
+/// The steps `algorithm` registered, or ones that do nothing.
+std::unique_ptr<AfterRound> make_after_round(const std::string& algorithm,
+                                             const RoundContext& context);
+
+/// tae's steps (tae_round.cpp).
+std::unique_ptr<AfterRound> make_tae_round(const RoundContext& context);
+
+}  // namespace chorus::coordinator
