@@ -94,9 +94,10 @@ struct Coordinator::Impl {
            fmt::format("round-{}.json", round);
   }
 
-  std::vector<std::int64_t> to_indices(const v1::Hello& hello) const {
+  std::vector<std::int64_t> to_indices(
+      const std::vector<std::string>& names) const {
     std::vector<std::int64_t> out;
-    for (const auto& l : hello.expert().labels()) {
+    for (const auto& l : names) {
       out.push_back(options.task.labels.index(l, "a node's label"));
     }
     return out;
@@ -205,7 +206,7 @@ struct Coordinator::Impl {
                                  options.settle, options.stop);
     std::vector<RemoteExpert> remote;
     for (const auto& node : present) {
-      auto l = to_indices(node.hello);
+      auto l = to_indices(node.announced.labels);
       if (labels.count(node.identity) && labels[node.identity] != l) {
         log->warn("node={} event=task_changed action=discard_answers",
                   node.identity);
@@ -217,8 +218,7 @@ struct Coordinator::Impl {
                                // up.
       remote.push_back(RemoteExpert{
           .info = {.name = node.identity, .labels = l},
-          .max_batch = static_cast<std::int64_t>(
-              std::max<std::uint64_t>(1, node.hello.policy().max_batch()))});
+          .max_batch = static_cast<std::int64_t>(node.announced.max_batch)});
     }
     RemoteOracleOptions ro{.round = static_cast<std::uint32_t>(round),
                            .deadline = options.request_deadline,

@@ -2,6 +2,7 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <asio/this_coro.hpp>
 #include <asio/thread_pool.hpp>
 #include <condition_variable>
@@ -12,6 +13,31 @@
 #include "chorus/protocol/task_codec.hpp"
 
 namespace chorus::coordinator {
+namespace {
+
+// The session decodes a Hello once; the rounds see values.
+NodeAnnouncement announcement_of(const v1::Hello& hello) {
+  NodeAnnouncement a;
+  a.software = hello.software();
+  const auto& e = hello.expert();
+  a.input_shape.assign(e.input_shape().begin(), e.input_shape().end());
+  a.labels.assign(e.labels().begin(), e.labels().end());
+  a.metadata.insert(e.metadata().begin(), e.metadata().end());
+  a.max_batch = std::max<std::uint64_t>(1, hello.policy().max_batch());
+  if (hello.policy().has_total_remaining()) {
+    a.total_remaining = hello.policy().total_remaining();
+  }
+  a.capabilities.assign(hello.capabilities().begin(),
+                        hello.capabilities().end());
+  return a;
+}
+
+}  // namespace
+
+bool NodeAnnouncement::can(const std::string& capability) const {
+  return std::find(capabilities.begin(), capabilities.end(), capability) !=
+         capabilities.end();
+}
 
 struct NodeRegistry::Impl {
   asio::io_context& io;
@@ -145,7 +171,7 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
           replaced = entry.connection;
           entry.connection = connection;
           entry.info = NodeInfo{.identity = identity,
-                                .hello = hello,
+                                .announced = announcement_of(hello),
                                 .generation = ++impl->generations[identity]};
           impl->changed.notify_all();
         }

@@ -125,8 +125,7 @@ class TaeRound : public AfterRound {
                             RoundReport& report, const fs::path& model_file) {
     std::vector<std::pair<std::string, std::future<v1::Envelope>>> replies;
     for (const auto& node : ctx_.registry.connected()) {
-      const auto& caps = node.hello.capabilities();
-      if (std::find(caps.begin(), caps.end(), "adapt") == caps.end()) continue;
+      if (!node.announced.can("adapt")) continue;
       if (std::find(report.pushed_to.begin(), report.pushed_to.end(),
                     node.identity) == report.pushed_to.end()) {
         continue;

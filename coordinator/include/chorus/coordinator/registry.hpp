@@ -22,11 +22,26 @@
 /// mTLS server; no torch here.
 namespace chorus::coordinator {
 
+/// What a node announced in its Hello, as values.
+struct NodeAnnouncement {
+  std::string software;                   ///< e.g. "chorus 0.1.0".
+  std::vector<std::int64_t> input_shape;  ///< One input of its expert.
+  std::vector<std::string> labels;        ///< Its expert's label names.
+  std::map<std::string, std::string> metadata;
+  std::uint64_t max_batch = 1;  ///< Largest Predict it accepts.
+  /// Its lifetime budget left when it said Hello, when it has one.
+  std::optional<std::uint64_t> total_remaining;
+  std::vector<std::string> capabilities;  ///< e.g. "adapt".
+
+  /// Whether it announced `capability`.
+  bool can(const std::string& capability) const;
+};
+
 /// A connected node.
 struct NodeInfo {
-  std::string identity;  ///< Its certificate CN.
-  v1::Hello hello;       ///< Its expert descriptor and policy.
-  int generation = 0;    ///< Connections so far (a reconnect adds one).
+  std::string identity;        ///< Its certificate CN.
+  NodeAnnouncement announced;  ///< Its expert and query policy.
+  int generation = 0;          ///< Connections so far (a reconnect adds one).
 };
 
 /// Options of the registry's server.
