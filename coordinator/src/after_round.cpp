@@ -1,14 +1,13 @@
 // The registry of algorithms' round steps.
 #include "after_round.hpp"
 
-#include <functional>
+#include <map>
 
 namespace chorus::coordinator {
 
 std::unique_ptr<AfterRound> make_after_round(const std::string& algorithm,
                                              const RoundContext& context) {
-  using Factory =
-      std::function<std::unique_ptr<AfterRound>(const RoundContext&)>;
+  using Factory = std::unique_ptr<AfterRound> (*)(const RoundContext&);
   static const std::map<std::string, Factory> kRegistered = {
       {"tae", make_tae_round},
   };

@@ -15,7 +15,6 @@
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/fused_model.hpp"
-#include "chorus/protocol/digest.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
 
 namespace chorus::coordinator {
@@ -197,7 +196,6 @@ struct Coordinator::Impl {
 
   RoundReport run_round(int round) {
     const auto t0 = Clock::now();
-    check_stop(round, "the quorum");
     RoundReport report;
     report.round = round;
     report.rounds = options.rounds;

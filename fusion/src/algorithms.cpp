@@ -311,7 +311,8 @@ class TaeFuser : public Fuser {
   torch::Tensor votes_;  ///< Relabelled by V's shots; undefined without V.
 };
 
-// Applies the shared seed and thread count to every algorithm's options.
+// Applies the shared seed, thread count and stop token to every
+// algorithm's options.
 AlgorithmOptions seeded(AlgorithmOptions o) {
   o.foe().seed(o.seed()).threads(o.threads()).stop(o.stop());
   o.distill().seed(o.seed()).threads(o.threads()).stop(o.stop());

@@ -47,12 +47,7 @@ void ShutdownOnSignal::trigger(int signal) {
 }
 
 void ShutdownOnSignal::disarm() {
-  asio::post(grace_timer_.get_executor(), [this] {
-    finished_ = true;
-    grace_timer_.cancel();
-    std::error_code ignored;
-    signals_.cancel(ignored);
-  });
+  asio::post(grace_timer_.get_executor(), [this] { stand_down(); });
 }
 
 void ShutdownOnSignal::end_by_signal() {
@@ -77,13 +72,17 @@ bool IoThread::join_within(std::chrono::milliseconds grace) {
   return ended;
 }
 
-void ShutdownOnSignal::finish() {
-  if (finished_) return;
+bool ShutdownOnSignal::stand_down() {
+  if (finished_) return false;
   finished_ = true;
   grace_timer_.cancel();
   std::error_code ignored;
   signals_.cancel(ignored);
-  if (terminal_) terminal_();
+  return true;
+}
+
+void ShutdownOnSignal::finish() {
+  if (stand_down() && terminal_) terminal_();
 }
 
 }  // namespace chorus::protocol

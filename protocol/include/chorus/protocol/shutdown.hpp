@@ -40,6 +40,9 @@ class ShutdownOnSignal {
 
  private:
   void wait();
+  // Stops listening for signals and cancels the grace period; false when
+  // that was already done.
+  bool stand_down();
   void finish();
 
   asio::signal_set signals_;
