@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(0, 1);
   app.footer(
       "Run 'chorus SUBCOMMAND --help' for a subcommand's options.\n"
-      "Exit status: 0 success, 1 error, 2 usage error.\n"
+      "Exit status: 0 success, 1 error, 2 usage error, 130 interrupted "
+      "(Ctrl-C).\n"
       "Documentation: README.md and examples/ in the source tree.");
 
   std::string log_level;
