@@ -589,6 +589,13 @@ TEST_CASE(
                          port);  // ...and returns.
   auto conn = second.wait_for("alpha");
   REQUIRE(conn != nullptr);
+  // The coordinator admits alpha when it sends Welcome; alpha counts the
+  // session when it has read it, a moment later on its own thread.
+  const auto until = std::chrono::steady_clock::now() + 2s;
+  while (alpha.client().sessions() < 2 &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(10ms);
+  }
   CHECK(alpha.client().sessions() >= 2);
   CHECK(conn->request_async(predict_request(torch::ones({1})), 2s)
             .get()
