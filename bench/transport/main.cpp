@@ -22,6 +22,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/certs.hpp"
 #include "chorus/protocol/channel.hpp"
+#include "chorus/protocol/codec.hpp"
 
 namespace pr = chorus::protocol;
 namespace v1 = chorus::v1;
@@ -155,8 +156,8 @@ int main(int argc, char** argv) {
     pr::Server server(
         coord_io, tcp::endpoint(asio::ip::address_v4::loopback(), 0),
         {ca.cert_pem, coord_keys.cert_pem, coord_keys.key_pem}, options,
-        v1::Welcome{}, [](auto&&...) { return pr::Admission{}; },
-        [&](std::shared_ptr<pr::Connection> c, const v1::Hello&) {
+        pr::Welcome{}, [](auto&&...) { return pr::Admission{}; },
+        [&](std::shared_ptr<pr::Connection> c, const pr::Hello&) {
           c->start(echo, {});
           tls_conn.set_value(c);
         });
@@ -164,7 +165,7 @@ int main(int argc, char** argv) {
     pr::Client client(
         node_io, "localhost", server.port(),
         {ca.cert_pem, node_keys.cert_pem, node_keys.key_pem}, options,
-        pr::Backoff{}, [] { return v1::Hello{}; }, echo);
+        pr::Backoff{}, [] { return pr::Hello{}; }, echo);
     client.start();
 
     // Plain TCP: the same connection code, no TLS.

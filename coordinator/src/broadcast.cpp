@@ -2,57 +2,69 @@
 #include "broadcast.hpp"
 
 #include <algorithm>
-#include <future>
 #include <utility>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/digest.hpp"
+#include "chorus/protocol/eventual.hpp"
+#include "fan_out.hpp"
 
 namespace chorus::coordinator {
+namespace {
+
+// Chunk by chunk, every node that still takes the model at once.
+asio::awaitable<std::vector<std::string>> push_all(
+    std::vector<std::shared_ptr<NodeLink>> taking, const std::string& bytes,
+    PushedModel model, std::size_t chunk, std::chrono::milliseconds deadline) {
+  auto log = log::get("coordinator");
+  const std::string digest = protocol::sha256(bytes);
+  const auto count =
+      static_cast<std::uint32_t>((bytes.size() + chunk - 1) / chunk);
+  for (std::uint32_t i = 0; i < count && !taking.empty(); ++i) {
+    std::vector<asio::awaitable<CallResult<protocol::Ack>>> acks;
+    for (const auto& link : taking) {
+      protocol::ModelChunk c{.round = static_cast<std::uint32_t>(model.round),
+                             .algorithm = model.algorithm,
+                             .spec = model.spec,
+                             .chunk_index = i,
+                             .chunk_count = count,
+                             .total_bytes = bytes.size(),
+                             .sha256 = digest,
+                             .data = bytes.substr(i * chunk, chunk)};
+      acks.push_back(link->push(std::move(c), deadline));
+    }
+    auto results = co_await protocol::all_of(std::move(acks));
+    std::vector<std::shared_ptr<NodeLink>> still;
+    for (std::size_t k = 0; k < taking.size(); ++k) {
+      if (const auto& error = results[k].error) {
+        log->warn("round={} node={} event=push_failed chunk={} error=\"{}\"",
+                  model.round, taking[k]->identity(), i, describe(*error));
+      } else {
+        still.push_back(taking[k]);
+      }
+    }
+    taking = std::move(still);
+  }
+  std::vector<std::string> out;
+  for (const auto& link : taking) out.push_back(link->identity());
+  co_return out;
+}
+
+}  // namespace
 
 std::vector<std::string> broadcast_model(NodeRegistry& registry,
                                          const std::string& bytes,
                                          const PushedModel& model,
                                          std::size_t chunk,
                                          std::chrono::milliseconds deadline) {
-  auto log = log::get("coordinator");
-  const std::string digest = protocol::sha256(bytes);
-  chunk = std::max<std::size_t>(1, chunk);
-  const auto count =
-      static_cast<std::uint32_t>((bytes.size() + chunk - 1) / chunk);
-  std::vector<std::string> taking;
+  std::vector<std::shared_ptr<NodeLink>> taking;
   for (const auto& node : registry.connected()) {
-    taking.push_back(node.identity);
+    taking.push_back(registry.link(node.identity));
   }
-  for (std::uint32_t i = 0; i < count && !taking.empty(); ++i) {
-    std::vector<std::pair<std::string, std::future<v1::Envelope>>> acks;
-    for (const auto& id : taking) {
-      v1::Envelope e;
-      auto* p = e.mutable_model_push();
-      p->set_round(static_cast<std::uint32_t>(model.round));
-      p->set_algorithm(model.algorithm);
-      p->set_spec(model.spec);
-      p->set_chunk_index(i);
-      p->set_chunk_count(count);
-      p->set_total_bytes(bytes.size());
-      p->set_sha256(digest);
-      p->set_data(bytes.substr(i * chunk, chunk));
-      acks.emplace_back(id, registry.request(id, std::move(e), deadline));
-    }
-    std::vector<std::string> still;
-    for (auto& [id, ack] : acks) {
-      try {
-        ack.get();
-        still.push_back(id);
-      } catch (const Error& err) {
-        log->warn("round={} node={} event=push_failed chunk={} error=\"{}\"",
-                  model.round, id, i, describe(err));
-      }
-    }
-    taking = std::move(still);
-  }
-  return taking;
+  return run_blocking(registry.executor(),
+                      push_all(std::move(taking), bytes, model,
+                               std::max<std::size_t>(1, chunk), deadline));
 }
 
 }  // namespace chorus::coordinator

@@ -15,7 +15,10 @@
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/fused_model.hpp"
+#include "chorus/protocol/eventual.hpp"
+#include "chorus/protocol/offload.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
+#include "fan_out.hpp"
 
 namespace chorus::coordinator {
 namespace {
@@ -141,51 +144,92 @@ struct Coordinator::Impl {
     return last;
   }
 
-  // Asks `node` (expert index `k` of `oracle`) for every slice < round it
-  // has not answered; stores and checkpoints each.
-  void collect(RemoteOracle& oracle, std::int64_t k, const std::string& node,
-               int round) {
-    const auto task = torch::tensor(labels[node], torch::kLong);
+  // Blocking file work (checkpoints) runs here, off the network thread.
+  asio::thread_pool writer{1};
+
+  // Runs `work` on the writer and waits for it without blocking the loop.
+  asio::awaitable<std::optional<Error>> off_loop(std::function<bool()> work) {
+    using Call = protocol::PoolCall<bool>;
+    auto call = std::make_shared<Call>(co_await asio::this_coro::executor);
+    call->work = std::move(work);
+    auto finished = protocol::start_on_pool(writer, call);
+    co_await std::move(finished);
+    co_return std::move(call->result.error);
+  }
+
+  // One request's answers to part of a slice: kept, and checkpointed before
+  // the next request's are taken.
+  asio::awaitable<std::optional<Error>> keep_part(
+      fs::path file, torch::Tensor part, torch::Tensor task,
+      std::vector<torch::Tensor>& parts, std::vector<fs::path>& files) {
+    parts.push_back(part);
+    files.push_back(file);
+    std::function<bool()> write = [file, part, task] {
+      write_file_atomic(file, tensor_bytes({part, task}));
+      return true;
+    };
+    co_return co_await off_loop(std::move(write));
+  }
+
+  // Asks `node` for every slice < round it has not answered; stores and
+  // checkpoints each (a coroutine on the registry's strand, which owns the
+  // answer maps while the round's thread waits for the fan-out).
+  asio::awaitable<Asked> collect(RemoteExpert node, int round,
+                                 RemoteOracleOptions ro) {
+    Asked total;
+    const std::string name = node.info.name;
+    const auto task = torch::tensor(labels[name], torch::kLong);
     for (int s = 0; s < round; ++s) {
-      if (answers[node].count(s)) continue;
+      if (answers[name].count(s)) continue;
       // Requests answered before a crash, contiguous from the slice's start.
       std::vector<torch::Tensor> parts;
       std::vector<fs::path> part_files;
       std::int64_t offset = slice_begin(s);
-      {
-        std::lock_guard lock(mutex);
-        auto& known = partial[node][s];
-        for (auto it = known.find(offset); it != known.end();
-             it = known.find(offset)) {
-          parts.push_back(it->second);
-          part_files.push_back(part_file(node, s, offset));
-          offset += it->second.size(0);
-        }
+      auto& known = partial[name][s];
+      for (auto it = known.find(offset); it != known.end();
+           it = known.find(offset)) {
+        parts.push_back(it->second);
+        part_files.push_back(part_file(name, s, offset));
+        offset += it->second.size(0);
       }
       if (offset > slice_begin(s)) {
         log->info(
             "node={} slice={} event=resumed_slice answered={} remaining={}",
-            node, s, offset - slice_begin(s), slice_end(s) - offset);
+            name, s, offset - slice_begin(s), slice_end(s) - offset);
       }
       if (offset < slice_end(s)) {
-        // Each answered request is checkpointed as it arrives.
-        parts.push_back(oracle.query_each_batch(
-            k, pool.inputs.slice(0, offset, slice_end(s)),
-            [&](std::int64_t row, const torch::Tensor& part) {
-              part_files.push_back(part_file(node, s, offset + row));
-              write_file_atomic(part_files.back(), tensor_bytes({part, task}));
-            }));
+        const auto first = offset;
+        AnswerSink sink = [this, &parts, &part_files, name, s, first, task](
+                              std::int64_t row, torch::Tensor part) {
+          return keep_part(part_file(name, s, first + row), std::move(part),
+                           task, parts, part_files);
+        };
+        auto asked =
+            co_await ask_node(node, pool.inputs.slice(0, offset, slice_end(s)),
+                              ro, std::move(sink));
+        total.stats += asked.stats;
+        if (asked.error) {
+          total.error = std::move(asked.error);
+          co_return total;
+        }
       }
       auto a = torch::cat(parts);
-      write_file_atomic(answer_file(node, s), tensor_bytes({a, task}));
-      std::error_code ec;
-      for (const auto& f : part_files) fs::remove(f, ec);
-      std::lock_guard lock(mutex);
-      answers[node][s] = a;
-      partial[node].erase(s);
+      std::function<bool()> merge = [file = answer_file(name, s), a, task,
+                                     part_files] {
+        write_file_atomic(file, tensor_bytes({a, task}));
+        std::error_code ec;
+        for (const auto& f : part_files) fs::remove(f, ec);
+        return true;
+      };
+      if (auto failed = co_await off_loop(std::move(merge))) {
+        total.error = std::move(failed);
+        co_return total;
+      }
+      answers[name][s] = a;
+      partial[name].erase(s);
     }
+    co_return total;
   }
-  std::mutex mutex;
 
   // The round's cancellation point between phases.
   void check_stop(int round, const char* before) const {
@@ -204,7 +248,7 @@ struct Coordinator::Impl {
                                  options.settle, options.stop);
     std::vector<RemoteExpert> remote;
     for (const auto& node : present) {
-      auto l = to_indices(node.announced.labels);
+      auto l = to_indices(node.announced.expert.labels);
       if (labels.count(node.identity) && labels[node.identity] != l) {
         log->warn("node={} event=task_changed action=discard_answers",
                   node.identity);
@@ -212,11 +256,11 @@ struct Coordinator::Impl {
         partial.erase(node.identity);
       }
       labels[node.identity] = l;
-      answers[node.identity];  // Created here: the fan-out threads only look
-                               // up.
       remote.push_back(RemoteExpert{
           .info = {.name = node.identity, .labels = l},
-          .max_batch = static_cast<std::int64_t>(node.announced.max_batch)});
+          .max_batch = static_cast<std::int64_t>(
+              std::max<std::uint64_t>(1, node.announced.policy.max_batch)),
+          .link = registry.link(node.identity)});
     }
     RemoteOracleOptions ro{.round = static_cast<std::uint32_t>(round),
                            .deadline = options.request_deadline,
@@ -224,46 +268,30 @@ struct Coordinator::Impl {
     // Inputs travel in the task's form (uint8 pixels: a quarter of float32).
     ro.task = options.task;
     ro.stop = options.stop;
-    auto request = [this](const std::string& id, v1::Envelope e,
-                          std::chrono::milliseconds d) {
-      return registry.request(id, std::move(e), d);
-    };
-    auto round_oracle = std::make_unique<RemoteOracle>(
-        options.task.labels.size(), remote, request, ro);
 
-    // Fan out: every node, concurrently, for the slices it has not answered.
-    std::vector<std::future<std::string>> jobs;
-    for (std::size_t k = 0; k < remote.size(); ++k) {
-      jobs.push_back(std::async(std::launch::async, [&, k]() -> std::string {
-        try {
-          collect(*round_oracle, static_cast<std::int64_t>(k),
-                  remote[k].info.name, round);
-          return {};
-        } catch (const Error& e) {
-          return describe(e);
-        } catch (const std::exception& e) {
-          return e.what();
-        }
-      }));
-    }
+    // Fan out: every node at once, for the slices it has not answered; this
+    // thread waits for the coroutines.
+    std::vector<asio::awaitable<Asked>> works;
+    for (const auto& node : remote) works.push_back(collect(node, round, ro));
+    auto asked =
+        run_blocking(registry.executor(), protocol::all_of(std::move(works)));
     std::vector<RemoteExpert> fused_experts;
+    fusion::QueryStats s;
     for (std::size_t k = 0; k < remote.size(); ++k) {
-      auto error = jobs[k].get();
-      if (error.empty()) {
+      const auto& name = remote[k].info.name;
+      report.per_node[name] = asked[k].stats;
+      s += asked[k].stats;
+      if (!asked[k].error) {
         fused_experts.push_back(remote[k]);
       } else {
-        report.failed[remote[k].info.name] = error;
-        log->warn("round={} node={} event=left_out error=\"{}\"", round,
-                  remote[k].info.name, error);
+        const auto error = describe(*asked[k].error);
+        report.failed[name] = error;
+        log->warn("round={} node={} event=left_out error=\"{}\"", round, name,
+                  error);
       }
-    }
-    for (std::size_t k = 0; k < remote.size(); ++k) {
-      report.per_node[remote[k].info.name] =
-          round_oracle->stats(static_cast<std::int64_t>(k));
     }
     // A cancelled fan-out leaves every node looking failed: say why.
     check_stop(round, "fusing (the answers received are checkpointed)");
-    const auto s = round_oracle->total_stats();
     report.inputs_queried = s.inputs;
     report.bytes_sent = s.bytes_sent;
     report.bytes_received = s.bytes_received;
@@ -300,9 +328,8 @@ struct Coordinator::Impl {
     fuser->fit(data);
     experts = data.experts;
     last_data = data;
-    round_oracle = std::make_unique<RemoteOracle>(data.num_classes,
-                                                  fused_experts, request, ro);
-    oracle = std::move(round_oracle);
+    oracle = std::make_unique<RemoteOracle>(data.num_classes, fused_experts,
+                                            registry.executor(), ro);
     fused_round = round;
 
     after_round->before_push(*fuser, round);
@@ -460,27 +487,22 @@ FusedPrediction Coordinator::predict(const torch::Tensor& inputs) {
   return out;
 }
 
-v1::Envelope Coordinator::answer(const v1::Envelope& request) {
-  CHORUS_CHECK_CODE(request.has_predict_request(), Code::kUnimplemented,
-                    "expected a PredictRequest");
-  auto raw = protocol::decode_tensor(request.predict_request().inputs());
+protocol::PredictAnswer Coordinator::answer(const protocol::PredictCall& call) {
+  auto raw = protocol::to_tensor(call.inputs);
   CHORUS_CHECK(raw.scalar_type() == torch::kFloat32 ||
                    raw.scalar_type() == torch::kUInt8,
                "inputs must be uint8 or float32, got {}",
                c10::toString(raw.scalar_type()));
   // predict() refuses NaN and infinities in what they become.
   auto prediction = predict(fusion::to_model_inputs(raw, impl_->options.task));
-  v1::Envelope reply;
-  auto* r = reply.mutable_predict_response();
-  protocol::encode_tensor(
-      prediction.probabilities.to(torch::kFloat32).contiguous(),
-      r->mutable_outputs());
-  r->set_form(v1::OUTPUT_FORM_PROBABILITIES);
-  for (const auto& l : impl_->options.task.labels.names()) r->add_labels(l);
-  r->set_algorithm(impl_->options.algorithm);
-  r->set_fused_round(static_cast<std::uint32_t>(prediction.round));
-  r->set_expert_queries(static_cast<std::uint64_t>(prediction.expert_queries));
-  return reply;
+  protocol::PredictAnswer out;
+  out.outputs = protocol::to_blob(prediction.probabilities.to(torch::kFloat32));
+  out.form = protocol::OutputForm::kProbabilities;
+  out.labels = impl_->options.task.labels.names();
+  out.algorithm = impl_->options.algorithm;
+  out.fused_round = static_cast<std::uint32_t>(prediction.round);
+  out.expert_queries = static_cast<std::uint64_t>(prediction.expert_queries);
+  return out;
 }
 
 }  // namespace chorus::coordinator

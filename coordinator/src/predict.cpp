@@ -16,6 +16,8 @@
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "chorus/fusion/train.hpp"
+#include "chorus/protocol/channel.hpp"
+#include "chorus/protocol/codec.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
 
 namespace chorus::coordinator {
@@ -98,36 +100,33 @@ void predict_remotely(const PredictOptions& o, const torch::Tensor& images,
   };
   std::vector<torch::Tensor> parts;
   try {
-    v1::Hello hello;
-    hello.set_software(fmt::format("chorus {}", kVersion));
-    hello.add_capabilities("operator");
+    protocol::Hello hello;
+    hello.software = fmt::format("chorus {}", kVersion);
+    hello.capabilities = {"operator"};
     auto connection = protocol::connect(
         io, o.host, o.port, o.tls, protocol::ChannelOptions{}, hello,
-        [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
+        [](v1::Envelope) -> asio::awaitable<v1::Envelope> {
           co_return protocol::make_status(Code::kUnimplemented,
                                           "an operator answers no requests");
         });
     report.source = fmt::format("coordinator {}:{}", o.host, o.port);
+    const auto who = fmt::format("the coordinator at {}:{}", o.host, o.port);
     for (std::int64_t begin = 0; begin < images.size(0); begin += o.batch) {
-      v1::Envelope request;
-      auto* p = request.mutable_predict_request();
-      p->set_deadline_ms(static_cast<std::uint32_t>(o.deadline.count()));
-      protocol::encode_tensor(images.slice(0, begin, begin + o.batch),
-                              p->mutable_inputs());
-      auto reply = connection->request_async(request, o.deadline).get();
-      if (reply.has_status()) {
-        throw Error(static_cast<Code>(reply.status().code()),
-                    reply.status().message());
-      }
-      CHORUS_CHECK_CODE(reply.has_predict_response(), Code::kDataLoss,
-                        "the coordinator answered with something other than a "
-                        "PredictResponse");
-      const auto& r = reply.predict_response();
-      parts.push_back(protocol::decode_tensor(r.outputs()));
-      report.algorithm = r.algorithm();
-      report.round = static_cast<int>(r.fused_round());
-      report.expert_queries += static_cast<std::int64_t>(r.expert_queries());
-      report.class_names.assign(r.labels().begin(), r.labels().end());
+      protocol::PredictCall call{
+          .inputs = protocol::to_blob(images.slice(0, begin, begin + o.batch)),
+          .deadline_ms = static_cast<std::uint32_t>(o.deadline.count())};
+      // A Status reply arrives as the error it names.
+      auto r = protocol::predict_answer_of(
+          connection
+              ->request_async(protocol::envelope_of(std::move(call)),
+                              o.deadline)
+              .get(),
+          who);
+      parts.push_back(protocol::to_tensor(r.outputs));
+      report.algorithm = r.algorithm;
+      report.round = static_cast<int>(r.fused_round);
+      report.expert_queries += static_cast<std::int64_t>(r.expert_queries);
+      report.class_names = r.labels;
     }
     connection->close("predictions done");
   } catch (...) {

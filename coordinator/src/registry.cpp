@@ -3,42 +3,19 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <asio/co_spawn.hpp>
+#include <asio/strand.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/thread_pool.hpp>
+#include <asio/use_awaitable.hpp>
 #include <condition_variable>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/protocol/codec.hpp"
 #include "chorus/protocol/offload.hpp"
-#include "chorus/protocol/task_codec.hpp"
 
 namespace chorus::coordinator {
-namespace {
-
-// The session decodes a Hello once; the rounds see values.
-NodeAnnouncement announcement_of(const v1::Hello& hello) {
-  NodeAnnouncement a;
-  a.software = hello.software();
-  const auto& e = hello.expert();
-  a.input_shape.assign(e.input_shape().begin(), e.input_shape().end());
-  a.labels.assign(e.labels().begin(), e.labels().end());
-  a.metadata.insert(e.metadata().begin(), e.metadata().end());
-  a.max_batch = std::max<std::uint64_t>(1, hello.policy().max_batch());
-  if (hello.policy().has_total_remaining()) {
-    a.total_remaining = hello.policy().total_remaining();
-  }
-  a.capabilities.assign(hello.capabilities().begin(),
-                        hello.capabilities().end());
-  return a;
-}
-
-}  // namespace
-
-bool NodeAnnouncement::can(const std::string& capability) const {
-  return std::find(capabilities.begin(), capabilities.end(), capability) !=
-         capabilities.end();
-}
-
 struct NodeRegistry::Impl {
   asio::io_context& io;
   RegistryOptions options;
@@ -67,32 +44,141 @@ struct NodeRegistry::Impl {
     return std::find(o.begin(), o.end(), identity) != o.end();
   }
   void admit_operator(const std::shared_ptr<protocol::Connection>& connection);
-  asio::awaitable<v1::Envelope> serve_operator(const std::string& identity,
-                                               const v1::Envelope& request);
+  asio::awaitable<v1::Envelope> serve_operator(std::string identity,
+                                               v1::Envelope request);
+  // The rounds' fan-outs run here; connections keep their own strands.
+  asio::strand<asio::io_context::executor_type> rounds;
 
-  Impl(asio::io_context& i, RegistryOptions o) : io(i), options(std::move(o)) {}
+  Impl(asio::io_context& i, RegistryOptions o)
+      : io(i), options(std::move(o)), rounds(asio::make_strand(i)) {}
+
+  // One request to the node `identity` over its current connection.
+  asio::awaitable<protocol::Outcome<v1::Envelope>> call(
+      std::string identity, v1::Envelope request,
+      std::chrono::milliseconds deadline);
 };
+
+namespace {
+
+using protocol::Outcome;
+
+// Runs on the connection's strand, where its requests must start.
+asio::awaitable<Outcome<v1::Envelope>> request_caught(
+    std::shared_ptr<protocol::Connection> connection, v1::Envelope request,
+    std::chrono::milliseconds deadline) {
+  Outcome<v1::Envelope> out;
+  try {
+    out.reply = co_await connection->request(std::move(request), deadline);
+  } catch (const Error& e) {
+    out.error = e;
+  }
+  co_return out;
+}
+
+// Decodes a reply of the kind expected, or passes its error on.
+template <typename T, typename Decode>
+CallResult<T> decoded(Outcome<v1::Envelope>&& reply, Decode decode) {
+  CallResult<T> out;
+  if (reply.error) {
+    out.error = std::move(reply.error);
+    return out;
+  }
+  try {
+    out.reply = decode(std::move(reply.reply));
+  } catch (const Error& e) {
+    out.error = e;
+  }
+  return out;
+}
+
+// A node reached through the registry: its connection of the moment.
+// (A template so that it may hold the registry's private Impl.)
+template <typename Registry>
+class ConnectionLink final : public NodeLink {
+ public:
+  ConnectionLink(Registry& registry, std::string identity)
+      : registry_(registry),
+        identity_(std::move(identity)),
+        who_(fmt::format("node '{}'", identity_)) {}
+
+  const std::string& identity() const override { return identity_; }
+
+  asio::awaitable<CallResult<protocol::PredictAnswer>> predict(
+      protocol::PredictCall call, std::chrono::milliseconds deadline) override {
+    auto reply = co_await registry_.call(
+        identity_, protocol::envelope_of(std::move(call)), deadline);
+    co_return decoded<protocol::PredictAnswer>(
+        std::move(reply), [this](v1::Envelope&& e) {
+          return protocol::predict_answer_of(std::move(e), who_);
+        });
+  }
+
+  asio::awaitable<CallResult<protocol::Ack>> push(
+      protocol::ModelChunk chunk, std::chrono::milliseconds deadline) override {
+    auto reply = co_await registry_.call(
+        identity_, protocol::envelope_of(std::move(chunk)), deadline);
+    co_return decoded<protocol::Ack>(
+        std::move(reply),
+        [this](v1::Envelope&& e) { return protocol::ack_of(e, who_); });
+  }
+
+  asio::awaitable<CallResult<protocol::AdaptAnswer>> adapt(
+      protocol::AdaptCall call, std::chrono::milliseconds deadline) override {
+    auto reply = co_await registry_.call(
+        identity_, protocol::envelope_of(std::move(call)), deadline);
+    co_return decoded<protocol::AdaptAnswer>(
+        std::move(reply), [this](v1::Envelope&& e) {
+          return protocol::adapt_answer_of(std::move(e), who_);
+        });
+  }
+
+ private:
+  Registry& registry_;
+  std::string identity_;
+  std::string who_;
+};
+
+}  // namespace
+
+asio::awaitable<protocol::Outcome<v1::Envelope>> NodeRegistry::Impl::call(
+    std::string identity, v1::Envelope request,
+    std::chrono::milliseconds deadline) {
+  std::shared_ptr<protocol::Connection> c;
+  {
+    std::lock_guard lock(mutex);
+    auto it = nodes.find(identity);
+    if (it != nodes.end()) c = it->second.connection;
+  }
+  if (!c || !c->is_open()) {
+    Outcome<v1::Envelope> out;
+    out.error = Error(Code::kUnavailable,
+                      fmt::format("node '{}' is not connected", identity));
+    co_return out;
+  }
+  auto strand = c->strand();
+  co_return co_await asio::co_spawn(
+      strand, request_caught(std::move(c), std::move(request), deadline),
+      asio::use_awaitable);
+}
 
 NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
                            RegistryOptions options)
     : impl_(std::make_unique<Impl>(io, std::move(options))),
       roster_(std::move(roster)) {
   auto* impl = impl_.get();
-  v1::Welcome welcome;
-  welcome.set_coordinator(impl->options.name);
+  protocol::Welcome welcome;
+  welcome.coordinator = impl->options.name;
   if (impl->options.task) {
     impl->options.task->validate();
-    protocol::encode_task(*impl->options.task, welcome.mutable_task());
+    welcome.task = impl->options.task;
   }
   impl->server = std::make_unique<protocol::Server>(
       io,
       asio::ip::tcp::endpoint(asio::ip::make_address(impl->options.listen_host),
                               impl->options.port),
       impl->options.tls, impl->options.channel, welcome,
-      [this, impl](const std::string& identity, const v1::Hello& hello) {
-        const auto& caps = hello.capabilities();
-        const bool says_operator =
-            std::find(caps.begin(), caps.end(), "operator") != caps.end();
+      [this, impl](const std::string& identity, const protocol::Hello& hello) {
+        const bool says_operator = hello.can("operator");
         if (impl->is_operator(identity)) {
           if (says_operator) return protocol::Admission{};
           return protocol::Admission{
@@ -121,7 +207,7 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
         }
         if (impl->options.task) {
           if (auto why = protocol::descriptor_mismatch(
-                  *impl->options.task, hello.expert(),
+                  *impl->options.task, hello.expert,
                   fmt::format("node '{}'", identity))) {
             {
               std::lock_guard lock(impl->mutex);
@@ -137,7 +223,7 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
         return protocol::Admission{};
       },
       [impl](std::shared_ptr<protocol::Connection> connection,
-             const v1::Hello& hello) {
+             const protocol::Hello& hello) {
         const auto identity = connection->peer_identity();
         if (impl->is_operator(identity)) {
           impl->admit_operator(connection);
@@ -145,7 +231,7 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
         }
         std::weak_ptr<protocol::Connection> weak = connection;
         connection->start(
-            [](const v1::Envelope& e) -> asio::awaitable<v1::Envelope> {
+            [](v1::Envelope) -> asio::awaitable<v1::Envelope> {
               fail(Code::kUnimplemented, "the coordinator answers no requests");
             },
             [impl, identity, weak](const std::string& reason) {
@@ -171,7 +257,7 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
           replaced = entry.connection;
           entry.connection = connection;
           entry.info = NodeInfo{.identity = identity,
-                                .announced = announcement_of(hello),
+                                .announced = hello,
                                 .generation = ++impl->generations[identity]};
           impl->changed.notify_all();
         }
@@ -179,8 +265,8 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
           replaced->close("replaced by a newer connection of the same node");
         impl->log->info(
             "node={} event=joined labels=[{}] max_batch={} generation={}",
-            identity, fmt::join(hello.expert().labels(), ", "),
-            hello.policy().max_batch(), impl->generations[identity]);
+            identity, fmt::join(hello.expert.labels, ", "),
+            hello.policy.max_batch, impl->generations[identity]);
       });
 }
 
@@ -189,9 +275,9 @@ void NodeRegistry::Impl::admit_operator(
   const auto identity = connection->peer_identity();
   std::weak_ptr<protocol::Connection> weak = connection;
   connection->start(
-      [this,
-       identity](const v1::Envelope& request) -> asio::awaitable<v1::Envelope> {
-        v1::Envelope reply = co_await serve_operator(identity, request);
+      [this, identity](v1::Envelope request) -> asio::awaitable<v1::Envelope> {
+        v1::Envelope reply =
+            co_await serve_operator(identity, std::move(request));
         co_return reply;
       },
       [this, identity, weak](const std::string& reason) {
@@ -214,12 +300,19 @@ void NodeRegistry::Impl::admit_operator(
 }
 
 asio::awaitable<v1::Envelope> NodeRegistry::Impl::serve_operator(
-    const std::string& identity, const v1::Envelope& request) {
-  auto call =
-      std::make_shared<protocol::PoolCall>(co_await asio::this_coro::executor);
-  call->work = [this, identity, request] {
+    std::string identity, v1::Envelope request) {
+  const auto request_id = request.request_id();
+  const auto inputs =
+      request.has_predict_request() &&
+              request.predict_request().inputs().shape_size() > 0
+          ? request.predict_request().inputs().shape(0)
+          : 0;
+  using Call = protocol::PoolCall<v1::Envelope>;
+  auto call = std::make_shared<Call>(co_await asio::this_coro::executor);
+  call->work = [this, identity, request = std::move(request)]() mutable {
     CHORUS_CHECK_CODE(request.has_predict_request(), Code::kUnimplemented,
                       "an operator may send PredictRequest only");
+    auto predict = protocol::predict_call_of(std::move(request));
     OperatorHandler handler;
     {
       std::lock_guard lock(mutex);
@@ -229,17 +322,14 @@ asio::awaitable<v1::Envelope> NodeRegistry::Impl::serve_operator(
         handler != nullptr, Code::kUnavailable,
         "this coordinator is not serving fused predictions (its rounds "
         "are not done, or coordinator.serve is off)");
-    return handler(identity, request);
+    return protocol::envelope_of(handler(identity, predict));
   };
   auto finished = protocol::start_on_pool(operator_pool, call);
   co_await std::move(finished);
   const auto& error = call->result.error;
   log->log(error ? spdlog::level::warn : spdlog::level::info,
            "operator={} request_id={} event=predict inputs={} code={}{}",
-           identity, request.request_id(),
-           request.predict_request().inputs().shape_size() > 0
-               ? request.predict_request().inputs().shape(0)
-               : 0,
+           identity, request_id, inputs,
            code_name(error ? error->code() : Code::kOk),
            error ? fmt::format(" error=\"{}\"", error->what()) : std::string());
   if (error) co_return protocol::make_status(error->code(), error->what());
@@ -356,23 +446,10 @@ std::vector<NodeInfo> NodeRegistry::wait_for_quorum(
   return present;
 }
 
-std::future<v1::Envelope> NodeRegistry::request(
-    const std::string& identity, v1::Envelope request,
-    std::chrono::milliseconds deadline) {
-  std::shared_ptr<protocol::Connection> c;
-  {
-    std::lock_guard lock(impl_->mutex);
-    auto it = impl_->nodes.find(identity);
-    if (it != impl_->nodes.end()) c = it->second.connection;
-  }
-  if (!c || !c->is_open()) {
-    std::promise<v1::Envelope> p;
-    p.set_exception(std::make_exception_ptr(
-        Error(Code::kUnavailable,
-              fmt::format("node '{}' is not connected", identity))));
-    return p.get_future();
-  }
-  return c->request_async(std::move(request), deadline);
+std::shared_ptr<NodeLink> NodeRegistry::link(const std::string& identity) {
+  return std::make_shared<ConnectionLink<Impl>>(*impl_, identity);
 }
+
+asio::any_io_executor NodeRegistry::executor() const { return impl_->rounds; }
 
 }  // namespace chorus::coordinator

@@ -2,37 +2,127 @@
 
 #include <torch/torch.h>
 
+#include <asio/this_coro.hpp>
 #include <deque>
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/data_files.hpp"
+#include "chorus/protocol/eventual.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
+#include "fan_out.hpp"
 
 namespace chorus::coordinator {
+
+using protocol::Eventual;
+using Answer = Eventual<CallResult<protocol::PredictAnswer>>;
+
 namespace {
 
-// The hook of the `query_each_batch` running on this thread (do_query runs
-// on the caller's thread, under QueryOracle::query's accounting).
-thread_local const RemoteOracle::BatchHook* t_on_batch = nullptr;
+// The inputs of one request as they travel: the task's dtype, unnormalised
+// (converted request by request, so the wire form of a whole pool is never
+// held at once).
+protocol::TensorBlob wire_inputs(const torch::Tensor& part,
+                                 const RemoteOracleOptions& options) {
+  return protocol::to_blob(
+      options.task ? fusion::to_wire_inputs(part, *options.task) : part);
+}
+
+std::int64_t wire_bytes(std::int64_t elements,
+                        const RemoteOracleOptions& options) {
+  const bool bytes = options.task && options.task->dtype == InputDType::kUInt8;
+  return elements * (bytes ? 1 : 4);
+}
+
+// A node's answers to `rows` inputs, checked.
+torch::Tensor checked(const RemoteExpert& node,
+                      const protocol::PredictAnswer& answer,
+                      std::int64_t rows) {
+  auto part = protocol::to_tensor(answer.outputs);
+  const auto labels = static_cast<std::int64_t>(node.info.labels.size());
+  CHORUS_CHECK_CODE(
+      part.dim() == 2 && part.size(0) == rows && part.size(1) == labels,
+      Code::kDataLoss,
+      "node '{}' answered {} inputs with a tensor of {} dimensions ({} "
+      "rows), expected [{}, {}]",
+      node.info.name, rows, part.dim(), part.dim() ? part.size(0) : 0, rows,
+      labels);
+  CHORUS_CHECK_CODE(!protocol::has_non_finite(part), Code::kDataLoss,
+                    "node '{}' answered with NaN or infinite values",
+                    node.info.name);
+  return part;
+}
 
 }  // namespace
 
-torch::Tensor RemoteOracle::query_each_batch(std::int64_t expert,
-                                             const torch::Tensor& inputs,
-                                             const BatchHook& on_batch) {
-  struct Reset {
-    ~Reset() { t_on_batch = nullptr; }
-  } reset;
-  t_on_batch = &on_batch;
-  return query(expert, inputs);
+asio::awaitable<Asked> ask_node(RemoteExpert node, torch::Tensor inputs,
+                                RemoteOracleOptions options, AnswerSink sink) {
+  Asked out;
+  const auto ex = co_await asio::this_coro::executor;
+  const auto step = std::min(options.batch, node.max_batch);
+  const auto x = inputs.to(torch::kFloat32).contiguous();
+  const auto n = x.size(0);
+  const auto per_input = n > 0 ? x.numel() / n : 0;
+  // Requests in flight, oldest first: the row each starts at, its answer.
+  std::deque<std::pair<std::int64_t, std::shared_ptr<Answer>>> in_flight;
+  std::int64_t sent = 0;
+  while (true) {
+    while (!out.error && sent < n && !options.stop.stop_requested() &&
+           static_cast<std::int64_t>(in_flight.size()) < options.window) {
+      protocol::PredictCall call{
+          .round = options.round,
+          .inputs =
+              wire_inputs(x.slice(0, sent, std::min(n, sent + step)), options),
+          .deadline_ms = static_cast<std::uint32_t>(options.deadline.count())};
+      auto answer = node.link->predict(std::move(call), options.deadline);
+      in_flight.emplace_back(sent, protocol::start(ex, std::move(answer)));
+      sent += step;
+    }
+    if (in_flight.empty()) break;
+    auto [row, answer] = std::move(in_flight.front());
+    in_flight.pop_front();
+    co_await answer->wait();
+    // After a failure the rest in flight are awaited, not used.
+    if (out.error) continue;
+    auto& result = answer->get();
+    if (result.error) {
+      out.error = std::move(result.error);
+      continue;
+    }
+    const auto rows = std::min(step, n - row);
+    torch::Tensor part;
+    try {
+      part = checked(node, result.reply, rows);
+    } catch (const Error& e) {
+      out.error = e;
+      continue;
+    }
+    out.stats.requests += 1;
+    out.stats.inputs += rows;
+    out.stats.bytes_sent += wire_bytes(rows * per_input, options);
+    out.stats.bytes_received += part.numel() * 4;
+    if (sink) {
+      if (auto failed = co_await sink(row, std::move(part))) {
+        out.error = std::move(failed);
+      }
+    }
+  }
+  if (!out.error && sent < n) {
+    out.error =
+        Error(Code::kCancelled,
+              fmt::format("querying node '{}' cancelled after {} of {} inputs "
+                          "answered",
+                          node.info.name, out.stats.inputs, n));
+  }
+  co_return out;
 }
 
 RemoteOracle::RemoteOracle(std::int64_t num_classes,
-                           std::vector<RemoteExpert> experts, RequestFn request,
+                           std::vector<RemoteExpert> experts,
+                           asio::any_io_executor executor,
                            RemoteOracleOptions options)
     : num_classes_(num_classes),
       remote_(std::move(experts)),
-      request_(std::move(request)),
+      executor_(std::move(executor)),
       options_(options) {
   CHORUS_CHECK(num_classes > 0, "an oracle needs a positive number of classes");
   CHORUS_CHECK(options_.batch > 0 && options_.window > 0,
@@ -40,110 +130,62 @@ RemoteOracle::RemoteOracle(std::int64_t num_classes,
   for (const auto& r : remote_) {
     CHORUS_CHECK(r.max_batch > 0, "node '{}' announced max_batch {}",
                  r.info.name, r.max_batch);
+    CHORUS_CHECK(r.link != nullptr, "node '{}' has no link", r.info.name);
     infos_.push_back(r.info);
   }
 }
 
+namespace {
+
+// A sink that keeps the answers (runs on the executor while the caller
+// waits for the whole query).
+asio::awaitable<std::optional<Error>> keep(std::vector<torch::Tensor>& parts,
+                                           torch::Tensor answers) {
+  parts.push_back(std::move(answers));
+  co_return std::nullopt;
+}
+
+AnswerSink keeping(std::vector<torch::Tensor>& parts) {
+  return [&parts](std::int64_t, torch::Tensor answers) {
+    return keep(parts, std::move(answers));
+  };
+}
+
+}  // namespace
+
 torch::Tensor RemoteOracle::do_query(std::int64_t expert,
                                      const torch::Tensor& inputs) {
-  const auto& node = remote_[static_cast<std::size_t>(expert)];
-  const auto step = std::min(options_.batch, node.max_batch);
-  const auto x = inputs.to(torch::kFloat32).contiguous();
-  const auto n = x.size(0);
   std::vector<torch::Tensor> parts;
-  std::deque<std::future<v1::Envelope>> in_flight;
-  std::int64_t answered = 0;
-  const auto* on_batch = t_on_batch;
-  const auto labels = static_cast<std::int64_t>(node.info.labels.size());
-  auto collect = [&] {
-    auto reply = in_flight.front().get();
-    in_flight.pop_front();
-    CHORUS_CHECK_CODE(reply.has_predict_response(), Code::kDataLoss,
-                      "node '{}' answered a Predict with something else",
-                      node.info.name);
-    parts.push_back(
-        protocol::decode_tensor(reply.predict_response().outputs()));
-    const auto& part = parts.back();
-    const auto rows = std::min(step, n - answered);
-    CHORUS_CHECK_CODE(
-        part.dim() == 2 && part.size(0) == rows && part.size(1) == labels,
-        Code::kDataLoss,
-        "node '{}' answered {} inputs with a tensor of {} dimensions ({} "
-        "rows), expected [{}, {}]",
-        node.info.name, rows, part.dim(), part.dim() ? part.size(0) : 0, rows,
-        labels);
-    CHORUS_CHECK_CODE(!protocol::has_non_finite(part), Code::kDataLoss,
-                      "node '{}' answered with NaN or infinite values",
-                      node.info.name);
-    if (on_batch && *on_batch) (*on_batch)(answered, part);
-    answered += rows;
-  };
-  for (std::int64_t i = 0; i < n; i += step) {
-    if (options_.stop.stop_requested()) {
-      while (!in_flight.empty()) collect();
-      fail(Code::kCancelled,
-           "querying node '{}' cancelled after {} of {} inputs answered",
-           node.info.name, answered, n);
-    }
-    v1::Envelope request;
-    auto* r = request.mutable_predict_request();
-    r->set_round(options_.round);
-    r->set_deadline_ms(static_cast<std::uint32_t>(options_.deadline.count()));
-    // Converted request by request: the wire form of the whole pool is
-    // never held at once.
-    const auto part = x.slice(0, i, std::min(n, i + step));
-    protocol::encode_tensor(
-        options_.task ? fusion::to_wire_inputs(part, *options_.task) : part,
-        r->mutable_inputs());
-    in_flight.push_back(
-        request_(node.info.name, std::move(request), options_.deadline));
-    if (static_cast<std::int64_t>(in_flight.size()) >= options_.window)
-      collect();
-  }
-  while (!in_flight.empty()) collect();
+  auto asked = run_blocking(
+      executor_, ask_node(remote_[static_cast<std::size_t>(expert)], inputs,
+                          options_, keeping(parts)));
+  if (asked.error) throw *asked.error;
   return torch::cat(parts);
 }
 
 std::int64_t RemoteOracle::shipped_bytes(const torch::Tensor& inputs) const {
-  const bool bytes =
-      options_.task && options_.task->dtype == InputDType::kUInt8;
-  return inputs.numel() * (bytes ? 1 : 4);
+  return wire_bytes(inputs.numel(), options_);
 }
 
 std::vector<torch::Tensor> RemoteOracle::query_all(
     const torch::Tensor& inputs) {
-  std::vector<std::int64_t> all(static_cast<std::size_t>(num_experts()));
-  for (std::size_t i = 0; i < all.size(); ++i)
-    all[i] = static_cast<std::int64_t>(i);
-  auto g = gather(*this, inputs, all);
-  for (std::size_t i = 0; i < all.size(); ++i) {
-    if (!g.answers[i].defined()) {
-      fail(Code::kUnavailable, "expert '{}' did not answer: {}",
-           experts()[i].name, g.errors[i]);
-    }
+  CHORUS_CHECK(inputs.defined() && inputs.dim() >= 1 && inputs.size(0) > 0,
+               "a query needs at least one input");
+  // Every expert at once, each into its own parts.
+  std::vector<std::vector<torch::Tensor>> parts(remote_.size());
+  std::vector<asio::awaitable<Asked>> works;
+  for (std::size_t k = 0; k < remote_.size(); ++k) {
+    works.push_back(ask_node(remote_[k], inputs, options_, keeping(parts[k])));
   }
-  return g.answers;
-}
-
-Gathered gather(fusion::QueryOracle& oracle, const torch::Tensor& inputs,
-                const std::vector<std::int64_t>& experts) {
-  Gathered out;
-  out.answers.resize(experts.size());
-  out.errors.resize(experts.size());
-  std::vector<std::future<torch::Tensor>> futures;
-  for (auto e : experts) {
-    futures.push_back(std::async(std::launch::async, [&oracle, &inputs, e] {
-      return oracle.query(e, inputs);
-    }));
-  }
-  for (std::size_t i = 0; i < futures.size(); ++i) {
-    try {
-      out.answers[i] = futures[i].get();
-    } catch (const Error& e) {
-      out.errors[i] = describe(e);
-    } catch (const std::exception& e) {
-      out.errors[i] = e.what();
+  auto asked = run_blocking(executor_, protocol::all_of(std::move(works)));
+  std::vector<torch::Tensor> out;
+  for (std::size_t k = 0; k < remote_.size(); ++k) {
+    if (asked[k].error) {
+      fail(Code::kUnavailable, "expert '{}' did not answer: {}", infos_[k].name,
+           describe(*asked[k].error));
     }
+    out.push_back(
+        accept(static_cast<std::int64_t>(k), inputs, torch::cat(parts[k])));
   }
   return out;
 }

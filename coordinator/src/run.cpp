@@ -380,8 +380,8 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
     std::fflush(stdout);
     if (k.serve) {
       registry.serve_operators(
-          [&](const std::string&, const v1::Envelope& request) {
-            return coordinator.answer(request);
+          [&](const std::string&, const protocol::PredictCall& call) {
+            return coordinator.answer(call);
           });
       fmt::print(stderr,
                  "serving fused predictions ({}, round {}) to {} on port {}; "

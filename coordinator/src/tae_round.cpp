@@ -6,7 +6,6 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <future>
 #include <nlohmann/json.hpp>
 
 #include "after_round.hpp"
@@ -14,7 +13,9 @@
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/tae.hpp"
+#include "chorus/protocol/eventual.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
+#include "fan_out.hpp"
 
 namespace chorus::coordinator {
 namespace {
@@ -123,26 +124,33 @@ class TaeRound : public AfterRound {
   // before it is pushed.
   void aggregate_embeddings(fusion::TaeModel& tae, int round,
                             RoundReport& report, const fs::path& model_file) {
-    std::vector<std::pair<std::string, std::future<v1::Envelope>>> replies;
+    std::vector<std::string> asked;
+    std::vector<std::shared_ptr<NodeLink>> links;  // Outlive their calls.
+    std::vector<asio::awaitable<CallResult<protocol::AdaptAnswer>>> calls;
     for (const auto& node : ctx_.registry.connected()) {
       if (!node.announced.can("adapt")) continue;
       if (std::find(report.pushed_to.begin(), report.pushed_to.end(),
                     node.identity) == report.pushed_to.end()) {
         continue;
       }
-      v1::Envelope e;
-      e.mutable_adapt_request()->set_round(static_cast<std::uint32_t>(round));
-      replies.emplace_back(
-          node.identity, ctx_.registry.request(node.identity, std::move(e),
-                                               ctx_.options.request_deadline));
+      asked.push_back(node.identity);
+      links.push_back(ctx_.registry.link(node.identity));
+      calls.push_back(
+          links.back()->adapt({.round = static_cast<std::uint32_t>(round)},
+                              ctx_.options.request_deadline));
     }
+    // Every node adapts at once; this thread waits.
+    auto replies = run_blocking(ctx_.registry.executor(),
+                                protocol::all_of(std::move(calls)));
     std::size_t received = 0;
     nlohmann::json saved = nlohmann::json::object();
-    for (auto& [id, reply] : replies) {
+    for (std::size_t k = 0; k < asked.size(); ++k) {
+      const auto& id = asked[k];
       try {
-        auto r = reply.get().adapt_response();
-        fusion::WDistribution q{protocol::decode_tensor(r.embedding_mean()),
-                                protocol::decode_tensor(r.embedding_logvar())};
+        if (replies[k].error) throw *replies[k].error;
+        const auto& r = replies[k].reply;
+        fusion::WDistribution q{protocol::to_tensor(r.embedding_mean),
+                                protocol::to_tensor(r.embedding_logvar)};
         CHORUS_CHECK_CODE(q.mean.numel() == tae.options().w_dim() &&
                               q.logvar.numel() == tae.options().w_dim() &&
                               !protocol::has_non_finite(q.mean) &&
@@ -157,11 +165,11 @@ class TaeRound : public AfterRound {
             id,
             round};
         ++received;
-        report.adapted[id] = r.bound();
+        report.adapted[id] = r.bound;
         saved[id] = {{"mean", fusion::to_doubles(q.mean)},
                      {"logvar", fusion::to_doubles(q.logvar)},
-                     {"shots", r.shots()},
-                     {"bound", r.bound()}};
+                     {"shots", r.shots},
+                     {"bound", r.bound}};
       } catch (const Error& e) {
         log->warn("round={} node={} event=adapt_failed error=\"{}\"", round, id,
                   describe(e));

@@ -22,8 +22,13 @@ torch::Tensor QueryOracle::query(std::int64_t expert,
                "no expert {} (there are {})", expert, num_experts());
   CHORUS_CHECK(inputs.defined() && inputs.dim() >= 1 && inputs.size(0) > 0,
                "a query needs at least one input");
+  return accept(expert, inputs, do_query(expert, inputs));
+}
+
+torch::Tensor QueryOracle::accept(std::int64_t expert,
+                                  const torch::Tensor& inputs,
+                                  torch::Tensor out) {
   const auto& info = experts()[static_cast<std::size_t>(expert)];
-  torch::Tensor out = do_query(expert, inputs);
   const auto width = static_cast<std::int64_t>(info.labels.size());
   CHORUS_CHECK_CODE(
       out.dim() == 2 && out.size(0) == inputs.size(0) && out.size(1) == width,

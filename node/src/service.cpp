@@ -21,7 +21,6 @@
 namespace chorus::node {
 
 struct PredictJob {
-  std::uint64_t request_id = 0;
   std::uint32_t round = 0;
   torch::Tensor inputs;  // As received: the task's dtype, unnormalised.
   std::shared_ptr<const TaskSpec> task;  // Converts them, on the worker.
@@ -31,31 +30,6 @@ struct PredictJob {
 namespace {
 
 constexpr const char* kManifest = "global.json";
-
-v1::OutputForm to_wire(OutputForm form) {
-  switch (form) {
-    case OutputForm::kTopK:
-      return v1::OUTPUT_FORM_TOP_K;
-    case OutputForm::kLabelOnly:
-      return v1::OUTPUT_FORM_LABEL_ONLY;
-    case OutputForm::kProbabilities:
-      break;
-  }
-  return v1::OUTPUT_FORM_PROBABILITIES;
-}
-
-const char* kind_of(const v1::Envelope& e) {
-  switch (e.body_case()) {
-    case v1::Envelope::kPredictRequest:
-      return "predict";
-    case v1::Envelope::kModelPush:
-      return "model_push";
-    case v1::Envelope::kAdaptRequest:
-      return "adapt";
-    default:
-      return "other";
-  }
-}
 
 // Chunks of a ModelPush being reassembled.
 struct Assembly {
@@ -151,36 +125,33 @@ NodeService::NodeService(std::unique_ptr<Expert> expert,
 
 NodeService::~NodeService() = default;
 
-v1::Hello NodeService::hello() const {
+protocol::Hello NodeService::hello() const {
   const auto& e = *impl_->expert;
   const auto& pol = impl_->options.policy;
-  v1::Hello h;
-  h.set_software(fmt::format("chorus {}", kVersion));
-  auto* d = h.mutable_expert();
-  for (auto s : e.input_shape()) d->add_input_shape(s);
-  d->set_input_dtype(v1::DTYPE_FLOAT32);
-  for (const auto& l : e.labels()) d->add_labels(l);
-  for (const auto& [k, v] : impl_->options.metadata)
-    (*d->mutable_metadata())[k] = v;
-  auto* p = h.mutable_policy();
-  p->set_max_batch(static_cast<std::uint64_t>(pol.budget.max_batch));
+  protocol::Hello h;
+  h.software = fmt::format("chorus {}", kVersion);
+  h.expert.input_shape = e.input_shape();
+  h.expert.input_dtype = protocol::DType::kFloat32;
+  h.expert.labels = e.labels();
+  h.expert.metadata = impl_->options.metadata;
+  auto& p = h.policy;
+  p.max_batch = static_cast<std::uint64_t>(pol.budget.max_batch);
   if (pol.budget.total_budget) {
-    p->set_total_budget(static_cast<std::uint64_t>(*pol.budget.total_budget));
+    p.total_budget = static_cast<std::uint64_t>(*pol.budget.total_budget);
   }
   if (pol.budget.round_budget) {
-    p->set_round_budget(static_cast<std::uint64_t>(*pol.budget.round_budget));
+    p.round_budget = static_cast<std::uint64_t>(*pol.budget.round_budget);
   }
   if (auto left = impl_->ledger.total_remaining()) {
-    p->set_total_remaining(static_cast<std::uint64_t>(*left));
+    p.total_remaining = static_cast<std::uint64_t>(*left);
   }
-  p->set_rate_limit(pol.rate_limit);
-  p->set_output_form(to_wire(pol.output_form));
-  p->set_top_k(static_cast<std::uint32_t>(pol.top_k));
-  p->set_temperature(pol.temperature);
-  p->set_noise_std(pol.noise_std);
-  h.add_capabilities("predict");
-  h.add_capabilities("model_push");
-  if (impl_->options.shots) h.add_capabilities("adapt");
+  p.rate_limit = pol.rate_limit;
+  p.output_form = pol.output_form;
+  p.top_k = static_cast<std::uint32_t>(pol.top_k);
+  p.temperature = pol.temperature;
+  p.noise_std = pol.noise_std;
+  h.capabilities = {"predict", "model_push"};
+  if (impl_->options.shots) h.capabilities.push_back("adapt");
   return h;
 }
 
@@ -205,8 +176,7 @@ std::optional<std::string> NodeService::accept_task(
 }
 
 std::shared_ptr<PredictJob> NodeService::admit_predict(
-    const v1::Envelope& request) {
-  const auto& req = request.predict_request();
+    const protocol::PredictCall& req) {
   std::shared_ptr<const TaskSpec> task;
   {
     std::lock_guard lock(impl_->mutex);
@@ -223,19 +193,19 @@ std::shared_ptr<PredictJob> NodeService::admit_predict(
                                     fmt::join(shape, ", "),
                                     impl_->options.policy.budget.max_batch);
   // Cheap checks on the header before decoding any bytes.
-  CHORUS_CHECK(req.inputs().dtype() == v1::DTYPE_FLOAT32 ||
-                   (uint8_ok && req.inputs().dtype() == v1::DTYPE_UINT8),
+  using protocol::DType;
+  CHORUS_CHECK(req.inputs.dtype == DType::kFloat32 ||
+                   (uint8_ok && req.inputs.dtype == DType::kUInt8),
                "inputs must be {}; got dtype {}", expected,
-               v1::DType_Name(req.inputs().dtype()));
+               protocol::wire_dtype_name(req.inputs.dtype));
   protocol::TensorLimits limits;
   limits.max_elements = std::max<std::int64_t>(
       per_input, per_input * impl_->options.policy.budget.max_batch);
-  CHORUS_CHECK(
-      req.inputs().shape_size() >= 1 &&
-          req.inputs().shape(0) <= impl_->options.policy.budget.max_batch,
-      "inputs must be {}; got a batch of {}", expected,
-      req.inputs().shape_size() ? req.inputs().shape(0) : 0);
-  auto inputs = protocol::decode_tensor(req.inputs(), limits);
+  CHORUS_CHECK(!req.inputs.shape.empty() &&
+                   req.inputs.rows() <= impl_->options.policy.budget.max_batch,
+               "inputs must be {}; got a batch of {}", expected,
+               req.inputs.rows());
+  auto inputs = protocol::to_tensor(req.inputs, limits);
   std::vector<std::int64_t> got(inputs.sizes().begin(), inputs.sizes().end());
   const bool shape_ok =
       inputs.dim() == static_cast<std::int64_t>(shape.size()) + 1 &&
@@ -247,20 +217,19 @@ std::shared_ptr<PredictJob> NodeService::admit_predict(
                "inputs hold NaN or infinite values; this node refuses them");
   {
     std::lock_guard lock(impl_->mutex);
-    if (req.round() > impl_->round) {
-      impl_->round = req.round();
+    if (req.round > impl_->round) {
+      impl_->round = req.round;
       impl_->ledger.start_round();
     }
   }
   const auto n = inputs.size(0);
   const auto deadline =
-      std::chrono::milliseconds(req.deadline_ms() ? req.deadline_ms() : 60000);
+      std::chrono::milliseconds(req.deadline_ms ? req.deadline_ms : 60000);
   // Rate first: a request refused for the rate spends no budget.
   auto wait = impl_->rate.reserve(n, deadline / 2);
   impl_->ledger.charge(n);
   auto job = std::make_shared<PredictJob>();
-  job->request_id = request.request_id();
-  job->round = req.round();
+  job->round = req.round;
   job->inputs = std::move(inputs);
   job->task = std::move(task);
   job->wait = wait;
@@ -271,7 +240,7 @@ std::chrono::milliseconds NodeService::wait_of(const PredictJob& job) {
   return job.wait;
 }
 
-v1::Envelope NodeService::run_predict(PredictJob& job) {
+protocol::PredictAnswer NodeService::run_predict(PredictJob& job) {
   if (job.task) {
     // Scaled and normalised as the task says, in the shape the expert takes
     // ([H, W] experts fit [1, H, W] tasks).
@@ -287,75 +256,71 @@ v1::Envelope NodeService::run_predict(PredictJob& job) {
     parts.push_back(impl_->expert->predict(job.inputs.slice(0, i, i + step)));
   }
   auto probs = impl_->shape_output(torch::cat(parts));
-  v1::Envelope reply;
-  auto* r = reply.mutable_predict_response();
-  protocol::encode_tensor(probs, r->mutable_outputs());
-  r->set_form(to_wire(impl_->options.policy.output_form));
+  protocol::PredictAnswer reply;
+  reply.outputs = protocol::to_blob(probs);
+  reply.form = impl_->options.policy.output_form;
   if (auto left = impl_->ledger.total_remaining()) {
-    r->set_budget_remaining(static_cast<std::uint64_t>(*left));
+    reply.budget_remaining = static_cast<std::uint64_t>(*left);
   }
-  r->set_noise_std(impl_->options.policy.noise_std);
+  reply.noise_std = impl_->options.policy.noise_std;
   job.inputs = torch::Tensor();
   return reply;
 }
 
-v1::Envelope NodeService::receive_model_chunk(const v1::Envelope& request) {
-  const auto& c = request.model_push();
+protocol::Ack NodeService::receive_model_chunk(const protocol::ModelChunk& c) {
   std::lock_guard lock(impl_->mutex);
   auto& a = impl_->assembly;
   auto discard = [&](Code code, const std::string& why) {
     a.reset();
     impl_->log->warn("event=model_push_rejected round={} code={} reason=\"{}\"",
-                     c.round(), code_name(code), why);
+                     c.round, code_name(code), why);
     fail(code, "{}; the push is discarded and the previous model kept", why);
   };
-  if (c.chunk_count() == 0 || c.chunk_index() >= c.chunk_count()) {
+  if (c.chunk_count == 0 || c.chunk_index >= c.chunk_count) {
     discard(Code::kInvalidArgument,
-            fmt::format("chunk {} of {} is not a valid chunk", c.chunk_index(),
-                        c.chunk_count()));
+            fmt::format("chunk {} of {} is not a valid chunk", c.chunk_index,
+                        c.chunk_count));
   }
-  if (c.total_bytes() > impl_->options.max_model_bytes) {
+  if (c.total_bytes > impl_->options.max_model_bytes) {
     discard(Code::kResourceExhausted,
             fmt::format("a model of {} bytes exceeds this node's limit of {}",
-                        c.total_bytes(), impl_->options.max_model_bytes));
+                        c.total_bytes, impl_->options.max_model_bytes));
   }
-  if (c.sha256().size() != 32) {
+  if (c.sha256.size() != 32) {
     discard(Code::kInvalidArgument,
             fmt::format("the digest has {} bytes, SHA-256 needs 32",
-                        c.sha256().size()));
+                        c.sha256.size()));
   }
-  if (c.chunk_index() == 0) {
-    a = Assembly{.round = c.round(),
-                 .algorithm = c.algorithm(),
-                 .spec = c.spec(),
-                 .sha256 = c.sha256(),
-                 .count = c.chunk_count(),
-                 .total = c.total_bytes(),
+  if (c.chunk_index == 0) {
+    a = Assembly{.round = c.round,
+                 .algorithm = c.algorithm,
+                 .spec = c.spec,
+                 .sha256 = c.sha256,
+                 .count = c.chunk_count,
+                 .total = c.total_bytes,
                  .next = 0,
                  .data = {}};
-    a->data.reserve(c.total_bytes());
-  } else if (!a || a->round != c.round() || a->count != c.chunk_count() ||
-             a->total != c.total_bytes() || a->sha256 != c.sha256() ||
-             a->next != c.chunk_index()) {
+    a->data.reserve(c.total_bytes);
+  } else if (!a || a->round != c.round || a->count != c.chunk_count ||
+             a->total != c.total_bytes || a->sha256 != c.sha256 ||
+             a->next != c.chunk_index) {
     discard(
         Code::kFailedPrecondition,
         fmt::format("chunk {} of round {} arrived out of order (expected {})",
-                    c.chunk_index(), c.round(),
+                    c.chunk_index, c.round,
                     a ? fmt::format("chunk {} of round {}", a->next, a->round)
                       : std::string("chunk 0")));
   }
-  if (a->data.size() + c.data().size() > a->total) {
+  if (a->data.size() + c.data.size() > a->total) {
     discard(Code::kDataLoss,
             fmt::format("the chunks exceed the announced {} bytes", a->total));
   }
-  a->data += c.data();
+  a->data += c.data;
   ++a->next;
-  v1::Envelope ok;
-  ok.mutable_status()->set_code(v1::CODE_OK);
   if (a->next < a->count) {
-    ok.mutable_status()->set_message(fmt::format(
-        "chunk {} of {} received", c.chunk_index() + 1, c.chunk_count()));
-    return ok;
+    return protocol::Ack{.message =
+                             fmt::format("chunk {} of {} received",
+                                         c.chunk_index + 1, c.chunk_count)};
   }
   if (a->data.size() != a->total) {
     discard(Code::kDataLoss,
@@ -375,13 +340,11 @@ v1::Envelope NodeService::receive_model_chunk(const v1::Envelope& request) {
                    stored.file.string());
   impl_->stored = stored;
   a.reset();
-  ok.mutable_status()->set_message(
-      fmt::format("model of round {} stored", stored.round));
-  return ok;
+  return protocol::Ack{
+      .message = fmt::format("model of round {} stored", stored.round)};
 }
 
-v1::Envelope NodeService::adapt(const v1::Envelope& request) {
-  const auto& req = request.adapt_request();
+protocol::AdaptAnswer NodeService::adapt(const protocol::AdaptCall& req) {
   CHORUS_CHECK_CODE(
       impl_->options.shots != nullptr, Code::kFailedPrecondition,
       "this node has no labelled shots to adapt with (node config: "
@@ -403,13 +366,13 @@ v1::Envelope NodeService::adapt(const v1::Envelope& request) {
   auto& model = *impl_->tae;
   const auto classes = classes_of(model, impl_->expert->labels());
   torch::Tensor tau;
-  if (req.task_descriptor_size() > 0) {
+  if (!req.task_descriptor.empty()) {
     CHORUS_CHECK(
-        req.task_descriptor_size() == model.task_dim(),
+        static_cast<std::int64_t>(req.task_descriptor.size()) ==
+            model.task_dim(),
         "the task descriptor has {} entries, the global model takes {}",
-        req.task_descriptor_size(), model.task_dim());
-    tau = torch::tensor(std::vector<float>(req.task_descriptor().begin(),
-                                           req.task_descriptor().end()));
+        req.task_descriptor.size(), model.task_dim());
+    tau = torch::tensor(req.task_descriptor);
   }
   auto outcome = adapt_tae(model, classes, *impl_->options.shots, tau);
   outcome.round = stored->round;
@@ -419,36 +382,25 @@ v1::Envelope NodeService::adapt(const v1::Envelope& request) {
   impl_->log->info(
       "event=adapted round={} shots={} bound={:.4f} gibbs={:.4f} kl={:.4f} "
       "shot_accuracy={:.3f} written={}",
-      req.round(), outcome.shots, result.bound, result.gibbs_loss, result.kl,
+      req.round, outcome.shots, result.bound, result.gibbs_loss, result.kl,
       outcome.shot_accuracy, written.string());
-  v1::Envelope reply;
-  auto* r = reply.mutable_adapt_response();
-  protocol::encode_tensor(result.posterior.mean.contiguous(),
-                          r->mutable_embedding_mean());
-  protocol::encode_tensor(result.posterior.logvar.contiguous(),
-                          r->mutable_embedding_logvar());
-  r->set_shots(static_cast<std::uint32_t>(outcome.shots));
-  r->set_bound(result.bound);
-  return reply;
+  return protocol::AdaptAnswer{
+      .embedding_mean = protocol::to_blob(result.posterior.mean),
+      .embedding_logvar = protocol::to_blob(result.posterior.logvar),
+      .shots = static_cast<std::uint32_t>(outcome.shots),
+      .bound = result.bound};
 }
 
-void NodeService::record(const std::string& peer, const v1::Envelope& request,
+void NodeService::record(const std::string& peer, const RequestSummary& request,
                          Code outcome, const std::string& message,
                          std::chrono::steady_clock::duration latency) {
   if (!impl_->audit) return;
   AuditRecord r;
   r.peer = peer;
-  r.kind = kind_of(request);
-  r.request_id = request.request_id();
-  if (request.has_predict_request()) {
-    r.round = request.predict_request().round();
-    const auto& shape = request.predict_request().inputs().shape();
-    r.inputs = shape.empty() ? 0 : shape[0];
-  } else if (request.has_model_push()) {
-    r.round = request.model_push().round();
-  } else if (request.has_adapt_request()) {
-    r.round = request.adapt_request().round();
-  }
+  r.kind = request.kind;
+  r.request_id = request.request_id;
+  r.round = request.round;
+  r.inputs = request.inputs;
   r.outcome = std::string(code_name(outcome));
   r.message = message;
   r.budget_left = impl_->ledger.total_remaining();

@@ -5,12 +5,14 @@
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
+#include <optional>
+#include <variant>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/node/service.hpp"
+#include "chorus/protocol/codec.hpp"
 #include "chorus/protocol/offload.hpp"
-#include "chorus/protocol/task_codec.hpp"
 
 namespace chorus::node {
 
@@ -29,66 +31,86 @@ struct NodeSession::Impl {
        SessionOptions o)
       : io(i), pool(p), service(s), options(std::move(o)) {}
 
-  using Outcome = protocol::Outcome;
-  using PoolCall = protocol::PoolCall;  // Work off the network thread.
+  using Outcome = protocol::Outcome<v1::Envelope>;
+  using PoolCall = protocol::PoolCall<v1::Envelope>;  // Off the network thread.
 
-  awaitable<Outcome> dispatch(const v1::Envelope& request) {
+  // Requests arrive as envelopes and leave as envelopes; the service sees
+  // values. Encoding an answer (a copy of its tensor) runs on the pool too.
+  awaitable<Outcome> dispatch(v1::Envelope envelope) {
     auto call = std::make_shared<PoolCall>(co_await asio::this_coro::executor);
-    switch (request.body_case()) {
-      case v1::Envelope::kPredictRequest: {
-        std::shared_ptr<PredictJob> job;
-        Outcome admitted = protocol::run_caught([&] {
-          job = service.admit_predict(request);
-          return v1::Envelope{};
-        });
-        if (admitted.error) co_return admitted;
-        if (auto wait = NodeService::wait_of(*job); wait.count() > 0) {
-          asio::steady_timer timer(co_await asio::this_coro::executor, wait);
-          co_await timer.async_wait(
-              asio::experimental::as_tuple(use_awaitable));
-        }
-        call->work = [this, job] { return service.run_predict(*job); };
-        break;
+    std::optional<protocol::NodeRequest> decoded;
+    Outcome refused = protocol::run_caught([&] {
+      decoded = protocol::node_request_of(std::move(envelope));
+      return v1::Envelope{};
+    });
+    if (refused.error) co_return refused;
+    if (auto* predict = std::get_if<protocol::PredictCall>(&*decoded)) {
+      std::shared_ptr<PredictJob> job;
+      Outcome admitted = protocol::run_caught([&] {
+        job = service.admit_predict(*predict);
+        return v1::Envelope{};
+      });
+      if (admitted.error) co_return admitted;
+      if (auto wait = NodeService::wait_of(*job); wait.count() > 0) {
+        asio::steady_timer timer(co_await asio::this_coro::executor, wait);
+        co_await timer.async_wait(asio::experimental::as_tuple(use_awaitable));
       }
-      case v1::Envelope::kModelPush:
-        // Storing writes and fsyncs a file: not on the network thread.
-        call->work = [this, request] {
-          return service.receive_model_chunk(request);
-        };
-        break;
-      case v1::Envelope::kAdaptRequest:
-        call->work = [this, request] { return service.adapt(request); };
-        break;
-      default: {
-        Outcome refused;
-        refused.error = Error(Code::kUnimplemented,
-                              "this node does not serve this request");
-        co_return refused;
-      }
+      call->work = [this, job] {
+        return protocol::envelope_of(service.run_predict(*job));
+      };
+    } else if (auto* chunk = std::get_if<protocol::ModelChunk>(&*decoded)) {
+      // Storing writes and fsyncs a file: not on the network thread.
+      call->work = [this, c = std::move(*chunk)] {
+        return protocol::envelope_of(service.receive_model_chunk(c));
+      };
+    } else {
+      call->work = [this, a = std::get<protocol::AdaptCall>(*decoded)] {
+        return protocol::envelope_of(service.adapt(a));
+      };
     }
     auto finished = protocol::start_on_pool(pool, call);
     co_await std::move(finished);
-    co_return call->result;
+    co_return std::move(call->result);
+  }
+
+  // What the audit log keeps of a request, read before it is decoded (a
+  // request refused as malformed is recorded too).
+  static RequestSummary summary_of(const v1::Envelope& e) {
+    RequestSummary r{.kind = "other", .request_id = e.request_id()};
+    if (e.has_predict_request()) {
+      r.kind = "predict";
+      r.round = e.predict_request().round();
+      const auto& shape = e.predict_request().inputs().shape();
+      r.inputs = shape.empty() ? 0 : shape[0];
+    } else if (e.has_model_push()) {
+      r.kind = "model_push";
+      r.round = e.model_push().round();
+    } else if (e.has_adapt_request()) {
+      r.kind = "adapt";
+      r.round = e.adapt_request().round();
+    }
+    return r;
   }
 
   awaitable<v1::Envelope> handle(const std::string& peer,
-                                 const v1::Envelope& request) {
+                                 v1::Envelope request) {
     const auto t0 = std::chrono::steady_clock::now();
-    Outcome outcome = co_await dispatch(request);
+    const RequestSummary summary = summary_of(request);
+    Outcome outcome = co_await dispatch(std::move(request));
     const auto latency = std::chrono::steady_clock::now() - t0;
     const auto& error = outcome.error;
     try {
-      service.record(peer, request, error ? error->code() : Code::kOk,
+      service.record(peer, summary, error ? error->code() : Code::kOk,
                      error ? error->what() : "", latency);
     } catch (const Error& e) {
       log->error("event=audit_failed error=\"{}\"", e.what());
     }
     if (error) {
       log->info("peer={} request_id={} event=refused code={} error=\"{}\"",
-                peer, request.request_id(), code_name(error->code()),
+                peer, summary.request_id, code_name(error->code()),
                 error->what());
       co_return protocol::make_status(error->code(), error->what(),
-                                      request.request_id());
+                                      summary.request_id);
     }
     co_return std::move(outcome.reply);
   }
@@ -104,23 +126,23 @@ NodeSession::NodeSession(asio::io_context& io, asio::thread_pool& pool,
       io, impl->options.host, impl->options.port, impl->options.tls,
       impl->options.channel, impl->options.backoff,
       [impl] { return impl->service.hello(); },
-      [impl, peer](const v1::Envelope& request) -> awaitable<v1::Envelope> {
-        v1::Envelope reply = co_await impl->handle(*peer, request);
+      [impl, peer](v1::Envelope request) -> awaitable<v1::Envelope> {
+        v1::Envelope reply = co_await impl->handle(*peer, std::move(request));
         co_return reply;
       },
       [impl, peer](std::shared_ptr<protocol::Connection> c,
-                   const v1::Welcome& w) {
+                   const protocol::Welcome& w) {
         *peer = c->peer_identity();
         // A task this node's expert does not fit: say why on this end too,
         // and try again later (slowly) in case the coordinator's changes.
-        if (auto why = impl->service.accept_task(protocol::task_of(w))) {
+        if (auto why = impl->service.accept_task(w.task)) {
           throw Error(
               Code::kInvalidArgument,
               fmt::format("this node does not fit the coordinator's task: {}",
                           *why));
         }
-        impl->log->info("event=welcomed coordinator={} round={}",
-                        w.coordinator(), w.round());
+        impl->log->info("event=welcomed coordinator={} round={}", w.coordinator,
+                        w.round);
       });
 }
 

@@ -28,7 +28,7 @@ std::chrono::milliseconds Backoff::delay(int attempt,
 
 Client::Client(asio::io_context& io, std::string host, std::uint16_t port,
                const TlsMaterial& tls, ChannelOptions options, Backoff backoff,
-               std::function<v1::Hello()> make_hello,
+               std::function<Hello()> make_hello,
                Connection::RequestHandler on_request, ConnectHandler on_connect)
     : io_(io),
       host_(std::move(host)),
@@ -63,7 +63,7 @@ namespace {
 awaitable<std::shared_ptr<Connection>> dial(
     asio::io_context& io, const std::string& host, std::uint16_t port,
     asio::ssl::context& ssl, const ChannelOptions& options,
-    const v1::Hello& hello_body, v1::Welcome* welcome) {
+    const Hello& hello_body, Welcome* welcome) {
   // The caller keeps `hello_body` and `welcome` alive until dial completes.
   asio::ip::tcp::resolver resolver(io);
   auto [rec, endpoints] = co_await resolver.async_resolve(
@@ -85,7 +85,7 @@ awaitable<std::shared_ptr<Connection>> dial(
          port, hec.message());
   }
   v1::Envelope hello;
-  *hello.mutable_hello() = hello_body;
+  *hello.mutable_hello() = encode_hello(hello_body);
   hello.mutable_hello()->set_protocol_major(kProtocolMajor);
   hello.mutable_hello()->set_protocol_minor(kProtocolMinor);
   auto wec = co_await write_envelope(stream, hello, options.max_frame_size);
@@ -107,7 +107,8 @@ awaitable<std::shared_ptr<Connection>> dial(
   }
   CHORUS_CHECK_CODE(first->has_welcome(), Code::kFailedPrecondition,
                     "expected Welcome after Hello");
-  *welcome = first->welcome();
+  // A task this build cannot read is refused here (INVALID_ARGUMENT).
+  *welcome = decode_welcome(first->welcome());
   const std::string identity = peer_common_name(stream);
   co_return std::make_shared<Connection>(std::move(stream), options, identity,
                                          "protocol");
@@ -116,8 +117,8 @@ awaitable<std::shared_ptr<Connection>> dial(
 }  // namespace
 
 awaitable<std::shared_ptr<Connection>> Client::connect_once() {
-  v1::Welcome welcome;
-  const v1::Hello hello = make_hello_();
+  Welcome welcome;
+  const Hello hello = make_hello_();
   auto connection =
       co_await dial(io_, host_, port_, ssl_, options_, hello, &welcome);
   if (on_connect_) on_connect_(connection, welcome);
@@ -127,11 +128,11 @@ awaitable<std::shared_ptr<Connection>> Client::connect_once() {
 std::shared_ptr<Connection> connect(asio::io_context& io,
                                     const std::string& host, std::uint16_t port,
                                     const TlsMaterial& tls,
-                                    ChannelOptions options, v1::Hello hello,
+                                    ChannelOptions options, Hello hello,
                                     Connection::RequestHandler on_request) {
   auto ssl =
       std::make_shared<asio::ssl::context>(make_client_context(tls, host));
-  auto welcome = std::make_shared<v1::Welcome>();
+  auto welcome = std::make_shared<Welcome>();
   auto future = asio::co_spawn(
       io, dial(io, host, port, *ssl, options, hello, welcome.get()),
       asio::use_future);

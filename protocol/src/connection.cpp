@@ -140,17 +140,18 @@ awaitable<void> BasicConnection<S>::reader() {
 template <typename S>
 awaitable<void> BasicConnection<S>::serve(v1::Envelope request) {
   auto self = this->shared_from_this();
+  const auto request_id = request.request_id();
   v1::Envelope reply;
   try {
-    reply = co_await on_request_(request);
+    reply = co_await on_request_(std::move(request));
   } catch (const Error& e) {
     reply = make_status(e.code(), e.what());
   } catch (const std::exception& e) {
     log_->error("peer={} request_id={} event=handler_failed error={}",
-                peer_identity_, request.request_id(), e.what());
+                peer_identity_, request_id, e.what());
     reply = make_status(Code::kInternal, e.what());
   }
-  reply.set_request_id(request.request_id());
+  reply.set_request_id(request_id);
   enqueue(reply);
 }
 

@@ -19,9 +19,9 @@
 #include <tuple>
 
 #include "chorus/core/error.hpp"
+#include "chorus/protocol/codec.hpp"
 #include "chorus/protocol/framing.hpp"
 #include "chorus/protocol/tls_stream.hpp"
-#include "chorus/v1/chorus.pb.h"
 
 namespace chorus::protocol::envelope_io {
 

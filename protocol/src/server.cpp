@@ -18,9 +18,8 @@ using namespace envelope_io;
 using namespace asio::experimental::awaitable_operators;
 
 Server::Server(asio::io_context& io, asio::ip::tcp::endpoint endpoint,
-               const TlsMaterial& tls, ChannelOptions options,
-               v1::Welcome welcome, AdmitHandler on_admit,
-               ConnectHandler on_connect)
+               const TlsMaterial& tls, ChannelOptions options, Welcome welcome,
+               AdmitHandler on_admit, ConnectHandler on_connect)
     : io_(io),
       ssl_(make_server_context(tls)),
       acceptor_(io),
@@ -38,12 +37,12 @@ Server::Server(asio::io_context& io, asio::ip::tcp::endpoint endpoint,
                     endpoint.address().to_string(), endpoint.port(),
                     ec.message());
   port_ = acceptor_.local_endpoint().port();
-  welcome_.set_protocol_major(kProtocolMajor);
-  welcome_.set_protocol_minor(kProtocolMinor);
-  welcome_.set_heartbeat_interval_ms(
-      static_cast<std::uint32_t>(options_.heartbeat_interval.count()));
-  welcome_.set_idle_timeout_ms(
-      static_cast<std::uint32_t>(options_.idle_timeout.count()));
+  welcome_.protocol_major = kProtocolMajor;
+  welcome_.protocol_minor = kProtocolMinor;
+  welcome_.heartbeat_interval_ms =
+      static_cast<std::uint32_t>(options_.heartbeat_interval.count());
+  welcome_.idle_timeout_ms =
+      static_cast<std::uint32_t>(options_.idle_timeout.count());
 }
 
 void Server::start() {
@@ -134,7 +133,8 @@ awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
                     kProtocolMinor));
     co_return;
   }
-  Admission admission = on_admit_(identity, hello->hello());
+  const Hello said = decode_hello(hello->hello());
+  Admission admission = on_admit_(identity, said);
   if (!admission.admit) {
     co_await refuse(admission.code, admission.message);
     co_return;
@@ -143,9 +143,9 @@ awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
   auto connection = std::make_shared<Connection>(std::move(*stream), options_,
                                                  identity, "protocol");
   v1::Envelope welcome;
-  *welcome.mutable_welcome() = welcome_;
+  *welcome.mutable_welcome() = encode_welcome(welcome_);
   connection->send(welcome);
-  on_connect_(connection, hello->hello());
+  on_connect_(connection, said);
 }
 
 }  // namespace chorus::protocol

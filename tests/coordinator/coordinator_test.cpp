@@ -24,6 +24,7 @@
 #include "support/doctest.hpp"
 #include "support/errors.hpp"
 #include "support/temp_dir.hpp"
+#include "support/wire.hpp"
 
 namespace co = chorus::coordinator;
 namespace nd = chorus::node;
@@ -334,8 +335,8 @@ struct Operator {
 
   Operator(std::uint16_t port, const pr::KeyPair& keys,
            bool says_operator = true) {
-    v1::Hello hello;
-    if (says_operator) hello.add_capabilities("operator");
+    pr::Hello hello;
+    if (says_operator) hello.capabilities.push_back("operator");
     try {
       connection = pr::connect(
           io, "127.0.0.1", port, world().material(keys), pr::ChannelOptions{},
@@ -358,7 +359,8 @@ struct Operator {
   }
   v1::Envelope ask(const torch::Tensor& x) {
     v1::Envelope request;
-    pr::encode_tensor(x, request.mutable_predict_request()->mutable_inputs());
+    chorus::testing::encode_tensor(
+        x, request.mutable_predict_request()->mutable_inputs());
     return connection->request_async(request, 10s).get();
   }
 };
@@ -388,8 +390,8 @@ TEST_CASE(
   CHECK(side.registry->connected().size() == 3);
 
   side.registry->serve_operators(
-      [&](const std::string&, const v1::Envelope& request) {
-        return coordinator.answer(request);
+      [&](const std::string&, const pr::PredictCall& call) {
+        return coordinator.answer(call);
       });
   std::map<std::string, std::int64_t> before;
   for (const auto& [name, service] : nodes.services)
@@ -406,7 +408,7 @@ TEST_CASE(
   for (const auto& [name, service] : nodes.services) {
     CHECK(service->inputs_answered() == before[name] + 50);
   }
-  auto probs = pr::decode_tensor(r.outputs());
+  auto probs = chorus::testing::decode_tensor(r.outputs());
   REQUIRE(probs.sizes() == torch::IntArrayRef({50, 4}));
   CHECK(torch::allclose(
       probs, coordinator.fuser().predict(coordinator.oracle(), x), 1e-5, 1e-6));

@@ -27,6 +27,7 @@
 #include "support/doctest.hpp"
 #include "support/errors.hpp"
 #include "support/temp_dir.hpp"
+#include "support/wire.hpp"
 
 namespace pr = chorus::protocol;
 namespace nd = chorus::node;
@@ -85,11 +86,11 @@ class TestCoordinator {
     };
     server_ = std::make_unique<pr::Server>(
         io_, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port),
-        pki().material(pki().coordinator), options, v1::Welcome{},
-        [](const std::string& identity, const v1::Hello&) {
+        pki().material(pki().coordinator), options, pr::Welcome{},
+        [](const std::string& identity, const pr::Hello&) {
           return pr::Admission{.admit = identity == "alpha"};
         },
-        [this](std::shared_ptr<pr::Connection> c, const v1::Hello& hello) {
+        [this](std::shared_ptr<pr::Connection> c, const pr::Hello& hello) {
           c->start(
               [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
                 chorus::fail(Code::kUnimplemented,
@@ -133,7 +134,7 @@ class TestCoordinator {
     std::lock_guard lock(mutex_);
     connection_.reset();
   }
-  v1::Hello hello() {
+  pr::Hello hello() {
     std::lock_guard lock(mutex_);
     return hello_;
   }
@@ -149,7 +150,7 @@ class TestCoordinator {
   std::mutex mutex_;
   std::condition_variable connected_;
   std::shared_ptr<pr::Connection> connection_;
-  v1::Hello hello_;
+  pr::Hello hello_;
   std::vector<v1::Envelope> received_;
 };
 
@@ -192,7 +193,7 @@ v1::Envelope predict_request(const torch::Tensor& x, std::uint32_t round = 1) {
   auto* r = e.mutable_predict_request();
   r->set_round(round);
   r->set_deadline_ms(5000);
-  pr::encode_tensor(x, r->mutable_inputs());
+  chorus::testing::encode_tensor(x, r->mutable_inputs());
   return e;
 }
 
@@ -201,7 +202,7 @@ torch::Tensor predict(pr::Connection& c, const torch::Tensor& x,
                       std::uint32_t round = 1) {
   auto reply = c.request_async(predict_request(x, round), 10s).get();
   REQUIRE(reply.has_predict_response());
-  return pr::decode_tensor(reply.predict_response().outputs());
+  return chorus::testing::decode_tensor(reply.predict_response().outputs());
 }
 
 torch::Tensor inputs(std::int64_t n, std::uint64_t seed = 1) {
@@ -269,11 +270,11 @@ TEST_CASE(
   CHECK(torch::allclose(got, local_probs(*model, x), 1e-5, 1e-6));
 
   auto hello = coordinator.hello();
-  CHECK(hello.expert().labels_size() == 3);
-  CHECK(hello.expert().labels(2) == "c");
-  CHECK(hello.expert().input_shape_size() == 3);
-  CHECK(hello.policy().max_batch() == 1024);
-  CHECK_FALSE(hello.policy().has_total_budget());
+  CHECK(hello.expert.labels.size() == 3);
+  CHECK(hello.expert.labels[2] == "c");
+  CHECK(hello.expert.input_shape.size() == 3);
+  CHECK(hello.policy.max_batch == 1024);
+  CHECK_FALSE(hello.policy.total_budget.has_value());
 }
 
 TEST_CASE(
@@ -306,13 +307,10 @@ TEST_CASE(
   torch::manual_seed(5);
   auto pixels =
       torch::randint(0, 256, {6, 1, 4, 4}, torch::kLong).to(torch::kUInt8);
-  v1::Envelope request;
-  request.set_request_id(1);
-  pr::encode_tensor(pixels,
-                    request.mutable_predict_request()->mutable_inputs());
+  const pr::PredictCall request{.inputs = pr::to_blob(pixels)};
   auto job = service.admit_predict(request);
   auto reply = service.run_predict(*job);
-  auto got = pr::decode_tensor(reply.predict_response().outputs());
+  auto got = pr::to_tensor(reply.outputs);
   auto seen = (pixels.to(torch::kFloat32) / 255.0 - 0.5) / 0.25;
   CHECK(torch::allclose(got, local_probs(*model, seen), 1e-5, 1e-6));
 
@@ -539,8 +537,9 @@ TEST_CASE(
     TestNode node(builtin_expert(model), options, coordinator.port());
     auto c = coordinator.wait_connection();
     auto reply = c->request_async(predict_request(x), 10s).get();
-    return std::make_pair(pr::decode_tensor(reply.predict_response().outputs()),
-                          reply.predict_response());
+    return std::make_pair(
+        chorus::testing::decode_tensor(reply.predict_response().outputs()),
+        reply.predict_response());
   };
 
   SUBCASE("label only: one-hot of the arg-max") {
@@ -782,9 +781,7 @@ TEST_CASE(
                         torch::tensor({0, 0, 1, 1, 2, 2}, torch::kLong)});
   TestNode node(builtin_expert(small_model()), options, coordinator.port());
   auto c = coordinator.wait_connection();
-  CHECK(std::find(coordinator.hello().capabilities().begin(),
-                  coordinator.hello().capabilities().end(),
-                  "adapt") != coordinator.hello().capabilities().end());
+  CHECK(coordinator.hello().can("adapt"));
   v1::Envelope adapt;
   adapt.mutable_adapt_request()->set_round(1);
   std::string msg;
@@ -797,8 +794,8 @@ TEST_CASE(
   auto reply = c->request_async(adapt, 30s).get();
   REQUIRE(reply.has_adapt_response());
   const auto& r = reply.adapt_response();
-  auto mean = pr::decode_tensor(r.embedding_mean());
-  auto logvar = pr::decode_tensor(r.embedding_logvar());
+  auto mean = chorus::testing::decode_tensor(r.embedding_mean());
+  auto logvar = chorus::testing::decode_tensor(r.embedding_logvar());
   CHECK(mean.sizes() == torch::IntArrayRef({2}));
   CHECK(logvar.sizes() == torch::IntArrayRef({2}));
   CHECK_FALSE(pr::has_non_finite(mean));

@@ -17,6 +17,7 @@
 #include "chorus/protocol/certs.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
 #include "support/doctest.hpp"
+#include "support/wire.hpp"
 
 namespace pr = chorus::protocol;
 namespace v1 = chorus::v1;
@@ -89,7 +90,8 @@ class LogCapture {
 
 v1::Envelope predict_request(const torch::Tensor& inputs) {
   v1::Envelope e;
-  pr::encode_tensor(inputs, e.mutable_predict_request()->mutable_inputs());
+  chorus::testing::encode_tensor(inputs,
+                                 e.mutable_predict_request()->mutable_inputs());
   return e;
 }
 
@@ -97,14 +99,15 @@ v1::Envelope predict_request(const torch::Tensor& inputs) {
 // tensor; sleeps first when the input's first value is negative.
 asio::awaitable<v1::Envelope> doubling_node(const v1::Envelope& request) {
   CHORUS_CHECK(request.has_predict_request(), "only Predict is served here");
-  auto inputs = pr::decode_tensor(request.predict_request().inputs());
+  auto inputs =
+      chorus::testing::decode_tensor(request.predict_request().inputs());
   if (inputs.numel() > 0 && inputs.flatten()[0].item<float>() < 0) {
     asio::steady_timer t(co_await asio::this_coro::executor, 500ms);
     co_await t.async_wait(asio::use_awaitable);
   }
   v1::Envelope reply;
-  pr::encode_tensor(inputs * 2,
-                    reply.mutable_predict_response()->mutable_outputs());
+  chorus::testing::encode_tensor(
+      inputs * 2, reply.mutable_predict_response()->mutable_outputs());
   co_return reply;
 }
 
@@ -113,17 +116,17 @@ class TestCoordinator {
  public:
   explicit TestCoordinator(pr::ChannelOptions options = fast_options(),
                            std::uint16_t port = 0) {
-    v1::Welcome welcome;
-    welcome.set_coordinator("coordinator");
+    pr::Welcome welcome;
+    welcome.coordinator = "coordinator";
     server_ = std::make_unique<pr::Server>(
         io_, tcp::endpoint(asio::ip::address_v4::loopback(), port),
         pki().material(pki().coordinator), options, welcome,
-        [](const std::string& identity, const v1::Hello&) {
+        [](const std::string& identity, const pr::Hello&) {
           if (identity == "alpha" || identity == "beta") return pr::Admission{};
           return pr::Admission{false, chorus::Code::kPermissionDenied,
                                "'" + identity + "' is not on the roster"};
         },
-        [this](std::shared_ptr<pr::Connection> c, const v1::Hello&) {
+        [this](std::shared_ptr<pr::Connection> c, const pr::Hello&) {
           c->start(
               [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
                 chorus::fail(chorus::Code::kUnimplemented,
@@ -190,8 +193,8 @@ class TestNode {
         io_, host, port, pki().material(leaf), options,
         pr::Backoff{.initial = 50ms, .max = 200ms},
         [] {
-          v1::Hello hello;
-          hello.set_software("test-node");
+          pr::Hello hello;
+          hello.software = "test-node";
           return hello;
         },
         doubling_node);
@@ -291,8 +294,9 @@ void check_still_serving(TestCoordinator& coordinator) {
   REQUIRE(conn != nullptr);
   auto reply =
       conn->request_async(predict_request(torch::ones({1, 3})), 2s).get();
-  CHECK(torch::equal(pr::decode_tensor(reply.predict_response().outputs()),
-                     torch::full({1, 3}, 2.0f)));
+  CHECK(torch::equal(
+      chorus::testing::decode_tensor(reply.predict_response().outputs()),
+      torch::full({1, 3}, 2.0f)));
   coordinator.forget("beta");
 }
 
@@ -315,8 +319,9 @@ TEST_CASE("channel: a node answers the coordinator over mutual TLS") {
   CHECK(conn->peer_identity() == "alpha");
   auto image = torch::rand({1, 1, 28, 28});
   auto reply = conn->request_async(predict_request(image), 2s).get();
-  CHECK(torch::equal(pr::decode_tensor(reply.predict_response().outputs()),
-                     image * 2));
+  CHECK(torch::equal(
+      chorus::testing::decode_tensor(reply.predict_response().outputs()),
+      image * 2));
   REQUIRE(alpha.client().connection() != nullptr);
   CHECK(alpha.client().connection()->peer_identity() == "coordinator");
 
@@ -327,7 +332,8 @@ TEST_CASE("channel: a node answers the coordinator over mutual TLS") {
         predict_request(torch::full({2, 2}, float(i))), 2s));
   }
   for (int i = 0; i < 20; ++i) {
-    auto out = pr::decode_tensor(futures[i].get().predict_response().outputs());
+    auto out = chorus::testing::decode_tensor(
+        futures[i].get().predict_response().outputs());
     CHECK(out[0][0].item<float>() == 2.0f * i);
   }
 }
@@ -350,10 +356,10 @@ TEST_CASE(
         conn->request_async(predict_request(torch::full({1}, float(i))), 10s));
   }
   for (int i = 0; i < 3; ++i) {
-    auto large =
-        pr::decode_tensor(futures[2 * i].get().predict_response().outputs());
+    auto large = chorus::testing::decode_tensor(
+        futures[2 * i].get().predict_response().outputs());
     CHECK(torch::equal(large, (big + i) * 2));
-    auto small = pr::decode_tensor(
+    auto small = chorus::testing::decode_tensor(
         futures[2 * i + 1].get().predict_response().outputs());
     CHECK(small.item<float>() == 2.0f * i);
   }
@@ -542,13 +548,13 @@ TEST_CASE("channel: a peer that stops reading is cut off at the queue limit") {
 }
 
 TEST_CASE("channel: the node checks the coordinator's host name") {
-  v1::Welcome welcome;
+  pr::Welcome welcome;
   asio::io_context io;
   pr::Server server(
       io, tcp::endpoint(asio::ip::address_v4::loopback(), 0),
       pki().material(pki().localhost_only), TestCoordinator::fast_options(),
       welcome, [](auto&&...) { return pr::Admission{}; },
-      [](std::shared_ptr<pr::Connection> c, const v1::Hello&) {
+      [](std::shared_ptr<pr::Connection> c, const pr::Hello&) {
         c->start(
             [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
               co_return v1::Envelope{};

@@ -3,6 +3,7 @@
 #include "chorus/core/error.hpp"
 #include "support/doctest.hpp"
 #include "support/errors.hpp"
+#include "support/wire.hpp"
 
 namespace pr = chorus::protocol;
 using chorus::testing::code_of;
@@ -15,11 +16,11 @@ TEST_CASE("codec: every wire dtype round-trips bit for bit") {
     CAPTURE(c10::toString(dtype));
     auto t = (torch::rand({3, 1, 4, 5}) * 200).to(dtype);
     chorus::v1::Tensor wire;
-    pr::encode_tensor(t, &wire);
+    chorus::testing::encode_tensor(t, &wire);
     CHECK(wire.shape_size() == 4);
     CHECK(wire.data().size() ==
           static_cast<std::size_t>(t.numel() * t.element_size()));
-    auto back = pr::decode_tensor(wire);
+    auto back = chorus::testing::decode_tensor(wire);
     CHECK(chorus::testing::dtype_name(back) == chorus::testing::dtype_name(t));
     CHECK(torch::equal(back, t));
   }
@@ -29,22 +30,23 @@ TEST_CASE(
     "codec: non-contiguous and rank-0 tensors are encoded as their values") {
   auto t = torch::arange(12, torch::kFloat).reshape({3, 4}).t();
   chorus::v1::Tensor wire;
-  pr::encode_tensor(t, &wire);
-  CHECK(torch::equal(pr::decode_tensor(wire), t));
-  pr::encode_tensor(torch::tensor(7.5f), &wire);
+  chorus::testing::encode_tensor(t, &wire);
+  CHECK(torch::equal(chorus::testing::decode_tensor(wire), t));
+  chorus::testing::encode_tensor(torch::tensor(7.5f), &wire);
   CHECK(wire.shape_size() == 0);
-  CHECK(pr::decode_tensor(wire).item<float>() == 7.5f);
+  CHECK(chorus::testing::decode_tensor(wire).item<float>() == 7.5f);
   CHECK(code_of([&] {
-          pr::encode_tensor(torch::zeros({2}, torch::kDouble), &wire);
+          chorus::testing::encode_tensor(torch::zeros({2}, torch::kDouble),
+                                         &wire);
         }) == chorus::Code::kInvalidArgument);
 }
 
 TEST_CASE("codec: a tensor whose bytes do not match its shape is refused") {
   chorus::v1::Tensor wire;
-  pr::encode_tensor(torch::zeros({2, 3}), &wire);
+  chorus::testing::encode_tensor(torch::zeros({2, 3}), &wire);
   wire.mutable_data()->pop_back();
   std::string msg;
-  CHECK(code_of([&] { pr::decode_tensor(wire); }, &msg) ==
+  CHECK(code_of([&] { chorus::testing::decode_tensor(wire); }, &msg) ==
         chorus::Code::kInvalidArgument);
   CHECK(msg == "tensor of shape [2, 3] and dtype Float needs 24 bytes, got 23");
 }
@@ -54,29 +56,29 @@ TEST_CASE("codec: hostile shapes are refused before allocating") {
   wire.set_dtype(chorus::v1::DTYPE_FLOAT32);
   std::string msg;
   for (auto d : {1'000'000'000'000ll, 1ll << 62, 1ll << 62}) wire.add_shape(d);
-  CHECK(code_of([&] { pr::decode_tensor(wire); }, &msg) ==
+  CHECK(code_of([&] { chorus::testing::decode_tensor(wire); }, &msg) ==
         chorus::Code::kInvalidArgument);
   CHECK(msg.find("exceeds the maximum") != std::string::npos);
 
   wire.clear_shape();
   wire.add_shape(-4);
-  CHECK(code_of([&] { pr::decode_tensor(wire); }, &msg) ==
+  CHECK(code_of([&] { chorus::testing::decode_tensor(wire); }, &msg) ==
         chorus::Code::kInvalidArgument);
   CHECK(msg.find("negative dimension") != std::string::npos);
 
   wire.clear_shape();
   for (int i = 0; i < 9; ++i) wire.add_shape(1);
-  CHECK(code_of([&] { pr::decode_tensor(wire, {.max_rank = 8}); }, &msg) ==
-        chorus::Code::kInvalidArgument);
+  CHECK(code_of([&] { chorus::testing::decode_tensor(wire, {.max_rank = 8}); },
+                &msg) == chorus::Code::kInvalidArgument);
 
   wire.clear_shape();
   wire.set_dtype(static_cast<chorus::v1::DType>(42));
-  CHECK(code_of([&] { pr::decode_tensor(wire); }, &msg) ==
+  CHECK(code_of([&] { chorus::testing::decode_tensor(wire); }, &msg) ==
         chorus::Code::kInvalidArgument);
   CHECK(msg.find("unknown dtype 42") != std::string::npos);
 
   wire.set_dtype(chorus::v1::DTYPE_UNSPECIFIED);
-  CHECK(code_of([&] { pr::decode_tensor(wire); }) ==
+  CHECK(code_of([&] { chorus::testing::decode_tensor(wire); }) ==
         chorus::Code::kInvalidArgument);
 }
 

@@ -129,9 +129,9 @@ class Coordinator {
   FusedPrediction predict(const torch::Tensor& inputs);
   /// `predict` for an operator's PredictRequest, whose inputs are in the
   /// task's form (uint8 pixels, or float32 already scaled to [0, 1]; raw
-  /// features before the normalisation): the fused PredictResponse
-  /// (probabilities, label names, algorithm, round, expert queries).
-  v1::Envelope answer(const v1::Envelope& request);
+  /// features before the normalisation): the fused answer (probabilities,
+  /// label names, algorithm, round, expert queries).
+  protocol::PredictAnswer answer(const protocol::PredictCall& call);
 
  private:
   struct Impl;

@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -13,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "chorus/coordinator/node_link.hpp"
 #include "chorus/coordinator/roster.hpp"
 #include "chorus/core/task.hpp"
 #include "chorus/protocol/channel.hpp"
@@ -22,26 +22,11 @@
 /// mTLS server; no torch here.
 namespace chorus::coordinator {
 
-/// What a node announced in its Hello, as values.
-struct NodeAnnouncement {
-  std::string software;                   ///< e.g. "chorus 0.1.0".
-  std::vector<std::int64_t> input_shape;  ///< One input of its expert.
-  std::vector<std::string> labels;        ///< Its expert's label names.
-  std::map<std::string, std::string> metadata;
-  std::uint64_t max_batch = 1;  ///< Largest Predict it accepts.
-  /// Its lifetime budget left when it said Hello, when it has one.
-  std::optional<std::uint64_t> total_remaining;
-  std::vector<std::string> capabilities;  ///< e.g. "adapt".
-
-  /// Whether it announced `capability`.
-  bool can(const std::string& capability) const;
-};
-
 /// A connected node.
 struct NodeInfo {
-  std::string identity;        ///< Its certificate CN.
-  NodeAnnouncement announced;  ///< Its expert and query policy.
-  int generation = 0;          ///< Connections so far (a reconnect adds one).
+  std::string identity;       ///< Its certificate CN.
+  protocol::Hello announced;  ///< Its expert and query policy.
+  int generation = 0;         ///< Connections so far (a reconnect adds one).
 };
 
 /// Options of the registry's server.
@@ -64,8 +49,8 @@ struct RegistryOptions {
 
 /// Answers an operator's PredictRequest (blocking; called on the registry's
 /// operator thread, one request at a time). Throws `chorus::Error`.
-using OperatorHandler = std::function<v1::Envelope(
-    const std::string& identity, const v1::Envelope& request)>;
+using OperatorHandler = std::function<protocol::PredictAnswer(
+    const std::string& identity, const protocol::PredictCall& call)>;
 
 /// Admits rostered nodes and keeps their connections. Thread-safe; the
 /// server runs on `io`, which the caller runs on some thread.
@@ -98,12 +83,11 @@ class NodeRegistry {
                                         std::chrono::milliseconds settle = {},
                                         std::stop_token cancel = {});
 
-  /// Sends a request to `identity` and returns its reply; the future throws
-  /// `chorus::Error` (UNAVAILABLE when the node is not connected or goes
-  /// away, DEADLINE_EXCEEDED, or the code of the node's Status).
-  std::future<v1::Envelope> request(const std::string& identity,
-                                    v1::Envelope request,
-                                    std::chrono::milliseconds deadline);
+  /// The node `identity`, whether connected now or not: each call goes
+  /// over its connection of the moment (UNAVAILABLE when there is none).
+  std::shared_ptr<NodeLink> link(const std::string& identity);
+  /// The strand the rounds' coroutines run on (fan-outs over links).
+  asio::any_io_executor executor() const;
 
   /// Starts answering operators' PredictRequests with `handler` (an empty
   /// handler stops: operators then get UNAVAILABLE).

@@ -1,34 +1,30 @@
 #pragma once
 
+#include <asio/any_io_executor.hpp>
 #include <chrono>
 #include <cstdint>
-#include <functional>
-#include <future>
+#include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
 #include <vector>
 
+#include "chorus/coordinator/node_link.hpp"
 #include "chorus/core/task.hpp"
 #include "chorus/fusion/oracle.hpp"
-#include "chorus/v1/chorus.pb.h"
 
 /// The fusion algorithms' `QueryOracle` over the network: each expert is a
 /// node, each query a set of PredictRequests within the node's batch cap,
-/// sent concurrently. No Asio here: requests go through a `RequestFn`
-/// (the `NodeRegistry` provides one).
+/// `window` of them in flight, all experts at once. The requests are
+/// coroutines on one executor; the oracle's blocking calls are where the
+/// fusion algorithms (threads) meet that event loop.
 namespace chorus::coordinator {
-
-/// Sends `request` to the node `identity`; the future yields its reply or
-/// throws `chorus::Error`.
-using RequestFn = std::function<std::future<v1::Envelope>(
-    const std::string& identity, v1::Envelope request,
-    std::chrono::milliseconds deadline)>;
 
 /// A node as an expert.
 struct RemoteExpert {
   fusion::ExpertInfo info;     ///< name = the node's identity.
   std::int64_t max_batch = 1;  ///< From its announced policy.
+  std::shared_ptr<NodeLink> link;
 };
 
 /// Options of a `RemoteOracle`.
@@ -46,37 +42,26 @@ struct RemoteOracleOptions {
   /// as float32.
   std::optional<TaskSpec> task;
   /// Once requested, no further request is sent: the requests in flight are
-  /// awaited (their answers reach the batch hook, so they are checkpointed)
-  /// and the query throws `chorus::Error` (CANCELLED).
+  /// awaited (their answers still reach the sink, so they are checkpointed)
+  /// and the query fails with CANCELLED.
   std::stop_token stop;
 };
 
 /// Experts reached through their nodes.
 class RemoteOracle : public fusion::QueryOracle {
  public:
+  /// The requests run on `executor` (a strand of the network's io_context).
   RemoteOracle(std::int64_t num_classes, std::vector<RemoteExpert> experts,
-               RequestFn request, RemoteOracleOptions options);
+               asio::any_io_executor executor, RemoteOracleOptions options);
 
   std::int64_t num_classes() const override { return num_classes_; }
   const std::vector<fusion::ExpertInfo>& experts() const override {
     return infos_;
   }
-  /// Every expert at once, each on its own thread.
+  /// Every expert at once.
   std::vector<torch::Tensor> query_all(const torch::Tensor& inputs) override;
   /// Sets the round stamped on later requests.
   void set_round(std::uint32_t round) { options_.round = round; }
-
-  /// Receives each request's answers as they arrive, in order: the row of
-  /// `inputs` they start at, and the answers (already checked: one row per
-  /// input, one column per label, finite).
-  using BatchHook =
-      std::function<void(std::int64_t first_row, const torch::Tensor& answers)>;
-  /// `query`, calling `on_batch` for every answered request (to checkpoint
-  /// answers as they arrive: a crash then loses only the requests in
-  /// flight). Not re-entrant on one thread.
-  torch::Tensor query_each_batch(std::int64_t expert,
-                                 const torch::Tensor& inputs,
-                                 const BatchHook& on_batch);
 
  protected:
   torch::Tensor do_query(std::int64_t expert,
@@ -88,17 +73,8 @@ class RemoteOracle : public fusion::QueryOracle {
   std::int64_t num_classes_;
   std::vector<RemoteExpert> remote_;
   std::vector<fusion::ExpertInfo> infos_;
-  RequestFn request_;
+  asio::any_io_executor executor_;
   RemoteOracleOptions options_;
 };
-
-/// Each expert's answers on `inputs`, asked concurrently; an expert that
-/// fails (disconnects, misses its deadline, refuses) gets an error instead.
-struct Gathered {
-  std::vector<torch::Tensor> answers;  ///< Undefined where it failed.
-  std::vector<std::string> errors;     ///< Empty where it answered.
-};
-Gathered gather(fusion::QueryOracle& oracle, const torch::Tensor& inputs,
-                const std::vector<std::int64_t>& experts);
 
 }  // namespace chorus::coordinator

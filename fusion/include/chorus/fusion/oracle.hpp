@@ -70,6 +70,11 @@ class QueryOracle {
   /// Answers a validated query; implementations need not count.
   virtual torch::Tensor do_query(std::int64_t expert,
                                  const torch::Tensor& inputs) = 0;
+  /// What `query` does with `do_query`'s answers: checks them (DATA_LOSS
+  /// for a wrong shape or non-finite values), counts the query, returns
+  /// them as float32. For oracles that ask several experts at once.
+  torch::Tensor accept(std::int64_t expert, const torch::Tensor& inputs,
+                       torch::Tensor answers);
   /// Bytes of `inputs` as they are shipped (counted in `bytes_sent`); by
   /// default their own size.
   virtual std::int64_t shipped_bytes(const torch::Tensor& inputs) const;

@@ -6,18 +6,15 @@
 #include <string>
 
 #include "chorus/node/budget.hpp"
+#include "chorus/protocol/messages.hpp"
 
 /// A node's query policy: what the data owner allows the coordinator to ask,
 /// and in what form answers leave the node. The node enforces it and
 /// announces it in its Hello.
 namespace chorus::node {
 
-/// The form of each answer.
-enum class OutputForm {
-  kProbabilities,  ///< The full distribution over the expert's labels.
-  kTopK,           ///< The k largest probabilities, the rest zero.
-  kLabelOnly,      ///< One-hot of the arg-max.
-};
+/// The form of each answer (as the protocol names it).
+using protocol::OutputForm;
 
 /// "probabilities", "top-k" or "label-only".
 const char* output_form_name(OutputForm form);

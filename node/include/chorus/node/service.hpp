@@ -12,11 +12,13 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/task.hpp"
 #include "chorus/node/policy.hpp"
-#include "chorus/v1/chorus.pb.h"
+#include "chorus/protocol/messages.hpp"
 
 /// What a node does with each request, independent of the network: the
-/// session (session.hpp) moves envelopes, this decides what to answer. No
-/// torch in this header, no Asio in its implementation.
+/// session (session.hpp) moves envelopes and turns them into values
+/// (protocol/messages.hpp), this decides what to answer and throws
+/// `chorus::Error` to refuse. No torch or protobuf in this header, no Asio
+/// in its implementation.
 namespace chorus::node {
 
 class Expert;
@@ -53,6 +55,14 @@ struct StoredModel {
 /// A predict request that passed admission, waiting for a worker.
 struct PredictJob;
 
+/// What the audit log records of a request, whatever became of it.
+struct RequestSummary {
+  std::string kind;  ///< "predict", "model_push", "adapt" or "other".
+  std::uint64_t request_id = 0;
+  std::uint32_t round = 0;
+  std::int64_t inputs = 0;  ///< Inputs a predict asked about.
+};
+
 /// The node's request handling. Thread-safe.
 class NodeService {
  public:
@@ -60,7 +70,7 @@ class NodeService {
   ~NodeService();
 
   /// The Hello this node sends: its expert descriptor and policy.
-  v1::Hello hello() const;
+  protocol::Hello hello() const;
 
   /// Takes the task a coordinator announced in its Welcome (none from a 1.1
   /// coordinator): later PredictRequests must bring inputs in its dtype and
@@ -77,26 +87,27 @@ class NodeService {
   /// RESOURCE_EXHAUSTED naming what remains. Nothing is spent on a refusal.
   /// Inputs are float32 as the expert takes them, or — with a task — in the
   /// task's dtype (uint8 pixels), scaled and normalised here.
-  std::shared_ptr<PredictJob> admit_predict(const v1::Envelope& request);
+  std::shared_ptr<PredictJob> admit_predict(const protocol::PredictCall& call);
   /// How long the job must wait for the rate limit.
   static std::chrono::milliseconds wait_of(const PredictJob& job);
   /// Runs the expert and shapes its answer per the policy (a worker thread).
-  v1::Envelope run_predict(PredictJob& job);
+  protocol::PredictAnswer run_predict(PredictJob& job);
 
-  /// One ModelPush chunk. Returns an OK Status; throws `chorus::Error`
-  /// (DATA_LOSS for a digest or size mismatch, FAILED_PRECONDITION for a
-  /// chunk out of order); the previously stored model is kept on any error.
-  v1::Envelope receive_model_chunk(const v1::Envelope& request);
+  /// One ModelPush chunk; the ack says what was done. Throws
+  /// `chorus::Error` (DATA_LOSS for a digest or size mismatch,
+  /// FAILED_PRECONDITION for a chunk out of order); the previously stored
+  /// model is kept on any error.
+  protocol::Ack receive_model_chunk(const protocol::ModelChunk& chunk);
 
   /// An AdaptRequest: adapts the pushed tae global model to the task (the
   /// request's τ*, or the node's own) with the node's private shots and
   /// returns only the prototype embedding (mean, log-variance of q_λ) and
   /// the bound. Throws `chorus::Error`: FAILED_PRECONDITION without a tae
   /// model or without shots.
-  v1::Envelope adapt(const v1::Envelope& request);
+  protocol::AdaptAnswer adapt(const protocol::AdaptCall& call);
 
   /// Writes the audit record of a finished request.
-  void record(const std::string& peer, const v1::Envelope& request,
+  void record(const std::string& peer, const RequestSummary& request,
               Code outcome, const std::string& message,
               std::chrono::steady_clock::duration latency);
 

@@ -22,18 +22,17 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/protocol/framing.hpp"
+#include "chorus/protocol/messages.hpp"
 #include "chorus/protocol/tls_stream.hpp"
-#include "chorus/v1/chorus.pb.h"
+
+namespace chorus::v1 {
+class Envelope;  // The generated message; codec.hpp brings its definition.
+}  // namespace chorus::v1
 
 /// The chorus.v1 transport: one mutually authenticated TLS connection per
 /// node, multiplexed by request_id, on Asio coroutines. The coordinator runs
 /// a `Server`, each node a `Client` that dials out and reconnects.
 namespace chorus::protocol {
-
-/// The protocol version this build speaks.
-inline constexpr std::uint32_t kProtocolMajor = 1;
-/// 1.1: operators. 1.2: the task in Welcome; inputs in the task's dtype.
-inline constexpr std::uint32_t kProtocolMinor = 2;
 
 /// PEM material of one party: the deployment's CA, its certificate, its key.
 struct TlsMaterial {
@@ -83,11 +82,12 @@ class BasicConnection
     : public std::enable_shared_from_this<BasicConnection<StreamT>> {
  public:
   using Stream = StreamT;
-  /// Answers an incoming request; its result (a reply body, or a Status) is
-  /// sent back with the request's id. Throwing `chorus::Error` sends a
-  /// Status with its code: every request gets exactly one reply.
+  /// Answers an incoming request (handed over: the handler may move from
+  /// it); its result (a reply body, or a Status) is sent back with the
+  /// request's id. Throwing `chorus::Error` sends a Status with its code:
+  /// every request gets exactly one reply.
   using RequestHandler =
-      std::function<asio::awaitable<v1::Envelope>(const v1::Envelope&)>;
+      std::function<asio::awaitable<v1::Envelope>(v1::Envelope)>;
   /// Called once when the connection ends, with the reason.
   using CloseHandler = std::function<void(const std::string& reason)>;
 
@@ -178,16 +178,16 @@ struct Admission {
 class Server {
  public:
   /// Decides on a node's Hello (its identity is already verified).
-  using AdmitHandler = std::function<Admission(const std::string& identity,
-                                               const v1::Hello& hello)>;
+  using AdmitHandler =
+      std::function<Admission(const std::string& identity, const Hello& hello)>;
   /// Receives each admitted connection, already started by the caller of
   /// this handler (the handler calls `Connection::start`).
   using ConnectHandler =
-      std::function<void(std::shared_ptr<Connection>, const v1::Hello& hello)>;
+      std::function<void(std::shared_ptr<Connection>, const Hello& hello)>;
 
   /// Listens on `endpoint` (port 0: any free port).
   Server(asio::io_context& io, asio::ip::tcp::endpoint endpoint,
-         const TlsMaterial& tls, ChannelOptions options, v1::Welcome welcome,
+         const TlsMaterial& tls, ChannelOptions options, Welcome welcome,
          AdmitHandler on_admit, ConnectHandler on_connect);
 
   /// Starts accepting.
@@ -206,7 +206,7 @@ class Server {
   asio::ip::tcp::acceptor acceptor_;
   std::uint16_t port_ = 0;
   ChannelOptions options_;
-  v1::Welcome welcome_;
+  Welcome welcome_;
   AdmitHandler on_admit_;
   ConnectHandler on_connect_;
   std::shared_ptr<spdlog::logger> log_;
@@ -230,11 +230,11 @@ class Client {
  public:
   /// Called with each new connection after Welcome (the client starts it).
   using ConnectHandler =
-      std::function<void(std::shared_ptr<Connection>, const v1::Welcome&)>;
+      std::function<void(std::shared_ptr<Connection>, const Welcome&)>;
 
   Client(asio::io_context& io, std::string host, std::uint16_t port,
          const TlsMaterial& tls, ChannelOptions options, Backoff backoff,
-         std::function<v1::Hello()> make_hello,
+         std::function<Hello()> make_hello,
          Connection::RequestHandler on_request, ConnectHandler on_connect = {});
 
   /// Starts dialling.
@@ -256,7 +256,7 @@ class Client {
   asio::ssl::context ssl_;
   ChannelOptions options_;
   Backoff backoff_;
-  std::function<v1::Hello()> make_hello_;
+  std::function<Hello()> make_hello_;
   Connection::RequestHandler on_request_;
   ConnectHandler on_connect_;
   std::shared_ptr<spdlog::logger> log_;
@@ -275,7 +275,7 @@ class Client {
 std::shared_ptr<Connection> connect(asio::io_context& io,
                                     const std::string& host, std::uint16_t port,
                                     const TlsMaterial& tls,
-                                    ChannelOptions options, v1::Hello hello,
+                                    ChannelOptions options, Hello hello,
                                     Connection::RequestHandler on_request);
 
 /// Builds a Status envelope.

@@ -9,9 +9,9 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <type_traits>
 
 #include "chorus/core/error.hpp"
-#include "chorus/v1/chorus.pb.h"
 
 /// Blocking work (inference, fusion, file writes) run off the network
 /// thread, awaited by the connection's coroutine.
@@ -20,15 +20,16 @@ namespace chorus::protocol {
 /// What a request produced: a reply, or the error to answer with. Errors
 /// travel as values between coroutines: g++ 12 has been seen corrupting the
 /// heap when exceptions unwind through several awaitable frames.
+template <typename T>
 struct Outcome {
-  v1::Envelope reply;
+  T reply{};
   std::optional<Error> error;
 };
 
 /// Runs `work`, catching what it throws into the outcome.
 template <typename F>
-Outcome run_caught(F&& work) {
-  Outcome out;
+auto run_caught(F&& work) -> Outcome<std::invoke_result_t<F&>> {
+  Outcome<std::invoke_result_t<F&>> out;
   try {
     out.reply = work();
   } catch (const Error& e) {
@@ -45,9 +46,10 @@ Outcome run_caught(F&& work) {
 /// The work travels in a shared_ptr through plain asio::post handlers, never
 /// as a lambda written in a statement with `co_await`: g++ 12 destroys such
 /// a closure twice (tests/protocol/coroutine_rule_test.cpp).
+template <typename T>
 struct PoolCall {
-  std::function<v1::Envelope()> work;
-  Outcome result;
+  std::function<T()> work;
+  Outcome<T> result;
   asio::steady_timer done;
   explicit PoolCall(const asio::any_io_executor& ex)
       : done(ex, asio::steady_timer::time_point::max()) {}
@@ -55,8 +57,9 @@ struct PoolCall {
 
 /// Starts `call` on `pool`; `co_await` the returned operation, then read
 /// `call->result`. Not a coroutine.
-inline auto start_on_pool(asio::thread_pool& pool,
-                          const std::shared_ptr<PoolCall>& call) {
+template <typename T>
+auto start_on_pool(asio::thread_pool& pool,
+                   const std::shared_ptr<PoolCall<T>>& call) {
   asio::post(pool, [call] {
     call->result = run_caught(call->work);
     asio::post(call->done.get_executor(), [call] { call->done.cancel(); });

@@ -4,11 +4,12 @@
 
 #include <cstdint>
 
-#include "chorus/v1/chorus.pb.h"
+#include "chorus/protocol/messages.hpp"
 
-/// Conversion between torch tensors and the wire `chorus.v1.Tensor`
-/// (dtype + shape + little-endian contiguous bytes). Pure computation: no
-/// Asio, no sockets, so it can be fuzzed on its own.
+/// Conversion between torch tensors and `TensorBlob`, the form a tensor
+/// travels in (dtype + shape + little-endian contiguous bytes; codec.hpp puts
+/// it on the wire). Pure computation: no Asio, no sockets, no protobuf, so it
+/// can be fuzzed on its own.
 namespace chorus::protocol {
 
 /// Bounds a decoder enforces before allocating.
@@ -17,17 +18,16 @@ struct TensorLimits {
   std::int64_t max_elements = std::int64_t{1} << 28;  // 1 GiB of float32.
 };
 
-/// Writes `tensor` (float32, float16, bfloat16, int64 or uint8; any layout,
-/// on the CPU) into `out`. Throws `chorus::Error` (INVALID_ARGUMENT) for
-/// another dtype.
-void encode_tensor(const at::Tensor& tensor, chorus::v1::Tensor* out);
+/// `tensor` (float32, float16, bfloat16, int64 or uint8; any layout, on the
+/// CPU) as a blob. Throws `chorus::Error` (INVALID_ARGUMENT) for another
+/// dtype.
+TensorBlob to_blob(const at::Tensor& tensor);
 
-/// A CPU tensor with the wire tensor's dtype, shape and bytes (a copy: it
-/// does not alias the message). Throws `chorus::Error` (INVALID_ARGUMENT)
-/// naming the fault: an unknown dtype, a negative dimension, rank or element
-/// count above `limits`, or a byte length that is not shape × element size.
-at::Tensor decode_tensor(const chorus::v1::Tensor& wire,
-                         const TensorLimits& limits = {});
+/// A CPU tensor with the blob's dtype, shape and bytes (a copy: it does not
+/// alias the blob). Throws `chorus::Error` (INVALID_ARGUMENT) naming the
+/// fault: an unspecified dtype, a negative dimension, rank or element count
+/// above `limits`, or a byte length that is not shape × element size.
+at::Tensor to_tensor(const TensorBlob& blob, const TensorLimits& limits = {});
 
 /// Whether a floating-point tensor holds a NaN or an infinity (false for
 /// integer tensors).
