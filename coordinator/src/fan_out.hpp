@@ -32,8 +32,7 @@ asio::awaitable<Asked> ask_node(RemoteExpert node, torch::Tensor inputs,
 /// Runs `work` on `executor` and blocks the calling thread (never one of
 /// the executor's) until it is done.
 template <typename T>
-T run_blocking(const asio::any_io_executor& executor,
-               asio::awaitable<T> work) {
+T run_blocking(const asio::any_io_executor& executor, asio::awaitable<T> work) {
   return asio::co_spawn(executor, std::move(work), asio::use_future).get();
 }
 

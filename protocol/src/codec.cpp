@@ -159,7 +159,8 @@ v1::Hello encode_hello(const Hello& hello) {
   for (auto s : hello.expert.input_shape) d->add_input_shape(s);
   d->set_input_dtype(encode_dtype(hello.expert.input_dtype));
   for (const auto& l : hello.expert.labels) d->add_labels(l);
-  for (const auto& [k, v] : hello.expert.metadata) (*d->mutable_metadata())[k] = v;
+  for (const auto& [k, v] : hello.expert.metadata)
+    (*d->mutable_metadata())[k] = v;
   for (auto t : hello.expert.task_descriptor) d->add_task_descriptor(t);
   const auto& pol = hello.policy;
   auto* p = h.mutable_policy();
@@ -203,8 +204,7 @@ Hello decode_hello(const v1::Hello& wire) {
   h.policy.top_k = p.top_k();
   h.policy.temperature = p.temperature();
   h.policy.noise_std = p.noise_std();
-  h.capabilities.assign(wire.capabilities().begin(),
-                        wire.capabilities().end());
+  h.capabilities.assign(wire.capabilities().begin(), wire.capabilities().end());
   return h;
 }
 
@@ -246,7 +246,8 @@ v1::Envelope envelope_of(PredictAnswer answer) {
   auto* r = e.mutable_predict_response();
   encode_blob(std::move(answer.outputs), r->mutable_outputs());
   r->set_form(encode_form(answer.form));
-  if (answer.budget_remaining) r->set_budget_remaining(*answer.budget_remaining);
+  if (answer.budget_remaining)
+    r->set_budget_remaining(*answer.budget_remaining);
   r->set_noise_std(answer.noise_std);
   for (auto& l : answer.labels) r->add_labels(std::move(l));
   r->set_algorithm(std::move(answer.algorithm));

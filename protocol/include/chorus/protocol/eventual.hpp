@@ -55,18 +55,17 @@ template <typename T>
 std::shared_ptr<Eventual<T>> start(const asio::any_io_executor& ex,
                                    asio::awaitable<T> work) {
   auto result = std::make_shared<Eventual<T>>(ex);
-  asio::co_spawn(ex, std::move(work),
-                 [result](std::exception_ptr thrown, T value) {
-                   if (thrown) {
-                     try {
-                       std::rethrow_exception(thrown);
-                     } catch (const std::exception& e) {
-                       spdlog::error("event=coroutine_escaped error=\"{}\"",
-                                     e.what());
-                     }
-                   }
-                   result->set(std::move(value));
-                 });
+  asio::co_spawn(
+      ex, std::move(work), [result](std::exception_ptr thrown, T value) {
+        if (thrown) {
+          try {
+            std::rethrow_exception(thrown);
+          } catch (const std::exception& e) {
+            spdlog::error("event=coroutine_escaped error=\"{}\"", e.what());
+          }
+        }
+        result->set(std::move(value));
+      });
   return result;
 }
 

@@ -107,7 +107,7 @@ struct Welcome {
 /// Answers to inputs, please.
 struct PredictCall {
   std::uint32_t round = 0;
-  TensorBlob inputs;  ///< [N, input_shape...] in the task's dtype.
+  TensorBlob inputs;              ///< [N, input_shape...] in the task's dtype.
   std::uint32_t deadline_ms = 0;  ///< The caller gives up after this long.
 };
 
