@@ -190,7 +190,7 @@ class SelectFuser : public Fuser {
     spec_.input_shape = data.transfer.sizes().slice(1).vec();
     spec_.arch = resolve_architecture(d.arch(), spec_.input_shape);
     spec_.num_classes = static_cast<std::int64_t>(data.experts.size());
-    torch::manual_seed(options_.seed());
+    SeedGuard seeded(options_.seed());
     selector_ = make_classifier(spec_);
     train(*selector_, data.fusion_inputs(), targets,
           TrainOptions()

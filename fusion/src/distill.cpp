@@ -30,7 +30,7 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
   auto targets = sharpen(teacher.to(torch::kFloat32), options.temperature());
 
   // Deterministic hold-out split of the transfer inputs.
-  torch::manual_seed(options.seed());
+  SeedGuard seeded(options.seed());
   auto order = torch::randperm(n, torch::kLong);
   const auto n_val = static_cast<std::int64_t>(n * options.holdout());
   auto val_idx = order.slice(0, 0, n_val);
@@ -50,7 +50,7 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
   spec.input_shape = inputs.sizes().slice(1).vec();
   spec.arch = resolve_architecture(options.arch(), spec.input_shape);
   spec.num_classes = classes;
-  torch::manual_seed(options.seed());
+  SeedGuard reseeded(options.seed());
   auto student = make_classifier(spec);
   auto train_options = TrainOptions()
                            .epochs(options.epochs())

@@ -36,7 +36,7 @@ TrainResult Foe::fit(const std::vector<torch::Tensor>& answers,
                     .num_classes = num_classes,
                     .hidden = options_.hidden()};
   auto make_fuser = [&] {
-    torch::manual_seed(options_.seed());
+    SeedGuard seeded(options_.seed());
     auto model = make_classifier(spec_);
     return model;
   };

@@ -142,7 +142,7 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
                "tae: w_dim, z_dim, prototypes and samples must be positive");
   CHORUS_CHECK(options_.delta() > 0 && options_.delta() < 1,
                "tae: delta must be in (0, 1), got {}", options_.delta());
-  torch::manual_seed(options_.seed());
+  SeedGuard seeded(options_.seed());
   net_ = TaeNet(input_dim, outputs, task_dim, options_);
   prototypes_ = torch::randn({options_.prototypes(), options_.z_dim()});
 }
@@ -193,7 +193,7 @@ std::vector<double> TaeModel::train(const TaeData& data) {
   auto rows_tau = taus.repeat_interleave(n, 0);
   const auto rows = rows_x.size(0);
 
-  torch::manual_seed(options_.seed());
+  SeedGuard seeded(options_.seed());
   torch::optim::Adam main(net_->model_parameters(),
                           torch::optim::AdamOptions(options_.lr()));
   torch::optim::Adam adv(net_->adversary_parameters(),

@@ -66,6 +66,19 @@ ThreadGuard::~ThreadGuard() {
   if (torch::get_num_threads() != previous_) torch::set_num_threads(previous_);
 }
 
+SeedGuard::SeedGuard(std::uint64_t seed) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  saved_ = gen.get_state();
+  gen.set_current_seed(seed);
+}
+
+SeedGuard::~SeedGuard() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(saved_);
+}
+
 void throw_if_stopped(const std::stop_token& stop, const char* what) {
   if (stop.stop_requested()) fail(Code::kCancelled, "{} cancelled", what);
 }
@@ -91,7 +104,7 @@ TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
   }
 
   ThreadGuard threads(options.threads());
-  torch::manual_seed(options.seed());
+  SeedGuard seeded(options.seed());
   const auto start = Clock::now();
   auto optimizer = make_optimizer(model, options);
   const std::int64_t n = x.size(0);

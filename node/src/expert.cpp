@@ -398,7 +398,7 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                fmt::join(labels, ", "), options.shard(), options.shards());
   auto x = all.inputs.index_select(0, keep);
   auto y = fusion::to_local_labels(all.labels.index_select(0, keep), classes);
-  torch::manual_seed(options.seed());
+  fusion::SeedGuard seeded(options.seed());
   auto perm = torch::randperm(x.size(0), torch::kLong);
   const auto n_hold = std::max<std::int64_t>(
       1, static_cast<std::int64_t>(options.holdout() *

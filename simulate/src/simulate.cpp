@@ -269,7 +269,7 @@ std::vector<Expert> prepare_experts(const SimulateOptions& o,
           .input_shape = task.input_shape,
           .num_classes = static_cast<std::int64_t>(e.task.size()),
           .hidden = e.hidden};
-      torch::manual_seed(o.seed * 100 + static_cast<std::uint64_t>(i));
+      fu::SeedGuard seeded(o.seed * 100 + static_cast<std::uint64_t>(i));
       auto model = fu::make_classifier(spec);
       fu::train(*model, x, y,
                 fu::TrainOptions()

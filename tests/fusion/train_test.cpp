@@ -4,6 +4,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/foe.hpp"
+#include "chorus/fusion/tae.hpp"
 #include "support/doctest.hpp"
 #include "synthetic.hpp"
 
@@ -49,6 +50,31 @@ TEST_CASE("train: the same seed gives the same weights") {
     return fu::predict_proba(*model, data.x);
   };
   CHECK(torch::equal(run(), run()));
+}
+
+TEST_CASE(
+    "train: training or building a model leaves the caller's random stream "
+    "as it was") {
+  auto data = make_blobs(100, 3, 8, 4);
+  torch::manual_seed(11);
+  const auto expected = torch::rand({5});
+  torch::manual_seed(11);
+  auto model = small_mlp(3, 3);  // Seeds the stream itself: reseed after.
+  torch::manual_seed(11);
+  fu::train(*model, data.x, data.y, fu::TrainOptions().epochs(1).seed(5));
+  fu::TaeModel tae(8, 3, 3, fu::TaeOptions().seed(9));
+  CHECK(torch::equal(torch::rand({5}), expected));
+  // And a guard still seeds what runs under it.
+  torch::Tensor a, b;
+  {
+    fu::SeedGuard seeded(42);
+    a = torch::rand({3});
+  }
+  {
+    fu::SeedGuard seeded(42);
+    b = torch::rand({3});
+  }
+  CHECK(torch::equal(a, b));
 }
 
 TEST_CASE("train: soft targets are matched (distillation loss)") {

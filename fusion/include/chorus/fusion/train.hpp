@@ -97,4 +97,21 @@ class ThreadGuard {
   int previous_ = 0;
 };
 
+/// Seeds torch's default CPU generator for the lifetime of the guard and
+/// then puts back the state it had: an algorithm is reproducible from its
+/// own seed, and a caller's random stream (a test's, another model's, the
+/// process's) is exactly as it was afterwards. Loading or building a model
+/// therefore never reseeds the process. The generator is process-wide:
+/// two guards on two threads at once share it (their draws interleave).
+class SeedGuard {
+ public:
+  explicit SeedGuard(std::uint64_t seed);
+  ~SeedGuard();
+  SeedGuard(const SeedGuard&) = delete;
+  SeedGuard& operator=(const SeedGuard&) = delete;
+
+ private:
+  torch::Tensor saved_;
+};
+
 }  // namespace chorus::fusion
