@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "after_round.hpp"
+#include "answer_store.hpp"
 #include "broadcast.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
@@ -26,17 +27,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
-std::string tensor_bytes(const std::vector<torch::Tensor>& tensors) {
-  std::ostringstream out;
-  torch::save(tensors, out);
-  return std::move(out).str();
-}
-
-std::vector<torch::Tensor> tensors_from(const fs::path& file) {
-  std::vector<torch::Tensor> out;
-  std::istringstream in(read_file(file));
-  torch::load(out, in);
-  return out;
+// Where the answers are checkpointed; the run directory must be named.
+std::filesystem::path answers_dir(const CoordinatorOptions& o) {
+  CHORUS_CHECK(!o.run_dir.empty(), "the coordinator needs a run directory");
+  return o.run_dir / "checkpoints" / "answers";
 }
 
 }  // namespace
@@ -47,12 +41,8 @@ struct Coordinator::Impl {
   CoordinatorOptions options;
   std::shared_ptr<spdlog::logger> log = log::get("coordinator");
 
-  // Collected answers: node → slice → [rows of the slice, |labels|].
-  std::map<std::string, std::map<int, torch::Tensor>> answers;
-  // node → slice → first row → answers of one request of an unfinished slice.
-  std::map<std::string, std::map<int, std::map<std::int64_t, torch::Tensor>>>
-      partial;
-  std::map<std::string, std::vector<std::int64_t>> labels;
+  // The answers collected, checkpointed under the run directory.
+  AnswerStore store;
 
   std::unique_ptr<fusion::Fuser> fuser;
   std::vector<fusion::ExpertInfo> experts;
@@ -68,29 +58,16 @@ struct Coordinator::Impl {
       : registry(r),
         pool(std::move(p)),
         options(std::move(o)),
-        after_round(make_after_round(
-            options.algorithm,
-            RoundContext{
-                .registry = registry, .options = options, .labels = labels})) {}
+        store(answers_dir(options)),
+        after_round(make_after_round(options.algorithm,
+                                     RoundContext{.registry = registry,
+                                                  .options = options,
+                                                  .labels = store.labels()})) {}
 
   std::int64_t n() const { return pool.inputs.size(0); }
   std::int64_t slice_begin(int s) const { return n() * s / options.rounds; }
   std::int64_t slice_end(int s) const { return n() * (s + 1) / options.rounds; }
 
-  fs::path answers_dir() const {
-    return options.run_dir / "checkpoints" / "answers";
-  }
-  fs::path answer_file(const std::string& node, int slice) const {
-    return answers_dir() / fmt::format("{}.slice{}.pt", node, slice);
-  }
-  // Answers to part of a slice, from row `offset` of U: written as each
-  // request's answers arrive, so that a crash mid-slice loses only the
-  // requests in flight; merged into the slice's file when it is complete.
-  fs::path part_file(const std::string& node, int slice,
-                     std::int64_t offset) const {
-    return answers_dir() /
-           fmt::format("{}.slice{}.part{}.pt", node, slice, offset);
-  }
   fs::path manifest(int round) const {
     return options.run_dir / "checkpoints" /
            fmt::format("round-{}.json", round);
@@ -105,39 +82,10 @@ struct Coordinator::Impl {
     return out;
   }
 
-  // Loads every answer file and the last complete round. Returns it (0: none).
-  int load_checkpoints() {
-    std::error_code ec;
-    if (fs::is_directory(answers_dir(), ec)) {
-      for (const auto& entry : fs::directory_iterator(answers_dir())) {
-        const auto name = entry.path().filename().string();
-        const auto dot = name.find(".slice");
-        if (dot == std::string::npos || entry.path().extension() != ".pt")
-          continue;
-        const auto node = name.substr(0, dot);
-        const auto part = name.find(".part", dot);
-        try {
-          const int slice = std::stoi(name.substr(dot + 6));
-          auto t = tensors_from(entry.path());
-          CHORUS_CHECK_CODE(t.size() == 2, Code::kDataLoss,
-                            "expected 2 tensors");
-          std::vector<std::int64_t> l(
-              t[1].data_ptr<std::int64_t>(),
-              t[1].data_ptr<std::int64_t>() + t[1].numel());
-          if (labels.count(node) && labels[node] != l) continue;
-          labels[node] = l;
-          if (part != std::string::npos) {
-            partial[node][slice][std::stoll(name.substr(part + 5))] = t[0];
-          } else {
-            answers[node][slice] = t[0];
-          }
-        } catch (const std::exception& e) {
-          log->warn("event=checkpoint_skipped file={} error=\"{}\"",
-                    entry.path().string(), e.what());
-        }
-      }
-    }
+  // The last complete round (0: none).
+  int last_complete_round() const {
     int last = 0;
+    std::error_code ec;
     for (int r = 1; r <= options.rounds; ++r) {
       if (fs::exists(manifest(r), ec)) last = r;
     }
@@ -165,7 +113,7 @@ struct Coordinator::Impl {
     parts.push_back(part);
     files.push_back(file);
     std::function<bool()> write = [file, part, task] {
-      write_file_atomic(file, tensor_bytes({part, task}));
+      AnswerStore::write(file, part, task);
       return true;
     };
     co_return co_await off_loop(std::move(write));
@@ -178,20 +126,11 @@ struct Coordinator::Impl {
                                  RemoteOracleOptions ro) {
     Asked total;
     const std::string name = node.info.name;
-    const auto task = torch::tensor(labels[name], torch::kLong);
+    const auto task = torch::tensor(store.labels().at(name), torch::kLong);
     for (int s = 0; s < round; ++s) {
-      if (answers[name].count(s)) continue;
+      if (store.has(name, s)) continue;
       // Requests answered before a crash, contiguous from the slice's start.
-      std::vector<torch::Tensor> parts;
-      std::vector<fs::path> part_files;
-      std::int64_t offset = slice_begin(s);
-      auto& known = partial[name][s];
-      for (auto it = known.find(offset); it != known.end();
-           it = known.find(offset)) {
-        parts.push_back(it->second);
-        part_files.push_back(part_file(name, s, offset));
-        offset += it->second.size(0);
-      }
+      auto [parts, part_files, offset] = store.resumed(name, s, slice_begin(s));
       if (offset > slice_begin(s)) {
         log->info(
             "node={} slice={} event=resumed_slice answered={} remaining={}",
@@ -201,8 +140,8 @@ struct Coordinator::Impl {
         const auto first = offset;
         AnswerSink sink = [this, &parts, &part_files, name, s, first, task](
                               std::int64_t row, torch::Tensor part) {
-          return keep_part(part_file(name, s, first + row), std::move(part),
-                           task, parts, part_files);
+          return keep_part(store.part_file(name, s, first + row),
+                           std::move(part), task, parts, part_files);
         };
         auto asked =
             co_await ask_node(node, pool.inputs.slice(0, offset, slice_end(s)),
@@ -214,19 +153,18 @@ struct Coordinator::Impl {
         }
       }
       auto a = torch::cat(parts);
-      std::function<bool()> merge = [file = answer_file(name, s), a, task,
-                                     part_files] {
-        write_file_atomic(file, tensor_bytes({a, task}));
+      std::function<bool()> merge = [file = store.slice_file(name, s), a, task,
+                                     files = part_files] {
+        AnswerStore::write(file, a, task);
         std::error_code ec;
-        for (const auto& f : part_files) fs::remove(f, ec);
+        for (const auto& f : files) fs::remove(f, ec);
         return true;
       };
       if (auto failed = co_await off_loop(std::move(merge))) {
         total.error = std::move(failed);
         co_return total;
       }
-      answers[name][s] = a;
-      partial[name].erase(s);
+      store.complete(name, s, a);
     }
     co_return total;
   }
@@ -249,13 +187,7 @@ struct Coordinator::Impl {
     std::vector<RemoteExpert> remote;
     for (const auto& node : present) {
       auto l = to_indices(node.announced.expert.labels);
-      if (labels.count(node.identity) && labels[node.identity] != l) {
-        log->warn("node={} event=task_changed action=discard_answers",
-                  node.identity);
-        answers.erase(node.identity);
-        partial.erase(node.identity);
-      }
-      labels[node.identity] = l;
+      store.set_labels(node.identity, l);
       remote.push_back(RemoteExpert{
           .info = {.name = node.identity, .labels = l},
           .max_batch = static_cast<std::int64_t>(
@@ -311,7 +243,7 @@ struct Coordinator::Impl {
     for (const auto& e : fused_experts) {
       std::vector<torch::Tensor> parts;
       for (int sl = 0; sl < round; ++sl)
-        parts.push_back(answers[e.info.name].at(sl));
+        parts.push_back(store.answers(e.info.name, sl));
       data.answers.push_back(torch::cat(parts));
       data.experts.push_back(e.info);
       report.experts.push_back(e.info.name);
@@ -392,10 +324,6 @@ Coordinator::Coordinator(NodeRegistry& registry, PoolData pool,
   CHORUS_CHECK(!o.run_dir.empty(), "the coordinator needs a run directory");
   (void)fusion::make_fuser(o.algorithm,
                            o.algorithm_options);  // Names it early.
-  std::error_code ec;
-  fs::create_directories(impl_->answers_dir(), ec);
-  CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create {}: {}",
-                    impl_->answers_dir().string(), ec.message());
 }
 
 Coordinator::~Coordinator() = default;
@@ -405,7 +333,8 @@ std::vector<RoundReport> Coordinator::run() {
   int first = 1;
   std::vector<RoundReport> reports;
   if (o.resume) {
-    const int last = impl_->load_checkpoints();
+    impl_->store.load();
+    const int last = impl_->last_complete_round();
     impl_->after_round->resume();
     for (int r = 1; r <= last && r < o.rounds; ++r) {
       RoundReport done;
