@@ -16,8 +16,8 @@ namespace fs = std::filesystem;
 AnswerStore::AnswerStore(fs::path dir) : dir_(std::move(dir)) {
   std::error_code ec;
   fs::create_directories(dir_, ec);
-  CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create {}: {}",
-                    dir_.string(), ec.message());
+  CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create {}: {}", dir_.string(),
+                    ec.message());
 }
 
 void AnswerStore::load() {

@@ -28,9 +28,7 @@ class AnswerStore {
 
   /// Each node's labels (indices into the label space) its answers are
   /// over.
-  std::map<std::string, std::vector<std::int64_t>>& labels() {
-    return labels_;
-  }
+  std::map<std::string, std::vector<std::int64_t>>& labels() { return labels_; }
   /// Takes `node`'s labels; answers kept under other labels (its task
   /// changed) are dropped, with a warning.
   void set_labels(const std::string& node, std::vector<std::int64_t> labels);
