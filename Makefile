@@ -37,6 +37,7 @@ bench: build
 	    --save-dir $(BUILD_DIR)/bench-results
 	scripts/fetch-mnist.sh
 	$(BUILD_DIR)/bench/bench_p2 --tasks 100 --json $(BUILD_DIR)/bench-results/p2.json
+	$(BUILD_DIR)/bench/bench_p3 --json $(BUILD_DIR)/bench-results/p3.json
 
 # The C++ sources follow .clang-format; CI fails on any difference.
 FORMATTED = git ls-files -z '*.cpp' '*.hpp' '*.hpp.in'

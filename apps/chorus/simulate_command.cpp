@@ -26,7 +26,7 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
   sub->add_option("--algorithm", o->algorithm,
                   "Fusion algorithms, comma-separated; the first is run by the "
                   "coordinator and broadcast (bplus, bmax, distill, foe, "
-                  "foe-distill, foe-select, frugal, tae)")
+                  "foe-distill, foe-select, frugal, tae, dro)")
       ->capture_default_str();
   sub->add_option(
          "--dataset", o->dataset,

@@ -8,14 +8,15 @@
 #include <vector>
 
 #include "chorus/coordinator/coordinator.hpp"
+#include "chorus/coordinator/node_link.hpp"
 #include "chorus/coordinator/registry.hpp"
 #include "chorus/fusion/algorithms.hpp"
 
 /// Steps an algorithm adds to every round of the coordinator, around the
 /// push of its model — tae's adaptation by the nodes and the refit of its
-/// prior on their prototype embeddings. Each algorithm that needs such steps
-/// registers a factory in after_round.cpp; the rounds do not name any
-/// algorithm.
+/// prior on their prototype embeddings, dro's adaptation by the nodes. Each
+/// algorithm that needs such steps registers a factory in after_round.cpp; the
+/// rounds do not name any algorithm.
 namespace chorus::coordinator {
 
 /// What an algorithm's round steps may use.
@@ -40,11 +41,21 @@ class AfterRound {
                           const std::filesystem::path& model_file) {}
 };
 
+/// Asks every node that was pushed this round's model (`report.pushed_to`)
+/// and can adapt to adapt it to its own task, all at once; blocks the
+/// calling thread until every answer or error is in. Returns the nodes
+/// asked and their results, in the same order.
+std::vector<std::pair<std::string, CallResult<protocol::AdaptAnswer>>>
+adapt_pushed(const RoundContext& context, int round, const RoundReport& report);
+
 /// The steps `algorithm` registered, or ones that do nothing.
 std::unique_ptr<AfterRound> make_after_round(const std::string& algorithm,
                                              const RoundContext& context);
 
 /// tae's steps (tae_round.cpp).
 std::unique_ptr<AfterRound> make_tae_round(const RoundContext& context);
+
+/// dro's steps (dro_round.cpp).
+std::unique_ptr<AfterRound> make_dro_round(const RoundContext& context);
 
 }  // namespace chorus::coordinator

@@ -69,13 +69,7 @@ void predict_locally(const PredictOptions& o, const torch::Tensor& images,
                "--adapted '{}' goes with a tae model; '{}' is not one",
                o.adapted.string(), o.model.string());
   auto fused = fusion::load_fused_model(o.model);
-  CHORUS_CHECK_CODE(
-      !fusion::needs_experts_at_prediction(fused.algorithm),
-      Code::kFailedPrecondition,
-      "'{}' is a {} fuser: it combines the experts' answers at prediction "
-      "time; ask "
-      "the coordinator that runs it (chorus predict --coordinator HOST:PORT)",
-      o.model.string(), fused.algorithm);
+  fusion::check_predicts_alone(fused, o.model);
   const auto shape = images.sizes().slice(1).vec();
   CHORUS_CHECK(fused.spec.input_shape == shape,
                "model '{}' takes inputs of shape [{}], the images are [{}]",
@@ -85,7 +79,9 @@ void predict_locally(const PredictOptions& o, const torch::Tensor& images,
   probs = fusion::predict_proba(*fused.model, images);
   report.source = "model " + o.model.string();
   report.algorithm = fused.algorithm;
-  report.class_names = output_names(fused.spec.num_classes);
+  auto task = fusion::task_outputs(fused);
+  report.class_names =
+      task.names.empty() ? output_names(fused.spec.num_classes) : task.names;
 }
 
 void predict_remotely(const PredictOptions& o, const torch::Tensor& images,

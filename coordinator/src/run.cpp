@@ -316,6 +316,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
                              .seed(static_cast<std::uint64_t>(k.seed))
                              .threads(static_cast<int>(k.threads));
   co.algorithm_options.distill().arch(k.student);
+  co.algorithm_options.dro().imitator().arch(k.student);
   co.rounds = static_cast<int>(k.rounds);
   co.min_nodes = k.min_nodes == 0 ? k.roster.size()
                                   : static_cast<std::size_t>(k.min_nodes);

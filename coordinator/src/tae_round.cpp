@@ -13,9 +13,7 @@
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/tae.hpp"
-#include "chorus/protocol/eventual.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
-#include "fan_out.hpp"
 
 namespace chorus::coordinator {
 namespace {
@@ -124,31 +122,12 @@ class TaeRound : public AfterRound {
   // before it is pushed.
   void aggregate_embeddings(fusion::TaeModel& tae, int round,
                             RoundReport& report, const fs::path& model_file) {
-    std::vector<std::string> asked;
-    std::vector<std::shared_ptr<NodeLink>> links;  // Outlive their calls.
-    std::vector<asio::awaitable<CallResult<protocol::AdaptAnswer>>> calls;
-    for (const auto& node : ctx_.registry.connected()) {
-      if (!node.announced.can("adapt")) continue;
-      if (std::find(report.pushed_to.begin(), report.pushed_to.end(),
-                    node.identity) == report.pushed_to.end()) {
-        continue;
-      }
-      asked.push_back(node.identity);
-      links.push_back(ctx_.registry.link(node.identity));
-      calls.push_back(
-          links.back()->adapt({.round = static_cast<std::uint32_t>(round)},
-                              ctx_.options.request_deadline));
-    }
-    // Every node adapts at once; this thread waits.
-    auto replies = run_blocking(ctx_.registry.executor(),
-                                protocol::all_of(std::move(calls)));
     std::size_t received = 0;
     nlohmann::json saved = nlohmann::json::object();
-    for (std::size_t k = 0; k < asked.size(); ++k) {
-      const auto& id = asked[k];
+    for (const auto& [id, reply] : adapt_pushed(ctx_, round, report)) {
       try {
-        if (replies[k].error) throw *replies[k].error;
-        const auto& r = replies[k].reply;
+        if (reply.error) throw *reply.error;
+        const auto& r = reply.reply;
         fusion::WDistribution q{protocol::to_tensor(r.embedding_mean),
                                 protocol::to_tensor(r.embedding_logvar)};
         CHORUS_CHECK_CODE(q.mean.numel() == tae.options().w_dim() &&

@@ -4,6 +4,8 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <nlohmann/json.hpp>
+#include <ranges>
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/ensemble.hpp"
@@ -311,6 +313,77 @@ class TaeFuser : public Fuser {
   torch::Tensor votes_;  ///< Relabelled by V's shots; undefined without V.
 };
 
+// dro: a meta-learned initialisation from white-box imitators of the
+// black boxes (ALGORITHMS.md §5). The imitators share one architecture and
+// one starting point; their heads are as wide as the widest task, a
+// narrower expert's extra outputs taught to be zero. What is saved and
+// pushed is θ_init, for nodes to adapt to their tasks; the coordinator's own
+// predictor is θ_init adapted to the whole label space with V.
+class DroFuser : public Fuser {
+ public:
+  explicit DroFuser(const AlgorithmOptions& o) : options_(o) {}
+  std::string name() const override { return "dro"; }
+  bool needs_experts() const override { return false; }
+  void fit(const FusionData& data) override {
+    data.validate(/*needs_labels=*/false);
+    const auto& o = options_.dro();
+    std::int64_t ways = 2;
+    for (const auto& e : data.experts)
+      ways = std::max<std::int64_t>(ways, e.labels.size());
+    std::vector<torch::Tensor> models;
+    std::vector<std::int64_t> layers;
+    ModelSpec spec;
+    for (std::size_t i = 0; i < data.answers.size(); ++i) {
+      auto teacher = data.answers[i].to(torch::kFloat32);
+      if (teacher.size(1) < ways) {
+        teacher = torch::cat(
+            {teacher, torch::zeros({teacher.size(0), ways - teacher.size(1)})},
+            1);
+      }
+      auto imitator = o.imitator();
+      imitator.seed(o.seed() + i)
+          .init_seed(o.seed())
+          .threads(o.threads())
+          .stop(o.stop());
+      auto result = distill(data.transfer, teacher, imitator, "imitator");
+      models.push_back(flatten_model(*result.model.model));
+      if (layers.empty()) {
+        layers = layer_sizes(*result.model.model);
+        spec = result.model.spec;
+      }
+    }
+    auto fit = meta_learn(models, layers, o);
+    init_ = dro_model(spec, fit, "imitators",
+                      static_cast<std::int64_t>(models.size()), o);
+    init_->attributes["labels"] = nlohmann::json(data.label_names).dump();
+    init_->attributes["experts"] = fmt::format(
+        "{}", fmt::join(data.experts | std::views::transform([](const auto& e) {
+                          return e.name;
+                        }),
+                        ","));
+    served_.reset();
+    if (data.fusion_index.defined() && data.fusion_index.numel() > 0) {
+      served_ = adapt_initialisation(*init_, data.fusion_inputs(),
+                                     data.fusion_labels, data.num_classes,
+                                     o.adapt_steps(), o.adapt_lr(), o.seed());
+    }
+  }
+  torch::Tensor predict(QueryOracle&, const torch::Tensor& x) override {
+    CHORUS_CHECK_CODE(init_.has_value(), Code::kFailedPrecondition,
+                      "dro: predict before fit");
+    CHORUS_CHECK_CODE(served_ != nullptr, Code::kFailedPrecondition,
+                      "dro: the initialisation predicts only once adapted to "
+                      "a task, and the round had no labelled fusion set V");
+    return predict_proba(*served_, x);
+  }
+  std::optional<FusedModel> fused_model() const override { return init_; }
+
+ private:
+  AlgorithmOptions options_;
+  std::optional<FusedModel> init_;
+  std::shared_ptr<ClassifierImpl> served_;
+};
+
 // Applies the shared seed, thread count and stop token to every
 // algorithm's options.
 AlgorithmOptions seeded(AlgorithmOptions o) {
@@ -318,6 +391,7 @@ AlgorithmOptions seeded(AlgorithmOptions o) {
   o.distill().seed(o.seed()).threads(o.threads()).stop(o.stop());
   o.frugal().fuser().seed(o.seed()).threads(o.threads()).stop(o.stop());
   o.tae().stop(o.stop());
+  o.dro().seed(o.seed()).threads(o.threads()).stop(o.stop());
   return o;
 }
 
@@ -325,8 +399,8 @@ AlgorithmOptions seeded(AlgorithmOptions o) {
 
 const std::vector<std::string>& algorithm_names() {
   static const std::vector<std::string> kNames = {
-      "bplus",       "bmax",       "distill", "foe",
-      "foe-distill", "foe-select", "frugal",  "tae"};
+      "bplus",      "bmax",   "distill", "foe", "foe-distill",
+      "foe-select", "frugal", "tae",     "dro"};
   return kNames;
 }
 
@@ -341,6 +415,7 @@ std::unique_ptr<Fuser> make_fuser(const std::string& name,
   if (name == "frugal") return std::make_unique<FrugalFuser>(o);
   if (name == "foe-select") return std::make_unique<SelectFuser>(o);
   if (name == "tae") return std::make_unique<TaeFuser>(o);
+  if (name == "dro") return std::make_unique<DroFuser>(o);
   fail(Code::kInvalidArgument, "unknown algorithm '{}' (expected one of: {})",
        name, fmt::join(algorithm_names(), ", "));
 }

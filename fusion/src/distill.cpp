@@ -50,7 +50,8 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
   spec.input_shape = inputs.sizes().slice(1).vec();
   spec.arch = resolve_architecture(options.arch(), spec.input_shape);
   spec.num_classes = classes;
-  SeedGuard reseeded(options.seed());
+  if (spec.arch == "mlp") spec.hidden = options.hidden();
+  SeedGuard reseeded(options.init_seed().value_or(options.seed()));
   auto student = make_classifier(spec);
   auto train_options = TrainOptions()
                            .epochs(options.epochs())

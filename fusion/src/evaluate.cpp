@@ -111,12 +111,7 @@ EvalReport evaluate_fused_model(
                "--adapted '{}' goes with a tae model; '{}' is not one",
                adapted->string(), model_path.string());
   auto fused = load_fused_model(model_path);
-  CHORUS_CHECK_CODE(
-      !needs_experts_at_prediction(fused.algorithm), Code::kFailedPrecondition,
-      "'{}' is a {} fuser: it combines the experts' answers and needs them at "
-      "prediction time; evaluate it through a coordinator (chorus predict), "
-      "or distil it first (algorithm foe-distill)",
-      model_path.string(), fused.algorithm);
+  check_predicts_alone(fused, model_path);
 
   auto data = load_fashion_mnist(split, data_dir);
   const auto example_shape = data.images.sizes().slice(1).vec();
@@ -125,9 +120,29 @@ EvalReport evaluate_fused_model(
                model_path.string(), fmt::join(fused.spec.input_shape, ", "),
                dataset, fmt::join(example_shape, ", "));
   const auto num_classes = static_cast<std::int64_t>(data.class_names.size());
-  CHORUS_CHECK(fused.spec.num_classes == num_classes,
-               "model '{}' predicts {} classes, {} has {}", model_path.string(),
-               fused.spec.num_classes, dataset, num_classes);
+  std::string task;
+  if (auto outputs = task_outputs(fused); !outputs.classes.empty()) {
+    // A model adapted to a task (dro-adapted): the images of its classes,
+    // labelled by their output.
+    auto local = torch::full_like(data.labels, -1);
+    for (std::size_t i = 0; i < outputs.classes.size(); ++i) {
+      CHORUS_CHECK(outputs.classes[i] >= 0 && outputs.classes[i] < num_classes,
+                   "model '{}' names class {}, {} has {}", model_path.string(),
+                   outputs.classes[i], dataset, num_classes);
+      local.masked_fill_(data.labels.eq(outputs.classes[i]),
+                         static_cast<std::int64_t>(i));
+    }
+    auto rows = local.ge(0).nonzero().flatten();
+    data.images = data.images.index_select(0, rows);
+    data.labels = local.index_select(0, rows);
+    data.class_names = outputs.names;
+    task = fmt::format("adapted: {}", fmt::join(outputs.names, ", "));
+  } else {
+    CHORUS_CHECK(fused.spec.num_classes == num_classes,
+                 "model '{}' predicts {} classes, {} has {}",
+                 model_path.string(), fused.spec.num_classes, dataset,
+                 num_classes);
+  }
 
   ThreadGuard guard(threads);
   const auto start = std::chrono::steady_clock::now();
@@ -140,9 +155,11 @@ EvalReport evaluate_fused_model(
   report.spec = fused.spec.to_string();
   report.dataset =
       split == Split::kTrain ? "fashion-mnist:train" : "fashion-mnist:test";
-  report.examples = data.size();
+  report.examples = data.images.size(0);
   report.class_names = data.class_names;
-  score(predictions, data.labels, num_classes, report);
+  report.task = task;
+  score(predictions, data.labels,
+        static_cast<std::int64_t>(data.class_names.size()), report);
   return report;
 }
 

@@ -3,6 +3,7 @@
 #include <fmt/ostream.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "chorus/core/error.hpp"
@@ -94,6 +95,48 @@ FusedModel load_fused_model(const std::filesystem::path& path) {
   }
   fused.model->eval();
   return fused;
+}
+
+TaskOutputs task_outputs(const FusedModel& fused) {
+  TaskOutputs out;
+  auto classes = fused.attributes.find("outputs");
+  auto names = fused.attributes.find("classes");
+  if (classes == fused.attributes.end() || names == fused.attributes.end())
+    return out;
+  try {
+    out.classes =
+        nlohmann::json::parse(classes->second).get<std::vector<std::int64_t>>();
+    out.names =
+        nlohmann::json::parse(names->second).get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    fail(Code::kDataLoss, "a {} model's task attributes are unreadable: {}",
+         fused.algorithm, e.what());
+  }
+  CHORUS_CHECK_CODE(
+      static_cast<std::int64_t>(out.classes.size()) == fused.spec.num_classes &&
+          out.names.size() == out.classes.size(),
+      Code::kDataLoss,
+      "a {} model with {} outputs names a task of {} classes ({} names)",
+      fused.algorithm, fused.spec.num_classes, out.classes.size(),
+      out.names.size());
+  return out;
+}
+
+void check_predicts_alone(const FusedModel& fused,
+                          const std::filesystem::path& file) {
+  CHORUS_CHECK_CODE(
+      !needs_experts_at_prediction(fused.algorithm), Code::kFailedPrecondition,
+      "'{}' is a {} fuser: it combines the experts' answers and needs them at "
+      "prediction time; ask the coordinator that runs it (chorus predict "
+      "--coordinator HOST:PORT), or distil it first (algorithm foe-distill)",
+      file.string(), fused.algorithm);
+  CHORUS_CHECK_CODE(
+      fused.algorithm != "dro", Code::kFailedPrecondition,
+      "'{}' is a dro initialisation: it predicts once adapted to a task. "
+      "`chorus node adapt` adapts it with a node's private shots and writes "
+      "the adapted model (adapted.pt in the node's state directory), which "
+      "this command takes",
+      file.string());
 }
 
 bool needs_experts_at_prediction(const std::string& algorithm) {

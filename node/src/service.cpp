@@ -61,6 +61,9 @@ struct NodeService::Impl {
   std::mutex tae_mutex;  // Guards what follows (adaptation takes a while).
   std::optional<fusion::TaeModel> tae;
   std::uint32_t tae_round = 0;
+  // The dro initialisation of the stored round, loaded on first use.
+  std::optional<fusion::FusedModel> dro;
+  std::uint32_t dro_round = 0;
 
   Impl(std::unique_ptr<Expert> e, NodeServiceOptions o)
       : expert(std::move(e)),
@@ -355,10 +358,37 @@ protocol::AdaptAnswer NodeService::adapt(const protocol::AdaptCall& req) {
     stored = impl_->stored;
   }
   CHORUS_CHECK_CODE(
-      stored && stored->algorithm == "tae", Code::kFailedPrecondition,
-      "no tae global model has been pushed to this node (it holds {})",
+      stored && (stored->algorithm == "tae" || stored->algorithm == "dro"),
+      Code::kFailedPrecondition,
+      "no tae or dro global model has been pushed to this node (it holds {})",
       stored ? "a '" + stored->algorithm + "' model" : std::string("none"));
   std::lock_guard tae_lock(impl_->tae_mutex);
+  if (stored->algorithm == "dro") {
+    if (!impl_->dro || impl_->dro_round != stored->round) {
+      impl_->dro.emplace(fusion::load_fused_model(stored->file));
+      impl_->dro_round = stored->round;
+    }
+    const auto& labels = impl_->expert->labels();
+    std::vector<std::int64_t> classes;
+    const auto space = label_space_of(*impl_->dro);
+    for (std::size_t i = 0; i < labels.size(); ++i) {
+      auto it = std::find(space.begin(), space.end(), labels[i]);
+      classes.push_back(it != space.end() ? it - space.begin()
+                                          : static_cast<std::int64_t>(i));
+    }
+    auto outcome = adapt_dro(*impl_->dro, classes, labels,
+                             *impl_->options.shots, req.max_steps);
+    outcome.round = stored->round;
+    // The adapted weights stay here (adapted.pt); only counts leave.
+    const auto written = write_adapted(impl_->options.state_dir, outcome);
+    impl_->log->info(
+        "event=adapted algorithm=dro round={} shots={} shot_accuracy={:.3f} "
+        "written={}",
+        req.round, outcome.shots, outcome.shot_accuracy, written.string());
+    return protocol::AdaptAnswer{
+        .shots = static_cast<std::uint32_t>(outcome.shots),
+        .shot_accuracy = outcome.shot_accuracy};
+  }
   if (!impl_->tae || impl_->tae_round != stored->round) {
     impl_->tae.emplace(fusion::TaeModel::load(stored->file));
     impl_->tae_round = stored->round;
@@ -388,7 +418,8 @@ protocol::AdaptAnswer NodeService::adapt(const protocol::AdaptCall& req) {
       .embedding_mean = protocol::to_blob(result.posterior.mean),
       .embedding_logvar = protocol::to_blob(result.posterior.logvar),
       .shots = static_cast<std::uint32_t>(outcome.shots),
-      .bound = result.bound};
+      .bound = result.bound,
+      .shot_accuracy = outcome.shot_accuracy};
 }
 
 void NodeService::record(const std::string& peer, const RequestSummary& request,

@@ -282,11 +282,17 @@ v1::Envelope envelope_of(AdaptCall call) {
 v1::Envelope envelope_of(AdaptAnswer answer) {
   v1::Envelope e;
   auto* r = e.mutable_adapt_response();
-  encode_blob(std::move(answer.embedding_mean), r->mutable_embedding_mean());
-  encode_blob(std::move(answer.embedding_logvar),
-              r->mutable_embedding_logvar());
+  // dro's answers carry no embedding.
+  if (answer.embedding_mean.dtype != DType::kUnspecified) {
+    encode_blob(std::move(answer.embedding_mean), r->mutable_embedding_mean());
+  }
+  if (answer.embedding_logvar.dtype != DType::kUnspecified) {
+    encode_blob(std::move(answer.embedding_logvar),
+                r->mutable_embedding_logvar());
+  }
   r->set_shots(answer.shots);
   r->set_bound(answer.bound);
+  r->set_shot_accuracy(answer.shot_accuracy);
   return e;
 }
 
@@ -357,11 +363,17 @@ AdaptAnswer adapt_answer_of(v1::Envelope&& reply, std::string_view who) {
   CHORUS_CHECK_CODE(reply.has_adapt_response(), Code::kDataLoss,
                     "{} answered an AdaptRequest with something else", who);
   auto& r = *reply.mutable_adapt_response();
-  return AdaptAnswer{
-      .embedding_mean = decode_blob(std::move(*r.mutable_embedding_mean())),
-      .embedding_logvar = decode_blob(std::move(*r.mutable_embedding_logvar())),
-      .shots = r.shots(),
-      .bound = r.bound()};
+  AdaptAnswer answer{.shots = r.shots(),
+                     .bound = r.bound(),
+                     .shot_accuracy = r.shot_accuracy()};
+  if (r.has_embedding_mean()) {
+    answer.embedding_mean = decode_blob(std::move(*r.mutable_embedding_mean()));
+  }
+  if (r.has_embedding_logvar()) {
+    answer.embedding_logvar =
+        decode_blob(std::move(*r.mutable_embedding_logvar()));
+  }
+  return answer;
 }
 
 Ack ack_of(const v1::Envelope& reply, std::string_view who) {

@@ -499,7 +499,8 @@ SimulateResult run_simulation(const SimulateOptions& o) {
     co.quorum_timeout = std::chrono::seconds(o.processes ? 120 : 30);
     co.run_dir = o.out;
     co.resume = o.resume;
-    co.on_round = [](const coordinator::RoundReport& r) {
+    co.on_round = [tae = co.algorithm ==
+                         "tae"](const coordinator::RoundReport& r) {
       if (r.resumed) {
         fmt::print(stderr,
                    "round {}/{}: complete in a checkpoint, not repeated\n",
@@ -516,8 +517,8 @@ SimulateResult run_simulation(const SimulateOptions& o) {
           static_cast<double>(r.bytes_received) / 1e6, r.pushed_to.size(),
           r.adapted.empty()
               ? std::string()
-              : fmt::format(", {} adapted and sent their embedding",
-                            r.adapted.size()),
+              : fmt::format(", {} adapted it{}", r.adapted.size(),
+                            tae ? " and sent their embedding" : ""),
           r.seconds);
     };
     coordinator::PoolData pool{

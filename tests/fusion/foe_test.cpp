@@ -242,7 +242,8 @@ TEST_CASE(
     CHECK(results[name].accuracy > (name == "tae" ? 0.3 : 0.5));
     const bool has_model = fuser->fused_model().has_value();
     CHECK(has_model == (name == "distill" || name == "foe" ||
-                        name == "foe-distill" || name == "foe-select"));
+                        name == "foe-distill" || name == "foe-select" ||
+                        name == "dro"));
   }
   CHECK(results["bplus"].queries_per_input == 3.0);
   CHECK(results["bplus"].bytes_sent == 3 * 400 * 8 * 4);

@@ -13,6 +13,8 @@
 
 #include "chorus/core/config.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/fusion/dro.hpp"
+#include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "chorus/node/audit.hpp"
@@ -787,7 +789,7 @@ TEST_CASE(
   std::string msg;
   CHECK(code_of([&] { c->request_async(adapt, 10s).get(); }, &msg) ==
         Code::kFailedPrecondition);
-  CHECK(contains(msg, "no tae global model"));
+  CHECK(contains(msg, "no tae or dro global model"));
 
   REQUIRE(push(*c, 1, bytes, 4096, pr::sha256(bytes), nullptr, "tae") ==
           Code::kOk);
@@ -817,4 +819,84 @@ TEST_CASE(
   CHECK(code_of([&] { c->request_async(adapt, 10s).get(); }, &msg) ==
         Code::kInvalidArgument);
   CHECK(contains(msg, "the global model takes 3"));
+}
+
+TEST_CASE(
+    "node: adapts a pushed dro initialisation with its private shots, keeps "
+    "the adapted model and sends back only counts") {
+  chorus::testing::TempDir dir;
+  // A 5-way initialisation of the node's input shape; the node's task has 3
+  // classes, so its head is resized.
+  const fu::ModelSpec spec{
+      .arch = "mlp", .input_shape = kShape, .num_classes = 5, .hidden = {8}};
+  std::shared_ptr<fu::ClassifierImpl> init_model;
+  {
+    fu::SeedGuard seeded(3);
+    init_model = fu::make_classifier(spec);
+  }
+  auto init = fu::dro_model(
+      spec, fu::DroFit{.init = fu::flatten_model(*init_model)}, "imitators", 4,
+      fu::DroOptions().adapt_steps(40).adapt_lr(0.1));
+  init.attributes["labels"] = R"(["a","b","c","d"])";
+  fu::save_fused_model(init, dir / "dro.pt");
+  const auto bytes = chorus::read_file(dir / "dro.pt");
+
+  auto coordinator = std::make_unique<TestCoordinator>();
+  nd::NodeServiceOptions options;
+  options.state_dir = dir / "state";
+  // Two well-separated shots per class: brightness tells the classes apart.
+  auto shots_x = torch::cat({torch::full({2, 1, 4, 4}, 0.1),
+                             torch::full({2, 1, 4, 4}, 0.5),
+                             torch::full({2, 1, 4, 4}, 0.9)});
+  options.shots = std::make_shared<nd::LabelledShots>(nd::LabelledShots{
+      shots_x, torch::tensor({0, 0, 1, 1, 2, 2}, torch::kLong)});
+  torch::Tensor adapted_flat;
+  {
+    TestNode node(builtin_expert(small_model()), options, coordinator->port());
+    auto c = coordinator->wait_connection();
+    REQUIRE(push(*c, 1, bytes, 4096, pr::sha256(bytes), nullptr, "dro") ==
+            Code::kOk);
+    v1::Envelope adapt;
+    adapt.mutable_adapt_request()->set_round(1);
+    auto reply = c->request_async(adapt, 30s).get();
+    REQUIRE(reply.has_adapt_response());
+    const auto& r = reply.adapt_response();
+    CHECK_FALSE(r.has_embedding_mean());
+    CHECK_FALSE(r.has_embedding_logvar());
+    CHECK(r.shots() == 6);
+    CHECK(r.shot_accuracy() == doctest::Approx(1.0));
+    CHECK(reply.ByteSizeLong() < 40);  // A count and an accuracy.
+
+    // The adapted model stays at the node: over its labels, 3 outputs, and
+    // the one `chorus eval --model` and `predict --model` take.
+    auto adapted = fu::load_fused_model(options.state_dir / "adapted.pt");
+    CHECK(adapted.algorithm == "dro-adapted");
+    CHECK(adapted.spec.num_classes == 3);
+    auto task = fu::task_outputs(adapted);
+    CHECK(task.names == kLabels);
+    CHECK(task.classes == std::vector<std::int64_t>{0, 1, 2});
+    CHECK_NOTHROW(fu::check_predicts_alone(adapted, "adapted.pt"));
+    CHECK(code_of([&] { fu::check_predicts_alone(init, "dro.pt"); }) ==
+          Code::kFailedPrecondition);
+    adapted_flat = fu::flatten_model(*adapted.model);
+  }  // The node says Goodbye.
+  std::this_thread::sleep_for(200ms);
+  auto frames = coordinator->received();
+  coordinator.reset();
+  // Frame inspection: no frame the node sent holds any 4 consecutive
+  // weights of the adapted model (nor of its head).
+  const auto* w = adapted_flat.data_ptr<float>();
+  REQUIRE(adapted_flat.numel() > 8);
+  std::size_t inspected = 0;
+  for (const auto& f : frames) {
+    const auto wire = f.SerializeAsString();
+    for (std::int64_t k = 0; k + 4 <= adapted_flat.numel(); k += 4) {
+      const std::string window(reinterpret_cast<const char*>(w + k),
+                               4 * sizeof(float));
+      CHECK_MESSAGE(wire.find(window) == std::string::npos,
+                    "a frame holds adapted weights: " << f.DebugString());
+    }
+    ++inspected;
+  }
+  CHECK(inspected >= 5);  // Hello, push acks, AdaptResponse, Goodbye.
 }

@@ -80,8 +80,10 @@ struct RoundReport {
   std::int64_t pool_size = 0;         ///< |U| fused on.
   std::filesystem::path fused_model;  ///< Empty for ensembles.
   std::vector<std::string> pushed_to;
-  /// tae: node → the PAC-Bayes bound its adaptation reached (the nodes'
-  /// prototype embeddings refit p_γ and are saved with the round).
+  /// The nodes that adapted the pushed model to their tasks: tae, node →
+  /// the PAC-Bayes bound reached (their prototype embeddings refit p_γ and
+  /// are saved with the round); dro, node → the adapted model's accuracy
+  /// on its shots (the weights stay at the node).
   std::map<std::string, double> adapted;
   double seconds = 0;
   bool resumed = false;  ///< Taken from a checkpoint, not run.

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "chorus/fusion/distill.hpp"
+#include "chorus/fusion/dro.hpp"
 #include "chorus/fusion/foe.hpp"
 #include "chorus/fusion/frugal.hpp"
 #include "chorus/fusion/fused_model.hpp"
@@ -54,6 +55,7 @@ struct AlgorithmOptions {
   TORCH_ARG(DistillOptions, distill) = DistillOptions();
   TORCH_ARG(FrugalOptions, frugal) = FrugalOptions();
   TORCH_ARG(TaeOptions, tae) = TaeOptions();
+  TORCH_ARG(DroOptions, dro) = DroOptions();
   TORCH_ARG(std::uint64_t, seed) = 0;
   TORCH_ARG(int, threads) = 0;
   /// Cancels fitting: every algorithm's training throws `chorus::Error`
@@ -90,7 +92,9 @@ class Fuser {
 /// expert at prediction time); foe-select (FoE's selection form: a
 /// classifier over experts on the input, only the chosen expert answers);
 /// frugal (cost-aware sequential FoE); tae (task-agnostic prototypes: the
-/// global model is broadcast, nodes adapt it to their tasks).
+/// global model is broadcast, nodes adapt it to their tasks); dro (a
+/// meta-learned initialisation from imitators of the experts, broadcast for
+/// nodes to adapt to their tasks).
 const std::vector<std::string>& algorithm_names();
 
 /// A fuser for `name`. Throws `chorus::Error` (INVALID_ARGUMENT) naming the

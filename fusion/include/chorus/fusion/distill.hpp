@@ -3,6 +3,8 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <vector>
@@ -24,6 +26,8 @@ struct DistillOptions {
   /// chosen from the input shape (`default_architecture`: lenet for images,
   /// mlp for features).
   TORCH_ARG(std::string, arch) = "auto";
+  /// Hidden widths of an "mlp" student; empty: MlpOptions' default.
+  TORCH_ARG(std::vector<std::int64_t>, hidden) = {};
   TORCH_ARG(std::int64_t, epochs) = 20;
   TORCH_ARG(std::int64_t, batch_size) = 128;
   TORCH_ARG(double, lr) = 1e-3;
@@ -35,6 +39,9 @@ struct DistillOptions {
   /// Epochs without better agreement before stopping.
   TORCH_ARG(std::int64_t, patience) = 4;
   TORCH_ARG(std::uint64_t, seed) = 0;
+  /// Seeds the student's initial weights; unset, `seed` does. Students
+  /// with one init seed start from the same weights (dro's imitators).
+  TORCH_ARG(std::optional<std::uint64_t>, init_seed) = std::nullopt;
   TORCH_ARG(int, threads) = 0;
   /// Cancels training (`TrainOptions::stop`).
   TORCH_ARG(std::stop_token, stop) = {};

@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "chorus/fusion/models.hpp"
 
@@ -34,6 +35,22 @@ void save_fused_model(const FusedModel& fused,
 /// NOT_FOUND for a missing file, DATA_LOSS for a corrupt one or one whose
 /// tensors do not fit its spec.
 FusedModel load_fused_model(const std::filesystem::path& path);
+
+/// The task a model was adapted to (a node's "dro-adapted" model): its
+/// classes as indices into the federation's label space and their names, in
+/// output order; both empty for a model over the whole label space. Throws
+/// `chorus::Error` (DATA_LOSS) for unreadable attributes.
+struct TaskOutputs {
+  std::vector<std::int64_t> classes;
+  std::vector<std::string> names;
+};
+TaskOutputs task_outputs(const FusedModel& fused);
+
+/// Throws `chorus::Error` (FAILED_PRECONDITION) naming `file` when `fused`
+/// cannot predict by itself: a fuser that needs the experts, or a dro
+/// initialisation that has not been adapted to a task yet.
+void check_predicts_alone(const FusedModel& fused,
+                          const std::filesystem::path& file);
 
 /// Whether a fused model of `algorithm` combines the experts' answers at
 /// prediction time (foe, foe-select, frugal), so that its file alone cannot

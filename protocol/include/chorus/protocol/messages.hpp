@@ -18,7 +18,7 @@ namespace chorus::protocol {
 /// The protocol version this build speaks.
 inline constexpr std::uint32_t kProtocolMajor = 1;
 /// 1.1: operators. 1.2: the task in Welcome; inputs in the task's dtype.
-inline constexpr std::uint32_t kProtocolMinor = 2;
+inline constexpr std::uint32_t kProtocolMinor = 3;
 
 /// Element types a tensor may travel in.
 enum class DType {
@@ -153,8 +153,9 @@ struct AdaptCall {
 struct AdaptAnswer {
   TensorBlob embedding_mean;
   TensorBlob embedding_logvar;
-  std::uint32_t shots = 0;  ///< Private examples used.
-  double bound = 0;         ///< The PAC-Bayes objective reached.
+  std::uint32_t shots = 0;   ///< Private examples used.
+  double bound = 0;          ///< The PAC-Bayes objective reached (tae).
+  double shot_accuracy = 0;  ///< The adapted model's accuracy on its shots.
 };
 
 /// Why the expert `descriptor` announces does not fit `task` (naming both
