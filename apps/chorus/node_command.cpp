@@ -105,21 +105,39 @@ int adapt(const NodeArgs& args) {
   };
   if (args.adapt_json) {
     nlohmann::json out{{"model", r.model.string()},
+                       {"algorithm", r.outcome.algorithm},
                        {"round", r.outcome.round},
                        {"classes", r.outcome.class_names},
                        {"shots", r.outcome.shots},
-                       {"bound", a.bound},
-                       {"gibbs_loss", a.gibbs_loss},
-                       {"kl", a.kl},
                        {"shot_accuracy", r.outcome.shot_accuracy},
-                       {"embedding",
-                        {{"mean", fusion::to_doubles(a.posterior.mean)},
-                         {"logvar", fusion::to_doubles(a.posterior.logvar)}}},
                        {"eval_images", r.eval_images},
                        {"prior_accuracy", optional(r.prior_accuracy)},
                        {"adapted_accuracy", optional(r.adapted_accuracy)},
                        {"written", r.written.string()}};
+    if (r.outcome.algorithm == "tae") {
+      out["bound"] = a.bound;
+      out["gibbs_loss"] = a.gibbs_loss;
+      out["kl"] = a.kl;
+      out["embedding"] = {{"mean", fusion::to_doubles(a.posterior.mean)},
+                          {"logvar", fusion::to_doubles(a.posterior.logvar)}};
+    } else {
+      out["spec"] = r.outcome.spec;
+    }
     fmt::print("{}\n", out.dump(2));
+    return 0;
+  }
+  if (r.outcome.algorithm == "dro") {
+    fmt::print("model            {} (round {}, dro)\n", r.model.string(),
+               r.outcome.round);
+    fmt::print("task             {}\n", fmt::join(r.outcome.class_names, ", "));
+    fmt::print("shots            {}\n", r.outcome.shots);
+    fmt::print("shot accuracy    {:.4f}\n", r.outcome.shot_accuracy);
+    if (r.adapted_accuracy) {
+      fmt::print("test accuracy    {:.4f} adapted ({} images)\n",
+                 *r.adapted_accuracy, r.eval_images);
+    }
+    fmt::print("wrote {} and the adapted model beside it (adapted.pt)\n",
+               r.written.string());
     return 0;
   }
   fmt::print("model            {} (round {})\n", r.model.string(),
@@ -193,7 +211,8 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_node_commands(
       "Run a node serving a private black-box expert to a coordinator "
       "(--config node.toml); 'node train' trains a builtin expert, 'node "
       "adapt' "
-      "adapts a pushed tae model with private shots, 'node audit' summarises "
+      "adapts a pushed tae or dro model with private shots, 'node audit' "
+      "summarises "
       "the "
       "audit log");
   add_config_options(node, *args);
@@ -217,13 +236,13 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_node_commands(
 
   auto* adapt_cmd =
       node->add_subcommand("adapt",
-                           "Adapt the tae global model this node holds to its "
-                           "task, or to a new one, with "
-                           "private labelled shots (PAC-Bayes, ALGORITHMS.md "
-                           "4); writes the embedding to "
-                           "the state directory's adapted.json and scores the "
-                           "adapted model on local test "
-                           "images");
+                           "Adapt the tae or dro global model this node holds "
+                           "to its task, or to a new one, with private "
+                           "labelled shots (tae: PAC-Bayes; dro: SGD steps "
+                           "from the initialisation); writes adapted.json "
+                           "(and, for dro, the adapted model adapted.pt) to "
+                           "the state directory and scores the adapted model "
+                           "on local test images");
   add_config_options(adapt_cmd, *args);
   adapt_cmd
       ->add_option(

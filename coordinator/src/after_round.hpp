@@ -33,6 +33,8 @@ class AfterRound {
   virtual ~AfterRound() = default;
   /// `--resume`: reloads what earlier rounds kept in the run directory.
   virtual void resume() {}
+  /// Before the round's fit: may add to what the algorithm learns from.
+  virtual void before_fit(fusion::FusionData& data, int round) {}
   /// After the round's fit, before its model is saved and pushed.
   virtual void before_push(fusion::Fuser& fuser, int round) {}
   /// After the push to `report.pushed_to`; may save the model again to

@@ -257,6 +257,7 @@ struct Coordinator::Impl {
     auto algorithm_options = options.algorithm_options;
     algorithm_options.stop(options.stop);
     fuser = fusion::make_fuser(options.algorithm, algorithm_options);
+    after_round->before_fit(data, round);
     fuser->fit(data);
     experts = data.experts;
     last_data = data;

@@ -1,13 +1,20 @@
-// dro's steps in a round: every node that can adapts the pushed
+// dro's steps in a round: before the fit, the nodes that opted in send
+// their own weights; after the push, every node that can adapts the pushed
 // initialisation to its own task with its private shots (S SGD steps) and
 // keeps the adapted weights; only how many shots it used and the adapted
 // model's accuracy on them come back, for the round's report.
+#include <torch/torch.h>
+
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "after_round.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/protocol/eventual.hpp"
+#include "chorus/protocol/tensor_codec.hpp"
+#include "fan_out.hpp"
 
 namespace chorus::coordinator {
 namespace {
@@ -15,6 +22,51 @@ namespace {
 class DroRound : public AfterRound {
  public:
   explicit DroRound(const RoundContext& context) : ctx_(context) {}
+
+  // Nodes that opted in to sharing their weights ("weights" in their
+  // Hello) send them; dro fuses them in place of those nodes' imitators.
+  void before_fit(fusion::FusionData& data, int round) override {
+    std::vector<std::string> asked;
+    std::vector<std::shared_ptr<NodeLink>> links;  // Outlive their calls.
+    std::vector<asio::awaitable<CallResult<protocol::WeightsAnswer>>> calls;
+    for (const auto& node : ctx_.registry.connected()) {
+      if (!node.announced.can("weights")) continue;
+      const bool fused =
+          std::any_of(data.experts.begin(), data.experts.end(),
+                      [&](const auto& e) { return e.name == node.identity; });
+      if (!fused) continue;
+      asked.push_back(node.identity);
+      links.push_back(ctx_.registry.link(node.identity));
+      calls.push_back(
+          links.back()->weights({.round = static_cast<std::uint32_t>(round)},
+                                ctx_.options.request_deadline));
+    }
+    if (asked.empty()) return;
+    auto replies = run_blocking(ctx_.registry.executor(),
+                                protocol::all_of(std::move(calls)));
+    for (std::size_t k = 0; k < asked.size(); ++k) {
+      const auto& id = asked[k];
+      try {
+        if (replies[k].error) throw *replies[k].error;
+        auto& r = replies[k].reply;
+        (void)fusion::ModelSpec::parse(r.spec);  // named, if malformed
+        auto flat = protocol::to_tensor(r.parameters).to(torch::kFloat32);
+        CHORUS_CHECK_CODE(flat.dim() == 1 && !protocol::has_non_finite(flat),
+                          Code::kDataLoss,
+                          "node '{}' sent weights that are not a finite "
+                          "vector",
+                          id);
+        data.shared_weights[id] = {r.spec, flat};
+        log_->info(
+            "round={} node={} event=weights_received spec=\"{}\" "
+            "parameters={}",
+            round, id, r.spec, flat.numel());
+      } catch (const Error& e) {
+        log_->warn("round={} node={} event=weights_failed error=\"{}\"", round,
+                   id, describe(e));
+      }
+    }
+  }
 
   void after_push(fusion::Fuser&, int round, RoundReport& report,
                   const std::filesystem::path&) override {
@@ -27,9 +79,10 @@ class DroRound : public AfterRound {
       }
       const auto& r = reply.reply;
       if (!(r.shot_accuracy >= 0 && r.shot_accuracy <= 1)) {
-        log_->warn("round={} node={} event=adapt_failed error=\"a shot "
-                   "accuracy of {} is not in [0, 1]\"",
-                   round, id, r.shot_accuracy);
+        log_->warn(
+            "round={} node={} event=adapt_failed error=\"a shot "
+            "accuracy of {} is not in [0, 1]\"",
+            round, id, r.shot_accuracy);
         continue;
       }
       report.adapted[id] = r.shot_accuracy;

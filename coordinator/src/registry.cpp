@@ -132,6 +132,16 @@ class ConnectionLink final : public NodeLink {
         });
   }
 
+  asio::awaitable<CallResult<protocol::WeightsAnswer>> weights(
+      protocol::WeightsCall call, std::chrono::milliseconds deadline) override {
+    auto reply = co_await registry_.call(identity_, protocol::envelope_of(call),
+                                         deadline);
+    co_return decoded<protocol::WeightsAnswer>(
+        std::move(reply), [this](v1::Envelope&& e) {
+          return protocol::weights_answer_of(std::move(e), who_);
+        });
+  }
+
  private:
   Registry& registry_;
   std::string identity_;

@@ -8,6 +8,7 @@
 #include <ranges>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/log.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/train.hpp"
 
@@ -330,10 +331,42 @@ class DroFuser : public Fuser {
     std::int64_t ways = 2;
     for (const auto& e : data.experts)
       ways = std::max<std::int64_t>(ways, e.labels.size());
-    std::vector<torch::Tensor> models;
-    std::vector<std::int64_t> layers;
+    // The one architecture of every model fused.
     ModelSpec spec;
+    spec.input_shape = data.transfer.sizes().slice(1).vec();
+    spec.arch = resolve_architecture(o.imitator().arch(), spec.input_shape);
+    spec.num_classes = ways;
+    if (spec.arch == "mlp") spec.hidden = o.imitator().hidden();
+    std::vector<std::int64_t> layers;
+    {
+      SeedGuard seeded(o.seed());
+      layers = layer_sizes(*make_classifier(spec));
+    }
+    std::int64_t total = 0;
+    for (auto l : layers) total += l;
+    std::vector<torch::Tensor> models;
+    std::int64_t shared = 0;
     for (std::size_t i = 0; i < data.answers.size(); ++i) {
+      const auto& name = data.experts[i].name;
+      // A node that shared its own weights, of the chosen architecture:
+      // those, not an imitator.
+      if (auto w = data.shared_weights.find(name);
+          w != data.shared_weights.end()) {
+        const auto theirs = ModelSpec::parse(w->second.first);
+        const auto& flat = w->second.second;
+        if (theirs.arch == spec.arch &&
+            theirs.input_shape == spec.input_shape &&
+            theirs.num_classes == ways && flat.dim() == 1 &&
+            flat.numel() == total && torch::isfinite(flat).all().item<bool>()) {
+          models.push_back(flat.to(torch::kFloat32));
+          ++shared;
+          continue;
+        }
+        log::get("fusion")->warn(
+            "event=shared_weights_unused expert={} spec=\"{}\" reason=\"the "
+            "federation fuses '{}'\"",
+            name, w->second.first, spec.to_string());
+      }
       auto teacher = data.answers[i].to(torch::kFloat32);
       if (teacher.size(1) < ways) {
         teacher = torch::cat(
@@ -347,14 +380,15 @@ class DroFuser : public Fuser {
           .stop(o.stop());
       auto result = distill(data.transfer, teacher, imitator, "imitator");
       models.push_back(flatten_model(*result.model.model));
-      if (layers.empty()) {
-        layers = layer_sizes(*result.model.model);
-        spec = result.model.spec;
-      }
     }
     auto fit = meta_learn(models, layers, o);
-    init_ = dro_model(spec, fit, "imitators",
-                      static_cast<std::int64_t>(models.size()), o);
+    const auto n = static_cast<std::int64_t>(models.size());
+    init_ = dro_model(spec, fit,
+                      shared == 0   ? "imitators"
+                      : shared == n ? "weights"
+                                    : "imitators+weights",
+                      n, o);
+    init_->attributes["shared_weights"] = std::to_string(shared);
     init_->attributes["labels"] = nlohmann::json(data.label_names).dump();
     init_->attributes["experts"] = fmt::format(
         "{}", fmt::join(data.experts | std::views::transform([](const auto& e) {

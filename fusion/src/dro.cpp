@@ -24,16 +24,15 @@ std::vector<torch::Tensor> flat_parts(ClassifierImpl& model) {
 }
 
 std::int64_t sample(const std::vector<std::int64_t>& from) {
-  const auto k = torch::randint(static_cast<std::int64_t>(from.size()), {1},
-                                torch::kLong)
-                     .item<std::int64_t>();
+  const auto k =
+      torch::randint(static_cast<std::int64_t>(from.size()), {1}, torch::kLong)
+          .item<std::int64_t>();
   return from[static_cast<std::size_t>(k)];
 }
 
 void check_options(const DroOptions& o) {
   CHORUS_CHECK(o.embedding_dim() > 0, "dro: embedding_dim must be positive");
-  CHORUS_CHECK(o.sigma() > 0, "dro: sigma must be positive, got {}",
-               o.sigma());
+  CHORUS_CHECK(o.sigma() > 0, "dro: sigma must be positive, got {}", o.sigma());
   CHORUS_CHECK(o.inner_steps() >= 0 && o.dro_steps() >= 0,
                "dro: inner_steps and dro_steps must not be negative");
   CHORUS_CHECK(o.meta_steps() > 0 && o.online_steps() > 0,
@@ -112,7 +111,7 @@ class MetaTrainer {
     auto e_star =
         Hypernetwork::worst_case(grad_at, ej, gamma_, options_.dro_steps());
     auto f_star = e_star.equal(ej) ? fj : torch::addmv(b, w, e_star);
-    auto r1 = hyper_.nll_grad(theta_i, fi);                         // L_i
+    auto r1 = hyper_.nll_grad(theta_i, fi);                          // L_i
     auto r2 = hyper_.nll_grad(theta_j, adapted_at(e_star, f_star));  // L_j*
     auto r3 = hyper_.nll_grad(theta_j, fj);  // fits e_j only
     // Embedding gradients Wᵀ r1, Wᵀ r3, before W moves.
@@ -257,7 +256,8 @@ torch::Tensor Hypernetwork::nll_grad(const torch::Tensor& theta,
 torch::Tensor Hypernetwork::grad_embedding(const torch::Tensor& theta,
                                            const torch::Tensor& e) const {
   torch::NoGradGuard no_grad;
-  return torch::mv(weight_.t(), nll_grad(theta, torch::addmv(bias_, weight_, e)));
+  return torch::mv(weight_.t(),
+                   nll_grad(theta, torch::addmv(bias_, weight_, e)));
 }
 
 torch::Tensor Hypernetwork::worst_case(
@@ -279,8 +279,7 @@ DroFit meta_learn(const std::vector<torch::Tensor>& models,
                   const DroOptions& options) {
   check_options(options);
   const auto n = static_cast<std::int64_t>(models.size());
-  CHORUS_CHECK(n >= 2, "dro: meta-learning needs at least 2 models, got {}",
-               n);
+  CHORUS_CHECK(n >= 2, "dro: meta-learning needs at least 2 models, got {}", n);
   std::int64_t total = 0;
   for (auto l : layers) total += l;
   for (std::size_t i = 0; i < models.size(); ++i) {
@@ -344,16 +343,15 @@ DroFit meta_learn(const std::vector<torch::Tensor>& models,
       }
     }
   }
-  fit.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                              start)
-                    .count();
+  fit.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
   return fit;
 }
 
 std::shared_ptr<ClassifierImpl> resize_head(const FusedModel& init,
                                             std::int64_t ways) {
-  CHORUS_CHECK(ways >= 2, "dro: a task needs at least 2 classes, got {}",
-               ways);
+  CHORUS_CHECK(ways >= 2, "dro: a task needs at least 2 classes, got {}", ways);
   auto spec = init.spec;
   spec.num_classes = ways;
   std::shared_ptr<ClassifierImpl> model;
@@ -371,12 +369,11 @@ std::shared_ptr<ClassifierImpl> resize_head(const FusedModel& init,
     if (from[k].sizes() == to[k].sizes()) {
       to[k].copy_(from[k]);
     } else {
-      CHORUS_CHECK(from[k].dim() >= 1 &&
-                       from[k].size(0) == init.spec.num_classes &&
-                       from[k].sizes().slice(1) == to[k].sizes().slice(1),
-                   "dro: tensor {} of shape [{}] does not fit [{}]", k,
-                   fmt::join(from[k].sizes(), ", "),
-                   fmt::join(to[k].sizes(), ", "));
+      CHORUS_CHECK(
+          from[k].dim() >= 1 && from[k].size(0) == init.spec.num_classes &&
+              from[k].sizes().slice(1) == to[k].sizes().slice(1),
+          "dro: tensor {} of shape [{}] does not fit [{}]", k,
+          fmt::join(from[k].sizes(), ", "), fmt::join(to[k].sizes(), ", "));
       to[k].copy_(from[k].mean(0, /*keepdim=*/true).expand_as(to[k]));
     }
   }
@@ -386,11 +383,11 @@ std::shared_ptr<ClassifierImpl> resize_head(const FusedModel& init,
 std::shared_ptr<ClassifierImpl> adapt_initialisation(
     const FusedModel& init, const torch::Tensor& x, const torch::Tensor& y,
     std::int64_t ways, std::int64_t steps, double lr, std::uint64_t seed) {
-  CHORUS_CHECK(x.defined() && y.defined() && x.size(0) == y.size(0) &&
-                   x.size(0) > 0,
-               "dro: adaptation needs labelled examples ({} inputs, {} "
-               "labels)",
-               x.defined() ? x.size(0) : 0, y.defined() ? y.size(0) : 0);
+  CHORUS_CHECK(
+      x.defined() && y.defined() && x.size(0) == y.size(0) && x.size(0) > 0,
+      "dro: adaptation needs labelled examples ({} inputs, {} "
+      "labels)",
+      x.defined() ? x.size(0) : 0, y.defined() ? y.size(0) : 0);
   CHORUS_CHECK(
       y.min().item<std::int64_t>() >= 0 && y.max().item<std::int64_t>() < ways,
       "dro: labels must be in [0, {}), got {}..{}", ways,
@@ -433,19 +430,19 @@ FusedModel dro_model(const ModelSpec& spec, const DroFit& fit,
     model = make_classifier(spec);
   }
   unflatten_into(*model, fit.init);
-  FusedModel out{.algorithm = "dro",
-                 .spec = spec,
-                 .attributes = {{"gamma", fmt::format("{}", fit.gamma)},
-                                {"models", std::to_string(models)},
-                                {"source", source},
-                                {"adapt_steps",
-                                 std::to_string(options.adapt_steps())},
-                                {"adapt_lr", fmt::format("{}", options.adapt_lr())},
-                                {"embedding_dim",
-                                 std::to_string(fit.embeddings.defined()
-                                                    ? fit.embeddings.size(1)
-                                                    : 0)}},
-                 .model = model};
+  FusedModel out{
+      .algorithm = "dro",
+      .spec = spec,
+      .attributes = {{"gamma", fmt::format("{}", fit.gamma)},
+                     {"models", std::to_string(models)},
+                     {"source", source},
+                     {"adapt_steps", std::to_string(options.adapt_steps())},
+                     {"adapt_lr", fmt::format("{}", options.adapt_lr())},
+                     {"embedding_dim",
+                      std::to_string(fit.embeddings.defined()
+                                         ? fit.embeddings.size(1)
+                                         : 0)}},
+      .model = model};
   return out;
 }
 

@@ -54,6 +54,7 @@ NodeConfig read_node_config(Config& c) {
   e.output_key = c.get_string("expert.output_key", e.output_key);
   e.normalize_mean = c.get_double("expert.normalize_mean", e.normalize_mean);
   e.normalize_std = c.get_double("expert.normalize_std", e.normalize_std);
+  e.share_weights = c.get_bool("expert.share_weights", e.share_weights);
 
   auto& p = n.policy;
   p.budget.max_batch = c.get_int("policy.max_batch", p.budget.max_batch);
@@ -144,7 +145,7 @@ std::string to_toml(const NodeConfig& n) {
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
       "[expert]\nkind = \"{}\"\npath = {}\ninput_shape = [{}]\nlabels = [{}]\n"
       "output = \"{}\"\noutput_key = {}\nnormalize_mean = {}\nnormalize_std = "
-      "{}\n\n"
+      "{}\nshare_weights = {}\n\n"
       "[policy]\nmax_batch = {}\n{}{}rate_limit = {}\noutput_form = \"{}\"\n"
       "top_k = {}\ntemperature = {}\nnoise_std = {}\nnoise_seed = {}\n\n"
       "[audit]\nlog = {}\n\n[adapt]\nshots_per_class = {}\nseed = {}\n\n"
@@ -158,7 +159,7 @@ std::string to_toml(const NodeConfig& n) {
       fmt::join(n.expert.input_shape, ", "), fmt::join(labels, ", "),
       n.expert.outputs_logits ? "logits" : "probabilities",
       toml_quoted(n.expert.output_key), n.expert.normalize_mean,
-      n.expert.normalize_std, n.policy.budget.max_batch,
+      n.expert.normalize_std, n.expert.share_weights, n.policy.budget.max_batch,
       opt(n.policy.budget.total_budget, "total_budget"),
       opt(n.policy.budget.round_budget, "round_budget"), n.policy.rate_limit,
       output_form_name(n.policy.output_form), n.policy.top_k,

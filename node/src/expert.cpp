@@ -120,6 +120,9 @@ class BuiltinExpert : public Expert {
   torch::Tensor forward(const torch::Tensor& inputs) override {
     return model_->forward(inputs);
   }
+  std::shared_ptr<fusion::ClassifierImpl> builtin_model() const override {
+    return model_;
+  }
 
  private:
   std::shared_ptr<fusion::ClassifierImpl> model_;
@@ -251,6 +254,7 @@ std::unique_ptr<Expert> load_expert(ExpertOptions options) {
       fmt::join(fused.spec.input_shape, ", "));
   options.input_shape = fused.spec.input_shape;
   options.outputs_logits = true;
+  options.spec = fused.spec.to_string();
   return checked(make_builtin_expert(fused.model, std::move(options)), path);
 }
 

@@ -11,6 +11,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
 #include "chorus/fusion/data_files.hpp"
+#include "chorus/fusion/dro.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "chorus/node/adapt.hpp"
 #include "chorus/node/audit.hpp"
@@ -155,6 +156,10 @@ protocol::Hello NodeService::hello() const {
   p.noise_std = pol.noise_std;
   h.capabilities = {"predict", "model_push"};
   if (impl_->options.shots) h.capabilities.push_back("adapt");
+  if (e.options().share_weights && e.builtin_model() &&
+      !e.options().spec.empty()) {
+    h.capabilities.push_back("weights");
+  }
   return h;
 }
 
@@ -420,6 +425,23 @@ protocol::AdaptAnswer NodeService::adapt(const protocol::AdaptCall& req) {
       .shots = static_cast<std::uint32_t>(outcome.shots),
       .bound = result.bound,
       .shot_accuracy = outcome.shot_accuracy};
+}
+
+protocol::WeightsAnswer NodeService::weights(const protocol::WeightsCall& req) {
+  const auto& e = *impl_->expert;
+  CHORUS_CHECK_CODE(e.options().share_weights, Code::kPermissionDenied,
+                    "this node does not share its weights (node config: "
+                    "[expert] share_weights = false)");
+  auto model = e.builtin_model();
+  CHORUS_CHECK_CODE(model != nullptr && !e.options().spec.empty(),
+                    Code::kFailedPrecondition,
+                    "this node's expert is not a builtin model of a known "
+                    "architecture: it has no weights to share");
+  auto flat = fusion::flatten_model(*model);
+  impl_->log->info("event=weights_shared round={} spec=\"{}\" parameters={}",
+                   req.round, e.options().spec, flat.numel());
+  return protocol::WeightsAnswer{.spec = e.options().spec,
+                                 .parameters = protocol::to_blob(flat)};
 }
 
 void NodeService::record(const std::string& peer, const RequestSummary& request,

@@ -63,6 +63,10 @@ struct NodeSession::Impl {
       call->work = [this, c = std::move(*chunk)] {
         return protocol::envelope_of(service.receive_model_chunk(c));
       };
+    } else if (auto* w = std::get_if<protocol::WeightsCall>(&*decoded)) {
+      call->work = [this, c = *w] {
+        return protocol::envelope_of(service.weights(c));
+      };
     } else {
       call->work = [this, a = std::get<protocol::AdaptCall>(*decoded)] {
         return protocol::envelope_of(service.adapt(a));
@@ -88,6 +92,9 @@ struct NodeSession::Impl {
     } else if (e.has_adapt_request()) {
       r.kind = "adapt";
       r.round = e.adapt_request().round();
+    } else if (e.has_weights_request()) {
+      r.kind = "weights";
+      r.round = e.weights_request().round();
     }
     return r;
   }

@@ -296,6 +296,20 @@ v1::Envelope envelope_of(AdaptAnswer answer) {
   return e;
 }
 
+v1::Envelope envelope_of(const WeightsCall& call) {
+  v1::Envelope e;
+  e.mutable_weights_request()->set_round(call.round);
+  return e;
+}
+
+v1::Envelope envelope_of(WeightsAnswer answer) {
+  v1::Envelope e;
+  auto* r = e.mutable_weights_response();
+  r->set_spec(std::move(answer.spec));
+  encode_blob(std::move(answer.parameters), r->mutable_parameters());
+  return e;
+}
+
 v1::Envelope envelope_of(const Ack& ack) {
   v1::Envelope e;
   e.mutable_status()->set_code(v1::CODE_OK);
@@ -329,6 +343,8 @@ NodeRequest node_request_of(v1::Envelope&& e) {
                                            a.task_descriptor().end()},
                        .max_steps = a.max_steps()};
     }
+    case v1::Envelope::kWeightsRequest:
+      return WeightsCall{.round = e.weights_request().round()};
     default:
       fail(Code::kUnimplemented, "this node does not serve this request");
   }
@@ -357,6 +373,17 @@ PredictAnswer predict_answer_of(v1::Envelope&& reply, std::string_view who) {
   a.fused_round = r.fused_round();
   a.expert_queries = r.expert_queries();
   return a;
+}
+
+WeightsAnswer weights_answer_of(v1::Envelope&& reply, std::string_view who) {
+  CHORUS_CHECK_CODE(reply.has_weights_response(), Code::kDataLoss,
+                    "{} answered a WeightsRequest with something else", who);
+  auto& r = *reply.mutable_weights_response();
+  CHORUS_CHECK_CODE(r.has_parameters(), Code::kDataLoss,
+                    "{} sent no parameters", who);
+  return WeightsAnswer{
+      .spec = std::move(*r.mutable_spec()),
+      .parameters = decode_blob(std::move(*r.mutable_parameters()))};
 }
 
 AdaptAnswer adapt_answer_of(v1::Envelope&& reply, std::string_view who) {

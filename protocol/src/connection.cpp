@@ -100,6 +100,7 @@ awaitable<void> BasicConnection<S>::reader() {
       case v1::Envelope::kPredictRequest:
       case v1::Envelope::kModelPush:
       case v1::Envelope::kAdaptRequest:
+      case v1::Envelope::kWeightsRequest:
         if (id == 0) {
           enqueue(make_status(Code::kInvalidArgument,
                               "a request needs a non-zero request_id"));
@@ -109,7 +110,8 @@ awaitable<void> BasicConnection<S>::reader() {
         break;
       case v1::Envelope::kStatus:
       case v1::Envelope::kPredictResponse:
-      case v1::Envelope::kAdaptResponse: {
+      case v1::Envelope::kAdaptResponse:
+      case v1::Envelope::kWeightsResponse: {
         auto it = pending_.find(id);
         if (it != pending_.end()) {
           *it->second.reply = std::move(*envelope);

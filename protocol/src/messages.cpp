@@ -39,6 +39,7 @@ const char* kind_of(const NodeRequest& request) {
     const char* operator()(const PredictCall&) const { return "predict"; }
     const char* operator()(const ModelChunk&) const { return "model_push"; }
     const char* operator()(const AdaptCall&) const { return "adapt"; }
+    const char* operator()(const WeightsCall&) const { return "weights"; }
   };
   return std::visit(Kind{}, request);
 }

@@ -8,6 +8,7 @@
 #include <asio/thread_pool.hpp>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "../fusion/synthetic.hpp"
@@ -116,13 +117,21 @@ struct Nodes {
   Nodes(std::uint16_t port, const std::filesystem::path& dir,
         std::map<std::string, nd::QueryPolicy> policies = {},
         std::map<std::string, std::vector<std::string>> labels = {},
-        std::int64_t shots_per_class = 0) {
+        std::int64_t shots_per_class = 0,
+        std::set<std::string> share_weights = {}) {
     for (const auto& [name, task] : world().tasks) {
       nd::ExpertOptions eo;
       eo.input_shape = {kDim};
       for (auto c : task)
         eo.labels.push_back(kSpace[static_cast<std::size_t>(c)]);
       if (labels.count(name)) eo.labels = labels[name];
+      if (share_weights.count(name)) {
+        // The operator lets dro read the expert's weights (train_expert's
+        // architecture).
+        eo.share_weights = true;
+        eo.spec =
+            fmt::format("mlp in={} classes={} hidden=32", kDim, task.size());
+      }
       nd::NodeServiceOptions so;
       so.state_dir = dir / name;
       if (policies.count(name)) so.policy = policies[name];
@@ -569,4 +578,48 @@ TEST_CASE(
   }
   auto reloaded = read_json(dir / "run" / "checkpoints" / "embeddings.json");
   CHECK(reloaded.size() == 3);
+}
+
+TEST_CASE(
+    "coordinator: dro fuses imitators and the weights a node chose to share, "
+    "pushes the initialisation and every node adapts it") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma"});
+  // gamma (3 classes, the widest task) and alpha share their weights;
+  // alpha's 2-class head is not the federation's 3 outputs, so alpha is
+  // imitated all the same, as beta is.
+  Nodes nodes(side.registry->port(), dir / "nodes", {}, {},
+              /*shots_per_class=*/5, {"gamma", "alpha"});
+  auto o = options(dir / "run");
+  o.algorithm = "dro";
+  o.algorithm_options.dro(
+      fu::DroOptions().embedding_dim(8).meta_steps(100).imitator(
+          fu::DroOptions().imitator().arch("mlp").hidden({32}).epochs(4)));
+  co::Coordinator coordinator(*side.registry, pool_data(), o);
+  auto reports = coordinator.run();
+  REQUIRE(reports.size() == 1);
+  const auto& r = reports.front();
+  CHECK(r.pushed_to.size() == 3);
+  REQUIRE(r.adapted.size() == 3);
+  for (const auto& [node, shot_accuracy] : r.adapted) {
+    CAPTURE(node);
+    CHECK(shot_accuracy >= 0.0);
+    CHECK(shot_accuracy <= 1.0);
+  }
+  CHECK(read_json(dir / "run" / "adapted-round-1.json").size() == 3);
+
+  auto init = fu::load_fused_model(dir / "run" / "fused.pt");
+  CHECK(init.algorithm == "dro");
+  CHECK(init.spec.num_classes == 3);
+  CHECK(init.attributes.at("source") == "imitators+weights");
+  CHECK(init.attributes.at("shared_weights") == "1");  // gamma's only
+  CHECK(init.attributes.at("models") == "3");
+  CHECK(chorus::testing::contains(init.attributes.at("labels"), "c3"));
+
+  // Each node keeps its adapted model, over its own classes.
+  auto adapted = fu::load_fused_model(dir / "nodes" / "gamma" / "adapted.pt");
+  CHECK(adapted.algorithm == "dro-adapted");
+  CHECK(adapted.spec.num_classes == 3);
+  CHECK(fu::task_outputs(adapted).names ==
+        std::vector<std::string>{"c2", "c3", "c0"});
 }

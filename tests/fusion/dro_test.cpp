@@ -13,10 +13,8 @@ namespace fu = chorus::fusion;
 
 namespace {
 
-const fu::ModelSpec kSpec{.arch = "mlp",
-                          .input_shape = {8},
-                          .num_classes = 2,
-                          .hidden = {16}};
+const fu::ModelSpec kSpec{
+    .arch = "mlp", .input_shape = {8}, .num_classes = 2, .hidden = {16}};
 
 // A family of linear tasks in R^8: task t labels x by the side of the
 // hyperplane w_t·x = 0, with w_t = w_0 + noise; every task's model starts
@@ -86,8 +84,9 @@ TEST_CASE("dro: the hypernetwork reproduces a single model trained on it") {
   CHECK((fit.init - theta).abs().max().item<double>() < 1e-3);
 }
 
-TEST_CASE("dro: the inner step moves an embedding away from its peak, less "
-          "for a larger gamma") {
+TEST_CASE(
+    "dro: the inner step moves an embedding away from its peak, less "
+    "for a larger gamma") {
   fu::SeedGuard seeded(5);
   std::vector<std::int64_t> layers = {40, 24};
   fu::Hypernetwork hyper(layers, 6, 0.1);
@@ -137,8 +136,9 @@ TEST_CASE("dro: the inner step moves an embedding away from its peak, less "
   // Several steps (where the step contracts: a γ large against the
   // curvature) converge to the fixed point e′ = e + ∇nll(e′)/(2γ).
   auto fixed = fu::Hypernetwork::worst_case(grad_of, start, 5000.0, 30);
-  CHECK((fixed - (start + grad_of(fixed) / 10000.0)).abs().max().item<double>() <
-        1e-6);
+  CHECK(
+      (fixed - (start + grad_of(fixed) / 10000.0)).abs().max().item<double>() <
+      1e-6);
   CHECK_FALSE(torch::equal(fixed, start));
 }
 
@@ -180,10 +180,8 @@ TEST_CASE("dro: the learned initialisation adapts faster than a random one") {
 
 TEST_CASE("dro: a head of another width starts from its mean row") {
   auto model = fresh(8);
-  fu::FusedModel init{.algorithm = "dro",
-                      .spec = kSpec,
-                      .attributes = {},
-                      .model = model};
+  fu::FusedModel init{
+      .algorithm = "dro", .spec = kSpec, .attributes = {}, .model = model};
   auto wide = fu::resize_head(init, 5);
   auto out = wide->forward(torch::randn({4, 8}));
   CHECK(out.size(1) == 5);
@@ -191,10 +189,10 @@ TEST_CASE("dro: a head of another width starts from its mean row") {
   CHECK((out - out.select(1, 0).unsqueeze(1)).abs().max().item<double>() <
         1e-6);
   CHECK_THROWS_AS(fu::resize_head(init, 1), chorus::Error);
-  CHECK_THROWS_AS(fu::adapt_initialisation(init, torch::randn({4, 8}),
-                                           torch::tensor({0, 1, 2, 5}), 3, 1,
-                                           0.1),
-                  chorus::Error);
+  CHECK_THROWS_AS(
+      fu::adapt_initialisation(init, torch::randn({4, 8}),
+                               torch::tensor({0, 1, 2, 5}), 3, 1, 0.1),
+      chorus::Error);
 }
 
 TEST_CASE("dro: an initialisation saves and loads unchanged") {
@@ -223,9 +221,10 @@ TEST_CASE("dro: bad models and options are refused by name") {
   auto layers = fu::layer_sizes(*model);
   CHECK_THROWS_WITH_AS(fu::meta_learn({theta}, layers, {}),
                        doctest::Contains("at least 2 models"), chorus::Error);
-  CHECK_THROWS_WITH_AS(fu::meta_learn({theta, theta.slice(0, 0, 3)}, layers, {}),
-                       doctest::Contains("model 1 has 3 parameters, the architecture"),
-                       chorus::Error);
+  CHECK_THROWS_WITH_AS(
+      fu::meta_learn({theta, theta.slice(0, 0, 3)}, layers, {}),
+      doctest::Contains("model 1 has 3 parameters, the architecture"),
+      chorus::Error);
   auto bad = theta.clone();
   bad[0] = std::numeric_limits<float>::quiet_NaN();
   CHECK_THROWS_WITH_AS(fu::meta_learn({theta, bad}, layers, {}),

@@ -900,3 +900,44 @@ TEST_CASE(
   }
   CHECK(inspected >= 5);  // Hello, push acks, AdaptResponse, Goodbye.
 }
+
+TEST_CASE(
+    "node: shares its own weights only when its operator opted in, and "
+    "audits every read") {
+  chorus::testing::TempDir dir;
+  v1::Envelope ask;
+  ask.mutable_weights_request()->set_round(1);
+  for (bool opted_in : {false, true}) {
+    CAPTURE(opted_in);
+    TestCoordinator coordinator;
+    nd::ExpertOptions o;
+    o.input_shape = kShape;
+    o.labels = kLabels;
+    o.spec = "mlp in=1x4x4 classes=3 hidden=8";
+    o.share_weights = opted_in;
+    auto model = small_model();
+    nd::NodeServiceOptions options;
+    options.state_dir = dir / (opted_in ? "in" : "out");
+    options.audit_log = options.state_dir / "audit.jsonl";
+    TestNode node(nd::make_builtin_expert(model, o), options,
+                  coordinator.port());
+    auto c = coordinator.wait_connection();
+    CHECK(coordinator.hello().can("weights") == opted_in);
+    std::string msg;
+    if (!opted_in) {
+      CHECK(code_of([&] { c->request_async(ask, 10s).get(); }, &msg) ==
+            Code::kPermissionDenied);
+      CHECK(contains(msg, "share_weights = false"));
+    } else {
+      auto reply = c->request_async(ask, 10s).get();
+      REQUIRE(reply.has_weights_response());
+      CHECK(reply.weights_response().spec() == o.spec);
+      auto flat =
+          chorus::testing::decode_tensor(reply.weights_response().parameters());
+      CHECK(torch::equal(flat, fu::flatten_model(*model)));
+    }
+    auto summary = nd::summarise_audit(options.audit_log);
+    CHECK(summary.by_kind["weights"] == 1);
+    CHECK(summary.by_outcome[opted_in ? "OK" : "PERMISSION_DENIED"] == 1);
+  }
+}

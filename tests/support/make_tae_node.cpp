@@ -1,23 +1,31 @@
 // Gives a node state directory a small tae global model, as a coordinator's
 // push would, for command-line tests of `chorus node adapt`:
-//   make_tae_node STATE_DIR
-// The model is trained for one epoch on 2,000 Fashion-MNIST training images
+//   make_tae_node STATE_DIR [tae|dro]
+// tae: trained for one epoch on 2,000 Fashion-MNIST training images
 // answered by two label-derived "experts" on classes {0..4} and {5..9}.
+// dro: a 5-way MLP initialisation (the mean of two MLPs trained on the two
+// halves of the classes, one epoch each).
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/dro.hpp"
+#include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/tae.hpp"
+#include "chorus/fusion/train.hpp"
 #include "chorus/node/service.hpp"
 
 namespace fu = chorus::fusion;
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: make_tae_node STATE_DIR\n");
+  const std::string kind = argc == 3 ? argv[2] : "tae";
+  if ((argc != 2 && argc != 3) || (kind != "tae" && kind != "dro")) {
+    std::fprintf(stderr, "usage: make_tae_node STATE_DIR [tae|dro]\n");
     return 2;
   }
   try {
@@ -25,6 +33,37 @@ int main(int argc, char** argv) {
     auto train = fu::load_fashion_mnist(fu::Split::kTrain);
     auto x = train.images.slice(0, 0, 2000);
     auto y = train.labels.slice(0, 0, 2000);
+    const std::filesystem::path dir = argv[1];
+    std::filesystem::create_directories(dir);
+    if (kind == "dro") {
+      const fu::ModelSpec spec{.arch = "mlp",
+                               .input_shape = {1, 28, 28},
+                               .num_classes = 5,
+                               .hidden = {64}};
+      std::vector<torch::Tensor> models;
+      for (int half = 0; half < 2; ++half) {
+        std::shared_ptr<fu::ClassifierImpl> m;
+        {
+          fu::SeedGuard seeded(1);  // one starting point
+          m = fu::make_classifier(spec);
+        }
+        auto rows = y.ge(5 * half).logical_and(y.lt(5 * half + 5)).nonzero();
+        rows = rows.flatten();
+        fu::train(*m, x.index_select(0, rows),
+                  y.index_select(0, rows) - 5 * half,
+                  fu::TrainOptions().epochs(1).batch_size(64).lr(2e-3));
+        models.push_back(fu::flatten_model(*m));
+      }
+      auto init = fu::dro_model(
+          spec, fu::DroFit{.init = torch::stack(models).mean(0)}, "weights", 2);
+      init.attributes["labels"] =
+          nlohmann::json(fu::fashion_mnist_class_names()).dump();
+      fu::save_fused_model(init, dir / "dro.pt");
+      chorus::node::store_global_model(dir, 1, "dro", spec.to_string(),
+                                       chorus::read_file(dir / "dro.pt"));
+      std::filesystem::remove(dir / "dro.pt");
+      return 0;
+    }
     fu::TaeData data;
     data.inputs = x;
     for (int half = 0; half < 2; ++half) {
@@ -44,8 +83,6 @@ int main(int argc, char** argv) {
         fu::TaeOptions().epochs(1).prototypes(30).samples(3).adapt_steps(20));
     model.train(data);
     model.set_labels(fu::fashion_mnist_class_names());
-    const std::filesystem::path dir = argv[1];
-    std::filesystem::create_directories(dir);
     model.save(dir / "tae.pt");
     chorus::node::store_global_model(dir, 1, "tae", "tae",
                                      chorus::read_file(dir / "tae.pt"));

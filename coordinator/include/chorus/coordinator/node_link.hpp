@@ -35,9 +35,13 @@ class NodeLink {
   /// One chunk of a fused model.
   virtual asio::awaitable<CallResult<protocol::Ack>> push(
       protocol::ModelChunk chunk, std::chrono::milliseconds deadline) = 0;
-  /// Adapts the pushed tae model; only the prototype embedding comes back.
+  /// Adapts the pushed tae or dro model; only the prototype embedding
+  /// (tae) or counts (dro) come back.
   virtual asio::awaitable<CallResult<protocol::AdaptAnswer>> adapt(
       protocol::AdaptCall call, std::chrono::milliseconds deadline) = 0;
+  /// The node's own expert weights, when it opted in to sharing them.
+  virtual asio::awaitable<CallResult<protocol::WeightsAnswer>> weights(
+      protocol::WeightsCall call, std::chrono::milliseconds deadline) = 0;
 };
 
 }  // namespace chorus::coordinator

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,6 +38,10 @@ struct FusionData {
   /// Rows of U that form V (int64), and their labels (int64).
   torch::Tensor fusion_index;
   torch::Tensor fusion_labels;
+  /// Experts' own weights, shared by nodes that opted in (dro uses them in
+  /// place of an imitator): expert name → its ModelSpec string and its
+  /// flattened parameters (`flatten_model`'s order).
+  std::map<std::string, std::pair<std::string, torch::Tensor>> shared_weights;
 
   /// The answers restricted to V's rows.
   std::vector<torch::Tensor> fusion_answers() const;

@@ -65,8 +65,8 @@ struct DroOptions {
   TORCH_ARG(double, adapt_lr) = 0.03;
   /// The imitators distilled from the black boxes (the dro fuser): every
   /// one starts from the same weights (seeded by `seed`).
-  TORCH_ARG(DistillOptions, imitator) =
-      DistillOptions().epochs(6).patience(2).lr(2e-3);
+  TORCH_ARG(DistillOptions,
+            imitator) = DistillOptions().epochs(6).patience(2).lr(2e-3);
   TORCH_ARG(std::uint64_t, seed) = 0;
   TORCH_ARG(int, threads) = 0;
   /// Cancels meta-training and the imitators' distillation (CANCELLED).

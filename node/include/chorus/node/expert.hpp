@@ -53,6 +53,14 @@ struct ExpertOptions {
   /// (after the task's own normalisation, which the node applies first).
   double normalize_mean = 0.0;
   double normalize_std = 1.0;
+  /// [expert] share_weights: the node's operator lets a coordinator that
+  /// runs dro read this (builtin) expert's weights — off by default; the
+  /// node then announces the capability "weights" and logs every read in
+  /// its audit log.
+  bool share_weights = false;
+  /// A builtin expert's architecture (a `fusion::ModelSpec` string), from
+  /// its model file; empty when unknown.
+  std::string spec;
 };
 
 /// A loaded expert. `predict` may be called from several threads.
@@ -72,6 +80,12 @@ class Expert {
   const std::vector<std::string>& labels() const { return options_.labels; }
   /// The backend.
   ExpertKind kind() const { return options_.kind; }
+  /// The options it was loaded with.
+  const ExpertOptions& options() const { return options_; }
+  /// A builtin expert's model (its weights), or null.
+  virtual std::shared_ptr<fusion::ClassifierImpl> builtin_model() const {
+    return nullptr;
+  }
 
  protected:
   explicit Expert(ExpertOptions options);

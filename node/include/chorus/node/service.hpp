@@ -105,6 +105,11 @@ class NodeService {
   /// the bound. Throws `chorus::Error`: FAILED_PRECONDITION without a tae
   /// model or without shots.
   protocol::AdaptAnswer adapt(const protocol::AdaptCall& call);
+  /// A WeightsRequest: the builtin expert's spec and flattened weights,
+  /// only when the operator opted in ([expert] share_weights; else
+  /// PERMISSION_DENIED); FAILED_PRECONDITION for an expert that is not a
+  /// builtin model.
+  protocol::WeightsAnswer weights(const protocol::WeightsCall& call);
 
   /// Writes the audit record of a finished request.
   void record(const std::string& peer, const RequestSummary& request,

@@ -40,6 +40,8 @@ v1::Envelope envelope_of(PredictCall call);
 v1::Envelope envelope_of(PredictAnswer answer);
 v1::Envelope envelope_of(ModelChunk chunk);
 v1::Envelope envelope_of(AdaptCall call);
+v1::Envelope envelope_of(const WeightsCall& call);
+v1::Envelope envelope_of(WeightsAnswer answer);
 v1::Envelope envelope_of(AdaptAnswer answer);
 /// An OK Status.
 v1::Envelope envelope_of(const Ack& ack);
@@ -56,6 +58,8 @@ PredictCall predict_call_of(v1::Envelope&& envelope);
 /// in `Connection::request`).
 PredictAnswer predict_answer_of(v1::Envelope&& reply, std::string_view who);
 AdaptAnswer adapt_answer_of(v1::Envelope&& reply, std::string_view who);
+/// A WeightsResponse; DATA_LOSS when the reply is something else.
+WeightsAnswer weights_answer_of(v1::Envelope&& reply, std::string_view who);
 Ack ack_of(const v1::Envelope& reply, std::string_view who);
 
 }  // namespace chorus::protocol

@@ -158,6 +158,17 @@ struct AdaptAnswer {
   double shot_accuracy = 0;  ///< The adapted model's accuracy on its shots.
 };
 
+/// A request for a node's own expert weights (dro; the node must opt in).
+struct WeightsCall {
+  std::uint32_t round = 0;
+};
+
+/// A built-in expert's architecture and flattened parameters.
+struct WeightsAnswer {
+  std::string spec;
+  TensorBlob parameters;
+};
+
 /// Why the expert `descriptor` announces does not fit `task` (naming both
 /// sides' values), or nullopt. `who` names the expert ("node 'alpha'").
 std::optional<std::string> descriptor_mismatch(
@@ -165,9 +176,10 @@ std::optional<std::string> descriptor_mismatch(
     std::string_view who);
 
 /// A request a node serves.
-using NodeRequest = std::variant<PredictCall, ModelChunk, AdaptCall>;
+using NodeRequest =
+    std::variant<PredictCall, ModelChunk, AdaptCall, WeightsCall>;
 
-/// "predict", "model_push" or "adapt" (audit records, logs).
+/// "predict", "model_push", "adapt" or "weights" (audit records, logs).
 const char* kind_of(const NodeRequest& request);
 /// The round a request belongs to.
 std::uint32_t round_of(const NodeRequest& request);
