@@ -46,9 +46,11 @@ torch::Tensor checked(const RemoteExpert& node,
       "rows), expected [{}, {}]",
       node.info.name, rows, part.dim(), part.dim() ? part.size(0) : 0, rows,
       labels);
-  CHORUS_CHECK_CODE(!protocol::has_non_finite(part), Code::kDataLoss,
-                    "node '{}' answered with NaN or infinite values",
-                    node.info.name);
+  // One answer that is not a distribution would poison the fused model:
+  // the node is left out of the round instead, named.
+  if (auto why = protocol::distribution_problem(part)) {
+    fail(Code::kDataLoss, "node '{}' answered with {}", node.info.name, *why);
+  }
   return part;
 }
 

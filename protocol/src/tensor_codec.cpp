@@ -84,4 +84,33 @@ bool has_non_finite(const at::Tensor& tensor) {
   return !at::isfinite(tensor).all().item<bool>();
 }
 
+std::optional<std::string> distribution_problem(const at::Tensor& answers) {
+  constexpr double kTolerance = 0.01;
+  if (answers.dim() != 2) {
+    return fmt::format("answers of {} dimensions, not [inputs, labels]",
+                       answers.dim());
+  }
+  if (answers.numel() == 0) return std::nullopt;
+  if (!answers.is_floating_point()) {
+    return "answers that are not floating-point probabilities";
+  }
+  if (has_non_finite(answers)) return "NaN or infinite values";
+  auto p = answers.to(at::kDouble);
+  const double lo = p.min().item<double>(), hi = p.max().item<double>();
+  if (lo < -kTolerance || hi > 1 + kTolerance) {
+    return fmt::format("values from {:g} to {:g}: probabilities lie in [0, 1]",
+                       lo, hi);
+  }
+  auto sums = p.sum(1);
+  const double smin = sums.min().item<double>();
+  const double smax = sums.max().item<double>();
+  if (smin <= 0 || smax > 1 + kTolerance) {
+    return fmt::format(
+        "rows that sum to {:g}..{:g}: each row must sum to 1 (or less, for "
+        "a top-k answer)",
+        smin, smax);
+  }
+  return std::nullopt;
+}
+
 }  // namespace chorus::protocol

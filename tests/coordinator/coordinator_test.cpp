@@ -118,8 +118,10 @@ struct Nodes {
         std::map<std::string, nd::QueryPolicy> policies = {},
         std::map<std::string, std::vector<std::string>> labels = {},
         std::int64_t shots_per_class = 0,
-        std::set<std::string> share_weights = {}) {
+        std::set<std::string> share_weights = {},
+        std::set<std::string> absent = {}) {
     for (const auto& [name, task] : world().tasks) {
+      if (absent.count(name)) continue;
       nd::ExpertOptions eo;
       eo.input_shape = {kDim};
       for (auto c : task)
@@ -622,4 +624,83 @@ TEST_CASE(
   CHECK(adapted.spec.num_classes == 3);
   CHECK(fu::task_outputs(adapted).names ==
         std::vector<std::string>{"c2", "c3", "c0"});
+}
+
+namespace {
+
+// A rostered node that speaks the protocol but answers every prediction with
+// one poisoned value (what a hostile or broken node could send).
+struct PoisonNode {
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> guard{
+      io.get_executor()};
+  std::thread thread{[this] { io.run(); }};
+  std::shared_ptr<pr::Connection> connection;
+
+  PoisonNode(std::uint16_t port, const std::string& name,
+             std::vector<std::string> labels) {
+    pr::Hello hello;
+    hello.expert.input_shape = {kDim};
+    hello.expert.labels = labels;
+    hello.policy.max_batch = 256;
+    hello.capabilities = {"predict"};
+    const auto width = static_cast<std::int64_t>(labels.size());
+    try {
+      connection = pr::connect(
+          io, "127.0.0.1", port, world().material(world().nodes.at(name)),
+          pr::ChannelOptions{}, hello,
+          [width](v1::Envelope request) -> asio::awaitable<v1::Envelope> {
+            const auto rows = request.predict_request().inputs().shape().empty()
+                                  ? 0
+                                  : request.predict_request().inputs().shape(0);
+            auto answers = torch::full({rows, width}, 1.0f / width);
+            if (rows > 0) answers[0][0] = -32427.0f;
+            v1::Envelope reply;
+            chorus::testing::encode_tensor(
+                answers, reply.mutable_predict_response()->mutable_outputs());
+            co_return reply;
+          });
+    } catch (...) {
+      stop();
+      throw;
+    }
+  }
+  ~PoisonNode() { stop(); }
+  void stop() {
+    if (!thread.joinable()) return;
+    if (connection) connection->close("done");
+    std::this_thread::sleep_for(50ms);
+    guard.reset();
+    io.stop();
+    thread.join();
+  }
+};
+
+}  // namespace
+
+TEST_CASE(
+    "coordinator: a node whose answers are not distributions is left out, "
+    "named, and cannot poison the fused model") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma"});
+  Nodes nodes(side.registry->port(), dir / "nodes", {}, {}, 0, {}, {"beta"});
+  PoisonNode beta(side.registry->port(), "beta", {"c1", "c2"});
+  for (int i = 0; i < 200 && side.registry->connected().size() < 3; ++i)
+    std::this_thread::sleep_for(50ms);
+  REQUIRE(side.registry->connected().size() == 3);
+  auto o = options(dir / "run");
+  o.min_nodes = 2;
+  co::Coordinator coordinator(*side.registry, pool_data(), o);
+  auto reports = coordinator.run();
+  REQUIRE(reports.size() == 1);
+  const auto& r = reports.front();
+  REQUIRE(r.failed.count("beta") == 1);
+  CHECK(chorus::testing::contains(r.failed.at("beta"), "-32427"));
+  CHECK(chorus::testing::contains(r.failed.at("beta"),
+                                  "probabilities lie in [0, 1]"));
+  CHECK(r.experts == std::vector<std::string>{"alpha", "gamma"});
+  // The fused model learnt from the two honest nodes only.
+  CHECK(fu::accuracy(
+            coordinator.fuser().predict(coordinator.oracle(), world().test.x),
+            world().test.y) > 0.5);
 }

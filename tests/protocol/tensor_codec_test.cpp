@@ -89,6 +89,38 @@ TEST_CASE("codec: NaN and infinity are detected for callers") {
   CHECK_FALSE(pr::has_non_finite(torch::tensor({1, 2}, torch::kLong)));
 }
 
+TEST_CASE("codec: answers that are not distributions are named") {
+  auto p = torch::softmax(torch::randn({6, 4}), 1);
+  CHECK_FALSE(pr::distribution_problem(p).has_value());
+  CHECK_FALSE(pr::distribution_problem(p.to(torch::kHalf)).has_value());
+  // Top-k and label-only answers: part of the mass, or a one-hot row.
+  auto top2 = p.clone();
+  top2.select(1, 0).zero_();
+  top2.select(1, 1).zero_();
+  CHECK_FALSE(pr::distribution_problem(top2).has_value());
+  CHECK_FALSE(
+      pr::distribution_problem(torch::eye(4).slice(0, 0, 3)).has_value());
+  // One poisoned value, scaled rows, NaN, an empty row.
+  auto poisoned = p.clone();
+  poisoned[2][1] = -32427.0;
+  auto why = pr::distribution_problem(poisoned);
+  REQUIRE(why.has_value());
+  CHECK(chorus::testing::contains(*why, "-32427"));
+  why = pr::distribution_problem(p * 1e6);
+  REQUIRE(why.has_value());
+  CHECK(chorus::testing::contains(*why, "probabilities lie in [0, 1]"));
+  why = pr::distribution_problem(p * 0.9 + 0.09);  // rows sum to 1.26
+  REQUIRE(why.has_value());
+  CHECK(chorus::testing::contains(*why, "each row must sum to 1"));
+  auto nan = p.clone();
+  nan[0][0] = std::nanf("");
+  CHECK(pr::distribution_problem(nan) == std::string("NaN or infinite values"));
+  auto empty_row = p.clone();
+  empty_row[4].zero_();
+  CHECK(pr::distribution_problem(empty_row).has_value());
+  CHECK(pr::distribution_problem(torch::ones({3})).has_value());
+}
+
 TEST_CASE("codes: the wire Code enum mirrors chorus::Code value for value") {
   const auto* descriptor = chorus::v1::Code_descriptor();
   int mirrored = 0;

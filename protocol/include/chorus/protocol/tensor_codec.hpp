@@ -33,4 +33,10 @@ at::Tensor to_tensor(const TensorBlob& blob, const TensorLimits& limits = {});
 /// integer tensors).
 bool has_non_finite(const at::Tensor& tensor);
 
+/// Why `answers` [N, C] are not an expert's answers — rows of values in
+/// [0, 1] that sum to 1, or to less for a top-k answer (the rest of the mass
+/// withheld) — naming the offending values; nullopt when they are. A
+/// tolerance of 0.01 allows for float16 on the wire.
+std::optional<std::string> distribution_problem(const at::Tensor& answers);
+
 }  // namespace chorus::protocol
