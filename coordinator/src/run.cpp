@@ -253,10 +253,31 @@ PublicData load_public_data(const CoordinatorConfig& k) {
   return out;
 }
 
+// The run directory must be a directory the coordinator can write to:
+// checked before any data is loaded or port listened on, so that a path
+// under a regular file or on a read-only mount is one clear error.
+void check_run_dir(const std::filesystem::path& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  CHORUS_CHECK_CODE(!ec, Code::kFailedPrecondition,
+                    "coordinator.run_dir '{}' cannot be created: {}",
+                    dir.string(), ec.message());
+  const auto probe = dir / ".chorus-write-test";
+  try {
+    write_file_atomic(probe, "ok\n");
+  } catch (const Error& e) {
+    fail(Code::kFailedPrecondition,
+         "coordinator.run_dir '{}' is not writable: {}", dir.string(),
+         e.what());
+  }
+  std::filesystem::remove(probe, ec);
+}
+
 }  // namespace
 
 int run_coordinator(const CoordinatorConfig& k, bool resume) {
   auto log = log::get("coordinator");
+  check_run_dir(k.run_dir);
   fusion::ThreadGuard threads(static_cast<int>(k.threads));
   auto [task, pool, test] = load_public_data(k);
   if (task.normalisation != Normalisation::kNone) {
