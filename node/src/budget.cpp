@@ -1,8 +1,10 @@
 #include "chorus/node/budget.hpp"
 
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
 
 namespace chorus::node {
 namespace {
@@ -24,8 +26,37 @@ void BudgetPolicy::validate() const {
                round_budget.value_or(0));
 }
 
-BudgetLedger::BudgetLedger(BudgetPolicy policy) : policy_(policy) {
+BudgetLedger::BudgetLedger(BudgetPolicy policy, std::filesystem::path state)
+    : policy_(policy), state_(std::move(state)) {
   policy_.validate();
+  std::error_code ec;
+  if (state_.empty() || !std::filesystem::exists(state_, ec)) return;
+  try {
+    auto j = nlohmann::json::parse(read_file(state_));
+    spent_total_ = j.at("spent_total").get<std::int64_t>();
+    spent_round_ = j.at("spent_round").get<std::int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    fail(Code::kDataLoss,
+         "budget ledger '{}' is unreadable ({}); the node will not start "
+         "with an unknown budget spent",
+         state_.string(), e.what());
+  }
+  CHORUS_CHECK_CODE(
+      spent_total_ >= 0 && spent_round_ >= 0 && spent_round_ <= spent_total_,
+      Code::kDataLoss,
+      "budget ledger '{}' records {} spent in all and {} this "
+      "round: not a ledger",
+      state_.string(), spent_total_, spent_round_);
+}
+
+void BudgetLedger::persist() const {
+  // Nothing to keep for a node without budgets.
+  if (state_.empty() || (!policy_.total_budget && !policy_.round_budget))
+    return;
+  write_file_atomic(state_, nlohmann::json{{"spent_total", spent_total_},
+                                           {"spent_round", spent_round_}}
+                                    .dump() +
+                                "\n");
 }
 
 void BudgetLedger::charge(std::int64_t n) {
@@ -51,11 +82,26 @@ void BudgetLedger::charge(std::int64_t n) {
   }
   spent_total_ += n;
   spent_round_ += n;
+  try {
+    persist();
+  } catch (const Error& e) {
+    // Not recorded, not answered.
+    spent_total_ -= n;
+    spent_round_ -= n;
+    fail(Code::kInternal, "the budget ledger cannot be written: {}", e.what());
+  }
 }
 
 void BudgetLedger::start_round() {
   std::lock_guard lock(mutex_);
+  const auto before = spent_round_;
   spent_round_ = 0;
+  try {
+    persist();
+  } catch (const Error& e) {
+    spent_round_ = before;
+    throw;
+  }
 }
 
 std::optional<std::int64_t> BudgetLedger::total_remaining() const {

@@ -69,7 +69,9 @@ struct NodeService::Impl {
   Impl(std::unique_ptr<Expert> e, NodeServiceOptions o)
       : expert(std::move(e)),
         options(std::move(o)),
-        ledger(options.policy.budget),
+        ledger(options.policy.budget, options.state_dir.empty()
+                                          ? std::filesystem::path()
+                                          : options.state_dir / "budget.json"),
         rate(options.policy.rate_limit) {
     options.policy.validate();
     noise = at::make_generator<at::CPUGeneratorImpl>(options.policy.noise_seed);

@@ -131,6 +131,10 @@ c_answered_some() { [ -f state/c/audit.jsonl ] && [ "$(ok_inputs c 1 1)" -ge 200
 wait_for 60 "c to answer its first requests" c_answered_some
 kill -9 "$node_c"
 wait_for 120 "round 1 to be checkpointed" test -f run/checkpoints/round-1.json
+# The checkpoint is written before the progress line is printed: wait for
+# both, or the kill below can fall between them.
+round1_reported() { grep -q "round 1/$rounds:" coordinator1.err; }
+wait_for 60 "round 1 to be reported" round1_reported
 # --- 2. the coordinator killed after round 1 ---------------------------------
 kill -9 "$coordinator_pid"
 wait "$coordinator_pid" 2>/dev/null || true

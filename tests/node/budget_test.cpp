@@ -1,8 +1,10 @@
 #include "chorus/node/budget.hpp"
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
 #include "support/doctest.hpp"
 #include "support/errors.hpp"
+#include "support/temp_dir.hpp"
 
 using chorus::Code;
 using chorus::node::BudgetLedger;
@@ -66,4 +68,39 @@ TEST_CASE("budget: invalid policies are refused naming the field") {
         Code::kInvalidArgument);
   CHECK(code_of([] { BudgetPolicy{.round_budget = -5}.validate(); }) ==
         Code::kInvalidArgument);
+}
+
+TEST_CASE(
+    "budget: what was spent survives a restart, and a corrupt ledger "
+    "is refused") {
+  chorus::testing::TempDir dir;
+  const auto file = dir / "budget.json";
+  const BudgetPolicy policy{
+      .max_batch = 500, .total_budget = 1000, .round_budget = 900};
+  {
+    BudgetLedger ledger(policy, file);
+    ledger.charge(400);
+    ledger.charge(400);
+    CHECK(ledger.total_remaining() == 200);
+  }
+  // The node restarts: the same file, the same spent budget.
+  BudgetLedger again(policy, file);
+  CHECK(again.spent() == 800);
+  CHECK(again.total_remaining() == 200);
+  CHECK(again.round_remaining() == 100);
+  std::string msg;
+  CHECK(code_of([&] { again.charge(300); }, &msg) == Code::kResourceExhausted);
+  CHECK(chorus::testing::contains(msg, "200 of 1000 remaining"));
+  again.start_round();
+  CHECK(BudgetLedger(policy, file).round_remaining() == 900);
+
+  chorus::write_file_atomic(file, "{\"spent_total\": \"many\"}");
+  CHECK(code_of([&] { BudgetLedger(policy, file); }, &msg) == Code::kDataLoss);
+  CHECK(chorus::testing::contains(msg, "unknown budget spent"));
+  chorus::write_file_atomic(file, "{\"spent_total\": 5, \"spent_round\": 9}");
+  CHECK(code_of([&] { BudgetLedger(policy, file); }) == Code::kDataLoss);
+  // Without budgets nothing is written.
+  BudgetLedger unlimited(BudgetPolicy{}, dir / "none.json");
+  unlimited.charge(10);
+  CHECK_FALSE(std::filesystem::exists(dir / "none.json"));
 }

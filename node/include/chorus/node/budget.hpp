@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 
@@ -25,8 +26,13 @@ struct BudgetPolicy {
 /// Thread-safe ledger of inputs answered against a `BudgetPolicy`.
 class BudgetLedger {
  public:
-  /// Validates `policy` and starts with nothing spent.
-  explicit BudgetLedger(BudgetPolicy policy);
+  /// Validates `policy` and starts with nothing spent — or, with a `state`
+  /// file (a node's state_dir/budget.json), with what it records: the
+  /// budget spent survives restarts. Every charge and round start rewrites
+  /// the file atomically before the request is answered. Throws
+  /// `chorus::Error` (DATA_LOSS) for a corrupt file: a node does not start
+  /// with an unknown amount spent.
+  explicit BudgetLedger(BudgetPolicy policy, std::filesystem::path state = {});
 
   /// Accounts for a request of `n` inputs, or refuses all of it: throws
   /// `chorus::Error` with INVALID_ARGUMENT when `n` is not positive or exceeds
@@ -50,7 +56,10 @@ class BudgetLedger {
   const BudgetPolicy& policy() const { return policy_; }
 
  private:
+  void persist() const;  // Under mutex_.
+
   BudgetPolicy policy_;
+  std::filesystem::path state_;
   mutable std::mutex mutex_;
   std::int64_t spent_total_ = 0;
   std::int64_t spent_round_ = 0;
