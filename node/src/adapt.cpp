@@ -68,6 +68,16 @@ std::vector<std::int64_t> task_of_shots(const torch::Tensor& y,
   return {present.begin(), present.end()};
 }
 
+// The node's own task, for shots drawn from its local data: its expert's
+// labels. Throws when the config draws no shots.
+std::vector<std::string> own_task(const NodeConfig& config) {
+  CHORUS_CHECK(config.adapt_shots_per_class > 0,
+               "no shots: give --shots FILE --shot-labels FILE, or set "
+               "adapt.shots_per_class to draw them from the node's local data");
+  return config.expert.labels.empty() ? load_expert(config.expert)->labels()
+                                      : config.expert.labels;
+}
+
 // A numeric attribute of a fused model, or `fallback`.
 double attribute_or(const fusion::FusedModel& m, const std::string& key,
                     double fallback) {
@@ -123,13 +133,8 @@ LocalAdaptReport adapt_dro_locally(const LocalAdaptOptions& o,
     }
     std::tie(shots.inputs, shots.labels) = restrict_to(x, y, classes);
   } else {
-    CHORUS_CHECK(
-        config.adapt_shots_per_class > 0,
-        "no shots: give --shots FILE --shot-labels FILE, or set "
-        "adapt.shots_per_class to draw them from the node's local data");
-    names = config.expert.labels.empty() ? load_expert(config.expert)->labels()
-                                         : config.expert.labels;
-    classes = positions_in(space, names);
+    names = own_task(config);
+    classes = classes_in_space(init, names);
     shots = draw_local_shots(names, config.adapt_shots_per_class,
                              config.adapt_seed, config.train.source());
   }
@@ -158,6 +163,11 @@ LocalAdaptReport adapt_dro_locally(const LocalAdaptOptions& o,
 }
 
 }  // namespace
+
+std::vector<std::int64_t> classes_in_space(
+    const fusion::FusedModel& init, const std::vector<std::string>& labels) {
+  return positions_in(label_space_of(init), labels);
+}
 
 std::vector<std::string> label_space_of(const fusion::FusedModel& init) {
   auto it = init.attributes.find("labels");
@@ -310,13 +320,7 @@ LocalAdaptReport adapt_locally(const LocalAdaptOptions& o) {
     classes = task_of_shots(y, o.shot_labels);
     std::tie(shots.inputs, shots.labels) = restrict_to(x, y, classes);
   } else {
-    CHORUS_CHECK(
-        config.adapt_shots_per_class > 0,
-        "no shots: give --shots FILE --shot-labels FILE, or set "
-        "adapt.shots_per_class to draw them from the node's local data");
-    auto labels = config.expert.labels.empty()
-                      ? load_expert(config.expert)->labels()
-                      : config.expert.labels;
+    auto labels = own_task(config);
     classes = classes_of(model, labels);
     shots = draw_local_shots(labels, config.adapt_shots_per_class,
                              config.adapt_seed, config.train.source());

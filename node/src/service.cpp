@@ -376,13 +376,7 @@ protocol::AdaptAnswer NodeService::adapt(const protocol::AdaptCall& req) {
       impl_->dro_round = stored->round;
     }
     const auto& labels = impl_->expert->labels();
-    std::vector<std::int64_t> classes;
-    const auto space = label_space_of(*impl_->dro);
-    for (std::size_t i = 0; i < labels.size(); ++i) {
-      auto it = std::find(space.begin(), space.end(), labels[i]);
-      classes.push_back(it != space.end() ? it - space.begin()
-                                          : static_cast<std::int64_t>(i));
-    }
+    const auto classes = classes_in_space(*impl_->dro, labels);
     auto outcome = adapt_dro(*impl_->dro, classes, labels,
                              *impl_->options.shots, req.max_steps);
     outcome.round = stored->round;

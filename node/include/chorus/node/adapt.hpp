@@ -55,6 +55,12 @@ AdaptOutcome adapt_dro(const fusion::FusedModel& init,
                        std::vector<std::string> class_names,
                        const LabelledShots& shots, std::int64_t steps = 0);
 
+/// The positions of `labels` in the label space `init` records (0..k-1 when
+/// it records none). Throws `chorus::Error` (FAILED_PRECONDITION) for a
+/// label outside it.
+std::vector<std::int64_t> classes_in_space(
+    const fusion::FusedModel& init, const std::vector<std::string>& labels);
+
 /// The federation's label names a dro initialisation records (its "labels"
 /// attribute); empty when it records none.
 std::vector<std::string> label_space_of(const fusion::FusedModel& init);
