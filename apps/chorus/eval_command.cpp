@@ -11,6 +11,7 @@
 #include <string>
 
 #include "chorus/core/fs.hpp"
+#include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/evaluate.hpp"
 
 namespace chorus::app {
@@ -26,8 +27,8 @@ struct EvalArgs {
 };
 
 int run_eval(const EvalArgs& args) {
-  std::optional<std::filesystem::path> data_dir;
-  if (!args.data_dir.empty()) data_dir = args.data_dir;
+  const auto data_dir =
+      path_or_env(args.data_dir, fusion::data_dir_variable(args.dataset));
   std::optional<std::filesystem::path> adapted;
   if (!args.adapted.empty()) adapted = args.adapted;
   auto report = fusion::evaluate_fused_model(args.model, args.dataset, data_dir,

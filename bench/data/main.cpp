@@ -50,7 +50,8 @@ int main(int argc, char** argv) {
       std::int64_t n = 0;
       for (int r = 0; r < repeat; ++r) {
         auto t0 = std::chrono::steady_clock::now();
-        auto data = chorus::fusion::load_fashion_mnist(split);
+        auto data = chorus::fusion::load_fashion_mnist(
+            split, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
         auto t1 = std::chrono::steady_clock::now();
         n = data.size();
         ms.push_back(

@@ -265,8 +265,10 @@ int main(int argc, char** argv) {
   try {
     torch::set_num_threads(args.threads);
     auto t0 = Clock::now();
-    auto train = fu::load_fashion_mnist(fu::Split::kTrain);
-    auto test = fu::load_fashion_mnist(fu::Split::kTest);
+    auto train = fu::load_fashion_mnist(
+        fu::Split::kTrain, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
+    auto test = fu::load_fashion_mnist(
+        fu::Split::kTest, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
     Table table;
     for (int s = 0; s < args.seeds; ++s) run_seed(s, args, train, test, table);
     table.print();

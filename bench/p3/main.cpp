@@ -197,8 +197,10 @@ int main(int argc, char** argv) {
     const auto t_all = Clock::now();
     std::mt19937_64 rng(args.seed);
 
-    auto train = fu::load_fashion_mnist(fu::Split::kTrain);
-    auto test = fu::load_fashion_mnist(fu::Split::kTest);
+    auto train = fu::load_fashion_mnist(
+        fu::Split::kTrain, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
+    auto test = fu::load_fashion_mnist(
+        fu::Split::kTest, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
     // The transfer pool: the last --pool images of a fixed shuffle of the
     // training split; experts draw from the rest.
     torch::Tensor order;
@@ -316,7 +318,8 @@ int main(int argc, char** argv) {
     std::optional<ByClass> digits;
     if (args.cross_domain) {
       try {
-        auto d = fu::load_mnist_digits();
+        auto d =
+            fu::load_mnist_digits(chorus::path_or_env({}, "CHORUS_MNIST_DIR"));
         digits.emplace(d.images, d.labels);
         domains.emplace_back("mnist (cross-domain)", &*digits);
       } catch (const chorus::Error& e) {

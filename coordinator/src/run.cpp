@@ -17,6 +17,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
 #include "chorus/fusion/data_files.hpp"
+#include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/train.hpp"
@@ -207,9 +208,9 @@ PublicData load_public_data(const CoordinatorConfig& k) {
   auto& task = out.task;
   torch::Tensor raw_u, raw_v, labels_v;
   if (k.dataset != "files") {
-    std::optional<std::filesystem::path> dir;
-    if (!k.data_dir.empty()) dir = k.data_dir;
-    auto data = fusion::load_builtin(k.dataset, dir);
+    auto data = fusion::load_builtin(
+        k.dataset,
+        path_or_env(k.data_dir, fusion::data_dir_variable(k.dataset)));
     const auto c = task.labels.size();
     CHORUS_CHECK(
         k.transfer_size >= 1 && k.transfer_size < data.train.size(),

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -106,6 +107,16 @@ std::string read_file(const fs::path& path) {
   out << in.rdbuf();
   if (in.bad()) fail(Code::kInternal, "cannot read '{}'", path.string());
   return std::move(out).str();
+}
+
+std::optional<std::filesystem::path> path_or_env(
+    const std::filesystem::path& configured, const char* variable) {
+  if (!configured.empty()) return configured;
+  if (variable == nullptr) return std::nullopt;
+  if (const char* env = std::getenv(variable); env && *env) {
+    return std::filesystem::path(env);
+  }
+  return std::nullopt;
 }
 
 }  // namespace chorus

@@ -120,9 +120,6 @@ fs::path locate(const fs::path& dir, const std::string& stem) {
 
 fs::path fashion_mnist_dir(const std::optional<fs::path>& override_dir) {
   if (override_dir && !override_dir->empty()) return *override_dir;
-  if (const char* env = std::getenv("CHORUS_DATA_DIR"); env && *env) {
-    return fs::path(env);
-  }
   return fs::path(kDefaultFashionMnistDir);
 }
 
@@ -191,10 +188,13 @@ Dataset load_fashion_mnist(Split split,
 
 fs::path mnist_digits_dir(const std::optional<fs::path>& override_dir) {
   if (override_dir && !override_dir->empty()) return *override_dir;
-  if (const char* env = std::getenv("CHORUS_MNIST_DIR"); env && *env) {
-    return fs::path(env);
-  }
   return fs::path(kDefaultMnistDigitsDir);
+}
+
+const char* data_dir_variable(std::string_view dataset) {
+  if (dataset == "fashion-mnist") return "CHORUS_DATA_DIR";
+  if (dataset == "mnist") return "CHORUS_MNIST_DIR";
+  return nullptr;
 }
 
 Dataset load_mnist_digits(const std::optional<fs::path>& override_dir) {

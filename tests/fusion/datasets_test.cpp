@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
 #include "support/doctest.hpp"
 #include "support/errors.hpp"
 #include "support/temp_dir.hpp"
@@ -154,20 +155,30 @@ TEST_CASE("fashion-mnist: missing files say how to install them") {
 
 TEST_CASE(
     "fashion-mnist: the directory comes from flag, then env, then default") {
+  namespace fu = chorus::fusion;
   const char* saved = std::getenv("CHORUS_DATA_DIR");
   std::optional<std::string> restore;
   if (saved) restore = saved;
+  const char* variable = fu::data_dir_variable("fashion-mnist");
+  REQUIRE(variable != nullptr);
+  CHECK(std::string(variable) == "CHORUS_DATA_DIR");
+  CHECK(std::string(fu::data_dir_variable("mnist")) == "CHORUS_MNIST_DIR");
+  CHECK(fu::data_dir_variable("iris") == nullptr);
+  // What the applications do: the flag, else the environment, else fusion's
+  // default. Fusion itself reads no environment.
+  auto resolve = [&](const fs::path& flag) {
+    return fu::fashion_mnist_dir(chorus::path_or_env(flag, variable));
+  };
 
   ::unsetenv("CHORUS_DATA_DIR");
-  CHECK(chorus::fusion::fashion_mnist_dir() ==
-        fs::path(chorus::fusion::kDefaultFashionMnistDir));
+  CHECK(resolve({}) == fs::path(fu::kDefaultFashionMnistDir));
   ::setenv("CHORUS_DATA_DIR", "/from/env", 1);
-  CHECK(chorus::fusion::fashion_mnist_dir() == fs::path("/from/env"));
-  CHECK(chorus::fusion::fashion_mnist_dir(fs::path("/from/flag")) ==
-        fs::path("/from/flag"));
+  CHECK(resolve({}) == fs::path("/from/env"));
+  CHECK(fu::fashion_mnist_dir() == fs::path(fu::kDefaultFashionMnistDir));
+  CHECK(resolve("/from/flag") == fs::path("/from/flag"));
   ::setenv("CHORUS_DATA_DIR", "", 1);
-  CHECK(chorus::fusion::fashion_mnist_dir() ==
-        fs::path(chorus::fusion::kDefaultFashionMnistDir));
+  CHECK(resolve({}) == fs::path(fu::kDefaultFashionMnistDir));
+  CHECK_FALSE(chorus::path_or_env({}, nullptr).has_value());
 
   if (restore) {
     ::setenv("CHORUS_DATA_DIR", restore->c_str(), 1);

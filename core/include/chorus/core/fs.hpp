@@ -1,6 +1,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -20,5 +21,12 @@ void write_file_atomic(
 
 /// Reads a whole file. Throws `chorus::Error` (NOT_FOUND, INTERNAL).
 std::string read_file(const std::filesystem::path& path);
+
+/// `configured` when it is not empty, else the path in the environment
+/// variable `variable` (when one is named, set and not empty), else nothing.
+/// The environment is read at the applications' edges only (command lines,
+/// configs, benches): libraries take the paths they are given.
+std::optional<std::filesystem::path> path_or_env(
+    const std::filesystem::path& configured, const char* variable);
 
 }  // namespace chorus

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 /// Labelled image data sets read from IDX files (the MNIST family's format).
@@ -33,7 +34,8 @@ inline constexpr const char* kDefaultFashionMnistDir =
     "/usr/share/datasets/fashion-mnist";
 
 /// The directory to read Fashion-MNIST from: `override_dir` when given, else
-/// `$CHORUS_DATA_DIR` when set and non-empty, else `kDefaultFashionMnistDir`.
+/// `kDefaultFashionMnistDir`. Fusion reads no environment: the applications
+/// pass `$CHORUS_DATA_DIR` (see `data_dir_variable`, `chorus::path_or_env`).
 std::filesystem::path fashion_mnist_dir(
     const std::optional<std::filesystem::path>& override_dir = std::nullopt);
 
@@ -49,12 +51,16 @@ Dataset load_fashion_mnist(
 /// The ten Fashion-MNIST class names, by label.
 const std::vector<std::string>& fashion_mnist_class_names();
 
+/// The environment variable the applications read for a built-in data set's
+/// directory when none is configured: "CHORUS_DATA_DIR" for fashion-mnist,
+/// "CHORUS_MNIST_DIR" for mnist, nullptr for the others.
+const char* data_dir_variable(std::string_view dataset);
+
 /// Where `scripts/fetch-mnist.sh` puts the MNIST digits by default.
 inline constexpr const char* kDefaultMnistDigitsDir = "data/mnist";
 
 /// The directory to read the MNIST digits from: `override_dir` when given,
-/// else `$CHORUS_MNIST_DIR` when set and non-empty, else
-/// `kDefaultMnistDigitsDir`.
+/// else `kDefaultMnistDigitsDir` (the applications pass `$CHORUS_MNIST_DIR`).
 std::filesystem::path mnist_digits_dir(
     const std::optional<std::filesystem::path>& override_dir = std::nullopt);
 
