@@ -58,12 +58,12 @@ struct Args {
   /// β of G (TaeOptions::likelihood_scale); 0: its default.
   double beta = 0;
   /// TaeOptions::gibbs_weight.
-  double gibbs_weight = fu::TaeOptions().gibbs_weight();
+  double gibbs_weight = fu::TaeTrainingOptions().gibbs_weight();
   /// TaeOptions::union_task (only in the classes space).
   bool union_task = true;
   /// TaeOptions::relabel and relabel_prior.
-  bool relabel = fu::TaeOptions().relabel();
-  double relabel_prior = fu::TaeOptions().relabel_prior();
+  bool relabel = fu::TaeAdaptationOptions().relabel();
+  double relabel_prior = fu::TaeAdaptationOptions().relabel_prior();
   /// Test images per class of a task (the first of a fixed shuffle).
   std::int64_t test_per_class = 500;
   std::string json = "bench_p2.json";
@@ -90,7 +90,7 @@ Split load(const std::string& name, std::uint64_t seed) {
   torch::manual_seed(seed);
   Split s;
   if (name == "mnist2") {
-    auto d = fu::load_mnist_digits();
+    auto d = fu::load_mnist_digits(chorus::path_or_env({}, "CHORUS_MNIST_DIR"));
     auto perm = torch::randperm(d.size(), torch::kLong);
     const auto n_train = d.size() * 8 / 10;
     auto tr = perm.slice(0, 0, n_train), te = perm.slice(0, n_train);
@@ -100,8 +100,10 @@ Split load(const std::string& name, std::uint64_t seed) {
     s.test_y = d.labels.index_select(0, te);
     s.pool_x = s.train_x;
   } else {
-    auto train = fu::load_fashion_mnist(fu::Split::kTrain);
-    auto test = fu::load_fashion_mnist(fu::Split::kTest);
+    auto train = fu::load_fashion_mnist(
+        fu::Split::kTrain, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
+    auto test = fu::load_fashion_mnist(
+        fu::Split::kTest, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
     auto perm = torch::randperm(train.size(), torch::kLong).slice(0, 0, 20000);
     s.train_x = train.images.index_select(0, perm);
     s.train_y = train.labels.index_select(0, perm);
@@ -257,16 +259,18 @@ int main(int argc, char** argv) {
       // tae on R, over the binary output space.
       const auto t_tae = Clock::now();
       auto tae_options = fu::TaeOptions()
-                             .epochs(args.epochs)
+                             .training(fu::TaeTrainingOptions()
+                                           .epochs(args.epochs)
+                                           .union_task(args.union_task)
+                                           .gibbs_weight(args.gibbs_weight))
+                             .adaptation(fu::TaeAdaptationOptions()
+                                             .steps(60)
+                                             .samples(5)
+                                             .likelihood_scale(args.beta)
+                                             .relabel(args.relabel)
+                                             .relabel_prior(args.relabel_prior))
                              .seed(args.seed)
-                             .threads(args.threads)
-                             .adapt_steps(60)
-                             .samples(5)
-                             .likelihood_scale(args.beta)
-                             .union_task(args.union_task)
-                             .gibbs_weight(args.gibbs_weight)
-                             .relabel(args.relabel)
-                             .relabel_prior(args.relabel_prior);
+                             .threads(args.threads);
       fu::TaeModel tae(
           28 * 28, binary ? 2 : 10, binary ? 20 : 10,
           tae_options.on_epoch([&](std::int64_t e, double nelbo) {

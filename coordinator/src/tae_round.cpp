@@ -102,9 +102,9 @@ class TaeRound : public AfterRound {
     std::vector<torch::Tensor> tasks;
     std::vector<fusion::WDistribution> embeddings;
     for (const auto& [key, e] : task_embeddings) {
-      if (e.q.mean.numel() != tae.options().w_dim()) {
+      if (e.q.mean.numel() != tae.options().network().w_dim()) {
         log->warn("event=embedding_skipped task={} reason=\"|w| {} != {}\"",
-                  key, e.q.mean.numel(), tae.options().w_dim());
+                  key, e.q.mean.numel(), tae.options().network().w_dim());
         continue;
       }
       tasks.push_back(fusion::task_descriptor(e.classes, tae.task_dim()));
@@ -130,12 +130,12 @@ class TaeRound : public AfterRound {
         const auto& r = reply.reply;
         fusion::WDistribution q{protocol::to_tensor(r.embedding_mean),
                                 protocol::to_tensor(r.embedding_logvar)};
-        CHORUS_CHECK_CODE(q.mean.numel() == tae.options().w_dim() &&
-                              q.logvar.numel() == tae.options().w_dim() &&
-                              !protocol::has_non_finite(q.mean) &&
-                              !protocol::has_non_finite(q.logvar),
-                          Code::kDataLoss,
-                          "node '{}' sent a malformed embedding", id);
+        CHORUS_CHECK_CODE(
+            q.mean.numel() == tae.options().network().w_dim() &&
+                q.logvar.numel() == tae.options().network().w_dim() &&
+                !protocol::has_non_finite(q.mean) &&
+                !protocol::has_non_finite(q.logvar),
+            Code::kDataLoss, "node '{}' sent a malformed embedding", id);
         auto classes = ctx_.labels.at(id);
         std::sort(classes.begin(), classes.end());
         task_embeddings[fmt::format("{}", fmt::join(classes, ","))] = {

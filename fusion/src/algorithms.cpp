@@ -275,7 +275,7 @@ class TaeFuser : public Fuser {
       auto adapted = model_->adapt(all, x, y);
       q_ = adapted.posterior;
       votes_ = adapted.votes;
-    } else if (options_.tae().relabel()) {
+    } else if (options_.tae().adaptation().relabel()) {
       // No labelled set: the prototypes are relabelled by what the experts
       // said of the transfer pool (their union answer as soft labels).
       votes_ = model_->relabel(r.inputs, union_answer(r.answers), q_);
@@ -296,9 +296,10 @@ class TaeFuser : public Fuser {
   }
   std::string spec() const override {
     return model_ ? fmt::format("tae outputs={} w={} z={} prototypes={}",
-                                model_->outputs(), model_->options().w_dim(),
-                                model_->options().z_dim(),
-                                model_->options().prototypes())
+                                model_->outputs(),
+                                model_->options().network().w_dim(),
+                                model_->options().network().z_dim(),
+                                model_->options().network().prototypes())
                   : std::string();
   }
   TaeModel& model() {

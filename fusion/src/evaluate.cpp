@@ -80,7 +80,7 @@ EvalReport evaluate_tae(const std::filesystem::path& model_path, Split split,
   report.spec = fmt::format(
       "tae: {} inputs, {} outputs, {} prototypes, |w| {}, |z| {}",
       model.input_dim(), model.outputs(), model.prototypes().size(0),
-      model.options().w_dim(), model.options().z_dim());
+      model.options().network().w_dim(), model.options().network().z_dim());
   report.task = task.source;
   report.examples = x.size(0);
   for (auto c : classes)

@@ -17,6 +17,7 @@
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/node/expert.hpp"
+#include "chorus/node/local_data.hpp"
 #include "chorus/node/service.hpp"
 #include "chorus/node/session.hpp"
 #include "chorus/protocol/certs.hpp"
@@ -518,12 +519,11 @@ TEST_CASE(
   auto o = options(dir / "run");
   o.algorithm = "tae";
   o.rounds = 2;
-  const auto tae_options = fu::TaeOptions()
-                               .epochs(3)
-                               .prototypes(20)
-                               .samples(3)
-                               .adapt_steps(20)
-                               .hidden(32);
+  const auto tae_options =
+      fu::TaeOptions()
+          .network(fu::TaeNetworkOptions().prototypes(20).hidden(32))
+          .training(fu::TaeTrainingOptions().epochs(3))
+          .adaptation(fu::TaeAdaptationOptions().samples(3).steps(20));
   o.algorithm_options.tae(tae_options);
   co::Coordinator coordinator(*side.registry, pool_data(), o);
   auto reports = coordinator.run();

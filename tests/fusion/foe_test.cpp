@@ -224,11 +224,9 @@ TEST_CASE(
   // Gibbs loss on, as in tae_test: with the default 0 tae reaches 0.28 on
   // these blobs (chance 0.25).
   options.tae()
-      .epochs(20)
-      .prototypes(60)
-      .samples(5)
-      .adapt_steps(40)
-      .gibbs_weight(50);
+      .network(fu::TaeNetworkOptions().prototypes(60))
+      .training(fu::TaeTrainingOptions().epochs(20).gibbs_weight(50))
+      .adaptation(fu::TaeAdaptationOptions().samples(5).steps(40));
 
   std::map<std::string, fu::FusionResult> results;
   for (const auto& name : fu::algorithm_names()) {

@@ -70,12 +70,10 @@ fu::TaeOptions quick() {
   // the union task), moving q_λ alone hardly changes the votes on this
   // problem (prior 0.72, adapted 0.72); the relabelled votes do (1.0).
   return fu::TaeOptions()
-      .epochs(12)
-      .batch_size(64)
-      .prototypes(40)
-      .samples(5)
-      .seed(3)
-      .adapt_steps(80);
+      .network(fu::TaeNetworkOptions().prototypes(40))
+      .training(fu::TaeTrainingOptions().epochs(12).batch_size(64))
+      .adaptation(fu::TaeAdaptationOptions().samples(5).steps(80))
+      .seed(3);
 }
 
 // Accuracy of `predict` (given the test inputs) on the test images of
@@ -250,6 +248,77 @@ TEST_CASE("tae: a saved and reloaded global model predicts identically") {
         Code::kDataLoss);
 }
 
+TEST_CASE("tae: the model file is versioned with named fields") {
+  chorus::testing::TempDir dir;
+  // A file of version 1 (positional "dims" and "scalars") is still read.
+  const auto o = fu::TaeOptions().network(
+      fu::TaeNetworkOptions().hidden(16).prototypes(7));
+  {
+    fu::TaeNet net(8, 3, 3, o);
+    torch::serialize::OutputArchive archive;
+    archive.write("format", c10::IValue(std::string("chorus.tae.v1")));
+    archive.write("dims",
+                  torch::tensor({8, 3, 3, 2, 5, 16, 7, 4}, torch::kLong), true);
+    archive.write(
+        "scalars",
+        torch::tensor({0.1, 0.02, 33.0, 0.5, 0.0, 0.3}, torch::kDouble), true);
+    archive.write("prototypes", torch::randn({7, 5}), true);
+    archive.write("labels", c10::IValue(std::string("a\nb\nc\n")));
+    torch::serialize::OutputArchive tensors;
+    for (const auto& item : net->named_parameters())
+      tensors.write("param." + item.key(), item.value().detach(), true);
+    for (const auto& item : net->named_buffers())
+      tensors.write("buffer." + item.key(), item.value(), true);
+    archive.write("tensors", tensors);
+    archive.save_to((dir / "v1.pt").string());
+  }
+  REQUIRE(fu::TaeModel::is_model_file(dir / "v1.pt"));
+  auto old = fu::TaeModel::load(dir / "v1.pt");
+  CHECK(old.prototypes().size(0) == 7);
+  CHECK(old.options().network().hidden() == 16);
+  CHECK(old.options().adaptation().samples() == 4);
+  CHECK(old.options().adaptation().steps() == 33);
+  CHECK(old.options().adaptation().relabel() == false);
+  CHECK(old.options().adaptation().relabel_prior() == doctest::Approx(0.3));
+  CHECK(old.labels() == std::vector<std::string>{"a", "b", "c"});
+
+  // Saved again, it is version 2 and reads back the same settings.
+  old.save(dir / "v2.pt");
+  {
+    torch::serialize::InputArchive archive;
+    archive.load_from((dir / "v2.pt").string());
+    c10::IValue format, version, hidden;
+    archive.read("format", format);
+    archive.read("version", version);
+    archive.read("network.hidden", hidden);
+    CHECK(format.toStringRef() == "chorus.tae");
+    CHECK(version.toInt() == 2);
+    CHECK(hidden.toInt() == 16);
+  }
+  auto again = fu::TaeModel::load(dir / "v2.pt");
+  CHECK(again.options().adaptation().steps() == 33);
+  CHECK(again.options().adaptation().delta() == doctest::Approx(0.1));
+
+  // A newer version, or a field missing, is DATA_LOSS naming it.
+  auto write_header = [&](const std::filesystem::path& path, std::int64_t v,
+                          bool with_dims) {
+    torch::serialize::OutputArchive archive;
+    archive.write("format", c10::IValue(std::string("chorus.tae")));
+    archive.write("version", c10::IValue(v));
+    if (with_dims) archive.write("dims.input", c10::IValue(std::int64_t{8}));
+    archive.save_to(path.string());
+  };
+  write_header(dir / "v3.pt", 3, true);
+  std::string msg3, msg_p;
+  CHECK(code_of([&] { fu::TaeModel::load(dir / "v3.pt"); }, &msg3) ==
+        Code::kDataLoss);
+  CHECK(msg3.find("version 3") != std::string::npos);
+  write_header(dir / "partial.pt", 2, true);
+  CHECK(code_of([&] { fu::TaeModel::load(dir / "partial.pt"); }, &msg_p) ==
+        Code::kDataLoss);
+  CHECK(msg_p.find("dims.outputs") != std::string::npos);
+}
+
 TEST_CASE(
     "tae: relabelling the prototypes with the shots beats the prior on a pair "
     "of "
@@ -270,9 +339,10 @@ TEST_CASE(
   auto [x, y] = shots_of(draw(300, 8, kSix), task, 5);
   auto adapted = m.adapt(tau, x, y, task);
   REQUIRE(adapted.votes.defined());
-  CHECK(adapted.votes.sizes() == torch::IntArrayRef{quick().prototypes(), 2});
+  CHECK(adapted.votes.sizes() ==
+        torch::IntArrayRef{quick().network().prototypes(), 2});
   CHECK(torch::allclose(adapted.votes.sum(1),
-                        torch::ones({quick().prototypes()})));
+                        torch::ones({quick().network().prototypes()})));
 
   const auto test = draw(600, 9, kSix);
   const auto prior = m.prior(tau);
@@ -300,7 +370,8 @@ TEST_CASE(
   chorus::testing::TempDir dir;
   m.save(dir / "tae.pt");
   auto again = fu::TaeModel::load(dir / "tae.pt");
-  CHECK(again.options().relabel() == m.options().relabel());
-  CHECK(again.options().relabel_prior() ==
-        doctest::Approx(m.options().relabel_prior()));
+  CHECK(again.options().adaptation().relabel() ==
+        m.options().adaptation().relabel());
+  CHECK(again.options().adaptation().relabel_prior() ==
+        doctest::Approx(m.options().adaptation().relabel_prior()));
 }

@@ -20,6 +20,7 @@
 #include "chorus/node/audit.hpp"
 #include "chorus/node/config.hpp"
 #include "chorus/node/expert.hpp"
+#include "chorus/node/local_data.hpp"
 #include "chorus/node/service.hpp"
 #include "chorus/node/session.hpp"
 #include "chorus/protocol/certs.hpp"
@@ -766,7 +767,10 @@ TEST_CASE(
   torch::manual_seed(5);
   fu::TaeModel tae(
       16, 3, 3,
-      fu::TaeOptions().epochs(2).prototypes(20).samples(3).adapt_steps(20));
+      fu::TaeOptions()
+          .network(fu::TaeNetworkOptions().prototypes(20))
+          .training(fu::TaeTrainingOptions().epochs(2))
+          .adaptation(fu::TaeAdaptationOptions().samples(3).steps(20)));
   auto pool = torch::rand({300, 1, 4, 4});
   auto answers = torch::softmax(torch::randn({300, 3}), 1);
   tae.train(fu::TaeData{

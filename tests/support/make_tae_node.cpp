@@ -30,7 +30,8 @@ int main(int argc, char** argv) {
   }
   try {
     torch::set_num_threads(1);
-    auto train = fu::load_fashion_mnist(fu::Split::kTrain);
+    auto train = fu::load_fashion_mnist(
+        fu::Split::kTrain, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
     auto x = train.images.slice(0, 0, 2000);
     auto y = train.labels.slice(0, 0, 2000);
     const std::filesystem::path dir = argv[1];
@@ -80,7 +81,10 @@ int main(int argc, char** argv) {
     }
     fu::TaeModel model(
         28 * 28, 10, 10,
-        fu::TaeOptions().epochs(1).prototypes(30).samples(3).adapt_steps(20));
+        fu::TaeOptions()
+            .network(fu::TaeNetworkOptions().prototypes(30))
+            .training(fu::TaeTrainingOptions().epochs(1))
+            .adaptation(fu::TaeAdaptationOptions().samples(3).steps(20)));
     model.train(data);
     model.set_labels(fu::fashion_mnist_class_names());
     model.save(dir / "tae.pt");

@@ -20,9 +20,8 @@
 /// minimising a PAC-Bayes bound.
 namespace chorus::fusion {
 
-/// Options of tae. The paper's defaults for 28×28 inputs; our choices are
-/// marked.
-struct TaeOptions {
+/// The networks' sizes (saved with the model).
+struct TaeNetworkOptions {
   /// |w|, the task-dependent style.
   TORCH_ARG(std::int64_t, w_dim) = 2;
   /// |z|, the concept that drives the prediction.
@@ -31,10 +30,11 @@ struct TaeOptions {
   TORCH_ARG(std::int64_t, hidden) = 100;
   /// m, the cached prototypes z_1..z_m.
   TORCH_ARG(std::int64_t, prototypes) = 100;
-  /// n, samples of w in recomposition and in the Gibbs loss.
-  TORCH_ARG(std::int64_t, samples) = 10;
-  /// δ of the PAC-Bayes bound.
-  TORCH_ARG(double, delta) = 0.05;
+};
+
+/// How the global model is trained on R (not saved: a trained model does
+/// not need them).
+struct TaeTrainingOptions {
   /// ζ_I, weight of the adversarial decoupling term (ours: 1).
   TORCH_ARG(double, zeta) = 1.0;
   /// Weight of log p_α(η|z) against the pixel likelihood (ours: the 784
@@ -54,19 +54,27 @@ struct TaeOptions {
   /// expert's classes only. Meaningful when the answers are lifted into one
   /// shared label space (not for task-relative outputs).
   TORCH_ARG(bool, union_task) = true;
+  TORCH_ARG(std::int64_t, epochs) = 20;
+  TORCH_ARG(std::int64_t, batch_size) = 128;
+  TORCH_ARG(double, lr) = 1e-3;
+};
+
+/// How a task is recomposed from the prototypes, adapted and predicted
+/// (saved with the model: a node adapts with them).
+struct TaeAdaptationOptions {
+  /// n, samples of w in recomposition and in the Gibbs loss.
+  TORCH_ARG(std::int64_t, samples) = 10;
+  /// δ of the PAC-Bayes bound.
+  TORCH_ARG(double, delta) = 0.05;
   /// β in G_w(η|x) ∝ Σ_j p_θ(x|z_j,w)^β p_α(η|z_j) (ours; the paper has
   /// β = 1). With hundreds of pixels the likelihoods of two prototypes
   /// differ by hundreds of nats, G is the vote of one prototype, and the
   /// Gibbs loss has no gradient for adaptation to follow; a tempered
   /// likelihood keeps G a mixture. 0 means 1/sqrt(input pixels).
   TORCH_ARG(double, likelihood_scale) = 0.0;
-  /// Training.
-  TORCH_ARG(std::int64_t, epochs) = 20;
-  TORCH_ARG(std::int64_t, batch_size) = 128;
-  TORCH_ARG(double, lr) = 1e-3;
   /// Adaptation of q_λ(w): Adam steps and learning rate (ours).
-  TORCH_ARG(std::int64_t, adapt_steps) = 150;
-  TORCH_ARG(double, adapt_lr) = 0.05;
+  TORCH_ARG(std::int64_t, steps) = 150;
+  TORCH_ARG(double, lr) = 0.05;
   /// Prototype relabelling after adaptation (ours, not in the paper): each
   /// prototype's vote over the new task's classes becomes
   ///   votes_j(y) ∝ relabel_prior · p_α(y|z_j)|task + Σ_i r_ij [y_i = y],
@@ -80,6 +88,14 @@ struct TaeOptions {
   /// (ours: 0.01; the Python prototype, MNIST-2, 20 tasks: 1 → U 5-shot 59,
   /// 0.1 → 78, 0.01 → 81, 0.001 → 82, with seen tasks best at 0.1–0.01).
   TORCH_ARG(double, relabel_prior) = 0.01;
+};
+
+/// Options of tae, by concern. The paper's defaults for 28×28 inputs; our
+/// choices are marked.
+struct TaeOptions {
+  TORCH_ARG(TaeNetworkOptions, network) = {};
+  TORCH_ARG(TaeTrainingOptions, training) = {};
+  TORCH_ARG(TaeAdaptationOptions, adaptation) = {};
   TORCH_ARG(std::uint64_t, seed) = 0;
   /// Torch threads while training; 0 keeps the process's setting.
   TORCH_ARG(int, threads) = 0;
@@ -164,8 +180,8 @@ struct TaeAdaptation {
   double gibbs_loss = 0;    ///< Ĝ(q_λ) on the shots.
   double kl = 0;            ///< KL(q_λ ‖ p_γ(·|τ*)).
   /// The prototypes' relabelled votes over the task's classes [m, |classes|]
-  /// (rows sum to 1), when `TaeOptions::relabel`; undefined otherwise.
-  /// Derived from the private shots: kept at the node.
+  /// (rows sum to 1), when `TaeAdaptationOptions::relabel`; undefined
+  /// otherwise. Derived from the private shots: kept at the node.
   torch::Tensor votes;
 };
 
@@ -217,8 +233,8 @@ class TaeModel {
                         const std::vector<std::int64_t>& classes = {});
 
   /// The prototypes' votes relabelled by the labelled shots under `q`'s mean
-  /// (see `TaeOptions::relabel`): [m, width], rows sum to 1. `labels` are
-  /// indices [d] into the task's classes, or soft labels [d, width].
+  /// (see `TaeAdaptationOptions::relabel`): [m, width], rows sum to 1. `labels`
+  /// are indices [d] into the task's classes, or soft labels [d, width].
   torch::Tensor relabel(const torch::Tensor& x, const torch::Tensor& labels,
                         const WDistribution& q,
                         const std::vector<std::int64_t>& classes = {});
@@ -259,7 +275,8 @@ class TaeModel {
   /// any file that is not one, including unreadable ones.
   static bool is_model_file(const std::filesystem::path& path);
 
-  /// Writes the global model atomically (format "chorus.tae.v1").
+  /// Writes the global model atomically (format "chorus.tae", version 2:
+  /// named fields; version-1 files are still read).
   void save(const std::filesystem::path& path) const;
   /// Reads `save`'s file. Throws `chorus::Error` (NOT_FOUND, DATA_LOSS).
   static TaeModel load(const std::filesystem::path& path);

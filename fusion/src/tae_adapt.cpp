@@ -1,0 +1,186 @@
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/ostream.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "chorus/core/error.hpp"
+#include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/tae.hpp"
+#include "chorus/fusion/train.hpp"
+#include "tae_internal.hpp"
+
+namespace chorus::fusion {
+
+using namespace tae_internal;  // NOLINT: the shared helpers of tae
+
+torch::Tensor TaeModel::relabel(const torch::Tensor& x,
+                                const torch::Tensor& labels,
+                                const WDistribution& q,
+                                const std::vector<std::int64_t>& classes) {
+  torch::NoGradGuard no_grad;
+  net_->eval();
+  const auto d = x.size(0);
+  const auto width = classes.empty()
+                         ? net_->outputs
+                         : static_cast<std::int64_t>(classes.size());
+  torch::Tensor targets;  // [d, width]
+  if (labels.dim() == 2) {
+    CHORUS_CHECK(labels.size(0) == d && labels.size(1) == width,
+                 "tae relabel: soft labels must be [{}, {}]", d, width);
+    targets = labels.to(torch::kFloat32);
+    CHORUS_CHECK(torch::isfinite(targets).all().item<bool>() &&
+                     targets.min().item<float>() >= 0,
+                 "tae relabel: soft labels must be finite and non-negative");
+    targets = normalise_rows(targets);
+  } else {
+    CHORUS_CHECK(d >= 1 && labels.numel() == d,
+                 "tae relabel: {} shots with {} labels", d, labels.numel());
+    auto y = labels.to(torch::kLong).reshape({d});
+    CHORUS_CHECK(y.min().item<std::int64_t>() >= 0 &&
+                     y.max().item<std::int64_t>() < width,
+                 "tae relabel: labels must index the task's {} classes", width);
+    targets = torch::one_hot(y, width).to(torch::kFloat32);
+  }
+  // r_ij: how much prototype j explains example i under the adapted mean
+  // (in chunks: the pool can be large).
+  auto counts = torch::zeros({prototypes_.size(0), width});
+  for (std::int64_t b = 0; b < d; b += 4096) {
+    auto resp = torch::softmax(log_px(x.slice(0, b, b + 4096), q.mean),
+                               1);  // [≤4096, m]
+    counts += torch::matmul(resp.t(), targets.slice(0, b, b + 4096));
+  }
+  auto prior_votes =
+      restrict(net_->decode_y(prototypes_), classes).exp();  // [m, width]
+  auto votes = options_.adaptation().relabel_prior() * prior_votes + counts + 1e-3;
+  return normalise_rows(votes);
+}
+
+TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
+                              const torch::Tensor& labels,
+                              const std::vector<std::int64_t>& classes) {
+  const auto d = x.size(0);
+  CHORUS_CHECK(d >= 1 && labels.numel() == d,
+               "tae adapt: {} shots with {} labels", d, labels.numel());
+  const auto width = classes.empty()
+                         ? net_->outputs
+                         : static_cast<std::int64_t>(classes.size());
+  CHORUS_CHECK(labels.min().item<std::int64_t>() >= 0 &&
+                   labels.max().item<std::int64_t>() < width,
+               "tae adapt: labels must index the task's {} classes", width);
+  CHORUS_CHECK(torch::isfinite(x).all().item<bool>(),
+               "tae adapt: shots hold NaN or Inf");
+  net_->eval();
+  // Only λ moves: the global model is frozen for the duration.
+  struct Freeze {
+    TaeNet& net;
+    explicit Freeze(TaeNet& n) : net(n) {
+      for (auto& p : net->parameters()) p.set_requires_grad(false);
+    }
+    ~Freeze() {
+      for (auto& p : net->parameters()) p.set_requires_grad(true);
+    }
+  } freeze(net_);
+  auto prior_q = prior(tau);
+  auto mean = prior_q.mean.clone().set_requires_grad(true);
+  auto logvar = prior_q.logvar.clone().set_requires_grad(true);
+  torch::optim::Adam opt({mean, logvar},
+                         torch::optim::AdamOptions(options_.adaptation().lr()));
+  auto y = labels.to(torch::kLong).reshape({d, 1});
+  auto objective = [&] {
+    auto lv = clamp_logvar(logvar);
+    torch::Tensor gibbs = torch::zeros({});
+    for (std::int64_t s = 0; s < options_.adaptation().samples(); ++s) {
+      auto g =
+          log_g(x, sample(mean, lv), classes).exp().gather(1, y).squeeze(1);
+      gibbs = gibbs + (1 - g).mean();
+    }
+    gibbs = gibbs / static_cast<double>(options_.adaptation().samples());
+    auto kl = kl_gauss(mean, lv, prior_q.mean, prior_q.logvar);
+    auto bound = pac_bayes_bound(gibbs, kl, d, options_.adaptation().delta());
+    return std::make_tuple(bound, gibbs, kl);
+  };
+  for (std::int64_t step = 0; step < options_.adaptation().steps(); ++step) {
+    throw_if_stopped(options_.stop(), "tae adaptation");
+    auto [bound, gibbs, kl] = objective();
+    opt.zero_grad();
+    bound.backward();
+    opt.step();
+  }
+  // Adaptation never ends worse than it started, by its own measure.
+  auto start = bound(tau, x, labels, prior_q, classes);
+  auto out = bound(tau, x, labels,
+                   WDistribution{mean.detach().clone(),
+                                 clamp_logvar(logvar.detach()).clone()},
+                   classes);
+  if (!(out.bound <= start.bound)) out = start;
+  CHORUS_CHECK_CODE(std::isfinite(out.bound), Code::kInternal,
+                    "tae adapt: the bound is not finite");
+  if (options_.adaptation().relabel())
+    out.votes = relabel(x, labels, out.posterior, classes);
+  return out;
+}
+
+TaeAdaptation TaeModel::bound(const torch::Tensor& tau, const torch::Tensor& x,
+                              const torch::Tensor& labels,
+                              const WDistribution& q,
+                              const std::vector<std::int64_t>& classes) {
+  torch::NoGradGuard no_grad;
+  net_->eval();
+  const auto d = x.size(0);
+  CHORUS_CHECK(d >= 1 && labels.numel() == d,
+               "tae bound: {} shots with {} labels", d, labels.numel());
+  auto p = prior(tau);
+  auto y = labels.to(torch::kLong).reshape({d, 1});
+  // Fixed draws (4n of them): the same q always gets the same value, so
+  // bounds can be compared.
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(options_.seed() + 7919);
+  const auto draws = 4 * options_.adaptation().samples();
+  double gibbs = 0;
+  for (std::int64_t s = 0; s < draws; ++s) {
+    auto eps = at::randn(q.mean.sizes(), gen);
+    auto w = q.mean + torch::exp(0.5 * q.logvar) * eps;
+    auto g = log_g(x, w, classes).exp().gather(1, y);
+    gibbs += (1 - g).mean().item<double>();
+  }
+  TaeAdaptation out;
+  out.posterior = q;
+  out.gibbs_loss = gibbs / static_cast<double>(draws);
+  out.kl = kl_gauss(q.mean, q.logvar, p.mean, p.logvar).item<double>();
+  out.bound = pac_bayes_bound(out.gibbs_loss, out.kl, d, options_.adaptation().delta());
+  return out;
+}
+
+void TaeModel::refit_prior(const std::vector<torch::Tensor>& tasks,
+                           const std::vector<WDistribution>& embeddings,
+                           std::int64_t steps) {
+  CHORUS_CHECK(tasks.size() == embeddings.size() && !tasks.empty(),
+               "tae: {} tasks for {} embeddings", tasks.size(),
+               embeddings.size());
+  auto tau = torch::stack(tasks)
+                 .to(torch::kFloat32)
+                 .reshape({static_cast<long>(tasks.size()), -1});
+  std::vector<torch::Tensor> means, logvars;
+  for (const auto& e : embeddings) {
+    means.push_back(e.mean);
+    logvars.push_back(e.logvar);
+  }
+  auto target_m = torch::stack(means), target_lv = torch::stack(logvars);
+  net_->eval();  // BatchNorm keeps its statistics; one embedding per task is
+                 // few.
+  std::vector<torch::Tensor> params;
+  for (const auto& item : net_->named_parameters()) {
+    if (item.key().rfind("prior_", 0) == 0) params.push_back(item.value());
+  }
+  torch::optim::Adam opt(params, torch::optim::AdamOptions(1e-3));
+  for (std::int64_t s = 0; s < steps; ++s) {
+    auto [m, lv] = net_->prior_w(tau);
+    // KL(q_task ‖ p_γ(·|τ)): the prior moves to cover each task's embedding.
+    auto loss = kl_gauss(target_m, target_lv, m, lv).mean();
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+  }
+}
+
+}  // namespace chorus::fusion

@@ -1,0 +1,67 @@
+#pragma once
+// What the tae sources share: the Gaussian helpers, the ELBO and the
+// PAC-Bayes bound (each written once). Private to fusion/src.
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "chorus/fusion/tae.hpp"
+
+namespace chorus::fusion::tae_internal {
+
+inline constexpr double kLogvarMin = -8.0, kLogvarMax = 6.0;
+
+inline torch::Tensor clamp_logvar(const torch::Tensor& v) {
+  return v.clamp(kLogvarMin, kLogvarMax);
+}
+
+// A draw of N(mean, exp(logvar)) from the default generator.
+inline torch::Tensor sample(const torch::Tensor& mean,
+                            const torch::Tensor& logvar) {
+  return mean + torch::exp(0.5 * logvar) * torch::randn_like(mean);
+}
+
+// KL(N(m1, v1) ‖ N(m2, v2)) summed over the last dimension.
+inline torch::Tensor kl_gauss(const torch::Tensor& m1, const torch::Tensor& lv1,
+                              const torch::Tensor& m2,
+                              const torch::Tensor& lv2) {
+  return 0.5 * (lv2 - lv1 +
+                (torch::exp(lv1) + (m1 - m2).pow(2)) / torch::exp(lv2) - 1)
+                   .sum(-1);
+}
+
+// Restricts log-scores [N, C] to `classes` and renormalises.
+inline torch::Tensor restrict(const torch::Tensor& log_scores,
+                              const std::vector<std::int64_t>& classes) {
+  if (classes.empty()) return torch::log_softmax(log_scores, 1);
+  auto idx = torch::tensor(classes, torch::kLong);
+  return torch::log_softmax(log_scores.index_select(1, idx), 1);
+}
+
+// The PAC-Bayes objective of ALGORITHMS.md (tae, adaptation) for `shots`
+// labelled examples: Ĝ + sqrt((KL + ln(d/δ)) / (2d − 1)). T is a tensor
+// (adaptation, differentiable) or a double (reports).
+template <class T>
+T pac_bayes_bound(const T& gibbs, const T& kl, std::int64_t shots,
+                  double delta) {
+  using std::sqrt;
+  using torch::sqrt;
+  const double d = static_cast<double>(shots);
+  return gibbs + sqrt((kl + std::log(d / delta)) / std::max(1.0, 2.0 * d - 1.0));
+}
+
+// The ELBO of rows (x, η, τ): log p_θ(x|w,z) + λ log p_α(η|z) − KL(q(z) ‖
+// N(0, I)) − KL(q(w) ‖ p_γ(w|τ)) [N], with w and z drawn from q_φ (training)
+// or at their means (evaluation); `w` is the one used.
+struct Elbo {
+  torch::Tensor value;
+  torch::Tensor w;
+};
+Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
+          const torch::Tensor& tau, double label_weight, bool draw);
+
+}  // namespace chorus::fusion::tae_internal

@@ -1,0 +1,311 @@
+#include <torch/torch.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
+#include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/tae.hpp"
+#include "tae_internal.hpp"
+
+namespace chorus::fusion {
+namespace {
+
+// The format tag and version of `TaeModel::save`'s file: named fields
+// ("dims.*", "network.*", "adaptation.*"). Version 1 ("chorus.tae.v1",
+// positional tensors) is still read.
+constexpr const char* kTaeFormat = "chorus.tae";
+constexpr std::int64_t kTaeVersion = 2;
+constexpr const char* kTaeFormatV1 = "chorus.tae.v1";
+
+}  // namespace
+
+using tae_internal::clamp_logvar;
+
+TaeTask TaeModel::read_adapted_task(const std::filesystem::path& path) const {
+  const auto text = read_file(path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(Code::kDataLoss, "'{}' is not JSON: {}", path.string(), e.what());
+  }
+  TaeTask task;
+  task.source = path.string();
+  std::vector<double> mean, logvar;
+  try {
+    CHORUS_CHECK_CODE(
+        j.is_object() && j.value("algorithm", "") == "tae", Code::kDataLoss,
+        "'{}' is not a tae adaptation (adapted.json of chorus node adapt)",
+        path.string());
+    task.classes = j.at("outputs").get<std::vector<std::int64_t>>();
+    mean = j.at("mean").get<std::vector<double>>();
+    logvar = j.at("logvar").get<std::vector<double>>();
+    if (j.contains("votes")) {
+      auto rows = j.at("votes").get<std::vector<std::vector<double>>>();
+      const auto width = task.classes.size();
+      std::vector<float> flat;
+      for (const auto& r : rows) {
+        CHORUS_CHECK_CODE(r.size() == width, Code::kDataLoss,
+                          "'{}': a row of votes has {} values for {} classes",
+                          path.string(), r.size(), width);
+        flat.insert(flat.end(), r.begin(), r.end());
+      }
+      task.votes =
+          torch::tensor(flat).reshape({static_cast<std::int64_t>(rows.size()),
+                                       static_cast<std::int64_t>(width)});
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail(Code::kDataLoss, "'{}': {}", path.string(), e.what());
+  }
+  const auto w_dim = net_->w_dim;
+  CHORUS_CHECK(static_cast<std::int64_t>(mean.size()) == w_dim &&
+                   static_cast<std::int64_t>(logvar.size()) == w_dim,
+               "'{}': the embedding has {} values, this model's w has {}",
+               path.string(), mean.size(), w_dim);
+  CHORUS_CHECK(task.classes.size() >= 2,
+               "'{}': a task needs at least 2 classes, got {}", path.string(),
+               task.classes.size());
+  for (auto c : task.classes) {
+    CHORUS_CHECK(c >= 0 && c < net_->outputs,
+                 "'{}': class {} is not one of this model's {} outputs",
+                 path.string(), c, net_->outputs);
+  }
+  task.q.mean = torch::tensor(std::vector<float>(mean.begin(), mean.end()));
+  task.q.logvar = clamp_logvar(
+      torch::tensor(std::vector<float>(logvar.begin(), logvar.end())));
+  CHORUS_CHECK(torch::isfinite(task.q.mean).all().item<bool>() &&
+                   torch::isfinite(task.q.logvar).all().item<bool>(),
+               "'{}': the embedding holds NaN or Inf", path.string());
+  if (task.votes.defined()) {
+    CHORUS_CHECK(task.votes.size(0) == prototypes_.size(0),
+                 "'{}': votes for {} prototypes, this model has {} (adapted "
+                 "from another "
+                 "global model?)",
+                 path.string(), task.votes.size(0), prototypes_.size(0));
+    CHORUS_CHECK(torch::isfinite(task.votes).all().item<bool>() &&
+                     task.votes.min().item<float>() >= 0,
+                 "'{}': votes must be finite and non-negative", path.string());
+    task.votes = normalise_rows(task.votes);
+  }
+  return task;
+}
+
+bool TaeModel::is_model_file(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return false;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path.string());
+    c10::IValue format;
+    if (!archive.try_read("format", format)) return false;
+    return format.isString() && (format.toStringRef() == kTaeFormat ||
+                                 format.toStringRef() == kTaeFormatV1);
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+void TaeModel::save(const std::filesystem::path& path) const {
+  torch::serialize::OutputArchive archive;
+  archive.write("format", c10::IValue(std::string(kTaeFormat)));
+  archive.write("version", c10::IValue(kTaeVersion));
+  auto put = [&](const char* key, c10::IValue value) {
+    archive.write(key, value);
+  };
+  put("dims.input", net_->input_dim);
+  put("dims.outputs", net_->outputs);
+  put("dims.task", net_->task_dim);
+  const auto& n = options_.network();
+  put("network.w_dim", n.w_dim());
+  put("network.z_dim", n.z_dim());
+  put("network.hidden", n.hidden());
+  put("network.prototypes", n.prototypes());
+  const auto& a = options_.adaptation();
+  put("adaptation.samples", a.samples());
+  put("adaptation.delta", a.delta());
+  put("adaptation.likelihood_scale", a.likelihood_scale());
+  put("adaptation.steps", a.steps());
+  put("adaptation.lr", a.lr());
+  put("adaptation.relabel", a.relabel());
+  put("adaptation.relabel_prior", a.relabel_prior());
+  archive.write("prototypes", prototypes_, /*is_buffer=*/true);
+  std::string names;
+  for (const auto& l : labels_) names += l + "\n";
+  archive.write("labels", c10::IValue(names));
+  torch::serialize::OutputArchive tensors;
+  for (const auto& item : net_->named_parameters()) {
+    tensors.write("param." + item.key(), item.value().detach(), true);
+  }
+  for (const auto& item : net_->named_buffers()) {
+    tensors.write("buffer." + item.key(), item.value(), true);
+  }
+  archive.write("tensors", tensors);
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  write_file_atomic(path, std::move(bytes).str());
+}
+
+namespace {
+
+// The dimensions and saved options of a tae file.
+struct TaeHeader {
+  std::int64_t input = 0, outputs = 0, task = 0;
+  TaeOptions options;
+};
+
+// Version 2: one named field each.
+TaeHeader read_header(torch::serialize::InputArchive& archive,
+                      const std::filesystem::path& path) {
+  auto field = [&](const char* key) {
+    c10::IValue v;
+    CHORUS_CHECK_CODE(archive.try_read(key, v), Code::kDataLoss,
+                      "tae model '{}' has no field '{}'", path.string(), key);
+    return v;
+  };
+  auto integer = [&](const char* key) {
+    auto v = field(key);
+    CHORUS_CHECK_CODE(v.isInt() && v.toInt() > 0, Code::kDataLoss,
+                      "tae model '{}': field '{}' must be a positive integer",
+                      path.string(), key);
+    return v.toInt();
+  };
+  auto real = [&](const char* key) {
+    auto v = field(key);
+    CHORUS_CHECK_CODE(v.isDouble() && std::isfinite(v.toDouble()),
+                      Code::kDataLoss,
+                      "tae model '{}': field '{}' must be a finite number",
+                      path.string(), key);
+    return v.toDouble();
+  };
+  auto boolean = [&](const char* key) {
+    auto v = field(key);
+    CHORUS_CHECK_CODE(v.isBool(), Code::kDataLoss,
+                      "tae model '{}': field '{}' must be true or false",
+                      path.string(), key);
+    return v.toBool();
+  };
+  TaeHeader h;
+  h.input = integer("dims.input");
+  h.outputs = integer("dims.outputs");
+  h.task = integer("dims.task");
+  h.options.network()
+      .w_dim(integer("network.w_dim"))
+      .z_dim(integer("network.z_dim"))
+      .hidden(integer("network.hidden"))
+      .prototypes(integer("network.prototypes"));
+  h.options.adaptation()
+      .samples(integer("adaptation.samples"))
+      .delta(real("adaptation.delta"))
+      .likelihood_scale(real("adaptation.likelihood_scale"))
+      .steps(integer("adaptation.steps"))
+      .lr(real("adaptation.lr"))
+      .relabel(boolean("adaptation.relabel"))
+      .relabel_prior(real("adaptation.relabel_prior"));
+  return h;
+}
+
+// Version 1 ("chorus.tae.v1"): positional "dims" and "scalars" tensors.
+TaeHeader read_header_v1(torch::serialize::InputArchive& archive,
+                         const std::filesystem::path& path) {
+  torch::Tensor dims, scalars;
+  archive.read("dims", dims, true);
+  archive.read("scalars", scalars, true);
+  CHORUS_CHECK_CODE(dims.dim() == 1 && dims.numel() == 8 &&
+                        dims.scalar_type() == torch::kLong,
+                    Code::kDataLoss, "'{}': bad dims", path.string());
+  // 4 scalars in files written before prototype relabelling (which then
+  // takes its defaults), 6 since.
+  CHORUS_CHECK_CODE(scalars.dim() == 1 &&
+                        scalars.scalar_type() == torch::kDouble &&
+                        (scalars.numel() == 4 || scalars.numel() == 6),
+                    Code::kDataLoss, "'{}': bad scalars", path.string());
+  auto d = dims.accessor<std::int64_t, 1>();
+  auto sc = scalars.accessor<double, 1>();
+  TaeHeader h;
+  h.input = d[0];
+  h.outputs = d[1];
+  h.task = d[2];
+  h.options.network().w_dim(d[3]).z_dim(d[4]).hidden(d[5]).prototypes(d[6]);
+  auto& a = h.options.adaptation();
+  a.samples(d[7]).delta(sc[0]).lr(sc[1]).steps(
+      static_cast<std::int64_t>(sc[2]));
+  a.likelihood_scale(sc[3]);
+  if (scalars.numel() == 6) a.relabel(sc[4] != 0).relabel_prior(sc[5]);
+  return h;
+}
+
+}  // namespace
+
+TaeModel TaeModel::load(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    fail(Code::kNotFound, "tae model '{}' does not exist", path.string());
+  }
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path.string());
+    c10::IValue format;
+    archive.read("format", format);
+    const bool v1 =
+        format.isString() && format.toStringRef() == kTaeFormatV1;
+    CHORUS_CHECK_CODE(
+        v1 || (format.isString() && format.toStringRef() == kTaeFormat),
+        Code::kDataLoss, "'{}' is not a chorus tae model", path.string());
+    if (!v1) {
+      c10::IValue version;
+      CHORUS_CHECK_CODE(archive.try_read("version", version) &&
+                            version.isInt(),
+                        Code::kDataLoss, "tae model '{}' has no version",
+                        path.string());
+      CHORUS_CHECK_CODE(version.toInt() == kTaeVersion, Code::kDataLoss,
+                        "tae model '{}' is version {}; this chorus reads "
+                        "versions 1 and {}",
+                        path.string(), version.toInt(), kTaeVersion);
+    }
+    const auto h = v1 ? read_header_v1(archive, path) : read_header(archive, path);
+    torch::Tensor prototypes;
+    archive.read("prototypes", prototypes, true);
+    TaeModel model(h.input, h.outputs, h.task, h.options);
+    torch::serialize::InputArchive tensors;
+    archive.read("tensors", tensors);
+    torch::NoGradGuard no_grad;
+    for (auto& item : model.net_->named_parameters()) {
+      torch::Tensor t;
+      tensors.read("param." + item.key(), t, true);
+      CHORUS_CHECK_CODE(t.sizes() == item.value().sizes(), Code::kDataLoss,
+                        "'{}': {} has the wrong shape", path.string(),
+                        item.key());
+      item.value().copy_(t);
+    }
+    for (auto& item : model.net_->named_buffers()) {
+      torch::Tensor t;
+      tensors.read("buffer." + item.key(), t, true);
+      CHORUS_CHECK_CODE(t.sizes() == item.value().sizes(), Code::kDataLoss,
+                        "'{}': {} has the wrong shape", path.string(),
+                        item.key());
+      item.value().copy_(t);
+    }
+    CHORUS_CHECK_CODE(prototypes.sizes() == model.prototypes_.sizes(),
+                      Code::kDataLoss, "'{}': prototypes have the wrong shape",
+                      path.string());
+    model.prototypes_ = prototypes.clone();
+    c10::IValue names;
+    archive.read("labels", names);
+    CHORUS_CHECK_CODE(names.isString(), Code::kDataLoss,
+                      "'{}': labels must be a string", path.string());
+    std::istringstream lines(names.toStringRef());
+    for (std::string l; std::getline(lines, l);) model.labels_.push_back(l);
+    model.net_->eval();
+    return model;
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail(Code::kDataLoss, "cannot read tae model '{}': {}", path.string(),
+         e.what());
+  }
+}
+
+}  // namespace chorus::fusion

@@ -1,0 +1,116 @@
+#include <torch/torch.h>
+
+#include "chorus/fusion/tae.hpp"
+#include "tae_internal.hpp"
+
+namespace chorus::fusion {
+namespace {
+
+namespace nn = torch::nn;
+using tae_internal::clamp_logvar;
+
+nn::Sequential mlp2(std::int64_t in, std::int64_t hidden, std::int64_t out,
+                    bool batch_norm) {
+  nn::Sequential s;
+  s->push_back(nn::Linear(in, hidden));
+  if (batch_norm) s->push_back(nn::BatchNorm1d(hidden));
+  s->push_back(nn::ReLU());
+  s->push_back(nn::Linear(hidden, hidden));
+  s->push_back(nn::ReLU());
+  s->push_back(nn::Linear(hidden, out));
+  return s;
+}
+
+nn::Sequential trunk(std::int64_t in, std::int64_t hidden) {
+  return nn::Sequential(nn::Linear(in, hidden), nn::BatchNorm1d(hidden),
+                        nn::ReLU());
+}
+
+}  // namespace
+
+TaeNetImpl::TaeNetImpl(std::int64_t d, std::int64_t c, std::int64_t t,
+                       const TaeOptions& o)
+    : input_dim(d),
+      outputs(c),
+      task_dim(t),
+      w_dim(o.network().w_dim()),
+      z_dim(o.network().z_dim()) {
+  const auto h = o.network().hidden();
+  dec_x_ =
+      register_module("dec_x", mlp2(w_dim + z_dim, h, d, /*batch_norm=*/true));
+  dec_y_ = register_module("dec_y", mlp2(z_dim, h, c, /*batch_norm=*/false));
+  adv_ = register_module("adv", mlp2(w_dim, h, c, /*batch_norm=*/false));
+  prior_trunk_ = register_module("prior_trunk", trunk(t, h));
+  prior_mean_ = register_module("prior_mean", nn::Linear(h, w_dim));
+  prior_logvar_ = register_module("prior_logvar", nn::Linear(h, w_dim));
+  enc_z_trunk_ = register_module("enc_z_trunk", trunk(d + c, h));
+  enc_z_mean_ = register_module("enc_z_mean", nn::Linear(h, z_dim));
+  enc_z_logvar_ = register_module("enc_z_logvar", nn::Linear(h, z_dim));
+  enc_w_trunk_ = register_module("enc_w_trunk", trunk(d + t, h));
+  enc_w_mean_ = register_module("enc_w_mean", nn::Linear(h, w_dim));
+  enc_w_logvar_ = register_module("enc_w_logvar", nn::Linear(h, w_dim));
+}
+
+torch::Tensor TaeNetImpl::decode_x(const torch::Tensor& w,
+                                   const torch::Tensor& z) {
+  return dec_x_->forward(torch::cat({w, z}, 1));
+}
+
+torch::Tensor TaeNetImpl::decode_y(const torch::Tensor& z) {
+  return torch::log_softmax(dec_y_->forward(z), 1);
+}
+
+std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::prior_w(
+    const torch::Tensor& tau) {
+  auto h = prior_trunk_->forward(tau);
+  return {prior_mean_->forward(h), clamp_logvar(prior_logvar_->forward(h))};
+}
+
+std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_z(
+    const torch::Tensor& x, const torch::Tensor& eta) {
+  auto h = enc_z_trunk_->forward(torch::cat({x, eta}, 1));
+  return {enc_z_mean_->forward(h), clamp_logvar(enc_z_logvar_->forward(h))};
+}
+
+std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_w(
+    const torch::Tensor& x, const torch::Tensor& tau) {
+  auto h = enc_w_trunk_->forward(torch::cat({x, tau}, 1));
+  return {enc_w_mean_->forward(h), clamp_logvar(enc_w_logvar_->forward(h))};
+}
+
+torch::Tensor TaeNetImpl::adversary(const torch::Tensor& w) {
+  return torch::log_softmax(adv_->forward(w), 1);
+}
+
+std::vector<torch::Tensor> TaeNetImpl::model_parameters() {
+  std::vector<torch::Tensor> out;
+  for (const auto& item : named_parameters()) {
+    if (item.key().rfind("adv.", 0) != 0) out.push_back(item.value());
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> TaeNetImpl::adversary_parameters() {
+  return adv_->parameters();
+}
+
+namespace tae_internal {
+
+Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
+          const torch::Tensor& tau, double label_weight, bool draw) {
+  auto [mz, lvz] = net.encode_z(x, eta);
+  auto [mw, lvw] = net.encode_w(x, tau);
+  auto z = draw ? sample(mz, lvz) : mz;
+  auto w = draw ? sample(mw, lvw) : mw;
+  auto rec = -torch::binary_cross_entropy_with_logits(
+                  net.decode_x(w, z), x, {}, {}, at::Reduction::None)
+                  .sum(1);
+  auto pred = (eta * net.decode_y(z)).sum(1);
+  auto kl_z = kl_gauss(mz, lvz, torch::zeros_like(mz), torch::zeros_like(lvz));
+  auto [mp, lvp] = net.prior_w(tau);
+  auto kl_w = kl_gauss(mw, lvw, mp, lvp);
+  return {rec + label_weight * pred - kl_z - kl_w, w};
+}
+
+}  // namespace tae_internal
+}  // namespace chorus::fusion
