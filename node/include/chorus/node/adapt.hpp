@@ -10,6 +10,7 @@
 #include "chorus/fusion/tae.hpp"
 #include "chorus/node/config.hpp"
 #include "chorus/node/expert.hpp"
+#include "chorus/node/local_data.hpp"
 
 /// Adaptation of a pushed global model at the node with its private
 /// labelled shots, for its own task or a new one: tae's PAC-Bayes fit of

@@ -6,6 +6,7 @@
 
 #include "chorus/core/config.hpp"
 #include "chorus/node/expert.hpp"
+#include "chorus/node/local_data.hpp"
 #include "chorus/node/service.hpp"
 #include "chorus/node/session.hpp"
 

@@ -1,0 +1,80 @@
+#pragma once
+// NodeService's state, shared by the files that implement it (service.cpp:
+// identity and audit; predict.cpp; model_store.cpp; service_adapt.cpp).
+// Private to node/src.
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <memory>
+#include <mutex>
+#include <optional>
+
+#include "chorus/core/log.hpp"
+#include "chorus/fusion/fused_model.hpp"
+#include "chorus/fusion/tae.hpp"
+#include "chorus/node/audit.hpp"
+#include "chorus/node/budget.hpp"
+#include "chorus/node/expert.hpp"
+#include "chorus/node/service.hpp"
+
+namespace chorus::node {
+
+struct PredictJob {
+  std::uint32_t round = 0;
+  torch::Tensor inputs;  // As received: the task's dtype, unnormalised.
+  std::shared_ptr<const TaskSpec> task;  // Converts them, on the worker.
+  std::chrono::milliseconds wait{0};
+};
+
+// Chunks of a ModelPush being reassembled.
+struct Assembly {
+  std::uint32_t round = 0;
+  std::string algorithm, spec, sha256;
+  std::uint32_t count = 0;
+  std::uint64_t total = 0;
+  std::uint32_t next = 0;
+  std::string data;
+};
+
+struct NodeService::Impl {
+  std::unique_ptr<Expert> expert;
+  NodeServiceOptions options;
+  BudgetLedger ledger;
+  RateLimiter rate;
+  std::unique_ptr<AuditLog> audit;
+  std::shared_ptr<spdlog::logger> log = log::get("node");
+
+  std::mutex mutex;  // Guards what follows.
+  std::uint32_t round = 0;
+  std::shared_ptr<const TaskSpec> task;  // The coordinator's, from its Welcome.
+  at::Generator noise = at::make_generator<at::CPUGeneratorImpl>(0);
+  std::optional<Assembly> assembly;
+  std::optional<StoredModel> stored;
+  // The tae model of the stored round, loaded on first use.
+  std::mutex tae_mutex;  // Guards what follows (adaptation takes a while).
+  std::optional<fusion::TaeModel> tae;
+  std::uint32_t tae_round = 0;
+  // The dro initialisation of the stored round, loaded on first use.
+  std::optional<fusion::FusedModel> dro;
+  std::uint32_t dro_round = 0;
+
+  Impl(std::unique_ptr<Expert> e, NodeServiceOptions o)
+      : expert(std::move(e)),
+        options(std::move(o)),
+        ledger(options.policy.budget, options.state_dir.empty()
+                                          ? std::filesystem::path()
+                                          : options.state_dir / "budget.json"),
+        rate(options.policy.rate_limit) {
+    options.policy.validate();
+    noise = at::make_generator<at::CPUGeneratorImpl>(options.policy.noise_seed);
+    if (!options.audit_log.empty()) {
+      audit = std::make_unique<AuditLog>(options.audit_log);
+    }
+  }
+
+  // The answer as the policy lets it leave: temperature, noise, form.
+  torch::Tensor shape_output(torch::Tensor p);
+};
+
+}  // namespace chorus::node
