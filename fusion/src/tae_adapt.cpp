@@ -52,7 +52,8 @@ torch::Tensor TaeModel::relabel(const torch::Tensor& x,
   }
   auto prior_votes =
       restrict(net_->decode_y(prototypes_), classes).exp();  // [m, width]
-  auto votes = options_.adaptation().relabel_prior() * prior_votes + counts + 1e-3;
+  auto votes =
+      options_.adaptation().relabel_prior() * prior_votes + counts + 1e-3;
   return normalise_rows(votes);
 }
 
@@ -147,7 +148,8 @@ TaeAdaptation TaeModel::bound(const torch::Tensor& tau, const torch::Tensor& x,
   out.posterior = q;
   out.gibbs_loss = gibbs / static_cast<double>(draws);
   out.kl = kl_gauss(q.mean, q.logvar, p.mean, p.logvar).item<double>();
-  out.bound = pac_bayes_bound(out.gibbs_loss, out.kl, d, options_.adaptation().delta());
+  out.bound =
+      pac_bayes_bound(out.gibbs_loss, out.kl, d, options_.adaptation().delta());
   return out;
 }
 

@@ -51,7 +51,8 @@ T pac_bayes_bound(const T& gibbs, const T& kl, std::int64_t shots,
   using std::sqrt;
   using torch::sqrt;
   const double d = static_cast<double>(shots);
-  return gibbs + sqrt((kl + std::log(d / delta)) / std::max(1.0, 2.0 * d - 1.0));
+  return gibbs +
+         sqrt((kl + std::log(d / delta)) / std::max(1.0, 2.0 * d - 1.0));
 }
 
 // The ELBO of rows (x, η, τ): log p_θ(x|w,z) + λ log p_α(η|z) − KL(q(z) ‖

@@ -249,15 +249,13 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
     archive.load_from(path.string());
     c10::IValue format;
     archive.read("format", format);
-    const bool v1 =
-        format.isString() && format.toStringRef() == kTaeFormatV1;
+    const bool v1 = format.isString() && format.toStringRef() == kTaeFormatV1;
     CHORUS_CHECK_CODE(
         v1 || (format.isString() && format.toStringRef() == kTaeFormat),
         Code::kDataLoss, "'{}' is not a chorus tae model", path.string());
     if (!v1) {
       c10::IValue version;
-      CHORUS_CHECK_CODE(archive.try_read("version", version) &&
-                            version.isInt(),
+      CHORUS_CHECK_CODE(archive.try_read("version", version) && version.isInt(),
                         Code::kDataLoss, "tae model '{}' has no version",
                         path.string());
       CHORUS_CHECK_CODE(version.toInt() == kTaeVersion, Code::kDataLoss,
@@ -265,7 +263,8 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
                         "versions 1 and {}",
                         path.string(), version.toInt(), kTaeVersion);
     }
-    const auto h = v1 ? read_header_v1(archive, path) : read_header(archive, path);
+    const auto h =
+        v1 ? read_header_v1(archive, path) : read_header(archive, path);
     torch::Tensor prototypes;
     archive.read("prototypes", prototypes, true);
     TaeModel model(h.input, h.outputs, h.task, h.options);

@@ -102,8 +102,8 @@ Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
   auto [mw, lvw] = net.encode_w(x, tau);
   auto z = draw ? sample(mz, lvz) : mz;
   auto w = draw ? sample(mw, lvw) : mw;
-  auto rec = -torch::binary_cross_entropy_with_logits(
-                  net.decode_x(w, z), x, {}, {}, at::Reduction::None)
+  auto rec = -torch::binary_cross_entropy_with_logits(net.decode_x(w, z), x, {},
+                                                      {}, at::Reduction::None)
                   .sum(1);
   auto pred = (eta * net.decode_y(z)).sum(1);
   auto kl_z = kl_gauss(mz, lvz, torch::zeros_like(mz), torch::zeros_like(lvz));

@@ -116,9 +116,8 @@ torch::Tensor NodeService::Impl::shape_output(torch::Tensor p) {
     p = (p + eps).clamp_min(0);
     auto sums = p.sum(1, /*keepdim=*/true);
     // A row the noise zeroed entirely becomes uniform.
-    p = torch::where(
-        sums > 0, p / sums.clamp_min(1e-12),
-        torch::full_like(p, 1.0 / static_cast<double>(p.size(1))));
+    p = torch::where(sums > 0, p / sums.clamp_min(1e-12),
+                     torch::full_like(p, 1.0 / static_cast<double>(p.size(1))));
   }
   switch (pol.output_form) {
     case OutputForm::kTopK: {
@@ -128,8 +127,7 @@ torch::Tensor NodeService::Impl::shape_output(torch::Tensor p) {
       break;
     }
     case OutputForm::kLabelOnly:
-      p = torch::zeros_like(p).scatter_(1, p.argmax(1, /*keepdim=*/true),
-                                        1.0);
+      p = torch::zeros_like(p).scatter_(1, p.argmax(1, /*keepdim=*/true), 1.0);
       break;
     case OutputForm::kProbabilities:
       break;

@@ -76,9 +76,8 @@ struct LocalCluster::Impl {
     for (const auto& e : o.experts) roster.push_back(e.name);
     coordinator::RegistryOptions ro;
     ro.port = 0;
-    ro.tls = protocol::TlsMaterial::load(o.pki / "ca.crt",
-                                         o.pki / "coordinator.crt",
-                                         o.pki / "coordinator.key");
+    ro.tls = protocol::TlsMaterial::load(
+        o.pki / "ca.crt", o.pki / "coordinator.crt", o.pki / "coordinator.key");
     ro.task = o.task;
     registry = std::make_unique<coordinator::NodeRegistry>(
         coordinator_io, coordinator::Roster(roster), ro);

@@ -57,11 +57,11 @@ std::vector<SimExpert> prepare_experts(const SimulateOptions& o,
   const auto& names = task.labels.names();
   for (int i = 0; i < o.experts; ++i) {
     SimExpert e{.name = node_name(i),
-             .hidden = hidden_of(i, task.input_shape),
-             .task = split.tasks[static_cast<std::size_t>(i)],
-             .labels = {},
-             .arch = arch_of(i, task.input_shape),
-             .file = {}};
+                .hidden = hidden_of(i, task.input_shape),
+                .task = split.tasks[static_cast<std::size_t>(i)],
+                .labels = {},
+                .arch = arch_of(i, task.input_shape),
+                .file = {}};
     for (auto c : e.task)
       e.labels.push_back(names[static_cast<std::size_t>(c)]);
     const auto& idx = split.expert_train[static_cast<std::size_t>(i)];
@@ -121,6 +121,5 @@ void ensure_pki(const fs::path& pki, const std::vector<SimExpert>& experts) {
     if (!fs::exists(pki / (n + ".crt"))) protocol::add_node(pki, n, 30);
   }
 }
-
 
 }  // namespace chorus::simulate

@@ -39,8 +39,7 @@ struct SimExpert {
 std::vector<SimExpert> prepare_experts(const SimulateOptions& o,
                                        const TaskSpec& task,
                                        const fusion::Examples& train,
-                                       const fusion::P1Split& split,
-                                       int epochs,
+                                       const fusion::P1Split& split, int epochs,
                                        const std::filesystem::path& dir,
                                        SimulateResult& result);
 

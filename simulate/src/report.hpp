@@ -67,7 +67,6 @@ class ReplayOracle : public fusion::QueryOracle {
   std::int64_t wire_element_size_;
 };
 
-
 /// Writes `result` as report.json in the run directory, atomically.
 void write_report(const SimulateOptions& o, const SimulateResult& result);
 
