@@ -5,12 +5,11 @@
 #include <map>
 
 #include "chorus/protocol/eventual.hpp"
-#include "fan_out.hpp"
 
 namespace chorus::coordinator {
 
-std::vector<std::pair<std::string, CallResult<protocol::AdaptAnswer>>>
-adapt_pushed(const RoundContext& ctx, int round, const RoundReport& report) {
+asio::awaitable<NodeReplies<protocol::AdaptAnswer>> adapt_pushed(
+    const RoundContext& ctx, int round, const RoundReport& report) {
   std::vector<std::string> asked;
   std::vector<std::shared_ptr<NodeLink>> links;  // Outlive their calls.
   std::vector<asio::awaitable<CallResult<protocol::AdaptAnswer>>> calls;
@@ -26,13 +25,12 @@ adapt_pushed(const RoundContext& ctx, int round, const RoundReport& report) {
         links.back()->adapt({.round = static_cast<std::uint32_t>(round)},
                             ctx.options.request_deadline));
   }
-  std::vector<std::pair<std::string, CallResult<protocol::AdaptAnswer>>> out;
-  if (asked.empty()) return out;
-  auto replies =
-      run_blocking(ctx.registry.executor(), protocol::all_of(std::move(calls)));
+  NodeReplies<protocol::AdaptAnswer> out;
+  if (asked.empty()) co_return out;
+  auto replies = co_await protocol::all_of(std::move(calls));
   for (std::size_t k = 0; k < asked.size(); ++k)
     out.emplace_back(asked[k], std::move(replies[k]));
-  return out;
+  co_return out;
 }
 
 std::unique_ptr<AfterRound> make_after_round(const std::string& algorithm,

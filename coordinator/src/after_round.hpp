@@ -1,9 +1,12 @@
 #pragma once
 
+#include <asio/awaitable.hpp>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,30 +28,47 @@ struct RoundContext {
   const CoordinatorOptions& options;
   /// Each node's labels, as indices in the federation's label space.
   const std::map<std::string, std::vector<std::int64_t>>& labels;
+  /// Runs blocking work (training, files) off the network thread and
+  /// awaits it; what it throws comes back as the error.
+  std::function<asio::awaitable<std::optional<Error>>(std::function<bool()>)>
+      compute;
 };
 
-/// An algorithm's steps in a round. The defaults do nothing.
+/// An algorithm's steps in a round. The defaults do nothing. The coroutines
+/// run on the round's strand (the registry's executor) and return their
+/// error as a value, which ends the round; blocking work inside them goes
+/// through `RoundContext::compute`.
 class AfterRound {
  public:
   virtual ~AfterRound() = default;
   /// `--resume`: reloads what earlier rounds kept in the run directory.
   virtual void resume() {}
   /// Before the round's fit: may add to what the algorithm learns from.
-  virtual void before_fit(fusion::FusionData& data, int round) {}
-  /// After the round's fit, before its model is saved and pushed.
+  virtual asio::awaitable<std::optional<Error>> before_fit(
+      fusion::FusionData& data, int round) {
+    co_return std::nullopt;
+  }
+  /// After the round's fit, before its model is saved and pushed; runs on
+  /// the compute thread with the fit.
   virtual void before_push(fusion::Fuser& fuser, int round) {}
   /// After the push to `report.pushed_to`; may save the model again to
   /// `model_file` (and the run directory's fused.pt).
-  virtual void after_push(fusion::Fuser& fuser, int round, RoundReport& report,
-                          const std::filesystem::path& model_file) {}
+  virtual asio::awaitable<std::optional<Error>> after_push(
+      fusion::Fuser& fuser, int round, RoundReport& report,
+      const std::filesystem::path& model_file) {
+    co_return std::nullopt;
+  }
 };
 
+/// What each node asked answered, in the order asked.
+template <typename T>
+using NodeReplies = std::vector<std::pair<std::string, CallResult<T>>>;
+
 /// Asks every node that was pushed this round's model (`report.pushed_to`)
-/// and can adapt to adapt it to its own task, all at once; blocks the
-/// calling thread until every answer or error is in. Returns the nodes
-/// asked and their results, in the same order.
-std::vector<std::pair<std::string, CallResult<protocol::AdaptAnswer>>>
-adapt_pushed(const RoundContext& context, int round, const RoundReport& report);
+/// and can adapt to adapt it to its own task, all at once. Returns the
+/// nodes asked and their results, in the same order.
+asio::awaitable<NodeReplies<protocol::AdaptAnswer>> adapt_pushed(
+    const RoundContext& context, int round, const RoundReport& report);
 
 /// The steps `algorithm` registered, or ones that do nothing.
 std::unique_ptr<AfterRound> make_after_round(const std::string& algorithm,

@@ -8,7 +8,6 @@
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/digest.hpp"
 #include "chorus/protocol/eventual.hpp"
-#include "fan_out.hpp"
 
 namespace chorus::coordinator {
 namespace {
@@ -53,18 +52,15 @@ asio::awaitable<std::vector<std::string>> push_all(
 
 }  // namespace
 
-std::vector<std::string> broadcast_model(NodeRegistry& registry,
-                                         const std::string& bytes,
-                                         const PushedModel& model,
-                                         std::size_t chunk,
-                                         std::chrono::milliseconds deadline) {
+asio::awaitable<std::vector<std::string>> push_model(
+    NodeRegistry& registry, const std::string& bytes, PushedModel model,
+    std::size_t chunk, std::chrono::milliseconds deadline) {
   std::vector<std::shared_ptr<NodeLink>> taking;
   for (const auto& node : registry.connected()) {
     taking.push_back(registry.link(node.identity));
   }
-  return run_blocking(registry.executor(),
-                      push_all(std::move(taking), bytes, model,
-                               std::max<std::size_t>(1, chunk), deadline));
+  co_return co_await push_all(std::move(taking), bytes, std::move(model),
+                              std::max<std::size_t>(1, chunk), deadline);
 }
 
 }  // namespace chorus::coordinator

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <asio/awaitable.hpp>
 #include <chrono>
 #include <cstddef>
 #include <string>
@@ -19,11 +20,10 @@ struct PushedModel {
 /// Sends `bytes` (a fused model file) to every connected node in ModelPush
 /// chunks of `chunk` bytes, chunk by chunk to all nodes at once, each chunk
 /// acknowledged before the next. Returns the nodes that took every chunk; a
-/// node that fails one is logged and left out of the rest.
-std::vector<std::string> broadcast_model(NodeRegistry& registry,
-                                         const std::string& bytes,
-                                         const PushedModel& model,
-                                         std::size_t chunk,
-                                         std::chrono::milliseconds deadline);
+/// node that fails one is logged and left out of the rest. A coroutine on
+/// the registry's executor; `bytes` must outlive it.
+asio::awaitable<std::vector<std::string>> push_model(
+    NodeRegistry& registry, const std::string& bytes, PushedModel model,
+    std::size_t chunk, std::chrono::milliseconds deadline);
 
 }  // namespace chorus::coordinator

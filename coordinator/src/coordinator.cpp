@@ -59,10 +59,14 @@ struct Coordinator::Impl {
         pool(std::move(p)),
         options(std::move(o)),
         store(answers_dir(options)),
-        after_round(make_after_round(options.algorithm,
-                                     RoundContext{.registry = registry,
-                                                  .options = options,
-                                                  .labels = store.labels()})) {}
+        after_round(make_after_round(
+            options.algorithm,
+            RoundContext{.registry = registry,
+                         .options = options,
+                         .labels = store.labels(),
+                         .compute = [this](std::function<bool()> work) {
+                           return on_pool(compute, std::move(work));
+                         }})) {}
 
   std::int64_t n() const { return pool.inputs.size(0); }
   std::int64_t slice_begin(int s) const { return n() * s / options.rounds; }
@@ -94,15 +98,22 @@ struct Coordinator::Impl {
 
   // Blocking file work (checkpoints) runs here, off the network thread.
   asio::thread_pool writer{1};
+  // The round's computation (the fit, saving models, an algorithm's own
+  // steps) runs here, off the network thread.
+  asio::thread_pool compute{1};
 
-  // Runs `work` on the writer and waits for it without blocking the loop.
-  asio::awaitable<std::optional<Error>> off_loop(std::function<bool()> work) {
+  // Runs `work` on `pool` and waits for it without blocking the loop.
+  static asio::awaitable<std::optional<Error>> on_pool(
+      asio::thread_pool& pool, std::function<bool()> work) {
     using Call = protocol::PoolCall<bool>;
     auto call = std::make_shared<Call>(co_await asio::this_coro::executor);
     call->work = std::move(work);
-    auto finished = protocol::start_on_pool(writer, call);
+    auto finished = protocol::start_on_pool(pool, call);
     co_await std::move(finished);
     co_return std::move(call->result.error);
+  }
+  asio::awaitable<std::optional<Error>> off_loop(std::function<bool()> work) {
+    return on_pool(writer, std::move(work));
   }
 
   // One request's answers to part of a slice: kept, and checkpointed before
@@ -170,43 +181,58 @@ struct Coordinator::Impl {
   }
 
   // The round's cancellation point between phases.
-  void check_stop(int round, const char* before) const {
-    if (options.stop.stop_requested()) {
-      fail(Code::kCancelled, "round {} interrupted before {}", round, before);
-    }
+  std::optional<Error> stopped(int round, const char* before) const {
+    if (!options.stop.stop_requested()) return std::nullopt;
+    return Error(Code::kCancelled,
+                 fmt::format("round {} interrupted before {}", round, before));
   }
 
-  RoundReport run_round(int round) {
+  // One round, a coroutine on the registry's strand: quorum → every node
+  // asked for the slices it has not answered (checkpointed as they come) →
+  // the algorithm's steps before the fit → the fit (on the compute thread)
+  // → push → the algorithm's steps after it → metrics and manifest. Errors
+  // travel as values; Ctrl-C (`options.stop`) cancels at the next step.
+  asio::awaitable<protocol::Outcome<RoundReport>> round(int round) {
+    protocol::Outcome<RoundReport> out;
     const auto t0 = Clock::now();
-    RoundReport report;
+    RoundReport& report = out.reply;
     report.round = round;
     report.rounds = options.rounds;
-    auto present =
-        registry.wait_for_quorum(options.min_nodes, options.quorum_timeout,
+    auto quorum =
+        co_await registry.quorum(options.min_nodes, options.quorum_timeout,
                                  options.settle, options.stop);
-    std::vector<RemoteExpert> remote;
-    for (const auto& node : present) {
-      auto l = to_indices(node.announced.expert.labels);
-      store.set_labels(node.identity, l);
-      remote.push_back(RemoteExpert{
-          .info = {.name = node.identity, .labels = l},
-          .max_batch = static_cast<std::int64_t>(
-              std::max<std::uint64_t>(1, node.announced.policy.max_batch)),
-          .link = registry.link(node.identity)});
+    if (quorum.error) {
+      out.error = std::move(quorum.error);
+      co_return out;
     }
+    std::vector<RemoteExpert> remote;
     RemoteOracleOptions ro{.round = static_cast<std::uint32_t>(round),
                            .deadline = options.request_deadline,
                            .batch = options.query_batch};
     // Inputs travel in the task's form (uint8 pixels: a quarter of float32).
     ro.task = options.task;
     ro.stop = options.stop;
+    auto present = protocol::run_caught([&] {
+      for (const auto& node : quorum.reply) {
+        auto l = to_indices(node.announced.expert.labels);
+        store.set_labels(node.identity, l);
+        remote.push_back(RemoteExpert{
+            .info = {.name = node.identity, .labels = l},
+            .max_batch = static_cast<std::int64_t>(
+                std::max<std::uint64_t>(1, node.announced.policy.max_batch)),
+            .link = registry.link(node.identity)});
+      }
+      return true;
+    });
+    if (present.error) {
+      out.error = std::move(present.error);
+      co_return out;
+    }
 
-    // Fan out: every node at once, for the slices it has not answered; this
-    // thread waits for the coroutines.
+    // Fan out: every node at once, for the slices it has not answered.
     std::vector<asio::awaitable<Asked>> works;
     for (const auto& node : remote) works.push_back(collect(node, round, ro));
-    auto asked =
-        run_blocking(registry.executor(), protocol::all_of(std::move(works)));
+    auto asked = co_await protocol::all_of(std::move(works));
     std::vector<RemoteExpert> fused_experts;
     fusion::QueryStats s;
     for (std::size_t k = 0; k < remote.size(); ++k) {
@@ -223,63 +249,96 @@ struct Coordinator::Impl {
       }
     }
     // A cancelled fan-out leaves every node looking failed: say why.
-    check_stop(round, "fusing (the answers received are checkpointed)");
+    if (auto e =
+            stopped(round, "fusing (the answers received are checkpointed)")) {
+      out.error = std::move(e);
+      co_return out;
+    }
     report.inputs_queried = s.inputs;
     report.bytes_sent = s.bytes_sent;
     report.bytes_received = s.bytes_received;
     stats += s;
-    CHORUS_CHECK_CODE(fused_experts.size() >= options.min_nodes,
-                      Code::kUnavailable,
-                      "round {}: only {} node(s) answered, {} needed ({})",
+    if (fused_experts.size() < options.min_nodes) {
+      out.error = Error(
+          Code::kUnavailable,
+          fmt::format("round {}: only {} node(s) answered, {} needed ({})",
                       round, fused_experts.size(), options.min_nodes,
-                      fmt::join(report.failed, "; "));
+                      fmt::join(report.failed, "; ")));
+      co_return out;
+    }
 
     // Fuse on U's slices 1..round.
-    const auto end = slice_end(round - 1);
     fusion::FusionData data;
-    data.num_classes = options.task.labels.size();
-    data.label_names = options.task.labels.names();
-    data.transfer = pool.inputs.slice(0, 0, end);
-    for (const auto& e : fused_experts) {
-      std::vector<torch::Tensor> parts;
-      for (int sl = 0; sl < round; ++sl)
-        parts.push_back(store.answers(e.info.name, sl));
-      data.answers.push_back(torch::cat(parts));
-      data.experts.push_back(e.info);
-      report.experts.push_back(e.info.name);
+    auto gathered = protocol::run_caught([&] {
+      const auto end = slice_end(round - 1);
+      data.num_classes = options.task.labels.size();
+      data.label_names = options.task.labels.names();
+      data.transfer = pool.inputs.slice(0, 0, end);
+      for (const auto& e : fused_experts) {
+        std::vector<torch::Tensor> parts;
+        for (int sl = 0; sl < round; ++sl)
+          parts.push_back(store.answers(e.info.name, sl));
+        data.answers.push_back(torch::cat(parts));
+        data.experts.push_back(e.info);
+        report.experts.push_back(e.info.name);
+      }
+      if (pool.fusion_index.defined() && pool.fusion_index.numel() > 0) {
+        auto keep = pool.fusion_index.lt(end).nonzero().flatten();
+        data.fusion_index = pool.fusion_index.index_select(0, keep);
+        data.fusion_labels = pool.fusion_labels.index_select(0, keep);
+      }
+      report.pool_size = end;
+      return true;
+    });
+    if (gathered.error) {
+      out.error = std::move(gathered.error);
+      co_return out;
     }
-    if (pool.fusion_index.defined() && pool.fusion_index.numel() > 0) {
-      auto keep = pool.fusion_index.lt(end).nonzero().flatten();
-      data.fusion_index = pool.fusion_index.index_select(0, keep);
-      data.fusion_labels = pool.fusion_labels.index_select(0, keep);
+    if (auto e = co_await after_round->before_fit(data, round)) {
+      out.error = std::move(e);
+      co_return out;
     }
-    report.pool_size = end;
-    auto algorithm_options = options.algorithm_options;
-    algorithm_options.stop(options.stop);
-    fuser = fusion::make_fuser(options.algorithm, algorithm_options);
-    after_round->before_fit(data, round);
-    fuser->fit(data);
-    experts = data.experts;
-    last_data = data;
-    oracle = std::make_unique<RemoteOracle>(data.num_classes, fused_experts,
-                                            registry.executor(), ro);
-    fused_round = round;
 
-    after_round->before_push(*fuser, round);
+    // The fit, the algorithm's steps before the push, and the model saved:
+    // on the compute thread while the loop keeps serving the connections.
     const auto model_file =
         options.run_dir / fmt::format("fused-round-{}.pt", round);
-    check_stop(round, "saving and pushing the fused model");
-    if (fuser->save(model_file)) {
-      report.fused_model = model_file;
-      const std::string bytes = read_file(model_file);
+    std::string bytes;
+    std::function<bool()> fit = [this, &data, &bytes, &model_file,
+                                 &fused_experts, ro, round] {
+      auto algorithm_options = options.algorithm_options;
+      algorithm_options.stop(options.stop);
+      fuser = fusion::make_fuser(options.algorithm, algorithm_options);
+      fuser->fit(data);
+      experts = data.experts;
+      last_data = data;
+      oracle = std::make_unique<RemoteOracle>(data.num_classes, fused_experts,
+                                              registry.executor(), ro);
+      fused_round = round;
+      after_round->before_push(*fuser, round);
+      if (auto e = stopped(round, "saving and pushing the fused model"))
+        throw *e;
+      if (!fuser->save(model_file)) return false;
+      bytes = read_file(model_file);
       write_file_atomic(options.run_dir / "fused.pt", bytes);
+      return true;
+    };
+    if (auto e = co_await on_pool(compute, std::move(fit))) {
+      out.error = std::move(e);
+      co_return out;
+    }
+    if (!bytes.empty()) {
+      report.fused_model = model_file;
+      PushedModel pushed{
+          .round = round, .algorithm = fuser->name(), .spec = fuser->spec()};
       report.pushed_to =
-          broadcast_model(registry, bytes,
-                          PushedModel{.round = round,
-                                      .algorithm = fuser->name(),
-                                      .spec = fuser->spec()},
-                          options.push_chunk, options.request_deadline);
-      after_round->after_push(*fuser, round, report, model_file);
+          co_await push_model(registry, bytes, std::move(pushed),
+                              options.push_chunk, options.request_deadline);
+      if (auto e = co_await after_round->after_push(*fuser, round, report,
+                                                    model_file)) {
+        out.error = std::move(e);
+        co_return out;
+      }
     }
     report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 
@@ -296,18 +355,44 @@ struct Coordinator::Impl {
                         {"pushed_to", report.pushed_to},
                         {"adapted", report.adapted},
                         {"seconds", report.seconds}};
-    {
-      std::ofstream metrics(options.run_dir / "metrics.jsonl", std::ios::app);
-      metrics << line.dump() << "\n";
-      metrics.flush();
-      CHORUS_CHECK_CODE(metrics.good(), Code::kInternal, "cannot append to {}",
-                        (options.run_dir / "metrics.jsonl").string());
+    std::function<bool()> record = [this, line, round] {
+      {
+        std::ofstream metrics(options.run_dir / "metrics.jsonl", std::ios::app);
+        metrics << line.dump() << "\n";
+        metrics.flush();
+        CHORUS_CHECK_CODE(metrics.good(), Code::kInternal,
+                          "cannot append to {}",
+                          (options.run_dir / "metrics.jsonl").string());
+      }
+      // The manifest marks the round complete; it is written last.
+      write_file_atomic(manifest(round), line.dump(2) + "\n");
+      return true;
+    };
+    if (auto e = co_await off_loop(std::move(record))) {
+      out.error = std::move(e);
+      co_return out;
     }
-    // The manifest marks the round complete; it is written last.
-    write_file_atomic(manifest(round), line.dump(2) + "\n");
     log->info("round={} event=done experts={} queried={} seconds={:.1f}", round,
               report.experts.size(), report.inputs_queried, report.seconds);
-    return report;
+    co_return out;
+  }
+
+  // Rounds first..options.rounds, one after the other; each report is
+  // handed to `on_round` as it completes.
+  asio::awaitable<protocol::Outcome<std::vector<RoundReport>>> rounds(
+      int first, std::vector<RoundReport> reports) {
+    protocol::Outcome<std::vector<RoundReport>> out;
+    out.reply = std::move(reports);
+    for (int r = first; r <= options.rounds; ++r) {
+      auto done = co_await round(r);
+      if (done.error) {
+        out.error = std::move(done.error);
+        co_return out;
+      }
+      out.reply.push_back(std::move(done.reply));
+      if (options.on_round) options.on_round(out.reply.back());
+    }
+    co_return out;
   }
 };
 
@@ -354,11 +439,11 @@ std::vector<RoundReport> Coordinator::run() {
     std::error_code ec;
     fs::remove(o.run_dir / "metrics.jsonl", ec);
   }
-  for (int r = first; r <= o.rounds; ++r) {
-    reports.push_back(impl_->run_round(r));
-    if (o.on_round) o.on_round(reports.back());
-  }
-  return reports;
+  // The one place the caller's thread waits for the rounds' coroutine.
+  auto done = run_blocking(impl_->registry.executor(),
+                           impl_->rounds(first, std::move(reports)));
+  if (done.error) throw *done.error;
+  return std::move(done.reply);
 }
 
 fusion::Fuser& Coordinator::fuser() {

@@ -14,7 +14,6 @@
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/eventual.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
-#include "fan_out.hpp"
 
 namespace chorus::coordinator {
 namespace {
@@ -25,7 +24,8 @@ class DroRound : public AfterRound {
 
   // Nodes that opted in to sharing their weights ("weights" in their
   // Hello) send them; dro fuses them in place of those nodes' imitators.
-  void before_fit(fusion::FusionData& data, int round) override {
+  asio::awaitable<std::optional<Error>> before_fit(fusion::FusionData& data,
+                                                   int round) override {
     std::vector<std::string> asked;
     std::vector<std::shared_ptr<NodeLink>> links;  // Outlive their calls.
     std::vector<asio::awaitable<CallResult<protocol::WeightsAnswer>>> calls;
@@ -41,9 +41,8 @@ class DroRound : public AfterRound {
           links.back()->weights({.round = static_cast<std::uint32_t>(round)},
                                 ctx_.options.request_deadline));
     }
-    if (asked.empty()) return;
-    auto replies = run_blocking(ctx_.registry.executor(),
-                                protocol::all_of(std::move(calls)));
+    if (asked.empty()) co_return std::nullopt;
+    auto replies = co_await protocol::all_of(std::move(calls));
     for (std::size_t k = 0; k < asked.size(); ++k) {
       const auto& id = asked[k];
       try {
@@ -66,12 +65,15 @@ class DroRound : public AfterRound {
                    id, describe(e));
       }
     }
+    co_return std::nullopt;
   }
 
-  void after_push(fusion::Fuser&, int round, RoundReport& report,
-                  const std::filesystem::path&) override {
+  asio::awaitable<std::optional<Error>> after_push(
+      fusion::Fuser&, int round, RoundReport& report,
+      const std::filesystem::path&) override {
     nlohmann::json saved = nlohmann::json::object();
-    for (const auto& [id, reply] : adapt_pushed(ctx_, round, report)) {
+    auto replies = co_await adapt_pushed(ctx_, round, report);
+    for (const auto& [id, reply] : replies) {
       if (reply.error) {
         log_->warn("round={} node={} event=adapt_failed error=\"{}\"", round,
                    id, describe(*reply.error));
@@ -88,12 +90,17 @@ class DroRound : public AfterRound {
       report.adapted[id] = r.shot_accuracy;
       saved[id] = {{"shots", r.shots}, {"shot_accuracy", r.shot_accuracy}};
     }
-    if (saved.empty()) return;
-    write_file_atomic(
-        ctx_.options.run_dir / fmt::format("adapted-round-{}.json", round),
-        saved.dump(2) + "\n");
+    if (saved.empty()) co_return std::nullopt;
     log_->info("round={} event=nodes_adapted algorithm=dro nodes={}", round,
                saved.size());
+    std::function<bool()> write =
+        [file =
+             ctx_.options.run_dir / fmt::format("adapted-round-{}.json", round),
+         text = saved.dump(2) + "\n"] {
+          write_file_atomic(file, text);
+          return true;
+        };
+    co_return co_await ctx_.compute(std::move(write));
   }
 
  private:

@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <asio/co_spawn.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/strand.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/thread_pool.hpp>
 #include <asio/use_awaitable.hpp>
-#include <condition_variable>
+#include <asio/use_future.hpp>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
@@ -23,7 +25,9 @@ struct NodeRegistry::Impl {
   std::shared_ptr<spdlog::logger> log = log::get("coordinator");
 
   mutable std::mutex mutex;
-  std::condition_variable_any changed;  // Waits can be cancelled.
+  // Quorum waits in progress, each a timer on `rounds` that a change cancels
+  // (guarded by `mutex`).
+  std::vector<std::weak_ptr<asio::steady_timer>> waiters;
   struct Entry {
     NodeInfo info;
     std::shared_ptr<protocol::Connection> connection;
@@ -51,6 +55,25 @@ struct NodeRegistry::Impl {
 
   Impl(asio::io_context& i, RegistryOptions o)
       : io(i), options(std::move(o)), rounds(asio::make_strand(i)) {}
+
+  // Wakes every quorum wait to look again; call with `mutex` held. The
+  // cancel runs on `rounds`, after the waiter has suspended: none is lost.
+  void changed() {
+    for (auto it = waiters.begin(); it != waiters.end();) {
+      if (auto timer = it->lock()) {
+        asio::post(rounds, [timer] { timer->cancel(); });
+        ++it;
+      } else {
+        it = waiters.erase(it);
+      }
+    }
+  }
+  std::size_t connected_count() const {
+    std::lock_guard lock(mutex);
+    std::size_t n = 0;
+    for (const auto& [id, e] : nodes) n += e.connection->is_open();
+    return n;
+  }
 
   // One request to the node `identity` over its current connection.
   asio::awaitable<protocol::Outcome<v1::Envelope>> call(
@@ -257,7 +280,7 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
                     "node={} event=disconnected reason=\"{}\"", identity,
                     reason);
               }
-              impl->changed.notify_all();
+              impl->changed();
             });
         std::shared_ptr<protocol::Connection> replaced;
         {
@@ -269,7 +292,7 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
           entry.info = NodeInfo{.identity = identity,
                                 .announced = hello,
                                 .generation = ++impl->generations[identity]};
-          impl->changed.notify_all();
+          impl->changed();
         }
         if (replaced)
           replaced->close("replaced by a newer connection of the same node");
@@ -371,8 +394,8 @@ void NodeRegistry::stop(const std::string& reason) {
   {
     std::lock_guard lock(impl_->mutex);
     impl_->stopping = true;
+    impl_->changed();
   }
-  impl_->changed.notify_all();
   impl_->server->stop();
   std::vector<std::shared_ptr<protocol::Connection>> all;
   {
@@ -408,32 +431,48 @@ bool NodeRegistry::is_connected(const std::string& identity) const {
   return it != impl_->nodes.end() && it->second.connection->is_open();
 }
 
-std::vector<NodeInfo> NodeRegistry::wait_for_quorum(
+asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> NodeRegistry::quorum(
     std::size_t min_nodes, std::chrono::milliseconds timeout,
     std::chrono::milliseconds settle, std::stop_token cancel) {
-  const auto start = std::chrono::steady_clock::now();
-  const auto deadline = start + timeout;
-  auto count = [&] {
-    std::size_t n = 0;
-    for (auto& [id, e] : impl_->nodes) n += e.connection->is_open();
-    return n;
-  };
+  using Clock = std::chrono::steady_clock;
+  protocol::Outcome<std::vector<NodeInfo>> out;
+  auto timer = std::make_shared<asio::steady_timer>(impl_->rounds);
   {
-    std::unique_lock lock(impl_->mutex);
-    impl_->changed.wait_until(lock, cancel, deadline, [&] {
-      return impl_->stopping || count() >= min_nodes;
-    });
-    // With a quorum, give the rest of the roster a moment to arrive too.
-    if (!impl_->stopping && count() >= min_nodes && settle.count() > 0) {
-      impl_->changed.wait_until(
-          lock, cancel,
-          std::min(deadline, std::chrono::steady_clock::now() + settle),
-          [&] { return impl_->stopping || count() >= roster_.size(); });
-    }
-    CHORUS_CHECK_CODE(!impl_->stopping && !cancel.stop_requested(),
-                      Code::kCancelled,
-                      "cancelled while waiting for the quorum");
+    std::lock_guard lock(impl_->mutex);
+    impl_->waiters.push_back(timer);
   }
+  auto* impl = impl_.get();
+  std::stop_callback on_cancel(cancel, [impl, timer] {
+    asio::post(impl->rounds, [timer] { timer->cancel(); });
+  });
+  const auto deadline = Clock::now() + timeout;
+  auto until = deadline;
+  bool settling = false;
+  for (;;) {
+    if (impl_->stopping || cancel.stop_requested()) {
+      out.error =
+          Error(Code::kCancelled, "cancelled while waiting for the quorum");
+      break;
+    }
+    const auto n = impl_->connected_count();
+    if (settling && n >= roster_.size()) break;
+    if (!settling && n >= min_nodes) {
+      // With a quorum, give the rest of the roster a moment to arrive too.
+      if (settle.count() <= 0 || n >= roster_.size()) break;
+      settling = true;
+      until = std::min(deadline, Clock::now() + settle);
+    }
+    if (Clock::now() >= until) break;
+    timer->expires_at(until);
+    std::error_code ec;
+    co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  {
+    std::lock_guard lock(impl_->mutex);
+    std::erase_if(impl_->waiters,
+                  [&](const auto& w) { return w.lock() == timer; });
+  }
+  if (out.error) co_return out;
   auto present = connected();
   if (present.size() < min_nodes) {
     std::vector<std::string> names;
@@ -447,13 +486,28 @@ std::vector<NodeInfo> NodeRegistry::wait_for_quorum(
           why += fmt::format("; '{}' was refused: {}", m, it->second);
       }
     }
-    fail(Code::kDeadlineExceeded,
-         "no quorum after {} ms: {} of the {} required nodes are connected; "
-         "missing: {}{}",
-         timeout.count(), present.size(), min_nodes,
-         fmt::join(roster_.missing(names), ", "), why);
+    out.error = Error(
+        Code::kDeadlineExceeded,
+        fmt::format("no quorum after {} ms: {} of the {} required nodes are "
+                    "connected; missing: {}{}",
+                    timeout.count(), present.size(), min_nodes,
+                    fmt::join(roster_.missing(names), ", "), why));
+    co_return out;
   }
-  return present;
+  out.reply = std::move(present);
+  co_return out;
+}
+
+std::vector<NodeInfo> NodeRegistry::wait_for_quorum(
+    std::size_t min_nodes, std::chrono::milliseconds timeout,
+    std::chrono::milliseconds settle, std::stop_token cancel) {
+  auto out =
+      asio::co_spawn(impl_->rounds,
+                     quorum(min_nodes, timeout, settle, std::move(cancel)),
+                     asio::use_future)
+          .get();
+  if (out.error) throw *out.error;
+  return std::move(out.reply);
 }
 
 std::shared_ptr<NodeLink> NodeRegistry::link(const std::string& identity) {

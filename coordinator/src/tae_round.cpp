@@ -34,11 +34,19 @@ class TaeRound : public AfterRound {
     }
   }
 
-  void after_push(fusion::Fuser& fuser, int round, RoundReport& report,
-                  const fs::path& model_file) override {
-    if (auto* tae = fusion::tae_model(fuser)) {
-      aggregate_embeddings(*tae, round, report, model_file);
-    }
+  asio::awaitable<std::optional<Error>> after_push(
+      fusion::Fuser& fuser, int round, RoundReport& report,
+      const fs::path& model_file) override {
+    auto* tae = fusion::tae_model(fuser);
+    if (tae == nullptr) co_return std::nullopt;
+    auto replies = co_await adapt_pushed(ctx_, round, report);
+    // The prior's refit and the files: off the network thread.
+    std::function<bool()> aggregate = [this, tae, round, &report, &replies,
+                                       model_file] {
+      aggregate_embeddings(*tae, round, report, replies, model_file);
+      return true;
+    };
+    co_return co_await ctx_.compute(std::move(aggregate));
   }
 
  private:
@@ -121,10 +129,12 @@ class TaeRound : public AfterRound {
   // round's model saved again; the next round's model is refit on them
   // before it is pushed.
   void aggregate_embeddings(fusion::TaeModel& tae, int round,
-                            RoundReport& report, const fs::path& model_file) {
+                            RoundReport& report,
+                            const NodeReplies<protocol::AdaptAnswer>& replies,
+                            const fs::path& model_file) {
     std::size_t received = 0;
     nlohmann::json saved = nlohmann::json::object();
-    for (const auto& [id, reply] : adapt_pushed(ctx_, round, report)) {
+    for (const auto& [id, reply] : replies) {
       try {
         if (reply.error) throw *reply.error;
         const auto& r = reply.reply;

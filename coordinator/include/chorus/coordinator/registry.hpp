@@ -16,6 +16,7 @@
 #include "chorus/coordinator/roster.hpp"
 #include "chorus/core/task.hpp"
 #include "chorus/protocol/channel.hpp"
+#include "chorus/protocol/offload.hpp"
 
 /// The coordinator's view of its nodes: who is connected, what each
 /// announced in its Hello, and a way to send each of them requests. Runs the
@@ -73,11 +74,17 @@ class NodeRegistry {
   std::map<std::string, std::string> refusals() const;
   /// Whether `identity` is connected now.
   bool is_connected(const std::string& identity) const;
-  /// Waits until at least `min_nodes` are connected, or all of the roster
-  /// after they are, for up to `timeout`. Throws `chorus::Error`
-  /// (DEADLINE_EXCEEDED) naming the nodes that are missing and why each
-  /// that tried was refused, or CANCELLED once `stop` was called or
-  /// `cancel` requested.
+  /// Waits until at least `min_nodes` are connected, then up to `settle`
+  /// more for the rest of the roster, for up to `timeout` in all, without
+  /// blocking a thread: a coroutine on `executor()`, woken by every join
+  /// and departure. Its error (a value: DEADLINE_EXCEEDED naming the nodes
+  /// that are missing and why each that tried was refused; CANCELLED once
+  /// `stop` was called or `cancel` requested) or the nodes present.
+  asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> quorum(
+      std::size_t min_nodes, std::chrono::milliseconds timeout,
+      std::chrono::milliseconds settle, std::stop_token cancel);
+  /// `quorum` for a thread that may block (never one of the io_context's):
+  /// throws its error.
   std::vector<NodeInfo> wait_for_quorum(std::size_t min_nodes,
                                         std::chrono::milliseconds timeout,
                                         std::chrono::milliseconds settle = {},
