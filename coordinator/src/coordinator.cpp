@@ -20,6 +20,7 @@
 #include "chorus/protocol/offload.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
 #include "fan_out.hpp"
+#include "run_log.hpp"
 
 namespace chorus::coordinator {
 namespace {
@@ -43,6 +44,8 @@ struct Coordinator::Impl {
 
   // The answers collected, checkpointed under the run directory.
   AnswerStore store;
+  // metrics.jsonl and the rounds' manifests.
+  RunLog run_log{options.run_dir, options.rounds};
 
   std::unique_ptr<fusion::Fuser> fuser;
   std::vector<fusion::ExpertInfo> experts;
@@ -72,11 +75,6 @@ struct Coordinator::Impl {
   std::int64_t slice_begin(int s) const { return n() * s / options.rounds; }
   std::int64_t slice_end(int s) const { return n() * (s + 1) / options.rounds; }
 
-  fs::path manifest(int round) const {
-    return options.run_dir / "checkpoints" /
-           fmt::format("round-{}.json", round);
-  }
-
   std::vector<std::int64_t> to_indices(
       const std::vector<std::string>& names) const {
     std::vector<std::int64_t> out;
@@ -84,16 +82,6 @@ struct Coordinator::Impl {
       out.push_back(options.task.labels.index(l, "a node's label"));
     }
     return out;
-  }
-
-  // The last complete round (0: none).
-  int last_complete_round() const {
-    int last = 0;
-    std::error_code ec;
-    for (int r = 1; r <= options.rounds; ++r) {
-      if (fs::exists(manifest(r), ec)) last = r;
-    }
-    return last;
   }
 
   // Blocking file work (checkpoints) runs here, off the network thread.
@@ -342,30 +330,8 @@ struct Coordinator::Impl {
     }
     report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 
-    nlohmann::json line{{"round", round},
-                        {"rounds", options.rounds},
-                        {"algorithm", options.algorithm},
-                        {"experts", report.experts},
-                        {"failed", report.failed},
-                        {"pool_size", report.pool_size},
-                        {"inputs_queried", report.inputs_queried},
-                        {"bytes_sent", report.bytes_sent},
-                        {"bytes_received", report.bytes_received},
-                        {"fused_model", report.fused_model.filename().string()},
-                        {"pushed_to", report.pushed_to},
-                        {"adapted", report.adapted},
-                        {"seconds", report.seconds}};
-    std::function<bool()> record = [this, line, round] {
-      {
-        std::ofstream metrics(options.run_dir / "metrics.jsonl", std::ios::app);
-        metrics << line.dump() << "\n";
-        metrics.flush();
-        CHORUS_CHECK_CODE(metrics.good(), Code::kInternal,
-                          "cannot append to {}",
-                          (options.run_dir / "metrics.jsonl").string());
-      }
-      // The manifest marks the round complete; it is written last.
-      write_file_atomic(manifest(round), line.dump(2) + "\n");
+    std::function<bool()> record = [this, &report] {
+      run_log.record(report, options.algorithm);
       return true;
     };
     if (auto e = co_await off_loop(std::move(record))) {
@@ -420,7 +386,7 @@ std::vector<RoundReport> Coordinator::run() {
   std::vector<RoundReport> reports;
   if (o.resume) {
     impl_->store.load();
-    const int last = impl_->last_complete_round();
+    const int last = impl_->run_log.last_complete_round();
     impl_->after_round->resume();
     for (int r = 1; r <= last && r < o.rounds; ++r) {
       RoundReport done;
@@ -436,8 +402,7 @@ std::vector<RoundReport> Coordinator::run() {
     impl_->log->info("event=resume last_complete_round={} next_round={}", last,
                      first);
   } else {
-    std::error_code ec;
-    fs::remove(o.run_dir / "metrics.jsonl", ec);
+    impl_->run_log.start_fresh();
   }
   // The one place the caller's thread waits for the rounds' coroutine.
   auto done = run_blocking(impl_->registry.executor(),
