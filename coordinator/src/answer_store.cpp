@@ -8,6 +8,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/fusion/archive.hpp"
 
 namespace chorus::coordinator {
 
@@ -35,7 +36,8 @@ void AnswerStore::load() {
     try {
       const int slice = std::stoi(name.substr(dot + 6));
       std::vector<torch::Tensor> t;
-      std::istringstream in(read_file(entry.path()));
+      // A file whose checksums fail is refused: what it held is asked again.
+      std::istringstream in(fusion::read_verified_archive(entry.path()));
       torch::load(t, in);
       CHORUS_CHECK_CODE(t.size() == 2, Code::kDataLoss, "expected 2 tensors");
       std::vector<std::int64_t> l(t[1].data_ptr<std::int64_t>(),
@@ -47,6 +49,10 @@ void AnswerStore::load() {
       } else {
         answers_[node][slice] = t[0];
       }
+    } catch (const Error& e) {
+      log->warn(
+          "event=checkpoint_refused file={} error=\"{}\" action=ask_again",
+          entry.path().string(), describe(e));
     } catch (const std::exception& e) {
       log->warn("event=checkpoint_skipped file={} error=\"{}\"",
                 entry.path().string(), e.what());

@@ -8,6 +8,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/fusion/archive.hpp"
 
 namespace chorus::fusion {
 namespace {
@@ -57,8 +58,10 @@ FusedModel load_fused_model(const std::filesystem::path& path) {
   }
   FusedModel fused;
   try {
+    // The zip's checksums first: libtorch would read altered bytes.
+    std::istringstream in(read_verified_archive(path));
     torch::serialize::InputArchive archive;
-    archive.load_from(path.string());
+    archive.load_from(in);
     c10::IValue value;
     archive.read("format", value);
     CHORUS_CHECK_CODE(

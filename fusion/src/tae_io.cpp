@@ -6,6 +6,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/fusion/archive.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "tae_internal.hpp"
@@ -245,8 +246,10 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
     fail(Code::kNotFound, "tae model '{}' does not exist", path.string());
   }
   try {
+    // The zip's checksums first: libtorch would read altered bytes.
+    std::istringstream in(read_verified_archive(path));
     torch::serialize::InputArchive archive;
-    archive.load_from(path.string());
+    archive.load_from(in);
     c10::IValue format;
     archive.read("format", format);
     const bool v1 = format.isString() && format.toStringRef() == kTaeFormatV1;

@@ -8,10 +8,12 @@
 #include <charconv>
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/fusion/archive.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/ensemble.hpp"
@@ -38,7 +40,9 @@ class TorchScriptExpert : public Expert {
            options_.path.string());
     }
     try {
-      module_ = torch::jit::load(options_.path.string());
+      // The zip's checksums first: libtorch would read altered bytes.
+      std::istringstream in(fusion::read_verified_archive(options_.path));
+      module_ = torch::jit::load(in);
     } catch (const std::exception& e) {
       fail(Code::kDataLoss, "'{}' is not a TorchScript module: {}",
            options_.path.string(), e.what());

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "../fusion/synthetic.hpp"
@@ -23,6 +24,7 @@
 #include "chorus/protocol/certs.hpp"
 #include "chorus/protocol/digest.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
+#include "support/corrupt.hpp"
 #include "support/doctest.hpp"
 #include "support/errors.hpp"
 #include "support/temp_dir.hpp"
@@ -290,6 +292,30 @@ TEST_CASE(
     CHECK(service->inputs_answered() == 600);
   }
   CHECK(fu::accuracy(again.fuser().predict(again.oracle(), world().test.x),
+                     world().test.y) > 0.85);
+
+  // Bytes of alpha's slice 1 flipped on disk: the file fails its checksum,
+  // is refused, and only what it held is asked again.
+  const auto slice1 =
+      dir / "run" / "checkpoints" / "answers" / "alpha.slice1.pt";
+  {
+    std::vector<torch::Tensor> held;
+    std::istringstream in(chorus::read_file(slice1));
+    torch::load(held, in);
+    REQUIRE(chorus::testing::flip_payload(slice1, held.at(0)));
+  }
+  std::filesystem::remove(dir / "run" / "checkpoints" / "round-3.json");
+  std::map<std::string, std::int64_t> before;
+  for (const auto& [name, service] : nodes.services)
+    before[name] = service->inputs_answered();
+  co::Coordinator third(*side.registry, pool_data(), o);
+  auto after = third.run();
+  REQUIRE(after.size() == 3);
+  CHECK(after[2].inputs_queried == 200);
+  CHECK(nodes.services.at("alpha")->inputs_answered() - before["alpha"] == 200);
+  CHECK(nodes.services.at("beta")->inputs_answered() == before["beta"]);
+  CHECK(nodes.services.at("gamma")->inputs_answered() == before["gamma"]);
+  CHECK(fu::accuracy(third.fuser().predict(third.oracle(), world().test.x),
                      world().test.y) > 0.85);
 }
 

@@ -3,9 +3,13 @@
 #include <fstream>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
+#include "chorus/fusion/archive.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/train.hpp"
+#include "support/corrupt.hpp"
 #include "support/doctest.hpp"
+#include "support/errors.hpp"
 #include "support/temp_dir.hpp"
 
 namespace fu = chorus::fusion;
@@ -126,4 +130,36 @@ TEST_CASE("fused model: missing and corrupt files are refused precisely") {
   } catch (const chorus::Error& e) {
     CHECK(e.code() == chorus::Code::kDataLoss);
   }
+}
+
+TEST_CASE(
+    "fused model: a file altered after it was written is refused, naming the "
+    "file and the entry") {
+  chorus::testing::TempDir dir;
+  torch::manual_seed(2);
+  fu::FusedModel fused{.algorithm = "distill",
+                       .spec = fu::ModelSpec{.arch = "mlp", .num_classes = 10},
+                       .attributes = {},
+                       .model = nullptr};
+  fused.model = fu::make_classifier(fused.spec);
+  const auto file = dir / "fused.pt";
+  fu::save_fused_model(fused, file);
+  CHECK_NOTHROW(fu::verify_archive(chorus::read_file(file), file));
+  // 8 bytes flipped inside the first layer's weights.
+  REQUIRE(chorus::testing::flip_payload(
+      file, fused.model->parameters().front().detach()));
+  std::string msg;
+  CHECK(chorus::testing::code_of([&] { fu::load_fused_model(file); }, &msg) ==
+        chorus::Code::kDataLoss);
+  CHECK(msg.find("fused.pt") != std::string::npos);
+  CHECK(msg.find("checksum") != std::string::npos);
+  CHECK(msg.find("entry '") != std::string::npos);
+
+  // Truncated: not a whole archive.
+  fu::save_fused_model(fused, file);
+  auto bytes = chorus::read_file(file);
+  chorus::write_file_atomic(file, bytes.substr(0, bytes.size() - 100));
+  CHECK(chorus::testing::code_of([&] { fu::load_fused_model(file); }, &msg) ==
+        chorus::Code::kDataLoss);
+  CHECK(msg.find("not a whole zip archive") != std::string::npos);
 }

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "chorus/core/error.hpp"
+#include "support/corrupt.hpp"
 #include "support/doctest.hpp"
 #include "support/errors.hpp"
 #include "support/temp_dir.hpp"
@@ -246,6 +247,12 @@ TEST_CASE("tae: a saved and reloaded global model predicts identically") {
   std::ofstream(dir / "junk.pt") << "not a model";
   CHECK(code_of([&] { fu::TaeModel::load(dir / "junk.pt"); }) ==
         Code::kDataLoss);
+  // Bytes of the prototypes flipped on disk: refused, not used.
+  REQUIRE(chorus::testing::flip_payload(dir / "tae.pt", m.prototypes()));
+  std::string msg;
+  CHECK(code_of([&] { fu::TaeModel::load(dir / "tae.pt"); }, &msg) ==
+        Code::kDataLoss);
+  CHECK(msg.find("checksum") != std::string::npos);
 }
 
 TEST_CASE("tae: the model file is versioned with named fields") {
