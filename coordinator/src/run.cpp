@@ -16,6 +16,7 @@
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
+#include "chorus/fusion/algorithms.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/models.hpp"
@@ -50,6 +51,8 @@ CoordinatorConfig read_coordinator_config(Config& c) {
       c.resolve(c.get_string("coordinator.run_dir", k.run_dir.string()));
   k.operators = c.get_string_array("coordinator.operators", {});
   k.serve = c.get_bool("coordinator.serve", k.serve);
+  k.max_unauthenticated =
+      c.get_int("coordinator.max_unauthenticated", k.max_unauthenticated);
   k.ca = c.resolve(c.get_string("tls.ca", "pki/ca.crt"));
   k.cert = c.resolve(c.get_string("tls.cert", "pki/coordinator.crt"));
   k.key = c.resolve(c.get_string("tls.key", "pki/coordinator.key"));
@@ -99,6 +102,14 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   if (!files) fallback = fusion::builtin_task(k.dataset);
   k.task = read_task(c, fallback);
   c.finish();
+  // An unknown algorithm is a config error, not a failure after listening.
+  {
+    const auto& names = fusion::algorithm_names();
+    CHORUS_CHECK(
+        std::find(names.begin(), names.end(), k.algorithm) != names.end(),
+        "{}: fusion.algorithm '{}' is not one of: {}", c.path().string(),
+        k.algorithm, fmt::join(names, ", "));
+  }
   // Names an architecture that cannot take the task's inputs here, not
   // mid-round.
   try {
@@ -129,6 +140,9 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   CHORUS_CHECK(
       k.quorum_timeout_s > 0 && k.request_deadline_s > 0 && k.settle_s >= 0,
       "timeouts must be positive");
+  CHORUS_CHECK(k.max_unauthenticated >= 1,
+               "coordinator.max_unauthenticated must be at least 1, got {}",
+               k.max_unauthenticated);
   return k;
 }
 
@@ -158,7 +172,8 @@ std::string to_toml(const CoordinatorConfig& k) {
       "{}\nmin_nodes = {}\n"
       "quorum_timeout_s = {}\nsettle_s = {}\nrequest_deadline_s = "
       "{}\nquery_batch = {}\n"
-      "rounds = {}\nrun_dir = {}\noperators = {}\nserve = {}\n\n"
+      "rounds = {}\nrun_dir = {}\noperators = {}\nserve = {}\n"
+      "max_unauthenticated = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
       "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\nstudent = {}\n\n"
       "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels "
@@ -167,11 +182,12 @@ std::string to_toml(const CoordinatorConfig& k) {
       toml_quoted(k.name), toml_quoted(k.listen), k.port, list(k.roster),
       k.min_nodes, k.quorum_timeout_s, k.settle_s, k.request_deadline_s,
       k.query_batch, k.rounds, toml_quoted(k.run_dir.string()),
-      list(k.operators), k.serve, toml_quoted(k.ca.string()),
-      toml_quoted(k.cert.string()), toml_quoted(k.key.string()),
-      toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.student),
-      toml_quoted(k.dataset), toml_quoted(k.data_dir.string()), k.transfer_size,
-      k.fusion_labels, k.pool_seed, k.evaluate, data_files, to_toml(k.task));
+      list(k.operators), k.serve, k.max_unauthenticated,
+      toml_quoted(k.ca.string()), toml_quoted(k.cert.string()),
+      toml_quoted(k.key.string()), toml_quoted(k.algorithm), k.seed, k.threads,
+      toml_quoted(k.student), toml_quoted(k.dataset),
+      toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels,
+      k.pool_seed, k.evaluate, data_files, to_toml(k.task));
 }
 
 namespace {
@@ -303,6 +319,8 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   ro.tls = protocol::TlsMaterial::load(k.ca, k.cert, k.key);
   ro.task = task;
   ro.operators = k.operators;
+  ro.channel.max_unauthenticated =
+      static_cast<std::size_t>(k.max_unauthenticated);
   NodeRegistry registry(io, Roster(k.roster), ro);
   registry.start();
   // Ctrl-C (or SIGTERM) cancels the round in progress: no further request

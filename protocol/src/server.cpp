@@ -2,11 +2,13 @@
 // Hello, admission, Welcome or a refusal naming why.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <asio/co_spawn.hpp>
 #include <asio/connect.hpp>
 #include <asio/detached.hpp>
 #include <asio/post.hpp>
 #include <asio/use_future.hpp>
+#include <cerrno>
 
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/channel.hpp"
@@ -57,13 +59,87 @@ void Server::stop() {
   });
 }
 
+namespace {
+
+// Counts a connection as unauthenticated for as long as it lives.
+struct Pending {
+  std::shared_ptr<std::atomic<std::size_t>> count;
+  explicit Pending(std::shared_ptr<std::atomic<std::size_t>> c)
+      : count(std::move(c)) {
+    ++*count;
+  }
+  Pending(const Pending&) = delete;
+  Pending& operator=(const Pending&) = delete;
+  ~Pending() { --*count; }
+};
+
+// At most one log line per kind every `kEvery`, saying how many it stands
+// for: a flood of failures must not become a flood of log lines.
+class Throttled {
+ public:
+  static constexpr std::chrono::seconds kEvery{10};
+  // Whether to log now; `*suppressed` is how many were not logged since.
+  bool due(std::uint64_t* suppressed) {
+    const auto now = std::chrono::steady_clock::now();
+    ++count_;
+    if (now - last_ < kEvery && last_.time_since_epoch().count() != 0) {
+      return false;
+    }
+    last_ = now;
+    *suppressed = count_ - 1;
+    count_ = 0;
+    return true;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_{};
+  std::uint64_t count_ = 0;
+};
+
+// Errors that mean a resource ran out (descriptors, buffers, memory): the
+// listener backs off instead of spinning on them.
+bool exhausted(const std::error_code& ec) {
+  return ec == asio::error::no_descriptors || ec.value() == ENFILE ||
+         ec == asio::error::no_buffer_space || ec == asio::error::no_memory;
+}
+
+}  // namespace
+
 awaitable<void> Server::accept_loop() {
+  constexpr std::chrono::milliseconds kFirstBackoff{10}, kMaxBackoff{1000};
+  std::chrono::milliseconds backoff{0};
+  Throttled failed_log, full_log;
   while (acceptor_.is_open()) {
     auto [ec, socket] =
         co_await acceptor_.async_accept(as_tuple(use_awaitable));
     if (ec) {
       if (ec == asio::error::operation_aborted) break;
-      log_->warn("event=accept_failed error=\"{}\"", ec.message());
+      // Out of descriptors the listener would be woken again at once: wait,
+      // longer each time, and say so once in a while.
+      backoff = exhausted(ec)
+                    ? std::clamp(backoff * 2, kFirstBackoff, kMaxBackoff)
+                    : kFirstBackoff;
+      std::uint64_t suppressed = 0;
+      if (failed_log.due(&suppressed)) {
+        log_->warn(
+            "event=accept_failed error=\"{}\" backoff_ms={} "
+            "not_logged_since_last={}",
+            ec.message(), backoff.count(), suppressed);
+      }
+      co_await sleep_for(backoff);
+      continue;
+    }
+    backoff = std::chrono::milliseconds{0};
+    if (pending_->load() >= options_.max_unauthenticated) {
+      std::uint64_t suppressed = 0;
+      if (full_log.due(&suppressed)) {
+        log_->warn(
+            "from={} event=connection_refused reason=\"{} connections are "
+            "already unauthenticated (limit)\" not_logged_since_last={}",
+            endpoint_string(socket), pending_->load(), suppressed);
+      }
+      std::error_code ignored;
+      socket.close(ignored);
       continue;
     }
     asio::co_spawn(
@@ -79,6 +155,7 @@ awaitable<void> Server::accept_loop() {
 }
 
 awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
+  Pending pending(pending_);
   const std::string from = endpoint_string(socket);
   auto stream = std::make_unique<TlsStream>(std::move(socket), ssl_);
   auto handshake = co_await (stream->handshake(TlsStream::Role::kServer) ||

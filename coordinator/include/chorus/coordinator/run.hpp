@@ -31,6 +31,9 @@ struct CoordinatorConfig {
   /// After the rounds, keep serving fused predictions to operators until
   /// SIGINT/SIGTERM.
   bool serve = false;
+  /// Connections accepted but not yet admitted (TLS handshake, Hello), at
+  /// most; more are closed at once.
+  std::int64_t max_unauthenticated = 64;
   /// [tls]
   std::filesystem::path ca, cert, key;
   /// [fusion]

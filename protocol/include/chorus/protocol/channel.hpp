@@ -8,6 +8,7 @@
 #include <asio/ssl/context.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/strand.hpp>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -68,6 +69,11 @@ struct ChannelOptions {
   /// Bytes queued for a peer that does not read before the connection is
   /// closed (bounds memory under backpressure).
   std::size_t max_queued_bytes = std::size_t{256} << 20;
+  /// Server: connections still in their TLS handshake or before their Hello
+  /// is admitted, at most; more are closed as they are accepted (and
+  /// logged, rate-limited) so that unauthenticated peers cannot hold the
+  /// process's descriptors and memory.
+  std::size_t max_unauthenticated = 64;
   /// Called on the connection's strand with every envelope received, Hello
   /// included (for audits, metrics and tests that inspect the traffic).
   std::function<void(const v1::Envelope&)> on_receive;
@@ -196,6 +202,8 @@ class Server {
   void stop();
   /// The bound port.
   std::uint16_t port() const { return port_; }
+  /// Connections not yet admitted (in their handshake, or before a Hello).
+  std::size_t unauthenticated() const { return pending_->load(); }
 
  private:
   asio::awaitable<void> accept_loop();
@@ -210,6 +218,8 @@ class Server {
   AdmitHandler on_admit_;
   ConnectHandler on_connect_;
   std::shared_ptr<spdlog::logger> log_;
+  std::shared_ptr<std::atomic<std::size_t>> pending_ =
+      std::make_shared<std::atomic<std::size_t>>(0);
 };
 
 /// Reconnection policy of a `Client`.
