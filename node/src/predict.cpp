@@ -51,10 +51,24 @@ std::shared_ptr<PredictJob> NodeService::admit_predict(
   CHORUS_CHECK(!protocol::has_non_finite(inputs),
                "inputs hold NaN or infinite values; this node refuses them");
   {
+    // The round budget follows the rounds this node has seen end — a model
+    // pushed for round R opens round R + 1 — not the request's round field,
+    // which the requester chooses: a round beyond that is charged to the
+    // current one.
     std::lock_guard lock(impl_->mutex);
+    const std::uint32_t seen = impl_->stored ? impl_->stored->round : 0;
     if (req.round > impl_->round) {
-      impl_->round = req.round;
-      impl_->ledger.start_round();
+      if (req.round <= seen + 1) {
+        impl_->round = req.round;
+        impl_->ledger.start_round();
+      } else if (req.round != impl_->claimed_round) {
+        impl_->claimed_round = req.round;
+        impl_->log->warn(
+            "event=round_not_started claimed={} current={} last_model={} "
+            "reason=\"no model of round {} was pushed; the round budget is "
+            "not renewed\"",
+            req.round, impl_->round, seen, req.round - 1);
+      }
     }
   }
   const auto n = inputs.size(0);

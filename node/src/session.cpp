@@ -106,11 +106,23 @@ struct NodeSession::Impl {
     Outcome outcome = co_await dispatch(std::move(request));
     const auto latency = std::chrono::steady_clock::now() - t0;
     const auto& error = outcome.error;
+    std::optional<std::string> unaudited;
     try {
       service.record(peer, summary, error ? error->code() : Code::kOk,
                      error ? error->what() : "", latency);
     } catch (const Error& e) {
-      log->error("event=audit_failed error=\"{}\"", e.what());
+      unaudited = e.what();
+      log->error("peer={} request_id={} event=audit_failed error=\"{}\"", peer,
+                 summary.request_id, e.what());
+    }
+    // Fail closed: nothing leaves this node without its record.
+    if (unaudited && !error) {
+      co_return protocol::make_status(
+          Code::kUnavailable,
+          fmt::format("this node cannot write its audit record, so it "
+                      "withholds the answer: {}",
+                      *unaudited),
+          summary.request_id);
     }
     if (error) {
       log->info("peer={} request_id={} event=refused code={} error=\"{}\"",

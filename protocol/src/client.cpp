@@ -109,6 +109,12 @@ awaitable<std::shared_ptr<Connection>> dial(
                     "expected Welcome after Hello");
   // A task this build cannot read is refused here (INVALID_ARGUMENT).
   *welcome = decode_welcome(first->welcome());
+  CHORUS_CHECK_CODE(
+      welcome->protocol_major == kProtocolMajor, Code::kUnsupportedVersion,
+      "the coordinator at {}:{} speaks protocol {}.{}; this build "
+      "speaks {}.{} and cannot talk to another major version",
+      host, port, welcome->protocol_major, welcome->protocol_minor,
+      kProtocolMajor, kProtocolMinor);
   const std::string identity = peer_common_name(stream);
   co_return std::make_shared<Connection>(std::move(stream), options, identity,
                                          "protocol");

@@ -499,6 +499,7 @@ TEST_CASE(
   options.policy.budget.total_budget = 20;
   options.policy.budget.round_budget = 12;
   options.audit_log = dir / "audit.jsonl";
+  options.state_dir = dir / "state";
   TestNode node(builtin_expert(small_model()), options, coordinator.port());
   auto c = coordinator.wait_connection();
   std::string msg;
@@ -507,8 +508,15 @@ TEST_CASE(
   CHECK(code_of([&] { predict(*c, inputs(5), 1); }, &msg) ==
         Code::kResourceExhausted);
   CHECK(contains(msg, "round budget: 4 of 12 remaining"));
+  // The request's round field alone does not renew the round budget: no
+  // model of round 1 was pushed, so round 5 is still round 1 here.
+  CHECK(code_of([&] { predict(*c, inputs(5), 5); }, &msg) ==
+        Code::kResourceExhausted);
+  CHECK(contains(msg, "round budget: 4 of 12 remaining"));
   CHECK(predict(*c, inputs(4), 1).size(0) == 4);
-  // A new round renews the round budget, not the total.
+  // Round 1's model pushed: round 2 renews the round budget, not the total.
+  const std::string model(100, 'm');
+  REQUIRE(push(*c, 1, model, 100, pr::sha256(model)) == Code::kOk);
   CHECK(predict(*c, inputs(8), 2).size(0) == 0 + 8);
   CHECK(code_of([&] { predict(*c, inputs(1), 2); }, &msg) ==
         Code::kResourceExhausted);
@@ -517,14 +525,37 @@ TEST_CASE(
   CHECK_THROWS_AS(reply.get(), chorus::Error);
 
   auto summary = nd::summarise_audit(dir / "audit.jsonl");
-  CHECK(summary.requests == 6);
+  CHECK(summary.requests == 8);
   CHECK(summary.inputs_answered == 20);
-  CHECK(summary.by_outcome["OK"] == 3);
-  CHECK(summary.by_outcome["RESOURCE_EXHAUSTED"] == 3);
-  CHECK(summary.by_peer["coordinator"] == 6);
+  CHECK(summary.by_outcome["OK"] == 4);
+  CHECK(summary.by_outcome["RESOURCE_EXHAUSTED"] == 4);
+  CHECK(summary.by_peer["coordinator"] == 8);
   REQUIRE(summary.budget_left.has_value());
   CHECK(*summary.budget_left == 0);
   CHECK(summary.malformed_lines == 0);
+}
+
+TEST_CASE(
+    "node: an answer that cannot be audited is withheld (UNAVAILABLE), and "
+    "the node keeps serving") {
+  if (!std::filesystem::exists("/dev/full")) {
+    MESSAGE("skipped: no /dev/full to make the audit log's disk full");
+    CHECK(true);
+    return;
+  }
+  TestCoordinator coordinator;
+  nd::NodeServiceOptions options;
+  options.audit_log = "/dev/full";  // Every write fails: no space left.
+  TestNode node(builtin_expert(small_model()), options, coordinator.port());
+  auto c = coordinator.wait_connection();
+  std::string msg;
+  CHECK(code_of([&] { predict(*c, inputs(4), 1); }, &msg) ==
+        Code::kUnavailable);
+  CHECK(contains(msg, "cannot write its audit record"));
+  CHECK(contains(msg, "/dev/full"));
+  // Still up: the next request gets the same clear refusal.
+  CHECK(code_of([&] { predict(*c, inputs(2), 1); }, &msg) ==
+        Code::kUnavailable);
 }
 
 TEST_CASE(
