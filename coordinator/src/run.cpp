@@ -22,6 +22,7 @@
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/train.hpp"
+#include "chorus/protocol/certs.hpp"
 #include "chorus/protocol/shutdown.hpp"
 
 namespace chorus::coordinator {
@@ -316,6 +317,13 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   ro.listen_host = k.listen;
   ro.port = k.port;
   ro.name = k.name;
+  const auto cert =
+      protocol::check_own_certificate(k.cert, "the coordinator's");
+  if (cert.days_left < 14) {
+    log->warn(
+        "event=certificate_expiring file={} days_left={} not_after=\"{}\"",
+        k.cert.string(), cert.days_left, cert.not_after);
+  }
   ro.tls = protocol::TlsMaterial::load(k.ca, k.cert, k.key);
   ro.task = task;
   ro.operators = k.operators;

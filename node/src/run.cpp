@@ -8,6 +8,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/node/service.hpp"
 #include "chorus/node/session.hpp"
+#include "chorus/protocol/certs.hpp"
 #include "chorus/protocol/shutdown.hpp"
 
 namespace chorus::node {
@@ -18,6 +19,15 @@ void set_torch_threads(int threads) {
 
 void run_node(const NodeConfig& config) {
   auto log = log::get("node");
+  // A certificate that cannot work, or is another party's, is said now, not
+  // as a refusal from the coordinator later.
+  const auto cert = protocol::check_own_certificate(
+      config.cert, fmt::format("node '{}''s", config.name), config.name);
+  if (cert.days_left < 14) {
+    log->warn(
+        "event=certificate_expiring file={} days_left={} not_after=\"{}\"",
+        config.cert.string(), cert.days_left, cert.not_after);
+  }
   set_torch_threads(config.threads);
   auto expert = load_expert(config.expert);
   NodeServiceOptions options;

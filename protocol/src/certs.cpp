@@ -328,6 +328,11 @@ CertInfo inspect_certificate_pem(const std::string& pem) {
   info.expired = X509_cmp_current_time(X509_get0_notAfter(cert.get())) < 0;
   info.not_yet_valid =
       X509_cmp_current_time(X509_get0_notBefore(cert.get())) > 0;
+  int days = 0, seconds = 0;
+  if (ASN1_TIME_diff(&days, &seconds, nullptr,
+                     X509_get0_notAfter(cert.get())) == 1) {
+    info.days_left = days - (seconds < 0 ? 1 : 0);
+  }
   info.is_ca = X509_check_ca(cert.get()) > 0;
   if (auto* names = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(
           cert.get(), NID_subject_alt_name, nullptr, nullptr))) {
@@ -381,6 +386,30 @@ std::string certificate_common_name(const std::string& pem) {
   ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
   return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
                      ASN1_STRING_length(data));
+}
+
+CertInfo check_own_certificate(const std::filesystem::path& file,
+                               const std::string& who,
+                               const std::string& expected_name) {
+  auto info = inspect_certificate(file);
+  CHORUS_CHECK_CODE(!info.expired, Code::kFailedPrecondition,
+                    "{} certificate '{}' expired on {}; issue a new one with "
+                    "the federation's CA",
+                    who, file.string(), info.not_after);
+  CHORUS_CHECK_CODE(!info.not_yet_valid, Code::kFailedPrecondition,
+                    "{} certificate '{}' is not valid until {} (is this "
+                    "machine's clock right?)",
+                    who, file.string(), info.not_before);
+  if (!expected_name.empty()) {
+    const auto cn = certificate_common_name(read_file(file));
+    CHORUS_CHECK_CODE(
+        cn == expected_name, Code::kFailedPrecondition,
+        "{} certificate '{}' is issued to '{}', but this party is named '{}' "
+        "in its config; the coordinator knows a party by its certificate's "
+        "name: set the name to '{}' or use that party's certificate",
+        who, file.string(), cn, expected_name, cn);
+  }
+  return info;
 }
 
 }  // namespace chorus::protocol

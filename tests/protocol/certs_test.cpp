@@ -142,6 +142,50 @@ TEST_CASE("certs: add-node issues one more node and touches nothing else") {
   CHECK(msg.find("certs init") != std::string::npos);
 }
 
+TEST_CASE(
+    "certs: a party's own certificate is checked at start-up: expired, not "
+    "yet valid, or another party's") {
+  chorus::testing::TempDir dir;
+  auto ca = pr::make_ca("test-ca");
+  auto write = [&](const std::string& file, const pr::KeyPair& k) {
+    chorus::write_file_atomic(dir / file, k.cert_pem);
+    return dir / file;
+  };
+  const auto good =
+      write("good.crt", pr::issue_certificate(ca, "alpha", pr::CertRole::kNode,
+                                              {}, pr::Validity{.days = 30}));
+  auto info = pr::check_own_certificate(good, "node 'alpha''s", "alpha");
+  CHECK(info.days_left >= 29);
+  CHECK(info.days_left <= 30);
+
+  std::string msg;
+  CHECK(
+      code_of([&] { pr::check_own_certificate(good, "node 'beta''s", "beta"); },
+              &msg) == chorus::Code::kFailedPrecondition);
+  CHECK(msg.find("is issued to 'alpha', but this party is named 'beta'") !=
+        std::string::npos);
+
+  const auto old = write(
+      "old.crt", pr::issue_certificate(
+                     ca, "alpha", pr::CertRole::kNode, {},
+                     pr::Validity{.not_before_offset = std::chrono::hours(-72),
+                                  .days = 1}));
+  CHECK(code_of([&] { pr::check_own_certificate(old, "the coordinator's"); },
+                &msg) == chorus::Code::kFailedPrecondition);
+  CHECK(msg.find("the coordinator's certificate") != std::string::npos);
+  CHECK(msg.find("expired on") != std::string::npos);
+  CHECK(pr::inspect_certificate(old).days_left < 0);
+
+  const auto early = write(
+      "early.crt", pr::issue_certificate(
+                       ca, "alpha", pr::CertRole::kNode, {},
+                       pr::Validity{.not_before_offset = std::chrono::hours(48),
+                                    .days = 5}));
+  CHECK(code_of([&] { pr::check_own_certificate(early, "x"); }, &msg) ==
+        chorus::Code::kFailedPrecondition);
+  CHECK(msg.find("is not valid until") != std::string::npos);
+}
+
 TEST_CASE("certs: validity windows are honoured and reported") {
   auto ca = pr::make_ca("test-ca");
   auto expired = pr::issue_certificate(

@@ -71,6 +71,8 @@ struct CertInfo {
   bool is_ca = false;
   bool expired = false;
   bool not_yet_valid = false;
+  /// Whole days until it expires (negative once expired).
+  int days_left = 0;
   std::string key_type;
   std::string sha256_fingerprint;
 };
@@ -82,5 +84,14 @@ CertInfo inspect_certificate(const std::filesystem::path& file);
 
 /// The common name of a PEM certificate's subject.
 std::string certificate_common_name(const std::string& pem);
+
+/// Checks a party's own certificate `file` before it starts (`who`: "the
+/// coordinator's", "node 'a''s"): FAILED_PRECONDITION when it has expired
+/// or is not valid yet, or when `expected_name` is given and differs from
+/// its common name (a party is known by its certificate's name). Returns
+/// what it read; callers warn when `days_left` is small.
+CertInfo check_own_certificate(const std::filesystem::path& file,
+                               const std::string& who,
+                               const std::string& expected_name = {});
 
 }  // namespace chorus::protocol
