@@ -1,5 +1,7 @@
 #include "chorus/core/error.hpp"
 
+#include <algorithm>
+
 namespace chorus {
 
 std::string_view code_name(Code code) noexcept {
@@ -42,6 +44,25 @@ std::string_view code_name(Code code) noexcept {
 
 std::string describe(const Error& error) {
   return fmt::format("{}: {}", code_name(error.code()), error.what());
+}
+
+std::string without_backtrace(std::string_view message,
+                              std::size_t max_length) {
+  std::size_t end = message.size();
+  for (std::string_view marker :
+       {std::string_view("\nException raised from "),
+        std::string_view("Exception raised from "),
+        std::string_view("\nframe #"), std::string_view("\nTraceback ")}) {
+    end = std::min(end, message.find(marker));
+  }
+  std::string out(message.substr(0, end));
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
+    out.pop_back();
+  if (out.size() > max_length) {
+    out.resize(max_length);
+    out += " [...]";
+  }
+  return out;
 }
 
 }  // namespace chorus

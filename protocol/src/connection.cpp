@@ -23,7 +23,8 @@ v1::Envelope make_status(Code code, const std::string& message,
   v1::Envelope e;
   e.set_request_id(request_id);
   e.mutable_status()->set_code(static_cast<v1::Code>(code));
-  e.mutable_status()->set_message(message);
+  // Whatever a handler threw, no stack trace (paths, addresses) leaves.
+  e.mutable_status()->set_message(without_backtrace(message));
   return e;
 }
 

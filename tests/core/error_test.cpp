@@ -55,3 +55,18 @@ TEST_CASE("error: CHORUS_CHECK throws INVALID_ARGUMENT only when false") {
     CHECK(e.code() == Code::kDataLoss);
   }
 }
+
+TEST_CASE("errors: what leaves the process carries no stack trace") {
+  const std::string libtorch =
+      "forward() is not defined on this module\n"
+      "Exception raised from get_method at /build/torch/csrc/api/module.h:114 "
+      "(most recent call first):\nframe #0: c10::Error::Error(...) + 0xb4 "
+      "(0x7f3c2a1b0c44 in /usr/lib/libc10.so)\nframe #1: ...";
+  CHECK(chorus::without_backtrace(libtorch) ==
+        "forward() is not defined on this module");
+  CHECK(chorus::without_backtrace("plain message") == "plain message");
+  const std::string long_message(5000, 'x');
+  const auto cut = chorus::without_backtrace(long_message, 100);
+  CHECK(cut.size() == 100 + std::string(" [...]").size());
+  CHECK(cut.rfind(" [...]") == 100);
+}

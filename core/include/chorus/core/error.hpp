@@ -71,6 +71,12 @@ class Error : public std::runtime_error {
 /// "CODE_NAME: message", for logs and command-line output.
 std::string describe(const Error& error);
 
+/// `message` as it may leave the process (a wire Status, a refusal): what
+/// precedes a library's stack trace ("Exception raised from …", "frame
+/// #0: …", as libtorch appends), at most `max_length` characters.
+std::string without_backtrace(std::string_view message,
+                              std::size_t max_length = 1000);
+
 /// Throws `Error(code, fmt::format(format, args...))`.
 template <typename... Args>
 [[noreturn]] void fail(Code code, fmt::format_string<Args...> format,

@@ -288,7 +288,8 @@ std::shared_ptr<Connection> connect(asio::io_context& io,
                                     ChannelOptions options, Hello hello,
                                     Connection::RequestHandler on_request);
 
-/// Builds a Status envelope.
+/// Builds a Status envelope; the message loses any library stack trace and
+/// is cut to 1,000 characters (`chorus::without_backtrace`).
 v1::Envelope make_status(Code code, const std::string& message,
                          std::uint64_t request_id = 0);
 
