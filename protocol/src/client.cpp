@@ -81,8 +81,13 @@ awaitable<std::shared_ptr<Connection>> dial(
   CHORUS_CHECK_CODE(handshake.index() == 0, Code::kDeadlineExceeded,
                     "TLS handshake with {}:{} timed out", host, port);
   if (auto hec = std::get<0>(handshake); hec) {
-    fail(Code::kUnauthenticated, "TLS handshake with {}:{} failed: {}", host,
-         port, hec.message());
+    const auto names = peer_certificate_names(stream.native_handle());
+    fail(Code::kUnauthenticated, "TLS handshake with {}:{} failed: {}{}", host,
+         port, hec.message(),
+         names.empty() ? std::string()
+                       : fmt::format(" (dialled '{}'; the certificate "
+                                     "presented names {})",
+                                     host, names));
   }
   v1::Envelope hello;
   *hello.mutable_hello() = encode_hello(hello_body);

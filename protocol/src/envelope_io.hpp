@@ -110,4 +110,9 @@ std::string peer_common_name(TlsStream& stream);
 /// "address:port" of the socket's peer, or "?".
 std::string endpoint_string(const asio::ip::tcp::socket& socket);
 
+/// What the peer's leaf certificate names (CN and SANs), as seen while a
+/// client verified it; empty when no certificate was seen
+/// (tls_context.cpp).
+std::string peer_certificate_names(SSL* ssl);
+
 }  // namespace chorus::protocol::envelope_io

@@ -1,11 +1,17 @@
 // TLS contexts for the coordinator's server and the nodes' clients: TLS 1.2
 // or later, the federation's CA, mutual authentication.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include <asio/ssl/host_name_verification.hpp>
+#include <string>
+#include <vector>
 
 #include "chorus/core/fs.hpp"
 #include "chorus/protocol/channel.hpp"
+#include "envelope_io.hpp"
 
 namespace chorus::protocol {
 namespace {
@@ -27,7 +33,70 @@ void configure_common(asio::ssl::context& ctx, const TlsMaterial& tls) {
                "the private key does not match the certificate");
 }
 
+// The names a peer's certificate holds (CN and SANs), kept on the SSL
+// object by the verify callback so that a failed handshake can say them.
+void free_names(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<std::string*>(ptr);
+}
+int names_index() {
+  static const int index =
+      SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, free_names);
+  return index;
+}
+
+std::string names_of(X509* cert) {
+  std::vector<std::string> names;
+  char cn[256] = {0};
+  if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn,
+                                sizeof cn) > 0) {
+    names.push_back(fmt::format("CN={}", cn));
+  }
+  auto* sans = static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); ++i) {
+    const GENERAL_NAME* gn = sk_GENERAL_NAME_value(sans, i);
+    if (gn->type == GEN_DNS) {
+      names.push_back(fmt::format(
+          "DNS:{}", std::string_view(reinterpret_cast<const char*>(
+                                         ASN1_STRING_get0_data(gn->d.dNSName)),
+                                     static_cast<std::size_t>(
+                                         ASN1_STRING_length(gn->d.dNSName)))));
+    } else if (gn->type == GEN_IPADD) {
+      const auto* b = ASN1_STRING_get0_data(gn->d.iPAddress);
+      if (ASN1_STRING_length(gn->d.iPAddress) == 4) {
+        names.push_back(fmt::format("IP:{}.{}.{}.{}", b[0], b[1], b[2], b[3]));
+      } else {
+        names.push_back("IP:(IPv6)");
+      }
+    }
+  }
+  GENERAL_NAMES_free(sans);
+  return fmt::format("{}", fmt::join(names, ", "));
+}
+
+// asio's host name check, remembering what the leaf certificate names.
+struct HostCheck {
+  asio::ssl::host_name_verification check;
+  bool operator()(bool preverified, asio::ssl::verify_context& ctx) {
+    X509_STORE_CTX* store = ctx.native_handle();
+    X509* cert = X509_STORE_CTX_get_current_cert(store);
+    auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(
+        store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+    if (cert && ssl && X509_STORE_CTX_get_error_depth(store) == 0) {
+      delete static_cast<std::string*>(SSL_get_ex_data(ssl, names_index()));
+      SSL_set_ex_data(ssl, names_index(), new std::string(names_of(cert)));
+    }
+    return check(preverified, ctx);
+  }
+};
+
 }  // namespace
+
+std::string envelope_io::peer_certificate_names(SSL* ssl) {
+  const auto* names =
+      static_cast<const std::string*>(SSL_get_ex_data(ssl, names_index()));
+  return names ? *names : std::string();
+}
 
 TlsMaterial TlsMaterial::load(const std::filesystem::path& ca,
                               const std::filesystem::path& cert,
@@ -48,7 +117,8 @@ asio::ssl::context make_client_context(const TlsMaterial& tls,
   asio::ssl::context ctx(asio::ssl::context::tls_client);
   configure_common(ctx, tls);
   ctx.set_verify_mode(asio::ssl::verify_peer);
-  ctx.set_verify_callback(asio::ssl::host_name_verification(server_host));
+  ctx.set_verify_callback(
+      HostCheck{asio::ssl::host_name_verification(server_host)});
   return ctx;
 }
 

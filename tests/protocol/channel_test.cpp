@@ -569,6 +569,11 @@ TEST_CASE("channel: the node checks the coordinator's host name") {
     TestNode by_ip(pki().alpha, server.port(), "127.0.0.1");
     CHECK(log.wait_for("event=connect_failed"));
     CHECK(log.contains("UNAUTHENTICATED"));
+    // The error names the name dialled and the names the certificate holds.
+    CHECK(
+        log.contains("dialled '127.0.0.1'; the certificate presented names "
+                     "CN=coordinator"));
+    CHECK(log.contains("DNS:localhost"));
     CHECK(by_ip.client().sessions() == 0);
   }
   {
