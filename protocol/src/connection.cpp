@@ -145,6 +145,9 @@ awaitable<void> BasicConnection<S>::serve(v1::Envelope request) {
   auto self = this->shared_from_this();
   const auto request_id = request.request_id();
   v1::Envelope reply;
+  // The peer waits in silence while its request is served: that is not
+  // idleness.
+  ++serving_;
   try {
     reply = co_await on_request_(std::move(request));
   } catch (const Error& e) {
@@ -154,6 +157,8 @@ awaitable<void> BasicConnection<S>::serve(v1::Envelope request) {
                 peer_identity_, request_id, e.what());
     reply = make_status(Code::kInternal, e.what());
   }
+  --serving_;
+  last_received_ = std::max(last_received_, Clock::now());
   reply.set_request_id(request_id);
   enqueue(reply);
 }
@@ -206,7 +211,7 @@ awaitable<void> BasicConnection<S>::heartbeat() {
     co_await timer.async_wait(as_tuple(use_awaitable));
     if (closing_) break;
     const auto now = Clock::now();
-    if (now - last_received_ > options_.idle_timeout) {
+    if (serving_ == 0 && now - last_received_ > options_.idle_timeout) {
       log_->warn("peer={} event=idle_timeout idle_ms={}", peer_identity_,
                  std::chrono::duration_cast<std::chrono::milliseconds>(
                      now - last_received_)

@@ -96,13 +96,17 @@ v1::Envelope predict_request(const torch::Tensor& inputs) {
 }
 
 // A node's request handler: answers Predict with 2·inputs, validating the
-// tensor; sleeps first when the input's first value is negative.
+// tensor; sleeps first when the input's first value v is negative, for
+// 500 ms · |v| (at least 500 ms).
 asio::awaitable<v1::Envelope> doubling_node(const v1::Envelope& request) {
   CHORUS_CHECK(request.has_predict_request(), "only Predict is served here");
   auto inputs =
       chorus::testing::decode_tensor(request.predict_request().inputs());
   if (inputs.numel() > 0 && inputs.flatten()[0].item<float>() < 0) {
-    asio::steady_timer t(co_await asio::this_coro::executor, 500ms);
+    const auto factor = std::max(1.0f, -inputs.flatten()[0].item<float>());
+    const auto wait =
+        std::chrono::milliseconds(static_cast<std::int64_t>(500 * factor));
+    asio::steady_timer t(co_await asio::this_coro::executor, wait);
     co_await t.async_wait(asio::use_awaitable);
   }
   v1::Envelope reply;
@@ -545,6 +549,34 @@ TEST_CASE("channel: a peer that stops reading is cut off at the queue limit") {
     CHECK(code_of(std::move(f)) == chorus::Code::kUnavailable);
   coordinator.forget("alpha");
   check_still_serving(coordinator);
+}
+
+TEST_CASE(
+    "channel: the idle timeout does not close a connection while it serves "
+    "a request from the peer") {
+  // The requester sends nothing while it waits (no heartbeats for 60 s);
+  // the node's idle timeout is 400 ms and its answer takes 1.5 s.
+  auto quiet = TestCoordinator::fast_options();
+  quiet.heartbeat_interval = 60s;
+  quiet.idle_timeout = 60s;
+  TestCoordinator coordinator(quiet);
+  auto impatient = TestCoordinator::fast_options();
+  impatient.heartbeat_interval = 100ms;
+  impatient.idle_timeout = 400ms;
+  TestNode alpha(pki().alpha, coordinator.port(), "localhost", impatient);
+  auto conn = coordinator.wait_for("alpha");
+  REQUIRE(conn != nullptr);
+  auto reply =
+      conn->request_async(predict_request(torch::full({1, 3}, -3.0f)), 5s)
+          .get();
+  CHECK(torch::equal(
+      chorus::testing::decode_tensor(reply.predict_response().outputs()),
+      torch::full({1, 3}, -6.0f)));
+  // Once served, silence is idle again: the node closes the connection.
+  for (int i = 0; i < 300 && conn->is_open(); ++i)
+    std::this_thread::sleep_for(10ms);
+  CHECK_FALSE(conn->is_open());
+  coordinator.forget("alpha");
 }
 
 TEST_CASE("channel: the node checks the coordinator's host name") {

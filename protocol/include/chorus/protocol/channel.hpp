@@ -62,7 +62,8 @@ struct ChannelOptions {
   std::uint32_t max_frame_size = kDefaultMaxFrameSize;
   /// A Heartbeat is sent after this long without sending anything.
   std::chrono::milliseconds heartbeat_interval{5000};
-  /// The connection is closed after this long without receiving anything.
+  /// The connection is closed after this long without receiving anything,
+  /// unless a request from the peer is being served.
   std::chrono::milliseconds idle_timeout{30000};
   /// TLS handshake plus Hello/Welcome must finish within this.
   std::chrono::milliseconds handshake_timeout{10000};
@@ -163,6 +164,7 @@ class BasicConnection
   // ends with it.
   asio::steady_timer heartbeat_tick_;
   std::chrono::steady_clock::time_point last_sent_, last_received_;
+  int serving_ = 0;  // Requests from the peer being served (strand only).
   std::uint64_t next_request_id_ = 1;
   std::map<std::uint64_t, Pending> pending_;
 };
