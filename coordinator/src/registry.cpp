@@ -213,7 +213,24 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
       [this, impl](const std::string& identity, const protocol::Hello& hello) {
         const bool says_operator = hello.can("operator");
         if (impl->is_operator(identity)) {
-          if (says_operator) return protocol::Admission{};
+          if (says_operator) {
+            std::size_t open = 0;
+            {
+              std::lock_guard lock(impl->mutex);
+              for (const auto& [id, c] : impl->operators) open += c->is_open();
+            }
+            if (open >= impl->options.max_operator_sessions) {
+              return protocol::Admission{
+                  .admit = false,
+                  .code = Code::kResourceExhausted,
+                  .message = fmt::format(
+                      "{} operator sessions are open, the most this "
+                      "coordinator serves at once "
+                      "(coordinator.max_operator_sessions); try again later",
+                      open)};
+            }
+            return protocol::Admission{};
+          }
           return protocol::Admission{
               .admit = false,
               .code = Code::kPermissionDenied,

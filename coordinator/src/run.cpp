@@ -54,6 +54,8 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   k.serve = c.get_bool("coordinator.serve", k.serve);
   k.max_unauthenticated =
       c.get_int("coordinator.max_unauthenticated", k.max_unauthenticated);
+  k.max_operator_sessions =
+      c.get_int("coordinator.max_operator_sessions", k.max_operator_sessions);
   k.ca = c.resolve(c.get_string("tls.ca", "pki/ca.crt"));
   k.cert = c.resolve(c.get_string("tls.cert", "pki/coordinator.crt"));
   k.key = c.resolve(c.get_string("tls.key", "pki/coordinator.key"));
@@ -144,6 +146,9 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   CHORUS_CHECK(k.max_unauthenticated >= 1,
                "coordinator.max_unauthenticated must be at least 1, got {}",
                k.max_unauthenticated);
+  CHORUS_CHECK(k.max_operator_sessions >= 1,
+               "coordinator.max_operator_sessions must be at least 1, got {}",
+               k.max_operator_sessions);
   return k;
 }
 
@@ -174,7 +179,7 @@ std::string to_toml(const CoordinatorConfig& k) {
       "quorum_timeout_s = {}\nsettle_s = {}\nrequest_deadline_s = "
       "{}\nquery_batch = {}\n"
       "rounds = {}\nrun_dir = {}\noperators = {}\nserve = {}\n"
-      "max_unauthenticated = {}\n\n"
+      "max_unauthenticated = {}\nmax_operator_sessions = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
       "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\nstudent = {}\n\n"
       "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels "
@@ -184,11 +189,11 @@ std::string to_toml(const CoordinatorConfig& k) {
       k.min_nodes, k.quorum_timeout_s, k.settle_s, k.request_deadline_s,
       k.query_batch, k.rounds, toml_quoted(k.run_dir.string()),
       list(k.operators), k.serve, k.max_unauthenticated,
-      toml_quoted(k.ca.string()), toml_quoted(k.cert.string()),
-      toml_quoted(k.key.string()), toml_quoted(k.algorithm), k.seed, k.threads,
-      toml_quoted(k.student), toml_quoted(k.dataset),
-      toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels,
-      k.pool_seed, k.evaluate, data_files, to_toml(k.task));
+      k.max_operator_sessions, toml_quoted(k.ca.string()),
+      toml_quoted(k.cert.string()), toml_quoted(k.key.string()),
+      toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.student),
+      toml_quoted(k.dataset), toml_quoted(k.data_dir.string()), k.transfer_size,
+      k.fusion_labels, k.pool_seed, k.evaluate, data_files, to_toml(k.task));
 }
 
 namespace {
@@ -327,6 +332,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   ro.tls = protocol::TlsMaterial::load(k.ca, k.cert, k.key);
   ro.task = task;
   ro.operators = k.operators;
+  ro.max_operator_sessions = static_cast<std::size_t>(k.max_operator_sessions);
   ro.channel.max_unauthenticated =
       static_cast<std::size_t>(k.max_unauthenticated);
   NodeRegistry registry(io, Roster(k.roster), ro);

@@ -90,8 +90,10 @@ struct CoordinatorSide {
   std::thread thread;
 
   explicit CoordinatorSide(std::vector<std::string> roster,
-                           std::vector<std::string> operators = {}) {
+                           std::vector<std::string> operators = {},
+                           std::size_t max_operator_sessions = 16) {
     co::RegistryOptions o;
+    o.max_operator_sessions = max_operator_sessions;
     o.port = 0;
     o.tls = world().material(world().coordinator);
     o.task = blob_task();
@@ -404,6 +406,31 @@ struct Operator {
 };
 
 }  // namespace
+
+TEST_CASE(
+    "coordinator: operator sessions are capped, and a closed one frees its "
+    "place") {
+  CoordinatorSide side({"alpha"}, {"ops"}, /*max_operator_sessions=*/2);
+  auto first =
+      std::make_unique<Operator>(side.registry->port(), world().operator_keys);
+  Operator second(side.registry->port(), world().operator_keys);
+  std::string msg;
+  CHECK(
+      code_of(
+          [&] { Operator third(side.registry->port(), world().operator_keys); },
+          &msg) == Code::kResourceExhausted);
+  CHECK(msg.find("2 operator sessions are open") != std::string::npos);
+  CHECK(msg.find("coordinator.max_operator_sessions") != std::string::npos);
+  first.reset();
+  bool admitted = false;
+  for (int i = 0; i < 100 && !admitted; ++i) {
+    admitted = code_of([&] {
+                 Operator again(side.registry->port(), world().operator_keys);
+               }) == Code::kOk;
+    if (!admitted) std::this_thread::sleep_for(20ms);
+  }
+  CHECK(admitted);
+}
 
 TEST_CASE(
     "coordinator: after its rounds it serves operators fused predictions, "

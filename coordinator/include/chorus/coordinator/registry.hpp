@@ -46,6 +46,9 @@ struct RegistryOptions {
   /// Hello with the capability "operator" and send PredictRequests to the
   /// coordinator (`chorus predict --coordinator`). Not nodes.
   std::vector<std::string> operators;
+  /// Operator sessions open at once, at most (all operators together); one
+  /// more is refused with RESOURCE_EXHAUSTED.
+  std::size_t max_operator_sessions = 16;
 };
 
 /// Answers an operator's PredictRequest (blocking; called on the registry's

@@ -34,6 +34,8 @@ struct CoordinatorConfig {
   /// Connections accepted but not yet admitted (TLS handshake, Hello), at
   /// most; more are closed at once.
   std::int64_t max_unauthenticated = 64;
+  /// Operator sessions open at once, at most.
+  std::int64_t max_operator_sessions = 16;
   /// [tls]
   std::filesystem::path ca, cert, key;
   /// [fusion]
