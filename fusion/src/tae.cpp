@@ -223,9 +223,7 @@ torch::Tensor TaeModel::log_g(const torch::Tensor& x, const torch::Tensor& w,
                               const torch::Tensor& votes) {
   auto lpx = log_px(x, w);  // [N, m]
   if (votes.defined()) {
-    const auto width = classes.empty()
-                           ? net_->outputs
-                           : static_cast<std::int64_t>(classes.size());
+    const auto width = task_width(classes, net_->outputs);
     CHORUS_CHECK(votes.dim() == 2 && votes.size(0) == prototypes_.size(0) &&
                      votes.size(1) == width,
                  "tae: votes must be [{}, {}], got a {}-d tensor of {} values",
@@ -252,9 +250,7 @@ torch::Tensor TaeModel::predict(const torch::Tensor& x, const WDistribution& q,
                                 const torch::Tensor& votes) {
   torch::NoGradGuard no_grad;
   net_->eval();
-  const auto width = classes.empty()
-                         ? net_->outputs
-                         : static_cast<std::int64_t>(classes.size());
+  const auto width = task_width(classes, net_->outputs);
   auto counts = torch::zeros({x.size(0), width});
   auto soft = torch::zeros({x.size(0), width});
   for (std::int64_t s = 0; s < options_.adaptation().samples(); ++s) {

@@ -21,9 +21,7 @@ torch::Tensor TaeModel::relabel(const torch::Tensor& x,
   torch::NoGradGuard no_grad;
   net_->eval();
   const auto d = x.size(0);
-  const auto width = classes.empty()
-                         ? net_->outputs
-                         : static_cast<std::int64_t>(classes.size());
+  const auto width = task_width(classes, net_->outputs);
   torch::Tensor targets;  // [d, width]
   if (labels.dim() == 2) {
     CHORUS_CHECK(labels.size(0) == d && labels.size(1) == width,
@@ -63,9 +61,7 @@ TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
   const auto d = x.size(0);
   CHORUS_CHECK(d >= 1 && labels.numel() == d,
                "tae adapt: {} shots with {} labels", d, labels.numel());
-  const auto width = classes.empty()
-                         ? net_->outputs
-                         : static_cast<std::int64_t>(classes.size());
+  const auto width = task_width(classes, net_->outputs);
   CHORUS_CHECK(labels.min().item<std::int64_t>() >= 0 &&
                    labels.max().item<std::int64_t>() < width,
                "tae adapt: labels must index the task's {} classes", width);

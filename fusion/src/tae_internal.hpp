@@ -34,6 +34,12 @@ inline torch::Tensor kl_gauss(const torch::Tensor& m1, const torch::Tensor& lv1,
                    .sum(-1);
 }
 
+// How many classes a task has: `classes`, or every output when empty.
+inline std::int64_t task_width(const std::vector<std::int64_t>& classes,
+                               std::int64_t outputs) {
+  return classes.empty() ? outputs : static_cast<std::int64_t>(classes.size());
+}
+
 // Restricts log-scores [N, C] to `classes` and renormalises.
 inline torch::Tensor restrict(const torch::Tensor& log_scores,
                               const std::vector<std::int64_t>& classes) {
