@@ -77,6 +77,21 @@ struct NodeSession::Impl {
     co_return std::move(call->result);
   }
 
+  // Records what happened to a request; the error (logged) when the
+  // audit log cannot be written.
+  std::optional<std::string> audit(
+      const std::string& peer, const RequestSummary& summary, Code outcome,
+      const std::string& message, std::chrono::steady_clock::duration latency) {
+    try {
+      service.record(peer, summary, outcome, message, latency);
+      return std::nullopt;
+    } catch (const Error& e) {
+      log->error("peer={} request_id={} event=audit_failed error=\"{}\"", peer,
+                 summary.request_id, e.what());
+      return std::string(e.what());
+    }
+  }
+
   // What the audit log keeps of a request, read before it is decoded (a
   // request refused as malformed is recorded too).
   static RequestSummary summary_of(const v1::Envelope& e) {
@@ -106,15 +121,9 @@ struct NodeSession::Impl {
     Outcome outcome = co_await dispatch(std::move(request));
     const auto latency = std::chrono::steady_clock::now() - t0;
     const auto& error = outcome.error;
-    std::optional<std::string> unaudited;
-    try {
-      service.record(peer, summary, error ? error->code() : Code::kOk,
-                     error ? error->what() : "", latency);
-    } catch (const Error& e) {
-      unaudited = e.what();
-      log->error("peer={} request_id={} event=audit_failed error=\"{}\"", peer,
-                 summary.request_id, e.what());
-    }
+    const auto unaudited =
+        audit(peer, summary, error ? error->code() : Code::kOk,
+              error ? error->what() : "", latency);
     // Fail closed: nothing leaves this node without its record.
     if (unaudited && !error) {
       co_return protocol::make_status(
@@ -139,6 +148,22 @@ NodeSession::NodeSession(asio::io_context& io, asio::thread_pool& pool,
                          NodeService& service, SessionOptions options)
     : impl_(std::make_unique<Impl>(io, pool, service, std::move(options))) {
   auto* impl = impl_.get();
+  // Every refusal is audited, the transport's own included, and so is an
+  // answer that could not be delivered.
+  impl->options.channel.on_refused =
+      [impl](const std::string& peer, const v1::Envelope& request, Code code,
+             const std::string& message) {
+        impl->audit(peer, Impl::summary_of(request), code, message, {});
+      };
+  impl->options.channel.on_undelivered = [impl](const std::string& peer,
+                                                const v1::Envelope& request) {
+    auto summary = Impl::summary_of(request);
+    summary.kind = "undelivered";
+    impl->audit(peer, summary, Code::kUnavailable,
+                "answered, but the connection closed before the reply was "
+                "sent",
+                {});
+  };
   // The handler learns the peer from the connection it serves.
   auto peer = std::make_shared<std::string>();
   impl->client = std::make_unique<protocol::Client>(

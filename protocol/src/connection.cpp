@@ -28,6 +28,31 @@ v1::Envelope make_status(Code code, const std::string& message,
   return e;
 }
 
+namespace {
+
+// What identifies a request without its payload: its id, kind, round and
+// the shape of its inputs (for audits of replies that were not delivered).
+v1::Envelope request_stub(const v1::Envelope& request) {
+  v1::Envelope stub;
+  stub.set_request_id(request.request_id());
+  if (request.has_predict_request()) {
+    auto* p = stub.mutable_predict_request();
+    p->set_round(request.predict_request().round());
+    *p->mutable_inputs()->mutable_shape() =
+        request.predict_request().inputs().shape();
+  } else if (request.has_model_push()) {
+    stub.mutable_model_push()->set_round(request.model_push().round());
+  } else if (request.has_adapt_request()) {
+    stub.mutable_adapt_request()->set_round(request.adapt_request().round());
+  } else if (request.has_weights_request()) {
+    stub.mutable_weights_request()->set_round(
+        request.weights_request().round());
+  }
+  return stub;
+}
+
+}  // namespace
+
 template <typename S>
 BasicConnection<S>::BasicConnection(Stream stream, ChannelOptions options,
                                     std::string peer_identity,
@@ -103,8 +128,11 @@ awaitable<void> BasicConnection<S>::reader() {
       case v1::Envelope::kAdaptRequest:
       case v1::Envelope::kWeightsRequest:
         if (id == 0) {
-          enqueue(make_status(Code::kInvalidArgument,
-                              "a request needs a non-zero request_id"));
+          const std::string why = "a request needs a non-zero request_id";
+          if (options_.on_refused)
+            options_.on_refused(peer_identity_, *envelope,
+                                Code::kInvalidArgument, why);
+          enqueue(make_status(Code::kInvalidArgument, why));
         } else {
           asio::co_spawn(strand_, serve(std::move(*envelope)), asio::detached);
         }
@@ -129,13 +157,15 @@ awaitable<void> BasicConnection<S>::reader() {
         }
         break;
       }
-      default:
-        enqueue(
-            make_status(Code::kFailedPrecondition,
-                        "Hello and Welcome are only valid at the start of a "
-                        "connection",
-                        id));
+      default: {
+        const std::string why =
+            "Hello and Welcome are only valid at the start of a connection";
+        if (options_.on_refused)
+          options_.on_refused(peer_identity_, *envelope,
+                              Code::kFailedPrecondition, why);
+        enqueue(make_status(Code::kFailedPrecondition, why, id));
         break;
+      }
     }
   }
 }
@@ -144,6 +174,8 @@ template <typename S>
 awaitable<void> BasicConnection<S>::serve(v1::Envelope request) {
   auto self = this->shared_from_this();
   const auto request_id = request.request_id();
+  const auto stub =
+      options_.on_undelivered ? request_stub(request) : v1::Envelope{};
   v1::Envelope reply;
   // The peer waits in silence while its request is served: that is not
   // idleness.
@@ -160,6 +192,14 @@ awaitable<void> BasicConnection<S>::serve(v1::Envelope request) {
   --serving_;
   last_received_ = std::max(last_received_, Clock::now());
   reply.set_request_id(request_id);
+  if (closing_) {
+    log_->warn(
+        "peer={} request_id={} event=reply_not_delivered "
+        "reason=\"the connection closed before the reply was sent\"",
+        peer_identity_, request_id);
+    if (options_.on_undelivered) options_.on_undelivered(peer_identity_, stub);
+    co_return;
+  }
   enqueue(reply);
 }
 

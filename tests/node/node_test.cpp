@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <future>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
@@ -533,6 +534,51 @@ TEST_CASE(
   REQUIRE(summary.budget_left.has_value());
   CHECK(*summary.budget_left == 0);
   CHECK(summary.malformed_lines == 0);
+}
+
+TEST_CASE(
+    "node: every refusal is audited, the transport's own included, and an "
+    "answer that could not be delivered is recorded as such") {
+  chorus::testing::TempDir dir;
+  // Until `kind` appears in the audit log with `outcome` (5 s at most).
+  auto audited = [&](const std::string& kind, const std::string& outcome) {
+    for (int i = 0; i < 500; ++i) {
+      if (std::filesystem::exists(dir / "audit.jsonl")) {
+        std::istringstream lines(chorus::read_file(dir / "audit.jsonl"));
+        for (std::string line; std::getline(lines, line);) {
+          auto j = nlohmann::json::parse(line);
+          if (j.at("kind") == kind && j.at("outcome") == outcome) return j;
+        }
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return nlohmann::json();
+  };
+  TestCoordinator coordinator;
+  nd::NodeServiceOptions options;
+  options.audit_log = dir / "audit.jsonl";
+  options.policy.rate_limit = 100;  // inputs per second
+  TestNode node(builtin_expert(small_model()), options, coordinator.port());
+  auto c = coordinator.wait_connection();
+
+  // A request with request_id 0 is refused by the transport: audited.
+  c->send(predict_request(inputs(3), 1));
+  auto refused = audited("predict", "INVALID_ARGUMENT");
+  REQUIRE_FALSE(refused.is_null());
+  CHECK(refused.at("request_id") == 0);
+  CHECK(refused.at("inputs") == 3);
+  CHECK(refused.at("message") == "a request needs a non-zero request_id");
+
+  // Answered after the coordinator hung up: recorded as not delivered.
+  CHECK(predict(*c, inputs(100), 1).size(0) == 100);  // the rate's burst
+  auto pending = c->request_async(predict_request(inputs(100), 1), 10s);
+  std::this_thread::sleep_for(100ms);  // in the node's rate wait
+  c->close("gone");
+  auto undelivered = audited("undelivered", "UNAVAILABLE");
+  REQUIRE_FALSE(undelivered.is_null());
+  CHECK(undelivered.at("inputs") == 100);
+  CHECK(undelivered.at("request_id").get<std::uint64_t>() > 0);
+  CHECK_THROWS_AS(pending.get(), chorus::Error);
 }
 
 TEST_CASE(

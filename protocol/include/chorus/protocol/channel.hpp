@@ -78,6 +78,16 @@ struct ChannelOptions {
   /// Called on the connection's strand with every envelope received, Hello
   /// included (for audits, metrics and tests that inspect the traffic).
   std::function<void(const v1::Envelope&)> on_receive;
+  /// Called on the connection's strand when the transport itself refuses a
+  /// request (a request_id of 0, a Hello or Welcome mid-connection), with
+  /// the peer, the request and the refusal sent: a node audits it.
+  std::function<void(const std::string& peer, const v1::Envelope& request,
+                     Code code, const std::string& message)>
+      on_refused;
+  /// Called on the connection's strand when a request was served but its
+  /// reply could not be sent (the connection closed first).
+  std::function<void(const std::string& peer, const v1::Envelope& request)>
+      on_undelivered;
 };
 
 /// One established connection. All of its state lives on its strand;
