@@ -158,7 +158,9 @@ std::shared_ptr<Connection> connect(asio::io_context& io,
 awaitable<void> Client::run() {
   std::mt19937_64 rng(std::random_device{}());
   int attempt = 0;
+  std::string last_refusal;  // Said once; the same again is debug.
   while (!stopped_) {
+    bool refused = false;
     try {
       auto connection = co_await connect_once();
       attempt = 0;
@@ -180,21 +182,30 @@ awaitable<void> Client::run() {
       std::lock_guard lock(mutex_);
       current_.reset();
     } catch (const Error& e) {
-      log_->warn(
-          "event=connect_failed host={} port={} attempt={} code={} "
-          "error=\"{}\"",
-          host_, port_, attempt + 1, code_name(e.code()), e.what());
-      if (e.code() == Code::kPermissionDenied ||
-          e.code() == Code::kUnsupportedVersion ||
-          e.code() == Code::kInvalidArgument) {
-        // Retrying cannot help until someone changes the roster, the task or
-        // a binary; keep trying, slowly.
-        attempt = std::max(attempt, 20);
+      // Retrying cannot help until someone changes the roster, the task or
+      // a binary: keep trying, slowly, and say it once.
+      refused = e.code() == Code::kPermissionDenied ||
+                e.code() == Code::kUnsupportedVersion ||
+                e.code() == Code::kInvalidArgument;
+      const bool again = refused && e.what() == last_refusal;
+      log_->log(again ? spdlog::level::debug : spdlog::level::warn,
+                "event=connect_failed host={} port={} attempt={} code={} "
+                "error=\"{}\"",
+                host_, port_, attempt + 1, code_name(e.code()), e.what());
+      if (refused && !again) {
+        log_->warn(
+            "event=refused_waiting retry_every_s={} reason=\"refused by the "
+            "coordinator; trying again every {} s until it admits this party "
+            "(further identical refusals are not logged)\"",
+            backoff_.refused.count() / 1000, backoff_.refused.count() / 1000);
       }
+      last_refusal = refused ? e.what() : "";
     }
     if (stopped_) break;
-    const auto delay = backoff_.delay(attempt++, rng);
-    log_->info("event=reconnect_wait delay_ms={}", delay.count());
+    const auto delay =
+        refused ? backoff_.refused : backoff_.delay(attempt++, rng);
+    log_->log(refused ? spdlog::level::debug : spdlog::level::info,
+              "event=reconnect_wait delay_ms={}", delay.count());
     wait_.expires_after(delay);
     co_await wait_.async_wait(as_tuple(use_awaitable));
   }

@@ -71,6 +71,14 @@ class LogCapture {
   bool contains(const std::string& text) const {
     return out_.str().find(text) != std::string::npos;
   }
+  std::size_t count(const std::string& text) const {
+    const auto all = out_.str();
+    std::size_t n = 0;
+    for (auto at = all.find(text); at != std::string::npos;
+         at = all.find(text, at + 1))
+      ++n;
+    return n;
+  }
   // Waits up to `timeout` for `text` to be logged.
   bool wait_for(const std::string& text,
                 std::chrono::milliseconds timeout = 5s) const {
@@ -436,6 +444,20 @@ TEST_CASE(
   }
   CHECK(log.wait_for("http request"));
   check_still_serving(coordinator);
+}
+
+TEST_CASE(
+    "channel: a node refused by the coordinator waits long and says so once") {
+  TestCoordinator coordinator;
+  LogCapture log;
+  // Off the roster; its backoff would otherwise retry every 50-200 ms.
+  TestNode stranger(pki().stranger, coordinator.port());
+  CHECK(log.wait_for("event=refused_waiting retry_every_s=60"));
+  std::this_thread::sleep_for(1s);
+  CHECK(log.count("event=connect_failed") == 1);
+  CHECK(log.count("event=refused_waiting") == 1);
+  CHECK(log.contains("is not on the roster"));
+  CHECK(stranger.client().sessions() == 0);
 }
 
 TEST_CASE("channel: a valid certificate off the roster is PERMISSION_DENIED") {

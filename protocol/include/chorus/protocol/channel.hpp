@@ -241,6 +241,10 @@ struct Backoff {
   double multiplier = 2.0;
   /// Each delay is drawn uniformly from [delay·(1−jitter), delay].
   double jitter = 0.5;
+  /// After a refusal that retrying cannot fix by itself (not on the roster,
+  /// another protocol major, a task the expert does not fit), the wait
+  /// before trying again; the refusal is logged once, not at every try.
+  std::chrono::milliseconds refused{60000};
 
   /// The delay before attempt `attempt` (0-based), drawn with `rng`.
   std::chrono::milliseconds delay(int attempt, std::mt19937_64& rng) const;
