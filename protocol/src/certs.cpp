@@ -316,6 +316,17 @@ CertInfo inspect_certificate_pem(const std::string& pem) {
   auto cert = read_cert(pem);
   CertInfo info;
   info.subject = name_string(X509_get_subject_name(cert.get()));
+  {
+    X509_NAME* name = X509_get_subject_name(cert.get());
+    const int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+    if (idx >= 0) {
+      ASN1_STRING* data =
+          X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
+      info.common_name = std::string(
+          reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
+          ASN1_STRING_length(data));
+    }
+  }
   info.issuer = name_string(X509_get_issuer_name(cert.get()));
   Bignum serial(ASN1_INTEGER_to_BN(X509_get_serialNumber(cert.get()), nullptr));
   if (serial) {
@@ -334,25 +345,7 @@ CertInfo inspect_certificate_pem(const std::string& pem) {
     info.days_left = days - (seconds < 0 ? 1 : 0);
   }
   info.is_ca = X509_check_ca(cert.get()) > 0;
-  if (auto* names = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(
-          cert.get(), NID_subject_alt_name, nullptr, nullptr))) {
-    for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
-      const GENERAL_NAME* gn = sk_GENERAL_NAME_value(names, i);
-      if (gn->type == GEN_DNS) {
-        info.subject_alt_names.push_back(
-            "DNS:" + std::string(reinterpret_cast<const char*>(
-                                     ASN1_STRING_get0_data(gn->d.dNSName)),
-                                 ASN1_STRING_length(gn->d.dNSName)));
-      } else if (gn->type == GEN_IPADD) {
-        const auto* bytes = ASN1_STRING_get0_data(gn->d.iPAddress);
-        const int len = ASN1_STRING_length(gn->d.iPAddress);
-        char buf[INET6_ADDRSTRLEN] = {};
-        inet_ntop(len == 4 ? AF_INET : AF_INET6, bytes, buf, sizeof buf);
-        info.subject_alt_names.push_back(std::string("IP:") + buf);
-      }
-    }
-    GENERAL_NAMES_free(names);
-  }
+  info.subject_alt_names = subject_alt_names(cert.get());
   if (EVP_PKEY* key = X509_get0_pubkey(cert.get())) {
     const char* type = EVP_PKEY_get0_type_name(key);
     info.key_type =
@@ -378,14 +371,10 @@ CertInfo inspect_certificate(const fs::path& file) {
 }
 
 std::string certificate_common_name(const std::string& pem) {
-  auto cert = read_cert(pem);
-  X509_NAME* name = X509_get_subject_name(cert.get());
-  int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
-  CHORUS_CHECK_CODE(idx >= 0, Code::kDataLoss,
+  auto cn = inspect_certificate_pem(pem).common_name;
+  CHORUS_CHECK_CODE(!cn.empty(), Code::kDataLoss,
                     "certificate has no common name");
-  ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
-  return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
-                     ASN1_STRING_length(data));
+  return cn;
 }
 
 CertInfo check_own_certificate(const std::filesystem::path& file,
@@ -401,7 +390,7 @@ CertInfo check_own_certificate(const std::filesystem::path& file,
                     "machine's clock right?)",
                     who, file.string(), info.not_before);
   if (!expected_name.empty()) {
-    const auto cn = certificate_common_name(read_file(file));
+    const auto& cn = info.common_name;
     CHORUS_CHECK_CODE(
         cn == expected_name, Code::kFailedPrecondition,
         "{} certificate '{}' is issued to '{}', but this party is named '{}' "

@@ -11,6 +11,7 @@
 
 #include "chorus/core/fs.hpp"
 #include "chorus/protocol/channel.hpp"
+#include "chorus/protocol/identity.hpp"
 #include "envelope_io.hpp"
 
 namespace chorus::protocol {
@@ -51,26 +52,7 @@ std::string names_of(X509* cert) {
                                 sizeof cn) > 0) {
     names.push_back(fmt::format("CN={}", cn));
   }
-  auto* sans = static_cast<GENERAL_NAMES*>(
-      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
-  for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); ++i) {
-    const GENERAL_NAME* gn = sk_GENERAL_NAME_value(sans, i);
-    if (gn->type == GEN_DNS) {
-      names.push_back(fmt::format(
-          "DNS:{}", std::string_view(reinterpret_cast<const char*>(
-                                         ASN1_STRING_get0_data(gn->d.dNSName)),
-                                     static_cast<std::size_t>(
-                                         ASN1_STRING_length(gn->d.dNSName)))));
-    } else if (gn->type == GEN_IPADD) {
-      const auto* b = ASN1_STRING_get0_data(gn->d.iPAddress);
-      if (ASN1_STRING_length(gn->d.iPAddress) == 4) {
-        names.push_back(fmt::format("IP:{}.{}.{}.{}", b[0], b[1], b[2], b[3]));
-      } else {
-        names.push_back("IP:(IPv6)");
-      }
-    }
-  }
-  GENERAL_NAMES_free(sans);
+  for (auto& san : subject_alt_names(cert)) names.push_back(std::move(san));
   return fmt::format("{}", fmt::join(names, ", "));
 }
 

@@ -63,6 +63,7 @@ std::vector<std::filesystem::path> add_node(const std::filesystem::path& ca_dir,
 /// What `chorus certs show` prints.
 struct CertInfo {
   std::string subject;
+  std::string common_name;  ///< The subject's CN (empty when it has none).
   std::string issuer;
   std::string serial;
   std::vector<std::string> subject_alt_names;

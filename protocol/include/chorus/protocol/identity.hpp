@@ -1,8 +1,16 @@
 #pragma once
 
+#include <string>
 #include <string_view>
+#include <vector>
+
+struct x509_st;  // OpenSSL's X509.
 
 namespace chorus::protocol {
+
+/// A certificate's subject alternative names, as "DNS:name" and
+/// "IP:address" (IPv4 or IPv6), in the certificate's order.
+std::vector<std::string> subject_alt_names(const x509_st* cert);
 
 /// Throws `chorus::Error` (INVALID_ARGUMENT) unless `identity` is 1 to 64
 /// characters of [A-Za-z0-9._-] starting with a letter or digit: a name that
