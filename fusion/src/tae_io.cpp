@@ -274,22 +274,18 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
     torch::serialize::InputArchive tensors;
     archive.read("tensors", tensors);
     torch::NoGradGuard no_grad;
-    for (auto& item : model.net_->named_parameters()) {
-      torch::Tensor t;
-      tensors.read("param." + item.key(), t, true);
-      CHORUS_CHECK_CODE(t.sizes() == item.value().sizes(), Code::kDataLoss,
-                        "'{}': {} has the wrong shape", path.string(),
-                        item.key());
-      item.value().copy_(t);
-    }
-    for (auto& item : model.net_->named_buffers()) {
-      torch::Tensor t;
-      tensors.read("buffer." + item.key(), t, true);
-      CHORUS_CHECK_CODE(t.sizes() == item.value().sizes(), Code::kDataLoss,
-                        "'{}': {} has the wrong shape", path.string(),
-                        item.key());
-      item.value().copy_(t);
-    }
+    auto restore = [&](const std::string& prefix, auto items) {
+      for (auto& item : items) {
+        torch::Tensor t;
+        tensors.read(prefix + item.key(), t, true);
+        CHORUS_CHECK_CODE(t.sizes() == item.value().sizes(), Code::kDataLoss,
+                          "'{}': {} has the wrong shape", path.string(),
+                          item.key());
+        item.value().copy_(t);
+      }
+    };
+    restore("param.", model.net_->named_parameters());
+    restore("buffer.", model.net_->named_buffers());
     CHORUS_CHECK_CODE(prototypes.sizes() == model.prototypes_.sizes(),
                       Code::kDataLoss, "'{}': prototypes have the wrong shape",
                       path.string());
