@@ -4,33 +4,24 @@
 #include <algorithm>
 #include <map>
 
-#include "chorus/protocol/eventual.hpp"
-
 namespace chorus::coordinator {
 
 asio::awaitable<NodeReplies<protocol::AdaptAnswer>> adapt_pushed(
     const RoundContext& ctx, int round, const RoundReport& report) {
-  std::vector<std::string> asked;
-  std::vector<std::shared_ptr<NodeLink>> links;  // Outlive their calls.
-  std::vector<asio::awaitable<CallResult<protocol::AdaptAnswer>>> calls;
+  std::vector<std::string> names;
   for (const auto& node : ctx.registry.connected()) {
-    if (!node.announced.can("adapt")) continue;
-    if (std::find(report.pushed_to.begin(), report.pushed_to.end(),
-                  node.identity) == report.pushed_to.end()) {
-      continue;
+    if (node.announced.can("adapt") &&
+        std::find(report.pushed_to.begin(), report.pushed_to.end(),
+                  node.identity) != report.pushed_to.end()) {
+      names.push_back(node.identity);
     }
-    asked.push_back(node.identity);
-    links.push_back(ctx.registry.link(node.identity));
-    calls.push_back(
-        links.back()->adapt({.round = static_cast<std::uint32_t>(round)},
-                            ctx.options.request_deadline));
   }
-  NodeReplies<protocol::AdaptAnswer> out;
-  if (asked.empty()) co_return out;
-  auto replies = co_await protocol::all_of(std::move(calls));
-  for (std::size_t k = 0; k < asked.size(); ++k)
-    out.emplace_back(asked[k], std::move(replies[k]));
-  co_return out;
+  const protocol::AdaptCall call{.round = static_cast<std::uint32_t>(round)};
+  auto adapt = [call, deadline = ctx.options.request_deadline](NodeLink& l) {
+    return l.adapt(call, deadline);
+  };
+  co_return co_await ask_each<protocol::AdaptAnswer>(ctx.registry,
+                                                     std::move(names), adapt);
 }
 
 std::unique_ptr<AfterRound> make_after_round(const std::string& algorithm,

@@ -14,6 +14,7 @@
 #include "chorus/coordinator/node_link.hpp"
 #include "chorus/coordinator/registry.hpp"
 #include "chorus/fusion/algorithms.hpp"
+#include "chorus/protocol/eventual.hpp"
 
 /// Steps an algorithm adds to every round of the coordinator, around the
 /// push of its model — tae's adaptation by the nodes and the refit of its
@@ -63,6 +64,28 @@ class AfterRound {
 /// What each node asked answered, in the order asked.
 template <typename T>
 using NodeReplies = std::vector<std::pair<std::string, CallResult<T>>>;
+
+/// Asks each of the nodes `names` at once, `ask(link)` returning the call
+/// (an awaitable CallResult<T>); their results in the same order. Pass
+/// `ask` as a named object: a lambda written in a statement with co_await
+/// is destroyed twice by g++ 12 (tests/protocol/coroutine_rule_test.cpp).
+template <typename T, typename Ask>
+asio::awaitable<NodeReplies<T>> ask_each(NodeRegistry& registry,
+                                         std::vector<std::string> names,
+                                         Ask ask) {
+  std::vector<std::shared_ptr<NodeLink>> links;  // Outlive their calls.
+  std::vector<asio::awaitable<CallResult<T>>> calls;
+  for (const auto& name : names) {
+    links.push_back(registry.link(name));
+    calls.push_back(ask(*links.back()));
+  }
+  NodeReplies<T> out;
+  if (names.empty()) co_return out;
+  auto replies = co_await protocol::all_of(std::move(calls));
+  for (std::size_t k = 0; k < names.size(); ++k)
+    out.emplace_back(names[k], std::move(replies[k]));
+  co_return out;
+}
 
 /// Asks every node that was pushed this round's model (`report.pushed_to`)
 /// and can adapt to adapt it to its own task, all at once. Returns the

@@ -26,28 +26,24 @@ class DroRound : public AfterRound {
   // Hello) send them; dro fuses them in place of those nodes' imitators.
   asio::awaitable<std::optional<Error>> before_fit(fusion::FusionData& data,
                                                    int round) override {
-    std::vector<std::string> asked;
-    std::vector<std::shared_ptr<NodeLink>> links;  // Outlive their calls.
-    std::vector<asio::awaitable<CallResult<protocol::WeightsAnswer>>> calls;
+    std::vector<std::string> names;
     for (const auto& node : ctx_.registry.connected()) {
       if (!node.announced.can("weights")) continue;
       const bool fused =
           std::any_of(data.experts.begin(), data.experts.end(),
                       [&](const auto& e) { return e.name == node.identity; });
-      if (!fused) continue;
-      asked.push_back(node.identity);
-      links.push_back(ctx_.registry.link(node.identity));
-      calls.push_back(
-          links.back()->weights({.round = static_cast<std::uint32_t>(round)},
-                                ctx_.options.request_deadline));
+      if (fused) names.push_back(node.identity);
     }
-    if (asked.empty()) co_return std::nullopt;
-    auto replies = co_await protocol::all_of(std::move(calls));
-    for (std::size_t k = 0; k < asked.size(); ++k) {
-      const auto& id = asked[k];
+    const protocol::WeightsCall call{.round =
+                                         static_cast<std::uint32_t>(round)};
+    auto weights = [call, deadline = ctx_.options.request_deadline](
+                       NodeLink& l) { return l.weights(call, deadline); };
+    auto replies = co_await ask_each<protocol::WeightsAnswer>(
+        ctx_.registry, std::move(names), weights);
+    for (auto& [id, reply] : replies) {
       try {
-        if (replies[k].error) throw *replies[k].error;
-        auto& r = replies[k].reply;
+        if (reply.error) throw *reply.error;
+        auto& r = reply.reply;
         (void)fusion::ModelSpec::parse(r.spec);  // named, if malformed
         auto flat = protocol::to_tensor(r.parameters).to(torch::kFloat32);
         CHORUS_CHECK_CODE(flat.dim() == 1 && !protocol::has_non_finite(flat),
