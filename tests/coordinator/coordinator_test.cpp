@@ -365,30 +365,26 @@ TEST_CASE(
 
 namespace {
 
-// An operator's one-shot client on its own io thread.
-struct Operator {
+// One connection to the coordinator, dialled with pr::connect, on its own
+// io thread (an operator's client, or a hand-written node).
+struct LoopClient {
   asio::io_context io;
   asio::executor_work_guard<asio::io_context::executor_type> guard{
       io.get_executor()};
   std::thread thread{[this] { io.run(); }};
   std::shared_ptr<pr::Connection> connection;
 
-  Operator(std::uint16_t port, const pr::KeyPair& keys,
-           bool says_operator = true) {
-    pr::Hello hello;
-    if (says_operator) hello.capabilities.push_back("operator");
+  LoopClient(std::uint16_t port, const pr::KeyPair& keys,
+             const pr::Hello& hello, pr::Connection::RequestHandler serve) {
     try {
-      connection = pr::connect(
-          io, "127.0.0.1", port, world().material(keys), pr::ChannelOptions{},
-          hello, [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
-            co_return pr::make_status(Code::kUnimplemented, "no");
-          });
+      connection = pr::connect(io, "127.0.0.1", port, world().material(keys),
+                               pr::ChannelOptions{}, hello, std::move(serve));
     } catch (...) {
       stop();
       throw;
     }
   }
-  ~Operator() { stop(); }
+  ~LoopClient() { stop(); }
   void stop() {
     if (!thread.joinable()) return;
     if (connection) connection->close("done");
@@ -397,6 +393,23 @@ struct Operator {
     io.stop();
     thread.join();
   }
+};
+
+pr::Hello operator_hello(bool says_operator) {
+  pr::Hello hello;
+  if (says_operator) hello.capabilities.push_back("operator");
+  return hello;
+}
+
+asio::awaitable<v1::Envelope> serve_nothing(v1::Envelope) {
+  co_return pr::make_status(Code::kUnimplemented, "no");
+}
+
+// An operator's one-shot client.
+struct Operator : LoopClient {
+  Operator(std::uint16_t port, const pr::KeyPair& keys,
+           bool says_operator = true)
+      : LoopClient(port, keys, operator_hello(says_operator), serve_nothing) {}
   v1::Envelope ask(const torch::Tensor& x) {
     v1::Envelope request;
     chorus::testing::encode_tensor(
@@ -683,49 +696,36 @@ namespace {
 
 // A rostered node that speaks the protocol but answers every prediction with
 // one poisoned value (what a hostile or broken node could send).
-struct PoisonNode {
-  asio::io_context io;
-  asio::executor_work_guard<asio::io_context::executor_type> guard{
-      io.get_executor()};
-  std::thread thread{[this] { io.run(); }};
-  std::shared_ptr<pr::Connection> connection;
+pr::Hello poison_hello(const std::vector<std::string>& labels) {
+  pr::Hello hello;
+  hello.expert.input_shape = {kDim};
+  hello.expert.labels = labels;
+  hello.policy.max_batch = 256;
+  hello.capabilities = {"predict"};
+  return hello;
+}
 
+// Answers every row uniformly over `width` labels, but the first value of a
+// request is -32,427.
+pr::Connection::RequestHandler poisoned_answers(std::int64_t width) {
+  return [width](v1::Envelope request) -> asio::awaitable<v1::Envelope> {
+    const auto rows = request.predict_request().inputs().shape().empty()
+                          ? 0
+                          : request.predict_request().inputs().shape(0);
+    auto answers = torch::full({rows, width}, 1.0f / width);
+    if (rows > 0) answers[0][0] = -32427.0f;
+    v1::Envelope reply;
+    chorus::testing::encode_tensor(
+        answers, reply.mutable_predict_response()->mutable_outputs());
+    co_return reply;
+  };
+}
+
+struct PoisonNode : LoopClient {
   PoisonNode(std::uint16_t port, const std::string& name,
-             std::vector<std::string> labels) {
-    pr::Hello hello;
-    hello.expert.input_shape = {kDim};
-    hello.expert.labels = labels;
-    hello.policy.max_batch = 256;
-    hello.capabilities = {"predict"};
-    const auto width = static_cast<std::int64_t>(labels.size());
-    try {
-      connection = pr::connect(
-          io, "127.0.0.1", port, world().material(world().nodes.at(name)),
-          pr::ChannelOptions{}, hello,
-          [width](v1::Envelope request) -> asio::awaitable<v1::Envelope> {
-            const auto rows = request.predict_request().inputs().shape().empty()
-                                  ? 0
-                                  : request.predict_request().inputs().shape(0);
-            auto answers = torch::full({rows, width}, 1.0f / width);
-            if (rows > 0) answers[0][0] = -32427.0f;
-            v1::Envelope reply;
-            chorus::testing::encode_tensor(
-                answers, reply.mutable_predict_response()->mutable_outputs());
-            co_return reply;
-          });
-    } catch (...) {
-      stop();
-      throw;
-    }
-  }
-  ~PoisonNode() { stop(); }
-  void stop() {
-    if (!thread.joinable()) return;
-    if (connection) connection->close("done");
-    std::this_thread::sleep_for(50ms);
-    guard.reset();
-    io.stop();
-    thread.join();
+             const std::vector<std::string>& labels)
+      : LoopClient(port, world().nodes.at(name), poison_hello(labels),
+                   poisoned_answers(static_cast<std::int64_t>(labels.size()))) {
   }
 };
 
