@@ -47,6 +47,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/core/task.hpp"
 #include "chorus/fusion/models.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/node/expert.hpp"
 #include "chorus/node/service.hpp"
 #include "chorus/node/session.hpp"
@@ -120,11 +121,12 @@ int serve_nodes(int count, std::uint16_t port, const fs::path& pki) {
   std::vector<std::unique_ptr<nd::NodeSession>> sessions;
   const auto ca = chorus::read_file(pki / "ca.crt");
   for (int i = 0; i < count; ++i) {
-    torch::manual_seed(static_cast<std::uint64_t>(i));
+    auto gen = fu::make_generator(static_cast<std::uint64_t>(i));
     auto model = fu::make_classifier(fu::ModelSpec{.arch = "mlp",
                                                    .input_shape = {1, 28, 28},
                                                    .num_classes = 4,
-                                                   .hidden = {16}});
+                                                   .hidden = {16}},
+                                     gen);
     nd::ExpertOptions eo;
     eo.input_shape = {1, 28, 28};
     for (int j = 0; j < 4; ++j)
@@ -193,13 +195,14 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
       spawn({"bench_coordinator", "--serve-nodes", std::to_string(count),
              "--port", std::to_string(registry.port()), "--pki", dir.string()});
 
-  torch::manual_seed(0);
+  auto gen = fu::make_generator(0);
   // Pixels as bytes would give them, for every dtype alike.
   co::PoolData data{
-      .inputs = torch::randint(0, 256, {pool_size, 1, 28, 28}, torch::kFloat32)
-                    .div_(255.0),
+      .inputs =
+          torch::randint(0, 256, {pool_size, 1, 28, 28}, gen, torch::kFloat32)
+              .div_(255.0),
       .fusion_index = torch::arange(100, torch::kLong),
-      .fusion_labels = torch::randint(0, 10, {100}, torch::kLong)};
+      .fusion_labels = torch::randint(0, 10, {100}, gen, torch::kLong)};
   co::CoordinatorOptions o;
   o.task = task;
   o.algorithm = "bplus";

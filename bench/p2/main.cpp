@@ -36,6 +36,7 @@
 #include "chorus/fusion/distill.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/models.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "chorus/fusion/train.hpp"
 
@@ -87,11 +88,11 @@ struct Split {
 };
 
 Split load(const std::string& name, std::uint64_t seed) {
-  torch::manual_seed(seed);
+  auto gen = fu::make_generator(seed);
   Split s;
   if (name == "mnist2") {
     auto d = fu::load_mnist_digits(chorus::path_or_env({}, "CHORUS_MNIST_DIR"));
-    auto perm = torch::randperm(d.size(), torch::kLong);
+    auto perm = torch::randperm(d.size(), gen, torch::kLong);
     const auto n_train = d.size() * 8 / 10;
     auto tr = perm.slice(0, 0, n_train), te = perm.slice(0, n_train);
     s.train_x = d.images.index_select(0, tr);
@@ -104,10 +105,11 @@ Split load(const std::string& name, std::uint64_t seed) {
         fu::Split::kTrain, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
     auto test = fu::load_fashion_mnist(
         fu::Split::kTest, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
-    auto perm = torch::randperm(train.size(), torch::kLong).slice(0, 0, 20000);
+    auto perm =
+        torch::randperm(train.size(), gen, torch::kLong).slice(0, 0, 20000);
     s.train_x = train.images.index_select(0, perm);
     s.train_y = train.labels.index_select(0, perm);
-    auto test_perm = torch::randperm(test.size(), torch::kLong);
+    auto test_perm = torch::randperm(test.size(), gen, torch::kLong);
     s.test_x = test.images.index_select(0, test_perm);
     s.test_y = test.labels.index_select(0, test_perm);
     s.pool_x = s.train_x.slice(0, 0, 10000);
@@ -127,9 +129,9 @@ std::shared_ptr<fu::ClassifierImpl> black_box(const Split& s, std::int64_t a,
   auto idx = torch::cat({ia, ib});
   auto y = torch::cat({torch::zeros({ia.numel()}, torch::kLong),
                        torch::ones({ib.numel()}, torch::kLong)});
-  torch::manual_seed(seed);
-  auto m =
-      fu::make_classifier(fu::ModelSpec{.arch = "lenet", .num_classes = 2});
+  auto gen = fu::make_generator(seed);
+  auto m = fu::make_classifier(fu::ModelSpec{.arch = "lenet", .num_classes = 2},
+                               gen);
   fu::train(
       *m, s.train_x.index_select(0, idx), y,
       fu::TrainOptions().epochs(2).batch_size(64).lr(2e-3).seed(seed).threads(
@@ -364,9 +366,11 @@ int main(int argc, char** argv) {
             acc["B+"].push_back(score(bp + 1e-6 * torch::rand_like(bp)));
             // FS: from scratch on the shots.
             t_method = Clock::now();
-            torch::manual_seed(args.seed + static_cast<std::uint64_t>(t));
-            auto fs = fu::make_classifier(fu::ModelSpec{
-                .arch = "mlp", .num_classes = 2, .hidden = {100}});
+            auto gen =
+                fu::make_generator(args.seed + static_cast<std::uint64_t>(t));
+            auto fs = fu::make_classifier(
+                fu::ModelSpec{.arch = "mlp", .num_classes = 2, .hidden = {100}},
+                gen);
             fu::train(
                 *fs, sx, sy,
                 fu::TrainOptions().epochs(60).batch_size(16).lr(3e-3).seed(

@@ -42,6 +42,7 @@
 #include "chorus/fusion/distill.hpp"
 #include "chorus/fusion/dro.hpp"
 #include "chorus/fusion/models.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/train.hpp"
 
 namespace fu = chorus::fusion;
@@ -88,8 +89,8 @@ const fu::ModelSpec kSpec{.arch = "mlp",
                           .hidden = {128, 64}};
 
 std::shared_ptr<fu::ClassifierImpl> start_model(std::uint64_t seed) {
-  fu::SeedGuard seeded(seed);
-  return fu::make_classifier(kSpec);
+  auto gen = fu::make_generator(seed);
+  return fu::make_classifier(kSpec, gen);
 }
 
 // Rows of each class of a data set, to draw episodes from.
@@ -203,11 +204,8 @@ int main(int argc, char** argv) {
         fu::Split::kTest, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
     // The transfer pool: the last --pool images of a fixed shuffle of the
     // training split; experts draw from the rest.
-    torch::Tensor order;
-    {
-      fu::SeedGuard seeded(args.seed);
-      order = torch::randperm(train.size(), torch::kLong);
-    }
+    auto shuffle = fu::make_generator(args.seed);
+    auto order = torch::randperm(train.size(), shuffle, torch::kLong);
     auto pool_x =
         train.images.index_select(0, order.slice(0, train.size() - args.pool));
     ByClass private_data(train.images, train.labels,

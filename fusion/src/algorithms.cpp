@@ -10,6 +10,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/train.hpp"
 
 namespace chorus::fusion {
@@ -193,8 +194,8 @@ class SelectFuser : public Fuser {
     spec_.input_shape = data.transfer.sizes().slice(1).vec();
     spec_.arch = resolve_architecture(d.arch(), spec_.input_shape);
     spec_.num_classes = static_cast<std::int64_t>(data.experts.size());
-    SeedGuard seeded(options_.seed());
-    selector_ = make_classifier(spec_);
+    auto gen = make_generator(options_.seed());
+    selector_ = make_classifier(spec_, gen);
     train(*selector_, data.fusion_inputs(), targets,
           TrainOptions()
               .epochs(std::max<std::int64_t>(d.epochs(), 30))
@@ -338,11 +339,7 @@ class DroFuser : public Fuser {
     spec.arch = resolve_architecture(o.imitator().arch(), spec.input_shape);
     spec.num_classes = ways;
     if (spec.arch == "mlp") spec.hidden = o.imitator().hidden();
-    std::vector<std::int64_t> layers;
-    {
-      SeedGuard seeded(o.seed());
-      layers = layer_sizes(*make_classifier(spec));
-    }
+    const auto layers = layer_sizes(*make_classifier(spec));
     std::int64_t total = 0;
     for (auto l : layers) total += l;
     std::vector<torch::Tensor> models;

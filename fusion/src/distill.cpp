@@ -5,6 +5,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/random.hpp"
 
 namespace chorus::fusion {
 
@@ -30,8 +31,8 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
   auto targets = sharpen(teacher.to(torch::kFloat32), options.temperature());
 
   // Deterministic hold-out split of the transfer inputs.
-  SeedGuard seeded(options.seed());
-  auto order = torch::randperm(n, torch::kLong);
+  auto split = make_generator(options.seed());
+  auto order = torch::randperm(n, split, torch::kLong);
   const auto n_val = static_cast<std::int64_t>(n * options.holdout());
   auto val_idx = order.slice(0, 0, n_val);
   auto train_idx = order.slice(0, n_val, n);
@@ -51,8 +52,8 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
   spec.arch = resolve_architecture(options.arch(), spec.input_shape);
   spec.num_classes = classes;
   if (spec.arch == "mlp") spec.hidden = options.hidden();
-  SeedGuard reseeded(options.init_seed().value_or(options.seed()));
-  auto student = make_classifier(spec);
+  auto init = make_generator(options.init_seed().value_or(options.seed()));
+  auto student = make_classifier(spec, init);
   auto train_options = TrainOptions()
                            .epochs(options.epochs())
                            .batch_size(options.batch_size())

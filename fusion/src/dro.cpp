@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "chorus/core/error.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/train.hpp"
 
 namespace chorus::fusion {
@@ -23,10 +24,10 @@ std::vector<torch::Tensor> flat_parts(ClassifierImpl& model) {
   return out;
 }
 
-std::int64_t sample(const std::vector<std::int64_t>& from) {
-  const auto k =
-      torch::randint(static_cast<std::int64_t>(from.size()), {1}, torch::kLong)
-          .item<std::int64_t>();
+std::int64_t sample(const std::vector<std::int64_t>& from, at::Generator& gen) {
+  const auto k = torch::randint(static_cast<std::int64_t>(from.size()), {1},
+                                gen, torch::kLong)
+                     .item<std::int64_t>();
   return from[static_cast<std::size_t>(k)];
 }
 
@@ -61,13 +62,13 @@ class MetaTrainer {
  public:
   MetaTrainer(const std::vector<torch::Tensor>& models,
               const std::vector<std::int64_t>& layers, const DroOptions& o,
-              double gamma)
+              double gamma, at::Generator& gen)
       : models_(models),
         options_(o),
         gamma_(gamma),
-        hyper_(layers, o.embedding_dim(), o.sigma()) {
+        hyper_(layers, o.embedding_dim(), o.sigma(), gen) {
     const auto n = static_cast<std::int64_t>(models.size());
-    embeddings_ = torch::randn({n, o.embedding_dim()}) /
+    embeddings_ = torch::randn({n, o.embedding_dim()}, gen) /
                   std::sqrt(static_cast<double>(o.embedding_dim()));
   }
 
@@ -158,14 +159,14 @@ Trained train_offline(const std::vector<torch::Tensor>& models,
                       const DroOptions& o, double gamma,
                       const std::vector<std::int64_t>& meta_train,
                       const std::vector<std::int64_t>& meta_val) {
-  SeedGuard seeded(o.seed());
-  MetaTrainer trainer(models, layers, o, gamma);
+  auto gen = make_generator(o.seed());
+  MetaTrainer trainer(models, layers, o, gamma, gen);
   auto mean = torch::zeros_like(models.front());
   for (auto i : meta_train) mean += models[static_cast<std::size_t>(i)];
   trainer.start_from(mean / static_cast<double>(meta_train.size()));
   for (std::int64_t s = 0; s < o.meta_steps(); ++s) {
     throw_if_stopped(o.stop(), "dro meta-training");
-    trainer.step(sample(meta_train), sample(meta_val));
+    trainer.step(sample(meta_train, gen), sample(meta_val, gen));
   }
   return trainer.result();
 }
@@ -173,8 +174,8 @@ Trained train_offline(const std::vector<torch::Tensor>& models,
 Trained train_online(const std::vector<torch::Tensor>& models,
                      const std::vector<std::int64_t>& layers,
                      const DroOptions& o, double gamma) {
-  SeedGuard seeded(o.seed());
-  MetaTrainer trainer(models, layers, o, gamma);
+  auto gen = make_generator(o.seed());
+  MetaTrainer trainer(models, layers, o, gamma, gen);
   trainer.start_from(models.front());
   for (std::int64_t s = 0; s < o.online_steps(); ++s) trainer.fit(0);
   for (std::size_t t = 1; t < models.size(); ++t) {
@@ -221,7 +222,8 @@ std::vector<std::int64_t> layer_sizes(ClassifierImpl& model) {
 }
 
 Hypernetwork::Hypernetwork(std::vector<std::int64_t> layers,
-                           std::int64_t embedding_dim, double sigma)
+                           std::int64_t embedding_dim, double sigma,
+                           at::Generator& gen)
     : inv_var_(1.0 / (sigma * sigma)) {
   CHORUS_CHECK(!layers.empty(), "dro: a hypernetwork needs target layers");
   // One linear map per target layer, stacked: layer l's rows of W and b
@@ -229,7 +231,7 @@ Hypernetwork::Hypernetwork(std::vector<std::int64_t> layers,
   std::vector<torch::Tensor> maps;
   for (auto n : layers) {
     CHORUS_CHECK(n > 0, "dro: a target layer of {} values", n);
-    maps.push_back(torch::randn({n, embedding_dim}) * 1e-3);
+    maps.push_back(torch::randn({n, embedding_dim}, gen) * 1e-3);
   }
   weight_ = torch::cat(maps).requires_grad_(true);
   bias_ = torch::zeros({weight_.size(0)}).requires_grad_(true);
@@ -309,8 +311,8 @@ DroFit meta_learn(const std::vector<torch::Tensor>& models,
     // The 80/20 split into meta-train S and meta-validation Q.
     std::vector<std::int64_t> meta_train, meta_val;
     {
-      SeedGuard seeded(options.seed() + 7919);
-      auto order = torch::randperm(n, torch::kLong);
+      auto split = make_generator(options.seed() + 7919);
+      auto order = torch::randperm(n, split, torch::kLong);
       const auto n_val = std::clamp<std::int64_t>(
           std::llround(static_cast<double>(n) * options.validation()), 1,
           n - 1);
@@ -324,7 +326,9 @@ DroFit meta_learn(const std::vector<torch::Tensor>& models,
       auto trained =
           train_offline(models, layers, options, gamma, meta_train, meta_val);
       // γ is chosen by the validation models' likelihood at θ_init.
-      Hypernetwork scorer(layers, 1, options.sigma());
+      // Only its likelihood is used: its weights do not matter.
+      auto unused = make_generator(0);
+      Hypernetwork scorer(layers, 1, options.sigma(), unused);
       double score = 0;
       {
         torch::NoGradGuard no_grad;
@@ -354,11 +358,7 @@ std::shared_ptr<ClassifierImpl> resize_head(const FusedModel& init,
   CHORUS_CHECK(ways >= 2, "dro: a task needs at least 2 classes, got {}", ways);
   auto spec = init.spec;
   spec.num_classes = ways;
-  std::shared_ptr<ClassifierImpl> model;
-  {
-    SeedGuard seeded(0);  // every weight is overwritten below
-    model = make_classifier(spec);
-  }
+  auto model = make_classifier(spec);  // every weight is overwritten below
   torch::NoGradGuard no_grad;
   auto from = flat_parts(*init.model);
   auto to = flat_parts(*model);
@@ -399,7 +399,7 @@ std::shared_ptr<ClassifierImpl> adapt_initialisation(
   // full batch, and batches beyond 256 drawn from a generator of its own.
   torch::AutoGradMode grad_mode(true);
   model->eval();
-  auto gen = at::detail::createCPUGenerator(seed);
+  auto gen = make_generator(seed);
   torch::optim::SGD sgd(model->parameters(),
                         torch::optim::SGDOptions(lr).momentum(0.9));
   constexpr std::int64_t kBatch = 256;
@@ -424,11 +424,7 @@ std::shared_ptr<ClassifierImpl> adapt_initialisation(
 FusedModel dro_model(const ModelSpec& spec, const DroFit& fit,
                      const std::string& source, std::int64_t models,
                      const DroOptions& options) {
-  std::shared_ptr<ClassifierImpl> model;
-  {
-    SeedGuard seeded(0);  // every weight is overwritten below
-    model = make_classifier(spec);
-  }
+  auto model = make_classifier(spec);  // every weight is overwritten below
   unflatten_into(*model, fit.init);
   FusedModel out{
       .algorithm = "dro",

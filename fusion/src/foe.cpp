@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "chorus/core/error.hpp"
+#include "chorus/fusion/random.hpp"
 
 namespace chorus::fusion {
 namespace {
@@ -36,9 +37,8 @@ TrainResult Foe::fit(const std::vector<torch::Tensor>& answers,
                     .num_classes = num_classes,
                     .hidden = options_.hidden()};
   auto make_fuser = [&] {
-    SeedGuard seeded(options_.seed());
-    auto model = make_classifier(spec_);
-    return model;
+    auto gen = make_generator(options_.seed());
+    return make_classifier(spec_, gen);
   };
   auto train_options = TrainOptions()
                            .epochs(options_.epochs())

@@ -6,11 +6,18 @@
 #include <sstream>
 
 #include "chorus/core/error.hpp"
+#include "chorus/fusion/random.hpp"
 
 namespace chorus::fusion {
 
 namespace nn = torch::nn;
 namespace F = torch::nn::functional;
+
+torch::Tensor ClassifierImpl::dropout(const torch::Tensor& x, double p) {
+  if (!noise_) return torch::dropout(x, p, is_training());
+  auto gen = *noise_;
+  return fusion::dropout(x, p, is_training(), gen);
+}
 
 MlpImpl::MlpImpl(MlpOptions options) : options_(std::move(options)) {
   CHORUS_CHECK(!options_.input_shape().empty(), "mlp: empty input shape");
@@ -27,7 +34,8 @@ MlpImpl::MlpImpl(MlpOptions options) : options_(std::move(options)) {
     in = width;
   }
   layers_->push_back(nn::Linear(in, options_.num_classes()));
-  dropout_ = register_module("dropout", nn::Dropout(options_.dropout()));
+  CHORUS_CHECK(options_.dropout() >= 0 && options_.dropout() < 1,
+               "mlp: dropout must be in [0, 1), got {}", options_.dropout());
 }
 
 torch::Tensor MlpImpl::forward(torch::Tensor x) {
@@ -35,7 +43,7 @@ torch::Tensor MlpImpl::forward(torch::Tensor x) {
   const auto n = layers_->size();
   for (std::size_t i = 0; i < n; ++i) {
     x = layers_[i]->as<nn::Linear>()->forward(x);
-    if (i + 1 < n) x = dropout_(torch::relu(x));
+    if (i + 1 < n) x = dropout(torch::relu(x), options_.dropout());
   }
   return x;
 }
@@ -61,13 +69,15 @@ LeNetImpl::LeNetImpl(LeNetOptions options) : options_(std::move(options)) {
   const std::int64_t h = o.image_height() / 2 / 2, w = o.image_width() / 2 / 2;
   fc1_ = register_module("fc1", nn::Linear(o.channels2() * h * w, o.hidden()));
   fc2_ = register_module("fc2", nn::Linear(o.hidden(), o.num_classes()));
-  dropout_ = register_module("dropout", nn::Dropout(o.dropout()));
+  CHORUS_CHECK(o.dropout() >= 0 && o.dropout() < 1,
+               "lenet: dropout must be in [0, 1), got {}", o.dropout());
 }
 
 torch::Tensor LeNetImpl::forward(torch::Tensor x) {
   x = F::max_pool2d(torch::relu(bn1_(conv1_(x))), F::MaxPool2dFuncOptions(2));
   x = F::max_pool2d(torch::relu(bn2_(conv2_(x))), F::MaxPool2dFuncOptions(2));
-  x = dropout_(torch::relu(fc1_(x.flatten(/*start_dim=*/1))));
+  x = dropout(torch::relu(fc1_(x.flatten(/*start_dim=*/1))),
+              options_.dropout());
   return fc2_(x);
 }
 
@@ -264,6 +274,13 @@ std::shared_ptr<ClassifierImpl> make_classifier(const ModelSpec& spec) {
   }
   fail(Code::kInvalidArgument,
        "unknown architecture '{}' (expected mlp, lenet or resnet)", spec.arch);
+}
+
+std::shared_ptr<ClassifierImpl> make_classifier(const ModelSpec& spec,
+                                                at::Generator& gen) {
+  auto model = make_classifier(spec);
+  initialise(*model, gen);
+  return model;
 }
 
 }  // namespace chorus::fusion

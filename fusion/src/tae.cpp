@@ -7,6 +7,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/train.hpp"
 #include "tae_internal.hpp"
 
@@ -30,10 +31,11 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
   CHORUS_CHECK(
       options_.adaptation().delta() > 0 && options_.adaptation().delta() < 1,
       "tae: delta must be in (0, 1), got {}", options_.adaptation().delta());
-  SeedGuard seeded(options_.seed());
+  auto gen = make_generator(options_.seed());
   net_ = TaeNet(input_dim, outputs, task_dim, options_);
+  initialise(*net_, gen);
   prototypes_ = torch::randn(
-      {options_.network().prototypes(), options_.network().z_dim()});
+      {options_.network().prototypes(), options_.network().z_dim()}, gen);
 }
 
 std::vector<double> TaeModel::train(const TaeData& data) {
@@ -82,7 +84,7 @@ std::vector<double> TaeModel::train(const TaeData& data) {
   auto rows_tau = taus.repeat_interleave(n, 0);
   const auto rows = rows_x.size(0);
 
-  SeedGuard seeded(options_.seed());
+  auto gen = make_generator(options_.seed());
   torch::optim::Adam main(net_->model_parameters(),
                           torch::optim::AdamOptions(options_.training().lr()));
   torch::optim::Adam adv(net_->adversary_parameters(),
@@ -92,7 +94,7 @@ std::vector<double> TaeModel::train(const TaeData& data) {
   std::int64_t step = 0;
   for (std::int64_t epoch = 1; epoch <= options_.training().epochs(); ++epoch) {
     net_->train();
-    auto perm = torch::randperm(rows, torch::kLong);
+    auto perm = torch::randperm(rows, gen, torch::kLong);
     double total = 0;
     std::int64_t batches = 0;
     for (std::int64_t b = 0; b + bs <= rows; b += bs, ++step) {
@@ -105,7 +107,7 @@ std::vector<double> TaeModel::train(const TaeData& data) {
       // The ELBO with the adversarial decoupling term.
       auto [elbo_rows, w] =
           elbo(*net_, bx, beta, btau, options_.training().label_weight(),
-               /*draw=*/true);
+               /*draw=*/&gen);
       auto mi = (beta * net_->adversary(w)).sum(1);  // log q_ψ(η|w)
       auto loss = -elbo_rows.mean() + options_.training().zeta() * mi.mean();
 
@@ -113,7 +115,7 @@ std::vector<double> TaeModel::train(const TaeData& data) {
       // prototypes: trains θ, α, γ so that G_w agrees with the experts.
       if (options_.training().gibbs_weight() > 0) {
         const auto e = step % tasks_in_r;
-        auto eta_rows = torch::randint(n, {bs}, torch::kLong);
+        auto eta_rows = torch::randint(n, {bs}, gen, torch::kLong);
         auto ex2 = x.index_select(0, eta_rows);
         auto eeta =
             answers[static_cast<std::size_t>(e)].index_select(0, eta_rows);
@@ -121,7 +123,7 @@ std::vector<double> TaeModel::train(const TaeData& data) {
         net_->eval();
         auto [pm, plv] = net_->prior_w(taus.slice(0, e, e + 1));
         net_->train();
-        auto ws = sample(pm.squeeze(0), plv.squeeze(0));
+        auto ws = sample(pm.squeeze(0), plv.squeeze(0), gen);
         auto logg = log_g(ex2, ws);
         auto gibbs = 1 - (eeta * logg.exp()).sum(1);
         loss = loss + options_.training().gibbs_weight() * gibbs.mean();
@@ -157,7 +159,7 @@ double TaeModel::negative_elbo(const TaeData& data) {
     auto tau =
         data.tasks[i].to(torch::kFloat32).reshape({1, -1}).expand({n, -1});
     auto e = elbo(*net_, x, eta, tau, options_.training().label_weight(),
-                  /*draw=*/false);
+                  /*draw=*/nullptr);
     total += -e.value.mean().item<double>();
   }
   return total /
@@ -253,8 +255,10 @@ torch::Tensor TaeModel::predict(const torch::Tensor& x, const WDistribution& q,
   const auto width = task_width(classes, net_->outputs);
   auto counts = torch::zeros({x.size(0), width});
   auto soft = torch::zeros({x.size(0), width});
+  // Draws of its own: the same q always predicts the same.
+  auto gen = make_generator(options_.seed() + tae_internal::kPredictStream);
   for (std::int64_t s = 0; s < options_.adaptation().samples(); ++s) {
-    auto w = sample(q.mean, q.logvar);
+    auto w = sample(q.mean, q.logvar, gen);
     auto lg = log_g(x, w, classes, votes);
     counts.scatter_add_(1, lg.argmax(1, true), torch::ones({x.size(0), 1}));
     soft += lg.exp();

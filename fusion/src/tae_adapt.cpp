@@ -1,4 +1,3 @@
-#include <ATen/CPUGeneratorImpl.h>
 #include <fmt/ostream.h>
 #include <torch/torch.h>
 
@@ -6,6 +5,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "chorus/fusion/train.hpp"
 #include "tae_internal.hpp"
@@ -84,12 +84,15 @@ TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
   torch::optim::Adam opt({mean, logvar},
                          torch::optim::AdamOptions(options_.adaptation().lr()));
   auto y = labels.to(torch::kLong).reshape({d, 1});
+  auto gen = make_generator(options_.seed() + tae_internal::kAdaptStream);
   auto objective = [&] {
     auto lv = clamp_logvar(logvar);
     torch::Tensor gibbs = torch::zeros({});
     for (std::int64_t s = 0; s < options_.adaptation().samples(); ++s) {
-      auto g =
-          log_g(x, sample(mean, lv), classes).exp().gather(1, y).squeeze(1);
+      auto g = log_g(x, sample(mean, lv, gen), classes)
+                   .exp()
+                   .gather(1, y)
+                   .squeeze(1);
       gibbs = gibbs + (1 - g).mean();
     }
     gibbs = gibbs / static_cast<double>(options_.adaptation().samples());
@@ -131,7 +134,7 @@ TaeAdaptation TaeModel::bound(const torch::Tensor& tau, const torch::Tensor& x,
   auto y = labels.to(torch::kLong).reshape({d, 1});
   // Fixed draws (4n of them): the same q always gets the same value, so
   // bounds can be compared.
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(options_.seed() + 7919);
+  auto gen = make_generator(options_.seed() + tae_internal::kBoundStream);
   const auto draws = 4 * options_.adaptation().samples();
   double gibbs = 0;
   for (std::int64_t s = 0; s < draws; ++s) {

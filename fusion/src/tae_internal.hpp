@@ -19,10 +19,16 @@ inline torch::Tensor clamp_logvar(const torch::Tensor& v) {
   return v.clamp(kLogvarMin, kLogvarMax);
 }
 
-// A draw of N(mean, exp(logvar)) from the default generator.
+// Offsets from the model's seed of the generators that draw w: the
+// bound's fixed draws, adaptation's and prediction's.
+inline constexpr std::uint64_t kBoundStream = 7919, kAdaptStream = 7927,
+                               kPredictStream = 7933;
+
+// A draw of N(mean, exp(logvar)) from `gen`.
 inline torch::Tensor sample(const torch::Tensor& mean,
-                            const torch::Tensor& logvar) {
-  return mean + torch::exp(0.5 * logvar) * torch::randn_like(mean);
+                            const torch::Tensor& logvar, at::Generator& gen) {
+  return mean + torch::exp(0.5 * logvar) *
+                    torch::randn(mean.sizes(), gen, mean.options());
 }
 
 // KL(N(m1, v1) ‖ N(m2, v2)) summed over the last dimension.
@@ -62,13 +68,14 @@ T pac_bayes_bound(const T& gibbs, const T& kl, std::int64_t shots,
 }
 
 // The ELBO of rows (x, η, τ): log p_θ(x|w,z) + λ log p_α(η|z) − KL(q(z) ‖
-// N(0, I)) − KL(q(w) ‖ p_γ(w|τ)) [N], with w and z drawn from q_φ (training)
-// or at their means (evaluation); `w` is the one used.
+// N(0, I)) − KL(q(w) ‖ p_γ(w|τ)) [N], with w and z drawn from q_φ with
+// `draw` (training) or at their means when it is null (evaluation); `w` is
+// the one used.
 struct Elbo {
   torch::Tensor value;
   torch::Tensor w;
 };
 Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
-          const torch::Tensor& tau, double label_weight, bool draw);
+          const torch::Tensor& tau, double label_weight, at::Generator* draw);
 
 }  // namespace chorus::fusion::tae_internal

@@ -97,11 +97,11 @@ std::vector<torch::Tensor> TaeNetImpl::adversary_parameters() {
 namespace tae_internal {
 
 Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
-          const torch::Tensor& tau, double label_weight, bool draw) {
+          const torch::Tensor& tau, double label_weight, at::Generator* draw) {
   auto [mz, lvz] = net.encode_z(x, eta);
   auto [mw, lvw] = net.encode_w(x, tau);
-  auto z = draw ? sample(mz, lvz) : mz;
-  auto w = draw ? sample(mw, lvw) : mw;
+  auto z = draw ? sample(mz, lvz, *draw) : mz;
+  auto w = draw ? sample(mw, lvw, *draw) : mw;
   auto rec = -torch::binary_cross_entropy_with_logits(net.decode_x(w, z), x, {},
                                                       {}, at::Reduction::None)
                   .sum(1);

@@ -7,6 +7,7 @@
 #include <numbers>
 
 #include "chorus/core/error.hpp"
+#include "chorus/fusion/random.hpp"
 
 namespace chorus::fusion {
 namespace {
@@ -56,6 +57,22 @@ torch::Tensor loss_fn(const torch::Tensor& logits, const torch::Tensor& y,
   return -(y * torch::log_softmax(logits, /*dim=*/1)).sum(1).mean();
 }
 
+// Lends `model` a dropout generator for the guard's lifetime.
+class NoiseGuard {
+ public:
+  NoiseGuard(ClassifierImpl& model, const at::Generator& gen)
+      : model_(model), previous_(model.noise()) {
+    model_.set_noise(gen);
+  }
+  ~NoiseGuard() { model_.set_noise(previous_); }
+  NoiseGuard(const NoiseGuard&) = delete;
+  NoiseGuard& operator=(const NoiseGuard&) = delete;
+
+ private:
+  ClassifierImpl& model_;
+  std::optional<at::Generator> previous_;
+};
+
 }  // namespace
 
 ThreadGuard::ThreadGuard(int threads) : previous_(torch::get_num_threads()) {
@@ -64,19 +81,6 @@ ThreadGuard::ThreadGuard(int threads) : previous_(torch::get_num_threads()) {
 
 ThreadGuard::~ThreadGuard() {
   if (torch::get_num_threads() != previous_) torch::set_num_threads(previous_);
-}
-
-SeedGuard::SeedGuard(std::uint64_t seed) {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  saved_ = gen.get_state();
-  gen.set_current_seed(seed);
-}
-
-SeedGuard::~SeedGuard() {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(saved_);
 }
 
 void throw_if_stopped(const std::stop_token& stop, const char* what) {
@@ -104,7 +108,9 @@ TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
   }
 
   ThreadGuard threads(options.threads());
-  SeedGuard seeded(options.seed());
+  // Shuffling and dropout draw from the training's own generator.
+  auto gen = make_generator(options.seed());
+  NoiseGuard noise(model, gen);
   const auto start = Clock::now();
   auto optimizer = make_optimizer(model, options);
   const std::int64_t n = x.size(0);
@@ -119,7 +125,7 @@ TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
   for (std::int64_t epoch = 1; epoch <= options.epochs(); ++epoch) {
     const auto epoch_start = Clock::now();
     model.train();
-    auto order = torch::randperm(n, torch::kLong);
+    auto order = torch::randperm(n, gen, torch::kLong);
     double loss_sum = 0;
     for (std::int64_t b = 0; b < steps_per_epoch; ++b, ++step) {
       throw_if_stopped(options.stop(), "training");

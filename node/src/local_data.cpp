@@ -13,6 +13,7 @@
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/partition.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/node/expert.hpp"
 
 namespace chorus::node {
@@ -141,8 +142,9 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                fmt::join(labels, ", "), options.shard(), options.shards());
   auto x = all.inputs.index_select(0, keep);
   auto y = fusion::to_local_labels(all.labels.index_select(0, keep), classes);
-  fusion::SeedGuard seeded(options.seed());
-  auto perm = torch::randperm(x.size(0), torch::kLong);
+  // One generator draws the hold-out split, then the initial weights.
+  auto gen = fusion::make_generator(options.seed());
+  auto perm = torch::randperm(x.size(0), gen, torch::kLong);
   const auto n_hold = std::max<std::int64_t>(
       1, static_cast<std::int64_t>(options.holdout() *
                                    static_cast<double>(x.size(0))));
@@ -153,7 +155,7 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
       .arch = arch,
       .input_shape = task.input_shape,
       .num_classes = static_cast<std::int64_t>(labels.size())};
-  auto model = fusion::make_classifier(spec);
+  auto model = fusion::make_classifier(spec, gen);
   fusion::train(*model, x.index_select(0, rest), y.index_select(0, rest),
                 fusion::TrainOptions()
                     .epochs(options.epochs())

@@ -7,6 +7,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
 #include "chorus/fusion/models.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/train.hpp"
 #include "chorus/node/expert.hpp"
 #include "chorus/protocol/certs.hpp"
@@ -88,8 +89,9 @@ std::vector<SimExpert> prepare_experts(const SimulateOptions& o,
           .input_shape = task.input_shape,
           .num_classes = static_cast<std::int64_t>(e.task.size()),
           .hidden = e.hidden};
-      fu::SeedGuard seeded(o.seed * 100 + static_cast<std::uint64_t>(i));
-      auto model = fu::make_classifier(spec);
+      auto gen =
+          fu::make_generator(o.seed * 100 + static_cast<std::uint64_t>(i));
+      auto model = fu::make_classifier(spec, gen);
       fu::train(*model, x, y,
                 fu::TrainOptions()
                     .epochs(epochs)

@@ -6,6 +6,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/fused_model.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/train.hpp"
 #include "support/doctest.hpp"
 
@@ -36,8 +37,8 @@ struct LinearFamily {
 };
 
 std::shared_ptr<fu::ClassifierImpl> fresh(std::uint64_t seed) {
-  fu::SeedGuard seeded(seed);
-  return fu::make_classifier(kSpec);
+  auto gen = fu::make_generator(seed);
+  return fu::make_classifier(kSpec, gen);
 }
 
 double accuracy_of(fu::ClassifierImpl& model, const torch::Tensor& x,
@@ -63,9 +64,9 @@ TEST_CASE("dro: a model's flat vector round-trips through unflatten") {
 TEST_CASE("dro: the hypernetwork reproduces a single model trained on it") {
   auto model = fresh(3);
   auto theta = fu::flatten_model(*model);
-  fu::SeedGuard seeded(4);
-  fu::Hypernetwork hyper(fu::layer_sizes(*model), 50, 0.1);
-  auto e = torch::randn({50});
+  auto gen = fu::make_generator(4);
+  fu::Hypernetwork hyper(fu::layer_sizes(*model), 50, 0.1, gen);
+  auto e = torch::randn({50}, gen);
   auto initial = (hyper(e) - theta).abs().max().item<double>();
   CHECK(initial > 0.05);
   torch::optim::Adam adam({hyper.weight(), hyper.bias()},
@@ -87,14 +88,14 @@ TEST_CASE("dro: the hypernetwork reproduces a single model trained on it") {
 TEST_CASE(
     "dro: the inner step moves an embedding away from its peak, less "
     "for a larger gamma") {
-  fu::SeedGuard seeded(5);
+  auto gen = fu::make_generator(5);
   std::vector<std::int64_t> layers = {40, 24};
-  fu::Hypernetwork hyper(layers, 6, 0.1);
+  fu::Hypernetwork hyper(layers, 6, 0.1, gen);
   {
     torch::NoGradGuard no_grad;
-    hyper.weight().normal_(0, 0.2);
+    hyper.weight().normal_(0, 0.2, gen);
   }
-  auto peak = torch::randn({6});
+  auto peak = torch::randn({6}, gen);
   torch::Tensor theta;
   {
     torch::NoGradGuard no_grad;
@@ -107,7 +108,7 @@ TEST_CASE(
     torch::NoGradGuard no_grad;
     return nll_of(e).item<double>();
   };
-  auto start = peak + 0.1 * torch::randn({6});
+  auto start = peak + 0.1 * torch::randn({6}, gen);
   const double at_start = value(start);
   CHECK(value(peak) < 1e-10);
 

@@ -4,6 +4,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/foe.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "support/doctest.hpp"
 #include "synthetic.hpp"
@@ -53,28 +54,78 @@ TEST_CASE("train: the same seed gives the same weights") {
 }
 
 TEST_CASE(
-    "train: training or building a model leaves the caller's random stream "
-    "as it was") {
+    "train: draws only from its own generator, so torch's default stream is "
+    "untouched and the result does not depend on it") {
   auto data = make_blobs(100, 3, 8, 4);
-  torch::manual_seed(11);
-  const auto expected = torch::rand({5});
-  torch::manual_seed(11);
-  auto model = small_mlp(3, 3);  // Seeds the stream itself: reseed after.
-  torch::manual_seed(11);
-  fu::train(*model, data.x, data.y, fu::TrainOptions().epochs(1).seed(5));
-  fu::TaeModel tae(8, 3, 3, fu::TaeOptions().seed(9));
-  CHECK(torch::equal(torch::rand({5}), expected));
-  // And a guard still seeds what runs under it.
-  torch::Tensor a, b;
-  {
-    fu::SeedGuard seeded(42);
-    a = torch::rand({3});
+  const fu::ModelSpec spec{
+      .arch = "mlp", .input_shape = {8}, .num_classes = 3, .hidden = {32}};
+  auto trained = [&](std::uint64_t global_seed) {
+    auto gen = fu::make_generator(3);
+    auto model = fu::make_classifier(spec, gen);
+    torch::manual_seed(global_seed);
+    const auto expected = torch::rand({5});
+    torch::manual_seed(global_seed);
+    fu::train(*model, data.x, data.y, fu::TrainOptions().epochs(2).seed(5));
+    // Shuffling and dropout took nothing from the default generator.
+    CHECK(torch::equal(torch::rand({5}), expected));
+    CHECK_FALSE(model->noise().has_value());  // the generator was lent
+    return fu::predict_proba(*model, data.x);
+  };
+  CHECK(torch::equal(trained(11), trained(12)));
+}
+
+TEST_CASE(
+    "random: make_classifier with a generator draws LibTorch's own initial "
+    "weights, whatever the default generator holds") {
+  const std::vector<fu::ModelSpec> specs = {
+      {.arch = "mlp", .input_shape = {1, 6, 6}, .num_classes = 3},
+      {.arch = "lenet", .input_shape = {3, 8, 8}, .num_classes = 4},
+      {.arch = "resnet", .input_shape = {1, 8, 8}, .num_classes = 2}};
+  for (const auto& spec : specs) {
+    CAPTURE(spec.to_string());
+    torch::manual_seed(21);
+    auto libtorch = fu::make_classifier(spec);  // LibTorch's initialisation
+    torch::manual_seed(99);
+    auto gen = fu::make_generator(21);
+    auto ours = fu::make_classifier(spec, gen);
+    auto a = libtorch->parameters(), b = ours->parameters();
+    REQUIRE(a.size() == b.size());
+    for (std::size_t i = 0; i < a.size(); ++i) CHECK(torch::equal(a[i], b[i]));
+    auto other = fu::make_generator(22);
+    CHECK_FALSE(
+        torch::equal(fu::make_classifier(spec, other)->parameters()[0], a[0]));
   }
-  {
-    fu::SeedGuard seeded(42);
-    b = torch::rand({3});
-  }
-  CHECK(torch::equal(a, b));
+}
+
+TEST_CASE(
+    "random: dropout draws torch::dropout's mask from the caller's "
+    "generator") {
+  auto x = torch::rand({64, 16});
+  torch::manual_seed(4);
+  auto expected = torch::dropout(x, 0.3, /*train=*/true);
+  auto gen = fu::make_generator(4);
+  CHECK(torch::equal(fu::dropout(x, 0.3, true, gen), expected));
+  CHECK(torch::equal(fu::dropout(x, 0.3, false, gen), x));
+  CHECK(torch::equal(fu::dropout(x, 0.0, true, gen), x));
+  CHECK_THROWS_WITH_AS(fu::dropout(x, 1.5, true, gen),
+                       doctest::Contains("dropout probability 1.5"),
+                       chorus::Error);
+}
+
+TEST_CASE(
+    "random: a tae model's initialisation and predictions depend on its "
+    "seed only") {
+  auto x = torch::rand({6, 8});
+  auto predicted = [&](std::uint64_t global_seed) {
+    torch::manual_seed(global_seed);
+    fu::TaeModel tae(8, 3, 3, fu::TaeOptions().seed(9));
+    auto q = tae.prior(torch::ones({3}));
+    return std::make_pair(tae.predict(x, q), tae.prototypes().clone());
+  };
+  auto [p1, z1] = predicted(1);
+  auto [p2, z2] = predicted(2);
+  CHECK(torch::equal(p1, p2));
+  CHECK(torch::equal(z1, z2));
 }
 
 TEST_CASE("train: soft targets are matched (distillation loss)") {

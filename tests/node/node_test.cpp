@@ -17,6 +17,7 @@
 #include "chorus/fusion/dro.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/models.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "chorus/node/audit.hpp"
 #include "chorus/node/config.hpp"
@@ -910,11 +911,8 @@ TEST_CASE(
   // classes, so its head is resized.
   const fu::ModelSpec spec{
       .arch = "mlp", .input_shape = kShape, .num_classes = 5, .hidden = {8}};
-  std::shared_ptr<fu::ClassifierImpl> init_model;
-  {
-    fu::SeedGuard seeded(3);
-    init_model = fu::make_classifier(spec);
-  }
+  auto gen = fu::make_generator(3);
+  auto init_model = fu::make_classifier(spec, gen);
   auto init = fu::dro_model(
       spec, fu::DroFit{.init = fu::flatten_model(*init_model)}, "imitators", 4,
       fu::DroOptions().adapt_steps(40).adapt_lr(0.1));

@@ -16,6 +16,7 @@
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/dro.hpp"
 #include "chorus/fusion/fused_model.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "chorus/fusion/train.hpp"
 #include "chorus/node/service.hpp"
@@ -43,11 +44,8 @@ int main(int argc, char** argv) {
                                .hidden = {64}};
       std::vector<torch::Tensor> models;
       for (int half = 0; half < 2; ++half) {
-        std::shared_ptr<fu::ClassifierImpl> m;
-        {
-          fu::SeedGuard seeded(1);  // one starting point
-          m = fu::make_classifier(spec);
-        }
+        auto gen = fu::make_generator(1);  // one starting point
+        auto m = fu::make_classifier(spec, gen);
         auto rows = y.ge(5 * half).logical_and(y.lt(5 * half + 5)).nonzero();
         rows = rows.flatten();
         fu::train(*m, x.index_select(0, rows),

@@ -90,9 +90,10 @@ std::vector<std::int64_t> layer_sizes(ClassifierImpl& model);
 /// map).
 class Hypernetwork {
  public:
-  /// `layers`: the sizes of the target layers; `sigma`: the likelihood's σ.
+  /// `layers`: the sizes of the target layers; `sigma`: the likelihood's σ;
+  /// the maps' small random initial weights are drawn from `gen`.
   Hypernetwork(std::vector<std::int64_t> layers, std::int64_t embedding_dim,
-               double sigma);
+               double sigma, at::Generator& gen);
 
   /// f_φ(e) [P] for an embedding [D].
   torch::Tensor operator()(const torch::Tensor& e) const;

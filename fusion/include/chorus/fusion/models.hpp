@@ -1,16 +1,17 @@
 #pragma once
 
+#include <ATen/core/Generator.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,19 @@ class ClassifierImpl : public torch::nn::Module {
  public:
   /// Logits [N, num_classes] for inputs [N, ...].
   virtual torch::Tensor forward(torch::Tensor x) = 0;
+
+  /// The generator dropout draws its masks from in training mode; without
+  /// one it draws from torch's default generator. `train` sets its own for
+  /// its duration.
+  void set_noise(std::optional<at::Generator> gen) { noise_ = std::move(gen); }
+  const std::optional<at::Generator>& noise() const { return noise_; }
+
+ protected:
+  /// Dropout with probability `p` in training mode, from `noise()`.
+  torch::Tensor dropout(const torch::Tensor& x, double p);
+
+ private:
+  std::optional<at::Generator> noise_;
 };
 
 /// Options of `Mlp`.
@@ -48,7 +62,6 @@ class MlpImpl : public ClassifierImpl {
  private:
   MlpOptions options_;
   torch::nn::ModuleList layers_{nullptr};
-  torch::nn::Dropout dropout_{nullptr};
 };
 TORCH_MODULE(Mlp);
 
@@ -84,7 +97,6 @@ class LeNetImpl : public ClassifierImpl {
   torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
   torch::nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
   torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
-  torch::nn::Dropout dropout_{nullptr};
 };
 TORCH_MODULE(LeNet);
 
@@ -152,8 +164,15 @@ std::string default_architecture(const std::vector<std::int64_t>& input_shape);
 std::string resolve_architecture(const std::string& arch,
                                  const std::vector<std::int64_t>& input_shape);
 
-/// Builds a freshly initialised model for `spec`. Throws `chorus::Error`
-/// (INVALID_ARGUMENT) for an unknown architecture or a shape it cannot take.
+/// Builds a model for `spec` whose weights are about to be overwritten (a
+/// model being loaded): its initial weights are LibTorch's, drawn from the
+/// default generator. Throws `chorus::Error` (INVALID_ARGUMENT) for an
+/// unknown architecture or a shape it cannot take.
 std::shared_ptr<ClassifierImpl> make_classifier(const ModelSpec& spec);
+
+/// Builds a freshly initialised model for `spec`, every initial weight drawn
+/// from `gen` (see `initialise`). Throws as the overload above.
+std::shared_ptr<ClassifierImpl> make_classifier(const ModelSpec& spec,
+                                                at::Generator& gen);
 
 }  // namespace chorus::fusion

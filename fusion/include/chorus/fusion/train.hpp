@@ -40,7 +40,8 @@ struct TrainOptions {
   TORCH_ARG(std::int64_t, patience) = 0;
   /// Label smoothing for hard labels.
   TORCH_ARG(double, label_smoothing) = 0.0;
-  /// Seeds shuffling and dropout.
+  /// Seeds shuffling and dropout: a generator of the training's own, so
+  /// torch's default generator is neither read nor changed.
   TORCH_ARG(std::uint64_t, seed) = 0;
   /// Torch intra-op threads for the duration of training; 0 keeps the
   /// process's setting.
@@ -95,23 +96,6 @@ class ThreadGuard {
 
  private:
   int previous_ = 0;
-};
-
-/// Seeds torch's default CPU generator for the lifetime of the guard and
-/// then puts back the state it had: an algorithm is reproducible from its
-/// own seed, and a caller's random stream (a test's, another model's, the
-/// process's) is exactly as it was afterwards. Loading or building a model
-/// therefore never reseeds the process. The generator is process-wide:
-/// two guards on two threads at once share it (their draws interleave).
-class SeedGuard {
- public:
-  explicit SeedGuard(std::uint64_t seed);
-  ~SeedGuard();
-  SeedGuard(const SeedGuard&) = delete;
-  SeedGuard& operator=(const SeedGuard&) = delete;
-
- private:
-  torch::Tensor saved_;
 };
 
 }  // namespace chorus::fusion
