@@ -33,8 +33,11 @@ bench: build
 	$(BUILD_DIR)/bench/bench_data --json $(BUILD_DIR)/bench-results/data.json
 	$(BUILD_DIR)/bench/bench_transport --json $(BUILD_DIR)/bench-results/transport.json
 	$(BUILD_DIR)/bench/bench_coordinator --json $(BUILD_DIR)/bench-results/coordinator.json
+	$(BUILD_DIR)/bench/bench_node --json $(BUILD_DIR)/bench-results/node.json
 	$(BUILD_DIR)/bench/bench_p1 --seeds 3 --json $(BUILD_DIR)/bench-results/p1.json \
 	    --save-dir $(BUILD_DIR)/bench-results
+	$(BUILD_DIR)/bench/bench_p1 --vs-pytorch 3 \
+	    --json $(BUILD_DIR)/bench-results/p1_vs_pytorch.json
 	scripts/fetch-mnist.sh
 	$(BUILD_DIR)/bench/bench_p2 --tasks 100 --json $(BUILD_DIR)/bench-results/p2.json
 	$(BUILD_DIR)/bench/bench_p3 --json $(BUILD_DIR)/bench-results/p3.json

@@ -12,6 +12,7 @@
 #include "certs_command.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/core/memory.hpp"
 #include "chorus/core/version.hpp"
 #include "coordinator_command.hpp"
 #include "eval_command.hpp"
@@ -34,6 +35,7 @@ struct Command {
 }  // namespace
 
 int main(int argc, char** argv) {
+  chorus::tune_allocator();
   CLI::App app{
       "chorus: collective learning from black-box experts.\n"
       "Nodes keep their data and models at home and answer prediction\n"

@@ -64,6 +64,10 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
   sub->add_option("--threads", o->threads,
                   "Torch threads for training and fusion")
       ->capture_default_str();
+  sub->add_option("--device", o->device,
+                  "Where experts train, nodes infer and fusion trains: cpu, "
+                  "cuda or cuda:N (a LibTorch with CUDA)")
+      ->capture_default_str();
   sub->add_option(
       "--data-dir", *data_dir,
       "Where a built-in data set's files are (default: Fashion-MNIST "

@@ -45,6 +45,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/core/memory.hpp"
 #include "chorus/core/task.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/random.hpp"
@@ -256,6 +257,7 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
 }  // namespace
 
 int main(int argc, char** argv) {
+  chorus::tune_allocator();
   std::vector<int> counts = {5, 20, 100};
   std::int64_t pool_size = 1000;
   std::string json_path = "bench_coordinator.json";

@@ -5,18 +5,28 @@
 //            [--save-dir DIR]   (seed 0's fused models, for `chorus eval`)
 //            [--only a,b,...]   (these methods only: algorithm names,
 //                                "ablations", "frugal-sweep", "centralised")
+//   bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads N]
+//            [--json FILE] [--peer bench/p1/peer.py]
 //
 // For each seed: split the 60,000 training images (50,000 private in K = 5
 // IID shards, 10,000 public transfer pool U, its first 500 labelled as V),
 // train one expert per shard on its 4-class task, query every expert on U
 // and on the 10,000 test images, and fuse. Prints one row per expert and per
 // method, mean ± sd over seeds, and writes the rows as JSON.
+//
+// --vs-pytorch: Chorus against the identical recipe in plain PyTorch
+// (peer.py, Debian's python3-torch on the same libtorch), phase by phase:
+// expert training, inference on U and the test set, the FoE fuser and
+// foe-distill's student. Alternating pairs, medians, speed-up = PyTorch time
+// / Chorus time, accuracies side by side.
+#include <stdlib.h>
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -26,12 +36,15 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/core/memory.hpp"
 #include "chorus/fusion/algorithms.hpp"
 #include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/distill.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/foe.hpp"
 #include "chorus/fusion/oracle.hpp"
 #include "chorus/fusion/partition.hpp"
+#include "chorus/fusion/random.hpp"
 #include "chorus/fusion/train.hpp"
 
 namespace fu = chorus::fusion;
@@ -46,6 +59,8 @@ struct Args {
   std::string json = "bench_p1.json";
   std::string save_dir;        // Where to save seed 0's fused models, if set.
   std::set<std::string> only;  // Empty: every method.
+  int vs_pytorch = 0;          // Pairs of the PyTorch comparison; 0: off.
+  std::string peer = CHORUS_P1_PEER;  // bench/p1/peer.py
   bool wants(const std::string& method) const {
     return only.empty() || only.count(method);
   }
@@ -103,32 +118,60 @@ class Table {
   std::map<std::string, std::map<std::string, std::vector<double>>> rows_;
 };
 
+constexpr std::int64_t kClasses = 10;
+
+// Experts: a LeNet per shard, trained on its task only (peer.py's recipe).
+// With --threads T ≥ 2 they train T at a time on one thread each.
+void train_experts(std::uint64_t seed, const Args& args,
+                   const fu::Dataset& train, const fu::P1Split& split,
+                   fu::LocalOracle& oracle) {
+  std::vector<std::shared_ptr<fu::ClassifierImpl>> models(split.tasks.size());
+  fu::run_jobs(static_cast<std::int64_t>(models.size()), args.threads,
+               [&](std::int64_t j) {
+                 const auto i = static_cast<std::size_t>(j);
+                 const auto& task = split.tasks[i];
+                 auto idx = split.expert_train[i];
+                 auto x = train.images.index_select(0, idx);
+                 auto y = fu::to_local_labels(train.labels.index_select(0, idx),
+                                              task);
+                 auto gen = fu::make_generator(seed * 100 + i);
+                 auto model = fu::make_classifier(
+                     fu::ModelSpec{
+                         .arch = "lenet",
+                         .num_classes = static_cast<std::int64_t>(task.size())},
+                     gen);
+                 fu::train(*model, x, y,
+                           fu::TrainOptions()
+                               .epochs(args.expert_epochs)
+                               .batch_size(64)
+                               .lr(2e-3)
+                               .seed(seed * 100 + i)
+                               .threads(args.threads > 1 ? 1 : args.threads));
+                 models[i] = model;
+               });
+  for (std::size_t i = 0; i < models.size(); ++i)
+    oracle.add_expert({fmt::format("expert-{}", i), split.tasks[i]}, models[i]);
+}
+
+// The mean accuracy of the experts on their own tasks' test images.
+double own_task_accuracy(const std::vector<torch::Tensor>& answers_test,
+                         const fu::P1Split& split, const fu::Dataset& test) {
+  double sum = 0;
+  for (std::size_t i = 0; i < split.tasks.size(); ++i) {
+    auto local = fu::to_local_labels(test.labels, split.tasks[i]);
+    auto known = local.ge(0).nonzero().flatten();
+    sum += fu::accuracy(answers_test[i].index_select(0, known),
+                        local.index_select(0, known));
+  }
+  return sum / static_cast<double>(split.tasks.size());
+}
+
 void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
               const fu::Dataset& test, Table& table) {
-  const std::int64_t kClasses = 10;
   auto split = fu::p1_split(train.labels, fu::P1Options().seed(seed));
-  fu::LocalOracle oracle(kClasses);
-
-  // Experts: a LeNet per shard, trained on its task only.
+  fu::LocalOracle oracle(kClasses, /*batch_size=*/256, args.threads);
   auto t_experts = Clock::now();
-  for (std::size_t i = 0; i < split.tasks.size(); ++i) {
-    const auto& task = split.tasks[i];
-    auto idx = split.expert_train[i];
-    auto x = train.images.index_select(0, idx);
-    auto y = fu::to_local_labels(train.labels.index_select(0, idx), task);
-    torch::manual_seed(seed * 100 + i);
-    auto model = fu::make_classifier(
-        fu::ModelSpec{.arch = "lenet",
-                      .num_classes = static_cast<std::int64_t>(task.size())});
-    fu::train(*model, x, y,
-              fu::TrainOptions()
-                  .epochs(args.expert_epochs)
-                  .batch_size(64)
-                  .lr(2e-3)
-                  .seed(seed * 100 + i)
-                  .threads(args.threads));
-    oracle.add_expert({fmt::format("expert-{}", i), task}, model);
-  }
+  train_experts(seed, args, train, split, oracle);
   const double expert_seconds = seconds_since(t_experts);
   table.add("experts: training", "seconds", expert_seconds);
 
@@ -215,8 +258,8 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
   if (args.wants("centralised")) {
     auto t = Clock::now();
     auto idx = torch::cat(split.expert_train);
-    torch::manual_seed(seed);
-    auto model = fu::make_classifier(fu::ModelSpec{.arch = "lenet"});
+    auto gen = fu::make_generator(seed);
+    auto model = fu::make_classifier(fu::ModelSpec{.arch = "lenet"}, gen);
     fu::train(*model, train.images.index_select(0, idx),
               train.labels.index_select(0, idx),
               fu::TrainOptions()
@@ -234,9 +277,179 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
              expert_seconds);
 }
 
+// The phases peer.py times, measured on Chorus's side with the same data,
+// recipe and threads.
+struct Phases {
+  std::map<std::string, double> seconds, accuracy;
+};
+
+const std::vector<std::string>& phase_names() {
+  static const std::vector<std::string> kNames = {"experts", "inference", "foe",
+                                                  "student"};
+  return kNames;
+}
+
+Phases chorus_phases(std::uint64_t seed, const Args& args,
+                     const fu::Dataset& train, const fu::Dataset& test,
+                     const fu::P1Split& split) {
+  Phases out;
+  fu::LocalOracle oracle(kClasses, /*batch_size=*/256, args.threads);
+  auto t = Clock::now();
+  train_experts(seed, args, train, split, oracle);
+  out.seconds["experts"] = seconds_since(t);
+
+  auto u_x = train.images.index_select(0, split.transfer);
+  t = Clock::now();
+  auto answers_u = oracle.query_all(u_x);
+  auto answers_test = oracle.query_all(test.images);
+  out.seconds["inference"] = seconds_since(t);
+  out.accuracy["experts"] = own_task_accuracy(answers_test, split, test);
+
+  // foe-distill as make_fuser builds it: the fuser on V, the student on U.
+  const auto n_v = split.fusion.size(0);
+  auto v_labels = train.labels.index_select(0, split.fusion);
+  std::vector<torch::Tensor> answers_v;
+  for (const auto& a : answers_u) answers_v.push_back(a.slice(0, 0, n_v));
+  auto options = fu::AlgorithmOptions();
+  t = Clock::now();
+  fu::Foe foe(options.foe().seed(seed).threads(args.threads));
+  foe.fit(answers_v, v_labels, kClasses, answers_u);
+  auto teacher = foe.predict_proba(answers_u);
+  out.seconds["foe"] = seconds_since(t);
+  out.accuracy["foe"] =
+      fu::accuracy(foe.predict_proba(answers_test), test.labels);
+
+  t = Clock::now();
+  // Every epoch (no early stop), so both sides train the same number.
+  auto student = fu::distill(
+      u_x, teacher,
+      options.distill().seed(seed).threads(args.threads).patience(0),
+      "foe-distill", u_x.slice(0, 0, n_v), v_labels);
+  out.seconds["student"] = seconds_since(t);
+  out.accuracy["student"] = fu::accuracy(
+      fu::predict_proba(*student.model.model, test.images), test.labels);
+  return out;
+}
+
+std::vector<std::int64_t> to_vector(const torch::Tensor& t) {
+  auto c = t.to(torch::kLong).contiguous();
+  return {c.data_ptr<std::int64_t>(), c.data_ptr<std::int64_t>() + c.numel()};
+}
+
+// peer.py's side: runs it on the split and reads the JSON it writes.
+Phases peer_phases(std::uint64_t seed, const Args& args,
+                   const std::filesystem::path& split_file,
+                   const std::filesystem::path& out_file) {
+  const auto data_dir = chorus::path_or_env({}, "CHORUS_DATA_DIR");
+  std::string command = fmt::format(
+      "/usr/bin/python3 '{}' --split '{}' --threads {} --seed {} "
+      "--expert-epochs {} --patience 0 --out '{}'{} > /dev/null",
+      args.peer, split_file.string(), args.threads, seed, args.expert_epochs,
+      out_file.string(),
+      data_dir ? fmt::format(" --data-dir '{}'", data_dir->string()) : "");
+  const int rc = std::system(command.c_str());
+  CHORUS_CHECK_CODE(rc == 0, chorus::Code::kInternal,
+                    "the PyTorch peer failed (exit status {}): {}", rc,
+                    command);
+  auto j = nlohmann::json::parse(chorus::read_file(out_file));
+  Phases out;
+  for (const auto& phase : phase_names()) {
+    out.seconds[phase] = j.at(phase + "_seconds").get<double>();
+  }
+  for (const auto& phase : {"experts", "foe", "student"}) {
+    out.accuracy[phase] = j.at(std::string(phase) + "_accuracy").get<double>();
+  }
+  return out;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const auto n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Chorus against the same recipe in plain PyTorch (bench/p1/peer.py), on
+// seed 0's split: --vs-pytorch pairs, alternating which runs first
+// (A B, B A, ...), medians per phase and their ratio.
+int vs_pytorch(const Args& args, const fu::Dataset& train,
+               const fu::Dataset& test) {
+  const std::uint64_t seed = 0;
+  auto split = fu::p1_split(train.labels, fu::P1Options().seed(seed));
+  nlohmann::json split_json{{"tasks", split.tasks},
+                            {"transfer", to_vector(split.transfer)},
+                            {"fusion", to_vector(split.fusion)}};
+  for (const auto& rows : split.expert_train)
+    split_json["expert_train"].push_back(to_vector(rows));
+  std::string pattern =
+      (std::filesystem::temp_directory_path() / "bench-p1-peer-XXXXXX")
+          .string();
+  CHORUS_CHECK_CODE(::mkdtemp(pattern.data()) != nullptr,
+                    chorus::Code::kInternal, "cannot create {}", pattern);
+  const std::filesystem::path dir = pattern;
+  const auto split_file = dir / "split.json";
+  chorus::write_file_atomic(split_file, split_json.dump());
+
+  std::map<std::string, std::vector<double>> ours, theirs, ours_acc, theirs_acc;
+  for (int r = 0; r < args.vs_pytorch; ++r) {
+    for (int k = 0; k < 2; ++k) {
+      const bool chorus_turn = (r + k) % 2 == 0;
+      const auto t = Clock::now();
+      auto p = chorus_turn
+                   ? chorus_phases(seed, args, train, test, split)
+                   : peer_phases(seed, args, split_file, dir / "peer.json");
+      for (const auto& [phase, s] : p.seconds)
+        (chorus_turn ? ours : theirs)[phase].push_back(s);
+      for (const auto& [phase, a] : p.accuracy)
+        (chorus_turn ? ours_acc : theirs_acc)[phase].push_back(a);
+      fmt::print(stderr, "pair {} {}: {:.1f} s\n", r + 1,
+                 chorus_turn ? "chorus " : "pytorch", seconds_since(t));
+    }
+  }
+  fmt::print(
+      "\nChorus vs the same recipe in PyTorch (bench/p1/peer.py), "
+      "{} pairs alternating, medians, {} threads\n",
+      args.vs_pytorch, args.threads);
+  fmt::print("{:<11} {:>10} {:>11} {:>10} {:>11} {:>12}\n", "phase", "chorus s",
+             "pytorch s", "speed-up", "chorus acc", "pytorch acc");
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& phase : phase_names()) {
+    const double a = median(ours[phase]), b = median(theirs[phase]);
+    std::string acc_a = "-", acc_b = "-";
+    nlohmann::json row{{"phase", phase},
+                       {"chorus_seconds", ours[phase]},
+                       {"pytorch_seconds", theirs[phase]},
+                       {"chorus_median", a},
+                       {"pytorch_median", b},
+                       {"speedup", b / a}};
+    if (ours_acc.count(phase)) {
+      acc_a = fmt::format("{:.4f}", median(ours_acc[phase]));
+      acc_b = fmt::format("{:.4f}", median(theirs_acc[phase]));
+      row["chorus_accuracy"] = median(ours_acc[phase]);
+      row["pytorch_accuracy"] = median(theirs_acc[phase]);
+    }
+    fmt::print("{:<11} {:>10.2f} {:>11.2f} {:>9.2f}x {:>11} {:>12}\n", phase, a,
+               b, b / a, acc_a, acc_b);
+    rows.push_back(row);
+  }
+  fmt::print(
+      "speed-up = PyTorch time / Chorus time (above 1: Chorus is "
+      "faster)\n");
+  nlohmann::json out{{"benchmark", "p1_vs_pytorch"},
+                     {"pairs", args.vs_pytorch},
+                     {"expert_epochs", args.expert_epochs},
+                     {"threads", args.threads},
+                     {"seed", seed},
+                     {"rows", rows}};
+  chorus::write_file_atomic(args.json, out.dump(2) + "\n");
+  fmt::print("wrote {}\n", args.json);
+  std::filesystem::remove_all(dir);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  chorus::tune_allocator();
   Args args;
   for (int i = 1; i < argc; ++i) {
     auto next = [&] { return i + 1 < argc ? argv[++i] : ""; };
@@ -250,6 +463,10 @@ int main(int argc, char** argv) {
       args.json = next();
     else if (!std::strcmp(argv[i], "--save-dir"))
       args.save_dir = next();
+    else if (!std::strcmp(argv[i], "--vs-pytorch"))
+      args.vs_pytorch = std::atoi(next());
+    else if (!std::strcmp(argv[i], "--peer"))
+      args.peer = next();
     else if (!std::strcmp(argv[i], "--only")) {
       std::stringstream list(next());
       for (std::string item; std::getline(list, item, ',');)
@@ -258,7 +475,9 @@ int main(int argc, char** argv) {
       fmt::print(
           stderr,
           "usage: bench_p1 [--seeds N] [--expert-epochs N] "
-          "[--threads N] [--json FILE] [--save-dir DIR] [--only a,b,...]\n");
+          "[--threads N] [--json FILE] [--save-dir DIR] [--only a,b,...]\n"
+          "       bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads "
+          "N] [--json FILE] [--peer peer.py]\n");
       return 2;
     }
   }
@@ -269,6 +488,10 @@ int main(int argc, char** argv) {
         fu::Split::kTrain, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
     auto test = fu::load_fashion_mnist(
         fu::Split::kTest, chorus::path_or_env({}, "CHORUS_DATA_DIR"));
+    if (args.vs_pytorch > 0) {
+      if (args.json == "bench_p1.json") args.json = "bench_p1_vs_pytorch.json";
+      return vs_pytorch(args, train, test);
+    }
     Table table;
     for (int s = 0; s < args.seeds; ++s) run_seed(s, args, train, test, table);
     table.print();

@@ -32,6 +32,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/core/memory.hpp"
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/distill.hpp"
 #include "chorus/fusion/ensemble.hpp"
@@ -146,6 +147,7 @@ struct Row {
 }  // namespace
 
 int main(int argc, char** argv) {
+  chorus::tune_allocator();
   Args args;
   for (int i = 1; i < argc; ++i) {
     auto next = [&] {

@@ -38,6 +38,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/core/memory.hpp"
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/distill.hpp"
 #include "chorus/fusion/dro.hpp"
@@ -151,6 +152,7 @@ std::vector<std::int64_t> random_task(std::mt19937_64& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  chorus::tune_allocator();
   Args args;
   for (int i = 1; i < argc; ++i) {
     auto next = [&] {

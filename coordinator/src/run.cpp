@@ -19,6 +19,7 @@
 #include "chorus/fusion/algorithms.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/device.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/train.hpp"
@@ -62,6 +63,7 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   k.algorithm = c.get_string("fusion.algorithm", k.algorithm);
   k.seed = c.get_int("fusion.seed", k.seed);
   k.threads = c.get_int("fusion.threads", k.threads);
+  k.device = c.get_string("fusion.device", k.device);
   k.student = c.get_string("fusion.student", k.student);
   k.dataset = c.get_string("data.dataset", k.dataset);
   const bool files = k.dataset == "files";
@@ -112,6 +114,11 @@ CoordinatorConfig read_coordinator_config(Config& c) {
         std::find(names.begin(), names.end(), k.algorithm) != names.end(),
         "{}: fusion.algorithm '{}' is not one of: {}", c.path().string(),
         k.algorithm, fmt::join(names, ", "));
+  }
+  try {
+    (void)fusion::parse_device(k.device);
+  } catch (const Error& e) {
+    fail(e.code(), "{}: fusion.device: {}", c.path().string(), e.what());
   }
   // Names an architecture that cannot take the task's inputs here, not
   // mid-round.
@@ -181,7 +188,8 @@ std::string to_toml(const CoordinatorConfig& k) {
       "rounds = {}\nrun_dir = {}\noperators = {}\nserve = {}\n"
       "max_unauthenticated = {}\nmax_operator_sessions = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
-      "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\nstudent = {}\n\n"
+      "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\ndevice = {}\n"
+      "student = {}\n\n"
       "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels "
       "= {}\n"
       "pool_seed = {}\nevaluate = {}\n{}\n{}",
@@ -191,9 +199,10 @@ std::string to_toml(const CoordinatorConfig& k) {
       list(k.operators), k.serve, k.max_unauthenticated,
       k.max_operator_sessions, toml_quoted(k.ca.string()),
       toml_quoted(k.cert.string()), toml_quoted(k.key.string()),
-      toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.student),
-      toml_quoted(k.dataset), toml_quoted(k.data_dir.string()), k.transfer_size,
-      k.fusion_labels, k.pool_seed, k.evaluate, data_files, to_toml(k.task));
+      toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.device),
+      toml_quoted(k.student), toml_quoted(k.dataset),
+      toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels,
+      k.pool_seed, k.evaluate, data_files, to_toml(k.task));
 }
 
 namespace {
@@ -368,7 +377,8 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   co.algorithm = k.algorithm;
   co.algorithm_options = fusion::AlgorithmOptions()
                              .seed(static_cast<std::uint64_t>(k.seed))
-                             .threads(static_cast<int>(k.threads));
+                             .threads(static_cast<int>(k.threads))
+                             .device(fusion::parse_device(k.device));
   co.algorithm_options.distill().arch(k.student);
   co.algorithm_options.dro().imitator().arch(k.student);
   co.rounds = static_cast<int>(k.rounds);

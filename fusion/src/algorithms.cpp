@@ -203,7 +203,8 @@ class SelectFuser : public Fuser {
               .lr(d.lr())
               .stop(options_.stop())
               .seed(options_.seed())
-              .threads(options_.threads()));
+              .threads(options_.threads())
+              .device(options_.device()));
   }
   torch::Tensor predict(QueryOracle& oracle, const torch::Tensor& x) override {
     CHORUS_CHECK_CODE(selector_ != nullptr, Code::kFailedPrecondition,
@@ -419,9 +420,18 @@ class DroFuser : public Fuser {
 // Applies the shared seed, thread count and stop token to every
 // algorithm's options.
 AlgorithmOptions seeded(AlgorithmOptions o) {
-  o.foe().seed(o.seed()).threads(o.threads()).stop(o.stop());
-  o.distill().seed(o.seed()).threads(o.threads()).stop(o.stop());
-  o.frugal().fuser().seed(o.seed()).threads(o.threads()).stop(o.stop());
+  o.foe().seed(o.seed()).threads(o.threads()).device(o.device()).stop(o.stop());
+  o.distill()
+      .seed(o.seed())
+      .threads(o.threads())
+      .device(o.device())
+      .stop(o.stop());
+  o.frugal()
+      .fuser()
+      .seed(o.seed())
+      .threads(o.threads())
+      .device(o.device())
+      .stop(o.stop());
   o.tae().stop(o.stop());
   o.dro().seed(o.seed()).threads(o.threads()).stop(o.stop());
   return o;

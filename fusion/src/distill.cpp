@@ -61,6 +61,7 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
                            .patience(n_val > 0 ? options.patience() : 0)
                            .seed(options.seed())
                            .threads(options.threads())
+                           .device(options.device())
                            .stop(options.stop())
                            .on_epoch(options.on_epoch());
   DistillResult result;

@@ -196,7 +196,7 @@ torch::Tensor flatten_model(ClassifierImpl& model) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> flat;
   for (const auto& t : flat_parts(model))
-    flat.push_back(t.detach().to(torch::kFloat32).flatten());
+    flat.push_back(t.detach().to(torch::kCPU, torch::kFloat32).flatten());
   return torch::cat(flat);
 }
 

@@ -48,6 +48,7 @@ TrainResult Foe::fit(const std::vector<torch::Tensor>& answers,
                            .optimizer(Optimizer::kAdamW)
                            .seed(options_.seed())
                            .threads(options_.threads())
+                           .device(options_.device())
                            .stop(options_.stop());
   fuser_ = make_fuser();
   TrainResult result = train(*fuser_, x, labels, train_options);

@@ -13,8 +13,21 @@ namespace chorus::fusion {
 namespace nn = torch::nn;
 namespace F = torch::nn::functional;
 
+void ClassifierImpl::use_channels_last() {
+  torch::NoGradGuard no_grad;
+  for (auto& p : parameters()) {
+    if (p.dim() != 4) continue;
+    // Restrided even where `contiguous` would keep the tensor as it is (a
+    // first layer's [out, 1, k, k] passes for channels-last either way, but
+    // only channels-last strides make the convolution choose that layout).
+    p.set_data(
+        torch::empty_like(p, torch::MemoryFormat::ChannelsLast).copy_(p));
+  }
+}
+
 torch::Tensor ClassifierImpl::dropout(const torch::Tensor& x, double p) {
-  if (!noise_) return torch::dropout(x, p, is_training());
+  // The generator is a CPU one: on another device, that device's default.
+  if (!noise_ || !x.is_cpu()) return torch::dropout(x, p, is_training());
   auto gen = *noise_;
   return fusion::dropout(x, p, is_training(), gen);
 }
@@ -71,9 +84,11 @@ LeNetImpl::LeNetImpl(LeNetOptions options) : options_(std::move(options)) {
   fc2_ = register_module("fc2", nn::Linear(o.hidden(), o.num_classes()));
   CHORUS_CHECK(o.dropout() >= 0 && o.dropout() < 1,
                "lenet: dropout must be in [0, 1), got {}", o.dropout());
+  use_channels_last();
 }
 
 torch::Tensor LeNetImpl::forward(torch::Tensor x) {
+  x = x.contiguous(torch::MemoryFormat::ChannelsLast);
   x = F::max_pool2d(torch::relu(bn1_(conv1_(x))), F::MaxPool2dFuncOptions(2));
   x = F::max_pool2d(torch::relu(bn2_(conv2_(x))), F::MaxPool2dFuncOptions(2));
   x = dropout(torch::relu(fc1_(x.flatten(/*start_dim=*/1))),
@@ -140,9 +155,11 @@ ResNetImpl::ResNetImpl(ResNetOptions options) : options_(std::move(options)) {
     }
   }
   head_ = register_module("head", nn::Linear(in, o.num_classes()));
+  use_channels_last();
 }
 
 torch::Tensor ResNetImpl::forward(torch::Tensor x) {
+  x = x.contiguous(torch::MemoryFormat::ChannelsLast);
   x = body_->forward(stem_->forward(x));
   return head_(x.mean({2, 3}));
 }

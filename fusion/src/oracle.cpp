@@ -78,8 +78,9 @@ void QueryOracle::reset_stats() {
   stats_.assign(stats_.size(), QueryStats{});
 }
 
-LocalOracle::LocalOracle(std::int64_t num_classes, std::int64_t batch_size)
-    : num_classes_(num_classes), batch_size_(batch_size) {
+LocalOracle::LocalOracle(std::int64_t num_classes, std::int64_t batch_size,
+                         int workers)
+    : num_classes_(num_classes), batch_size_(batch_size), workers_(workers) {
   CHORUS_CHECK(num_classes > 0, "an oracle needs a positive number of classes");
   CHORUS_CHECK(batch_size > 0, "batch_size must be positive");
 }
@@ -95,6 +96,14 @@ void LocalOracle::add_expert(ExpertInfo info,
   }
   infos_.push_back(std::move(info));
   models_.push_back(std::move(model));
+}
+
+std::vector<torch::Tensor> LocalOracle::query_all(const torch::Tensor& inputs) {
+  std::vector<torch::Tensor> out(static_cast<std::size_t>(num_experts()));
+  run_jobs(num_experts(), workers_, [&](std::int64_t i) {
+    out[static_cast<std::size_t>(i)] = query(i, inputs);
+  });
+  return out;
 }
 
 torch::Tensor LocalOracle::do_query(std::int64_t expert,

@@ -20,11 +20,13 @@ void reset_from(torch::Tensor& weight, torch::Tensor& bias,
   const double gain = init::calculate_gain(torch::kLeakyReLU, std::sqrt(5));
   const double std = gain / std::sqrt(fan_in);
   const double bound = std::sqrt(3.0) * std;
-  weight.uniform_(-bound, bound, gen);
-  if (bias.defined()) {
-    const double b = 1 / std::sqrt(fan_in);
-    bias.uniform_(-b, b, gen);
-  }
+  // Drawn in logical order whatever the tensor's memory format (the zoo's
+  // convolutions keep their weights channels-last).
+  auto draw = [&](torch::Tensor& t, double b) {
+    t.copy_(torch::empty(t.sizes(), t.options()).uniform_(-b, b, gen));
+  };
+  draw(weight, bound);
+  if (bias.defined()) draw(bias, 1 / std::sqrt(fan_in));
 }
 
 }  // namespace

@@ -2,9 +2,13 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <exception>
+#include <mutex>
 #include <numbers>
+#include <thread>
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/random.hpp"
@@ -83,6 +87,35 @@ ThreadGuard::~ThreadGuard() {
   if (torch::get_num_threads() != previous_) torch::set_num_threads(previous_);
 }
 
+void run_jobs(std::int64_t n, int workers,
+              const std::function<void(std::int64_t)>& job) {
+  if (workers <= 1 || n <= 1) {
+    for (std::int64_t i = 0; i < n; ++i) job(i);
+    return;
+  }
+  std::atomic<std::int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex mutex;
+  auto work = [&] {
+    ThreadGuard one(1);
+    for (auto i = next++; i < n && !failed; i = next++) {
+      try {
+        job(i);
+      } catch (...) {
+        std::lock_guard lock(mutex);
+        if (!error) error = std::current_exception();
+        failed = true;
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  const auto count = std::min<std::int64_t>(workers, n);
+  for (std::int64_t w = 0; w < count; ++w) threads.emplace_back(work);
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
 void throw_if_stopped(const std::stop_token& stop, const char* what) {
   if (stop.stop_requested()) fail(Code::kCancelled, "{} cancelled", what);
 }
@@ -108,6 +141,13 @@ TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
   }
 
   ThreadGuard threads(options.threads());
+  const auto device = options.device();
+  // Back on the CPU however training ends.
+  struct OnDevice {
+    ClassifierImpl& model;
+    OnDevice(ClassifierImpl& m, c10::Device d) : model(m) { model.to(d); }
+    ~OnDevice() { model.to(c10::Device(c10::kCPU)); }
+  } on_device(model, device);
   // Shuffling and dropout draw from the training's own generator.
   auto gen = make_generator(options.seed());
   NoiseGuard noise(model, gen);
@@ -137,8 +177,8 @@ TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
           group.options().set_lr(lr);
       }
       auto idx = order.slice(0, b * bs, std::min(n, (b + 1) * bs));
-      auto xb = x.index_select(0, idx);
-      auto yb = y.index_select(0, idx);
+      auto xb = x.index_select(0, idx).to(device);
+      auto yb = y.index_select(0, idx).to(device);
       optimizer->zero_grad();
       auto loss = loss_fn(model.forward(xb), yb, options.label_smoothing());
       loss.backward();
@@ -182,11 +222,13 @@ torch::Tensor predict_proba(ClassifierImpl& model, const torch::Tensor& x,
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
+  const auto params = model.parameters();
+  const auto device =
+      params.empty() ? c10::Device(c10::kCPU) : params.front().device();
   std::vector<torch::Tensor> parts;
   for (std::int64_t i = 0; i < x.size(0); i += batch_size) {
-    parts.push_back(torch::softmax(
-        model.forward(x.slice(0, i, std::min(x.size(0), i + batch_size))),
-        /*dim=*/1));
+    auto xb = x.slice(0, i, std::min(x.size(0), i + batch_size)).to(device);
+    parts.push_back(torch::softmax(model.forward(xb), /*dim=*/1).cpu());
   }
   if (was_training) model.train();
   if (parts.empty()) return torch::empty({0, 0});

@@ -7,6 +7,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/task.hpp"
+#include "chorus/fusion/device.hpp"
 
 namespace chorus::node {
 namespace {
@@ -29,6 +30,13 @@ NodeConfig read_node_config(Config& c) {
   n.workers = static_cast<int>(c.get_int("node.workers", n.workers));
   CHORUS_CHECK(n.threads >= 1 && n.workers >= 1,
                "node.threads and node.workers must be at least 1");
+  n.device = c.get_string("node.device", n.device);
+  c10::Device device(c10::kCPU);
+  try {
+    device = fusion::parse_device(n.device);
+  } catch (const Error& e) {
+    fail(e.code(), "{}: node.device: {}", c.path().string(), e.what());
+  }
 
   n.host = c.get_string("coordinator.host", n.host);
   const auto port = c.get_int("coordinator.port", n.port);
@@ -55,6 +63,7 @@ NodeConfig read_node_config(Config& c) {
   e.normalize_mean = c.get_double("expert.normalize_mean", e.normalize_mean);
   e.normalize_std = c.get_double("expert.normalize_std", e.normalize_std);
   e.share_weights = c.get_bool("expert.share_weights", e.share_weights);
+  e.device = device;
 
   auto& p = n.policy;
   p.budget.max_batch = c.get_int("policy.max_batch", p.budget.max_batch);
@@ -115,6 +124,7 @@ NodeConfig read_node_config(Config& c) {
   }
   t.source(source);
   t.threads(n.threads);
+  t.device(device);
   CHORUS_CHECK(t.epochs() >= 1 && t.batch_size() >= 1,
                "train.epochs and train.batch_size must be at least 1");
   c.finish();
@@ -140,7 +150,8 @@ std::string to_toml(const NodeConfig& n) {
              : fmt::format("# {} = (unlimited)\n", key);
   };
   return fmt::format(
-      "[node]\nname = {}\nstate_dir = {}\nthreads = {}\nworkers = {}\n\n"
+      "[node]\nname = {}\nstate_dir = {}\nthreads = {}\nworkers = {}\n"
+      "device = {}\n\n"
       "[coordinator]\nhost = {}\nport = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
       "[expert]\nkind = \"{}\"\npath = {}\ninput_shape = [{}]\nlabels = [{}]\n"
@@ -153,9 +164,10 @@ std::string to_toml(const NodeConfig& n) {
       "holdout = {}\nshard = {}\nshards = {}\ndataset = {}\ndata_dir = "
       "{}\n{}{}",
       toml_quoted(n.name), toml_quoted(n.state_dir.string()), n.threads,
-      n.workers, toml_quoted(n.host), n.port, toml_quoted(n.ca.string()),
-      toml_quoted(n.cert.string()), toml_quoted(n.key.string()),
-      expert_kind_name(n.expert.kind), toml_quoted(n.expert.path.string()),
+      n.workers, toml_quoted(n.device), toml_quoted(n.host), n.port,
+      toml_quoted(n.ca.string()), toml_quoted(n.cert.string()),
+      toml_quoted(n.key.string()), expert_kind_name(n.expert.kind),
+      toml_quoted(n.expert.path.string()),
       fmt::join(n.expert.input_shape, ", "), fmt::join(labels, ", "),
       n.expert.outputs_logits ? "logits" : "probabilities",
       toml_quoted(n.expert.output_key), n.expert.normalize_mean,

@@ -47,6 +47,7 @@ class TorchScriptExpert : public Expert {
       fail(Code::kDataLoss, "'{}' is not a TorchScript module: {}",
            options_.path.string(), e.what());
     }
+    module_.to(options_.device);
     module_.eval();
   }
 
@@ -119,6 +120,7 @@ class BuiltinExpert : public Expert {
   BuiltinExpert(std::shared_ptr<fusion::ClassifierImpl> model,
                 ExpertOptions options)
       : Expert(std::move(options)), model_(std::move(model)) {
+    model_->to(this->options().device);
     model_->eval();
   }
 
@@ -172,7 +174,7 @@ torch::Tensor Expert::predict(const torch::Tensor& inputs) {
   if (options_.normalize_mean != 0.0 || options_.normalize_std != 1.0) {
     x = (x - options_.normalize_mean) / options_.normalize_std;
   }
-  auto out = forward(x.contiguous());
+  auto out = forward(x.contiguous().to(options_.device)).cpu();
   const auto width = static_cast<std::int64_t>(options_.labels.size());
   CHORUS_CHECK_CODE(
       out.dim() == 2 && out.size(0) == inputs.size(0) && out.size(1) == width,

@@ -163,6 +163,7 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                     .lr(options.lr())
                     .seed(options.seed())
                     .threads(options.threads())
+                    .device(options.device())
                     .on_epoch(options.on_epoch()));
   TrainExpertResult result;
   result.examples = rest.numel();

@@ -14,6 +14,7 @@
 #include "chorus/coordinator/registry.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/fusion/device.hpp"
 #include "chorus/node/expert.hpp"
 #include "chorus/node/local_data.hpp"
 #include "chorus/node/service.hpp"
@@ -98,6 +99,7 @@ struct LocalCluster::Impl {
           fmt::format(
               "# written by chorus simulate --processes\n"
               "[node]\nname = \"{0}\"\nstate_dir = \"{1}\"\nthreads = 1\n"
+              "device = \"{6}\"\n"
               "[coordinator]\nhost = \"127.0.0.1\"\nport = {2}\n"
               "[tls]\nca = \"{3}/ca.crt\"\ncert = \"{3}/{0}.crt\"\n"
               "key = \"{3}/{0}.key\"\n"
@@ -108,7 +110,8 @@ struct LocalCluster::Impl {
               o.dataset == "fashion-mnist"
                   ? fmt::format("[adapt]\nshots_per_class = 5\nseed = {}\n",
                                 o.seed)
-                  : std::string()));
+                  : std::string(),
+              o.device));
       children->spawn({o.chorus_binary.string(), "node", "--config",
                        (dir / "node.toml").string()},
                       dir / "node.log");
@@ -121,6 +124,7 @@ struct LocalCluster::Impl {
       node::ExpertOptions eo;
       eo.kind = node::ExpertKind::kBuiltin;
       eo.path = e.file;
+      eo.device = fusion::parse_device(o.device);
       node::NodeServiceOptions so;
       if (i < o.shots.size()) so.shots = o.shots[i];
       so.state_dir = o.out / "nodes" / e.name;

@@ -35,6 +35,7 @@ struct LocalClusterOptions {
   std::filesystem::path chorus_binary;  ///< With processes.
   std::string dataset;                  ///< Children draw shots from it.
   std::uint64_t seed = 0;
+  std::string device = "cpu";  ///< Where the nodes' experts answer.
 };
 
 class LocalCluster {

@@ -13,6 +13,7 @@
 #include "chorus/core/version.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/device.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/train.hpp"
@@ -80,10 +81,10 @@ void write_config(const SimulateOptions& o, const fs::path& run_dir) {
       "experts = {}\nalgorithm = \"{}\"\ndataset = \"{}\"\nrounds = {}\nseed = "
       "{}\n"
       "classes_per_expert = {}\ntransfer_size = {}\nfusion_labels = {}\n"
-      "expert_epochs = {}\nprocesses = {}\nthreads = {}\n",
+      "expert_epochs = {}\nprocesses = {}\nthreads = {}\ndevice = \"{}\"\n",
       kVersion, o.experts, o.algorithm, o.dataset, o.rounds, o.seed,
       o.classes_per_expert, o.transfer_size, o.fusion_labels, o.expert_epochs,
-      o.processes, o.threads);
+      o.processes, o.threads, o.device);
   write_file_atomic(run_dir / "config.toml", text);
 }
 
@@ -141,6 +142,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
                "--experts must be 1..64, got {}", o.experts);
   CHORUS_CHECK(o.rounds >= 1, "--rounds must be at least 1, got {}", o.rounds);
   CHORUS_CHECK(o.threads >= 1, "--threads must be at least 1");
+  (void)fu::parse_device(o.device);  // A device it cannot use fails here.
   auto algorithms = split_list(o.algorithm);
   CHORUS_CHECK(!algorithms.empty(), "--algorithm names no algorithm");
   for (const auto& a : algorithms)
@@ -202,7 +204,8 @@ SimulateResult run_simulation(const SimulateOptions& o) {
                                       .processes = o.processes,
                                       .chorus_binary = o.chorus_binary,
                                       .dataset = o.dataset,
-                                      .seed = o.seed};
+                                      .seed = o.seed,
+                                      .device = o.device};
   if (!o.processes) {
     for (std::size_t i = 0; i < experts.size(); ++i) {
       cluster_options.shots.push_back(
@@ -217,7 +220,8 @@ SimulateResult run_simulation(const SimulateOptions& o) {
     co.task = task;
     co.algorithm = algorithms.front();
     co.algorithm_options =
-        fu::AlgorithmOptions().seed(o.seed).threads(o.threads);
+        fu::AlgorithmOptions().seed(o.seed).threads(o.threads).device(
+            fu::parse_device(o.device));
     co.rounds = o.rounds;
     co.min_nodes = static_cast<std::size_t>(o.experts);
     co.quorum_timeout = std::chrono::seconds(o.processes ? 120 : 30);

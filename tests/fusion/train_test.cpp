@@ -1,8 +1,11 @@
 #include "chorus/fusion/train.hpp"
 
+#include <torch/cuda.h>
+
 #include <stop_token>
 
 #include "chorus/core/error.hpp"
+#include "chorus/fusion/device.hpp"
 #include "chorus/fusion/foe.hpp"
 #include "chorus/fusion/random.hpp"
 #include "chorus/fusion/tae.hpp"
@@ -126,6 +129,37 @@ TEST_CASE(
   auto [p2, z2] = predicted(2);
   CHECK(torch::equal(p1, p2));
   CHECK(torch::equal(z1, z2));
+}
+
+TEST_CASE("device: cpu, cuda and cuda:N parse and anything else is refused") {
+  CHECK(fu::parse_device("cpu") == c10::Device(c10::kCPU));
+  CHECK_THROWS_WITH_AS(fu::parse_device("tpu"),
+                       doctest::Contains("expected cpu, cuda or cuda:N"),
+                       chorus::Error);
+  CHECK_THROWS_WITH_AS(fu::parse_device("cpu:1"),
+                       doctest::Contains("the CPU has no index"),
+                       chorus::Error);
+  CHECK_THROWS_WITH_AS(fu::parse_device("cuda:99"),
+                       doctest::Contains(fu::libtorch_description().c_str()),
+                       chorus::Error);
+  if (torch::cuda::is_available()) {
+    CHECK(fu::parse_device("cuda").is_cuda());
+  } else {
+    MESSAGE("no CUDA in " << fu::libtorch_description()
+                          << ": cuda is refused, naming it");
+    CHECK(fu::libtorch_description().find("CPU only") != std::string::npos);
+    CHECK_THROWS_WITH_AS(fu::parse_device("cuda"),
+                         doctest::Contains("cannot use CUDA"), chorus::Error);
+  }
+}
+
+TEST_CASE("train: on an explicit device the model is back on the CPU after") {
+  auto data = make_blobs(60, 3, 8, 2);
+  auto model = small_mlp(3);
+  fu::train(*model, data.x, data.y,
+            fu::TrainOptions().epochs(1).device(fu::parse_device("cpu")));
+  for (const auto& p : model->parameters()) CHECK(p.device().is_cpu());
+  CHECK(fu::predict_proba(*model, data.x).device().is_cpu());
 }
 
 TEST_CASE("train: soft targets are matched (distillation loss)") {

@@ -42,6 +42,8 @@ struct CoordinatorConfig {
   std::string algorithm = "foe-distill";
   std::int64_t seed = 0;
   std::int64_t threads = 2;
+  /// Where fusion trains ("cpu", "cuda", "cuda:N"; fusion/device.hpp).
+  std::string device = "cpu";
   /// The distilled student's architecture (distill, foe-distill, and
   /// foe-select's selector): "auto" (from the task's input shape: LeNet for
   /// images, an MLP for features), "mlp", "lenet" or "resnet".

@@ -63,6 +63,9 @@ struct AlgorithmOptions {
   TORCH_ARG(DroOptions, dro) = DroOptions();
   TORCH_ARG(std::uint64_t, seed) = 0;
   TORCH_ARG(int, threads) = 0;
+  /// Where the trained fusers and students train: foe, foe-distill,
+  /// distill, foe-select and frugal's fuser (tae and dro train on the CPU).
+  TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
   /// Cancels fitting: every algorithm's training throws `chorus::Error`
   /// (CANCELLED) at its next batch once a stop is requested.
   TORCH_ARG(std::stop_token, stop) = {};

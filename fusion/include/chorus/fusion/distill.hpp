@@ -43,6 +43,9 @@ struct DistillOptions {
   /// with one init seed start from the same weights (dro's imitators).
   TORCH_ARG(std::optional<std::uint64_t>, init_seed) = std::nullopt;
   TORCH_ARG(int, threads) = 0;
+  /// Where the model trains (`TrainOptions::device`).
+  TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
+
   /// Cancels training (`TrainOptions::stop`).
   TORCH_ARG(std::stop_token, stop) = {};
   TORCH_ARG(std::function<void(const EpochReport&)>, on_epoch) = nullptr;

@@ -37,6 +37,8 @@ struct FoeOptions {
   TORCH_ARG(double, pseudo_label_confidence) = 0.9;
   TORCH_ARG(std::uint64_t, seed) = 0;
   TORCH_ARG(int, threads) = 0;
+  /// Where the model trains (`TrainOptions::device`).
+  TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
   /// Cancels training (`TrainOptions::stop`).
   TORCH_ARG(std::stop_token, stop) = {};
 };

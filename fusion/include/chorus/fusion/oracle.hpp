@@ -87,15 +87,17 @@ class QueryOracle {
 /// Experts that are zoo models in this process.
 class LocalOracle : public QueryOracle {
  public:
-  /// `num_classes` is C; `batch_size` bounds one forward pass.
-  explicit LocalOracle(std::int64_t num_classes,
-                       std::int64_t batch_size = 1024);
+  /// `num_classes` is C; `batch_size` bounds one forward pass; `query_all`
+  /// asks `workers` experts at a time, each on one torch thread.
+  explicit LocalOracle(std::int64_t num_classes, std::int64_t batch_size = 256,
+                       int workers = 1);
 
   /// Adds an expert whose `model` outputs logits over `info.labels`.
   void add_expert(ExpertInfo info, std::shared_ptr<ClassifierImpl> model);
 
   std::int64_t num_classes() const override { return num_classes_; }
   const std::vector<ExpertInfo>& experts() const override { return infos_; }
+  std::vector<torch::Tensor> query_all(const torch::Tensor& inputs) override;
 
  protected:
   torch::Tensor do_query(std::int64_t expert,
@@ -104,6 +106,7 @@ class LocalOracle : public QueryOracle {
  private:
   std::int64_t num_classes_;
   std::int64_t batch_size_;
+  int workers_;
   std::vector<ExpertInfo> infos_;
   std::vector<std::shared_ptr<ClassifierImpl>> models_;
 };

@@ -46,6 +46,10 @@ struct TrainOptions {
   /// Torch intra-op threads for the duration of training; 0 keeps the
   /// process's setting.
   TORCH_ARG(int, threads) = 0;
+  /// Where training runs (see device.hpp): the model and each batch move
+  /// there; inputs and targets stay where they are, and the model is back
+  /// on the CPU when `train` returns.
+  TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
   /// Called after every epoch (progress reporting).
   TORCH_ARG(std::function<void(const EpochReport&)>, on_epoch) = nullptr;
   /// Checked before every batch: once a stop is requested, training throws
@@ -78,13 +82,25 @@ TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
                   const torch::Tensor& val_y = {});
 
 /// Softmax probabilities [N, classes] of `model` on `x`, in eval mode,
-/// without gradients, `batch_size` inputs at a time.
+/// without gradients, `batch_size` inputs at a time, on the device the
+/// model's parameters are on (each batch moves there); the result is on the
+/// CPU.
 torch::Tensor predict_proba(ClassifierImpl& model, const torch::Tensor& x,
-                            std::int64_t batch_size = 1024);
+                            std::int64_t batch_size = 256);
 
 /// Fraction of rows of `scores` [N, C] whose argmax equals `labels` [N]
 /// (int64), or the argmax of `labels` when it is [N, C].
 double accuracy(const torch::Tensor& scores, const torch::Tensor& labels);
+
+/// Runs `job(i)` for every i in [0, n) on `workers` threads at once (the
+/// calling thread waits), each worker running torch on one intra-op thread:
+/// on a few cores, several small models trained or evaluated side by side
+/// use them better than one at a time on all of them. With `workers` ≤ 1 the
+/// jobs run in order on the calling thread. The first exception a job
+/// throws is rethrown once every worker has stopped; jobs not yet started
+/// are skipped after it.
+void run_jobs(std::int64_t n, int workers,
+              const std::function<void(std::int64_t)>& job);
 
 /// Sets torch's intra-op thread count for the lifetime of the guard.
 class ThreadGuard {

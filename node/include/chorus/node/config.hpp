@@ -25,6 +25,9 @@ struct NodeConfig {
   int threads = 1;
   /// [node] workers: inference worker threads.
   int workers = 1;
+  /// [node] device: where the expert answers and `node train` trains
+  /// ("cpu", "cuda", "cuda:N"; see fusion/device.hpp).
+  std::string device = "cpu";
   /// [coordinator] host, port; [tls] ca, cert, key.
   std::string host = "localhost";
   std::uint16_t port = 7700;

@@ -61,6 +61,9 @@ struct ExpertOptions {
   /// A builtin expert's architecture (a `fusion::ModelSpec` string), from
   /// its model file; empty when unknown.
   std::string spec;
+  /// Where the model runs ([node] device): it moves there once, each batch
+  /// moves there and the answers come back to the CPU.
+  c10::Device device = c10::Device(c10::kCPU);
 };
 
 /// A loaded expert. `predict` may be called from several threads.

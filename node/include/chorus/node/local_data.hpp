@@ -61,6 +61,8 @@ struct TrainExpertOptions {
   TORCH_ARG(LocalDataOptions, source);
   /// Torch threads for training.
   TORCH_ARG(int, threads) = 0;
+  /// Where training runs (`fusion::TrainOptions::device`).
+  TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
   /// Progress after each epoch.
   TORCH_ARG(std::function<void(const fusion::EpochReport&)>,
             on_epoch) = nullptr;

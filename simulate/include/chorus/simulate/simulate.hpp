@@ -37,6 +37,9 @@ struct SimulateOptions {
   bool processes = false;
   /// Torch threads (training and fusion); nodes infer on one thread each.
   int threads = 2;
+  /// Where experts train, nodes infer and fusion trains: "cpu", "cuda" or
+  /// "cuda:N" (fusion/device.hpp).
+  std::string device = "cpu";
   /// Data directory override (empty: the default search).
   std::filesystem::path data_dir;
   /// The chorus executable, for --processes.
