@@ -121,13 +121,14 @@ class Table {
 constexpr std::int64_t kClasses = 10;
 
 // Experts: a LeNet per shard, trained on its task only (peer.py's recipe).
-// With --threads T ≥ 2 they train T at a time on one thread each.
+// With --threads T ≥ 2 they train T at a time on one thread each (the last
+// K mod T on all T: fusion::run_jobs).
 void train_experts(std::uint64_t seed, const Args& args,
                    const fu::Dataset& train, const fu::P1Split& split,
                    fu::LocalOracle& oracle) {
   std::vector<std::shared_ptr<fu::ClassifierImpl>> models(split.tasks.size());
   fu::run_jobs(static_cast<std::int64_t>(models.size()), args.threads,
-               [&](std::int64_t j) {
+               [&](std::int64_t j, int threads) {
                  const auto i = static_cast<std::size_t>(j);
                  const auto& task = split.tasks[i];
                  auto idx = split.expert_train[i];
@@ -146,7 +147,7 @@ void train_experts(std::uint64_t seed, const Args& args,
                                .batch_size(64)
                                .lr(2e-3)
                                .seed(seed * 100 + i)
-                               .threads(args.threads > 1 ? 1 : args.threads));
+                               .threads(threads));
                  models[i] = model;
                });
   for (std::size_t i = 0; i < models.size(); ++i)

@@ -100,7 +100,7 @@ void LocalOracle::add_expert(ExpertInfo info,
 
 std::vector<torch::Tensor> LocalOracle::query_all(const torch::Tensor& inputs) {
   std::vector<torch::Tensor> out(static_cast<std::size_t>(num_experts()));
-  run_jobs(num_experts(), workers_, [&](std::int64_t i) {
+  run_jobs(num_experts(), workers_, [&](std::int64_t i, int) {
     out[static_cast<std::size_t>(i)] = query(i, inputs);
   });
   return out;

@@ -88,20 +88,23 @@ ThreadGuard::~ThreadGuard() {
 }
 
 void run_jobs(std::int64_t n, int workers,
-              const std::function<void(std::int64_t)>& job) {
-  if (workers <= 1 || n <= 1) {
-    for (std::int64_t i = 0; i < n; ++i) job(i);
+              const std::function<void(std::int64_t, int)>& job) {
+  if (workers <= 1) {
+    ThreadGuard one(1);
+    for (std::int64_t i = 0; i < n; ++i) job(i, 1);
     return;
   }
+  // Side by side: as many jobs as keep every worker busy.
+  const std::int64_t side_by_side = n - n % workers;
   std::atomic<std::int64_t> next{0};
   std::atomic<bool> failed{false};
   std::exception_ptr error;
   std::mutex mutex;
   auto work = [&] {
     ThreadGuard one(1);
-    for (auto i = next++; i < n && !failed; i = next++) {
+    for (auto i = next++; i < side_by_side && !failed; i = next++) {
       try {
-        job(i);
+        job(i, 1);
       } catch (...) {
         std::lock_guard lock(mutex);
         if (!error) error = std::current_exception();
@@ -109,11 +112,15 @@ void run_jobs(std::int64_t n, int workers,
       }
     }
   };
-  std::vector<std::thread> threads;
-  const auto count = std::min<std::int64_t>(workers, n);
-  for (std::int64_t w = 0; w < count; ++w) threads.emplace_back(work);
-  for (auto& t : threads) t.join();
-  if (error) std::rethrow_exception(error);
+  if (side_by_side > 0) {
+    std::vector<std::thread> threads;
+    for (int w = 0; w < workers; ++w) threads.emplace_back(work);
+    for (auto& t : threads) t.join();
+    if (error) std::rethrow_exception(error);
+  }
+  // The rest, one at a time on every core.
+  ThreadGuard all(workers);
+  for (std::int64_t i = side_by_side; i < n; ++i) job(i, workers);
 }
 
 void throw_if_stopped(const std::stop_token& stop, const char* what) {

@@ -3,6 +3,8 @@
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/core/version.hpp"
@@ -87,12 +89,20 @@ std::vector<SimExpert> prepare_experts(const SimulateOptions& o,
     }
     experts.push_back(std::move(e));
   }
-  // The missing experts, --threads at a time on one torch thread each:
-  // faster on a few cores than one at a time on all of them.
+  // The missing experts, --threads at a time on one torch thread each
+  // (faster on a few cores than one at a time on all of them), cheapest
+  // first: the ones that cannot keep every core busy that way, trained last
+  // on all of them, are the most expensive.
+  auto cost = [&](int i) {
+    const auto& arch = experts[static_cast<std::size_t>(i)].arch;
+    return arch == "resnet" ? 2 : arch == "lenet" ? 1 : 0;
+  };
+  std::stable_sort(to_train.begin(), to_train.end(),
+                   [&](int a, int b) { return cost(a) < cost(b); });
   const auto t_all = Clock::now();
   fu::run_jobs(
       static_cast<std::int64_t>(to_train.size()), o.threads,
-      [&](std::int64_t j) {
+      [&](std::int64_t j, int threads) {
         const int i = to_train[static_cast<std::size_t>(j)];
         const auto& e = experts[static_cast<std::size_t>(i)];
         const auto t0 = Clock::now();
@@ -113,7 +123,7 @@ std::vector<SimExpert> prepare_experts(const SimulateOptions& o,
                       .batch_size(64)
                       .lr(2e-3)
                       .seed(seed)
-                      .threads(o.threads > 1 ? 1 : o.threads)
+                      .threads(threads)
                       .device(fu::parse_device(o.device)));
         node::save_builtin_expert(model, spec, e.labels, e.file);
         fmt::print(

@@ -2,7 +2,11 @@
 
 #include <torch/cuda.h>
 
+#include <algorithm>
+#include <mutex>
+#include <set>
 #include <stop_token>
+#include <thread>
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/device.hpp"
@@ -160,6 +164,40 @@ TEST_CASE("train: on an explicit device the model is back on the CPU after") {
             fu::TrainOptions().epochs(1).device(fu::parse_device("cpu")));
   for (const auto& p : model->parameters()) CHECK(p.device().is_cpu());
   CHECK(fu::predict_proba(*model, data.x).device().is_cpu());
+}
+
+TEST_CASE(
+    "run_jobs: every job once, side by side on one thread each, the rest on "
+    "every thread, and the first error rethrown") {
+  std::mutex mutex;
+  std::vector<std::pair<std::int64_t, int>> ran;
+  std::set<std::thread::id> threads_seen;
+  fu::run_jobs(5, 2, [&](std::int64_t i, int threads) {
+    std::lock_guard lock(mutex);
+    ran.emplace_back(i, threads);
+    threads_seen.insert(std::this_thread::get_id());
+    CHECK(torch::get_num_threads() == threads);  // set for the job already
+  });
+  REQUIRE(ran.size() == 5);
+  std::sort(ran.begin(), ran.end());
+  for (std::int64_t i = 0; i < 5; ++i) {
+    CHECK(ran[static_cast<std::size_t>(i)].first == i);
+    // 4 side by side on two workers; the fifth alone on both threads.
+    CHECK(ran[static_cast<std::size_t>(i)].second == (i < 4 ? 1 : 2));
+  }
+  CHECK(threads_seen.size() >= 2);
+  int calls = 0;
+  CHECK_THROWS_WITH_AS(fu::run_jobs(4, 2,
+                                    [&](std::int64_t i, int) {
+                                      std::lock_guard lock(mutex);
+                                      ++calls;
+                                      if (i == 0)
+                                        chorus::fail(chorus::Code::kInternal,
+                                                     "job 0 failed");
+                                    }),
+                       doctest::Contains("job 0 failed"), chorus::Error);
+  CHECK(calls >= 1);
+  CHECK(calls <= 4);
 }
 
 TEST_CASE("train: soft targets are matched (distillation loss)") {

@@ -92,15 +92,20 @@ torch::Tensor predict_proba(ClassifierImpl& model, const torch::Tensor& x,
 /// (int64), or the argmax of `labels` when it is [N, C].
 double accuracy(const torch::Tensor& scores, const torch::Tensor& labels);
 
-/// Runs `job(i)` for every i in [0, n) on `workers` threads at once (the
-/// calling thread waits), each worker running torch on one intra-op thread:
-/// on a few cores, several small models trained or evaluated side by side
-/// use them better than one at a time on all of them. With `workers` ≤ 1 the
-/// jobs run in order on the calling thread. The first exception a job
-/// throws is rethrown once every worker has stopped; jobs not yet started
-/// are skipped after it.
+/// Runs `job(i, threads)` for every i in [0, n), using `workers` cores: on
+/// a few cores, several small models trained or evaluated side by side, one
+/// torch thread each, use them better than one at a time on all of them.
+/// The first n − n mod workers jobs run on `workers` threads at once (each
+/// taking the next job when it finishes one) with threads = 1; the last
+/// n mod workers, which could not keep every core busy that way, run after
+/// them one at a time with threads = workers. The calling thread waits;
+/// with `workers` ≤ 1 every job runs on it in order with threads = 1. A job
+/// sets its torch threads from `threads` (`TrainOptions::threads`), or just
+/// runs: the thread it is called on is set to `threads` already. The first
+/// exception a job throws is rethrown once every worker has stopped; jobs
+/// not yet started are skipped after it.
 void run_jobs(std::int64_t n, int workers,
-              const std::function<void(std::int64_t)>& job);
+              const std::function<void(std::int64_t, int)>& job);
 
 /// Sets torch's intra-op thread count for the lifetime of the guard.
 class ThreadGuard {
