@@ -2,17 +2,18 @@
 // loopback mTLS: wall time, payload bytes and the coordinator's memory as the
 // number of nodes grows. The cost per node should stay flat.
 //
-//   bench_coordinator [--nodes 5,20,100] [--pool N] [--dtypes float32,uint8]
+//   bench_coordinator [--nodes 5,100,1000] [--pool N] [--dtypes float32,uint8]
 //                     [--repeat N] [--json FILE]
 //
 // Each node count runs in a fresh coordinator process (so its RSS is its
-// own), whose nodes all live in one child process: a tiny MLP expert each
-// (784 → 16 → 4), a share of the ten labels, no budget. The round queries
-// every node for the whole pool (`--pool` inputs of 28×28 floats) in batches
-// of 256, fuses with bplus (cheap: the round is fan-out bound), and pushes
-// nothing. "MB sent"/"MB recv" are tensor payload (requests and answers);
-// "wire MB" is what crossed the loopback interface during the round, both
-// ways (/proc/net/dev: TCP/IP headers, TLS records, frames and payload).
+// own), whose nodes live in child processes of at most 250 nodes each: a
+// tiny MLP expert each (784 → 16 → 4), a share of the ten labels, no budget.
+// The round queries every node for the whole pool (`--pool` inputs of 28×28
+// floats) in batches of 256, fuses with bplus (cheap: the round is fan-out
+// bound), and pushes nothing. "MB sent"/"MB recv" are tensor payload (requests
+// and answers); "wire MB" is what crossed the loopback interface during the
+// round, both ways (/proc/net/dev: TCP/IP headers, TLS records, frames and
+// payload).
 //
 // --dtypes: the task's input dtype; float32 sends 4 bytes per pixel, uint8
 // (protocol 1.2) one. Every dtype runs on the same pool, quantised to bytes,
@@ -66,7 +67,10 @@ namespace {
 const std::vector<std::string> kSpace = {"c0", "c1", "c2", "c3", "c4",
                                          "c5", "c6", "c7", "c8", "c9"};
 
-std::string node_name(int i) { return fmt::format("node{:03d}", i); }
+std::string node_name(int i) { return fmt::format("node{:04d}", i); }
+
+// Nodes served by one child process.
+constexpr int kNodesPerProcess = 250;
 
 // Bytes the loopback interface has carried so far (received, both
 // directions: /proc/net/dev). The round is what runs on it meanwhile.
@@ -114,14 +118,15 @@ pid_t spawn(const std::vector<std::string>& args) {
 // --- the nodes' process
 // -------------------------------------------------------
 
-int serve_nodes(int count, std::uint16_t port, const fs::path& pki) {
+// Nodes first .. first + count − 1.
+int serve_nodes(int first, int count, std::uint16_t port, const fs::path& pki) {
   torch::set_num_threads(1);
   asio::io_context io;
   asio::thread_pool pool(1);
   std::vector<std::unique_ptr<nd::NodeService>> services;
   std::vector<std::unique_ptr<nd::NodeSession>> sessions;
   const auto ca = chorus::read_file(pki / "ca.crt");
-  for (int i = 0; i < count; ++i) {
+  for (int i = first; i < first + count; ++i) {
     auto gen = fu::make_generator(static_cast<std::uint64_t>(i));
     auto model = fu::make_classifier(fu::ModelSpec{.arch = "mlp",
                                                    .input_shape = {1, 28, 28},
@@ -192,9 +197,15 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
   co::NodeRegistry registry(io, co::Roster(roster), ro);
   registry.start();
   std::thread io_thread([&] { io.run(); });
-  const pid_t nodes =
-      spawn({"bench_coordinator", "--serve-nodes", std::to_string(count),
-             "--port", std::to_string(registry.port()), "--pki", dir.string()});
+  // The nodes, at most kNodesPerProcess to a child process.
+  std::vector<pid_t> nodes;
+  for (int first = 0; first < count; first += kNodesPerProcess) {
+    nodes.push_back(
+        spawn({"bench_coordinator", "--serve-nodes",
+               std::to_string(std::min(kNodesPerProcess, count - first)),
+               "--first", std::to_string(first), "--port",
+               std::to_string(registry.port()), "--pki", dir.string()}));
+  }
 
   auto gen = fu::make_generator(0);
   // Pixels as bytes would give them, for every dtype alike.
@@ -228,9 +239,11 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
 
   const long long wire_bytes = loopback_bytes() - loopback_before;
   registry.stop("bench over");
-  kill(nodes, SIGTERM);
-  int status = 0;
-  waitpid(nodes, &status, 0);
+  for (auto pid : nodes) kill(pid, SIGTERM);
+  for (auto pid : nodes) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+  }
   io.stop();
   io_thread.join();
   std::error_code ec;
@@ -258,10 +271,10 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
 
 int main(int argc, char** argv) {
   chorus::tune_allocator();
-  std::vector<int> counts = {5, 20, 100};
+  std::vector<int> counts = {5, 100, 1000};
   std::int64_t pool_size = 1000;
   std::string json_path = "bench_coordinator.json";
-  int serve = 0, one = 0;
+  int serve = 0, serve_first = 0, one = 0;
   std::uint16_t port = 0;
   std::string pki, one_json;
   std::vector<std::string> dtypes = {"float32"};
@@ -292,6 +305,8 @@ int main(int argc, char** argv) {
       json_path = next();
     } else if (a == "--serve-nodes") {  // Internal: the nodes' process.
       serve = std::stoi(next());
+    } else if (a == "--first") {  // Internal: its first node.
+      serve_first = std::stoi(next());
     } else if (a == "--port") {
       port = static_cast<std::uint16_t>(std::stoi(next()));
     } else if (a == "--pki") {
@@ -302,7 +317,7 @@ int main(int argc, char** argv) {
       one_json = next();
     } else {
       std::fprintf(stderr,
-                   "usage: bench_coordinator [--nodes 5,20,100] [--pool N] "
+                   "usage: bench_coordinator [--nodes 5,100,1000] [--pool N] "
                    "[--dtypes float32,uint8] [--repeat N] [--json FILE]\n");
       return 2;
     }
@@ -311,7 +326,7 @@ int main(int argc, char** argv) {
   quiet.level = spdlog::level::err;
   chorus::log::init(quiet);
   try {
-    if (serve > 0) return serve_nodes(serve, port, pki);
+    if (serve > 0) return serve_nodes(serve_first, serve, port, pki);
     if (one > 0) {
       torch::set_num_threads(1);
       return run_one(one, pool_size, chorus::parse_input_dtype(one_dtype),
@@ -365,8 +380,26 @@ int main(int argc, char** argv) {
           runs.push_back(r);
         }
     std::printf(
-        "pool=%lld inputs of 1x28x28 per node, batch 256, bplus, cores=%u\n",
-        static_cast<long long>(pool_size), std::thread::hardware_concurrency());
+        "pool=%lld inputs of 1x28x28 per node, batch 256, bplus, cores=%u, "
+        "at most %d nodes per child process, coordinator.max_inflight_mb 64\n",
+        static_cast<long long>(pool_size), std::thread::hardware_concurrency(),
+        kNodesPerProcess);
+    // Flat cost per node: the largest node count against 100.
+    std::map<int, double> ms_per_node;
+    for (const auto& r : runs)
+      ms_per_node[r["nodes"].get<int>()] = r["ms_per_node"].get<double>();
+    std::map<int, double> rss_mb;
+    for (const auto& r : runs)
+      rss_mb[r["nodes"].get<int>()] = r["rss_after_kb"].get<double>() / 1024;
+    if (ms_per_node.count(100) && ms_per_node.rbegin()->first > 100) {
+      const auto& [most, ms] = *ms_per_node.rbegin();
+      std::printf("time per node at %d nodes / at 100: %.2f\n", most,
+                  ms / ms_per_node[100]);
+      // What one more node costs, without the process's fixed baseline.
+      std::printf(
+          "coordinator RSS growth per node from 100 to %d nodes: %.0f KB\n",
+          most, (rss_mb[most] - rss_mb[100]) * 1024 / (most - 100));
+    }
     auto median = [](std::vector<double> v) {
       std::sort(v.begin(), v.end());
       return v[v.size() / 2];

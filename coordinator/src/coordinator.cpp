@@ -200,6 +200,7 @@ struct Coordinator::Impl {
     // Inputs travel in the task's form (uint8 pixels: a quarter of float32).
     ro.task = options.task;
     ro.stop = options.stop;
+    ro.inflight = std::make_shared<InflightBudget>(options.max_inflight_bytes);
     auto present = protocol::run_caught([&] {
       for (const auto& node : quorum.reply) {
         auto l = to_indices(node.announced.expert.labels);

@@ -64,25 +64,45 @@ asio::awaitable<Asked> ask_node(RemoteExpert node, torch::Tensor inputs,
   const auto x = inputs.to(torch::kFloat32).contiguous();
   const auto n = x.size(0);
   const auto per_input = n > 0 ? x.numel() / n : 0;
-  // Requests in flight, oldest first: the row each starts at, its answer.
-  std::deque<std::pair<std::int64_t, std::shared_ptr<Answer>>> in_flight;
+  // Requests in flight, oldest first: the row each starts at, its answer,
+  // the bytes of the global budget it holds.
+  struct Sent {
+    std::int64_t row;
+    std::shared_ptr<Answer> answer;
+    std::int64_t held;
+  };
+  std::deque<Sent> in_flight;
+  const auto& budget = options.inflight;
   std::int64_t sent = 0;
   while (true) {
     while (!out.error && sent < n && !options.stop.stop_requested() &&
            static_cast<std::int64_t>(in_flight.size()) < options.window) {
+      const auto held =
+          wire_bytes(std::min(step, n - sent) * per_input, options);
+      if (budget) {
+        // With nothing in flight, wait for room; with some, consume an
+        // answer first (it frees room) rather than wait on ourselves.
+        if (in_flight.empty()) {
+          co_await budget->acquire(held);
+        } else if (!budget->try_acquire(held)) {
+          break;
+        }
+      }
       protocol::PredictCall call{
           .round = options.round,
           .inputs =
               wire_inputs(x.slice(0, sent, std::min(n, sent + step)), options),
           .deadline_ms = static_cast<std::uint32_t>(options.deadline.count())};
       auto answer = node.link->predict(std::move(call), options.deadline);
-      in_flight.emplace_back(sent, protocol::start(ex, std::move(answer)));
+      in_flight.push_back(Sent{sent, protocol::start(ex, std::move(answer)),
+                               budget ? held : 0});
       sent += step;
     }
     if (in_flight.empty()) break;
-    auto [row, answer] = std::move(in_flight.front());
+    auto [row, answer, held] = std::move(in_flight.front());
     in_flight.pop_front();
     co_await answer->wait();
+    if (budget) budget->release(held);
     // After a failure the rest in flight are awaited, not used.
     if (out.error) continue;
     auto& result = answer->get();

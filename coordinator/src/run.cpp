@@ -48,6 +48,8 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   k.request_deadline_s =
       c.get_double("coordinator.request_deadline_s", k.request_deadline_s);
   k.query_batch = c.get_int("coordinator.query_batch", k.query_batch);
+  k.max_inflight_mb =
+      c.get_int("coordinator.max_inflight_mb", k.max_inflight_mb);
   k.rounds = c.get_int("coordinator.rounds", k.rounds);
   k.run_dir =
       c.resolve(c.get_string("coordinator.run_dir", k.run_dir.string()));
@@ -144,9 +146,10 @@ CoordinatorConfig read_coordinator_config(Config& c) {
       "coordinator.serve needs coordinator.operators (the identities that may "
       "ask for fused predictions)");
   CHORUS_CHECK(
-      k.rounds >= 1 && k.query_batch >= 1 && k.threads >= 1,
-      "coordinator.rounds, coordinator.query_batch and fusion.threads must "
-      "be at least 1");
+      k.rounds >= 1 && k.query_batch >= 1 && k.threads >= 1 &&
+          k.max_inflight_mb >= 1,
+      "coordinator.rounds, coordinator.query_batch, "
+      "coordinator.max_inflight_mb and fusion.threads must be at least 1");
   CHORUS_CHECK(
       k.quorum_timeout_s > 0 && k.request_deadline_s > 0 && k.settle_s >= 0,
       "timeouts must be positive");
@@ -184,7 +187,7 @@ std::string to_toml(const CoordinatorConfig& k) {
       "[coordinator]\nname = {}\nlisten = {}\nport = {}\nroster = "
       "{}\nmin_nodes = {}\n"
       "quorum_timeout_s = {}\nsettle_s = {}\nrequest_deadline_s = "
-      "{}\nquery_batch = {}\n"
+      "{}\nquery_batch = {}\nmax_inflight_mb = {}\n"
       "rounds = {}\nrun_dir = {}\noperators = {}\nserve = {}\n"
       "max_unauthenticated = {}\nmax_operator_sessions = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
@@ -195,12 +198,12 @@ std::string to_toml(const CoordinatorConfig& k) {
       "pool_seed = {}\nevaluate = {}\n{}\n{}",
       toml_quoted(k.name), toml_quoted(k.listen), k.port, list(k.roster),
       k.min_nodes, k.quorum_timeout_s, k.settle_s, k.request_deadline_s,
-      k.query_batch, k.rounds, toml_quoted(k.run_dir.string()),
-      list(k.operators), k.serve, k.max_unauthenticated,
-      k.max_operator_sessions, toml_quoted(k.ca.string()),
-      toml_quoted(k.cert.string()), toml_quoted(k.key.string()),
-      toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.device),
-      toml_quoted(k.student), toml_quoted(k.dataset),
+      k.query_batch, k.max_inflight_mb, k.rounds,
+      toml_quoted(k.run_dir.string()), list(k.operators), k.serve,
+      k.max_unauthenticated, k.max_operator_sessions,
+      toml_quoted(k.ca.string()), toml_quoted(k.cert.string()),
+      toml_quoted(k.key.string()), toml_quoted(k.algorithm), k.seed, k.threads,
+      toml_quoted(k.device), toml_quoted(k.student), toml_quoted(k.dataset),
       toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels,
       k.pool_seed, k.evaluate, data_files, to_toml(k.task));
 }
@@ -391,6 +394,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   co.request_deadline = std::chrono::milliseconds(
       static_cast<std::int64_t>(k.request_deadline_s * 1000));
   co.query_batch = k.query_batch;
+  co.max_inflight_bytes = k.max_inflight_mb << 20;
   co.run_dir = k.run_dir;
   co.resume = resume;
   co.stop = stop.get_token();

@@ -209,6 +209,26 @@ nlohmann::json read_json(const std::filesystem::path& p) {
 }  // namespace
 
 TEST_CASE(
+    "coordinator: with one byte of requests in flight across the nodes, a "
+    "round still asks every node for every input") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma"});
+  Nodes nodes(side.registry->port(), dir / "nodes");
+  auto o = options(dir / "run");
+  o.max_inflight_bytes = 1;  // one request at a time, whoever's it is
+  o.query_batch = 64;
+  co::Coordinator coordinator(*side.registry, pool_data(), o);
+  auto reports = coordinator.run();
+  REQUIRE(reports.size() == 1);
+  CHECK(reports[0].failed.empty());
+  CHECK(reports[0].inputs_queried == 3 * 600);
+  for (const auto& [name, service] : nodes.services) {
+    CHECK(service->inputs_answered() == 600);
+    CHECK(reports[0].per_node.at(name).requests == 10);  // ceil(600 / 64)
+  }
+}
+
+TEST_CASE(
     "coordinator: a round queries every node, fuses, checkpoints and "
     "broadcasts the fused model") {
   chorus::testing::TempDir dir;

@@ -50,6 +50,10 @@ struct CoordinatorOptions {
   std::chrono::milliseconds request_deadline{60000};
   /// Largest PredictRequest (further capped by each node's max_batch).
   std::int64_t query_batch = 512;
+  /// Bytes of PredictRequests in flight across all the nodes of a round
+  /// (`InflightBudget`): what keeps the coordinator's memory flat in the
+  /// number of nodes.
+  std::int64_t max_inflight_bytes = std::int64_t{64} << 20;
   /// The run directory (checkpoints, fused models, metrics.jsonl).
   std::filesystem::path run_dir;
   /// Continue from the checkpoints in `run_dir`, reusing every answer

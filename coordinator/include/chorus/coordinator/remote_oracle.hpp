@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "chorus/coordinator/inflight.hpp"
 #include "chorus/coordinator/node_link.hpp"
 #include "chorus/core/task.hpp"
 #include "chorus/fusion/oracle.hpp"
@@ -37,6 +38,9 @@ struct RemoteOracleOptions {
   std::int64_t batch = 512;
   /// Requests in flight per node.
   std::int64_t window = 4;
+  /// Bytes of requests in flight across every node asked at once (shared
+  /// by the nodes of a round); null: only each node's window bounds them.
+  std::shared_ptr<InflightBudget> inflight;
   /// The federation's task: the algorithms' float inputs travel in its form
   /// (`fusion::to_wire_inputs`: its dtype, unnormalised). None sends them
   /// as float32.

@@ -24,6 +24,8 @@ struct CoordinatorConfig {
   double settle_s = 5;
   double request_deadline_s = 120;
   std::int64_t query_batch = 512;
+  /// MB of PredictRequests in flight across all nodes at once.
+  std::int64_t max_inflight_mb = 64;
   std::int64_t rounds = 1;
   std::filesystem::path run_dir = "runs/coordinator";
   /// Identities admitted as operators (`chorus predict --coordinator`).
