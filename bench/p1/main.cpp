@@ -5,6 +5,7 @@
 //            [--save-dir DIR]   (seed 0's fused models, for `chorus eval`)
 //            [--only a,b,...]   (these methods only: algorithm names,
 //                                "ablations", "frugal-sweep", "centralised")
+//            [--student-epochs N] (the distilled students' epochs)
 //   bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads N]
 //            [--json FILE] [--peer bench/p1/peer.py]
 //
@@ -60,6 +61,7 @@ struct Args {
   std::string save_dir;        // Where to save seed 0's fused models, if set.
   std::set<std::string> only;  // Empty: every method.
   int vs_pytorch = 0;          // Pairs of the PyTorch comparison; 0: off.
+  int student_epochs = 0;      // 0: DistillOptions' default.
   std::string peer = CHORUS_P1_PEER;  // bench/p1/peer.py
   bool wants(const std::string& method) const {
     return only.empty() || only.count(method);
@@ -205,6 +207,7 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
   data.fusion_index = torch::arange(n_v, torch::kLong);
   data.fusion_labels = v_labels;
   auto options = fu::AlgorithmOptions().seed(seed).threads(args.threads);
+  if (args.student_epochs > 0) options.distill().epochs(args.student_epochs);
   auto add_result = [&](const std::string& row, const fu::FusionResult& r) {
     table.add(row, "acc10", r.accuracy);
     table.add(row, "queries_per_image", r.queries_per_input);
@@ -312,6 +315,7 @@ Phases chorus_phases(std::uint64_t seed, const Args& args,
   std::vector<torch::Tensor> answers_v;
   for (const auto& a : answers_u) answers_v.push_back(a.slice(0, 0, n_v));
   auto options = fu::AlgorithmOptions();
+  if (args.student_epochs > 0) options.distill().epochs(args.student_epochs);
   t = Clock::now();
   fu::Foe foe(options.foe().seed(seed).threads(args.threads));
   foe.fit(answers_v, v_labels, kClasses, answers_u);
@@ -344,8 +348,11 @@ Phases peer_phases(std::uint64_t seed, const Args& args,
   const auto data_dir = chorus::path_or_env({}, "CHORUS_DATA_DIR");
   std::string command = fmt::format(
       "/usr/bin/python3 '{}' --split '{}' --threads {} --seed {} "
-      "--expert-epochs {} --patience 0 --out '{}'{} > /dev/null",
+      "--expert-epochs {} --student-epochs {} --patience 0 --out '{}'{} > "
+      "/dev/null",
       args.peer, split_file.string(), args.threads, seed, args.expert_epochs,
+      args.student_epochs > 0 ? args.student_epochs
+                              : fu::DistillOptions().epochs(),
       out_file.string(),
       data_dir ? fmt::format(" --data-dir '{}'", data_dir->string()) : "");
   const int rc = std::system(command.c_str());
@@ -464,6 +471,8 @@ int main(int argc, char** argv) {
       args.json = next();
     else if (!std::strcmp(argv[i], "--save-dir"))
       args.save_dir = next();
+    else if (!std::strcmp(argv[i], "--student-epochs"))
+      args.student_epochs = std::atoi(next());
     else if (!std::strcmp(argv[i], "--vs-pytorch"))
       args.vs_pytorch = std::atoi(next());
     else if (!std::strcmp(argv[i], "--peer"))
@@ -476,7 +485,8 @@ int main(int argc, char** argv) {
       fmt::print(
           stderr,
           "usage: bench_p1 [--seeds N] [--expert-epochs N] "
-          "[--threads N] [--json FILE] [--save-dir DIR] [--only a,b,...]\n"
+          "[--threads N] [--json FILE] [--save-dir DIR] [--only a,b,...] "
+          "[--student-epochs N]\n"
           "       bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads "
           "N] [--json FILE] [--peer peer.py]\n");
       return 2;

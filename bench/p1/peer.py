@@ -17,7 +17,7 @@ recipe, phase by phase:
   student    foe-distill's student: a LeNet on U against the fuser's answers
              (10 % held out, patience 4 or --patience, best epoch kept)
              plus V's labels,
-             Adam lr 1e-3, 20 epochs, batch 128, cosine
+             Adam lr 1e-3, 10 epochs (--student-epochs), batch 128, cosine
 
 It prints one JSON object: seconds and accuracy per phase.
 
@@ -160,6 +160,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--expert-epochs", type=int, default=3)
+    ap.add_argument("--student-epochs", type=int, default=10)
     ap.add_argument("--patience", type=int, default=4,
                     help="the student's early stopping; 0 runs every epoch")
     ap.add_argument("--out")
@@ -225,7 +226,7 @@ def main():
     y = torch.cat([teacher[rest], F.one_hot(v_labels, 10).float()])
     torch.manual_seed(a.seed)
     student = LeNet(10)
-    train(student, x, y, 20, 128, 1e-3, a.seed, val_x=u[val],
+    train(student, x, y, a.student_epochs, 128, 1e-3, a.seed, val_x=u[val],
           val_y=teacher[val], patience=a.patience)
     result["student_seconds"] = time.perf_counter() - t
     result["student_accuracy"] = accuracy(predict_proba(student, test_x), test_y)
