@@ -41,6 +41,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/bench.hpp"
 #include "chorus/coordinator/coordinator.hpp"
 #include "chorus/coordinator/registry.hpp"
 #include "chorus/core/error.hpp"
@@ -60,6 +61,7 @@ namespace nd = chorus::node;
 namespace fu = chorus::fusion;
 namespace pr = chorus::protocol;
 namespace fs = std::filesystem;
+namespace bench = chorus::bench;
 using namespace std::chrono_literals;
 
 namespace {
@@ -89,30 +91,6 @@ long long loopback_bytes() {
     return rx;
   }
   return -1;
-}
-
-// kB of the current process's resident set ("VmRSS") or peak ("VmHWM").
-long status_kb(const char* key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key, 0) == 0)
-      return std::stol(line.substr(std::strlen(key) + 1));
-  }
-  return -1;
-}
-
-pid_t spawn(const std::vector<std::string>& args) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv("/proc/self/exe", argv.data());
-    std::perror("execv");
-    _exit(127);
-  }
-  return pid;
 }
 
 // --- the nodes' process
@@ -168,7 +146,7 @@ int serve_nodes(int first, int count, std::uint16_t port, const fs::path& pki) {
 
 int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
             const fs::path& out_json) {
-  const long rss_start = status_kb("VmRSS:");
+  const long rss_start = bench::status_kb("VmRSS:");
   const auto dir = fs::temp_directory_path() /
                    fmt::format("chorus-bench-coord-{}", getpid());
   fs::create_directories(dir);
@@ -200,11 +178,11 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
   // The nodes, at most kNodesPerProcess to a child process.
   std::vector<pid_t> nodes;
   for (int first = 0; first < count; first += kNodesPerProcess) {
-    nodes.push_back(
-        spawn({"bench_coordinator", "--serve-nodes",
-               std::to_string(std::min(kNodesPerProcess, count - first)),
-               "--first", std::to_string(first), "--port",
-               std::to_string(registry.port()), "--pki", dir.string()}));
+    nodes.push_back(bench::spawn_self(
+        {"bench_coordinator", "--serve-nodes",
+         std::to_string(std::min(kNodesPerProcess, count - first)), "--first",
+         std::to_string(first), "--port", std::to_string(registry.port()),
+         "--pki", dir.string()}));
   }
 
   auto gen = fu::make_generator(0);
@@ -230,12 +208,12 @@ int run_one(int count, std::int64_t pool_size, chorus::InputDType dtype,
   const double join_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_join)
           .count();
-  const long rss_joined = status_kb("VmRSS:");
+  const long rss_joined = bench::status_kb("VmRSS:");
   co::Coordinator coordinator(registry, data, o);
   auto reports = coordinator.run();
   const auto& r = reports.at(0);
-  const long rss_after = status_kb("VmRSS:");
-  const long rss_peak = status_kb("VmHWM:");
+  const long rss_after = bench::status_kb("VmRSS:");
+  const long rss_peak = bench::status_kb("VmHWM:");
 
   const long long wire_bytes = loopback_bytes() - loopback_before;
   registry.stop("bench over");
@@ -346,10 +324,10 @@ int main(int argc, char** argv) {
         for (const auto& dtype : dtypes) {
           const auto tmp = fs::temp_directory_path() /
                            fmt::format("bench-coord-{}.json", count);
-          const pid_t pid =
-              spawn({"bench_coordinator", "--one", std::to_string(count),
-                     "--pool", std::to_string(pool_size), "--dtype", dtype,
-                     "--one-json", tmp.string()});
+          const pid_t pid = bench::spawn_self(
+              {"bench_coordinator", "--one", std::to_string(count), "--pool",
+               std::to_string(pool_size), "--dtype", dtype, "--one-json",
+               tmp.string()});
           int status = 0;
           waitpid(pid, &status, 0);
           CHORUS_CHECK_CODE(WIFEXITED(status) && WEXITSTATUS(status) == 0,

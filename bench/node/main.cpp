@@ -37,6 +37,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/bench.hpp"
 #include "chorus/coordinator/registry.hpp"
 #include "chorus/coordinator/remote_oracle.hpp"
 #include "chorus/core/error.hpp"
@@ -57,6 +58,7 @@ namespace nd = chorus::node;
 namespace fu = chorus::fusion;
 namespace pr = chorus::protocol;
 namespace fs = std::filesystem;
+namespace bench = chorus::bench;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
@@ -74,24 +76,8 @@ std::shared_ptr<fu::ClassifierImpl> the_model() {
   return model;
 }
 
-// kB of a process's peak resident set ("VmHWM").
-long peak_rss_kb(const std::string& pid = "self") {
-  std::ifstream in("/proc/" + pid + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
-  }
-  return -1;
-}
-
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const auto n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 // --- the node's process --------------------------------------------------
@@ -126,19 +112,6 @@ int serve(std::uint16_t port, const fs::path& pki, int threads) {
   io.run();
   pool.join();
   return 0;
-}
-
-pid_t spawn(const std::vector<std::string>& args) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv("/proc/self/exe", argv.data());
-    std::perror("execv");
-    _exit(127);
-  }
-  return pid;
 }
 
 // --- the coordinator's side ---------------------------------------------
@@ -176,9 +149,9 @@ int run(const Args& args) {
   co::NodeRegistry registry(io, co::Roster({"node"}), ro);
   registry.start();
   std::thread io_thread([&] { io.run(); });
-  const pid_t node =
-      spawn({"bench_node", "--serve", std::to_string(registry.port()), "--pki",
-             dir.string(), "--threads", std::to_string(args.threads)});
+  const pid_t node = bench::spawn_self(
+      {"bench_node", "--serve", std::to_string(registry.port()), "--pki",
+       dir.string(), "--threads", std::to_string(args.threads)});
   registry.wait_for_quorum(1, 60s);
 
   // Pixels as bytes would give them (uint8 on the wire, exact).
@@ -218,7 +191,7 @@ int run(const Args& args) {
                       "the node answered differently from the same model "
                       "in-process (max difference {})",
                       max_diff);
-    const double a = median(remote), b = median(inproc);
+    const double a = bench::median(remote), b = bench::median(inproc);
     fmt::print("{:>6} {:>14.0f} {:>14.0f} {:>8.3f}\n", batch, a, b, a / b);
     rows.push_back({{"batch", batch},
                     {"remote_images_per_second", remote},
@@ -227,7 +200,7 @@ int run(const Args& args) {
                     {"local_median", b},
                     {"ratio", a / b}});
   }
-  const long node_peak = peak_rss_kb(std::to_string(node));
+  const long node_peak = bench::status_kb("VmHWM:", std::to_string(node));
   registry.stop("bench over");
   kill(node, SIGTERM);
   int status = 0;

@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/bench.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/memory.hpp"
@@ -370,12 +371,6 @@ Phases peer_phases(std::uint64_t seed, const Args& args,
   return out;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const auto n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 // Chorus against the same recipe in plain PyTorch (bench/p1/peer.py), on
 // seed 0's split: --vs-pytorch pairs, alternating which runs first
 // (A B, B A, ...), medians per phase and their ratio.
@@ -421,7 +416,8 @@ int vs_pytorch(const Args& args, const fu::Dataset& train,
              "pytorch s", "speed-up", "chorus acc", "pytorch acc");
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& phase : phase_names()) {
-    const double a = median(ours[phase]), b = median(theirs[phase]);
+    const double a = chorus::bench::median(ours[phase]),
+                 b = chorus::bench::median(theirs[phase]);
     std::string acc_a = "-", acc_b = "-";
     nlohmann::json row{{"phase", phase},
                        {"chorus_seconds", ours[phase]},
@@ -430,10 +426,10 @@ int vs_pytorch(const Args& args, const fu::Dataset& train,
                        {"pytorch_median", b},
                        {"speedup", b / a}};
     if (ours_acc.count(phase)) {
-      acc_a = fmt::format("{:.4f}", median(ours_acc[phase]));
-      acc_b = fmt::format("{:.4f}", median(theirs_acc[phase]));
-      row["chorus_accuracy"] = median(ours_acc[phase]);
-      row["pytorch_accuracy"] = median(theirs_acc[phase]);
+      acc_a = fmt::format("{:.4f}", chorus::bench::median(ours_acc[phase]));
+      acc_b = fmt::format("{:.4f}", chorus::bench::median(theirs_acc[phase]));
+      row["chorus_accuracy"] = chorus::bench::median(ours_acc[phase]);
+      row["pytorch_accuracy"] = chorus::bench::median(theirs_acc[phase]);
     }
     fmt::print("{:<11} {:>10.2f} {:>11.2f} {:>9.2f}x {:>11} {:>12}\n", phase, a,
                b, b / a, acc_a, acc_b);

@@ -90,8 +90,8 @@ ThreadGuard::~ThreadGuard() {
 void run_jobs(std::int64_t n, int workers,
               const std::function<void(std::int64_t, int)>& job) {
   if (workers <= 1) {
-    ThreadGuard one(1);
-    for (std::int64_t i = 0; i < n; ++i) job(i, 1);
+    const int threads = torch::get_num_threads();
+    for (std::int64_t i = 0; i < n; ++i) job(i, threads);
     return;
   }
   // Side by side: as many jobs as keep every worker busy.

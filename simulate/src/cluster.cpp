@@ -119,12 +119,13 @@ struct LocalCluster::Impl {
   }
 
   void start_in_process() {
+    const auto device = fusion::parse_device(o.device);
     for (std::size_t i = 0; i < o.experts.size(); ++i) {
       const auto& e = o.experts[i];
       node::ExpertOptions eo;
       eo.kind = node::ExpertKind::kBuiltin;
       eo.path = e.file;
-      eo.device = fusion::parse_device(o.device);
+      eo.device = device;
       node::NodeServiceOptions so;
       if (i < o.shots.size()) so.shots = o.shots[i];
       so.state_dir = o.out / "nodes" / e.name;

@@ -99,6 +99,7 @@ std::vector<SimExpert> prepare_experts(const SimulateOptions& o,
   };
   std::stable_sort(to_train.begin(), to_train.end(),
                    [&](int a, int b) { return cost(a) < cost(b); });
+  const auto device = fu::parse_device(o.device);
   const auto t_all = Clock::now();
   fu::run_jobs(
       static_cast<std::int64_t>(to_train.size()), o.threads,
@@ -124,7 +125,7 @@ std::vector<SimExpert> prepare_experts(const SimulateOptions& o,
                       .lr(2e-3)
                       .seed(seed)
                       .threads(threads)
-                      .device(fu::parse_device(o.device)));
+                      .device(device));
         node::save_builtin_expert(model, spec, e.labels, e.file);
         fmt::print(
             stderr,

@@ -99,7 +99,8 @@ double accuracy(const torch::Tensor& scores, const torch::Tensor& labels);
 /// taking the next job when it finishes one) with threads = 1; the last
 /// n mod workers, which could not keep every core busy that way, run after
 /// them one at a time with threads = workers. The calling thread waits;
-/// with `workers` ≤ 1 every job runs on it in order with threads = 1. A job
+/// with `workers` ≤ 1 every job runs on it in order, with its torch threads
+/// as they are. A job
 /// sets its torch threads from `threads` (`TrainOptions::threads`), or just
 /// runs: the thread it is called on is set to `threads` already. The first
 /// exception a job throws is rethrown once every worker has stopped; jobs
