@@ -1,11 +1,15 @@
 #include "chorus/fusion/random.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
+#include <mutex>
 
 #include "chorus/core/error.hpp"
+#include "kernels.hpp"
 
 namespace chorus::fusion {
 namespace {
@@ -55,10 +59,35 @@ torch::Tensor dropout(const torch::Tensor& x, double p, bool training,
   CHORUS_CHECK(p >= 0 && p <= 1, "dropout probability {} is not in [0, 1]", p);
   if (!training || p == 0 || x.numel() == 0) return x;
   if (p == 1) return x * torch::zeros({}, x.options());
-  // at::dropout on the CPU: a Bernoulli(1 − p) mask scaled by 1 / (1 − p).
-  auto noise = torch::empty_like(x).bernoulli_(1 - p, gen);
-  noise.div_(1 - p);
-  return x * noise;
+  constexpr auto kMaxElements =
+      static_cast<std::int64_t>(std::numeric_limits<std::uint32_t>::max());
+  if (!x.is_cpu() || x.scalar_type() != torch::kFloat32 ||
+      x.numel() > kMaxElements) {
+    // at::dropout's way: a Bernoulli(1 − p) mask scaled by 1 / (1 − p).
+    auto noise = torch::empty_like(x).bernoulli_(1 - p, gen);
+    noise.div_(1 - p);
+    return x * noise;
+  }
+  // The same distribution, drawn by hashing a 64-bit key from `gen` with
+  // each element's index: one pass instead of a Mersenne-Twister draw per
+  // element (bernoulli_ was a fifth of a small MLP's training step).
+  std::uint64_t key = 0;
+  {
+    std::lock_guard lock(gen.mutex());
+    key = gen.get<at::CPUGeneratorImpl>()->random64();
+  }
+  const double keep = 1 - p;
+  const auto keep_below = static_cast<std::uint32_t>(
+      std::min(std::ldexp(keep, 32),
+               static_cast<double>(std::numeric_limits<std::uint32_t>::max())));
+  const auto scale = static_cast<float>(1 / keep);
+  auto mask = torch::empty(x.sizes(), x.options());
+  float* out = mask.data_ptr<float>();
+  at::parallel_for(
+      0, mask.numel(), 1 << 15, [&](std::int64_t begin, std::int64_t end) {
+        kernels::dropout_mask(out, begin, end, key, keep_below, scale);
+      });
+  return x * mask;
 }
 
 }  // namespace chorus::fusion

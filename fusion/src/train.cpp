@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "chorus/core/error.hpp"
+#include "chorus/fusion/optim.hpp"
 #include "chorus/fusion/random.hpp"
 
 namespace chorus::fusion {
@@ -25,11 +26,11 @@ double seconds_since(Clock::time_point start) {
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(ClassifierImpl& model,
                                                         const TrainOptions& o) {
   if (o.optimizer() == Optimizer::kAdamW) {
-    return std::make_unique<torch::optim::AdamW>(
+    return std::make_unique<FusedAdamW>(
         model.parameters(),
         torch::optim::AdamWOptions(o.lr()).weight_decay(o.weight_decay()));
   }
-  return std::make_unique<torch::optim::Adam>(
+  return std::make_unique<FusedAdam>(
       model.parameters(),
       torch::optim::AdamOptions(o.lr()).weight_decay(o.weight_decay()));
 }

@@ -11,6 +11,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/device.hpp"
 #include "chorus/fusion/foe.hpp"
+#include "chorus/fusion/optim.hpp"
 #include "chorus/fusion/random.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "support/doctest.hpp"
@@ -105,16 +106,55 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "random: dropout draws torch::dropout's mask from the caller's "
-    "generator") {
-  auto x = torch::rand({64, 16});
-  torch::manual_seed(4);
-  auto expected = torch::dropout(x, 0.3, /*train=*/true);
+    "random: dropout keeps 1 - p of the elements scaled by 1 / (1 - p), "
+    "drawn from the caller's generator whatever the thread count") {
+  const double p = 0.3;
+  auto x = torch::ones({1000, 1000});
+  auto draw = [&](std::uint64_t seed, int threads) {
+    fu::ThreadGuard guard(threads);
+    auto gen = fu::make_generator(seed);
+    return fu::dropout(x, p, /*training=*/true, gen);
+  };
+  auto y = draw(4, 1);
+  // Every value is 0 or 1 / (1 - p).
+  const float scale = static_cast<float>(1 / (1 - p));
+  CHECK(torch::logical_or(y.eq(0), y.eq(scale)).all().item<bool>());
+  // Binomial(10^6, 0.3): the standard deviation of the dropped fraction
+  // is 0.00046; 0.003 is more than six of them.
+  const double dropped = y.eq(0).to(torch::kDouble).mean().item<double>();
+  CHECK(dropped == doctest::Approx(p).epsilon(0.01));
+  // Inverted dropout keeps the mean.
+  CHECK(y.mean().item<double>() == doctest::Approx(1.0).epsilon(0.01));
+  // Neighbours and rows are not correlated.
+  auto kept = y.ne(0).to(torch::kDouble).flatten();
+  auto centred = kept - kept.mean();
+  const double lag1 =
+      (centred.slice(0, 0, -1) * centred.slice(0, 1)).mean().item<double>() /
+      centred.pow(2).mean().item<double>();
+  CHECK(std::abs(lag1) < 0.01);
+  auto rows = y.ne(0).to(torch::kDouble);
+  const double rows_equal =
+      rows[0].eq(rows[1]).to(torch::kDouble).mean().item<double>();
+  CHECK(rows_equal < 0.7);  // 0.58 expected for independent rows
+  // The seed decides the mask; the thread count does not.
+  CHECK(torch::equal(draw(4, 2), y));
+  CHECK_FALSE(torch::equal(draw(5, 1), y));
+  // Two draws from one generator differ.
   auto gen = fu::make_generator(4);
-  CHECK(torch::equal(fu::dropout(x, 0.3, true, gen), expected));
-  CHECK(torch::equal(fu::dropout(x, 0.3, false, gen), x));
-  CHECK(torch::equal(fu::dropout(x, 0.0, true, gen), x));
-  CHECK_THROWS_WITH_AS(fu::dropout(x, 1.5, true, gen),
+  auto first = fu::dropout(x, p, true, gen);
+  CHECK(torch::equal(first, y));
+  CHECK_FALSE(torch::equal(fu::dropout(x, p, true, gen), first));
+  // Gradients flow through the kept elements only, scaled.
+  auto leaf = torch::ones({8, 8}, torch::requires_grad());
+  auto out = fu::dropout(leaf, p, true, gen);
+  out.sum().backward();
+  CHECK(torch::equal(leaf.grad(), out.detach()));
+
+  auto small = torch::rand({64, 16});
+  CHECK(torch::equal(fu::dropout(small, p, false, gen), small));
+  CHECK(torch::equal(fu::dropout(small, 0.0, true, gen), small));
+  CHECK(fu::dropout(small, 1.0, true, gen).eq(0).all().item<bool>());
+  CHECK_THROWS_WITH_AS(fu::dropout(small, 1.5, true, gen),
                        doctest::Contains("dropout probability 1.5"),
                        chorus::Error);
 }
@@ -273,4 +313,79 @@ TEST_CASE("train: a requested stop cancels at the next batch, naming it") {
   fu::Foe foe(fu::FoeOptions().epochs(5).stop(stop.get_token()));
   CHECK_THROWS_AS(foe.fit(answers, torch::randint(0, 3, {60}), 3),
                   chorus::Error);
+}
+
+TEST_CASE(
+    "optim: the fused Adam and AdamW follow LibTorch's, step for step, "
+    "weight decay and channels-last weights included") {
+  auto gen = fu::make_generator(3);
+  auto make = [&] {
+    // A channels-last 4-d weight, a matrix and a vector.
+    return std::vector<torch::Tensor>{
+        torch::randn({8, 3, 3, 3}, gen)
+            .contiguous(torch::MemoryFormat::ChannelsLast)
+            .requires_grad_(),
+        torch::randn({16, 40}, gen).requires_grad_(),
+        torch::randn({5}, gen).requires_grad_()};
+  };
+  auto clone = [](const std::vector<torch::Tensor>& ps) {
+    std::vector<torch::Tensor> out;
+    for (const auto& p : ps)
+      out.push_back(
+          p.detach().clone(torch::MemoryFormat::Preserve).requires_grad_());
+    return out;
+  };
+  auto grads = [&](int step) {
+    std::vector<torch::Tensor> g;
+    auto gg = fu::make_generator(100 + step);
+    for (auto size : {std::vector<std::int64_t>{8, 3, 3, 3}, {16, 40}, {5}})
+      g.push_back(torch::randn(size, gg));
+    return g;
+  };
+  auto run = [&](torch::optim::Optimizer& reference,
+                 torch::optim::Optimizer& fused, std::vector<torch::Tensor>& a,
+                 std::vector<torch::Tensor>& b) {
+    for (int step = 0; step < 20; ++step) {
+      auto g = grads(step);
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        a[i].mutable_grad() = g[i].clone();
+        b[i].mutable_grad() =
+            g[i].contiguous(a[i].suggest_memory_format()).clone();
+      }
+      // The learning rate changes as a cosine schedule changes it.
+      for (auto* o : {&reference, &fused})
+        for (auto& group : o->param_groups())
+          group.options().set_lr(1e-2 / (1 + step));
+      reference.step();
+      fused.step();
+    }
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      CHECK(b[i].is_contiguous(a[i].suggest_memory_format()));
+      CHECK(torch::allclose(a[i], b[i], /*rtol=*/1e-5, /*atol=*/1e-6));
+      // It moved: the comparison is not between two untouched tensors.
+      CHECK_FALSE(torch::allclose(a[i], make()[i]));
+    }
+  };
+  SUBCASE("adam with L2 weight decay") {
+    auto a = make(), b = clone(a);
+    torch::optim::Adam reference(
+        a, torch::optim::AdamOptions(1e-2).weight_decay(0.1));
+    fu::FusedAdam fused(b, torch::optim::AdamOptions(1e-2).weight_decay(0.1));
+    run(reference, fused, a, b);
+  }
+  SUBCASE("adamw with decoupled weight decay") {
+    auto a = make(), b = clone(a);
+    torch::optim::AdamW reference(
+        a, torch::optim::AdamWOptions(1e-2).weight_decay(0.05));
+    fu::FusedAdamW fused(b,
+                         torch::optim::AdamWOptions(1e-2).weight_decay(0.05));
+    run(reference, fused, a, b);
+  }
+  SUBCASE("amsgrad takes LibTorch's own step") {
+    auto a = make(), b = clone(a);
+    torch::optim::Adam reference(a,
+                                 torch::optim::AdamOptions(1e-2).amsgrad(true));
+    fu::FusedAdam fused(b, torch::optim::AdamOptions(1e-2).amsgrad(true));
+    run(reference, fused, a, b);
+  }
 }

@@ -25,8 +25,10 @@ at::Generator make_generator(std::uint64_t seed);
 void initialise(torch::nn::Module& module, at::Generator& gen);
 
 /// Inverted dropout of `x` with probability `p`, its mask drawn from `gen`:
-/// torch::dropout's arithmetic with the caller's generator. The identity
-/// when not `training` or `p` is 0.
+/// each element kept with probability 1 − p and scaled by 1 / (1 − p), as
+/// torch::dropout does. On the CPU the mask is a hash of one 64-bit draw
+/// from `gen` and the element's index, so it is the same whatever the
+/// number of threads. The identity when not `training` or `p` is 0.
 torch::Tensor dropout(const torch::Tensor& x, double p, bool training,
                       at::Generator& gen);
 
