@@ -6,6 +6,8 @@
 //            [--only a,b,...]   (these methods only: algorithm names,
 //                                "ablations", "frugal-sweep", "centralised")
 //            [--student-epochs N] (the distilled students' epochs)
+//            [--poison K]       (expert K answers confidently wrong)
+//            [--robust]         (robust fusion: AlgorithmOptions::robust)
 //   bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads N]
 //            [--json FILE] [--peer bench/p1/peer.py]
 //
@@ -63,6 +65,8 @@ struct Args {
   std::set<std::string> only;  // Empty: every method.
   int vs_pytorch = 0;          // Pairs of the PyTorch comparison; 0: off.
   int student_epochs = 0;      // 0: DistillOptions' default.
+  int poison = -1;             // The poisoned expert; -1: none.
+  bool robust = false;         // Robust fusion.
   std::string peer = CHORUS_P1_PEER;  // bench/p1/peer.py
   bool wants(const std::string& method) const {
     return only.empty() || only.count(method);
@@ -123,6 +127,36 @@ class Table {
 
 constexpr std::int64_t kClasses = 10;
 
+// A poisoned node: expert `poisoned` answers every input with certainty on
+// one of its classes other than the one its model would pick — valid
+// distributions, wrong on purpose. The others answer honestly.
+class PoisonOracle : public fu::QueryOracle {
+ public:
+  PoisonOracle(fu::QueryOracle& inner, std::int64_t poisoned,
+               std::uint64_t seed)
+      : inner_(inner), poisoned_(poisoned), gen_(fu::make_generator(seed)) {}
+  std::int64_t num_classes() const override { return inner_.num_classes(); }
+  const std::vector<fu::ExpertInfo>& experts() const override {
+    return inner_.experts();
+  }
+
+ protected:
+  torch::Tensor do_query(std::int64_t expert,
+                         const torch::Tensor& inputs) override {
+    auto honest = inner_.query(expert, inputs);
+    if (expert != poisoned_) return honest;
+    const auto m = honest.size(1);
+    auto shift = torch::randint(1, m, {honest.size(0)}, gen_, torch::kLong);
+    auto wrong = (honest.argmax(1) + shift).remainder(m);
+    return torch::one_hot(wrong, m).to(torch::kFloat32);
+  }
+
+ private:
+  fu::QueryOracle& inner_;
+  std::int64_t poisoned_;
+  at::Generator gen_;
+};
+
 // Experts: a LeNet per shard, trained on its task only (peer.py's recipe).
 // With --threads T ≥ 2 they train T at a time on one thread each (the last
 // K mod T on all T: fusion::run_jobs).
@@ -173,10 +207,13 @@ double own_task_accuracy(const std::vector<torch::Tensor>& answers_test,
 void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
               const fu::Dataset& test, Table& table) {
   auto split = fu::p1_split(train.labels, fu::P1Options().seed(seed));
-  fu::LocalOracle oracle(kClasses, /*batch_size=*/256, args.threads);
+  fu::LocalOracle local(kClasses, /*batch_size=*/256, args.threads);
   auto t_experts = Clock::now();
-  train_experts(seed, args, train, split, oracle);
+  train_experts(seed, args, train, split, local);
   const double expert_seconds = seconds_since(t_experts);
+  PoisonOracle poisoned(local, args.poison, seed + 7);
+  fu::QueryOracle& oracle =
+      args.poison >= 0 ? static_cast<fu::QueryOracle&>(poisoned) : local;
   table.add("experts: training", "seconds", expert_seconds);
 
   // Query every expert on the transfer pool and the test set.
@@ -207,7 +244,10 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
   data.answers = answers_u;
   data.fusion_index = torch::arange(n_v, torch::kLong);
   data.fusion_labels = v_labels;
-  auto options = fu::AlgorithmOptions().seed(seed).threads(args.threads);
+  auto options = fu::AlgorithmOptions()
+                     .seed(seed)
+                     .threads(args.threads)
+                     .robust(args.robust);
   if (args.student_epochs > 0) options.distill().epochs(args.student_epochs);
   auto add_result = [&](const std::string& row, const fu::FusionResult& r) {
     table.add(row, "acc10", r.accuracy);
@@ -469,6 +509,10 @@ int main(int argc, char** argv) {
       args.save_dir = next();
     else if (!std::strcmp(argv[i], "--student-epochs"))
       args.student_epochs = std::atoi(next());
+    else if (!std::strcmp(argv[i], "--poison"))
+      args.poison = std::atoi(next());
+    else if (!std::strcmp(argv[i], "--robust"))
+      args.robust = true;
     else if (!std::strcmp(argv[i], "--vs-pytorch"))
       args.vs_pytorch = std::atoi(next());
     else if (!std::strcmp(argv[i], "--peer"))
@@ -482,7 +526,7 @@ int main(int argc, char** argv) {
           stderr,
           "usage: bench_p1 [--seeds N] [--expert-epochs N] "
           "[--threads N] [--json FILE] [--save-dir DIR] [--only a,b,...] "
-          "[--student-epochs N]\n"
+          "[--student-epochs N] [--poison K] [--robust]\n"
           "       bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads "
           "N] [--json FILE] [--peer peer.py]\n");
       return 2;
@@ -503,10 +547,15 @@ int main(int argc, char** argv) {
     for (int s = 0; s < args.seeds; ++s) run_seed(s, args, train, test, table);
     table.print();
     const double total = seconds_since(t0);
-    fmt::print("\nseeds={} expert_epochs={} threads={} total={:.1f} s\n",
-               args.seeds, args.expert_epochs, args.threads, total);
+    fmt::print(
+        "\nseeds={} expert_epochs={} threads={} poison={} robust={} "
+        "total={:.1f} s\n",
+        args.seeds, args.expert_epochs, args.threads, args.poison, args.robust,
+        total);
     nlohmann::json out{{"benchmark", "p1"},
                        {"seeds", args.seeds},
+                       {"poison", args.poison},
+                       {"robust", args.robust},
                        {"expert_epochs", args.expert_epochs},
                        {"threads", args.threads},
                        {"total_seconds", total},

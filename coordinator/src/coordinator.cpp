@@ -294,11 +294,18 @@ struct Coordinator::Impl {
         options.run_dir / fmt::format("fused-round-{}.pt", round);
     std::string bytes;
     std::function<bool()> fit = [this, &data, &bytes, &model_file,
-                                 &fused_experts, ro, round] {
+                                 &fused_experts, &report, ro, round] {
       auto algorithm_options = options.algorithm_options;
       algorithm_options.stop(options.stop);
       fuser = fusion::make_fuser(options.algorithm, algorithm_options);
       fuser->fit(data);
+      // Robust fusion's verdicts: a node whose answers were left out is
+      // reported as left out, with the reason.
+      for (const auto& v : fusion::expert_verdicts(*fuser)) {
+        if (v.trusted) continue;
+        report.failed[v.name] = "answers not trusted: " + v.reason;
+        std::erase(report.experts, v.name);
+      }
       experts = data.experts;
       last_data = data;
       oracle = std::make_unique<RemoteOracle>(data.num_classes, fused_experts,

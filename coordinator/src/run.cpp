@@ -66,6 +66,11 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   k.seed = c.get_int("fusion.seed", k.seed);
   k.threads = c.get_int("fusion.threads", k.threads);
   k.device = c.get_string("fusion.device", k.device);
+  k.robust = c.get_bool("fusion.robust", k.robust);
+  k.robust_fraction = c.get_double("fusion.robust_fraction", k.robust_fraction);
+  CHORUS_CHECK(k.robust_fraction >= 0 && k.robust_fraction <= 1,
+               "{}: fusion.robust_fraction must be in [0, 1], got {}",
+               c.path().string(), k.robust_fraction);
   k.student = c.get_string("fusion.student", k.student);
   k.dataset = c.get_string("data.dataset", k.dataset);
   const bool files = k.dataset == "files";
@@ -192,7 +197,7 @@ std::string to_toml(const CoordinatorConfig& k) {
       "max_unauthenticated = {}\nmax_operator_sessions = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
       "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\ndevice = {}\n"
-      "student = {}\n\n"
+      "student = {}\nrobust = {}\nrobust_fraction = {}\n\n"
       "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels "
       "= {}\n"
       "pool_seed = {}\nevaluate = {}\n{}\n{}",
@@ -203,7 +208,8 @@ std::string to_toml(const CoordinatorConfig& k) {
       k.max_unauthenticated, k.max_operator_sessions,
       toml_quoted(k.ca.string()), toml_quoted(k.cert.string()),
       toml_quoted(k.key.string()), toml_quoted(k.algorithm), k.seed, k.threads,
-      toml_quoted(k.device), toml_quoted(k.student), toml_quoted(k.dataset),
+      toml_quoted(k.device), toml_quoted(k.student), k.robust,
+      k.robust_fraction, toml_quoted(k.dataset),
       toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels,
       k.pool_seed, k.evaluate, data_files, to_toml(k.task));
 }
@@ -381,7 +387,9 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   co.algorithm_options = fusion::AlgorithmOptions()
                              .seed(static_cast<std::uint64_t>(k.seed))
                              .threads(static_cast<int>(k.threads))
-                             .device(fusion::parse_device(k.device));
+                             .device(fusion::parse_device(k.device))
+                             .robust(k.robust)
+                             .robust_fraction(k.robust_fraction);
   co.algorithm_options.distill().arch(k.student);
   co.algorithm_options.dro().imitator().arch(k.student);
   co.rounds = static_cast<int>(k.rounds);

@@ -437,18 +437,72 @@ AlgorithmOptions seeded(AlgorithmOptions o) {
   return o;
 }
 
-}  // namespace
+// Robust fusion around any algorithm: the experts judged on V
+// (`judge_experts`) and left out answer uniformly in the fit, and are never
+// asked at prediction.
+class RobustFuser : public Fuser {
+ public:
+  RobustFuser(std::unique_ptr<Fuser> inner, double fraction)
+      : inner_(std::move(inner)), fraction_(fraction) {}
+  std::string name() const override { return inner_->name(); }
+  bool needs_experts() const override { return inner_->needs_experts(); }
+  void fit(const FusionData& data) override {
+    data.validate(/*needs_labels=*/false);
+    const bool labelled =
+        data.fusion_index.defined() && data.fusion_index.numel() > 0;
+    // Without V, the whole pool is judged against the consensus.
+    verdicts_ = judge_experts(labelled ? data.fusion_answers() : data.answers,
+                              data.experts, data.num_classes,
+                              labelled ? data.fusion_labels : torch::Tensor(),
+                              fraction_);
+    left_out_.assign(verdicts_.size(), false);
+    FusionData masked = data;
+    for (std::size_t i = 0; i < verdicts_.size(); ++i) {
+      if (verdicts_[i].trusted) continue;
+      left_out_[i] = true;
+      masked.answers[i] = uninformative_answer(data.answers[i].size(0),
+                                               data.answers[i].size(1));
+      masked.shared_weights.erase(data.experts[i].name);
+      log::get("fusion")->warn("event=expert_left_out expert={} reason=\"{}\"",
+                               verdicts_[i].name, verdicts_[i].reason);
+    }
+    inner_->fit(masked);
+  }
+  torch::Tensor predict(QueryOracle& oracle, const torch::Tensor& x) override {
+    MaskedOracle masked(
+        oracle, left_out_.empty()
+                    ? std::vector<bool>(
+                          static_cast<std::size_t>(oracle.num_experts()), false)
+                    : left_out_);
+    return inner_->predict(masked, x);
+  }
+  std::optional<FusedModel> fused_model() const override {
+    auto fused = inner_->fused_model();
+    if (fused) {
+      std::vector<std::string> names;
+      for (const auto& v : verdicts_)
+        if (!v.trusted) names.push_back(v.name);
+      fused->attributes["left_out"] = fmt::format("{}", fmt::join(names, ","));
+    }
+    return fused;
+  }
+  bool save(const std::filesystem::path& path) const override {
+    if (dynamic_cast<const TaeFuser*>(inner_.get())) return inner_->save(path);
+    return Fuser::save(path);
+  }
+  std::string spec() const override { return inner_->spec(); }
+  Fuser& inner() { return *inner_; }
+  const std::vector<ExpertTrust>& verdicts() const { return verdicts_; }
 
-const std::vector<std::string>& algorithm_names() {
-  static const std::vector<std::string> kNames = {
-      "bplus",      "bmax",   "distill", "foe", "foe-distill",
-      "foe-select", "frugal", "tae",     "dro"};
-  return kNames;
-}
+ private:
+  std::unique_ptr<Fuser> inner_;
+  double fraction_;
+  std::vector<ExpertTrust> verdicts_;
+  std::vector<bool> left_out_;
+};
 
-std::unique_ptr<Fuser> make_fuser(const std::string& name,
-                                  const AlgorithmOptions& options) {
-  const auto o = seeded(options);
+std::unique_ptr<Fuser> make_plain_fuser(const std::string& name,
+                                        const AlgorithmOptions& o) {
   if (name == "bplus") return std::make_unique<EnsembleFuser>(false);
   if (name == "bmax") return std::make_unique<EnsembleFuser>(true);
   if (name == "distill") return std::make_unique<StudentFuser>(false, o);
@@ -462,9 +516,36 @@ std::unique_ptr<Fuser> make_fuser(const std::string& name,
        name, fmt::join(algorithm_names(), ", "));
 }
 
+}  // namespace
+
+const std::vector<std::string>& algorithm_names() {
+  static const std::vector<std::string> kNames = {
+      "bplus",      "bmax",   "distill", "foe", "foe-distill",
+      "foe-select", "frugal", "tae",     "dro"};
+  return kNames;
+}
+
+std::unique_ptr<Fuser> make_fuser(const std::string& name,
+                                  const AlgorithmOptions& options) {
+  const auto o = seeded(options);
+  auto fuser = make_plain_fuser(name, o);
+  if (!o.robust()) return fuser;
+  CHORUS_CHECK(o.robust_fraction() >= 0 && o.robust_fraction() <= 1,
+               "robust fusion: the fraction {} is not in [0, 1]",
+               o.robust_fraction());
+  return std::make_unique<RobustFuser>(std::move(fuser), o.robust_fraction());
+}
+
 TaeModel* tae_model(Fuser& fuser) {
+  if (auto* robust = dynamic_cast<RobustFuser*>(&fuser))
+    return tae_model(robust->inner());
   auto* tae = dynamic_cast<TaeFuser*>(&fuser);
   return tae ? &tae->model() : nullptr;
+}
+
+std::vector<ExpertTrust> expert_verdicts(const Fuser& fuser) {
+  auto* robust = dynamic_cast<const RobustFuser*>(&fuser);
+  return robust ? robust->verdicts() : std::vector<ExpertTrust>{};
 }
 
 FusionResult run_fusion(Fuser& fuser, const FusionData& data,

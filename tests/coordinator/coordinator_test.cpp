@@ -229,6 +229,38 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "coordinator: with robust fusion a node answering confidently wrong is "
+    "left out with the reason and never asked when serving") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma"});
+  // beta announces its two classes the wrong way round: every answer is a
+  // valid distribution on the wrong class.
+  Nodes nodes(side.registry->port(), dir / "nodes", {},
+              {{"beta", {"c2", "c1"}}});
+  auto o = options(dir / "run");
+  o.algorithm = "foe";
+  o.algorithm_options.robust(true);
+  co::Coordinator coordinator(*side.registry, pool_data(), o);
+  auto reports = coordinator.run();
+  REQUIRE(reports.size() == 1);
+  REQUIRE(reports[0].failed.count("beta"));
+  CHECK_MESSAGE(reports[0].failed.at("beta").find(
+                    "answers not trusted: its answers agree with V's labels") !=
+                    std::string::npos,
+                reports[0].failed.at("beta"));
+  CHECK(reports[0].failed.size() == 1);
+  CHECK(reports[0].experts == std::vector<std::string>{"alpha", "gamma"});
+  CHECK(co::describe_left_out(reports[0]).find("1 left out (beta:") == 0);
+  // Serving: alpha and gamma are asked, beta is not.
+  auto served = coordinator.predict(world().test.x);
+  CHECK(fu::accuracy(served.probabilities, world().test.y) > 0.7);
+  CHECK(nodes.services.at("beta")->inputs_answered() == 600);
+  CHECK(nodes.services.at("alpha")->inputs_answered() ==
+        600 + world().test.x.size(0));
+  CHECK(served.expert_queries == 2 * world().test.x.size(0));
+}
+
+TEST_CASE(
     "coordinator: a round queries every node, fuses, checkpoints and "
     "broadcasts the fused model") {
   chorus::testing::TempDir dir;

@@ -46,6 +46,8 @@ struct CoordinatorConfig {
   std::int64_t threads = 2;
   /// Where fusion trains ("cpu", "cuda", "cuda:N"; fusion/device.hpp).
   std::string device = "cpu";
+  bool robust = false;           ///< fusion.robust
+  double robust_fraction = 0.5;  ///< fusion.robust_fraction
   /// The distilled student's architecture (distill, foe-distill, and
   /// foe-select's selector): "auto" (from the task's input shape: LeNet for
   /// images, an MLP for features), "mlp", "lenet" or "resnet".

@@ -16,6 +16,7 @@
 #include "chorus/fusion/frugal.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/oracle.hpp"
+#include "chorus/fusion/robust.hpp"
 #include "chorus/fusion/tae.hpp"
 
 /// The fusion algorithms behind one interface, by name: what the coordinator
@@ -63,6 +64,13 @@ struct AlgorithmOptions {
   TORCH_ARG(DroOptions, dro) = DroOptions();
   TORCH_ARG(std::uint64_t, seed) = 0;
   TORCH_ARG(int, threads) = 0;
+  /// Robust fusion: experts whose answers on V disagree with V's labels (or
+  /// the other experts) are left out of the fit and never asked at
+  /// prediction (`judge_experts`).
+  TORCH_ARG(bool, robust) = false;
+  /// How close to the experts' median agreement an expert must come, from
+  /// chance (0) to the median itself (1).
+  TORCH_ARG(double, robust_fraction) = 0.5;
   /// Where the trained fusers and students train: foe, foe-distill,
   /// distill, foe-select and frugal's fuser (tae and dro train on the CPU).
   TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
@@ -105,13 +113,17 @@ class Fuser {
 /// nodes to adapt to their tasks).
 const std::vector<std::string>& algorithm_names();
 
-/// A fuser for `name`. Throws `chorus::Error` (INVALID_ARGUMENT) naming the
-/// accepted names.
+/// A fuser for `name`, robust when `options.robust()`. Throws
+/// `chorus::Error` (INVALID_ARGUMENT) naming the accepted names.
 std::unique_ptr<Fuser> make_fuser(const std::string& name,
                                   const AlgorithmOptions& options = {});
 
 /// The global model of a fitted "tae" fuser (null for other algorithms).
 TaeModel* tae_model(Fuser& fuser);
+
+/// The verdicts on the experts of a fitted robust fuser (empty when the
+/// fuser is not robust).
+std::vector<ExpertTrust> expert_verdicts(const Fuser& fuser);
 
 /// The uniform result of an algorithm on a test set.
 struct FusionResult {
