@@ -10,6 +10,8 @@ packages=(
   g++ cmake ninja-build ccache make
   # `make format` and CI's format check (.ci/run) use it.
   clang-format
+  # libFuzzer (tests/fuzz/run.sh and its 30-second ctest runs).
+  clang-14 libclang-rt-14-dev
   libtorch-dev libopenblas0-openmp
   libprotobuf-dev protobuf-compiler
   libasio-dev libssl-dev

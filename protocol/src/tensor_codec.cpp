@@ -50,32 +50,16 @@ TensorBlob to_blob(const at::Tensor& tensor) {
 }
 
 at::Tensor to_tensor(const TensorBlob& wire, const TensorLimits& limits) {
+  const auto elements = checked_elements(wire, limits);
   const DTypeInfo* info = nullptr;
   for (const auto& d : kDTypes) {
     if (d.wire == wire.dtype) info = &d;
   }
   CHORUS_CHECK(info != nullptr, "tensor has unknown dtype {}",
                dtype_name(wire.dtype));
-  const auto& shape = wire.shape;
-  CHORUS_CHECK(static_cast<std::int64_t>(shape.size()) <= limits.max_rank,
-               "tensor of rank {} exceeds the maximum rank {}", shape.size(),
-               limits.max_rank);
-  std::int64_t elements = 1;
-  for (auto d : shape) {
-    CHORUS_CHECK(d >= 0, "tensor has a negative dimension {}", d);
-    // Checked before multiplying, so the product cannot overflow.
-    CHORUS_CHECK(d == 0 || elements <= limits.max_elements / d,
-                 "tensor of shape [{}] exceeds the maximum of {} elements",
-                 fmt::join(shape, ", "), limits.max_elements);
-    elements *= d;
-  }
-  const auto expected = static_cast<std::uint64_t>(elements * info->size);
-  CHORUS_CHECK(wire.data.size() == expected,
-               "tensor of shape [{}] and dtype {} needs {} bytes, got {}",
-               fmt::join(shape, ", "), c10::toString(info->torch), expected,
-               wire.data.size());
-  auto out = at::empty(shape, at::TensorOptions().dtype(info->torch));
-  if (expected > 0) std::memcpy(out.data_ptr(), wire.data.data(), expected);
+  auto out = at::empty(wire.shape, at::TensorOptions().dtype(info->torch));
+  if (elements > 0)
+    std::memcpy(out.data_ptr(), wire.data.data(), wire.data.size());
   return out;
 }
 

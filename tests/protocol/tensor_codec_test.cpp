@@ -48,7 +48,8 @@ TEST_CASE("codec: a tensor whose bytes do not match its shape is refused") {
   std::string msg;
   CHECK(code_of([&] { chorus::testing::decode_tensor(wire); }, &msg) ==
         chorus::Code::kInvalidArgument);
-  CHECK(msg == "tensor of shape [2, 3] and dtype Float needs 24 bytes, got 23");
+  CHECK(msg ==
+        "tensor of shape [2, 3] and dtype float32 needs 24 bytes, got 23");
 }
 
 TEST_CASE("codec: hostile shapes are refused before allocating") {

@@ -48,6 +48,24 @@ struct TensorBlob {
   std::int64_t rows() const { return shape.empty() ? 0 : shape.front(); }
 };
 
+/// Bounds a decoder enforces before allocating.
+struct TensorLimits {
+  std::int64_t max_rank = 8;
+  std::int64_t max_elements = std::int64_t{1} << 28;  // 1 GiB of float32.
+};
+
+/// Bytes of one element of `dtype`; 0 for kUnspecified.
+std::int64_t dtype_size(DType dtype);
+
+/// The number of elements of `blob` once its dtype, shape and bytes are
+/// checked to agree within `limits`. Throws `chorus::Error`
+/// (INVALID_ARGUMENT) naming the fault: an unspecified dtype, a negative
+/// dimension, rank or element count above `limits`, or a byte length that
+/// is not shape × element size. No torch: what `to_tensor` checks before it
+/// allocates, and what the fuzzers reach.
+std::int64_t checked_elements(const TensorBlob& blob,
+                              const TensorLimits& limits = {});
+
 /// The form of a node's answers.
 enum class OutputForm {
   kProbabilities,  ///< The full distribution over the expert's labels.

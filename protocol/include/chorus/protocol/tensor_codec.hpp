@@ -12,21 +12,14 @@
 /// can be fuzzed on its own.
 namespace chorus::protocol {
 
-/// Bounds a decoder enforces before allocating.
-struct TensorLimits {
-  std::int64_t max_rank = 8;
-  std::int64_t max_elements = std::int64_t{1} << 28;  // 1 GiB of float32.
-};
-
 /// `tensor` (float32, float16, bfloat16, int64 or uint8; any layout, on the
 /// CPU) as a blob. Throws `chorus::Error` (INVALID_ARGUMENT) for another
 /// dtype.
 TensorBlob to_blob(const at::Tensor& tensor);
 
 /// A CPU tensor with the blob's dtype, shape and bytes (a copy: it does not
-/// alias the blob). Throws `chorus::Error` (INVALID_ARGUMENT) naming the
-/// fault: an unspecified dtype, a negative dimension, rank or element count
-/// above `limits`, or a byte length that is not shape × element size.
+/// alias the blob), allocated only once `checked_elements` (messages.hpp)
+/// accepts the blob; its `chorus::Error` otherwise.
 at::Tensor to_tensor(const TensorBlob& blob, const TensorLimits& limits = {});
 
 /// Whether a floating-point tensor holds a NaN or an infinity (false for
