@@ -5,6 +5,7 @@
 #include <bit>
 
 #include "chorus/core/error.hpp"
+#include "chorus/fusion/train.hpp"
 
 namespace chorus::fusion {
 namespace {
@@ -21,15 +22,21 @@ std::vector<std::int64_t> members(Mask mask) {
 
 // For each row of `query`, the indices of its `k` nearest rows of `ref`
 // (Euclidean), skipping row i of `ref` for query row i when `skip_self`.
-// Chunked so that 10,000 × 10,000 distances never sit in memory at once.
+// Ranked by |r|² − 2 q·r, which orders the rows of `ref` as the distance
+// to q does (|q|² is the same for the whole row): one GEMM, no square
+// root. In chunks of query rows small enough for the distances to stay in
+// cache while topk reads them.
 torch::Tensor nearest(const torch::Tensor& query, const torch::Tensor& ref,
                       std::int64_t k, bool skip_self) {
-  constexpr std::int64_t kChunk = 1024;
+  constexpr std::int64_t kChunk = 256;
   k = std::min(k, ref.size(0) - (skip_self ? 1 : 0));
+  auto ref_t = ref.t().contiguous();
+  auto ref_sq = ref.pow(2).sum(1).unsqueeze(0);
   std::vector<torch::Tensor> out;
   for (std::int64_t i = 0; i < query.size(0); i += kChunk) {
     const auto end = std::min(query.size(0), i + kChunk);
-    auto d = torch::cdist(query.slice(0, i, end), ref);
+    auto d = torch::addmm(ref_sq, query.slice(0, i, end), ref_t, /*beta=*/1,
+                          /*alpha=*/-2);
     if (skip_self) {
       auto rows = torch::arange(end - i, torch::kLong);
       d.index_put_({rows, rows + i}, std::numeric_limits<float>::infinity());
@@ -94,27 +101,52 @@ torch::Tensor FrugalFoe::subset_features(
   return Foe::features(parts, options_.fuser().features());
 }
 
-Foe& FrugalFoe::fuser(Mask mask) {
-  auto it = fusers_.find(mask);
-  if (it != fusers_.end()) return *it->second;
+std::unique_ptr<Foe> FrugalFoe::train_fuser(Mask mask, int threads) const {
   std::vector<torch::Tensor> parts;
   for (auto i : members(mask))
     parts.push_back(v_answers_[static_cast<std::size_t>(i)]);
-  auto foe = std::make_unique<Foe>(options_.fuser());
+  auto options = options_.fuser();
+  if (threads > 0) options.threads(threads);
+  auto foe = std::make_unique<Foe>(options);
   foe->fit(parts, v_labels_, num_classes_);
-  return *fusers_.emplace(mask, std::move(foe)).first->second;
+  return foe;
 }
 
-const torch::Tensor& FrugalFoe::loo_correct(Mask mask) {
-  auto it = correct_.find(mask);
-  if (it != correct_.end()) return it->second;
+Foe& FrugalFoe::fuser(Mask mask) {
+  auto it = fusers_.find(mask);
+  if (it != fusers_.end()) return *it->second;
+  return *fusers_.emplace(mask, train_fuser(mask, 0)).first->second;
+}
+
+torch::Tensor FrugalFoe::estimate_correct(Mask mask) const {
   auto f = subset_features(est_answers_, mask);
   auto nn = nearest(f, f, options_.knn_k(), /*skip_self=*/true);
   // Soft correctness: the share of a point's leave-one-out neighbours that
   // carry its label (smoother than the 0/1 kNN vote, so λ acts gradually).
   auto agree = est_labels_.index({nn}).eq(est_labels_.unsqueeze(1));
-  auto correct = agree.to(torch::kFloat32).mean(1);
-  return correct_.emplace(mask, correct).first->second;
+  return agree.to(torch::kFloat32).mean(1);
+}
+
+const torch::Tensor& FrugalFoe::loo_correct(Mask mask) {
+  auto it = correct_.find(mask);
+  if (it != correct_.end()) return it->second;
+  return correct_.emplace(mask, estimate_correct(mask)).first->second;
+}
+
+void FrugalFoe::prepare_fusers(const std::vector<Mask>& masks) {
+  std::vector<Mask> todo;
+  for (auto m : masks)
+    if (!fusers_.count(m)) todo.push_back(m);
+  std::vector<std::unique_ptr<Foe>> trained(todo.size());
+  const int threads = options_.fuser().threads();
+  run_jobs(static_cast<std::int64_t>(todo.size()),
+           threads > 0 ? threads : torch::get_num_threads(),
+           [&](std::int64_t i, int job_threads) {
+             trained[static_cast<std::size_t>(i)] =
+                 train_fuser(todo[static_cast<std::size_t>(i)], job_threads);
+           });
+  for (std::size_t i = 0; i < todo.size(); ++i)
+    fusers_.emplace(todo[i], std::move(trained[i]));
 }
 
 FrugalPrediction FrugalFoe::predict(QueryOracle& oracle,
@@ -212,6 +244,11 @@ FrugalPrediction FrugalFoe::predict(QueryOracle& oracle,
   out.queried = torch::zeros({n, k}, torch::kBool);
   std::map<Mask, std::vector<std::int64_t>> final_groups;
   for (std::int64_t r = 0; r < n; ++r) final_groups[mask[r]].push_back(r);
+  {
+    std::vector<Mask> used;
+    for (const auto& [m, rows_vec] : final_groups) used.push_back(m);
+    prepare_fusers(used);
+  }
   for (auto& [m, rows_vec] : final_groups) {
     auto rows = torch::tensor(rows_vec, torch::kLong);
     std::vector<torch::Tensor> sub;
