@@ -1,6 +1,6 @@
 // chorus node --config node.toml [--set key=value ...] [--print-config]
 // chorus node train --config node.toml [--set key=value ...]
-// chorus node audit --log FILE [--json]
+// chorus node audit --log FILE [--json] [--state DIR]
 // chorus node adapt --config node.toml [--shots FILE --shot-labels FILE]
 //                   [--eval FILE --eval-labels FILE] [--json]
 #include "node_command.hpp"
@@ -9,13 +9,16 @@
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "chorus/core/config.hpp"
 #include "chorus/core/error.hpp"
+#include "chorus/core/fs.hpp"
 #include "chorus/node/adapt.hpp"
 #include "chorus/node/audit.hpp"
 #include "chorus/node/config.hpp"
@@ -30,6 +33,7 @@ struct NodeArgs {
   bool print_config = false;
   std::string audit_log;
   bool audit_json = false;
+  std::string audit_state;  // The node's state directory (budget.json).
   std::string shots, shot_labels, eval, eval_labels;
   bool adapt_json = false;
 };
@@ -161,6 +165,24 @@ int adapt(const NodeArgs& args) {
 
 int audit(const NodeArgs& args) {
   auto s = node::summarise_audit(args.audit_log);
+  // The ledger the budget is enforced from, when asked to reconcile.
+  std::optional<std::int64_t> ledger;
+  std::string ledger_file;
+  if (!args.audit_state.empty()) {
+    ledger_file =
+        (std::filesystem::path(args.audit_state) / "budget.json").string();
+    if (std::filesystem::exists(ledger_file)) {
+      try {
+        ledger = nlohmann::json::parse(read_file(ledger_file))
+                     .at("spent_total")
+                     .get<std::int64_t>();
+      } catch (const nlohmann::json::exception& e) {
+        fail(Code::kDataLoss, "budget ledger '{}' is unreadable: {}",
+             ledger_file, e.what());
+      }
+    }
+  }
+  const bool agree = !ledger || !s.spent || *ledger == *s.spent;
   if (args.audit_json) {
     nlohmann::json out{
         {"log", args.audit_log},
@@ -173,9 +195,13 @@ int audit(const NodeArgs& args) {
         {"last", s.last_time},
         {"budget_left", s.budget_left ? nlohmann::json(*s.budget_left)
                                       : nlohmann::json(nullptr)},
+        {"inputs_charged",
+         s.spent ? nlohmann::json(*s.spent) : nlohmann::json(nullptr)},
+        {"ledger_spent", ledger ? nlohmann::json(*ledger) : nullptr},
+        {"ledger_agrees", agree},
         {"malformed_lines", s.malformed_lines}};
     fmt::print("{}\n", out.dump(2));
-    return 0;
+    return agree ? 0 : 1;
   }
   auto rows = [](const std::map<std::string, std::int64_t>& m) {
     std::vector<std::string> out;
@@ -185,6 +211,12 @@ int audit(const NodeArgs& args) {
   fmt::print("log              {}\n", args.audit_log);
   fmt::print("requests         {}\n", s.requests);
   fmt::print("inputs answered  {}\n", s.inputs_answered);
+  if (s.spent) {
+    // Charged before the expert ran: also answers withheld (no audit
+    // record could be written) or undelivered (the connection closed).
+    fmt::print("inputs charged   {} (since the budget ledger began)\n",
+               *s.spent);
+  }
   fmt::print("by kind          {}\n", rows(s.by_kind));
   fmt::print("by outcome       {}\n", rows(s.by_outcome));
   fmt::print("by peer          {}\n", rows(s.by_peer));
@@ -197,6 +229,29 @@ int audit(const NodeArgs& args) {
         "malformed lines  {} (not audit records; a torn last line after a "
         "crash, or an edited file)\n",
         s.malformed_lines);
+  }
+  if (!args.audit_state.empty()) {
+    if (!ledger) {
+      fmt::print(
+          "budget ledger    none at {} (a node without budgets keeps "
+          "none)\n",
+          ledger_file);
+    } else if (!s.spent) {
+      fmt::print(
+          "budget ledger    {} spent ({}); this log predates the "
+          "'spent' field and cannot be checked against it\n",
+          *ledger, ledger_file);
+    } else if (agree) {
+      fmt::print("budget ledger    {} spent ({}): agrees with the log\n",
+                 *ledger, ledger_file);
+    } else {
+      fmt::print(stderr,
+                 "chorus node audit: the budget ledger {} records {} inputs "
+                 "spent but the audit log's last record says {}: the log is "
+                 "incomplete or the files are not the same node's\n",
+                 ledger_file, *ledger, *s.spent);
+      return 1;
+    }
   }
   return 0;
 }
@@ -233,6 +288,10 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_node_commands(
   audit_cmd->add_option("--log", args->audit_log, "The audit log (JSONL)")
       ->required();
   audit_cmd->add_flag("--json", args->audit_json, "Print JSON");
+  audit_cmd->add_option("--state", args->audit_state,
+                        "The node's state directory: reconcile the log with "
+                        "its budget ledger (budget.json); exit 1 when they "
+                        "disagree");
 
   auto* adapt_cmd =
       node->add_subcommand("adapt",

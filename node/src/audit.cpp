@@ -49,6 +49,7 @@ void AuditLog::append(const AuditRecord& r) {
   if (!r.message.empty()) line["message"] = r.message;
   line["budget_left"] =
       r.budget_left ? nlohmann::json(*r.budget_left) : nullptr;
+  if (r.spent) line["spent"] = *r.spent;
   const std::string text = line.dump() + "\n";
   std::lock_guard lock(mutex_);
   // One write per line: a concurrent reader sees whole lines.
@@ -85,6 +86,9 @@ AuditSummary summarise_audit(const std::filesystem::path& path) {
       const auto& left = line.at("budget_left");
       s.budget_left = left.is_null() ? std::nullopt
                                      : std::optional(left.get<std::int64_t>());
+      // Logs written before the field have no "spent".
+      if (line.contains("spent"))
+        s.spent = line.at("spent").get<std::int64_t>();
     } catch (const std::exception&) {
       ++s.malformed_lines;  // A torn last line after a crash, or tampering.
     }

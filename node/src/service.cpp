@@ -90,6 +90,7 @@ void NodeService::record(const std::string& peer, const RequestSummary& request,
   r.outcome = std::string(code_name(outcome));
   r.message = message;
   r.budget_left = impl_->ledger.total_remaining();
+  r.spent = impl_->ledger.spent();
   r.latency_ms = std::chrono::duration<double, std::milli>(latency).count();
   impl_->audit->append(r);
 }

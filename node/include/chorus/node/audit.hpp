@@ -23,6 +23,9 @@ struct AuditRecord {
   std::string outcome = "OK";  ///< A status code name.
   std::string message;         ///< The error message, if any.
   std::optional<std::int64_t> budget_left;  ///< Total budget left after it.
+  /// Inputs charged to the budget since the ledger began, after it: the
+  /// same count as state_dir/budget.json's spent_total.
+  std::optional<std::int64_t> spent;
   double latency_ms = 0;
 };
 
@@ -54,6 +57,9 @@ struct AuditSummary {
   std::map<std::string, std::int64_t> by_peer;
   std::string first_time, last_time;
   std::optional<std::int64_t> budget_left;  ///< As of the last record.
+  /// Inputs charged to the budget, as of the last record that says
+  /// (answered, and also those whose answer was withheld or undelivered).
+  std::optional<std::int64_t> spent;
   std::int64_t malformed_lines = 0;  ///< Lines that are not audit records.
 };
 
