@@ -1,5 +1,6 @@
 // Global models pushed by the coordinator: chunks reassembled and checked,
 // then stored atomically in the state directory with a manifest.
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "chorus/core/error.hpp"
@@ -32,6 +33,12 @@ protocol::Ack NodeService::receive_model_chunk(const protocol::ModelChunk& c) {
     discard(Code::kResourceExhausted,
             fmt::format("a model of {} bytes exceeds this node's limit of {}",
                         c.total_bytes, impl_->options.max_model_bytes));
+  }
+  if (c.round < impl_->coordinator_round) {
+    discard(Code::kFailedPrecondition,
+            fmt::format("a model of round {} is older than round {}, where "
+                        "this coordinator is",
+                        c.round, impl_->coordinator_round));
   }
   if (c.sha256.size() != 32) {
     discard(Code::kInvalidArgument,
@@ -86,6 +93,7 @@ protocol::Ack NodeService::receive_model_chunk(const protocol::ModelChunk& c) {
                    stored.round, stored.algorithm, a->total,
                    stored.file.string());
   impl_->stored = stored;
+  impl_->coordinator_round = std::max(impl_->coordinator_round, stored.round);
   a.reset();
   return protocol::Ack{
       .message = fmt::format("model of round {} stored", stored.round)};

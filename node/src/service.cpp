@@ -95,6 +95,11 @@ void NodeService::record(const std::string& peer, const RequestSummary& request,
   impl_->audit->append(r);
 }
 
+void NodeService::welcomed(std::uint32_t round) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->coordinator_round = round;
+}
+
 std::optional<StoredModel> NodeService::stored_model() const {
   std::lock_guard lock(impl_->mutex);
   return impl_->stored;

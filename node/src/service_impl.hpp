@@ -47,7 +47,10 @@ struct NodeService::Impl {
 
   std::mutex mutex;  // Guards what follows.
   std::uint32_t round = 0;
-  std::uint32_t claimed_round = 0;       // The last round refused, logged once.
+  std::uint32_t claimed_round = 0;  // The last round refused, logged once.
+  // The coordinator's round as this session knows it: its Welcome's, then
+  // the newest it pushed. Older pushes are refused.
+  std::uint32_t coordinator_round = 0;
   std::shared_ptr<const TaskSpec> task;  // The coordinator's, from its Welcome.
   at::Generator noise = at::make_generator<at::CPUGeneratorImpl>(0);
   std::optional<Assembly> assembly;

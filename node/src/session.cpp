@@ -185,6 +185,7 @@ NodeSession::NodeSession(asio::io_context& io, asio::thread_pool& pool,
               fmt::format("this node does not fit the coordinator's task: {}",
                           *why));
         }
+        impl->service.welcomed(w.round);
         impl->log->info("event=welcomed coordinator={} round={}", w.coordinator,
                         w.round);
       });

@@ -737,6 +737,39 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "node: a push of a round older than the coordinator's is refused and the "
+    "stored model kept, and a new coordinator run may start again at 1") {
+  TestCoordinator coordinator;
+  chorus::testing::TempDir dir;
+  nd::NodeServiceOptions options;
+  options.state_dir = dir / "state";
+  TestNode node(builtin_expert(small_model()), options, coordinator.port());
+  auto c = coordinator.wait_connection();
+  const std::string model(5'000, 'm');
+  const auto digest = pr::sha256(model);
+  std::string msg;
+  REQUIRE(push(*c, 3, model, 2048, digest) == Code::kOk);
+  // A delayed or replayed push of round 2 after round 3's.
+  CHECK(push(*c, 2, model, 2048, digest, &msg) == Code::kFailedPrecondition);
+  CHECK_MESSAGE(contains(msg, "a model of round 2 is older than round 3"), msg);
+  CHECK(contains(msg, "previous model kept"));
+  CHECK(node.service().stored_model()->round == 3);
+  CHECK_FALSE(std::filesystem::exists(dir / "state" / "global-round-2.pt"));
+  // The same round again (a resumed coordinator) and the next are taken.
+  CHECK(push(*c, 3, model, 2048, digest) == Code::kOk);
+  CHECK(push(*c, 4, model, 2048, digest) == Code::kOk);
+  CHECK(node.service().stored_model()->round == 4);
+  // A Welcome says where a coordinator is: one at round 5 makes 4 stale.
+  node.service().welcomed(5);
+  CHECK(push(*c, 4, model, 2048, digest, &msg) == Code::kFailedPrecondition);
+  CHECK(contains(msg, "older than round 5"));
+  // A new run of a coordinator welcomes at round 0 and pushes round 1.
+  node.service().welcomed(0);
+  CHECK(push(*c, 1, model, 2048, digest) == Code::kOk);
+  CHECK(node.service().stored_model()->round == 1);
+}
+
+TEST_CASE(
     "node: never sends weights — every frame of a full session is Hello, "
     "PredictResponse, AdaptResponse, Heartbeat, Status or Goodbye") {
   auto coordinator = std::make_unique<TestCoordinator>();

@@ -80,6 +80,14 @@ class NodeService {
   /// then; nullopt when it fits.
   std::optional<std::string> accept_task(const std::optional<TaskSpec>& task);
 
+  /// A coordinator's Welcome said it is at `round` (0 before any): from now
+  /// on a ModelPush of an older round — a delayed or replayed push — is
+  /// refused (FAILED_PRECONDITION) and the stored model kept. So is a push
+  /// older than one this coordinator already pushed since. A new
+  /// coordinator run (a new connection, its Welcome at round 0) may push
+  /// round 1 again.
+  void welcomed(std::uint32_t round);
+
   /// Admission of a PredictRequest (cheap; runs on the network thread):
   /// decodes and validates the inputs, charges the budget, reserves rate
   /// capacity. Throws `chorus::Error`: INVALID_ARGUMENT naming the expected
