@@ -49,6 +49,7 @@
 #include "chorus/fusion/oracle.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/random.hpp"
+#include "chorus/fusion/robust.hpp"
 #include "chorus/fusion/train.hpp"
 
 namespace fu = chorus::fusion;
@@ -127,36 +128,6 @@ class Table {
 
 constexpr std::int64_t kClasses = 10;
 
-// A poisoned node: expert `poisoned` answers every input with certainty on
-// one of its classes other than the one its model would pick — valid
-// distributions, wrong on purpose. The others answer honestly.
-class PoisonOracle : public fu::QueryOracle {
- public:
-  PoisonOracle(fu::QueryOracle& inner, std::int64_t poisoned,
-               std::uint64_t seed)
-      : inner_(inner), poisoned_(poisoned), gen_(fu::make_generator(seed)) {}
-  std::int64_t num_classes() const override { return inner_.num_classes(); }
-  const std::vector<fu::ExpertInfo>& experts() const override {
-    return inner_.experts();
-  }
-
- protected:
-  torch::Tensor do_query(std::int64_t expert,
-                         const torch::Tensor& inputs) override {
-    auto honest = inner_.query(expert, inputs);
-    if (expert != poisoned_) return honest;
-    const auto m = honest.size(1);
-    auto shift = torch::randint(1, m, {honest.size(0)}, gen_, torch::kLong);
-    auto wrong = (honest.argmax(1) + shift).remainder(m);
-    return torch::one_hot(wrong, m).to(torch::kFloat32);
-  }
-
- private:
-  fu::QueryOracle& inner_;
-  std::int64_t poisoned_;
-  at::Generator gen_;
-};
-
 // Experts: a LeNet per shard, trained on its task only (peer.py's recipe).
 // With --threads T ≥ 2 they train T at a time on one thread each (the last
 // K mod T on all T: fusion::run_jobs).
@@ -211,7 +182,7 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
   auto t_experts = Clock::now();
   train_experts(seed, args, train, split, local);
   const double expert_seconds = seconds_since(t_experts);
-  PoisonOracle poisoned(local, args.poison, seed + 7);
+  fu::PoisonedOracle poisoned(local, args.poison, seed + 7);
   fu::QueryOracle& oracle =
       args.poison >= 0 ? static_cast<fu::QueryOracle&>(poisoned) : local;
   table.add("experts: training", "seconds", expert_seconds);

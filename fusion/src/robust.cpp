@@ -8,6 +8,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/random.hpp"
 
 namespace chorus::fusion {
 namespace {
@@ -155,6 +156,20 @@ torch::Tensor MaskedOracle::do_query(std::int64_t expert,
         static_cast<std::int64_t>(experts()[expert].labels.size()));
   }
   return inner_.query(expert, inputs);
+}
+
+PoisonedOracle::PoisonedOracle(QueryOracle& inner, std::int64_t poisoned,
+                               std::uint64_t seed)
+    : inner_(inner), poisoned_(poisoned), gen_(make_generator(seed)) {}
+
+torch::Tensor PoisonedOracle::do_query(std::int64_t expert,
+                                       const torch::Tensor& inputs) {
+  auto honest = inner_.query(expert, inputs);
+  const auto m = honest.size(1);
+  if (expert != poisoned_ || m < 2) return honest;
+  auto shift = torch::randint(1, m, {honest.size(0)}, gen_, torch::kLong);
+  return torch::one_hot((honest.argmax(1) + shift).remainder(m), m)
+      .to(torch::kFloat32);
 }
 
 }  // namespace chorus::fusion

@@ -13,39 +13,11 @@ using chorus::testing::Blobs;
 
 namespace {
 
-// Answers of expert `poisoned` made confidently wrong: all mass on one of
-// its classes other than its model's choice. Valid distributions.
-class PoisonedExpertOracle : public fu::QueryOracle {
- public:
-  PoisonedExpertOracle(fu::QueryOracle& inner, std::int64_t poisoned)
-      : inner_(inner), poisoned_(poisoned), gen_(fu::make_generator(9)) {}
-  std::int64_t num_classes() const override { return inner_.num_classes(); }
-  const std::vector<fu::ExpertInfo>& experts() const override {
-    return inner_.experts();
-  }
-
- protected:
-  torch::Tensor do_query(std::int64_t expert,
-                         const torch::Tensor& inputs) override {
-    auto honest = inner_.query(expert, inputs);
-    if (expert != poisoned_) return honest;
-    const auto m = honest.size(1);
-    auto shift = torch::randint(1, m, {honest.size(0)}, gen_, torch::kLong);
-    return torch::one_hot((honest.argmax(1) + shift).remainder(m), m)
-        .to(torch::kFloat32);
-  }
-
- private:
-  fu::QueryOracle& inner_;
-  std::int64_t poisoned_;
-  at::Generator gen_;
-};
-
 // Five experts on three of six classes each; expert 1 can be poisoned.
 struct PoisonWorld {
   Blobs train, test;
   fu::LocalOracle honest{6};
-  PoisonedExpertOracle poisoned{honest, 1};
+  fu::PoisonedOracle poisoned{honest, 1, 9};
 
   PoisonWorld() {
     train = chorus::testing::make_blobs(1200, 6, 8, /*seed=*/3, /*noise=*/1.5);

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <ATen/core/Generator.h>
 #include <torch/types.h>
 
 #include <cstdint>
@@ -78,6 +79,29 @@ class MaskedOracle : public QueryOracle {
  private:
   QueryOracle& inner_;
   std::vector<bool> left_out_;
+};
+
+/// An adversary for measuring robust fusion: expert `poisoned` of `inner`
+/// answers every input with certainty on one of its classes other than the
+/// one its model picks (drawn from a generator seeded with `seed`) — valid
+/// distributions, wrong on purpose; the other experts answer honestly.
+/// (`bench_p1 --poison K`; the robust fusion tests.)
+class PoisonedOracle : public QueryOracle {
+ public:
+  PoisonedOracle(QueryOracle& inner, std::int64_t poisoned, std::uint64_t seed);
+  std::int64_t num_classes() const override { return inner_.num_classes(); }
+  const std::vector<ExpertInfo>& experts() const override {
+    return inner_.experts();
+  }
+
+ protected:
+  torch::Tensor do_query(std::int64_t expert,
+                         const torch::Tensor& inputs) override;
+
+ private:
+  QueryOracle& inner_;
+  std::int64_t poisoned_;
+  at::Generator gen_;
 };
 
 }  // namespace chorus::fusion
