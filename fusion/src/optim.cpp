@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <functional>
 
 #include "kernels.hpp"
 
@@ -64,11 +65,12 @@ void fused_step(std::vector<torch::optim::OptimizerParamGroup>& groups,
   }
 }
 
-// Whether every parameter with a gradient can take the fused step.
-bool fusable(const std::vector<torch::optim::OptimizerParamGroup>& groups,
-             bool amsgrad_anywhere) {
-  if (amsgrad_anywhere) return false;
+// Whether every parameter with a gradient can take the fused step: no
+// amsgrad, float32 tensors walkable as one flat array.
+template <typename Options>
+bool fusable(const std::vector<torch::optim::OptimizerParamGroup>& groups) {
   for (const auto& group : groups) {
+    if (static_cast<const Options&>(group.options()).amsgrad()) return false;
     for (const auto& p : group.params()) {
       if (p.grad().defined() && !flat(p, p.grad())) return false;
     }
@@ -76,42 +78,40 @@ bool fusable(const std::vector<torch::optim::OptimizerParamGroup>& groups,
   return true;
 }
 
-template <typename Options>
-bool any_amsgrad(const std::vector<torch::optim::OptimizerParamGroup>& groups) {
-  for (const auto& group : groups) {
-    if (static_cast<const Options&>(group.options()).amsgrad()) return true;
+// The closure first (it computes the gradients), then the fused step, or
+// LibTorch's own when some parameter cannot take it.
+template <typename Options, typename State>
+torch::Tensor fused_or_libtorch(
+    std::vector<torch::optim::OptimizerParamGroup>& groups, auto& states,
+    const torch::optim::Optimizer::LossClosure& closure, bool decoupled,
+    const std::function<void()>& libtorch_step) {
+  torch::Tensor loss;
+  if (closure) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
   }
-  return false;
+  if (fusable<Options>(groups)) {
+    fused_step<Options, State>(groups, states, decoupled);
+  } else {
+    libtorch_step();
+  }
+  return loss;
 }
 
 }  // namespace
 
 torch::Tensor FusedAdam::step(LossClosure closure) {
-  using Options = torch::optim::AdamOptions;
-  if (!fusable(param_groups_, any_amsgrad<Options>(param_groups_)))
-    return torch::optim::Adam::step(std::move(closure));
-  torch::Tensor loss;
-  if (closure) {
-    at::AutoGradMode enable_grad(true);
-    loss = closure();
-  }
-  fused_step<Options, torch::optim::AdamParamState>(param_groups_, state_,
-                                                    /*decoupled=*/false);
-  return loss;
+  return fused_or_libtorch<torch::optim::AdamOptions,
+                           torch::optim::AdamParamState>(
+      param_groups_, state_, closure, /*decoupled=*/false,
+      [this] { torch::optim::Adam::step(); });
 }
 
 torch::Tensor FusedAdamW::step(LossClosure closure) {
-  using Options = torch::optim::AdamWOptions;
-  if (!fusable(param_groups_, any_amsgrad<Options>(param_groups_)))
-    return torch::optim::AdamW::step(std::move(closure));
-  torch::Tensor loss;
-  if (closure) {
-    at::AutoGradMode enable_grad(true);
-    loss = closure();
-  }
-  fused_step<Options, torch::optim::AdamWParamState>(param_groups_, state_,
-                                                     /*decoupled=*/true);
-  return loss;
+  return fused_or_libtorch<torch::optim::AdamWOptions,
+                           torch::optim::AdamWParamState>(
+      param_groups_, state_, closure, /*decoupled=*/true,
+      [this] { torch::optim::AdamW::step(); });
 }
 
 }  // namespace chorus::fusion
