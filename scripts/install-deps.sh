@@ -27,6 +27,12 @@ packages=(
   # Small real tabular data sets (breast cancer, wine, iris, digits) for
   # `chorus simulate --dataset NAME`, and numpy for tests that write .npy.
   python3-sklearn
+  # Validates docker-compose.yml in the tests (`docker-compose config`; no
+  # container engine is installed or needed).
+  docker-compose
+  # ip, ss and tc: the multihost test's network namespaces, veth pairs and
+  # slow link; ping checks the link. OpenSSL's command line checks our CRLs.
+  iproute2 iputils-ping openssl
 )
 
 missing=()

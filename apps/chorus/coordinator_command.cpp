@@ -54,7 +54,14 @@ std::function<int()> add_coordinator_command(CLI::App& app) {
       fmt::print("{}", coordinator::to_toml(resolved));
       return 0;
     }
-    return coordinator::run_coordinator(resolved, args->resume);
+    // SIGHUP reads the file and the overrides again.
+    auto reread = [args] {
+      Config again = Config::load(args->config);
+      for (const auto& s : args->sets) again.set(s);
+      if (args->serve) again.set("coordinator.serve=true");
+      return coordinator::read_coordinator_config(again);
+    };
+    return coordinator::run_coordinator(resolved, args->resume, reread);
   };
 }
 

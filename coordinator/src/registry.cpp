@@ -11,16 +11,19 @@
 #include <asio/thread_pool.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/use_future.hpp>
+#include <set>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/codec.hpp"
+#include "chorus/protocol/identity.hpp"
 #include "chorus/protocol/offload.hpp"
 
 namespace chorus::coordinator {
 struct NodeRegistry::Impl {
   asio::io_context& io;
-  RegistryOptions options;
+  RegistryOptions options;  // options.operators: guarded by `mutex`.
+  Roster roster;            // Guarded by `mutex`.
   std::unique_ptr<protocol::Server> server;
   std::shared_ptr<spdlog::logger> log = log::get("coordinator");
 
@@ -44,6 +47,7 @@ struct NodeRegistry::Impl {
   asio::thread_pool operator_pool{1};
 
   bool is_operator(const std::string& identity) const {
+    std::lock_guard lock(mutex);
     const auto& o = options.operators;
     return std::find(o.begin(), o.end(), identity) != o.end();
   }
@@ -53,8 +57,11 @@ struct NodeRegistry::Impl {
   // The rounds' fan-outs run here; connections keep their own strands.
   asio::strand<asio::io_context::executor_type> rounds;
 
-  Impl(asio::io_context& i, RegistryOptions o)
-      : io(i), options(std::move(o)), rounds(asio::make_strand(i)) {}
+  Impl(asio::io_context& i, Roster r, RegistryOptions o)
+      : io(i),
+        options(std::move(o)),
+        roster(std::move(r)),
+        rounds(asio::make_strand(i)) {}
 
   // Wakes every quorum wait to look again; call with `mutex` held. The
   // cancel runs on `rounds`, after the waiter has suspended: none is lost.
@@ -196,8 +203,7 @@ asio::awaitable<protocol::Outcome<v1::Envelope>> NodeRegistry::Impl::call(
 
 NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
                            RegistryOptions options)
-    : impl_(std::make_unique<Impl>(io, std::move(options))),
-      roster_(std::move(roster)) {
+    : impl_(std::make_unique<Impl>(io, std::move(roster), std::move(options))) {
   auto* impl = impl_.get();
   protocol::Welcome welcome;
   welcome.coordinator = impl->options.name;
@@ -205,11 +211,19 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
     impl->options.task->validate();
     welcome.task = impl->options.task;
   }
+  std::vector<asio::ip::tcp::endpoint> endpoints;
+  for (const auto& host : impl->options.listen_hosts) {
+    std::error_code ec;
+    const auto address = asio::ip::make_address(host, ec);
+    CHORUS_CHECK(!ec,
+                 "cannot listen on '{}': not an IPv4 or IPv6 address (give "
+                 "addresses, e.g. \"0.0.0.0\" or \"::\")",
+                 host);
+    endpoints.emplace_back(address, impl->options.port);
+  }
+  CHORUS_CHECK(!endpoints.empty(), "name at least one address to listen on");
   impl->server = std::make_unique<protocol::Server>(
-      io,
-      asio::ip::tcp::endpoint(asio::ip::make_address(impl->options.listen_host),
-                              impl->options.port),
-      impl->options.tls, impl->options.channel, welcome,
+      io, endpoints, impl->options.tls, impl->options.channel, welcome,
       [this, impl](const std::string& identity, const protocol::Hello& hello) {
         const bool says_operator = hello.can("operator");
         if (impl->is_operator(identity)) {
@@ -248,7 +262,12 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
                               "(coordinator.operators)",
                               identity)};
         }
-        if (!roster_.admits(identity)) {
+        bool rostered = false;
+        {
+          std::lock_guard lock(impl->mutex);
+          rostered = impl->roster.admits(identity);
+        }
+        if (!rostered) {
           return protocol::Admission{
               .admit = false,
               .code = Code::kPermissionDenied,
@@ -425,10 +444,78 @@ void NodeRegistry::stop(const std::string& reason) {
 
 std::uint16_t NodeRegistry::port() const { return impl_->server->port(); }
 
+Roster NodeRegistry::roster() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->roster;
+}
+
+ReloadSummary NodeRegistry::reload(Roster roster,
+                                   std::vector<std::string> operators,
+                                   const protocol::TlsMaterial& tls) {
+  // The one step that can fail goes first: nothing changes if it does.
+  const auto revoked = tls.crl_pem.empty()
+                           ? std::set<std::string>()
+                           : protocol::crl_revoked_serials(tls.crl_pem);
+  impl_->server->reload_tls(tls);
+  ReloadSummary summary;
+  summary.revoked_serials = revoked.size();
+  auto diff = [](const std::vector<std::string>& a,
+                 const std::vector<std::string>& b) {
+    std::vector<std::string> out;  // In a, not in b.
+    for (const auto& x : a) {
+      if (std::find(b.begin(), b.end(), x) == b.end()) out.push_back(x);
+    }
+    return out;
+  };
+  std::vector<std::pair<std::shared_ptr<protocol::Connection>, std::string>>
+      drop;
+  {
+    std::lock_guard lock(impl_->mutex);
+    summary.nodes_added = diff(roster.identities(), impl_->roster.identities());
+    summary.nodes_removed =
+        diff(impl_->roster.identities(), roster.identities());
+    summary.operators_added = diff(operators, impl_->options.operators);
+    summary.operators_removed = diff(impl_->options.operators, operators);
+    impl_->roster = std::move(roster);
+    impl_->options.operators = std::move(operators);
+    auto why = [&](const std::string& identity,
+                   const std::shared_ptr<protocol::Connection>& c,
+                   bool listed) -> std::string {
+      if (revoked.count(c->peer_serial())) {
+        return fmt::format("its certificate (serial {}) is revoked",
+                           c->peer_serial());
+      }
+      if (!listed) return "removed from the coordinator's configuration";
+      (void)identity;
+      return {};
+    };
+    for (auto& [id, e] : impl_->nodes) {
+      auto reason = why(id, e.connection, impl_->roster.admits(id));
+      if (!reason.empty()) drop.emplace_back(e.connection, reason);
+    }
+    const auto& ops = impl_->options.operators;
+    for (auto& [id, c] : impl_->operators) {
+      const bool listed = std::find(ops.begin(), ops.end(), id) != ops.end();
+      auto reason = why(id, c, listed);
+      if (!reason.empty()) drop.emplace_back(c, reason);
+    }
+    impl_->changed();
+  }
+  for (auto& [c, reason] : drop) {
+    if (!c->is_open()) continue;
+    impl_->log->warn("peer={} event=dropped reason=\"{}\"", c->peer_identity(),
+                     reason);
+    summary.dropped.push_back(
+        fmt::format("{} ({})", c->peer_identity(), reason));
+    c->close(reason);
+  }
+  return summary;
+}
+
 std::vector<NodeInfo> NodeRegistry::connected() const {
   std::lock_guard lock(impl_->mutex);
   std::vector<NodeInfo> out;
-  for (const auto& id : roster_.identities()) {
+  for (const auto& id : impl_->roster.identities()) {
     auto it = impl_->nodes.find(id);
     if (it != impl_->nodes.end() && it->second.connection->is_open()) {
       out.push_back(it->second.info);
@@ -472,10 +559,11 @@ asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> NodeRegistry::quorum(
       break;
     }
     const auto n = impl_->connected_count();
-    if (settling && n >= roster_.size()) break;
+    const auto all = roster().size();
+    if (settling && n >= all) break;
     if (!settling && n >= min_nodes) {
       // With a quorum, give the rest of the roster a moment to arrive too.
-      if (settle.count() <= 0 || n >= roster_.size()) break;
+      if (settle.count() <= 0 || n >= all) break;
       settling = true;
       until = std::min(deadline, Clock::now() + settle);
     }
@@ -495,9 +583,11 @@ asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> NodeRegistry::quorum(
     std::vector<std::string> names;
     for (const auto& n : present) names.push_back(n.identity);
     std::string why;
+    std::vector<std::string> missing;
     {
       std::lock_guard lock(impl_->mutex);
-      for (const auto& m : roster_.missing(names)) {
+      missing = impl_->roster.missing(names);
+      for (const auto& m : missing) {
         auto it = impl_->refused.find(m);
         if (it != impl_->refused.end())
           why += fmt::format("; '{}' was refused: {}", m, it->second);
@@ -508,7 +598,7 @@ asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> NodeRegistry::quorum(
         fmt::format("no quorum after {} ms: {} of the {} required nodes are "
                     "connected; missing: {}{}",
                     timeout.count(), present.size(), min_nodes,
-                    fmt::join(roster_.missing(names), ", "), why));
+                    fmt::join(missing, ", "), why));
     co_return out;
   }
   out.reply = std::move(present);

@@ -59,6 +59,7 @@ torch::Tensor checked(const RemoteExpert& node,
 asio::awaitable<Asked> ask_node(RemoteExpert node, torch::Tensor inputs,
                                 RemoteOracleOptions options, AnswerSink sink) {
   Asked out;
+  const auto started = std::chrono::steady_clock::now();
   const auto ex = co_await asio::this_coro::executor;
   const auto step = std::min(options.batch, node.max_batch);
   const auto x = inputs.to(torch::kFloat32).contiguous();
@@ -128,6 +129,9 @@ asio::awaitable<Asked> ask_node(RemoteExpert node, torch::Tensor inputs,
       }
     }
   }
+  out.stats.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started)
+          .count();
   if (!out.error && sent < n) {
     out.error =
         Error(Code::kCancelled,

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <asio/io_context.hpp>
+#include <asio/signal_set.hpp>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
@@ -25,13 +26,16 @@
 #include "chorus/fusion/train.hpp"
 #include "chorus/protocol/certs.hpp"
 #include "chorus/protocol/shutdown.hpp"
+#include "run_log.hpp"
 
 namespace chorus::coordinator {
 
 CoordinatorConfig read_coordinator_config(Config& c) {
   CoordinatorConfig k;
   k.name = c.get_string("coordinator.name", k.name);
-  k.listen = c.get_string("coordinator.listen", k.listen);
+  k.listen = c.get_string_list("coordinator.listen", k.listen);
+  CHORUS_CHECK(!k.listen.empty(),
+               "coordinator.listen must name at least one address");
   const auto port = c.get_int("coordinator.port", k.port);
   CHORUS_CHECK(port >= 0 && port < 65536,
                "coordinator.port must be 0..65535, got {}", port);
@@ -62,6 +66,9 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   k.ca = c.resolve(c.get_string("tls.ca", "pki/ca.crt"));
   k.cert = c.resolve(c.get_string("tls.cert", "pki/coordinator.crt"));
   k.key = c.resolve(c.get_string("tls.key", "pki/coordinator.key"));
+  if (auto crl = c.get_optional_string("tls.crl"); crl && !crl->empty()) {
+    k.crl = c.resolve(*crl);
+  }
   k.algorithm = c.get_string("fusion.algorithm", k.algorithm);
   k.seed = c.get_int("fusion.seed", k.seed);
   k.threads = c.get_int("fusion.threads", k.threads);
@@ -195,23 +202,24 @@ std::string to_toml(const CoordinatorConfig& k) {
       "{}\nquery_batch = {}\nmax_inflight_mb = {}\n"
       "rounds = {}\nrun_dir = {}\noperators = {}\nserve = {}\n"
       "max_unauthenticated = {}\nmax_operator_sessions = {}\n\n"
-      "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
+      "[tls]\nca = {}\ncert = {}\nkey = {}\n{}\n"
       "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\ndevice = {}\n"
       "student = {}\nrobust = {}\nrobust_fraction = {}\n\n"
       "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels "
       "= {}\n"
       "pool_seed = {}\nevaluate = {}\n{}\n{}",
-      toml_quoted(k.name), toml_quoted(k.listen), k.port, list(k.roster),
-      k.min_nodes, k.quorum_timeout_s, k.settle_s, k.request_deadline_s,
-      k.query_batch, k.max_inflight_mb, k.rounds,
-      toml_quoted(k.run_dir.string()), list(k.operators), k.serve,
-      k.max_unauthenticated, k.max_operator_sessions,
-      toml_quoted(k.ca.string()), toml_quoted(k.cert.string()),
-      toml_quoted(k.key.string()), toml_quoted(k.algorithm), k.seed, k.threads,
-      toml_quoted(k.device), toml_quoted(k.student), k.robust,
-      k.robust_fraction, toml_quoted(k.dataset),
-      toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels,
-      k.pool_seed, k.evaluate, data_files, to_toml(k.task));
+      toml_quoted(k.name), list(k.listen), k.port, list(k.roster), k.min_nodes,
+      k.quorum_timeout_s, k.settle_s, k.request_deadline_s, k.query_batch,
+      k.max_inflight_mb, k.rounds, toml_quoted(k.run_dir.string()),
+      list(k.operators), k.serve, k.max_unauthenticated,
+      k.max_operator_sessions, toml_quoted(k.ca.string()),
+      toml_quoted(k.cert.string()), toml_quoted(k.key.string()),
+      k.crl.empty() ? std::string("# crl = (none: no revocation list)\n")
+                    : fmt::format("crl = {}\n", toml_quoted(k.crl.string())),
+      toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.device),
+      toml_quoted(k.student), k.robust, k.robust_fraction,
+      toml_quoted(k.dataset), toml_quoted(k.data_dir.string()), k.transfer_size,
+      k.fusion_labels, k.pool_seed, k.evaluate, data_files, to_toml(k.task));
 }
 
 namespace {
@@ -227,6 +235,7 @@ nlohmann::json round_json(const RoundReport& r) {
           {"inputs_queried", r.inputs_queried},
           {"bytes_sent", r.bytes_sent},
           {"bytes_received", r.bytes_received},
+          {"per_node", per_node_json(r)},
           {"pool_size", r.pool_size},
           {"fused_model", r.fused_model.string()},
           {"pushed_to", r.pushed_to},
@@ -314,9 +323,68 @@ void check_run_dir(const std::filesystem::path& dir) {
   std::filesystem::remove(probe, ec);
 }
 
+// SIGHUP's work: reads the configuration again and hands the registry the
+// new roster, operators and TLS files. A configuration that cannot be read
+// or used changes nothing and is said; changes to other keys wait for a
+// restart, and that is said too.
+void reload_membership(NodeRegistry& registry, const CoordinatorConfig& k,
+                       const ConfigReader& reread, spdlog::logger& log) {
+  if (!reread) {
+    log.warn("event=reload_skipped reason=\"no configuration file to read\"");
+    return;
+  }
+  try {
+    auto fresh = reread();
+    auto others = fresh;
+    others.roster = k.roster;
+    others.operators = k.operators;
+    others.ca = k.ca;
+    others.cert = k.cert;
+    others.key = k.key;
+    others.crl = k.crl;
+    const bool others_changed = to_toml(others) != to_toml(k);
+    const auto tls =
+        protocol::TlsMaterial::load(fresh.ca, fresh.cert, fresh.key, fresh.crl);
+    const auto summary =
+        registry.reload(Roster(fresh.roster), fresh.operators, tls);
+    auto list = [](const std::vector<std::string>& v) {
+      return v.empty() ? std::string("none")
+                       : fmt::format("{}", fmt::join(v, ", "));
+    };
+    log.info(
+        "event=reloaded roster=[{}] nodes_added=[{}] nodes_removed=[{}] "
+        "operators=[{}] crl_revoked={} dropped=[{}]",
+        fmt::join(fresh.roster, ", "), fmt::join(summary.nodes_added, ", "),
+        fmt::join(summary.nodes_removed, ", "),
+        fmt::join(fresh.operators, ", "), summary.revoked_serials,
+        fmt::join(summary.dropped, "; "));
+    fmt::print(stderr,
+               "reloaded (SIGHUP): roster {} (added {}, removed {}); operators "
+               "{}; {} certificate(s) revoked by the CRL; connections "
+               "dropped: {}\n",
+               list(fresh.roster), list(summary.nodes_added),
+               list(summary.nodes_removed), list(fresh.operators),
+               summary.revoked_serials, list(summary.dropped));
+    if (others_changed) {
+      log.warn(
+          "event=reload_partial reason=\"keys other than coordinator.roster, "
+          "coordinator.operators and [tls] changed; they take effect at the "
+          "next start\"");
+    }
+  } catch (const Error& e) {
+    log.error(
+        "event=reload_failed error=\"{}\" kept=\"the roster, operators "
+        "and TLS material in use\"",
+        e.what());
+    fmt::print(stderr, "reload (SIGHUP) failed, nothing changed: {}\n",
+               describe(e));
+  }
+}
+
 }  // namespace
 
-int run_coordinator(const CoordinatorConfig& k, bool resume) {
+int run_coordinator(const CoordinatorConfig& k, bool resume,
+                    ConfigReader reread) {
   auto log = log::get("coordinator");
   check_run_dir(k.run_dir);
   fusion::ThreadGuard threads(static_cast<int>(k.threads));
@@ -337,7 +405,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
 
   asio::io_context io;
   RegistryOptions ro;
-  ro.listen_host = k.listen;
+  ro.listen_hosts = k.listen;
   ro.port = k.port;
   ro.name = k.name;
   const auto cert =
@@ -347,7 +415,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
         "event=certificate_expiring file={} days_left={} not_after=\"{}\"",
         k.cert.string(), cert.days_left, cert.not_after);
   }
-  ro.tls = protocol::TlsMaterial::load(k.ca, k.cert, k.key);
+  ro.tls = protocol::TlsMaterial::load(k.ca, k.cert, k.key, k.crl);
   ro.task = task;
   ro.operators = k.operators;
   ro.max_operator_sessions = static_cast<std::size_t>(k.max_operator_sessions);
@@ -377,9 +445,26 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
         protocol::ShutdownOnSignal::end_by_signal();
       },
       kShutdownGrace);
+  // SIGHUP: the roster, the operators and the TLS files (a new CRL, a
+  // renewed certificate) again, without a restart.
+  asio::signal_set hangup(io, SIGHUP);
+  std::function<void()> on_hangup = [&] {
+    hangup.async_wait([&](std::error_code ec, int) {
+      if (ec) return;
+      reload_membership(registry, k, reread, *log);
+      on_hangup();
+    });
+  };
+  on_hangup();
   protocol::IoThread io_thread(io);
-  fmt::print(stderr, "coordinator '{}' listening on {}:{}; roster: {}\n",
-             k.name, k.listen, registry.port(), fmt::join(k.roster, ", "));
+  std::vector<std::string> addresses;
+  for (const auto& host : k.listen) {
+    addresses.push_back(host.find(':') != std::string::npos
+                            ? fmt::format("[{}]:{}", host, registry.port())
+                            : fmt::format("{}:{}", host, registry.port()));
+  }
+  fmt::print(stderr, "coordinator '{}' listening on {}; roster: {}\n", k.name,
+             fmt::join(addresses, ", "), fmt::join(k.roster, ", "));
 
   CoordinatorOptions co;
   co.task = task;
@@ -483,6 +568,10 @@ int run_coordinator(const CoordinatorConfig& k, bool resume) {
   }
   // Goodbye to every node; the event loop ends once the connections have
   // closed, or at the end of the grace period.
+  asio::post(io, [&] {
+    std::error_code ignored;
+    hangup.cancel(ignored);
+  });
   registry.stop("the coordinator's rounds are done");
   shutdown.disarm();
   if (!io_thread.join_within(kShutdownGrace)) {

@@ -33,6 +33,21 @@ void RunLog::start_fresh() const {
   fs::remove(run_dir_ / "metrics.jsonl", ec);
 }
 
+nlohmann::json per_node_json(const RoundReport& report) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [name, q] : report.per_node) {
+    out[name] = {
+        {"requests", q.requests},
+        {"inputs", q.inputs},
+        {"bytes_sent", q.bytes_sent},
+        {"bytes_received", q.bytes_received},
+        {"seconds", q.seconds},
+        {"inputs_per_second",
+         q.seconds > 0 ? static_cast<double>(q.inputs) / q.seconds : 0.0}};
+  }
+  return out;
+}
+
 void RunLog::record(const RoundReport& report,
                     const std::string& algorithm) const {
   nlohmann::json line{{"round", report.round},
@@ -44,6 +59,7 @@ void RunLog::record(const RoundReport& report,
                       {"inputs_queried", report.inputs_queried},
                       {"bytes_sent", report.bytes_sent},
                       {"bytes_received", report.bytes_received},
+                      {"per_node", per_node_json(report)},
                       {"fused_model", report.fused_model.filename().string()},
                       {"pushed_to", report.pushed_to},
                       {"adapted", report.adapted},

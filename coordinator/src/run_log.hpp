@@ -5,11 +5,16 @@
 // last manifest.
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "chorus/coordinator/coordinator.hpp"
 
 namespace chorus::coordinator {
+
+/// A round's queries per node (requests, inputs, bytes, answering time and
+/// rate), for metrics.jsonl and report.json.
+nlohmann::json per_node_json(const RoundReport& report);
 
 class RunLog {
  public:

@@ -220,6 +220,20 @@ std::vector<std::string> Config::get_string_array(
       [](const toml::node& e) { return e.is_string(); }, "an array of strings");
 }
 
+std::vector<std::string> Config::get_string_list(
+    const std::string& key, std::vector<std::string> fallback) {
+  const auto* n = find(impl_->table, key);
+  if (n && n->is_string()) {
+    impl_->read.insert(key);
+    return {std::string(*n->value<std::string_view>())};
+  }
+  impl_->read.insert(key);
+  return read_array<std::string>(
+      impl_->table, impl_->origin, key, std::move(fallback),
+      [](const toml::node& e) { return e.is_string(); },
+      "a string or an array of strings");
+}
+
 std::vector<double> Config::get_double_array(const std::string& key,
                                              std::vector<double> fallback) {
   impl_->read.insert(key);

@@ -13,6 +13,7 @@ QueryStats& QueryStats::operator+=(const QueryStats& other) {
   inputs += other.inputs;
   bytes_sent += other.bytes_sent;
   bytes_received += other.bytes_received;
+  seconds += other.seconds;
   return *this;
 }
 

@@ -43,6 +43,15 @@ NodeConfig read_node_config(Config& c) {
   CHORUS_CHECK(port > 0 && port < 65536,
                "coordinator.port must be 1..65535, got {}", port);
   n.port = static_cast<std::uint16_t>(port);
+  n.server_name = c.get_string("coordinator.server_name", n.server_name);
+  n.retry_max_s = c.get_double("coordinator.retry_max_s", n.retry_max_s);
+  n.refused_retry_s =
+      c.get_double("coordinator.refused_retry_s", n.refused_retry_s);
+  CHORUS_CHECK(n.retry_max_s >= 0.2 && n.retry_max_s <= 3600 &&
+                   n.refused_retry_s >= 0.2 && n.refused_retry_s <= 86400,
+               "coordinator.retry_max_s must be 0.2..3600 and "
+               "coordinator.refused_retry_s 0.2..86400 seconds, got {} and {}",
+               n.retry_max_s, n.refused_retry_s);
   n.ca = c.resolve(c.get_string("tls.ca", "pki/ca.crt"));
   n.cert =
       c.resolve(c.get_string("tls.cert", fmt::format("pki/{}.crt", n.name)));
@@ -152,7 +161,8 @@ std::string to_toml(const NodeConfig& n) {
   return fmt::format(
       "[node]\nname = {}\nstate_dir = {}\nthreads = {}\nworkers = {}\n"
       "device = {}\n\n"
-      "[coordinator]\nhost = {}\nport = {}\n\n"
+      "[coordinator]\nhost = {}\nport = {}\n{}retry_max_s = {}\n"
+      "refused_retry_s = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n\n"
       "[expert]\nkind = \"{}\"\npath = {}\ninput_shape = [{}]\nlabels = [{}]\n"
       "output = \"{}\"\noutput_key = {}\nnormalize_mean = {}\nnormalize_std = "
@@ -165,9 +175,12 @@ std::string to_toml(const NodeConfig& n) {
       "{}\n{}{}",
       toml_quoted(n.name), toml_quoted(n.state_dir.string()), n.threads,
       n.workers, toml_quoted(n.device), toml_quoted(n.host), n.port,
-      toml_quoted(n.ca.string()), toml_quoted(n.cert.string()),
-      toml_quoted(n.key.string()), expert_kind_name(n.expert.kind),
-      toml_quoted(n.expert.path.string()),
+      n.server_name.empty()
+          ? std::string("# server_name = (the host)\n")
+          : fmt::format("server_name = {}\n", toml_quoted(n.server_name)),
+      n.retry_max_s, n.refused_retry_s, toml_quoted(n.ca.string()),
+      toml_quoted(n.cert.string()), toml_quoted(n.key.string()),
+      expert_kind_name(n.expert.kind), toml_quoted(n.expert.path.string()),
       fmt::join(n.expert.input_shape, ", "), fmt::join(labels, ", "),
       n.expert.outputs_logits ? "logits" : "probabilities",
       toml_quoted(n.expert.output_key), n.expert.normalize_mean,

@@ -49,6 +49,26 @@ void run_node(const NodeConfig& config) {
   session_options.port = config.port;
   session_options.tls =
       protocol::TlsMaterial::load(config.ca, config.cert, config.key);
+  session_options.server_name = config.server_name;
+  session_options.backoff.max = std::chrono::milliseconds(
+      static_cast<std::int64_t>(config.retry_max_s * 1000));
+  session_options.backoff.refused = std::chrono::milliseconds(
+      static_cast<std::int64_t>(config.refused_retry_s * 1000));
+  // A renewed certificate (or CA file) is picked up at the next reconnect.
+  // Warned once per day left, not at every reconnect.
+  auto warned_days = std::make_shared<int>(cert.days_left);
+  session_options.tls_source = [config, log, warned_days] {
+    auto material =
+        protocol::TlsMaterial::load(config.ca, config.cert, config.key);
+    const auto info = protocol::inspect_certificate_pem(material.cert_pem);
+    if (info.days_left < 14 && info.days_left != *warned_days) {
+      *warned_days = info.days_left;
+      log->warn(
+          "event=certificate_expiring file={} days_left={} not_after=\"{}\"",
+          config.cert.string(), info.days_left, info.not_after);
+    }
+    return material;
+  };
 
   asio::io_context io;
   asio::thread_pool pool(static_cast<std::size_t>(config.workers));

@@ -189,6 +189,10 @@ NodeSession::NodeSession(asio::io_context& io, asio::thread_pool& pool,
         impl->log->info("event=welcomed coordinator={} round={}", w.coordinator,
                         w.round);
       });
+  impl->client->set_server_name(impl->options.server_name);
+  if (impl->options.tls_source) {
+    impl->client->set_tls_source(impl->options.tls_source);
+  }
 }
 
 NodeSession::~NodeSession() = default;

@@ -8,8 +8,11 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
+#include <cctype>
 #include <ctime>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "chorus/core/error.hpp"
@@ -122,6 +125,19 @@ std::string san_entry(const std::string& host) {
   return "DNS:" + host;
 }
 
+// A party's subject: O=Chorus, CN=its name.
+void set_subject(X509_NAME* subject, const std::string& cn) {
+  ensure(
+      X509_NAME_add_entry_by_txt(
+          subject, "O", MBSTRING_ASC,
+          reinterpret_cast<const unsigned char*>("Chorus"), -1, -1, 0) == 1 &&
+          X509_NAME_add_entry_by_txt(
+              subject, "CN", MBSTRING_ASC,
+              reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1,
+              0) == 1,
+      "subject name");
+}
+
 // Builds and signs a certificate. `issuer`/`issuer_key` null: self-signed.
 Cert build_cert(EVP_PKEY* key, const std::string& cn, CertRole role,
                 const std::vector<std::string>& hosts, const Validity& validity,
@@ -145,15 +161,7 @@ Cert build_cert(EVP_PKEY* key, const std::string& cn, CertRole role,
          "validity");
   ensure(X509_set_pubkey(cert.get(), key) == 1, "X509_set_pubkey");
   X509_NAME* subject = X509_get_subject_name(cert.get());
-  ensure(
-      X509_NAME_add_entry_by_txt(
-          subject, "O", MBSTRING_ASC,
-          reinterpret_cast<const unsigned char*>("Chorus"), -1, -1, 0) == 1 &&
-          X509_NAME_add_entry_by_txt(
-              subject, "CN", MBSTRING_ASC,
-              reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1,
-              0) == 1,
-      "subject name");
+  set_subject(subject, cn);
   ensure(X509_set_issuer_name(
              cert.get(), issuer ? X509_get_subject_name(issuer) : subject) == 1,
          "issuer name");
@@ -222,6 +230,103 @@ void check_node_name(const std::string& name) {
                name);
 }
 
+using Request = std::unique_ptr<X509_REQ, Deleter<X509_REQ, X509_REQ_free>>;
+using Crl = std::unique_ptr<X509_CRL, Deleter<X509_CRL, X509_CRL_free>>;
+using Time = std::unique_ptr<ASN1_TIME, Deleter<ASN1_TIME, ASN1_TIME_free>>;
+
+constexpr const char* kIndexHeader =
+    "# chorus CA index: status (V valid, R revoked), serial, name, role, "
+    "not after, revoked at\n";
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::time_t parse_utc(const std::string& s) {
+  std::tm tm{};
+  const char* end = strptime(s.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  CHORUS_CHECK_CODE(end != nullptr && *end == '\0', Code::kDataLoss,
+                    "'{}' is not a UTC time of the form "
+                    "2026-12-03T18:00:00Z",
+                    s);
+  return timegm(&tm);
+}
+
+void require_ca(const fs::path& ca_dir) {
+  std::error_code ec;
+  for (const char* f : {"ca.crt", "ca.key"}) {
+    CHORUS_CHECK_CODE(
+        fs::exists(ca_dir / f, ec), Code::kNotFound,
+        "no CA in '{}' ({} is missing); run 'chorus certs init' first",
+        ca_dir.string(), f);
+  }
+}
+
+KeyPair load_ca(const fs::path& ca_dir) {
+  require_ca(ca_dir);
+  return {read_file(ca_dir / "ca.key"), read_file(ca_dir / "ca.crt")};
+}
+
+void write_index(const fs::path& ca_dir,
+                 const std::vector<IssuedCertificate>& index) {
+  std::string out = kIndexHeader;
+  for (const auto& e : index) {
+    out += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\n", e.revoked() ? 'R' : 'V',
+                       e.serial, e.name, e.role, e.not_after,
+                       e.revoked() ? e.revoked_at : "-");
+  }
+  write_file_atomic(ca_dir / "index.txt", out);
+}
+
+IssuedCertificate index_entry(const std::string& cert_pem,
+                              const std::string& role) {
+  auto info = inspect_certificate_pem(cert_pem);
+  return {.serial = info.serial,
+          .name = info.common_name,
+          .role = role,
+          .not_after = info.not_after,
+          .revoked_at = {}};
+}
+
+// Appends what was just issued to the index, and (re)writes the CRL so that
+// a CA directory always holds one.
+void record_issued(const fs::path& ca_dir,
+                   const std::vector<IssuedCertificate>& issued) {
+  auto index = read_index(ca_dir);
+  index.insert(index.end(), issued.begin(), issued.end());
+  write_index(ca_dir, index);
+  write_crl(ca_dir);
+}
+
+std::string pem_of_request(X509_REQ* req) {
+  auto bio = mem_bio();
+  ensure(PEM_write_bio_X509_REQ(bio.get(), req) == 1, "PEM_write_bio_X509_REQ");
+  return bio_string(bio.get());
+}
+
+Request read_request(const std::string& pem) {
+  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  Request req(PEM_read_bio_X509_REQ(bio.get(), nullptr, nullptr, nullptr));
+  if (!req) {
+    ERR_clear_error();
+    fail(Code::kDataLoss, "not a PEM certificate signing request");
+  }
+  return req;
+}
+
+std::string common_name_of(const X509_NAME* name) {
+  const int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+  if (idx < 0) return {};
+  ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
+  return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
+                     ASN1_STRING_length(data));
+}
+
 }  // namespace
 
 KeyPair make_ca(const std::string& name, const Validity& validity) {
@@ -250,9 +355,6 @@ KeyPair issue_certificate(const KeyPair& ca, const std::string& name,
 std::vector<fs::path> init_deployment(
     const fs::path& dir, const std::vector<std::string>& coordinator_hosts,
     const std::vector<std::string>& nodes, int days) {
-  CHORUS_CHECK(!coordinator_hosts.empty(),
-               "certs init: name at least one coordinator host");
-  CHORUS_CHECK(!nodes.empty(), "certs init: name at least one node");
   std::set<std::string> seen;
   for (const auto& n : nodes) {
     check_node_name(n);
@@ -272,17 +374,29 @@ std::vector<fs::path> init_deployment(
   const Validity validity{.days = days};
   std::vector<fs::path> written;
   auto ca = make_ca("chorus-ca", Validity{.days = days + 365});
-  auto coordinator = issue_certificate(
-      ca, "coordinator", CertRole::kCoordinator, coordinator_hosts, validity);
+  std::optional<KeyPair> coordinator;
+  if (!coordinator_hosts.empty()) {
+    coordinator = issue_certificate(ca, "coordinator", CertRole::kCoordinator,
+                                    coordinator_hosts, validity);
+  }
   std::vector<std::pair<std::string, KeyPair>> issued;
   for (const auto& n : nodes) {
     issued.emplace_back(
         n, issue_certificate(ca, n, CertRole::kNode, {}, validity));
   }
   // Leaves first, the CA key last: a crash midway leaves no CA to reuse.
-  write_pair(dir, "coordinator", coordinator, written);
+  if (coordinator) write_pair(dir, "coordinator", *coordinator, written);
   for (const auto& [name, pair] : issued) write_pair(dir, name, pair, written);
   write_pair(dir, "ca", ca, written);
+  std::vector<IssuedCertificate> index;
+  if (coordinator) {
+    index.push_back(index_entry(coordinator->cert_pem, "coordinator"));
+  }
+  for (const auto& [name, pair] : issued) {
+    index.push_back(index_entry(pair.cert_pem, "node"));
+  }
+  write_index(dir, index);
+  written.push_back(write_crl(dir));
   return written;
 }
 
@@ -305,10 +419,10 @@ std::vector<fs::path> add_node(const fs::path& ca_dir, const std::string& name,
   }
   KeyPair ca{read_file(ca_dir / "ca.key"), read_file(ca_dir / "ca.crt")};
   std::vector<fs::path> written;
-  write_pair(
-      ca_dir, name,
-      issue_certificate(ca, name, CertRole::kNode, {}, Validity{.days = days}),
-      written);
+  auto pair =
+      issue_certificate(ca, name, CertRole::kNode, {}, Validity{.days = days});
+  record_issued(ca_dir, {index_entry(pair.cert_pem, "node")});
+  write_pair(ca_dir, name, pair, written);
   return written;
 }
 
@@ -345,6 +459,18 @@ CertInfo inspect_certificate_pem(const std::string& pem) {
     info.days_left = days - (seconds < 0 ? 1 : 0);
   }
   info.is_ca = X509_check_ca(cert.get()) > 0;
+  if (info.is_ca) {
+    info.allows.push_back("signs certificates and CRLs (a federation's CA)");
+  } else {
+    const std::uint32_t eku = X509_get_extended_key_usage(cert.get());
+    if (eku & XKU_SSL_SERVER) {
+      info.allows.push_back("TLS server (a coordinator, at its alt names)");
+    }
+    if (eku & XKU_SSL_CLIENT) {
+      info.allows.push_back("TLS client (a node or an operator, by its name)");
+    }
+    if (info.allows.empty()) info.allows.push_back("nothing Chorus uses");
+  }
   info.subject_alt_names = subject_alt_names(cert.get());
   if (EVP_PKEY* key = X509_get0_pubkey(cert.get())) {
     const char* type = EVP_PKEY_get0_type_name(key);
@@ -399,6 +525,277 @@ CertInfo check_own_certificate(const std::filesystem::path& file,
         who, file.string(), cn, expected_name, cn);
   }
   return info;
+}
+
+// ---- Requests, signing, the index and the CRL --------------------------
+
+namespace {
+
+// A request may name a node, an operator or the coordinator; "ca" is the
+// CA's own file name.
+void check_request_name(const std::string& name) {
+  validate_identity(name);
+  CHORUS_CHECK(name != "ca",
+               "'ca' is reserved for the CA's own files; pick another name");
+}
+
+}  // namespace
+
+KeyRequest make_request(const std::string& name) {
+  check_request_name(name);
+  auto key = new_key();
+  Request req(X509_REQ_new());
+  ensure(req != nullptr, "X509_REQ_new");
+  ensure(X509_REQ_set_version(req.get(), 0) == 1, "X509_REQ_set_version");
+  X509_NAME* subject = X509_REQ_get_subject_name(req.get());
+  set_subject(subject, name);
+  ensure(X509_REQ_set_pubkey(req.get(), key.get()) == 1, "X509_REQ_set_pubkey");
+  ensure(X509_REQ_sign(req.get(), key.get(), EVP_sha256()) > 0,
+         "X509_REQ_sign");
+  return {key_pem(key.get()), pem_of_request(req.get())};
+}
+
+std::vector<fs::path> request_certificate(const fs::path& out_dir,
+                                          const std::string& name) {
+  check_request_name(name);
+  std::error_code ec;
+  CHORUS_CHECK_CODE(!fs::exists(out_dir / (name + ".key"), ec),
+                    Code::kAlreadyExists,
+                    "'{}' already holds {}.key; existing keys are never "
+                    "overwritten (to renew, send the CA a request made with "
+                    "another --out directory)",
+                    out_dir.string(), name);
+  fs::create_directories(out_dir, ec);
+  CHORUS_CHECK_CODE(!ec, Code::kInternal, "cannot create '{}': {}",
+                    out_dir.string(), ec.message());
+  auto request = make_request(name);
+  // The key first: a request without its key would be useless.
+  write_file_atomic(out_dir / (name + ".key"), request.key_pem,
+                    fs::perms::owner_read | fs::perms::owner_write);
+  write_file_atomic(out_dir / (name + ".csr"), request.csr_pem);
+  return {out_dir / (name + ".key"), out_dir / (name + ".csr")};
+}
+
+std::string request_common_name(const std::string& csr_pem) {
+  auto req = read_request(csr_pem);
+  return common_name_of(X509_REQ_get_subject_name(req.get()));
+}
+
+std::vector<IssuedCertificate> read_index(const fs::path& ca_dir) {
+  require_ca(ca_dir);
+  std::vector<IssuedCertificate> index;
+  std::error_code ec;
+  const auto file = ca_dir / "index.txt";
+  if (!fs::exists(file, ec)) {
+    // A CA made before the index: what it issued is in its directory.
+    const auto ca = read_cert(read_file(ca_dir / "ca.crt"));
+    std::vector<fs::path> certs;
+    for (const auto& entry : fs::directory_iterator(ca_dir)) {
+      if (entry.path().extension() == ".crt" &&
+          entry.path().filename() != "ca.crt") {
+        certs.push_back(entry.path());
+      }
+    }
+    std::sort(certs.begin(), certs.end());
+    for (const auto& path : certs) {
+      const auto pem = read_file(path);
+      auto cert = read_cert(pem);
+      if (X509_check_issued(ca.get(), cert.get()) != X509_V_OK) continue;
+      const auto cn = common_name_of(X509_get_subject_name(cert.get()));
+      index.push_back(
+          index_entry(pem, cn == "coordinator" ? "coordinator" : "node"));
+    }
+    return index;
+  }
+  const auto text = read_file(file);
+  std::size_t start = 0;
+  int line_no = 0;
+  while (start < text.size()) {
+    auto end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    start = end + 1;
+    ++line_no;
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<std::string> f;
+    std::size_t from = 0;
+    for (;;) {
+      auto tab = line.find('\t', from);
+      f.push_back(line.substr(from, tab - from));
+      if (tab == std::string::npos) break;
+      from = tab + 1;
+    }
+    CHORUS_CHECK_CODE(
+        f.size() == 6 && (f[0] == "V" || f[0] == "R") &&
+            (f[0] == "R") == (f[5] != "-"),
+        Code::kDataLoss,
+        "'{}' line {}: expected 6 tab-separated fields (status V or R, "
+        "serial, name, role, not after, revoked at or -), got '{}'",
+        file.string(), line_no, line);
+    index.push_back({.serial = f[1],
+                     .name = f[2],
+                     .role = f[3],
+                     .not_after = f[4],
+                     .revoked_at = f[0] == "R" ? f[5] : std::string()});
+  }
+  return index;
+}
+
+fs::path sign_request(const fs::path& ca_dir, const fs::path& csr_file,
+                      const SignOptions& options) {
+  auto ca = load_ca(ca_dir);
+  std::string pem = read_file(csr_file);
+  Request req;
+  try {
+    req = read_request(pem);
+  } catch (const Error& e) {
+    fail(e.code(), "'{}': {}", csr_file.string(), e.what());
+  }
+  EVP_PKEY* pub = X509_REQ_get0_pubkey(req.get());
+  if (pub == nullptr || X509_REQ_verify(req.get(), pub) != 1) {
+    ERR_clear_error();
+    fail(Code::kDataLoss,
+         "'{}': the request's signature does not verify with its own key "
+         "(altered or corrupt); ask for a new one",
+         csr_file.string());
+  }
+  const auto name = common_name_of(X509_REQ_get_subject_name(req.get()));
+  CHORUS_CHECK(!name.empty(), "'{}': the request names no party (no CN)",
+               csr_file.string());
+  const bool server = !options.server_hosts.empty();
+  if (server) {
+    validate_identity(name);
+    for (const auto& h : options.server_hosts) san_entry(h);
+    CHORUS_CHECK(!options.operator_role,
+                 "a certificate is for a coordinator or an operator, not both");
+  } else {
+    check_node_name(name);
+  }
+  auto index = read_index(ca_dir);
+  if (!options.renew) {
+    for (const auto& e : index) {
+      if (e.name != name || e.revoked()) continue;
+      const bool expired = parse_utc(e.not_after) < std::time(nullptr);
+      CHORUS_CHECK_CODE(
+          expired, Code::kAlreadyExists,
+          "'{}' already holds a certificate from this CA (serial {}, valid "
+          "until {}); --renew issues another, or revoke that one first",
+          name, e.serial, e.not_after);
+    }
+  }
+  auto ca_key = read_key(ca.key_pem);
+  auto ca_cert = read_cert(ca.cert_pem);
+  auto cert =
+      build_cert(pub, name, server ? CertRole::kCoordinator : CertRole::kNode,
+                 options.server_hosts, Validity{.days = options.days},
+                 ca_cert.get(), ca_key.get());
+  const std::string cert_text = cert_pem(cert.get());
+  const fs::path out = options.out.empty()
+                           ? csr_file.parent_path() / (name + ".crt")
+                           : options.out;
+  // Recorded before it is handed out: the CA never loses track of a
+  // certificate it issued.
+  record_issued(ca_dir,
+                {index_entry(cert_text, server                  ? "coordinator"
+                                        : options.operator_role ? "operator"
+                                                                : "node")});
+  write_file_atomic(out, cert_text);
+  return out;
+}
+
+std::vector<std::string> revoke_certificate(const fs::path& ca_dir,
+                                            const std::string& name,
+                                            const std::string& serial) {
+  auto index = read_index(ca_dir);
+  std::vector<std::string> revoked;
+  bool known = false;
+  const auto now = utc_now();
+  std::string wanted = serial;
+  for (auto& ch : wanted) ch = static_cast<char>(std::toupper(ch));
+  for (auto& e : index) {
+    if (e.name != name || (!wanted.empty() && e.serial != wanted)) continue;
+    known = true;
+    if (e.revoked()) continue;
+    e.revoked_at = now;
+    revoked.push_back(e.serial);
+  }
+  CHORUS_CHECK_CODE(
+      known, Code::kNotFound,
+      "the CA in '{}' issued nothing to '{}'{} (see 'chorus "
+      "certs list --ca {}')",
+      ca_dir.string(), name,
+      wanted.empty() ? std::string() : fmt::format(" with serial {}", wanted),
+      ca_dir.string());
+  CHORUS_CHECK_CODE(!revoked.empty(), Code::kFailedPrecondition,
+                    "every certificate of '{}' is revoked already", name);
+  write_index(ca_dir, index);
+  write_crl(ca_dir);
+  return revoked;
+}
+
+fs::path write_crl(const fs::path& ca_dir) {
+  auto ca = load_ca(ca_dir);
+  auto ca_key = read_key(ca.key_pem);
+  auto ca_cert = read_cert(ca.cert_pem);
+  const auto index = read_index(ca_dir);
+  Crl crl(X509_CRL_new());
+  ensure(crl != nullptr, "X509_CRL_new");
+  ensure(X509_CRL_set_version(crl.get(), X509_CRL_VERSION_2) == 1,
+         "X509_CRL_set_version");
+  ensure(X509_CRL_set_issuer_name(crl.get(),
+                                  X509_get_subject_name(ca_cert.get())) == 1,
+         "X509_CRL_set_issuer_name");
+  Time now(ASN1_TIME_new());
+  ensure(now && X509_gmtime_adj(now.get(), 0) != nullptr, "CRL time");
+  ensure(X509_CRL_set1_lastUpdate(crl.get(), now.get()) == 1 &&
+             X509_CRL_set1_nextUpdate(crl.get(),
+                                      X509_get0_notAfter(ca_cert.get())) == 1,
+         "CRL validity");
+  std::size_t count = 0;
+  for (const auto& e : index) {
+    if (!e.revoked()) continue;
+    ++count;
+    X509_REVOKED* r = X509_REVOKED_new();
+    ensure(r != nullptr, "X509_REVOKED_new");
+    BIGNUM* bn = nullptr;
+    ensure(BN_hex2bn(&bn, e.serial.c_str()) > 0, "serial " + e.serial);
+    Bignum serial(bn);
+    ASN1_INTEGER* number = BN_to_ASN1_INTEGER(serial.get(), nullptr);
+    Time when(ASN1_TIME_set(nullptr, parse_utc(e.revoked_at)));
+    const bool ok = number && when &&
+                    X509_REVOKED_set_serialNumber(r, number) == 1 &&
+                    X509_REVOKED_set_revocationDate(r, when.get()) == 1;
+    ASN1_INTEGER_free(number);
+    if (!ok || X509_CRL_add0_revoked(crl.get(), r) != 1) {
+      X509_REVOKED_free(r);
+      fail_openssl("CRL entry");
+    }
+  }
+  ensure(X509_CRL_sort(crl.get()) == 1, "X509_CRL_sort");
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, ca_cert.get(), nullptr, nullptr, crl.get(), 0);
+  Extension akid(X509V3_EXT_conf_nid(
+      nullptr, &ctx, NID_authority_key_identifier, "keyid:always"));
+  ensure(akid && X509_CRL_add_ext(crl.get(), akid.get(), -1) == 1,
+         "CRL authority key identifier");
+  // The CRL number grows with each CRL: the time it was made.
+  ASN1_INTEGER* number = ASN1_INTEGER_new();
+  ensure(number && ASN1_INTEGER_set_int64(number, std::time(nullptr)) == 1,
+         "CRL number");
+  const int added = X509_CRL_add1_ext_i2d(crl.get(), NID_crl_number, number, 0,
+                                          X509V3_ADD_DEFAULT);
+  ASN1_INTEGER_free(number);
+  ensure(added == 1, "CRL number extension");
+  ensure(X509_CRL_sign(crl.get(), ca_key.get(), EVP_sha256()) > 0,
+         "X509_CRL_sign");
+  auto bio = mem_bio();
+  ensure(PEM_write_bio_X509_CRL(bio.get(), crl.get()) == 1,
+         "PEM_write_bio_X509_CRL");
+  const auto path = ca_dir / "crl.pem";
+  write_file_atomic(path, bio_string(bio.get()));
+  (void)count;
+  return path;
 }
 
 }  // namespace chorus::protocol

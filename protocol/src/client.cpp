@@ -10,6 +10,7 @@
 
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/channel.hpp"
+#include "chorus/protocol/identity.hpp"
 #include "envelope_io.hpp"
 
 namespace chorus::protocol {
@@ -33,7 +34,10 @@ Client::Client(asio::io_context& io, std::string host, std::uint16_t port,
     : io_(io),
       host_(std::move(host)),
       port_(port),
-      ssl_(make_client_context(tls, host_)),
+      server_name_(host_),
+      material_(tls),
+      ssl_(std::make_shared<asio::ssl::context>(
+          make_client_context(tls, server_name_))),
       options_(options),
       backoff_(backoff),
       make_hello_(std::move(make_hello)),
@@ -41,6 +45,43 @@ Client::Client(asio::io_context& io, std::string host, std::uint16_t port,
       on_connect_(std::move(on_connect)),
       log_(log::get("protocol")),
       wait_(io) {}
+
+void Client::set_server_name(std::string server_name) {
+  if (server_name.empty() || server_name == server_name_) return;
+  server_name_ = std::move(server_name);
+  retired_.push_back(ssl_);
+  ssl_ = std::make_shared<asio::ssl::context>(
+      make_client_context(material_, server_name_));
+}
+
+void Client::set_tls_source(std::function<TlsMaterial()> source) {
+  tls_source_ = std::move(source);
+}
+
+void Client::refresh_tls() {
+  if (!tls_source_) return;
+  try {
+    TlsMaterial fresh = tls_source_();
+    if (fresh.ca_pem == material_.ca_pem &&
+        fresh.cert_pem == material_.cert_pem &&
+        fresh.key_pem == material_.key_pem) {
+      return;
+    }
+    auto context = std::make_shared<asio::ssl::context>(
+        make_client_context(fresh, server_name_));
+    retired_.push_back(std::move(ssl_));
+    ssl_ = std::move(context);
+    material_ = std::move(fresh);
+    log_->info(
+        "event=tls_reloaded reason=\"the certificate, key or CA "
+        "files changed; used from this connection on\"");
+  } catch (const Error& e) {
+    log_->warn(
+        "event=tls_reload_failed error=\"{}\" using=\"the material "
+        "read before\"",
+        e.what());
+  }
+}
 
 void Client::start() { asio::co_spawn(io_, run(), asio::detached); }
 
@@ -62,8 +103,8 @@ namespace {
 // TCP connect, TLS handshake, Hello → Welcome. Throws chorus::Error.
 awaitable<std::shared_ptr<Connection>> dial(
     asio::io_context& io, const std::string& host, std::uint16_t port,
-    asio::ssl::context& ssl, const ChannelOptions& options,
-    const Hello& hello_body, Welcome* welcome) {
+    const std::string& server_name, asio::ssl::context& ssl,
+    const ChannelOptions& options, const Hello& hello_body, Welcome* welcome) {
   // The caller keeps `hello_body` and `welcome` alive until dial completes.
   asio::ip::tcp::resolver resolver(io);
   auto [rec, endpoints] = co_await resolver.async_resolve(
@@ -71,7 +112,7 @@ awaitable<std::shared_ptr<Connection>> dial(
   CHORUS_CHECK_CODE(!rec, Code::kUnavailable, "cannot resolve '{}': {}", host,
                     rec.message());
   TlsStream stream(io.get_executor(), ssl);
-  SSL_set_tlsext_host_name(stream.native_handle(), host.c_str());
+  SSL_set_tlsext_host_name(stream.native_handle(), server_name.c_str());
   auto [cec, ep] = co_await asio::async_connect(
       stream.lowest_layer(), endpoints, as_tuple(use_awaitable));
   CHORUS_CHECK_CODE(!cec, Code::kUnavailable, "cannot connect to {}:{}: {}",
@@ -84,10 +125,15 @@ awaitable<std::shared_ptr<Connection>> dial(
     const auto names = peer_certificate_names(stream.native_handle());
     fail(Code::kUnauthenticated, "TLS handshake with {}:{} failed: {}{}", host,
          port, hec.message(),
-         names.empty() ? std::string()
-                       : fmt::format(" (dialled '{}'; the certificate "
-                                     "presented names {})",
-                                     host, names));
+         names.empty()
+             ? std::string()
+             : fmt::format(" (dialled '{}'{}; the certificate "
+                           "presented names {})",
+                           host,
+                           server_name == host
+                               ? std::string()
+                               : fmt::format(", expecting '{}'", server_name),
+                           names));
   }
   v1::Envelope hello;
   *hello.mutable_hello() = encode_hello(hello_body);
@@ -121,8 +167,14 @@ awaitable<std::shared_ptr<Connection>> dial(
       host, port, welcome->protocol_major, welcome->protocol_minor,
       kProtocolMajor, kProtocolMinor);
   const std::string identity = peer_common_name(stream);
-  co_return std::make_shared<Connection>(std::move(stream), options, identity,
-                                         "protocol");
+  std::string serial;
+  if (X509* cert = SSL_get0_peer_certificate(stream.native_handle())) {
+    serial = serial_hex(cert);
+  }
+  auto connection = std::make_shared<Connection>(std::move(stream), options,
+                                                 identity, "protocol");
+  connection->set_peer_serial(std::move(serial));
+  co_return connection;
 }
 
 }  // namespace
@@ -130,8 +182,10 @@ awaitable<std::shared_ptr<Connection>> dial(
 awaitable<std::shared_ptr<Connection>> Client::connect_once() {
   Welcome welcome;
   const Hello hello = make_hello_();
-  auto connection =
-      co_await dial(io_, host_, port_, ssl_, options_, hello, &welcome);
+  refresh_tls();
+  auto ssl = ssl_;
+  auto connection = co_await dial(io_, host_, port_, server_name_, *ssl,
+                                  options_, hello, &welcome);
   if (on_connect_) on_connect_(connection, welcome);
   co_return connection;
 }
@@ -145,7 +199,7 @@ std::shared_ptr<Connection> connect(asio::io_context& io,
       std::make_shared<asio::ssl::context>(make_client_context(tls, host));
   auto welcome = std::make_shared<Welcome>();
   auto future = asio::co_spawn(
-      io, dial(io, host, port, *ssl, options, hello, welcome.get()),
+      io, dial(io, host, port, host, *ssl, options, hello, welcome.get()),
       asio::use_future);
   auto connection =
       future.get();  // Throws what dial threw; `hello` outlives it.
@@ -184,9 +238,12 @@ awaitable<void> Client::run() {
     } catch (const Error& e) {
       // Retrying cannot help until someone changes the roster, the task or
       // a binary: keep trying, slowly, and say it once.
+      // An unauthenticated handshake (a revoked or expired certificate, a
+      // CA that does not match) needs new files: slow too.
       refused = e.code() == Code::kPermissionDenied ||
                 e.code() == Code::kUnsupportedVersion ||
-                e.code() == Code::kInvalidArgument;
+                e.code() == Code::kInvalidArgument ||
+                e.code() == Code::kUnauthenticated;
       const bool again = refused && e.what() == last_refusal;
       log_->log(again ? spdlog::level::debug : spdlog::level::warn,
                 "event=connect_failed host={} port={} attempt={} code={} "

@@ -56,6 +56,10 @@ awaitable<std::tuple<std::error_code, std::size_t>> write_all(
 awaitable<std::tuple<std::error_code, std::size_t>> write_all(
     TlsStream& stream, asio::const_buffer buffer);
 
+// Whether `ec` is a TLS alert by which the peer refused our certificate
+// (revoked, expired, unknown CA, bad or missing).
+bool certificate_refused(const std::error_code& ec);
+
 // One frame. Empty on a clean end of stream before a frame starts; throws
 // chorus::Error for everything a peer can get wrong.
 template <typename Stream>
@@ -65,6 +69,12 @@ awaitable<std::optional<v1::Envelope>> read_envelope(Stream& stream,
   auto [ec, n] = co_await read_exact(stream, asio::buffer(header));
   if (ec) {
     if (n == 0 && is_benign_close(ec)) co_return std::nullopt;
+    // TLS 1.3: a server that refuses the client's certificate says so
+    // after the client's handshake has finished, at its first read.
+    CHORUS_CHECK_CODE(!certificate_refused(ec), Code::kUnauthenticated,
+                      "the peer refused this party's certificate: {} (is it "
+                      "revoked, expired, or from another CA?)",
+                      ec.message());
     fail(n == 0 ? Code::kUnavailable : Code::kDataLoss,
          "connection failed while reading a frame header: {}", ec.message());
   }

@@ -6,12 +6,14 @@
 #include <asio/co_spawn.hpp>
 #include <asio/connect.hpp>
 #include <asio/detached.hpp>
+#include <asio/ip/v6_only.hpp>
 #include <asio/post.hpp>
 #include <asio/use_future.hpp>
 #include <cerrno>
 
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/channel.hpp"
+#include "chorus/protocol/identity.hpp"
 #include "envelope_io.hpp"
 
 namespace chorus::protocol {
@@ -22,23 +24,45 @@ using namespace asio::experimental::awaitable_operators;
 Server::Server(asio::io_context& io, asio::ip::tcp::endpoint endpoint,
                const TlsMaterial& tls, ChannelOptions options, Welcome welcome,
                AdmitHandler on_admit, ConnectHandler on_connect)
+    : Server(io, std::vector<asio::ip::tcp::endpoint>{endpoint}, tls, options,
+             std::move(welcome), std::move(on_admit), std::move(on_connect)) {}
+
+Server::Server(asio::io_context& io,
+               std::vector<asio::ip::tcp::endpoint> endpoints,
+               const TlsMaterial& tls, ChannelOptions options, Welcome welcome,
+               AdmitHandler on_admit, ConnectHandler on_connect)
     : io_(io),
-      ssl_(make_server_context(tls)),
-      acceptor_(io),
+      ssl_(std::make_shared<asio::ssl::context>(make_server_context(tls))),
       options_(options),
       welcome_(std::move(welcome)),
       on_admit_(std::move(on_admit)),
       on_connect_(std::move(on_connect)),
       log_(log::get("protocol")) {
-  std::error_code ec;
-  acceptor_.open(endpoint.protocol(), ec);
-  if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) acceptor_.bind(endpoint, ec);
-  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-  CHORUS_CHECK_CODE(!ec, Code::kUnavailable, "cannot listen on {}:{}: {}",
-                    endpoint.address().to_string(), endpoint.port(),
-                    ec.message());
-  port_ = acceptor_.local_endpoint().port();
+  CHORUS_CHECK(!endpoints.empty(), "a server needs an address to listen on");
+  port_ = endpoints.front().port();
+  for (auto endpoint : endpoints) {
+    endpoint.port(port_);
+    auto acceptor = std::make_unique<asio::ip::tcp::acceptor>(io);
+    std::error_code ec;
+    acceptor->open(endpoint.protocol(), ec);
+    if (!ec) acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+    // "::" beside "0.0.0.0" on one port: each family its own socket.
+    if (!ec && endpoint.address().is_v6()) {
+      acceptor->set_option(asio::ip::v6_only(true), ec);
+    }
+    if (!ec) acceptor->bind(endpoint, ec);
+    if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    CHORUS_CHECK_CODE(
+        !ec, Code::kUnavailable, "cannot listen on {}: {}",
+        endpoint.address().is_v6()
+            ? fmt::format("[{}]:{}", endpoint.address().to_string(),
+                          endpoint.port())
+            : fmt::format("{}:{}", endpoint.address().to_string(),
+                          endpoint.port()),
+        ec.message());
+    port_ = acceptor->local_endpoint().port();
+    acceptors_.push_back(std::move(acceptor));
+  }
   welcome_.protocol_major = kProtocolMajor;
   welcome_.protocol_minor = kProtocolMinor;
   welcome_.heartbeat_interval_ms =
@@ -48,14 +72,31 @@ Server::Server(asio::io_context& io, asio::ip::tcp::endpoint endpoint,
 }
 
 void Server::start() {
-  log_->info("event=listening port={}", port_);
-  asio::co_spawn(io_, accept_loop(), asio::detached);
+  for (auto& acceptor : acceptors_) {
+    const auto at = acceptor->local_endpoint();
+    log_->info("event=listening address={} port={}", at.address().to_string(),
+               at.port());
+    asio::co_spawn(io_, accept_loop(*acceptor), asio::detached);
+  }
+}
+
+std::shared_ptr<asio::ssl::context> Server::context() const {
+  std::lock_guard lock(ssl_mutex_);
+  return ssl_;
+}
+
+void Server::reload_tls(const TlsMaterial& tls) {
+  auto fresh = std::make_shared<asio::ssl::context>(make_server_context(tls));
+  std::lock_guard lock(ssl_mutex_);
+  ssl_ = std::move(fresh);
 }
 
 void Server::stop() {
   asio::post(io_, [this] {
-    std::error_code ignored;
-    acceptor_.close(ignored);
+    for (auto& acceptor : acceptors_) {
+      std::error_code ignored;
+      acceptor->close(ignored);
+    }
   });
 }
 
@@ -105,13 +146,12 @@ bool exhausted(const std::error_code& ec) {
 
 }  // namespace
 
-awaitable<void> Server::accept_loop() {
+awaitable<void> Server::accept_loop(asio::ip::tcp::acceptor& acceptor) {
   constexpr std::chrono::milliseconds kFirstBackoff{10}, kMaxBackoff{1000};
   std::chrono::milliseconds backoff{0};
   Throttled failed_log, full_log;
-  while (acceptor_.is_open()) {
-    auto [ec, socket] =
-        co_await acceptor_.async_accept(as_tuple(use_awaitable));
+  while (acceptor.is_open()) {
+    auto [ec, socket] = co_await acceptor.async_accept(as_tuple(use_awaitable));
     if (ec) {
       if (ec == asio::error::operation_aborted) break;
       // Out of descriptors the listener would be woken again at once: wait,
@@ -157,7 +197,9 @@ awaitable<void> Server::accept_loop() {
 awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
   Pending pending(pending_);
   const std::string from = endpoint_string(socket);
-  auto stream = std::make_unique<TlsStream>(std::move(socket), ssl_);
+  // This handshake's context: a reload meanwhile does not free it.
+  const auto ssl = context();
+  auto stream = std::make_unique<TlsStream>(std::move(socket), *ssl);
   auto handshake = co_await (stream->handshake(TlsStream::Role::kServer) ||
                              sleep_for(options_.handshake_timeout));
   if (handshake.index() == 1) {
@@ -165,10 +207,17 @@ awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
     co_return;
   }
   if (auto ec = std::get<0>(handshake); ec) {
-    log_->warn("from={} event=tls_refused error=\"{}\"", from, ec.message());
+    const auto peer = peer_certificate_names(stream->native_handle());
+    log_->warn("from={} event=tls_refused error=\"{}\"{}", from, ec.message(),
+               peer.empty() ? std::string()
+                            : fmt::format(" certificate=\"{}\"", peer));
     co_return;
   }
   const std::string identity = peer_common_name(*stream);
+  std::string serial;
+  if (X509* cert = SSL_get0_peer_certificate(stream->native_handle())) {
+    serial = serial_hex(cert);
+  }
 
   auto refuse = [&](Code code, const std::string& message) -> awaitable<void> {
     log_->warn("from={} peer={} event=refused code={} reason=\"{}\"", from,
@@ -219,6 +268,7 @@ awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
   log_->info("from={} peer={} event=admitted", from, identity);
   auto connection = std::make_shared<Connection>(std::move(*stream), options_,
                                                  identity, "protocol");
+  connection->set_peer_serial(std::move(serial));
   v1::Envelope welcome;
   *welcome.mutable_welcome() = encode_welcome(welcome_);
   connection->send(welcome);

@@ -1,5 +1,6 @@
 # Helpers the integration scripts source: cleanup of the processes they
-# start, and checks that print "ok: ..." or fail showing the logs' tails.
+# start, checks that print "ok: ..." or fail showing the logs' tails, and
+# the sum of a node's answered inputs in its audit log.
 #   pids+=($!)             a process to kill on exit
 #   logs=(a.err b.log)     what `fail` shows (globs allowed)
 
@@ -32,4 +33,14 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     sleep 0.1
   done
   fail "timed out after ${seconds}s waiting for: $what"
+}
+
+ok_inputs() {  # OK predict inputs in a node's audit log, rounds FROM..TO
+  awk -v from="$2" -v to="$3" '
+    /"kind":"predict"/ && /"outcome":"OK"/ {
+      match($0, /"round":[0-9]+/); r = substr($0, RSTART + 8, RLENGTH - 8) + 0
+      match($0, /"inputs":[0-9]+/); n = substr($0, RSTART + 9, RLENGTH - 9) + 0
+      if (r >= from && r <= to) sum += n
+    }
+    END { print sum + 0 }' "state/$1/audit.jsonl"
 }

@@ -110,15 +110,6 @@ start_node() {  # start_node NAME [ARGS...]
   pids+=($!)
   eval "node_$n=$!"
 }
-ok_inputs() {  # OK predict inputs in a node's audit log, rounds FROM..TO
-  awk -v from="$2" -v to="$3" '
-    /"kind":"predict"/ && /"outcome":"OK"/ {
-      match($0, /"round":[0-9]+/); r = substr($0, RSTART + 8, RLENGTH - 8) + 0
-      match($0, /"inputs":[0-9]+/); n = substr($0, RSTART + 9, RLENGTH - 9) + 0
-      if (r >= from && r <= to) sum += n
-    }
-    END { print sum + 0 }' "state/$1/audit.jsonl"
-}
 
 # --- 1. a node killed mid-round ----------------------------------------------
 start_coordinator coordinator1

@@ -13,10 +13,12 @@
 #include <sstream>
 #include <thread>
 
+#include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/certs.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
 #include "support/doctest.hpp"
+#include "support/temp_dir.hpp"
 #include "support/wire.hpp"
 
 namespace pr = chorus::protocol;
@@ -699,4 +701,209 @@ TEST_CASE("channel: a silent peer is closed after the idle timeout") {
   CHECK(log.wait_for("peer=alpha event=idle_timeout"));
   coordinator.forget("alpha");
   check_still_serving(coordinator);
+}
+
+namespace {
+
+// A deployment on disk (chorus certs init), for the CRL tests.
+struct DiskPki {
+  chorus::testing::TempDir dir;
+  DiskPki() {
+    pr::init_deployment(dir.path(), {"localhost", "127.0.0.1"},
+                        {"alpha", "beta"});
+  }
+  pr::TlsMaterial material(const std::string& name, bool with_crl) const {
+    return pr::TlsMaterial::load(dir / "ca.crt", dir / (name + ".crt"),
+                                 dir / (name + ".key"),
+                                 with_crl ? dir / "crl.pem" : fs_path());
+  }
+  static std::filesystem::path fs_path() { return {}; }
+};
+
+// A server on `endpoints` that admits everyone and remembers the serials of
+// the certificates it admitted.
+struct OpenServer {
+  asio::io_context io;
+  std::unique_ptr<pr::Server> server;
+  std::mutex mutex;
+  std::vector<std::shared_ptr<pr::Connection>> admitted;
+  std::thread thread;
+
+  OpenServer(std::vector<tcp::endpoint> endpoints, const pr::TlsMaterial& tls) {
+    server = std::make_unique<pr::Server>(
+        io, std::move(endpoints), tls, TestCoordinator::fast_options(),
+        pr::Welcome{}, [](auto&&...) { return pr::Admission{}; },
+        [this](std::shared_ptr<pr::Connection> c, const pr::Hello&) {
+          c->start(
+              [](const v1::Envelope&) -> asio::awaitable<v1::Envelope> {
+                co_return v1::Envelope{};
+              },
+              {});
+          std::lock_guard lock(mutex);
+          admitted.push_back(c);
+        });
+    server->start();
+    thread = std::thread([this] { io.run_for(20s); });
+  }
+  ~OpenServer() {
+    {
+      std::lock_guard lock(mutex);
+      for (auto& c : admitted) c->close("test over");
+    }
+    server->stop();
+    std::this_thread::sleep_for(50ms);
+    io.stop();
+    thread.join();
+  }
+  std::vector<std::string> serials() {
+    std::lock_guard lock(mutex);
+    std::vector<std::string> out;
+    for (auto& c : admitted) out.push_back(c->peer_serial());
+    return out;
+  }
+};
+
+// A node dialling with the given material, on its own thread.
+struct MaterialNode {
+  asio::io_context io;
+  pr::Client client;
+  std::thread thread;
+  MaterialNode(const pr::TlsMaterial& tls, std::uint16_t port,
+               const std::string& host = "localhost",
+               const std::string& server_name = {})
+      : client(
+            io, host, port, tls, TestCoordinator::fast_options(),
+            pr::Backoff{.initial = 50ms, .max = 200ms},
+            [] { return pr::Hello{}; }, doubling_node) {
+    client.set_server_name(server_name);
+    client.start();
+    thread = std::thread([this] { io.run_for(10s); });
+  }
+  ~MaterialNode() {
+    client.stop();
+    std::this_thread::sleep_for(50ms);
+    io.stop();
+    thread.join();
+  }
+};
+
+bool wait_sessions(pr::Client& client, int n) {
+  for (int i = 0; i < 300 && client.sessions() < n; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  return client.sessions() >= n;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "channel: a revoked certificate fails the handshake, and a reloaded CRL "
+    "applies to the next one") {
+  DiskPki disk;
+  pr::revoke_certificate(disk.dir.path(), "alpha");
+  OpenServer open({tcp::endpoint(asio::ip::address_v4::loopback(), 0)},
+                  disk.material("coordinator", true));
+  LogCapture log;
+  {
+    MaterialNode alpha(disk.material("alpha", false), open.server->port());
+    CHECK(log.wait_for("certificate revoked"));
+    // The coordinator's line names the certificate and why.
+    CHECK(log.wait_for("event=tls_refused"));
+    CHECK(log.contains("CN=alpha"));
+    // The node hears it as a refusal of its certificate.
+    CHECK(log.wait_for("code=UNAUTHENTICATED"));
+    CHECK(alpha.client.sessions() == 0);
+  }
+  {
+    MaterialNode beta(disk.material("beta", false), open.server->port());
+    REQUIRE(wait_sessions(beta.client, 1));
+    CHECK(open.serials() ==
+          std::vector<std::string>{
+              pr::inspect_certificate(disk.dir / "beta.crt").serial});
+  }
+  // Without the CRL (a reload), alpha is admitted again.
+  open.server->reload_tls(disk.material("coordinator", false));
+  MaterialNode alpha(disk.material("alpha", false), open.server->port());
+  CHECK(wait_sessions(alpha.client, 1));
+  // A CRL from another CA is refused, and the material in use is kept.
+  DiskPki other;
+  auto foreign = disk.material("coordinator", false);
+  foreign.crl_pem = chorus::read_file(other.dir / "crl.pem");
+  std::string msg;
+  try {
+    open.server->reload_tls(foreign);
+  } catch (const chorus::Error& e) {
+    msg = e.what();
+  }
+  CHECK(msg.find("not signed by the federation's CA") != std::string::npos);
+}
+
+TEST_CASE(
+    "channel: one server listens on IPv4 and IPv6, and a node checks the name "
+    "it is told") {
+  DiskPki disk;
+  OpenServer open({tcp::endpoint(asio::ip::address_v4::loopback(), 0),
+                   tcp::endpoint(asio::ip::address_v6::loopback(), 0)},
+                  disk.material("coordinator", false));
+  const auto port = open.server->port();
+  {
+    MaterialNode v4(disk.material("alpha", false), port, "127.0.0.1");
+    CHECK(wait_sessions(v4.client, 1));
+  }
+  // ::1 is not in the coordinator's certificate: with server_name
+  // "localhost" the node checks the name the certificate does hold...
+  {
+    MaterialNode v6(disk.material("beta", false), port, "::1", "localhost");
+    CHECK(wait_sessions(v6.client, 1));
+  }
+  // ...and without it, the handshake fails naming both.
+  LogCapture log;
+  MaterialNode v6(disk.material("beta", false), port, "::1");
+  CHECK(log.wait_for("dialled '::1'"));
+  CHECK(v6.client.sessions() == 0);
+}
+
+TEST_CASE("channel: a node reads renewed TLS files at its next reconnect") {
+  DiskPki disk;
+  OpenServer open({tcp::endpoint(asio::ip::address_v4::loopback(), 0)},
+                  disk.material("coordinator", false));
+  LogCapture log;
+  asio::io_context io;
+  // The node's files, which the test replaces in place.
+  chorus::testing::TempDir files;
+  chorus::write_file_atomic(files / "n.crt",
+                            chorus::read_file(disk.dir / "alpha.crt"));
+  chorus::write_file_atomic(files / "n.key",
+                            chorus::read_file(disk.dir / "alpha.key"));
+  auto source = [&] {
+    return pr::TlsMaterial::load(disk.dir / "ca.crt", files / "n.crt",
+                                 files / "n.key");
+  };
+  pr::Client client(
+      io, "localhost", open.server->port(), source(),
+      TestCoordinator::fast_options(),
+      pr::Backoff{.initial = 50ms, .max = 100ms}, [] { return pr::Hello{}; },
+      doubling_node);
+  client.set_tls_source(source);
+  client.start();
+  std::thread t([&] { io.run_for(8s); });
+  REQUIRE(wait_sessions(client, 1));
+  // Renewed: a new key and certificate for the same name.
+  pr::request_certificate(files / "renew", "alpha");
+  pr::sign_request(disk.dir.path(), files / "renew" / "alpha.csr",
+                   pr::SignOptions{.renew = true});
+  chorus::write_file_atomic(files / "n.key",
+                            chorus::read_file(files / "renew" / "alpha.key"));
+  chorus::write_file_atomic(files / "n.crt",
+                            chorus::read_file(files / "renew" / "alpha.crt"));
+  client.connection()->close("test: reconnect");
+  REQUIRE(wait_sessions(client, 2));
+  CHECK(log.contains("event=tls_reloaded"));
+  const auto renewed = pr::inspect_certificate(files / "n.crt").serial;
+  const auto serials = open.serials();
+  REQUIRE(serials.size() == 2);
+  CHECK(serials[0] != renewed);
+  CHECK(serials[1] == renewed);
+  client.stop();
+  t.join();
 }

@@ -32,8 +32,10 @@ struct NodeInfo {
 
 /// Options of the registry's server.
 struct RegistryOptions {
-  std::string listen_host = "127.0.0.1";
-  std::uint16_t port = 7700;  ///< 0: any free port.
+  /// Addresses to listen on, all on `port` (IPv4 and IPv6; "::" listens
+  /// on IPv6 only, beside "0.0.0.0").
+  std::vector<std::string> listen_hosts{"127.0.0.1"};
+  std::uint16_t port = 7700;  ///< 0: any free port (the same on all).
   protocol::TlsMaterial tls;
   protocol::ChannelOptions channel;
   /// The coordinator's name, sent in Welcome.
@@ -49,6 +51,16 @@ struct RegistryOptions {
   /// Operator sessions open at once, at most (all operators together); one
   /// more is refused with RESOURCE_EXHAUSTED.
   std::size_t max_operator_sessions = 16;
+};
+
+/// What `NodeRegistry::reload` changed.
+struct ReloadSummary {
+  std::vector<std::string> nodes_added, nodes_removed;
+  std::vector<std::string> operators_added, operators_removed;
+  /// Serials the CRL revokes (all of them, not only connected ones).
+  std::size_t revoked_serials = 0;
+  /// Connections closed, each "identity (why)".
+  std::vector<std::string> dropped;
 };
 
 /// Answers an operator's PredictRequest (blocking; called on the registry's
@@ -105,13 +117,21 @@ class NodeRegistry {
   /// Operators connected now.
   std::vector<std::string> operators_connected() const;
 
-  /// The roster.
-  const Roster& roster() const { return roster_; }
+  /// The roster of the moment (a copy: `reload` may replace it).
+  Roster roster() const;
+
+  /// Replaces the roster, the operators and the TLS material (a new CRL, a
+  /// renewed certificate) while running — what SIGHUP does. Nodes joined
+  /// stay unless they left the roster; connections of certificates the new
+  /// CRL revokes, of nodes no longer on the roster and of operators no
+  /// longer listed are closed at once, each with its reason. Throws
+  /// `chorus::Error` and changes nothing when the TLS material is unusable.
+  ReloadSummary reload(Roster roster, std::vector<std::string> operators,
+                       const protocol::TlsMaterial& tls);
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
-  Roster roster_;
 };
 
 }  // namespace chorus::coordinator

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,7 +17,8 @@ namespace chorus::coordinator {
 struct CoordinatorConfig {
   /// [coordinator]
   std::string name = "coordinator";
-  std::string listen = "0.0.0.0";
+  /// Addresses to listen on (IPv4 and IPv6, e.g. ["0.0.0.0", "::"]).
+  std::vector<std::string> listen{"0.0.0.0"};
   std::uint16_t port = 7700;
   std::vector<std::string> roster;
   std::int64_t min_nodes = 0;  ///< 0: the whole roster.
@@ -38,8 +40,8 @@ struct CoordinatorConfig {
   std::int64_t max_unauthenticated = 64;
   /// Operator sessions open at once, at most.
   std::int64_t max_operator_sessions = 16;
-  /// [tls]
-  std::filesystem::path ca, cert, key;
+  /// [tls]; `crl` optional (empty: no revocation list is checked).
+  std::filesystem::path ca, cert, key, crl;
   /// [fusion]
   std::string algorithm = "foe-distill";
   std::int64_t seed = 0;
@@ -81,8 +83,15 @@ CoordinatorConfig read_coordinator_config(Config& config);
 /// run directory).
 std::string to_toml(const CoordinatorConfig& config);
 
+/// Reads the configuration again (SIGHUP): the file and the command line's
+/// overrides, as at start. Throws `chorus::Error`.
+using ConfigReader = std::function<CoordinatorConfig()>;
+
 /// Runs the coordinator until its rounds are done (or SIGINT/SIGTERM).
-/// Returns the process exit status.
-int run_coordinator(const CoordinatorConfig& config, bool resume);
+/// On SIGHUP, `reread` (when given) reads the configuration again, and the
+/// roster, the operators and the TLS files (CRL included) take effect
+/// without a restart. Returns the process exit status.
+int run_coordinator(const CoordinatorConfig& config, bool resume,
+                    ConfigReader reread = {});
 
 }  // namespace chorus::coordinator

@@ -51,6 +51,9 @@ class Config {
   std::optional<std::string> get_optional_string(const std::string& key);
   std::vector<std::int64_t> get_int_array(const std::string& key,
                                           std::vector<std::int64_t> fallback);
+  /// A string or an array of strings (a lone string is a list of one).
+  std::vector<std::string> get_string_list(const std::string& key,
+                                           std::vector<std::string> fallback);
   std::vector<std::string> get_string_array(const std::string& key,
                                             std::vector<std::string> fallback);
   /// An array of numbers (integers are accepted and converted).

@@ -31,6 +31,9 @@ struct QueryStats {
   std::int64_t inputs = 0;          ///< Inputs answered (the query budget).
   std::int64_t bytes_sent = 0;      ///< Input bytes shipped to the expert.
   std::int64_t bytes_received = 0;  ///< Output bytes received.
+  /// Wall time from the first request sent to the last answer received
+  /// (a remote expert's answering time, its link included); 0 in process.
+  double seconds = 0;
 
   QueryStats& operator+=(const QueryStats& other);
 };

@@ -31,6 +31,15 @@ struct NodeConfig {
   /// [coordinator] host, port; [tls] ca, cert, key.
   std::string host = "localhost";
   std::uint16_t port = 7700;
+  /// [coordinator] server_name: the name the coordinator's certificate is
+  /// checked against (empty: `host`).
+  std::string server_name;
+  /// [coordinator] retry_max_s: the longest wait between reconnects (the
+  /// waits grow from 0.2 s, with jitter); refused_retry_s: the wait after
+  /// the coordinator refused this node (not on its roster, another
+  /// protocol, a task its expert does not fit), said once.
+  double retry_max_s = 10;
+  double refused_retry_s = 60;
   std::filesystem::path ca, cert, key;
   /// [expert] ...
   ExpertOptions expert;

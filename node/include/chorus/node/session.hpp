@@ -3,6 +3,7 @@
 #include <asio/io_context.hpp>
 #include <asio/thread_pool.hpp>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -21,6 +22,11 @@ struct SessionOptions {
   std::string host = "localhost";
   std::uint16_t port = 7700;
   protocol::TlsMaterial tls;
+  /// Checked against the coordinator's certificate (empty: `host`).
+  std::string server_name;
+  /// Reads the TLS material again before each connection (a renewed
+  /// certificate is used at the next reconnect); none: `tls` throughout.
+  std::function<protocol::TlsMaterial()> tls_source;
   protocol::ChannelOptions channel;
   protocol::Backoff backoff;
 };

@@ -17,6 +17,7 @@
 #include <future>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -40,15 +41,23 @@ struct TlsMaterial {
   std::string ca_pem;
   std::string cert_pem;
   std::string key_pem;
+  /// The CA's certificate revocation list (PEM; a server checks every peer
+  /// certificate against it). Empty: none is checked.
+  std::string crl_pem;
 
-  /// Reads the three PEM files. Throws `chorus::Error` (NOT_FOUND).
+  /// Reads the PEM files (`crl` optional: empty path, none). Throws
+  /// `chorus::Error` (NOT_FOUND).
   static TlsMaterial load(const std::filesystem::path& ca,
                           const std::filesystem::path& cert,
-                          const std::filesystem::path& key);
+                          const std::filesystem::path& key,
+                          const std::filesystem::path& crl = {});
 };
 
 /// A TLS server context (coordinator): TLS 1.2 minimum, peer certificates
-/// required and verified against the CA. Throws `chorus::Error`.
+/// required and verified against the CA, and against its CRL when the
+/// material holds one (a revoked certificate fails the handshake). Throws
+/// `chorus::Error` (INVALID_ARGUMENT for material that does not fit: a CRL
+/// not signed by the CA, or one past its next update).
 asio::ssl::context make_server_context(const TlsMaterial& tls);
 
 /// A TLS client context (node): TLS 1.2 minimum, the server verified
@@ -134,6 +143,10 @@ class BasicConnection
 
   /// The peer's certificate CN.
   const std::string& peer_identity() const { return peer_identity_; }
+  /// The peer's certificate serial (upper-case hex; empty over plain TCP).
+  const std::string& peer_serial() const { return peer_serial_; }
+  /// Sets `peer_serial` (the dialler or server does, before `start`).
+  void set_peer_serial(std::string serial) { peer_serial_ = std::move(serial); }
   /// Whether the connection is still open.
   bool is_open() const { return open_.load(); }
   /// The strand all of this connection's work runs on.
@@ -156,6 +169,7 @@ class BasicConnection
   asio::strand<asio::any_io_executor> strand_;
   ChannelOptions options_;
   std::string peer_identity_;
+  std::string peer_serial_;
   std::shared_ptr<spdlog::logger> log_;
   RequestHandler on_request_;
   CloseHandler on_close_;
@@ -207,9 +221,21 @@ class Server {
   Server(asio::io_context& io, asio::ip::tcp::endpoint endpoint,
          const TlsMaterial& tls, ChannelOptions options, Welcome welcome,
          AdmitHandler on_admit, ConnectHandler on_connect);
+  /// Listens on each of `endpoints` (IPv4 and IPv6; an IPv6 one listens on
+  /// IPv6 only). All share one port: a port of 0 is the free port the first
+  /// one gets. Throws `chorus::Error` (UNAVAILABLE naming the address that
+  /// cannot be listened on).
+  Server(asio::io_context& io, std::vector<asio::ip::tcp::endpoint> endpoints,
+         const TlsMaterial& tls, ChannelOptions options, Welcome welcome,
+         AdmitHandler on_admit, ConnectHandler on_connect);
 
   /// Starts accepting.
   void start();
+  /// Replaces the TLS material (a new CRL, a renewed certificate) for the
+  /// handshakes that start from now on; connections made stay up. Throws
+  /// `chorus::Error` and keeps the old material when the new is unusable.
+  /// Any thread.
+  void reload_tls(const TlsMaterial& tls);
   /// Stops accepting (connections already made stay up).
   void stop();
   /// The bound port.
@@ -218,12 +244,16 @@ class Server {
   std::size_t unauthenticated() const { return pending_->load(); }
 
  private:
-  asio::awaitable<void> accept_loop();
+  asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor);
   asio::awaitable<void> admit(asio::ip::tcp::socket socket);
 
+  std::shared_ptr<asio::ssl::context> context() const;
+
   asio::io_context& io_;
-  asio::ssl::context ssl_;
-  asio::ip::tcp::acceptor acceptor_;
+  mutable std::mutex ssl_mutex_;
+  // Each handshake keeps the context it started with.
+  std::shared_ptr<asio::ssl::context> ssl_;
+  std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;
   std::uint16_t port_ = 0;
   ChannelOptions options_;
   Welcome welcome_;
@@ -263,6 +293,17 @@ class Client {
          std::function<Hello()> make_hello,
          Connection::RequestHandler on_request, ConnectHandler on_connect = {});
 
+  /// Before `start`: check the coordinator's certificate against
+  /// `server_name` (and send it as SNI) instead of the host dialled — for a
+  /// coordinator reached by an address or name its certificate does not
+  /// hold.
+  void set_server_name(std::string server_name);
+  /// Before `start`: read the TLS material again before every connection
+  /// with `source` (for example from its files), so that a renewed
+  /// certificate or a new CA file is used at the next reconnect without a
+  /// restart. A source that throws is logged and the material in use kept.
+  void set_tls_source(std::function<TlsMaterial()> source);
+
   /// Starts dialling.
   void start();
   /// Stops reconnecting and closes the current connection.
@@ -276,10 +317,20 @@ class Client {
   asio::awaitable<void> run();
   asio::awaitable<std::shared_ptr<Connection>> connect_once();
 
+  // Reads the material again (when a source is set) and rebuilds the
+  // context when it changed.
+  void refresh_tls();
+
   asio::io_context& io_;
   std::string host_;
   std::uint16_t port_;
-  asio::ssl::context ssl_;
+  std::string server_name_;
+  TlsMaterial material_;
+  std::function<TlsMaterial()> tls_source_;
+  // Contexts replaced by a reload stay alive with the connections made on
+  // them (few: one per renewal).
+  std::vector<std::shared_ptr<asio::ssl::context>> retired_;
+  std::shared_ptr<asio::ssl::context> ssl_;
   ChannelOptions options_;
   Backoff backoff_;
   std::function<Hello()> make_hello_;

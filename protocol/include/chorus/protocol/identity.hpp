@@ -1,5 +1,6 @@
 #pragma once
 
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,5 +18,14 @@ std::vector<std::string> subject_alt_names(const x509_st* cert);
 /// is safe as a certificate CN, a file name and a log value. Node and
 /// coordinator names follow this rule.
 void validate_identity(std::string_view identity);
+
+/// A certificate's serial number as upper-case hex (`chorus certs list`
+/// and `show` print it so).
+std::string serial_hex(const x509_st* cert);
+
+/// The serial numbers a PEM CRL (or several, concatenated) revokes, as
+/// `serial_hex` prints them. Throws `chorus::Error` (DATA_LOSS when the
+/// text holds no CRL or a malformed one).
+std::set<std::string> crl_revoked_serials(const std::string& crl_pem);
 
 }  // namespace chorus::protocol
