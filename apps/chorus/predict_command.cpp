@@ -5,6 +5,7 @@
 #include "predict_command.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -78,6 +79,10 @@ int run_predict(PredictArgs& a) {
         n ? static_cast<double>(report.expert_queries) / static_cast<double>(n)
           : 0.0);
   }
+  if (!report.experts_away.empty()) {
+    fmt::print("experts away    {} (the coordinator answered without them)\n",
+               fmt::join(report.experts_away, ", "));
+  }
   if (report.accuracy) {
     fmt::print("accuracy        {:.4f}{}\n", *report.accuracy,
                report.scored < n
@@ -97,6 +102,7 @@ int run_predict(PredictArgs& a) {
                        {"predicted", report.predicted},
                        {"probabilities", report.probabilities},
                        {"expert_queries", report.expert_queries},
+                       {"experts_away", report.experts_away},
                        {"seconds", report.seconds}};
     if (report.accuracy) {
       out["accuracy"] = *report.accuracy;

@@ -8,6 +8,7 @@
 //            [--student-epochs N] (the distilled students' epochs)
 //            [--poison K]       (expert K answers confidently wrong)
 //            [--robust]         (robust fusion: AlgorithmOptions::robust)
+//            [--away K]         (expert K away when the fused model answers)
 //   bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads N]
 //            [--json FILE] [--peer bench/p1/peer.py]
 //
@@ -67,6 +68,7 @@ struct Args {
   int vs_pytorch = 0;          // Pairs of the PyTorch comparison; 0: off.
   int student_epochs = 0;      // 0: DistillOptions' default.
   int poison = -1;             // The poisoned expert; -1: none.
+  int away = -1;               // An expert away at prediction; -1: none.
   bool robust = false;         // Robust fusion.
   std::string peer = CHORUS_P1_PEER;  // bench/p1/peer.py
   bool wants(const std::string& method) const {
@@ -230,6 +232,23 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
     auto fuser = fu::make_fuser(name, options);
     add_result(name,
                fu::run_fusion(*fuser, data, oracle, test.images, test.labels));
+    // Serving with an expert away: the fuser trained with all of them
+    // answers with the absent one's answers uninformative (what a serving
+    // coordinator does when a node is not connected).
+    if (args.away >= 0 && fuser->needs_experts()) {
+      std::vector<bool> mask(static_cast<std::size_t>(oracle.num_experts()));
+      mask[static_cast<std::size_t>(args.away)] = true;
+      fu::MaskedOracle masked(oracle, mask);
+      oracle.reset_stats();
+      const auto t = Clock::now();
+      auto probs = fuser->predict(masked, test.images);
+      const auto row = fmt::format("{}, expert {} away", name, args.away);
+      table.add(row, "acc10", fu::accuracy(probs, test.labels));
+      table.add(row, "queries_per_image",
+                static_cast<double>(oracle.total_stats().inputs) /
+                    static_cast<double>(test.images.size(0)));
+      table.add(row, "seconds", seconds_since(t));
+    }
     auto fused = fuser->fused_model();
     if (fused && seed == 0 && !args.save_dir.empty()) {
       fu::save_fused_model(
@@ -482,6 +501,8 @@ int main(int argc, char** argv) {
       args.student_epochs = std::atoi(next());
     else if (!std::strcmp(argv[i], "--poison"))
       args.poison = std::atoi(next());
+    else if (!std::strcmp(argv[i], "--away"))
+      args.away = std::atoi(next());
     else if (!std::strcmp(argv[i], "--robust"))
       args.robust = true;
     else if (!std::strcmp(argv[i], "--vs-pytorch"))
@@ -497,7 +518,7 @@ int main(int argc, char** argv) {
           stderr,
           "usage: bench_p1 [--seeds N] [--expert-epochs N] "
           "[--threads N] [--json FILE] [--save-dir DIR] [--only a,b,...] "
-          "[--student-epochs N] [--poison K] [--robust]\n"
+          "[--student-epochs N] [--poison K] [--robust] [--away K]\n"
           "       bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads "
           "N] [--json FILE] [--peer peer.py]\n");
       return 2;
@@ -519,18 +540,16 @@ int main(int argc, char** argv) {
     table.print();
     const double total = seconds_since(t0);
     fmt::print(
-        "\nseeds={} expert_epochs={} threads={} poison={} robust={} "
+        "\nseeds={} expert_epochs={} threads={} poison={} robust={} away={} "
         "total={:.1f} s\n",
         args.seeds, args.expert_epochs, args.threads, args.poison, args.robust,
-        total);
-    nlohmann::json out{{"benchmark", "p1"},
-                       {"seeds", args.seeds},
-                       {"poison", args.poison},
-                       {"robust", args.robust},
-                       {"expert_epochs", args.expert_epochs},
-                       {"threads", args.threads},
-                       {"total_seconds", total},
-                       {"rows", table.json()}};
+        args.away, total);
+    nlohmann::json out{
+        {"benchmark", "p1"},       {"seeds", args.seeds},
+        {"poison", args.poison},   {"robust", args.robust},
+        {"away", args.away},       {"expert_epochs", args.expert_epochs},
+        {"threads", args.threads}, {"total_seconds", total},
+        {"rows", table.json()}};
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
     fmt::print("wrote {}\n", args.json);
   } catch (const chorus::Error& e) {

@@ -16,6 +16,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/fused_model.hpp"
+#include "chorus/fusion/robust.hpp"
 #include "chorus/protocol/eventual.hpp"
 #include "chorus/protocol/offload.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
@@ -469,9 +470,42 @@ FusedPrediction Coordinator::predict(const torch::Tensor& inputs) {
   oracle.set_round(static_cast<std::uint32_t>(impl_->options.rounds + 1));
   const auto before = oracle.total_stats().inputs;
   FusedPrediction out;
-  out.probabilities = fuser.predict(oracle, inputs);
-  out.expert_queries = oracle.total_stats().inputs - before;
   out.round = impl_->fused_round;
+  if (!fuser.needs_experts()) {
+    out.probabilities = fuser.predict(oracle, inputs);
+    return out;
+  }
+  // Experts that are not connected are answered for as uninformative, and
+  // named: a degraded answer beats none. A node that drops out while it is
+  // being asked is found on a second try.
+  const auto& experts = oracle.experts();
+  for (int attempt = 0;; ++attempt) {
+    std::vector<bool> away(experts.size());
+    out.experts_away.clear();
+    for (std::size_t i = 0; i < experts.size(); ++i) {
+      away[i] = !impl_->registry.is_connected(experts[i].name);
+      if (away[i]) out.experts_away.push_back(experts[i].name);
+    }
+    CHORUS_CHECK_CODE(out.experts_away.size() < experts.size(),
+                      Code::kUnavailable,
+                      "none of the fused model's experts is connected ({})",
+                      fmt::join(out.experts_away, ", "));
+    try {
+      if (out.experts_away.empty()) {
+        out.probabilities = fuser.predict(oracle, inputs);
+      } else {
+        fusion::MaskedOracle masked(oracle, away);
+        out.probabilities = fuser.predict(masked, inputs);
+      }
+      break;
+    } catch (const Error& e) {
+      const bool link_failed =
+          e.code() == Code::kUnavailable || e.code() == Code::kDeadlineExceeded;
+      if (!link_failed || attempt > 0) throw;
+      impl_->log->warn("event=predict_retry reason=\"{}\"", e.what());
+    }
+  }
+  out.expert_queries = oracle.total_stats().inputs - before;
   return out;
 }
 
@@ -490,6 +524,7 @@ protocol::PredictAnswer Coordinator::answer(const protocol::PredictCall& call) {
   out.algorithm = impl_->options.algorithm;
   out.fused_round = static_cast<std::uint32_t>(prediction.round);
   out.expert_queries = static_cast<std::uint64_t>(prediction.expert_queries);
+  out.experts_away = prediction.experts_away;
   return out;
 }
 

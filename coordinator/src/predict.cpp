@@ -5,6 +5,7 @@
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <thread>
@@ -122,6 +123,11 @@ void predict_remotely(const PredictOptions& o, const torch::Tensor& images,
       report.algorithm = r.algorithm;
       report.round = static_cast<int>(r.fused_round);
       report.expert_queries += static_cast<std::int64_t>(r.expert_queries);
+      for (const auto& name : r.experts_away) {
+        auto& away = report.experts_away;
+        if (std::find(away.begin(), away.end(), name) == away.end())
+          away.push_back(name);
+      }
       report.class_names = r.labels;
     }
     connection->close("predictions done");

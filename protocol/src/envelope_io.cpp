@@ -1,11 +1,16 @@
 #include "envelope_io.hpp"
 
+#include <google/protobuf/stubs/logging.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
+#include <cstdio>
+#include <mutex>
+
+#include "chorus/core/log.hpp"
 
 namespace chorus::protocol::envelope_io {
 
@@ -18,6 +23,25 @@ bool is_benign_close(const std::error_code& ec) {
   return ec == asio::error::eof || ec == asio::ssl::error::stream_truncated ||
          ec == asio::error::connection_reset ||
          ec == asio::error::operation_aborted || ec == asio::error::broken_pipe;
+}
+
+void route_protobuf_logs() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    google::protobuf::SetLogHandler([](google::protobuf::LogLevel level,
+                                       const char* file, int line,
+                                       const std::string& message) {
+      if (level == google::protobuf::LOGLEVEL_FATAL) {
+        // Fatal is fatal: say it where it will be seen.
+        std::fprintf(stderr, "protobuf fatal at %s:%d: %s\n", file, line,
+                     message.c_str());
+        return;
+      }
+      log::get("protocol")
+          ->debug("event=protobuf_log file={}:{} message=\"{}\"", file, line,
+                  message);
+    });
+  });
 }
 
 bool certificate_refused(const std::error_code& ec) {

@@ -56,6 +56,12 @@ awaitable<std::tuple<std::error_code, std::size_t>> write_all(
 awaitable<std::tuple<std::error_code, std::size_t>> write_all(
     TlsStream& stream, asio::const_buffer buffer);
 
+// Sends protobuf's own log lines (it writes "String field ... contains
+// invalid UTF-8 data" to stderr when a peer's frame holds bad text) to the
+// "protocol" logger at debug level: the parse fails and the peer gets a
+// precise error anyway. Idempotent.
+void route_protobuf_logs();
+
 // Whether `ec` is a TLS alert by which the peer refused our certificate
 // (revoked, expired, unknown CA, bad or missing).
 bool certificate_refused(const std::error_code& ec);
@@ -87,6 +93,7 @@ awaitable<std::optional<v1::Envelope>> read_envelope(Stream& stream,
          size);
   }
   v1::Envelope envelope;
+  route_protobuf_logs();
   if (!envelope.ParseFromString(body)) {
     fail(Code::kInvalidArgument,
          "a frame of {} bytes is not a chorus.v1.Envelope", size);

@@ -577,6 +577,36 @@ TEST_CASE(
             &msg) == Code::kPermissionDenied);
   CHECK(msg.find("'ops' is an operator of this coordinator, not a node") !=
         std::string::npos);
+
+  // A node away: the answer is fused without it, and says so.
+  nodes.sessions[2]->stop();  // gamma (the roster's order)
+  for (int i = 0; i < 300 && side.registry->is_connected("gamma"); ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  REQUIRE_FALSE(side.registry->is_connected("gamma"));
+  const auto gamma_before = nodes.services.at("gamma")->inputs_answered();
+  auto degraded = ops.ask(x);
+  REQUIRE(degraded.has_predict_response());
+  const auto& d = degraded.predict_response();
+  CHECK(std::vector<std::string>(d.experts_away().begin(),
+                                 d.experts_away().end()) ==
+        std::vector<std::string>{"gamma"});
+  CHECK(d.expert_queries() == 2 * 50);
+  CHECK(nodes.services.at("gamma")->inputs_answered() == gamma_before);
+  auto dp = chorus::testing::decode_tensor(d.outputs());
+  REQUIRE(dp.sizes() == torch::IntArrayRef({50, 4}));
+  CHECK(torch::allclose(dp.sum(1), torch::ones({50}), 1e-4, 1e-4));
+  // Worse than with every expert, better than chance.
+  CHECK(fu::accuracy(dp, world().test.y.slice(0, 0, 50)) > 0.4);
+  // Every expert away: UNAVAILABLE, naming them.
+  nodes.sessions[0]->stop();
+  nodes.sessions[1]->stop();
+  for (int i = 0; i < 300 && !side.registry->connected().empty(); ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  CHECK(code_of([&] { ops.ask(x); }, &msg) == Code::kUnavailable);
+  CHECK(msg.find("none of the fused model's experts is connected (alpha, "
+                 "beta, gamma)") != std::string::npos);
 }
 
 TEST_CASE(

@@ -534,6 +534,28 @@ TEST_CASE("channel: malformed frames close that connection only") {
     CHECK(reply->status().message() ==
           "a frame of 8 bytes is not a chorus.v1.Envelope");
   }
+  SUBCASE("a string field that is not UTF-8") {
+    RawClient c(coordinator.port(), &pki().alpha);
+    REQUIRE(c.handshake());
+    REQUIRE(c.hello());
+    // Field 1 of a Status (code 3), then field 2 (message) with the bytes
+    // 0xff 0xfe: protobuf refuses the text and says so in its own log,
+    // which goes to ours (debug), not to stderr.
+    v1::Envelope status;
+    status.mutable_status()->set_code(v1::CODE_INVALID_ARGUMENT);
+    std::string body = status.SerializeAsString();
+    body += std::string("\x12\x02\xff\xfe", 4);  // status.message (field 2)
+    // Patch the outer length of the status submessage.
+    REQUIRE(static_cast<unsigned char>(body[1]) + 4 < 128);
+    body[1] = static_cast<char>(body[1] + 4);
+    auto header = pr::encode_frame_header(body.size());
+    c.write_tls(std::string(header.begin(), header.end()) + body);
+    auto reply = c.receive_non_heartbeat();
+    REQUIRE((reply && reply->has_status()));
+    CHECK(reply->status().code() == v1::CODE_INVALID_ARGUMENT);
+    CHECK(log.wait_for("event=protobuf_log"));
+    CHECK(log.contains("UTF-8"));
+  }
   SUBCASE("an envelope with an unknown body") {
     RawClient c(coordinator.port(), &pki().alpha);
     REQUIRE(c.handshake());

@@ -103,6 +103,9 @@ struct FusedPrediction {
   std::int64_t expert_queries =
       0;          ///< Expert answers consumed (inputs × experts).
   int round = 0;  ///< The round whose fused model answered.
+  /// Experts the fuser needs that were not connected: it answered without
+  /// them (their answers uninformative).
+  std::vector<std::string> experts_away;
 };
 
 /// Runs fusion rounds over the registry's nodes. Use from one thread.

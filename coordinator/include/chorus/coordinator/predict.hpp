@@ -51,6 +51,9 @@ struct PredictReport {
   std::vector<std::int64_t> predicted;            ///< Arg-max column per image.
   std::vector<std::vector<float>> probabilities;  ///< [N][C].
   std::int64_t expert_queries = 0;  ///< Expert answers the coordinator used.
+  /// Experts of the fused model the coordinator answered without (not
+  /// connected), in the order it first named them.
+  std::vector<std::string> experts_away;
   /// With `labels`: accuracy on the images whose label is one of
   /// `class_labels` (all of them but for a tae task), and how many those are.
   std::optional<double> accuracy;

@@ -18,7 +18,7 @@ namespace chorus::protocol {
 /// The protocol version this build speaks.
 inline constexpr std::uint32_t kProtocolMajor = 1;
 /// 1.1: operators. 1.2: the task in Welcome; inputs in the task's dtype.
-inline constexpr std::uint32_t kProtocolMinor = 3;
+inline constexpr std::uint32_t kProtocolMinor = 4;
 
 /// Element types a tensor may travel in.
 enum class DType {
@@ -141,6 +141,8 @@ struct PredictAnswer {
   std::string algorithm;
   std::uint32_t fused_round = 0;
   std::uint64_t expert_queries = 0;
+  /// Experts of the fused model that were away (answered without them).
+  std::vector<std::string> experts_away;
 };
 
 /// One chunk of a fused model being pushed to a node.
