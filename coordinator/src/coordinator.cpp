@@ -187,9 +187,17 @@ struct Coordinator::Impl {
     RoundReport& report = out.reply;
     report.round = round;
     report.rounds = options.rounds;
+    auto since = [](Clock::time_point& t) {
+      const auto now = Clock::now();
+      const double s = std::chrono::duration<double>(now - t).count();
+      t = now;
+      return s;
+    };
+    auto mark = t0;
     auto quorum =
         co_await registry.quorum(options.min_nodes, options.quorum_timeout,
                                  options.settle, options.stop);
+    report.phases.quorum = since(mark);
     if (quorum.error) {
       out.error = std::move(quorum.error);
       co_return out;
@@ -223,6 +231,7 @@ struct Coordinator::Impl {
     std::vector<asio::awaitable<Asked>> works;
     for (const auto& node : remote) works.push_back(collect(node, round, ro));
     auto asked = co_await protocol::all_of(std::move(works));
+    report.phases.query = since(mark);
     std::vector<RemoteExpert> fused_experts;
     fusion::QueryStats s;
     for (std::size_t k = 0; k < remote.size(); ++k) {
@@ -298,6 +307,23 @@ struct Coordinator::Impl {
                                  &fused_experts, &report, ro, round] {
       auto algorithm_options = options.algorithm_options;
       algorithm_options.stop(options.stop);
+      // The fit says how it is going: the last epoch of each stage, and one
+      // line every few seconds in between.
+      auto last = std::make_shared<Clock::time_point>(Clock::now());
+      algorithm_options.on_progress([log = log, round, last](
+                                        const std::string& stage,
+                                        const fusion::EpochReport& e) {
+        const auto now = Clock::now();
+        if (e.epoch < e.epochs && now - *last < std::chrono::seconds(5)) return;
+        *last = now;
+        log->info(
+            "round={} event=fit_progress stage={} epoch={}/{} loss={:.4f}{} "
+            "epoch_seconds={:.2f}",
+            round, stage, e.epoch, e.epochs, e.train_loss,
+            e.val_accuracy ? fmt::format(" held_out={:.4f}", *e.val_accuracy)
+                           : std::string(),
+            e.seconds);
+      });
       fuser = fusion::make_fuser(options.algorithm, algorithm_options);
       fuser->fit(data);
       // Robust fusion's verdicts: a node whose answers were left out is
@@ -324,6 +350,7 @@ struct Coordinator::Impl {
       out.error = std::move(e);
       co_return out;
     }
+    report.phases.fit = since(mark);
     if (!bytes.empty()) {
       report.fused_model = model_file;
       PushedModel pushed{
@@ -331,12 +358,14 @@ struct Coordinator::Impl {
       report.pushed_to =
           co_await push_model(registry, bytes, std::move(pushed),
                               options.push_chunk, options.request_deadline);
+      report.phases.push = since(mark);
       if (auto e = co_await after_round->after_push(*fuser, round, report,
                                                     model_file)) {
         out.error = std::move(e);
         co_return out;
       }
     }
+    if (!bytes.empty()) report.phases.adapt = since(mark);
     report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 
     std::function<bool()> record = [this, &report] {
@@ -440,6 +469,16 @@ RemoteOracle& Coordinator::oracle() {
 
 fusion::QueryStats Coordinator::collection_stats() const {
   return impl_->stats;
+}
+
+std::string describe_phases(const RoundReport& report) {
+  const auto& p = report.phases;
+  auto out = fmt::format(
+      "quorum {:.1f} s, query {:.1f} s, fit {:.1f} s, push "
+      "{:.1f} s",
+      p.quorum, p.query, p.fit, p.push);
+  if (p.adapt >= 0.05) out += fmt::format(", adapt {:.1f} s", p.adapt);
+  return out;
 }
 
 std::string describe_left_out(const RoundReport& report) {

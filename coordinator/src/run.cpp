@@ -239,7 +239,8 @@ nlohmann::json round_json(const RoundReport& r) {
           {"pool_size", r.pool_size},
           {"fused_model", r.fused_model.string()},
           {"pushed_to", r.pushed_to},
-          {"seconds", r.seconds}};
+          {"seconds", r.seconds},
+          {"phases", phases_json(r)}};
 }
 
 // The public data of a run: the task as announced (normalisation statistics
@@ -500,9 +501,10 @@ int run_coordinator(const CoordinatorConfig& k, bool resume,
     }
     fmt::print(
         stderr,
-        "round {}/{}: {} nodes answered, {}, {} inputs queried, {:.1f} s\n",
+        "round {}/{}: {} nodes answered, {}, {} inputs queried, {:.1f} s "
+        "({})\n",
         r.round, r.rounds, r.experts.size(), describe_left_out(r),
-        r.inputs_queried, r.seconds);
+        r.inputs_queried, r.seconds, describe_phases(r));
   };
   int status = 0;
   try {

@@ -33,6 +33,15 @@ void RunLog::start_fresh() const {
   fs::remove(run_dir_ / "metrics.jsonl", ec);
 }
 
+nlohmann::json phases_json(const RoundReport& report) {
+  const auto& p = report.phases;
+  return {{"quorum_seconds", p.quorum},
+          {"query_seconds", p.query},
+          {"fit_seconds", p.fit},
+          {"push_seconds", p.push},
+          {"adapt_seconds", p.adapt}};
+}
+
 nlohmann::json per_node_json(const RoundReport& report) {
   nlohmann::json out = nlohmann::json::object();
   for (const auto& [name, q] : report.per_node) {
@@ -63,7 +72,8 @@ void RunLog::record(const RoundReport& report,
                       {"fused_model", report.fused_model.filename().string()},
                       {"pushed_to", report.pushed_to},
                       {"adapted", report.adapted},
-                      {"seconds", report.seconds}};
+                      {"seconds", report.seconds},
+                      {"phases", phases_json(report)}};
   const auto metrics_file = run_dir_ / "metrics.jsonl";
   {
     std::ofstream metrics(metrics_file, std::ios::app);

@@ -15,6 +15,8 @@ namespace chorus::coordinator {
 /// A round's queries per node (requests, inputs, bytes, answering time and
 /// rate), for metrics.jsonl and report.json.
 nlohmann::json per_node_json(const RoundReport& report);
+/// Where a round's seconds went (`RoundReport::phases`).
+nlohmann::json phases_json(const RoundReport& report);
 
 class RunLog {
  public:

@@ -433,6 +433,12 @@ AlgorithmOptions seeded(AlgorithmOptions o) {
       .device(o.device())
       .stop(o.stop());
   o.tae().stop(o.stop());
+  if (auto progress = o.on_progress()) {
+    o.foe().on_epoch(
+        [progress](const EpochReport& r) { progress("fuser", r); });
+    o.distill().on_epoch(
+        [progress](const EpochReport& r) { progress("student", r); });
+  }
   o.dro().seed(o.seed()).threads(o.threads()).stop(o.stop());
   return o;
 }

@@ -49,7 +49,8 @@ TrainResult Foe::fit(const std::vector<torch::Tensor>& answers,
                            .seed(options_.seed())
                            .threads(options_.threads())
                            .device(options_.device())
-                           .stop(options_.stop());
+                           .stop(options_.stop())
+                           .on_epoch(options_.on_epoch());
   fuser_ = make_fuser();
   TrainResult result = train(*fuser_, x, labels, train_options);
   if (options_.self_training_rounds() > 0 && !unlabelled.empty()) {

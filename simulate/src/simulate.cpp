@@ -235,19 +235,20 @@ SimulateResult run_simulation(const SimulateOptions& o) {
                    r.round, r.rounds);
         return;
       }
-      fmt::print(
-          stderr,
-          "round {}/{}: {} nodes answered, {}, {} inputs queried, "
-          "{:.1f} MB sent, {:.1f} MB received, pushed to {}{}, {:.1f} s\n",
-          r.round, r.rounds, r.experts.size(),
-          coordinator::describe_left_out(r), r.inputs_queried,
-          static_cast<double>(r.bytes_sent) / 1e6,
-          static_cast<double>(r.bytes_received) / 1e6, r.pushed_to.size(),
-          r.adapted.empty()
-              ? std::string()
-              : fmt::format(", {} adapted it{}", r.adapted.size(),
-                            tae ? " and sent their embedding" : ""),
-          r.seconds);
+      fmt::print(stderr,
+                 "round {}/{}: {} nodes answered, {}, {} inputs queried, "
+                 "{:.1f} MB sent, {:.1f} MB received, pushed to {}{}, {:.1f} s "
+                 "({})\n",
+                 r.round, r.rounds, r.experts.size(),
+                 coordinator::describe_left_out(r), r.inputs_queried,
+                 static_cast<double>(r.bytes_sent) / 1e6,
+                 static_cast<double>(r.bytes_received) / 1e6,
+                 r.pushed_to.size(),
+                 r.adapted.empty()
+                     ? std::string()
+                     : fmt::format(", {} adapted it{}", r.adapted.size(),
+                                   tae ? " and sent their embedding" : ""),
+                 r.seconds, coordinator::describe_phases(r));
     };
     coordinator::PoolData pool{
         .inputs = train.inputs.index_select(0, split.transfer),

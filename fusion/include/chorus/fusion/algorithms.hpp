@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -77,6 +78,12 @@ struct AlgorithmOptions {
   /// Cancels fitting: every algorithm's training throws `chorus::Error`
   /// (CANCELLED) at its next batch once a stop is requested.
   TORCH_ARG(std::stop_token, stop) = {};
+  /// Progress of the fit: called after each epoch of the FoE fuser's
+  /// training ("fuser") and of a student's ("student"; distill,
+  /// foe-distill). Frugal's many subset fusers report nothing.
+  TORCH_ARG(
+      std::function<void(const std::string& stage, const EpochReport& epoch)>,
+      on_progress) = nullptr;
 };
 
 /// A fusion algorithm: fitted on a round's answers, then predicting, perhaps

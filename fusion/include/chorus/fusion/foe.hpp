@@ -3,6 +3,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <stop_token>
 #include <vector>
 
@@ -41,6 +42,8 @@ struct FoeOptions {
   TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
   /// Cancels training (`TrainOptions::stop`).
   TORCH_ARG(std::stop_token, stop) = {};
+  /// Called after each epoch of the fuser's training (progress).
+  TORCH_ARG(std::function<void(const EpochReport&)>, on_epoch) = nullptr;
 };
 
 /// The FoE fuser.
