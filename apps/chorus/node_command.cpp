@@ -1,6 +1,6 @@
 // chorus node --config node.toml [--set key=value ...] [--print-config]
 // chorus node train --config node.toml [--set key=value ...]
-// chorus node audit --log FILE [--json] [--state DIR]
+// chorus node audit --log FILE [--json] [--state DIR] [--verify --cert FILE]
 // chorus node adapt --config node.toml [--shots FILE --shot-labels FILE]
 //                   [--eval FILE --eval-labels FILE] [--json]
 #include "node_command.hpp"
@@ -34,6 +34,8 @@ struct NodeArgs {
   std::string audit_log;
   bool audit_json = false;
   std::string audit_state;  // The node's state directory (budget.json).
+  bool audit_verify = false;
+  std::string audit_cert;  // The node's certificate, for --verify.
   std::string shots, shot_labels, eval, eval_labels;
   bool adapt_json = false;
 };
@@ -163,7 +165,49 @@ int adapt(const NodeArgs& args) {
   return 0;
 }
 
+// chorus node audit --verify: the hash chain and the seals.
+int verify_audit(const NodeArgs& args) {
+  CHORUS_CHECK(!args.audit_cert.empty(),
+               "--verify needs --cert: the node's certificate, whose key "
+               "sealed the log");
+  const auto v = node::verify_audit(args.audit_log, read_file(args.audit_cert));
+  if (args.audit_json) {
+    nlohmann::json out{{"log", args.audit_log},
+                       {"intact", v.intact},
+                       {"lines", v.lines},
+                       {"seals", v.seals},
+                       {"last_sealed_line", v.last_sealed_line},
+                       {"signer", v.signer},
+                       {"first_bad_line", v.first_bad_line},
+                       {"problem", v.problem}};
+    fmt::print("{}\n", out.dump(2));
+    return v.intact ? 0 : 1;
+  }
+  if (!v.intact) {
+    fmt::print("TAMPERED  {}: line {}: {}\n", args.audit_log, v.first_bad_line,
+               v.problem);
+    return 1;
+  }
+  fmt::print(
+      "intact    {}: {} lines, hash chain unbroken, {} seal(s) by "
+      "'{}'{}\n",
+      args.audit_log, v.lines, v.seals, v.signer,
+      v.last_sealed_line == 0 ? std::string()
+                              : fmt::format(" verified, the last at "
+                                            "line {}",
+                                            v.last_sealed_line));
+  if (v.last_sealed_line < v.lines) {
+    fmt::print(
+        "unsealed  lines {}..{}: their chain holds, but no seal covers them "
+        "yet (a running node seals every audit.seal_every lines and when it "
+        "stops)\n",
+        v.last_sealed_line + 1, v.lines);
+  }
+  return 0;
+}
+
 int audit(const NodeArgs& args) {
+  if (args.audit_verify) return verify_audit(args);
   auto s = node::summarise_audit(args.audit_log);
   // The ledger the budget is enforced from, when asked to reconcile.
   std::optional<std::int64_t> ledger;
@@ -292,6 +336,12 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_node_commands(
                         "The node's state directory: reconcile the log with "
                         "its budget ledger (budget.json); exit 1 when they "
                         "disagree");
+  audit_cmd->add_flag("--verify", args->audit_verify,
+                      "Check the log's hash chain and the seals signed with "
+                      "the node's key (--cert): print 'intact' or the first "
+                      "edited, deleted or reordered line (exit 1)");
+  audit_cmd->add_option("--cert", args->audit_cert,
+                        "The node's certificate (for --verify)");
 
   auto* adapt_cmd =
       node->add_subcommand("adapt",

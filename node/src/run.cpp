@@ -5,6 +5,7 @@
 #include <asio/io_context.hpp>
 #include <asio/thread_pool.hpp>
 
+#include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/node/service.hpp"
 #include "chorus/node/session.hpp"
@@ -34,6 +35,10 @@ void run_node(const NodeConfig& config) {
   options.policy = config.policy;
   options.state_dir = config.state_dir;
   options.audit_log = config.audit_log;
+  // The log's chain is sealed with the node's own key.
+  options.audit_key_pem = read_file(config.key);
+  options.audit_signer = config.name;
+  options.audit_seal_every = config.audit_seal_every;
   options.metadata = {{"name", config.name},
                       {"backend", expert_kind_name(config.expert.kind)}};
   if (config.adapt_shots_per_class > 0) {

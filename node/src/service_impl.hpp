@@ -73,7 +73,13 @@ struct NodeService::Impl {
     options.policy.validate();
     noise = at::make_generator<at::CPUGeneratorImpl>(options.policy.noise_seed);
     if (!options.audit_log.empty()) {
-      audit = std::make_unique<AuditLog>(options.audit_log);
+      std::optional<AuditSigner> signer;
+      if (!options.audit_key_pem.empty()) {
+        signer = AuditSigner{.name = options.audit_signer,
+                             .key_pem = options.audit_key_pem,
+                             .seal_every = options.audit_seal_every};
+      }
+      audit = std::make_unique<AuditLog>(options.audit_log, std::move(signer));
     }
   }
 

@@ -105,8 +105,8 @@ start_coordinator() {  # start_coordinator LOG ARGS...
 start_node() {  # start_node NAME [ARGS...]
   local n=$1
   shift
-  "$chorus" node --config "$n.toml" --set coordinator.port="$port" "$@" \
-    2>> "state/$n.log" &
+  "$chorus" node --config "$n.toml" --set coordinator.port="$port" \
+    --set audit.seal_every=5 "$@" 2>> "state/$n.log" &
   pids+=($!)
   eval "node_$n=$!"
 }
@@ -171,6 +171,10 @@ for n in a b c; do
     test "$answered" -eq "$transfer"
   served=$(ok_inputs "$n" $((rounds + 1)) $((rounds + 1)))
   check "$n answered the operator's 200 images once ($served)" test "$served" -eq 200
+  # Its log's hash chain holds across the SIGKILL and restart (c), sealed
+  # with its key.
+  check "$n's audit log verifies: chain unbroken, seals by $n" \
+    bash -c "'$chorus' node audit --verify --log state/$n/audit.jsonl --cert pki/$n.crt | grep -q \"^intact .* seal(s) by '$n'\""
 done
 
 # --- 5. Ctrl-C in the middle of a round --------------------------------------

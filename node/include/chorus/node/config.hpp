@@ -47,6 +47,9 @@ struct NodeConfig {
   QueryPolicy policy;
   /// [audit] log (default: <state_dir>/audit.jsonl).
   std::filesystem::path audit_log;
+  /// [audit] seal_every: lines between two seals of the log's hash chain
+  /// (signed with the node's key; one more at shutdown).
+  std::int64_t audit_seal_every = 100;
   /// [adapt] shots_per_class: private labelled examples per class of the
   /// node's task, drawn from its local data ([train]), for adapting a pushed
   /// tae model (0: the node does not adapt); [adapt] seed.

@@ -32,6 +32,12 @@ struct NodeServiceOptions {
   std::filesystem::path state_dir;
   /// The audit log; none when empty.
   std::filesystem::path audit_log;
+  /// Seals the audit log's hash chain with this PEM private key (the
+  /// node's own) every `audit_seal_every` lines and at shutdown, in the
+  /// name `audit_signer`; none when empty.
+  std::string audit_key_pem;
+  std::string audit_signer;
+  std::int64_t audit_seal_every = 100;
   /// Free-form descriptor metadata (shown to the coordinator's operator).
   std::map<std::string, std::string> metadata;
   /// Inference runs over at most this many inputs at once.
