@@ -530,12 +530,9 @@ FusedPrediction Coordinator::predict(const torch::Tensor& inputs) {
                       "none of the fused model's experts is connected ({})",
                       fmt::join(out.experts_away, ", "));
     try {
-      if (out.experts_away.empty()) {
-        out.probabilities = fuser.predict(oracle, inputs);
-      } else {
-        fusion::MaskedOracle masked(oracle, away);
-        out.probabilities = fuser.predict(masked, inputs);
-      }
+      // With nobody away it passes every query through (query_all too).
+      fusion::MaskedOracle masked(oracle, away);
+      out.probabilities = fuser.predict(masked, inputs);
       break;
     } catch (const Error& e) {
       const bool link_failed =

@@ -478,25 +478,23 @@ ReloadSummary NodeRegistry::reload(Roster roster,
     summary.operators_removed = diff(impl_->options.operators, operators);
     impl_->roster = std::move(roster);
     impl_->options.operators = std::move(operators);
-    auto why = [&](const std::string& identity,
-                   const std::shared_ptr<protocol::Connection>& c,
+    auto why = [&](const std::shared_ptr<protocol::Connection>& c,
                    bool listed) -> std::string {
       if (revoked.count(c->peer_serial())) {
         return fmt::format("its certificate (serial {}) is revoked",
                            c->peer_serial());
       }
       if (!listed) return "removed from the coordinator's configuration";
-      (void)identity;
       return {};
     };
     for (auto& [id, e] : impl_->nodes) {
-      auto reason = why(id, e.connection, impl_->roster.admits(id));
+      auto reason = why(e.connection, impl_->roster.admits(id));
       if (!reason.empty()) drop.emplace_back(e.connection, reason);
     }
     const auto& ops = impl_->options.operators;
     for (auto& [id, c] : impl_->operators) {
       const bool listed = std::find(ops.begin(), ops.end(), id) != ops.end();
-      auto reason = why(id, c, listed);
+      auto reason = why(c, listed);
       if (!reason.empty()) drop.emplace_back(c, reason);
     }
     impl_->changed();
@@ -559,7 +557,10 @@ asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> NodeRegistry::quorum(
       break;
     }
     const auto n = impl_->connected_count();
-    const auto all = roster().size();
+    const auto all = [&] {
+      std::lock_guard lock(impl_->mutex);
+      return impl_->roster.size();
+    }();
     if (settling && n >= all) break;
     if (!settling && n >= min_nodes) {
       // With a quorum, give the rest of the roster a moment to arrive too.

@@ -4,8 +4,9 @@
 
 #include <asio/io_context.hpp>
 #include <asio/thread_pool.hpp>
+#include <memory>
+#include <optional>
 
-#include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/node/service.hpp"
 #include "chorus/node/session.hpp"
@@ -24,11 +25,19 @@ void run_node(const NodeConfig& config) {
   // as a refusal from the coordinator later.
   const auto cert = protocol::check_own_certificate(
       config.cert, fmt::format("node '{}''s", config.name), config.name);
-  if (cert.days_left < 14) {
+  // Said at start, and again at a reconnect when a day less is left.
+  auto warned_days = std::make_shared<std::optional<int>>();
+  auto warn_if_expiring = [config, log,
+                           warned_days](const protocol::CertInfo& info) {
+    if (info.days_left >= 14 || *warned_days == info.days_left) return;
+    *warned_days = info.days_left;
     log->warn(
         "event=certificate_expiring file={} days_left={} not_after=\"{}\"",
-        config.cert.string(), cert.days_left, cert.not_after);
-  }
+        config.cert.string(), info.days_left, info.not_after);
+  };
+  warn_if_expiring(cert);
+  const auto tls =
+      protocol::TlsMaterial::load(config.ca, config.cert, config.key);
   set_torch_threads(config.threads);
   auto expert = load_expert(config.expert);
   NodeServiceOptions options;
@@ -36,7 +45,7 @@ void run_node(const NodeConfig& config) {
   options.state_dir = config.state_dir;
   options.audit_log = config.audit_log;
   // The log's chain is sealed with the node's own key.
-  options.audit_key_pem = read_file(config.key);
+  options.audit_key_pem = tls.key_pem;
   options.audit_signer = config.name;
   options.audit_seal_every = config.audit_seal_every;
   options.metadata = {{"name", config.name},
@@ -52,26 +61,17 @@ void run_node(const NodeConfig& config) {
   SessionOptions session_options;
   session_options.host = config.host;
   session_options.port = config.port;
-  session_options.tls =
-      protocol::TlsMaterial::load(config.ca, config.cert, config.key);
+  session_options.tls = tls;
   session_options.server_name = config.server_name;
   session_options.backoff.max = std::chrono::milliseconds(
       static_cast<std::int64_t>(config.retry_max_s * 1000));
   session_options.backoff.refused = std::chrono::milliseconds(
       static_cast<std::int64_t>(config.refused_retry_s * 1000));
   // A renewed certificate (or CA file) is picked up at the next reconnect.
-  // Warned once per day left, not at every reconnect.
-  auto warned_days = std::make_shared<int>(cert.days_left);
-  session_options.tls_source = [config, log, warned_days] {
+  session_options.tls_source = [config, warn_if_expiring] {
     auto material =
         protocol::TlsMaterial::load(config.ca, config.cert, config.key);
-    const auto info = protocol::inspect_certificate_pem(material.cert_pem);
-    if (info.days_left < 14 && info.days_left != *warned_days) {
-      *warned_days = info.days_left;
-      log->warn(
-          "event=certificate_expiring file={} days_left={} not_after=\"{}\"",
-          config.cert.string(), info.days_left, info.not_after);
-    }
+    warn_if_expiring(protocol::inspect_certificate_pem(material.cert_pem));
     return material;
   };
 

@@ -430,24 +430,9 @@ CertInfo inspect_certificate_pem(const std::string& pem) {
   auto cert = read_cert(pem);
   CertInfo info;
   info.subject = name_string(X509_get_subject_name(cert.get()));
-  {
-    X509_NAME* name = X509_get_subject_name(cert.get());
-    const int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
-    if (idx >= 0) {
-      ASN1_STRING* data =
-          X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
-      info.common_name = std::string(
-          reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
-          ASN1_STRING_length(data));
-    }
-  }
+  info.common_name = common_name_of(X509_get_subject_name(cert.get()));
   info.issuer = name_string(X509_get_issuer_name(cert.get()));
-  Bignum serial(ASN1_INTEGER_to_BN(X509_get_serialNumber(cert.get()), nullptr));
-  if (serial) {
-    char* hex = BN_bn2hex(serial.get());
-    info.serial = hex ? hex : "";
-    OPENSSL_free(hex);
-  }
+  info.serial = serial_hex(cert.get());
   info.not_before = asn1_time(X509_get0_notBefore(cert.get()));
   info.not_after = asn1_time(X509_get0_notAfter(cert.get()));
   info.expired = X509_cmp_current_time(X509_get0_notAfter(cert.get())) < 0;

@@ -10,7 +10,6 @@
 
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/channel.hpp"
-#include "chorus/protocol/identity.hpp"
 #include "envelope_io.hpp"
 
 namespace chorus::protocol {
@@ -62,11 +61,7 @@ void Client::refresh_tls() {
   if (!tls_source_) return;
   try {
     TlsMaterial fresh = tls_source_();
-    if (fresh.ca_pem == material_.ca_pem &&
-        fresh.cert_pem == material_.cert_pem &&
-        fresh.key_pem == material_.key_pem) {
-      return;
-    }
+    if (fresh == material_) return;
     auto context = std::make_shared<asio::ssl::context>(
         make_client_context(fresh, server_name_));
     retired_.push_back(std::move(ssl_));
@@ -167,10 +162,7 @@ awaitable<std::shared_ptr<Connection>> dial(
       host, port, welcome->protocol_major, welcome->protocol_minor,
       kProtocolMajor, kProtocolMinor);
   const std::string identity = peer_common_name(stream);
-  std::string serial;
-  if (X509* cert = SSL_get0_peer_certificate(stream.native_handle())) {
-    serial = serial_hex(cert);
-  }
+  std::string serial = peer_serial(stream);
   auto connection = std::make_shared<Connection>(std::move(stream), options,
                                                  identity, "protocol");
   connection->set_peer_serial(std::move(serial));

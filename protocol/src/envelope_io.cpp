@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "chorus/core/log.hpp"
+#include "chorus/protocol/identity.hpp"
 
 namespace chorus::protocol::envelope_io {
 
@@ -105,6 +106,11 @@ awaitable<std::error_code> write_envelope(TlsStream& stream,
   auto bytes = frame_bytes(e, max);
   auto [ec, n] = co_await stream.write_all(asio::buffer(bytes));
   co_return ec;
+}
+
+std::string peer_serial(TlsStream& stream) {
+  const X509* cert = SSL_get0_peer_certificate(stream.native_handle());
+  return cert ? serial_hex(cert) : std::string();
 }
 
 std::string peer_common_name(TlsStream& stream) {

@@ -59,7 +59,7 @@ awaitable<std::tuple<std::error_code, std::size_t>> write_all(
 // Sends protobuf's own log lines (it writes "String field ... contains
 // invalid UTF-8 data" to stderr when a peer's frame holds bad text) to the
 // "protocol" logger at debug level: the parse fails and the peer gets a
-// precise error anyway. Idempotent.
+// precise error anyway. Idempotent; every TLS context calls it.
 void route_protobuf_logs();
 
 // Whether `ec` is a TLS alert by which the peer refused our certificate
@@ -93,7 +93,6 @@ awaitable<std::optional<v1::Envelope>> read_envelope(Stream& stream,
          size);
   }
   v1::Envelope envelope;
-  route_protobuf_logs();
   if (!envelope.ParseFromString(body)) {
     fail(Code::kInvalidArgument,
          "a frame of {} bytes is not a chorus.v1.Envelope", size);
@@ -123,6 +122,10 @@ awaitable<std::error_code> write_envelope(TlsStream& stream,
 
 /// The common name of the TLS peer's certificate; empty without one.
 std::string peer_common_name(TlsStream& stream);
+
+/// The serial of the TLS peer's certificate (`serial_hex`); empty without
+/// one.
+std::string peer_serial(TlsStream& stream);
 
 /// "address:port" of the socket's peer, or "?".
 std::string endpoint_string(const asio::ip::tcp::socket& socket);

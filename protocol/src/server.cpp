@@ -13,7 +13,6 @@
 
 #include "chorus/core/log.hpp"
 #include "chorus/protocol/channel.hpp"
-#include "chorus/protocol/identity.hpp"
 #include "envelope_io.hpp"
 
 namespace chorus::protocol {
@@ -214,10 +213,7 @@ awaitable<void> Server::admit(asio::ip::tcp::socket socket) {
     co_return;
   }
   const std::string identity = peer_common_name(*stream);
-  std::string serial;
-  if (X509* cert = SSL_get0_peer_certificate(stream->native_handle())) {
-    serial = serial_hex(cert);
-  }
+  std::string serial = peer_serial(*stream);
 
   auto refuse = [&](Code code, const std::string& message) -> awaitable<void> {
     log_->warn("from={} peer={} event=refused code={} reason=\"{}\"", from,

@@ -21,6 +21,7 @@ namespace chorus::protocol {
 namespace {
 
 void configure_common(asio::ssl::context& ctx, const TlsMaterial& tls) {
+  envelope_io::route_protobuf_logs();
   try {
     ctx.set_options(
         asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
@@ -180,8 +181,11 @@ TlsMaterial TlsMaterial::load(const std::filesystem::path& ca,
           crl.empty() ? std::string() : read_file(crl)};
 }
 
-std::string serial_hex(const X509* cert) {
-  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr);
+namespace {
+
+// A serial number as BN_bn2hex prints it (upper-case hex).
+std::string hex_of(const ASN1_INTEGER* number) {
+  BIGNUM* bn = ASN1_INTEGER_to_BN(number, nullptr);
   if (bn == nullptr) return {};
   char* hex = BN_bn2hex(bn);
   std::string out = hex ? hex : "";
@@ -190,19 +194,20 @@ std::string serial_hex(const X509* cert) {
   return out;
 }
 
+}  // namespace
+
+std::string serial_hex(const X509* cert) {
+  return hex_of(X509_get0_serialNumber(cert));
+}
+
 std::set<std::string> crl_revoked_serials(const std::string& crl_pem) {
   std::set<std::string> serials;
   for (X509_CRL* crl : read_crls(crl_pem)) {
     STACK_OF(X509_REVOKED)* revoked = X509_CRL_get_REVOKED(crl);
     for (int i = 0; i < sk_X509_REVOKED_num(revoked); ++i) {
-      const ASN1_INTEGER* number =
-          X509_REVOKED_get0_serialNumber(sk_X509_REVOKED_value(revoked, i));
-      BIGNUM* bn = ASN1_INTEGER_to_BN(number, nullptr);
-      if (bn == nullptr) continue;
-      char* hex = BN_bn2hex(bn);
-      if (hex) serials.insert(hex);
-      OPENSSL_free(hex);
-      BN_free(bn);
+      auto hex = hex_of(
+          X509_REVOKED_get0_serialNumber(sk_X509_REVOKED_value(revoked, i)));
+      if (!hex.empty()) serials.insert(std::move(hex));
     }
     X509_CRL_free(crl);
   }

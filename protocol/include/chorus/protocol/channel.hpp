@@ -51,6 +51,8 @@ struct TlsMaterial {
                           const std::filesystem::path& cert,
                           const std::filesystem::path& key,
                           const std::filesystem::path& crl = {});
+
+  bool operator==(const TlsMaterial&) const = default;
 };
 
 /// A TLS server context (coordinator): TLS 1.2 minimum, peer certificates
