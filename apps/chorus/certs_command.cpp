@@ -44,7 +44,8 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_certs_commands(
 
   CLI::App* init = certs->add_subcommand(
       "init",
-      "Create a CA and an EC P-256 key and certificate per party in DIR");
+      "Create a CA in DIR, and an EC P-256 key and certificate for the "
+      "coordinator and each node it names (--coordinator, --nodes)");
   init->add_option("--out", args->out, "Directory to create the files in")
       ->required();
   init->add_option("--coordinator", args->coordinator_hosts,
@@ -112,7 +113,8 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_certs_commands(
 
   CLI::App* revoke = certs->add_subcommand(
       "revoke",
-      "At the CA: revoke every certificate of NAME and rewrite crl.pem (give "
+      "At the CA: revoke every certificate of NAME (or one, --serial) and "
+      "rewrite crl.pem (give "
       "it to the coordinator, then send it SIGHUP)");
   revoke->add_option("name", args->name, "The party to revoke")->required();
   revoke->add_option("--serial", args->serial,
