@@ -11,6 +11,12 @@ find_package(spdlog REQUIRED)
 find_package(tomlplusplus REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
+# Prometheus metrics: the registry and text format (core/src/metrics.cpp).
+# They are served by our own small HTTP endpoint on Asio
+# (protocol/src/metrics_server.cpp), not prometheus-cpp's civetweb Exposer:
+# civetweb starts its threads with a fixed small stack, which glibc refuses
+# (EINVAL) in a process whose static TLS is as large as libtorch's.
+find_package(prometheus-cpp CONFIG REQUIRED)
 # Data readers: PNG (libspng), JPEG (TurboJPEG), .npz archives (libzip).
 # Debian ships pkg-config files for all three, not CMake configs for spng.
 find_package(PkgConfig REQUIRED)

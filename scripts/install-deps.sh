@@ -18,6 +18,8 @@ packages=(
   libspdlog-dev libfmt-dev
   doctest-dev zlib1g-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
+  # Prometheus metrics over HTTP ([metrics] listen; docs/observability.md).
+  prometheus-cpp-dev
   # Data readers: PNG, JPEG and .npz (zip) files.
   pkg-config libspng-dev libturbojpeg0-dev libzip-dev
   dataset-fashion-mnist

@@ -14,6 +14,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/core/metrics.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/robust.hpp"
@@ -25,6 +26,31 @@
 
 namespace chorus::coordinator {
 namespace {
+
+// A finished round's metrics (docs/observability.md).
+void publish_round(const RoundReport& r) {
+  metrics::count("chorus_coordinator_rounds_completed_total",
+                 "Rounds fused (and pushed) to the end");
+  const std::pair<const char*, double> phases[] = {{"quorum", r.phases.quorum},
+                                                   {"query", r.phases.query},
+                                                   {"fit", r.phases.fit},
+                                                   {"push", r.phases.push},
+                                                   {"adapt", r.phases.adapt}};
+  for (const auto& [phase, seconds] : phases) {
+    metrics::set("chorus_coordinator_round_phase_seconds",
+                 "Where the last round's time went, by phase",
+                 {{"phase", phase}}, seconds);
+  }
+  for (const auto& [node, why] : r.failed) {
+    metrics::count("chorus_coordinator_nodes_left_out_total",
+                   "Times a node was left out of a round's fusion",
+                   {{"node", node}});
+  }
+  for (const auto& node : r.pushed_to) {
+    metrics::count("chorus_coordinator_model_pushes_total",
+                   "Fused models pushed to a node, by node", {{"node", node}});
+  }
+}
 
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
@@ -202,6 +228,10 @@ struct Coordinator::Impl {
       out.error = std::move(quorum.error);
       co_return out;
     }
+    metrics::count("chorus_coordinator_rounds_started_total",
+                   "Rounds started (a quorum of nodes was reached)");
+    metrics::set("chorus_coordinator_round", "The round in progress or done",
+                 {}, round);
     std::vector<RemoteExpert> remote;
     RemoteOracleOptions ro{.round = static_cast<std::uint32_t>(round),
                            .deadline = options.request_deadline,
@@ -376,6 +406,7 @@ struct Coordinator::Impl {
       out.error = std::move(e);
       co_return out;
     }
+    publish_round(report);
     log->info("round={} event=done experts={} queried={} seconds={:.1f}", round,
               report.experts.size(), report.inputs_queried, report.seconds);
     co_return out;

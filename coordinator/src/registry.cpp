@@ -15,6 +15,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/core/metrics.hpp"
 #include "chorus/protocol/codec.hpp"
 #include "chorus/protocol/identity.hpp"
 #include "chorus/protocol/offload.hpp"
@@ -66,6 +67,7 @@ struct NodeRegistry::Impl {
   // Wakes every quorum wait to look again; call with `mutex` held. The
   // cancel runs on `rounds`, after the waiter has suspended: none is lost.
   void changed() {
+    publish();
     for (auto it = waiters.begin(); it != waiters.end();) {
       if (auto timer = it->lock()) {
         asio::post(rounds, [timer] { timer->cancel(); });
@@ -74,6 +76,17 @@ struct NodeRegistry::Impl {
         it = waiters.erase(it);
       }
     }
+  }
+  // The connection gauges; call with `mutex` held.
+  void publish() const {
+    std::size_t n = 0;
+    for (const auto& [id, e] : nodes) n += e.connection->is_open();
+    metrics::set("chorus_coordinator_nodes_connected",
+                 "Rostered nodes connected to this coordinator", {},
+                 static_cast<double>(n));
+    metrics::set("chorus_coordinator_operators_connected",
+                 "Operator sessions open at this coordinator", {},
+                 static_cast<double>(operators.size()));
   }
   std::size_t connected_count() const {
     std::lock_guard lock(mutex);
@@ -358,12 +371,14 @@ void NodeRegistry::Impl::admit_operator(
             break;
           }
         }
+        publish();
         log->info("operator={} event=disconnected reason=\"{}\"", identity,
                   reason);
       });
   {
     std::lock_guard lock(mutex);
     operators.emplace(identity, connection);
+    publish();
   }
   log->info("operator={} event=joined", identity);
 }

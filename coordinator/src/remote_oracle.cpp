@@ -6,6 +6,7 @@
 #include <deque>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/metrics.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/protocol/eventual.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
@@ -17,6 +18,36 @@ using protocol::Eventual;
 using Answer = Eventual<CallResult<protocol::PredictAnswer>>;
 
 namespace {
+
+// The coordinator's per-node request metrics (docs/observability.md).
+void count_answered(const metrics::Labels& node, std::int64_t inputs,
+                    std::int64_t sent, std::int64_t received,
+                    std::chrono::steady_clock::duration latency) {
+  metrics::count("chorus_coordinator_requests_total",
+                 "Prediction requests answered, by node", node);
+  metrics::count("chorus_coordinator_inputs_queried_total",
+                 "Inputs a node answered for this coordinator", node,
+                 static_cast<double>(inputs));
+  metrics::count("chorus_coordinator_sent_bytes_total",
+                 "Input bytes sent to a node in prediction requests", node,
+                 static_cast<double>(sent));
+  metrics::count("chorus_coordinator_received_bytes_total",
+                 "Answer bytes received from a node (as float32)", node,
+                 static_cast<double>(received));
+  metrics::observe("chorus_coordinator_request_duration_seconds",
+                   "Time from sending a prediction request to its answer, "
+                   "by node",
+                   node, std::chrono::duration<double>(latency).count());
+}
+
+void count_failed(const metrics::Labels& node, Code code) {
+  auto labels = node;
+  labels["code"] = std::string(code_name(code));
+  metrics::count("chorus_coordinator_requests_failed_total",
+                 "Prediction requests that failed or were refused, by node "
+                 "and code",
+                 labels);
+}
 
 // The inputs of one request as they travel: the task's dtype, unnormalised
 // (converted request by request, so the wire form of a whole pool is never
@@ -71,7 +102,9 @@ asio::awaitable<Asked> ask_node(RemoteExpert node, torch::Tensor inputs,
     std::int64_t row;
     std::shared_ptr<Answer> answer;
     std::int64_t held;
+    std::chrono::steady_clock::time_point at;
   };
+  const metrics::Labels node_label{{"node", node.info.name}};
   std::deque<Sent> in_flight;
   const auto& budget = options.inflight;
   std::int64_t sent = 0;
@@ -96,11 +129,12 @@ asio::awaitable<Asked> ask_node(RemoteExpert node, torch::Tensor inputs,
           .deadline_ms = static_cast<std::uint32_t>(options.deadline.count())};
       auto answer = node.link->predict(std::move(call), options.deadline);
       in_flight.push_back(Sent{sent, protocol::start(ex, std::move(answer)),
-                               budget ? held : 0});
+                               budget ? held : 0,
+                               std::chrono::steady_clock::now()});
       sent += step;
     }
     if (in_flight.empty()) break;
-    auto [row, answer, held] = std::move(in_flight.front());
+    auto [row, answer, held, at] = std::move(in_flight.front());
     in_flight.pop_front();
     co_await answer->wait();
     if (budget) budget->release(held);
@@ -108,6 +142,7 @@ asio::awaitable<Asked> ask_node(RemoteExpert node, torch::Tensor inputs,
     if (out.error) continue;
     auto& result = answer->get();
     if (result.error) {
+      count_failed(node_label, result.error->code());
       out.error = std::move(result.error);
       continue;
     }
@@ -116,6 +151,7 @@ asio::awaitable<Asked> ask_node(RemoteExpert node, torch::Tensor inputs,
     try {
       part = checked(node, result.reply, rows);
     } catch (const Error& e) {
+      count_failed(node_label, e.code());
       out.error = e;
       continue;
     }
@@ -123,6 +159,8 @@ asio::awaitable<Asked> ask_node(RemoteExpert node, torch::Tensor inputs,
     out.stats.inputs += rows;
     out.stats.bytes_sent += wire_bytes(rows * per_input, options);
     out.stats.bytes_received += part.numel() * 4;
+    count_answered(node_label, rows, wire_bytes(rows * per_input, options),
+                   part.numel() * 4, std::chrono::steady_clock::now() - at);
     if (sink) {
       if (auto failed = co_await sink(row, std::move(part))) {
         out.error = std::move(failed);

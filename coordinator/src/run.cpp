@@ -16,6 +16,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/core/metrics.hpp"
 #include "chorus/core/version.hpp"
 #include "chorus/fusion/algorithms.hpp"
 #include "chorus/fusion/data_files.hpp"
@@ -25,6 +26,7 @@
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/train.hpp"
 #include "chorus/protocol/certs.hpp"
+#include "chorus/protocol/metrics_server.hpp"
 #include "chorus/protocol/shutdown.hpp"
 #include "run_log.hpp"
 
@@ -63,6 +65,10 @@ CoordinatorConfig read_coordinator_config(Config& c) {
       c.get_int("coordinator.max_unauthenticated", k.max_unauthenticated);
   k.max_operator_sessions =
       c.get_int("coordinator.max_operator_sessions", k.max_operator_sessions);
+  k.metrics_listen = c.get_string("metrics.listen", "");
+  if (!k.metrics_listen.empty()) {
+    metrics::check_address(k.metrics_listen, "metrics.listen");
+  }
   k.ca = c.resolve(c.get_string("tls.ca", "pki/ca.crt"));
   k.cert = c.resolve(c.get_string("tls.cert", "pki/coordinator.crt"));
   k.key = c.resolve(c.get_string("tls.key", "pki/coordinator.key"));
@@ -203,6 +209,7 @@ std::string to_toml(const CoordinatorConfig& k) {
       "rounds = {}\nrun_dir = {}\noperators = {}\nserve = {}\n"
       "max_unauthenticated = {}\nmax_operator_sessions = {}\n\n"
       "[tls]\nca = {}\ncert = {}\nkey = {}\n{}\n"
+      "[metrics]\nlisten = {}\n\n"
       "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\ndevice = {}\n"
       "student = {}\nrobust = {}\nrobust_fraction = {}\n\n"
       "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels "
@@ -216,10 +223,11 @@ std::string to_toml(const CoordinatorConfig& k) {
       toml_quoted(k.cert.string()), toml_quoted(k.key.string()),
       k.crl.empty() ? std::string("# crl = (none: no revocation list)\n")
                     : fmt::format("crl = {}\n", toml_quoted(k.crl.string())),
-      toml_quoted(k.algorithm), k.seed, k.threads, toml_quoted(k.device),
-      toml_quoted(k.student), k.robust, k.robust_fraction,
-      toml_quoted(k.dataset), toml_quoted(k.data_dir.string()), k.transfer_size,
-      k.fusion_labels, k.pool_seed, k.evaluate, data_files, to_toml(k.task));
+      toml_quoted(k.metrics_listen), toml_quoted(k.algorithm), k.seed,
+      k.threads, toml_quoted(k.device), toml_quoted(k.student), k.robust,
+      k.robust_fraction, toml_quoted(k.dataset),
+      toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels,
+      k.pool_seed, k.evaluate, data_files, to_toml(k.task));
 }
 
 namespace {
@@ -466,6 +474,12 @@ int run_coordinator(const CoordinatorConfig& k, bool resume,
   }
   fmt::print(stderr, "coordinator '{}' listening on {}; roster: {}\n", k.name,
              fmt::join(addresses, ", "), fmt::join(k.roster, ", "));
+  std::optional<protocol::MetricsServer> metrics_server;
+  if (!k.metrics_listen.empty()) {
+    metrics_server.emplace(k.metrics_listen, "metrics.listen");
+    log->info("event=metrics_serving url=http://{}/metrics port={}",
+              k.metrics_listen, metrics_server->port());
+  }
 
   CoordinatorOptions co;
   co.task = task;
@@ -531,6 +545,9 @@ int run_coordinator(const CoordinatorConfig& k, bool resume,
                                  fusion::to_model_inputs(test.inputs, task));
       const double acc = fusion::accuracy(probs, test.labels);
       report["test_accuracy"] = acc;
+      metrics::set("chorus_coordinator_fused_accuracy",
+                   "The fused model's accuracy on the test set, by algorithm",
+                   {{"algorithm", k.algorithm}}, acc);
       fmt::print("fused model ({}): test accuracy {:.4f} on {} inputs; {}\n",
                  k.algorithm, acc, test.size(),
                  (k.run_dir / "fused.pt").string());

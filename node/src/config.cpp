@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/metrics.hpp"
 #include "chorus/core/task.hpp"
 #include "chorus/fusion/device.hpp"
 
@@ -90,6 +91,10 @@ NodeConfig read_node_config(Config& c) {
   n.audit_log = c.resolve(c.get_string("audit.log", ""));
   if (n.audit_log.empty()) n.audit_log = n.state_dir / "audit.jsonl";
   n.audit_seal_every = c.get_int("audit.seal_every", n.audit_seal_every);
+  n.metrics_listen = c.get_string("metrics.listen", "");
+  if (!n.metrics_listen.empty()) {
+    metrics::check_address(n.metrics_listen, "metrics.listen");
+  }
   CHORUS_CHECK(n.audit_seal_every >= 1 && n.audit_seal_every <= 1000000,
                "audit.seal_every must be 1..1000000 lines, got {}",
                n.audit_seal_every);
@@ -173,7 +178,8 @@ std::string to_toml(const NodeConfig& n) {
       "{}\nshare_weights = {}\n\n"
       "[policy]\nmax_batch = {}\n{}{}rate_limit = {}\noutput_form = \"{}\"\n"
       "top_k = {}\ntemperature = {}\nnoise_std = {}\nnoise_seed = {}\n\n"
-      "[audit]\nlog = {}\nseal_every = {}\n\n[adapt]\nshots_per_class = "
+      "[audit]\nlog = {}\nseal_every = {}\n\n[metrics]\nlisten = {}\n\n"
+      "[adapt]\nshots_per_class = "
       "{}\nseed = {}\n\n"
       "[train]\narch = {}\nepochs = {}\nbatch_size = {}\nlr = {}\nseed = {}\n"
       "holdout = {}\nshard = {}\nshards = {}\ndataset = {}\ndata_dir = "
@@ -195,10 +201,10 @@ std::string to_toml(const NodeConfig& n) {
       output_form_name(n.policy.output_form), n.policy.top_k,
       n.policy.temperature, n.policy.noise_std, n.policy.noise_seed,
       toml_quoted(n.audit_log.string()), n.audit_seal_every,
-      n.adapt_shots_per_class, n.adapt_seed, toml_quoted(n.train.arch()),
-      n.train.epochs(), n.train.batch_size(), n.train.lr(), n.train.seed(),
-      n.train.holdout(), n.train.shard(), n.train.shards(),
-      toml_quoted(n.train.source().dataset()),
+      toml_quoted(n.metrics_listen), n.adapt_shots_per_class, n.adapt_seed,
+      toml_quoted(n.train.arch()), n.train.epochs(), n.train.batch_size(),
+      n.train.lr(), n.train.seed(), n.train.holdout(), n.train.shard(),
+      n.train.shards(), toml_quoted(n.train.source().dataset()),
       toml_quoted(n.train.source().data_dir().string()), train_files,
       n.train.source().task() ? "\n" + to_toml(*n.train.source().task()) : "");
 }

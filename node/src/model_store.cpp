@@ -5,6 +5,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/core/metrics.hpp"
 #include "chorus/protocol/digest.hpp"
 #include "service_impl.hpp"
 
@@ -17,84 +18,38 @@ constexpr const char* kManifest = "global.json";
 
 protocol::Ack NodeService::receive_model_chunk(const protocol::ModelChunk& c) {
   std::lock_guard lock(impl_->mutex);
-  auto& a = impl_->assembly;
-  auto discard = [&](Code code, const std::string& why) {
-    a.reset();
+  std::optional<AssembledModel> model;
+  try {
+    model = impl_->assembly.add(c, impl_->coordinator_round);
+  } catch (const Error& e) {
+    metrics::count("chorus_node_model_pushes_total",
+                   "Models pushed by the coordinator, by outcome",
+                   {{"outcome", "refused"}});
     impl_->log->warn("event=model_push_rejected round={} code={} reason=\"{}\"",
-                     c.round, code_name(code), why);
-    fail(code, "{}; the push is discarded and the previous model kept", why);
-  };
-  if (c.chunk_count == 0 || c.chunk_index >= c.chunk_count) {
-    discard(Code::kInvalidArgument,
-            fmt::format("chunk {} of {} is not a valid chunk", c.chunk_index,
-                        c.chunk_count));
+                     c.round, code_name(e.code()), e.what());
+    throw;
   }
-  if (c.total_bytes > impl_->options.max_model_bytes) {
-    discard(Code::kResourceExhausted,
-            fmt::format("a model of {} bytes exceeds this node's limit of {}",
-                        c.total_bytes, impl_->options.max_model_bytes));
-  }
-  if (c.round < impl_->coordinator_round) {
-    discard(Code::kFailedPrecondition,
-            fmt::format("a model of round {} is older than round {}, where "
-                        "this coordinator is",
-                        c.round, impl_->coordinator_round));
-  }
-  if (c.sha256.size() != 32) {
-    discard(Code::kInvalidArgument,
-            fmt::format("the digest has {} bytes, SHA-256 needs 32",
-                        c.sha256.size()));
-  }
-  if (c.chunk_index == 0) {
-    a = Assembly{.round = c.round,
-                 .algorithm = c.algorithm,
-                 .spec = c.spec,
-                 .sha256 = c.sha256,
-                 .count = c.chunk_count,
-                 .total = c.total_bytes,
-                 .next = 0,
-                 .data = {}};
-    a->data.reserve(c.total_bytes);
-  } else if (!a || a->round != c.round || a->count != c.chunk_count ||
-             a->total != c.total_bytes || a->sha256 != c.sha256 ||
-             a->next != c.chunk_index) {
-    discard(
-        Code::kFailedPrecondition,
-        fmt::format("chunk {} of round {} arrived out of order (expected {})",
-                    c.chunk_index, c.round,
-                    a ? fmt::format("chunk {} of round {}", a->next, a->round)
-                      : std::string("chunk 0")));
-  }
-  if (a->data.size() + c.data.size() > a->total) {
-    discard(Code::kDataLoss,
-            fmt::format("the chunks exceed the announced {} bytes", a->total));
-  }
-  a->data += c.data;
-  ++a->next;
-  if (a->next < a->count) {
+  if (!model) {
     return protocol::Ack{.message =
                              fmt::format("chunk {} of {} received",
                                          c.chunk_index + 1, c.chunk_count)};
   }
-  if (a->data.size() != a->total) {
-    discard(Code::kDataLoss,
-            fmt::format("the model has {} bytes, {} were announced",
-                        a->data.size(), a->total));
-  }
-  if (protocol::sha256(a->data) != a->sha256) {
-    discard(Code::kDataLoss, "the model's SHA-256 digest does not match");
-  }
   CHORUS_CHECK_CODE(!impl_->options.state_dir.empty(),
                     Code::kFailedPrecondition,
                     "this node has no state directory to store models in");
-  auto stored = store_global_model(impl_->options.state_dir, a->round,
-                                   a->algorithm, a->spec, a->data);
+  auto stored = store_global_model(impl_->options.state_dir, model->round,
+                                   model->algorithm, model->spec, model->data);
   impl_->log->info("event=model_stored round={} algorithm={} bytes={} file={}",
-                   stored.round, stored.algorithm, a->total,
+                   stored.round, stored.algorithm, model->data.size(),
                    stored.file.string());
   impl_->stored = stored;
+  metrics::count("chorus_node_model_pushes_total",
+                 "Models pushed by the coordinator, by outcome",
+                 {{"outcome", "stored"}});
+  metrics::set("chorus_node_model_round",
+               "The round of the global model this node stores", {},
+               stored.round);
   impl_->coordinator_round = std::max(impl_->coordinator_round, stored.round);
-  a.reset();
   return protocol::Ack{
       .message = fmt::format("model of round {} stored", stored.round)};
 }

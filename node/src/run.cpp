@@ -8,9 +8,11 @@
 #include <optional>
 
 #include "chorus/core/log.hpp"
+#include "chorus/core/metrics.hpp"
 #include "chorus/node/service.hpp"
 #include "chorus/node/session.hpp"
 #include "chorus/protocol/certs.hpp"
+#include "chorus/protocol/metrics_server.hpp"
 #include "chorus/protocol/shutdown.hpp"
 
 namespace chorus::node {
@@ -57,6 +59,13 @@ void run_node(const NodeConfig& config) {
   }
   const auto labels = expert->labels().size();
   NodeService service(std::move(expert), options);
+  service.publish_budget();
+  std::optional<protocol::MetricsServer> metrics_server;
+  if (!config.metrics_listen.empty()) {
+    metrics_server.emplace(config.metrics_listen, "metrics.listen");
+    log->info("event=metrics_serving url=http://{}/metrics port={}",
+              config.metrics_listen, metrics_server->port());
+  }
 
   SessionOptions session_options;
   session_options.host = config.host;

@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/metrics.hpp"
 #include "chorus/core/version.hpp"
 #include "service_impl.hpp"
 
@@ -80,6 +81,23 @@ std::optional<std::string> NodeService::accept_task(
 void NodeService::record(const std::string& peer, const RequestSummary& request,
                          Code outcome, const std::string& message,
                          std::chrono::steady_clock::duration latency) {
+  // The metrics count what the audit log records, line for line.
+  metrics::count(
+      "chorus_node_requests_total",
+      "Requests this node received, by kind and outcome code",
+      {{"kind", request.kind}, {"code", std::string(code_name(outcome))}});
+  if (outcome == Code::kOk && request.kind == "predict") {
+    metrics::count("chorus_node_inputs_answered_total",
+                   "Inputs this node's expert answered", {},
+                   static_cast<double>(request.inputs));
+  }
+  if (latency.count() > 0) {
+    metrics::observe("chorus_node_request_duration_seconds",
+                     "Time from a request's arrival to its answer, by kind",
+                     {{"kind", request.kind}},
+                     std::chrono::duration<double>(latency).count());
+  }
+  publish_budget();
   if (!impl_->audit) return;
   AuditRecord r;
   r.peer = peer;
@@ -93,6 +111,26 @@ void NodeService::record(const std::string& peer, const RequestSummary& request,
   r.spent = impl_->ledger.spent();
   r.latency_ms = std::chrono::duration<double, std::milli>(latency).count();
   impl_->audit->append(r);
+}
+
+void NodeService::publish_budget() const {
+  const auto& ledger = impl_->ledger;
+  metrics::set("chorus_node_budget_spent_inputs",
+               "Inputs charged to this node's budget, over its lifetime "
+               "(kept across restarts)",
+               {}, static_cast<double>(ledger.spent()));
+  if (auto left = ledger.total_remaining()) {
+    metrics::set("chorus_node_budget_remaining_inputs",
+                 "Inputs this node will still answer, by scope (policy "
+                 "total_budget and round_budget)",
+                 {{"scope", "total"}}, static_cast<double>(*left));
+  }
+  if (auto left = ledger.round_remaining()) {
+    metrics::set("chorus_node_budget_remaining_inputs",
+                 "Inputs this node will still answer, by scope (policy "
+                 "total_budget and round_budget)",
+                 {{"scope", "round"}}, static_cast<double>(*left));
+  }
 }
 
 void NodeService::welcomed(std::uint32_t round) {

@@ -16,6 +16,7 @@
 #include "chorus/node/audit.hpp"
 #include "chorus/node/budget.hpp"
 #include "chorus/node/expert.hpp"
+#include "chorus/node/model_assembly.hpp"
 #include "chorus/node/service.hpp"
 
 namespace chorus::node {
@@ -25,16 +26,6 @@ struct PredictJob {
   torch::Tensor inputs;  // As received: the task's dtype, unnormalised.
   std::shared_ptr<const TaskSpec> task;  // Converts them, on the worker.
   std::chrono::milliseconds wait{0};
-};
-
-// Chunks of a ModelPush being reassembled.
-struct Assembly {
-  std::uint32_t round = 0;
-  std::string algorithm, spec, sha256;
-  std::uint32_t count = 0;
-  std::uint64_t total = 0;
-  std::uint32_t next = 0;
-  std::string data;
 };
 
 struct NodeService::Impl {
@@ -53,7 +44,7 @@ struct NodeService::Impl {
   std::uint32_t coordinator_round = 0;
   std::shared_ptr<const TaskSpec> task;  // The coordinator's, from its Welcome.
   at::Generator noise = at::make_generator<at::CPUGeneratorImpl>(0);
-  std::optional<Assembly> assembly;
+  ModelAssembly assembly{options.max_model_bytes};
   std::optional<StoredModel> stored;
   // The tae model of the stored round, loaded on first use.
   std::mutex tae_mutex;  // Guards what follows (adaptation takes a while).

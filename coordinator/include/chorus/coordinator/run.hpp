@@ -40,6 +40,9 @@ struct CoordinatorConfig {
   std::int64_t max_unauthenticated = 64;
   /// Operator sessions open at once, at most.
   std::int64_t max_operator_sessions = 16;
+  /// [metrics] listen: serve Prometheus metrics over HTTP at
+  /// http://listen/metrics ("host:port"); empty: not served.
+  std::string metrics_listen;
   /// [tls]; `crl` optional (empty: no revocation list is checked).
   std::filesystem::path ca, cert, key, crl;
   /// [fusion]

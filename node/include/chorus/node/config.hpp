@@ -50,6 +50,9 @@ struct NodeConfig {
   /// [audit] seal_every: lines between two seals of the log's hash chain
   /// (signed with the node's key; one more at shutdown).
   std::int64_t audit_seal_every = 100;
+  /// [metrics] listen: serve Prometheus metrics over HTTP at
+  /// http://listen/metrics ("host:port"); empty: not served.
+  std::string metrics_listen;
   /// [adapt] shots_per_class: private labelled examples per class of the
   /// node's task, drawn from its local data ([train]), for adapting a pushed
   /// tae model (0: the node does not adapt); [adapt] seed.

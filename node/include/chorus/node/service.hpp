@@ -135,6 +135,10 @@ class NodeService {
   /// Inputs answered so far.
   std::int64_t inputs_answered() const;
 
+  /// Sets the budget gauges (chorus_node_budget_*) to the ledger's state:
+  /// at start and after every request.
+  void publish_budget() const;
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
