@@ -19,6 +19,7 @@
 #include "node_command.hpp"
 #include "predict_command.hpp"
 #include "simulate_command.hpp"
+#include "status_command.hpp"
 
 namespace {
 
@@ -81,6 +82,10 @@ int main(int argc, char** argv) {
   {
     auto run = chorus::app::add_eval_command(app);
     commands.push_back({app.get_subcommand("eval"), std::move(run)});
+  }
+  {
+    auto run = chorus::app::add_status_command(app);
+    commands.push_back({app.get_subcommand("status"), std::move(run)});
   }
 
   try {

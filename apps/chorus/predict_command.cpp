@@ -14,6 +14,7 @@
 #include "chorus/coordinator/predict.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "host_port.hpp"
 
 namespace chorus::app {
 namespace {
@@ -35,19 +36,7 @@ int run_predict(PredictArgs& a) {
   o.deadline =
       std::chrono::milliseconds(static_cast<std::int64_t>(a.deadline_s * 1000));
   if (!a.coordinator.empty()) {
-    const auto colon = a.coordinator.rfind(':');
-    CHORUS_CHECK(colon != std::string::npos && colon > 0,
-                 "--coordinator must be HOST:PORT, got '{}'", a.coordinator);
-    o.host = a.coordinator.substr(0, colon);
-    int port = 0;
-    try {
-      port = std::stoi(a.coordinator.substr(colon + 1));
-    } catch (const std::exception&) {
-      port = -1;
-    }
-    CHORUS_CHECK(port > 0 && port < 65536, "--coordinator: bad port in '{}'",
-                 a.coordinator);
-    o.port = static_cast<std::uint16_t>(port);
+    std::tie(o.host, o.port) = parse_host_port(a.coordinator, "--coordinator");
     const std::filesystem::path pki = a.pki;
     o.tls =
         protocol::TlsMaterial::load(pki / "ca.crt", pki / (a.identity + ".crt"),

@@ -164,8 +164,10 @@ struct Coordinator::Impl {
       }
       if (offset < slice_end(s)) {
         const auto first = offset;
+        if (options.status) options.status->asking(name, slice_end(s) - offset);
         AnswerSink sink = [this, &parts, &part_files, name, s, first, task](
                               std::int64_t row, torch::Tensor part) {
+          if (options.status) options.status->answered(name, part.size(0));
           return keep_part(store.part_file(name, s, first + row),
                            std::move(part), task, parts, part_files);
         };
@@ -195,6 +197,13 @@ struct Coordinator::Impl {
     co_return total;
   }
 
+  // Tells `chorus status` where round `round` is.
+  void enter(int round, const char* phase) const {
+    if (options.status) {
+      options.status->phase(static_cast<std::uint32_t>(round), phase);
+    }
+  }
+
   // The round's cancellation point between phases.
   std::optional<Error> stopped(int round, const char* before) const {
     if (!options.stop.stop_requested()) return std::nullopt;
@@ -220,6 +229,7 @@ struct Coordinator::Impl {
       return s;
     };
     auto mark = t0;
+    enter(round, "quorum");
     auto quorum =
         co_await registry.quorum(options.min_nodes, options.quorum_timeout,
                                  options.settle, options.stop);
@@ -257,6 +267,7 @@ struct Coordinator::Impl {
       co_return out;
     }
 
+    enter(round, "query");
     // Fan out: every node at once, for the slices it has not answered.
     std::vector<asio::awaitable<Asked>> works;
     for (const auto& node : remote) works.push_back(collect(node, round, ro));
@@ -273,6 +284,7 @@ struct Coordinator::Impl {
       } else {
         const auto error = describe(*asked[k].error);
         report.failed[name] = error;
+        if (options.status) options.status->left_out(name, error);
         log->warn("round={} node={} event=left_out error=\"{}\"", round, name,
                   error);
       }
@@ -328,6 +340,7 @@ struct Coordinator::Impl {
       co_return out;
     }
 
+    enter(round, "fit");
     // The fit, the algorithm's steps before the push, and the model saved:
     // on the compute thread while the loop keeps serving the connections.
     const auto model_file =
@@ -361,6 +374,9 @@ struct Coordinator::Impl {
       for (const auto& v : fusion::expert_verdicts(*fuser)) {
         if (v.trusted) continue;
         report.failed[v.name] = "answers not trusted: " + v.reason;
+        if (options.status) {
+          options.status->left_out(v.name, report.failed[v.name]);
+        }
         std::erase(report.experts, v.name);
       }
       experts = data.experts;
@@ -383,12 +399,14 @@ struct Coordinator::Impl {
     report.phases.fit = since(mark);
     if (!bytes.empty()) {
       report.fused_model = model_file;
+      enter(round, "push");
       PushedModel pushed{
           .round = round, .algorithm = fuser->name(), .spec = fuser->spec()};
       report.pushed_to =
           co_await push_model(registry, bytes, std::move(pushed),
                               options.push_chunk, options.request_deadline);
       report.phases.push = since(mark);
+      enter(round, "adapt");
       if (auto e = co_await after_round->after_push(*fuser, round, report,
                                                     model_file)) {
         out.error = std::move(e);
@@ -407,6 +425,9 @@ struct Coordinator::Impl {
       co_return out;
     }
     publish_round(report);
+    if (options.status) {
+      options.status->round_done(static_cast<std::uint32_t>(round));
+    }
     log->info("round={} event=done experts={} queried={} seconds={:.1f}", round,
               report.experts.size(), report.inputs_queried, report.seconds);
     co_return out;

@@ -85,8 +85,24 @@ void predict_locally(const PredictOptions& o, const torch::Tensor& images,
       task.names.empty() ? output_names(fused.spec.num_classes) : task.names;
 }
 
-void predict_remotely(const PredictOptions& o, const torch::Tensor& images,
-                      PredictReport& report, torch::Tensor& probs) {
+// An operator's connection to a coordinator, on `io` (running elsewhere).
+std::shared_ptr<protocol::Connection> operator_connection(
+    asio::io_context& io, const std::string& host, std::uint16_t port,
+    const protocol::TlsMaterial& tls) {
+  protocol::Hello hello;
+  hello.software = fmt::format("chorus {}", kVersion);
+  hello.capabilities = {"operator"};
+  return protocol::connect(
+      io, host, port, tls, protocol::ChannelOptions{}, hello,
+      [](v1::Envelope) -> asio::awaitable<v1::Envelope> {
+        co_return protocol::make_status(Code::kUnimplemented,
+                                        "an operator answers no requests");
+      });
+}
+
+// Runs `work` with an io_context running on a thread of its own.
+template <typename Work>
+void with_io(Work&& work) {
   asio::io_context io;
   auto guard = asio::make_work_guard(io);
   std::thread io_thread([&] { io.run(); });
@@ -95,17 +111,20 @@ void predict_remotely(const PredictOptions& o, const torch::Tensor& images,
     io.stop();
     io_thread.join();
   };
-  std::vector<torch::Tensor> parts;
   try {
-    protocol::Hello hello;
-    hello.software = fmt::format("chorus {}", kVersion);
-    hello.capabilities = {"operator"};
-    auto connection = protocol::connect(
-        io, o.host, o.port, o.tls, protocol::ChannelOptions{}, hello,
-        [](v1::Envelope) -> asio::awaitable<v1::Envelope> {
-          co_return protocol::make_status(Code::kUnimplemented,
-                                          "an operator answers no requests");
-        });
+    work(io);
+  } catch (...) {
+    finish();
+    throw;
+  }
+  finish();
+}
+
+void predict_remotely(const PredictOptions& o, const torch::Tensor& images,
+                      PredictReport& report, torch::Tensor& probs) {
+  std::vector<torch::Tensor> parts;
+  with_io([&](asio::io_context& io) {
+    auto connection = operator_connection(io, o.host, o.port, o.tls);
     report.source = fmt::format("coordinator {}:{}", o.host, o.port);
     const auto who = fmt::format("the coordinator at {}:{}", o.host, o.port);
     for (std::int64_t begin = 0; begin < images.size(0); begin += o.batch) {
@@ -131,11 +150,7 @@ void predict_remotely(const PredictOptions& o, const torch::Tensor& images,
       report.class_names = r.labels;
     }
     connection->close("predictions done");
-  } catch (...) {
-    finish();
-    throw;
-  }
-  finish();
+  });
   probs = torch::cat(parts);
   CHORUS_CHECK_CODE(
       probs.dim() == 2 && probs.size(0) == images.size(0) &&
@@ -209,6 +224,21 @@ PredictReport predict_from_file(const PredictOptions& o) {
     }
   }
   return report;
+}
+
+protocol::CoordinatorStatus ask_status(const std::string& host,
+                                       std::uint16_t port,
+                                       const protocol::TlsMaterial& tls,
+                                       std::chrono::milliseconds deadline) {
+  protocol::CoordinatorStatus status;
+  with_io([&](asio::io_context& io) {
+    auto connection = operator_connection(io, host, port, tls);
+    status = protocol::status_of(
+        connection->request_async(protocol::status_request(), deadline).get(),
+        fmt::format("the coordinator at {}:{}", host, port));
+    connection->close("status received");
+  });
+  return status;
 }
 
 }  // namespace chorus::coordinator

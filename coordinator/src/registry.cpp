@@ -13,6 +13,7 @@
 #include <asio/use_future.hpp>
 #include <set>
 
+#include "chorus/coordinator/status.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/core/metrics.hpp"
@@ -45,6 +46,7 @@ struct NodeRegistry::Impl {
   // replies arrive on the io thread).
   std::multimap<std::string, std::shared_ptr<protocol::Connection>> operators;
   OperatorHandler operator_handler;
+  std::shared_ptr<const StatusBoard> status_board;
   asio::thread_pool operator_pool{1};
 
   bool is_operator(const std::string& identity) const {
@@ -55,6 +57,8 @@ struct NodeRegistry::Impl {
   void admit_operator(const std::shared_ptr<protocol::Connection>& connection);
   asio::awaitable<v1::Envelope> serve_operator(std::string identity,
                                                v1::Envelope request);
+  // The reply to an operator's StatusRequest (cheap: on the network thread).
+  v1::Envelope status() const;
   // The rounds' fan-outs run here; connections keep their own strands.
   asio::strand<asio::io_context::executor_type> rounds;
 
@@ -313,7 +317,13 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
         }
         std::weak_ptr<protocol::Connection> weak = connection;
         connection->start(
-            [](v1::Envelope) -> asio::awaitable<v1::Envelope> {
+            [identity](v1::Envelope request) -> asio::awaitable<v1::Envelope> {
+              CHORUS_CHECK_CODE(!request.has_status_request(),
+                                Code::kPermissionDenied,
+                                "status is for operators "
+                                "(coordinator.operators); node '{}' may not "
+                                "ask",
+                                identity);
               fail(Code::kUnimplemented, "the coordinator answers no requests");
             },
             [impl, identity, weak](const std::string& reason) {
@@ -383,9 +393,36 @@ void NodeRegistry::Impl::admit_operator(
   log->info("operator={} event=joined", identity);
 }
 
+v1::Envelope NodeRegistry::Impl::status() const {
+  std::map<std::string, std::chrono::steady_clock::time_point> heard;
+  std::shared_ptr<const StatusBoard> board;
+  std::vector<std::string> names;
+  {
+    std::lock_guard lock(mutex);
+    board = status_board;
+    names = roster.identities();
+    for (const auto& [id, e] : nodes) {
+      if (e.connection->is_open()) heard[id] = e.connection->last_heard();
+    }
+  }
+  CHORUS_CHECK_CODE(board != nullptr, Code::kUnavailable,
+                    "this coordinator has not started its rounds yet");
+  return protocol::envelope_of(board->snapshot(names, heard));
+}
+
 asio::awaitable<v1::Envelope> NodeRegistry::Impl::serve_operator(
     std::string identity, v1::Envelope request) {
   const auto request_id = request.request_id();
+  if (request.has_status_request()) {
+    v1::Envelope reply;
+    try {
+      reply = status();
+    } catch (const Error& e) {
+      reply = protocol::make_status(e.code(), e.what());
+    }
+    log->debug("operator={} request_id={} event=status", identity, request_id);
+    co_return reply;
+  }
   const auto inputs =
       request.has_predict_request() &&
               request.predict_request().inputs().shape_size() > 0
@@ -423,6 +460,11 @@ asio::awaitable<v1::Envelope> NodeRegistry::Impl::serve_operator(
 NodeRegistry::~NodeRegistry() {
   serve_operators(nullptr);
   impl_->operator_pool.join();
+}
+
+void NodeRegistry::serve_status(std::shared_ptr<const StatusBoard> board) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->status_board = std::move(board);
 }
 
 void NodeRegistry::serve_operators(OperatorHandler handler) {

@@ -506,6 +506,9 @@ int run_coordinator(const CoordinatorConfig& k, bool resume,
   co.run_dir = k.run_dir;
   co.resume = resume;
   co.stop = stop.get_token();
+  co.status = std::make_shared<StatusBoard>(
+      k.name, k.algorithm, static_cast<std::uint32_t>(k.rounds));
+  registry.serve_status(co.status);
   co.on_round = [](const RoundReport& r) {
     if (r.resumed) {
       fmt::print(stderr,
@@ -559,6 +562,8 @@ int run_coordinator(const CoordinatorConfig& k, bool resume,
             .count();
     write_file_atomic(k.run_dir / "report.json", report.dump(2) + "\n");
     std::fflush(stdout);
+    co.status->phase(static_cast<std::uint32_t>(k.rounds),
+                     k.serve ? "serving" : "done");
     if (k.serve) {
       registry.serve_operators(
           [&](const std::string&, const protocol::PredictCall& call) {

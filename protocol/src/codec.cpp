@@ -411,4 +411,69 @@ Ack ack_of(const v1::Envelope& reply, std::string_view who) {
   return Ack{.message = reply.status().message()};
 }
 
+v1::Envelope status_request() {
+  v1::Envelope e;
+  e.mutable_status_request();
+  return e;
+}
+
+v1::Envelope envelope_of(const CoordinatorStatus& s) {
+  v1::Envelope e;
+  auto* w = e.mutable_status_response();
+  w->set_coordinator(s.coordinator);
+  w->set_algorithm(s.algorithm);
+  w->set_round(s.round);
+  w->set_rounds(s.rounds);
+  w->set_rounds_done(s.rounds_done);
+  w->set_phase(s.phase);
+  w->set_phase_seconds(s.phase_seconds);
+  w->set_inputs(s.inputs);
+  w->set_bytes_sent(s.bytes_sent);
+  w->set_bytes_received(s.bytes_received);
+  for (const auto& n : s.nodes) {
+    auto* o = w->add_nodes();
+    o->set_name(n.name);
+    o->set_state(n.state);
+    o->set_reason(n.reason);
+    o->set_last_heard_ms(n.last_heard_ms);
+    o->set_round_asked(n.round_asked);
+    o->set_round_answered(n.round_answered);
+    o->set_inputs(n.inputs);
+    o->set_bytes_sent(n.bytes_sent);
+    o->set_bytes_received(n.bytes_received);
+  }
+  return e;
+}
+
+CoordinatorStatus status_of(const v1::Envelope& reply, std::string_view who) {
+  CHORUS_CHECK_CODE(reply.has_status_response(), Code::kDataLoss,
+                    "{} answered a StatusRequest with something other than a "
+                    "StatusResponse",
+                    who);
+  const auto& w = reply.status_response();
+  CoordinatorStatus s{.coordinator = w.coordinator(),
+                      .algorithm = w.algorithm(),
+                      .round = w.round(),
+                      .rounds = w.rounds(),
+                      .rounds_done = w.rounds_done(),
+                      .phase = w.phase(),
+                      .phase_seconds = w.phase_seconds(),
+                      .nodes = {},
+                      .inputs = w.inputs(),
+                      .bytes_sent = w.bytes_sent(),
+                      .bytes_received = w.bytes_received()};
+  for (const auto& n : w.nodes()) {
+    s.nodes.push_back(NodeStatus{.name = n.name(),
+                                 .state = n.state(),
+                                 .reason = n.reason(),
+                                 .last_heard_ms = n.last_heard_ms(),
+                                 .round_asked = n.round_asked(),
+                                 .round_answered = n.round_answered(),
+                                 .inputs = n.inputs(),
+                                 .bytes_sent = n.bytes_sent(),
+                                 .bytes_received = n.bytes_received()});
+  }
+  return s;
+}
+
 }  // namespace chorus::protocol

@@ -76,6 +76,7 @@ void BasicConnection<S>::start(RequestHandler on_request,
   on_close_ = std::move(on_close);
   open_ = true;
   last_sent_ = last_received_ = Clock::now();
+  last_heard_ns_ = last_received_.time_since_epoch().count();
   auto self = this->shared_from_this();
   auto report = [self](std::exception_ptr e) {
     if (!e) return;
@@ -114,6 +115,7 @@ awaitable<void> BasicConnection<S>::reader() {
       break;
     }
     last_received_ = Clock::now();
+    last_heard_ns_ = last_received_.time_since_epoch().count();
     if (options_.on_receive) options_.on_receive(*envelope);
     const auto id = envelope->request_id();
     switch (envelope->body_case()) {
@@ -127,6 +129,7 @@ awaitable<void> BasicConnection<S>::reader() {
       case v1::Envelope::kModelPush:
       case v1::Envelope::kAdaptRequest:
       case v1::Envelope::kWeightsRequest:
+      case v1::Envelope::kStatusRequest:
         if (id == 0) {
           const std::string why = "a request needs a non-zero request_id";
           if (options_.on_refused)
@@ -140,7 +143,8 @@ awaitable<void> BasicConnection<S>::reader() {
       case v1::Envelope::kStatus:
       case v1::Envelope::kPredictResponse:
       case v1::Envelope::kAdaptResponse:
-      case v1::Envelope::kWeightsResponse: {
+      case v1::Envelope::kWeightsResponse:
+      case v1::Envelope::kStatusResponse: {
         auto it = pending_.find(id);
         if (it != pending_.end()) {
           *it->second.reply = std::move(*envelope);
@@ -157,13 +161,26 @@ awaitable<void> BasicConnection<S>::reader() {
         }
         break;
       }
-      default: {
+      case v1::Envelope::kHello:
+      case v1::Envelope::kWelcome: {
         const std::string why =
             "Hello and Welcome are only valid at the start of a connection";
         if (options_.on_refused)
           options_.on_refused(peer_identity_, *envelope,
                               Code::kFailedPrecondition, why);
         enqueue(make_status(Code::kFailedPrecondition, why, id));
+        break;
+      }
+      default: {
+        // A body of a later protocol minor (unknown to this build), or none.
+        const std::string why = fmt::format(
+            "an envelope without a body this peer knows (it speaks protocol "
+            "{}.{})",
+            kProtocolMajor, kProtocolMinor);
+        if (options_.on_refused)
+          options_.on_refused(peer_identity_, *envelope, Code::kUnimplemented,
+                              why);
+        enqueue(make_status(Code::kUnimplemented, why, id));
         break;
       }
     }

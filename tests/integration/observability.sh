@@ -9,10 +9,15 @@
 #    scraped over HTTP: the nodes are counted connected, the round started,
 #    and what the coordinator counts it received from a node is no more than
 #    that node counts it answered.
+#    `chorus status` (an operator) at the same time: round 1 of 2 in its
+#    query phase, b answering with part of its inputs, both heard from
+#    within seconds; a node's certificate asking is refused.
 # 2. After the rounds, the counters agree with the nodes' audit logs line
 #    for line: inputs answered, OK predict requests, model pushes; the
 #    coordinator's per-node inputs, requests and latency observations match
-#    the nodes'; the budget gauges add up to the node's total budget.
+#    the nodes'; the budget gauges add up to the node's total budget; and
+#    `chorus status` says the rounds are done and serving, with the same
+#    inputs per node.
 set -euo pipefail
 
 chorus=$(realpath "$1")
@@ -137,6 +142,29 @@ check "mid-round: b has answered part of its slice ($mid_b of $((transfer / roun
 check "mid-round: the coordinator has received no more from b than b answered ($mid_cb <= $mid_b)" \
   test "$mid_cb" -le "$mid_b"
 
+status_field() {  # status_field FILE EXPRESSION: a field of the JSON status
+  /usr/bin/python3 -c 'import json, sys
+s = json.load(open(sys.argv[1]))
+nodes = {n["name"]: n for n in s["nodes"]}
+print(eval(sys.argv[2]))' "$1" "$2"
+}
+"$chorus" status --coordinator "localhost:$port" --pki pki --identity ops --json \
+  > mid-status.json 2> mid-status.err || fail "chorus status: $(cat mid-status.err)"
+check "status mid-round: round 1 of $rounds, querying" \
+  test "$(status_field mid-status.json 's["round"], s["rounds"], s["phase"]')" = "(1, $rounds, 'query')"
+check "status mid-round: b is answering, part of its slice done" \
+  test "$(status_field mid-status.json 'nodes["b"]["state"] == "answering" and 0 < nodes["b"]["round_answered"] < nodes["b"]["round_asked"]')" = True
+check "status mid-round: both nodes heard from within 10 s" \
+  test "$(status_field mid-status.json 'all(0 <= n["last_heard_ms"] < 10000 for n in s["nodes"])')" = True
+"$chorus" status --coordinator "localhost:$port" > mid-status.txt 2>&1 --pki pki --identity ops ||
+  fail "chorus status (table): $(cat mid-status.txt)"
+check "status prints a table with a row per node" \
+  grep -Eq "^b +answering +[0-9]+/[0-9]+ \([0-9]+%\)" mid-status.txt
+status=0
+"$chorus" status --coordinator "localhost:$port" --pki pki --identity a > node-status.out 2>&1 || status=$?
+check "a node's certificate asking for the status is refused (exit $status)" \
+  grep -q "PERMISSION_DENIED: .*'a' is not an operator" node-status.out
+
 # --- 2. after the rounds -----------------------------------------------------
 wait_for 240 "the rounds to finish" grep -q "serving fused predictions" coordinator.err
 scrape "$cport" > coordinator.txt
@@ -173,6 +201,16 @@ check "the coordinator completed $rounds rounds" \
 check "no request failed" bash -c '! grep -q chorus_coordinator_requests_failed_total coordinator.txt'
 check "the metrics are in Prometheus's text format, with HELP and TYPE" \
   grep -q "^# TYPE chorus_coordinator_request_duration_seconds histogram" coordinator.txt
+
+"$chorus" status --coordinator "localhost:$port" --pki pki --identity ops --json \
+  > status.json 2> status.err || fail "chorus status: $(cat status.err)"
+check "status after the rounds: $rounds of $rounds done, serving" \
+  test "$(status_field status.json 's["rounds_done"], s["phase"]')" = "($rounds, 'serving')"
+for n in a b; do
+  answered=$(ok_inputs "$n" 1 "$rounds")
+  check "status after the rounds: $n connected, $answered inputs answered" \
+    test "$(status_field status.json "nodes['$n']['state'], nodes['$n']['inputs']")" = "('connected', $answered)"
+done
 
 kill -INT "$coordinator_pid"
 wait "$coordinator_pid" || fail "the coordinator did not stop cleanly on SIGINT"

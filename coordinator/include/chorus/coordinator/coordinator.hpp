@@ -15,6 +15,7 @@
 
 #include "chorus/coordinator/registry.hpp"
 #include "chorus/coordinator/remote_oracle.hpp"
+#include "chorus/coordinator/status.hpp"
 #include "chorus/core/task.hpp"
 #include "chorus/fusion/algorithms.hpp"
 
@@ -61,6 +62,9 @@ struct CoordinatorOptions {
   bool resume = false;
   /// Chunk size of a ModelPush.
   std::size_t push_chunk = std::size_t{1} << 20;
+  /// Where the rounds say what they are doing (`chorus status`); none when
+  /// null.
+  std::shared_ptr<StatusBoard> status;
   /// Called after each round (progress output).
   std::function<void(const struct RoundReport&)> on_round;
   /// Cancels the rounds (Ctrl-C): the round in progress stops at its next

@@ -68,4 +68,14 @@ struct PredictReport {
 /// UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE from the coordinator.
 PredictReport predict_from_file(const PredictOptions& options);
 
+/// `chorus status`: asks the coordinator at `host`:`port` what it is doing
+/// (StatusRequest, protocol 1.5), as the operator whose certificate is in
+/// `tls`. Throws `chorus::Error`: UNAUTHENTICATED / PERMISSION_DENIED (not
+/// an operator) / UNAVAILABLE (not running its rounds yet, or unreachable)
+/// / DEADLINE_EXCEEDED after `deadline`.
+protocol::CoordinatorStatus ask_status(const std::string& host,
+                                       std::uint16_t port,
+                                       const protocol::TlsMaterial& tls,
+                                       std::chrono::milliseconds deadline);
+
 }  // namespace chorus::coordinator

@@ -23,6 +23,8 @@
 /// mTLS server; no torch here.
 namespace chorus::coordinator {
 
+class StatusBoard;
+
 /// A connected node.
 struct NodeInfo {
   std::string identity;       ///< Its certificate CN.
@@ -116,6 +118,11 @@ class NodeRegistry {
   void serve_operators(OperatorHandler handler);
   /// Operators connected now.
   std::vector<std::string> operators_connected() const;
+
+  /// Answers operators' StatusRequests from `board` (with the roster and
+  /// the connections of the moment); without a board they get UNAVAILABLE.
+  /// Nodes asking are refused (PERMISSION_DENIED).
+  void serve_status(std::shared_ptr<const StatusBoard> board);
 
   /// The roster of the moment (a copy: `reload` may replace it).
   Roster roster() const;

@@ -151,6 +151,11 @@ class BasicConnection
   void set_peer_serial(std::string serial) { peer_serial_ = std::move(serial); }
   /// Whether the connection is still open.
   bool is_open() const { return open_.load(); }
+  /// When the last frame from the peer arrived (any thread).
+  std::chrono::steady_clock::time_point last_heard() const {
+    return std::chrono::steady_clock::time_point(
+        std::chrono::steady_clock::duration(last_heard_ns_.load()));
+  }
   /// The strand all of this connection's work runs on.
   asio::strand<asio::any_io_executor> strand() const { return strand_; }
 
@@ -190,6 +195,8 @@ class BasicConnection
   // ends with it.
   asio::steady_timer heartbeat_tick_;
   std::chrono::steady_clock::time_point last_sent_, last_received_;
+  // last_received_ for other threads (`last_heard`).
+  std::atomic<std::chrono::steady_clock::rep> last_heard_ns_{0};
   int serving_ = 0;  // Requests from the peer being served (strand only).
   std::uint64_t next_request_id_ = 1;
   std::map<std::uint64_t, Pending> pending_;

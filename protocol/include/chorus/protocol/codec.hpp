@@ -62,4 +62,11 @@ AdaptAnswer adapt_answer_of(v1::Envelope&& reply, std::string_view who);
 WeightsAnswer weights_answer_of(v1::Envelope&& reply, std::string_view who);
 Ack ack_of(const v1::Envelope& reply, std::string_view who);
 
+/// A StatusRequest, and the coordinator's StatusResponse.
+v1::Envelope status_request();
+v1::Envelope envelope_of(const CoordinatorStatus& status);
+/// A StatusResponse; DATA_LOSS naming `who` when the reply is something
+/// else.
+CoordinatorStatus status_of(const v1::Envelope& reply, std::string_view who);
+
 }  // namespace chorus::protocol

@@ -18,7 +18,7 @@ namespace chorus::protocol {
 /// The protocol version this build speaks.
 inline constexpr std::uint32_t kProtocolMajor = 1;
 /// 1.1: operators. 1.2: the task in Welcome; inputs in the task's dtype.
-inline constexpr std::uint32_t kProtocolMinor = 4;
+inline constexpr std::uint32_t kProtocolMinor = 5;
 
 /// Element types a tensor may travel in.
 enum class DType {
@@ -187,6 +187,26 @@ struct WeightsCall {
 struct WeightsAnswer {
   std::string spec;
   TensorBlob parameters;
+};
+
+/// One rostered node in a coordinator's status (chorus.proto NodeStatus).
+struct NodeStatus {
+  std::string name;
+  std::string state;  ///< answering, connected, left_out, disconnected.
+  std::string reason;
+  std::int64_t last_heard_ms = -1;
+  std::int64_t round_asked = 0, round_answered = 0;
+  std::int64_t inputs = 0, bytes_sent = 0, bytes_received = 0;
+};
+
+/// What a coordinator is doing (chorus.proto StatusResponse).
+struct CoordinatorStatus {
+  std::string coordinator, algorithm;
+  std::uint32_t round = 0, rounds = 0, rounds_done = 0;
+  std::string phase;
+  double phase_seconds = 0;
+  std::vector<NodeStatus> nodes;
+  std::int64_t inputs = 0, bytes_sent = 0, bytes_received = 0;
 };
 
 /// Why the expert `descriptor` announces does not fit `task` (naming both
