@@ -3,9 +3,7 @@
 #include <fmt/ostream.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
-#include <zlib.h>
 
-#include <array>
 #include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -13,94 +11,12 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/fusion/formats.hpp"
 
 namespace chorus::fusion {
 namespace {
 
 namespace fs = std::filesystem;
-
-constexpr std::uint32_t kImagesMagic = 0x00000803;  // ubyte, 3 dimensions
-constexpr std::uint32_t kLabelsMagic = 0x00000801;  // ubyte, 1 dimension
-constexpr std::uint32_t kMaxItems = 10'000'000;
-constexpr std::uint32_t kMaxSide = 4096;
-
-struct GzCloser {
-  void operator()(gzFile f) const { gzclose(f); }
-};
-using GzFile = std::unique_ptr<gzFile_s, GzCloser>;
-
-// Reads IDX files through zlib, which passes uncompressed files through.
-class IdxReader {
- public:
-  explicit IdxReader(const fs::path& path) : path_(path) {
-    std::error_code ec;
-    if (!fs::is_regular_file(path, ec)) {
-      fail(Code::kNotFound, "IDX file '{}' does not exist", path.string());
-    }
-    file_.reset(gzopen(path.c_str(), "rb"));
-    if (!file_) fail(Code::kInternal, "cannot open '{}'", path.string());
-    gzbuffer(file_.get(), 1 << 17);
-  }
-
-  std::uint32_t read_u32(const char* what) {
-    std::array<unsigned char, 4> b{};
-    read_exact(b.data(), b.size(), what);
-    return (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) |
-           (std::uint32_t{b[2]} << 8) | std::uint32_t{b[3]};
-  }
-
-  void read_exact(void* out, std::size_t n, const char* what) {
-    auto* p = static_cast<unsigned char*>(out);
-    while (n > 0) {
-      unsigned chunk =
-          static_cast<unsigned>(std::min<std::size_t>(n, 1u << 30));
-      int got = gzread(file_.get(), p, chunk);
-      if (got < 0) {
-        int err = 0;
-        const char* msg = gzerror(file_.get(), &err);
-        fail(Code::kDataLoss,
-             "'{}': corrupt compressed data while reading {}: {}",
-             path_.string(), what, msg);
-      }
-      if (got == 0) {
-        fail(Code::kDataLoss, "'{}': truncated: file ends while reading {}",
-             path_.string(), what);
-      }
-      p += got;
-      n -= static_cast<std::size_t>(got);
-    }
-  }
-
-  void expect_end() {
-    unsigned char extra = 0;
-    if (gzread(file_.get(), &extra, 1) != 0) {
-      fail(Code::kDataLoss, "'{}': trailing bytes after the declared payload",
-           path_.string());
-    }
-  }
-
-  void expect_magic(std::uint32_t expected, const char* kind) {
-    std::uint32_t magic = read_u32("the magic number");
-    if (magic != expected) {
-      fail(Code::kDataLoss,
-           "'{}': bad magic number 0x{:08x}, expected 0x{:08x} ({})",
-           path_.string(), magic, expected, kind);
-    }
-  }
-
-  std::uint32_t read_dim(const char* what, std::uint32_t max) {
-    std::uint32_t v = read_u32(what);
-    if (v == 0 || v > max) {
-      fail(Code::kDataLoss, "'{}': implausible {} {} (accepted 1..{})",
-           path_.string(), what, v, max);
-    }
-    return v;
-  }
-
- private:
-  fs::path path_;
-  GzFile file_;
-};
 
 // `<dir>/<stem>.gz`, or `<dir>/<stem>` when only the uncompressed file exists.
 fs::path locate(const fs::path& dir, const std::string& stem) {
@@ -130,27 +46,31 @@ const std::vector<std::string>& fashion_mnist_class_names() {
   return kNames;
 }
 
+namespace {
+
+IdxArray read_idx(const fs::path& path, IdxKind kind) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) {
+    fail(Code::kNotFound, "IDX file '{}' does not exist", path.string());
+  }
+  return parse_idx(read_file(path), kind, path.string());
+}
+
+// The array's bytes as a tensor that owns them (no copy).
+torch::Tensor idx_tensor(IdxArray&& a) {
+  auto* owned = new std::vector<std::uint8_t>(std::move(a.data));
+  return torch::from_blob(
+      owned->data(), a.shape, [owned](void*) { delete owned; }, torch::kUInt8);
+}
+
+}  // namespace
+
 torch::Tensor read_idx_images(const fs::path& path) {
-  IdxReader in(path);
-  in.expect_magic(kImagesMagic, "IDX images: unsigned bytes, 3 dimensions");
-  std::uint32_t n = in.read_dim("image count", kMaxItems);
-  std::uint32_t rows = in.read_dim("row count", kMaxSide);
-  std::uint32_t cols = in.read_dim("column count", kMaxSide);
-  auto images = torch::empty({n, rows, cols}, torch::kUInt8);
-  in.read_exact(images.data_ptr<std::uint8_t>(), std::size_t{n} * rows * cols,
-                "the image payload");
-  in.expect_end();
-  return images;
+  return idx_tensor(read_idx(path, IdxKind::kImages));
 }
 
 torch::Tensor read_idx_labels(const fs::path& path) {
-  IdxReader in(path);
-  in.expect_magic(kLabelsMagic, "IDX labels: unsigned bytes, 1 dimension");
-  std::uint32_t n = in.read_dim("label count", kMaxItems);
-  auto labels = torch::empty({n}, torch::kUInt8);
-  in.read_exact(labels.data_ptr<std::uint8_t>(), n, "the label payload");
-  in.expect_end();
-  return labels.to(torch::kInt64);
+  return idx_tensor(read_idx(path, IdxKind::kLabels)).to(torch::kInt64);
 }
 
 Dataset load_fashion_mnist(Split split,

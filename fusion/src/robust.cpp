@@ -11,18 +11,6 @@
 #include "chorus/fusion/random.hpp"
 
 namespace chorus::fusion {
-namespace {
-
-// Expert i's column of each global label (−1 where it has none).
-std::vector<std::int64_t> columns(const ExpertInfo& e,
-                                  std::int64_t num_classes) {
-  std::vector<std::int64_t> out(static_cast<std::size_t>(num_classes), -1);
-  for (std::size_t c = 0; c < e.labels.size(); ++c)
-    out[static_cast<std::size_t>(e.labels[c])] = static_cast<std::int64_t>(c);
-  return out;
-}
-
-}  // namespace
 
 std::vector<ExpertTrust> judge_experts(
     const std::vector<torch::Tensor>& answers,

@@ -16,6 +16,8 @@
 #include "chorus/protocol/tensor_codec.hpp"
 #endif
 
+#include <google/protobuf/stubs/logging.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -85,6 +87,13 @@ void decode(const chorus::v1::Envelope& e) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
                                       std::size_t size) {
+  // Protobuf's own complaints (invalid UTF-8 in a string field) are not
+  // findings, and writing them would slow the fuzzer down.
+  static const bool quiet = [] {
+    google::protobuf::SetLogHandler(nullptr);
+    return true;
+  }();
+  (void)quiet;
   std::span<const std::uint8_t> rest(data, size);
   // Small frames, so that a fuzzer explores bodies rather than sizes.
   constexpr std::uint32_t kMaxFrame = 1 << 16;

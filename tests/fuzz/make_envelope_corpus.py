@@ -1,7 +1,11 @@
 # Seed corpus of chorus.v1 frames (tests/fuzz/corpus/envelope), written with a
 # minimal protobuf encoder (field numbers from protocol/chorus/v1/chorus.proto):
-#   /usr/bin/python3 tests/fuzz/make_envelope_corpus.py tests/fuzz/corpus/envelope
-import struct, sys, os
+#   /usr/bin/python3 tests/fuzz/make_envelope_corpus.py tests/fuzz/corpus/envelope \
+#       [tests/fuzz/corpus/dispatch]
+# The second directory gets streams for the dispatch target: whole ModelPushes
+# (one and several chunks, their SHA-256 right), pushes out of order, Hellos
+# that fit and do not fit Fashion-MNIST, and predictions that spend a budget.
+import hashlib, struct, sys, os
 def varint(n):
     n &= (1 << 64) - 1
     out = b''
@@ -42,8 +46,48 @@ seeds['stream'] = seeds['hello'] + heartbeat + seeds['predict_request'] + seeds[
 seeds['predict_uint8'] = frame(u(1, 13) + s(4, u(1, 1) + s(2, tensor(U8, [1, 3, 4, 4], bytes(range(48))))))
 seeds['predict_int64'] = frame(u(1, 14) + s(4, s(2, tensor(I64, [2], struct.pack('<2q', 1, -1)))))
 seeds['predict_bf16'] = frame(u(1, 15) + s(4, s(2, tensor(BF16, [2], b'\x80\x3f\x00\x40'))))
+def push(request_id, round_, model, chunks, digest=None, total=None):
+    digest = digest if digest is not None else hashlib.sha256(model).digest()
+    total = len(model) if total is None else total
+    size = max(1, -(-len(model) // chunks))
+    out = b''
+    for i in range(chunks):
+        part = model[i * size:(i + 1) * size]
+        out += frame(u(1, request_id + i) + s(6, u(1, round_) + s(2, "foe-distill") + s(3, "mlp in=4 classes=2") +
+                                             u(4, i) + u(5, chunks) + u(6, total) + s(7, digest) + s(8, part)))
+    return out
+model = bytes(range(256)) * 3
+dispatch = {}
+dispatch['push_one_chunk'] = push(1, 1, b"hello model", 1)
+dispatch['push_three_chunks'] = push(1, 2, model, 3)
+dispatch['push_then_older'] = push(1, 3, model, 2) + push(10, 2, b"old", 1)
+def push_frames(*args, **kw):
+    data, frames = push(*args, **kw), []
+    while data:
+        n = struct.unpack('>I', data[:4])[0]
+        frames.append(data[:4 + n])
+        data = data[4 + n:]
+    return frames
+three = push_frames(1, 1, model, 3)
+dispatch['push_out_of_order'] = three[0] + three[2] + three[1]
+dispatch['push_bad_digest'] = push(1, 1, model, 2, digest=bytes(32))
+dispatch['push_short'] = push(1, 1, model, 2, total=len(model) + 7)
+fashion = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+fit = packed(1, [1, 28, 28]) + u(2, U8) + b''.join(s(3, n) for n in ["Sandal", "Bag"])
+misfit = packed(1, [3, 32, 32]) + u(2, U8) + s(3, "Hat")
+dispatch['hello_fits'] = frame(s(2, u(1, 1) + u(2, 4) + s(3, "chorus 0.1.0") + s(4, fit) + s(5, policy) + s(6, "predict")))
+dispatch['hello_misfits'] = frame(s(2, u(1, 1) + u(2, 4) + s(3, "chorus 0.1.0") + s(4, misfit) + s(5, policy)))
+def predict(request_id, round_, rows):
+    return frame(u(1, request_id) + s(4, u(1, round_) + s(2, tensor(U8, [rows, 1, 28, 28], b''))))
+dispatch['predictions_spend_budget'] = b''.join(predict(i, 1 + i // 3, 900) for i in range(8))
+dispatch['stream'] = dispatch['hello_fits'] + predict(1, 1, 64) + push(2, 1, b"m", 1) + predict(3, 2, 64)
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 for k, v in seeds.items():
     open(os.path.join(out, k + '.bin'), 'wb').write(v)
 print(len(seeds), "seeds")
+if len(sys.argv) > 2:
+    os.makedirs(sys.argv[2], exist_ok=True)
+    for k, v in {**seeds, **dispatch}.items():
+        open(os.path.join(sys.argv[2], k + '.bin'), 'wb').write(v)
+    print(len(seeds) + len(dispatch), "dispatch seeds")

@@ -12,7 +12,8 @@
 #   --build DIR   where to build and keep the corpora (default build-fuzz)
 #   --merge       add to tests/fuzz/corpus/TARGET the grown corpus's inputs
 #                 that reach new code
-#   TARGET        npy, csv, config, envelope (default: all)
+#   TARGET        npy, csv, config, envelope, idx, image, archive,
+#                 dispatch (default: all)
 #
 # Exits 77 (skipped) when clang++-14 or libFuzzer's runtime is missing.
 set -euo pipefail
@@ -29,11 +30,11 @@ while [ $# -gt 0 ]; do
     --seconds) seconds=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --merge) merge=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(npy csv config envelope)
+[ ${#targets[@]} -gt 0 ] || targets=(npy csv config envelope idx image archive dispatch)
 
 if ! command -v clang++-14 >/dev/null 2>&1; then
   echo "fuzz: SKIP: clang++-14 is not installed (scripts/install-deps.sh installs it)"

@@ -90,6 +90,23 @@ Image decode_image(std::string_view bytes, std::int64_t channels,
                    std::string_view origin,
                    std::int64_t max_pixels = std::int64_t{1} << 26);
 
+/// Which IDX file: images (magic 0x00000803: unsigned bytes, [N, rows,
+/// cols]) or labels (0x00000801: unsigned bytes, [N]).
+enum class IdxKind { kImages, kLabels };
+
+/// A parsed IDX file.
+struct IdxArray {
+  std::vector<std::int64_t> shape;
+  std::vector<std::uint8_t> data;  ///< prod(shape) bytes.
+};
+
+/// Parses an IDX file (MNIST's format), gzip-compressed (its CRC checked) or
+/// not: the magic of `kind`, dimensions of 1..10,000,000 items and 1..4,096
+/// pixels a side, and a payload of exactly the declared size. Memory grows
+/// with the bytes actually read, not with what the header claims.
+IdxArray parse_idx(std::string_view bytes, IdxKind kind,
+                   std::string_view origin);
+
 /// Where examples come from (read by `read_examples`, data_files.hpp).
 ///
 /// `path` is one of:
