@@ -103,6 +103,17 @@ TEST_CASE("idx: corrupt files are DATA_LOSS with a precise message") {
   CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "huge"); }) ==
         Code::kDataLoss);
 
+  // A header within every limit that claims 160 TiB: refused as truncated
+  // once the bytes run out, not by allocating what it claims (the process
+  // would be killed first).
+  for (bool gzip : {true, false}) {
+    write_idx(dir / "claims", 0x803, {10000000u, 4096, 4096}, pixels(5000),
+              gzip);
+    CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "claims"); },
+                  &msg) == Code::kDataLoss);
+    CHECK(contains(msg, "truncated"));
+  }
+
   std::ofstream(dir / "header-only", std::ios::binary) << be32(0x803);
   CHECK(code_of([&] { chorus::fusion::read_idx_images(dir / "header-only"); },
                 &msg) == Code::kDataLoss);
