@@ -18,6 +18,7 @@
 #include "eval_command.hpp"
 #include "node_command.hpp"
 #include "predict_command.hpp"
+#include "report_command.hpp"
 #include "simulate_command.hpp"
 #include "status_command.hpp"
 
@@ -86,6 +87,10 @@ int main(int argc, char** argv) {
   {
     auto run = chorus::app::add_status_command(app);
     commands.push_back({app.get_subcommand("status"), std::move(run)});
+  }
+  {
+    auto run = chorus::app::add_report_command(app);
+    commands.push_back({app.get_subcommand("report"), std::move(run)});
   }
 
   try {

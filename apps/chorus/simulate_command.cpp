@@ -99,6 +99,10 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
         result.experts_cached, result.total_seconds);
     fmt::print("run directory: {} (report.json, metrics.jsonl, fused.pt)\n",
                result.run_dir.string());
+    fmt::print(
+        "report: {} (the table, plots and per-node figures in one "
+        "page)\n",
+        result.html_report.string());
     return 0;
   };
 }

@@ -35,6 +35,11 @@ void write_report(const SimulateOptions& o, const SimulateResult& result) {
                         {"experts_cached", result.experts_cached},
                         {"total_seconds", result.total_seconds},
                         {"rows", rows}};
+  if (!result.confusion.empty()) {
+    report["confusion"] = {{"method", result.confusion_method},
+                           {"labels", result.label_names},
+                           {"matrix", result.confusion}};
+  }
   write_file_atomic(o.out / "report.json", report.dump(2) + "\n");
 }
 

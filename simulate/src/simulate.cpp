@@ -18,6 +18,7 @@
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/train.hpp"
 #include "chorus/node/local_data.hpp"
+#include "chorus/simulate/html_report.hpp"
 #include "cluster.hpp"
 #include "experts.hpp"
 #include "report.hpp"
@@ -309,6 +310,20 @@ SimulateResult run_simulation(const SimulateOptions& o) {
       replay.reset_stats();
       auto probs = fuser->predict(replay, test.inputs);
       const auto s = replay.total_stats();
+      if (name == algorithms.front()) {
+        const auto c = classes;
+        auto flat = torch::zeros({c * c}, torch::kLong);
+        flat.index_add_(0, test.labels.to(torch::kLong) * c + probs.argmax(1),
+                        torch::ones({test.size()}, torch::kLong));
+        result.confusion_method = name;
+        result.label_names = task.labels.names();
+        result.confusion.assign(static_cast<std::size_t>(c), {});
+        auto acc = flat.accessor<std::int64_t, 1>();
+        for (std::int64_t i = 0; i < c; ++i)
+          for (std::int64_t j = 0; j < c; ++j)
+            result.confusion[static_cast<std::size_t>(i)].push_back(
+                acc[i * c + j]);
+      }
       result.rows.push_back(ResultRow{
           .method = name == algorithms.front() ? name + " (broadcast)" : name,
           .accuracy = fu::accuracy(probs, test.labels),
@@ -330,6 +345,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
   result.total_seconds = since(t_start);
 
   write_report(o, result);
+  result.html_report = write_html_report(o.out);
   return result;
 }
 

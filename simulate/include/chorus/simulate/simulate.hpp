@@ -68,6 +68,13 @@ struct SimulateResult {
   double expert_seconds = 0;  ///< Training (0 when every expert was cached).
   int experts_cached = 0;
   double total_seconds = 0;
+  /// The broadcast model's confusion matrix on the test set: rows the true
+  /// labels, columns the predictions, in the order of `label_names`.
+  std::string confusion_method;
+  std::vector<std::string> label_names;
+  std::vector<std::vector<std::int64_t>> confusion;
+  /// The page `chorus report` writes (RUN_DIR/report.html).
+  std::filesystem::path html_report;
 };
 
 /// Runs it. Prints progress to stderr; throws `chorus::Error`.
