@@ -48,6 +48,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(0, 1);
   app.footer(
       "Run 'chorus SUBCOMMAND --help' for a subcommand's options.\n"
+      "On a terminal, long work draws live progress bars on stderr "
+      "(CHORUS_PROGRESS=0 turns them off); on a pipe or a file only the "
+      "plain lines are written.\n"
       "Exit status: 0 success, 1 error, 2 usage error, 130 interrupted "
       "(Ctrl-C).\n"
       "Documentation: README.md and examples/ in the source tree.");

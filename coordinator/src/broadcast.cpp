@@ -6,6 +6,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/core/progress.hpp"
 #include "chorus/protocol/digest.hpp"
 #include "chorus/protocol/eventual.hpp"
 
@@ -20,6 +21,10 @@ asio::awaitable<std::vector<std::string>> push_all(
   const std::string digest = protocol::sha256(bytes);
   const auto count =
       static_cast<std::uint32_t>((bytes.size() + chunk - 1) / chunk);
+  // On a terminal: the bytes delivered, over every node taking the model.
+  progress::Bar bar(
+      fmt::format("push round {} to {} node(s)", model.round, taking.size()),
+      static_cast<double>(bytes.size() * taking.size()), "bytes");
   for (std::uint32_t i = 0; i < count && !taking.empty(); ++i) {
     std::vector<asio::awaitable<CallResult<protocol::Ack>>> acks;
     for (const auto& link : taking) {
@@ -43,6 +48,8 @@ asio::awaitable<std::vector<std::string>> push_all(
         still.push_back(taking[k]);
       }
     }
+    bar.advance(static_cast<double>(
+        std::min(chunk, bytes.size() - std::size_t{i} * chunk) * still.size()));
     taking = std::move(still);
   }
   std::vector<std::string> out;

@@ -17,6 +17,7 @@
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
 #include "chorus/core/metrics.hpp"
+#include "chorus/core/progress.hpp"
 #include "chorus/core/version.hpp"
 #include "chorus/fusion/algorithms.hpp"
 #include "chorus/fusion/data_files.hpp"
@@ -367,13 +368,13 @@ void reload_membership(NodeRegistry& registry, const CoordinatorConfig& k,
         fmt::join(summary.nodes_removed, ", "),
         fmt::join(fresh.operators, ", "), summary.revoked_serials,
         fmt::join(summary.dropped, "; "));
-    fmt::print(stderr,
-               "reloaded (SIGHUP): roster {} (added {}, removed {}); operators "
-               "{}; {} certificate(s) revoked by the CRL; connections "
-               "dropped: {}\n",
-               list(fresh.roster), list(summary.nodes_added),
-               list(summary.nodes_removed), list(fresh.operators),
-               summary.revoked_serials, list(summary.dropped));
+    progress::println(
+        "reloaded (SIGHUP): roster {} (added {}, removed {}); operators "
+        "{}; {} certificate(s) revoked by the CRL; connections "
+        "dropped: {}\n",
+        list(fresh.roster), list(summary.nodes_added),
+        list(summary.nodes_removed), list(fresh.operators),
+        summary.revoked_serials, list(summary.dropped));
     if (others_changed) {
       log.warn(
           "event=reload_partial reason=\"keys other than coordinator.roster, "
@@ -385,8 +386,8 @@ void reload_membership(NodeRegistry& registry, const CoordinatorConfig& k,
         "event=reload_failed error=\"{}\" kept=\"the roster, operators "
         "and TLS material in use\"",
         e.what());
-    fmt::print(stderr, "reload (SIGHUP) failed, nothing changed: {}\n",
-               describe(e));
+    progress::println("reload (SIGHUP) failed, nothing changed: {}\n",
+                      describe(e));
   }
 }
 
@@ -472,8 +473,8 @@ int run_coordinator(const CoordinatorConfig& k, bool resume,
                             ? fmt::format("[{}]:{}", host, registry.port())
                             : fmt::format("{}:{}", host, registry.port()));
   }
-  fmt::print(stderr, "coordinator '{}' listening on {}; roster: {}\n", k.name,
-             fmt::join(addresses, ", "), fmt::join(k.roster, ", "));
+  progress::println("coordinator '{}' listening on {}; roster: {}\n", k.name,
+                    fmt::join(addresses, ", "), fmt::join(k.roster, ", "));
   std::optional<protocol::MetricsServer> metrics_server;
   if (!k.metrics_listen.empty()) {
     metrics_server.emplace(k.metrics_listen, "metrics.listen");
@@ -511,9 +512,8 @@ int run_coordinator(const CoordinatorConfig& k, bool resume,
   registry.serve_status(co.status);
   co.on_round = [](const RoundReport& r) {
     if (r.resumed) {
-      fmt::print(stderr,
-                 "round {}/{}: complete in a checkpoint, not repeated\n",
-                 r.round, r.rounds);
+      progress::println("round {}/{}: complete in a checkpoint, not repeated\n",
+                        r.round, r.rounds);
       return;
     }
     fmt::print(
@@ -569,24 +569,23 @@ int run_coordinator(const CoordinatorConfig& k, bool resume,
           [&](const std::string&, const protocol::PredictCall& call) {
             return coordinator.answer(call);
           });
-      fmt::print(stderr,
-                 "serving fused predictions ({}, round {}) to {} on port {}; "
-                 "Ctrl-C stops\n",
-                 k.algorithm, k.rounds, fmt::join(k.operators, ", "),
-                 registry.port());
+      progress::println(
+          "serving fused predictions ({}, round {}) to {} on port {}; "
+          "Ctrl-C stops\n",
+          k.algorithm, k.rounds, fmt::join(k.operators, ", "), registry.port());
       std::unique_lock lock(serving_mutex);
       serving_done.wait(lock, [&] { return stop_serving; });
       registry.serve_operators(nullptr);
     }
   } catch (const Error& e) {
     if (stop.stop_requested()) {
-      fmt::print(stderr,
-                 "chorus coordinator: interrupted ({}); the answers received "
-                 "are checkpointed in {}: --resume continues from them\n",
-                 e.what(), k.run_dir.string());
+      progress::println(
+          "chorus coordinator: interrupted ({}); the answers received "
+          "are checkpointed in {}: --resume continues from them\n",
+          e.what(), k.run_dir.string());
       status = 130;
     } else {
-      fmt::print(stderr, "chorus coordinator: {}\n", describe(e));
+      progress::println("chorus coordinator: {}\n", describe(e));
       status = 1;
     }
   }

@@ -13,6 +13,20 @@ StatusBoard::StatusBoard(std::string coordinator, std::string algorithm,
 void StatusBoard::phase(std::uint32_t round, std::string phase) {
   std::lock_guard lock(mutex_);
   if (phase == "query") progress_.clear();
+  if (progress::enabled()) {
+    if (phase == "done" || phase == "serving") {
+      node_bars_.clear();
+      round_bar_.reset();
+    } else {
+      if (phase == "query" || round != round_) node_bars_.clear();
+      if (!round_bar_ || round != round_) {
+        round_bar_.reset();
+        round_bar_ = std::make_unique<progress::Bar>(
+            fmt::format("round {}/{}", round, rounds_), 0, "");
+      }
+      round_bar_->set_detail(fmt::format("{}: {}", algorithm_, phase));
+    }
+  }
   round_ = round;
   phase_ = std::move(phase);
   since_ = std::chrono::steady_clock::now();
@@ -21,21 +35,39 @@ void StatusBoard::phase(std::uint32_t round, std::string phase) {
 void StatusBoard::asking(const std::string& node, std::int64_t inputs) {
   std::lock_guard lock(mutex_);
   progress_[node].asked += inputs;
+  if (progress::enabled()) {
+    auto& bar = node_bars_[node];
+    if (!bar) {
+      bar = std::make_unique<progress::Bar>(
+          fmt::format("  {:<10}", node),
+          static_cast<double>(progress_[node].asked), "inputs");
+    } else {
+      bar->set_total(static_cast<double>(progress_[node].asked));
+    }
+  }
 }
 
 void StatusBoard::answered(const std::string& node, std::int64_t inputs) {
   std::lock_guard lock(mutex_);
   progress_[node].answered += inputs;
+  if (const auto bar = node_bars_.find(node); bar != node_bars_.end()) {
+    bar->second->update(static_cast<double>(progress_[node].answered));
+  }
 }
 
 void StatusBoard::left_out(const std::string& node, std::string reason) {
   std::lock_guard lock(mutex_);
+  if (const auto bar = node_bars_.find(node); bar != node_bars_.end()) {
+    bar->second->set_detail("left out: " + reason);
+  }
   progress_[node].left_out = std::move(reason);
 }
 
 void StatusBoard::round_done(std::uint32_t round) {
   std::lock_guard lock(mutex_);
   rounds_done_ = std::max(rounds_done_, round);
+  node_bars_.clear();
+  round_bar_.reset();
 }
 
 protocol::CoordinatorStatus StatusBoard::snapshot(

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/progress.hpp"
 
 namespace chorus::log {
 namespace {
@@ -27,12 +28,39 @@ State& state() {
   return s;
 }
 
+// The console sink while progress bars are drawn: the colour sink writes
+// each line to stderr itself, with the bars erased around it.
+class AboveBarsSink final : public spdlog::sinks::sink {
+ public:
+  explicit AboveBarsSink(spdlog::sink_ptr inner) : inner_(std::move(inner)) {}
+  void log(const spdlog::details::log_msg& msg) override {
+    progress::around([&] {
+      inner_->log(msg);
+      inner_->flush();
+    });
+  }
+  void flush() override { inner_->flush(); }
+  void set_pattern(const std::string& pattern) override {
+    inner_->set_pattern(pattern);
+  }
+  void set_formatter(std::unique_ptr<spdlog::formatter> formatter) override {
+    inner_->set_formatter(std::move(formatter));
+  }
+
+ private:
+  spdlog::sink_ptr inner_;
+};
+
 std::vector<spdlog::sink_ptr> make_sinks(const Options& options) {
   std::vector<spdlog::sink_ptr> sinks;
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>(
       options.color && ::isatty(STDERR_FILENO) ? spdlog::color_mode::automatic
                                                : spdlog::color_mode::never);
-  sinks.push_back(std::move(console));
+  if (progress::enabled()) {
+    sinks.push_back(std::make_shared<AboveBarsSink>(std::move(console)));
+  } else {
+    sinks.push_back(std::move(console));
+  }
   if (options.file) {
     sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(
         options.file->string(), /*truncate=*/false));

@@ -165,6 +165,7 @@ class FrugalFuser : public Fuser {
   std::optional<FusedModel> fused_model() const override {
     return std::nullopt;
   }
+  FrugalFoe& model() { return frugal_; }
 
  private:
   FrugalFoe frugal_;
@@ -547,6 +548,11 @@ TaeModel* tae_model(Fuser& fuser) {
     return tae_model(robust->inner());
   auto* tae = dynamic_cast<TaeFuser*>(&fuser);
   return tae ? &tae->model() : nullptr;
+}
+
+FrugalFoe* frugal_model(Fuser& fuser) {
+  auto* frugal = dynamic_cast<FrugalFuser*>(&fuser);
+  return frugal ? &frugal->model() : nullptr;
 }
 
 std::vector<ExpertTrust> expert_verdicts(const Fuser& fuser) {

@@ -63,6 +63,7 @@ DistillResult distill(const torch::Tensor& inputs, const torch::Tensor& teacher,
                            .threads(options.threads())
                            .device(options.device())
                            .stop(options.stop())
+                           .progress("fit: distilled student")
                            .on_epoch(options.on_epoch());
   DistillResult result;
   result.train = n_val > 0 ? train(*student, x, y, train_options,

@@ -50,6 +50,7 @@ TrainResult Foe::fit(const std::vector<torch::Tensor>& answers,
                            .threads(options_.threads())
                            .device(options_.device())
                            .stop(options_.stop())
+                           .progress("fit: FoE fuser")
                            .on_epoch(options_.on_epoch());
   fuser_ = make_fuser();
   TrainResult result = train(*fuser_, x, labels, train_options);

@@ -5,6 +5,7 @@
 #include <bit>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/progress.hpp"
 #include "chorus/fusion/train.hpp"
 
 namespace chorus::fusion {
@@ -139,11 +140,14 @@ void FrugalFoe::prepare_fusers(const std::vector<Mask>& masks) {
     if (!fusers_.count(m)) todo.push_back(m);
   std::vector<std::unique_ptr<Foe>> trained(todo.size());
   const int threads = options_.fuser().threads();
+  progress::Bar bar("fit: frugal fusers of expert subsets",
+                    static_cast<double>(todo.size()), "subsets");
   run_jobs(static_cast<std::int64_t>(todo.size()),
            threads > 0 ? threads : torch::get_num_threads(),
            [&](std::int64_t i, int job_threads) {
              trained[static_cast<std::size_t>(i)] =
                  train_fuser(todo[static_cast<std::size_t>(i)], job_threads);
+             bar.advance(1);
            });
   for (std::size_t i = 0; i < todo.size(); ++i)
     fusers_.emplace(todo[i], std::move(trained[i]));

@@ -8,9 +8,11 @@
 #include <exception>
 #include <mutex>
 #include <numbers>
+#include <optional>
 #include <thread>
 
 #include "chorus/core/error.hpp"
+#include "chorus/core/progress.hpp"
 #include "chorus/fusion/optim.hpp"
 #include "chorus/fusion/random.hpp"
 
@@ -170,6 +172,13 @@ TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
   TrainResult result;
   std::vector<torch::Tensor> best;
   std::int64_t step = 0, since_best = 0;
+  // On a terminal: examples seen out of all epochs', with the epoch and the
+  // running loss.
+  std::optional<progress::Bar> bar;
+  if (!options.progress().empty() && progress::enabled()) {
+    bar.emplace(options.progress(), static_cast<double>(n * options.epochs()),
+                "examples");
+  }
   for (std::int64_t epoch = 1; epoch <= options.epochs(); ++epoch) {
     const auto epoch_start = Clock::now();
     model.train();
@@ -192,6 +201,12 @@ TrainResult train(ClassifierImpl& model, const torch::Tensor& x,
       loss.backward();
       optimizer->step();
       loss_sum += loss.item<double>();
+      if (bar) {
+        bar->update(
+            static_cast<double>(std::min(n, (b + 1) * bs) + (epoch - 1) * n),
+            fmt::format("epoch {}/{} loss {:.4f}", epoch, options.epochs(),
+                        loss_sum / (b + 1)));
+      }
     }
     EpochReport report{.epoch = epoch,
                        .epochs = options.epochs(),

@@ -164,6 +164,7 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                     .seed(options.seed())
                     .threads(options.threads())
                     .device(options.device())
+                    .progress(fmt::format("train {} expert", arch))
                     .on_epoch(options.on_epoch()));
   TrainExpertResult result;
   result.examples = rest.numel();

@@ -7,6 +7,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/core/progress.hpp"
 #include "chorus/core/version.hpp"
 #include "chorus/fusion/device.hpp"
 #include "chorus/fusion/models.hpp"
@@ -125,10 +126,10 @@ std::vector<SimExpert> prepare_experts(const SimulateOptions& o,
                       .lr(2e-3)
                       .seed(seed)
                       .threads(threads)
-                      .device(device));
+                      .device(device)
+                      .progress(fmt::format("train {} {}", e.name, e.arch)));
         node::save_builtin_expert(model, spec, e.labels, e.file);
-        fmt::print(
-            stderr,
+        progress::println(
             "trained {:<8} {:<6} on [{}]: {} examples, {} epochs, {:.1f} s\n",
             e.name, e.arch, fmt::join(e.labels, ", "), x.size(0), epochs,
             since(t0));

@@ -113,13 +113,36 @@ std::string results(const json& report) {
                    .group = method.rfind("expert ", 0) == 0 ? 0 : 1});
   }
   out += "</table>\n";
+  // Frugal's λ sweep, when frugal ran: a point per λ on the same plane.
+  std::string curve_rows;
+  if (const auto curve = report.find("frugal_curve");
+      curve != report.end() && curve->is_array()) {
+    for (const auto& p : *curve) {
+      const auto label = fmt::format("frugal λ={}", fixed(num(p, "lambda"), 2));
+      points.push_back(svg::Point{.x = num(p, "queries_per_test_input"),
+                                  .y = num(p, "accuracy"),
+                                  .label = label,
+                                  .group = 2});
+      curve_rows +=
+          fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                      fixed(num(p, "lambda"), 2), fixed(num(p, "accuracy"), 4),
+                      fixed(num(p, "queries_per_test_input"), 2));
+    }
+  }
   out +=
       "<h2>Cost and accuracy</h2>\n<p class=\"note\">Each method's test "
       "accuracy against the expert queries it makes per test input: a "
       "single expert asks one, the ensembles and foe ask every expert, "
-      "frugal fewer. Grey: the experts alone.</p>\n";
+      "frugal fewer (its λ curve, when frugal ran, in its own colour: a "
+      "larger λ asks fewer). Grey: the experts alone.</p>\n";
   out += svg::scatter(points, "expert queries per test input", "test accuracy",
                       "Accuracy against expert queries");
+  if (!curve_rows.empty()) {
+    out +=
+        "<table>\n<tr><th>frugal λ</th><th>accuracy</th><th>queries per "
+        "test input</th></tr>\n" +
+        curve_rows + "</table>\n";
+  }
   return out;
 }
 
@@ -301,6 +324,33 @@ std::string adaptations(const std::vector<json>& metrics) {
          rows + "</table>\n";
 }
 
+// tae and dro: the nodes' mean test accuracy after adapting the broadcast
+// model with k shots per class (simulate's report.json).
+std::string adaptation_by_shots(const json& report) {
+  const auto it = report.find("adaptation_by_shots");
+  if (it == report.end() || !it->is_array() || it->empty()) return "";
+  std::vector<double> shots, accuracy;
+  std::string rows;
+  for (const auto& p : *it) {
+    shots.push_back(num(p, "shots"));
+    accuracy.push_back(num(p, "accuracy"));
+    rows += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                        fixed(num(p, "shots"), 0), fixed(num(p, "accuracy"), 4),
+                        fixed(num(p, "nodes"), 0));
+  }
+  return "<h2>Adaptation by shots</h2>\n<p class=\"note\">Each node adapts "
+         "the broadcast model with k of its own labelled examples per class "
+         "of its task (0: tae's prior for the task alone) and is scored on "
+         "the test examples of its classes; the mean over the nodes.</p>\n" +
+         svg::lines(shots,
+                    {svg::Series{.name = "mean accuracy", .y = accuracy}},
+                    "labelled shots per class", "test accuracy",
+                    "Accuracy after adaptation, by shots") +
+         "<table>\n<tr><th>shots per class</th><th>mean accuracy</th>"
+         "<th>nodes</th></tr>\n" +
+         rows + "</table>\n";
+}
+
 }  // namespace
 
 std::string render_html_report(const fs::path& run_dir) {
@@ -334,6 +384,7 @@ std::string render_html_report(const fs::path& run_dir) {
   if (report.contains("rows")) body += results(report);
   body += confusion(report);
   body += rounds(metrics);
+  body += adaptation_by_shots(report);
   body += adaptations(metrics);
   body += nodes(run_dir, metrics);
   return fmt::format(

@@ -35,6 +35,23 @@ void write_report(const SimulateOptions& o, const SimulateResult& result) {
                         {"experts_cached", result.experts_cached},
                         {"total_seconds", result.total_seconds},
                         {"rows", rows}};
+  if (!result.adaptation_by_shots.empty()) {
+    auto points = nlohmann::json::array();
+    for (const auto& p : result.adaptation_by_shots) {
+      points.push_back(
+          {{"shots", p.shots}, {"accuracy", p.accuracy}, {"nodes", p.nodes}});
+    }
+    report["adaptation_by_shots"] = std::move(points);
+  }
+  if (!result.frugal_curve.empty()) {
+    auto curve = nlohmann::json::array();
+    for (const auto& p : result.frugal_curve) {
+      curve.push_back({{"lambda", p.lambda},
+                       {"accuracy", p.accuracy},
+                       {"queries_per_test_input", p.queries_per_input}});
+    }
+    report["frugal_curve"] = std::move(curve);
+  }
   if (!result.confusion.empty()) {
     report["confusion"] = {{"method", result.confusion_method},
                            {"labels", result.label_names},

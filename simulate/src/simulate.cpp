@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include <optional>
 #include <sstream>
 
 #include "chorus/coordinator/coordinator.hpp"
@@ -10,6 +11,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/log.hpp"
+#include "chorus/core/progress.hpp"
 #include "chorus/core/version.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/datasets.hpp"
@@ -17,6 +19,7 @@
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/train.hpp"
+#include "chorus/node/adapt.hpp"
 #include "chorus/node/local_data.hpp"
 #include "chorus/simulate/html_report.hpp"
 #include "cluster.hpp"
@@ -134,6 +137,64 @@ std::shared_ptr<const node::LabelledShots> shots_of(const SimExpert& e,
       torch::tensor(local, torch::kLong)});
 }
 
+// tae and dro: each node adapts the broadcast model with k of its own
+// labelled examples per class (k = 0: tae's prior for the task alone) and
+// is scored on the test examples of its classes; the mean over the nodes
+// per k. Empty for the other algorithms.
+std::vector<SimulateResult::AdaptationPoint> adaptation_by_shots(
+    fu::Fuser& fuser, const std::vector<SimExpert>& experts,
+    const fu::Examples& train, const fu::Examples& test,
+    const std::vector<torch::Tensor>& shards) {
+  std::vector<SimulateResult::AdaptationPoint> out;
+  auto* tae = fu::tae_model(fuser);
+  std::optional<fu::FusedModel> dro;
+  if (tae == nullptr && fuser.name() == "dro") dro = fuser.fused_model();
+  if (tae == nullptr && !dro) return out;
+  progress::Bar bar("adaptation by shots",
+                    static_cast<double>(experts.size() * (tae ? 4 : 3)),
+                    "adaptations");
+  for (std::int64_t k : {0, 1, 2, 5}) {
+    if (k == 0 && tae == nullptr) continue;
+    double sum = 0;
+    std::int64_t nodes = 0;
+    for (std::size_t i = 0; i < experts.size(); ++i) {
+      const auto& e = experts[i];
+      auto local = fu::to_local_labels(test.labels, e.task);
+      auto known = local.ge(0).nonzero().flatten();
+      if (known.numel() == 0) continue;
+      auto tx = test.inputs.index_select(0, known);
+      auto ty = local.index_select(0, known);
+      torch::Tensor probs;
+      if (tae != nullptr) {
+        const auto classes = node::classes_of(*tae, e.labels);
+        if (k == 0) {
+          probs = tae->predict(
+              tx, tae->prior(fu::task_descriptor(classes, tae->task_dim())),
+              classes);
+        } else {
+          auto outcome =
+              node::adapt_tae(*tae, classes, *shots_of(e, train, shards[i], k));
+          probs = tae->predict(tx, outcome.adaptation, classes);
+        }
+      } else {
+        auto outcome =
+            node::adapt_dro(*dro, node::classes_in_space(*dro, e.labels),
+                            e.labels, *shots_of(e, train, shards[i], k));
+        probs = fu::predict_proba(*outcome.model, tx);
+      }
+      sum += fu::accuracy(probs, ty);
+      ++nodes;
+      bar.advance(1);
+    }
+    if (nodes > 0) {
+      out.push_back({.shots = k,
+                     .accuracy = sum / static_cast<double>(nodes),
+                     .nodes = nodes});
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 SimulateResult run_simulation(const SimulateOptions& o) {
@@ -176,14 +237,13 @@ SimulateResult run_simulation(const SimulateOptions& o) {
                            raw.train.labels};
   const fu::Examples test{fu::to_model_inputs(raw.test.inputs, task),
                           raw.test.labels};
-  fmt::print(stderr,
-             "data set {}: {} labels, inputs {}, normalise {}; {} training and "
-             "{} test "
-             "examples; U {} (V {}), {} classes per expert\n",
-             task.name, classes, task.describe_input(),
-             normalisation_name(task.normalisation), train.size(), test.size(),
-             sizes.transfer_size, sizes.fusion_labels,
-             sizes.classes_per_expert);
+  progress::println(
+      "data set {}: {} labels, inputs {}, normalise {}; {} training and "
+      "{} test "
+      "examples; U {} (V {}), {} classes per expert\n",
+      task.name, classes, task.describe_input(),
+      normalisation_name(task.normalisation), train.size(), test.size(),
+      sizes.transfer_size, sizes.fusion_labels, sizes.classes_per_expert);
   const std::int64_t shard = (train.size() - sizes.transfer_size) / o.experts;
   const int epochs =
       o.expert_epochs > 0
@@ -228,28 +288,30 @@ SimulateResult run_simulation(const SimulateOptions& o) {
     co.quorum_timeout = std::chrono::seconds(o.processes ? 120 : 30);
     co.run_dir = o.out;
     co.resume = o.resume;
+    // On a terminal, the rounds' live view: the phase, each node's answers.
+    co.status = std::make_shared<coordinator::StatusBoard>(
+        "simulate", co.algorithm, static_cast<std::uint32_t>(o.rounds));
     co.on_round = [tae = co.algorithm ==
                          "tae"](const coordinator::RoundReport& r) {
       if (r.resumed) {
-        fmt::print(stderr,
-                   "round {}/{}: complete in a checkpoint, not repeated\n",
-                   r.round, r.rounds);
+        progress::println(
+            "round {}/{}: complete in a checkpoint, not repeated\n", r.round,
+            r.rounds);
         return;
       }
-      fmt::print(stderr,
-                 "round {}/{}: {} nodes answered, {}, {} inputs queried, "
-                 "{:.1f} MB sent, {:.1f} MB received, pushed to {}{}, {:.1f} s "
-                 "({})\n",
-                 r.round, r.rounds, r.experts.size(),
-                 coordinator::describe_left_out(r), r.inputs_queried,
-                 static_cast<double>(r.bytes_sent) / 1e6,
-                 static_cast<double>(r.bytes_received) / 1e6,
-                 r.pushed_to.size(),
-                 r.adapted.empty()
-                     ? std::string()
-                     : fmt::format(", {} adapted it{}", r.adapted.size(),
-                                   tae ? " and sent their embedding" : ""),
-                 r.seconds, coordinator::describe_phases(r));
+      progress::println(
+          "round {}/{}: {} nodes answered, {}, {} inputs queried, "
+          "{:.1f} MB sent, {:.1f} MB received, pushed to {}{}, {:.1f} s "
+          "({})\n",
+          r.round, r.rounds, r.experts.size(),
+          coordinator::describe_left_out(r), r.inputs_queried,
+          static_cast<double>(r.bytes_sent) / 1e6,
+          static_cast<double>(r.bytes_received) / 1e6, r.pushed_to.size(),
+          r.adapted.empty()
+              ? std::string()
+              : fmt::format(", {} adapted it{}", r.adapted.size(),
+                            tae ? " and sent their embedding" : ""),
+          r.seconds, coordinator::describe_phases(r));
     };
     coordinator::PoolData pool{
         .inputs = train.inputs.index_select(0, split.transfer),
@@ -336,7 +398,23 @@ SimulateResult run_simulation(const SimulateOptions& o) {
           .bytes_received = s.bytes_received,
           .seconds =
               since(t0) + (name == algorithms.front() ? round_seconds : 0.0)});
+      // Frugal's λ trades accuracy for queries: the curve, on the same
+      // recorded answers (the subset fusers trained once, cached).
+      if (auto* frugal = fu::frugal_model(*fuser)) {
+        for (double lambda : {0.0, 0.01, 0.02, 0.05, 0.1, 0.2}) {
+          replay.reset_stats();
+          auto curve = frugal->predict(replay, test.inputs, lambda);
+          result.frugal_curve.push_back(SimulateResult::FrugalPoint{
+              .lambda = lambda,
+              .accuracy = fu::accuracy(curve.probs, test.labels),
+              .queries_per_input =
+                  static_cast<double>(replay.total_stats().inputs) /
+                  static_cast<double>(test.size())});
+        }
+      }
     }
+    result.adaptation_by_shots = adaptation_by_shots(
+        coordinator.fuser(), experts, train, test, split.expert_train);
   } catch (...) {
     cluster.stop();
     throw;

@@ -26,6 +26,12 @@ TEST_CASE("report: a run directory becomes one self-contained page") {
       {"method": "foe (broadcast)", "accuracy": 0.95, "task_accuracy": null,
        "train_queries": 100, "queries_per_test_input": 2.0,
        "bytes_sent": 2000, "bytes_received": 400, "seconds": 0.5}],
+    "adaptation_by_shots": [
+      {"shots": 0, "accuracy": 0.55, "nodes": 2},
+      {"shots": 5, "accuracy": 0.875, "nodes": 2}],
+    "frugal_curve": [
+      {"lambda": 0.0, "accuracy": 0.94, "queries_per_test_input": 1.9},
+      {"lambda": 0.1, "accuracy": 0.81, "queries_per_test_input": 1.1}],
     "confusion": {"method": "foe", "labels": ["class <0>", "class 1"],
                   "matrix": [[9, 1], [0, 10]]}})J";
   std::ofstream(dir / "metrics.jsonl")
@@ -43,6 +49,12 @@ TEST_CASE("report: a run directory becomes one self-contained page") {
   CHECK(html.rfind("<!DOCTYPE html>", 0) == 0);
   CHECK(contains(html, "<td>foe (broadcast)</td><td>0.9500</td>"));
   CHECK(contains(html, "Accuracy against expert queries"));
+  // tae/dro: accuracy by shots, drawn and tabled.
+  CHECK(contains(html, "Accuracy after adaptation, by shots"));
+  CHECK(contains(html, "<tr><td>5</td><td>0.8750</td><td>2</td></tr>"));
+  // Frugal's λ curve: on the plane and in its table.
+  CHECK(contains(html, "frugal λ=0.10"));
+  CHECK(contains(html, "<tr><td>0.10</td><td>0.8100</td><td>1.10</td></tr>"));
   CHECK(contains(html, "class &lt;0&gt;"));  // Escaped label names.
   CHECK(contains(html, "true class 1, predicted class 1: 10"));
   CHECK(contains(html, "b: UNAVAILABLE: gone"));  // Left out, and why.

@@ -1,15 +1,19 @@
 #pragma once
 // What the coordinator is doing, for `chorus status` (StatusRequest, protocol
 // 1.5): the round and its phase, set by the rounds; each node's progress in
-// the round, set as its answers arrive. Thread-safe; no torch, no Asio.
+// the round, set as its answers arrive. On a terminal it is also drawn live
+// (progress.hpp): a line for the round and its phase, one per node with
+// the inputs it answered of those asked. Thread-safe; no torch, no Asio.
 
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "chorus/core/progress.hpp"
 #include "chorus/protocol/messages.hpp"
 
 namespace chorus::coordinator {
@@ -52,6 +56,9 @@ class StatusBoard {
   std::chrono::steady_clock::time_point since_ =
       std::chrono::steady_clock::now();
   std::map<std::string, Progress> progress_;
+  // The live view (only when progress::enabled()).
+  std::unique_ptr<progress::Bar> round_bar_;
+  std::map<std::string, std::unique_ptr<progress::Bar>> node_bars_;
 };
 
 }  // namespace chorus::coordinator

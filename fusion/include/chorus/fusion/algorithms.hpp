@@ -128,6 +128,11 @@ std::unique_ptr<Fuser> make_fuser(const std::string& name,
 /// The global model of a fitted "tae" fuser (null for other algorithms).
 TaeModel* tae_model(Fuser& fuser);
 
+/// The cost-aware FoE of a fitted "frugal" fuser, to predict at another λ
+/// (null for other algorithms, and for a robust one: its predictions must
+/// go through the verdicts).
+FrugalFoe* frugal_model(Fuser& fuser);
+
 /// The verdicts on the experts of a fitted robust fuser (empty when the
 /// fuser is not robust).
 std::vector<ExpertTrust> expert_verdicts(const Fuser& fuser);

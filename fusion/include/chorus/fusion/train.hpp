@@ -6,6 +6,7 @@
 #include <functional>
 #include <optional>
 #include <stop_token>
+#include <string>
 
 #include "chorus/fusion/models.hpp"
 
@@ -50,6 +51,9 @@ struct TrainOptions {
   /// there; inputs and targets stay where they are, and the model is back
   /// on the CPU when `train` returns.
   TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
+  /// On a terminal (progress::enabled()), a live bar with this label:
+  /// examples, epoch, running loss, rate and ETA. Empty: none.
+  TORCH_ARG(std::string, progress) = "";
   /// Called after every epoch (progress reporting).
   TORCH_ARG(std::function<void(const EpochReport&)>, on_epoch) = nullptr;
   /// Checked before every batch: once a stop is requested, training throws

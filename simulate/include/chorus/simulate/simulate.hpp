@@ -68,6 +68,21 @@ struct SimulateResult {
   double expert_seconds = 0;  ///< Training (0 when every expert was cached).
   int experts_cached = 0;
   double total_seconds = 0;
+  /// Frugal's cost/accuracy curve when frugal was run: its test accuracy
+  /// and expert queries per test input at each λ of a sweep.
+  struct FrugalPoint {
+    double lambda = 0, accuracy = 0, queries_per_input = 0;
+  };
+  std::vector<FrugalPoint> frugal_curve;
+  /// tae and dro: what the nodes reach from the broadcast model with k
+  /// private labelled shots per class of their task (k = 0: tae's prior
+  /// alone), as the mean test accuracy over the nodes on their classes.
+  struct AdaptationPoint {
+    std::int64_t shots = 0;
+    double accuracy = 0;
+    std::int64_t nodes = 0;
+  };
+  std::vector<AdaptationPoint> adaptation_by_shots;
   /// The broadcast model's confusion matrix on the test set: rows the true
   /// labels, columns the predictions, in the order of `label_names`.
   std::string confusion_method;

@@ -1,0 +1,26 @@
+#!/usr/bin/env python3
+"""Prints what a `chorus simulate` report.json says of its curves, for the
+cli tests to match:
+
+  report_curves.py shots REPORT    tae/dro: the shots, the nodes, accuracies
+  report_curves.py frugal REPORT   frugal: the λ sweep and its queries
+"""
+import json
+import sys
+
+kind, path = sys.argv[1], sys.argv[2]
+report = json.load(open(path))
+if kind == "shots":
+    points = report["adaptation_by_shots"]
+    ok = all(0 <= p["accuracy"] <= 1 for p in points)
+    print("shots", [p["shots"] for p in points], "nodes",
+          [p["nodes"] for p in points],
+          "accuracies in [0, 1]" if ok else "accuracy out of range")
+elif kind == "frugal":
+    curve = report["frugal_curve"]
+    queries = [p["queries_per_test_input"] for p in curve]
+    falling = all(a >= b for a, b in zip(queries, queries[1:]))
+    print("lambdas", [p["lambda"] for p in curve], "queries",
+          "non-increasing" if falling else "grew", queries)
+else:
+    sys.exit(f"unknown kind {kind!r}")
