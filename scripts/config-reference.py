@@ -40,7 +40,7 @@ def keys_of(toml):
     section, out = "", []
     for line in toml.splitlines():
         line = line.strip().lstrip("# ").strip()
-        if m := re.fullmatch(r"\[([a-z_]+)\]", line):
+        if m := re.fullmatch(r"\[([a-z_.]+)\]", line):
             section = m.group(1)
         elif m := re.match(r"([a-z_]+) = ", line):
             out.append(f"{section}.{m.group(1)}")

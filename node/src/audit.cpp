@@ -109,6 +109,7 @@ void AuditLog::append(const AuditRecord& r) {
   line["budget_left"] =
       r.budget_left ? nlohmann::json(*r.budget_left) : nullptr;
   if (r.spent) line["spent"] = *r.spent;
+  if (r.epsilon_spent) line["epsilon_spent"] = *r.epsilon_spent;
   std::lock_guard lock(mutex_);
   line["prev"] = head_;
   write_line(line.dump());

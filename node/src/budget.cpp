@@ -1,10 +1,12 @@
 #include "chorus/node/budget.hpp"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/core/privacy.hpp"
 
 namespace chorus::node {
 namespace {
@@ -24,11 +26,34 @@ void BudgetPolicy::validate() const {
   CHORUS_CHECK(!round_budget || *round_budget >= 0,
                "query policy: round_budget must not be negative, got {}",
                round_budget.value_or(0));
+  if (privacy) {
+    CHORUS_CHECK(privacy->epsilon > 0 && std::isfinite(privacy->epsilon),
+                 "query policy: privacy.epsilon must be positive, got {}",
+                 privacy->epsilon);
+    CHORUS_CHECK(privacy->delta > 0 && privacy->delta < 1,
+                 "query policy: privacy.delta must be in (0, 1), got {}",
+                 privacy->delta);
+    CHORUS_CHECK(privacy->sigma > 0 && std::isfinite(privacy->sigma),
+                 "query policy: privacy.sigma must be positive, got {}",
+                 privacy->sigma);
+    CHORUS_CHECK(
+        privacy::gnmax_max_answers(privacy->sigma, privacy->epsilon,
+                                   privacy->delta) > 0,
+        "query policy: privacy.sigma = {} is too little noise for "
+        "even one answer within epsilon = {} (one answer spends {:.3g})",
+        privacy->sigma, privacy->epsilon,
+        privacy::gnmax_epsilon(privacy->sigma, 1, privacy->delta));
+  }
 }
 
 BudgetLedger::BudgetLedger(BudgetPolicy policy, std::filesystem::path state)
     : policy_(policy), state_(std::move(state)) {
   policy_.validate();
+  if (policy_.privacy) {
+    privacy_cap_ = privacy::gnmax_max_answers(policy_.privacy->sigma,
+                                              policy_.privacy->epsilon,
+                                              policy_.privacy->delta);
+  }
   std::error_code ec;
   if (state_.empty() || !std::filesystem::exists(state_, ec)) return;
   try {
@@ -51,7 +76,8 @@ BudgetLedger::BudgetLedger(BudgetPolicy policy, std::filesystem::path state)
 
 void BudgetLedger::persist() const {
   // Nothing to keep for a node without budgets.
-  if (state_.empty() || (!policy_.total_budget && !policy_.round_budget))
+  if (state_.empty() ||
+      (!policy_.total_budget && !policy_.round_budget && !policy_.privacy))
     return;
   write_file_atomic(state_, nlohmann::json{{"spent_total", spent_total_},
                                            {"spent_round", spent_round_}}
@@ -69,6 +95,15 @@ void BudgetLedger::charge(std::int64_t n) {
     fail(Code::kResourceExhausted,
          "query of {} inputs exceeds the total budget: {} of {} remaining", n,
          *policy_.total_budget - spent_total_, *policy_.total_budget);
+  }
+  if (policy_.privacy && spent_total_ + n > privacy_cap_) {
+    const auto& p = *policy_.privacy;
+    fail(Code::kResourceExhausted,
+         "query of {} inputs exceeds the privacy budget: epsilon spent {:.4f} "
+         "of {} allowed (delta {}, sigma {}); {} more answers fit",
+         n, privacy::gnmax_epsilon(p.sigma, spent_total_, p.delta), p.epsilon,
+         p.delta, p.sigma,
+         std::max<std::int64_t>(0, privacy_cap_ - spent_total_));
   }
   if (policy_.round_budget && spent_round_ + n > *policy_.round_budget) {
     fail(
@@ -119,6 +154,18 @@ std::optional<std::int64_t> BudgetLedger::round_remaining() const {
 std::int64_t BudgetLedger::spent() const {
   std::lock_guard lock(mutex_);
   return spent_total_;
+}
+
+std::optional<double> BudgetLedger::epsilon_spent() const {
+  if (!policy_.privacy) return std::nullopt;
+  std::lock_guard lock(mutex_);
+  return privacy::gnmax_epsilon(policy_.privacy->sigma, spent_total_,
+                                policy_.privacy->delta);
+}
+
+std::optional<double> BudgetLedger::epsilon_allowed() const {
+  if (!policy_.privacy) return std::nullopt;
+  return policy_.privacy->epsilon;
 }
 
 }  // namespace chorus::node

@@ -86,6 +86,18 @@ NodeConfig read_node_config(Config& c) {
   p.temperature = c.get_double("policy.temperature", p.temperature);
   p.noise_std = c.get_double("policy.noise_std", p.noise_std);
   p.noise_seed = static_cast<std::uint64_t>(c.get_int("policy.noise_seed", 0));
+  if (c.has("policy.privacy.epsilon")) {
+    PrivacyBudget privacy;
+    privacy.epsilon = c.get_double("policy.privacy.epsilon", 0);
+    privacy.delta = c.get_double("policy.privacy.delta", privacy.delta);
+    privacy.sigma = c.get_double("policy.privacy.sigma", privacy.sigma);
+    p.budget.privacy = privacy;
+  } else {
+    CHORUS_CHECK(
+        !c.has("policy.privacy.delta") && !c.has("policy.privacy.sigma"),
+        "[policy.privacy] needs epsilon (the budget) besides delta "
+        "and sigma");
+  }
   p.validate();
 
   n.audit_log = c.resolve(c.get_string("audit.log", ""));
@@ -178,6 +190,7 @@ std::string to_toml(const NodeConfig& n) {
       "{}\nshare_weights = {}\n\n"
       "[policy]\nmax_batch = {}\n{}{}rate_limit = {}\noutput_form = \"{}\"\n"
       "top_k = {}\ntemperature = {}\nnoise_std = {}\nnoise_seed = {}\n\n"
+      "[policy.privacy]\n{}\n"
       "[audit]\nlog = {}\nseal_every = {}\n\n[metrics]\nlisten = {}\n\n"
       "[adapt]\nshots_per_class = "
       "{}\nseed = {}\n\n"
@@ -200,6 +213,14 @@ std::string to_toml(const NodeConfig& n) {
       opt(n.policy.budget.round_budget, "round_budget"), n.policy.rate_limit,
       output_form_name(n.policy.output_form), n.policy.top_k,
       n.policy.temperature, n.policy.noise_std, n.policy.noise_seed,
+      n.policy.budget.privacy
+          ? fmt::format("epsilon = {}\ndelta = {}\nsigma = {}\n",
+                        n.policy.budget.privacy->epsilon,
+                        n.policy.budget.privacy->delta,
+                        n.policy.budget.privacy->sigma)
+          : std::string("# epsilon = (none: no formal guarantee)\n"
+                        "# delta = 1e-05\n# sigma = (the noise's std, in "
+                        "votes)\n"),
       toml_quoted(n.audit_log.string()), n.audit_seal_every,
       toml_quoted(n.metrics_listen), n.adapt_shots_per_class, n.adapt_seed,
       toml_quoted(n.train.arch()), n.train.epochs(), n.train.batch_size(),

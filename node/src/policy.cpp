@@ -40,6 +40,17 @@ void QueryPolicy::validate() const {
                temperature);
   CHORUS_CHECK(std::isfinite(noise_std) && noise_std >= 0,
                "query policy: noise_std must be >= 0, got {}", noise_std);
+  if (budget.privacy) {
+    // GNMax's answer is a label: no other form is covered by the guarantee.
+    CHORUS_CHECK(output_form == OutputForm::kLabelOnly,
+                 "query policy: [policy.privacy] answers are noisy labels; set "
+                 "output_form = \"label-only\" (got \"{}\")",
+                 output_form_name(output_form));
+    CHORUS_CHECK(noise_std == 0,
+                 "query policy: noise_std and [policy.privacy] are two noise "
+                 "mechanisms; keep only [policy.privacy] (noise_std = {})",
+                 noise_std);
+  }
 }
 
 RateLimiter::RateLimiter(double rate) : rate_(rate) {

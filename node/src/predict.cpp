@@ -118,6 +118,21 @@ protocol::PredictAnswer NodeService::run_predict(PredictJob& job) {
 
 torch::Tensor NodeService::Impl::shape_output(torch::Tensor p) {
   const auto& pol = options.policy;
+  if (const auto& privacy = pol.budget.privacy) {
+    // One-teacher GNMax: the expert's one-hot vote plus N(0, σ²) on every
+    // class, and the argmax of that is the answer (label-only, enforced by
+    // the policy). The ledger charged ε before this ran.
+    auto votes =
+        torch::zeros_like(p).scatter_(1, p.argmax(1, /*keepdim=*/true), 1.0);
+    torch::Tensor eps;
+    {
+      std::lock_guard lock(mutex);
+      eps = at::normal(0.0, privacy->sigma, p.sizes(), noise);
+    }
+    return torch::zeros_like(p)
+        .scatter_(1, (votes + eps).argmax(1, /*keepdim=*/true), 1.0)
+        .contiguous();
+  }
   if (pol.temperature != 1.0) {
     p = (p.clamp_min(1e-12).log() / pol.temperature).softmax(1);
   }

@@ -109,6 +109,7 @@ void NodeService::record(const std::string& peer, const RequestSummary& request,
   r.message = message;
   r.budget_left = impl_->ledger.total_remaining();
   r.spent = impl_->ledger.spent();
+  r.epsilon_spent = impl_->ledger.epsilon_spent();
   r.latency_ms = std::chrono::duration<double, std::milli>(latency).count();
   impl_->audit->append(r);
 }
@@ -124,6 +125,16 @@ void NodeService::publish_budget() const {
                  "Inputs this node will still answer, by scope (policy "
                  "total_budget and round_budget)",
                  {{"scope", "total"}}, static_cast<double>(*left));
+  }
+  if (auto spent = ledger.epsilon_spent()) {
+    metrics::set("chorus_node_privacy_epsilon_spent",
+                 "Epsilon spent by this node's noisy-argmax answers "
+                 "([policy.privacy]; kept across restarts)",
+                 {}, *spent);
+    metrics::set("chorus_node_privacy_epsilon_remaining",
+                 "Epsilon this node's answers may still spend "
+                 "([policy.privacy] epsilon minus what is spent)",
+                 {}, std::max(0.0, *ledger.epsilon_allowed() - *spent));
   }
   if (auto left = ledger.round_remaining()) {
     metrics::set("chorus_node_budget_remaining_inputs",

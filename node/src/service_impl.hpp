@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/fused_model.hpp"
@@ -63,6 +64,12 @@ struct NodeService::Impl {
         rate(options.policy.rate_limit) {
     options.policy.validate();
     noise = at::make_generator<at::CPUGeneratorImpl>(options.policy.noise_seed);
+    if (options.policy.budget.privacy) {
+      // The guarantee needs noise nobody can predict: not a configured seed.
+      std::random_device device;
+      noise = at::make_generator<at::CPUGeneratorImpl>(
+          (std::uint64_t{device()} << 32) | device());
+    }
     if (!options.audit_log.empty()) {
       std::optional<AuditSigner> signer;
       if (!options.audit_key_pem.empty()) {

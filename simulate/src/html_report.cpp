@@ -261,7 +261,7 @@ std::string nodes(const fs::path& run_dir, const std::vector<json>& metrics) {
   if (!audits.empty()) {
     out +=
         "<th>latency p50 ms</th><th>p90 ms</th><th>p99 ms</th>"
-        "<th>refused</th><th>budget left</th>";
+        "<th>refused</th><th>budget left</th><th>ε spent</th>";
   }
   out += "</tr>\n";
   std::vector<svg::Bar> bars;
@@ -275,7 +275,7 @@ std::string nodes(const fs::path& run_dir, const std::vector<json>& metrics) {
     if (!audits.empty()) {
       std::vector<double> latency;
       int refused = 0;
-      std::string budget = "-";
+      std::string budget = "-", epsilon = "-";
       if (auto a = audits.find(node); a != audits.end()) {
         for (const auto& line : a->second) {
           if (str(line, "kind") == "seal") continue;
@@ -286,14 +286,18 @@ std::string nodes(const fs::path& run_dir, const std::vector<json>& metrics) {
             budget = b->is_number() ? fmt::format("{}", b->get<std::int64_t>())
                                     : "unlimited";
           }
+          if (auto e = line.find("epsilon_spent");
+              e != line.end() && e->is_number()) {
+            epsilon = fixed(e->get<double>(), 3);
+          }
         }
       }
       std::erase_if(latency, [](double v) { return !std::isfinite(v); });
       out += fmt::format(
           "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}"
-          "</td>",
+          "</td><td>{}</td>",
           fixed(percentile(latency, 50), 1), fixed(percentile(latency, 90), 1),
-          fixed(percentile(latency, 99), 1), refused, budget);
+          fixed(percentile(latency, 99), 1), refused, budget, epsilon);
     }
     out += "</tr>\n";
     bars.push_back({.label = node, .parts = {t.inputs}});

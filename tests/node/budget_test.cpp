@@ -2,6 +2,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/core/privacy.hpp"
 #include "support/doctest.hpp"
 #include "support/errors.hpp"
 #include "support/temp_dir.hpp"
@@ -103,4 +104,45 @@ TEST_CASE(
   BudgetLedger unlimited(BudgetPolicy{}, dir / "none.json");
   unlimited.charge(10);
   CHECK_FALSE(std::filesystem::exists(dir / "none.json"));
+}
+
+TEST_CASE(
+    "budget: a privacy budget refuses the first query past ε, naming ε "
+    "spent and allowed, and keeps its spend across a restart") {
+  chorus::testing::TempDir dir;
+  const auto file = dir / "budget.json";
+  BudgetPolicy policy{.max_batch = 1000};
+  policy.privacy =
+      chorus::node::PrivacyBudget{.epsilon = 2.0, .delta = 1e-5, .sigma = 20.0};
+  const auto cap = chorus::privacy::gnmax_max_answers(20.0, 2.0, 1e-5);
+  REQUIRE(cap > 10);
+  {
+    BudgetLedger ledger(policy, file);
+    CHECK(ledger.epsilon_spent() == 0.0);
+    CHECK(ledger.epsilon_allowed() == 2.0);
+    ledger.charge(cap - 5);
+    CHECK(*ledger.epsilon_spent() <= 2.0);
+    CHECK(*ledger.epsilon_spent() ==
+          doctest::Approx(chorus::privacy::gnmax_epsilon(20.0, cap - 5, 1e-5)));
+  }
+  BudgetLedger again(policy, file);  // Restarted: the same ε spent.
+  CHECK(again.spent() == cap - 5);
+  std::string msg;
+  CHECK(code_of([&] { again.charge(6); }, &msg) == Code::kResourceExhausted);
+  CHECK(chorus::testing::contains(msg, "exceeds the privacy budget"));
+  CHECK(chorus::testing::contains(msg, "of 2 allowed"));
+  CHECK(chorus::testing::contains(msg, "5 more answers fit"));
+  again.charge(5);  // Exactly to the budget.
+  CHECK(*again.epsilon_spent() <= 2.0);
+  CHECK(code_of([&] { again.charge(1); }) == Code::kResourceExhausted);
+
+  // Too little noise for one answer, and malformed budgets, are refused.
+  policy.privacy->sigma = 0.1;
+  CHECK(code_of([&] { policy.validate(); }, &msg) == Code::kInvalidArgument);
+  CHECK(chorus::testing::contains(msg, "too little noise"));
+  policy.privacy->sigma = 20;
+  policy.privacy->delta = 1;
+  CHECK(code_of([&] { policy.validate(); }, &msg) == Code::kInvalidArgument);
+  CHECK(chorus::testing::contains(msg, "privacy.delta"));
+  CHECK_FALSE(BudgetLedger(BudgetPolicy{}).epsilon_spent().has_value());
 }

@@ -14,6 +14,7 @@
 
 #include "chorus/core/config.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/core/privacy.hpp"
 #include "chorus/fusion/dro.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/models.hpp"
@@ -868,6 +869,76 @@ TEST_CASE("node config: defaults, overrides, and unknown keys named") {
   CHECK(code_of([&] { chorus::Config::parse("[policy\n", "broken.toml"); },
                 &msg) == Code::kInvalidArgument);
   CHECK(contains(msg, "broken.toml:1:"));
+}
+
+TEST_CASE(
+    "node: [policy.privacy] is read, needs label-only answers and epsilon, "
+    "and shows in --print-config") {
+  auto ok = chorus::Config::parse(
+      "[policy]\noutput_form = \"label-only\"\n[policy.privacy]\n"
+      "epsilon = 3\nsigma = 25\n",
+      "dp.toml");
+  const auto n = nd::read_node_config(ok);
+  REQUIRE(n.policy.budget.privacy.has_value());
+  CHECK(n.policy.budget.privacy->epsilon == 3);
+  CHECK(n.policy.budget.privacy->sigma == 25);
+  CHECK(n.policy.budget.privacy->delta == 1e-5);
+  CHECK(contains(nd::to_toml(n), "[policy.privacy]\nepsilon = 3\n"));
+  std::string msg;
+  auto probabilities = chorus::Config::parse(
+      "[policy.privacy]\nepsilon = 3\nsigma = 25\n", "dp.toml");
+  CHECK(code_of([&] { nd::read_node_config(probabilities); }, &msg) ==
+        Code::kInvalidArgument);
+  CHECK(contains(msg, "output_form = \"label-only\""));
+  auto no_epsilon = chorus::Config::parse(
+      "[policy]\noutput_form = \"label-only\"\n[policy.privacy]\n"
+      "sigma = 25\n",
+      "dp.toml");
+  CHECK(code_of([&] { nd::read_node_config(no_epsilon); }, &msg) ==
+        Code::kInvalidArgument);
+  CHECK(contains(msg, "needs epsilon"));
+}
+
+TEST_CASE(
+    "node: with a privacy budget it answers noisy labels, refuses the first "
+    "query past epsilon and keeps serving within it") {
+  TestCoordinator coordinator;
+  chorus::testing::TempDir dir;
+  nd::NodeServiceOptions options;
+  options.policy.budget.max_batch = 64;
+  options.policy.output_form = nd::OutputForm::kLabelOnly;
+  options.policy.budget.privacy =
+      nd::PrivacyBudget{.epsilon = 1.0, .delta = 1e-5, .sigma = 20.0};
+  options.audit_log = dir / "audit.jsonl";
+  options.state_dir = dir / "state";
+  const auto cap = chorus::privacy::gnmax_max_answers(20.0, 1.0, 1e-5);
+  REQUIRE(cap > 8);
+  TestNode node(builtin_expert(small_model()), options, coordinator.port());
+  auto c = coordinator.wait_connection();
+
+  std::int64_t answered = 0;
+  while (answered + 64 <= cap - 4) {
+    auto p = predict(*c, inputs(64));
+    // Labels: one 1 per row.
+    CHECK(p.sum(1).eq(1).all().item<bool>());
+    CHECK(p.eq(0).logical_or(p.eq(1)).all().item<bool>());
+    answered += 64;
+  }
+  const auto rest = cap - 4 - answered;
+  if (rest > 0) CHECK(predict(*c, inputs(rest)).size(0) == rest);
+  std::string msg;
+  CHECK(code_of([&] { predict(*c, inputs(5)); }, &msg) ==
+        Code::kResourceExhausted);
+  CHECK(contains(msg, "exceeds the privacy budget"));
+  CHECK(contains(msg, "4 more answers fit"));
+  CHECK(predict(*c, inputs(4)).size(0) == 4);  // Still serving within it.
+  CHECK(node.service().inputs_answered() == cap);
+
+  // Every audit line carries ε spent; the last is within the budget.
+  const auto log = chorus::read_file(dir / "audit.jsonl");
+  CHECK(contains(log, "\"epsilon_spent\":"));
+  const auto last = log.rfind("\"epsilon_spent\":");
+  CHECK(std::stod(log.substr(last + 16)) <= 1.0);
 }
 
 TEST_CASE(

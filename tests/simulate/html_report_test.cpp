@@ -39,7 +39,7 @@ TEST_CASE("report: a run directory becomes one self-contained page") {
       << "\n";
   std::filesystem::create_directories(dir / "nodes" / "a");
   std::ofstream(dir / "nodes" / "a" / "audit.jsonl")
-      << R"J({"kind":"predict","outcome":"OK","inputs":50,"latency_ms":4.0,"budget_left":950})J"
+      << R"J({"kind":"predict","outcome":"OK","inputs":50,"latency_ms":4.0,"budget_left":950,"epsilon_spent":0.4321})J"
       << "\n"
       << R"J({"kind":"predict","outcome":"RESOURCE_EXHAUSTED","inputs":50,"latency_ms":0.1,"budget_left":950})J"
       << "\n";
@@ -59,8 +59,9 @@ TEST_CASE("report: a run directory becomes one self-contained page") {
   CHECK(contains(html, "true class 1, predicted class 1: 10"));
   CHECK(contains(html, "b: UNAVAILABLE: gone"));  // Left out, and why.
   CHECK(contains(html, "Where each round&#39;s time went"));
-  CHECK(contains(html, "<td>4.0</td>"));  // a's p50 latency.
-  CHECK(contains(html, "<td>950</td>"));  // a's budget left.
+  CHECK(contains(html, "<td>4.0</td>"));    // a's p50 latency.
+  CHECK(contains(html, "<td>950</td>"));    // a's budget left.
+  CHECK(contains(html, "<td>0.432</td>"));  // a's ε spent.
   // Self-contained: no script, nothing fetched.
   CHECK_FALSE(contains(html, "<script"));
   CHECK_FALSE(contains(html, "src="));

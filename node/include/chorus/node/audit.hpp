@@ -27,6 +27,8 @@ struct AuditRecord {
   std::string outcome = "OK";  ///< A status code name.
   std::string message;         ///< The error message, if any.
   std::optional<std::int64_t> budget_left;  ///< Total budget left after it.
+  /// ε spent by the node's answers after it ([policy.privacy] only).
+  std::optional<double> epsilon_spent;
   /// Inputs charged to the budget since the ledger began, after it: the
   /// same count as state_dir/budget.json's spent_total.
   std::optional<std::int64_t> spent;

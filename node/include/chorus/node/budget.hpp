@@ -10,6 +10,15 @@
 /// inputs. A node enforces these itself; the coordinator only reads them.
 namespace chorus::node {
 
+/// An (ε, δ) guarantee on a node's answers: each is a noisy argmax
+/// (one-teacher GNMax, ALGORITHMS.md §6) with Gaussian noise of std `sigma`
+/// on the expert's one-hot vote, accounted with RDP (privacy.hpp).
+struct PrivacyBudget {
+  double epsilon = 0;  ///< ε the node's answers may spend over its lifetime.
+  double delta = 1e-5;
+  double sigma = 0;  ///< The noise's std, in votes.
+};
+
 /// Limits on prediction queries, as configured by the data owner.
 struct BudgetPolicy {
   /// Largest number of inputs in one `Predict`; larger requests are refused.
@@ -18,6 +27,9 @@ struct BudgetPolicy {
   std::optional<std::int64_t> total_budget;
   /// Inputs the node answers per fusion round; unlimited when empty.
   std::optional<std::int64_t> round_budget;
+  /// Answers under an (ε, δ) guarantee: the lifetime total is also capped
+  /// at the most GNMax answers within ε. None: no formal guarantee.
+  std::optional<PrivacyBudget> privacy;
 
   /// Throws `chorus::Error` (INVALID_ARGUMENT) naming the offending field.
   void validate() const;
@@ -52,6 +64,12 @@ class BudgetLedger {
   /// Inputs answered so far, over all rounds.
   std::int64_t spent() const;
 
+  /// With a privacy budget: ε spent by the answers so far (every input
+  /// answered counts, those before the budget was set included), and ε
+  /// allowed. Empty without one.
+  std::optional<double> epsilon_spent() const;
+  std::optional<double> epsilon_allowed() const;
+
   /// The policy this ledger enforces.
   const BudgetPolicy& policy() const { return policy_; }
 
@@ -62,6 +80,8 @@ class BudgetLedger {
   std::filesystem::path state_;
   mutable std::mutex mutex_;
   std::int64_t spent_total_ = 0;
+  // The most answers within the privacy budget (privacy only).
+  std::int64_t privacy_cap_ = 0;
   std::int64_t spent_round_ = 0;
 };
 

@@ -34,7 +34,8 @@ struct QueryPolicy {
   /// renormalised, before anything else; 1 is none.
   double temperature = 1.0;
   /// Std of Gaussian noise added to the probabilities (then clipped at zero
-  /// and renormalised); 0 is none.
+  /// and renormalised); 0 is none. No formal privacy guarantee: for one,
+  /// `budget.privacy` ([policy.privacy]).
   double noise_std = 0.0;
   /// Seeds the noise, so that an audit can reproduce it.
   std::uint64_t noise_seed = 0;
