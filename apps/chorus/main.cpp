@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "audit_command.hpp"
 #include "certs_command.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/log.hpp"
@@ -94,6 +95,10 @@ int main(int argc, char** argv) {
   {
     auto run = chorus::app::add_report_command(app);
     commands.push_back({app.get_subcommand("report"), std::move(run)});
+  }
+  {
+    auto run = chorus::app::add_audit_command(app);
+    commands.push_back({app.get_subcommand("audit"), std::move(run)});
   }
 
   try {

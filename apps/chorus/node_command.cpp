@@ -16,13 +16,14 @@
 #include <string>
 #include <vector>
 
+#include "audit_command.hpp"
 #include "chorus/core/config.hpp"
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/node/adapt.hpp"
-#include "chorus/node/audit.hpp"
 #include "chorus/node/config.hpp"
 #include "chorus/node/run.hpp"
+#include "chorus/protocol/audit.hpp"
 
 namespace chorus::app {
 namespace {
@@ -165,50 +166,14 @@ int adapt(const NodeArgs& args) {
   return 0;
 }
 
-// chorus node audit --verify: the hash chain and the seals.
-int verify_audit(const NodeArgs& args) {
-  CHORUS_CHECK(!args.audit_cert.empty(),
-               "--verify needs --cert: the node's certificate, whose key "
-               "sealed the log");
-  const auto v = node::verify_audit(args.audit_log, read_file(args.audit_cert));
-  if (args.audit_json) {
-    nlohmann::json out{{"log", args.audit_log},
-                       {"intact", v.intact},
-                       {"lines", v.lines},
-                       {"seals", v.seals},
-                       {"last_sealed_line", v.last_sealed_line},
-                       {"signer", v.signer},
-                       {"first_bad_line", v.first_bad_line},
-                       {"problem", v.problem}};
-    fmt::print("{}\n", out.dump(2));
-    return v.intact ? 0 : 1;
-  }
-  if (!v.intact) {
-    fmt::print("TAMPERED  {}: line {}: {}\n", args.audit_log, v.first_bad_line,
-               v.problem);
-    return 1;
-  }
-  fmt::print(
-      "intact    {}: {} lines, hash chain unbroken, {} seal(s) by "
-      "'{}'{}\n",
-      args.audit_log, v.lines, v.seals, v.signer,
-      v.last_sealed_line == 0 ? std::string()
-                              : fmt::format(" verified, the last at "
-                                            "line {}",
-                                            v.last_sealed_line));
-  if (v.last_sealed_line < v.lines) {
-    fmt::print(
-        "unsealed  lines {}..{}: their chain holds, but no seal covers them "
-        "yet (a running node seals every audit.seal_every lines and when it "
-        "stops)\n",
-        v.last_sealed_line + 1, v.lines);
-  }
-  return 0;
-}
-
 int audit(const NodeArgs& args) {
-  if (args.audit_verify) return verify_audit(args);
-  auto s = node::summarise_audit(args.audit_log);
+  if (args.audit_verify) {
+    CHORUS_CHECK(!args.audit_cert.empty(),
+                 "--verify needs --cert: the node's certificate, whose key "
+                 "sealed the log");
+    return verify_request_log(args.audit_log, args.audit_cert, args.audit_json);
+  }
+  auto s = protocol::summarise_audit(args.audit_log);
   // The ledger the budget is enforced from, when asked to reconcile.
   std::optional<std::int64_t> ledger;
   std::string ledger_file;

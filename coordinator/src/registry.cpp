@@ -48,6 +48,8 @@ struct NodeRegistry::Impl {
   OperatorHandler operator_handler;
   std::shared_ptr<const StatusBoard> status_board;
   asio::thread_pool operator_pool{1};
+  // The request log (options.request_log), when kept.
+  std::unique_ptr<protocol::AuditLog> requests;
 
   bool is_operator(const std::string& identity) const {
     std::lock_guard lock(mutex);
@@ -103,19 +105,25 @@ struct NodeRegistry::Impl {
   asio::awaitable<protocol::Outcome<v1::Envelope>> call(
       std::string identity, v1::Envelope request,
       std::chrono::milliseconds deadline);
+  // Writes a sent request's line to the request log, if one is kept.
+  void log_request(protocol::AuditRecord record,
+                   const protocol::Outcome<v1::Envelope>& outcome,
+                   std::chrono::steady_clock::duration latency);
 };
 
 namespace {
 
 using protocol::Outcome;
 
-// Runs on the connection's strand, where its requests must start.
+// Runs on the connection's strand, where its requests must start; the id
+// it was sent with (0: never sent) goes to `*sent_id`.
 asio::awaitable<Outcome<v1::Envelope>> request_caught(
     std::shared_ptr<protocol::Connection> connection, v1::Envelope request,
-    std::chrono::milliseconds deadline) {
+    std::chrono::milliseconds deadline, std::uint64_t* sent_id) {
   Outcome<v1::Envelope> out;
   try {
-    out.reply = co_await connection->request(std::move(request), deadline);
+    out.reply =
+        co_await connection->request(std::move(request), deadline, sent_id);
   } catch (const Error& e) {
     out.error = e;
   }
@@ -213,15 +221,52 @@ asio::awaitable<protocol::Outcome<v1::Envelope>> NodeRegistry::Impl::call(
     co_return out;
   }
   auto strand = c->strand();
-  co_return co_await asio::co_spawn(
-      strand, request_caught(std::move(c), std::move(request), deadline),
-      asio::use_awaitable);
+  if (!requests) {
+    co_return co_await asio::co_spawn(
+        strand,
+        request_caught(std::move(c), std::move(request), deadline, nullptr),
+        asio::use_awaitable);
+  }
+  auto record = protocol::audit_record_of(request, identity);
+  record.request_id = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto out =
+      co_await asio::co_spawn(strand,
+                              request_caught(std::move(c), std::move(request),
+                                             deadline, &record.request_id),
+                              asio::use_awaitable);
+  log_request(std::move(record), out, std::chrono::steady_clock::now() - t0);
+  co_return out;
+}
+
+void NodeRegistry::Impl::log_request(
+    protocol::AuditRecord record, const protocol::Outcome<v1::Envelope>& out,
+    std::chrono::steady_clock::duration latency) {
+  if (record.request_id == 0) return;  // Never sent: not a request.
+  record.outcome =
+      std::string(code_name(out.error ? out.error->code() : Code::kOk));
+  if (out.error) record.message = out.error->what();
+  record.latency_ms =
+      std::chrono::duration<double, std::milli>(latency).count();
+  try {
+    requests->append(record);
+  } catch (const Error& e) {
+    static std::atomic<int> warned{0};
+    if (warned++ < 5) {
+      log->error("event=request_log_failed node={} request_id={} error=\"{}\"",
+                 record.peer, record.request_id, e.what());
+    }
+  }
 }
 
 NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
                            RegistryOptions options)
     : impl_(std::make_unique<Impl>(io, std::move(roster), std::move(options))) {
   auto* impl = impl_.get();
+  if (!impl->options.request_log.empty()) {
+    impl->requests = std::make_unique<protocol::AuditLog>(
+        impl->options.request_log, impl->options.request_log_signer);
+  }
   protocol::Welcome welcome;
   welcome.coordinator = impl->options.name;
   if (impl->options.task) {

@@ -429,6 +429,11 @@ int run_coordinator(const CoordinatorConfig& k, bool resume,
   ro.task = task;
   ro.operators = k.operators;
   ro.max_operator_sessions = static_cast<std::size_t>(k.max_operator_sessions);
+  // Every request sent to a node, sealed with the coordinator's key: the
+  // other half of each node's audit log (`chorus audit reconcile`).
+  ro.request_log = k.run_dir / "requests.jsonl";
+  ro.request_log_signer = protocol::AuditSigner{
+      .name = k.name, .key_pem = ro.tls.key_pem, .seal_every = 100};
   ro.channel.max_unauthenticated =
       static_cast<std::size_t>(k.max_unauthenticated);
   NodeRegistry registry(io, Roster(k.roster), ro);

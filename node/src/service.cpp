@@ -78,8 +78,8 @@ std::optional<std::string> NodeService::accept_task(
   return std::nullopt;
 }
 
-void NodeService::record(const std::string& peer, const RequestSummary& request,
-                         Code outcome, const std::string& message,
+void NodeService::record(const protocol::AuditRecord& request, Code outcome,
+                         const std::string& message,
                          std::chrono::steady_clock::duration latency) {
   // The metrics count what the audit log records, line for line.
   metrics::count(
@@ -99,12 +99,7 @@ void NodeService::record(const std::string& peer, const RequestSummary& request,
   }
   publish_budget();
   if (!impl_->audit) return;
-  AuditRecord r;
-  r.peer = peer;
-  r.kind = request.kind;
-  r.request_id = request.request_id;
-  r.round = request.round;
-  r.inputs = request.inputs;
+  protocol::AuditRecord r = request;
   r.outcome = std::string(code_name(outcome));
   r.message = message;
   r.budget_left = impl_->ledger.total_remaining();

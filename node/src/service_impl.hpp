@@ -14,11 +14,11 @@
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/tae.hpp"
-#include "chorus/node/audit.hpp"
 #include "chorus/node/budget.hpp"
 #include "chorus/node/expert.hpp"
 #include "chorus/node/model_assembly.hpp"
 #include "chorus/node/service.hpp"
+#include "chorus/protocol/audit.hpp"
 
 namespace chorus::node {
 
@@ -34,7 +34,7 @@ struct NodeService::Impl {
   NodeServiceOptions options;
   BudgetLedger ledger;
   RateLimiter rate;
-  std::unique_ptr<AuditLog> audit;
+  std::unique_ptr<protocol::AuditLog> audit;
   std::shared_ptr<spdlog::logger> log = log::get("node");
 
   std::mutex mutex;  // Guards what follows.
@@ -71,13 +71,14 @@ struct NodeService::Impl {
           (std::uint64_t{device()} << 32) | device());
     }
     if (!options.audit_log.empty()) {
-      std::optional<AuditSigner> signer;
+      std::optional<protocol::AuditSigner> signer;
       if (!options.audit_key_pem.empty()) {
-        signer = AuditSigner{.name = options.audit_signer,
-                             .key_pem = options.audit_key_pem,
-                             .seal_every = options.audit_seal_every};
+        signer = protocol::AuditSigner{.name = options.audit_signer,
+                                       .key_pem = options.audit_key_pem,
+                                       .seal_every = options.audit_seal_every};
       }
-      audit = std::make_unique<AuditLog>(options.audit_log, std::move(signer));
+      audit = std::make_unique<protocol::AuditLog>(options.audit_log,
+                                                   std::move(signer));
     }
   }
 

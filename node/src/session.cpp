@@ -80,10 +80,11 @@ struct NodeSession::Impl {
   // Records what happened to a request; the error (logged) when the
   // audit log cannot be written.
   std::optional<std::string> audit(
-      const std::string& peer, const RequestSummary& summary, Code outcome,
+      const protocol::AuditRecord& summary, Code outcome,
       const std::string& message, std::chrono::steady_clock::duration latency) {
+    const auto& peer = summary.peer;
     try {
-      service.record(peer, summary, outcome, message, latency);
+      service.record(summary, outcome, message, latency);
       return std::nullopt;
     } catch (const Error& e) {
       log->error("peer={} request_id={} event=audit_failed error=\"{}\"", peer,
@@ -92,38 +93,15 @@ struct NodeSession::Impl {
     }
   }
 
-  // What the audit log keeps of a request, read before it is decoded (a
-  // request refused as malformed is recorded too).
-  static RequestSummary summary_of(const v1::Envelope& e) {
-    RequestSummary r{.kind = "other", .request_id = e.request_id()};
-    if (e.has_predict_request()) {
-      r.kind = "predict";
-      r.round = e.predict_request().round();
-      const auto& shape = e.predict_request().inputs().shape();
-      r.inputs = shape.empty() ? 0 : shape[0];
-    } else if (e.has_model_push()) {
-      r.kind = "model_push";
-      r.round = e.model_push().round();
-    } else if (e.has_adapt_request()) {
-      r.kind = "adapt";
-      r.round = e.adapt_request().round();
-    } else if (e.has_weights_request()) {
-      r.kind = "weights";
-      r.round = e.weights_request().round();
-    }
-    return r;
-  }
-
   awaitable<v1::Envelope> handle(const std::string& peer,
                                  v1::Envelope request) {
     const auto t0 = std::chrono::steady_clock::now();
-    const RequestSummary summary = summary_of(request);
+    const auto summary = protocol::audit_record_of(request, peer);
     Outcome outcome = co_await dispatch(std::move(request));
     const auto latency = std::chrono::steady_clock::now() - t0;
     const auto& error = outcome.error;
-    const auto unaudited =
-        audit(peer, summary, error ? error->code() : Code::kOk,
-              error ? error->what() : "", latency);
+    const auto unaudited = audit(summary, error ? error->code() : Code::kOk,
+                                 error ? error->what() : "", latency);
     // Fail closed: nothing leaves this node without its record.
     if (unaudited && !error) {
       co_return protocol::make_status(
@@ -150,16 +128,17 @@ NodeSession::NodeSession(asio::io_context& io, asio::thread_pool& pool,
   auto* impl = impl_.get();
   // Every refusal is audited, the transport's own included, and so is an
   // answer that could not be delivered.
-  impl->options.channel.on_refused =
-      [impl](const std::string& peer, const v1::Envelope& request, Code code,
-             const std::string& message) {
-        impl->audit(peer, Impl::summary_of(request), code, message, {});
-      };
+  impl->options.channel.on_refused = [impl](const std::string& peer,
+                                            const v1::Envelope& request,
+                                            Code code,
+                                            const std::string& message) {
+    impl->audit(protocol::audit_record_of(request, peer), code, message, {});
+  };
   impl->options.channel.on_undelivered = [impl](const std::string& peer,
                                                 const v1::Envelope& request) {
-    auto summary = Impl::summary_of(request);
+    auto summary = protocol::audit_record_of(request, peer);
     summary.kind = "undelivered";
-    impl->audit(peer, summary, Code::kUnavailable,
+    impl->audit(summary, Code::kUnavailable,
                 "answered, but the connection closed before the reply was "
                 "sent",
                 {});

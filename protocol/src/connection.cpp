@@ -340,7 +340,8 @@ std::future<v1::Envelope> BasicConnection<S>::request_async(
 
 template <typename S>
 awaitable<v1::Envelope> BasicConnection<S>::request(
-    v1::Envelope request, std::chrono::milliseconds deadline) {
+    v1::Envelope request, std::chrono::milliseconds deadline,
+    std::uint64_t* sent_id) {
   auto self = this->shared_from_this();
   if (!open_ || closing_) {
     fail(Code::kUnavailable, "the connection to '{}' is closed",
@@ -352,6 +353,7 @@ awaitable<v1::Envelope> BasicConnection<S>::request(
   std::optional<v1::Envelope> reply;
   pending_[id] = Pending{&timer, &reply};
   enqueue(request);
+  if (sent_id) *sent_id = id;
   // The frame is queued; do not hold the message's payload (a batch of
   // inputs) while waiting for the reply. (Move-assignment frees it; Clear()
   // would keep the string capacity.)

@@ -80,6 +80,11 @@ struct LocalCluster::Impl {
     ro.tls = protocol::TlsMaterial::load(
         o.pki / "ca.crt", o.pki / "coordinator.crt", o.pki / "coordinator.key");
     ro.task = o.task;
+    // The coordinator's side of every request, to reconcile with the
+    // nodes' audit logs (`chorus audit reconcile`).
+    ro.request_log = o.out / "requests.jsonl";
+    ro.request_log_signer = protocol::AuditSigner{
+        .name = ro.name, .key_pem = ro.tls.key_pem, .seal_every = 100};
     registry = std::make_unique<coordinator::NodeRegistry>(
         coordinator_io, coordinator::Roster(roster), ro);
     registry->start();
@@ -131,14 +136,17 @@ struct LocalCluster::Impl {
       so.state_dir = o.out / "nodes" / e.name;
       so.audit_log = so.state_dir / "audit.jsonl";
       so.metadata = {{"name", e.name}, {"arch", e.arch}};
-      services.push_back(
-          std::make_unique<node::NodeService>(node::load_expert(eo), so));
       node::SessionOptions s;
       s.host = "127.0.0.1";
       s.port = registry->port();
       s.tls = protocol::TlsMaterial::load(o.pki / "ca.crt",
                                           o.pki / (e.name + ".crt"),
                                           o.pki / (e.name + ".key"));
+      // Sealed with the node's key, as a real node's log is.
+      so.audit_signer = e.name;
+      so.audit_key_pem = s.tls.key_pem;
+      services.push_back(
+          std::make_unique<node::NodeService>(node::load_expert(eo), so));
       sessions.push_back(std::make_unique<node::NodeSession>(
           node_io, inference, *services.back(), s));
       sessions.back()->start();

@@ -20,12 +20,12 @@
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/random.hpp"
 #include "chorus/fusion/tae.hpp"
-#include "chorus/node/audit.hpp"
 #include "chorus/node/config.hpp"
 #include "chorus/node/expert.hpp"
 #include "chorus/node/local_data.hpp"
 #include "chorus/node/service.hpp"
 #include "chorus/node/session.hpp"
+#include "chorus/protocol/audit.hpp"
 #include "chorus/protocol/certs.hpp"
 #include "chorus/protocol/channel.hpp"
 #include "chorus/protocol/digest.hpp"
@@ -527,7 +527,7 @@ TEST_CASE(
   auto reply = c->request_async(predict_request(inputs(1), 3), 10s);
   CHECK_THROWS_AS(reply.get(), chorus::Error);
 
-  auto summary = nd::summarise_audit(dir / "audit.jsonl");
+  auto summary = chorus::protocol::summarise_audit(dir / "audit.jsonl");
   CHECK(summary.requests == 8);
   CHECK(summary.inputs_answered == 20);
   CHECK(summary.by_outcome["OK"] == 4);
@@ -1119,7 +1119,7 @@ TEST_CASE(
           chorus::testing::decode_tensor(reply.weights_response().parameters());
       CHECK(torch::equal(flat, fu::flatten_model(*model)));
     }
-    auto summary = nd::summarise_audit(options.audit_log);
+    auto summary = chorus::protocol::summarise_audit(options.audit_log);
     CHECK(summary.by_kind["weights"] == 1);
     CHECK(summary.by_outcome[opted_in ? "OK" : "PERMISSION_DENIED"] == 1);
   }

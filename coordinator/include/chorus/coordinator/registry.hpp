@@ -3,6 +3,7 @@
 #include <asio/io_context.hpp>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -15,6 +16,7 @@
 #include "chorus/coordinator/node_link.hpp"
 #include "chorus/coordinator/roster.hpp"
 #include "chorus/core/task.hpp"
+#include "chorus/protocol/audit.hpp"
 #include "chorus/protocol/channel.hpp"
 #include "chorus/protocol/offload.hpp"
 
@@ -53,6 +55,13 @@ struct RegistryOptions {
   /// Operator sessions open at once, at most (all operators together); one
   /// more is refused with RESOURCE_EXHAUSTED.
   std::size_t max_operator_sessions = 16;
+  /// The coordinator's request log: every request sent to a node, one line
+  /// each in the node audit log's format ("peer" naming the node), for
+  /// `chorus audit reconcile`. Empty: none.
+  std::filesystem::path request_log;
+  /// Who seals the request log (the coordinator's name and key); none: the
+  /// lines are hash-chained but not signed.
+  std::optional<protocol::AuditSigner> request_log_signer;
 };
 
 /// What `NodeRegistry::reload` changed.

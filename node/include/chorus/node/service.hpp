@@ -12,6 +12,7 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/task.hpp"
 #include "chorus/node/policy.hpp"
+#include "chorus/protocol/audit.hpp"
 #include "chorus/protocol/messages.hpp"
 
 /// What a node does with each request, independent of the network: the
@@ -22,7 +23,6 @@
 namespace chorus::node {
 
 class Expert;
-class AuditLog;
 struct LabelledShots;
 
 /// Options of a `NodeService`.
@@ -60,14 +60,6 @@ struct StoredModel {
 
 /// A predict request that passed admission, waiting for a worker.
 struct PredictJob;
-
-/// What the audit log records of a request, whatever became of it.
-struct RequestSummary {
-  std::string kind;  ///< "predict", "model_push", "adapt" or "other".
-  std::uint64_t request_id = 0;
-  std::uint32_t round = 0;
-  std::int64_t inputs = 0;  ///< Inputs a predict asked about.
-};
 
 /// The node's request handling. Thread-safe.
 class NodeService {
@@ -125,9 +117,10 @@ class NodeService {
   /// builtin model.
   protocol::WeightsAnswer weights(const protocol::WeightsCall& call);
 
-  /// Writes the audit record of a finished request.
-  void record(const std::string& peer, const RequestSummary& request,
-              Code outcome, const std::string& message,
+  /// Writes the audit record of a finished request (its peer, kind, id,
+  /// round and inputs as `protocol::audit_record_of` reads them).
+  void record(const protocol::AuditRecord& request, Code outcome,
+              const std::string& message,
               std::chrono::steady_clock::duration latency);
 
   /// The latest stored global model, if any.

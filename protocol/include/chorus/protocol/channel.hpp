@@ -129,9 +129,12 @@ class BasicConnection
   /// Sends `request` (its body set; the id is assigned) and awaits the
   /// reply. Must run on this connection's strand. Throws `chorus::Error`:
   /// DEADLINE_EXCEEDED after `deadline`, UNAVAILABLE if the connection
-  /// closes first, or the code of a Status reply.
+  /// closes first, or the code of a Status reply. The id it was sent with
+  /// is stored in `*sent_id` (when given) as soon as it is queued; one that
+  /// was never sent leaves it alone.
   asio::awaitable<v1::Envelope> request(v1::Envelope request,
-                                        std::chrono::milliseconds deadline);
+                                        std::chrono::milliseconds deadline,
+                                        std::uint64_t* sent_id = nullptr);
 
   /// `request` from any thread.
   std::future<v1::Envelope> request_async(v1::Envelope request,

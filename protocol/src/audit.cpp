@@ -1,22 +1,26 @@
-#include "chorus/node/audit.hpp"
+#include "chorus/protocol/audit.hpp"
 
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "chorus/core/error.hpp"
 #include "chorus/protocol/certs.hpp"
+#include "chorus/protocol/codec.hpp"
 #include "chorus/protocol/digest.hpp"
 
-namespace chorus::node {
+namespace chorus::protocol {
 namespace {
 
-std::string utc_now() {
+std::string audit_time_now() {
   const auto now = std::chrono::system_clock::now();
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       now.time_since_epoch()) %
@@ -25,9 +29,7 @@ std::string utc_now() {
                      std::chrono::floor<std::chrono::seconds>(now), ms.count());
 }
 
-std::string line_hash(const std::string& text) {
-  return protocol::to_hex(protocol::sha256(text));
-}
+std::string line_hash(const std::string& text) { return to_hex(sha256(text)); }
 
 // What a seal signs: the chain's head and the lines it covers.
 std::string seal_message(const std::string& head, std::int64_t lines) {
@@ -35,6 +37,29 @@ std::string seal_message(const std::string& head, std::int64_t lines) {
 }
 
 }  // namespace
+
+AuditRecord audit_record_of(const v1::Envelope& e, std::string peer) {
+  AuditRecord r;
+  r.peer = std::move(peer);
+  r.kind = "other";
+  r.request_id = e.request_id();
+  if (e.has_predict_request()) {
+    r.kind = "predict";
+    r.round = e.predict_request().round();
+    const auto& shape = e.predict_request().inputs().shape();
+    r.inputs = shape.empty() ? 0 : shape[0];
+  } else if (e.has_model_push()) {
+    r.kind = "model_push";
+    r.round = e.model_push().round();
+  } else if (e.has_adapt_request()) {
+    r.kind = "adapt";
+    r.round = e.adapt_request().round();
+  } else if (e.has_weights_request()) {
+    r.kind = "weights";
+    r.round = e.weights_request().round();
+  }
+  return r;
+}
 
 AuditLog::AuditLog(const std::filesystem::path& path,
                    std::optional<AuditSigner> signer)
@@ -91,20 +116,23 @@ void AuditLog::write_line(const std::string& text) {
 }
 
 void AuditLog::seal() {
-  const auto signature = protocol::to_hex(
-      protocol::sign_sha256(signer_->key_pem, seal_message(head_, lines_)));
-  nlohmann::json line{{"time", utc_now()},       {"kind", "seal"},
-                      {"prev", head_},           {"lines", lines_},
-                      {"signer", signer_->name}, {"signature", signature}};
+  const auto signature =
+      to_hex(sign_sha256(signer_->key_pem, seal_message(head_, lines_)));
+  nlohmann::json line{{"time", audit_time_now()},
+                      {"kind", "seal"},
+                      {"prev", head_},
+                      {"lines", lines_},
+                      {"signer", signer_->name},
+                      {"signature", signature}};
   write_line(line.dump());
   unsealed_ = 0;
 }
 
 void AuditLog::append(const AuditRecord& r) {
-  nlohmann::json line{{"time", utc_now()},    {"peer", r.peer},
-                      {"kind", r.kind},       {"request_id", r.request_id},
-                      {"round", r.round},     {"inputs", r.inputs},
-                      {"outcome", r.outcome}, {"latency_ms", r.latency_ms}};
+  nlohmann::json line{{"time", audit_time_now()}, {"peer", r.peer},
+                      {"kind", r.kind},           {"request_id", r.request_id},
+                      {"round", r.round},         {"inputs", r.inputs},
+                      {"outcome", r.outcome},     {"latency_ms", r.latency_ms}};
   if (!r.message.empty()) line["message"] = r.message;
   line["budget_left"] =
       r.budget_left ? nlohmann::json(*r.budget_left) : nullptr;
@@ -122,7 +150,7 @@ AuditVerification verify_audit(const std::filesystem::path& path,
   std::ifstream in(path, std::ios::binary);
   if (!in)
     fail(Code::kNotFound, "audit log '{}' does not exist", path.string());
-  const auto who = protocol::inspect_certificate_pem(cert_pem).common_name;
+  const auto who = inspect_certificate_pem(cert_pem).common_name;
   AuditVerification v;
   std::string expected = kAuditGenesis;
   std::string text;
@@ -164,9 +192,8 @@ AuditVerification verify_audit(const std::filesystem::path& path,
         const auto lines = line.at("lines").get<std::int64_t>();
         signed_ok =
             lines == i - 1 &&
-            protocol::verify_sha256(
-                cert_pem, seal_message(expected, lines),
-                protocol::from_hex(line.at("signature").get<std::string>()));
+            verify_sha256(cert_pem, seal_message(expected, lines),
+                          from_hex(line.at("signature").get<std::string>()));
       } catch (const std::exception&) {
         signed_ok = false;
       }
@@ -227,4 +254,118 @@ AuditSummary summarise_audit(const std::filesystem::path& path) {
   return s;
 }
 
-}  // namespace chorus::node
+namespace {
+
+// The requests of a log, and the signer of its seals.
+struct ReadLog {
+  std::vector<LoggedRequest> requests;
+  std::string signer;
+};
+
+ReadLog read_requests(const std::filesystem::path& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) fail(Code::kNotFound, "{} '{}' does not exist", what, path.string());
+  ReadLog out;
+  std::string text;
+  std::int64_t n = 0;
+  while (std::getline(in, text)) {
+    ++n;
+    try {
+      const auto line = nlohmann::json::parse(text);
+      const auto kind = line.at("kind").get<std::string>();
+      if (kind == "seal") {
+        out.signer = line.value("signer", "");
+        continue;
+      }
+      LoggedRequest r;
+      r.line = n;
+      r.time = line.at("time").get<std::string>();
+      r.record.peer = line.at("peer").get<std::string>();
+      r.record.kind = kind;
+      r.record.request_id = line.at("request_id").get<std::uint64_t>();
+      r.record.round = line.at("round").get<std::uint32_t>();
+      r.record.inputs = line.at("inputs").get<std::int64_t>();
+      r.record.outcome = line.at("outcome").get<std::string>();
+      r.record.message = line.value("message", "");
+      out.requests.push_back(std::move(r));
+    } catch (const std::exception&) {
+      // A torn last line, or one that is not a request: verify_audit is
+      // the tool that judges a log's integrity.
+    }
+  }
+  return out;
+}
+
+using RequestKey =
+    std::tuple<std::string, std::uint64_t, std::uint32_t, std::int64_t>;
+
+RequestKey key_of(const AuditRecord& r) {
+  return {r.kind, r.request_id, r.round, r.inputs};
+}
+
+}  // namespace
+
+Reconciliation reconcile_audit(const std::filesystem::path& node_log,
+                               const std::filesystem::path& coordinator_log,
+                               std::string node) {
+  auto at_node = read_requests(node_log, "node audit log");
+  auto at_coordinator =
+      read_requests(coordinator_log, "coordinator request log");
+  CHORUS_CHECK_CODE(
+      node.empty() || at_node.signer.empty() || node == at_node.signer,
+      Code::kInvalidArgument,
+      "the node audit log '{}' is sealed by '{}', not '{}': "
+      "reconcile it as '{}' (or leave --node out)",
+      node_log.string(), at_node.signer, node, at_node.signer);
+  if (node.empty()) node = at_node.signer;
+  CHORUS_CHECK_CODE(!node.empty(), Code::kInvalidArgument,
+                    "the node audit log '{}' has no seal naming its node: "
+                    "say which node it is (--node NAME)",
+                    node_log.string());
+  Reconciliation out;
+  out.node = node;
+  // The node's requests, by key, in order; an "undelivered" line marks the
+  // request it follows.
+  std::map<RequestKey, std::deque<LoggedRequest>> pending;
+  for (auto& r : at_node.requests) {
+    if (out.coordinator.empty()) out.coordinator = r.record.peer;
+    if (r.record.kind == "undelivered") {
+      auto k = key_of(r.record);
+      for (const auto* kind : {"predict", "model_push", "adapt", "weights"}) {
+        std::get<0>(k) = kind;
+        auto it = pending.find(k);
+        if (it != pending.end() && !it->second.empty()) {
+          it->second.back().undelivered = true;
+          break;
+        }
+      }
+      continue;
+    }
+    pending[key_of(r.record)].push_back(std::move(r));
+  }
+  auto failed = [](const LoggedRequest& r) {
+    return r.record.outcome != "OK" || r.undelivered;
+  };
+  for (auto& c : at_coordinator.requests) {
+    if (c.record.peer != node) continue;
+    auto it = pending.find(key_of(c.record));
+    if (it == pending.end() || it->second.empty()) {
+      out.only_coordinator.push_back(std::move(c));
+      continue;
+    }
+    auto n = std::move(it->second.front());
+    it->second.pop_front();
+    if (failed(n) == failed(c)) {
+      ++out.matched;
+    } else {
+      out.disagree.emplace_back(std::move(n), std::move(c));
+    }
+  }
+  for (auto& [key, left] : pending)
+    for (auto& r : left) out.only_node.push_back(std::move(r));
+  std::sort(out.only_node.begin(), out.only_node.end(),
+            [](const auto& a, const auto& b) { return a.line < b.line; });
+  return out;
+}
+
+}  // namespace chorus::protocol

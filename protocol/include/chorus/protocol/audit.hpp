@@ -7,20 +7,32 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
-/// The node's audit log: one JSON line per request it received, appended and
-/// flushed as it happens, so the data owner can see what was asked of the
-/// expert, by whom, and what was answered. Each line carries the SHA-256 of
-/// the line before it ("prev"; a hash chain), and every `seal_every` lines
-/// and when the log is closed a "seal" line signs the chain's head with
-/// the node's private key: an edited, deleted, inserted or reordered line
-/// breaks the chain or a seal (`verify_audit`).
-namespace chorus::node {
+namespace chorus::v1 {
+class Envelope;  // The generated message; codec.hpp brings its definition.
+}  // namespace chorus::v1
+
+/// The request logs both sides keep. A node's audit log: one JSON line per
+/// request it received, appended and flushed as it happens, so the data
+/// owner can see what was asked of the expert, by whom, and what was
+/// answered. The coordinator's request log (run_dir/requests.jsonl): the
+/// same lines for every request it sent, "peer" naming the node;
+/// `reconcile_audit` lists what one side has and the other lacks. Each line
+/// carries the SHA-256 of the line before it ("prev"; a hash chain), and every
+/// `seal_every` lines and when the log is closed a "seal" line signs the
+/// chain's head with the node's private key: an edited, deleted, inserted or
+/// reordered line breaks the chain or a seal (`verify_audit`).
+namespace chorus::protocol {
 
 /// One request, as the audit log records it.
 struct AuditRecord {
-  std::string peer;  ///< The coordinator's identity (its CN).
-  std::string kind;  ///< "predict", "model_push", "adapt".
+  /// The other side's identity (its CN): the coordinator in a node's log,
+  /// the node in the coordinator's.
+  std::string peer;
+  /// "predict", "model_push", "adapt", "weights" or "other"; in a node's
+  /// log also "undelivered" (a reply that found its connection closed).
+  std::string kind;
   std::uint64_t request_id = 0;
   std::uint32_t round = 0;
   std::int64_t inputs = 0;     ///< Inputs in the request (predict).
@@ -34,6 +46,11 @@ struct AuditRecord {
   std::optional<std::int64_t> spent;
   double latency_ms = 0;
 };
+
+/// The record of `request` from `peer` as far as the envelope says (kind, id,
+/// round, inputs), read before it is decoded, so that a request refused as
+/// malformed is recorded too.
+AuditRecord audit_record_of(const v1::Envelope& request, std::string peer);
 
 /// Who seals an audit log: the node's name and its private key (PEM).
 struct AuditSigner {
@@ -116,4 +133,44 @@ struct AuditSummary {
 /// Reads an audit log. Throws `chorus::Error` (NOT_FOUND).
 AuditSummary summarise_audit(const std::filesystem::path& path);
 
-}  // namespace chorus::node
+/// A request as `reconcile_audit` read it from one log.
+struct LoggedRequest {
+  std::int64_t line = 0;  ///< 1-based, in its log.
+  std::string time;
+  AuditRecord record;
+  /// The node's log says the answer never left (an "undelivered" line).
+  bool undelivered = false;
+};
+
+/// What a node's audit log and the coordinator's request log say of the
+/// requests between them.
+struct Reconciliation {
+  std::string node;          ///< The node's identity.
+  std::string coordinator;   ///< The coordinator's (from the node's log).
+  std::int64_t matched = 0;  ///< Requests both logs hold, outcomes agreeing.
+  /// In the node's log only: a request the coordinator does not say it
+  /// sent (another coordinator's, or lines missing from its log).
+  std::vector<LoggedRequest> only_node;
+  /// In the coordinator's log only: a request the node does not say it
+  /// received (lines missing from the node's log).
+  std::vector<LoggedRequest> only_coordinator;
+  /// In both, with outcomes that disagree (e.g. the node answered, the
+  /// coordinator gave up at its deadline): node's, coordinator's.
+  std::vector<std::pair<LoggedRequest, LoggedRequest>> disagree;
+  bool agrees() const {
+    return only_node.empty() && only_coordinator.empty() && disagree.empty();
+  }
+};
+
+/// Matches the requests of a node's audit log with those of the
+/// coordinator's request log addressed to `node` (empty: the signer of the
+/// node log's seals) by kind, request id, round and inputs, in the order
+/// they were written (request ids restart with each connection). Seals and
+/// a torn line are skipped. Throws `chorus::Error` (NOT_FOUND;
+/// INVALID_ARGUMENT when the node's name is neither given nor in a seal, or
+/// differs from the seals' signer).
+Reconciliation reconcile_audit(const std::filesystem::path& node_log,
+                               const std::filesystem::path& coordinator_log,
+                               std::string node = "");
+
+}  // namespace chorus::protocol
