@@ -91,6 +91,27 @@ double dp_sgd_epsilon(double q, double sigma, std::int64_t steps,
   return steps == 0 ? 0 : epsilon(orders, rdp, delta);
 }
 
+double dp_sgd_noise_multiplier(double epsilon, double q, std::int64_t steps,
+                               double delta) {
+  CHORUS_CHECK(epsilon > 0 && delta > 0 && delta < 1,
+               "privacy: need epsilon > 0 and delta in (0, 1), got {} and {}",
+               epsilon, delta);
+  double hi = 1000;
+  CHORUS_CHECK(dp_sgd_epsilon(q, hi, steps, delta) <= epsilon,
+               "privacy: {} steps at sampling rate {} cannot stay within "
+               "epsilon {} at delta {} (even with noise multiplier {}); "
+               "train fewer epochs or on more examples",
+               steps, q, epsilon, delta, hi);
+  double lo = 0.05;
+  if (dp_sgd_epsilon(q, lo, steps, delta) <= epsilon) return lo;
+  // ε falls as σ grows: bisect to a relative precision of 0.1%.
+  while (hi - lo > 1e-3 * lo) {
+    const double mid = 0.5 * (lo + hi);
+    (dp_sgd_epsilon(q, mid, steps, delta) <= epsilon ? hi : lo) = mid;
+  }
+  return hi;
+}
+
 double gnmax_epsilon(double sigma, std::int64_t answers, double delta) {
   CHORUS_CHECK(answers >= 0, "privacy: {} answers", answers);
   if (answers == 0) return 0;

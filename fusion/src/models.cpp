@@ -32,6 +32,38 @@ torch::Tensor ClassifierImpl::dropout(const torch::Tensor& x, double p) {
   return fusion::dropout(x, p, is_training(), gen);
 }
 
+torch::Tensor ClassifierImpl::linear(torch::nn::LinearImpl& layer,
+                                     const torch::Tensor& x) {
+  auto out = layer.forward(x);
+  if (recorder_) {
+    recorder_->layers.push_back({RecordedLayer::Kind::kLinear, &layer, x, out});
+  }
+  return out;
+}
+
+torch::Tensor ClassifierImpl::conv(torch::nn::Conv2dImpl& layer,
+                                   const torch::Tensor& x) {
+  auto out = layer.forward(x);
+  if (recorder_) {
+    recorder_->layers.push_back({RecordedLayer::Kind::kConv2d, &layer, x, out});
+  }
+  return out;
+}
+
+torch::Tensor ClassifierImpl::group_norm(torch::nn::GroupNormImpl& layer,
+                                         const torch::Tensor& x) {
+  if (!recorder_) return layer.forward(x);
+  // The same as the module's forward, with the normalised input kept.
+  const auto& o = layer.options;
+  auto normalised = torch::group_norm(x, o.num_groups(), {}, {}, o.eps());
+  std::vector<std::int64_t> shape(static_cast<std::size_t>(x.dim()), 1);
+  shape[1] = x.size(1);
+  auto out = normalised * layer.weight.view(shape) + layer.bias.view(shape);
+  recorder_->layers.push_back(
+      {RecordedLayer::Kind::kGroupNorm, &layer, normalised, out});
+  return out;
+}
+
 MlpImpl::MlpImpl(MlpOptions options) : options_(std::move(options)) {
   CHORUS_CHECK(!options_.input_shape().empty(), "mlp: empty input shape");
   CHORUS_CHECK(options_.num_classes() > 0, "mlp: num_classes must be positive");
@@ -55,7 +87,7 @@ torch::Tensor MlpImpl::forward(torch::Tensor x) {
   x = x.flatten(/*start_dim=*/1);
   const auto n = layers_->size();
   for (std::size_t i = 0; i < n; ++i) {
-    x = layers_[i]->as<nn::Linear>()->forward(x);
+    x = linear(*layers_[i]->as<nn::Linear>(), x);
     if (i + 1 < n) x = dropout(torch::relu(x), options_.dropout());
   }
   return x;
@@ -72,12 +104,23 @@ LeNetImpl::LeNetImpl(LeNetOptions options) : options_(std::move(options)) {
       "conv1", nn::Conv2d(nn::Conv2dOptions(o.in_channels(), o.channels1(), 3)
                               .padding(1)
                               .bias(false)));
-  bn1_ = register_module("bn1", nn::BatchNorm2d(o.channels1()));
   conv2_ = register_module(
       "conv2", nn::Conv2d(nn::Conv2dOptions(o.channels1(), o.channels2(), 3)
                               .padding(1)
                               .bias(false)));
-  bn2_ = register_module("bn2", nn::BatchNorm2d(o.channels2()));
+  if (o.groups() > 0) {
+    CHORUS_CHECK(
+        o.channels1() % o.groups() == 0 && o.channels2() % o.groups() == 0,
+        "lenet: {} groups do not divide {} and {} channels", o.groups(),
+        o.channels1(), o.channels2());
+    gn1_ = register_module(
+        "gn1", nn::GroupNorm(nn::GroupNormOptions(o.groups(), o.channels1())));
+    gn2_ = register_module(
+        "gn2", nn::GroupNorm(nn::GroupNormOptions(o.groups(), o.channels2())));
+  } else {
+    bn1_ = register_module("bn1", nn::BatchNorm2d(o.channels1()));
+    bn2_ = register_module("bn2", nn::BatchNorm2d(o.channels2()));
+  }
   // Each 2x2 max-pool rounds down.
   const std::int64_t h = o.image_height() / 2 / 2, w = o.image_width() / 2 / 2;
   fc1_ = register_module("fc1", nn::Linear(o.channels2() * h * w, o.hidden()));
@@ -89,11 +132,16 @@ LeNetImpl::LeNetImpl(LeNetOptions options) : options_(std::move(options)) {
 
 torch::Tensor LeNetImpl::forward(torch::Tensor x) {
   x = x.contiguous(torch::MemoryFormat::ChannelsLast);
-  x = F::max_pool2d(torch::relu(bn1_(conv1_(x))), F::MaxPool2dFuncOptions(2));
-  x = F::max_pool2d(torch::relu(bn2_(conv2_(x))), F::MaxPool2dFuncOptions(2));
-  x = dropout(torch::relu(fc1_(x.flatten(/*start_dim=*/1))),
+  const bool grouped = options_.groups() > 0;
+  x = conv(*conv1_, x);
+  x = grouped ? group_norm(*gn1_, x) : bn1_(x);
+  x = F::max_pool2d(torch::relu(x), F::MaxPool2dFuncOptions(2));
+  x = conv(*conv2_, x);
+  x = grouped ? group_norm(*gn2_, x) : bn2_(x);
+  x = F::max_pool2d(torch::relu(x), F::MaxPool2dFuncOptions(2));
+  x = dropout(torch::relu(linear(*fc1_, x.flatten(/*start_dim=*/1))),
               options_.dropout());
-  return fc2_(x);
+  return linear(*fc2_, x);
 }
 
 namespace {
@@ -173,6 +221,7 @@ std::string ModelSpec::to_string() const {
   std::string out =
       fmt::format("{} in={} classes={}", arch, shape, num_classes);
   if (!hidden.empty()) out += fmt::format(" hidden={}", fmt::join(hidden, ","));
+  if (!norm.empty()) out += fmt::format(" norm={}", norm);
   return out;
 }
 
@@ -201,6 +250,12 @@ ModelSpec ModelSpec::parse(const std::string& text) {
         std::string w;
         while (std::getline(widths, w, ','))
           spec.hidden.push_back(std::stoll(w));
+      } else if (key == "norm") {
+        CHORUS_CHECK(value == "group",
+                     "model spec '{}': norm must be 'group' (BatchNorm is the "
+                     "default and has no key), got '{}'",
+                     text, value);
+        spec.norm = value;
       } else if (key == "classes") {
         spec.num_classes = std::stoll(value);
         have_classes = true;
@@ -251,9 +306,19 @@ std::string resolve_architecture(const std::string& arch,
   return arch;
 }
 
+namespace {
+// GroupNorm's groups in lenet norm=group: 4 groups of the 16 and 32
+// channels (Wu and He 2018 find 8–32 channels per group work well).
+constexpr std::int64_t kLeNetGroups = 4;
+}  // namespace
+
 std::shared_ptr<ClassifierImpl> make_classifier(const ModelSpec& spec) {
   CHORUS_CHECK(spec.num_classes > 0,
                "model spec '{}': classes must be positive", spec.to_string());
+  CHORUS_CHECK(spec.norm.empty() || spec.arch == "lenet",
+               "model spec '{}': norm=group is for lenet ({} has no "
+               "per-convolution normalisation to choose)",
+               spec.to_string(), spec.arch);
   if (spec.arch == "mlp") {
     auto options = MlpOptions()
                        .input_shape(spec.input_shape)
@@ -280,7 +345,8 @@ std::shared_ptr<ClassifierImpl> make_classifier(const ModelSpec& spec) {
                      .in_channels(spec.input_shape[0])
                      .image_height(spec.input_shape[1])
                      .image_width(spec.input_shape[2])
-                     .num_classes(spec.num_classes))
+                     .num_classes(spec.num_classes)
+                     .groups(spec.norm == "group" ? kLeNetGroups : 0))
         .ptr();
   }
   if (spec.arch == "resnet") {

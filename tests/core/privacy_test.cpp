@@ -71,3 +71,20 @@ TEST_CASE("privacy: GNMax's budget is the most answers within ε") {
   // Too little noise for even one answer.
   CHECK(privacy::gnmax_max_answers(0.5, 0.1, delta) == 0);
 }
+
+TEST_CASE(
+    "privacy: the noise multiplier for a target ε is the smallest that fits") {
+  const double q = 64.0 / 4000, delta = 1e-5;
+  const std::int64_t steps = 3 * 4000 / 64;
+  for (double eps : {1.0, 3.0, 8.0}) {
+    const double sigma = privacy::dp_sgd_noise_multiplier(eps, q, steps, delta);
+    CHECK(privacy::dp_sgd_epsilon(q, sigma, steps, delta) <= eps);
+    // 1% less noise overspends.
+    CHECK(privacy::dp_sgd_epsilon(q, sigma * 0.99, steps, delta) > eps);
+  }
+  // More privacy needs more noise.
+  CHECK(privacy::dp_sgd_noise_multiplier(1, q, steps, delta) >
+        privacy::dp_sgd_noise_multiplier(8, q, steps, delta));
+  CHECK_THROWS_WITH(privacy::dp_sgd_noise_multiplier(1e-6, 1, 100000, delta),
+                    doctest::Contains("cannot stay within epsilon"));
+}

@@ -34,6 +34,12 @@ double epsilon(const std::vector<double>& orders,
 /// ε after `steps` steps of the sampled Gaussian (DP-SGD's accountant).
 double dp_sgd_epsilon(double q, double sigma, std::int64_t steps, double delta);
 
+/// The smallest noise multiplier σ (to 0.1%) with which `steps` steps at
+/// sampling rate `q` stay within (`epsilon`, `delta`). Throws
+/// `chorus::Error` (INVALID_ARGUMENT) when even σ = 1000 does not.
+double dp_sgd_noise_multiplier(double epsilon, double q, std::int64_t steps,
+                               double delta);
+
 /// One-teacher GNMax (Papernot et al. 2018): each noisy-argmax answer is
 /// a Gaussian mechanism of L2 sensitivity √2, data-independent RDP α/σ²;
 /// ε after `answers` answers at `delta`.

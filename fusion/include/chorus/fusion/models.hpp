@@ -7,6 +7,7 @@
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
@@ -19,9 +20,32 @@
 /// float batch [N, C, H, W] (or [N, D] for the MLP) to logits [N, classes].
 namespace chorus::fusion {
 
+/// A layer whose parameters' per-example gradients can be computed from
+/// what the forward pass records: its input and its output (dp_sgd.hpp).
+struct RecordedLayer {
+  enum class Kind { kLinear, kConv2d, kGroupNorm };
+  Kind kind = Kind::kLinear;
+  torch::nn::Module* module = nullptr;  ///< Its `weight` and `bias`.
+  /// The layer's input; for GroupNorm the normalised input, before the
+  /// per-channel scale and shift.
+  torch::Tensor input;
+  torch::Tensor output;
+};
+
+/// Where a forward pass records its layers while DP-SGD computes
+/// per-example gradients.
+struct LayerRecorder {
+  std::vector<RecordedLayer> layers;
+};
+
 /// What every zoo model is: a module with a logits-returning `forward`.
 class ClassifierImpl : public torch::nn::Module {
  public:
+  /// While a recorder is set, the forward pass records every Linear,
+  /// Conv2d and GroupNorm it runs (DP-SGD's per-example gradients); null
+  /// stops recording.
+  void set_recorder(LayerRecorder* recorder) { recorder_ = recorder; }
+
   /// Logits [N, num_classes] for inputs [N, ...].
   virtual torch::Tensor forward(torch::Tensor x) = 0;
 
@@ -39,9 +63,15 @@ class ClassifierImpl : public torch::nn::Module {
   void use_channels_last();
   /// Dropout with probability `p` in training mode, from `noise()`.
   torch::Tensor dropout(const torch::Tensor& x, double p);
+  /// The layers, run through these so that a recorder sees them.
+  torch::Tensor linear(torch::nn::LinearImpl& layer, const torch::Tensor& x);
+  torch::Tensor conv(torch::nn::Conv2dImpl& layer, const torch::Tensor& x);
+  torch::Tensor group_norm(torch::nn::GroupNormImpl& layer,
+                           const torch::Tensor& x);
 
  private:
   std::optional<at::Generator> noise_;
+  LayerRecorder* recorder_ = nullptr;
 };
 
 /// Options of `Mlp`.
@@ -87,10 +117,13 @@ struct LeNetOptions {
   TORCH_ARG(std::int64_t, hidden) = 128;
   /// Dropout before the classifier.
   TORCH_ARG(double, dropout) = 0.25;
+  /// 0: BatchNorm after each convolution; G > 0: GroupNorm with G groups
+  /// (each example normalised on its own, as DP-SGD needs).
+  TORCH_ARG(std::int64_t, groups) = 0;
 };
 
-/// A LeNet-style CNN: two 3×3 conv + BatchNorm + ReLU + 2×2 max-pool stages,
-/// one hidden fully connected layer.
+/// A LeNet-style CNN: two 3×3 conv + BatchNorm (or GroupNorm) + ReLU + 2×2
+/// max-pool stages, one hidden fully connected layer.
 class LeNetImpl : public ClassifierImpl {
  public:
   explicit LeNetImpl(LeNetOptions options = {});
@@ -101,6 +134,7 @@ class LeNetImpl : public ClassifierImpl {
   LeNetOptions options_;
   torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
   torch::nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
+  torch::nn::GroupNorm gn1_{nullptr}, gn2_{nullptr};
   torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
 };
 TORCH_MODULE(LeNet);
@@ -146,8 +180,11 @@ struct ModelSpec {
   std::int64_t num_classes = 10;
   /// Hidden widths (mlp only; empty means the MlpOptions default).
   std::vector<std::int64_t> hidden;
+  /// Normalisation after each convolution (lenet only): "" (BatchNorm) or
+  /// "group" (GroupNorm, for DP-SGD).
+  std::string norm;
 
-  /// "arch in=AxBxC classes=N [hidden=W1,W2]".
+  /// "arch in=AxBxC classes=N [hidden=W1,W2] [norm=group]".
   std::string to_string() const;
   /// Parses `to_string`'s form. Throws `chorus::Error` (INVALID_ARGUMENT)
   /// naming what is wrong.
