@@ -94,6 +94,13 @@ int train(const NodeArgs& args) {
   fmt::print("examples {}  held out {}  held-out accuracy {:.4f}  {:.1f} s\n",
              result.examples, result.holdout, result.holdout_accuracy,
              result.seconds);
+  if (const auto& g = result.privacy) {
+    fmt::print(
+        "DP-SGD: (epsilon {:.3g}, delta {:.3g}) over {} steps at sampling "
+        "rate {:.4g}, noise multiplier {:.4g}, clip {:.3g} ({})\n",
+        g->epsilon, g->delta, g->steps, g->sample_rate, g->noise_multiplier,
+        g->max_grad_norm, g->accountant);
+  }
   fmt::print("wrote {}\n", config.expert.path.string());
   return 0;
 }

@@ -400,10 +400,18 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
         }
         if (replaced)
           replaced->close("replaced by a newer connection of the same node");
+        std::vector<std::string> privacy;
+        for (const auto& g : hello.policy.privacy) {
+          privacy.push_back(fmt::format("{}(epsilon={:.3g},delta={:.3g})",
+                                        g.mechanism, g.epsilon, g.delta));
+        }
         impl->log->info(
-            "node={} event=joined labels=[{}] max_batch={} generation={}",
+            "node={} event=joined labels=[{}] max_batch={} generation={}{}",
             identity, fmt::join(hello.expert.labels, ", "),
-            hello.policy.max_batch, impl->generations[identity]);
+            hello.policy.max_batch, impl->generations[identity],
+            privacy.empty()
+                ? std::string()
+                : fmt::format(" privacy={}", fmt::join(privacy, ",")));
       });
 }
 

@@ -152,6 +152,32 @@ NodeConfig read_node_config(Config& c) {
       fallback = fusion::builtin_task(source.dataset());
     source.task(read_task(c, fallback));
   }
+  // [train.privacy]: DP-SGD, to a budget or with a given noise multiplier.
+  if (c.has("train.privacy.epsilon") ||
+      c.has("train.privacy.noise_multiplier")) {
+    fusion::DpSgdOptions dp;
+    dp.epsilon(c.get_double("train.privacy.epsilon", 0));
+    dp.noise_multiplier(c.get_double("train.privacy.noise_multiplier", 0));
+    dp.delta(c.get_double("train.privacy.delta", dp.delta()));
+    dp.max_grad_norm(
+        c.get_double("train.privacy.max_grad_norm", dp.max_grad_norm()));
+    CHORUS_CHECK((dp.epsilon() > 0) != (dp.noise_multiplier() > 0),
+                 "{}: [train.privacy] needs exactly one of epsilon (a budget "
+                 "the noise is chosen for) and noise_multiplier (a given "
+                 "noise, whose epsilon is then computed), each > 0",
+                 c.path().string());
+    CHORUS_CHECK(dp.delta() > 0 && dp.delta() < 1 && dp.max_grad_norm() > 0,
+                 "{}: train.privacy.delta must be in (0, 1) and "
+                 "max_grad_norm > 0, got {} and {}",
+                 c.path().string(), dp.delta(), dp.max_grad_norm());
+    t.privacy(dp);
+  } else {
+    CHORUS_CHECK(
+        !c.has("train.privacy.delta") && !c.has("train.privacy.max_grad_norm"),
+        "{}: [train.privacy] needs epsilon or noise_multiplier "
+        "besides delta and max_grad_norm",
+        c.path().string());
+  }
   t.source(source);
   t.threads(n.threads);
   t.device(device);
@@ -196,7 +222,7 @@ std::string to_toml(const NodeConfig& n) {
       "{}\nseed = {}\n\n"
       "[train]\narch = {}\nepochs = {}\nbatch_size = {}\nlr = {}\nseed = {}\n"
       "holdout = {}\nshard = {}\nshards = {}\ndataset = {}\ndata_dir = "
-      "{}\n{}{}",
+      "{}\n{}\n[train.privacy]\n{}{}",
       toml_quoted(n.name), toml_quoted(n.state_dir.string()), n.threads,
       n.workers, toml_quoted(n.device), toml_quoted(n.host), n.port,
       n.server_name.empty()
@@ -227,6 +253,16 @@ std::string to_toml(const NodeConfig& n) {
       n.train.lr(), n.train.seed(), n.train.holdout(), n.train.shard(),
       n.train.shards(), toml_quoted(n.train.source().dataset()),
       toml_quoted(n.train.source().data_dir().string()), train_files,
+      n.train.privacy()
+          ? fmt::format("epsilon = {}\nnoise_multiplier = {}\ndelta = {}\n"
+                        "max_grad_norm = {}\n",
+                        n.train.privacy()->epsilon(),
+                        n.train.privacy()->noise_multiplier(),
+                        n.train.privacy()->delta(),
+                        n.train.privacy()->max_grad_norm())
+          : std::string("# epsilon = (none: trained without DP-SGD)\n"
+                        "# noise_multiplier = (chosen for epsilon)\n"
+                        "# delta = 1e-05\n# max_grad_norm = 1\n"),
       n.train.source().task() ? "\n" + to_toml(*n.train.source().task()) : "");
 }
 

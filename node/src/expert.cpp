@@ -262,6 +262,15 @@ std::unique_ptr<Expert> load_expert(ExpertOptions options) {
       fmt::join(fused.spec.input_shape, ", "));
   options.input_shape = fused.spec.input_shape;
   options.outputs_logits = true;
+  if (auto it = fused.attributes.find("privacy");
+      it != fused.attributes.end()) {
+    try {
+      options.training_privacy = fusion::DpGuarantee::from_json(it->second);
+    } catch (const Error& e) {
+      fail(Code::kDataLoss, "'{}': its DP-SGD guarantee is unreadable: {}",
+           path, e.what());
+    }
+  }
   options.spec = fused.spec.to_string();
   return checked(make_builtin_expert(fused.model, std::move(options)), path);
 }
@@ -277,12 +286,14 @@ std::unique_ptr<Expert> make_builtin_expert(
 void save_builtin_expert(const std::shared_ptr<fusion::ClassifierImpl>& model,
                          const fusion::ModelSpec& spec,
                          const std::vector<std::string>& labels,
-                         const std::filesystem::path& out) {
+                         const std::filesystem::path& out,
+                         const std::optional<fusion::DpGuarantee>& privacy) {
   fusion::FusedModel file{
       .algorithm = kExpertAlgorithm,
       .spec = spec,
       .attributes = {{"labels", nlohmann::json(labels).dump()}},
       .model = model};
+  if (privacy) file.attributes["privacy"] = privacy->to_json();
   fusion::save_fused_model(file, out);
 }
 

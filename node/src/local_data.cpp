@@ -155,18 +155,35 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
       .arch = arch,
       .input_shape = task.input_shape,
       .num_classes = static_cast<std::int64_t>(labels.size())};
+  // BatchNorm mixes a batch's examples, which DP-SGD cannot clip apart.
+  CHORUS_CHECK(!options.privacy() || arch == "lenet" || arch == "mlp",
+               "[train.privacy] trains an mlp or a lenet (with GroupNorm); "
+               "'{}' has BatchNorm layers, which DP-SGD cannot train",
+               arch);
+  if (options.privacy() && arch == "lenet") spec.norm = "group";
   auto model = fusion::make_classifier(spec, gen);
-  fusion::train(*model, x.index_select(0, rest), y.index_select(0, rest),
-                fusion::TrainOptions()
-                    .epochs(options.epochs())
-                    .batch_size(options.batch_size())
-                    .lr(options.lr())
-                    .seed(options.seed())
-                    .threads(options.threads())
-                    .device(options.device())
-                    .progress(fmt::format("train {} expert", arch))
-                    .on_epoch(options.on_epoch()));
+  const auto train_options =
+      fusion::TrainOptions()
+          .epochs(options.epochs())
+          .batch_size(options.batch_size())
+          .lr(options.lr())
+          .seed(options.seed())
+          .threads(options.threads())
+          .device(options.device())
+          .progress(fmt::format("train {} expert{}", arch,
+                                options.privacy() ? " (DP-SGD)" : ""))
+          .on_epoch(options.on_epoch());
   TrainExpertResult result;
+  if (options.privacy()) {
+    fusion::DpGuarantee guarantee;
+    fusion::train_private(*model, x.index_select(0, rest),
+                          y.index_select(0, rest), train_options,
+                          *options.privacy(), &guarantee);
+    result.privacy = guarantee;
+  } else {
+    fusion::train(*model, x.index_select(0, rest), y.index_select(0, rest),
+                  train_options);
+  }
   result.examples = rest.numel();
   result.holdout = hold.numel();
   result.holdout_accuracy =
@@ -174,7 +191,7 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                        y.index_select(0, hold));
   result.arch = arch;
   result.input_shape = task.input_shape;
-  save_builtin_expert(model, spec, labels, out);
+  save_builtin_expert(model, spec, labels, out, result.privacy);
   result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return result;
 }

@@ -49,6 +49,27 @@ protocol::Hello NodeService::hello() const {
   p.top_k = static_cast<std::uint32_t>(pol.top_k);
   p.temperature = pol.temperature;
   p.noise_std = pol.noise_std;
+  if (const auto& g = e.options().training_privacy) {
+    p.privacy.push_back(
+        {.mechanism = g->mechanism,
+         .epsilon = g->epsilon,
+         .delta = g->delta,
+         .accountant = g->accountant,
+         .parameters = {
+             {"noise_multiplier", fmt::format("{}", g->noise_multiplier)},
+             {"sample_rate", fmt::format("{}", g->sample_rate)},
+             {"steps", fmt::format("{}", g->steps)},
+             {"max_grad_norm", fmt::format("{}", g->max_grad_norm)}}});
+  }
+  if (const auto& b = pol.budget.privacy) {
+    p.privacy.push_back(
+        {.mechanism = "gnmax",
+         .epsilon = b->epsilon,
+         .delta = b->delta,
+         .epsilon_spent = impl_->ledger.epsilon_spent().value_or(0),
+         .accountant = "rdp-gaussian",
+         .parameters = {{"sigma", fmt::format("{}", b->sigma)}}});
+  }
   h.capabilities = {"predict", "model_push"};
   if (impl_->options.shots) h.capabilities.push_back("adapt");
   if (e.options().share_weights && e.builtin_model() &&

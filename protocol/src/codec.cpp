@@ -173,6 +173,15 @@ v1::Hello encode_hello(const Hello& hello) {
   p->set_top_k(pol.top_k);
   p->set_temperature(pol.temperature);
   p->set_noise_std(pol.noise_std);
+  for (const auto& g : pol.privacy) {
+    auto* w = p->add_privacy();
+    w->set_mechanism(g.mechanism);
+    w->set_epsilon(g.epsilon);
+    w->set_delta(g.delta);
+    w->set_epsilon_spent(g.epsilon_spent);
+    w->set_accountant(g.accountant);
+    for (const auto& [k, v] : g.parameters) (*w->mutable_parameters())[k] = v;
+  }
   for (const auto& c : hello.capabilities) h.add_capabilities(c);
   return h;
 }
@@ -204,6 +213,15 @@ Hello decode_hello(const v1::Hello& wire) {
   h.policy.top_k = p.top_k();
   h.policy.temperature = p.temperature();
   h.policy.noise_std = p.noise_std();
+  for (const auto& w : p.privacy()) {
+    h.policy.privacy.push_back(
+        {.mechanism = w.mechanism(),
+         .epsilon = w.epsilon(),
+         .delta = w.delta(),
+         .epsilon_spent = w.epsilon_spent(),
+         .accountant = w.accountant(),
+         .parameters = {w.parameters().begin(), w.parameters().end()}});
+  }
   h.capabilities.assign(wire.capabilities().begin(), wire.capabilities().end());
   return h;
 }

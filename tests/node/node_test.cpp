@@ -900,6 +900,88 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "node: [train.privacy] is read, needs exactly one of epsilon and "
+    "noise_multiplier, and shows in --print-config") {
+  auto ok = chorus::Config::parse(
+      "[train.privacy]\nepsilon = 3\nmax_grad_norm = 0.5\n", "dp.toml");
+  const auto n = nd::read_node_config(ok);
+  REQUIRE(n.train.privacy().has_value());
+  CHECK(n.train.privacy()->epsilon() == 3);
+  CHECK(n.train.privacy()->noise_multiplier() == 0);
+  CHECK(n.train.privacy()->max_grad_norm() == 0.5);
+  CHECK(n.train.privacy()->delta() == 1e-5);
+  CHECK(contains(nd::to_toml(n), "[train.privacy]\nepsilon = 3\n"));
+  auto none = chorus::Config::parse("", "none.toml");
+  CHECK(contains(nd::to_toml(nd::read_node_config(none)),
+                 "# epsilon = (none: trained without DP-SGD)"));
+  std::string msg;
+  for (const char* text :
+       {"[train.privacy]\nepsilon = 3\nnoise_multiplier = 1\n",
+        "[train.privacy]\nepsilon = -1\n"}) {
+    auto bad = chorus::Config::parse(text, "dp.toml");
+    CHECK(code_of([&] { nd::read_node_config(bad); }, &msg) ==
+          Code::kInvalidArgument);
+    CHECK(contains(msg, "exactly one of epsilon"));
+  }
+  auto only_delta =
+      chorus::Config::parse("[train.privacy]\ndelta = 1e-6\n", "dp.toml");
+  CHECK(code_of([&] { nd::read_node_config(only_delta); }, &msg) ==
+        Code::kInvalidArgument);
+  CHECK(contains(msg, "needs epsilon or noise_multiplier"));
+  auto bad_delta = chorus::Config::parse(
+      "[train.privacy]\nnoise_multiplier = 1\ndelta = 2\n", "dp.toml");
+  CHECK(code_of([&] { nd::read_node_config(bad_delta); }, &msg) ==
+        Code::kInvalidArgument);
+  CHECK(contains(msg, "train.privacy.delta must be in (0, 1)"));
+}
+
+TEST_CASE(
+    "node: an expert trained with DP-SGD carries its guarantee in its file "
+    "and announces it in Hello") {
+  TestCoordinator coordinator;
+  chorus::testing::TempDir dir;
+  const fu::ModelSpec spec{
+      .arch = "mlp", .input_shape = kShape, .num_classes = 3, .hidden = {8}};
+  fu::DpGuarantee g;
+  g.epsilon = 2.5;
+  g.delta = 1e-6;
+  g.noise_multiplier = 1.25;
+  g.sample_rate = 0.01;
+  g.steps = 300;
+  g.max_grad_norm = 1;
+  nd::save_builtin_expert(small_model(), spec, kLabels, dir / "dp.pt", g);
+  nd::ExpertOptions o;
+  o.path = dir / "dp.pt";
+  auto expert = nd::load_expert(o);
+  REQUIRE(expert->options().training_privacy.has_value());
+  CHECK(expert->options().training_privacy->epsilon == 2.5);
+  CHECK(expert->options().training_privacy->steps == 300);
+  TestNode node(std::move(expert), {}, coordinator.port());
+  coordinator.wait_connection();
+  const auto hello = coordinator.hello();
+  REQUIRE(hello.policy.privacy.size() == 1);
+  const auto& a = hello.policy.privacy[0];
+  CHECK(a.mechanism == "dp-sgd");
+  CHECK(a.epsilon == 2.5);
+  CHECK(a.delta == 1e-6);
+  CHECK(a.accountant == "rdp-sampled-gaussian");
+  CHECK(a.parameters.at("noise_multiplier") == "1.25");
+  CHECK(a.parameters.at("steps") == "300");
+
+  // An expert without one announces none; a corrupt guarantee is refused.
+  nd::save_builtin_expert(small_model(), spec, kLabels, dir / "plain.pt");
+  o.path = dir / "plain.pt";
+  CHECK_FALSE(nd::load_expert(o)->options().training_privacy.has_value());
+  auto file = fu::load_fused_model(dir / "dp.pt");
+  file.attributes["privacy"] = "{\"mechanism\": \"dp-sgd\"}";
+  fu::save_fused_model(file, dir / "broken.pt");
+  o.path = dir / "broken.pt";
+  std::string msg;
+  CHECK(code_of([&] { nd::load_expert(o); }, &msg) == Code::kDataLoss);
+  CHECK(contains(msg, "its DP-SGD guarantee is unreadable"));
+}
+
+TEST_CASE(
     "node: with a privacy budget it answers noisy labels, refuses the first "
     "query past epsilon and keeps serving within it") {
   TestCoordinator coordinator;
@@ -915,6 +997,13 @@ TEST_CASE(
   REQUIRE(cap > 8);
   TestNode node(builtin_expert(small_model()), options, coordinator.port());
   auto c = coordinator.wait_connection();
+  // Its Hello states the mechanism, the budget and what is spent.
+  const auto hello = coordinator.hello();
+  REQUIRE(hello.policy.privacy.size() == 1);
+  CHECK(hello.policy.privacy[0].mechanism == "gnmax");
+  CHECK(hello.policy.privacy[0].epsilon == 1.0);
+  CHECK(hello.policy.privacy[0].epsilon_spent == 0);
+  CHECK(hello.policy.privacy[0].parameters.at("sigma") == "20");
 
   std::int64_t answered = 0;
   while (answered + 64 <= cap - 4) {

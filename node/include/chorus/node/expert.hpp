@@ -12,6 +12,7 @@
 
 #include "chorus/core/task.hpp"
 #include "chorus/fusion/data_files.hpp"
+#include "chorus/fusion/dp_sgd.hpp"
 #include "chorus/fusion/train.hpp"
 
 /// A node's expert: the private model it serves as a black box. Whatever the
@@ -64,6 +65,9 @@ struct ExpertOptions {
   /// Where the model runs ([node] device): it moves there once, each batch
   /// moves there and the answers come back to the CPU.
   c10::Device device = c10::Device(c10::kCPU);
+  /// The DP-SGD guarantee a builtin expert was trained under, from its
+  /// model file; none for an expert trained without one.
+  std::optional<fusion::DpGuarantee> training_privacy;
 };
 
 /// A loaded expert. `predict` may be called from several threads.
@@ -109,10 +113,12 @@ std::unique_ptr<Expert> load_expert(ExpertOptions options);
 std::unique_ptr<Expert> make_builtin_expert(
     std::shared_ptr<fusion::ClassifierImpl> model, ExpertOptions options);
 
-/// Saves `model` as a builtin expert file over `labels`.
-void save_builtin_expert(const std::shared_ptr<fusion::ClassifierImpl>& model,
-                         const fusion::ModelSpec& spec,
-                         const std::vector<std::string>& labels,
-                         const std::filesystem::path& out);
+/// Saves `model` as a builtin expert file over `labels`, with the DP-SGD
+/// guarantee it was trained under when there is one.
+void save_builtin_expert(
+    const std::shared_ptr<fusion::ClassifierImpl>& model,
+    const fusion::ModelSpec& spec, const std::vector<std::string>& labels,
+    const std::filesystem::path& out,
+    const std::optional<fusion::DpGuarantee>& privacy = std::nullopt);
 
 }  // namespace chorus::node

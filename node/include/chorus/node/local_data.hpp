@@ -14,6 +14,7 @@
 
 #include "chorus/core/task.hpp"
 #include "chorus/fusion/data_files.hpp"
+#include "chorus/fusion/dp_sgd.hpp"
 #include "chorus/fusion/train.hpp"
 
 namespace chorus::node {
@@ -63,6 +64,8 @@ struct TrainExpertOptions {
   TORCH_ARG(int, threads) = 0;
   /// Where training runs (`fusion::TrainOptions::device`).
   TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
+  /// Train with DP-SGD ([train.privacy]); lenet then uses GroupNorm.
+  TORCH_ARG(std::optional<fusion::DpSgdOptions>, privacy);
   /// Progress after each epoch.
   TORCH_ARG(std::function<void(const fusion::EpochReport&)>,
             on_epoch) = nullptr;
@@ -76,6 +79,8 @@ struct TrainExpertResult {
   std::string arch;             ///< The architecture trained.
   std::vector<std::int64_t> input_shape;
   double seconds = 0;
+  /// The DP-SGD guarantee it was trained under, when it was.
+  std::optional<fusion::DpGuarantee> privacy;
 };
 
 /// Trains a builtin expert on the local data restricted to `labels` (names

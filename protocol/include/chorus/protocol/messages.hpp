@@ -18,7 +18,7 @@ namespace chorus::protocol {
 /// The protocol version this build speaks.
 inline constexpr std::uint32_t kProtocolMajor = 1;
 /// 1.1: operators. 1.2: the task in Welcome; inputs in the task's dtype.
-inline constexpr std::uint32_t kProtocolMinor = 5;
+inline constexpr std::uint32_t kProtocolMinor = 6;
 
 /// Element types a tensor may travel in.
 enum class DType {
@@ -83,6 +83,18 @@ struct ExpertDescriptor {
 };
 
 /// The query policy a node announces (it enforces its own copy).
+/// One (ε, δ) differential-privacy guarantee a node announces (1.6).
+struct PrivacyGuarantee {
+  /// "dp-sgd": its expert was trained with DP-SGD, every answer is
+  /// post-processing; "gnmax": every answer is a noisy argmax, accounted.
+  std::string mechanism;
+  double epsilon = 0;  ///< The guarantee (gnmax: the lifetime budget).
+  double delta = 0;
+  double epsilon_spent = 0;  ///< gnmax: spent when it said Hello.
+  std::string accountant;
+  std::map<std::string, std::string> parameters;
+};
+
 struct PolicyAnnouncement {
   std::uint64_t max_batch = 1;  ///< Largest number of inputs per Predict.
   std::optional<std::uint64_t> total_budget;  ///< Inputs over its lifetime.
@@ -94,6 +106,9 @@ struct PolicyAnnouncement {
   double noise_std = 0;
   /// Its lifetime budget left when it said Hello, when it has one.
   std::optional<std::uint64_t> total_remaining;
+  /// Its formal privacy guarantees; none from a node before 1.6 or one
+  /// without any.
+  std::vector<PrivacyGuarantee> privacy;
 };
 
 /// A client's first message: its expert and policy (a node's), or the
