@@ -9,13 +9,20 @@
 //            [--poison K]       (expert K answers confidently wrong)
 //            [--robust]         (robust fusion: AlgorithmOptions::robust)
 //            [--away K]         (expert K away when the fused model answers)
+//            [--privacy LIST]   (experts trained with DP-SGD at each epsilon
+//                                of LIST, e.g. off,1,3,8; delta 1e-5)
 //   bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads N]
 //            [--json FILE] [--peer bench/p1/peer.py]
 //
 // For each seed: split the 60,000 training images (50,000 private in K = 5
 // IID shards, 10,000 public transfer pool U, its first 500 labelled as V),
 // train one expert per shard on its 4-class task, query every expert on U
-// and on the 10,000 test images, and fuse. Prints one row per expert and per
+// and on the 10,000 test images, and fuse. With --privacy the whole protocol
+// runs once per epsilon, the experts trained with DP-SGD (a GroupNorm
+// LeNet, each example's gradient clipped to norm 1, Poisson batches of
+// expected size 64, the noise the RDP accountant allows for the recipe's
+// steps at delta 1e-5; "off": the usual BatchNorm LeNet), rows prefixed by
+// the epsilon. Prints one row per expert and per
 // method, mean ± sd over seeds, and writes the rows as JSON.
 //
 // --vs-pytorch: Chorus against the identical recipe in plain PyTorch
@@ -45,6 +52,7 @@
 #include "chorus/fusion/algorithms.hpp"
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/distill.hpp"
+#include "chorus/fusion/dp_sgd.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/foe.hpp"
 #include "chorus/fusion/oracle.hpp"
@@ -70,6 +78,8 @@ struct Args {
   int poison = -1;             // The poisoned expert; -1: none.
   int away = -1;               // An expert away at prediction; -1: none.
   bool robust = false;         // Robust fusion.
+  std::vector<double> privacy;  // DP-SGD epsilons (0: off); empty: none.
+  double epsilon = 0;           // The one this pass trains at; 0: off.
   std::string peer = CHORUS_P1_PEER;  // bench/p1/peer.py
   bool wants(const std::string& method) const {
     return only.empty() || only.count(method);
@@ -83,7 +93,10 @@ double seconds_since(Clock::time_point t) {
 // Accumulates one named row's metrics over seeds.
 class Table {
  public:
-  void add(const std::string& row, const std::string& metric, double value) {
+  // Prepended to the rows added from now on (--privacy's epsilon).
+  std::string prefix;
+  void add(const std::string& name, const std::string& metric, double value) {
+    const auto row = prefix + name;
     if (!rows_.count(row)) order_.push_back(row);
     rows_[row][metric].push_back(value);
   }
@@ -102,10 +115,10 @@ class Table {
     return fmt::format("{:.{}f} ± {:.{}f}", m, precision, s, precision);
   }
   void print() const {
-    fmt::print("\n{:<22} {:>15} {:>15} {:>14} {:>12}\n", "method", "acc 10-way",
+    fmt::print("\n{:<30} {:>15} {:>15} {:>14} {:>12}\n", "method", "acc 10-way",
                "acc own task", "queries/img", "seconds");
     for (const auto& row : order_) {
-      fmt::print("{:<22} {:>15} {:>15} {:>14} {:>12}\n", row,
+      fmt::print("{:<30} {:>15} {:>15} {:>14} {:>12}\n", row,
                  cell(row, "acc10"), cell(row, "acc_task"),
                  cell(row, "queries_per_image", 2), cell(row, "seconds", 1));
     }
@@ -149,15 +162,32 @@ void train_experts(std::uint64_t seed, const Args& args,
                  auto model = fu::make_classifier(
                      fu::ModelSpec{
                          .arch = "lenet",
-                         .num_classes = static_cast<std::int64_t>(task.size())},
+                         .num_classes = static_cast<std::int64_t>(task.size()),
+                         .norm = args.epsilon > 0 ? "group" : ""},
                      gen);
-                 fu::train(*model, x, y,
-                           fu::TrainOptions()
-                               .epochs(args.expert_epochs)
-                               .batch_size(64)
-                               .lr(2e-3)
-                               .seed(seed * 100 + i)
-                               .threads(threads));
+                 const auto recipe = fu::TrainOptions()
+                                         .epochs(args.expert_epochs)
+                                         .batch_size(64)
+                                         .lr(2e-3)
+                                         .seed(seed * 100 + i)
+                                         .threads(threads);
+                 if (args.epsilon > 0) {
+                   fu::DpGuarantee g;
+                   fu::train_private(
+                       *model, x, y, recipe,
+                       fu::DpSgdOptions().epsilon(args.epsilon).delta(1e-5),
+                       &g);
+                   if (i == 0) {
+                     fmt::print(stderr,
+                                "DP-SGD experts: epsilon {:.3g} delta {:.3g} "
+                                "noise multiplier {:.4g} over {} steps at "
+                                "q {:.4g}\n",
+                                g.epsilon, g.delta, g.noise_multiplier, g.steps,
+                                g.sample_rate);
+                   }
+                 } else {
+                   fu::train(*model, x, y, recipe);
+                 }
                  models[i] = model;
                });
   for (std::size_t i = 0; i < models.size(); ++i)
@@ -503,7 +533,20 @@ int main(int argc, char** argv) {
       args.poison = std::atoi(next());
     else if (!std::strcmp(argv[i], "--away"))
       args.away = std::atoi(next());
-    else if (!std::strcmp(argv[i], "--robust"))
+    else if (!std::strcmp(argv[i], "--privacy")) {
+      std::stringstream list(next());
+      for (std::string item; std::getline(list, item, ',');) {
+        const double eps = item == "off" ? 0 : std::atof(item.c_str());
+        if (item != "off" && !(eps > 0)) {
+          fmt::print(stderr,
+                     "bench_p1: --privacy takes epsilons > 0 or 'off', got "
+                     "'{}'\n",
+                     item);
+          return 2;
+        }
+        args.privacy.push_back(eps);
+      }
+    } else if (!std::strcmp(argv[i], "--robust"))
       args.robust = true;
     else if (!std::strcmp(argv[i], "--vs-pytorch"))
       args.vs_pytorch = std::atoi(next());
@@ -518,7 +561,8 @@ int main(int argc, char** argv) {
           stderr,
           "usage: bench_p1 [--seeds N] [--expert-epochs N] "
           "[--threads N] [--json FILE] [--save-dir DIR] [--only a,b,...] "
-          "[--student-epochs N] [--poison K] [--robust] [--away K]\n"
+          "[--student-epochs N] [--poison K] [--robust] [--away K] "
+          "[--privacy off,1,3,8]\n"
           "       bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads "
           "N] [--json FILE] [--peer peer.py]\n");
       return 2;
@@ -536,18 +580,29 @@ int main(int argc, char** argv) {
       return vs_pytorch(args, train, test);
     }
     Table table;
-    for (int s = 0; s < args.seeds; ++s) run_seed(s, args, train, test, table);
+    if (args.privacy.empty()) {
+      for (int s = 0; s < args.seeds; ++s)
+        run_seed(s, args, train, test, table);
+    }
+    for (double eps : args.privacy) {
+      args.epsilon = eps;
+      table.prefix = eps > 0 ? fmt::format("ε={:g} ", eps) : "non-private ";
+      for (int s = 0; s < args.seeds; ++s)
+        run_seed(s, args, train, test, table);
+    }
+    table.prefix.clear();
     table.print();
     const double total = seconds_since(t0);
     fmt::print(
         "\nseeds={} expert_epochs={} threads={} poison={} robust={} away={} "
-        "total={:.1f} s\n",
+        "privacy=[{}] total={:.1f} s\n",
         args.seeds, args.expert_epochs, args.threads, args.poison, args.robust,
-        args.away, total);
+        args.away, fmt::join(args.privacy, ","), total);
     nlohmann::json out{
         {"benchmark", "p1"},       {"seeds", args.seeds},
         {"poison", args.poison},   {"robust", args.robust},
         {"away", args.away},       {"expert_epochs", args.expert_epochs},
+        {"privacy_epsilons", args.privacy}, {"privacy_delta", 1e-5},
         {"threads", args.threads}, {"total_seconds", total},
         {"rows", table.json()}};
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
