@@ -71,13 +71,13 @@ struct Args {
   int expert_epochs = 3;
   int threads = 2;
   std::string json = "bench_p1.json";
-  std::string save_dir;        // Where to save seed 0's fused models, if set.
-  std::set<std::string> only;  // Empty: every method.
-  int vs_pytorch = 0;          // Pairs of the PyTorch comparison; 0: off.
-  int student_epochs = 0;      // 0: DistillOptions' default.
-  int poison = -1;             // The poisoned expert; -1: none.
-  int away = -1;               // An expert away at prediction; -1: none.
-  bool robust = false;         // Robust fusion.
+  std::string save_dir;         // Where to save seed 0's fused models, if set.
+  std::set<std::string> only;   // Empty: every method.
+  int vs_pytorch = 0;           // Pairs of the PyTorch comparison; 0: off.
+  int student_epochs = 0;       // 0: DistillOptions' default.
+  int poison = -1;              // The poisoned expert; -1: none.
+  int away = -1;                // An expert away at prediction; -1: none.
+  bool robust = false;          // Robust fusion.
   std::vector<double> privacy;  // DP-SGD epsilons (0: off); empty: none.
   double epsilon = 0;           // The one this pass trains at; 0: off.
   std::string peer = CHORUS_P1_PEER;  // bench/p1/peer.py
@@ -150,46 +150,44 @@ void train_experts(std::uint64_t seed, const Args& args,
                    const fu::Dataset& train, const fu::P1Split& split,
                    fu::LocalOracle& oracle) {
   std::vector<std::shared_ptr<fu::ClassifierImpl>> models(split.tasks.size());
-  fu::run_jobs(static_cast<std::int64_t>(models.size()), args.threads,
-               [&](std::int64_t j, int threads) {
-                 const auto i = static_cast<std::size_t>(j);
-                 const auto& task = split.tasks[i];
-                 auto idx = split.expert_train[i];
-                 auto x = train.images.index_select(0, idx);
-                 auto y = fu::to_local_labels(train.labels.index_select(0, idx),
-                                              task);
-                 auto gen = fu::make_generator(seed * 100 + i);
-                 auto model = fu::make_classifier(
-                     fu::ModelSpec{
-                         .arch = "lenet",
-                         .num_classes = static_cast<std::int64_t>(task.size()),
-                         .norm = args.epsilon > 0 ? "group" : ""},
-                     gen);
-                 const auto recipe = fu::TrainOptions()
-                                         .epochs(args.expert_epochs)
-                                         .batch_size(64)
-                                         .lr(2e-3)
-                                         .seed(seed * 100 + i)
-                                         .threads(threads);
-                 if (args.epsilon > 0) {
-                   fu::DpGuarantee g;
-                   fu::train_private(
-                       *model, x, y, recipe,
-                       fu::DpSgdOptions().epsilon(args.epsilon).delta(1e-5),
-                       &g);
-                   if (i == 0) {
-                     fmt::print(stderr,
-                                "DP-SGD experts: epsilon {:.3g} delta {:.3g} "
-                                "noise multiplier {:.4g} over {} steps at "
-                                "q {:.4g}\n",
-                                g.epsilon, g.delta, g.noise_multiplier, g.steps,
-                                g.sample_rate);
-                   }
-                 } else {
-                   fu::train(*model, x, y, recipe);
-                 }
-                 models[i] = model;
-               });
+  fu::run_jobs(
+      static_cast<std::int64_t>(models.size()), args.threads,
+      [&](std::int64_t j, int threads) {
+        const auto i = static_cast<std::size_t>(j);
+        const auto& task = split.tasks[i];
+        auto idx = split.expert_train[i];
+        auto x = train.images.index_select(0, idx);
+        auto y = fu::to_local_labels(train.labels.index_select(0, idx), task);
+        auto gen = fu::make_generator(seed * 100 + i);
+        auto model = fu::make_classifier(
+            fu::ModelSpec{.arch = "lenet",
+                          .num_classes = static_cast<std::int64_t>(task.size()),
+                          .norm = args.epsilon > 0 ? "group" : ""},
+            gen);
+        const auto recipe = fu::TrainOptions()
+                                .epochs(args.expert_epochs)
+                                .batch_size(64)
+                                .lr(2e-3)
+                                .seed(seed * 100 + i)
+                                .threads(threads);
+        if (args.epsilon > 0) {
+          fu::DpGuarantee g;
+          fu::train_private(
+              *model, x, y, recipe,
+              fu::DpSgdOptions().epsilon(args.epsilon).delta(1e-5), &g);
+          if (i == 0) {
+            fmt::print(stderr,
+                       "DP-SGD experts: epsilon {:.3g} delta {:.3g} "
+                       "noise multiplier {:.4g} over {} steps at "
+                       "q {:.4g}\n",
+                       g.epsilon, g.delta, g.noise_multiplier, g.steps,
+                       g.sample_rate);
+          }
+        } else {
+          fu::train(*model, x, y, recipe);
+        }
+        models[i] = model;
+      });
   for (std::size_t i = 0; i < models.size(); ++i)
     oracle.add_expert({fmt::format("expert-{}", i), split.tasks[i]}, models[i]);
 }
@@ -598,13 +596,17 @@ int main(int argc, char** argv) {
         "privacy=[{}] total={:.1f} s\n",
         args.seeds, args.expert_epochs, args.threads, args.poison, args.robust,
         args.away, fmt::join(args.privacy, ","), total);
-    nlohmann::json out{
-        {"benchmark", "p1"},       {"seeds", args.seeds},
-        {"poison", args.poison},   {"robust", args.robust},
-        {"away", args.away},       {"expert_epochs", args.expert_epochs},
-        {"privacy_epsilons", args.privacy}, {"privacy_delta", 1e-5},
-        {"threads", args.threads}, {"total_seconds", total},
-        {"rows", table.json()}};
+    nlohmann::json out{{"benchmark", "p1"},
+                       {"seeds", args.seeds},
+                       {"poison", args.poison},
+                       {"robust", args.robust},
+                       {"away", args.away},
+                       {"expert_epochs", args.expert_epochs},
+                       {"privacy_epsilons", args.privacy},
+                       {"privacy_delta", 1e-5},
+                       {"threads", args.threads},
+                       {"total_seconds", total},
+                       {"rows", table.json()}};
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
     fmt::print("wrote {}\n", args.json);
   } catch (const chorus::Error& e) {
