@@ -233,29 +233,31 @@ class TestNode {
 class RawClient {
  public:
   RawClient(std::uint16_t port, const pr::KeyPair* leaf)
-      : ctx_(asio::ssl::context::tls_client), stream_(io_, ctx_) {
+      : ctx_(asio::ssl::context::tls_client) {
     ctx_.add_certificate_authority(asio::buffer(pki().ca.cert_pem));
     if (leaf) {
       ctx_.use_certificate_chain(asio::buffer(leaf->cert_pem));
       ctx_.use_private_key(asio::buffer(leaf->key_pem),
                            asio::ssl::context::pem);
     }
-    stream_ = Stream(io_, ctx_);
-    stream_.lowest_layer().connect(
+    // Made after the context holds the certificate (SSL_new copies it);
+    // not move-assigned: asio's engine leaks the SSL it replaces.
+    stream_ = std::make_unique<Stream>(io_, ctx_);
+    stream_->lowest_layer().connect(
         tcp::endpoint(asio::ip::address_v4::loopback(), port));
   }
   bool handshake() {
     std::error_code ec;
-    stream_.handshake(asio::ssl::stream_base::client, ec);
+    stream_->handshake(asio::ssl::stream_base::client, ec);
     return !ec;
   }
   void write_tls(const std::string& bytes) {
     std::error_code ec;
-    asio::write(stream_, asio::buffer(bytes), ec);
+    asio::write(*stream_, asio::buffer(bytes), ec);
   }
   void write_plain(const std::string& bytes) {
     std::error_code ec;
-    asio::write(stream_.next_layer(), asio::buffer(bytes), ec);
+    asio::write(stream_->next_layer(), asio::buffer(bytes), ec);
   }
   void send(const v1::Envelope& e) {
     std::string body = e.SerializeAsString();
@@ -266,10 +268,10 @@ class RawClient {
   std::optional<v1::Envelope> receive() {
     std::array<std::uint8_t, 4> header{};
     std::error_code ec;
-    asio::read(stream_, asio::buffer(header), ec);
+    asio::read(*stream_, asio::buffer(header), ec);
     if (ec) return std::nullopt;
     std::string body(pr::decode_frame_header(header), '\0');
-    asio::read(stream_, asio::buffer(body), ec);
+    asio::read(*stream_, asio::buffer(body), ec);
     if (ec) return std::nullopt;
     v1::Envelope e;
     if (!e.ParseFromString(body)) return std::nullopt;
@@ -291,14 +293,14 @@ class RawClient {
   }
   void close() {
     std::error_code ec;
-    stream_.lowest_layer().close(ec);
+    stream_->lowest_layer().close(ec);
   }
 
  private:
   using Stream = asio::ssl::stream<tcp::socket>;
   asio::io_context io_;
   asio::ssl::context ctx_;
-  Stream stream_;
+  std::unique_ptr<Stream> stream_;
 };
 
 // The server still admits and serves a well-behaved node.
