@@ -68,9 +68,11 @@ AuditLog::AuditLog(const std::filesystem::path& path,
     std::error_code ec;
     std::filesystem::create_directories(path.parent_path(), ec);
   }
-  // The chain goes on from the lines already there.
+  // The chain goes on from the lines already there: in a regular file only
+  // (a device such as /dev/full would read without end).
   bool torn = false;
-  {
+  std::error_code regular_ec;
+  if (std::filesystem::is_regular_file(path, regular_ec)) {
     std::ifstream in(path, std::ios::binary);
     std::string text;
     while (std::getline(in, text)) {
