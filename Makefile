@@ -5,7 +5,7 @@ BUILD_TYPE ?= RelWithDebInfo
 JOBS       ?= $(shell nproc)
 CHORUS      = $(BUILD_DIR)/apps/chorus/chorus
 
-.PHONY: all deps configure build demo test bench format format-check clean
+.PHONY: all deps configure build demo test bench sanitize format format-check clean
 
 all: build
 
@@ -26,6 +26,26 @@ demo: build
 
 test: build
 	ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS)
+
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer
+# (build-asan/), then the protocol, node and coordinator suites under
+# ThreadSanitizer (build-tsan/). Any report fails the run. The suppression
+# files in tests/sanitizers/ say what each entry excuses and why.
+SAN_FLAGS = -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHORUS_BUILD_BENCH=OFF
+SAN_ENV   = ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 \
+            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitizers/lsan.supp:print_suppressions=0 \
+            TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/sanitizers/tsan.supp
+sanitize: deps
+	cmake -S . -B build-asan $(SAN_FLAGS) -DCHORUS_SANITIZE=address,undefined
+	cmake --build build-asan -j $(JOBS)
+	$(SAN_ENV) ctest --test-dir build-asan --output-on-failure -j $(JOBS) \
+	    -E "fuzz: every target"
+	cmake -S . -B build-tsan $(SAN_FLAGS) -DCHORUS_SANITIZE=thread
+	cmake --build build-tsan -j $(JOBS) --target chorus_protocol_tests \
+	    chorus_node_tests chorus_coordinator_tests
+	$(SAN_ENV) ctest --test-dir build-tsan --output-on-failure -j $(JOBS) \
+	    -L "^(protocol|node|coordinator)$$"
 
 # Benchmarks print their tables and write JSON to $(BUILD_DIR)/bench-results/.
 bench: build
