@@ -2,7 +2,7 @@
 // coordinator-side Server, node-side Clients, and raw clients that misbehave.
 #include "chorus/protocol/channel.hpp"
 
-#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/sinks/base_sink.h>
 
 #include <asio/connect.hpp>
 #include <asio/read.hpp>
@@ -10,6 +10,7 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -58,23 +59,50 @@ const Pki& pki() {
   return p;
 }
 
-// Captures what the "protocol" logger writes.
+// A sink that keeps what it is given; read under the sink's own lock (the
+// server's threads write while the test reads: ThreadSanitizer).
+class TextSink : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  std::string text() {
+    std::lock_guard lock(mutex_);
+    return text_;
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    spdlog::memory_buf_t line;
+    formatter_->format(msg, line);
+    text_.append(line.data(), line.size());
+  }
+  void flush_() override {}
+
+ private:
+  std::string text_;
+};
+
+// One sink on the "protocol" logger for the whole run, added once: a sink
+// added and removed per test raced with the threads still logging.
+std::shared_ptr<TextSink> protocol_log() {
+  static const auto sink = [] {
+    auto s = std::make_shared<TextSink>();
+    s->set_pattern("%v");
+    chorus::log::get("protocol")->sinks().push_back(s);
+    return s;
+  }();
+  return sink;
+}
+
+// Captures what the "protocol" logger writes from now on.
 class LogCapture {
  public:
-  LogCapture() : sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)) {
-    sink_->set_pattern("%v");
-    chorus::log::get("protocol")->sinks().push_back(sink_);
+  LogCapture() : sink_(protocol_log()), from_(sink_->text().size()) {
     chorus::log::get("protocol")->set_level(spdlog::level::debug);
   }
-  ~LogCapture() {
-    auto& sinks = chorus::log::get("protocol")->sinks();
-    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
-  }
   bool contains(const std::string& text) const {
-    return out_.str().find(text) != std::string::npos;
+    return since().find(text) != std::string::npos;
   }
   std::size_t count(const std::string& text) const {
-    const auto all = out_.str();
+    const auto all = since();
     std::size_t n = 0;
     for (auto at = all.find(text); at != std::string::npos;
          at = all.find(text, at + 1))
@@ -89,13 +117,14 @@ class LogCapture {
       if (contains(text)) return true;
       std::this_thread::sleep_for(10ms);
     }
-    MESSAGE("log so far:\n" << out_.str());
+    MESSAGE("log so far:\n" << since());
     return false;
   }
 
  private:
-  std::ostringstream out_;
-  std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
+  std::string since() const { return sink_->text().substr(from_); }
+  std::shared_ptr<TextSink> sink_;
+  std::size_t from_;
 };
 
 v1::Envelope predict_request(const torch::Tensor& inputs) {
