@@ -176,7 +176,6 @@ Step dp_gradient(ClassifierImpl& model, const torch::Tensor& x,
                "DP-SGD: need max_grad_norm > 0, noise_multiplier >= 0 and an "
                "expected batch > 0, got {}, {} and {}",
                max_grad_norm, noise_multiplier, expected_batch);
-  const auto params = model.parameters();
   Step step;
   std::vector<torch::Tensor> sums;
   if (x.size(0) > 0) {
