@@ -94,6 +94,13 @@ int train(const NodeArgs& args) {
   fmt::print("examples {}  held out {}  held-out accuracy {:.4f}  {:.1f} s\n",
              result.examples, result.holdout, result.holdout_accuracy,
              result.seconds);
+  if (result.teachers > 1) {
+    fmt::print(
+        "teachers {}  each on about {} examples  held-out accuracy: one "
+        "teacher {:.4f} (mean), their votes' plurality {:.4f}\n",
+        result.teachers, result.examples / result.teachers,
+        result.teacher_accuracy, result.vote_accuracy);
+  }
   if (const auto& g = result.privacy) {
     fmt::print(
         "DP-SGD: (epsilon {:.3g}, delta {:.3g}) over {} steps at sampling "

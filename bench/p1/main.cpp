@@ -11,6 +11,9 @@
 //            [--away K]         (expert K away when the fused model answers)
 //            [--privacy LIST]   (experts trained with DP-SGD at each epsilon
 //                                of LIST, e.g. off,1,3,8; delta 1e-5)
+//            [--mechanism gnmax --teachers K --queries Q]
+//                               (with --privacy: noisy-argmax answers
+//                                instead, over K teachers per node)
 //   bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads N]
 //            [--json FILE] [--peer bench/p1/peer.py]
 //
@@ -24,6 +27,18 @@
 // steps at delta 1e-5; "off": the usual BatchNorm LeNet), rows prefixed by
 // the epsilon. Prints one row per expert and per
 // method, mean ± sd over seeds, and writes the rows as JSON.
+//
+// --mechanism gnmax: the experts are trained as usual (each a teacher
+// ensemble of K LeNets on disjoint parts of its shard, K = 1: one LeNet),
+// and every answer they give is GNMax — the argmax of their teachers' votes
+// plus Gaussian noise (ALGORITHMS.md §6) — with the σ a node needs to give
+// all of its answers within ε (delta 1e-5, data-independent RDP). The
+// coordinator asks each node Q inputs of U (V, the first 500, among them).
+// Two deployments, two budgets: foe-distill's student serves alone, so the
+// node answers only those Q (σ for Q answers); B+ and foe serve through
+// the experts, so the node also answers the 10,000 test inputs (σ for
+// Q + 10,000 answers, the experts' rows too). K teachers train on 1/K of
+// the shard each for K times the epochs: the examples one expert sees.
 //
 // --vs-pytorch: Chorus against the identical recipe in plain PyTorch
 // (peer.py, Debian's python3-torch on the same libtorch), phase by phase:
@@ -49,12 +64,14 @@
 #include "chorus/core/error.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/core/memory.hpp"
+#include "chorus/core/privacy.hpp"
 #include "chorus/fusion/algorithms.hpp"
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/distill.hpp"
 #include "chorus/fusion/dp_sgd.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/foe.hpp"
+#include "chorus/fusion/gnmax.hpp"
 #include "chorus/fusion/oracle.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/random.hpp"
@@ -80,6 +97,9 @@ struct Args {
   bool robust = false;          // Robust fusion.
   std::vector<double> privacy;  // DP-SGD epsilons (0: off); empty: none.
   double epsilon = 0;           // The one this pass trains at; 0: off.
+  bool gnmax = false;           // --mechanism gnmax: noisy-argmax answers.
+  int teachers = 1;             // Teachers per node (gnmax).
+  std::int64_t queries = 1000;  // Inputs of U each node answers (gnmax).
   std::string peer = CHORUS_P1_PEER;  // bench/p1/peer.py
   bool wants(const std::string& method) const {
     return only.empty() || only.count(method);
@@ -115,12 +135,14 @@ class Table {
     return fmt::format("{:.{}f} ± {:.{}f}", m, precision, s, precision);
   }
   void print() const {
-    fmt::print("\n{:<30} {:>15} {:>15} {:>14} {:>12}\n", "method", "acc 10-way",
-               "acc own task", "queries/img", "seconds");
+    fmt::print("\n{:<36} {:>15} {:>15} {:>14} {:>12} {:>8}\n", "method",
+               "acc 10-way", "acc own task", "queries/img", "seconds", "sigma");
     for (const auto& row : order_) {
-      fmt::print("{:<30} {:>15} {:>15} {:>14} {:>12}\n", row,
+      const auto sigma = cell(row, "sigma", 1);
+      fmt::print("{:<36} {:>15} {:>15} {:>14} {:>12} {:>8}\n", row,
                  cell(row, "acc10"), cell(row, "acc_task"),
-                 cell(row, "queries_per_image", 2), cell(row, "seconds", 1));
+                 cell(row, "queries_per_image", 2), cell(row, "seconds", 1),
+                 sigma == "-" ? sigma : sigma.substr(0, sigma.find(' ')));
     }
   }
   nlohmann::json json() const {
@@ -340,6 +362,153 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
              expert_seconds);
 }
 
+// --mechanism gnmax, one seed: each node's teachers trained once, their
+// votes on the queried part of U and on the test set computed once, then
+// for each epsilon the noisy answers a node with that budget gives and what
+// the coordinator fuses from them.
+void run_gnmax_seed(std::uint64_t seed, const Args& args,
+                    const fu::Dataset& train, const fu::Dataset& test,
+                    Table& table) {
+  constexpr double kDelta = 1e-5;
+  auto split = fu::p1_split(train.labels, fu::P1Options().seed(seed));
+  const auto n_experts = static_cast<std::int64_t>(split.tasks.size());
+  const std::int64_t k = args.teachers;
+  const std::int64_t q =
+      std::min<std::int64_t>(args.queries, split.transfer.size(0));
+  const std::int64_t n_v = split.fusion.size(0);
+  CHORUS_CHECK(q >= n_v, "--queries {} must cover V's {} inputs", q, n_v);
+  auto u_x = train.images.index_select(0, split.transfer.slice(0, 0, q));
+  auto v_labels = train.labels.index_select(0, split.fusion);
+
+  // Teachers: expert i's shard in k disjoint parts, one LeNet each.
+  auto t_train = Clock::now();
+  std::vector<std::shared_ptr<fu::ClassifierImpl>> models(
+      static_cast<std::size_t>(n_experts * k));
+  fu::run_jobs(n_experts * k, args.threads, [&](std::int64_t j, int threads) {
+    const auto i = static_cast<std::size_t>(j / k);
+    const auto part = j % k;
+    const auto& task = split.tasks[i];
+    auto rows = split.expert_train[i];
+    const auto per = rows.size(0) / k;
+    rows = rows.slice(0, part * per,
+                      part + 1 == k ? rows.size(0) : (part + 1) * per);
+    auto x = train.images.index_select(0, rows);
+    auto y = fu::to_local_labels(train.labels.index_select(0, rows), task);
+    const auto s = seed * 100000 + i * 1000 + static_cast<std::uint64_t>(part);
+    auto gen = fu::make_generator(s);
+    auto model = fu::make_classifier(
+        fu::ModelSpec{.arch = "lenet",
+                      .num_classes = static_cast<std::int64_t>(task.size())},
+        gen);
+    fu::train(*model, x, y,
+              fu::TrainOptions()
+                  .epochs(args.expert_epochs * static_cast<int>(k))
+                  .batch_size(64)
+                  .lr(2e-3)
+                  .seed(s)
+                  .threads(threads));
+    models[static_cast<std::size_t>(j)] = model;
+  });
+  table.add(fmt::format("gnmax K={}: training", k), "seconds",
+            seconds_since(t_train));
+
+  // Votes, once: on the queried part of U and on the test set.
+  fu::LocalOracle experts(kClasses);
+  std::vector<torch::Tensor> votes_u, votes_test;
+  for (std::int64_t i = 0; i < n_experts; ++i) {
+    const auto& task = split.tasks[static_cast<std::size_t>(i)];
+    experts.add_expert({fmt::format("expert-{}", i), task},
+                       models[static_cast<std::size_t>(i * k)]);
+    std::vector<torch::Tensor> on_u, on_test;
+    for (std::int64_t t = 0; t < k; ++t) {
+      auto& m = *models[static_cast<std::size_t>(i * k + t)];
+      on_u.push_back(fu::predict_proba(m, u_x));
+      on_test.push_back(fu::predict_proba(m, test.images));
+    }
+    votes_u.push_back(fu::vote_histogram(on_u));
+    votes_test.push_back(fu::vote_histogram(on_test));
+  }
+
+  auto options = fu::AlgorithmOptions().seed(seed).threads(args.threads);
+  if (args.student_epochs > 0) options.distill().epochs(args.student_epochs);
+  for (double eps : args.privacy) {
+    if (eps <= 0) continue;  // The non-private rows are the usual run's.
+    const double sigma_fit = chorus::privacy::gnmax_sigma(eps, q, kDelta);
+    const double sigma_serve =
+        chorus::privacy::gnmax_sigma(eps, q + test.images.size(0), kDelta);
+    table.prefix = fmt::format("ε={:g} gnmax K={} ", eps, k);
+    auto gen = fu::make_generator(seed * 7919 +
+                                  static_cast<std::uint64_t>(eps * 1000));
+    auto noisy = [&](const std::vector<torch::Tensor>& votes, double sigma) {
+      std::vector<torch::Tensor> out;
+      for (const auto& v : votes)
+        out.push_back(fu::noisy_argmax(v, sigma, gen));
+      return out;
+    };
+    // Serving through the experts: Q + 10,000 answers per node.
+    auto served_u = noisy(votes_u, sigma_serve);
+    auto served_test = noisy(votes_test, sigma_serve);
+    auto lifted_test = fu::lift_all(served_test, experts);
+    for (std::int64_t i = 0; i < n_experts; ++i) {
+      const auto& task = split.tasks[static_cast<std::size_t>(i)];
+      auto local = fu::to_local_labels(test.labels, task);
+      auto known = local.ge(0).nonzero().flatten();
+      const auto row = fmt::format("expert {} {}", i, fmt::join(task, ","));
+      table.add(
+          row, "acc_task",
+          fu::accuracy(
+              served_test[static_cast<std::size_t>(i)].index_select(0, known),
+              local.index_select(0, known)));
+      table.add(
+          row, "acc10",
+          fu::accuracy(lifted_test[static_cast<std::size_t>(i)], test.labels));
+      table.add(row, "queries_per_image", 1);
+      table.add(row, "sigma", sigma_serve);
+    }
+    if (args.wants("bplus")) {
+      table.add("bplus", "acc10",
+                fu::accuracy(fu::ensemble_sum(lifted_test), test.labels));
+      table.add("bplus", "queries_per_image", n_experts);
+      table.add("bplus", "sigma", sigma_serve);
+    }
+    if (args.wants("foe")) {
+      auto t = Clock::now();
+      std::vector<torch::Tensor> on_v;
+      for (const auto& a : served_u) on_v.push_back(a.slice(0, 0, n_v));
+      fu::Foe foe(options.foe().seed(seed).threads(args.threads));
+      foe.fit(on_v, v_labels, kClasses, served_u);
+      table.add("foe", "acc10",
+                fu::accuracy(foe.predict_proba(served_test), test.labels));
+      table.add("foe", "queries_per_image", n_experts);
+      table.add("foe", "seconds", seconds_since(t));
+      table.add("foe", "sigma", sigma_serve);
+    }
+    if (args.wants("foe-distill")) {
+      // The student serves alone: the nodes answer U's Q inputs only.
+      fu::FusionData data;
+      data.num_classes = kClasses;
+      data.experts = experts.experts();
+      data.transfer = u_x;
+      data.answers = noisy(votes_u, sigma_fit);
+      data.fusion_index = torch::arange(n_v, torch::kLong);
+      data.fusion_labels = v_labels;
+      auto fuser = fu::make_fuser("foe-distill", options);
+      auto r = fu::run_fusion(*fuser, data, experts, test.images, test.labels);
+      CHORUS_CHECK(r.queries_per_input == 0,
+                   "foe-distill asked the experts at serving time");
+      table.add("foe-distill", "acc10", r.accuracy);
+      table.add("foe-distill", "queries_per_image", 0);
+      table.add("foe-distill", "seconds", r.fit_seconds + r.predict_seconds);
+      table.add("foe-distill", "sigma", sigma_fit);
+    }
+    fmt::print(stderr,
+               "seed {} epsilon {:g}: sigma {:.1f} for {} answers per node "
+               "(foe-distill), {:.1f} for {} (serving through the experts)\n",
+               seed, eps, sigma_fit, q, sigma_serve, q + test.images.size(0));
+  }
+  table.prefix.clear();
+}
+
 // The phases peer.py times, measured on Chorus's side with the same data,
 // recipe and threads.
 struct Phases {
@@ -544,7 +713,19 @@ int main(int argc, char** argv) {
         }
         args.privacy.push_back(eps);
       }
-    } else if (!std::strcmp(argv[i], "--robust"))
+    } else if (!std::strcmp(argv[i], "--mechanism")) {
+      const std::string m = next();
+      if (m != "gnmax" && m != "dp-sgd") {
+        fmt::print(stderr,
+                   "bench_p1: --mechanism is dp-sgd or gnmax, got '{}'\n", m);
+        return 2;
+      }
+      args.gnmax = m == "gnmax";
+    } else if (!std::strcmp(argv[i], "--teachers"))
+      args.teachers = std::atoi(next());
+    else if (!std::strcmp(argv[i], "--queries"))
+      args.queries = std::atoll(next());
+    else if (!std::strcmp(argv[i], "--robust"))
       args.robust = true;
     else if (!std::strcmp(argv[i], "--vs-pytorch"))
       args.vs_pytorch = std::atoi(next());
@@ -560,7 +741,8 @@ int main(int argc, char** argv) {
           "usage: bench_p1 [--seeds N] [--expert-epochs N] "
           "[--threads N] [--json FILE] [--save-dir DIR] [--only a,b,...] "
           "[--student-epochs N] [--poison K] [--robust] [--away K] "
-          "[--privacy off,1,3,8]\n"
+          "[--privacy off,1,3,8 [--mechanism dp-sgd|gnmax] [--teachers K] "
+          "[--queries Q]]\n"
           "       bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads "
           "N] [--json FILE] [--peer peer.py]\n");
       return 2;
@@ -578,11 +760,20 @@ int main(int argc, char** argv) {
       return vs_pytorch(args, train, test);
     }
     Table table;
-    if (args.privacy.empty()) {
+    if (args.gnmax) {
+      if (args.privacy.empty() || args.teachers < 1 || args.queries < 1) {
+        fmt::print(stderr,
+                   "bench_p1: --mechanism gnmax needs --privacy with "
+                   "epsilons, --teachers >= 1 and --queries >= 1\n");
+        return 2;
+      }
+      for (int s = 0; s < args.seeds; ++s)
+        run_gnmax_seed(s, args, train, test, table);
+    } else if (args.privacy.empty()) {
       for (int s = 0; s < args.seeds; ++s)
         run_seed(s, args, train, test, table);
     }
-    for (double eps : args.privacy) {
+    for (double eps : args.gnmax ? std::vector<double>{} : args.privacy) {
       args.epsilon = eps;
       table.prefix = eps > 0 ? fmt::format("ε={:g} ", eps) : "non-private ";
       for (int s = 0; s < args.seeds; ++s)
@@ -593,9 +784,10 @@ int main(int argc, char** argv) {
     const double total = seconds_since(t0);
     fmt::print(
         "\nseeds={} expert_epochs={} threads={} poison={} robust={} away={} "
-        "privacy=[{}] total={:.1f} s\n",
+        "privacy=[{}] mechanism={} teachers={} queries={} total={:.1f} s\n",
         args.seeds, args.expert_epochs, args.threads, args.poison, args.robust,
-        args.away, fmt::join(args.privacy, ","), total);
+        args.away, fmt::join(args.privacy, ","),
+        args.gnmax ? "gnmax" : "dp-sgd", args.teachers, args.queries, total);
     nlohmann::json out{{"benchmark", "p1"},
                        {"seeds", args.seeds},
                        {"poison", args.poison},
@@ -604,6 +796,9 @@ int main(int argc, char** argv) {
                        {"expert_epochs", args.expert_epochs},
                        {"privacy_epsilons", args.privacy},
                        {"privacy_delta", 1e-5},
+                       {"privacy_mechanism", args.gnmax ? "gnmax" : "dp-sgd"},
+                       {"teachers", args.teachers},
+                       {"queries", args.queries},
                        {"threads", args.threads},
                        {"total_seconds", total},
                        {"rows", table.json()}};

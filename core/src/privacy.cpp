@@ -91,25 +91,40 @@ double dp_sgd_epsilon(double q, double sigma, std::int64_t steps,
   return steps == 0 ? 0 : epsilon(orders, rdp, delta);
 }
 
-double dp_sgd_noise_multiplier(double epsilon, double q, std::int64_t steps,
-                               double delta) {
+namespace {
+
+// The smallest σ in [lo, hi] (to 0.1%) with eps_of(σ) ≤ epsilon, for an
+// eps_of that falls as σ grows; lo when even lo fits. The caller checks hi.
+template <typename EpsOf>
+double smallest_sigma(double epsilon, double lo, double hi, EpsOf eps_of) {
+  if (eps_of(lo) <= epsilon) return lo;
+  while (hi - lo > 1e-3 * lo) {
+    const double mid = 0.5 * (lo + hi);
+    (eps_of(mid) <= epsilon ? hi : lo) = mid;
+  }
+  return hi;
+}
+
+void check_budget(double epsilon, double delta) {
   CHORUS_CHECK(epsilon > 0 && delta > 0 && delta < 1,
                "privacy: need epsilon > 0 and delta in (0, 1), got {} and {}",
                epsilon, delta);
-  double hi = 1000;
+}
+
+}  // namespace
+
+double dp_sgd_noise_multiplier(double epsilon, double q, std::int64_t steps,
+                               double delta) {
+  check_budget(epsilon, delta);
+  const double hi = 1000;
   CHORUS_CHECK(dp_sgd_epsilon(q, hi, steps, delta) <= epsilon,
                "privacy: {} steps at sampling rate {} cannot stay within "
                "epsilon {} at delta {} (even with noise multiplier {}); "
                "train fewer epochs or on more examples",
                steps, q, epsilon, delta, hi);
-  double lo = 0.05;
-  if (dp_sgd_epsilon(q, lo, steps, delta) <= epsilon) return lo;
-  // ε falls as σ grows: bisect to a relative precision of 0.1%.
-  while (hi - lo > 1e-3 * lo) {
-    const double mid = 0.5 * (lo + hi);
-    (dp_sgd_epsilon(q, mid, steps, delta) <= epsilon ? hi : lo) = mid;
-  }
-  return hi;
+  return smallest_sigma(epsilon, 0.05, hi, [&](double sigma) {
+    return dp_sgd_epsilon(q, sigma, steps, delta);
+  });
 }
 
 double gnmax_epsilon(double sigma, std::int64_t answers, double delta) {
@@ -136,6 +151,20 @@ std::int64_t gnmax_max_answers(double sigma, double epsilon, double delta) {
     (gnmax_epsilon(sigma, mid, delta) <= epsilon ? lo : hi) = mid;
   }
   return lo;
+}
+
+double gnmax_sigma(double epsilon, std::int64_t answers, double delta) {
+  check_budget(epsilon, delta);
+  CHORUS_CHECK(answers > 0, "privacy: GNMax needs at least one answer, got {}",
+               answers);
+  const double hi = 1e7;
+  CHORUS_CHECK(gnmax_epsilon(hi, answers, delta) <= epsilon,
+               "privacy: {} GNMax answers cannot stay within epsilon {} at "
+               "delta {} (even with sigma {})",
+               answers, epsilon, delta, hi);
+  return smallest_sigma(epsilon, 1e-2, hi, [&](double sigma) {
+    return gnmax_epsilon(sigma, answers, delta);
+  });
 }
 
 }  // namespace chorus::privacy

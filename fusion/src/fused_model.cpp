@@ -27,6 +27,30 @@ std::vector<std::pair<std::string, torch::Tensor>> named_state(
   return out;
 }
 
+torch::serialize::OutputArchive state_archive(ClassifierImpl& model) {
+  torch::serialize::OutputArchive tensors;
+  for (const auto& [name, tensor] : named_state(model)) {
+    tensors.write(name, tensor.detach(), /*is_buffer=*/true);
+  }
+  return tensors;
+}
+
+// Fills `model`'s parameters and buffers from `tensors`, checking each
+// shape against the spec's.
+void read_state(torch::serialize::InputArchive& tensors, ClassifierImpl& model,
+                const std::filesystem::path& path) {
+  torch::NoGradGuard no_grad;
+  for (auto& [name, tensor] : named_state(model)) {
+    torch::Tensor stored;
+    tensors.read(name, stored, /*is_buffer=*/true);
+    CHORUS_CHECK_CODE(stored.sizes() == tensor.sizes(), Code::kDataLoss,
+                      "'{}': tensor {} has shape {}, the spec needs {}",
+                      path.string(), name, fmt::streamed(stored.sizes()),
+                      fmt::streamed(tensor.sizes()));
+    tensor.copy_(stored);
+  }
+}
+
 }  // namespace
 
 void save_fused_model(const FusedModel& fused,
@@ -41,11 +65,19 @@ void save_fused_model(const FusedModel& fused,
     attributes.write(key, c10::IValue(value));
   }
   archive.write("attributes", attributes);
-  torch::serialize::OutputArchive tensors;
-  for (const auto& [name, tensor] : named_state(*fused.model)) {
-    tensors.write(name, tensor.detach(), /*is_buffer=*/true);
-  }
+  auto tensors = state_archive(*fused.model);
   archive.write("tensors", tensors);
+  if (!fused.members.empty()) {
+    torch::serialize::OutputArchive members;
+    members.write("count",
+                  c10::IValue(static_cast<std::int64_t>(fused.members.size())));
+    for (std::size_t i = 0; i < fused.members.size(); ++i) {
+      CHORUS_CHECK(fused.members[i] != nullptr, "member {} has no weights", i);
+      auto member = state_archive(*fused.members[i]);
+      members.write(std::to_string(i), member);
+    }
+    archive.write("members", members);
+  }
   std::ostringstream bytes;
   archive.save_to(bytes);
   write_file_atomic(path, std::move(bytes).str());
@@ -80,15 +112,25 @@ FusedModel load_fused_model(const std::filesystem::path& path) {
     fused.model = make_classifier(fused.spec);
     torch::serialize::InputArchive tensors;
     archive.read("tensors", tensors);
-    torch::NoGradGuard no_grad;
-    for (auto& [name, tensor] : named_state(*fused.model)) {
-      torch::Tensor stored;
-      tensors.read(name, stored, /*is_buffer=*/true);
-      CHORUS_CHECK_CODE(stored.sizes() == tensor.sizes(), Code::kDataLoss,
-                        "'{}': tensor {} has shape {}, the spec needs {}",
-                        path.string(), name, fmt::streamed(stored.sizes()),
-                        fmt::streamed(tensor.sizes()));
-      tensor.copy_(stored);
+    read_state(tensors, *fused.model, path);
+    if (torch::serialize::InputArchive members;
+        archive.try_read("members", members)) {
+      c10::IValue stored_count;
+      members.read("count", stored_count);
+      CHORUS_CHECK_CODE(stored_count.isInt() && stored_count.toInt() >= 0 &&
+                            stored_count.toInt() <= 100000,
+                        Code::kDataLoss, "'{}': unreadable member count",
+                        path.string());
+      const auto count = stored_count.toInt();
+      for (std::int64_t i = 0; i < count; ++i) {
+        torch::serialize::InputArchive member;
+        CHORUS_CHECK_CODE(members.try_read(std::to_string(i), member),
+                          Code::kDataLoss, "'{}': member {} of {} is missing",
+                          path.string(), i, count);
+        fused.members.push_back(make_classifier(fused.spec));
+        read_state(member, *fused.members.back(), path);
+        fused.members.back()->eval();
+      }
     }
   } catch (const Error&) {
     throw;

@@ -124,6 +124,10 @@ NodeConfig read_node_config(Config& c) {
   t.holdout(c.get_double("train.holdout", t.holdout()));
   t.shard(c.get_int("train.shard", t.shard()));
   t.shards(c.get_int("train.shards", t.shards()));
+  t.teachers(c.get_int("train.teachers", t.teachers()));
+  CHORUS_CHECK(t.teachers() >= 1 && t.teachers() <= 10000,
+               "{}: train.teachers must be in 1..10000, got {}",
+               c.path().string(), t.teachers());
   LocalDataOptions source;
   source.dataset(c.get_string("train.dataset", source.dataset()));
   CHORUS_CHECK(source.dataset() == "files" ||
@@ -221,7 +225,8 @@ std::string to_toml(const NodeConfig& n) {
       "[adapt]\nshots_per_class = "
       "{}\nseed = {}\n\n"
       "[train]\narch = {}\nepochs = {}\nbatch_size = {}\nlr = {}\nseed = {}\n"
-      "holdout = {}\nshard = {}\nshards = {}\ndataset = {}\ndata_dir = "
+      "holdout = {}\nshard = {}\nshards = {}\nteachers = {}\ndataset = {}\n"
+      "data_dir = "
       "{}\n{}\n[train.privacy]\n{}{}",
       toml_quoted(n.name), toml_quoted(n.state_dir.string()), n.threads,
       n.workers, toml_quoted(n.device), toml_quoted(n.host), n.port,
@@ -251,7 +256,8 @@ std::string to_toml(const NodeConfig& n) {
       toml_quoted(n.metrics_listen), n.adapt_shots_per_class, n.adapt_seed,
       toml_quoted(n.train.arch()), n.train.epochs(), n.train.batch_size(),
       n.train.lr(), n.train.seed(), n.train.holdout(), n.train.shard(),
-      n.train.shards(), toml_quoted(n.train.source().dataset()),
+      n.train.shards(), n.train.teachers(),
+      toml_quoted(n.train.source().dataset()),
       toml_quoted(n.train.source().data_dir().string()), train_files,
       n.train.privacy()
           ? fmt::format("epsilon = {}\nnoise_multiplier = {}\ndelta = {}\n"

@@ -18,6 +18,7 @@
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/fused_model.hpp"
+#include "chorus/fusion/gnmax.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/partition.hpp"
 
@@ -117,23 +118,42 @@ class TorchScriptExpert : public Expert {
 
 class BuiltinExpert : public Expert {
  public:
-  BuiltinExpert(std::shared_ptr<fusion::ClassifierImpl> model,
+  BuiltinExpert(std::vector<std::shared_ptr<fusion::ClassifierImpl>> models,
                 ExpertOptions options)
-      : Expert(std::move(options)), model_(std::move(model)) {
-    model_->to(this->options().device);
-    model_->eval();
+      : Expert(std::move(options)), models_(std::move(models)) {
+    for (auto& m : models_) {
+      m->to(this->options().device);
+      m->eval();
+    }
+  }
+  std::int64_t teachers() const override {
+    return static_cast<std::int64_t>(models_.size());
   }
 
  protected:
   torch::Tensor forward(const torch::Tensor& inputs) override {
-    return model_->forward(inputs);
+    if (models_.size() == 1) return models_.front()->forward(inputs);
+    // The mean of the teachers' probabilities, as logits (its log).
+    torch::Tensor sum;
+    for (const auto& t : forward_teachers(inputs)) {
+      auto p = torch::softmax(t, 1);
+      sum = sum.defined() ? sum + p : p;
+    }
+    return (sum / static_cast<double>(models_.size())).clamp_min(1e-30).log();
+  }
+  std::vector<torch::Tensor> forward_teachers(
+      const torch::Tensor& inputs) override {
+    std::vector<torch::Tensor> out;
+    for (const auto& m : models_) out.push_back(m->forward(inputs));
+    return out;
   }
   std::shared_ptr<fusion::ClassifierImpl> builtin_model() const override {
-    return model_;
+    // Weights to share exist for an expert of one model only.
+    return models_.size() == 1 ? models_.front() : nullptr;
   }
 
  private:
-  std::shared_ptr<fusion::ClassifierImpl> model_;
+  std::vector<std::shared_ptr<fusion::ClassifierImpl>> models_;
 };
 
 }  // namespace
@@ -160,7 +180,7 @@ Expert::Expert(ExpertOptions options) : options_(std::move(options)) {
                options_.normalize_std);
 }
 
-torch::Tensor Expert::predict(const torch::Tensor& inputs) {
+torch::Tensor Expert::prepare(const torch::Tensor& inputs) const {
   const auto expected = options_.input_shape;
   std::vector<std::int64_t> got(inputs.sizes().begin(), inputs.sizes().end());
   const bool shape_ok =
@@ -169,18 +189,21 @@ torch::Tensor Expert::predict(const torch::Tensor& inputs) {
   CHORUS_CHECK(shape_ok && inputs.size(0) > 0,
                "inputs of shape {} do not fit this expert: expected [N, {}]",
                shape_string(got), fmt::join(expected, ", "));
-  torch::NoGradGuard no_grad;
   auto x = inputs.to(torch::kFloat32);
   if (options_.normalize_mean != 0.0 || options_.normalize_std != 1.0) {
     x = (x - options_.normalize_mean) / options_.normalize_std;
   }
-  auto out = forward(x.contiguous().to(options_.device)).cpu();
+  return x.contiguous().to(options_.device);
+}
+
+torch::Tensor Expert::probabilities(torch::Tensor out, std::int64_t n) const {
+  out = out.cpu();
   const auto width = static_cast<std::int64_t>(options_.labels.size());
-  CHORUS_CHECK_CODE(
-      out.dim() == 2 && out.size(0) == inputs.size(0) && out.size(1) == width,
-      Code::kInternal,
-      "the expert answered {} for {} inputs; its {} labels need [{}, {}]",
-      fmt::streamed(out.sizes()), inputs.size(0), width, inputs.size(0), width);
+  CHORUS_CHECK_CODE(out.dim() == 2 && out.size(0) == n && out.size(1) == width,
+                    Code::kInternal,
+                    "the expert answered {} for {} inputs; its {} labels need "
+                    "[{}, {}]",
+                    fmt::streamed(out.sizes()), n, width, n, width);
   out = out.to(torch::kFloat32);
   if (options_.outputs_logits) {
     out = torch::softmax(out, 1);
@@ -191,6 +214,19 @@ torch::Tensor Expert::predict(const torch::Tensor& inputs) {
   CHORUS_CHECK_CODE(torch::isfinite(out).all().item<bool>(), Code::kInternal,
                     "the expert produced non-finite outputs");
   return out;
+}
+
+torch::Tensor Expert::predict(const torch::Tensor& inputs) {
+  torch::NoGradGuard no_grad;
+  return probabilities(forward(prepare(inputs)), inputs.size(0));
+}
+
+torch::Tensor Expert::votes(const torch::Tensor& inputs) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> teachers;
+  for (auto& out : forward_teachers(prepare(inputs)))
+    teachers.push_back(probabilities(std::move(out), inputs.size(0)));
+  return fusion::vote_histogram(teachers);
 }
 
 namespace {
@@ -272,27 +308,44 @@ std::unique_ptr<Expert> load_expert(ExpertOptions options) {
     }
   }
   options.spec = fused.spec.to_string();
-  return checked(make_builtin_expert(fused.model, std::move(options)), path);
+  std::vector<std::shared_ptr<fusion::ClassifierImpl>> models{fused.model};
+  models.insert(models.end(), fused.members.begin(), fused.members.end());
+  return checked(make_builtin_expert(std::move(models), std::move(options)),
+                 path);
 }
 
 std::unique_ptr<Expert> make_builtin_expert(
     std::shared_ptr<fusion::ClassifierImpl> model, ExpertOptions options) {
-  CHORUS_CHECK(model != nullptr, "a builtin expert needs a model");
-  CHORUS_CHECK(!options.labels.empty(), "a builtin expert needs its labels");
-  options.kind = ExpertKind::kBuiltin;
-  return std::make_unique<BuiltinExpert>(std::move(model), std::move(options));
+  return make_builtin_expert(
+      std::vector<std::shared_ptr<fusion::ClassifierImpl>>{std::move(model)},
+      std::move(options));
 }
 
-void save_builtin_expert(const std::shared_ptr<fusion::ClassifierImpl>& model,
-                         const fusion::ModelSpec& spec,
-                         const std::vector<std::string>& labels,
-                         const std::filesystem::path& out,
-                         const std::optional<fusion::DpGuarantee>& privacy) {
+std::unique_ptr<Expert> make_builtin_expert(
+    std::vector<std::shared_ptr<fusion::ClassifierImpl>> models,
+    ExpertOptions options) {
+  CHORUS_CHECK(!models.empty(), "a builtin expert needs a model");
+  for (const auto& m : models)
+    CHORUS_CHECK(m != nullptr, "a builtin expert needs a model");
+  CHORUS_CHECK(!options.labels.empty(), "a builtin expert needs its labels");
+  options.kind = ExpertKind::kBuiltin;
+  return std::make_unique<BuiltinExpert>(std::move(models), std::move(options));
+}
+
+void save_builtin_expert(
+    const std::vector<std::shared_ptr<fusion::ClassifierImpl>>& models,
+    const fusion::ModelSpec& spec, const std::vector<std::string>& labels,
+    const std::filesystem::path& out,
+    const std::optional<fusion::DpGuarantee>& privacy) {
+  CHORUS_CHECK(!models.empty(), "a builtin expert file needs a model");
   fusion::FusedModel file{
       .algorithm = kExpertAlgorithm,
       .spec = spec,
       .attributes = {{"labels", nlohmann::json(labels).dump()}},
-      .model = model};
+      .model = models.front(),
+      .members = {models.begin() + 1, models.end()}};
+  if (models.size() > 1)
+    file.attributes["teachers"] = std::to_string(models.size());
   if (privacy) file.attributes["privacy"] = privacy->to_json();
   fusion::save_fused_model(file, out);
 }

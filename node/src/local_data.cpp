@@ -11,6 +11,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/fusion/data_files.hpp"
 #include "chorus/fusion/datasets.hpp"
+#include "chorus/fusion/gnmax.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/random.hpp"
@@ -161,37 +162,73 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                "'{}' has BatchNorm layers, which DP-SGD cannot train",
                arch);
   if (options.privacy() && arch == "lenet") spec.norm = "group";
-  auto model = fusion::make_classifier(spec, gen);
-  const auto train_options =
-      fusion::TrainOptions()
-          .epochs(options.epochs())
-          .batch_size(options.batch_size())
-          .lr(options.lr())
-          .seed(options.seed())
-          .threads(options.threads())
-          .device(options.device())
-          .progress(fmt::format("train {} expert{}", arch,
-                                options.privacy() ? " (DP-SGD)" : ""))
-          .on_epoch(options.on_epoch());
+  const auto teachers = options.teachers();
+  CHORUS_CHECK(teachers >= 1, "train.teachers must be at least 1, got {}",
+               teachers);
+  const auto per_teacher = rest.numel() / teachers;
+  CHORUS_CHECK(per_teacher >= 10,
+               "train.teachers = {} leaves {} training examples per teacher "
+               "({} in all); each teacher needs at least 10",
+               teachers, per_teacher, rest.numel());
+  // The initial weights of every teacher first, from the one generator.
+  std::vector<std::shared_ptr<fusion::ClassifierImpl>> models;
+  for (std::int64_t k = 0; k < teachers; ++k)
+    models.push_back(fusion::make_classifier(spec, gen));
   TrainExpertResult result;
-  if (options.privacy()) {
-    fusion::DpGuarantee guarantee;
-    fusion::train_private(*model, x.index_select(0, rest),
-                          y.index_select(0, rest), train_options,
-                          *options.privacy(), &guarantee);
-    result.privacy = guarantee;
-  } else {
-    fusion::train(*model, x.index_select(0, rest), y.index_select(0, rest),
-                  train_options);
+  for (std::int64_t k = 0; k < teachers; ++k) {
+    // Teacher k's part: disjoint slices of the shuffled training rows (the
+    // last takes the remainder), so one example shapes one teacher.
+    auto part =
+        rest.slice(0, k * per_teacher,
+                   k + 1 == teachers ? rest.numel() : (k + 1) * per_teacher);
+    const auto label =
+        teachers == 1
+            ? fmt::format("train {} expert{}", arch,
+                          options.privacy() ? " (DP-SGD)" : "")
+            : fmt::format("train {} teacher {}/{}{}", arch, k + 1, teachers,
+                          options.privacy() ? " (DP-SGD)" : "");
+    const auto train_options = fusion::TrainOptions()
+                                   .epochs(options.epochs())
+                                   .batch_size(options.batch_size())
+                                   .lr(options.lr())
+                                   .seed(options.seed() + k)
+                                   .threads(options.threads())
+                                   .device(options.device())
+                                   .progress(label)
+                                   .on_epoch(options.on_epoch());
+    auto& model = *models[static_cast<std::size_t>(k)];
+    if (options.privacy()) {
+      // Each teacher sees its own examples only: the guarantee of one is
+      // the ensemble's (parallel composition).
+      fusion::DpGuarantee guarantee;
+      fusion::train_private(model, x.index_select(0, part),
+                            y.index_select(0, part), train_options,
+                            *options.privacy(), &guarantee);
+      result.privacy = guarantee;
+    } else {
+      fusion::train(model, x.index_select(0, part), y.index_select(0, part),
+                    train_options);
+    }
   }
   result.examples = rest.numel();
   result.holdout = hold.numel();
-  result.holdout_accuracy =
-      fusion::accuracy(fusion::predict_proba(*model, x.index_select(0, hold)),
-                       y.index_select(0, hold));
+  result.teachers = teachers;
+  auto x_hold = x.index_select(0, hold);
+  auto y_hold = y.index_select(0, hold);
+  std::vector<torch::Tensor> answers;
+  torch::Tensor mean;
+  for (const auto& model : models) {
+    answers.push_back(fusion::predict_proba(*model, x_hold));
+    mean = mean.defined() ? mean + answers.back() : answers.back();
+    result.teacher_accuracy += fusion::accuracy(answers.back(), y_hold);
+  }
+  result.teacher_accuracy /= static_cast<double>(teachers);
+  result.holdout_accuracy = fusion::accuracy(mean, y_hold);
+  result.vote_accuracy =
+      fusion::accuracy(fusion::vote_histogram(answers), y_hold);
   result.arch = arch;
   result.input_shape = task.input_shape;
-  save_builtin_expert(model, spec, labels, out, result.privacy);
+  save_builtin_expert(models, spec, labels, out, result.privacy);
   result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return result;
 }

@@ -5,6 +5,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/data_files.hpp"
+#include "chorus/fusion/gnmax.hpp"
 #include "chorus/protocol/tensor_codec.hpp"
 #include "service_impl.hpp"
 
@@ -101,8 +102,13 @@ protocol::PredictAnswer NodeService::run_predict(PredictJob& job) {
   }
   std::vector<torch::Tensor> parts;
   const auto step = std::max<std::int64_t>(1, impl_->options.inference_batch);
+  // Under [policy.privacy] the answer is GNMax over the teachers' votes;
+  // otherwise the expert's probabilities, shaped by the policy.
+  const bool gnmax = impl_->options.policy.budget.privacy.has_value();
   for (std::int64_t i = 0; i < job.inputs.size(0); i += step) {
-    parts.push_back(impl_->expert->predict(job.inputs.slice(0, i, i + step)));
+    auto batch = job.inputs.slice(0, i, i + step);
+    parts.push_back(gnmax ? impl_->expert->votes(batch)
+                          : impl_->expert->predict(batch));
   }
   auto probs = impl_->shape_output(torch::cat(parts));
   protocol::PredictAnswer reply;
@@ -116,22 +122,16 @@ protocol::PredictAnswer NodeService::run_predict(PredictJob& job) {
   return reply;
 }
 
+// `p`: the expert's probabilities, or under [policy.privacy] its teachers'
+// votes.
 torch::Tensor NodeService::Impl::shape_output(torch::Tensor p) {
   const auto& pol = options.policy;
   if (const auto& privacy = pol.budget.privacy) {
-    // One-teacher GNMax: the expert's one-hot vote plus N(0, σ²) on every
-    // class, and the argmax of that is the answer (label-only, enforced by
-    // the policy). The ledger charged ε before this ran.
-    auto votes =
-        torch::zeros_like(p).scatter_(1, p.argmax(1, /*keepdim=*/true), 1.0);
-    torch::Tensor eps;
-    {
-      std::lock_guard lock(mutex);
-      eps = at::normal(0.0, privacy->sigma, p.sizes(), noise);
-    }
-    return torch::zeros_like(p)
-        .scatter_(1, (votes + eps).argmax(1, /*keepdim=*/true), 1.0)
-        .contiguous();
+    // GNMax: `p` is the teachers' vote histogram; the answer is the argmax
+    // of it plus N(0, σ²) per class (label-only, enforced by the policy).
+    // The ledger charged ε before this ran.
+    std::lock_guard lock(mutex);
+    return fusion::noisy_argmax(p, privacy->sigma, noise);
   }
   if (pol.temperature != 1.0) {
     p = (p.clamp_min(1e-12).log() / pol.temperature).softmax(1);

@@ -68,7 +68,8 @@ protocol::Hello NodeService::hello() const {
          .delta = b->delta,
          .epsilon_spent = impl_->ledger.epsilon_spent().value_or(0),
          .accountant = "rdp-gaussian",
-         .parameters = {{"sigma", fmt::format("{}", b->sigma)}}});
+         .parameters = {{"sigma", fmt::format("{}", b->sigma)},
+                        {"teachers", fmt::format("{}", e.teachers())}}});
   }
   h.capabilities = {"predict", "model_push"};
   if (impl_->options.shots) h.capabilities.push_back("adapt");

@@ -72,6 +72,25 @@ TEST_CASE("privacy: GNMax's budget is the most answers within ε") {
   CHECK(privacy::gnmax_max_answers(0.5, 0.1, delta) == 0);
 }
 
+TEST_CASE("privacy: GNMax's sigma for a number of answers is the smallest") {
+  const double delta = 1e-5;
+  for (std::int64_t answers : {1, 500, 20000}) {
+    for (double eps : {1.0, 3.0, 8.0}) {
+      const double sigma = privacy::gnmax_sigma(eps, answers, delta);
+      CHECK(privacy::gnmax_epsilon(sigma, answers, delta) <= eps);
+      CHECK(privacy::gnmax_epsilon(sigma * 0.99, answers, delta) > eps);
+      // And the budget it gives back holds at least that many answers.
+      CHECK(privacy::gnmax_max_answers(sigma, eps, delta) >= answers);
+    }
+  }
+  // Twice the answers need more noise, by about √2 for many answers.
+  const double a = privacy::gnmax_sigma(3, 10000, delta);
+  const double b = privacy::gnmax_sigma(3, 20000, delta);
+  CHECK(b / a == doctest::Approx(std::sqrt(2.0)).epsilon(0.05));
+  CHECK_THROWS_WITH(privacy::gnmax_sigma(0, 10, delta),
+                    doctest::Contains("need epsilon > 0"));
+}
+
 TEST_CASE(
     "privacy: the noise multiplier for a target ε is the smallest that fits") {
   const double q = 64.0 / 4000, delta = 1e-5;

@@ -8,6 +8,7 @@
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/privacy.hpp"
+#include "chorus/fusion/gnmax.hpp"
 #include "chorus/fusion/random.hpp"
 #include "support/doctest.hpp"
 #include "synthetic.hpp"
@@ -165,4 +166,31 @@ TEST_CASE("dp-sgd: private training learns within its budget and says so") {
                         fu::TrainOptions().epochs(1).batch_size(8),
                         fu::DpSgdOptions().noise_multiplier(1), nullptr),
       doctest::Contains("BatchNorm"));
+}
+
+TEST_CASE(
+    "gnmax: votes count each teacher's first choice, and the noisy argmax "
+    "follows a clear plurality and is one-hot") {
+  auto a = torch::tensor({{0.7, 0.2, 0.1}, {0.1, 0.1, 0.8}});
+  auto b = torch::tensor({{0.6, 0.3, 0.1}, {0.2, 0.5, 0.3}});
+  auto c = torch::tensor({{0.1, 0.8, 0.1}, {0.1, 0.2, 0.7}});
+  auto votes = fu::vote_histogram({a, b, c});
+  CHECK(torch::equal(votes, torch::tensor({{2.f, 1.f, 0.f}, {0.f, 1.f, 2.f}})));
+  auto gen = fu::make_generator(1);
+  auto big = torch::zeros({1000, 4});
+  big.select(1, 2).fill_(50);  // 50 votes for class 2, none elsewhere.
+  auto answer = fu::noisy_argmax(big, 5.0, gen);
+  CHECK(answer.sum(1).eq(1).all().item<bool>());
+  CHECK(answer.select(1, 2).eq(1).all().item<bool>());
+  // Noise as large as the lead: the plurality wins less often, but wins
+  // more often than any other class.
+  auto close = torch::zeros({4000, 4});
+  close.select(1, 0).fill_(2);
+  auto wins = fu::noisy_argmax(close, 2.0, gen).sum(0);
+  CHECK(wins[0].item<float>() < 4000);
+  CHECK(wins[0].item<float>() > wins.slice(0, 1).max().item<float>());
+  CHECK_THROWS_WITH(fu::noisy_argmax(close, 0, gen),
+                    doctest::Contains("sigma must be positive"));
+  CHECK_THROWS_WITH(fu::vote_histogram({a, torch::zeros({3, 3})}),
+                    doctest::Contains("every teacher must answer the same"));
 }

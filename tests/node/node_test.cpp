@@ -17,6 +17,7 @@
 #include "chorus/core/privacy.hpp"
 #include "chorus/fusion/dro.hpp"
 #include "chorus/fusion/fused_model.hpp"
+#include "chorus/fusion/gnmax.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/random.hpp"
 #include "chorus/fusion/tae.hpp"
@@ -1028,6 +1029,68 @@ TEST_CASE(
   CHECK(contains(log, "\"epsilon_spent\":"));
   const auto last = log.rfind("\"epsilon_spent\":");
   CHECK(std::stod(log.substr(last + 16)) <= 1.0);
+}
+
+TEST_CASE(
+    "node: a teacher ensemble keeps every teacher in its file, predicts their "
+    "mean, votes one each, and answers GNMax over the votes") {
+  TestCoordinator coordinator;
+  chorus::testing::TempDir dir;
+  const fu::ModelSpec spec{
+      .arch = "mlp", .input_shape = kShape, .num_classes = 3, .hidden = {8}};
+  std::vector<std::shared_ptr<fu::ClassifierImpl>> teachers;
+  for (std::uint64_t k = 0; k < 5; ++k) {
+    auto gen = fu::make_generator(100 + k);
+    teachers.push_back(fu::make_classifier(spec, gen));
+  }
+  nd::save_builtin_expert(teachers, spec, kLabels, dir / "ensemble.pt");
+  CHECK(fu::load_fused_model(dir / "ensemble.pt").attributes.at("teachers") ==
+        "5");
+  nd::ExpertOptions o;
+  o.path = dir / "ensemble.pt";
+  auto expert = nd::load_expert(o);
+  REQUIRE(expert->teachers() == 5);
+  const auto x = inputs(40, 3);
+  std::vector<torch::Tensor> each;
+  auto mean = torch::zeros({40, 3});
+  for (const auto& t : teachers) {
+    each.push_back(local_probs(*t, x));
+    mean += each.back();
+  }
+  mean /= 5.0;
+  CHECK(torch::allclose(expert->predict(x), mean, 1e-5, 1e-6));
+  const auto votes = expert->votes(x);
+  CHECK(votes.sum(1).eq(5).all().item<bool>());
+  CHECK(torch::equal(votes, fu::vote_histogram(each)));
+  // The teachers differ: some rows are not unanimous.
+  CHECK(std::get<0>(votes.max(1)).lt(5).any().item<bool>());
+  // A one-model expert is one teacher: its one-hot argmax.
+  auto single = builtin_expert(teachers[0]);
+  CHECK(single->teachers() == 1);
+  CHECK(torch::equal(single->votes(x),
+                     fu::vote_histogram({local_probs(*teachers[0], x)})));
+  // An ensemble shares no weights (there is no one model to share).
+  CHECK(expert->builtin_model() == nullptr);
+
+  // Under a budget with little noise (a huge ε), GNMax answers the
+  // plurality of the votes wherever it is clear, and Hello says how many
+  // teachers vote.
+  nd::NodeServiceOptions options;
+  options.policy.output_form = nd::OutputForm::kLabelOnly;
+  options.policy.budget.privacy =
+      nd::PrivacyBudget{.epsilon = 1e9, .delta = 1e-5, .sigma = 0.05};
+  TestNode node(std::move(expert), options, coordinator.port());
+  auto c = coordinator.wait_connection();
+  const auto hello = coordinator.hello();
+  REQUIRE(hello.policy.privacy.size() == 1);
+  CHECK(hello.policy.privacy[0].parameters.at("teachers") == "5");
+  auto answer = predict(*c, x);
+  auto top = std::get<0>(votes.topk(2, 1));
+  auto clear = (top.select(1, 0) - top.select(1, 1)).ge(1);
+  REQUIRE(clear.sum().item<std::int64_t>() > 10);
+  CHECK(torch::equal(answer.argmax(1).masked_select(clear),
+                     votes.argmax(1).masked_select(clear)));
+  CHECK(answer.sum(1).eq(1).all().item<bool>());
 }
 
 TEST_CASE(

@@ -48,4 +48,10 @@ double gnmax_epsilon(double sigma, std::int64_t answers, double delta);
 /// The most answers GNMax with `sigma` gives within (`epsilon`, `delta`).
 std::int64_t gnmax_max_answers(double sigma, double epsilon, double delta);
 
+/// The smallest σ (to 0.1%) with which `answers` GNMax answers stay within
+/// (`epsilon`, `delta`): what a node must add to its votes to give that
+/// many answers under that budget. Throws `chorus::Error`
+/// (INVALID_ARGUMENT) for a budget no σ up to 10⁷ meets.
+double gnmax_sigma(double epsilon, std::int64_t answers, double delta);
+
 }  // namespace chorus::privacy

@@ -25,6 +25,10 @@ struct FusedModel {
   std::map<std::string, std::string> attributes;
   /// The weights, in a model built from `spec`.
   std::shared_ptr<ClassifierImpl> model;
+  /// Further models of the same spec saved beside `model` (a node's teacher
+  /// ensemble: `model` is the first teacher, these the others); usually
+  /// none.
+  std::vector<std::shared_ptr<ClassifierImpl>> members;
 };
 
 /// Writes `fused` to `path` atomically. Throws `chorus::Error`.

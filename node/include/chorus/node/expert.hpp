@@ -79,6 +79,15 @@ class Expert {
   /// INTERNAL when the model answers with the wrong shape or non-finite
   /// values.
   torch::Tensor predict(const torch::Tensor& inputs);
+  /// The teachers' vote histogram float32 [N, labels().size()] for the same
+  /// inputs: how many teachers rank each label first (GNMax's input). An
+  /// expert of one model is one teacher: its argmax, one-hot. Throws as
+  /// `predict` does.
+  torch::Tensor votes(const torch::Tensor& inputs);
+  /// How many models vote: 1, or the size of a builtin teacher ensemble
+  /// (`chorus node train` with [train] teachers), whose `predict` is the
+  /// mean of its teachers' probabilities.
+  virtual std::int64_t teachers() const { return 1; }
   /// The shape of one input.
   const std::vector<std::int64_t>& input_shape() const {
     return options_.input_shape;
@@ -98,7 +107,20 @@ class Expert {
   explicit Expert(ExpertOptions options);
   /// The model's raw output (logits or probabilities) for normalised inputs.
   virtual torch::Tensor forward(const torch::Tensor& inputs) = 0;
+  /// Each teacher's raw output for normalised inputs; `{forward(inputs)}`
+  /// for an expert of one model.
+  virtual std::vector<torch::Tensor> forward_teachers(
+      const torch::Tensor& inputs) {
+    return {forward(inputs)};
+  }
   ExpertOptions options_;
+
+ private:
+  // The inputs checked against the shape, as float32, normalised, on the
+  // expert's device.
+  torch::Tensor prepare(const torch::Tensor& inputs) const;
+  // A raw output for `n` inputs checked and made probabilities on the CPU.
+  torch::Tensor probabilities(torch::Tensor out, std::int64_t n) const;
 };
 
 /// Loads the expert `options` describe and runs one dummy prediction on a
@@ -113,12 +135,29 @@ std::unique_ptr<Expert> load_expert(ExpertOptions options);
 std::unique_ptr<Expert> make_builtin_expert(
     std::shared_ptr<fusion::ClassifierImpl> model, ExpertOptions options);
 
-/// Saves `model` as a builtin expert file over `labels`, with the DP-SGD
-/// guarantee it was trained under when there is one.
+/// A builtin teacher ensemble held in memory: `models` (at least one, all
+/// of one architecture) answer with the mean of their probabilities and
+/// vote one each.
+std::unique_ptr<Expert> make_builtin_expert(
+    std::vector<std::shared_ptr<fusion::ClassifierImpl>> models,
+    ExpertOptions options);
+
+/// Saves `models` (one expert, or the teachers of an ensemble) as a builtin
+/// expert file over `labels`, with the DP-SGD guarantee they were trained
+/// under when there is one.
 void save_builtin_expert(
-    const std::shared_ptr<fusion::ClassifierImpl>& model,
+    const std::vector<std::shared_ptr<fusion::ClassifierImpl>>& models,
     const fusion::ModelSpec& spec, const std::vector<std::string>& labels,
     const std::filesystem::path& out,
     const std::optional<fusion::DpGuarantee>& privacy = std::nullopt);
+inline void save_builtin_expert(
+    const std::shared_ptr<fusion::ClassifierImpl>& model,
+    const fusion::ModelSpec& spec, const std::vector<std::string>& labels,
+    const std::filesystem::path& out,
+    const std::optional<fusion::DpGuarantee>& privacy = std::nullopt) {
+  save_builtin_expert(
+      std::vector<std::shared_ptr<fusion::ClassifierImpl>>{model}, spec, labels,
+      out, privacy);
+}
 
 }  // namespace chorus::node

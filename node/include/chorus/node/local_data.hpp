@@ -66,6 +66,11 @@ struct TrainExpertOptions {
   TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
   /// Train with DP-SGD ([train.privacy]); lenet then uses GroupNorm.
   TORCH_ARG(std::optional<fusion::DpSgdOptions>, privacy);
+  /// Train this many teachers, each on its own disjoint part of the
+  /// training examples, saved together as one expert: it answers with
+  /// their mean probabilities, and a node with [policy.privacy] answers
+  /// with GNMax over their votes (ALGORITHMS.md §6). 1: one model.
+  TORCH_ARG(std::int64_t, teachers) = 1;
   /// Progress after each epoch.
   TORCH_ARG(std::function<void(const fusion::EpochReport&)>,
             on_epoch) = nullptr;
@@ -76,7 +81,12 @@ struct TrainExpertResult {
   std::int64_t examples = 0;    ///< Training examples used.
   std::int64_t holdout = 0;     ///< Held-out examples.
   double holdout_accuracy = 0;  ///< Accuracy on them, over the labels.
-  std::string arch;             ///< The architecture trained.
+  std::int64_t teachers = 1;    ///< Models trained (the teacher ensemble).
+  /// With teachers: the mean of each teacher's own held-out accuracy, and
+  /// the accuracy of the plurality of their votes.
+  double teacher_accuracy = 0;
+  double vote_accuracy = 0;
+  std::string arch;  ///< The architecture trained.
   std::vector<std::int64_t> input_shape;
   double seconds = 0;
   /// The DP-SGD guarantee it was trained under, when it was.
