@@ -37,8 +37,11 @@
 // Two deployments, two budgets: foe-distill's student serves alone, so the
 // node answers only those Q (σ for Q answers); B+ and foe serve through
 // the experts, so the node also answers the 10,000 test inputs (σ for
-// Q + 10,000 answers, the experts' rows too). K teachers train on 1/K of
-// the shard each for K times the epochs: the examples one expert sees.
+// Q + 10,000 answers, the experts' rows too). With K > 1 each teacher
+// trains on 1/K of the shard for 10 times the epochs (an expert's recipe
+// otherwise). "off" in the list: the teachers' plurality without noise (no
+// guarantee; what the noise costs). A reference row: the student trained
+// on V's 500 labels alone, which foe-distill also learns from.
 //
 // --vs-pytorch: Chorus against the identical recipe in plain PyTorch
 // (peer.py, Debian's python3-torch on the same libtorch), phase by phase:
@@ -402,7 +405,7 @@ void run_gnmax_seed(std::uint64_t seed, const Args& args,
         gen);
     fu::train(*model, x, y,
               fu::TrainOptions()
-                  .epochs(args.expert_epochs * static_cast<int>(k))
+                  .epochs(args.expert_epochs * (k > 1 ? 10 : 1))
                   .batch_size(64)
                   .lr(2e-3)
                   .seed(s)
@@ -431,18 +434,38 @@ void run_gnmax_seed(std::uint64_t seed, const Args& args,
 
   auto options = fu::AlgorithmOptions().seed(seed).threads(args.threads);
   if (args.student_epochs > 0) options.distill().epochs(args.student_epochs);
+  if (args.wants("foe-distill")) {
+    // What V's labels alone teach the student (foe-distill trains on them
+    // too): the floor under every foe-distill row.
+    auto v_x = train.images.index_select(0, split.fusion);
+    auto one_hot =
+        torch::zeros({n_v, kClasses}).scatter_(1, v_labels.unsqueeze(1), 1.0);
+    auto alone = fu::distill(v_x, one_hot,
+                             options.distill().seed(seed).threads(args.threads),
+                             "v-alone");
+    table.add("reference: student on V's labels alone", "acc10",
+              fu::accuracy(fu::predict_proba(*alone.model.model, test.images),
+                           test.labels));
+  }
   for (double eps : args.privacy) {
-    if (eps <= 0) continue;  // The non-private rows are the usual run's.
-    const double sigma_fit = chorus::privacy::gnmax_sigma(eps, q, kDelta);
+    // eps 0 ("off"): the plurality of the votes, no noise, no guarantee.
+    const double sigma_fit =
+        eps > 0 ? chorus::privacy::gnmax_sigma(eps, q, kDelta) : 0;
     const double sigma_serve =
-        chorus::privacy::gnmax_sigma(eps, q + test.images.size(0), kDelta);
-    table.prefix = fmt::format("ε={:g} gnmax K={} ", eps, k);
+        eps > 0
+            ? chorus::privacy::gnmax_sigma(eps, q + test.images.size(0), kDelta)
+            : 0;
+    table.prefix = eps > 0 ? fmt::format("ε={:g} gnmax K={} ", eps, k)
+                           : fmt::format("no noise, K={} ", k);
     auto gen = fu::make_generator(seed * 7919 +
                                   static_cast<std::uint64_t>(eps * 1000));
     auto noisy = [&](const std::vector<torch::Tensor>& votes, double sigma) {
       std::vector<torch::Tensor> out;
-      for (const auto& v : votes)
-        out.push_back(fu::noisy_argmax(v, sigma, gen));
+      for (const auto& v : votes) {
+        out.push_back(sigma > 0 ? fu::noisy_argmax(v, sigma, gen)
+                                : torch::zeros_like(v).scatter_(
+                                      1, v.argmax(1, true), 1.0));
+      }
       return out;
     };
     // Serving through the experts: Q + 10,000 answers per node.

@@ -2,6 +2,17 @@
 
 #include <cmath>
 
+// An AVX2 clone beside the default, picked at load time by an ifunc
+// resolver. Not under ThreadSanitizer: the dynamic loader runs the resolver
+// while relocating, before TSan's runtime is initialised, and GCC
+// instruments it (a call to __tsan_func_entry), so every binary linking
+// chorus_fusion crashed before main.
+#if defined(__SANITIZE_THREAD__)
+#define CHORUS_TARGET_CLONES
+#else
+#define CHORUS_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+
 namespace chorus::fusion::kernels {
 namespace {
 
@@ -16,7 +27,7 @@ inline std::uint32_t mix32(std::uint32_t x) {
 }
 
 template <bool Decoupled>
-__attribute__((target_clones("avx2", "default"))) void adam_loop(
+CHORUS_TARGET_CLONES void adam_loop(
     float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
     float* __restrict__ v, std::int64_t n, float beta1, float beta2, float eps,
     float weight_decay, float decay, float step_size,
@@ -40,9 +51,10 @@ __attribute__((target_clones("avx2", "default"))) void adam_loop(
 
 }  // namespace
 
-__attribute__((target_clones("avx2", "default"))) void dropout_mask(
-    float* __restrict__ out, std::int64_t begin, std::int64_t end,
-    std::uint64_t key, std::uint32_t keep_below, float scale) {
+CHORUS_TARGET_CLONES void dropout_mask(float* __restrict__ out,
+                                       std::int64_t begin, std::int64_t end,
+                                       std::uint64_t key,
+                                       std::uint32_t keep_below, float scale) {
   const auto k0 = static_cast<std::uint32_t>(key);
   const auto k1 = static_cast<std::uint32_t>(key >> 32);
   // Compared as signed after flipping the top bit: SSE2 and AVX2 have no

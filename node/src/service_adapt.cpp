@@ -85,6 +85,10 @@ protocol::WeightsAnswer NodeService::weights(const protocol::WeightsCall& req) {
                     "this node does not share its weights (node config: "
                     "[expert] share_weights = false)");
   auto model = e.builtin_model();
+  CHORUS_CHECK_CODE(e.teachers() == 1, Code::kFailedPrecondition,
+                    "this node's expert is an ensemble of {} teachers: it has "
+                    "no one model's weights to share",
+                    e.teachers());
   CHORUS_CHECK_CODE(model != nullptr && !e.options().spec.empty(),
                     Code::kFailedPrecondition,
                     "this node's expert is not a builtin model of a known "
