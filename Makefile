@@ -60,8 +60,12 @@ bench: build
 	    --save-dir $(BUILD_DIR)/bench-results
 	$(BUILD_DIR)/bench/bench_p1 --vs-pytorch 3 \
 	    --json $(BUILD_DIR)/bench-results/p1_vs_pytorch.json
-	$(BUILD_DIR)/bench/bench_p1 --seeds 1 --only bplus,foe,foe-distill \
+	$(BUILD_DIR)/bench/bench_p1 --seeds 3 --only bplus,foe,foe-distill \
 	    --privacy off,1,3,8 --json $(BUILD_DIR)/bench-results/p1_privacy.json
+	$(BUILD_DIR)/bench/bench_p1 --seeds 3 --privacy off,1,3,8 --mechanism gnmax \
+	    --teachers 50 --json $(BUILD_DIR)/bench-results/p1_gnmax50.json
+	$(BUILD_DIR)/bench/bench_p1 --seeds 3 --privacy off,1,3,8 --mechanism gnmax \
+	    --teachers 1 --json $(BUILD_DIR)/bench-results/p1_gnmax1.json
 	scripts/fetch-mnist.sh
 	$(BUILD_DIR)/bench/bench_p2 --tasks 100 --json $(BUILD_DIR)/bench-results/p2.json
 	$(BUILD_DIR)/bench/bench_p3 --json $(BUILD_DIR)/bench-results/p3.json
