@@ -74,7 +74,10 @@ std::function<int()> add_eval_command(CLI::App& app) {
          "--adapted", args->adapted,
          "With a tae model: the task a node adapted it to (the node's "
          "adapted.json, from chorus node adapt); scores the images of its "
-         "classes. Without it, tae is scored on every class under its prior")
+         "classes. Without it, tae is scored on every class with the task "
+         "saved in "
+         "its file (the coordinator's adaptation on V; the prior in files "
+         "without one)")
       ->check(CLI::ExistingFile);
   cmd->add_option("--dataset", args->dataset,
                   fmt::format("Data set: {}",

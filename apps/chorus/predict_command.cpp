@@ -125,7 +125,8 @@ std::function<int()> add_predict_command(CLI::App& app) {
          "--adapted", args->adapted,
          "With a tae --model: the task a node adapted it to (its adapted.json, "
          "from chorus node adapt); predicts among that task's classes. Without "
-         "it, tae predicts every class under its prior")
+         "it, tae predicts every class with the task saved in its file (the "
+         "coordinator's adaptation on V; the prior in files without one)")
       ->check(CLI::ExistingFile)
       ->needs(model);
   auto* coord = cmd->add_option(

@@ -41,7 +41,7 @@ void predict_tae(const PredictOptions& o, const torch::Tensor& images,
   CHORUS_CHECK(images[0].numel() == model.input_dim(),
                "tae model '{}' takes inputs of {} values, the images have {}",
                o.model.string(), model.input_dim(), images[0].numel());
-  auto task = o.adapted.empty() ? model.task_of_all_outputs()
+  auto task = o.adapted.empty() ? model.default_task()
                                 : model.read_adapted_task(o.adapted);
   fusion::ThreadGuard guard(o.threads);
   probs = model.predict(images, task);

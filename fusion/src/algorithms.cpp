@@ -264,6 +264,7 @@ class TaeFuser : public Fuser {
     auto all = torch::ones({c});
     q_ = model_->prior(all);
     votes_ = torch::Tensor();
+    std::string source = "prior of all outputs";
     if (data.fusion_index.defined() && data.fusion_index.numel() > 0) {
       // Up to 10 shots per class from V.
       std::vector<std::int64_t> rows;
@@ -278,16 +279,25 @@ class TaeFuser : public Fuser {
       auto adapted = model_->adapt(all, x, y);
       q_ = adapted.posterior;
       votes_ = adapted.votes;
+      source = fmt::format(
+          "adapted to every output on the coordinator's V ({} labelled "
+          "inputs)",
+          rows.size());
     } else if (options_.tae().adaptation().relabel()) {
       // No labelled set: the prototypes are relabelled by what the experts
       // said of the transfer pool (their union answer as soft labels).
       votes_ = model_->relabel(r.inputs, union_answer(r.answers), q_);
+      source = "prior of all outputs, prototypes relabelled on U";
     }
+    // Saved with the model: whoever predicts with its file alone predicts
+    // as the coordinator does.
+    model_->set_default_task(
+        TaeTask{.q = q_, .votes = votes_, .source = source});
   }
   torch::Tensor predict(QueryOracle&, const torch::Tensor& x) override {
     CHORUS_CHECK_CODE(model_.has_value(), Code::kFailedPrecondition,
                       "tae: predict before fit");
-    return model_->predict(x, q_, {}, votes_);
+    return model_->predict(x, model_->default_task());
   }
   std::optional<FusedModel> fused_model() const override {
     return std::nullopt;

@@ -54,7 +54,7 @@ EvalReport evaluate_tae(const std::filesystem::path& model_path, Split split,
                split == Split::kTrain ? "the train split" : "the test split",
                num_classes);
   auto task =
-      adapted ? model.read_adapted_task(*adapted) : model.task_of_all_outputs();
+      adapted ? model.read_adapted_task(*adapted) : model.default_task();
   std::vector<std::int64_t> classes = task.classes;
   if (classes.empty()) {
     for (std::int64_t c = 0; c < num_classes; ++c) classes.push_back(c);

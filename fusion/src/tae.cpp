@@ -289,6 +289,30 @@ TaeTask TaeModel::task_of_all_outputs() {
   return task;
 }
 
+TaeTask TaeModel::default_task() {
+  return default_task_ ? *default_task_ : task_of_all_outputs();
+}
+
+void TaeModel::set_default_task(TaeTask task) {
+  const auto w_dim = net_->w_dim;
+  CHORUS_CHECK(task.classes.empty(),
+               "tae: the default task is over every output");
+  CHORUS_CHECK(task.q.mean.defined() && task.q.mean.numel() == w_dim &&
+                   task.q.logvar.defined() && task.q.logvar.numel() == w_dim,
+               "tae: the default task's embedding must have {} values", w_dim);
+  CHORUS_CHECK(
+      !task.votes.defined() ||
+          (task.votes.dim() == 2 && task.votes.size(0) == prototypes_.size(0) &&
+           task.votes.size(1) == net_->outputs),
+      "tae: the default task's votes must be [{}, {}]", prototypes_.size(0),
+      net_->outputs);
+  task.q.mean = task.q.mean.detach().to(torch::kFloat32).reshape({w_dim});
+  task.q.logvar = task.q.logvar.detach().to(torch::kFloat32).reshape({w_dim});
+  if (task.votes.defined())
+    task.votes = task.votes.detach().to(torch::kFloat32).contiguous();
+  default_task_ = std::move(task);
+}
+
 torch::Tensor TaeModel::predict(const torch::Tensor& x, const TaeTask& task) {
   // In chunks: a whole test split at once would hold [N, m, C] log-joints.
   constexpr std::int64_t kChunk = 2000;

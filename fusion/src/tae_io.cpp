@@ -144,6 +144,14 @@ void TaeModel::save(const std::filesystem::path& path) const {
     tensors.write("buffer." + item.key(), item.value(), true);
   }
   archive.write("tensors", tensors);
+  if (default_task_) {
+    // Optional fields: files without them predict with the prior.
+    archive.write("default.mean", default_task_->q.mean, true);
+    archive.write("default.logvar", default_task_->q.logvar, true);
+    if (default_task_->votes.defined())
+      archive.write("default.votes", default_task_->votes, true);
+    archive.write("default.source", c10::IValue(default_task_->source));
+  }
   std::ostringstream bytes;
   archive.save_to(bytes);
   write_file_atomic(path, std::move(bytes).str());
@@ -296,6 +304,30 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
                       "'{}': labels must be a string", path.string());
     std::istringstream lines(names.toStringRef());
     for (std::string l; std::getline(lines, l);) model.labels_.push_back(l);
+    if (torch::Tensor mean; archive.try_read("default.mean", mean, true)) {
+      TaeTask task;
+      task.q.mean = mean;
+      archive.read("default.logvar", task.q.logvar, true);
+      torch::Tensor votes;
+      if (archive.try_read("default.votes", votes, true)) task.votes = votes;
+      c10::IValue source;
+      archive.read("default.source", source);
+      CHORUS_CHECK_CODE(source.isString(), Code::kDataLoss,
+                        "'{}': default.source must be a string", path.string());
+      task.source = source.toStringRef();
+      CHORUS_CHECK_CODE(torch::isfinite(task.q.mean).all().item<bool>() &&
+                            torch::isfinite(task.q.logvar).all().item<bool>() &&
+                            (!task.votes.defined() ||
+                             torch::isfinite(task.votes).all().item<bool>()),
+                        Code::kDataLoss,
+                        "'{}': the default task holds NaN or Inf",
+                        path.string());
+      try {
+        model.set_default_task(std::move(task));
+      } catch (const Error& e) {
+        fail(Code::kDataLoss, "'{}': {}", path.string(), e.what());
+      }
+    }
     model.net_->eval();
     return model;
   } catch (const Error&) {

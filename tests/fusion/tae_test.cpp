@@ -255,6 +255,40 @@ TEST_CASE("tae: a saved and reloaded global model predicts identically") {
   CHECK(msg.find("checksum") != std::string::npos);
 }
 
+TEST_CASE(
+    "tae: the default task is saved with the model, so its file alone "
+    "predicts as the model that wrote it") {
+  chorus::testing::TempDir dir;
+  trained().save(dir / "plain.pt");
+  auto m = fu::TaeModel::load(dir / "plain.pt");
+  // No default stored: the prior of every output.
+  CHECK(m.default_task().source == "prior of all outputs");
+  std::vector<std::int64_t> all;
+  for (std::int64_t c = 0; c < kClasses; ++c) all.push_back(c);
+  auto [x, y] = shots_of(draw(400, 3), all, 5);
+  auto adapted = m.adapt(torch::ones({kClasses}), x, y);
+  REQUIRE(adapted.votes.defined());
+  m.set_default_task(fu::TaeTask{
+      .q = adapted.posterior, .votes = adapted.votes, .source = "on V"});
+  auto test = draw(300, 9);
+  const auto expected = m.predict(test.x, adapted.posterior, {}, adapted.votes);
+  CHECK(m.default_task().source == "on V");
+  CHECK(torch::allclose(m.predict(test.x, m.default_task()), expected));
+  m.save(dir / "with-default.pt");
+  auto again = fu::TaeModel::load(dir / "with-default.pt");
+  CHECK(again.default_task().source == "on V");
+  CHECK(torch::allclose(again.predict(test.x, again.default_task()), expected));
+  // And it differs from the prior's predictions (the test can fail).
+  CHECK_FALSE(
+      torch::equal(again.predict(test.x, again.task_of_all_outputs()).argmax(1),
+                   expected.argmax(1)));
+  // A default that does not fit the model is refused.
+  CHECK_THROWS_WITH(
+      m.set_default_task(fu::TaeTask{
+          .q = {torch::zeros({7}), torch::zeros({7})}, .source = "bad"}),
+      doctest::Contains("embedding must have"));
+}
+
 TEST_CASE("tae: the model file is versioned with named fields") {
   chorus::testing::TempDir dir;
   // A file of version 1 (positional "dims" and "scalars") is still read.

@@ -262,6 +262,17 @@ class TaeModel {
   /// model predicts before any node adapted it.
   TaeTask task_of_all_outputs();
 
+  /// The task the model predicts with when no adapted task is given: the
+  /// one `set_default_task` stored (the coordinator's adaptation of every
+  /// output on its labelled set V, saved in the model's file), else
+  /// `task_of_all_outputs()`. The coordinator's printed accuracy, `chorus
+  /// eval --model` and `chorus predict --model` all predict with it.
+  TaeTask default_task();
+  /// Stores `task` (over every output: `classes` empty) as the default, to
+  /// be saved with the model. Throws `chorus::Error` for a task that does
+  /// not fit the model.
+  void set_default_task(TaeTask task);
+
   /// The adapted task a node wrote (`chorus node adapt`: the state
   /// directory's adapted.json — its "outputs", "mean", "logvar" and
   /// optional "votes"). Throws `chorus::Error`: NOT_FOUND, DATA_LOSS for a
@@ -302,6 +313,7 @@ class TaeModel {
   TaeNet net_;
   torch::Tensor prototypes_;
   std::vector<std::string> labels_;
+  std::optional<TaeTask> default_task_;
 };
 
 }  // namespace chorus::fusion
