@@ -198,13 +198,16 @@ TrainExpertResult train_builtin_expert(const std::vector<std::string>& labels,
                                    .on_epoch(options.on_epoch());
     auto& model = *models[static_cast<std::size_t>(k)];
     if (options.privacy()) {
-      // Each teacher sees its own examples only: the guarantee of one is
-      // the ensemble's (parallel composition).
+      // Each teacher sees its own examples only, so the ensemble's
+      // guarantee is the weakest teacher's (parallel composition): parts of
+      // different sizes give different sampling rates, and with a given
+      // noise multiplier different epsilons.
       fusion::DpGuarantee guarantee;
       fusion::train_private(model, x.index_select(0, part),
                             y.index_select(0, part), train_options,
                             *options.privacy(), &guarantee);
-      result.privacy = guarantee;
+      if (!result.privacy || guarantee.epsilon > result.privacy->epsilon)
+        result.privacy = guarantee;
     } else {
       fusion::train(model, x.index_select(0, part), y.index_select(0, part),
                     train_options);
