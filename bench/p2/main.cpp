@@ -4,7 +4,8 @@
 //   bench_p2 [--tasks N] [--seed N] [--datasets mnist2,fmnist3] [--threads N]
 //            [--epochs N] [--space classes|binary] [--beta X]
 //            [--gibbs-weight X] [--no-union] [--relabel-prior X] [--no-relabel]
-//            [--test-per-class N] [--json FILE]
+//            [--readout auto|features|prototypes] [--no-input-encoder]
+//            [--head-steps N] [--paper] [--test-per-class N] [--json FILE]
 //
 // Black boxes are binary classifiers on class pairs: MNIST-2 has two,
 // (0,1) and (2,3); F-MNIST-3 has three, (0,1), (2,3) and (4,5). Each answers
@@ -15,10 +16,14 @@
 // task, k labelled shots per class (k = 1, 5) drawn from the training split,
 // accuracy on the test images of a and b (at most --test-per-class of each,
 // 500 by default: the first of a fixed shuffle of the test split). Rows: tae
-// (PAC-Bayes adaptation with the shots, then prototype relabelling unless
-// --no-relabel), B+ (the black boxes' lifted sum, compared on a and b), FS
-// (a model trained from scratch on the shots), FT (a student distilled from
-// B+ on the pool, fine-tuned on the shots). Mean ± sd over tasks.
+// (PAC-Bayes adaptation with the shots, then TaeAdaptationOptions::readout:
+// auto reads unseen tasks by the features head fitted on the shots and seen
+// ones by the prototypes, relabelled unless --no-relabel), tae-proto (the
+// same adaptation read out by the relabelled prototypes, where tae read by
+// features: what the readout adds), B+ (the black boxes' lifted sum, compared
+// on a and b), FS (a model trained from scratch on the shots), FT (a student
+// distilled from B+ on the pool, fine-tuned on the shots). Mean ± sd over
+// tasks.
 #include <torch/torch.h>
 
 #include <chrono>
@@ -66,6 +71,11 @@ struct Args {
   /// TaeOptions::relabel and relabel_prior.
   bool relabel = fu::TaeAdaptationOptions().relabel();
   double relabel_prior = fu::TaeAdaptationOptions().relabel_prior();
+  /// TaeAdaptationOptions::readout and head_steps.
+  std::string readout = fu::to_string(fu::TaeAdaptationOptions().readout());
+  std::int64_t head_steps = fu::TaeAdaptationOptions().head_steps();
+  /// TaeNetworkOptions::input_encoder.
+  bool input_encoder = fu::TaeNetworkOptions().input_encoder();
   /// Test images per class of a task (the first of a fixed shuffle).
   std::int64_t test_per_class = 500;
   std::string json = "bench_p2.json";
@@ -176,7 +186,19 @@ int main(int argc, char** argv) {
       args.relabel_prior = std::stod(next());
     else if (a == "--no-relabel")
       args.relabel = false;
-    else if (a == "--test-per-class")
+    else if (a == "--readout")
+      args.readout = next();
+    else if (a == "--head-steps")
+      args.head_steps = std::stoll(next());
+    else if (a == "--no-input-encoder")
+      args.input_encoder = false;
+    else if (a == "--paper") {
+      // The paper's configuration as we read it (ALGORITHMS.md §4): none of
+      // our additions, G's Gibbs loss trained with the ELBO.
+      args.union_task = args.relabel = args.input_encoder = false;
+      args.readout = "prototypes";
+      args.gibbs_weight = 50;
+    } else if (a == "--test-per-class")
       args.test_per_class = std::stoll(next());
     else if (a == "--datasets") {
       args.datasets.clear();
@@ -189,7 +211,8 @@ int main(int argc, char** argv) {
           "usage: bench_p2 [--tasks N] [--seed N] [--datasets mnist2,fmnist3] "
           "[--threads N] [--epochs N] [--space classes|binary] [--beta X] "
           "[--gibbs-weight X] [--no-union] [--relabel-prior X] [--no-relabel] "
-          "[--test-per-class N] [--json FILE]\n");
+          "[--readout auto|features|prototypes] [--no-input-encoder] "
+          "[--head-steps N] [--paper] [--test-per-class N] [--json FILE]\n");
       return 2;
     }
   }
@@ -207,6 +230,9 @@ int main(int argc, char** argv) {
                        {"tae_union_task", args.union_task},
                        {"tae_relabel", args.relabel},
                        {"tae_relabel_prior", args.relabel_prior},
+                       {"tae_readout", args.readout},
+                       {"tae_head_steps", args.head_steps},
+                       {"tae_input_encoder", args.input_encoder},
                        {"threads", args.threads},
                        {"tae_epochs", args.epochs},
                        {"test_per_class", args.test_per_class}};
@@ -262,19 +288,24 @@ int main(int argc, char** argv) {
 
       // tae on R, over the binary output space.
       const auto t_tae = Clock::now();
-      auto tae_options = fu::TaeOptions()
-                             .training(fu::TaeTrainingOptions()
-                                           .epochs(args.epochs)
-                                           .union_task(args.union_task)
-                                           .gibbs_weight(args.gibbs_weight))
-                             .adaptation(fu::TaeAdaptationOptions()
-                                             .steps(60)
-                                             .samples(5)
-                                             .likelihood_scale(args.beta)
-                                             .relabel(args.relabel)
-                                             .relabel_prior(args.relabel_prior))
-                             .seed(args.seed)
-                             .threads(args.threads);
+      auto tae_options =
+          fu::TaeOptions()
+              .network(
+                  fu::TaeNetworkOptions().input_encoder(args.input_encoder))
+              .training(fu::TaeTrainingOptions()
+                            .epochs(args.epochs)
+                            .union_task(args.union_task)
+                            .gibbs_weight(args.gibbs_weight))
+              .adaptation(fu::TaeAdaptationOptions()
+                              .steps(60)
+                              .samples(5)
+                              .likelihood_scale(args.beta)
+                              .relabel(args.relabel)
+                              .relabel_prior(args.relabel_prior)
+                              .readout(fu::parse_tae_readout(args.readout))
+                              .head_steps(args.head_steps))
+              .seed(args.seed)
+              .threads(args.threads);
       fu::TaeModel tae(
           28 * 28, binary ? 2 : 10, binary ? 20 : 10,
           tae_options.on_epoch([&](std::int64_t e, double nelbo) {
@@ -362,6 +393,15 @@ int main(int argc, char** argv) {
             auto adapted = tae.adapt(tau, sx, sy, classes);
             acc["tae"].push_back(score(tae.predict(tx, adapted, classes)));
             secs["tae"] += since(t_method);
+            if (adapted.head_weight.defined()) {
+              // The same adaptation read out by the relabelled prototypes.
+              auto votes =
+                  adapted.votes.defined()
+                      ? adapted.votes
+                      : tae.relabel(sx, sy, adapted.posterior, classes);
+              acc["tae-proto"].push_back(
+                  score(tae.predict(tx, adapted.posterior, classes, votes)));
+            }
             // B+: the black boxes' lifted sum on a and b.
             auto bp = bplus_test.index_select(0, tidx).index_select(
                 1, torch::tensor({a, b}, torch::kLong));
@@ -400,12 +440,13 @@ int main(int argc, char** argv) {
             acc["FT"].push_back(score(pf));
             secs["FT"] += since(t_method);
           }
-          for (const char* method : {"tae", "B+", "FS", "FT"}) {
+          for (const char* method : {"tae", "tae-proto", "B+", "FS", "FT"}) {
+            if (acc[method].empty()) continue;
             auto [m, sd] = mean_sd(acc[method]);
             const auto key = fmt::format("{} {} {} {}", name, kind, k, method);
             auto p = paper.find(key);
             table.push_back(fmt::format(
-                "{:<9} {:<2} {:>5}-shot {:<5} {:>7.2f} ± {:>5.2f}   {}", name,
+                "{:<9} {:<2} {:>5}-shot {:<9} {:>7.2f} ± {:>5.2f}   {}", name,
                 kind, k, method, m, sd,
                 p == paper.end() ? std::string("")
                                  : fmt::format("{:.2f}", p->second)));
@@ -431,17 +472,18 @@ int main(int argc, char** argv) {
                                {"seconds", since(t_ds)}};
     }
     const double total = since(t_all);
-    fmt::print("\n{:<9} {:<2} {:>10} {:<5} {:>15}   {}\n", "data set", "", "",
+    fmt::print("\n{:<9} {:<2} {:>10} {:<9} {:>15}   {}\n", "data set", "", "",
                "method", "accuracy (%)", "paper");
     for (const auto& line : table) fmt::print("{}\n", line);
     fmt::print(
         "\ntasks={} seed={} threads={} tae_epochs={} tae_space={} "
         "tae_union_task={} "
-        "tae_gibbs_weight={} tae_relabel={} tae_relabel_prior={} total={:.1f} "
+        "tae_gibbs_weight={} tae_relabel={} tae_relabel_prior={} "
+        "tae_readout={} tae_head_steps={} tae_input_encoder={} total={:.1f} "
         "s\n",
         args.tasks, args.seed, args.threads, args.epochs, args.space,
         args.union_task, args.gibbs_weight, args.relabel, args.relabel_prior,
-        total);
+        args.readout, args.head_steps, args.input_encoder, total);
     out["total_seconds"] = total;
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
     fmt::print("wrote {}\n", args.json);

@@ -263,7 +263,7 @@ class TaeFuser : public Fuser {
     model_->set_labels(data.label_names);
     auto all = torch::ones({c});
     q_ = model_->prior(all);
-    votes_ = torch::Tensor();
+    votes_ = head_weight_ = head_bias_ = torch::Tensor();
     std::string source = "prior of all outputs";
     if (data.fusion_index.defined() && data.fusion_index.numel() > 0) {
       // Up to 10 shots per class from V.
@@ -279,20 +279,33 @@ class TaeFuser : public Fuser {
       auto adapted = model_->adapt(all, x, y);
       q_ = adapted.posterior;
       votes_ = adapted.votes;
+      head_weight_ = adapted.head_weight;
+      head_bias_ = adapted.head_bias;
       source = fmt::format(
           "adapted to every output on the coordinator's V ({} labelled "
           "inputs)",
           rows.size());
-    } else if (options_.tae().adaptation().relabel()) {
-      // No labelled set: the prototypes are relabelled by what the experts
-      // said of the transfer pool (their union answer as soft labels).
-      votes_ = model_->relabel(r.inputs, union_answer(r.answers), q_);
-      source = "prior of all outputs, prototypes relabelled on U";
+    } else {
+      // No labelled set: the prototypes are relabelled, and the features
+      // head fitted, by what the experts said of the transfer pool (their
+      // union answer as soft labels).
+      auto soft = union_answer(r.answers);
+      if (options_.tae().adaptation().relabel()) {
+        votes_ = model_->relabel(r.inputs, soft, q_);
+        source = "prior of all outputs, prototypes relabelled on U";
+      }
+      if (model_->reads_out_features({})) {
+        std::tie(head_weight_, head_bias_) = model_->fit_head(r.inputs, soft);
+        source = "prior of all outputs, features head fitted on U";
+      }
     }
     // Saved with the model: whoever predicts with its file alone predicts
     // as the coordinator does.
-    model_->set_default_task(
-        TaeTask{.q = q_, .votes = votes_, .source = source});
+    model_->set_default_task(TaeTask{.q = q_,
+                                     .votes = votes_,
+                                     .head_weight = head_weight_,
+                                     .head_bias = head_bias_,
+                                     .source = source});
   }
   torch::Tensor predict(QueryOracle&, const torch::Tensor& x) override {
     CHORUS_CHECK_CODE(model_.has_value(), Code::kFailedPrecondition,
@@ -326,6 +339,7 @@ class TaeFuser : public Fuser {
   std::optional<TaeModel> model_;
   WDistribution q_;
   torch::Tensor votes_;  ///< Relabelled by V's shots; undefined without V.
+  torch::Tensor head_weight_, head_bias_;  ///< The features readout's head.
 };
 
 // dro: a meta-learned initialisation from white-box imitators of the

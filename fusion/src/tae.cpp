@@ -36,6 +36,7 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
   initialise(*net_, gen);
   prototypes_ = torch::randn(
       {options_.network().prototypes(), options_.network().z_dim()}, gen);
+  known_ = torch::ones({outputs}, torch::kBool);
 }
 
 std::vector<double> TaeModel::train(const TaeData& data) {
@@ -72,6 +73,9 @@ std::vector<double> TaeModel::train(const TaeData& data) {
                             .to(torch::kFloat32)
                             .reshape(-1));
   }
+  // The outputs some expert answered for, when descriptors name outputs.
+  if (net_->task_dim == net_->outputs)
+    known_ = torch::stack(task_list).sum(0).gt(0);
   if (options_.training().union_task() && k >= 2) {
     answers.push_back(union_answer(answers));
     task_list.push_back(torch::stack(task_list).sum(0).clamp_max(1));
@@ -110,6 +114,8 @@ std::vector<double> TaeModel::train(const TaeData& data) {
                /*draw=*/&gen);
       auto mi = (beta * net_->adversary(w)).sum(1);  // log q_ψ(η|w)
       auto loss = -elbo_rows.mean() + options_.training().zeta() * mi.mean();
+      // The input encoder learns with the same decoder, from x alone.
+      if (net_->input_encoder) loss = loss - input_elbo(*net_, bx, gen).mean();
 
       // Gibbs loss of one expert's own task under its prior, through the
       // prototypes: trains θ, α, γ so that G_w agrees with the experts.
@@ -164,6 +170,27 @@ double TaeModel::negative_elbo(const TaeData& data) {
   }
   return total /
          static_cast<double>(std::max<std::size_t>(1, data.answers.size()));
+}
+
+std::string to_string(TaeReadout readout) {
+  switch (readout) {
+    case TaeReadout::kFeatures:
+      return "features";
+    case TaeReadout::kAuto:
+      return "auto";
+    case TaeReadout::kPrototypes:
+      break;
+  }
+  return "prototypes";
+}
+
+TaeReadout parse_tae_readout(const std::string& name) {
+  if (name == "features") return TaeReadout::kFeatures;
+  if (name == "prototypes") return TaeReadout::kPrototypes;
+  if (name == "auto") return TaeReadout::kAuto;
+  fail(Code::kInvalidArgument,
+       "unknown tae readout '{}' (expected auto, features or prototypes)",
+       name);
 }
 
 torch::Tensor task_descriptor(const std::vector<std::int64_t>& classes,
@@ -272,7 +299,11 @@ torch::Tensor TaeModel::predict(const torch::Tensor& x, const WDistribution& q,
 torch::Tensor TaeModel::predict(const torch::Tensor& x,
                                 const TaeAdaptation& adapted,
                                 const std::vector<std::int64_t>& classes) {
-  return predict(x, adapted.posterior, classes, adapted.votes);
+  return predict(x, TaeTask{.classes = classes,
+                            .q = adapted.posterior,
+                            .votes = adapted.votes,
+                            .head_weight = adapted.head_weight,
+                            .head_bias = adapted.head_bias});
 }
 
 TaeTask TaeModel::task_of_all_outputs() {
@@ -293,6 +324,27 @@ TaeTask TaeModel::default_task() {
   return default_task_ ? *default_task_ : task_of_all_outputs();
 }
 
+void TaeModel::check_head(const TaeTask& task, const std::string& what) const {
+  if (!task.head_weight.defined() && !task.head_bias.defined()) return;
+  const auto width = task_width(task.classes, net_->outputs);
+  const auto hidden = options_.network().hidden();
+  CHORUS_CHECK(net_->input_encoder,
+               "tae: {} has a features head, but this model has no input "
+               "encoder to read features with",
+               what);
+  CHORUS_CHECK(
+      task.head_weight.defined() && task.head_weight.dim() == 2 &&
+          task.head_weight.size(0) == width &&
+          task.head_weight.size(1) == hidden && task.head_bias.defined() &&
+          task.head_bias.numel() == width,
+      "tae: {}'s head must be a [{}, {}] weight and {} biases (adapted "
+      "with another global model?)",
+      what, width, hidden, width);
+  CHORUS_CHECK(torch::isfinite(task.head_weight).all().item<bool>() &&
+                   torch::isfinite(task.head_bias).all().item<bool>(),
+               "tae: {}'s head holds NaN or Inf", what);
+}
+
 void TaeModel::set_default_task(TaeTask task) {
   const auto w_dim = net_->w_dim;
   CHORUS_CHECK(task.classes.empty(),
@@ -310,10 +362,31 @@ void TaeModel::set_default_task(TaeTask task) {
   task.q.logvar = task.q.logvar.detach().to(torch::kFloat32).reshape({w_dim});
   if (task.votes.defined())
     task.votes = task.votes.detach().to(torch::kFloat32).contiguous();
+  check_head(task, "the default task");
+  if (task.head_weight.defined()) {
+    task.head_weight = task.head_weight.detach().to(torch::kFloat32).clone();
+    task.head_bias =
+        task.head_bias.detach().to(torch::kFloat32).reshape({-1}).clone();
+  }
   default_task_ = std::move(task);
 }
 
 torch::Tensor TaeModel::predict(const torch::Tensor& x, const TaeTask& task) {
+  if (task.head_weight.defined()) {
+    // The features readout: the task's head over the input encoder's
+    // features.
+    check_head(task, "the task");
+    const auto width = task_width(task.classes, net_->outputs);
+    std::vector<torch::Tensor> parts;
+    for (std::int64_t b = 0; b < x.size(0); b += 4096) {
+      auto f = features(x.slice(0, b, b + 4096));
+      parts.push_back(torch::softmax(
+          torch::matmul(f, task.head_weight.to(torch::kFloat32).t()) +
+              task.head_bias.to(torch::kFloat32).reshape({1, width}),
+          1));
+    }
+    return parts.empty() ? torch::zeros({0, width}) : torch::cat(parts);
+  }
   // In chunks: a whole test split at once would hold [N, m, C] log-joints.
   constexpr std::int64_t kChunk = 2000;
   std::vector<torch::Tensor> parts;

@@ -14,6 +14,33 @@ namespace chorus::fusion {
 
 using namespace tae_internal;  // NOLINT: the shared helpers of tae
 
+namespace {
+
+// A task's labelled shots as rows of class weights [d, width]: one-hot rows
+// for indices into the task's classes, normalised rows for soft labels.
+// `what` names the caller in errors.
+torch::Tensor targets_of(const torch::Tensor& labels, std::int64_t d,
+                         std::int64_t width, const char* what) {
+  if (labels.dim() == 2) {
+    CHORUS_CHECK(labels.size(0) == d && labels.size(1) == width,
+                 "{}: soft labels must be [{}, {}]", what, d, width);
+    auto targets = labels.to(torch::kFloat32);
+    CHORUS_CHECK(torch::isfinite(targets).all().item<bool>() &&
+                     targets.min().item<float>() >= 0,
+                 "{}: soft labels must be finite and non-negative", what);
+    return normalise_rows(targets);
+  }
+  CHORUS_CHECK(d >= 1 && labels.numel() == d, "{}: {} shots with {} labels",
+               what, d, labels.numel());
+  auto y = labels.to(torch::kLong).reshape({d});
+  CHORUS_CHECK(
+      y.min().item<std::int64_t>() >= 0 && y.max().item<std::int64_t>() < width,
+      "{}: labels must index the task's {} classes", what, width);
+  return torch::one_hot(y, width).to(torch::kFloat32);
+}
+
+}  // namespace
+
 torch::Tensor TaeModel::relabel(const torch::Tensor& x,
                                 const torch::Tensor& labels,
                                 const WDistribution& q,
@@ -22,24 +49,7 @@ torch::Tensor TaeModel::relabel(const torch::Tensor& x,
   net_->eval();
   const auto d = x.size(0);
   const auto width = task_width(classes, net_->outputs);
-  torch::Tensor targets;  // [d, width]
-  if (labels.dim() == 2) {
-    CHORUS_CHECK(labels.size(0) == d && labels.size(1) == width,
-                 "tae relabel: soft labels must be [{}, {}]", d, width);
-    targets = labels.to(torch::kFloat32);
-    CHORUS_CHECK(torch::isfinite(targets).all().item<bool>() &&
-                     targets.min().item<float>() >= 0,
-                 "tae relabel: soft labels must be finite and non-negative");
-    targets = normalise_rows(targets);
-  } else {
-    CHORUS_CHECK(d >= 1 && labels.numel() == d,
-                 "tae relabel: {} shots with {} labels", d, labels.numel());
-    auto y = labels.to(torch::kLong).reshape({d});
-    CHORUS_CHECK(y.min().item<std::int64_t>() >= 0 &&
-                     y.max().item<std::int64_t>() < width,
-                 "tae relabel: labels must index the task's {} classes", width);
-    targets = torch::one_hot(y, width).to(torch::kFloat32);
-  }
+  auto targets = targets_of(labels, d, width, "tae relabel");  // [d, width]
   // r_ij: how much prototype j explains example i under the adapted mean
   // (in chunks: the pool can be large).
   auto counts = torch::zeros({prototypes_.size(0), width});
@@ -53,6 +63,65 @@ torch::Tensor TaeModel::relabel(const torch::Tensor& x,
   auto votes =
       options_.adaptation().relabel_prior() * prior_votes + counts + 1e-3;
   return normalise_rows(votes);
+}
+
+bool TaeModel::reads_out_features(
+    const std::vector<std::int64_t>& classes) const {
+  if (!net_->input_encoder) return false;
+  switch (options_.adaptation().readout()) {
+    case TaeReadout::kFeatures:
+      return true;
+    case TaeReadout::kPrototypes:
+      return false;
+    case TaeReadout::kAuto:
+      break;
+  }
+  if (classes.empty()) return !known_.all().item<bool>();
+  for (auto c : classes) {
+    if (c >= 0 && c < known_.numel() && !known_[c].item<bool>()) return true;
+  }
+  return false;
+}
+
+torch::Tensor TaeModel::features(const torch::Tensor& x) {
+  torch::NoGradGuard no_grad;
+  net_->eval();
+  auto flat = x.reshape({x.size(0), -1}).to(torch::kFloat32).clamp(0, 1);
+  CHORUS_CHECK(flat.size(1) == net_->input_dim,
+               "tae: inputs of {} values, the model takes {}", flat.size(1),
+               net_->input_dim);
+  return normalised_features(*net_, flat);
+}
+
+std::pair<torch::Tensor, torch::Tensor> TaeModel::fit_head(
+    const torch::Tensor& x, const torch::Tensor& labels,
+    const std::vector<std::int64_t>& classes) {
+  torch::AutoGradMode grad(true);  // the head learns, whatever the caller
+  const auto d = x.size(0);
+  const auto width = task_width(classes, net_->outputs);
+  auto targets = targets_of(labels, d, width, "tae head");  // [d, width]
+  auto f = features(x);                                     // [d, F]
+  // The nearest class mean as a linear head: ‖f − c‖² = ‖f‖² − 2 f·c + ‖c‖²,
+  // and ‖f‖ = 1 for every input. A class without a shot keeps c = 0.
+  auto mass = targets.sum(0);  // [width]
+  auto centres = torch::matmul(targets.t(), f) /
+                 mass.clamp_min(1e-12).unsqueeze(1);  // [width, F]
+  auto weight = (2 * centres).set_requires_grad(true);
+  auto bias = (-centres.pow(2).sum(1)).set_requires_grad(true);
+  const auto steps = options_.adaptation().head_steps();
+  if (steps > 0) {
+    torch::optim::Adam opt({weight, bias},
+                           torch::optim::AdamOptions(1e-2).weight_decay(1e-3));
+    for (std::int64_t s = 0; s < steps; ++s) {
+      throw_if_stopped(options_.stop(), "tae head");
+      auto logits = torch::matmul(f, weight.t()) + bias;
+      auto loss = -(targets * torch::log_softmax(logits, 1)).sum(1).mean();
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+    }
+  }
+  return {weight.detach(), bias.detach()};
 }
 
 TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
@@ -118,6 +187,8 @@ TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
                     "tae adapt: the bound is not finite");
   if (options_.adaptation().relabel())
     out.votes = relabel(x, labels, out.posterior, classes);
+  if (reads_out_features(classes))
+    std::tie(out.head_weight, out.head_bias) = fit_head(x, labels, classes);
   return out;
 }
 

@@ -78,4 +78,19 @@ struct Elbo {
 Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
           const torch::Tensor& tau, double label_weight, at::Generator* draw);
 
+// The ELBO of the input alone under q_φ(w,z|x) and the shared decoder,
+// log p_θ(x|w,z) − KL(q(w,z|x) ‖ N(0, I)) [N], with (w, z) drawn from `draw`
+// (the input encoder's training term).
+torch::Tensor input_elbo(TaeNetImpl& net, const torch::Tensor& x,
+                         at::Generator& draw);
+
+// The features readout's space: the input encoder's hidden layer,
+// L2-normalised, [N, F], for flattened inputs in [0, 1].
+inline torch::Tensor normalised_features(TaeNetImpl& net,
+                                         const torch::Tensor& flat) {
+  return torch::nn::functional::normalize(
+      net.input_features(flat),
+      torch::nn::functional::NormalizeFuncOptions().dim(1));
+}
+
 }  // namespace chorus::fusion::tae_internal

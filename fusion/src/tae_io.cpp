@@ -58,6 +58,23 @@ TaeTask TaeModel::read_adapted_task(const std::filesystem::path& path) const {
           torch::tensor(flat).reshape({static_cast<std::int64_t>(rows.size()),
                                        static_cast<std::int64_t>(width)});
     }
+    if (j.contains("head_weight") || j.contains("head_bias")) {
+      auto rows = j.at("head_weight").get<std::vector<std::vector<double>>>();
+      auto bias = j.at("head_bias").get<std::vector<double>>();
+      std::vector<float> flat;
+      const auto features = rows.empty() ? 0 : rows.front().size();
+      for (const auto& r : rows) {
+        CHORUS_CHECK_CODE(r.size() == features, Code::kDataLoss,
+                          "'{}': the rows of head_weight differ in length",
+                          path.string());
+        flat.insert(flat.end(), r.begin(), r.end());
+      }
+      task.head_weight =
+          torch::tensor(flat).reshape({static_cast<std::int64_t>(rows.size()),
+                                       static_cast<std::int64_t>(features)});
+      task.head_bias =
+          torch::tensor(std::vector<float>(bias.begin(), bias.end()));
+    }
   } catch (const nlohmann::json::exception& e) {
     fail(Code::kDataLoss, "'{}': {}", path.string(), e.what());
   }
@@ -90,6 +107,11 @@ TaeTask TaeModel::read_adapted_task(const std::filesystem::path& path) const {
                      task.votes.min().item<float>() >= 0,
                  "'{}': votes must be finite and non-negative", path.string());
     task.votes = normalise_rows(task.votes);
+  }
+  try {
+    check_head(task, "'" + path.string() + "'");
+  } catch (const Error& e) {
+    fail(Code::kDataLoss, "{}", e.what());
   }
   return task;
 }
@@ -124,6 +146,7 @@ void TaeModel::save(const std::filesystem::path& path) const {
   put("network.z_dim", n.z_dim());
   put("network.hidden", n.hidden());
   put("network.prototypes", n.prototypes());
+  put("network.input_encoder", n.input_encoder());
   const auto& a = options_.adaptation();
   put("adaptation.samples", a.samples());
   put("adaptation.delta", a.delta());
@@ -132,7 +155,10 @@ void TaeModel::save(const std::filesystem::path& path) const {
   put("adaptation.lr", a.lr());
   put("adaptation.relabel", a.relabel());
   put("adaptation.relabel_prior", a.relabel_prior());
+  put("adaptation.readout", to_string(a.readout()));
+  put("adaptation.head_steps", a.head_steps());
   archive.write("prototypes", prototypes_, /*is_buffer=*/true);
+  archive.write("known_outputs", known_, /*is_buffer=*/true);
   std::string names;
   for (const auto& l : labels_) names += l + "\n";
   archive.write("labels", c10::IValue(names));
@@ -150,6 +176,10 @@ void TaeModel::save(const std::filesystem::path& path) const {
     archive.write("default.logvar", default_task_->q.logvar, true);
     if (default_task_->votes.defined())
       archive.write("default.votes", default_task_->votes, true);
+    if (default_task_->head_weight.defined()) {
+      archive.write("default.head_weight", default_task_->head_weight, true);
+      archive.write("default.head_bias", default_task_->head_bias, true);
+    }
     archive.write("default.source", c10::IValue(default_task_->source));
   }
   std::ostringstream bytes;
@@ -189,13 +219,13 @@ TaeHeader read_header(torch::serialize::InputArchive& archive,
                       path.string(), key);
     return v.toDouble();
   };
-  auto boolean = [&](const char* key) {
-    auto v = field(key);
+  auto boolean_of = [&](const c10::IValue& v, const char* key) {
     CHORUS_CHECK_CODE(v.isBool(), Code::kDataLoss,
                       "tae model '{}': field '{}' must be true or false",
                       path.string(), key);
     return v.toBool();
   };
+  auto boolean = [&](const char* key) { return boolean_of(field(key), key); };
   TaeHeader h;
   h.input = integer("dims.input");
   h.outputs = integer("dims.outputs");
@@ -213,6 +243,31 @@ TaeHeader read_header(torch::serialize::InputArchive& archive,
       .lr(real("adaptation.lr"))
       .relabel(boolean("adaptation.relabel"))
       .relabel_prior(real("adaptation.relabel_prior"));
+  // Written since the input encoder and the features readout; files before
+  // them have neither and read out by prototypes.
+  c10::IValue v;
+  h.options.network().input_encoder(
+      archive.try_read("network.input_encoder", v) &&
+      boolean_of(v, "network.input_encoder"));
+  h.options.adaptation().readout(TaeReadout::kPrototypes);
+  if (archive.try_read("adaptation.readout", v)) {
+    CHORUS_CHECK_CODE(v.isString(), Code::kDataLoss,
+                      "tae model '{}': field 'adaptation.readout' must be a "
+                      "string",
+                      path.string());
+    try {
+      h.options.adaptation().readout(parse_tae_readout(v.toStringRef()));
+    } catch (const Error& e) {
+      fail(Code::kDataLoss, "tae model '{}': {}", path.string(), e.what());
+    }
+  }
+  if (archive.try_read("adaptation.head_steps", v)) {
+    CHORUS_CHECK_CODE(v.isInt() && v.toInt() >= 0, Code::kDataLoss,
+                      "tae model '{}': field 'adaptation.head_steps' must be "
+                      "a non-negative integer",
+                      path.string());
+    h.options.adaptation().head_steps(v.toInt());
+  }
   return h;
 }
 
@@ -243,6 +298,8 @@ TaeHeader read_header_v1(torch::serialize::InputArchive& archive,
       static_cast<std::int64_t>(sc[2]));
   a.likelihood_scale(sc[3]);
   if (scalars.numel() == 6) a.relabel(sc[4] != 0).relabel_prior(sc[5]);
+  h.options.network().input_encoder(false);
+  a.readout(TaeReadout::kPrototypes);
   return h;
 }
 
@@ -298,6 +355,14 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
                       Code::kDataLoss, "'{}': prototypes have the wrong shape",
                       path.string());
     model.prototypes_ = prototypes.clone();
+    if (torch::Tensor known; archive.try_read("known_outputs", known, true)) {
+      CHORUS_CHECK_CODE(known.scalar_type() == torch::kBool &&
+                            known.numel() == model.outputs(),
+                        Code::kDataLoss,
+                        "'{}': known_outputs must be {} booleans",
+                        path.string(), model.outputs());
+      model.known_ = known.reshape({-1}).clone();
+    }
     c10::IValue names;
     archive.read("labels", names);
     CHORUS_CHECK_CODE(names.isString(), Code::kDataLoss,
@@ -310,6 +375,11 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
       archive.read("default.logvar", task.q.logvar, true);
       torch::Tensor votes;
       if (archive.try_read("default.votes", votes, true)) task.votes = votes;
+      torch::Tensor head_weight;
+      if (archive.try_read("default.head_weight", head_weight, true)) {
+        task.head_weight = head_weight;
+        archive.read("default.head_bias", task.head_bias, true);
+      }
       c10::IValue source;
       archive.read("default.source", source);
       CHORUS_CHECK_CODE(source.isString(), Code::kDataLoss,

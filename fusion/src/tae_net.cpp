@@ -1,5 +1,6 @@
 #include <torch/torch.h>
 
+#include "chorus/core/error.hpp"
 #include "chorus/fusion/tae.hpp"
 #include "tae_internal.hpp"
 
@@ -34,7 +35,8 @@ TaeNetImpl::TaeNetImpl(std::int64_t d, std::int64_t c, std::int64_t t,
       outputs(c),
       task_dim(t),
       w_dim(o.network().w_dim()),
-      z_dim(o.network().z_dim()) {
+      z_dim(o.network().z_dim()),
+      input_encoder(o.network().input_encoder()) {
   const auto h = o.network().hidden();
   dec_x_ =
       register_module("dec_x", mlp2(w_dim + z_dim, h, d, /*batch_norm=*/true));
@@ -49,6 +51,12 @@ TaeNetImpl::TaeNetImpl(std::int64_t d, std::int64_t c, std::int64_t t,
   enc_w_trunk_ = register_module("enc_w_trunk", trunk(d + t, h));
   enc_w_mean_ = register_module("enc_w_mean", nn::Linear(h, w_dim));
   enc_w_logvar_ = register_module("enc_w_logvar", nn::Linear(h, w_dim));
+  if (input_encoder) {
+    enc_x_trunk_ = register_module("enc_x_trunk", trunk(d, h));
+    enc_x_mean_ = register_module("enc_x_mean", nn::Linear(h, w_dim + z_dim));
+    enc_x_logvar_ =
+        register_module("enc_x_logvar", nn::Linear(h, w_dim + z_dim));
+  }
 }
 
 torch::Tensor TaeNetImpl::decode_x(const torch::Tensor& w,
@@ -78,6 +86,19 @@ std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_w(
   return {enc_w_mean_->forward(h), clamp_logvar(enc_w_logvar_->forward(h))};
 }
 
+std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_x(
+    const torch::Tensor& x) {
+  auto h = input_features(x);
+  return {enc_x_mean_->forward(h), clamp_logvar(enc_x_logvar_->forward(h))};
+}
+
+torch::Tensor TaeNetImpl::input_features(const torch::Tensor& x) {
+  CHORUS_CHECK_CODE(input_encoder, Code::kFailedPrecondition,
+                    "tae: this model has no input encoder (trained without "
+                    "TaeNetworkOptions::input_encoder)");
+  return enc_x_trunk_->forward(x);
+}
+
 torch::Tensor TaeNetImpl::adversary(const torch::Tensor& w) {
   return torch::log_softmax(adv_->forward(w), 1);
 }
@@ -88,6 +109,10 @@ std::vector<torch::Tensor> TaeNetImpl::model_parameters() {
     if (item.key().rfind("adv.", 0) != 0) out.push_back(item.value());
   }
   return out;
+}
+
+std::vector<torch::Tensor> TaeNetImpl::decoder_parameters() {
+  return dec_x_->parameters();
 }
 
 std::vector<torch::Tensor> TaeNetImpl::adversary_parameters() {
@@ -110,6 +135,24 @@ Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
   auto [mp, lvp] = net.prior_w(tau);
   auto kl_w = kl_gauss(mw, lvw, mp, lvp);
   return {rec + label_weight * pred - kl_z - kl_w, w};
+}
+
+torch::Tensor input_elbo(TaeNetImpl& net, const torch::Tensor& x,
+                         at::Generator& draw) {
+  auto [m, lv] = net.encode_x(x);
+  auto h = sample(m, lv, draw);
+  auto w = h.slice(1, 0, net.w_dim), z = h.slice(1, net.w_dim);
+  // The decoder is R's: this term teaches the encoder to invert it and
+  // leaves it (and so the prototypes' likelihoods) as the ELBO of R makes
+  // it.
+  auto decoder = net.decoder_parameters();
+  for (auto& p : decoder) p.set_requires_grad(false);
+  auto logits = net.decode_x(w, z);
+  for (auto& p : decoder) p.set_requires_grad(true);
+  auto rec = -torch::binary_cross_entropy_with_logits(logits, x, {}, {},
+                                                      at::Reduction::None)
+                  .sum(1);
+  return rec - kl_gauss(m, lv, torch::zeros_like(m), torch::zeros_like(lv));
 }
 
 }  // namespace tae_internal

@@ -292,6 +292,15 @@ std::filesystem::path write_adapted(const std::filesystem::path& state_dir,
       rows.push_back(fusion::to_doubles(v[j]));
     j["votes"] = std::move(rows);
   }
+  // So is the features readout's head (the shots' class means, trained).
+  if (o.adaptation.head_weight.defined()) {
+    const auto& w = o.adaptation.head_weight;
+    auto rows = nlohmann::json::array();
+    for (std::int64_t r = 0; r < w.size(0); ++r)
+      rows.push_back(fusion::to_doubles(w[r]));
+    j["head_weight"] = std::move(rows);
+    j["head_bias"] = fusion::to_doubles(o.adaptation.head_bias);
+  }
   write_file_atomic(path, j.dump(2) + "\n");
   return path;
 }

@@ -195,17 +195,19 @@ TEST_CASE(
   const double acc_prior = accuracy_on(model, test, prior, {1, 2});
   const double acc_adapted =
       accuracy_on(model, test, adapted.posterior, {1, 2});
-  // As a node serves it: q_λ with the prototypes' votes relabelled by the
-  // shots.
+  // q_λ with the prototypes' votes relabelled by the shots (the prototypes
+  // readout).
   const double acc_served =
       accuracy_of(test, {1, 2}, [&](const torch::Tensor& t) {
-        return model.predict(t, adapted, {1, 2});
+        return model.predict(t, adapted.posterior, {1, 2}, adapted.votes);
       });
   MESSAGE("prior " << acc_prior << " adapted " << acc_adapted << " relabelled "
                    << acc_served << " bound " << adapted.bound);
   CHECK(acc_adapted >= acc_prior - 0.02);
-  CHECK(acc_served > acc_prior + 0.1);
-  CHECK(acc_served > 0.9);
+  // (How far the prior is from it depends on the draws of training: 0.2 or
+  // 0.9 on this toy.)
+  CHECK(acc_served >= acc_prior);
+  CHECK(acc_served > 0.95);
 }
 
 TEST_CASE(
@@ -393,9 +395,10 @@ TEST_CASE(
   const double acc_moved = accuracy_of(test, task, [&](const torch::Tensor& t) {
     return m.predict(t, adapted.posterior, task);
   });
-  const double acc_relabelled = accuracy_of(
-      test, task,
-      [&](const torch::Tensor& t) { return m.predict(t, adapted, task); });
+  const double acc_relabelled =
+      accuracy_of(test, task, [&](const torch::Tensor& t) {
+        return m.predict(t, adapted.posterior, task, adapted.votes);
+      });
   MESSAGE("prior " << acc_prior << ", q_λ alone " << acc_moved
                    << ", relabelled " << acc_relabelled);
   CHECK(acc_relabelled > acc_prior + 0.1);
@@ -415,4 +418,100 @@ TEST_CASE(
         m.options().adaptation().relabel());
   CHECK(again.options().adaptation().relabel_prior() ==
         doctest::Approx(m.options().adaptation().relabel_prior()));
+}
+
+TEST_CASE(
+    "tae: the features readout reads a pair of classes no expert knew from "
+    "the input encoder's features, and its head travels with the task") {
+  // As in the relabelling test: the experts know {0, 1} and {2, 3} of six
+  // classes; the new task is 4 vs 5, one shot each.
+  constexpr std::int64_t kSix = 6;
+  const auto d = draw(1500, 1, kSix);
+  fu::TaeModel m(kPixels, kSix, kSix, quick());
+  m.train(
+      fu::TaeData{.inputs = d.x,
+                  .answers = {expert_answers(d, {0, 1}, kSix),
+                              expert_answers(d, {2, 3}, kSix)},
+                  .tasks = {multi_hot({0, 1}, kSix), multi_hot({2, 3}, kSix)}});
+  // Trained, it knows which classes the experts answered for.
+  REQUIRE(m.reads_out_features({4, 5}));
+  CHECK_FALSE(m.reads_out_features({0, 3}));
+  torch::manual_seed(16);
+  const std::vector<std::int64_t> task = {4, 5};
+  auto [x, y] = shots_of(draw(300, 8, kSix), task, 1);
+  auto adapted = m.adapt(multi_hot(task, kSix), x, y, task);
+  const auto hidden = quick().network().hidden();
+  REQUIRE(adapted.head_weight.defined());
+  CHECK(adapted.head_weight.sizes() == torch::IntArrayRef{2, hidden});
+  CHECK(adapted.head_bias.sizes() == torch::IntArrayRef{2});
+  const auto f = m.features(x);
+  CHECK(f.sizes() == torch::IntArrayRef{2, hidden});
+  CHECK(torch::allclose(f.norm(2, 1), torch::ones({2}), 1e-4, 1e-4));
+
+  const auto test = draw(600, 9, kSix);
+  const double acc_features = accuracy_of(
+      test, task,
+      [&](const torch::Tensor& t) { return m.predict(t, adapted, task); });
+  // Adaptation's head is fit_head's on the same shots.
+  auto [w0, b0] = m.fit_head(x, y, task);
+  const double acc_prototypes =
+      accuracy_of(test, task, [&](const torch::Tensor& t) {
+        return m.predict(t, adapted.posterior, task, adapted.votes);
+      });
+  MESSAGE("one shot each: features " << acc_features << ", prototypes "
+                                     << acc_prototypes);
+  CHECK(acc_features > 0.9);
+  CHECK(torch::allclose(w0, adapted.head_weight));
+  CHECK(torch::allclose(b0, adapted.head_bias));
+
+  // A task with the head predicts by it, and the model's file keeps it as
+  // the default task's.
+  fu::TaeTask t{.classes = task,
+                .q = adapted.posterior,
+                .head_weight = adapted.head_weight,
+                .head_bias = adapted.head_bias};
+  const auto expected = m.predict(test.x, t);
+  CHECK(torch::allclose(expected.sum(1), torch::ones({test.x.size(0)})));
+  chorus::testing::TempDir dir;
+  std::vector<std::int64_t> all(kSix);
+  for (std::int64_t c = 0; c < kSix; ++c) all[c] = c;
+  auto [vx, vy] = shots_of(draw(600, 10, kSix), all, 3);
+  auto on_v = m.adapt(torch::ones({kSix}), vx, vy);
+  m.set_default_task(fu::TaeTask{.q = on_v.posterior,
+                                 .head_weight = on_v.head_weight,
+                                 .head_bias = on_v.head_bias,
+                                 .source = "on V"});
+  const auto by_default = m.predict(test.x, m.default_task());
+  m.save(dir / "tae.pt");
+  auto again = fu::TaeModel::load(dir / "tae.pt");
+  CHECK(again.reads_out_features({4, 5}));
+  // Auto: the experts' classes read out by prototypes.
+  CHECK_FALSE(again.reads_out_features({0, 2}));
+  CHECK(again.known_outputs().sum().item<std::int64_t>() == 4);
+  CHECK(again.options().adaptation().head_steps() ==
+        m.options().adaptation().head_steps());
+  CHECK(
+      torch::allclose(again.predict(test.x, again.default_task()), by_default));
+  CHECK(torch::allclose(again.predict(test.x, t), expected));
+
+  // Heads that do not fit are refused, naming what is wrong.
+  auto bad = t;
+  bad.head_weight = torch::zeros({2, hidden + 1});
+  CHECK_THROWS_WITH(m.predict(test.x, bad), doctest::Contains("head must be"));
+  bad = t;
+  bad.head_bias = torch::full({2}, std::nanf(""));
+  CHECK_THROWS_WITH(m.predict(test.x, bad), doctest::Contains("NaN"));
+  CHECK(code_of([] { fu::parse_tae_readout("nearest"); }) ==
+        Code::kInvalidArgument);
+  // A model without the input encoder reads out by prototypes, and refuses
+  // a features head.
+  fu::TaeModel plain(kPixels, kSix, kSix,
+                     quick().network(quick().network().input_encoder(false)));
+  CHECK_FALSE(plain.reads_out_features(task));
+  CHECK(plain.adapt(multi_hot(task, kSix), x, y, task).head_weight.defined() ==
+        false);
+  CHECK_THROWS_WITH(plain.predict(test.x, t),
+                    doctest::Contains("no input encoder"));
+  plain.save(dir / "plain.pt");
+  CHECK_FALSE(fu::TaeModel::load(dir / "plain.pt").reads_out_features(task));
 }

@@ -30,6 +30,13 @@ struct TaeNetworkOptions {
   TORCH_ARG(std::int64_t, hidden) = 100;
   /// m, the cached prototypes z_1..z_m.
   TORCH_ARG(std::int64_t, prototypes) = 100;
+  /// Adds q_φ(w,z|x), an inference network from the input alone, trained
+  /// beside the ELBO of R to invert its decoder p_θ(x|w,z) on the pool (a
+  /// variational auto-encoder's ELBO whose decoder R's ELBO alone trains;
+  /// ours). Its hidden layer and q_φ(w|x,τ)'s are
+  /// the features of the `TaeReadout::kFeatures` readout. bench_p2 (MNIST-2,
+  /// 100 tasks): see the README's "what helped" table.
+  TORCH_ARG(bool, input_encoder) = true;
 };
 
 /// How the global model is trained on R (not saved: a trained model does
@@ -58,6 +65,32 @@ struct TaeTrainingOptions {
   TORCH_ARG(std::int64_t, batch_size) = 128;
   TORCH_ARG(double, lr) = 1e-3;
 };
+
+/// How an adapted task predicts.
+enum class TaeReadout {
+  /// The paper's recomposition B_τ*(x): votes of argmax_y G_w(y|x) over
+  /// w ~ q_λ (with the prototypes relabelled when
+  /// `TaeAdaptationOptions::relabel`).
+  kPrototypes,
+  /// Ours: a linear head over the input encoder's features of x
+  /// (`TaeModel::features`), started at the shots' class means (nearest
+  /// class mean) and trained on the shots for `head_steps` steps. A new task
+  /// is read in the space the model learnt from every expert's answers and
+  /// the whole pool, which holds the unseen classes too. Needs the input
+  /// encoder (`TaeNetworkOptions::input_encoder`).
+  kFeatures,
+  /// Ours: features for a task with a class no expert answered for (p_α
+  /// never saw its label), prototypes for a task of known classes (where the
+  /// experts' knowledge is in the prototypes' votes).
+  kAuto,
+};
+
+/// The readout's name in files and reports ("prototypes", "features",
+/// "auto"), and
+/// back. `parse_tae_readout` throws `chorus::Error` (INVALID_ARGUMENT) on
+/// another name.
+std::string to_string(TaeReadout readout);
+TaeReadout parse_tae_readout(const std::string& name);
 
 /// How a task is recomposed from the prototypes, adapted and predicted
 /// (saved with the model: a node adapts with them).
@@ -88,6 +121,13 @@ struct TaeAdaptationOptions {
   /// (ours: 0.01; the Python prototype, MNIST-2, 20 tasks: 1 → U 5-shot 59,
   /// 0.1 → 78, 0.01 → 81, 0.001 → 82, with seen tasks best at 0.1–0.01).
   TORCH_ARG(double, relabel_prior) = 0.01;
+  /// How the adapted task predicts (ours: auto; the paper: prototypes).
+  /// Models without an input encoder always read out by prototypes.
+  TORCH_ARG(TaeReadout, readout) = TaeReadout::kAuto;
+  /// Steps of the features readout's head on the shots (Adam, lr 0.01,
+  /// weight decay 1e-3, from the nearest-class-mean weights); 0 keeps the
+  /// nearest class mean.
+  TORCH_ARG(std::int64_t, head_steps) = 100;
 };
 
 /// Options of tae, by concern. The paper's defaults for 28×28 inputs; our
@@ -153,6 +193,11 @@ class TaeNetImpl : public torch::nn::Module {
                                                    const torch::Tensor& eta);
   std::pair<torch::Tensor, torch::Tensor> encode_w(const torch::Tensor& x,
                                                    const torch::Tensor& tau);
+  /// q_φ(w,z|x) from the input alone (with `TaeNetworkOptions::
+  /// input_encoder`): mean and log-variance [N, w_dim + z_dim], w first.
+  std::pair<torch::Tensor, torch::Tensor> encode_x(const torch::Tensor& x);
+  /// Its hidden layer [N, hidden]: the features readout's space.
+  torch::Tensor input_features(const torch::Tensor& x);
   /// q_ψ(η|w): log-probabilities [N, C].
   torch::Tensor adversary(const torch::Tensor& w);
 
@@ -160,8 +205,11 @@ class TaeNetImpl : public torch::nn::Module {
   std::vector<torch::Tensor> model_parameters();
   /// ψ's parameters.
   std::vector<torch::Tensor> adversary_parameters();
+  /// p_θ(x|w,z)'s parameters.
+  std::vector<torch::Tensor> decoder_parameters();
 
   std::int64_t input_dim, outputs, task_dim, w_dim, z_dim;
+  bool input_encoder;
 
  private:
   torch::nn::Sequential dec_x_{nullptr}, dec_y_{nullptr}, adv_{nullptr};
@@ -170,6 +218,8 @@ class TaeNetImpl : public torch::nn::Module {
   torch::nn::Linear prior_mean_{nullptr}, prior_logvar_{nullptr};
   torch::nn::Linear enc_z_mean_{nullptr}, enc_z_logvar_{nullptr};
   torch::nn::Linear enc_w_mean_{nullptr}, enc_w_logvar_{nullptr};
+  torch::nn::Sequential enc_x_trunk_{nullptr};
+  torch::nn::Linear enc_x_mean_{nullptr}, enc_x_logvar_{nullptr};
 };
 TORCH_MODULE(TaeNet);
 
@@ -183,6 +233,10 @@ struct TaeAdaptation {
   /// (rows sum to 1), when `TaeAdaptationOptions::relabel`; undefined
   /// otherwise. Derived from the private shots: kept at the node.
   torch::Tensor votes;
+  /// The features readout's head over the task's classes: weight [width, F]
+  /// and bias [width], when the readout is `kFeatures`; undefined
+  /// otherwise. Derived from the private shots: kept at the node.
+  torch::Tensor head_weight, head_bias;
 };
 
 /// A task to predict with a tae model: its classes (indices of the model's
@@ -192,6 +246,9 @@ struct TaeTask {
   std::vector<std::int64_t> classes;
   WDistribution q;
   torch::Tensor votes;
+  /// The features readout's head (`TaeAdaptation::head_weight`), when
+  /// defined: it decides, not the prototypes.
+  torch::Tensor head_weight, head_bias;
   /// Where it comes from, for reports: "prior of all outputs" or a file.
   std::string source;
 };
@@ -228,7 +285,8 @@ class TaeModel {
                         const std::vector<std::int64_t>& classes = {},
                         const torch::Tensor& votes = {});
 
-  /// An adaptation's predictions: `predict` with its posterior and votes.
+  /// An adaptation's predictions: its head's when it has one (the features
+  /// readout), else `predict` with its posterior and votes.
   torch::Tensor predict(const torch::Tensor& x, const TaeAdaptation& adapted,
                         const std::vector<std::int64_t>& classes = {});
 
@@ -239,8 +297,34 @@ class TaeModel {
                         const WDistribution& q,
                         const std::vector<std::int64_t>& classes = {});
 
+  /// The features readout's features of `x`: the input encoder's hidden
+  /// layer, L2-normalised, [N, hidden]. Throws `chorus::Error`
+  /// (FAILED_PRECONDITION) for a model without an input encoder.
+  torch::Tensor features(const torch::Tensor& x);
+
+  /// The features readout's head for a task from labelled shots (`labels`
+  /// as in `relabel`: indices into the task's classes, or soft labels
+  /// [d, width]): the class means of the shots' features as a linear head
+  /// (weight 2·c_y, bias −‖c_y‖², the nearest class mean), then
+  /// `head_steps` steps of cross-entropy on the shots. Returns {weight
+  /// [width, F], bias [width]}.
+  std::pair<torch::Tensor, torch::Tensor> fit_head(
+      const torch::Tensor& x, const torch::Tensor& labels,
+      const std::vector<std::int64_t>& classes = {});
+
+  /// Whether adaptation to a task of `classes` (empty: every output) reads
+  /// out by features: the model has an input encoder and the readout is
+  /// features, or auto with a class the experts never answered for.
+  bool reads_out_features(const std::vector<std::int64_t>& classes) const;
+
+  /// Which outputs some expert's task covered in training (all of them for
+  /// task descriptors that do not name outputs, and for files written before
+  /// this was saved): [outputs] bool.
+  const torch::Tensor& known_outputs() const { return known_; }
+
   /// PAC-Bayes adaptation of q_λ(w) to the task τ* from the labelled shots
   /// (`labels` index `classes`, or the outputs when `classes` is empty).
+  /// With the features readout, also the head (`fit_head`).
   TaeAdaptation adapt(const torch::Tensor& tau, const torch::Tensor& x,
                       const torch::Tensor& labels,
                       const std::vector<std::int64_t>& classes = {});
@@ -306,6 +390,10 @@ class TaeModel {
   const torch::Tensor& prototypes() const { return prototypes_; }
 
  private:
+  /// Throws `chorus::Error` (INVALID_ARGUMENT, naming `what`) when the
+  /// task's head does not fit this model: weight [width, hidden], bias
+  /// [width], finite, and an input encoder to read features with.
+  void check_head(const TaeTask& task, const std::string& what) const;
   /// β log p_θ(x|z_j, w) for every input and prototype: [N, m].
   torch::Tensor log_px(const torch::Tensor& x, const torch::Tensor& w);
 
@@ -314,6 +402,7 @@ class TaeModel {
   torch::Tensor prototypes_;
   std::vector<std::string> labels_;
   std::optional<TaeTask> default_task_;
+  torch::Tensor known_;
 };
 
 }  // namespace chorus::fusion
