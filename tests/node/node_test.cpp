@@ -1106,9 +1106,14 @@ TEST_CASE(
           .training(fu::TaeTrainingOptions().epochs(2))
           .adaptation(fu::TaeAdaptationOptions().samples(3).steps(20)));
   auto pool = torch::rand({300, 1, 4, 4});
+  // One expert, of the first two labels: the node's third is one no expert
+  // answered for, so its task is read out by features (a head).
   auto answers = torch::softmax(torch::randn({300, 3}), 1);
-  tae.train(fu::TaeData{
-      .inputs = pool, .answers = {answers}, .tasks = {torch::ones({3})}});
+  answers.select(1, 2).zero_();
+  answers = answers / answers.sum(1, true);
+  tae.train(fu::TaeData{.inputs = pool,
+                        .answers = {answers},
+                        .tasks = {torch::tensor({1.0f, 1.0f, 0.0f})}});
   tae.set_labels(kLabels);
   tae.save(dir / "tae.pt");
   const auto bytes = chorus::read_file(dir / "tae.pt");
@@ -1151,6 +1156,15 @@ TEST_CASE(
   CHECK(torch::allclose(local.q.mean, mean));
   REQUIRE(local.votes.defined());
   CHECK(local.votes.sizes() == torch::IntArrayRef({20, 3}));
+  // So does the features readout's head (the shots' class means, trained),
+  // and the task predicts with it as the node does.
+  REQUIRE(local.head_weight.defined());
+  CHECK(local.head_weight.sizes() ==
+        torch::IntArrayRef({3, fu::TaeNetworkOptions().hidden()}));
+  CHECK(local.head_bias.sizes() == torch::IntArrayRef({3}));
+  const auto served = tae.predict(options.shots->inputs, local);
+  CHECK(served.sizes() == torch::IntArrayRef({6, 3}));
+  CHECK(torch::allclose(served.sum(1), torch::ones({6})));
 
   // A task descriptor of the wrong size is refused, naming the size.
   adapt.mutable_adapt_request()->add_task_descriptor(1.0f);
