@@ -3,6 +3,10 @@
 #   /usr/bin/python3 bench/p2/prototype_tae.py union=1 gw=0 epochs=5 tasks=20 relabel=0.01
 # relabel=C: prototype relabelling for the new task (ours; in C++ as TaeOptions::relabel):
 # votes_j ∝ C·p_α(y|z_j) restricted to the task + Σ_i r_ij [y_i = y], r_ij the shots' responsibilities.
+# readout=features (issue #23): adds the input encoder q(w,z|x) (xw=1; xdet=1 leaves the decoder to
+# R's ELBO, as in C++) and reads new tasks over the encoders' hidden layers: nearest class mean (ncm),
+# centred (ncm_c), a linear head from the class means (lin_init, lin_c), against FS (an MLP from scratch):
+#   /usr/bin/python3 bench/p2/prototype_tae.py union=1 gw=0 epochs=20 xw=1 xonly=1 readout=features tasks=100
 import json, math, sys, time, random
 import torch, torch.nn as nn, torch.nn.functional as F
 torch.set_num_threads(2)
@@ -11,7 +15,7 @@ def opt(k, d): return type(d)(A.get(k, d))
 SPACE = opt('space', 'classes'); EPOCHS = opt('epochs', 10); BETA = opt('beta', 0.0)
 WD = opt('wd', 2); ZD = opt('zd', 5); M = opt('m', 100); LW = opt('lw', 50.0); GW = opt('gw', 50.0)
 TASKS = opt('tasks', 20); UNION = opt('union', 0); FLIP = opt('flip', 0); ADAPT = opt('adapt', 60); SAMPLES = opt('samples', 5)
-ZETA = opt('zeta', 1.0); RELABEL = opt('relabel', 0.0); RB = opt('rb', 0.0); SEED = opt('seed', 0); ALR = opt('alr', 0.05); HARD = opt('hard', 1)
+XW = opt('xw', 0.0); XDET = opt('xdet', 1); READOUT = opt('readout', 'prototypes'); XH = opt('xh', 100); ZETA = opt('zeta', 1.0); RELABEL = opt('relabel', 0.0); RB = opt('rb', 0.0); SEED = opt('seed', 0); ALR = opt('alr', 0.05); HARD = opt('hard', 1)
 torch.manual_seed(SEED); random.seed(SEED)
 xs, ys = [], []
 for d in range(10):
@@ -65,6 +69,8 @@ class Net(nn.Module):
         s.pt = trunk(T); s.pm = nn.Linear(100, WD); s.pl = nn.Linear(100, WD)
         s.zt = trunk(784 + C); s.zm = nn.Linear(100, ZD); s.zl = nn.Linear(100, ZD)
         s.wt = trunk(784 + T); s.wm = nn.Linear(100, WD); s.wl = nn.Linear(100, WD)
+        s.xt = trunk(784, XH); s.xm = nn.Linear(XH, WD + ZD); s.xl = nn.Linear(XH, WD + ZD)
+    def ex(s, x): h = s.xt(x); return s.xm(h), s.xl(h).clamp(-8, 6)
     def prior(s, t): h = s.pt(t); return s.pm(h), s.pl(h).clamp(-8, 6)
     def ez(s, x, e): h = s.zt(torch.cat([x, e], 1)); return s.zm(h), s.zl(h).clamp(-8, 6)
     def ew(s, x, t): h = s.wt(torch.cat([x, t], 1)); return s.wm(h), s.wl(h).clamp(-8, 6)
@@ -108,6 +114,14 @@ for ep in range(EPOCHS):
         elbo = rec + LW * pred - kl(mz, lz, torch.zeros_like(mz), torch.zeros_like(lz)) - kl(mw, lw, mp, lp)
         mi = (be * F.log_softmax(net.adv(w), 1)).sum(1)
         loss = -elbo.mean() + ZETA * mi.mean()
+        if XW > 0:
+            xm_, xl_ = net.ex(bx); h = smp(xm_, xl_)
+            if XDET:
+                for p_ in net.dx.parameters(): p_.requires_grad_(False)
+            rec2 = -F.binary_cross_entropy_with_logits(net.dx(h), bx, reduction='none').sum(1)
+            if XDET:
+                for p_ in net.dx.parameters(): p_.requires_grad_(True)
+            loss = loss + XW * (-(rec2 - kl(xm_, xl_, torch.zeros_like(xm_), torch.zeros_like(xl_)))).mean()
         if GW > 0:
             e = step % K; r = torch.randint(n, (128,))
             net.eval(); pm, pl = net.prior(taus[e:e+1]); net.train()
@@ -118,6 +132,69 @@ for ep in range(EPOCHS):
         tot += -elbo.mean().item(); nb += 1; step += 1
     print(f'epoch {ep+1} -elbo {tot/nb:.1f} {time.time()-t0:.0f}s', flush=True)
 net.eval()
+if READOUT == 'features':
+    net.eval()
+    seen = [c for p in pairs for c in p]; unseen = [c for c in range(10) if c not in seen]
+    rng = random.Random(SEED + 1234)
+    NT = TASKS; WONLY = opt('wonly', 0); XONLY = opt('xonly', 0)
+    with torch.no_grad():
+        MX = net.xt(pool).mean(0)
+        TAU0 = torch.zeros(T)
+    def feats(x, tau, centre=False):
+        with torch.no_grad():
+            hx = net.xt(x); hw = net.wt(torch.cat([x, tau.view(1, -1).expand(x.size(0), -1)], 1))
+            if centre:
+                hx = hx - MX
+                hw = hw - net.wt(torch.cat([pool, tau.view(1, -1).expand(pool.size(0), -1)], 1)).mean(0)
+            if XONLY: return F.normalize(hx, dim=1)
+            return F.normalize(hw, dim=1) if WONLY else torch.cat([F.normalize(hx, dim=1), F.normalize(hw, dim=1)], 1)
+    def ncm_logits(fs, sy, ft, temp=10.0):
+        c = torch.stack([fs[sy == 0].mean(0), fs[sy == 1].mean(0)])
+        return temp * F.normalize(ft, dim=1) @ F.normalize(c, dim=1).t()
+    def linhead(fs, sy, ft, wd=1e-3, steps=100, init=None):
+        lin = nn.Linear(fs.size(1), 2)
+        if init is not None:
+            c = torch.stack([fs[sy == 0].mean(0), fs[sy == 1].mean(0)])
+            with torch.no_grad(): lin.weight.copy_(2 * c); lin.bias.copy_(-(c * c).sum(1))
+        o = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=wd)
+        for _ in range(steps):
+            l = F.cross_entropy(lin(fs), sy); o.zero_grad(); l.backward(); o.step()
+        with torch.no_grad(): return lin(ft)
+    def fs_mlp(sx, sy, tx, trunk_from=None, epochs=60):
+        if trunk_from is None: m = nn.Sequential(nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 2))
+        else: m = nn.Sequential(copy.deepcopy(trunk_from), nn.Linear(100, 2))
+        m.train()
+        if trunk_from is not None: m[0].eval()  # keep BN stats
+        o = torch.optim.Adam(m.parameters(), 3e-3)
+        for _ in range(epochs):
+            p = torch.randperm(sx.size(0))
+            for b in range(0, sx.size(0), 16):
+                i = p[b:b+16]; l = F.cross_entropy(m(sx[i]), sy[i]); o.zero_grad(); l.backward(); o.step()
+        m.eval()
+        with torch.no_grad(): return m(tx)
+    for kind, pl_ in (('S', seen), ('U', unseen)):
+        for k in (1, 5):
+            accs = {}
+            for t in range(NT):
+                a, b = rng.sample(pl_, 2)
+                ia = (tr_y == a).nonzero().flatten(); ib = (tr_y == b).nonzero().flatten()
+                rows = [ia[rng.randrange(len(ia))].item() for _ in range(k)] + [ib[rng.randrange(len(ib))].item() for _ in range(k)]
+                sx = trx[rows]; sy = torch.tensor([0] * k + [1] * k)
+                i = (tey == a) | (tey == b); tx = tex[i]; ty = (tey[i] == b).long()
+                tau = task_of(a, b)
+                fs, ft = feats(sx, tau), feats(tx, tau)
+                res = {}
+                res['ncm'] = ncm_logits(fs, sy, ft)
+                fc, ftc = feats(sx, tau, True), feats(tx, tau, True)
+                res['ncm_c'] = ncm_logits(fc, sy, ftc)
+                res['lin_c'] = linhead(fc, sy, ftc, init=True)
+                res['lin_init'] = linhead(fs, sy, ft, init=True)
+                res['fs'] = fs_mlp(sx, sy, tx)
+                res['ens'] = F.softmax(res['ncm'], 1) + F.softmax(res['fs'], 1)
+                for n_, p in res.items():
+                    accs.setdefault(n_, []).append((p.argmax(1) == ty).float().mean().item())
+            print(f'{kind} {k}-shot: ' + '  '.join(f'{n} {100*sum(v)/len(v):.1f}' for n, v in accs.items()), flush=True)
+    sys.exit(0)
 # diagnostic: G on each expert's own task with the prior mean
 with torch.no_grad():
     for (a, b), tau, p in zip(pairs, tasks[::(2 if FLIP else 1)], ans_te):

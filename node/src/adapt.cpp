@@ -283,22 +283,18 @@ std::filesystem::path write_adapted(const std::filesystem::path& state_dir,
       {"kl", o.adaptation.kl},
       {"shots", o.shots},
       {"shot_accuracy", o.shot_accuracy}};
-  // The prototypes' votes relabelled by the shots: derived from private
+  // The prototypes' votes relabelled by the shots and the features
+  // readout's head (the shots' class means, trained): derived from private
   // data, so they live here and never in the AdaptResponse.
-  if (o.adaptation.votes.defined()) {
-    const auto& v = o.adaptation.votes;
+  auto rows_of = [](const torch::Tensor& t) {
     auto rows = nlohmann::json::array();
-    for (std::int64_t j = 0; j < v.size(0); ++j)
-      rows.push_back(fusion::to_doubles(v[j]));
-    j["votes"] = std::move(rows);
-  }
-  // So is the features readout's head (the shots' class means, trained).
+    for (std::int64_t r = 0; r < t.size(0); ++r)
+      rows.push_back(fusion::to_doubles(t[r]));
+    return rows;
+  };
+  if (o.adaptation.votes.defined()) j["votes"] = rows_of(o.adaptation.votes);
   if (o.adaptation.head_weight.defined()) {
-    const auto& w = o.adaptation.head_weight;
-    auto rows = nlohmann::json::array();
-    for (std::int64_t r = 0; r < w.size(0); ++r)
-      rows.push_back(fusion::to_doubles(w[r]));
-    j["head_weight"] = std::move(rows);
+    j["head_weight"] = rows_of(o.adaptation.head_weight);
     j["head_bias"] = fusion::to_doubles(o.adaptation.head_bias);
   }
   write_file_atomic(path, j.dump(2) + "\n");

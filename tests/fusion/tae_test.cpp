@@ -123,6 +123,20 @@ std::pair<torch::Tensor, torch::Tensor> shots_of(
           torch::tensor(labels, torch::kLong)};
 }
 
+// Six classes of which the experts know {0, 1} and {2, 3}: 4 and 5 are
+// classes no expert answered for.
+constexpr std::int64_t kSix = 6;
+fu::TaeModel six_class_model() {
+  const auto d = draw(1500, 1, kSix);
+  fu::TaeModel m(kPixels, kSix, kSix, quick());
+  m.train(
+      fu::TaeData{.inputs = d.x,
+                  .answers = {expert_answers(d, {0, 1}, kSix),
+                              expert_answers(d, {2, 3}, kSix)},
+                  .tasks = {multi_hot({0, 1}, kSix), multi_hot({2, 3}, kSix)}});
+  return m;
+}
+
 fu::TaeModel& trained() {
   static fu::TaeModel model = [] {
     torch::manual_seed(11);
@@ -368,14 +382,7 @@ TEST_CASE(
     "classes no expert knew") {
   // Six classes; the experts know {0, 1} and {2, 3}; the new task is 4 vs 5,
   // on which p_α(y|z) never saw a label.
-  constexpr std::int64_t kSix = 6;
-  const auto d = draw(1500, 1, kSix);
-  fu::TaeModel m(kPixels, kSix, kSix, quick());
-  m.train(
-      fu::TaeData{.inputs = d.x,
-                  .answers = {expert_answers(d, {0, 1}, kSix),
-                              expert_answers(d, {2, 3}, kSix)},
-                  .tasks = {multi_hot({0, 1}, kSix), multi_hot({2, 3}, kSix)}});
+  auto m = six_class_model();
   torch::manual_seed(15);
   const std::vector<std::int64_t> task = {4, 5};
   const auto tau = multi_hot(task, kSix);
@@ -425,14 +432,7 @@ TEST_CASE(
     "the input encoder's features, and its head travels with the task") {
   // As in the relabelling test: the experts know {0, 1} and {2, 3} of six
   // classes; the new task is 4 vs 5, one shot each.
-  constexpr std::int64_t kSix = 6;
-  const auto d = draw(1500, 1, kSix);
-  fu::TaeModel m(kPixels, kSix, kSix, quick());
-  m.train(
-      fu::TaeData{.inputs = d.x,
-                  .answers = {expert_answers(d, {0, 1}, kSix),
-                              expert_answers(d, {2, 3}, kSix)},
-                  .tasks = {multi_hot({0, 1}, kSix), multi_hot({2, 3}, kSix)}});
+  auto m = six_class_model();
   // Trained, it knows which classes the experts answered for.
   REQUIRE(m.reads_out_features({4, 5}));
   CHECK_FALSE(m.reads_out_features({0, 3}));
