@@ -33,7 +33,14 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
       "tae: delta must be in (0, 1), got {}", options_.adaptation().delta());
   auto gen = make_generator(options_.seed());
   net_ = TaeNet(input_dim, outputs, task_dim, options_);
-  initialise(*net_, gen);
+  // The input encoder draws from its own stream, so that the rest of the
+  // model (and the prototypes after it) start as they would without it.
+  auto encoder_gen =
+      make_generator(options_.seed() + tae_internal::kInputEncoderStream);
+  for (const auto& child : net_->named_children()) {
+    const bool encoder = child.key().rfind("enc_x", 0) == 0;
+    initialise(*child.value(), encoder ? encoder_gen : gen);
+  }
   prototypes_ = torch::randn(
       {options_.network().prototypes(), options_.network().z_dim()}, gen);
   known_ = torch::ones({outputs}, torch::kBool);
@@ -89,6 +96,8 @@ std::vector<double> TaeModel::train(const TaeData& data) {
   const auto rows = rows_x.size(0);
 
   auto gen = make_generator(options_.seed());
+  auto encoder_gen =
+      make_generator(options_.seed() + tae_internal::kInputEncoderStream);
   torch::optim::Adam main(net_->model_parameters(),
                           torch::optim::AdamOptions(options_.training().lr()));
   torch::optim::Adam adv(net_->adversary_parameters(),
@@ -115,7 +124,10 @@ std::vector<double> TaeModel::train(const TaeData& data) {
       auto mi = (beta * net_->adversary(w)).sum(1);  // log q_ψ(η|w)
       auto loss = -elbo_rows.mean() + options_.training().zeta() * mi.mean();
       // The input encoder learns with the same decoder, from x alone.
-      if (net_->input_encoder) loss = loss - input_elbo(*net_, bx, gen).mean();
+      // Its draws come from a stream of their own: R's model trains exactly
+      // as it would without it.
+      if (net_->input_encoder)
+        loss = loss - input_elbo(*net_, bx, encoder_gen).mean();
 
       // Gibbs loss of one expert's own task under its prior, through the
       // prototypes: trains θ, α, γ so that G_w agrees with the experts.

@@ -20,9 +20,11 @@ inline torch::Tensor clamp_logvar(const torch::Tensor& v) {
 }
 
 // Offsets from the model's seed of the generators that draw w: the
-// bound's fixed draws, adaptation's and prediction's.
+// bound's fixed draws, adaptation's, prediction's and the input encoder's
+// training draws.
 inline constexpr std::uint64_t kBoundStream = 7919, kAdaptStream = 7927,
-                               kPredictStream = 7933;
+                               kPredictStream = 7933,
+                               kInputEncoderStream = 7937;
 
 // A draw of N(mean, exp(logvar)) from `gen`.
 inline torch::Tensor sample(const torch::Tensor& mean,

@@ -115,6 +115,8 @@ std::vector<torch::Tensor> TaeNetImpl::decoder_parameters() {
   return dec_x_->parameters();
 }
 
+void TaeNetImpl::decoder_eval(bool eval) { dec_x_->train(!eval); }
+
 std::vector<torch::Tensor> TaeNetImpl::adversary_parameters() {
   return adv_->parameters();
 }
@@ -144,10 +146,14 @@ torch::Tensor input_elbo(TaeNetImpl& net, const torch::Tensor& x,
   auto w = h.slice(1, 0, net.w_dim), z = h.slice(1, net.w_dim);
   // The decoder is R's: this term teaches the encoder to invert it and
   // leaves it (and so the prototypes' likelihoods) as the ELBO of R makes
-  // it.
+  // it — no gradient to its parameters, and its BatchNorm in eval mode so
+  // that these batches do not move its running statistics.
   auto decoder = net.decoder_parameters();
   for (auto& p : decoder) p.set_requires_grad(false);
+  const bool was_training = net.is_training();
+  net.decoder_eval(true);
   auto logits = net.decode_x(w, z);
+  net.decoder_eval(!was_training);
   for (auto& p : decoder) p.set_requires_grad(true);
   auto rec = -torch::binary_cross_entropy_with_logits(logits, x, {}, {},
                                                       at::Reduction::None)

@@ -207,6 +207,8 @@ class TaeNetImpl : public torch::nn::Module {
   std::vector<torch::Tensor> adversary_parameters();
   /// p_θ(x|w,z)'s parameters.
   std::vector<torch::Tensor> decoder_parameters();
+  /// Puts p_θ(x|w,z) alone in eval (true) or training mode.
+  void decoder_eval(bool eval);
 
   std::int64_t input_dim, outputs, task_dim, w_dim, z_dim;
   bool input_encoder;
