@@ -80,12 +80,13 @@ std::vector<double> TaeModel::train(const TaeData& data) {
                             .to(torch::kFloat32)
                             .reshape(-1));
   }
-  // The outputs some expert answered for, when descriptors name outputs.
-  if (net_->task_dim == net_->outputs)
-    known_ = torch::stack(task_list).sum(0).gt(0);
+  // How many experts' tasks hold each entry: the outputs some expert
+  // answered for (when descriptors name outputs), and the union task's.
+  const auto covered = torch::stack(task_list).sum(0);
+  if (net_->task_dim == net_->outputs) known_ = covered.gt(0);
   if (options_.training().union_task() && k >= 2) {
     answers.push_back(union_answer(answers));
-    task_list.push_back(torch::stack(task_list).sum(0).clamp_max(1));
+    task_list.push_back(covered.clamp_max(1));
   }
   const auto tasks_in_r = static_cast<std::int64_t>(answers.size());
   // Every (input, task) pair is a row of R.
@@ -389,13 +390,12 @@ torch::Tensor TaeModel::predict(const torch::Tensor& x, const TaeTask& task) {
     // features.
     check_head(task, "the task");
     const auto width = task_width(task.classes, net_->outputs);
+    const auto weight_t = task.head_weight.to(torch::kFloat32).t();
+    const auto bias = task.head_bias.to(torch::kFloat32).reshape({1, width});
     std::vector<torch::Tensor> parts;
     for (std::int64_t b = 0; b < x.size(0); b += 4096) {
       auto f = features(x.slice(0, b, b + 4096));
-      parts.push_back(torch::softmax(
-          torch::matmul(f, task.head_weight.to(torch::kFloat32).t()) +
-              task.head_bias.to(torch::kFloat32).reshape({1, width}),
-          1));
+      parts.push_back(torch::softmax(torch::matmul(f, weight_t) + bias, 1));
     }
     return parts.empty() ? torch::zeros({0, width}) : torch::cat(parts);
   }

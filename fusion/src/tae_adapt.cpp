@@ -90,7 +90,9 @@ torch::Tensor TaeModel::features(const torch::Tensor& x) {
   CHORUS_CHECK(flat.size(1) == net_->input_dim,
                "tae: inputs of {} values, the model takes {}", flat.size(1),
                net_->input_dim);
-  return normalised_features(*net_, flat);
+  return torch::nn::functional::normalize(
+      net_->input_features(flat),
+      torch::nn::functional::NormalizeFuncOptions().dim(1));
 }
 
 std::pair<torch::Tensor, torch::Tensor> TaeModel::fit_head(

@@ -26,6 +26,14 @@ inline constexpr std::uint64_t kBoundStream = 7919, kAdaptStream = 7927,
                                kPredictStream = 7933,
                                kInputEncoderStream = 7937;
 
+// log p(x) of pixels in [0, 1] under Bernoulli logits, summed per row [N].
+inline torch::Tensor bernoulli_log_likelihood(const torch::Tensor& logits,
+                                              const torch::Tensor& x) {
+  return -torch::binary_cross_entropy_with_logits(logits, x, {}, {},
+                                                  at::Reduction::None)
+              .sum(1);
+}
+
 // A draw of N(mean, exp(logvar)) from `gen`.
 inline torch::Tensor sample(const torch::Tensor& mean,
                             const torch::Tensor& logvar, at::Generator& gen) {
@@ -85,14 +93,5 @@ Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
 // (the input encoder's training term).
 torch::Tensor input_elbo(TaeNetImpl& net, const torch::Tensor& x,
                          at::Generator& draw);
-
-// The features readout's space: the input encoder's hidden layer,
-// L2-normalised, [N, F], for flattened inputs in [0, 1].
-inline torch::Tensor normalised_features(TaeNetImpl& net,
-                                         const torch::Tensor& flat) {
-  return torch::nn::functional::normalize(
-      net.input_features(flat),
-      torch::nn::functional::NormalizeFuncOptions().dim(1));
-}
 
 }  // namespace chorus::fusion::tae_internal

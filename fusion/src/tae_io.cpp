@@ -44,34 +44,26 @@ TaeTask TaeModel::read_adapted_task(const std::filesystem::path& path) const {
     task.classes = j.at("outputs").get<std::vector<std::int64_t>>();
     mean = j.at("mean").get<std::vector<double>>();
     logvar = j.at("logvar").get<std::vector<double>>();
-    if (j.contains("votes")) {
-      auto rows = j.at("votes").get<std::vector<std::vector<double>>>();
-      const auto width = task.classes.size();
+    // A matrix written as JSON rows of `width` values each (0: as long as
+    // the first row).
+    auto matrix = [&](const char* key, std::size_t width) {
+      auto rows = j.at(key).get<std::vector<std::vector<double>>>();
+      if (width == 0 && !rows.empty()) width = rows.front().size();
       std::vector<float> flat;
       for (const auto& r : rows) {
         CHORUS_CHECK_CODE(r.size() == width, Code::kDataLoss,
-                          "'{}': a row of votes has {} values for {} classes",
-                          path.string(), r.size(), width);
+                          "'{}': a row of {} has {} values, expected {}",
+                          path.string(), key, r.size(), width);
         flat.insert(flat.end(), r.begin(), r.end());
       }
-      task.votes =
-          torch::tensor(flat).reshape({static_cast<std::int64_t>(rows.size()),
-                                       static_cast<std::int64_t>(width)});
-    }
+      return torch::tensor(flat).reshape(
+          {static_cast<std::int64_t>(rows.size()),
+           static_cast<std::int64_t>(width)});
+    };
+    if (j.contains("votes")) task.votes = matrix("votes", task.classes.size());
     if (j.contains("head_weight") || j.contains("head_bias")) {
-      auto rows = j.at("head_weight").get<std::vector<std::vector<double>>>();
+      task.head_weight = matrix("head_weight", 0);
       auto bias = j.at("head_bias").get<std::vector<double>>();
-      std::vector<float> flat;
-      const auto features = rows.empty() ? 0 : rows.front().size();
-      for (const auto& r : rows) {
-        CHORUS_CHECK_CODE(r.size() == features, Code::kDataLoss,
-                          "'{}': the rows of head_weight differ in length",
-                          path.string());
-        flat.insert(flat.end(), r.begin(), r.end());
-      }
-      task.head_weight =
-          torch::tensor(flat).reshape({static_cast<std::int64_t>(rows.size()),
-                                       static_cast<std::int64_t>(features)});
       task.head_bias =
           torch::tensor(std::vector<float>(bias.begin(), bias.end()));
     }

@@ -129,9 +129,7 @@ Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
   auto [mw, lvw] = net.encode_w(x, tau);
   auto z = draw ? sample(mz, lvz, *draw) : mz;
   auto w = draw ? sample(mw, lvw, *draw) : mw;
-  auto rec = -torch::binary_cross_entropy_with_logits(net.decode_x(w, z), x, {},
-                                                      {}, at::Reduction::None)
-                  .sum(1);
+  auto rec = bernoulli_log_likelihood(net.decode_x(w, z), x);
   auto pred = (eta * net.decode_y(z)).sum(1);
   auto kl_z = kl_gauss(mz, lvz, torch::zeros_like(mz), torch::zeros_like(lvz));
   auto [mp, lvp] = net.prior_w(tau);
@@ -155,10 +153,8 @@ torch::Tensor input_elbo(TaeNetImpl& net, const torch::Tensor& x,
   auto logits = net.decode_x(w, z);
   net.decoder_eval(!was_training);
   for (auto& p : decoder) p.set_requires_grad(true);
-  auto rec = -torch::binary_cross_entropy_with_logits(logits, x, {}, {},
-                                                      at::Reduction::None)
-                  .sum(1);
-  return rec - kl_gauss(m, lv, torch::zeros_like(m), torch::zeros_like(lv));
+  return bernoulli_log_likelihood(logits, x) -
+         kl_gauss(m, lv, torch::zeros_like(m), torch::zeros_like(lv));
 }
 
 }  // namespace tae_internal

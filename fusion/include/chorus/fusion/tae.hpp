@@ -33,9 +33,10 @@ struct TaeNetworkOptions {
   /// Adds q_φ(w,z|x), an inference network from the input alone, trained
   /// beside the ELBO of R to invert its decoder p_θ(x|w,z) on the pool (a
   /// variational auto-encoder's ELBO whose decoder R's ELBO alone trains;
-  /// ours). Its hidden layer and q_φ(w|x,τ)'s are
-  /// the features of the `TaeReadout::kFeatures` readout. bench_p2 (MNIST-2,
-  /// 100 tasks): see the README's "what helped" table.
+  /// ours). Its hidden layer is the space of the `TaeReadout::kFeatures`
+  /// readout. It initialises and draws from a stream of its own, so R's
+  /// model trains as it would without it. bench_p2 (MNIST-2, 100 tasks):
+  /// see the README's "what helped" table.
   TORCH_ARG(bool, input_encoder) = true;
 };
 
@@ -86,9 +87,8 @@ enum class TaeReadout {
 };
 
 /// The readout's name in files and reports ("prototypes", "features",
-/// "auto"), and
-/// back. `parse_tae_readout` throws `chorus::Error` (INVALID_ARGUMENT) on
-/// another name.
+/// "auto"), and back. `parse_tae_readout` throws `chorus::Error`
+/// (INVALID_ARGUMENT) on another name.
 std::string to_string(TaeReadout readout);
 TaeReadout parse_tae_readout(const std::string& name);
 
@@ -236,8 +236,9 @@ struct TaeAdaptation {
   /// otherwise. Derived from the private shots: kept at the node.
   torch::Tensor votes;
   /// The features readout's head over the task's classes: weight [width, F]
-  /// and bias [width], when the readout is `kFeatures`; undefined
-  /// otherwise. Derived from the private shots: kept at the node.
+  /// and bias [width], when the task reads out by features
+  /// (`TaeModel::reads_out_features`); undefined otherwise. Derived from the
+  /// private shots: kept at the node.
   torch::Tensor head_weight, head_bias;
 };
 
