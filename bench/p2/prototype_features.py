@@ -1,0 +1,153 @@
+# Python prototype of tae's features readout (issue #23), used to rank feature extractors
+# and readouts for unseen tasks quickly (not part of the build or tests). It stands the
+# input encoder in for a plain VAE on the unlabelled pool (tae trains it against R's
+# decoder: bench/p2/prototype_tae.py readout=features) and scores, on 100 unseen binary
+# tasks (the protocol of bench/p2/main.cpp), readouts of its hidden layer against FS:
+#   ncm      nearest class mean, cosine      lin      linear head from the class means (tae's)
+#   raw_ncm  nearest class mean on pixels    feat_eu  nearest class mean, Euclidean, unnormalised
+#   fs       an MLP 784-100-2 from scratch   ens      lin's and fs's probabilities summed
+# Options (key=value): ds=mnist|fmnist, seed, epochs (VAE, 20), xh (hidden width, 100),
+# lat (latent size, 7), conv=1 (LeNet-like trunk), ne=N (N encoders, features concatenated),
+# aw=X (weight of an auxiliary head predicting the experts' union answer from the hidden
+# layer), cl=1 (a SimCLR-style contrastive trunk instead of the VAE: random shifts and
+# pixel dropout, cle epochs, tau), aug=R (shots shifted by up to R pixels for ncm/lin/fs).
+#   /usr/bin/python3 bench/p2/prototype_features.py ds=fmnist aw=1000
+import gzip, json, math, random, sys, time
+import numpy as np
+import torch, torch.nn as nn, torch.nn.functional as F
+A = dict(a.split('=') for a in sys.argv[1:])
+def opt(k, d): return type(d)(A.get(k, d))
+torch.set_num_threads(opt('threads', 2))
+DS = opt('ds', 'mnist'); EPOCHS = opt('epochs', 20); XH = opt('xh', 100); LAT = opt('lat', 7)
+TASKS = opt('tasks', 100); SEED = opt('seed', 0); CONV = opt('conv', 0); NE = opt('ne', 1)
+AW = opt('aw', 0.0); CL = opt('cl', 0); AUG = opt('aug', 0)
+torch.manual_seed(SEED); random.seed(SEED)
+MNIST = opt('mnist_dir', '/work/main/data/mnist'); FMNIST = opt('fmnist_dir', '/usr/share/datasets/fashion-mnist')
+
+def idx(path):
+    with gzip.open(path) as f: b = f.read()
+    if b[3] == 3:
+        n = int.from_bytes(b[4:8], 'big')
+        return torch.tensor(np.frombuffer(b, np.uint8, offset=16).reshape(n, 784).astype(np.float32) / 255)
+    return torch.tensor(np.frombuffer(b, np.uint8, offset=8).astype(np.int64))
+
+# The splits of bench_p2: MNIST-2 (experts on (0,1), (2,3)), F-MNIST-3 ((0,1), (2,3), (4,5)).
+if DS == 'mnist':
+    xs, ys = [], []
+    for d in range(10):
+        v = torch.tensor(json.load(open(f'{MNIST}/{d}.json'))['data'], dtype=torch.float32).view(-1, 784)
+        xs.append(v); ys.append(torch.full((v.size(0),), d))
+    X = torch.cat(xs); Y = torch.cat(ys)
+    perm = torch.randperm(X.size(0)); ntr = X.size(0) * 8 // 10
+    trx, tr_y, tex, tey = X[perm[:ntr]], Y[perm[:ntr]], X[perm[ntr:]], Y[perm[ntr:]]
+    pool = trx; seen = [0, 1, 2, 3]
+else:
+    X = idx(f'{FMNIST}/train-images-idx3-ubyte.gz'); Y = idx(f'{FMNIST}/train-labels-idx1-ubyte.gz')
+    tex = idx(f'{FMNIST}/t10k-images-idx3-ubyte.gz'); tey = idx(f'{FMNIST}/t10k-labels-idx1-ubyte.gz')
+    p = torch.randperm(X.size(0))[:20000]; trx, tr_y = X[p], Y[p]; pool = trx[:10000]; seen = [0, 1, 2, 3, 4, 5]
+unseen = [c for c in range(10) if c not in seen]
+pairs = [(seen[i], seen[i + 1]) for i in range(0, len(seen), 2)]
+
+def mlp(i, o, h=100): return nn.Sequential(nn.Linear(i, h), nn.ReLU(), nn.Linear(h, o))
+def train_clf(x, y, epochs=3):
+    m = mlp(784, 2); o = torch.optim.Adam(m.parameters(), 2e-3)
+    for _ in range(epochs):
+        p = torch.randperm(x.size(0))
+        for b in range(0, x.size(0), 64):
+            i = p[b:b+64]; l = F.cross_entropy(m(x[i]), y[i]); o.zero_grad(); l.backward(); o.step()
+    return m
+# The experts' union answer on the pool (the target of aw).
+U = torch.zeros(pool.size(0), 10)
+for a, b in pairs:
+    i = (tr_y == a) | (tr_y == b); box = train_clf(trx[i], (tr_y[i] == b).long())
+    with torch.no_grad(): pr = F.softmax(box(pool), 1)
+    U[:, a] += pr[:, 0]; U[:, b] += pr[:, 1]
+U = U / U.sum(1, keepdim=True)
+
+def trunk():
+    if not CONV: return nn.Sequential(nn.Linear(784, XH), nn.BatchNorm1d(XH), nn.ReLU())
+    return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
+                         nn.Conv2d(1, 16, 5, padding=2), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 5, padding=2), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(32 * 49, XH), nn.BatchNorm1d(XH), nn.ReLU())
+
+def train_vae():
+    enc = trunk(); em = nn.Linear(XH, LAT); el = nn.Linear(XH, LAT); aux = nn.Linear(XH, 10)
+    dec = nn.Sequential(nn.Linear(LAT, 100), nn.BatchNorm1d(100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 784))
+    mods = [enc, em, el, aux, dec]
+    o = torch.optim.Adam([p for m in mods for p in m.parameters()], 1e-3)
+    for _ in range(EPOCHS):
+        p = torch.randperm(pool.size(0))
+        for b in range(0, pool.size(0) - 127, 128):
+            r = p[b:b+128]; x = pool[r]; h = enc(x); m, l = em(h), el(h).clamp(-8, 6)
+            z = m + (0.5 * l).exp() * torch.randn_like(m)
+            rec = F.binary_cross_entropy_with_logits(dec(z), x, reduction='none').sum(1)
+            kl = 0.5 * (l.exp() + m * m - 1 - l).sum(1)
+            loss = (rec + kl).mean() - AW * (U[r] * F.log_softmax(aux(h), 1)).sum(1).mean()
+            o.zero_grad(); loss.backward(); o.step()
+    return enc.eval()
+
+def views(x, r=3):
+    n = x.size(0); im = F.pad(x.view(-1, 1, 28, 28), (r, r, r, r))
+    dy = torch.randint(0, 2 * r + 1, (n,)).tolist(); dx = torch.randint(0, 2 * r + 1, (n,)).tolist()
+    out = torch.stack([im[i, 0, dy[i]:dy[i]+28, dx[i]:dx[i]+28] for i in range(n)]).reshape(n, 784)
+    return out * (torch.rand(n, 784) > opt('drop', 0.2)).float()
+
+def train_contrastive():
+    enc = trunk(); proj = nn.Sequential(nn.Linear(XH, XH), nn.ReLU(), nn.Linear(XH, 64))
+    o = torch.optim.Adam(list(enc.parameters()) + list(proj.parameters()), 1e-3)
+    for _ in range(opt('cle', 15)):
+        p = torch.randperm(pool.size(0))
+        for b in range(0, pool.size(0) - 255, 256):
+            x = pool[p[b:b+256]]; n = x.size(0)
+            z = F.normalize(torch.cat([proj(enc(views(x))), proj(enc(views(x)))]), dim=1)
+            sim = z @ z.t() / opt('tau', 0.2); sim.fill_diagonal_(-1e9)
+            loss = F.cross_entropy(sim, torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]))
+            o.zero_grad(); loss.backward(); o.step()
+    return enc.eval()
+
+t0 = time.time()
+encs = [train_contrastive() if CL else train_vae() for _ in range(NE)]
+print(f'{NE} encoder(s) trained in {time.time() - t0:.0f} s', flush=True)
+def hidden(x):
+    with torch.no_grad(): return torch.cat([F.normalize(e(x), dim=1) for e in encs], 1) / math.sqrt(len(encs))
+def feats(x): return F.normalize(hidden(x), dim=1)
+def means(f, y): return torch.stack([f[y == 0].mean(0), f[y == 1].mean(0)])
+def ncm(fs, sy, ft, temp=10.0): return temp * F.normalize(ft, dim=1) @ F.normalize(means(fs, sy), dim=1).t()
+def lin(fs, sy, ft, wd=1e-3, steps=100):
+    L = nn.Linear(fs.size(1), 2); c = means(fs, sy)
+    with torch.no_grad(): L.weight.copy_(2 * c); L.bias.copy_(-(c * c).sum(1))
+    o = torch.optim.Adam(L.parameters(), 1e-2, weight_decay=wd)
+    for _ in range(steps):
+        l = F.cross_entropy(L(fs), sy); o.zero_grad(); l.backward(); o.step()
+    with torch.no_grad(): return L(ft)
+def fs_mlp(sx, sy, tx, epochs=60):
+    m = mlp(784, 2); o = torch.optim.Adam(m.parameters(), 3e-3)
+    for _ in range(epochs):
+        p = torch.randperm(sx.size(0))
+        for b in range(0, sx.size(0), 16):
+            i = p[b:b+16]; l = F.cross_entropy(m(sx[i]), sy[i]); o.zero_grad(); l.backward(); o.step()
+    with torch.no_grad(): return m(tx)
+def shifted(x, r):
+    im = F.pad(x.view(-1, 1, 28, 28), (r, r, r, r))
+    return torch.cat([im[:, :, r + dy:r + dy + 28, r + dx:r + dx + 28].reshape(-1, 784)
+                      for dy in range(-r, r + 1) for dx in range(-r, r + 1)])
+
+rng = random.Random(SEED + 1234)
+for k in (1, 5):
+    accs = {}
+    for t in range(TASKS):
+        a, b = rng.sample(unseen, 2)
+        ia = (tr_y == a).nonzero().flatten(); ib = (tr_y == b).nonzero().flatten()
+        rows = [ia[rng.randrange(len(ia))].item() for _ in range(k)] + [ib[rng.randrange(len(ib))].item() for _ in range(k)]
+        sx = trx[rows]; sy = torch.tensor([0] * k + [1] * k)
+        ta = (tey == a).nonzero().flatten()[:500]; tb = (tey == b).nonzero().flatten()[:500]
+        tx = tex[torch.cat([ta, tb])]; ty = torch.cat([torch.zeros(len(ta)), torch.ones(len(tb))]).long()
+        if AUG: sx = shifted(sx, AUG); sy = sy.repeat((2 * AUG + 1) ** 2)
+        fs_, ft_ = feats(sx), feats(tx)
+        raw = lambda x: F.normalize(x - pool.mean(0), dim=1)
+        r = {'ncm': ncm(fs_, sy, ft_), 'lin': lin(fs_, sy, ft_), 'raw_ncm': ncm(raw(sx), sy, raw(tx)),
+             'feat_eu': -torch.cdist(hidden(tx), means(hidden(sx), sy)), 'fs': fs_mlp(sx, sy, tx, 60 if not AUG else 10)}
+        r['ens'] = F.softmax(r['lin'], 1) + F.softmax(r['fs'], 1)
+        for n_, p in r.items(): accs.setdefault(n_, []).append((p.argmax(1) == ty).float().mean().item())
+    print(f'{DS} U {k}-shot: ' + '  '.join(f'{n} {100 * sum(v) / len(v):.1f}' for n, v in accs.items()), flush=True)
