@@ -10,7 +10,8 @@
 # lat (latent size, 7), conv=1 (LeNet-like trunk), ne=N (N encoders, features concatenated),
 # aw=X (weight of an auxiliary head predicting the experts' union answer from the hidden
 # layer), cl=1 (a SimCLR-style contrastive trunk instead of the VAE: random shifts and
-# pixel dropout, cle epochs, tau), aug=R (shots shifted by up to R pixels for ncm/lin/fs).
+# pixel dropout, cle epochs, tau), aw2=X (one more encoder with aux weight X, features
+# concatenated), aug=R (shots shifted by up to R pixels for ncm/lin/fs).
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=fmnist aw=1000
 import gzip, json, math, random, sys, time
 import numpy as np
@@ -71,7 +72,8 @@ def trunk():
                          nn.Conv2d(16, 32, 5, padding=2), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Linear(32 * 49, XH), nn.BatchNorm1d(XH), nn.ReLU())
 
-def train_vae():
+def train_vae(aw=None):
+    aw = AW if aw is None else aw
     enc = trunk(); em = nn.Linear(XH, LAT); el = nn.Linear(XH, LAT); aux = nn.Linear(XH, 10)
     dec = nn.Sequential(nn.Linear(LAT, 100), nn.BatchNorm1d(100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 784))
     mods = [enc, em, el, aux, dec]
@@ -83,7 +85,7 @@ def train_vae():
             z = m + (0.5 * l).exp() * torch.randn_like(m)
             rec = F.binary_cross_entropy_with_logits(dec(z), x, reduction='none').sum(1)
             kl = 0.5 * (l.exp() + m * m - 1 - l).sum(1)
-            loss = (rec + kl).mean() - AW * (U[r] * F.log_softmax(aux(h), 1)).sum(1).mean()
+            loss = (rec + kl).mean() - aw * (U[r] * F.log_softmax(aux(h), 1)).sum(1).mean()
             o.zero_grad(); loss.backward(); o.step()
     return enc.eval()
 
@@ -108,6 +110,7 @@ def train_contrastive():
 
 t0 = time.time()
 encs = [train_contrastive() if CL else train_vae() for _ in range(NE)]
+if opt('aw2', -1.0) >= 0: encs.append(train_vae(opt('aw2', -1.0)))  # one more encoder, aux weight aw2
 print(f'{NE} encoder(s) trained in {time.time() - t0:.0f} s', flush=True)
 def hidden(x):
     with torch.no_grad(): return torch.cat([F.normalize(e(x), dim=1) for e in encs], 1) / math.sqrt(len(encs))
