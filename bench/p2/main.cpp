@@ -5,7 +5,8 @@
 //            [--epochs N] [--space classes|binary] [--beta X]
 //            [--gibbs-weight X] [--no-union] [--relabel-prior X] [--no-relabel]
 //            [--readout auto|features|prototypes] [--no-input-encoder]
-//            [--head-steps N] [--paper] [--test-per-class N] [--json FILE]
+//            [--head-steps N] [--answer-weight X] [--[no-]answer-encoder]
+//            [--paper] [--test-per-class N] [--json FILE]
 //
 // Black boxes are binary classifiers on class pairs: MNIST-2 has two,
 // (0,1) and (2,3); F-MNIST-3 has three, (0,1), (2,3) and (4,5). Each answers
@@ -76,6 +77,10 @@ struct Args {
   std::int64_t head_steps = fu::TaeAdaptationOptions().head_steps();
   /// TaeNetworkOptions::input_encoder.
   bool input_encoder = fu::TaeNetworkOptions().input_encoder();
+  /// TaeTrainingOptions::answer_weight and
+  /// TaeNetworkOptions::answer_encoder.
+  double answer_weight = fu::TaeTrainingOptions().answer_weight();
+  bool answer_encoder = fu::TaeNetworkOptions().answer_encoder();
   /// Test images per class of a task (the first of a fixed shuffle).
   std::int64_t test_per_class = 500;
   std::string json = "bench_p2.json";
@@ -192,10 +197,18 @@ int main(int argc, char** argv) {
       args.head_steps = std::stoll(next());
     else if (a == "--no-input-encoder")
       args.input_encoder = false;
+    else if (a == "--answer-weight")
+      args.answer_weight = std::stod(next());
+    else if (a == "--answer-encoder")
+      args.answer_encoder = true;
+    else if (a == "--no-answer-encoder")
+      args.answer_encoder = false;
     else if (a == "--paper") {
       // The paper's configuration as we read it (ALGORITHMS.md §4): none of
       // our additions, G's Gibbs loss trained with the ELBO.
       args.union_task = args.relabel = args.input_encoder = false;
+      args.answer_weight = 0;
+      args.answer_encoder = false;
       args.readout = "prototypes";
       args.gibbs_weight = 50;
     } else if (a == "--test-per-class")
@@ -212,7 +225,8 @@ int main(int argc, char** argv) {
           "[--threads N] [--epochs N] [--space classes|binary] [--beta X] "
           "[--gibbs-weight X] [--no-union] [--relabel-prior X] [--no-relabel] "
           "[--readout auto|features|prototypes] [--no-input-encoder] "
-          "[--head-steps N] [--paper] [--test-per-class N] [--json FILE]\n");
+          "[--head-steps N] [--answer-weight X] [--[no-]answer-encoder] "
+          "[--paper] [--test-per-class N] [--json FILE]\n");
       return 2;
     }
   }
@@ -233,6 +247,8 @@ int main(int argc, char** argv) {
                        {"tae_readout", args.readout},
                        {"tae_head_steps", args.head_steps},
                        {"tae_input_encoder", args.input_encoder},
+                       {"tae_answer_weight", args.answer_weight},
+                       {"tae_answer_encoder", args.answer_encoder},
                        {"threads", args.threads},
                        {"tae_epochs", args.epochs},
                        {"test_per_class", args.test_per_class}};
@@ -290,11 +306,14 @@ int main(int argc, char** argv) {
       const auto t_tae = Clock::now();
       auto tae_options =
           fu::TaeOptions()
-              .network(
-                  fu::TaeNetworkOptions().input_encoder(args.input_encoder))
+              .network(fu::TaeNetworkOptions()
+                           .input_encoder(args.input_encoder)
+                           .answer_encoder(args.answer_encoder &&
+                                           args.input_encoder))
               .training(fu::TaeTrainingOptions()
                             .epochs(args.epochs)
                             .union_task(args.union_task)
+                            .answer_weight(args.answer_weight)
                             .gibbs_weight(args.gibbs_weight))
               .adaptation(fu::TaeAdaptationOptions()
                               .steps(60)
@@ -479,11 +498,12 @@ int main(int argc, char** argv) {
         "\ntasks={} seed={} threads={} tae_epochs={} tae_space={} "
         "tae_union_task={} "
         "tae_gibbs_weight={} tae_relabel={} tae_relabel_prior={} "
-        "tae_readout={} tae_head_steps={} tae_input_encoder={} total={:.1f} "
-        "s\n",
+        "tae_readout={} tae_head_steps={} tae_input_encoder={} "
+        "tae_answer_weight={} tae_answer_encoder={} total={:.1f} s\n",
         args.tasks, args.seed, args.threads, args.epochs, args.space,
         args.union_task, args.gibbs_weight, args.relabel, args.relabel_prior,
-        args.readout, args.head_steps, args.input_encoder, total);
+        args.readout, args.head_steps, args.input_encoder, args.answer_weight,
+        args.answer_encoder, total);
     out["total_seconds"] = total;
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
     fmt::print("wrote {}\n", args.json);

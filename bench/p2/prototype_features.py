@@ -58,9 +58,9 @@ def train_clf(x, y, epochs=3):
             i = p[b:b+64]; l = F.cross_entropy(m(x[i]), y[i]); o.zero_grad(); l.backward(); o.step()
     return m
 # The experts' union answer on the pool (the target of aw).
-U = torch.zeros(pool.size(0), 10)
+U = torch.zeros(pool.size(0), 10); BOXES = []
 for a, b in pairs:
-    i = (tr_y == a) | (tr_y == b); box = train_clf(trx[i], (tr_y[i] == b).long())
+    i = (tr_y == a) | (tr_y == b); box = train_clf(trx[i], (tr_y[i] == b).long()); BOXES.append(box)
     with torch.no_grad(): pr = F.softmax(box(pool), 1)
     U[:, a] += pr[:, 0]; U[:, b] += pr[:, 1]
 U = U / U.sum(1, keepdim=True)
@@ -136,6 +136,31 @@ def shifted(x, r):
     return torch.cat([im[:, :, r + dy:r + dy + 28, r + dx:r + dx + 28].reshape(-1, 784)
                       for dy in range(-r, r + 1) for dx in range(-r, r + 1)])
 
+# sel=1 (with aw2): per task, the plain encoder's features (encs[0]) or the auxiliary one's
+# (encs[-1]), chosen by how differently the experts answer the two classes' shots (total
+# variation between the classes' mean union answers > sel_t) — 'div' — or by leave-one-out
+# on the shots (from 2 shots) — 'loo'.
+SEL = opt('sel', 0); SEL_T = opt('sel_t', 0.5); CHOSE = []
+def union_of(x):
+    u = torch.zeros(x.size(0), 10)
+    with torch.no_grad():
+        for (a, b), box in zip(pairs, BOXES): pr = F.softmax(box(x), 1); u[:, a] += pr[:, 0]; u[:, b] += pr[:, 1]
+    return u / u.sum(1, keepdim=True)
+def lin_on(e, sx, sy, tx):
+    with torch.no_grad(): f = lambda x: F.normalize(e(x), dim=1)
+    return lin(f(sx).detach(), sy, f(tx).detach())
+def loo(e, sx, sy):
+    ok = 0
+    for i in range(sx.size(0)):
+        keep = torch.arange(sx.size(0)) != i
+        ok += int(lin_on(e, sx[keep], sy[keep], sx[i:i + 1]).argmax(1).item() == sy[i].item())
+    return ok
+def selection(r, sx, sy, tx):
+    r['plain'] = lin_on(encs[0], sx, sy, tx); r['aux'] = lin_on(encs[-1], sx, sy, tx)
+    u = union_of(sx); div = 0.5 * (u[sy == 0].mean(0) - u[sy == 1].mean(0)).abs().sum().item()
+    CHOSE.append(div > SEL_T); r['div'] = r['aux'] if div > SEL_T else r['plain']
+    if (sy == 0).sum() >= 2: r['loo'] = r['aux'] if loo(encs[-1], sx, sy) > loo(encs[0], sx, sy) else r['plain']
+
 rng = random.Random(SEED + 1234)
 for k in (1, 5):
     accs = {}
@@ -152,5 +177,11 @@ for k in (1, 5):
         r = {'ncm': ncm(fs_, sy, ft_), 'lin': lin(fs_, sy, ft_), 'raw_ncm': ncm(raw(sx), sy, raw(tx)),
              'feat_eu': -torch.cdist(hidden(tx), means(hidden(sx), sy)), 'fs': fs_mlp(sx, sy, tx, 60 if not AUG else 10)}
         r['ens'] = F.softmax(r['lin'], 1) + F.softmax(r['fs'], 1)
+        if SEL: selection(r, sx, sy, tx)
         for n_, p in r.items(): accs.setdefault(n_, []).append((p.argmax(1) == ty).float().mean().item())
+    if SEL:
+        acc = lambda n_: torch.tensor(accs[n_])
+        print(f'  oracle (best of plain/aux per task) {100 * torch.maximum(acc("plain"), acc("aux")).mean():.1f};'
+              f' aux chosen by div>{SEL_T}: {100 * sum(CHOSE) / len(CHOSE):.0f}% of tasks', flush=True)
+        CHOSE.clear()
     print(f'{DS} U {k}-shot: ' + '  '.join(f'{n} {100 * sum(v) / len(v):.1f}' for n, v in accs.items()), flush=True)

@@ -31,15 +31,24 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
   CHORUS_CHECK(
       options_.adaptation().delta() > 0 && options_.adaptation().delta() < 1,
       "tae: delta must be in (0, 1), got {}", options_.adaptation().delta());
+  CHORUS_CHECK(!options_.network().answer_encoder() ||
+                   options_.network().input_encoder(),
+               "tae: the answer encoder needs the input encoder "
+               "(TaeNetworkOptions::input_encoder)");
   auto gen = make_generator(options_.seed());
   net_ = TaeNet(input_dim, outputs, task_dim, options_);
-  // The input encoder draws from its own stream, so that the rest of the
-  // model (and the prototypes after it) start as they would without it.
+  // The input and answer encoders draw from streams of their own, so that
+  // the rest of the model (and the prototypes after it) start as they would
+  // without them.
   auto encoder_gen =
       make_generator(options_.seed() + tae_internal::kInputEncoderStream);
+  auto answer_gen =
+      make_generator(options_.seed() + tae_internal::kAnswerEncoderStream);
   for (const auto& child : net_->named_children()) {
-    const bool encoder = child.key().rfind("enc_x", 0) == 0;
-    initialise(*child.value(), encoder ? encoder_gen : gen);
+    const auto& key = child.key();
+    initialise(*child.value(), key.rfind("enc_x", 0) == 0   ? encoder_gen
+                               : key.rfind("enc_a", 0) == 0 ? answer_gen
+                                                            : gen);
   }
   prototypes_ = torch::randn(
       {options_.network().prototypes(), options_.network().z_dim()}, gen);
@@ -84,8 +93,18 @@ std::vector<double> TaeModel::train(const TaeData& data) {
   // answered for (when descriptors name outputs), and the union task's.
   const auto covered = torch::stack(task_list).sum(0);
   if (net_->task_dim == net_->outputs) known_ = covered.gt(0);
+  CHORUS_CHECK(options_.training().answer_weight() >= 0 &&
+                   std::isfinite(options_.training().answer_weight()),
+               "tae: answer_weight must be finite and non-negative, got {}",
+               options_.training().answer_weight());
+  CHORUS_CHECK(options_.training().answer_weight() == 0 || net_->input_encoder,
+               "tae: answer_weight needs the input encoder "
+               "(TaeNetworkOptions::input_encoder)");
+  // The input encoder's auxiliary target (ours): what B+ answers on each
+  // input.
+  const auto experts_union = union_answer(answers);  // [n, C]
   if (options_.training().union_task() && k >= 2) {
-    answers.push_back(union_answer(answers));
+    answers.push_back(experts_union);
     task_list.push_back(covered.clamp_max(1));
   }
   const auto tasks_in_r = static_cast<std::int64_t>(answers.size());
@@ -99,7 +118,22 @@ std::vector<double> TaeModel::train(const TaeData& data) {
   auto gen = make_generator(options_.seed());
   auto encoder_gen =
       make_generator(options_.seed() + tae_internal::kInputEncoderStream);
-  torch::optim::Adam main(net_->model_parameters(),
+  auto answer_gen =
+      make_generator(options_.seed() + tae_internal::kAnswerEncoderStream);
+  // The answer target's head: hidden layer -> outputs, trained with the
+  // encoder it reads and dropped after training (only the features it
+  // shaped stay).
+  const double answer_weight =
+      net_->input_encoder ? options_.training().answer_weight() : 0.0;
+  torch::nn::Linear answer_head{nullptr};
+  auto model_parameters = net_->model_parameters();
+  if (answer_weight > 0) {
+    answer_head = torch::nn::Linear(options_.network().hidden(), net_->outputs);
+    initialise(*answer_head, net_->answer_encoder ? answer_gen : encoder_gen);
+    for (const auto& p : answer_head->parameters())
+      model_parameters.push_back(p);
+  }
+  torch::optim::Adam main(model_parameters,
                           torch::optim::AdamOptions(options_.training().lr()));
   torch::optim::Adam adv(net_->adversary_parameters(),
                          torch::optim::AdamOptions(options_.training().lr()));
@@ -127,8 +161,22 @@ std::vector<double> TaeModel::train(const TaeData& data) {
       // The input encoder learns with the same decoder, from x alone.
       // Its draws come from a stream of their own: R's model trains exactly
       // as it would without it.
-      if (net_->input_encoder)
-        loss = loss - input_elbo(*net_, bx, encoder_gen).mean();
+      if (net_->input_encoder) {
+        auto [input_rows, features] = input_elbo(*net_, bx, encoder_gen);
+        loss = loss - input_rows.mean();
+        if (net_->answer_encoder) {
+          auto [answer_rows, answer_features] =
+              input_elbo(*net_, bx, answer_gen, /*answer=*/true);
+          loss = loss - answer_rows.mean();
+          features = answer_features;
+        }
+        if (answer_weight > 0) {
+          // Row r of R holds input r mod n.
+          auto target = experts_union.index_select(0, idx.remainder(n));
+          auto log_p = torch::log_softmax(answer_head->forward(features), 1);
+          loss = loss - answer_weight * (target * log_p).sum(1).mean();
+        }
+      }
 
       // Gibbs loss of one expert's own task under its prior, through the
       // prototypes: trains θ, α, γ so that G_w agrees with the experts.
@@ -340,7 +388,7 @@ TaeTask TaeModel::default_task() {
 void TaeModel::check_head(const TaeTask& task, const std::string& what) const {
   if (!task.head_weight.defined() && !task.head_bias.defined()) return;
   const auto width = task_width(task.classes, net_->outputs);
-  const auto hidden = options_.network().hidden();
+  const auto hidden = feature_dim();
   CHORUS_CHECK(net_->input_encoder,
                "tae: {} has a features head, but this model has no input "
                "encoder to read features with",

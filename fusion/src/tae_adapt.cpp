@@ -90,9 +90,18 @@ torch::Tensor TaeModel::features(const torch::Tensor& x) {
   CHORUS_CHECK(flat.size(1) == net_->input_dim,
                "tae: inputs of {} values, the model takes {}", flat.size(1),
                net_->input_dim);
-  return torch::nn::functional::normalize(
-      net_->input_features(flat),
-      torch::nn::functional::NormalizeFuncOptions().dim(1));
+  namespace F = torch::nn::functional;
+  const auto unit = F::NormalizeFuncOptions().dim(1);
+  auto f = F::normalize(net_->input_features(flat), unit);
+  if (!net_->answer_encoder) return f;
+  // Side by side, each half of norm 1/√2: the whole has norm 1.
+  return torch::cat({f, F::normalize(net_->answer_features(flat), unit)}, 1) /
+         std::sqrt(2.0);
+}
+
+std::int64_t TaeModel::feature_dim() const {
+  if (!net_->input_encoder) return 0;
+  return options_.network().hidden() * (net_->answer_encoder ? 2 : 1);
 }
 
 std::pair<torch::Tensor, torch::Tensor> TaeModel::fit_head(

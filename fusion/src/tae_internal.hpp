@@ -24,7 +24,8 @@ inline torch::Tensor clamp_logvar(const torch::Tensor& v) {
 // training draws.
 inline constexpr std::uint64_t kBoundStream = 7919, kAdaptStream = 7927,
                                kPredictStream = 7933,
-                               kInputEncoderStream = 7937;
+                               kInputEncoderStream = 7937,
+                               kAnswerEncoderStream = 7949;
 
 // log p(x) of pixels in [0, 1] under Bernoulli logits, summed per row [N].
 inline torch::Tensor bernoulli_log_likelihood(const torch::Tensor& logits,
@@ -90,8 +91,14 @@ Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
 
 // The ELBO of the input alone under q_φ(w,z|x) and the shared decoder,
 // log p_θ(x|w,z) − KL(q(w,z|x) ‖ N(0, I)) [N], with (w, z) drawn from `draw`
-// (the input encoder's training term).
-torch::Tensor input_elbo(TaeNetImpl& net, const torch::Tensor& x,
-                         at::Generator& draw);
+// (the input encoder's training term, or with `answer` the answer
+// encoder's), and the encoder's hidden layer [N, hidden] it was computed
+// from.
+struct InputElbo {
+  torch::Tensor value;
+  torch::Tensor features;
+};
+InputElbo input_elbo(TaeNetImpl& net, const torch::Tensor& x,
+                     at::Generator& draw, bool answer = false);
 
 }  // namespace chorus::fusion::tae_internal

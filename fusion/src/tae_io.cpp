@@ -139,6 +139,7 @@ void TaeModel::save(const std::filesystem::path& path) const {
   put("network.hidden", n.hidden());
   put("network.prototypes", n.prototypes());
   put("network.input_encoder", n.input_encoder());
+  put("network.answer_encoder", n.answer_encoder());
   const auto& a = options_.adaptation();
   put("adaptation.samples", a.samples());
   put("adaptation.delta", a.delta());
@@ -241,6 +242,10 @@ TaeHeader read_header(torch::serialize::InputArchive& archive,
   h.options.network().input_encoder(
       archive.try_read("network.input_encoder", v) &&
       boolean_of(v, "network.input_encoder"));
+  // Written since the answer encoder; files before it have none.
+  h.options.network().answer_encoder(
+      archive.try_read("network.answer_encoder", v) &&
+      boolean_of(v, "network.answer_encoder"));
   h.options.adaptation().readout(TaeReadout::kPrototypes);
   if (archive.try_read("adaptation.readout", v)) {
     CHORUS_CHECK_CODE(v.isString(), Code::kDataLoss,

@@ -36,7 +36,9 @@ TaeNetImpl::TaeNetImpl(std::int64_t d, std::int64_t c, std::int64_t t,
       task_dim(t),
       w_dim(o.network().w_dim()),
       z_dim(o.network().z_dim()),
-      input_encoder(o.network().input_encoder()) {
+      input_encoder(o.network().input_encoder()),
+      answer_encoder(o.network().input_encoder() &&
+                     o.network().answer_encoder()) {
   const auto h = o.network().hidden();
   dec_x_ =
       register_module("dec_x", mlp2(w_dim + z_dim, h, d, /*batch_norm=*/true));
@@ -56,6 +58,12 @@ TaeNetImpl::TaeNetImpl(std::int64_t d, std::int64_t c, std::int64_t t,
     enc_x_mean_ = register_module("enc_x_mean", nn::Linear(h, w_dim + z_dim));
     enc_x_logvar_ =
         register_module("enc_x_logvar", nn::Linear(h, w_dim + z_dim));
+  }
+  if (answer_encoder) {
+    enc_a_trunk_ = register_module("enc_a_trunk", trunk(d, h));
+    enc_a_mean_ = register_module("enc_a_mean", nn::Linear(h, w_dim + z_dim));
+    enc_a_logvar_ =
+        register_module("enc_a_logvar", nn::Linear(h, w_dim + z_dim));
   }
 }
 
@@ -88,7 +96,11 @@ std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_w(
 
 std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_x(
     const torch::Tensor& x) {
-  auto h = input_features(x);
+  return encode_features(input_features(x));
+}
+
+std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_features(
+    const torch::Tensor& h) {
   return {enc_x_mean_->forward(h), clamp_logvar(enc_x_logvar_->forward(h))};
 }
 
@@ -97,6 +109,18 @@ torch::Tensor TaeNetImpl::input_features(const torch::Tensor& x) {
                     "tae: this model has no input encoder (trained without "
                     "TaeNetworkOptions::input_encoder)");
   return enc_x_trunk_->forward(x);
+}
+
+torch::Tensor TaeNetImpl::answer_features(const torch::Tensor& x) {
+  CHORUS_CHECK_CODE(answer_encoder, Code::kFailedPrecondition,
+                    "tae: this model has no answer encoder (trained without "
+                    "TaeNetworkOptions::answer_encoder)");
+  return enc_a_trunk_->forward(x);
+}
+
+std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_answer_features(
+    const torch::Tensor& h) {
+  return {enc_a_mean_->forward(h), clamp_logvar(enc_a_logvar_->forward(h))};
 }
 
 torch::Tensor TaeNetImpl::adversary(const torch::Tensor& w) {
@@ -137,9 +161,11 @@ Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
   return {rec + label_weight * pred - kl_z - kl_w, w};
 }
 
-torch::Tensor input_elbo(TaeNetImpl& net, const torch::Tensor& x,
-                         at::Generator& draw) {
-  auto [m, lv] = net.encode_x(x);
+InputElbo input_elbo(TaeNetImpl& net, const torch::Tensor& x,
+                     at::Generator& draw, bool answer) {
+  auto features = answer ? net.answer_features(x) : net.input_features(x);
+  auto [m, lv] = answer ? net.encode_answer_features(features)
+                        : net.encode_features(features);
   auto h = sample(m, lv, draw);
   auto w = h.slice(1, 0, net.w_dim), z = h.slice(1, net.w_dim);
   // The decoder is R's: this term teaches the encoder to invert it and
@@ -153,8 +179,9 @@ torch::Tensor input_elbo(TaeNetImpl& net, const torch::Tensor& x,
   auto logits = net.decode_x(w, z);
   net.decoder_eval(!was_training);
   for (auto& p : decoder) p.set_requires_grad(true);
-  return bernoulli_log_likelihood(logits, x) -
-         kl_gauss(m, lv, torch::zeros_like(m), torch::zeros_like(lv));
+  return {bernoulli_log_likelihood(logits, x) -
+              kl_gauss(m, lv, torch::zeros_like(m), torch::zeros_like(lv)),
+          features};
 }
 
 }  // namespace tae_internal

@@ -515,3 +515,124 @@ TEST_CASE(
   plain.save(dir / "plain.pt");
   CHECK_FALSE(fu::TaeModel::load(dir / "plain.pt").reads_out_features(task));
 }
+
+TEST_CASE(
+    "tae: the answer target makes the features separate what the experts "
+    "tell apart, and leaves R's model as it was") {
+  // Four classes told apart by two pixels only; the other 62 are coin
+  // flips. The pixels' likelihood is mostly noise, so the features of a
+  // plain input encoder hardly see the class; the experts see nothing else.
+  // With label weight 0, R's decoder does not learn the answers either (it
+  // would pass them to the input encoder that inverts it): only the answer
+  // target can bring them into the features.
+  constexpr std::int64_t kWide = 64;
+  auto noisy = [](std::int64_t n, std::uint64_t seed) {
+    auto gen = at::detail::createCPUGenerator(seed);
+    auto y = torch::randint(kClasses, {n}, gen, torch::kLong);
+    auto x = (torch::rand({n, kWide}, gen) > 0.5).to(torch::kFloat32);
+    x.select(1, 0).copy_(y.remainder(2).to(torch::kFloat32));
+    x.select(1, 1).copy_(y.div(2, "floor").to(torch::kFloat32));
+    return Images{x, y};
+  };
+  const auto pool = noisy(1500, 21);
+  auto options = [](double weight) {
+    auto o = quick();
+    o.training().answer_weight(weight).label_weight(0);
+    o.adaptation().readout(fu::TaeReadout::kFeatures);
+    return o;
+  };
+  fu::TaeModel plain(kWide, kClasses, kClasses, options(0));
+  fu::TaeModel aux(kWide, kClasses, kClasses, options(100));
+  plain.train(data(pool));
+  aux.train(data(pool));
+  const std::vector<std::int64_t> task = {0, 3};
+  auto [x, y] = shots_of(noisy(200, 22), task, 1);
+  const auto test = noisy(600, 23);
+  auto acc = [&](fu::TaeModel& m) {
+    auto adapted = m.adapt(multi_hot(task), x, y, task);
+    return accuracy_of(test, task, [&](const torch::Tensor& t) {
+      return m.predict(t, adapted, task);
+    });
+  };
+  const double acc_plain = acc(plain), acc_aux = acc(aux);
+  MESSAGE("one shot each, features: plain " << acc_plain << ", answer target "
+                                            << acc_aux);
+  CHECK(acc_aux > 0.95);
+  CHECK(acc_aux > acc_plain + 0.1);
+  // The head is training's only: R's model, and so the prototypes' readout,
+  // is the same with and without it, and the saved file holds no more.
+  const auto prior = plain.prior(multi_hot({0, 1}));
+  CHECK(
+      torch::equal(plain.predict(test.x, prior, {0, 1}),
+                   aux.predict(test.x, aux.prior(multi_hot({0, 1})), {0, 1})));
+  chorus::testing::TempDir dir;
+  aux.save(dir / "aux.pt");
+  auto again = fu::TaeModel::load(dir / "aux.pt");
+  CHECK(torch::allclose(again.features(test.x), aux.features(test.x)));
+
+  // Bad weights, and a weight without the encoder it trains, are refused.
+  fu::TaeModel negative(kWide, kClasses, kClasses, options(-1));
+  CHECK_THROWS_WITH(negative.train(data(pool)),
+                    doctest::Contains("answer_weight must be"));
+  auto no_encoder = options(1);
+  no_encoder.network().input_encoder(false);
+  fu::TaeModel without(kWide, kClasses, kClasses, no_encoder);
+  CHECK_THROWS_WITH(without.train(data(pool)),
+                    doctest::Contains("needs the input encoder"));
+}
+
+TEST_CASE(
+    "tae: the answer encoder reads beside the input encoder, trains nothing "
+    "else, and travels with the model") {
+  auto options = [](bool answer_encoder) {
+    auto o = quick();
+    o.network().answer_encoder(answer_encoder);
+    o.training().answer_weight(answer_encoder ? 100 : 0);
+    o.adaptation().readout(fu::TaeReadout::kFeatures);
+    return o;
+  };
+  const auto pool = draw(1500, 1);
+  fu::TaeModel plain(kPixels, kClasses, kClasses, options(false));
+  fu::TaeModel both(kPixels, kClasses, kClasses, options(true));
+  plain.train(data(pool));
+  both.train(data(pool));
+  const auto hidden = quick().network().hidden();
+  REQUIRE(plain.feature_dim() == hidden);
+  REQUIRE(both.feature_dim() == 2 * hidden);
+  const auto test = draw(300, 2);
+  const auto f = both.features(test.x);
+  CHECK(f.sizes() == torch::IntArrayRef{300, 2 * hidden});
+  CHECK(torch::allclose(f.norm(2, 1), torch::ones({300}), 1e-4, 1e-4));
+  // Its first half is the input encoder's, trained exactly as without the
+  // answer encoder (streams of their own), and so is R's model.
+  CHECK(torch::allclose(f.slice(1, 0, hidden) * std::sqrt(2.0),
+                        plain.features(test.x), 1e-5, 1e-5));
+  CHECK(torch::equal(
+      plain.predict(test.x, plain.prior(multi_hot({2, 3})), {2, 3}),
+      both.predict(test.x, both.prior(multi_hot({2, 3})), {2, 3})));
+  // A head over both halves: adapted, saved, reloaded, refused elsewhere.
+  const std::vector<std::int64_t> task = {1, 2};
+  auto [x, y] = shots_of(draw(200, 3), task, 1);
+  auto adapted = both.adapt(multi_hot(task), x, y, task);
+  CHECK(adapted.head_weight.sizes() == torch::IntArrayRef{2, 2 * hidden});
+  CHECK(accuracy_of(test, task, [&](const torch::Tensor& t) {
+          return both.predict(t, adapted, task);
+        }) > 0.9);
+  chorus::testing::TempDir dir;
+  both.save(dir / "both.pt");
+  auto again = fu::TaeModel::load(dir / "both.pt");
+  CHECK(again.options().network().answer_encoder());
+  CHECK(torch::allclose(again.features(test.x), f));
+  fu::TaeTask t{.classes = task,
+                .q = adapted.posterior,
+                .head_weight = adapted.head_weight,
+                .head_bias = adapted.head_bias};
+  CHECK(torch::allclose(again.predict(test.x, t), both.predict(test.x, t)));
+  CHECK_THROWS_WITH(plain.predict(test.x, t),
+                    doctest::Contains("head must be"));
+  // Without the input encoder there is nothing to put it beside.
+  auto bad = options(true);
+  bad.network().input_encoder(false);
+  CHECK_THROWS_WITH(fu::TaeModel(kPixels, kClasses, kClasses, bad),
+                    doctest::Contains("needs the input encoder"));
+}

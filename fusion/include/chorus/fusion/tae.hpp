@@ -38,6 +38,14 @@ struct TaeNetworkOptions {
   /// model trains as it would without it. bench_p2 (MNIST-2, 100 tasks):
   /// see the README's "what helped" table.
   TORCH_ARG(bool, input_encoder) = true;
+  /// Adds a second encoder of the input like the first, trained with the
+  /// same input ELBO and, with weight `TaeTrainingOptions::answer_weight`,
+  /// to predict the experts' union answer from its hidden layer (ours). The
+  /// features readout reads both hidden layers, each L2-normalised, side by
+  /// side: what the pixels tell apart and what the experts do. It draws from
+  /// a stream of its own, so that R's model and the first encoder train as
+  /// they would without it. Needs the input encoder.
+  TORCH_ARG(bool, answer_encoder) = false;
 };
 
 /// How the global model is trained on R (not saved: a trained model does
@@ -62,6 +70,15 @@ struct TaeTrainingOptions {
   /// expert's classes only. Meaningful when the answers are lifted into one
   /// shared label space (not for task-relative outputs).
   TORCH_ARG(bool, union_task) = true;
+  /// Weight of the answer target (ours): the hidden layer of the answer
+  /// encoder (`TaeNetworkOptions::answer_encoder`), or of the input encoder
+  /// in a model without one, also learns to predict the experts' union
+  /// answer (`union_answer`) of each input, through a linear head used only
+  /// while training (not saved). The features then separate what the
+  /// experts tell apart, as well as what the pixels' likelihood does. Needs
+  /// the input encoder; 0 turns it off. bench_p2 (100 unseen tasks): see the
+  /// README's "what helped" table.
+  TORCH_ARG(double, answer_weight) = 0.0;
   TORCH_ARG(std::int64_t, epochs) = 20;
   TORCH_ARG(std::int64_t, batch_size) = 128;
   TORCH_ARG(double, lr) = 1e-3;
@@ -196,8 +213,16 @@ class TaeNetImpl : public torch::nn::Module {
   /// q_φ(w,z|x) from the input alone (with `TaeNetworkOptions::
   /// input_encoder`): mean and log-variance [N, w_dim + z_dim], w first.
   std::pair<torch::Tensor, torch::Tensor> encode_x(const torch::Tensor& x);
+  /// The same from its hidden layer (`input_features`).
+  std::pair<torch::Tensor, torch::Tensor> encode_features(
+      const torch::Tensor& h);
   /// Its hidden layer [N, hidden]: the features readout's space.
   torch::Tensor input_features(const torch::Tensor& x);
+  /// The answer encoder's (`TaeNetworkOptions::answer_encoder`): its hidden
+  /// layer [N, hidden], and its q(w,z|x) from that hidden layer.
+  torch::Tensor answer_features(const torch::Tensor& x);
+  std::pair<torch::Tensor, torch::Tensor> encode_answer_features(
+      const torch::Tensor& h);
   /// q_ψ(η|w): log-probabilities [N, C].
   torch::Tensor adversary(const torch::Tensor& w);
 
@@ -211,7 +236,7 @@ class TaeNetImpl : public torch::nn::Module {
   void decoder_eval(bool eval);
 
   std::int64_t input_dim, outputs, task_dim, w_dim, z_dim;
-  bool input_encoder;
+  bool input_encoder, answer_encoder;
 
  private:
   torch::nn::Sequential dec_x_{nullptr}, dec_y_{nullptr}, adv_{nullptr};
@@ -222,6 +247,8 @@ class TaeNetImpl : public torch::nn::Module {
   torch::nn::Linear enc_w_mean_{nullptr}, enc_w_logvar_{nullptr};
   torch::nn::Sequential enc_x_trunk_{nullptr};
   torch::nn::Linear enc_x_mean_{nullptr}, enc_x_logvar_{nullptr};
+  torch::nn::Sequential enc_a_trunk_{nullptr};
+  torch::nn::Linear enc_a_mean_{nullptr}, enc_a_logvar_{nullptr};
 };
 TORCH_MODULE(TaeNet);
 
@@ -301,9 +328,13 @@ class TaeModel {
                         const std::vector<std::int64_t>& classes = {});
 
   /// The features readout's features of `x`: the input encoder's hidden
-  /// layer, L2-normalised, [N, hidden]. Throws `chorus::Error`
-  /// (FAILED_PRECONDITION) for a model without an input encoder.
+  /// layer, L2-normalised, [N, hidden] — beside the answer encoder's, when
+  /// the model has one, [N, 2·hidden], each half scaled to norm 1/√2.
+  /// Throws `chorus::Error` (FAILED_PRECONDITION) for a model without an
+  /// input encoder.
   torch::Tensor features(const torch::Tensor& x);
+  /// The width of `features` (0 without an input encoder).
+  std::int64_t feature_dim() const;
 
   /// The features readout's head for a task from labelled shots (`labels`
   /// as in `relabel`: indices into the task's classes, or soft labels
@@ -394,7 +425,7 @@ class TaeModel {
 
  private:
   /// Throws `chorus::Error` (INVALID_ARGUMENT, naming `what`) when the
-  /// task's head does not fit this model: weight [width, hidden], bias
+  /// task's head does not fit this model: weight [width, feature_dim()], bias
   /// [width], finite, and an input encoder to read features with.
   void check_head(const TaeTask& task, const std::string& what) const;
   /// β log p_θ(x|z_j, w) for every input and prototype: [N, m].
