@@ -31,10 +31,9 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
   CHORUS_CHECK(
       options_.adaptation().delta() > 0 && options_.adaptation().delta() < 1,
       "tae: delta must be in (0, 1), got {}", options_.adaptation().delta());
-  CHORUS_CHECK(!options_.network().answer_encoder() ||
-                   options_.network().input_encoder(),
-               "tae: the answer encoder needs the input encoder "
-               "(TaeNetworkOptions::input_encoder)");
+  // The answer encoder sits beside the input encoder: none without it.
+  if (!options_.network().input_encoder())
+    options_.network().answer_encoder(false);
   auto gen = make_generator(options_.seed());
   net_ = TaeNet(input_dim, outputs, task_dim, options_);
   // The input and answer encoders draw from streams of their own, so that
@@ -97,9 +96,6 @@ std::vector<double> TaeModel::train(const TaeData& data) {
                    std::isfinite(options_.training().answer_weight()),
                "tae: answer_weight must be finite and non-negative, got {}",
                options_.training().answer_weight());
-  CHORUS_CHECK(options_.training().answer_weight() == 0 || net_->input_encoder,
-               "tae: answer_weight needs the input encoder "
-               "(TaeNetworkOptions::input_encoder)");
   // The input encoder's auxiliary target (ours): what B+ answers on each
   // input.
   const auto experts_union = union_answer(answers);  // [n, C]

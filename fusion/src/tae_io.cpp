@@ -295,7 +295,7 @@ TaeHeader read_header_v1(torch::serialize::InputArchive& archive,
       static_cast<std::int64_t>(sc[2]));
   a.likelihood_scale(sc[3]);
   if (scalars.numel() == 6) a.relabel(sc[4] != 0).relabel_prior(sc[5]);
-  h.options.network().input_encoder(false);
+  h.options.network().input_encoder(false).answer_encoder(false);
   a.readout(TaeReadout::kPrototypes);
   return h;
 }

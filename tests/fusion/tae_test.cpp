@@ -440,7 +440,7 @@ TEST_CASE(
   const std::vector<std::int64_t> task = {4, 5};
   auto [x, y] = shots_of(draw(300, 8, kSix), task, 1);
   auto adapted = m.adapt(multi_hot(task, kSix), x, y, task);
-  const auto hidden = quick().network().hidden();
+  const auto hidden = m.feature_dim();
   REQUIRE(adapted.head_weight.defined());
   CHECK(adapted.head_weight.sizes() == torch::IntArrayRef{2, hidden});
   CHECK(adapted.head_bias.sizes() == torch::IntArrayRef{2});
@@ -537,6 +537,7 @@ TEST_CASE(
   const auto pool = noisy(1500, 21);
   auto options = [](double weight) {
     auto o = quick();
+    o.network().answer_encoder(false);
     o.training().answer_weight(weight).label_weight(0);
     o.adaptation().readout(fu::TaeReadout::kFeatures);
     return o;
@@ -570,15 +571,10 @@ TEST_CASE(
   auto again = fu::TaeModel::load(dir / "aux.pt");
   CHECK(torch::allclose(again.features(test.x), aux.features(test.x)));
 
-  // Bad weights, and a weight without the encoder it trains, are refused.
+  // A bad weight is refused, naming it.
   fu::TaeModel negative(kWide, kClasses, kClasses, options(-1));
   CHECK_THROWS_WITH(negative.train(data(pool)),
                     doctest::Contains("answer_weight must be"));
-  auto no_encoder = options(1);
-  no_encoder.network().input_encoder(false);
-  fu::TaeModel without(kWide, kClasses, kClasses, no_encoder);
-  CHECK_THROWS_WITH(without.train(data(pool)),
-                    doctest::Contains("needs the input encoder"));
 }
 
 TEST_CASE(
@@ -630,9 +626,14 @@ TEST_CASE(
   CHECK(torch::allclose(again.predict(test.x, t), both.predict(test.x, t)));
   CHECK_THROWS_WITH(plain.predict(test.x, t),
                     doctest::Contains("head must be"));
-  // Without the input encoder there is nothing to put it beside.
-  auto bad = options(true);
-  bad.network().input_encoder(false);
-  CHECK_THROWS_WITH(fu::TaeModel(kPixels, kClasses, kClasses, bad),
-                    doctest::Contains("needs the input encoder"));
+  // Without the input encoder there is nothing to put it beside: the model
+  // has neither, and trains with the answer weight ignored.
+  auto none = options(true);
+  none.network().input_encoder(false);
+  fu::TaeModel without(kPixels, kClasses, kClasses, none);
+  CHECK_FALSE(without.options().network().answer_encoder());
+  CHECK(without.feature_dim() == 0);
+  CHECK(without.train(data(pool)).size() == 12);
+  CHECK_THROWS_WITH(without.features(test.x),
+                    doctest::Contains("no input encoder"));
 }

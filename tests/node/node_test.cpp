@@ -1160,7 +1160,7 @@ TEST_CASE(
   // and the task predicts with it as the node does.
   REQUIRE(local.head_weight.defined());
   CHECK(local.head_weight.sizes() ==
-        torch::IntArrayRef({3, fu::TaeNetworkOptions().hidden()}));
+        torch::IntArrayRef({3, tae.feature_dim()}));
   CHECK(local.head_bias.sizes() == torch::IntArrayRef({3}));
   const auto served = tae.predict(options.shots->inputs, local);
   CHECK(served.sizes() == torch::IntArrayRef({6, 3}));
