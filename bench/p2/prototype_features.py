@@ -11,8 +11,10 @@
 # aw=X (weight of an auxiliary head predicting the experts' union answer from the hidden
 # layer), cl=1 (a SimCLR-style contrastive trunk instead of the VAE: random shifts and
 # pixel dropout, cle epochs, tau), aw2=X (one more encoder with aux weight X, features
-# concatenated), aug=R (shots shifted by up to R pixels for ncm/lin/fs).
+# concatenated), aug=R (shots shifted by up to R pixels for ncm/lin/fs), sel=1 (with aw2:
+# also the plain and the auxiliary encoder alone, and a per-task choice between them).
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=fmnist aw=1000
+#   /usr/bin/python3 bench/p2/prototype_features.py ds=fmnist aw2=100 sel=1
 import gzip, json, math, random, sys, time
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F

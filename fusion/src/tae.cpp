@@ -96,8 +96,7 @@ std::vector<double> TaeModel::train(const TaeData& data) {
                    std::isfinite(options_.training().answer_weight()),
                "tae: answer_weight must be finite and non-negative, got {}",
                options_.training().answer_weight());
-  // The input encoder's auxiliary target (ours): what B+ answers on each
-  // input.
+  // The answer target (ours): what B+ answers on each input.
   const auto experts_union = union_answer(answers);  // [n, C]
   if (options_.training().union_task() && k >= 2) {
     answers.push_back(experts_union);
