@@ -34,9 +34,10 @@ struct TaeNetworkOptions {
   /// beside the ELBO of R to invert its decoder p_θ(x|w,z) on the pool (a
   /// variational auto-encoder's ELBO whose decoder R's ELBO alone trains;
   /// ours). Its hidden layer is the space of the `TaeReadout::kFeatures`
-  /// readout. It initialises and draws from a stream of its own, so R's
-  /// model trains as it would without it. bench_p2 (MNIST-2, 100 tasks):
-  /// see the README's "what helped" table.
+  /// readout (beside the answer encoder's, with `answer_encoder`). It
+  /// initialises and draws from a stream of its own, so R's model trains as
+  /// it would without it. bench_p2 (100 tasks): see the README's "what
+  /// helped" table.
   TORCH_ARG(bool, input_encoder) = true;
   /// Adds a second encoder of the input like the first, trained with the
   /// same input ELBO and, with weight `TaeTrainingOptions::answer_weight`,
