@@ -12,7 +12,8 @@
 # layer), cl=1 (a SimCLR-style contrastive trunk instead of the VAE: random shifts and
 # pixel dropout, cle epochs, tau), aw2=X (one more encoder with aux weight X, features
 # concatenated), aug=R (shots shifted by up to R pixels for ncm/lin/fs), sel=1 (with aw2:
-# also the plain and the auxiliary encoder alone, and a per-task choice between them).
+# also the plain and the auxiliary encoder alone, and a per-task choice between them),
+# w2=X (the last encoder's half of the features scaled by X).
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=fmnist aw=1000
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=fmnist aw2=100 sel=1
 import gzip, json, math, random, sys, time
@@ -114,8 +115,10 @@ t0 = time.time()
 encs = [train_contrastive() if CL else train_vae() for _ in range(NE)]
 if opt('aw2', -1.0) >= 0: encs.append(train_vae(opt('aw2', -1.0)))  # one more encoder, aux weight aw2
 print(f'{NE} encoder(s) trained in {time.time() - t0:.0f} s', flush=True)
+W2 = opt('w2', 1.0)  # the last encoder's half scaled by w2 (with aw2: the auxiliary encoder's weight)
 def hidden(x):
-    with torch.no_grad(): return torch.cat([F.normalize(e(x), dim=1) for e in encs], 1) / math.sqrt(len(encs))
+    ws = [1.0] * (len(encs) - 1) + [W2]
+    with torch.no_grad(): return torch.cat([w * F.normalize(e(x), dim=1) for w, e in zip(ws, encs)], 1) / math.sqrt(len(encs))
 def feats(x): return F.normalize(hidden(x), dim=1)
 def means(f, y): return torch.stack([f[y == 0].mean(0), f[y == 1].mean(0)])
 def ncm(fs, sy, ft, temp=10.0): return temp * F.normalize(ft, dim=1) @ F.normalize(means(fs, sy), dim=1).t()
