@@ -308,8 +308,7 @@ int main(int argc, char** argv) {
           fu::TaeOptions()
               .network(fu::TaeNetworkOptions()
                            .input_encoder(args.input_encoder)
-                           .answer_encoder(args.answer_encoder &&
-                                           args.input_encoder))
+                           .answer_encoder(args.answer_encoder))
               .training(fu::TaeTrainingOptions()
                             .epochs(args.epochs)
                             .union_task(args.union_task)

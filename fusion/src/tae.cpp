@@ -160,10 +160,10 @@ std::vector<double> TaeModel::train(const TaeData& data) {
         auto [input_rows, features] = input_elbo(*net_, bx, encoder_gen);
         loss = loss - input_rows.mean();
         if (net_->answer_encoder) {
-          auto [answer_rows, answer_features] =
-              input_elbo(*net_, bx, answer_gen, /*answer=*/true);
-          loss = loss - answer_rows.mean();
-          features = answer_features;
+          auto answer =
+              input_elbo(*net_, bx, answer_gen, TaeNetImpl::Encoder::kAnswer);
+          loss = loss - answer.value.mean();
+          features = answer.features;
         }
         if (answer_weight > 0) {
           // Row r of R holds input r mod n.

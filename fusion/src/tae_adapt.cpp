@@ -95,8 +95,8 @@ torch::Tensor TaeModel::features(const torch::Tensor& x) {
   auto f = F::normalize(net_->input_features(flat), unit);
   if (!net_->answer_encoder) return f;
   // Side by side, each half of norm 1/√2: the whole has norm 1.
-  return torch::cat({f, F::normalize(net_->answer_features(flat), unit)}, 1) /
-         std::sqrt(2.0);
+  auto answer = net_->input_features(flat, TaeNetImpl::Encoder::kAnswer);
+  return torch::cat({f, F::normalize(answer, unit)}, 1) / std::sqrt(2.0);
 }
 
 std::int64_t TaeModel::feature_dim() const {

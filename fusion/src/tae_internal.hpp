@@ -91,14 +91,14 @@ Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
 
 // The ELBO of the input alone under q_φ(w,z|x) and the shared decoder,
 // log p_θ(x|w,z) − KL(q(w,z|x) ‖ N(0, I)) [N], with (w, z) drawn from `draw`
-// (the input encoder's training term, or with `answer` the answer
-// encoder's), and the encoder's hidden layer [N, hidden] it was computed
-// from.
+// (the training term of `encoder`), and the encoder's hidden layer
+// [N, hidden] it was computed from.
 struct InputElbo {
   torch::Tensor value;
   torch::Tensor features;
 };
 InputElbo input_elbo(TaeNetImpl& net, const torch::Tensor& x,
-                     at::Generator& draw, bool answer = false);
+                     at::Generator& draw,
+                     TaeNetImpl::Encoder encoder = TaeNetImpl::Encoder::kInput);
 
 }  // namespace chorus::fusion::tae_internal

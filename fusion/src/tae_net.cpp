@@ -53,18 +53,32 @@ TaeNetImpl::TaeNetImpl(std::int64_t d, std::int64_t c, std::int64_t t,
   enc_w_trunk_ = register_module("enc_w_trunk", trunk(d + t, h));
   enc_w_mean_ = register_module("enc_w_mean", nn::Linear(h, w_dim));
   enc_w_logvar_ = register_module("enc_w_logvar", nn::Linear(h, w_dim));
-  if (input_encoder) {
-    enc_x_trunk_ = register_module("enc_x_trunk", trunk(d, h));
-    enc_x_mean_ = register_module("enc_x_mean", nn::Linear(h, w_dim + z_dim));
-    enc_x_logvar_ =
-        register_module("enc_x_logvar", nn::Linear(h, w_dim + z_dim));
+  if (input_encoder) enc_x_ = register_encoder("enc_x", h);
+  if (answer_encoder) enc_a_ = register_encoder("enc_a", h);
+}
+
+TaeNetImpl::EncoderModules TaeNetImpl::register_encoder(
+    const std::string& prefix, std::int64_t hidden) {
+  // In this order: initialisation draws follow registration.
+  EncoderModules e;
+  e.trunk = register_module(prefix + "_trunk", trunk(input_dim, hidden));
+  e.mean = register_module(prefix + "_mean", nn::Linear(hidden, w_dim + z_dim));
+  e.logvar =
+      register_module(prefix + "_logvar", nn::Linear(hidden, w_dim + z_dim));
+  return e;
+}
+
+TaeNetImpl::EncoderModules TaeNetImpl::encoder_modules(Encoder encoder) const {
+  if (encoder == Encoder::kAnswer) {
+    CHORUS_CHECK_CODE(answer_encoder, Code::kFailedPrecondition,
+                      "tae: this model has no answer encoder (trained "
+                      "without TaeNetworkOptions::answer_encoder)");
+    return enc_a_;
   }
-  if (answer_encoder) {
-    enc_a_trunk_ = register_module("enc_a_trunk", trunk(d, h));
-    enc_a_mean_ = register_module("enc_a_mean", nn::Linear(h, w_dim + z_dim));
-    enc_a_logvar_ =
-        register_module("enc_a_logvar", nn::Linear(h, w_dim + z_dim));
-  }
+  CHORUS_CHECK_CODE(input_encoder, Code::kFailedPrecondition,
+                    "tae: this model has no input encoder (trained without "
+                    "TaeNetworkOptions::input_encoder)");
+  return enc_x_;
 }
 
 torch::Tensor TaeNetImpl::decode_x(const torch::Tensor& w,
@@ -94,33 +108,15 @@ std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_w(
   return {enc_w_mean_->forward(h), clamp_logvar(enc_w_logvar_->forward(h))};
 }
 
-std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_x(
-    const torch::Tensor& x) {
-  return encode_features(input_features(x));
-}
-
 std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_features(
-    const torch::Tensor& h) {
-  return {enc_x_mean_->forward(h), clamp_logvar(enc_x_logvar_->forward(h))};
+    const torch::Tensor& h, Encoder encoder) {
+  auto e = encoder_modules(encoder);
+  return {e.mean->forward(h), clamp_logvar(e.logvar->forward(h))};
 }
 
-torch::Tensor TaeNetImpl::input_features(const torch::Tensor& x) {
-  CHORUS_CHECK_CODE(input_encoder, Code::kFailedPrecondition,
-                    "tae: this model has no input encoder (trained without "
-                    "TaeNetworkOptions::input_encoder)");
-  return enc_x_trunk_->forward(x);
-}
-
-torch::Tensor TaeNetImpl::answer_features(const torch::Tensor& x) {
-  CHORUS_CHECK_CODE(answer_encoder, Code::kFailedPrecondition,
-                    "tae: this model has no answer encoder (trained without "
-                    "TaeNetworkOptions::answer_encoder)");
-  return enc_a_trunk_->forward(x);
-}
-
-std::pair<torch::Tensor, torch::Tensor> TaeNetImpl::encode_answer_features(
-    const torch::Tensor& h) {
-  return {enc_a_mean_->forward(h), clamp_logvar(enc_a_logvar_->forward(h))};
+torch::Tensor TaeNetImpl::input_features(const torch::Tensor& x,
+                                         Encoder encoder) {
+  return encoder_modules(encoder).trunk->forward(x);
 }
 
 torch::Tensor TaeNetImpl::adversary(const torch::Tensor& w) {
@@ -162,10 +158,9 @@ Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
 }
 
 InputElbo input_elbo(TaeNetImpl& net, const torch::Tensor& x,
-                     at::Generator& draw, bool answer) {
-  auto features = answer ? net.answer_features(x) : net.input_features(x);
-  auto [m, lv] = answer ? net.encode_answer_features(features)
-                        : net.encode_features(features);
+                     at::Generator& draw, TaeNetImpl::Encoder encoder) {
+  auto features = net.input_features(x, encoder);
+  auto [m, lv] = net.encode_features(features, encoder);
   auto h = sample(m, lv, draw);
   auto w = h.slice(1, 0, net.w_dim), z = h.slice(1, net.w_dim);
   // The decoder is R's: this term teaches the encoder to invert it and

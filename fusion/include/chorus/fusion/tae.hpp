@@ -216,19 +216,19 @@ class TaeNetImpl : public torch::nn::Module {
                                                    const torch::Tensor& eta);
   std::pair<torch::Tensor, torch::Tensor> encode_w(const torch::Tensor& x,
                                                    const torch::Tensor& tau);
-  /// q_φ(w,z|x) from the input alone (with `TaeNetworkOptions::
-  /// input_encoder`): mean and log-variance [N, w_dim + z_dim], w first.
-  std::pair<torch::Tensor, torch::Tensor> encode_x(const torch::Tensor& x);
-  /// The same from its hidden layer (`input_features`).
+  /// The encoders of the input alone: the input encoder
+  /// (`TaeNetworkOptions::input_encoder`) and the answer encoder
+  /// (`TaeNetworkOptions::answer_encoder`), alike in shape.
+  enum class Encoder { kInput, kAnswer };
+  /// An encoder's hidden layer [N, hidden]: the features readout's space.
+  /// Throws `chorus::Error` (FAILED_PRECONDITION) when the model has no
+  /// such encoder.
+  torch::Tensor input_features(const torch::Tensor& x,
+                               Encoder encoder = Encoder::kInput);
+  /// Its q_φ(w,z|x) from that hidden layer: mean and log-variance
+  /// [N, w_dim + z_dim], w first.
   std::pair<torch::Tensor, torch::Tensor> encode_features(
-      const torch::Tensor& h);
-  /// Its hidden layer [N, hidden]: the features readout's space.
-  torch::Tensor input_features(const torch::Tensor& x);
-  /// The answer encoder's (`TaeNetworkOptions::answer_encoder`): its hidden
-  /// layer [N, hidden], and its q(w,z|x) from that hidden layer.
-  torch::Tensor answer_features(const torch::Tensor& x);
-  std::pair<torch::Tensor, torch::Tensor> encode_answer_features(
-      const torch::Tensor& h);
+      const torch::Tensor& h, Encoder encoder = Encoder::kInput);
   /// q_ψ(η|w): log-probabilities [N, C].
   torch::Tensor adversary(const torch::Tensor& w);
 
@@ -251,10 +251,18 @@ class TaeNetImpl : public torch::nn::Module {
   torch::nn::Linear prior_mean_{nullptr}, prior_logvar_{nullptr};
   torch::nn::Linear enc_z_mean_{nullptr}, enc_z_logvar_{nullptr};
   torch::nn::Linear enc_w_mean_{nullptr}, enc_w_logvar_{nullptr};
-  torch::nn::Sequential enc_x_trunk_{nullptr};
-  torch::nn::Linear enc_x_mean_{nullptr}, enc_x_logvar_{nullptr};
-  torch::nn::Sequential enc_a_trunk_{nullptr};
-  torch::nn::Linear enc_a_mean_{nullptr}, enc_a_logvar_{nullptr};
+  /// An encoder of the input alone: trunk (the hidden layer), then the
+  /// mean and log-variance of (w, z).
+  struct EncoderModules {
+    torch::nn::Sequential trunk{nullptr};
+    torch::nn::Linear mean{nullptr}, logvar{nullptr};
+  };
+  /// Registers one as `<prefix>_trunk`, `<prefix>_mean`, `<prefix>_logvar`.
+  EncoderModules register_encoder(const std::string& prefix,
+                                  std::int64_t hidden);
+  /// `encoder`'s modules (shared handles); throws when the model has none.
+  EncoderModules encoder_modules(Encoder encoder) const;
+  EncoderModules enc_x_, enc_a_;
 };
 TORCH_MODULE(TaeNet);
 
