@@ -2,7 +2,8 @@
 // chorus node train --config node.toml [--set key=value ...]
 // chorus node audit --log FILE [--json] [--state DIR] [--verify --cert FILE]
 // chorus node adapt --config node.toml [--shots FILE --shot-labels FILE]
-//                   [--eval FILE --eval-labels FILE] [--json]
+//                   [--unlabelled FILE] [--eval FILE --eval-labels FILE]
+//                   [--json]
 #include "node_command.hpp"
 
 #include <fmt/format.h>
@@ -37,7 +38,7 @@ struct NodeArgs {
   std::string audit_state;  // The node's state directory (budget.json).
   bool audit_verify = false;
   std::string audit_cert;  // The node's certificate, for --verify.
-  std::string shots, shot_labels, eval, eval_labels;
+  std::string shots, shot_labels, unlabelled, eval, eval_labels;
   bool adapt_json = false;
 };
 
@@ -117,6 +118,7 @@ int adapt(const NodeArgs& args) {
   o.config = load(args);
   o.shots = args.shots;
   o.shot_labels = args.shot_labels;
+  o.unlabelled = args.unlabelled;
   o.eval = args.eval;
   o.eval_labels = args.eval_labels;
   auto r = node::adapt_locally(o);
@@ -130,6 +132,7 @@ int adapt(const NodeArgs& args) {
                        {"round", r.outcome.round},
                        {"classes", r.outcome.class_names},
                        {"shots", r.outcome.shots},
+                       {"unlabelled", a.unlabelled},
                        {"shot_accuracy", r.outcome.shot_accuracy},
                        {"eval_images", r.eval_images},
                        {"prior_accuracy", optional(r.prior_accuracy)},
@@ -165,6 +168,13 @@ int adapt(const NodeArgs& args) {
              r.outcome.round);
   fmt::print("task             {}\n", fmt::join(r.outcome.class_names, ", "));
   fmt::print("shots            {}\n", r.outcome.shots);
+  if (a.unlabelled > 0) {
+    fmt::print("unlabelled       {} (refined the features head)\n",
+               a.unlabelled);
+  } else if (!args.unlabelled.empty()) {
+    fmt::print(
+        "unlabelled       not used: the task reads out by the prototypes\n");
+  }
   fmt::print("PAC-Bayes bound  {:.4f} (Gibbs loss {:.4f}, KL {:.4f})\n",
              a.bound, a.gibbs_loss, a.kl);
   fmt::print("shot accuracy    {:.4f}\n", r.outcome.shot_accuracy);
@@ -344,6 +354,14 @@ std::vector<std::pair<CLI::App*, std::function<int()>>> add_node_commands(
           "--shot-labels", args->shot_labels,
           "Labels of the shots (IDX or a torch.save int tensor): indices into "
           "the global model's label space")
+      ->check(CLI::ExistingFile);
+  adapt_cmd
+      ->add_option(
+          "--unlabelled", args->unlabelled,
+          "Unlabelled images of the task (IDX or a torch.save tensor), e.g. "
+          "the data the node means to classify: tae's features readout "
+          "refines its class means over them (a new task's classes; dro "
+          "refuses them)")
       ->check(CLI::ExistingFile);
   adapt_cmd
       ->add_option("--eval", args->eval,

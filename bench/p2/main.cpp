@@ -6,6 +6,7 @@
 //            [--gibbs-weight X] [--no-union] [--relabel-prior X] [--no-relabel]
 //            [--readout auto|features|prototypes] [--no-input-encoder]
 //            [--head-steps N] [--answer-weight X] [--[no-]answer-encoder]
+//            [--unlabelled N] [--unlabelled-weight X] [--unlabelled-rounds N]
 //            [--paper] [--test-per-class N] [--json FILE]
 //
 // Black boxes are binary classifiers on class pairs: MNIST-2 has two,
@@ -21,7 +22,11 @@
 // auto reads unseen tasks by the features head fitted on the shots and seen
 // ones by the prototypes, relabelled unless --no-relabel), tae-proto (the
 // same adaptation read out by the relabelled prototypes, where tae read by
-// features: what the readout adds), B+ (the black boxes' lifted sum, compared
+// features: what the readout adds), tae+U (where tae read by features, its
+// head refined over --unlabelled images of the task's two classes drawn from
+// the training split, the shots possibly among them: a node that holds
+// unlabelled data of the new task; the other rows use the shots alone),
+// B+ (the black boxes' lifted sum, compared
 // on a and b), FS (a model trained from scratch on the shots), FT (a student
 // distilled from B+ on the pool, fine-tuned on the shots). Mean ± sd over
 // tasks.
@@ -81,6 +86,12 @@ struct Args {
   /// TaeNetworkOptions::answer_encoder.
   double answer_weight = fu::TaeTrainingOptions().answer_weight();
   bool answer_encoder = fu::TaeNetworkOptions().answer_encoder();
+  /// Unlabelled images of each task for the tae+U row (0: no such row), and
+  /// TaeAdaptationOptions::unlabelled_weight and unlabelled_rounds.
+  std::int64_t unlabelled = 1000;
+  double unlabelled_weight = fu::TaeAdaptationOptions().unlabelled_weight();
+  std::int64_t unlabelled_rounds =
+      fu::TaeAdaptationOptions().unlabelled_rounds();
   /// Test images per class of a task (the first of a fixed shuffle).
   std::int64_t test_per_class = 500;
   std::string json = "bench_p2.json";
@@ -203,12 +214,19 @@ int main(int argc, char** argv) {
       args.answer_encoder = true;
     else if (a == "--no-answer-encoder")
       args.answer_encoder = false;
+    else if (a == "--unlabelled")
+      args.unlabelled = std::stoll(next());
+    else if (a == "--unlabelled-weight")
+      args.unlabelled_weight = std::stod(next());
+    else if (a == "--unlabelled-rounds")
+      args.unlabelled_rounds = std::stoll(next());
     else if (a == "--paper") {
       // The paper's configuration as we read it (ALGORITHMS.md §4): none of
       // our additions, G's Gibbs loss trained with the ELBO.
       args.union_task = args.relabel = args.input_encoder = false;
       args.answer_weight = 0;
       args.answer_encoder = false;
+      args.unlabelled = 0;
       args.readout = "prototypes";
       args.gibbs_weight = 50;
     } else if (a == "--test-per-class")
@@ -226,6 +244,7 @@ int main(int argc, char** argv) {
           "[--gibbs-weight X] [--no-union] [--relabel-prior X] [--no-relabel] "
           "[--readout auto|features|prototypes] [--no-input-encoder] "
           "[--head-steps N] [--answer-weight X] [--[no-]answer-encoder] "
+          "[--unlabelled N] [--unlabelled-weight X] [--unlabelled-rounds N] "
           "[--paper] [--test-per-class N] [--json FILE]\n");
       return 2;
     }
@@ -249,6 +268,9 @@ int main(int argc, char** argv) {
                        {"tae_input_encoder", args.input_encoder},
                        {"tae_answer_weight", args.answer_weight},
                        {"tae_answer_encoder", args.answer_encoder},
+                       {"unlabelled", args.unlabelled},
+                       {"tae_unlabelled_weight", args.unlabelled_weight},
+                       {"tae_unlabelled_rounds", args.unlabelled_rounds},
                        {"threads", args.threads},
                        {"tae_epochs", args.epochs},
                        {"test_per_class", args.test_per_class}};
@@ -321,7 +343,9 @@ int main(int argc, char** argv) {
                               .relabel(args.relabel)
                               .relabel_prior(args.relabel_prior)
                               .readout(fu::parse_tae_readout(args.readout))
-                              .head_steps(args.head_steps))
+                              .head_steps(args.head_steps)
+                              .unlabelled_weight(args.unlabelled_weight)
+                              .unlabelled_rounds(args.unlabelled_rounds))
               .seed(args.seed)
               .threads(args.threads);
       fu::TaeModel tae(
@@ -420,6 +444,25 @@ int main(int argc, char** argv) {
               acc["tae-proto"].push_back(
                   score(tae.predict(tx, adapted.posterior, classes, votes)));
             }
+            if (adapted.head_weight.defined() && args.unlabelled > 0) {
+              // tae+U: the same adaptation, its head refined over unlabelled
+              // images of a and b (a generator of their own: the tasks and
+              // the other rows stay as without them).
+              t_method = Clock::now();
+              auto both = torch::cat({ia, ib});
+              auto ugen = fu::make_generator(
+                  args.seed * 1000003 + static_cast<std::uint64_t>(t) * 11 +
+                  static_cast<std::uint64_t>(k));
+              auto pick_rows = torch::randperm(both.numel(), ugen)
+                                   .slice(0, 0, args.unlabelled);
+              auto ux =
+                  s.train_x.index_select(0, both.index_select(0, pick_rows));
+              auto semi = adapted;
+              std::tie(semi.head_weight, semi.head_bias) =
+                  tae.fit_head(sx, sy, classes, ux);
+              acc["tae+U"].push_back(score(tae.predict(tx, semi, classes)));
+              secs["tae+U"] += since(t_method);
+            }
             // B+: the black boxes' lifted sum on a and b.
             auto bp = bplus_test.index_select(0, tidx).index_select(
                 1, torch::tensor({a, b}, torch::kLong));
@@ -458,7 +501,8 @@ int main(int argc, char** argv) {
             acc["FT"].push_back(score(pf));
             secs["FT"] += since(t_method);
           }
-          for (const char* method : {"tae", "tae-proto", "B+", "FS", "FT"}) {
+          for (const char* method :
+               {"tae", "tae+U", "tae-proto", "B+", "FS", "FT"}) {
             if (acc[method].empty()) continue;
             auto [m, sd] = mean_sd(acc[method]);
             const auto key = fmt::format("{} {} {} {}", name, kind, k, method);
@@ -498,11 +542,13 @@ int main(int argc, char** argv) {
         "tae_union_task={} "
         "tae_gibbs_weight={} tae_relabel={} tae_relabel_prior={} "
         "tae_readout={} tae_head_steps={} tae_input_encoder={} "
-        "tae_answer_weight={} tae_answer_encoder={} total={:.1f} s\n",
+        "tae_answer_weight={} tae_answer_encoder={} unlabelled={} "
+        "tae_unlabelled_weight={} tae_unlabelled_rounds={} total={:.1f} s\n",
         args.tasks, args.seed, args.threads, args.epochs, args.space,
         args.union_task, args.gibbs_weight, args.relabel, args.relabel_prior,
         args.readout, args.head_steps, args.input_encoder, args.answer_weight,
-        args.answer_encoder, total);
+        args.answer_encoder, args.unlabelled, args.unlabelled_weight,
+        args.unlabelled_rounds, total);
     out["total_seconds"] = total;
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
     fmt::print("wrote {}\n", args.json);

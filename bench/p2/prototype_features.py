@@ -166,6 +166,28 @@ def selection(r, sx, sy, tx):
     CHOSE.append(div > SEL_T); r['div'] = r['aux'] if div > SEL_T else r['plain']
     if (sy == 0).sum() >= 2: r['loo'] = r['aux'] if loo(encs[-1], sx, sy) > loo(encs[0], sx, sy) else r['plain']
 
+# semi=N: N unlabelled images of the task's two classes (training split, the shots' classes'
+# natural mix) refine the class means by soft k-means (semi_it rounds, temperature semi_t).
+SEMI = opt('semi', 0)
+def refine(fs, sy, fu, its=opt('semi_it', 10), temp=opt('semi_t', 10.0), uw=opt('semi_w', 1.0)):
+    c = F.normalize(means(fs, sy), dim=1)
+    for _ in range(its):
+        p = F.softmax(temp * F.normalize(fu, dim=1) @ c.t(), 1)
+        # uw: the unlabelled images' total weight relative to their number (shots weigh 1 each).
+        num = torch.stack([fs[sy == j].sum(0) + uw * (p[:, j:j+1] * fu).sum(0) for j in (0, 1)])
+        den = torch.stack([(sy == j).sum() + uw * p[:, j].sum() for j in (0, 1)]).unsqueeze(1)
+        c = F.normalize(num / den, dim=1)
+    return c
+def lin_from(c, fs, sy, ft, wd=1e-3, steps=100, fu=None, pu=None, hw=0.0):
+    L = nn.Linear(fs.size(1), 2)
+    with torch.no_grad(): L.weight.copy_(2 * c); L.bias.copy_(-(c * c).sum(1))
+    o = torch.optim.Adam(L.parameters(), 1e-2, weight_decay=wd)
+    for _ in range(steps):
+        l = F.cross_entropy(L(fs), sy)
+        if hw > 0: l = l - hw * (pu * F.log_softmax(L(fu), 1)).sum(1).mean()
+        o.zero_grad(); l.backward(); o.step()
+    with torch.no_grad(): return L(ft)
+
 rng = random.Random(SEED + 1234)
 for k in (1, 5):
     accs = {}
@@ -183,6 +205,17 @@ for k in (1, 5):
              'feat_eu': -torch.cdist(hidden(tx), means(hidden(sx), sy)), 'fs': fs_mlp(sx, sy, tx, 60 if not AUG else 10)}
         r['ens'] = F.softmax(r['lin'], 1) + F.softmax(r['fs'], 1)
         if SEL: selection(r, sx, sy, tx)
+        if SEMI:
+            pool_ab = torch.cat([ia, ib]); pool_ab = pool_ab[torch.randperm(len(pool_ab))[:SEMI]]
+            fu = feats(trx[pool_ab]); c = refine(fs_, sy, fu)
+            r['sncm'] = 10.0 * F.normalize(ft_, dim=1) @ c.t()
+            r['slin'] = lin_from(c, fs_, sy, ft_)
+            if opt('semi_grid', 0):
+                for uw in (0.003, 0.01, 0.03, 0.1):
+                    c2 = refine(fs_, sy, fu, 2, 5.0, uw)
+                    r[f's{uw:g}'] = F.normalize(ft_, dim=1) @ c2.t()
+                    for st in (10, 30):
+                        r[f's{uw:g}/{st}'] = lin_from(c2, fs_, sy, ft_, steps=st)
         for n_, p in r.items(): accs.setdefault(n_, []).append((p.argmax(1) == ty).float().mean().item())
     if SEL:
         acc = lambda n_: torch.tensor(accs[n_])

@@ -31,6 +31,15 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
   CHORUS_CHECK(
       options_.adaptation().delta() > 0 && options_.adaptation().delta() < 1,
       "tae: delta must be in (0, 1), got {}", options_.adaptation().delta());
+  const auto& a = options_.adaptation();
+  CHORUS_CHECK(
+      a.unlabelled_rounds() >= 0 && std::isfinite(a.unlabelled_temperature()) &&
+          a.unlabelled_temperature() >= 0 &&
+          std::isfinite(a.unlabelled_weight()) && a.unlabelled_weight() >= 0,
+      "tae: unlabelled_rounds, unlabelled_temperature and "
+      "unlabelled_weight must be finite and non-negative, got {}, "
+      "{}, {}",
+      a.unlabelled_rounds(), a.unlabelled_temperature(), a.unlabelled_weight());
   // The answer encoder sits beside the input encoder: none without it.
   if (!options_.network().input_encoder())
     options_.network().answer_encoder(false);

@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/ensemble.hpp"
@@ -106,7 +107,7 @@ std::int64_t TaeModel::feature_dim() const {
 
 std::pair<torch::Tensor, torch::Tensor> TaeModel::fit_head(
     const torch::Tensor& x, const torch::Tensor& labels,
-    const std::vector<std::int64_t>& classes) {
+    const std::vector<std::int64_t>& classes, const torch::Tensor& unlabelled) {
   torch::AutoGradMode grad(true);  // the head learns, whatever the caller
   const auto d = x.size(0);
   const auto width = task_width(classes, net_->outputs);
@@ -117,6 +118,10 @@ std::pair<torch::Tensor, torch::Tensor> TaeModel::fit_head(
   auto mass = targets.sum(0);  // [width]
   auto centres = torch::matmul(targets.t(), f) /
                  mass.clamp_min(1e-12).unsqueeze(1);  // [width, F]
+  if (unlabelled.defined() && unlabelled.numel() > 0) {
+    centres = refine_centres(centres, mass, f, targets, unlabelled);
+    return {(2 * centres).detach(), (-centres.pow(2).sum(1)).detach()};
+  }
   auto weight = (2 * centres).set_requires_grad(true);
   auto bias = (-centres.pow(2).sum(1)).set_requires_grad(true);
   const auto steps = options_.adaptation().head_steps();
@@ -135,9 +140,42 @@ std::pair<torch::Tensor, torch::Tensor> TaeModel::fit_head(
   return {weight.detach(), bias.detach()};
 }
 
+torch::Tensor TaeModel::refine_centres(const torch::Tensor& centres,
+                                       const torch::Tensor& mass,
+                                       const torch::Tensor& f,
+                                       const torch::Tensor& targets,
+                                       const torch::Tensor& unlabelled) {
+  torch::NoGradGuard no_grad;
+  CHORUS_CHECK(unlabelled.dim() >= 2 && unlabelled.size(0) >= 1,
+               "tae head: unlabelled inputs must be [u, {}] with u >= 1",
+               net_->input_dim);
+  CHORUS_CHECK(torch::isfinite(unlabelled).all().item<bool>(),
+               "tae head: the unlabelled inputs hold NaN or Inf");
+  const auto& a = options_.adaptation();
+  namespace F = torch::nn::functional;
+  const auto unit = F::NormalizeFuncOptions().dim(1);
+  auto fu = features(unlabelled);  // [u, F], unit rows
+  // Classes without a shot take no unlabelled input: nothing anchors them.
+  auto closed = mass.le(0);
+  auto c = F::normalize(centres, unit);
+  auto shot_sums = torch::matmul(targets.t(), f);  // [width, F]
+  for (std::int64_t r = 0; r < a.unlabelled_rounds(); ++r) {
+    auto logits = a.unlabelled_temperature() * torch::matmul(fu, c.t());
+    auto p = torch::softmax(
+        logits.masked_fill(closed.unsqueeze(0),
+                           -std::numeric_limits<float>::infinity()),
+        1);  // [u, width]
+    auto num = shot_sums + a.unlabelled_weight() * torch::matmul(p.t(), fu);
+    auto den = mass + a.unlabelled_weight() * p.sum(0);
+    c = F::normalize(num / den.clamp_min(1e-12).unsqueeze(1), unit);
+  }
+  return c;
+}
+
 TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
                               const torch::Tensor& labels,
-                              const std::vector<std::int64_t>& classes) {
+                              const std::vector<std::int64_t>& classes,
+                              const torch::Tensor& unlabelled) {
   const auto d = x.size(0);
   CHORUS_CHECK(d >= 1 && labels.numel() == d,
                "tae adapt: {} shots with {} labels", d, labels.numel());
@@ -198,8 +236,11 @@ TaeAdaptation TaeModel::adapt(const torch::Tensor& tau, const torch::Tensor& x,
                     "tae adapt: the bound is not finite");
   if (options_.adaptation().relabel())
     out.votes = relabel(x, labels, out.posterior, classes);
-  if (reads_out_features(classes))
-    std::tie(out.head_weight, out.head_bias) = fit_head(x, labels, classes);
+  if (reads_out_features(classes)) {
+    std::tie(out.head_weight, out.head_bias) =
+        fit_head(x, labels, classes, unlabelled);
+    if (unlabelled.defined()) out.unlabelled = unlabelled.size(0);
+  }
   return out;
 }
 

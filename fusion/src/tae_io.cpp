@@ -150,6 +150,9 @@ void TaeModel::save(const std::filesystem::path& path) const {
   put("adaptation.relabel_prior", a.relabel_prior());
   put("adaptation.readout", to_string(a.readout()));
   put("adaptation.head_steps", a.head_steps());
+  put("adaptation.unlabelled_rounds", a.unlabelled_rounds());
+  put("adaptation.unlabelled_temperature", a.unlabelled_temperature());
+  put("adaptation.unlabelled_weight", a.unlabelled_weight());
   archive.write("prototypes", prototypes_, /*is_buffer=*/true);
   archive.write("known_outputs", known_, /*is_buffer=*/true);
   std::string names;
@@ -265,6 +268,30 @@ TaeHeader read_header(torch::serialize::InputArchive& archive,
                       path.string());
     h.options.adaptation().head_steps(v.toInt());
   }
+  // Written since the refinement over unlabelled inputs; files before it
+  // take its defaults.
+  if (archive.try_read("adaptation.unlabelled_rounds", v)) {
+    CHORUS_CHECK_CODE(v.isInt() && v.toInt() >= 0, Code::kDataLoss,
+                      "tae model '{}': field 'adaptation.unlabelled_rounds' "
+                      "must be a non-negative integer",
+                      path.string());
+    h.options.adaptation().unlabelled_rounds(v.toInt());
+  }
+  auto non_negative = [&](const char* key, double fallback) {
+    if (!archive.try_read(key, v)) return fallback;
+    CHORUS_CHECK_CODE(
+        v.isDouble() && std::isfinite(v.toDouble()) && v.toDouble() >= 0,
+        Code::kDataLoss,
+        "tae model '{}': field '{}' must be a finite, "
+        "non-negative number",
+        path.string(), key);
+    return v.toDouble();
+  };
+  auto& a = h.options.adaptation();
+  a.unlabelled_temperature(non_negative("adaptation.unlabelled_temperature",
+                                        a.unlabelled_temperature()));
+  a.unlabelled_weight(
+      non_negative("adaptation.unlabelled_weight", a.unlabelled_weight()));
   return h;
 }
 

@@ -231,12 +231,14 @@ std::vector<std::int64_t> classes_of(const fusion::TaeModel& model,
 
 AdaptOutcome adapt_tae(fusion::TaeModel& model,
                        const std::vector<std::int64_t>& classes,
-                       const LabelledShots& shots, torch::Tensor tau) {
+                       const LabelledShots& shots, torch::Tensor tau,
+                       const torch::Tensor& unlabelled) {
   CHORUS_CHECK(classes.size() >= 2, "a task needs at least 2 classes, got {}",
                classes.size());
   if (!tau.defined()) tau = fusion::task_descriptor(classes, model.task_dim());
   AdaptOutcome out;
-  out.adaptation = model.adapt(tau, shots.inputs, shots.labels, classes);
+  out.adaptation =
+      model.adapt(tau, shots.inputs, shots.labels, classes, unlabelled);
   out.classes = classes;
   for (auto c : classes) {
     out.class_names.push_back(static_cast<std::size_t>(c) <
@@ -282,6 +284,7 @@ std::filesystem::path write_adapted(const std::filesystem::path& state_dir,
       {"gibbs_loss", o.adaptation.gibbs_loss},
       {"kl", o.adaptation.kl},
       {"shots", o.shots},
+      {"unlabelled", o.adaptation.unlabelled},
       {"shot_accuracy", o.shot_accuracy}};
   // The prototypes' votes relabelled by the shots and the features
   // readout's head (the shots' class means, trained): derived from private
@@ -312,7 +315,14 @@ LocalAdaptReport adapt_locally(const LocalAdaptOptions& o) {
       "directory '{}' holds {})",
       config.state_dir.string(),
       stored ? "a '" + stored->algorithm + "' model" : std::string("none"));
-  if (stored->algorithm == "dro") return adapt_dro_locally(o, *stored);
+  if (stored->algorithm == "dro") {
+    CHORUS_CHECK(o.unlabelled.empty(),
+                 "'{}': the dro model this node holds adapts with labelled "
+                 "shots only; unlabelled images are for tae's features "
+                 "readout",
+                 o.unlabelled.string());
+    return adapt_dro_locally(o, *stored);
+  }
   auto model = fusion::TaeModel::load(stored->file);
   LocalAdaptReport report;
   report.model = stored->file;
@@ -330,7 +340,26 @@ LocalAdaptReport adapt_locally(const LocalAdaptOptions& o) {
     shots = draw_local_shots(labels, config.adapt_shots_per_class,
                              config.adapt_seed, config.train.source());
   }
-  report.outcome = adapt_tae(model, classes, shots);
+  torch::Tensor unlabelled;
+  if (!o.unlabelled.empty()) {
+    unlabelled = fusion::read_image_file(o.unlabelled);
+    CHORUS_CHECK(unlabelled.size(0) > 0, "'{}' holds no image",
+                 o.unlabelled.string());
+    CHORUS_CHECK(unlabelled[0].numel() == model.input_dim(),
+                 "'{}': images of {} values, the global model takes {}",
+                 o.unlabelled.string(), unlabelled[0].numel(),
+                 model.input_dim());
+    CHORUS_CHECK(torch::isfinite(unlabelled).all().item<bool>(),
+                 "'{}' holds NaN or Inf", o.unlabelled.string());
+  }
+  report.outcome = adapt_tae(model, classes, shots, {}, unlabelled);
+  if (unlabelled.defined() && report.outcome.adaptation.unlabelled == 0) {
+    log::get("node")->warn(
+        "event=unlabelled_unused file={} reason=\"the task reads out by the "
+        "prototypes (every class is one the experts answered for); only the "
+        "features readout uses unlabelled images\"",
+        o.unlabelled.string());
+  }
   report.outcome.round = stored->round;
   report.written = write_adapted(config.state_dir, report.outcome);
 
@@ -349,10 +378,11 @@ LocalAdaptReport adapt_locally(const LocalAdaptOptions& o) {
         accuracy(model.predict(tx, report.outcome.adaptation, classes), ty);
   }
   log::get("node")->info(
-      "event=adapted_locally round={} classes={} shots={} bound={:.4f} "
-      "written={}",
+      "event=adapted_locally round={} classes={} shots={} unlabelled={} "
+      "bound={:.4f} written={}",
       report.outcome.round, classes.size(), report.outcome.shots,
-      report.outcome.adaptation.bound, report.written.string());
+      report.outcome.adaptation.unlabelled, report.outcome.adaptation.bound,
+      report.written.string());
   return report;
 }
 

@@ -637,3 +637,94 @@ TEST_CASE(
   CHECK_THROWS_WITH(without.features(test.x),
                     doctest::Contains("no input encoder"));
 }
+
+TEST_CASE(
+    "tae: unlabelled images of a new task refine the features head's class "
+    "means") {
+  torch::manual_seed(17);
+  fu::TaeModel m = six_class_model();
+  // Classes 4 and 5: no expert answered for them, so auto reads by features.
+  const std::vector<std::int64_t> task = {4, 5};
+  const auto pool = draw(600, 31, kSix);
+  const auto test = draw(900, 32, kSix);
+  // One shot per class, the least typical of its class in the pool (the
+  // most pixels away from the class's other images): a poor class mean.
+  auto atypical = [&](std::int64_t c) {
+    auto rows = pool.y.eq(c).nonzero().flatten();
+    auto xs = pool.x.index_select(0, rows);
+    auto far = torch::cdist(xs, xs.mean(0, true)).flatten().argmax();
+    return rows[far].item<std::int64_t>();
+  };
+  auto sx = pool.x.index_select(
+      0, torch::tensor({atypical(4), atypical(5)}, torch::kLong));
+  auto sy = torch::tensor({0, 1}, torch::kLong);
+  auto of_task = pool.y.eq(4) | pool.y.eq(5);
+  auto ux = pool.x.index_select(0, of_task.nonzero().flatten());
+
+  auto plain = m.adapt(multi_hot(task, kSix), sx, sy, task);
+  auto refined = m.adapt(multi_hot(task, kSix), sx, sy, task, ux);
+  CHECK(plain.unlabelled == 0);
+  CHECK(refined.unlabelled == ux.size(0));
+  // The same PAC-Bayes adaptation; only the head differs.
+  CHECK(torch::equal(plain.posterior.mean, refined.posterior.mean));
+  // The refined head is a nearest class mean over unit-norm means.
+  REQUIRE(refined.head_weight.sizes() == plain.head_weight.sizes());
+  CHECK(torch::allclose(refined.head_weight.norm(2, 1), torch::full({2}, 2.0),
+                        1e-4, 1e-4));
+  CHECK(torch::allclose(refined.head_bias, torch::full({2}, -1.0), 1e-4, 1e-4));
+  // Its means are closer to the true ones (the unlabelled images' class
+  // means, which the head never saw the labels of) than the shots' are.
+  auto f = m.features(ux);
+  auto uy = pool.y.index_select(0, of_task.nonzero().flatten());
+  namespace F = torch::nn::functional;
+  const auto unit = F::NormalizeFuncOptions().dim(1);
+  auto truth = F::normalize(
+      torch::stack({f.index_select(0, uy.eq(4).nonzero().flatten()).mean(0),
+                    f.index_select(0, uy.eq(5).nonzero().flatten()).mean(0)}),
+      unit);
+  auto cosine = [&](const torch::Tensor& w) {
+    return (F::normalize(w, unit) * truth).sum(1).mean().item<double>();
+  };
+  const double c_plain = cosine(plain.head_weight),
+               c_refined = cosine(refined.head_weight);
+  auto acc = [&](const fu::TaeAdaptation& a) {
+    return accuracy_of(test, task, [&](const torch::Tensor& t) {
+      return m.predict(t, a, task);
+    });
+  };
+  const double acc_plain = acc(plain), acc_refined = acc(refined);
+  MESSAGE("atypical shots: cosine to the true means "
+          << c_plain << " -> " << c_refined << ", accuracy " << acc_plain
+          << " -> " << acc_refined);
+  CHECK(c_refined > c_plain);
+  CHECK(acc_refined >= acc_plain);
+  CHECK(acc_refined > 0.95);
+
+  // A task of known classes reads out by the prototypes and uses none.
+  auto [kx, ky] = shots_of(pool, {0, 1}, 1);
+  CHECK(m.adapt(multi_hot({0, 1}, kSix), kx, ky, {0, 1}, ux).unlabelled == 0);
+  // Bad unlabelled inputs are refused, naming them.
+  CHECK_THROWS_WITH(m.fit_head(sx, sy, task, torch::full({3, kPixels}, NAN)),
+                    doctest::Contains("unlabelled inputs hold NaN"));
+  CHECK_THROWS_WITH(m.fit_head(sx, sy, task, torch::zeros({3, kPixels + 1})),
+                    doctest::Contains("the model takes 16"));
+  // Its settings travel with the model; bad ones are refused.
+  auto tuned = quick();
+  tuned.adaptation()
+      .unlabelled_rounds(5)
+      .unlabelled_weight(0.5)
+      .unlabelled_temperature(7);
+  fu::TaeModel small(kPixels, kClasses, kClasses, tuned);
+  chorus::testing::TempDir dir;
+  small.save(dir / "tuned.pt");
+  auto again = fu::TaeModel::load(dir / "tuned.pt");
+  CHECK(again.options().adaptation().unlabelled_rounds() == 5);
+  CHECK(again.options().adaptation().unlabelled_weight() ==
+        doctest::Approx(0.5));
+  CHECK(again.options().adaptation().unlabelled_temperature() ==
+        doctest::Approx(7));
+  auto bad = quick();
+  bad.adaptation().unlabelled_weight(-1);
+  CHECK_THROWS_WITH(fu::TaeModel(kPixels, kClasses, kClasses, bad),
+                    doctest::Contains("unlabelled_weight must be"));
+}

@@ -1,8 +1,11 @@
 // Gives a node state directory a small tae global model, as a coordinator's
 // push would, for command-line tests of `chorus node adapt`:
-//   make_tae_node STATE_DIR [tae|dro]
+//   make_tae_node STATE_DIR [tae|tae-new|dro]
 // tae: trained for one epoch on 2,000 Fashion-MNIST training images
 // answered by two label-derived "experts" on classes {0..4} and {5..9}.
+// tae-new: the same, the second expert on {5..7} only: Bag and Ankle boot
+// are classes no expert answered for (a task with them reads out by
+// features).
 // dro: a 5-way MLP initialisation (the mean of two MLPs trained on the two
 // halves of the classes, one epoch each).
 #include <torch/torch.h>
@@ -25,8 +28,9 @@ namespace fu = chorus::fusion;
 
 int main(int argc, char** argv) {
   const std::string kind = argc == 3 ? argv[2] : "tae";
-  if ((argc != 2 && argc != 3) || (kind != "tae" && kind != "dro")) {
-    std::fprintf(stderr, "usage: make_tae_node STATE_DIR [tae|dro]\n");
+  if ((argc != 2 && argc != 3) ||
+      (kind != "tae" && kind != "tae-new" && kind != "dro")) {
+    std::fprintf(stderr, "usage: make_tae_node STATE_DIR [tae|tae-new|dro]\n");
     return 2;
   }
   try {
@@ -66,12 +70,15 @@ int main(int argc, char** argv) {
     fu::TaeData data;
     data.inputs = x;
     for (int half = 0; half < 2; ++half) {
+      const std::int64_t lo = 5 * half,
+                         hi = half == 1 && kind == "tae-new" ? 8 : lo + 5;
       auto task = torch::zeros({10});
-      task.slice(0, 5 * half, 5 * half + 5).fill_(1);
+      task.slice(0, lo, hi).fill_(1);
       // The expert's answer: the true class when it is one of its own, its
       // classes uniformly otherwise.
-      auto answer = task.expand({2000, 10}).clone() / 5;
-      auto own = y.ge(5 * half).logical_and(y.lt(5 * half + 5));
+      auto answer =
+          task.expand({2000, 10}).clone() / static_cast<double>(hi - lo);
+      auto own = y.ge(lo).logical_and(y.lt(hi));
       auto onehot = torch::one_hot(y, 10).to(torch::kFloat32);
       answer.index_put_({own}, onehot.index({own}));
       data.answers.push_back(answer);

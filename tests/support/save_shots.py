@@ -1,6 +1,7 @@
 """Writes few-shot files for `chorus node adapt` tests, as a Python user
 would: shots.pt (5 images of each of Fashion-MNIST classes 2 and 8, the
-first in the test split) and shot_labels.pt (their class indices).
+first in the test split), shot_labels.pt (their class indices) and
+unlabelled.pt (the next 100 images of each class, without labels).
 
     python3 save_shots.py FASHION_MNIST_DIR OUT_DIR
 """
@@ -18,3 +19,5 @@ with gzip.open(os.path.join(src, "t10k-labels-idx1-ubyte.gz")) as f:
 rows = torch.cat([(labels == c).nonzero().flatten()[:5] for c in (2, 8)])
 torch.save(images[rows].float() / 255.0, os.path.join(out, "shots.pt"))
 torch.save(labels[rows], os.path.join(out, "shot_labels.pt"))
+rest = torch.cat([(labels == c).nonzero().flatten()[5:105] for c in (2, 8)])
+torch.save(images[rest].float() / 255.0, os.path.join(out, "unlabelled.pt"))

@@ -151,6 +151,19 @@ struct TaeAdaptationOptions {
   /// weight decay 1e-3, from the nearest-class-mean weights); 0 keeps the
   /// nearest class mean.
   TORCH_ARG(std::int64_t, head_steps) = 100;
+  /// Unlabelled inputs of the task, when `adapt` is given some (ours): the
+  /// features readout's class means are refined by soft k-means over them.
+  /// Each of `unlabelled_rounds` rounds assigns every unlabelled input to
+  /// the classes with shots, softmax_y(unlabelled_temperature · cos(f, c_y)),
+  /// and recomputes each c_y from its shots (weight 1 each) and the
+  /// unlabelled inputs (weight `unlabelled_weight` each, times their
+  /// assignment), L2-normalised. The head is then the refined means' nearest
+  /// class mean, without `head_steps`: trained on one shot per class they
+  /// undo the refinement. bench_p2 `--unlabelled 1000`, 100 unseen tasks,
+  /// seed 0: see the README's "What helped".
+  TORCH_ARG(std::int64_t, unlabelled_rounds) = 2;
+  TORCH_ARG(double, unlabelled_temperature) = 5.0;
+  TORCH_ARG(double, unlabelled_weight) = 0.03;
 };
 
 /// Options of tae, by concern. The paper's defaults for 28×28 inputs; our
@@ -281,6 +294,9 @@ struct TaeAdaptation {
   /// (`TaeModel::reads_out_features`); undefined otherwise. Derived from the
   /// private shots: kept at the node.
   torch::Tensor head_weight, head_bias;
+  /// How many unlabelled inputs refined the head's class means (0: none
+  /// were given, or the task reads out by prototypes and did not use them).
+  std::int64_t unlabelled = 0;
 };
 
 /// A task to predict with a tae model: its classes (indices of the model's
@@ -354,11 +370,16 @@ class TaeModel {
   /// as in `relabel`: indices into the task's classes, or soft labels
   /// [d, width]): the class means of the shots' features as a linear head
   /// (weight 2·c_y, bias −‖c_y‖², the nearest class mean), then
-  /// `head_steps` steps of cross-entropy on the shots. Returns {weight
-  /// [width, F], bias [width]}.
+  /// `head_steps` steps of cross-entropy on the shots. With `unlabelled`
+  /// inputs of the task [u, input] (u ≥ 1), the class means are refined over
+  /// them instead of the steps (`TaeAdaptationOptions::unlabelled_rounds`).
+  /// Returns {weight [width, F], bias [width]}. Throws `chorus::Error`
+  /// (INVALID_ARGUMENT) for unlabelled inputs of the wrong size or with NaN
+  /// or Inf.
   std::pair<torch::Tensor, torch::Tensor> fit_head(
       const torch::Tensor& x, const torch::Tensor& labels,
-      const std::vector<std::int64_t>& classes = {});
+      const std::vector<std::int64_t>& classes = {},
+      const torch::Tensor& unlabelled = {});
 
   /// Whether adaptation to a task of `classes` (empty: every output) reads
   /// out by features: the model has an input encoder and the readout is
@@ -372,10 +393,13 @@ class TaeModel {
 
   /// PAC-Bayes adaptation of q_λ(w) to the task τ* from the labelled shots
   /// (`labels` index `classes`, or the outputs when `classes` is empty).
-  /// With the features readout, also the head (`fit_head`).
+  /// With the features readout, also the head (`fit_head`, refined over
+  /// the task's `unlabelled` inputs when given; other readouts do not use
+  /// them).
   TaeAdaptation adapt(const torch::Tensor& tau, const torch::Tensor& x,
                       const torch::Tensor& labels,
-                      const std::vector<std::int64_t>& classes = {});
+                      const std::vector<std::int64_t>& classes = {},
+                      const torch::Tensor& unlabelled = {});
 
   /// The PAC-Bayes objective of `q` on the shots (what `adapt` minimises),
   /// e.g. at the prior.
@@ -442,6 +466,14 @@ class TaeModel {
   /// task's head does not fit this model: weight [width, feature_dim()], bias
   /// [width], finite, and an input encoder to read features with.
   void check_head(const TaeTask& task, const std::string& what) const;
+  /// `fit_head`'s refinement of the shots' class means `centres` [width, F]
+  /// (shot mass per class `mass` [width], the shots' features `f` and
+  /// class weights `targets`) over the task's unlabelled inputs.
+  torch::Tensor refine_centres(const torch::Tensor& centres,
+                               const torch::Tensor& mass,
+                               const torch::Tensor& f,
+                               const torch::Tensor& targets,
+                               const torch::Tensor& unlabelled);
   /// β log p_θ(x|z_j, w) for every input and prototype: [N, m].
   torch::Tensor log_px(const torch::Tensor& x, const torch::Tensor& w);
 

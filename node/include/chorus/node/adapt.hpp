@@ -44,7 +44,8 @@ struct AdaptOutcome {
 /// (INVALID_ARGUMENT for shots that do not fit).
 AdaptOutcome adapt_tae(fusion::TaeModel& model,
                        const std::vector<std::int64_t>& classes,
-                       const LabelledShots& shots, torch::Tensor tau = {});
+                       const LabelledShots& shots, torch::Tensor tau = {},
+                       const torch::Tensor& unlabelled = {});
 
 /// Adapts a dro initialisation to the task of `classes` (indices into the
 /// federation's label space, named `class_names`) with `shots` (labels
@@ -87,6 +88,12 @@ struct LocalAdaptOptions {
   /// global model's label space; the task is the classes they hold. Empty:
   /// [adapt] shots_per_class of the expert's own labels.
   std::filesystem::path shots, shot_labels;
+  /// Unlabelled images of the task (IDX or torch.save), e.g. the node's
+  /// own data it wants to classify: tae's features readout refines its class
+  /// means over them (`TaeAdaptationOptions::unlabelled_rounds`); a task
+  /// read out by prototypes does not use them. Empty: none. A dro model
+  /// refuses them.
+  std::filesystem::path unlabelled;
   /// Test images and labels (same label space); only those of the task's
   /// classes are scored. Empty: no evaluation.
   std::filesystem::path eval, eval_labels;
