@@ -13,9 +13,16 @@
 # pixel dropout, cle epochs, tau), aw2=X (one more encoder with aux weight X, features
 # concatenated), aug=R (shots shifted by up to R pixels for ncm/lin/fs), sel=1 (with aw2:
 # also the plain and the auxiliary encoder alone, and a per-task choice between them),
-# w2=X (the last encoder's half of the features scaled by X).
+# w2=X (the last encoder's half of the features scaled by X), semi=N (N unlabelled images of
+# each task refine the class means by soft k-means: rows sncm and slin; semi_it, semi_t,
+# semi_w set its rounds, temperature and per-image weight; semi_grid=1 adds rows s<w> and
+# s<w>/<steps> for weights 0.003–0.1 at 2 rounds and temperature 5, the latter with head
+# steps on the shots after the refinement).
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=fmnist aw=1000
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=fmnist aw2=100 sel=1
+# pc=K (inductive: the shots' class means pulled toward the K k-means centres of the pool's
+# features near them; see below).
+#   /usr/bin/python3 bench/p2/prototype_features.py ds=mnist aw2=1000 semi=1000 semi_grid=1
 import gzip, json, math, random, sys, time
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -188,6 +195,21 @@ def lin_from(c, fs, sy, ft, wd=1e-3, steps=100, fu=None, pu=None, hw=0.0):
         o.zero_grad(); l.backward(); o.step()
     with torch.no_grad(): return L(ft)
 
+# pc=K: the pool's features clustered by k-means (K centres, cosine); each shot class mean
+# is pulled toward the centres near it: c' = normalize(c + lam · Σ_j softmax_j(t · c·μ_j) μ_j),
+# rows pc<lam>/<t> (inductive: the pool is the coordinator's, no image of the task is used).
+PC = opt('pc', 0)
+if PC:
+    with torch.no_grad():
+        fp = torch.cat([feats(pool[i:i + 4096]) for i in range(0, pool.size(0), 4096)])
+        g = torch.Generator().manual_seed(SEED)
+        MU = fp[torch.randperm(fp.size(0), generator=g)[:PC]].clone()
+        for _ in range(25):
+            a_ = (fp @ MU.t()).argmax(1)
+            MU = F.normalize(torch.zeros_like(MU).index_add_(0, a_, fp) + 1e-6 * MU, dim=1)
+def pull(c, lam, t):
+    w = F.softmax(t * F.normalize(c, dim=1) @ MU.t(), 1)
+    return F.normalize(F.normalize(c, dim=1) + lam * w @ MU, dim=1)
 rng = random.Random(SEED + 1234)
 for k in (1, 5):
     accs = {}
@@ -205,6 +227,11 @@ for k in (1, 5):
              'feat_eu': -torch.cdist(hidden(tx), means(hidden(sx), sy)), 'fs': fs_mlp(sx, sy, tx, 60 if not AUG else 10)}
         r['ens'] = F.softmax(r['lin'], 1) + F.softmax(r['fs'], 1)
         if SEL: selection(r, sx, sy, tx)
+        if PC:
+            c0 = means(fs_, sy)
+            for lam in (0.3, 1.0, 3.0):
+                for t_ in (10.0, 30.0):
+                    r[f'pc{lam:g}/{t_:g}'] = F.normalize(ft_, dim=1) @ pull(c0, lam, t_).t()
         if SEMI:
             pool_ab = torch.cat([ia, ib]); pool_ab = pool_ab[torch.randperm(len(pool_ab))[:SEMI]]
             fu = feats(trx[pool_ab]); c = refine(fs_, sy, fu)
