@@ -26,7 +26,9 @@
 // head refined over --unlabelled images of the task's two classes drawn from
 // the training split, the shots possibly among them: a node that holds
 // unlabelled data of the new task; the other rows use the shots alone),
-// B+ (the black boxes' lifted sum, compared
+// FS+U (tae+U's like-for-like: FS labels the same unlabelled images and a
+// fresh model trains on the shots and those pseudo-labels, 10 epochs), B+
+// (the black boxes' lifted sum, compared
 // on a and b), FS (a model trained from scratch on the shots), FT (a student
 // distilled from B+ on the pool, fine-tuned on the shots). Mean ± sd over
 // tasks.
@@ -444,6 +446,7 @@ int main(int argc, char** argv) {
               acc["tae-proto"].push_back(
                   score(tae.predict(tx, adapted.posterior, classes, votes)));
             }
+            torch::Tensor ux;  // tae+U's unlabelled images, FS+U's too
             if (adapted.head_weight.defined() && args.unlabelled > 0) {
               // tae+U: the same adaptation, its head refined over unlabelled
               // images of a and b (a generator of their own: the tasks and
@@ -455,8 +458,7 @@ int main(int argc, char** argv) {
                   static_cast<std::uint64_t>(k));
               auto pick_rows = torch::randperm(both.numel(), ugen)
                                    .slice(0, 0, args.unlabelled);
-              auto ux =
-                  s.train_x.index_select(0, both.index_select(0, pick_rows));
+              ux = s.train_x.index_select(0, both.index_select(0, pick_rows));
               auto semi = adapted;
               std::tie(semi.head_weight, semi.head_bias) =
                   tae.fit_head(sx, sy, classes, ux);
@@ -480,6 +482,25 @@ int main(int argc, char** argv) {
                     args.seed + static_cast<std::uint64_t>(t)));
             acc["FS"].push_back(score(fu::predict_proba(*fs, tx)));
             secs["FS"] += since(t_method);
+            if (ux.defined()) {
+              // FS+U, tae+U's like-for-like: self-training. FS labels the
+              // unlabelled images; a fresh model learns from the shots and
+              // those pseudo-labels.
+              t_method = Clock::now();
+              auto pseudo = fu::predict_proba(*fs, ux).argmax(1);
+              auto self_gen = fu::make_generator(
+                  args.seed + static_cast<std::uint64_t>(t) + 77);
+              auto st = fu::make_classifier(
+                  fu::ModelSpec{
+                      .arch = "mlp", .num_classes = 2, .hidden = {100}},
+                  self_gen);
+              fu::train(
+                  *st, torch::cat({sx, ux}), torch::cat({sy, pseudo}),
+                  fu::TrainOptions().epochs(10).batch_size(64).lr(3e-3).seed(
+                      args.seed + static_cast<std::uint64_t>(t)));
+              acc["FS+U"].push_back(score(fu::predict_proba(*st, tx)));
+              secs["FS+U"] += since(t_method);
+            }
             t_method = Clock::now();
             // FT: the distilled student, fine-tuned on the shots (10-way head,
             // compared on a and b).
@@ -502,7 +523,7 @@ int main(int argc, char** argv) {
             secs["FT"] += since(t_method);
           }
           for (const char* method :
-               {"tae", "tae+U", "tae-proto", "B+", "FS", "FT"}) {
+               {"tae", "tae+U", "tae-proto", "B+", "FS", "FS+U", "FT"}) {
             if (acc[method].empty()) continue;
             auto [m, sd] = mean_sd(acc[method]);
             const auto key = fmt::format("{} {} {} {}", name, kind, k, method);
