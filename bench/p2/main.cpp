@@ -469,17 +469,26 @@ int main(int argc, char** argv) {
             auto bp = bplus_test.index_select(0, tidx).index_select(
                 1, torch::tensor({a, b}, torch::kLong));
             acc["B+"].push_back(score(bp + 1e-6 * torch::rand_like(bp)));
-            // FS: from scratch on the shots.
+            // FS: an MLP 784-100-2 from scratch on the shots.
+            const auto task_seed = args.seed + static_cast<std::uint64_t>(t);
+            auto from_scratch = [&](const torch::Tensor& x,
+                                    const torch::Tensor& y, std::uint64_t init,
+                                    std::int64_t epochs, std::int64_t batch) {
+              auto gen = fu::make_generator(init);
+              auto m = fu::make_classifier(
+                  fu::ModelSpec{
+                      .arch = "mlp", .num_classes = 2, .hidden = {100}},
+                  gen);
+              fu::train(*m, x, y,
+                        fu::TrainOptions()
+                            .epochs(epochs)
+                            .batch_size(batch)
+                            .lr(3e-3)
+                            .seed(task_seed));
+              return m;
+            };
             t_method = Clock::now();
-            auto gen =
-                fu::make_generator(args.seed + static_cast<std::uint64_t>(t));
-            auto fs = fu::make_classifier(
-                fu::ModelSpec{.arch = "mlp", .num_classes = 2, .hidden = {100}},
-                gen);
-            fu::train(
-                *fs, sx, sy,
-                fu::TrainOptions().epochs(60).batch_size(16).lr(3e-3).seed(
-                    args.seed + static_cast<std::uint64_t>(t)));
+            auto fs = from_scratch(sx, sy, task_seed, 60, 16);
             acc["FS"].push_back(score(fu::predict_proba(*fs, tx)));
             secs["FS"] += since(t_method);
             if (ux.defined()) {
@@ -488,16 +497,9 @@ int main(int argc, char** argv) {
               // those pseudo-labels.
               t_method = Clock::now();
               auto pseudo = fu::predict_proba(*fs, ux).argmax(1);
-              auto self_gen = fu::make_generator(
-                  args.seed + static_cast<std::uint64_t>(t) + 77);
-              auto st = fu::make_classifier(
-                  fu::ModelSpec{
-                      .arch = "mlp", .num_classes = 2, .hidden = {100}},
-                  self_gen);
-              fu::train(
-                  *st, torch::cat({sx, ux}), torch::cat({sy, pseudo}),
-                  fu::TrainOptions().epochs(10).batch_size(64).lr(3e-3).seed(
-                      args.seed + static_cast<std::uint64_t>(t)));
+              auto st =
+                  from_scratch(torch::cat({sx, ux}), torch::cat({sy, pseudo}),
+                               task_seed + 77, 10, 64);
               acc["FS+U"].push_back(score(fu::predict_proba(*st, tx)));
               secs["FS+U"] += since(t_method);
             }

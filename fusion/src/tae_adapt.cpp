@@ -119,7 +119,7 @@ std::pair<torch::Tensor, torch::Tensor> TaeModel::fit_head(
   auto centres = torch::matmul(targets.t(), f) /
                  mass.clamp_min(1e-12).unsqueeze(1);  // [width, F]
   if (unlabelled.defined() && unlabelled.numel() > 0) {
-    centres = refine_centres(centres, mass, f, targets, unlabelled);
+    centres = refine_centres(f, targets, unlabelled);
     return {(2 * centres).detach(), (-centres.pow(2).sum(1)).detach()};
   }
   auto weight = (2 * centres).set_requires_grad(true);
@@ -140,25 +140,23 @@ std::pair<torch::Tensor, torch::Tensor> TaeModel::fit_head(
   return {weight.detach(), bias.detach()};
 }
 
-torch::Tensor TaeModel::refine_centres(const torch::Tensor& centres,
-                                       const torch::Tensor& mass,
-                                       const torch::Tensor& f,
+torch::Tensor TaeModel::refine_centres(const torch::Tensor& f,
                                        const torch::Tensor& targets,
                                        const torch::Tensor& unlabelled) {
   torch::NoGradGuard no_grad;
-  CHORUS_CHECK(unlabelled.dim() >= 2 && unlabelled.size(0) >= 1,
-               "tae head: unlabelled inputs must be [u, {}] with u >= 1",
-               net_->input_dim);
+  CHORUS_CHECK(unlabelled.dim() >= 2,
+               "tae head: unlabelled inputs must be [u, {}]", net_->input_dim);
   CHORUS_CHECK(torch::isfinite(unlabelled).all().item<bool>(),
                "tae head: the unlabelled inputs hold NaN or Inf");
   const auto& a = options_.adaptation();
   namespace F = torch::nn::functional;
   const auto unit = F::NormalizeFuncOptions().dim(1);
-  auto fu = features(unlabelled);  // [u, F], unit rows
+  auto fu = features(unlabelled);                  // [u, F], unit rows
+  auto mass = targets.sum(0);                      // [width]
+  auto shot_sums = torch::matmul(targets.t(), f);  // [width, F]
   // Classes without a shot take no unlabelled input: nothing anchors them.
   auto closed = mass.le(0);
-  auto c = F::normalize(centres, unit);
-  auto shot_sums = torch::matmul(targets.t(), f);  // [width, F]
+  auto c = F::normalize(shot_sums / mass.clamp_min(1e-12).unsqueeze(1), unit);
   for (std::int64_t r = 0; r < a.unlabelled_rounds(); ++r) {
     auto logits = a.unlabelled_temperature() * torch::matmul(fu, c.t());
     auto p = torch::softmax(

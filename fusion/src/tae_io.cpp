@@ -261,22 +261,15 @@ TaeHeader read_header(torch::serialize::InputArchive& archive,
       fail(Code::kDataLoss, "tae model '{}': {}", path.string(), e.what());
     }
   }
-  if (archive.try_read("adaptation.head_steps", v)) {
+  // Optional fields: files written before them take `fallback`.
+  auto count = [&](const char* key, std::int64_t fallback) {
+    if (!archive.try_read(key, v)) return fallback;
     CHORUS_CHECK_CODE(v.isInt() && v.toInt() >= 0, Code::kDataLoss,
-                      "tae model '{}': field 'adaptation.head_steps' must be "
-                      "a non-negative integer",
-                      path.string());
-    h.options.adaptation().head_steps(v.toInt());
-  }
-  // Written since the refinement over unlabelled inputs; files before it
-  // take its defaults.
-  if (archive.try_read("adaptation.unlabelled_rounds", v)) {
-    CHORUS_CHECK_CODE(v.isInt() && v.toInt() >= 0, Code::kDataLoss,
-                      "tae model '{}': field 'adaptation.unlabelled_rounds' "
-                      "must be a non-negative integer",
-                      path.string());
-    h.options.adaptation().unlabelled_rounds(v.toInt());
-  }
+                      "tae model '{}': field '{}' must be a non-negative "
+                      "integer",
+                      path.string(), key);
+    return v.toInt();
+  };
   auto non_negative = [&](const char* key, double fallback) {
     if (!archive.try_read(key, v)) return fallback;
     CHORUS_CHECK_CODE(
@@ -288,6 +281,10 @@ TaeHeader read_header(torch::serialize::InputArchive& archive,
     return v.toDouble();
   };
   auto& a = h.options.adaptation();
+  a.head_steps(count("adaptation.head_steps", a.head_steps()));
+  // Written since the refinement over unlabelled inputs.
+  a.unlabelled_rounds(
+      count("adaptation.unlabelled_rounds", a.unlabelled_rounds()));
   a.unlabelled_temperature(non_negative("adaptation.unlabelled_temperature",
                                         a.unlabelled_temperature()));
   a.unlabelled_weight(

@@ -466,12 +466,10 @@ class TaeModel {
   /// task's head does not fit this model: weight [width, feature_dim()], bias
   /// [width], finite, and an input encoder to read features with.
   void check_head(const TaeTask& task, const std::string& what) const;
-  /// `fit_head`'s refinement of the shots' class means `centres` [width, F]
-  /// (shot mass per class `mass` [width], the shots' features `f` and
-  /// class weights `targets`) over the task's unlabelled inputs.
-  torch::Tensor refine_centres(const torch::Tensor& centres,
-                               const torch::Tensor& mass,
-                               const torch::Tensor& f,
+  /// `fit_head`'s class means [width, F], unit rows: the shots' (features
+  /// `f` [d, F], class weights `targets` [d, width]) refined over the task's
+  /// unlabelled inputs.
+  torch::Tensor refine_centres(const torch::Tensor& f,
                                const torch::Tensor& targets,
                                const torch::Tensor& unlabelled);
   /// β log p_θ(x|z_j, w) for every input and prototype: [N, m].
