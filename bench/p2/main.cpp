@@ -7,7 +7,7 @@
 //            [--readout auto|features|prototypes] [--no-input-encoder]
 //            [--head-steps N] [--answer-weight X] [--[no-]answer-encoder]
 //            [--unlabelled N] [--unlabelled-weight X] [--unlabelled-rounds N]
-//            [--paper] [--test-per-class N] [--json FILE]
+//            [--conv-channels N] [--paper] [--test-per-class N] [--json FILE]
 //
 // Black boxes are binary classifiers on class pairs: MNIST-2 has two,
 // (0,1) and (2,3); F-MNIST-3 has three, (0,1), (2,3) and (4,5). Each answers
@@ -88,6 +88,8 @@ struct Args {
   /// TaeNetworkOptions::answer_encoder.
   double answer_weight = fu::TaeTrainingOptions().answer_weight();
   bool answer_encoder = fu::TaeNetworkOptions().answer_encoder();
+  /// TaeNetworkOptions::conv_channels (the images are 1×28×28).
+  std::int64_t conv_channels = fu::TaeNetworkOptions().conv_channels();
   /// Unlabelled images of each task for the tae+U row (0: no such row), and
   /// TaeAdaptationOptions::unlabelled_weight and unlabelled_rounds.
   std::int64_t unlabelled = 1000;
@@ -222,12 +224,15 @@ int main(int argc, char** argv) {
       args.unlabelled_weight = std::stod(next());
     else if (a == "--unlabelled-rounds")
       args.unlabelled_rounds = std::stoll(next());
+    else if (a == "--conv-channels")
+      args.conv_channels = std::stoll(next());
     else if (a == "--paper") {
       // The paper's configuration as we read it (ALGORITHMS.md §4): none of
       // our additions, G's Gibbs loss trained with the ELBO.
       args.union_task = args.relabel = args.input_encoder = false;
       args.answer_weight = 0;
       args.answer_encoder = false;
+      args.conv_channels = 0;
       args.unlabelled = 0;
       args.readout = "prototypes";
       args.gibbs_weight = 50;
@@ -247,7 +252,7 @@ int main(int argc, char** argv) {
           "[--readout auto|features|prototypes] [--no-input-encoder] "
           "[--head-steps N] [--answer-weight X] [--[no-]answer-encoder] "
           "[--unlabelled N] [--unlabelled-weight X] [--unlabelled-rounds N] "
-          "[--paper] [--test-per-class N] [--json FILE]\n");
+          "[--conv-channels N] [--paper] [--test-per-class N] [--json FILE]\n");
       return 2;
     }
   }
@@ -270,6 +275,7 @@ int main(int argc, char** argv) {
                        {"tae_input_encoder", args.input_encoder},
                        {"tae_answer_weight", args.answer_weight},
                        {"tae_answer_encoder", args.answer_encoder},
+                       {"tae_conv_channels", args.conv_channels},
                        {"unlabelled", args.unlabelled},
                        {"tae_unlabelled_weight", args.unlabelled_weight},
                        {"tae_unlabelled_rounds", args.unlabelled_rounds},
@@ -332,7 +338,9 @@ int main(int argc, char** argv) {
           fu::TaeOptions()
               .network(fu::TaeNetworkOptions()
                            .input_encoder(args.input_encoder)
-                           .answer_encoder(args.answer_encoder))
+                           .answer_encoder(args.answer_encoder)
+                           .image_shape({1, 28, 28})
+                           .conv_channels(args.conv_channels))
               .training(fu::TaeTrainingOptions()
                             .epochs(args.epochs)
                             .union_task(args.union_task)
@@ -565,13 +573,14 @@ int main(int argc, char** argv) {
         "tae_union_task={} "
         "tae_gibbs_weight={} tae_relabel={} tae_relabel_prior={} "
         "tae_readout={} tae_head_steps={} tae_input_encoder={} "
-        "tae_answer_weight={} tae_answer_encoder={} unlabelled={} "
-        "tae_unlabelled_weight={} tae_unlabelled_rounds={} total={:.1f} s\n",
+        "tae_answer_weight={} tae_answer_encoder={} tae_conv_channels={} "
+        "unlabelled={} tae_unlabelled_weight={} tae_unlabelled_rounds={} "
+        "total={:.1f} s\n",
         args.tasks, args.seed, args.threads, args.epochs, args.space,
         args.union_task, args.gibbs_weight, args.relabel, args.relabel_prior,
         args.readout, args.head_steps, args.input_encoder, args.answer_weight,
-        args.answer_encoder, args.unlabelled, args.unlabelled_weight,
-        args.unlabelled_rounds, total);
+        args.answer_encoder, args.conv_channels, args.unlabelled,
+        args.unlabelled_weight, args.unlabelled_rounds, total);
     out["total_seconds"] = total;
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
     fmt::print("wrote {}\n", args.json);

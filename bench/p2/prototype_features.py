@@ -75,16 +75,18 @@ for a, b in pairs:
     U[:, a] += pr[:, 0]; U[:, b] += pr[:, 1]
 U = U / U.sum(1, keepdim=True)
 
+C1 = opt('c1', 16)  # conv=1: channels of the first convolution (the second has twice as many)
 def trunk():
     if not CONV: return nn.Sequential(nn.Linear(784, XH), nn.BatchNorm1d(XH), nn.ReLU())
     return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
-                         nn.Conv2d(1, 16, 5, padding=2), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 5, padding=2), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(32 * 49, XH), nn.BatchNorm1d(XH), nn.ReLU())
+                         nn.Conv2d(1, C1, 5, padding=2), nn.BatchNorm2d(C1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(C1, 2 * C1, 5, padding=2), nn.BatchNorm2d(2 * C1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(2 * C1 * 49, XH), nn.BatchNorm1d(XH), nn.ReLU())
 
-def train_vae(aw=None):
+def train_vae(aw=None, target=None):
     aw = AW if aw is None else aw
-    enc = trunk(); em = nn.Linear(XH, LAT); el = nn.Linear(XH, LAT); aux = nn.Linear(XH, 10)
+    T = U if target is None else target
+    enc = trunk(); em = nn.Linear(XH, LAT); el = nn.Linear(XH, LAT); aux = nn.Linear(XH, T.size(1))
     dec = nn.Sequential(nn.Linear(LAT, 100), nn.BatchNorm1d(100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 784))
     mods = [enc, em, el, aux, dec]
     o = torch.optim.Adam([p for m in mods for p in m.parameters()], 1e-3)
@@ -95,7 +97,7 @@ def train_vae(aw=None):
             z = m + (0.5 * l).exp() * torch.randn_like(m)
             rec = F.binary_cross_entropy_with_logits(dec(z), x, reduction='none').sum(1)
             kl = 0.5 * (l.exp() + m * m - 1 - l).sum(1)
-            loss = (rec + kl).mean() - aw * (U[r] * F.log_softmax(aux(h), 1)).sum(1).mean()
+            loss = (rec + kl).mean() - aw * (T[r] * F.log_softmax(aux(h), 1)).sum(1).mean()
             o.zero_grad(); loss.backward(); o.step()
     return enc.eval()
 
@@ -121,12 +123,50 @@ def train_contrastive():
 t0 = time.time()
 encs = [train_contrastive() if CL else train_vae() for _ in range(NE)]
 if opt('aw2', -1.0) >= 0: encs.append(train_vae(opt('aw2', -1.0)))  # one more encoder, aux weight aw2
+# kc=K: one more encoder whose auxiliary head predicts the pool's k-means cluster (K centres of
+# the centred, normalised pixels; weight kw): pseudo-classes that cover the unseen classes too.
+KC = opt('kc', 0)
+if KC:
+    with torch.no_grad():
+        xp = F.normalize(pool - pool.mean(0), dim=1); g = torch.Generator().manual_seed(SEED)
+        C = xp[torch.randperm(xp.size(0), generator=g)[:KC]].clone()
+        for _ in range(opt('kc_it', 20)):
+            asg = (xp @ C.t()).argmax(1)
+            C = F.normalize(torch.zeros_like(C).index_add_(0, asg, xp) + 1e-6 * C, dim=1)
+        asg = (xp @ C.t()).argmax(1)
+    enc_k = train_vae(opt('kw', 100.0), F.one_hot(asg, KC).float())
+    if opt('kc_only', 0): encs = [enc_k]
+    elif opt('kc_replace', 0): encs[0] = enc_k
+    else: encs.append(enc_k)
 print(f'{NE} encoder(s) trained in {time.time() - t0:.0f} s', flush=True)
 W2 = opt('w2', 1.0)  # the last encoder's half scaled by w2 (with aw2: the auxiliary encoder's weight)
 def hidden(x):
     ws = [1.0] * (len(encs) - 1) + [W2]
     with torch.no_grad(): return torch.cat([w * F.normalize(e(x), dim=1) for w, e in zip(ws, encs)], 1) / math.sqrt(len(encs))
 def feats(x): return F.normalize(hidden(x), dim=1)
+# fx=1: feature transforms before the per-encoder normalisation, as rows <t>_ncm / <t>_lin:
+# cen (each encoder's hidden layer minus its mean over the pool, SimpleShot's CL2N), pt<p>
+# (h^p, Tukey's power transform), and both.
+FX = opt('fx', 0)
+if FX:
+    with torch.no_grad():
+        PMEAN = [torch.cat([e(pool[i:i + 4096]) for i in range(0, pool.size(0), 4096)]).mean(0) for e in encs]
+def hidden_fx(x, cen, pw):
+    ws = [1.0] * (len(encs) - 1) + [W2]; out = []
+    with torch.no_grad():
+        for w, e, mu in zip(ws, encs, PMEAN):
+            h = e(x); m = mu
+            if pw != 1.0: h = (h + 1e-6).pow(pw); m = (mu + 1e-6).pow(pw) if False else None
+            if cen: h = h - (PMEAN_PW[(pw, id(e))] if pw != 1.0 else mu)
+            out.append(w * F.normalize(h, dim=1))
+    return F.normalize(torch.cat(out, 1), dim=1)
+if FX:
+    PMEAN_PW = {}
+    with torch.no_grad():
+        for pw in (0.5,):
+            for e in encs:
+                PMEAN_PW[(pw, id(e))] = torch.cat([(e(pool[i:i + 4096]) + 1e-6).pow(pw) for i in range(0, pool.size(0), 4096)]).mean(0)
+FXS = {'cen': (True, 1.0), 'pt': (False, 0.5), 'cenpt': (True, 0.5)}
 def means(f, y): return torch.stack([f[y == 0].mean(0), f[y == 1].mean(0)])
 def ncm(fs, sy, ft, temp=10.0): return temp * F.normalize(ft, dim=1) @ F.normalize(means(fs, sy), dim=1).t()
 def lin(fs, sy, ft, wd=1e-3, steps=100):
@@ -227,11 +267,23 @@ for k in (1, 5):
              'feat_eu': -torch.cdist(hidden(tx), means(hidden(sx), sy)), 'fs': fs_mlp(sx, sy, tx, 60 if not AUG else 10)}
         r['ens'] = F.softmax(r['lin'], 1) + F.softmax(r['fs'], 1)
         if SEL: selection(r, sx, sy, tx)
+        if FX:
+            for nm, (cen, pw) in FXS.items():
+                a_s, a_t = hidden_fx(sx, cen, pw), hidden_fx(tx, cen, pw)
+                r[nm + '_ncm'] = ncm(a_s, sy, a_t); r[nm + '_lin'] = lin(a_s, sy, a_t)
         if PC:
             c0 = means(fs_, sy)
             for lam in (0.3, 1.0, 3.0):
                 for t_ in (10.0, 30.0):
                     r[f'pc{lam:g}/{t_:g}'] = F.normalize(ft_, dim=1) @ pull(c0, lam, t_).t()
+            # pcd: the pull as a prior worth lam shots (k shots weigh k), then the nearest
+            # class mean on 1 shot and lin's head steps from it on more.
+            for lam in (0.5, 1.0, 2.0):
+                for t_ in (10.0, 30.0):
+                    cn = F.normalize(c0, dim=1); wgt = F.softmax(t_ * cn @ MU.t(), 1)
+                    c2 = F.normalize(k * cn + lam * wgt @ MU, dim=1)
+                    r[f'pcd{lam:g}/{t_:g}'] = (F.normalize(ft_, dim=1) @ c2.t() if k == 1
+                                               else lin_from(c2, fs_, sy, ft_))
         if SEMI:
             pool_ab = torch.cat([ia, ib]); pool_ab = pool_ab[torch.randperm(len(pool_ab))[:SEMI]]
             fu = feats(trx[pool_ab]); c = refine(fs_, sy, fu)

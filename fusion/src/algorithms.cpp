@@ -251,9 +251,12 @@ class TaeFuser : public Fuser {
     data.validate(/*needs_labels=*/false);
     const auto c = data.num_classes;
     const auto dim = data.transfer[0].numel();
-    model_.emplace(
-        dim, c, c,
-        options_.tae().seed(options_.seed()).threads(options_.threads()));
+    auto tae_options = options_.tae();
+    tae_options.seed(options_.seed()).threads(options_.threads());
+    // Images [C, H, W]: the encoders of the input may be convolutional.
+    if (data.transfer.dim() == 4)
+      tae_options.network().image_shape(data.transfer.sizes().slice(1).vec());
+    model_.emplace(dim, c, c, tae_options);
     TaeData r;
     r.inputs = data.transfer;
     r.answers = data.lifted_answers();

@@ -1,8 +1,10 @@
 #include "chorus/fusion/tae.hpp"
 
 #include <fmt/ostream.h>
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "chorus/core/error.hpp"
@@ -40,6 +42,24 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
       "unlabelled_weight must be finite and non-negative, got {}, "
       "{}, {}",
       a.unlabelled_rounds(), a.unlabelled_temperature(), a.unlabelled_weight());
+  const auto& shape = options_.network().image_shape();
+  if (!shape.empty()) {
+    std::int64_t size = 1;
+    for (auto d : shape) size *= d;
+    CHORUS_CHECK(shape.size() == 3 &&
+                     std::ranges::all_of(shape, [](auto d) { return d > 0; }) &&
+                     size == input_dim,
+                 "tae: image_shape [{}] must be [C, H, W] of positive sizes "
+                 "whose product is the input size {}",
+                 fmt::join(shape, ", "), input_dim);
+  }
+  CHORUS_CHECK(options_.network().conv_channels() >= 0,
+               "tae: conv_channels must be non-negative, got {}",
+               options_.network().conv_channels());
+  // The convolutional trunk is for images of at least 4×4: none otherwise
+  // (the options say what the model has).
+  if (shape.size() != 3 || shape[1] < 4 || shape[2] < 4)
+    options_.network().conv_channels(0);
   // The answer encoder sits beside the input encoder: none without it.
   if (!options_.network().input_encoder())
     options_.network().answer_encoder(false);
@@ -166,17 +186,26 @@ std::vector<double> TaeModel::train(const TaeData& data) {
       // Its draws come from a stream of their own: R's model trains exactly
       // as it would without it.
       if (net_->input_encoder) {
-        auto [input_rows, features] = input_elbo(*net_, bx, encoder_gen);
+        // A convolutional encoder sees 1 row in |R's tasks| of the batch
+        // (rows are in random order): each input about once per epoch, at a
+        // convolution's cost.
+        auto ex = bx, eidx = idx;
+        if (net_->conv_encoders()) {
+          const auto m = (bs + tasks_in_r - 1) / tasks_in_r;
+          ex = bx.slice(0, 0, m);
+          eidx = idx.slice(0, 0, m);
+        }
+        auto [input_rows, features] = input_elbo(*net_, ex, encoder_gen);
         loss = loss - input_rows.mean();
         if (net_->answer_encoder) {
           auto answer =
-              input_elbo(*net_, bx, answer_gen, TaeNetImpl::Encoder::kAnswer);
+              input_elbo(*net_, ex, answer_gen, TaeNetImpl::Encoder::kAnswer);
           loss = loss - answer.value.mean();
           features = answer.features;
         }
         if (answer_weight > 0) {
           // Row r of R holds input r mod n.
-          auto target = experts_union.index_select(0, idx.remainder(n));
+          auto target = experts_union.index_select(0, eidx.remainder(n));
           auto log_p = torch::log_softmax(answer_head->forward(features), 1);
           loss = loss - answer_weight * (target * log_p).sum(1).mean();
         }

@@ -140,6 +140,13 @@ void TaeModel::save(const std::filesystem::path& path) const {
   put("network.prototypes", n.prototypes());
   put("network.input_encoder", n.input_encoder());
   put("network.answer_encoder", n.answer_encoder());
+  // The trunk the model has (none convolutional: 0 and no shape).
+  put("network.conv_channels", net_->conv_channels);
+  if (net_->conv_encoders()) {
+    archive.write("network.image_shape",
+                  torch::tensor(net_->image_shape, torch::kLong),
+                  /*is_buffer=*/true);
+  }
   const auto& a = options_.adaptation();
   put("adaptation.samples", a.samples());
   put("adaptation.delta", a.delta());
@@ -280,6 +287,25 @@ TaeHeader read_header(torch::serialize::InputArchive& archive,
         path.string(), key);
     return v.toDouble();
   };
+  // Written since the convolutional trunk; files before it have none.
+  h.options.network().conv_channels(count("network.conv_channels", 0));
+  if (h.options.network().conv_channels() > 0) {
+    torch::Tensor shape;
+    CHORUS_CHECK_CODE(archive.try_read("network.image_shape", shape, true) &&
+                          shape.dim() == 1 && shape.numel() == 3 &&
+                          shape.scalar_type() == torch::kLong &&
+                          shape[0].item<std::int64_t>() >= 1 &&
+                          shape.slice(0, 1).min().item<std::int64_t>() >= 4 &&
+                          shape.prod().item<std::int64_t>() == h.input,
+                      Code::kDataLoss,
+                      "tae model '{}': a convolutional trunk needs field "
+                      "'network.image_shape', [C, H, W] with H and W at least "
+                      "4 and C·H·W = the input size {}",
+                      path.string(), h.input);
+    h.options.network().image_shape({shape[0].item<std::int64_t>(),
+                                     shape[1].item<std::int64_t>(),
+                                     shape[2].item<std::int64_t>()});
+  }
   auto& a = h.options.adaptation();
   a.head_steps(count("adaptation.head_steps", a.head_steps()));
   // Written since the refinement over unlabelled inputs.

@@ -27,6 +27,23 @@ nn::Sequential trunk(std::int64_t in, std::int64_t hidden) {
                         nn::ReLU());
 }
 
+// A LeNet-like trunk for images [C, H, W] given flat: two 5×5
+// convolutions (c and 2c channels), each with BatchNorm, ReLU and 2×2
+// max-pooling, then the hidden layer.
+nn::Sequential conv_trunk(const std::vector<std::int64_t>& shape,
+                          std::int64_t c, std::int64_t hidden) {
+  const auto h = shape[1] / 2 / 2, w = shape[2] / 2 / 2;
+  auto conv = [](std::int64_t in, std::int64_t out) {
+    return nn::Conv2d(nn::Conv2dOptions(in, out, 5).padding(2));
+  };
+  return nn::Sequential(
+      nn::Unflatten(nn::UnflattenOptions(1, shape)), conv(shape[0], c),
+      nn::BatchNorm2d(c), nn::ReLU(), nn::MaxPool2d(nn::MaxPool2dOptions(2)),
+      conv(c, 2 * c), nn::BatchNorm2d(2 * c), nn::ReLU(),
+      nn::MaxPool2d(nn::MaxPool2dOptions(2)), nn::Flatten(),
+      nn::Linear(2 * c * h * w, hidden), nn::BatchNorm1d(hidden), nn::ReLU());
+}
+
 }  // namespace
 
 TaeNetImpl::TaeNetImpl(std::int64_t d, std::int64_t c, std::int64_t t,
@@ -39,6 +56,13 @@ TaeNetImpl::TaeNetImpl(std::int64_t d, std::int64_t c, std::int64_t t,
       input_encoder(o.network().input_encoder()),
       answer_encoder(o.network().input_encoder() &&
                      o.network().answer_encoder()) {
+  // The convolutional trunk is for images of at least 4×4.
+  const auto& shape = o.network().image_shape();
+  if (o.network().conv_channels() > 0 && shape.size() == 3 && shape[1] >= 4 &&
+      shape[2] >= 4) {
+    image_shape = shape;
+    conv_channels = o.network().conv_channels();
+  }
   const auto h = o.network().hidden();
   dec_x_ =
       register_module("dec_x", mlp2(w_dim + z_dim, h, d, /*batch_norm=*/true));
@@ -61,7 +85,10 @@ TaeNetImpl::EncoderModules TaeNetImpl::register_encoder(
     const std::string& prefix, std::int64_t hidden) {
   // In this order: initialisation draws follow registration.
   EncoderModules e;
-  e.trunk = register_module(prefix + "_trunk", trunk(input_dim, hidden));
+  e.trunk = register_module(prefix + "_trunk",
+                            conv_encoders()
+                                ? conv_trunk(image_shape, conv_channels, hidden)
+                                : trunk(input_dim, hidden));
   e.mean = register_module(prefix + "_mean", nn::Linear(hidden, w_dim + z_dim));
   e.logvar =
       register_module(prefix + "_logvar", nn::Linear(hidden, w_dim + z_dim));

@@ -728,3 +728,64 @@ TEST_CASE(
   CHECK_THROWS_WITH(fu::TaeModel(kPixels, kClasses, kClasses, bad),
                     doctest::Contains("unlabelled_weight must be"));
 }
+
+TEST_CASE(
+    "tae: image inputs get convolutional encoders, which travel with the "
+    "model") {
+  torch::manual_seed(19);
+  auto o = quick();
+  o.network().image_shape({1, 4, 4});
+  o.adaptation().readout(fu::TaeReadout::kFeatures);
+  fu::TaeModel m(kPixels, kClasses, kClasses, o);
+  REQUIRE(m.options().network().conv_channels() ==
+          fu::TaeNetworkOptions().conv_channels());
+  const auto pool = draw(1500, 1);
+  m.train(data(pool));
+  const auto test = draw(300, 2);
+  const auto f = m.features(test.x);
+  const auto hidden = quick().network().hidden();
+  CHECK(f.sizes() == torch::IntArrayRef{300, 2 * hidden});
+  CHECK(torch::allclose(f.norm(2, 1), torch::ones({300}), 1e-4, 1e-4));
+  // A task read by its features from one shot per class.
+  const std::vector<std::int64_t> task = {1, 2};
+  auto [x, y] = shots_of(draw(200, 3), task, 1);
+  auto adapted = m.adapt(multi_hot(task), x, y, task);
+  CHECK(accuracy_of(test, task, [&](const torch::Tensor& t) {
+          return m.predict(t, adapted, task);
+        }) > 0.9);
+  chorus::testing::TempDir dir;
+  m.save(dir / "conv.pt");
+  auto again = fu::TaeModel::load(dir / "conv.pt");
+  CHECK(again.options().network().conv_channels() ==
+        m.options().network().conv_channels());
+  CHECK(again.options().network().image_shape() ==
+        std::vector<std::int64_t>{1, 4, 4});
+  CHECK(torch::allclose(again.features(test.x), f));
+  // Flat inputs, images under 4×4 or conv_channels 0: the one-layer trunk,
+  // and a file that says so.
+  CHECK(fu::TaeModel(kPixels, kClasses, kClasses, quick())
+            .options()
+            .network()
+            .conv_channels() == 0);
+  auto small = quick();
+  small.network().image_shape({4, 2, 2});
+  CHECK(fu::TaeModel(kPixels, kClasses, kClasses, small)
+            .options()
+            .network()
+            .conv_channels() == 0);
+  trained().save(dir / "flat.pt");
+  CHECK(
+      fu::TaeModel::load(dir / "flat.pt").options().network().conv_channels() ==
+      0);
+  // Shapes that are not the inputs' are refused, naming the shape.
+  auto wrong = quick();
+  wrong.network().image_shape({1, 4, 5});
+  std::string msg;
+  CHECK(code_of([&] { fu::TaeModel(kPixels, kClasses, kClasses, wrong); },
+                &msg) == Code::kInvalidArgument);
+  CHECK(msg.find("image_shape [1, 4, 5]") != std::string::npos);
+  auto negative = quick();
+  negative.network().conv_channels(-1);
+  CHECK(code_of([&] { fu::TaeModel(kPixels, kClasses, kClasses, negative); }) ==
+        Code::kInvalidArgument);
+}

@@ -50,6 +50,18 @@ struct TaeNetworkOptions {
   /// F-MNIST-3-U +3.2 / +1.2 and +2.9 / +1.2 points (1 / 5 shots), MNIST-2-U
   /// −0.8 / −0.3 and −1.7 / −0.5; see the README's "what helped" table.
   TORCH_ARG(bool, answer_encoder) = true;
+  /// The inputs' shape [C, H, W] when they are images (the tae fuser sets
+  /// it from the transfer pool's); empty: flat vectors. Its product must be
+  /// the model's input size.
+  TORCH_ARG(std::vector<std::int64_t>, image_shape) = {};
+  /// For images of at least 4×4 (`image_shape`), the input and answer
+  /// encoders start with two 5×5 convolutions of `conv_channels` and twice
+  /// as many channels, each with BatchNorm, ReLU and 2×2 max-pooling, before
+  /// their hidden layer (ours; a LeNet-like trunk). Such an encoder trains
+  /// on one row in |R's tasks| of each batch, about each input once per
+  /// epoch. 0, or inputs that are not images, keeps the one-layer trunk.
+  /// bench_p2 (100 unseen tasks, seed 0): see the README's "what helped".
+  TORCH_ARG(std::int64_t, conv_channels) = 8;
 };
 
 /// How the global model is trained on R (not saved: a trained model does
@@ -238,6 +250,9 @@ class TaeNetImpl : public torch::nn::Module {
   /// such encoder.
   torch::Tensor input_features(const torch::Tensor& x,
                                Encoder encoder = Encoder::kInput);
+  /// Whether the encoders of the input have the convolutional trunk
+  /// (`TaeNetworkOptions::conv_channels`).
+  bool conv_encoders() const { return conv_channels > 0; }
   /// Its q_φ(w,z|x) from that hidden layer: mean and log-variance
   /// [N, w_dim + z_dim], w first.
   std::pair<torch::Tensor, torch::Tensor> encode_features(
@@ -256,6 +271,9 @@ class TaeNetImpl : public torch::nn::Module {
 
   std::int64_t input_dim, outputs, task_dim, w_dim, z_dim;
   bool input_encoder, answer_encoder;
+  /// The convolutional trunk's image shape and first channels (0: none).
+  std::vector<std::int64_t> image_shape;
+  std::int64_t conv_channels = 0;
 
  private:
   torch::nn::Sequential dec_x_{nullptr}, dec_y_{nullptr}, adv_{nullptr};
