@@ -7,7 +7,9 @@
 //            [--readout auto|features|prototypes] [--no-input-encoder]
 //            [--head-steps N] [--answer-weight X] [--[no-]answer-encoder]
 //            [--unlabelled N] [--unlabelled-weight X] [--unlabelled-rounds N]
-//            [--conv-channels N] [--paper] [--test-per-class N] [--json FILE]
+//            [--conv-channels N] [--pool-centres N] [--centre-weight X]
+//            [--centre-temperature X] [--paper] [--test-per-class N] [--json
+//            FILE]
 //
 // Black boxes are binary classifiers on class pairs: MNIST-2 has two,
 // (0,1) and (2,3); F-MNIST-3 has three, (0,1), (2,3) and (4,5). Each answers
@@ -90,6 +92,11 @@ struct Args {
   bool answer_encoder = fu::TaeNetworkOptions().answer_encoder();
   /// TaeNetworkOptions::conv_channels (the images are 1×28×28).
   std::int64_t conv_channels = fu::TaeNetworkOptions().conv_channels();
+  /// TaeTrainingOptions::pool_centres, TaeAdaptationOptions::centre_weight
+  /// and centre_temperature.
+  std::int64_t pool_centres = fu::TaeTrainingOptions().pool_centres();
+  double centre_weight = fu::TaeAdaptationOptions().centre_weight();
+  double centre_temperature = fu::TaeAdaptationOptions().centre_temperature();
   /// Unlabelled images of each task for the tae+U row (0: no such row), and
   /// TaeAdaptationOptions::unlabelled_weight and unlabelled_rounds.
   std::int64_t unlabelled = 1000;
@@ -226,6 +233,12 @@ int main(int argc, char** argv) {
       args.unlabelled_rounds = std::stoll(next());
     else if (a == "--conv-channels")
       args.conv_channels = std::stoll(next());
+    else if (a == "--pool-centres")
+      args.pool_centres = std::stoll(next());
+    else if (a == "--centre-weight")
+      args.centre_weight = std::stod(next());
+    else if (a == "--centre-temperature")
+      args.centre_temperature = std::stod(next());
     else if (a == "--paper") {
       // The paper's configuration as we read it (ALGORITHMS.md §4): none of
       // our additions, G's Gibbs loss trained with the ELBO.
@@ -233,6 +246,7 @@ int main(int argc, char** argv) {
       args.answer_weight = 0;
       args.answer_encoder = false;
       args.conv_channels = 0;
+      args.pool_centres = 0;
       args.unlabelled = 0;
       args.readout = "prototypes";
       args.gibbs_weight = 50;
@@ -252,7 +266,9 @@ int main(int argc, char** argv) {
           "[--readout auto|features|prototypes] [--no-input-encoder] "
           "[--head-steps N] [--answer-weight X] [--[no-]answer-encoder] "
           "[--unlabelled N] [--unlabelled-weight X] [--unlabelled-rounds N] "
-          "[--conv-channels N] [--paper] [--test-per-class N] [--json FILE]\n");
+          "[--conv-channels N] [--pool-centres N] [--centre-weight X] "
+          "[--centre-temperature X] [--paper] [--test-per-class N] [--json "
+          "FILE]\n");
       return 2;
     }
   }
@@ -276,6 +292,9 @@ int main(int argc, char** argv) {
                        {"tae_answer_weight", args.answer_weight},
                        {"tae_answer_encoder", args.answer_encoder},
                        {"tae_conv_channels", args.conv_channels},
+                       {"tae_pool_centres", args.pool_centres},
+                       {"tae_centre_weight", args.centre_weight},
+                       {"tae_centre_temperature", args.centre_temperature},
                        {"unlabelled", args.unlabelled},
                        {"tae_unlabelled_weight", args.unlabelled_weight},
                        {"tae_unlabelled_rounds", args.unlabelled_rounds},
@@ -345,7 +364,8 @@ int main(int argc, char** argv) {
                             .epochs(args.epochs)
                             .union_task(args.union_task)
                             .answer_weight(args.answer_weight)
-                            .gibbs_weight(args.gibbs_weight))
+                            .gibbs_weight(args.gibbs_weight)
+                            .pool_centres(args.pool_centres))
               .adaptation(fu::TaeAdaptationOptions()
                               .steps(60)
                               .samples(5)
@@ -355,7 +375,9 @@ int main(int argc, char** argv) {
                               .readout(fu::parse_tae_readout(args.readout))
                               .head_steps(args.head_steps)
                               .unlabelled_weight(args.unlabelled_weight)
-                              .unlabelled_rounds(args.unlabelled_rounds))
+                              .unlabelled_rounds(args.unlabelled_rounds)
+                              .centre_weight(args.centre_weight)
+                              .centre_temperature(args.centre_temperature))
               .seed(args.seed)
               .threads(args.threads);
       fu::TaeModel tae(
@@ -574,12 +596,14 @@ int main(int argc, char** argv) {
         "tae_gibbs_weight={} tae_relabel={} tae_relabel_prior={} "
         "tae_readout={} tae_head_steps={} tae_input_encoder={} "
         "tae_answer_weight={} tae_answer_encoder={} tae_conv_channels={} "
+        "tae_pool_centres={} tae_centre_weight={} tae_centre_temperature={} "
         "unlabelled={} tae_unlabelled_weight={} tae_unlabelled_rounds={} "
         "total={:.1f} s\n",
         args.tasks, args.seed, args.threads, args.epochs, args.space,
         args.union_task, args.gibbs_weight, args.relabel, args.relabel_prior,
         args.readout, args.head_steps, args.input_encoder, args.answer_weight,
-        args.answer_encoder, args.conv_channels, args.unlabelled,
+        args.answer_encoder, args.conv_channels, args.pool_centres,
+        args.centre_weight, args.centre_temperature, args.unlabelled,
         args.unlabelled_weight, args.unlabelled_rounds, total);
     out["total_seconds"] = total;
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");

@@ -53,6 +53,14 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
                  "whose product is the input size {}",
                  fmt::join(shape, ", "), input_dim);
   }
+  CHORUS_CHECK(
+      options_.training().pool_centres() >= 0 && a.centre_weight() >= 0 &&
+          std::isfinite(a.centre_weight()) && a.centre_temperature() >= 0 &&
+          std::isfinite(a.centre_temperature()),
+      "tae: pool_centres, centre_weight and centre_temperature must be finite "
+      "and non-negative, got {}, {}, {}",
+      options_.training().pool_centres(), a.centre_weight(),
+      a.centre_temperature());
   CHORUS_CHECK(options_.network().conv_channels() >= 0,
                "tae: conv_channels must be non-negative, got {}",
                options_.network().conv_channels());
@@ -245,7 +253,34 @@ std::vector<double> TaeModel::train(const TaeData& data) {
     if (options_.on_epoch()) options_.on_epoch()(epoch, history.back());
   }
   net_->eval();
+  cluster_pool(x);
   return history;
+}
+
+void TaeModel::cluster_pool(const torch::Tensor& x) {
+  centres_ = torch::Tensor();
+  const auto k = std::min(options_.training().pool_centres(), x.size(0));
+  if (!net_->input_encoder || k <= 0) return;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> parts;
+  for (std::int64_t b = 0; b < x.size(0); b += 4096)
+    parts.push_back(features(x.slice(0, b, b + 4096)));
+  const auto f = torch::cat(parts);  // [n, F], unit rows
+  auto gen = make_generator(options_.seed() + kCentreStream);
+  auto mu =
+      f.index_select(
+           0, torch::randperm(f.size(0), gen, torch::kLong).slice(0, 0, k))
+          .clone();
+  namespace F = torch::nn::functional;
+  const auto unit = F::NormalizeFuncOptions().dim(1);
+  for (int round = 0; round < 25; ++round) {
+    throw_if_stopped(options_.stop(), "tae pool centres");
+    auto nearest = torch::matmul(f, mu.t()).argmax(1);
+    // A centre that wins no input stays where it is.
+    mu = F::normalize(
+        torch::zeros_like(mu).index_add_(0, nearest, f) + 1e-6 * mu, unit);
+  }
+  centres_ = mu;
 }
 
 double TaeModel::negative_elbo(const TaeData& data) {

@@ -122,9 +122,29 @@ std::pair<torch::Tensor, torch::Tensor> TaeModel::fit_head(
     centres = refine_centres(f, targets, unlabelled);
     return {(2 * centres).detach(), (-centres.pow(2).sum(1)).detach()};
   }
+  const auto& a = options_.adaptation();
+  auto steps = a.head_steps();
+  if (centres_.defined() && a.centre_weight() > 0) {
+    // The pool's centres near each class mean, worth centre_weight shots.
+    torch::NoGradGuard no_grad;
+    namespace F = torch::nn::functional;
+    const auto unit = F::NormalizeFuncOptions().dim(1);
+    auto c = F::normalize(centres, unit);
+    auto near = torch::softmax(
+        a.centre_temperature() * torch::matmul(c, centres_.t()), 1);
+    auto pulled =
+        F::normalize(mass.unsqueeze(1) * c +
+                         a.centre_weight() * torch::matmul(near, centres_),
+                     unit);
+    // A class without a shot keeps c = 0.
+    centres = torch::where(mass.gt(0).unsqueeze(1), pulled,
+                           torch::zeros_like(pulled));
+    // One shot per class: steps on the two points would undo the prior.
+    auto held = mass.masked_select(mass.gt(0));
+    if (held.numel() > 0 && held.min().item<double>() < 2) steps = 0;
+  }
   auto weight = (2 * centres).set_requires_grad(true);
   auto bias = (-centres.pow(2).sum(1)).set_requires_grad(true);
-  const auto steps = options_.adaptation().head_steps();
   if (steps > 0) {
     torch::optim::Adam opt({weight, bias},
                            torch::optim::AdamOptions(1e-2).weight_decay(1e-3));

@@ -25,7 +25,8 @@ inline torch::Tensor clamp_logvar(const torch::Tensor& v) {
 inline constexpr std::uint64_t kBoundStream = 7919, kAdaptStream = 7927,
                                kPredictStream = 7933,
                                kInputEncoderStream = 7937,
-                               kAnswerEncoderStream = 7949;
+                               kAnswerEncoderStream = 7949,
+                               kCentreStream = 7951;
 
 // log p(x) of pixels in [0, 1] under Bernoulli logits, summed per row [N].
 inline torch::Tensor bernoulli_log_likelihood(const torch::Tensor& logits,

@@ -160,6 +160,10 @@ void TaeModel::save(const std::filesystem::path& path) const {
   put("adaptation.unlabelled_rounds", a.unlabelled_rounds());
   put("adaptation.unlabelled_temperature", a.unlabelled_temperature());
   put("adaptation.unlabelled_weight", a.unlabelled_weight());
+  put("adaptation.centre_weight", a.centre_weight());
+  put("adaptation.centre_temperature", a.centre_temperature());
+  if (centres_.defined())
+    archive.write("pool_centres", centres_, /*is_buffer=*/true);
   archive.write("prototypes", prototypes_, /*is_buffer=*/true);
   archive.write("known_outputs", known_, /*is_buffer=*/true);
   std::string names;
@@ -315,6 +319,10 @@ TaeHeader read_header(torch::serialize::InputArchive& archive,
                                         a.unlabelled_temperature()));
   a.unlabelled_weight(
       non_negative("adaptation.unlabelled_weight", a.unlabelled_weight()));
+  // Written since the pool's centres (files before them have none).
+  a.centre_weight(non_negative("adaptation.centre_weight", a.centre_weight()));
+  a.centre_temperature(
+      non_negative("adaptation.centre_temperature", a.centre_temperature()));
   return h;
 }
 
@@ -409,6 +417,17 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
                         "'{}': known_outputs must be {} booleans",
                         path.string(), model.outputs());
       model.known_ = known.reshape({-1}).clone();
+    }
+    if (torch::Tensor centres;
+        archive.try_read("pool_centres", centres, true)) {
+      CHORUS_CHECK_CODE(centres.dim() == 2 && centres.size(0) >= 1 &&
+                            centres.size(1) == model.feature_dim() &&
+                            centres.scalar_type() == torch::kFloat32 &&
+                            torch::isfinite(centres).all().item<bool>(),
+                        Code::kDataLoss,
+                        "'{}': pool_centres must be finite floats [K, {}]",
+                        path.string(), model.feature_dim());
+      model.centres_ = centres.clone();
     }
     c10::IValue names;
     archive.read("labels", names);

@@ -789,3 +789,57 @@ TEST_CASE(
   CHECK(code_of([&] { fu::TaeModel(kPixels, kClasses, kClasses, negative); }) ==
         Code::kInvalidArgument);
 }
+
+TEST_CASE(
+    "tae: the pool's feature centres are a prior over a new task's class "
+    "means") {
+  torch::manual_seed(23);
+  fu::TaeModel m = six_class_model();
+  const auto k = fu::TaeTrainingOptions().pool_centres();
+  const auto& mu = m.pool_centres();
+  REQUIRE(mu.defined());
+  CHECK(mu.sizes() == torch::IntArrayRef{k, m.feature_dim()});
+  CHECK(torch::allclose(mu.norm(2, 1), torch::ones({k}), 1e-4, 1e-4));
+  // One shot per class of a task no expert knew: the head is the nearest
+  // class mean of the shots' means pulled toward the centres near them,
+  // worth centre_weight shots, without head steps.
+  const std::vector<std::int64_t> task = {4, 5};
+  const auto pool = draw(600, 41, kSix);
+  auto [x1, y1] = shots_of(pool, task, 1);
+  const auto& a = m.options().adaptation();
+  auto f = m.features(x1);  // one row per class, in task order
+  auto near = torch::softmax(a.centre_temperature() * f.matmul(mu.t()), 1);
+  auto want = torch::nn::functional::normalize(
+      f + a.centre_weight() * near.matmul(mu),
+      torch::nn::functional::NormalizeFuncOptions().dim(1));
+  auto [w1, b1] = m.fit_head(x1, y1, task);
+  CHECK(torch::allclose(w1, 2 * want, 1e-4, 1e-5));
+  CHECK(torch::allclose(b1, -torch::ones({2}), 1e-4, 1e-5));
+  // With two shots per class the head steps start from the pulled means.
+  auto [x2, y2] = shots_of(pool, task, 2);
+  auto [w2, b2] = m.fit_head(x2, y2, task);
+  CHECK_FALSE(torch::allclose(b2, -torch::ones({2}), 1e-3, 1e-3));
+  const auto test = draw(900, 42, kSix);
+  CHECK(accuracy_of(test, task, [&](const torch::Tensor& t) {
+          return torch::matmul(m.features(t), w2.t()) + b2;
+        }) > 0.9);
+  // Saved and read back with the model.
+  chorus::testing::TempDir dir;
+  m.save(dir / "centres.pt");
+  auto again = fu::TaeModel::load(dir / "centres.pt");
+  CHECK(torch::equal(again.pool_centres(), mu));
+  CHECK(again.options().adaptation().centre_weight() == a.centre_weight());
+  auto [w1b, b1b] = again.fit_head(x1, y1, task);
+  CHECK(torch::allclose(w1b, w1, 1e-5, 1e-6));
+  // A model trained without centres has none (the shots' own means, then
+  // the head steps).
+  auto none = quick();
+  none.training().pool_centres(0);
+  fu::TaeModel plain(kPixels, kClasses, kClasses, none);
+  plain.train(data(draw(600, 1)));
+  CHECK_FALSE(plain.pool_centres().defined());
+  auto bad = quick();
+  bad.adaptation().centre_weight(-1);
+  CHECK(code_of([&] { fu::TaeModel(kPixels, kClasses, kClasses, bad); }) ==
+        Code::kInvalidArgument);
+}

@@ -97,6 +97,13 @@ struct TaeTrainingOptions {
   /// F-MNIST-3-U 83.6, 84.4, 85.4 and 85.4 on 1 shot, MNIST-2-U 76.1, 75.8,
   /// 75.5 and 75.3 (from 82.2 and 76.3 without).
   TORCH_ARG(double, answer_weight) = 1000.0;
+  /// K: after training, the features (`TaeModel::features`) of the pool
+  /// are clustered by spherical k-means into K centres (at most one per
+  /// input, 25 rounds), saved with the model: where the pool's kinds of
+  /// inputs lie, a prior over a new task's class means
+  /// (`TaeAdaptationOptions::centre_weight`; ours). 0: none. Needs the input
+  /// encoder.
+  TORCH_ARG(std::int64_t, pool_centres) = 200;
   TORCH_ARG(std::int64_t, epochs) = 20;
   TORCH_ARG(std::int64_t, batch_size) = 128;
   TORCH_ARG(double, lr) = 1e-3;
@@ -176,6 +183,17 @@ struct TaeAdaptationOptions {
   TORCH_ARG(std::int64_t, unlabelled_rounds) = 2;
   TORCH_ARG(double, unlabelled_temperature) = 5.0;
   TORCH_ARG(double, unlabelled_weight) = 0.03;
+  /// The pool's centres as a prior over the features readout's class means
+  /// (ours; a model trained with `TaeTrainingOptions::pool_centres`), used
+  /// when no unlabelled inputs are given: each class mean c_y of n_y shots
+  /// (unit) becomes normalize(n_y·c_y + centre_weight·Σ_j
+  /// softmax_j(centre_temperature·c_y·μ_j)·μ_j), the centres μ_j near it
+  /// worth `centre_weight` shots. With one shot per class the head is then
+  /// the nearest class mean, without `head_steps` (on two points they undo
+  /// the prior); with more, the steps start from it. 0: no prior.
+  /// bench_p2: see the README's "what helped".
+  TORCH_ARG(double, centre_weight) = 2.0;
+  TORCH_ARG(double, centre_temperature) = 30.0;
 };
 
 /// Options of tae, by concern. The paper's defaults for 28×28 inputs; our
@@ -478,6 +496,10 @@ class TaeModel {
   std::int64_t task_dim() const { return net_->task_dim; }
   /// The cached prototypes [m, z_dim].
   const torch::Tensor& prototypes() const { return prototypes_; }
+  /// The pool's feature centres [K, feature_dim()], unit rows
+  /// (`TaeTrainingOptions::pool_centres`); undefined when the model has
+  /// none.
+  const torch::Tensor& pool_centres() const { return centres_; }
 
  private:
   /// Throws `chorus::Error` (INVALID_ARGUMENT, naming `what`) when the
@@ -490,6 +512,8 @@ class TaeModel {
   torch::Tensor refine_centres(const torch::Tensor& f,
                                const torch::Tensor& targets,
                                const torch::Tensor& unlabelled);
+  /// The pool's feature centres by spherical k-means (`pool_centres`).
+  void cluster_pool(const torch::Tensor& x);
   /// β log p_θ(x|z_j, w) for every input and prototype: [N, m].
   torch::Tensor log_px(const torch::Tensor& x, const torch::Tensor& w);
 
@@ -499,6 +523,7 @@ class TaeModel {
   std::vector<std::string> labels_;
   std::optional<TaeTask> default_task_;
   torch::Tensor known_;
+  torch::Tensor centres_;
 };
 
 }  // namespace chorus::fusion
