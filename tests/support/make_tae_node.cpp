@@ -84,10 +84,13 @@ int main(int argc, char** argv) {
       data.answers.push_back(answer);
       data.tasks.push_back(task);
     }
+    // Images, as the coordinator's tae fuser sees Fashion-MNIST: the
+    // encoders of the input are convolutional.
     fu::TaeModel model(
         28 * 28, 10, 10,
         fu::TaeOptions()
-            .network(fu::TaeNetworkOptions().prototypes(30))
+            .network(
+                fu::TaeNetworkOptions().prototypes(30).image_shape({1, 28, 28}))
             .training(fu::TaeTrainingOptions().epochs(1))
             .adaptation(fu::TaeAdaptationOptions().samples(3).steps(20)));
     model.train(data);

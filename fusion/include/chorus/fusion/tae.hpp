@@ -117,7 +117,9 @@ enum class TaeReadout {
   kPrototypes,
   /// Ours: a linear head over the input encoder's features of x
   /// (`TaeModel::features`), started at the shots' class means (nearest
-  /// class mean) and trained on the shots for `head_steps` steps. A new task
+  /// class mean; pulled toward the pool's centres, `centre_weight`) and
+  /// trained on the shots for `head_steps` steps (none on one shot per
+  /// class when pulled). A new task
   /// is read in the space the model learnt from every expert's answers and
   /// the whole pool, which holds the unseen classes too. Needs the input
   /// encoder (`TaeNetworkOptions::input_encoder`).
@@ -406,7 +408,10 @@ class TaeModel {
   /// as in `relabel`: indices into the task's classes, or soft labels
   /// [d, width]): the class means of the shots' features as a linear head
   /// (weight 2·c_y, bias −‖c_y‖², the nearest class mean), then
-  /// `head_steps` steps of cross-entropy on the shots. With `unlabelled`
+  /// `head_steps` steps of cross-entropy on the shots. A model with the
+  /// pool's centres pulls the class means toward them first
+  /// (`TaeAdaptationOptions::centre_weight`), and takes no steps when a
+  /// class has a single shot. With `unlabelled`
   /// inputs of the task [u, input] (u ≥ 1), the class means are refined over
   /// them instead of the steps (`TaeAdaptationOptions::unlabelled_rounds`).
   /// Returns {weight [width, F], bias [width]}. Throws `chorus::Error`
