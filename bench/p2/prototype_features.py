@@ -21,7 +21,9 @@
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=fmnist aw=1000
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=fmnist aw2=100 sel=1
 # pc=K (inductive: the shots' class means pulled toward the K k-means centres of the pool's
-# features near them; see below).
+# features near them; see below). fx=1: feature centring and power transforms; kc=K: an encoder
+# predicting the pool's K pixel clusters; c1=N: the conv trunk's first channels; x5=1: more
+# head steps, shifted shots and pixels beside the features (see the README's P2 notes).
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=mnist aw2=1000 semi=1000 semi_grid=1
 import gzip, json, math, random, sys, time
 import numpy as np
@@ -284,6 +286,17 @@ for k in (1, 5):
                     c2 = F.normalize(k * cn + lam * wgt @ MU, dim=1)
                     r[f'pcd{lam:g}/{t_:g}'] = (F.normalize(ft_, dim=1) @ c2.t() if k == 1
                                                else lin_from(c2, fs_, sy, ft_))
+        if opt('x5', 0):
+            # x5=1: heads for 5 shots — more steps (300), shots shifted by ±1 pixel as extra shots
+            # (aug1), and the features side by side with the centred, normalised pixels scaled by
+            # a (catpix<a>), each from the class means by 100 steps.
+            r['lin300'] = lin(fs_, sy, ft_, steps=300)
+            sxa = shifted(sx, 1); sya = sy.repeat(9)
+            r['aug1'] = lin(feats(sxa), sya, ft_)
+            pm = pool.mean(0)
+            for a_ in (0.3, 0.5, 1.0):
+                cp = lambda x: F.normalize(torch.cat([feats(x), a_ * F.normalize(x - pm, dim=1)], 1), dim=1)
+                r[f'catpix{a_:g}'] = lin(cp(sx), sy, cp(tx))
         if SEMI:
             pool_ab = torch.cat([ia, ib]); pool_ab = pool_ab[torch.randperm(len(pool_ab))[:SEMI]]
             fu = feats(trx[pool_ab]); c = refine(fs_, sy, fu)
