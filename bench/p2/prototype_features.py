@@ -157,8 +157,8 @@ def hidden_fx(x, cen, pw):
     ws = [1.0] * (len(encs) - 1) + [W2]; out = []
     with torch.no_grad():
         for w, e, mu in zip(ws, encs, PMEAN):
-            h = e(x); m = mu
-            if pw != 1.0: h = (h + 1e-6).pow(pw); m = (mu + 1e-6).pow(pw) if False else None
+            h = e(x)
+            if pw != 1.0: h = (h + 1e-6).pow(pw)
             if cen: h = h - (PMEAN_PW[(pw, id(e))] if pw != 1.0 else mu)
             out.append(w * F.normalize(h, dim=1))
     return F.normalize(torch.cat(out, 1), dim=1)
