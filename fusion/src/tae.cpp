@@ -196,10 +196,12 @@ std::vector<double> TaeModel::train(const TaeData& data) {
       if (net_->input_encoder) {
         // A convolutional encoder sees 1 row in |R's tasks| of the batch
         // (rows are in random order): each input about once per epoch, at a
-        // convolution's cost.
+        // convolution's cost. At least 2 rows, for its BatchNorm.
         auto ex = bx, eidx = idx;
         if (net_->conv_encoders()) {
-          const auto m = (bs + tasks_in_r - 1) / tasks_in_r;
+          const auto m = std::min(
+              bs,
+              std::max<std::int64_t>(2, (bs + tasks_in_r - 1) / tasks_in_r));
           ex = bx.slice(0, 0, m);
           eidx = idx.slice(0, 0, m);
         }

@@ -761,6 +761,11 @@ TEST_CASE(
   CHECK(again.options().network().image_shape() ==
         std::vector<std::int64_t>{1, 4, 4});
   CHECK(torch::allclose(again.features(test.x), f));
+  // Batches of 2 rows of R's 3 tasks still give its BatchNorm two rows.
+  auto tiny = o;
+  tiny.training().batch_size(2).epochs(1);
+  fu::TaeModel small_batches(kPixels, kClasses, kClasses, tiny);
+  CHECK(small_batches.train(data(draw(40, 5))).size() == 1);
   // Flat inputs, images under 4×4 or conv_channels 0: the one-layer trunk,
   // and a file that says so.
   CHECK(fu::TaeModel(kPixels, kClasses, kClasses, quick())
