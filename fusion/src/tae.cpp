@@ -66,7 +66,7 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
                options_.network().conv_channels());
   // The convolutional trunk is for images of at least 4×4: none otherwise
   // (the options say what the model has).
-  if (shape.size() != 3 || shape[1] < 4 || shape[2] < 4)
+  if (!takes_conv_trunk(options_.network()))
     options_.network().conv_channels(0);
   // The answer encoder sits beside the input encoder: none without it.
   if (!options_.network().input_encoder())

@@ -28,6 +28,14 @@ inline constexpr std::uint64_t kBoundStream = 7919, kAdaptStream = 7927,
                                kAnswerEncoderStream = 7949,
                                kCentreStream = 7951;
 
+// Whether the encoders of the input get the convolutional trunk: channels
+// asked for, and images [C, H, W] of at least 4×4 (two 2×2 poolings).
+inline bool takes_conv_trunk(const TaeNetworkOptions& o) {
+  const auto& shape = o.image_shape();
+  return o.conv_channels() > 0 && shape.size() == 3 && shape[1] >= 4 &&
+         shape[2] >= 4;
+}
+
 // log p(x) of pixels in [0, 1] under Bernoulli logits, summed per row [N].
 inline torch::Tensor bernoulli_log_likelihood(const torch::Tensor& logits,
                                               const torch::Tensor& x) {

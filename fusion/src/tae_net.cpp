@@ -56,11 +56,8 @@ TaeNetImpl::TaeNetImpl(std::int64_t d, std::int64_t c, std::int64_t t,
       input_encoder(o.network().input_encoder()),
       answer_encoder(o.network().input_encoder() &&
                      o.network().answer_encoder()) {
-  // The convolutional trunk is for images of at least 4×4.
-  const auto& shape = o.network().image_shape();
-  if (o.network().conv_channels() > 0 && shape.size() == 3 && shape[1] >= 4 &&
-      shape[2] >= 4) {
-    image_shape = shape;
+  if (tae_internal::takes_conv_trunk(o.network())) {
+    image_shape = o.network().image_shape();
     conv_channels = o.network().conv_channels();
   }
   const auto h = o.network().hidden();
