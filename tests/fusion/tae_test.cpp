@@ -123,6 +123,22 @@ std::pair<torch::Tensor, torch::Tensor> shots_of(
           torch::tensor(labels, torch::kLong)};
 }
 
+// Accuracy of an adaptation of `m` to `task` (its classes' test images).
+double adapted_accuracy(fu::TaeModel& m, const Images& test,
+                        const std::vector<std::int64_t>& task,
+                        const fu::TaeAdaptation& adapted) {
+  return accuracy_of(test, task, [&](const torch::Tensor& t) {
+    return m.predict(t, adapted, task);
+  });
+}
+
+// `m` adapted to `task` with the first shot of each class in a fixed draw.
+fu::TaeAdaptation adapt_one_shot(fu::TaeModel& m,
+                                 const std::vector<std::int64_t>& task) {
+  auto [x, y] = shots_of(draw(200, 3), task, 1);
+  return m.adapt(multi_hot(task), x, y, task);
+}
+
 // Six classes of which the experts know {0, 1} and {2, 3}: 4 and 5 are
 // classes no expert answered for.
 constexpr std::int64_t kSix = 6;
@@ -449,9 +465,7 @@ TEST_CASE(
   CHECK(torch::allclose(f.norm(2, 1), torch::ones({2}), 1e-4, 1e-4));
 
   const auto test = draw(600, 9, kSix);
-  const double acc_features = accuracy_of(
-      test, task,
-      [&](const torch::Tensor& t) { return m.predict(t, adapted, task); });
+  const double acc_features = adapted_accuracy(m, test, task, adapted);
   // Adaptation's head is fit_head's on the same shots.
   auto [w0, b0] = m.fit_head(x, y, task);
   const double acc_prototypes =
@@ -550,10 +564,8 @@ TEST_CASE(
   auto [x, y] = shots_of(noisy(200, 22), task, 1);
   const auto test = noisy(600, 23);
   auto acc = [&](fu::TaeModel& m) {
-    auto adapted = m.adapt(multi_hot(task), x, y, task);
-    return accuracy_of(test, task, [&](const torch::Tensor& t) {
-      return m.predict(t, adapted, task);
-    });
+    return adapted_accuracy(m, test, task,
+                            m.adapt(multi_hot(task), x, y, task));
   };
   const double acc_plain = acc(plain), acc_aux = acc(aux);
   MESSAGE("one shot each, features: plain " << acc_plain << ", answer target "
@@ -608,12 +620,9 @@ TEST_CASE(
       both.predict(test.x, both.prior(multi_hot({2, 3})), {2, 3})));
   // A head over both halves: adapted, saved, reloaded, refused elsewhere.
   const std::vector<std::int64_t> task = {1, 2};
-  auto [x, y] = shots_of(draw(200, 3), task, 1);
-  auto adapted = both.adapt(multi_hot(task), x, y, task);
+  auto adapted = adapt_one_shot(both, task);
   CHECK(adapted.head_weight.sizes() == torch::IntArrayRef{2, 2 * hidden});
-  CHECK(accuracy_of(test, task, [&](const torch::Tensor& t) {
-          return both.predict(t, adapted, task);
-        }) > 0.9);
+  CHECK(adapted_accuracy(both, test, task, adapted) > 0.9);
   chorus::testing::TempDir dir;
   both.save(dir / "both.pt");
   auto again = fu::TaeModel::load(dir / "both.pt");
@@ -748,11 +757,7 @@ TEST_CASE(
   CHECK(torch::allclose(f.norm(2, 1), torch::ones({300}), 1e-4, 1e-4));
   // A task read by its features from one shot per class.
   const std::vector<std::int64_t> task = {1, 2};
-  auto [x, y] = shots_of(draw(200, 3), task, 1);
-  auto adapted = m.adapt(multi_hot(task), x, y, task);
-  CHECK(accuracy_of(test, task, [&](const torch::Tensor& t) {
-          return m.predict(t, adapted, task);
-        }) > 0.9);
+  CHECK(adapted_accuracy(m, test, task, adapt_one_shot(m, task)) > 0.9);
   chorus::testing::TempDir dir;
   m.save(dir / "conv.pt");
   auto again = fu::TaeModel::load(dir / "conv.pt");
