@@ -24,6 +24,10 @@
 # features near them; see below). fx=1: feature centring and power transforms; kc=K: an encoder
 # predicting the pool's K pixel clusters; c1=N: the conv trunk's first channels; x5=1: more
 # head steps, shifted shots and pixels beside the features (see the README's P2 notes).
+# x6=1 (with pc=K): 5-shot ideas on top of the default prior — head steps held near it (sp),
+# the head's and FS's probabilities summed (ensw), test-time one-pixel shifts (tta), the conv
+# maps beside the features (ml, off with x6ml=0) and fine-tuned encoders (ft, learning rates
+# x6lr=a,b); ks=1,5 chooses the shot counts (the README's P2 notes).
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=mnist aw2=1000 semi=1000 semi_grid=1
 import gzip, json, math, random, sys, time
 import numpy as np
@@ -253,7 +257,7 @@ def pull(c, lam, t):
     w = F.softmax(t * F.normalize(c, dim=1) @ MU.t(), 1)
     return F.normalize(F.normalize(c, dim=1) + lam * w @ MU, dim=1)
 rng = random.Random(SEED + 1234)
-for k in (1, 5):
+for k in [int(v) for v in opt('ks', '1,5').split(',')]:
     accs = {}
     for t in range(TASKS):
         a, b = rng.sample(unseen, 2)
@@ -297,6 +301,52 @@ for k in (1, 5):
             for a_ in (0.3, 0.5, 1.0):
                 cp = lambda x: F.normalize(torch.cat([feats(x), a_ * F.normalize(x - pm, dim=1)], 1), dim=1)
                 r[f'catpix{a_:g}'] = lin(cp(sx), sy, cp(tx))
+        if opt('x6', 0):
+            # x6=1: 5-shot ideas on top of the default prior (pcd2/30): head steps held near
+            # the prior (sp<mu>), the head's and FS's probabilities summed (ensw<w>), features
+            # averaged over the 9 one-pixel shifts (tta), the conv maps beside the features
+            # (ml<a>), and the encoders fine-tuned on the shots near their weights (ft<lr>).
+            import copy
+            cn = F.normalize(means(fs_, sy), dim=1); wgt = F.softmax(30.0 * cn @ MU.t(), 1)
+            c2 = F.normalize(k * cn + 2.0 * wgt @ MU, dim=1)
+            base = F.normalize(ft_, dim=1) @ c2.t() if k == 1 else lin_from(c2, fs_, sy, ft_)
+            r['p230'] = base
+            def lin_sp(c, fs, ft, mu, steps=100):
+                W = (2 * c).clone().requires_grad_(True); B = (-(c * c).sum(1)).clone().requires_grad_(True)
+                W0, B0 = W.detach().clone(), B.detach().clone()
+                o = torch.optim.Adam([W, B], 1e-2)
+                for _ in range(steps):
+                    l = F.cross_entropy(fs @ W.t() + B, sy) + mu * ((W - W0).pow(2).sum() + (B - B0).pow(2).sum())
+                    o.zero_grad(); l.backward(); o.step()
+                with torch.no_grad(): return ft @ W.t() + B
+            if k > 1:
+                for mu in (0.003, 0.03, 0.3): r[f'sp{mu:g}'] = lin_sp(c2, fs_, ft_, mu)
+            for w in (0.3, 1.0):
+                r[f'ensw{w:g}'] = F.softmax(base, 1) + w * F.softmax(r['fs'], 1)
+            def tta(x):
+                n = x.size(0)
+                return F.normalize(feats(shifted(x, 1)).view(9, n, -1).mean(0), dim=1)
+            fs_t, ft_t = tta(sx), tta(tx)
+            cn = F.normalize(means(fs_t, sy), dim=1); wgt = F.softmax(30.0 * cn @ MU.t(), 1)
+            c3 = F.normalize(k * cn + 2.0 * wgt @ MU, dim=1)
+            r['tta'] = ft_t @ c3.t() if k == 1 else lin_from(c3, fs_t, sy, ft_t)
+            def convmaps(x):
+                with torch.no_grad(): return torch.cat([F.normalize(e[:10](x), dim=1) for e in encs], 1) / math.sqrt(len(encs))
+            for a_ in ((0.5, 1.0) if opt('x6ml', 1) else ()):
+                ml = lambda x: F.normalize(torch.cat([feats(x), a_ * F.normalize(convmaps(x), dim=1)], 1), dim=1)
+                r[f'ml{a_:g}'] = lin(ml(sx), sy, ml(tx))
+            if k > 1:
+                for lr in [float(v) for v in opt('x6lr', '1e-4,1e-3').split(',') if v]:
+                    es = [copy.deepcopy(e).eval() for e in encs]
+                    ps = [p for e in es for p in e.parameters()]; p0 = [p.detach().clone() for p in ps]
+                    W = (2 * c2).clone().requires_grad_(True); B = (-(c2 * c2).sum(1)).clone().requires_grad_(True)
+                    o = torch.optim.Adam([{'params': ps, 'lr': lr}, {'params': [W, B], 'lr': 1e-2}])
+                    fe = lambda x: F.normalize(torch.cat([F.normalize(e(x), dim=1) for e in es], 1), dim=1)
+                    for _ in range(50):
+                        l = F.cross_entropy(fe(sx) @ W.t() + B, sy) + 1e-3 * (W.pow(2).sum() + B.pow(2).sum()) \
+                            + 0.01 * sum((p - q).pow(2).sum() for p, q in zip(ps, p0))
+                        o.zero_grad(); l.backward(); o.step()
+                    with torch.no_grad(): r[f'ft{lr:g}'] = fe(tx) @ W.t() + B
         if SEMI:
             pool_ab = torch.cat([ia, ib]); pool_ab = pool_ab[torch.randperm(len(pool_ab))[:SEMI]]
             fu = feats(trx[pool_ab]); c = refine(fs_, sy, fu)
