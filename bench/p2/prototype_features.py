@@ -29,7 +29,7 @@
 # maps beside the features (ml, off with x6ml=0) and fine-tuned encoders (ft, learning rates
 # x6lr=a,b); ks=1,5 chooses the shot counts (the README's P2 notes).
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=mnist aw2=1000 semi=1000 semi_grid=1
-import gzip, json, math, random, sys, time
+import copy, gzip, json, math, random, sys, time
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 A = dict(a.split('=') for a in sys.argv[1:])
@@ -256,6 +256,10 @@ if PC:
 def pull(c, lam, t):
     w = F.softmax(t * F.normalize(c, dim=1) @ MU.t(), 1)
     return F.normalize(F.normalize(c, dim=1) + lam * w @ MU, dim=1)
+def prior_means(fs, sy, k, lam=2.0, t=30.0):
+    # The pull as a prior worth lam shots (k shots weigh k): tae's default is lam 2, t 30.
+    cn = F.normalize(means(fs, sy), dim=1); wgt = F.softmax(t * cn @ MU.t(), 1)
+    return F.normalize(k * cn + lam * wgt @ MU, dim=1)
 rng = random.Random(SEED + 1234)
 for k in [int(v) for v in opt('ks', '1,5').split(',')]:
     accs = {}
@@ -286,8 +290,7 @@ for k in [int(v) for v in opt('ks', '1,5').split(',')]:
             # class mean on 1 shot and lin's head steps from it on more.
             for lam in (0.5, 1.0, 2.0):
                 for t_ in (10.0, 30.0):
-                    cn = F.normalize(c0, dim=1); wgt = F.softmax(t_ * cn @ MU.t(), 1)
-                    c2 = F.normalize(k * cn + lam * wgt @ MU, dim=1)
+                    c2 = prior_means(fs_, sy, k, lam, t_)
                     r[f'pcd{lam:g}/{t_:g}'] = (F.normalize(ft_, dim=1) @ c2.t() if k == 1
                                                else lin_from(c2, fs_, sy, ft_))
         if opt('x5', 0):
@@ -306,9 +309,8 @@ for k in [int(v) for v in opt('ks', '1,5').split(',')]:
             # the prior (sp<mu>), the head's and FS's probabilities summed (ensw<w>), features
             # averaged over the 9 one-pixel shifts (tta), the conv maps beside the features
             # (ml<a>), and the encoders fine-tuned on the shots near their weights (ft<lr>).
-            import copy
-            cn = F.normalize(means(fs_, sy), dim=1); wgt = F.softmax(30.0 * cn @ MU.t(), 1)
-            c2 = F.normalize(k * cn + 2.0 * wgt @ MU, dim=1)
+            assert PC, 'x6=1 needs pc=K'
+            c2 = prior_means(fs_, sy, k)
             base = F.normalize(ft_, dim=1) @ c2.t() if k == 1 else lin_from(c2, fs_, sy, ft_)
             r['p230'] = base
             def lin_sp(c, fs, ft, mu, steps=100):
@@ -327,8 +329,7 @@ for k in [int(v) for v in opt('ks', '1,5').split(',')]:
                 n = x.size(0)
                 return F.normalize(feats(shifted(x, 1)).view(9, n, -1).mean(0), dim=1)
             fs_t, ft_t = tta(sx), tta(tx)
-            cn = F.normalize(means(fs_t, sy), dim=1); wgt = F.softmax(30.0 * cn @ MU.t(), 1)
-            c3 = F.normalize(k * cn + 2.0 * wgt @ MU, dim=1)
+            c3 = prior_means(fs_t, sy, k)
             r['tta'] = ft_t @ c3.t() if k == 1 else lin_from(c3, fs_t, sy, ft_t)
             def convmaps(x):
                 with torch.no_grad(): return torch.cat([F.normalize(e[:10](x), dim=1) for e in encs], 1) / math.sqrt(len(encs))
