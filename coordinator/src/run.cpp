@@ -5,6 +5,7 @@
 
 #include <asio/io_context.hpp>
 #include <asio/signal_set.hpp>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
@@ -25,6 +26,7 @@
 #include "chorus/fusion/device.hpp"
 #include "chorus/fusion/models.hpp"
 #include "chorus/fusion/partition.hpp"
+#include "chorus/fusion/tae.hpp"
 #include "chorus/fusion/train.hpp"
 #include "chorus/protocol/certs.hpp"
 #include "chorus/protocol/metrics_server.hpp"
@@ -86,6 +88,32 @@ CoordinatorConfig read_coordinator_config(Config& c) {
                "{}: fusion.robust_fraction must be in [0, 1], got {}",
                c.path().string(), k.robust_fraction);
   k.student = c.get_string("fusion.student", k.student);
+  k.tae.epochs = c.get_int("fusion.tae.epochs", k.tae.epochs);
+  k.tae.conv_channels =
+      c.get_int("fusion.tae.conv_channels", k.tae.conv_channels);
+  k.tae.pool_centres = c.get_int("fusion.tae.pool_centres", k.tae.pool_centres);
+  k.tae.answer_weight =
+      c.get_double("fusion.tae.answer_weight", k.tae.answer_weight);
+  k.tae.readout = c.get_string("fusion.tae.readout", k.tae.readout);
+  k.tae.head_steps = c.get_int("fusion.tae.head_steps", k.tae.head_steps);
+  CHORUS_CHECK(k.tae.epochs >= 1,
+               "{}: fusion.tae.epochs must be at least 1, got {}",
+               c.path().string(), k.tae.epochs);
+  for (const auto& [key, v] : {std::pair{"conv_channels", k.tae.conv_channels},
+                               std::pair{"pool_centres", k.tae.pool_centres},
+                               std::pair{"head_steps", k.tae.head_steps}}) {
+    CHORUS_CHECK(v >= 0, "{}: fusion.tae.{} must not be negative, got {}",
+                 c.path().string(), key, v);
+  }
+  CHORUS_CHECK(std::isfinite(k.tae.answer_weight) && k.tae.answer_weight >= 0,
+               "{}: fusion.tae.answer_weight must be finite and not negative, "
+               "got {}",
+               c.path().string(), k.tae.answer_weight);
+  try {
+    fusion::parse_tae_readout(k.tae.readout);
+  } catch (const Error& e) {
+    fail(e.code(), "{}: fusion.tae.readout: {}", c.path().string(), e.what());
+  }
   k.dataset = c.get_string("data.dataset", k.dataset);
   const bool files = k.dataset == "files";
   CHORUS_CHECK(
@@ -181,6 +209,25 @@ CoordinatorConfig read_coordinator_config(Config& c) {
   return k;
 }
 
+fusion::AlgorithmOptions algorithm_options(const CoordinatorConfig& k) {
+  auto o = fusion::AlgorithmOptions()
+               .seed(static_cast<std::uint64_t>(k.seed))
+               .threads(static_cast<int>(k.threads))
+               .device(fusion::parse_device(k.device))
+               .robust(k.robust)
+               .robust_fraction(k.robust_fraction);
+  o.distill().arch(k.student);
+  o.dro().imitator().arch(k.student);
+  auto& tae = o.tae();
+  tae.training().epochs(k.tae.epochs);
+  tae.training().pool_centres(k.tae.pool_centres);
+  tae.training().answer_weight(k.tae.answer_weight);
+  tae.network().conv_channels(k.tae.conv_channels);
+  tae.adaptation().readout(fusion::parse_tae_readout(k.tae.readout));
+  tae.adaptation().head_steps(k.tae.head_steps);
+  return o;
+}
+
 std::string to_toml(const CoordinatorConfig& k) {
   auto list = [](const std::vector<std::string>& v) {
     std::vector<std::string> q;
@@ -213,6 +260,8 @@ std::string to_toml(const CoordinatorConfig& k) {
       "[metrics]\nlisten = {}\n\n"
       "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\ndevice = {}\n"
       "student = {}\nrobust = {}\nrobust_fraction = {}\n\n"
+      "[fusion.tae]\nepochs = {}\nconv_channels = {}\npool_centres = {}\n"
+      "answer_weight = {}\nreadout = {}\nhead_steps = {}\n\n"
       "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels "
       "= {}\n"
       "pool_seed = {}\nevaluate = {}\n{}\n{}",
@@ -226,9 +275,10 @@ std::string to_toml(const CoordinatorConfig& k) {
                     : fmt::format("crl = {}\n", toml_quoted(k.crl.string())),
       toml_quoted(k.metrics_listen), toml_quoted(k.algorithm), k.seed,
       k.threads, toml_quoted(k.device), toml_quoted(k.student), k.robust,
-      k.robust_fraction, toml_quoted(k.dataset),
-      toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels,
-      k.pool_seed, k.evaluate, data_files, to_toml(k.task));
+      k.robust_fraction, k.tae.epochs, k.tae.conv_channels, k.tae.pool_centres,
+      k.tae.answer_weight, toml_quoted(k.tae.readout), k.tae.head_steps,
+      toml_quoted(k.dataset), toml_quoted(k.data_dir.string()), k.transfer_size,
+      k.fusion_labels, k.pool_seed, k.evaluate, data_files, to_toml(k.task));
 }
 
 namespace {
@@ -490,14 +540,7 @@ int run_coordinator(const CoordinatorConfig& k, bool resume,
   CoordinatorOptions co;
   co.task = task;
   co.algorithm = k.algorithm;
-  co.algorithm_options = fusion::AlgorithmOptions()
-                             .seed(static_cast<std::uint64_t>(k.seed))
-                             .threads(static_cast<int>(k.threads))
-                             .device(fusion::parse_device(k.device))
-                             .robust(k.robust)
-                             .robust_fraction(k.robust_fraction);
-  co.algorithm_options.distill().arch(k.student);
-  co.algorithm_options.dro().imitator().arch(k.student);
+  co.algorithm_options = algorithm_options(k);
   co.rounds = static_cast<int>(k.rounds);
   co.min_nodes = k.min_nodes == 0 ? k.roster.size()
                                   : static_cast<std::size_t>(k.min_nodes);

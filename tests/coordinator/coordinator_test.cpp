@@ -14,9 +14,13 @@
 
 #include "../fusion/synthetic.hpp"
 #include "chorus/coordinator/registry.hpp"
+#include "chorus/coordinator/run.hpp"
+#include "chorus/core/config.hpp"
 #include "chorus/core/fs.hpp"
+#include "chorus/fusion/algorithms.hpp"
 #include "chorus/fusion/ensemble.hpp"
 #include "chorus/fusion/fused_model.hpp"
+#include "chorus/fusion/tae.hpp"
 #include "chorus/node/expert.hpp"
 #include "chorus/node/local_data.hpp"
 #include "chorus/node/service.hpp"
@@ -838,4 +842,73 @@ TEST_CASE(
   CHECK(fu::accuracy(
             coordinator.fuser().predict(coordinator.oracle(), world().test.x),
             world().test.y) > 0.5);
+}
+
+// [fusion.tae]: the coordinator's config reaches tae's options.
+namespace {
+
+co::CoordinatorConfig coordinator_config(const std::string& extra) {
+  auto c = chorus::Config::parse("[coordinator]\nroster = [\"a\"]\n" + extra,
+                                 "coordinator.toml");
+  return co::read_coordinator_config(c);
+}
+
+}  // namespace
+
+TEST_CASE(
+    "coordinator config: [fusion.tae]'s defaults are TaeOptions's, and its "
+    "keys reach the tae fuser's options") {
+  const fu::TaeOptions defaults;
+  auto o = co::algorithm_options(coordinator_config(""));
+  CHECK(o.tae().training().epochs() == defaults.training().epochs());
+  CHECK(o.tae().training().pool_centres() ==
+        defaults.training().pool_centres());
+  CHECK(o.tae().training().answer_weight() ==
+        defaults.training().answer_weight());
+  CHECK(o.tae().network().conv_channels() ==
+        defaults.network().conv_channels());
+  CHECK(o.tae().adaptation().readout() == defaults.adaptation().readout());
+  CHECK(o.tae().adaptation().head_steps() ==
+        defaults.adaptation().head_steps());
+
+  auto k = coordinator_config(
+      "[fusion.tae]\nepochs = 3\nconv_channels = 0\npool_centres = 0\n"
+      "answer_weight = 10\nreadout = \"features\"\nhead_steps = 7\n");
+  o = co::algorithm_options(k);
+  CHECK(o.tae().training().epochs() == 3);
+  CHECK(o.tae().network().conv_channels() == 0);
+  CHECK(o.tae().training().pool_centres() == 0);
+  CHECK(o.tae().training().answer_weight() == 10.0);
+  CHECK(o.tae().adaptation().readout() == fu::TaeReadout::kFeatures);
+  CHECK(o.tae().adaptation().head_steps() == 7);
+  // The resolved config (--print-config, the run's config.toml) reads back
+  // as the same settings.
+  auto again = coordinator_config(
+      co::to_toml(k).substr(co::to_toml(k).find("[fusion.tae]")));
+  CHECK(again.tae.epochs == 3);
+  CHECK(again.tae.readout == "features");
+  CHECK(again.tae.answer_weight == 10.0);
+}
+
+TEST_CASE(
+    "coordinator config: a bad [fusion.tae] value is refused, naming the "
+    "key") {
+  for (const auto& [text, expect] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"readout = \"nope\"", "fusion.tae.readout"},
+           {"epochs = 0", "fusion.tae.epochs must be at least 1"},
+           {"head_steps = -1", "fusion.tae.head_steps must not be negative"},
+           {"conv_channels = -8",
+            "fusion.tae.conv_channels must not be negative"},
+           {"answer_weight = -1", "fusion.tae.answer_weight must be finite"},
+           {"answer_weight = nan", "fusion.tae.answer_weight must be finite"},
+           {"epochs = \"ten\"", "fusion.tae.epochs"},
+           {"epoch = 5", "fusion.tae.epoch"}}) {
+    CAPTURE(text);
+    std::string message;
+    CHECK(chorus::testing::code_of(
+              [&] { coordinator_config("[fusion.tae]\n" + text + "\n"); },
+              &message) == Code::kInvalidArgument);
+    CHECK(message.find(expect) != std::string::npos);
+  }
 }
