@@ -35,6 +35,48 @@
 
 namespace chorus::coordinator {
 
+CoordinatorConfig::Tae read_tae_config(Config& c) {
+  CoordinatorConfig::Tae t;
+  // Messages name the file when there is one.
+  const auto where =
+      c.path().empty() ? std::string() : c.path().string() + ": ";
+  t.epochs = c.get_int("fusion.tae.epochs", t.epochs);
+  t.conv_channels = c.get_int("fusion.tae.conv_channels", t.conv_channels);
+  t.pool_centres = c.get_int("fusion.tae.pool_centres", t.pool_centres);
+  t.answer_weight = c.get_double("fusion.tae.answer_weight", t.answer_weight);
+  t.readout = c.get_string("fusion.tae.readout", t.readout);
+  t.head_steps = c.get_int("fusion.tae.head_steps", t.head_steps);
+  CHORUS_CHECK(t.epochs >= 1, "{}fusion.tae.epochs must be at least 1, got {}",
+               where, t.epochs);
+  for (const auto& [key, v] : {std::pair{"conv_channels", t.conv_channels},
+                               std::pair{"pool_centres", t.pool_centres},
+                               std::pair{"head_steps", t.head_steps}}) {
+    CHORUS_CHECK(v >= 0, "{}fusion.tae.{} must not be negative, got {}", where,
+                 key, v);
+  }
+  CHORUS_CHECK(std::isfinite(t.answer_weight) && t.answer_weight >= 0,
+               "{}fusion.tae.answer_weight must be finite and not negative, "
+               "got {}",
+               where, t.answer_weight);
+  try {
+    fusion::parse_tae_readout(t.readout);
+  } catch (const Error& e) {
+    fail(e.code(), "{}fusion.tae.readout: {}", where, e.what());
+  }
+  return t;
+}
+
+void apply_tae_config(const CoordinatorConfig::Tae& t,
+                      fusion::AlgorithmOptions& options) {
+  auto& tae = options.tae();
+  tae.training().epochs(t.epochs);
+  tae.training().pool_centres(t.pool_centres);
+  tae.training().answer_weight(t.answer_weight);
+  tae.network().conv_channels(t.conv_channels);
+  tae.adaptation().readout(fusion::parse_tae_readout(t.readout));
+  tae.adaptation().head_steps(t.head_steps);
+}
+
 CoordinatorConfig read_coordinator_config(Config& c) {
   CoordinatorConfig k;
   k.name = c.get_string("coordinator.name", k.name);
@@ -88,32 +130,7 @@ CoordinatorConfig read_coordinator_config(Config& c) {
                "{}: fusion.robust_fraction must be in [0, 1], got {}",
                c.path().string(), k.robust_fraction);
   k.student = c.get_string("fusion.student", k.student);
-  k.tae.epochs = c.get_int("fusion.tae.epochs", k.tae.epochs);
-  k.tae.conv_channels =
-      c.get_int("fusion.tae.conv_channels", k.tae.conv_channels);
-  k.tae.pool_centres = c.get_int("fusion.tae.pool_centres", k.tae.pool_centres);
-  k.tae.answer_weight =
-      c.get_double("fusion.tae.answer_weight", k.tae.answer_weight);
-  k.tae.readout = c.get_string("fusion.tae.readout", k.tae.readout);
-  k.tae.head_steps = c.get_int("fusion.tae.head_steps", k.tae.head_steps);
-  CHORUS_CHECK(k.tae.epochs >= 1,
-               "{}: fusion.tae.epochs must be at least 1, got {}",
-               c.path().string(), k.tae.epochs);
-  for (const auto& [key, v] : {std::pair{"conv_channels", k.tae.conv_channels},
-                               std::pair{"pool_centres", k.tae.pool_centres},
-                               std::pair{"head_steps", k.tae.head_steps}}) {
-    CHORUS_CHECK(v >= 0, "{}: fusion.tae.{} must not be negative, got {}",
-                 c.path().string(), key, v);
-  }
-  CHORUS_CHECK(std::isfinite(k.tae.answer_weight) && k.tae.answer_weight >= 0,
-               "{}: fusion.tae.answer_weight must be finite and not negative, "
-               "got {}",
-               c.path().string(), k.tae.answer_weight);
-  try {
-    fusion::parse_tae_readout(k.tae.readout);
-  } catch (const Error& e) {
-    fail(e.code(), "{}: fusion.tae.readout: {}", c.path().string(), e.what());
-  }
+  k.tae = read_tae_config(c);
   k.dataset = c.get_string("data.dataset", k.dataset);
   const bool files = k.dataset == "files";
   CHORUS_CHECK(
@@ -218,13 +235,7 @@ fusion::AlgorithmOptions algorithm_options(const CoordinatorConfig& k) {
                .robust_fraction(k.robust_fraction);
   o.distill().arch(k.student);
   o.dro().imitator().arch(k.student);
-  auto& tae = o.tae();
-  tae.training().epochs(k.tae.epochs);
-  tae.training().pool_centres(k.tae.pool_centres);
-  tae.training().answer_weight(k.tae.answer_weight);
-  tae.network().conv_channels(k.tae.conv_channels);
-  tae.adaptation().readout(fusion::parse_tae_readout(k.tae.readout));
-  tae.adaptation().head_steps(k.tae.head_steps);
+  apply_tae_config(k.tae, o);
   return o;
 }
 

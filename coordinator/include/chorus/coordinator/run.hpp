@@ -98,6 +98,14 @@ struct CoordinatorConfig {
 /// Reads every key (defaults for absent ones), then refuses unknown keys.
 CoordinatorConfig read_coordinator_config(Config& config);
 
+/// [fusion.tae] alone (defaults for absent keys); a bad value throws
+/// `chorus::Error` (INVALID_ARGUMENT) naming its key. `chorus simulate
+/// --tae` reads its settings with it too.
+CoordinatorConfig::Tae read_tae_config(Config& config);
+/// Sets `options.tae()` from them.
+void apply_tae_config(const CoordinatorConfig::Tae& tae,
+                      fusion::AlgorithmOptions& options);
+
 /// [fusion]'s settings as the fusion algorithms take them (seed, threads,
 /// device, robustness, the student, and [fusion.tae]).
 fusion::AlgorithmOptions algorithm_options(const CoordinatorConfig& config);

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "chorus/coordinator/run.hpp"
+
 /// `chorus simulate`: a whole multi-party fusion on one machine — K nodes
 /// with private shards and their own experts, a coordinator, certificates
 /// made for the run, real mutual-TLS connections over loopback — with a
@@ -17,6 +19,9 @@ struct SimulateOptions {
   /// Algorithms, comma-separated: the first is the one the coordinator runs
   /// and broadcasts; the others are fitted on the same answers for the table.
   std::string algorithm = "foe-distill,foe";
+  /// tae's settings (`--tae KEY=VALUE`: the coordinator config's
+  /// [fusion.tae] keys).
+  coordinator::CoordinatorConfig::Tae tae;
   /// A built-in data set (`fusion::builtin_sources()`) or a directory with
   /// task.toml and train.* / test.* files (npz, csv, or image folders).
   std::string dataset = "fashion-mnist";
