@@ -883,8 +883,9 @@ TEST_CASE(
   CHECK(o.tae().adaptation().head_steps() == 7);
   // The resolved config (--print-config, the run's config.toml) reads back
   // as the same settings.
-  auto again = coordinator_config(
-      co::to_toml(k).substr(co::to_toml(k).find("[fusion.tae]")));
+  const auto resolved = co::to_toml(k);
+  auto again =
+      coordinator_config(resolved.substr(resolved.find("[fusion.tae]")));
   CHECK(again.tae.epochs == 3);
   CHECK(again.tae.readout == "features");
   CHECK(again.tae.answer_weight == 10.0);
