@@ -5,10 +5,13 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <sstream>
 
-#include "chorus/coordinator/run.hpp"
+#include "chorus/coordinator/algorithm_settings.hpp"
 #include "chorus/core/config.hpp"
 #include "chorus/simulate/simulate.hpp"
 
@@ -18,7 +21,9 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
   auto o = std::make_shared<simulate::SimulateOptions>();
   auto out = std::make_shared<std::string>(o->out.string());
   auto data_dir = std::make_shared<std::string>();
-  auto tae = std::make_shared<std::vector<std::string>>();
+  // --foe, --distill, --frugal, --tae, --dro: KEY=VALUE settings, by table.
+  auto settings =
+      std::make_shared<std::map<std::string, std::vector<std::string>>>();
   auto* sub = app.add_subcommand(
       "simulate",
       "Run a whole fusion on this machine: nodes with private shards and their "
@@ -77,24 +82,28 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
       "$CHORUS_DATA_DIR or /usr/share/datasets/fashion-mnist; MNIST "
       "$CHORUS_MNIST_DIR or data/mnist; scikit-learn's data sets "
       "/usr/lib/python3/dist-packages/sklearn/datasets/data)");
-  sub->add_option(
-      "--tae", *tae,
-      "A tae setting, KEY=VALUE, repeatable: the coordinator config's "
-      "[fusion.tae] keys (epochs, conv_channels, pool_centres, answer_weight, "
-      "readout, head_steps; docs/configuration.md)");
+  for (const auto& table : coordinator::settings_tables()) {
+    sub->add_option(
+        "--" + table, (*settings)[table],
+        fmt::format("A {} setting, KEY=VALUE, repeatable: the coordinator "
+                    "config's [fusion.{}] keys (docs/configuration.md)",
+                    table, table));
+  }
   sub->add_flag("--processes", o->processes,
                 "Run each node as its own 'chorus node' process");
   sub->add_flag("--resume", o->resume,
                 "Continue the run in --out from its checkpoints, reusing every "
                 "answer already collected");
   std::string self = argv0;
-  return [o, out, data_dir, tae, self] {
-    // --tae settings, read and checked as the coordinator's [fusion.tae]
+  return [o, out, data_dir, settings, self] {
+    // The settings, read and checked as the coordinator's [fusion.<table>]
     // (an unknown key is refused by name).
-    auto settings = Config::parse("", "--tae");
-    for (const auto& s : *tae) settings.set("fusion.tae." + s);
-    o->tae = coordinator::read_tae_config(settings);
-    settings.finish();
+    auto config = Config::parse("", "the command line");
+    for (const auto& [table, assignments] : *settings) {
+      for (const auto& s : assignments) config.set("fusion." + table + "." + s);
+    }
+    o->algorithms = coordinator::read_algorithm_settings(config);
+    config.finish();
     o->out = *out;
     o->data_dir = *data_dir;
     std::error_code ec;
@@ -105,12 +114,17 @@ std::function<int()> add_simulate_command(CLI::App& app, const char* argv0) {
         "chorus simulate: {} nodes, algorithm {}, data set {}, seed {}, run "
         "directory {}\n",
         o->experts, o->algorithm, o->dataset, o->seed, o->out.string());
-    if (o->algorithm.find("tae") != std::string::npos) {
-      fmt::print(stderr,
-                 "tae: epochs {}, conv_channels {}, pool_centres {}, "
-                 "answer_weight {}, readout {}, head_steps {}\n",
-                 o->tae.epochs, o->tae.conv_channels, o->tae.pool_centres,
-                 o->tae.answer_weight, o->tae.readout, o->tae.head_steps);
+    // The settings of every table the algorithms read, one line each.
+    std::vector<std::string> shown;
+    std::istringstream names(o->algorithm);
+    for (std::string algorithm; std::getline(names, algorithm, ',');) {
+      for (const auto& table : coordinator::tables_of(algorithm)) {
+        if (std::find(shown.begin(), shown.end(), table) != shown.end())
+          continue;
+        shown.push_back(table);
+        fmt::print(stderr, "{}\n",
+                   coordinator::settings_line(o->algorithms, table));
+      }
     }
     auto result = simulate::run_simulation(*o);
     fmt::print("\n{}\n", simulate::format_table(result));

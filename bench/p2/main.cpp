@@ -7,9 +7,9 @@
 //            [--readout auto|features|prototypes] [--no-input-encoder]
 //            [--head-steps N] [--answer-weight X] [--[no-]answer-encoder]
 //            [--unlabelled N] [--unlabelled-weight X] [--unlabelled-rounds N]
-//            [--conv-channels N] [--pool-centres N] [--centre-weight X]
-//            [--centre-temperature X] [--paper] [--test-per-class N] [--json
-//            FILE]
+//            [--conv-channels N] [--encoder-shift N] [--pool-centres N]
+//            [--centre-weight X] [--centre-temperature X] [--paper]
+//            [--test-per-class N] [--json FILE]
 //
 // Black boxes are binary classifiers on class pairs: MNIST-2 has two,
 // (0,1) and (2,3); F-MNIST-3 has three, (0,1), (2,3) and (4,5). Each answers
@@ -92,6 +92,8 @@ struct Args {
   bool answer_encoder = fu::TaeNetworkOptions().answer_encoder();
   /// TaeNetworkOptions::conv_channels (the images are 1×28×28).
   std::int64_t conv_channels = fu::TaeNetworkOptions().conv_channels();
+  /// TaeTrainingOptions::encoder_shift.
+  std::int64_t encoder_shift = fu::TaeTrainingOptions().encoder_shift();
   /// TaeTrainingOptions::pool_centres, TaeAdaptationOptions::centre_weight
   /// and centre_temperature.
   std::int64_t pool_centres = fu::TaeTrainingOptions().pool_centres();
@@ -233,6 +235,8 @@ int main(int argc, char** argv) {
       args.unlabelled_rounds = std::stoll(next());
     else if (a == "--conv-channels")
       args.conv_channels = std::stoll(next());
+    else if (a == "--encoder-shift")
+      args.encoder_shift = std::stoll(next());
     else if (a == "--pool-centres")
       args.pool_centres = std::stoll(next());
     else if (a == "--centre-weight")
@@ -246,6 +250,7 @@ int main(int argc, char** argv) {
       args.answer_weight = 0;
       args.answer_encoder = false;
       args.conv_channels = 0;
+      args.encoder_shift = 0;
       args.pool_centres = 0;
       args.unlabelled = 0;
       args.readout = "prototypes";
@@ -266,9 +271,9 @@ int main(int argc, char** argv) {
           "[--readout auto|features|prototypes] [--no-input-encoder] "
           "[--head-steps N] [--answer-weight X] [--[no-]answer-encoder] "
           "[--unlabelled N] [--unlabelled-weight X] [--unlabelled-rounds N] "
-          "[--conv-channels N] [--pool-centres N] [--centre-weight X] "
-          "[--centre-temperature X] [--paper] [--test-per-class N] [--json "
-          "FILE]\n");
+          "[--conv-channels N] [--encoder-shift N] [--pool-centres N] "
+          "[--centre-weight X] [--centre-temperature X] [--paper] "
+          "[--test-per-class N] [--json FILE]\n");
       return 2;
     }
   }
@@ -292,6 +297,7 @@ int main(int argc, char** argv) {
                        {"tae_answer_weight", args.answer_weight},
                        {"tae_answer_encoder", args.answer_encoder},
                        {"tae_conv_channels", args.conv_channels},
+                       {"tae_encoder_shift", args.encoder_shift},
                        {"tae_pool_centres", args.pool_centres},
                        {"tae_centre_weight", args.centre_weight},
                        {"tae_centre_temperature", args.centre_temperature},
@@ -365,6 +371,7 @@ int main(int argc, char** argv) {
                             .union_task(args.union_task)
                             .answer_weight(args.answer_weight)
                             .gibbs_weight(args.gibbs_weight)
+                            .encoder_shift(args.encoder_shift)
                             .pool_centres(args.pool_centres))
               .adaptation(fu::TaeAdaptationOptions()
                               .steps(60)
@@ -596,15 +603,16 @@ int main(int argc, char** argv) {
         "tae_gibbs_weight={} tae_relabel={} tae_relabel_prior={} "
         "tae_readout={} tae_head_steps={} tae_input_encoder={} "
         "tae_answer_weight={} tae_answer_encoder={} tae_conv_channels={} "
-        "tae_pool_centres={} tae_centre_weight={} tae_centre_temperature={} "
+        "tae_encoder_shift={} tae_pool_centres={} tae_centre_weight={} "
+        "tae_centre_temperature={} "
         "unlabelled={} tae_unlabelled_weight={} tae_unlabelled_rounds={} "
         "total={:.1f} s\n",
         args.tasks, args.seed, args.threads, args.epochs, args.space,
         args.union_task, args.gibbs_weight, args.relabel, args.relabel_prior,
         args.readout, args.head_steps, args.input_encoder, args.answer_weight,
-        args.answer_encoder, args.conv_channels, args.pool_centres,
-        args.centre_weight, args.centre_temperature, args.unlabelled,
-        args.unlabelled_weight, args.unlabelled_rounds, total);
+        args.answer_encoder, args.conv_channels, args.encoder_shift,
+        args.pool_centres, args.centre_weight, args.centre_temperature,
+        args.unlabelled, args.unlabelled_weight, args.unlabelled_rounds, total);
     out["total_seconds"] = total;
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
     fmt::print("wrote {}\n", args.json);

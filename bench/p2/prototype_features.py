@@ -38,6 +38,7 @@ torch.set_num_threads(opt('threads', 2))
 DS = opt('ds', 'mnist'); EPOCHS = opt('epochs', 20); XH = opt('xh', 100); LAT = opt('lat', 7)
 TASKS = opt('tasks', 100); SEED = opt('seed', 0); CONV = opt('conv', 0); NE = opt('ne', 1)
 AW = opt('aw', 0.0); CL = opt('cl', 0); AUG = opt('aug', 0)
+TAUG = opt('taug', 0)  # taug=R: the encoders train on pool images shifted by up to R pixels
 torch.manual_seed(SEED); random.seed(SEED)
 MNIST = opt('mnist_dir', '/work/main/data/mnist'); FMNIST = opt('fmnist_dir', '/usr/share/datasets/fashion-mnist')
 
@@ -99,7 +100,9 @@ def train_vae(aw=None, target=None):
     for _ in range(EPOCHS):
         p = torch.randperm(pool.size(0))
         for b in range(0, pool.size(0) - 127, 128):
-            r = p[b:b+128]; x = pool[r]; h = enc(x); m, l = em(h), el(h).clamp(-8, 6)
+            r = p[b:b+128]; x = pool[r]
+            if TAUG: x = views(x, TAUG, 0.0)
+            h = enc(x); m, l = em(h), el(h).clamp(-8, 6)
             z = m + (0.5 * l).exp() * torch.randn_like(m)
             rec = F.binary_cross_entropy_with_logits(dec(z), x, reduction='none').sum(1)
             kl = 0.5 * (l.exp() + m * m - 1 - l).sum(1)
@@ -107,11 +110,12 @@ def train_vae(aw=None, target=None):
             o.zero_grad(); loss.backward(); o.step()
     return enc.eval()
 
-def views(x, r=3):
+def views(x, r=3, drop=None):
     n = x.size(0); im = F.pad(x.view(-1, 1, 28, 28), (r, r, r, r))
     dy = torch.randint(0, 2 * r + 1, (n,)).tolist(); dx = torch.randint(0, 2 * r + 1, (n,)).tolist()
     out = torch.stack([im[i, 0, dy[i]:dy[i]+28, dx[i]:dx[i]+28] for i in range(n)]).reshape(n, 784)
-    return out * (torch.rand(n, 784) > opt('drop', 0.2)).float()
+    drop = opt('drop', 0.2) if drop is None else drop
+    return out * (torch.rand(n, 784) > drop).float() if drop > 0 else out
 
 def train_contrastive():
     enc = trunk(); proj = nn.Sequential(nn.Linear(XH, XH), nn.ReLU(), nn.Linear(XH, 64))
@@ -262,9 +266,9 @@ def prior_means(fs, sy, k, lam=2.0, t=30.0):
     return F.normalize(k * cn + lam * wgt @ MU, dim=1)
 rng = random.Random(SEED + 1234)
 for k in [int(v) for v in opt('ks', '1,5').split(',')]:
-    accs = {}
+    accs = {}; PAIR = []
     for t in range(TASKS):
-        a, b = rng.sample(unseen, 2)
+        a, b = rng.sample(unseen, 2); PAIR.append(tuple(sorted((a, b))))
         ia = (tr_y == a).nonzero().flatten(); ib = (tr_y == b).nonzero().flatten()
         rows = [ia[rng.randrange(len(ia))].item() for _ in range(k)] + [ib[rng.randrange(len(ib))].item() for _ in range(k)]
         sx = trx[rows]; sy = torch.tensor([0] * k + [1] * k)
@@ -365,4 +369,8 @@ for k in [int(v) for v in opt('ks', '1,5').split(',')]:
         print(f'  oracle (best of plain/aux per task) {100 * torch.maximum(acc("plain"), acc("aux")).mean():.1f};'
               f' aux chosen by div>{SEL_T}: {100 * sum(CHOSE) / len(CHOSE):.0f}% of tasks', flush=True)
         CHOSE.clear()
+    if opt('perpair', 0):
+        for pr_ in sorted(set(PAIR)):
+            ix = [i for i, q in enumerate(PAIR) if q == pr_]
+            print(f'  pair {pr_} ({len(ix)} tasks): ' + '  '.join(f'{n} {100 * sum(v[i] for i in ix) / len(ix):.1f}' for n, v in accs.items()), flush=True)
     print(f'{DS} U {k}-shot: ' + '  '.join(f'{n} {100 * sum(v) / len(v):.1f}' for n, v in accs.items()), flush=True)

@@ -35,48 +35,6 @@
 
 namespace chorus::coordinator {
 
-CoordinatorConfig::Tae read_tae_config(Config& c) {
-  CoordinatorConfig::Tae t;
-  // Messages name the file when there is one.
-  const auto where =
-      c.path().empty() ? std::string() : c.path().string() + ": ";
-  t.epochs = c.get_int("fusion.tae.epochs", t.epochs);
-  t.conv_channels = c.get_int("fusion.tae.conv_channels", t.conv_channels);
-  t.pool_centres = c.get_int("fusion.tae.pool_centres", t.pool_centres);
-  t.answer_weight = c.get_double("fusion.tae.answer_weight", t.answer_weight);
-  t.readout = c.get_string("fusion.tae.readout", t.readout);
-  t.head_steps = c.get_int("fusion.tae.head_steps", t.head_steps);
-  CHORUS_CHECK(t.epochs >= 1, "{}fusion.tae.epochs must be at least 1, got {}",
-               where, t.epochs);
-  for (const auto& [key, v] : {std::pair{"conv_channels", t.conv_channels},
-                               std::pair{"pool_centres", t.pool_centres},
-                               std::pair{"head_steps", t.head_steps}}) {
-    CHORUS_CHECK(v >= 0, "{}fusion.tae.{} must not be negative, got {}", where,
-                 key, v);
-  }
-  CHORUS_CHECK(std::isfinite(t.answer_weight) && t.answer_weight >= 0,
-               "{}fusion.tae.answer_weight must be finite and not negative, "
-               "got {}",
-               where, t.answer_weight);
-  try {
-    fusion::parse_tae_readout(t.readout);
-  } catch (const Error& e) {
-    fail(e.code(), "{}fusion.tae.readout: {}", where, e.what());
-  }
-  return t;
-}
-
-void apply_tae_config(const CoordinatorConfig::Tae& t,
-                      fusion::AlgorithmOptions& options) {
-  auto& tae = options.tae();
-  tae.training().epochs(t.epochs);
-  tae.training().pool_centres(t.pool_centres);
-  tae.training().answer_weight(t.answer_weight);
-  tae.network().conv_channels(t.conv_channels);
-  tae.adaptation().readout(fusion::parse_tae_readout(t.readout));
-  tae.adaptation().head_steps(t.head_steps);
-}
-
 CoordinatorConfig read_coordinator_config(Config& c) {
   CoordinatorConfig k;
   k.name = c.get_string("coordinator.name", k.name);
@@ -130,7 +88,7 @@ CoordinatorConfig read_coordinator_config(Config& c) {
                "{}: fusion.robust_fraction must be in [0, 1], got {}",
                c.path().string(), k.robust_fraction);
   k.student = c.get_string("fusion.student", k.student);
-  k.tae = read_tae_config(c);
+  k.algorithms = read_algorithm_settings(c);
   k.dataset = c.get_string("data.dataset", k.dataset);
   const bool files = k.dataset == "files";
   CHORUS_CHECK(
@@ -235,7 +193,7 @@ fusion::AlgorithmOptions algorithm_options(const CoordinatorConfig& k) {
                .robust_fraction(k.robust_fraction);
   o.distill().arch(k.student);
   o.dro().imitator().arch(k.student);
-  apply_tae_config(k.tae, o);
+  apply_algorithm_settings(k.algorithms, o);
   return o;
 }
 
@@ -245,6 +203,9 @@ std::string to_toml(const CoordinatorConfig& k) {
     for (const auto& s : v) q.push_back(toml_quoted(s));
     return fmt::format("[{}]", fmt::join(q, ", "));
   };
+  std::string settings;
+  for (const auto& table : settings_tables())
+    settings += settings_toml(k.algorithms, table) + "\n";
   std::string data_files;
   for (const auto& [key, ref] :
        {std::pair{"transfer", &k.transfer}, std::pair{"fusion", &k.fusion},
@@ -271,8 +232,7 @@ std::string to_toml(const CoordinatorConfig& k) {
       "[metrics]\nlisten = {}\n\n"
       "[fusion]\nalgorithm = {}\nseed = {}\nthreads = {}\ndevice = {}\n"
       "student = {}\nrobust = {}\nrobust_fraction = {}\n\n"
-      "[fusion.tae]\nepochs = {}\nconv_channels = {}\npool_centres = {}\n"
-      "answer_weight = {}\nreadout = {}\nhead_steps = {}\n\n"
+      "{}"
       "[data]\ndataset = {}\ndata_dir = {}\ntransfer_size = {}\nfusion_labels "
       "= {}\n"
       "pool_seed = {}\nevaluate = {}\n{}\n{}",
@@ -286,10 +246,9 @@ std::string to_toml(const CoordinatorConfig& k) {
                     : fmt::format("crl = {}\n", toml_quoted(k.crl.string())),
       toml_quoted(k.metrics_listen), toml_quoted(k.algorithm), k.seed,
       k.threads, toml_quoted(k.device), toml_quoted(k.student), k.robust,
-      k.robust_fraction, k.tae.epochs, k.tae.conv_channels, k.tae.pool_centres,
-      k.tae.answer_weight, toml_quoted(k.tae.readout), k.tae.head_steps,
-      toml_quoted(k.dataset), toml_quoted(k.data_dir.string()), k.transfer_size,
-      k.fusion_labels, k.pool_seed, k.evaluate, data_files, to_toml(k.task));
+      k.robust_fraction, settings, toml_quoted(k.dataset),
+      toml_quoted(k.data_dir.string()), k.transfer_size, k.fusion_labels,
+      k.pool_seed, k.evaluate, data_files, to_toml(k.task));
 }
 
 namespace {

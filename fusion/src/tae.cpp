@@ -64,6 +64,9 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
   CHORUS_CHECK(options_.network().conv_channels() >= 0,
                "tae: conv_channels must be non-negative, got {}",
                options_.network().conv_channels());
+  CHORUS_CHECK(options_.training().encoder_shift() >= 0,
+               "tae: encoder_shift must be non-negative, got {}",
+               options_.training().encoder_shift());
   // The convolutional trunk is for images of at least 4×4: none otherwise
   // (the options say what the model has).
   if (!takes_conv_trunk(options_.network()))
@@ -80,6 +83,10 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
       make_generator(options_.seed() + tae_internal::kInputEncoderStream);
   auto answer_gen =
       make_generator(options_.seed() + tae_internal::kAnswerEncoderStream);
+  auto shift_gen = make_generator(options_.seed() + tae_internal::kShiftStream);
+  // Shifted views for the convolutional encoders (images only).
+  const auto shift =
+      net_->conv_encoders() ? options_.training().encoder_shift() : 0;
   for (const auto& child : net_->named_children()) {
     const auto& key = child.key();
     initialise(*child.value(), key.rfind("enc_x", 0) == 0   ? encoder_gen
@@ -152,6 +159,10 @@ std::vector<double> TaeModel::train(const TaeData& data) {
       make_generator(options_.seed() + tae_internal::kInputEncoderStream);
   auto answer_gen =
       make_generator(options_.seed() + tae_internal::kAnswerEncoderStream);
+  auto shift_gen = make_generator(options_.seed() + tae_internal::kShiftStream);
+  // Shifted views for the convolutional encoders (images only).
+  const auto shift =
+      net_->conv_encoders() ? options_.training().encoder_shift() : 0;
   // The answer target's head: hidden layer -> outputs, trained with the
   // encoder it reads and dropped after training (only the features it
   // shaped stay).
@@ -205,11 +216,15 @@ std::vector<double> TaeModel::train(const TaeData& data) {
           ex = bx.slice(0, 0, m);
           eidx = idx.slice(0, 0, m);
         }
-        auto [input_rows, features] = input_elbo(*net_, ex, encoder_gen);
+        torch::Tensor seen;
+        if (shift > 0)
+          seen = random_shifts(ex, net_->image_shape, shift, shift_gen);
+        auto [input_rows, features] = input_elbo(
+            *net_, ex, encoder_gen, TaeNetImpl::Encoder::kInput, seen);
         loss = loss - input_rows.mean();
         if (net_->answer_encoder) {
-          auto answer =
-              input_elbo(*net_, ex, answer_gen, TaeNetImpl::Encoder::kAnswer);
+          auto answer = input_elbo(*net_, ex, answer_gen,
+                                   TaeNetImpl::Encoder::kAnswer, seen);
           loss = loss - answer.value.mean();
           features = answer.features;
         }

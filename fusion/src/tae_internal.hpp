@@ -26,7 +26,7 @@ inline constexpr std::uint64_t kBoundStream = 7919, kAdaptStream = 7927,
                                kPredictStream = 7933,
                                kInputEncoderStream = 7937,
                                kAnswerEncoderStream = 7949,
-                               kCentreStream = 7951;
+                               kCentreStream = 7951, kShiftStream = 7963;
 
 // Whether the encoders of the input get the convolutional trunk: channels
 // asked for, and images [C, H, W] of at least 4×4 (two 2×2 poolings).
@@ -106,8 +106,18 @@ struct InputElbo {
   torch::Tensor value;
   torch::Tensor features;
 };
+/// `seen`: what the encoder reads, when not x itself (a shifted view of
+/// it: the encoder learns to find x's code from it).
 InputElbo input_elbo(TaeNetImpl& net, const torch::Tensor& x,
                      at::Generator& draw,
-                     TaeNetImpl::Encoder encoder = TaeNetImpl::Encoder::kInput);
+                     TaeNetImpl::Encoder encoder = TaeNetImpl::Encoder::kInput,
+                     const torch::Tensor& seen = {});
+
+/// Each image of flat rows x (images of `shape` [C, H, W]) moved by its
+/// own random offset of at most `r` pixels in each direction, the space
+/// left behind filled with zeros.
+torch::Tensor random_shifts(const torch::Tensor& x,
+                            const std::vector<std::int64_t>& shape,
+                            std::int64_t r, at::Generator& gen);
 
 }  // namespace chorus::fusion::tae_internal

@@ -182,8 +182,9 @@ Elbo elbo(TaeNetImpl& net, const torch::Tensor& x, const torch::Tensor& eta,
 }
 
 InputElbo input_elbo(TaeNetImpl& net, const torch::Tensor& x,
-                     at::Generator& draw, TaeNetImpl::Encoder encoder) {
-  auto features = net.input_features(x, encoder);
+                     at::Generator& draw, TaeNetImpl::Encoder encoder,
+                     const torch::Tensor& seen) {
+  auto features = net.input_features(seen.defined() ? seen : x, encoder);
   auto [m, lv] = net.encode_features(features, encoder);
   auto h = sample(m, lv, draw);
   auto w = h.slice(1, 0, net.w_dim), z = h.slice(1, net.w_dim);
@@ -201,6 +202,25 @@ InputElbo input_elbo(TaeNetImpl& net, const torch::Tensor& x,
   return {bernoulli_log_likelihood(logits, x) -
               kl_gauss(m, lv, torch::zeros_like(m), torch::zeros_like(lv)),
           features};
+}
+
+torch::Tensor random_shifts(const torch::Tensor& x,
+                            const std::vector<std::int64_t>& shape,
+                            std::int64_t r, at::Generator& gen) {
+  const auto n = x.size(0), h = shape[1], w = shape[2];
+  namespace F = torch::nn::functional;
+  auto padded =
+      F::pad(x.reshape({n, shape[0], h, w}), F::PadFuncOptions({r, r, r, r}));
+  auto offsets = torch::randint(2 * r + 1, {n, 2}, gen, torch::kLong);
+  auto o = offsets.accessor<std::int64_t, 2>();
+  std::vector<torch::Tensor> rows;
+  rows.reserve(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    rows.push_back(padded[i]
+                       .slice(1, o[i][0], o[i][0] + h)
+                       .slice(2, o[i][1], o[i][1] + w));
+  }
+  return torch::stack(rows).reshape({n, -1});
 }
 
 }  // namespace tae_internal

@@ -283,7 +283,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
     co.algorithm_options =
         fu::AlgorithmOptions().seed(o.seed).threads(o.threads).device(
             fu::parse_device(o.device));
-    coordinator::apply_tae_config(o.tae, co.algorithm_options);
+    coordinator::apply_algorithm_settings(o.algorithms, co.algorithm_options);
     co.rounds = o.rounds;
     co.min_nodes = static_cast<std::size_t>(o.experts);
     co.quorum_timeout = std::chrono::seconds(o.processes ? 120 : 30);

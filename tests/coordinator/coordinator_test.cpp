@@ -863,6 +863,8 @@ TEST_CASE(
   CHECK(o.tae().training().epochs() == defaults.training().epochs());
   CHECK(o.tae().training().pool_centres() ==
         defaults.training().pool_centres());
+  CHECK(o.tae().training().encoder_shift() ==
+        defaults.training().encoder_shift());
   CHECK(o.tae().training().answer_weight() ==
         defaults.training().answer_weight());
   CHECK(o.tae().network().conv_channels() ==
@@ -873,11 +875,13 @@ TEST_CASE(
 
   auto k = coordinator_config(
       "[fusion.tae]\nepochs = 3\nconv_channels = 0\npool_centres = 0\n"
-      "answer_weight = 10\nreadout = \"features\"\nhead_steps = 7\n");
+      "encoder_shift = 1\nanswer_weight = 10\nreadout = \"features\"\n"
+      "head_steps = 7\n");
   o = co::algorithm_options(k);
   CHECK(o.tae().training().epochs() == 3);
   CHECK(o.tae().network().conv_channels() == 0);
   CHECK(o.tae().training().pool_centres() == 0);
+  CHECK(o.tae().training().encoder_shift() == 1);
   CHECK(o.tae().training().answer_weight() == 10.0);
   CHECK(o.tae().adaptation().readout() == fu::TaeReadout::kFeatures);
   CHECK(o.tae().adaptation().head_steps() == 7);
@@ -886,9 +890,122 @@ TEST_CASE(
   const auto resolved = co::to_toml(k);
   auto again =
       coordinator_config(resolved.substr(resolved.find("[fusion.tae]")));
-  CHECK(again.tae.epochs == 3);
-  CHECK(again.tae.readout == "features");
-  CHECK(again.tae.answer_weight == 10.0);
+  CHECK(again.algorithms.tae.epochs == 3);
+  CHECK(again.algorithms.tae.readout == "features");
+  CHECK(again.algorithms.tae.answer_weight == 10.0);
+}
+
+TEST_CASE(
+    "coordinator config: [fusion.foe], [fusion.distill], [fusion.frugal] and "
+    "[fusion.dro] default to the fusion options' defaults and reach them") {
+  // The defaults the fusion algorithms run with when the config says
+  // nothing.
+  const fu::AlgorithmOptions defaults;
+  auto o = co::algorithm_options(coordinator_config(""));
+  for (const auto* foe : {&o.foe(), &o.frugal().fuser()}) {
+    CHECK(foe->epochs() == defaults.foe().epochs());
+    CHECK(foe->hidden() == defaults.foe().hidden());
+    CHECK(foe->lr() == defaults.foe().lr());
+    CHECK(foe->batch_size() == defaults.foe().batch_size());
+    CHECK(foe->weight_decay() == defaults.foe().weight_decay());
+    CHECK(foe->features() == defaults.foe().features());
+    CHECK(foe->self_training_rounds() == defaults.foe().self_training_rounds());
+    CHECK(foe->pseudo_label_confidence() ==
+          defaults.foe().pseudo_label_confidence());
+  }
+  CHECK(defaults.frugal().fuser().features() == defaults.foe().features());
+  CHECK(o.distill().epochs() == defaults.distill().epochs());
+  CHECK(o.distill().lr() == defaults.distill().lr());
+  CHECK(o.distill().batch_size() == defaults.distill().batch_size());
+  CHECK(o.distill().temperature() == defaults.distill().temperature());
+  CHECK(o.distill().holdout() == defaults.distill().holdout());
+  CHECK(o.distill().patience() == defaults.distill().patience());
+  CHECK(o.frugal().neighbours() == defaults.frugal().neighbours());
+  CHECK(o.frugal().knn_k() == defaults.frugal().knn_k());
+  CHECK(o.frugal().lambda() == defaults.frugal().lambda());
+  CHECK(o.frugal().estimate_on_transfer() ==
+        defaults.frugal().estimate_on_transfer());
+  CHECK(o.dro().meta_steps() == defaults.dro().meta_steps());
+  CHECK(o.dro().meta_lr() == defaults.dro().meta_lr());
+  CHECK(o.dro().inner_steps() == defaults.dro().inner_steps());
+  CHECK(o.dro().inner_lr() == defaults.dro().inner_lr());
+  CHECK(o.dro().gammas() == defaults.dro().gammas());
+  CHECK(o.dro().embedding_dim() == defaults.dro().embedding_dim());
+  CHECK(o.dro().online() == defaults.dro().online());
+  CHECK(o.dro().online_steps() == defaults.dro().online_steps());
+  CHECK(o.dro().adapt_steps() == defaults.dro().adapt_steps());
+  CHECK(o.dro().adapt_lr() == defaults.dro().adapt_lr());
+
+  const std::string tables =
+      "[fusion.foe]\nepochs = 7\nhidden = [64]\nlr = 0.01\nbatch_size = 32\n"
+      "weight_decay = 0\nfeatures = \"probs\"\nself_training_rounds = 2\n"
+      "pseudo_label_confidence = 0.8\n"
+      "[fusion.distill]\nepochs = 3\nlr = 0.002\nbatch_size = 64\n"
+      "temperature = 2\nholdout = 0.2\npatience = 1\n"
+      "[fusion.frugal]\nneighbours = 5\nknn_k = 3\nlambda = 0.1\n"
+      "estimate_on_transfer = false\n"
+      "[fusion.dro]\nmeta_steps = 40\nmeta_lr = 0.1\ninner_steps = 2\n"
+      "inner_lr = 0.05\ngammas = [0]\nembedding_dim = 8\nonline = true\n"
+      "online_steps = 3\nadapt_steps = 5\nadapt_lr = 0.01\n";
+  auto k = coordinator_config(tables);
+  o = co::algorithm_options(k);
+  for (const auto* foe : {&o.foe(), &o.frugal().fuser()}) {
+    CHECK(foe->epochs() == 7);
+    CHECK(foe->hidden() == std::vector<std::int64_t>{64});
+    CHECK(foe->lr() == 0.01);
+    CHECK(foe->batch_size() == 32);
+    CHECK(foe->weight_decay() == 0.0);
+    CHECK(foe->features() == fu::FoeFeatures::kProbs);
+    CHECK(foe->self_training_rounds() == 2);
+    CHECK(foe->pseudo_label_confidence() == 0.8);
+  }
+  CHECK(o.distill().epochs() == 3);
+  CHECK(o.distill().lr() == 0.002);
+  CHECK(o.distill().batch_size() == 64);
+  CHECK(o.distill().temperature() == 2.0);
+  CHECK(o.distill().holdout() == 0.2);
+  CHECK(o.distill().patience() == 1);
+  CHECK(o.frugal().neighbours() == 5);
+  CHECK(o.frugal().knn_k() == 3);
+  CHECK(o.frugal().lambda() == 0.1);
+  CHECK_FALSE(o.frugal().estimate_on_transfer());
+  CHECK(o.dro().meta_steps() == 40);
+  CHECK(o.dro().meta_lr() == 0.1);
+  CHECK(o.dro().inner_steps() == 2);
+  CHECK(o.dro().inner_lr() == 0.05);
+  CHECK(o.dro().gammas() == std::vector<double>{0});
+  CHECK(o.dro().embedding_dim() == 8);
+  CHECK(o.dro().online());
+  CHECK(o.dro().online_steps() == 3);
+  CHECK(o.dro().adapt_steps() == 5);
+  CHECK(o.dro().adapt_lr() == 0.01);
+  // dro's imitators keep their own recipe: [fusion.distill] is the
+  // student's.
+  CHECK(o.dro().imitator().epochs() == defaults.dro().imitator().epochs());
+
+  // The resolved config reads back as the same settings, table by table.
+  const auto resolved = co::to_toml(k);
+  auto again = coordinator_config(
+      resolved.substr(resolved.find("[fusion.foe]"),
+                      resolved.find("[data]") - resolved.find("[fusion.foe]")));
+  CHECK(co::settings_toml(again.algorithms, "foe") ==
+        co::settings_toml(k.algorithms, "foe"));
+  for (const auto& table : co::settings_tables()) {
+    CAPTURE(table);
+    CHECK(co::settings_toml(again.algorithms, table) ==
+          co::settings_toml(k.algorithms, table));
+    if (table != "tae") {  // the only table the text above leaves alone
+      CHECK(co::settings_toml(again.algorithms, table) !=
+            co::settings_toml(co::AlgorithmSettings{}, table));
+    }
+  }
+  // simulate prints a table on one line.
+  CHECK(co::settings_line(k.algorithms, "foe") ==
+        "foe: epochs 7, hidden [64], lr 0.01, batch_size 32, weight_decay 0, "
+        "features probs, self_training_rounds 2, pseudo_label_confidence 0.8");
+  CHECK(co::tables_of("foe-distill") ==
+        std::vector<std::string>{"foe", "distill"});
+  CHECK(co::tables_of("bplus").empty());
 }
 
 TEST_CASE(
@@ -901,6 +1018,8 @@ TEST_CASE(
            {"head_steps = -1", "fusion.tae.head_steps must not be negative"},
            {"conv_channels = -8",
             "fusion.tae.conv_channels must not be negative"},
+           {"encoder_shift = -1",
+            "fusion.tae.encoder_shift must not be negative"},
            {"answer_weight = -1", "fusion.tae.answer_weight must be finite"},
            {"answer_weight = nan", "fusion.tae.answer_weight must be finite"},
            {"epochs = \"ten\"", "fusion.tae.epochs"},
@@ -910,6 +1029,44 @@ TEST_CASE(
     CHECK(chorus::testing::code_of(
               [&] { coordinator_config("[fusion.tae]\n" + text + "\n"); },
               &message) == Code::kInvalidArgument);
+    CHECK(message.find(expect) != std::string::npos);
+  }
+}
+
+TEST_CASE(
+    "coordinator config: a bad value in the other algorithms' tables is "
+    "refused, naming the key") {
+  for (const auto& [text, expect] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"[fusion.foe]\nepochs = 0", "fusion.foe.epochs must be at least 1"},
+           {"[fusion.foe]\nhidden = []", "fusion.foe.hidden must list"},
+           {"[fusion.foe]\nhidden = [64, 0]", "fusion.foe.hidden must list"},
+           {"[fusion.foe]\nlr = 0",
+            "fusion.foe.lr must be finite and positive"},
+           {"[fusion.foe]\nlr = inf", "fusion.foe.lr must be finite"},
+           {"[fusion.foe]\nfeatures = \"logits\"",
+            "fusion.foe.features must be one of logprobs, probs"},
+           {"[fusion.foe]\npseudo_label_confidence = 1.5",
+            "fusion.foe.pseudo_label_confidence must be in [0, 1]"},
+           {"[fusion.foe]\nself_training_rounds = -1",
+            "fusion.foe.self_training_rounds must not be negative"},
+           {"[fusion.distill]\ntemperature = 0",
+            "fusion.distill.temperature must be finite and positive"},
+           {"[fusion.distill]\nholdout = 1",
+            "fusion.distill.holdout must be in [0, 1)"},
+           {"[fusion.distill]\narch = \"mlp\"", "fusion.distill.arch"},
+           {"[fusion.frugal]\nlambda = -0.1",
+            "fusion.frugal.lambda must be finite and not negative"},
+           {"[fusion.frugal]\nknn_k = 0",
+            "fusion.frugal.knn_k must be at least 1"},
+           {"[fusion.dro]\ngammas = [2, -1]", "fusion.dro.gammas must list"},
+           {"[fusion.dro]\nmeta_steps = 0",
+            "fusion.dro.meta_steps must be at least 1"},
+           {"[fusion.dro]\nonline = 3", "fusion.dro.online"}}) {
+    CAPTURE(text);
+    std::string message;
+    CHECK(chorus::testing::code_of([&] { coordinator_config(text + "\n"); },
+                                   &message) == Code::kInvalidArgument);
     CHECK(message.find(expect) != std::string::npos);
   }
 }

@@ -801,6 +801,46 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "tae: encoders trained on shifted views give features that a shift "
+    "moves less") {
+  torch::manual_seed(23);
+  auto o = quick();
+  o.network().image_shape({1, 4, 4});
+  const auto pool = draw(1500, 1);
+  const auto test = draw(300, 2);
+  // Each test image moved one pixel right (zeros on the left): how close
+  // its features stay, as the mean cosine.
+  auto steadiness = [&](fu::TaeModel& m) {
+    auto img = test.x.reshape({-1, 4, 4});
+    auto moved = torch::zeros_like(img);
+    moved.slice(2, 1, 4).copy_(img.slice(2, 0, 3));
+    return (m.features(test.x) * m.features(moved.reshape({-1, kPixels})))
+        .sum(1)
+        .mean()
+        .item<double>();
+  };
+  fu::TaeModel plain(kPixels, kClasses, kClasses, o);
+  plain.train(data(pool));
+  auto s = o;
+  s.training().encoder_shift(1);
+  fu::TaeModel shifted(kPixels, kClasses, kClasses, s);
+  shifted.train(data(pool));
+  const double before = steadiness(plain), after = steadiness(shifted);
+  MESSAGE("cosine of a test image's features and its 1-pixel shift's: "
+          << before << " (no shifts), " << after << " (encoder_shift 1)");
+  CHECK(after > before);
+  // The shifts train the encoders only: R's model, and so the prototypes'
+  // readout of the experts' classes, is the same.
+  CHECK(torch::allclose(plain.predict(test.x, plain.task_of_all_outputs()),
+                        shifted.predict(test.x, shifted.task_of_all_outputs()),
+                        1e-5, 1e-6));
+  auto bad = o;
+  bad.training().encoder_shift(-1);
+  CHECK_THROWS_WITH(fu::TaeModel(kPixels, kClasses, kClasses, bad),
+                    doctest::Contains("encoder_shift must be non-negative"));
+}
+
+TEST_CASE(
     "tae: the pool's feature centres are a prior over a new task's class "
     "means") {
   torch::manual_seed(23);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "chorus/coordinator/algorithm_settings.hpp"
 #include "chorus/core/config.hpp"
 #include "chorus/core/task.hpp"
 #include "chorus/fusion/formats.hpp"
@@ -61,18 +62,9 @@ struct CoordinatorConfig {
   /// foe-select's selector): "auto" (from the task's input shape: LeNet for
   /// images, an MLP for features), "mlp", "lenet" or "resnet".
   std::string student = "auto";
-  /// [fusion.tae]: tae's main knobs (`fusion::TaeOptions`, whose defaults
-  /// these are; the coordinator test checks that they stay equal). The
-  /// adaptation's (`readout`, `head_steps`) are saved with the model, so the
-  /// nodes adapt with them too.
-  struct Tae {
-    std::int64_t epochs = 20;         ///< training.epochs
-    std::int64_t conv_channels = 8;   ///< network.conv_channels (0: none)
-    std::int64_t pool_centres = 200;  ///< training.pool_centres (0: none)
-    double answer_weight = 1000.0;    ///< training.answer_weight
-    std::string readout = "auto";     ///< adaptation.readout
-    std::int64_t head_steps = 100;    ///< adaptation.head_steps
-  } tae;
+  /// [fusion.foe], [fusion.distill], [fusion.frugal], [fusion.tae],
+  /// [fusion.dro]: each algorithm's main knobs.
+  AlgorithmSettings algorithms;
   /// [task]: what the federation is about (announced in Welcome). Defaults
   /// to the built-in data set's task; required (labels, input_shape) for
   /// `dataset = "files"`. Normalisation statistics left out are computed
@@ -98,16 +90,8 @@ struct CoordinatorConfig {
 /// Reads every key (defaults for absent ones), then refuses unknown keys.
 CoordinatorConfig read_coordinator_config(Config& config);
 
-/// [fusion.tae] alone (defaults for absent keys); a bad value throws
-/// `chorus::Error` (INVALID_ARGUMENT) naming its key. `chorus simulate
-/// --tae` reads its settings with it too.
-CoordinatorConfig::Tae read_tae_config(Config& config);
-/// Sets `options.tae()` from them.
-void apply_tae_config(const CoordinatorConfig::Tae& tae,
-                      fusion::AlgorithmOptions& options);
-
 /// [fusion]'s settings as the fusion algorithms take them (seed, threads,
-/// device, robustness, the student, and [fusion.tae]).
+/// device, robustness, the student, and the [fusion.<algorithm>] tables).
 fusion::AlgorithmOptions algorithm_options(const CoordinatorConfig& config);
 
 /// The resolved config as TOML (`--print-config`, and `config.toml` in the

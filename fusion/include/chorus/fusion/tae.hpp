@@ -104,6 +104,12 @@ struct TaeTrainingOptions {
   /// (`TaeAdaptationOptions::centre_weight`; ours). 0: none. Needs the input
   /// encoder.
   TORCH_ARG(std::int64_t, pool_centres) = 200;
+  /// On images, the convolutional encoders (`TaeNetworkOptions::
+  /// conv_channels`) read each pool image moved by a random offset of at
+  /// most this many pixels each way, and learn to find the unmoved image's
+  /// code from it and the experts' answer on it (ours): features that a
+  /// small shift does not change. 0: the images as they are.
+  TORCH_ARG(std::int64_t, encoder_shift) = 0;
   TORCH_ARG(std::int64_t, epochs) = 20;
   TORCH_ARG(std::int64_t, batch_size) = 128;
   TORCH_ARG(double, lr) = 1e-3;

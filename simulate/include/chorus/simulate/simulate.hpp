@@ -19,9 +19,9 @@ struct SimulateOptions {
   /// Algorithms, comma-separated: the first is the one the coordinator runs
   /// and broadcasts; the others are fitted on the same answers for the table.
   std::string algorithm = "foe-distill,foe";
-  /// tae's settings (`--tae KEY=VALUE`: the coordinator config's
-  /// [fusion.tae] keys).
-  coordinator::CoordinatorConfig::Tae tae;
+  /// The algorithms' settings (`--foe`, `--distill`, `--frugal`, `--tae`,
+  /// `--dro` KEY=VALUE: the coordinator config's [fusion.<algorithm>] keys).
+  coordinator::AlgorithmSettings algorithms;
   /// A built-in data set (`fusion::builtin_sources()`) or a directory with
   /// task.toml and train.* / test.* files (npz, csv, or image folders).
   std::string dataset = "fashion-mnist";
