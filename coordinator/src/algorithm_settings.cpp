@@ -25,12 +25,10 @@ class Table {
   std::int64_t count(const char* key, std::int64_t fallback,
                      std::int64_t least) {
     auto v = c_.get_int(prefix_ + key, fallback);
-    if (least == 0) {
-      CHORUS_CHECK(v >= 0, "{}{}{} must not be negative, got {}", where_,
-                   prefix_, key, v);
-    }
-    CHORUS_CHECK(v >= least, "{}{}{} must be at least {}, got {}", where_,
-                 prefix_, key, least, v);
+    CHORUS_CHECK(v >= least, "{}{}{} must {}, got {}", where_, prefix_, key,
+                 least == 0 ? std::string("not be negative")
+                            : fmt::format("be at least {}", least),
+                 v);
     return v;
   }
   // A finite number; `positive`: > 0, otherwise ≥ 0.

@@ -83,10 +83,6 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
       make_generator(options_.seed() + tae_internal::kInputEncoderStream);
   auto answer_gen =
       make_generator(options_.seed() + tae_internal::kAnswerEncoderStream);
-  auto shift_gen = make_generator(options_.seed() + tae_internal::kShiftStream);
-  // Shifted views for the convolutional encoders (images only).
-  const auto shift =
-      net_->conv_encoders() ? options_.training().encoder_shift() : 0;
   for (const auto& child : net_->named_children()) {
     const auto& key = child.key();
     initialise(*child.value(), key.rfind("enc_x", 0) == 0   ? encoder_gen

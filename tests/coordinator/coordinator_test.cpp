@@ -988,8 +988,6 @@ TEST_CASE(
   auto again = coordinator_config(
       resolved.substr(resolved.find("[fusion.foe]"),
                       resolved.find("[data]") - resolved.find("[fusion.foe]")));
-  CHECK(co::settings_toml(again.algorithms, "foe") ==
-        co::settings_toml(k.algorithms, "foe"));
   for (const auto& table : co::settings_tables()) {
     CAPTURE(table);
     CHECK(co::settings_toml(again.algorithms, table) ==
