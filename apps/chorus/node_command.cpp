@@ -230,6 +230,9 @@ int audit(const NodeArgs& args) {
                                       : nlohmann::json(nullptr)},
         {"inputs_charged",
          s.spent ? nlohmann::json(*s.spent) : nlohmann::json(nullptr)},
+        {"inputs_charged_since",
+         s.spent ? nlohmann::json(s.ledger ? "ledger" : "start")
+                 : nlohmann::json(nullptr)},
         {"ledger_spent", ledger ? nlohmann::json(*ledger) : nullptr},
         {"ledger_agrees", agree},
         {"malformed_lines", s.malformed_lines}};
@@ -247,8 +250,10 @@ int audit(const NodeArgs& args) {
   if (s.spent) {
     // Charged before the expert ran: also answers withheld (no audit
     // record could be written) or undelivered (the connection closed).
-    fmt::print("inputs charged   {} (since the budget ledger began)\n",
-               *s.spent);
+    fmt::print("inputs charged   {} ({})\n", *s.spent,
+               s.ledger ? "since the budget ledger began"
+                        : "since the node last started: without a budget "
+                          "it keeps no ledger");
   }
   fmt::print("by kind          {}\n", rows(s.by_kind));
   fmt::print("by outcome       {}\n", rows(s.by_outcome));

@@ -4,8 +4,10 @@
 # from anywhere:
 #   ./run.sh [path/to/chorus]
 set -euo pipefail
+# The binary first: a relative path is the caller's, not this directory's.
+chorus=$(realpath -m "${1:-$(dirname "$0")/../../build/apps/chorus/chorus}")
+[ -x "$chorus" ] || { echo "run.sh: no chorus binary at $chorus (build it with make, or pass its path)" >&2; exit 1; }
 cd "$(dirname "$0")"
-chorus=$(realpath "${1:-../../build/apps/chorus/chorus}")
 nodes=(hospital-a hospital-b clinic-c)
 
 [ -f data/task.toml ] || /usr/bin/python3 prepare.py

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Three institutions and a fusion operator on one machine, each its own
-# process, talking mutual TLS over loopback. Run from this directory:
+# process, talking mutual TLS over loopback. Run from anywhere:
 #   ./run.sh [path/to/chorus]
 set -euo pipefail
+# The binary first: a relative path is the caller's, not this directory's.
+chorus=$(realpath -m "${1:-$(dirname "$0")/../../build/apps/chorus/chorus}")
+[ -x "$chorus" ] || { echo "run.sh: no chorus binary at $chorus (build it with make, or pass its path)" >&2; exit 1; }
 cd "$(dirname "$0")"
-chorus=${1:-../../build/apps/chorus/chorus}
 nodes=(hospital-a lab-b clinic-c)
 
 [ -f pki/ca.crt ] || "$chorus" certs init --out pki --coordinator localhost,127.0.0.1 \

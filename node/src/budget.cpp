@@ -74,11 +74,13 @@ BudgetLedger::BudgetLedger(BudgetPolicy policy, std::filesystem::path state)
       state_.string(), spent_total_, spent_round_);
 }
 
+bool BudgetLedger::kept() const {
+  return !state_.empty() &&
+         (policy_.total_budget || policy_.round_budget || policy_.privacy);
+}
+
 void BudgetLedger::persist() const {
-  // Nothing to keep for a node without budgets.
-  if (state_.empty() ||
-      (!policy_.total_budget && !policy_.round_budget && !policy_.privacy))
-    return;
+  if (!kept()) return;  // Nothing to keep for a node without budgets.
   write_file_atomic(state_, nlohmann::json{{"spent_total", spent_total_},
                                            {"spent_round", spent_round_}}
                                     .dump() +

@@ -126,6 +126,7 @@ void NodeService::record(const protocol::AuditRecord& request, Code outcome,
   r.message = message;
   r.budget_left = impl_->ledger.total_remaining();
   r.spent = impl_->ledger.spent();
+  r.ledger = impl_->ledger.kept();
   r.epsilon_spent = impl_->ledger.epsilon_spent();
   r.latency_ms = std::chrono::duration<double, std::milli>(latency).count();
   impl_->audit->append(r);
@@ -135,7 +136,8 @@ void NodeService::publish_budget() const {
   const auto& ledger = impl_->ledger;
   metrics::set("chorus_node_budget_spent_inputs",
                "Inputs charged to this node's budget, over its lifetime "
-               "(kept across restarts)",
+               "(kept across restarts by a node with a budget; one without "
+               "counts from its start)",
                {}, static_cast<double>(ledger.spent()));
   if (auto left = ledger.total_remaining()) {
     metrics::set("chorus_node_budget_remaining_inputs",

@@ -139,6 +139,7 @@ void AuditLog::append(const AuditRecord& r) {
   line["budget_left"] =
       r.budget_left ? nlohmann::json(*r.budget_left) : nullptr;
   if (r.spent) line["spent"] = *r.spent;
+  if (r.spent && !r.ledger) line["ledger"] = false;
   if (r.epsilon_spent) line["epsilon_spent"] = *r.epsilon_spent;
   std::lock_guard lock(mutex_);
   line["prev"] = head_;
@@ -247,8 +248,10 @@ AuditSummary summarise_audit(const std::filesystem::path& path) {
       s.budget_left = left.is_null() ? std::nullopt
                                      : std::optional(left.get<std::int64_t>());
       // Logs written before the field have no "spent".
-      if (line.contains("spent"))
+      if (line.contains("spent")) {
         s.spent = line.at("spent").get<std::int64_t>();
+        s.ledger = line.value("ledger", true);
+      }
     } catch (const std::exception&) {
       ++s.malformed_lines;  // A torn last line after a crash, or tampering.
     }

@@ -107,6 +107,35 @@ TEST_CASE("audit chain: a sealed log verifies, and reopening continues it") {
   CHECK(v.lines == 14);
 }
 
+TEST_CASE(
+    "audit summary: the charged count says whether a kept ledger holds it") {
+  chorus::testing::TempDir dir;
+  const auto path = dir / "audit.jsonl";
+  {
+    pr::AuditLog log(path);
+    auto r = record(1, 100);
+    r.spent = 100;
+    log.append(r);
+  }
+  auto s = pr::summarise_audit(path);
+  CHECK(s.spent == 100);
+  CHECK(s.ledger);
+  CHECK(lines_of(path).back().find("\"ledger\"") == std::string::npos);
+  // A node without budgets: its count starts at 0 at each start.
+  {
+    pr::AuditLog log(path);
+    auto r = record(2, 40);
+    r.spent = 40;
+    r.ledger = false;
+    log.append(r);
+  }
+  s = pr::summarise_audit(path);
+  CHECK(s.spent == 40);
+  CHECK_FALSE(s.ledger);
+  CHECK(s.inputs_answered == 140);
+  CHECK(lines_of(path).back().find("\"ledger\":false") != std::string::npos);
+}
+
 TEST_CASE("audit chain: an edit, a deletion and a reordering are found") {
   chorus::testing::TempDir dir;
   const auto path = dir / "audit.jsonl";

@@ -24,6 +24,21 @@ TEST_CASE("budget: an unlimited policy only caps the batch") {
   CHECK(ledger.spent() == 16);
 }
 
+TEST_CASE("budget: only a node with a budget and a state file keeps a ledger") {
+  chorus::testing::TempDir dir;
+  const auto state = dir / "budget.json";
+  BudgetLedger unlimited(BudgetPolicy{.max_batch = 8}, state);
+  unlimited.charge(8);
+  CHECK_FALSE(unlimited.kept());
+  CHECK_FALSE(std::filesystem::exists(state));
+  BudgetLedger round(BudgetPolicy{.max_batch = 8, .round_budget = 100}, state);
+  round.charge(8);
+  CHECK(round.kept());
+  CHECK(std::filesystem::exists(state));
+  CHECK_FALSE(
+      BudgetLedger(BudgetPolicy{.max_batch = 8, .total_budget = 100}).kept());
+}
+
 TEST_CASE(
     "budget: the total budget is exhausted and a refusal spends nothing") {
   BudgetLedger ledger(BudgetPolicy{.max_batch = 100, .total_budget = 250});

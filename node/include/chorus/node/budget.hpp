@@ -63,6 +63,9 @@ class BudgetLedger {
 
   /// Inputs answered so far, over all rounds.
   std::int64_t spent() const;
+  /// Whether the count is kept in the state file across restarts (a node
+  /// with a budget of any kind and a state file); else it starts at 0.
+  bool kept() const;
 
   /// With a privacy budget: ε spent by the answers so far (every input
   /// answered counts, those before the budget was set included), and ε

@@ -44,6 +44,9 @@ struct AuditRecord {
   /// Inputs charged to the budget since the ledger began, after it: the
   /// same count as state_dir/budget.json's spent_total.
   std::optional<std::int64_t> spent;
+  /// False for a node without budgets: it keeps no ledger, and `spent`
+  /// counts from the node's start (written as "ledger": false).
+  bool ledger = true;
   double latency_ms = 0;
 };
 
@@ -126,6 +129,9 @@ struct AuditSummary {
   /// Inputs charged to the budget, as of the last record that says
   /// (answered, and also those whose answer was withheld or undelivered).
   std::optional<std::int64_t> spent;
+  /// Whether that count is a kept ledger's (false: the node has no budget,
+  /// and counts from its last start).
+  bool ledger = true;
   std::int64_t malformed_lines = 0;  ///< Lines that are not audit records.
   std::int64_t seals = 0;            ///< Seal lines (not requests).
 };
