@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -299,11 +300,15 @@ struct Coordinator::Impl {
     report.bytes_sent = s.bytes_sent;
     report.bytes_received = s.bytes_received;
     stats += s;
-    if (fused_experts.size() < options.min_nodes) {
+    // The quorum's own count: min_nodes, or the roster the round began with.
+    const auto needed = options.min_nodes > 0
+                            ? options.min_nodes
+                            : std::max<std::size_t>(1, quorum.reply.size());
+    if (fused_experts.size() < needed) {
       out.error = Error(
           Code::kUnavailable,
           fmt::format("round {}: only {} node(s) answered, {} needed ({})",
-                      round, fused_experts.size(), options.min_nodes,
+                      round, fused_experts.size(), needed,
                       fmt::join(report.failed, "; ")));
       co_return out;
     }
@@ -459,7 +464,6 @@ Coordinator::Coordinator(NodeRegistry& registry, PoolData pool,
   auto& o = impl_->options;
   CHORUS_CHECK(!o.task.labels.empty(), "the coordinator needs a label space");
   CHORUS_CHECK(o.rounds >= 1, "rounds must be at least 1, got {}", o.rounds);
-  CHORUS_CHECK(o.min_nodes >= 1, "min_nodes must be at least 1");
   CHORUS_CHECK(
       impl_->pool.inputs.defined() && impl_->pool.inputs.size(0) >= o.rounds,
       "the transfer pool needs at least one input per round");

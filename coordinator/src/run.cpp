@@ -512,8 +512,9 @@ int run_coordinator(const CoordinatorConfig& k, bool resume,
   co.algorithm = k.algorithm;
   co.algorithm_options = algorithm_options(k);
   co.rounds = static_cast<int>(k.rounds);
-  co.min_nodes = k.min_nodes == 0 ? k.roster.size()
-                                  : static_cast<std::size_t>(k.min_nodes);
+  // 0 stays 0: the whole roster as it stands at each round (SIGHUP moves
+  // it).
+  co.min_nodes = static_cast<std::size_t>(k.min_nodes);
   co.quorum_timeout = std::chrono::milliseconds(
       static_cast<std::int64_t>(k.quorum_timeout_s * 1000));
   co.settle =

@@ -419,6 +419,34 @@ TEST_CASE(
   CHECK_FALSE(side.registry->is_connected("gamma"));
 }
 
+TEST_CASE(
+    "coordinator: min_nodes 0 is the roster as it stands, so a node removed "
+    "by a reload no longer holds the rounds") {
+  chorus::testing::TempDir dir;
+  CoordinatorSide side({"alpha", "beta", "gamma", "delta"});
+  Nodes nodes(side.registry->port(), dir / "nodes");  // delta never comes
+  std::string msg;
+  CHECK(code_of([&] { side.registry->wait_for_quorum(0, 2s); }, &msg) ==
+        Code::kDeadlineExceeded);
+  CHECK(msg.find("3 of the 4 required nodes are connected; missing: delta") !=
+        std::string::npos);
+  // The operator takes delta off the roster (what SIGHUP does).
+  auto summary =
+      side.registry->reload(co::Roster({"alpha", "beta", "gamma"}), {},
+                            world().material(world().coordinator));
+  CHECK(summary.nodes_removed == std::vector<std::string>{"delta"});
+  auto o = options(dir / "run");
+  o.min_nodes = 0;
+  o.quorum_timeout = 10s;
+  co::Coordinator coordinator(*side.registry, pool_data(), o);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto reports = coordinator.run();
+  REQUIRE(reports.size() == 1);
+  CHECK(reports[0].experts.size() == 3);
+  CHECK(reports[0].phases.quorum < 5.0);
+  CHECK(std::chrono::steady_clock::now() - t0 < 10s);
+}
+
 namespace {
 
 // One connection to the coordinator, dialled with pr::connect, on its own

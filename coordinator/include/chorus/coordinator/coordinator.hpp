@@ -42,7 +42,9 @@ struct CoordinatorOptions {
   /// Rounds: U is split into this many slices; round r queries slice r and
   /// fuses on slices 1..r.
   int rounds = 1;
-  /// Nodes needed to run a round, and how long to wait for them.
+  /// Nodes needed to run a round (0: the whole roster as it stands when the
+  /// round starts, SIGHUP's changes included), and how long to wait for
+  /// them.
   std::size_t min_nodes = 1;
   std::chrono::milliseconds quorum_timeout{60000};
   /// After the quorum, how long to wait for the rest of the roster.

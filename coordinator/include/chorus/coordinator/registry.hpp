@@ -100,7 +100,9 @@ class NodeRegistry {
   std::map<std::string, std::string> refusals() const;
   /// Whether `identity` is connected now.
   bool is_connected(const std::string& identity) const;
-  /// Waits until at least `min_nodes` are connected, then up to `settle`
+  /// Waits until at least `min_nodes` are connected (0: every node of the
+  /// roster as it is at each look, so that a SIGHUP that adds or removes a
+  /// node moves the quorum with it), then up to `settle`
   /// more for the rest of the roster, for up to `timeout` in all, without
   /// blocking a thread: a coroutine on `executor()`, woken by every join
   /// and departure. Its error (a value: DEADLINE_EXCEEDED naming the nodes
