@@ -8,7 +8,9 @@
 #
 # 1. three-institutions: certificates, three nodes trained, one round of
 #    foe-distill on Fashion-MNIST, a fused model that beats chance by far,
-#    and each node's audit log with every request OK.
+#    each node's audit log with every request OK, and the README's audit
+#    commands on its files: every log verifies with its writer's
+#    certificate, and each node's log reconciles with the coordinator's.
 # 2. tabular-hospitals: the same with breast-cancer records (prepare.py,
 #    python3-sklearn) and a TorchScript expert of the clinic's own.
 # 3. tabular-hospitals run a second time: what was made is reused (no
@@ -74,6 +76,19 @@ check "three-institutions: the fused model file exists" \
   test -s three-institutions/runs/coordinator/fused.pt
 check "three-institutions: three audit summaries, every request OK" \
   audits_ok three.out 3
+# The README's audit commands on the example's own files: each side's log
+# verified with its writer's certificate, and the two sides reconciled.
+(
+  cd three-institutions
+  for n in hospital-a lab-b clinic-c; do
+    check "three-institutions: $n's audit log verifies with its certificate" \
+      bash -c "'$chorus' audit verify state/$n/audit.jsonl --cert pki/$n.crt | grep -q intact"
+    check "three-institutions: $n's log and the coordinator's agree" \
+      bash -c "'$chorus' audit reconcile state/$n/audit.jsonl runs/coordinator/requests.jsonl | grep -q 'the two logs agree'"
+  done
+  check "three-institutions: the coordinator's request log verifies" \
+    bash -c "'$chorus' audit verify runs/coordinator/requests.jsonl --cert pki/coordinator.crt | grep -q intact"
+)
 
 run tabular-hospitals tabular.out
 check "tabular-hospitals: prepare.py wrote the task and the clinic's TorchScript expert" \
