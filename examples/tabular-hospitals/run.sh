@@ -23,4 +23,7 @@ for n in "${nodes[@]}"; do
 done
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 "$chorus" coordinator --config coordinator.toml
+# The rounds are done: stop the nodes and let them seal their audit logs.
+kill "${pids[@]}" 2>/dev/null || true
+wait "${pids[@]}" 2>/dev/null || true
 for n in "${nodes[@]}"; do "$chorus" node audit --log "state/$n/audit.jsonl"; done
