@@ -483,16 +483,21 @@ int main(int argc, char** argv) {
               acc["tae-proto"].push_back(
                   score(tae.predict(tx, adapted.posterior, classes, votes)));
             }
+            // A generator of this task's own for a method's draws (`stream`
+            // tells the methods apart): the tasks and the other rows stay as
+            // without them.
+            auto task_gen = [&](std::uint64_t stream) {
+              return fu::make_generator(args.seed * 1000003 +
+                                        static_cast<std::uint64_t>(t) * 11 +
+                                        static_cast<std::uint64_t>(k) + stream);
+            };
             torch::Tensor ux;  // tae+U's unlabelled images, FS+U's too
             if (adapted.head_weight.defined() && args.unlabelled > 0) {
               // tae+U: the same adaptation, its head refined over unlabelled
-              // images of a and b (a generator of their own: the tasks and
-              // the other rows stay as without them).
+              // images of a and b.
               t_method = Clock::now();
               auto both = torch::cat({ia, ib});
-              auto ugen = fu::make_generator(
-                  args.seed * 1000003 + static_cast<std::uint64_t>(t) * 11 +
-                  static_cast<std::uint64_t>(k));
+              auto ugen = task_gen(0);
               auto pick_rows = torch::randperm(both.numel(), ugen)
                                    .slice(0, 0, args.unlabelled);
               ux = s.train_x.index_select(0, both.index_select(0, pick_rows));
@@ -505,12 +510,10 @@ int main(int argc, char** argv) {
             // B+: the black boxes' lifted sum on a and b.
             auto bp = bplus_test.index_select(0, tidx).index_select(
                 1, torch::tensor({a, b}, torch::kLong));
-            // Ties (a U task: neither class is any box's) broken by a
-            // generator of the task's own, not the global one that the
-            // other methods' training draws from.
-            auto tie_gen = fu::make_generator(
-                args.seed * 1000003 + static_cast<std::uint64_t>(t) * 11 +
-                static_cast<std::uint64_t>(k) + 500009);
+            // Ties (a U task: neither class is any box's) broken by the
+            // task's own generator, not the global one that the other
+            // methods' training draws from.
+            auto tie_gen = task_gen(500009);
             acc["B+"].push_back(
                 score(bp + 1e-6 * at::rand(bp.sizes(), tie_gen)));
             // FS: an MLP 784-100-2 from scratch on the shots.

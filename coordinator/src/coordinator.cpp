@@ -301,9 +301,7 @@ struct Coordinator::Impl {
     report.bytes_received = s.bytes_received;
     stats += s;
     // The quorum's own count: min_nodes, or the roster the round began with.
-    const auto needed = options.min_nodes > 0
-                            ? options.min_nodes
-                            : std::max<std::size_t>(1, quorum.reply.size());
+    const auto needed = quorum_needed(options.min_nodes, quorum.reply.size());
     if (fused_experts.size() < needed) {
       out.error = Error(
           Code::kUnavailable,

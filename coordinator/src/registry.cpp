@@ -643,15 +643,9 @@ bool NodeRegistry::is_connected(const std::string& identity) const {
   return it != impl_->nodes.end() && it->second.connection->is_open();
 }
 
-namespace {
-
-// The nodes a quorum needs: `min_nodes`, or 0 for the whole roster (at
-// least one).
-std::size_t needed(std::size_t min_nodes, std::size_t roster) {
+std::size_t quorum_needed(std::size_t min_nodes, std::size_t roster) {
   return min_nodes > 0 ? min_nodes : std::max<std::size_t>(1, roster);
 }
-
-}  // namespace
 
 asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> NodeRegistry::quorum(
     std::size_t min_nodes, std::chrono::milliseconds timeout,
@@ -682,7 +676,7 @@ asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> NodeRegistry::quorum(
       return impl_->roster.size();
     }();
     if (settling && n >= all) break;
-    if (!settling && n >= needed(min_nodes, all)) {
+    if (!settling && n >= quorum_needed(min_nodes, all)) {
       // With a quorum, give the rest of the roster a moment to arrive too.
       if (settle.count() <= 0 || n >= all) break;
       settling = true;
@@ -700,7 +694,7 @@ asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> NodeRegistry::quorum(
   }
   if (out.error) co_return out;
   auto present = connected();
-  const auto need = needed(min_nodes, roster().size());
+  const auto need = quorum_needed(min_nodes, roster().size());
   if (present.size() < need) {
     std::vector<std::string> names;
     for (const auto& n : present) names.push_back(n.identity);

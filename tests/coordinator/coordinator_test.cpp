@@ -881,6 +881,19 @@ co::CoordinatorConfig coordinator_config(const std::string& extra) {
   return co::read_coordinator_config(c);
 }
 
+// Each config text is refused (INVALID_ARGUMENT) with a message holding its
+// expected words.
+void check_refused(
+    const std::vector<std::pair<std::string, std::string>>& cases) {
+  for (const auto& [text, expect] : cases) {
+    CAPTURE(text);
+    std::string message;
+    CHECK(chorus::testing::code_of([&] { coordinator_config(text + "\n"); },
+                                   &message) == Code::kInvalidArgument);
+    CHECK(message.find(expect) != std::string::npos);
+  }
+}
+
 }  // namespace
 
 TEST_CASE(
@@ -1037,62 +1050,45 @@ TEST_CASE(
 TEST_CASE(
     "coordinator config: a bad [fusion.tae] value is refused, naming the "
     "key") {
-  for (const auto& [text, expect] :
-       std::vector<std::pair<std::string, std::string>>{
-           {"readout = \"nope\"", "fusion.tae.readout"},
-           {"epochs = 0", "fusion.tae.epochs must be at least 1"},
-           {"head_steps = -1", "fusion.tae.head_steps must not be negative"},
-           {"conv_channels = -8",
-            "fusion.tae.conv_channels must not be negative"},
-           {"encoder_shift = -1",
-            "fusion.tae.encoder_shift must not be negative"},
-           {"answer_weight = -1", "fusion.tae.answer_weight must be finite"},
-           {"answer_weight = nan", "fusion.tae.answer_weight must be finite"},
-           {"epochs = \"ten\"", "fusion.tae.epochs"},
-           {"epoch = 5", "fusion.tae.epoch"}}) {
-    CAPTURE(text);
-    std::string message;
-    CHECK(chorus::testing::code_of(
-              [&] { coordinator_config("[fusion.tae]\n" + text + "\n"); },
-              &message) == Code::kInvalidArgument);
-    CHECK(message.find(expect) != std::string::npos);
-  }
+  std::vector<std::pair<std::string, std::string>> cases{
+      {"readout = \"nope\"", "fusion.tae.readout"},
+      {"epochs = 0", "fusion.tae.epochs must be at least 1"},
+      {"head_steps = -1", "fusion.tae.head_steps must not be negative"},
+      {"conv_channels = -8", "fusion.tae.conv_channels must not be negative"},
+      {"encoder_shift = -1", "fusion.tae.encoder_shift must not be negative"},
+      {"answer_weight = -1", "fusion.tae.answer_weight must be finite"},
+      {"answer_weight = nan", "fusion.tae.answer_weight must be finite"},
+      {"epochs = \"ten\"", "fusion.tae.epochs"},
+      {"epoch = 5", "fusion.tae.epoch"}};
+  for (auto& c : cases) c.first = "[fusion.tae]\n" + c.first;
+  check_refused(cases);
 }
 
 TEST_CASE(
     "coordinator config: a bad value in the other algorithms' tables is "
     "refused, naming the key") {
-  for (const auto& [text, expect] :
-       std::vector<std::pair<std::string, std::string>>{
-           {"[fusion.foe]\nepochs = 0", "fusion.foe.epochs must be at least 1"},
-           {"[fusion.foe]\nhidden = []", "fusion.foe.hidden must list"},
-           {"[fusion.foe]\nhidden = [64, 0]", "fusion.foe.hidden must list"},
-           {"[fusion.foe]\nlr = 0",
-            "fusion.foe.lr must be finite and positive"},
-           {"[fusion.foe]\nlr = inf", "fusion.foe.lr must be finite"},
-           {"[fusion.foe]\nfeatures = \"logits\"",
-            "fusion.foe.features must be one of logprobs, probs"},
-           {"[fusion.foe]\npseudo_label_confidence = 1.5",
-            "fusion.foe.pseudo_label_confidence must be in [0, 1]"},
-           {"[fusion.foe]\nself_training_rounds = -1",
-            "fusion.foe.self_training_rounds must not be negative"},
-           {"[fusion.distill]\ntemperature = 0",
-            "fusion.distill.temperature must be finite and positive"},
-           {"[fusion.distill]\nholdout = 1",
-            "fusion.distill.holdout must be in [0, 1)"},
-           {"[fusion.distill]\narch = \"mlp\"", "fusion.distill.arch"},
-           {"[fusion.frugal]\nlambda = -0.1",
-            "fusion.frugal.lambda must be finite and not negative"},
-           {"[fusion.frugal]\nknn_k = 0",
-            "fusion.frugal.knn_k must be at least 1"},
-           {"[fusion.dro]\ngammas = [2, -1]", "fusion.dro.gammas must list"},
-           {"[fusion.dro]\nmeta_steps = 0",
-            "fusion.dro.meta_steps must be at least 1"},
-           {"[fusion.dro]\nonline = 3", "fusion.dro.online"}}) {
-    CAPTURE(text);
-    std::string message;
-    CHECK(chorus::testing::code_of([&] { coordinator_config(text + "\n"); },
-                                   &message) == Code::kInvalidArgument);
-    CHECK(message.find(expect) != std::string::npos);
-  }
+  check_refused(
+      {{"[fusion.foe]\nepochs = 0", "fusion.foe.epochs must be at least 1"},
+       {"[fusion.foe]\nhidden = []", "fusion.foe.hidden must list"},
+       {"[fusion.foe]\nhidden = [64, 0]", "fusion.foe.hidden must list"},
+       {"[fusion.foe]\nlr = 0", "fusion.foe.lr must be finite and positive"},
+       {"[fusion.foe]\nlr = inf", "fusion.foe.lr must be finite"},
+       {"[fusion.foe]\nfeatures = \"logits\"",
+        "fusion.foe.features must be one of logprobs, probs"},
+       {"[fusion.foe]\npseudo_label_confidence = 1.5",
+        "fusion.foe.pseudo_label_confidence must be in [0, 1]"},
+       {"[fusion.foe]\nself_training_rounds = -1",
+        "fusion.foe.self_training_rounds must not be negative"},
+       {"[fusion.distill]\ntemperature = 0",
+        "fusion.distill.temperature must be finite and positive"},
+       {"[fusion.distill]\nholdout = 1",
+        "fusion.distill.holdout must be in [0, 1)"},
+       {"[fusion.distill]\narch = \"mlp\"", "fusion.distill.arch"},
+       {"[fusion.frugal]\nlambda = -0.1",
+        "fusion.frugal.lambda must be finite and not negative"},
+       {"[fusion.frugal]\nknn_k = 0", "fusion.frugal.knn_k must be at least 1"},
+       {"[fusion.dro]\ngammas = [2, -1]", "fusion.dro.gammas must list"},
+       {"[fusion.dro]\nmeta_steps = 0",
+        "fusion.dro.meta_steps must be at least 1"},
+       {"[fusion.dro]\nonline = 3", "fusion.dro.online"}});
 }

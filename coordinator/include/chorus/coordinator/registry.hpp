@@ -64,6 +64,10 @@ struct RegistryOptions {
   std::optional<protocol::AuditSigner> request_log_signer;
 };
 
+/// The nodes a quorum needs: `min_nodes`, or with 0 the whole roster of
+/// `roster` names (at least one).
+std::size_t quorum_needed(std::size_t min_nodes, std::size_t roster);
+
 /// What `NodeRegistry::reload` changed.
 struct ReloadSummary {
   std::vector<std::string> nodes_added, nodes_removed;
