@@ -79,6 +79,18 @@ class Table {
                  where_, prefix_, key, fmt::join(v, ", "));
     return v;
   }
+  // Numbers by name, each finite and positive.
+  std::map<std::string, double> costs(const char* key,
+                                      std::map<std::string, double> fallback) {
+    auto v = c_.get_number_table(prefix_ + key, std::move(fallback));
+    for (const auto& [name, cost] : v) {
+      CHORUS_CHECK(std::isfinite(cost) && cost > 0,
+                   "{}{}{}: the cost of '{}' must be finite and positive, got "
+                   "{}",
+                   where_, prefix_, key, name, cost);
+    }
+    return v;
+  }
   // A value that a fusion:: parser checks (its message kept).
   template <typename Parse>
   std::string parsed(const char* key, const std::string& fallback,
@@ -99,6 +111,15 @@ class Table {
 
 std::string toml_list(const auto& values) {
   return fmt::format("[{}]", fmt::join(values, ", "));
+}
+
+// An inline table of numbers: { "alpha" = 2, "beta" = 1 }.
+std::string toml_inline_table(const std::map<std::string, double>& values) {
+  std::vector<std::string> entries;
+  for (const auto& [name, value] : values)
+    entries.push_back(fmt::format("{} = {}", toml_quoted(name), value));
+  return entries.empty() ? "{}"
+                         : fmt::format("{{ {} }}", fmt::join(entries, ", "));
 }
 
 }  // namespace
@@ -143,6 +164,7 @@ AlgorithmSettings read_algorithm_settings(Config& c) {
     f.lambda = t.number("lambda", f.lambda, /*positive=*/false);
     f.estimate_on_transfer =
         t.flag("estimate_on_transfer", f.estimate_on_transfer);
+    f.costs = t.costs("costs", f.costs);
   }
   {
     Table t(c, "tae");
@@ -198,7 +220,8 @@ void apply_algorithm_settings(const AlgorithmSettings& s,
       .neighbours(s.frugal.neighbours)
       .knn_k(s.frugal.knn_k)
       .lambda(s.frugal.lambda)
-      .estimate_on_transfer(s.frugal.estimate_on_transfer);
+      .estimate_on_transfer(s.frugal.estimate_on_transfer)
+      .costs_by_name(s.frugal.costs);
   auto& tae = options.tae();
   tae.training().epochs(s.tae.epochs);
   tae.training().pool_centres(s.tae.pool_centres);
@@ -243,8 +266,9 @@ std::string settings_toml(const AlgorithmSettings& s,
     const auto& f = s.frugal;
     return fmt::format(
         "[fusion.frugal]\nneighbours = {}\nknn_k = {}\nlambda = {}\n"
-        "estimate_on_transfer = {}\n",
-        f.neighbours, f.knn_k, f.lambda, f.estimate_on_transfer);
+        "estimate_on_transfer = {}\ncosts = {}\n",
+        f.neighbours, f.knn_k, f.lambda, f.estimate_on_transfer,
+        toml_inline_table(f.costs));
   }
   if (table == "tae") {
     const auto& a = s.tae;

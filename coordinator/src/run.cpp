@@ -89,6 +89,13 @@ CoordinatorConfig read_coordinator_config(Config& c) {
                c.path().string(), k.robust_fraction);
   k.student = c.get_string("fusion.student", k.student);
   k.algorithms = read_algorithm_settings(c);
+  for (const auto& [name, cost] : k.algorithms.frugal.costs) {
+    CHORUS_CHECK(
+        std::find(k.roster.begin(), k.roster.end(), name) != k.roster.end(),
+        "{}: fusion.frugal.costs names '{}', which is not on "
+        "coordinator.roster ({})",
+        c.path().string(), name, fmt::join(k.roster, ", "));
+  }
   k.dataset = c.get_string("data.dataset", k.dataset);
   const bool files = k.dataset == "files";
   CHORUS_CHECK(

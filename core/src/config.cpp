@@ -242,6 +242,24 @@ std::vector<double> Config::get_double_array(const std::string& key,
       [](const toml::node& e) { return e.is_number(); }, "an array of numbers");
 }
 
+std::map<std::string, double> Config::get_number_table(
+    const std::string& key, std::map<std::string, double> fallback) {
+  impl_->read.insert(key);
+  const auto* n = find(impl_->table, key);
+  if (!n) return fallback;
+  const auto* t = n->as_table();
+  if (!t) wrong_type(impl_->origin, key, "a table of numbers (name = number)");
+  std::map<std::string, double> out;
+  for (auto&& [name, value] : *t) {
+    // `finish` knows a table's entries by their dotted keys.
+    const auto entry = key + "." + std::string(name.str());
+    impl_->read.insert(entry);
+    if (!value.is_number()) wrong_type(impl_->origin, entry, "a number");
+    out.emplace(std::string(name.str()), *value.value<double>());
+  }
+  return out;
+}
+
 void Config::finish() const {
   std::vector<std::string> keys;
   collect_keys(impl_->table, "", keys);

@@ -3,6 +3,9 @@
 #include <torch/torch.h>
 
 #include <bit>
+#include <cmath>
+#include <limits>
+#include <string>
 
 #include "chorus/core/error.hpp"
 #include "chorus/core/progress.hpp"
@@ -55,6 +58,15 @@ double FrugalPrediction::mean_experts() const {
              : 0.0;
 }
 
+double FrugalPrediction::mean_cost() const {
+  if (!queried.numel()) return 0.0;
+  CHORUS_CHECK(costs.size() == static_cast<std::size_t>(queried.size(1)),
+               "frugal: {} costs for {} experts", costs.size(),
+               queried.size(1));
+  auto c = torch::tensor(costs, torch::kDouble);
+  return (queried.to(torch::kDouble) * c).sum(1).mean().item<double>();
+}
+
 FrugalFoe::FrugalFoe(FrugalOptions options) : options_(std::move(options)) {
   CHORUS_CHECK(options_.neighbours() > 0 && options_.knn_k() > 0,
                "frugal: neighbours and knn_k must be positive");
@@ -76,6 +88,8 @@ void FrugalFoe::fit(const std::vector<torch::Tensor>& answers,
       options_.costs().empty() || options_.costs().size() == answers.size(),
       "frugal: {} costs for {} experts", options_.costs().size(),
       answers.size());
+  CHORUS_CHECK(options_.costs().empty() || options_.costs_by_name().empty(),
+               "frugal: costs by position and by name are both given");
   CHORUS_CHECK(transfer.empty() || transfer.size() == answers.size(),
                "frugal: {} experts answered on V but {} on U", answers.size(),
                transfer.size());
@@ -153,6 +167,25 @@ void FrugalFoe::prepare_fusers(const std::vector<Mask>& masks) {
     fusers_.emplace(todo[i], std::move(trained[i]));
 }
 
+std::vector<double> FrugalFoe::resolve_costs(const QueryOracle& oracle) const {
+  const auto& experts = oracle.experts();
+  std::vector<double> costs = options_.costs();
+  if (costs.empty()) {
+    for (const auto& e : experts) {
+      auto it = options_.costs_by_name().find(e.name);
+      costs.push_back(it == options_.costs_by_name().end() ? 1.0 : it->second);
+    }
+  }
+  for (std::size_t i = 0; i < costs.size(); ++i) {
+    CHORUS_CHECK(std::isfinite(costs[i]) && costs[i] > 0,
+                 "frugal: the cost of expert '{}' must be finite and "
+                 "positive, got {}",
+                 i < experts.size() ? experts[i].name : std::to_string(i),
+                 costs[i]);
+  }
+  return costs;
+}
+
 FrugalPrediction FrugalFoe::predict(QueryOracle& oracle,
                                     const torch::Tensor& inputs,
                                     std::optional<double> lambda_override) {
@@ -163,10 +196,9 @@ FrugalPrediction FrugalFoe::predict(QueryOracle& oracle,
                "frugal: fitted on {} experts, the oracle has {}", k,
                oracle.num_experts());
   const double lambda = lambda_override.value_or(options_.lambda());
+  const auto costs = resolve_costs(oracle);
   auto cost = [&](std::int64_t i) {
-    return options_.costs().empty()
-               ? 1.0
-               : options_.costs()[static_cast<std::size_t>(i)];
+    return costs[static_cast<std::size_t>(i)];
   };
   const std::int64_t n = inputs.size(0);
 
@@ -181,13 +213,15 @@ FrugalPrediction FrugalFoe::predict(QueryOracle& oracle,
         0, rows, oracle.query(expert, inputs.index_select(0, rows)));
   };
 
-  // Start from the expert whose own outputs best predict V's labels.
+  // Start from the expert whose own outputs best predict V's labels, less
+  // λ·cost (with equal costs: the best expert).
   std::int64_t first = 0;
-  double best = -1;
+  double best = -std::numeric_limits<double>::infinity();
   for (std::int64_t i = 0; i < k; ++i) {
-    double acc =
-        loo_correct(Mask{1} << i).to(torch::kDouble).mean().item<double>();
-    if (acc > best) best = acc, first = i;
+    double score =
+        loo_correct(Mask{1} << i).to(torch::kDouble).mean().item<double>() -
+        lambda * cost(i);
+    if (score > best) best = score, first = i;
   }
   std::vector<Mask> mask(static_cast<std::size_t>(n), Mask{1} << first);
   std::vector<bool> done(static_cast<std::size_t>(n), false);
@@ -246,6 +280,7 @@ FrugalPrediction FrugalFoe::predict(QueryOracle& oracle,
   FrugalPrediction out;
   out.probs = torch::zeros({n, num_classes_});
   out.queried = torch::zeros({n, k}, torch::kBool);
+  out.costs = costs;
   std::map<Mask, std::vector<std::int64_t>> final_groups;
   for (std::int64_t r = 0; r < n; ++r) final_groups[mask[r]].push_back(r);
   {

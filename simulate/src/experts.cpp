@@ -23,14 +23,6 @@ namespace {
 namespace fs = std::filesystem;
 namespace fu = chorus::fusion;
 
-std::string node_name(int i) {
-  static const char* kNames[] = {"alpha",   "beta",  "gamma",  "delta",
-                                 "epsilon", "zeta",  "eta",    "theta",
-                                 "iota",    "kappa", "lambda", "mu"};
-  if (i < 12) return kNames[i];
-  return fmt::format("node{}", i + 1);
-}
-
 // Each node a different architecture of the zoo that fits the inputs: MLPs
 // of different widths for features, the three families for images.
 std::string arch_of(int i, const std::vector<std::int64_t>& input_shape) {
@@ -48,6 +40,14 @@ std::vector<std::int64_t> hidden_of(
 }
 
 }  // namespace
+
+std::string node_name(int i) {
+  static const char* kNames[] = {"alpha",   "beta",  "gamma",  "delta",
+                                 "epsilon", "zeta",  "eta",    "theta",
+                                 "iota",    "kappa", "lambda", "mu"};
+  if (i < 12) return kNames[i];
+  return fmt::format("node{}", i + 1);
+}
 
 // Trains (or finds in the cache) each node's expert.
 std::vector<SimExpert> prepare_experts(const SimulateOptions& o,

@@ -24,6 +24,9 @@ inline double since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+/// The name of node `i` (0-based): alpha, beta, … mu, then node13, ….
+std::string node_name(int i);
+
 /// One simulated node's expert.
 struct SimExpert {
   std::string name;

@@ -124,9 +124,10 @@ std::string results(const json& report) {
                                   .label = label,
                                   .group = 2});
       curve_rows +=
-          fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+          fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
                       fixed(num(p, "lambda"), 2), fixed(num(p, "accuracy"), 4),
-                      fixed(num(p, "queries_per_test_input"), 2));
+                      fixed(num(p, "queries_per_test_input"), 2),
+                      fixed(num(p, "cost_per_test_input"), 2));
     }
   }
   out +=
@@ -140,7 +141,7 @@ std::string results(const json& report) {
   if (!curve_rows.empty()) {
     out +=
         "<table>\n<tr><th>frugal λ</th><th>accuracy</th><th>queries per "
-        "test input</th></tr>\n" +
+        "test input</th><th>their cost per test input</th></tr>\n" +
         curve_rows + "</table>\n";
   }
   return out;

@@ -48,7 +48,8 @@ void write_report(const SimulateOptions& o, const SimulateResult& result) {
     for (const auto& p : result.frugal_curve) {
       curve.push_back({{"lambda", p.lambda},
                        {"accuracy", p.accuracy},
-                       {"queries_per_test_input", p.queries_per_input}});
+                       {"queries_per_test_input", p.queries_per_input},
+                       {"cost_per_test_input", p.cost_per_input}});
     }
     report["frugal_curve"] = std::move(curve);
   }

@@ -209,6 +209,14 @@ SimulateResult run_simulation(const SimulateOptions& o) {
   CHORUS_CHECK(!algorithms.empty(), "--algorithm names no algorithm");
   for (const auto& a : algorithms)
     (void)fu::make_fuser(a);  // Unknown names fail here.
+  for (const auto& [name, cost] : o.algorithms.frugal.costs) {
+    std::vector<std::string> names;
+    for (int i = 0; i < o.experts; ++i) names.push_back(node_name(i));
+    CHORUS_CHECK(std::find(names.begin(), names.end(), name) != names.end(),
+                 "--frugal costs names '{}', which is not one of the {} "
+                 "nodes ({})",
+                 name, o.experts, fmt::join(names, ", "));
+  }
   fu::ThreadGuard threads(o.threads);
 
   SimulateResult result;
@@ -410,7 +418,8 @@ SimulateResult run_simulation(const SimulateOptions& o) {
               .accuracy = fu::accuracy(curve.probs, test.labels),
               .queries_per_input =
                   static_cast<double>(replay.total_stats().inputs) /
-                  static_cast<double>(test.size())});
+                  static_cast<double>(test.size()),
+              .cost_per_input = curve.mean_cost()});
         }
       }
     }

@@ -984,7 +984,7 @@ TEST_CASE(
       "[fusion.distill]\nepochs = 3\nlr = 0.002\nbatch_size = 64\n"
       "temperature = 2\nholdout = 0.2\npatience = 1\n"
       "[fusion.frugal]\nneighbours = 5\nknn_k = 3\nlambda = 0.1\n"
-      "estimate_on_transfer = false\n"
+      "estimate_on_transfer = false\ncosts = { a = 3 }\n"
       "[fusion.dro]\nmeta_steps = 40\nmeta_lr = 0.1\ninner_steps = 2\n"
       "inner_lr = 0.05\ngammas = [0]\nembedding_dim = 8\nonline = true\n"
       "online_steps = 3\nadapt_steps = 5\nadapt_lr = 0.01\n";
@@ -1010,6 +1010,7 @@ TEST_CASE(
   CHECK(o.frugal().knn_k() == 3);
   CHECK(o.frugal().lambda() == 0.1);
   CHECK_FALSE(o.frugal().estimate_on_transfer());
+  CHECK(o.frugal().costs_by_name() == fu::ExpertCosts{{"a", 3.0}});
   CHECK(o.dro().meta_steps() == 40);
   CHECK(o.dro().meta_lr() == 0.1);
   CHECK(o.dro().inner_steps() == 2);
@@ -1045,6 +1046,33 @@ TEST_CASE(
   CHECK(co::tables_of("foe-distill") ==
         std::vector<std::string>{"foe", "distill"});
   CHECK(co::tables_of("bplus").empty());
+}
+
+TEST_CASE(
+    "coordinator config: [fusion.frugal.costs] names nodes by identity, "
+    "dotted ones too, and reads back from the resolved config") {
+  auto c = chorus::Config::parse(
+      "[coordinator]\nroster = [\"a\", \"node.example.org\"]\n"
+      "[fusion.frugal.costs]\n\"node.example.org\" = 2.5\na = 1\n",
+      "coordinator.toml");
+  const auto k = co::read_coordinator_config(c);
+  const fu::ExpertCosts expected{{"a", 1.0}, {"node.example.org", 2.5}};
+  CHECK(co::algorithm_options(k).frugal().costs_by_name() == expected);
+  const auto toml = co::settings_toml(k.algorithms, "frugal");
+  CHECK(chorus::testing::contains(
+      toml, "costs = { \"a\" = 1, \"node.example.org\" = 2.5 }\n"));
+  auto again = chorus::Config::parse(
+      "[coordinator]\nroster = [\"a\", \"node.example.org\"]\n" + toml,
+      "resolved.toml");
+  CHECK(co::read_coordinator_config(again).algorithms.frugal.costs == expected);
+  // `--set` and simulate's `--frugal` take the inline table.
+  auto set = chorus::Config::parse("[coordinator]\nroster = [\"a\"]\n", "t");
+  set.set("fusion.frugal.costs={ a = 4 }");
+  CHECK(co::read_coordinator_config(set).algorithms.frugal.costs ==
+        std::map<std::string, double>{{"a", 4.0}});
+  // Unset, the written table is empty and every node costs 1.
+  CHECK(chorus::testing::contains(
+      co::settings_toml(co::AlgorithmSettings{}, "frugal"), "costs = {}\n"));
 }
 
 TEST_CASE(
@@ -1087,6 +1115,17 @@ TEST_CASE(
        {"[fusion.frugal]\nlambda = -0.1",
         "fusion.frugal.lambda must be finite and not negative"},
        {"[fusion.frugal]\nknn_k = 0", "fusion.frugal.knn_k must be at least 1"},
+       {"[fusion.frugal]\ncosts = { a = 0 }",
+        "fusion.frugal.costs: the cost of 'a' must be finite and positive"},
+       {"[fusion.frugal]\ncosts = { a = nan }",
+        "fusion.frugal.costs: the cost of 'a' must be finite"},
+       {"[fusion.frugal]\ncosts = { b = 2 }",
+        "fusion.frugal.costs names 'b', which is not on coordinator.roster "
+        "(a)"},
+       {"[fusion.frugal]\ncosts = 3",
+        "'fusion.frugal.costs' must be a table of numbers"},
+       {"[fusion.frugal]\ncosts = { a = \"dear\" }",
+        "'fusion.frugal.costs.a' must be a number"},
        {"[fusion.dro]\ngammas = [2, -1]", "fusion.dro.gammas must list"},
        {"[fusion.dro]\nmeta_steps = 0",
         "fusion.dro.meta_steps must be at least 1"},

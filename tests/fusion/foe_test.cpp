@@ -214,6 +214,57 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "frugal: costs by expert name steer which experts are asked, and the "
+    "prediction reports what the queries cost") {
+  auto& w = world();
+  fu::FrugalFoe equal(fu::FrugalOptions().fuser(quick_foe()));
+  equal.fit(w.answers_v, w.v.y, 4);
+  w.oracle.reset_stats();
+  const auto cheap = equal.predict(w.oracle, w.test.x, 0.02);
+  // e1 knows three of the four classes: asked for most inputs at cost 1.
+  REQUIRE(cheap.queried.select(1, 1).sum().item<std::int64_t>() > 200);
+  CHECK(cheap.costs == std::vector<double>{1, 1, 1});
+  CHECK(cheap.mean_cost() == doctest::Approx(cheap.mean_experts()));
+
+  // Priced at 50, no error estimate can pay for e1 at λ = 0.02: it is never
+  // asked, not even first. A name no expert has is ignored (a node absent
+  // from this round).
+  fu::FrugalFoe priced(
+      fu::FrugalOptions()
+          .fuser(quick_foe())
+          .costs_by_name({{"e1", 50.0}, {"e0", 2.5}, {"absent", 7.0}}));
+  priced.fit(w.answers_v, w.v.y, 4);
+  w.oracle.reset_stats();
+  const auto dear = priced.predict(w.oracle, w.test.x, 0.02);
+  CHECK(dear.queried.select(1, 1).sum().item<std::int64_t>() == 0);
+  CHECK(w.oracle.stats(1).inputs == 0);
+  CHECK(w.oracle.total_stats().inputs ==
+        dear.queried.sum().item<std::int64_t>());
+  CHECK(dear.costs == std::vector<double>{2.5, 50, 1});
+  const double expected = (dear.queried.select(1, 0).to(torch::kDouble) * 2.5 +
+                           dear.queried.select(1, 2).to(torch::kDouble))
+                              .mean()
+                              .item<double>();
+  CHECK(dear.mean_cost() == doctest::Approx(expected));
+  CHECK(dear.mean_cost() > dear.mean_experts());  // e0 costs 2.5.
+
+  // Refused: a cost that is not positive, costs by position and by name.
+  fu::FrugalFoe bad(
+      fu::FrugalOptions().fuser(quick_foe()).costs_by_name({{"e2", -1.0}}));
+  bad.fit(w.answers_v, w.v.y, 4);
+  std::string message;
+  CHECK(chorus::testing::code_of([&] { bad.predict(w.oracle, w.test.x); },
+                                 &message) == chorus::Code::kInvalidArgument);
+  CHECK(message.find("the cost of expert 'e2' must be finite and positive") !=
+        std::string::npos);
+  fu::FrugalFoe both(fu::FrugalOptions()
+                         .fuser(quick_foe())
+                         .costs({1, 1, 1})
+                         .costs_by_name({{"e0", 2.0}}));
+  CHECK_THROWS_AS(both.fit(w.answers_v, w.v.y, 4), chorus::Error);
+}
+
+TEST_CASE(
     "algorithms: every named algorithm fits, predicts and accounts queries") {
   auto& w = world();
   auto data = round_data(w);

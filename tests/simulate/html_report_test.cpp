@@ -31,7 +31,8 @@ TEST_CASE("report: a run directory becomes one self-contained page") {
       {"shots": 5, "accuracy": 0.875, "nodes": 2}],
     "frugal_curve": [
       {"lambda": 0.0, "accuracy": 0.94, "queries_per_test_input": 1.9},
-      {"lambda": 0.1, "accuracy": 0.81, "queries_per_test_input": 1.1}],
+      {"lambda": 0.1, "accuracy": 0.81, "queries_per_test_input": 1.1,
+       "cost_per_test_input": 2.35}],
     "confusion": {"method": "foe", "labels": ["class <0>", "class 1"],
                   "matrix": [[9, 1], [0, 10]]}})J";
   std::ofstream(dir / "metrics.jsonl")
@@ -54,7 +55,11 @@ TEST_CASE("report: a run directory becomes one self-contained page") {
   CHECK(contains(html, "<tr><td>5</td><td>0.8750</td><td>2</td></tr>"));
   // Frugal's λ curve: on the plane and in its table.
   CHECK(contains(html, "frugal λ=0.10"));
-  CHECK(contains(html, "<tr><td>0.10</td><td>0.8100</td><td>1.10</td></tr>"));
+  CHECK(contains(
+      html, "<tr><td>0.10</td><td>0.8100</td><td>1.10</td><td>2.35</td></tr>"));
+  // A report from before costs were recorded: its cost cell is "-".
+  CHECK(contains(
+      html, "<tr><td>0.00</td><td>0.9400</td><td>1.90</td><td>-</td></tr>"));
   CHECK(contains(html, "class &lt;0&gt;"));  // Escaped label names.
   CHECK(contains(html, "true class 1, predicted class 1: 10"));
   CHECK(contains(html, "b: UNAVAILABLE: gone"));  // Left out, and why.

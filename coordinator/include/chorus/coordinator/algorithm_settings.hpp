@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,8 @@ struct AlgorithmSettings {
     std::int64_t knn_k = 9;
     double lambda = 0.02;
     bool estimate_on_transfer = true;
+    /// The cost of asking each node, by identity; a node not named costs 1.
+    std::map<std::string, double> costs;
   } frugal;
   /// [fusion.tae]: tae's main knobs (`fusion::TaeOptions`). The
   /// adaptation's (`readout`, `head_steps`) are saved with the model, so the

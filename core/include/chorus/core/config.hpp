@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -59,6 +60,11 @@ class Config {
   /// An array of numbers (integers are accepted and converted).
   std::vector<double> get_double_array(const std::string& key,
                                        std::vector<double> fallback);
+  /// A table of numbers by name (`[a.costs]` with `alpha = 2`, or the
+  /// inline `costs = { alpha = 2, "node.example.org" = 1 }`): name → value,
+  /// integers converted; the fallback when the key is absent.
+  std::map<std::string, double> get_number_table(
+      const std::string& key, std::map<std::string, double> fallback);
   /// Whether the key is present.
   bool has(const std::string& key) const;
 

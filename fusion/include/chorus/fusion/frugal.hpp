@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "chorus/fusion/foe.hpp"
@@ -15,6 +16,9 @@
 /// another expert is not worth its cost. In Chorus every expert query is a
 /// round trip to an institution, and spends its budget.
 namespace chorus::fusion {
+
+/// Query costs by expert name.
+using ExpertCosts = std::map<std::string, double>;
 
 /// Options of `FrugalFoe`.
 struct FrugalOptions {
@@ -30,8 +34,14 @@ struct FrugalOptions {
   /// λ·cost: query another expert only if the estimated error drops by more
   /// than this (a fraction; 0.02 = 2 percentage points) times its cost.
   TORCH_ARG(double, lambda) = 0.02;
-  /// Cost of querying each expert; empty means 1 for every expert.
+  /// Cost of querying each expert, in the oracle's expert order; empty
+  /// means `costs_by_name`.
   TORCH_ARG(std::vector<double>, costs) = {};
+  /// Cost of querying each expert by its name (`ExpertInfo::name`: a node's
+  /// identity), read from the oracle at `predict`; an expert not named costs
+  /// 1, a name that no expert of the oracle has is ignored (a node absent
+  /// this round). Used when `costs` is empty. Costs must be finite and > 0.
+  TORCH_ARG(ExpertCosts, costs_by_name) = {};
   /// Ours: with the experts' answers on the transfer pool U (see `fit`),
   /// the error estimates use U, labelled by the full fuser (every expert,
   /// trained on V), instead of V's 500 labels: an estimate of how far a
@@ -43,8 +53,12 @@ struct FrugalOptions {
 struct FrugalPrediction {
   torch::Tensor probs;    ///< float32 [N, C].
   torch::Tensor queried;  ///< bool [N, K]: which experts answered each input.
+  std::vector<double> costs;  ///< The cost of each of the K experts.
   /// Mean number of experts queried per input.
   double mean_experts() const;
+  /// Mean cost of the queries per input (`mean_experts` when every cost
+  /// is 1).
+  double mean_cost() const;
 };
 
 /// Cost-aware sequential Fusion of Experts.
@@ -62,7 +76,8 @@ class FrugalFoe {
 
   /// Fused predictions for `inputs`, querying `oracle` only for the experts
   /// the search chooses (the oracle's counters record what was spent).
-  /// `lambda` overrides the options' λ when given.
+  /// `lambda` overrides the options' λ when given. Throws `chorus::Error`
+  /// (INVALID_ARGUMENT) for a cost that is not finite and positive.
   FrugalPrediction predict(QueryOracle& oracle, const torch::Tensor& inputs,
                            std::optional<double> lambda = std::nullopt);
 
@@ -81,6 +96,7 @@ class FrugalFoe {
   void prepare_fusers(const std::vector<Mask>& masks);
   std::unique_ptr<Foe> train_fuser(Mask mask, int threads) const;
   torch::Tensor estimate_correct(Mask mask) const;
+  std::vector<double> resolve_costs(const QueryOracle& oracle) const;
 
   FrugalOptions options_;
   std::int64_t num_classes_ = 0;

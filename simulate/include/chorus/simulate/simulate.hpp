@@ -73,10 +73,11 @@ struct SimulateResult {
   double expert_seconds = 0;  ///< Training (0 when every expert was cached).
   int experts_cached = 0;
   double total_seconds = 0;
-  /// Frugal's cost/accuracy curve when frugal was run: its test accuracy
-  /// and expert queries per test input at each λ of a sweep.
+  /// Frugal's cost/accuracy curve when frugal was run: its test accuracy,
+  /// expert queries and their cost (`--frugal costs=…`; 1 a query when
+  /// not set) per test input at each λ of a sweep.
   struct FrugalPoint {
-    double lambda = 0, accuracy = 0, queries_per_input = 0;
+    double lambda = 0, accuracy = 0, queries_per_input = 0, cost_per_input = 0;
   };
   std::vector<FrugalPoint> frugal_curve;
   /// tae and dro: what the nodes reach from the broadcast model with k
