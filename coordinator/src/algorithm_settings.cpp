@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <map>
 #include <sstream>
+#include <type_traits>
 
 #include "chorus/core/error.hpp"
 #include "chorus/fusion/algorithms.hpp"
@@ -122,6 +125,200 @@ std::string toml_inline_table(const std::map<std::string, double>& values) {
                          : fmt::format("{{ {} }}", fmt::join(entries, ", "));
 }
 
+// A value as TOML, by its type.
+std::string toml_value(const auto& v) {
+  using T = std::decay_t<decltype(v)>;
+  if constexpr (std::is_same_v<T, std::string>) {
+    return toml_quoted(v);
+  } else if constexpr (std::is_same_v<T, std::map<std::string, double>>) {
+    return toml_inline_table(v);
+  } else if constexpr (requires { v.begin(); }) {
+    return toml_list(v);
+  } else {
+    return fmt::format("{}", v);
+  }
+}
+
+using S = AlgorithmSettings;
+using O = fusion::AlgorithmOptions;
+
+// One key of a [fusion.<table>]: how it is read and checked, written back as
+// TOML, and set on the algorithms' options — in one place, so that a key
+// cannot be read but not written, or written but not applied.
+struct Key {
+  const char* table;
+  const char* name;
+  std::function<void(Table&, S&)> read;
+  std::function<std::string(const S&)> toml;
+  std::function<void(const S&, O&)> apply;
+};
+
+// A key of the settings' field `part.*member`: `read(table, name, current)`
+// reads and checks it, `apply(options, value)` sets it.
+template <typename Part, typename T, typename Read, typename Apply>
+Key key(const char* table, const char* name, Part S::*part, T Part::*member,
+        Read read, Apply apply) {
+  return Key{
+      table,
+      name,
+      [=](Table& t, S& s) { s.*part.*member = read(t, name, s.*part.*member); },
+      [=](const S& s) { return toml_value(s.*part.*member); },
+      [=](const S& s, O& o) { apply(o, s.*part.*member); },
+  };
+}
+
+// The readers, by the check they make.
+auto count(std::int64_t least) {
+  return [least](Table& t, const char* k, std::int64_t v) {
+    return t.count(k, v, least);
+  };
+}
+auto number(bool positive) {
+  return [positive](Table& t, const char* k, double v) {
+    return t.number(k, v, positive);
+  };
+}
+auto fraction(bool closed) {
+  return [closed](Table& t, const char* k, double v) {
+    return t.fraction(k, v, closed);
+  };
+}
+auto flag() {
+  return [](Table& t, const char* k, bool v) { return t.flag(k, v); };
+}
+auto one_of(std::vector<std::string> allowed) {
+  return [allowed](Table& t, const char* k, const std::string& v) {
+    return t.text(k, v, allowed);
+  };
+}
+auto widths() {
+  return [](Table& t, const char* k, std::vector<std::int64_t> v) {
+    return t.widths(k, std::move(v));
+  };
+}
+auto grid() {
+  return [](Table& t, const char* k, std::vector<double> v) {
+    return t.grid(k, std::move(v));
+  };
+}
+auto costs() {
+  return [](Table& t, const char* k, std::map<std::string, double> v) {
+    return t.costs(k, std::move(v));
+  };
+}
+auto readout() {
+  return [](Table& t, const char* k, const std::string& v) {
+    return t.parsed(k, v, fusion::parse_tae_readout);
+  };
+}
+
+// [fusion.foe] sets every FoE fuser: foe's and frugal's of each subset.
+template <typename Set>
+auto each_foe(Set set) {
+  return [set](O& o, const auto& v) {
+    for (auto* foe : {&o.foe(), &o.frugal().fuser()}) set(*foe, v);
+  };
+}
+
+using F = fusion::FoeOptions;
+
+const std::vector<Key>& keys() {
+  using V = std::int64_t;
+  using D = double;
+  static const std::vector<Key> all{
+      // [fusion.foe]
+      key("foe", "epochs", &S::foe, &S::Foe::epochs, count(1),
+          each_foe([](F& f, V v) { f.epochs(v); })),
+      key("foe", "hidden", &S::foe, &S::Foe::hidden, widths(),
+          each_foe([](F& f, const std::vector<V>& v) { f.hidden(v); })),
+      key("foe", "lr", &S::foe, &S::Foe::lr, number(true),
+          each_foe([](F& f, D v) { f.lr(v); })),
+      key("foe", "batch_size", &S::foe, &S::Foe::batch_size, count(1),
+          each_foe([](F& f, V v) { f.batch_size(v); })),
+      key("foe", "weight_decay", &S::foe, &S::Foe::weight_decay, number(false),
+          each_foe([](F& f, D v) { f.weight_decay(v); })),
+      key("foe", "features", &S::foe, &S::Foe::features,
+          one_of({"logprobs", "probs"}),
+          each_foe([](F& f, const std::string& v) {
+            f.features(v == "probs" ? fusion::FoeFeatures::kProbs
+                                    : fusion::FoeFeatures::kLogProbs);
+          })),
+      key("foe", "self_training_rounds", &S::foe, &S::Foe::self_training_rounds,
+          count(0), each_foe([](F& f, V v) { f.self_training_rounds(v); })),
+      key("foe", "pseudo_label_confidence", &S::foe,
+          &S::Foe::pseudo_label_confidence, fraction(/*closed=*/true),
+          each_foe([](F& f, D v) { f.pseudo_label_confidence(v); })),
+      // [fusion.distill]
+      key("distill", "epochs", &S::distill, &S::Distill::epochs, count(1),
+          [](O& o, V v) { o.distill().epochs(v); }),
+      key("distill", "lr", &S::distill, &S::Distill::lr, number(true),
+          [](O& o, D v) { o.distill().lr(v); }),
+      key("distill", "batch_size", &S::distill, &S::Distill::batch_size,
+          count(1), [](O& o, V v) { o.distill().batch_size(v); }),
+      key("distill", "temperature", &S::distill, &S::Distill::temperature,
+          number(true), [](O& o, D v) { o.distill().temperature(v); }),
+      key("distill", "holdout", &S::distill, &S::Distill::holdout,
+          fraction(/*closed=*/false),
+          [](O& o, D v) { o.distill().holdout(v); }),
+      key("distill", "patience", &S::distill, &S::Distill::patience, count(1),
+          [](O& o, V v) { o.distill().patience(v); }),
+      // [fusion.frugal]
+      key("frugal", "neighbours", &S::frugal, &S::Frugal::neighbours, count(1),
+          [](O& o, V v) { o.frugal().neighbours(v); }),
+      key("frugal", "knn_k", &S::frugal, &S::Frugal::knn_k, count(1),
+          [](O& o, V v) { o.frugal().knn_k(v); }),
+      key("frugal", "lambda", &S::frugal, &S::Frugal::lambda, number(false),
+          [](O& o, D v) { o.frugal().lambda(v); }),
+      key("frugal", "estimate_on_transfer", &S::frugal,
+          &S::Frugal::estimate_on_transfer, flag(),
+          [](O& o, bool v) { o.frugal().estimate_on_transfer(v); }),
+      key("frugal", "costs", &S::frugal, &S::Frugal::costs, costs(),
+          [](O& o, const fusion::ExpertCosts& v) {
+            o.frugal().costs_by_name(v);
+          }),
+      // [fusion.tae]
+      key("tae", "epochs", &S::tae, &S::Tae::epochs, count(1),
+          [](O& o, V v) { o.tae().training().epochs(v); }),
+      key("tae", "conv_channels", &S::tae, &S::Tae::conv_channels, count(0),
+          [](O& o, V v) { o.tae().network().conv_channels(v); }),
+      key("tae", "pool_centres", &S::tae, &S::Tae::pool_centres, count(0),
+          [](O& o, V v) { o.tae().training().pool_centres(v); }),
+      key("tae", "encoder_shift", &S::tae, &S::Tae::encoder_shift, count(0),
+          [](O& o, V v) { o.tae().training().encoder_shift(v); }),
+      key("tae", "answer_weight", &S::tae, &S::Tae::answer_weight,
+          number(false),
+          [](O& o, D v) { o.tae().training().answer_weight(v); }),
+      key("tae", "readout", &S::tae, &S::Tae::readout, readout(),
+          [](O& o, const std::string& v) {
+            o.tae().adaptation().readout(fusion::parse_tae_readout(v));
+          }),
+      key("tae", "head_steps", &S::tae, &S::Tae::head_steps, count(0),
+          [](O& o, V v) { o.tae().adaptation().head_steps(v); }),
+      // [fusion.dro]
+      key("dro", "meta_steps", &S::dro, &S::Dro::meta_steps, count(1),
+          [](O& o, V v) { o.dro().meta_steps(v); }),
+      key("dro", "meta_lr", &S::dro, &S::Dro::meta_lr, number(true),
+          [](O& o, D v) { o.dro().meta_lr(v); }),
+      key("dro", "inner_steps", &S::dro, &S::Dro::inner_steps, count(1),
+          [](O& o, V v) { o.dro().inner_steps(v); }),
+      key("dro", "inner_lr", &S::dro, &S::Dro::inner_lr, number(true),
+          [](O& o, D v) { o.dro().inner_lr(v); }),
+      key("dro", "gammas", &S::dro, &S::Dro::gammas, grid(),
+          [](O& o, const std::vector<D>& v) { o.dro().gammas(v); }),
+      key("dro", "embedding_dim", &S::dro, &S::Dro::embedding_dim, count(1),
+          [](O& o, V v) { o.dro().embedding_dim(v); }),
+      key("dro", "online", &S::dro, &S::Dro::online, flag(),
+          [](O& o, bool v) { o.dro().online(v); }),
+      key("dro", "online_steps", &S::dro, &S::Dro::online_steps, count(1),
+          [](O& o, V v) { o.dro().online_steps(v); }),
+      key("dro", "adapt_steps", &S::dro, &S::Dro::adapt_steps, count(0),
+          [](O& o, V v) { o.dro().adapt_steps(v); }),
+      key("dro", "adapt_lr", &S::dro, &S::Dro::adapt_lr, number(true),
+          [](O& o, D v) { o.dro().adapt_lr(v); }),
+  };
+  return all;
+}
+
 }  // namespace
 
 const std::vector<std::string>& settings_tables() {
@@ -132,162 +329,30 @@ const std::vector<std::string>& settings_tables() {
 
 AlgorithmSettings read_algorithm_settings(Config& c) {
   AlgorithmSettings s;
-  {
-    Table t(c, "foe");
-    auto& f = s.foe;
-    f.epochs = t.count("epochs", f.epochs, 1);
-    f.hidden = t.widths("hidden", f.hidden);
-    f.lr = t.number("lr", f.lr, /*positive=*/true);
-    f.batch_size = t.count("batch_size", f.batch_size, 1);
-    f.weight_decay = t.number("weight_decay", f.weight_decay, false);
-    f.features = t.text("features", f.features, {"logprobs", "probs"});
-    f.self_training_rounds =
-        t.count("self_training_rounds", f.self_training_rounds, 0);
-    f.pseudo_label_confidence = t.fraction(
-        "pseudo_label_confidence", f.pseudo_label_confidence, /*closed=*/true);
-  }
-  {
-    Table t(c, "distill");
-    auto& d = s.distill;
-    d.epochs = t.count("epochs", d.epochs, 1);
-    d.lr = t.number("lr", d.lr, /*positive=*/true);
-    d.batch_size = t.count("batch_size", d.batch_size, 1);
-    d.temperature = t.number("temperature", d.temperature, true);
-    d.holdout = t.fraction("holdout", d.holdout, /*closed=*/false);
-    d.patience = t.count("patience", d.patience, 1);
-  }
-  {
-    Table t(c, "frugal");
-    auto& f = s.frugal;
-    f.neighbours = t.count("neighbours", f.neighbours, 1);
-    f.knn_k = t.count("knn_k", f.knn_k, 1);
-    f.lambda = t.number("lambda", f.lambda, /*positive=*/false);
-    f.estimate_on_transfer =
-        t.flag("estimate_on_transfer", f.estimate_on_transfer);
-    f.costs = t.costs("costs", f.costs);
-  }
-  {
-    Table t(c, "tae");
-    auto& a = s.tae;
-    a.epochs = t.count("epochs", a.epochs, 1);
-    a.conv_channels = t.count("conv_channels", a.conv_channels, 0);
-    a.pool_centres = t.count("pool_centres", a.pool_centres, 0);
-    a.encoder_shift = t.count("encoder_shift", a.encoder_shift, 0);
-    a.answer_weight = t.number("answer_weight", a.answer_weight, false);
-    a.readout = t.parsed("readout", a.readout, fusion::parse_tae_readout);
-    a.head_steps = t.count("head_steps", a.head_steps, 0);
-  }
-  {
-    Table t(c, "dro");
-    auto& d = s.dro;
-    d.meta_steps = t.count("meta_steps", d.meta_steps, 1);
-    d.meta_lr = t.number("meta_lr", d.meta_lr, /*positive=*/true);
-    d.inner_steps = t.count("inner_steps", d.inner_steps, 1);
-    d.inner_lr = t.number("inner_lr", d.inner_lr, true);
-    d.gammas = t.grid("gammas", d.gammas);
-    d.embedding_dim = t.count("embedding_dim", d.embedding_dim, 1);
-    d.online = t.flag("online", d.online);
-    d.online_steps = t.count("online_steps", d.online_steps, 1);
-    d.adapt_steps = t.count("adapt_steps", d.adapt_steps, 0);
-    d.adapt_lr = t.number("adapt_lr", d.adapt_lr, true);
+  for (const auto& table : settings_tables()) {
+    Table t(c, table);
+    for (const auto& k : keys())
+      if (k.table == table) k.read(t, s);
   }
   return s;
 }
 
 void apply_algorithm_settings(const AlgorithmSettings& s,
                               fusion::AlgorithmOptions& options) {
-  const auto features = s.foe.features == "probs"
-                            ? fusion::FoeFeatures::kProbs
-                            : fusion::FoeFeatures::kLogProbs;
-  for (auto* foe : {&options.foe(), &options.frugal().fuser()}) {
-    foe->epochs(s.foe.epochs)
-        .hidden(s.foe.hidden)
-        .lr(s.foe.lr)
-        .batch_size(s.foe.batch_size)
-        .weight_decay(s.foe.weight_decay)
-        .features(features)
-        .self_training_rounds(s.foe.self_training_rounds)
-        .pseudo_label_confidence(s.foe.pseudo_label_confidence);
-  }
-  options.distill()
-      .epochs(s.distill.epochs)
-      .lr(s.distill.lr)
-      .batch_size(s.distill.batch_size)
-      .temperature(s.distill.temperature)
-      .holdout(s.distill.holdout)
-      .patience(s.distill.patience);
-  options.frugal()
-      .neighbours(s.frugal.neighbours)
-      .knn_k(s.frugal.knn_k)
-      .lambda(s.frugal.lambda)
-      .estimate_on_transfer(s.frugal.estimate_on_transfer)
-      .costs_by_name(s.frugal.costs);
-  auto& tae = options.tae();
-  tae.training().epochs(s.tae.epochs);
-  tae.training().pool_centres(s.tae.pool_centres);
-  tae.training().encoder_shift(s.tae.encoder_shift);
-  tae.training().answer_weight(s.tae.answer_weight);
-  tae.network().conv_channels(s.tae.conv_channels);
-  tae.adaptation().readout(fusion::parse_tae_readout(s.tae.readout));
-  tae.adaptation().head_steps(s.tae.head_steps);
-  options.dro()
-      .meta_steps(s.dro.meta_steps)
-      .meta_lr(s.dro.meta_lr)
-      .inner_steps(s.dro.inner_steps)
-      .inner_lr(s.dro.inner_lr)
-      .gammas(s.dro.gammas)
-      .embedding_dim(s.dro.embedding_dim)
-      .online(s.dro.online)
-      .online_steps(s.dro.online_steps)
-      .adapt_steps(s.dro.adapt_steps)
-      .adapt_lr(s.dro.adapt_lr);
+  for (const auto& k : keys()) k.apply(s, options);
 }
 
 std::string settings_toml(const AlgorithmSettings& s,
                           const std::string& table) {
-  if (table == "foe") {
-    const auto& f = s.foe;
-    return fmt::format(
-        "[fusion.foe]\nepochs = {}\nhidden = {}\nlr = {}\nbatch_size = {}\n"
-        "weight_decay = {}\nfeatures = {}\nself_training_rounds = {}\n"
-        "pseudo_label_confidence = {}\n",
-        f.epochs, toml_list(f.hidden), f.lr, f.batch_size, f.weight_decay,
-        toml_quoted(f.features), f.self_training_rounds,
-        f.pseudo_label_confidence);
+  CHORUS_CHECK(std::find(settings_tables().begin(), settings_tables().end(),
+                         table) != settings_tables().end(),
+               "no settings table [fusion.{}] (tables: {})", table,
+               fmt::join(settings_tables(), ", "));
+  std::string out = fmt::format("[fusion.{}]\n", table);
+  for (const auto& k : keys()) {
+    if (k.table == table) out += fmt::format("{} = {}\n", k.name, k.toml(s));
   }
-  if (table == "distill") {
-    const auto& d = s.distill;
-    return fmt::format(
-        "[fusion.distill]\nepochs = {}\nlr = {}\nbatch_size = {}\n"
-        "temperature = {}\nholdout = {}\npatience = {}\n",
-        d.epochs, d.lr, d.batch_size, d.temperature, d.holdout, d.patience);
-  }
-  if (table == "frugal") {
-    const auto& f = s.frugal;
-    return fmt::format(
-        "[fusion.frugal]\nneighbours = {}\nknn_k = {}\nlambda = {}\n"
-        "estimate_on_transfer = {}\ncosts = {}\n",
-        f.neighbours, f.knn_k, f.lambda, f.estimate_on_transfer,
-        toml_inline_table(f.costs));
-  }
-  if (table == "tae") {
-    const auto& a = s.tae;
-    return fmt::format(
-        "[fusion.tae]\nepochs = {}\nconv_channels = {}\npool_centres = {}\n"
-        "encoder_shift = {}\nanswer_weight = {}\nreadout = {}\n"
-        "head_steps = {}\n",
-        a.epochs, a.conv_channels, a.pool_centres, a.encoder_shift,
-        a.answer_weight, toml_quoted(a.readout), a.head_steps);
-  }
-  CHORUS_CHECK(table == "dro", "no settings table [fusion.{}] (tables: {})",
-               table, fmt::join(settings_tables(), ", "));
-  const auto& d = s.dro;
-  return fmt::format(
-      "[fusion.dro]\nmeta_steps = {}\nmeta_lr = {}\ninner_steps = {}\n"
-      "inner_lr = {}\ngammas = {}\nembedding_dim = {}\nonline = {}\n"
-      "online_steps = {}\nadapt_steps = {}\nadapt_lr = {}\n",
-      d.meta_steps, d.meta_lr, d.inner_steps, d.inner_lr, toml_list(d.gammas),
-      d.embedding_dim, d.online, d.online_steps, d.adapt_steps, d.adapt_lr);
+  return out;
 }
 
 std::string settings_line(const AlgorithmSettings& s,
