@@ -154,6 +154,28 @@ def hidden(x):
     ws = [1.0] * (len(encs) - 1) + [W2]
     with torch.no_grad(): return torch.cat([w * F.normalize(e(x), dim=1) for w, e in zip(ws, encs)], 1) / math.sqrt(len(encs))
 def feats(x): return F.normalize(hidden(x), dim=1)
+# probe=1: the features' ceiling on each unseen pair — a linear head (probe_steps Adam steps,
+# weight decay 1e-4) on every training image of the pair's two classes, scored on the test
+# split's — against an MLP 784-100-2 on the same pixels (fs_all); then exit.
+if opt('probe', 0):
+    def batched(x): return torch.cat([feats(x[i:i + 4096]) for i in range(0, x.size(0), 4096)])
+    rows = []
+    for i, a in enumerate(unseen):
+        for b in unseen[i + 1:]:
+            m = (tr_y == a) | (tr_y == b); t = (tey == a) | (tey == b)
+            ytr = (tr_y[m] == b).long(); yte = (tey[t] == b).long()
+            ftr, fte = batched(trx[m]), batched(tex[t])
+            L = nn.Linear(ftr.size(1), 2); o = torch.optim.Adam(L.parameters(), 1e-2, weight_decay=1e-4)
+            for _ in range(opt('probe_steps', 500)):
+                l = F.cross_entropy(L(ftr), ytr); o.zero_grad(); l.backward(); o.step()
+            with torch.no_grad(): lp = (L(fte).argmax(1) == yte).float().mean().item()
+            tr_lp = (L(ftr).argmax(1) == ytr).float().mean().item()
+            fsa = train_clf(trx[m], ytr, epochs=5)
+            with torch.no_grad(): fa = (fsa(tex[t]).argmax(1) == yte).float().mean().item()
+            rows.append((a, b, lp, tr_lp, fa))
+            print(f'probe {a}/{b}: linear on features {100 * lp:.1f} (train {100 * tr_lp:.1f}), MLP on pixels {100 * fa:.1f}', flush=True)
+    print(f'probe mean: linear on features {100 * np.mean([r[2] for r in rows]):.1f}, MLP on pixels {100 * np.mean([r[4] for r in rows]):.1f}')
+    sys.exit(0)
 # fx=1: feature transforms before the per-encoder normalisation, as rows <t>_ncm / <t>_lin:
 # cen (each encoder's hidden layer minus its mean over the pool, SimpleShot's CL2N), pt<p>
 # (h^p, Tukey's power transform), and both.
@@ -352,6 +374,43 @@ for k in [int(v) for v in opt('ks', '1,5').split(',')]:
                             + 0.01 * sum((p - q).pow(2).sum() for p, q in zip(ps, p0))
                         o.zero_grad(); l.backward(); o.step()
                     with torch.no_grad(): r[f'ft{lr:g}'] = fe(tx) @ W.t() + B
+        if opt('x7', 0):
+            # x7=1 (with pc=K): the pool as pseudo-labelled shots — the M pool images (pp) or
+            # pool centres (ppc) nearest each prior class mean, and on its side of the other
+            # (margin > 0), join the shots with weight w; pps: 2 rounds of self-training, the
+            # head's own confident pool picks.
+            assert PC, 'x7=1 needs pc=K'
+            c2 = prior_means(fs_, sy, k)
+            base = F.normalize(ft_, dim=1) @ c2.t() if k == 1 else lin_from(c2, fs_, sy, ft_)
+            r['p230'] = base
+            def picks(src, score, m):
+                sel, lab = [], []
+                for j in (0, 1):
+                    marg = score[:, j] - score[:, 1 - j]
+                    top = torch.where(marg > 0, score[:, j], torch.full_like(marg, -1e9)).topk(m).indices
+                    top = top[marg[top] > 0]; sel.append(src[top]); lab += [j] * len(top)
+                return torch.cat(sel), torch.tensor(lab)
+            for m in (20, 100):
+                for w in (0.3, 1.0):
+                    fu, lu = picks(fp, fp @ c2.t(), m)
+                    pu = F.one_hot(lu, 2).float()
+                    r[f'pp{m}/{w:g}'] = lin_from(c2, fs_, sy, ft_, fu=fu, pu=pu, hw=w)
+            for m in (5, 20):
+                fu, lu = picks(MU, MU @ c2.t(), m)
+                r[f'ppc{m}'] = lin_from(c2, fs_, sy, ft_, fu=fu, pu=F.one_hot(lu, 2).float(), hw=0.3)
+            # self-training on the pool: the head scores the pool, its top picks join.
+            W_ = None; c_ = c2
+            for rd in range(2):
+                L = nn.Linear(fs_.size(1), 2)
+                with torch.no_grad(): L.weight.copy_(2 * c_); L.bias.copy_(-(c_ * c_).sum(1))
+                o = torch.optim.Adam(L.parameters(), 1e-2, weight_decay=1e-3)
+                if rd: fu, lu = picks(fp, sc, 100)
+                for _ in range(100):
+                    l = F.cross_entropy(L(fs_), sy)
+                    if rd: l = l + 0.3 * F.cross_entropy(L(fu), lu)
+                    o.zero_grad(); l.backward(); o.step()
+                with torch.no_grad(): sc = L(fp)
+            with torch.no_grad(): r['pps'] = L(ft_)
         if SEMI:
             pool_ab = torch.cat([ia, ib]); pool_ab = pool_ab[torch.randperm(len(pool_ab))[:SEMI]]
             fu = feats(trx[pool_ab]); c = refine(fs_, sy, fu)

@@ -966,6 +966,8 @@ TEST_CASE(
   CHECK(o.frugal().lambda() == defaults.frugal().lambda());
   CHECK(o.frugal().estimate_on_transfer() ==
         defaults.frugal().estimate_on_transfer());
+  CHECK(o.frugal().costs_by_name().empty());
+  CHECK(defaults.frugal().costs_by_name().empty());
   CHECK(o.dro().meta_steps() == defaults.dro().meta_steps());
   CHECK(o.dro().meta_lr() == defaults.dro().meta_lr());
   CHECK(o.dro().inner_steps() == defaults.dro().inner_steps());
