@@ -28,6 +28,8 @@
 # the head's and FS's probabilities summed (ensw), test-time one-pixel shifts (tta), the conv
 # maps beside the features (ml, off with x6ml=0) and fine-tuned encoders (ft, learning rates
 # x6lr=a,b); ks=1,5 chooses the shot counts (the README's P2 notes).
+# probe=1: each unseen pair's ceiling (a linear head on every training image); x7=1 (with
+# pc=K): the pool's images or centres nearest the prior means as pseudo-labelled shots.
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=mnist aw2=1000 semi=1000 semi_grid=1
 import copy, gzip, json, math, random, sys, time
 import numpy as np
