@@ -4,7 +4,8 @@
 //   bench_p1 [--seeds N] [--expert-epochs N] [--threads N] [--json FILE]
 //            [--save-dir DIR]   (seed 0's fused models, for `chorus eval`)
 //            [--only a,b,...]   (these methods only: algorithm names,
-//                                "ablations", "frugal-sweep", "centralised")
+//                                "ablations", "frugal-sweep", "frugal-costs",
+//                                "centralised")
 //            [--student-epochs N] (the distilled students' epochs)
 //            [--poison K]       (expert K answers confidently wrong)
 //            [--robust]         (robust fusion: AlgorithmOptions::robust)
@@ -48,6 +49,7 @@
 // expert training, inference on U and the test set, the FoE fuser and
 // foe-distill's student. Alternating pairs, medians, speed-up = PyTorch time
 // / Chorus time, accuracies side by side.
+#include <fmt/ranges.h>
 #include <stdlib.h>
 #include <torch/torch.h>
 
@@ -138,13 +140,15 @@ class Table {
     return fmt::format("{:.{}f} ± {:.{}f}", m, precision, s, precision);
   }
   void print() const {
-    fmt::print("\n{:<36} {:>15} {:>15} {:>14} {:>12} {:>8}\n", "method",
-               "acc 10-way", "acc own task", "queries/img", "seconds", "sigma");
+    fmt::print("\n{:<36} {:>15} {:>15} {:>14} {:>14} {:>12} {:>8}\n", "method",
+               "acc 10-way", "acc own task", "queries/img", "cost/img",
+               "seconds", "sigma");
     for (const auto& row : order_) {
       const auto sigma = cell(row, "sigma", 1);
-      fmt::print("{:<36} {:>15} {:>15} {:>14} {:>12} {:>8}\n", row,
+      fmt::print("{:<36} {:>15} {:>15} {:>14} {:>14} {:>12} {:>8}\n", row,
                  cell(row, "acc10"), cell(row, "acc_task"),
-                 cell(row, "queries_per_image", 2), cell(row, "seconds", 1),
+                 cell(row, "queries_per_image", 2),
+                 cell(row, "cost_per_image", 2), cell(row, "seconds", 1),
                  sigma == "-" ? sigma : sigma.substr(0, sigma.find(' ')));
     }
   }
@@ -340,6 +344,45 @@ void run_seed(std::uint64_t seed, const Args& args, const fu::Dataset& train,
                     test.images.size(0));
       table.add(name, "seconds", seconds_since(t));
     }
+  }
+
+  // Frugal with a tariff: the expert equal-cost frugal asks most is priced
+  // at 3 (by name, as [fusion.frugal] costs does); both policies' queries
+  // are costed under that tariff, at λ = 0.02.
+  if (args.wants("frugal-costs")) {
+    const fu::FrugalOptions frugal_options =
+        options.frugal().fuser(options.foe().seed(seed).threads(args.threads));
+    fu::FrugalFoe equal(frugal_options);
+    equal.fit(data.fusion_answers(), v_labels, kClasses, data.answers);
+    auto t_equal = Clock::now();
+    auto pred = equal.predict(oracle, test.images, 0.02);
+    const double equal_seconds = seconds_since(t_equal);
+    const auto dear = pred.queried.sum(0).argmax().item<std::int64_t>();
+    const auto& dear_name = oracle.experts()[dear].name;
+    std::vector<double> tariff(oracle.experts().size(), 1.0);
+    tariff[static_cast<std::size_t>(dear)] = 3.0;
+    auto row = [&](const std::string& name, const fu::FrugalPrediction& p,
+                   double seconds) {
+      auto costed = p;
+      costed.costs = tariff;
+      table.add(name, "acc10", fu::accuracy(p.probs, test.labels));
+      table.add(name, "queries_per_image", p.mean_experts());
+      table.add(name, "cost_per_image", costed.mean_cost());
+      table.add(name, "seconds", seconds);
+    };
+    row("frugal, equal costs", pred, equal_seconds);
+    fu::FrugalFoe priced(
+        fu::FrugalOptions(frugal_options).costs_by_name({{dear_name, 3.0}}));
+    priced.fit(data.fusion_answers(), v_labels, kClasses, data.answers);
+    auto t = Clock::now();
+    auto p3 = priced.predict(oracle, test.images, 0.02);
+    fmt::print(
+        "seed {}: frugal's most-asked expert is {} ({:.2f} of the "
+        "inputs); priced at 3 it answers {:.2f}\n",
+        seed, dear_name,
+        pred.queried.select(1, dear).to(torch::kDouble).mean().item<double>(),
+        p3.queried.select(1, dear).to(torch::kDouble).mean().item<double>());
+    row("frugal, most-asked expert costs 3", p3, seconds_since(t));
   }
 
   // Centralised: one model on the union of the experts' training data.
@@ -769,6 +812,21 @@ int main(int argc, char** argv) {
           "       bench_p1 --vs-pytorch PAIRS [--expert-epochs N] [--threads "
           "N] [--json FILE] [--peer peer.py]\n");
       return 2;
+    }
+  }
+  {
+    // An unknown method in --only would run nothing and print an empty
+    // table: refuse it by name.
+    std::set<std::string> known{"ablations", "frugal-sweep", "frugal-costs",
+                                "centralised"};
+    for (const auto& name : fu::algorithm_names()) known.insert(name);
+    for (const auto& item : args.only) {
+      if (!known.count(item)) {
+        fmt::print(stderr,
+                   "bench_p1: --only: unknown method '{}' (known: {})\n", item,
+                   fmt::join(known, ", "));
+        return 2;
+      }
     }
   }
   try {
