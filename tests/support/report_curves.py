@@ -3,7 +3,8 @@
 cli tests to match:
 
   report_curves.py shots REPORT    tae/dro: the shots, the nodes, accuracies
-  report_curves.py frugal REPORT   frugal: the λ sweep and its queries
+  report_curves.py frugal REPORT   frugal: the λ sweep, its queries, and the
+                                   λs where the queries cost more than 1 each
 """
 import json
 import sys
@@ -20,7 +21,12 @@ elif kind == "frugal":
     curve = report["frugal_curve"]
     queries = [p["queries_per_test_input"] for p in curve]
     falling = all(a >= b for a, b in zip(queries, queries[1:]))
+    costs = [p["cost_per_test_input"] for p in curve]
+    dearer = [p["lambda"] for p, q, c in zip(curve, queries, costs) if c > q + 1e-9]
+    never_below = all(c >= q - 1e-9 for q, c in zip(queries, costs))
     print("lambdas", [p["lambda"] for p in curve], "queries",
-          "non-increasing" if falling else "grew", queries)
+          "non-increasing" if falling else "grew", queries,
+          "cost never below queries" if never_below else "cost BELOW queries",
+          "cost above queries at lambdas", dearer)
 else:
     sys.exit(f"unknown kind {kind!r}")
