@@ -67,6 +67,14 @@ int run_predict(PredictArgs& a) {
         "expert queries  {} ({:.2f} per image)\n", report.expert_queries,
         n ? static_cast<double>(report.expert_queries) / static_cast<double>(n)
           : 0.0);
+    // Only when some node is priced ([fusion.frugal] costs) does the cost
+    // say more than the count.
+    if (report.expert_cost > 0 &&
+        report.expert_cost != static_cast<double>(report.expert_queries)) {
+      fmt::print("their cost      {:.2f} ({:.2f} per image)\n",
+                 report.expert_cost,
+                 n ? report.expert_cost / static_cast<double>(n) : 0.0);
+    }
   }
   if (!report.experts_away.empty()) {
     fmt::print("experts away    {} (the coordinator answered without them)\n",
@@ -91,6 +99,7 @@ int run_predict(PredictArgs& a) {
                        {"predicted", report.predicted},
                        {"probabilities", report.probabilities},
                        {"expert_queries", report.expert_queries},
+                       {"expert_cost", report.expert_cost},
                        {"experts_away", report.experts_away},
                        {"seconds", report.seconds}};
     if (report.accuracy) {

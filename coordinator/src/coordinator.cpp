@@ -562,6 +562,9 @@ FusedPrediction Coordinator::predict(const torch::Tensor& inputs) {
   // Nodes account these queries to the round after the last one.
   oracle.set_round(static_cast<std::uint32_t>(impl_->options.rounds + 1));
   const auto before = oracle.total_stats().inputs;
+  std::vector<std::int64_t> before_each;
+  for (std::int64_t i = 0; i < oracle.num_experts(); ++i)
+    before_each.push_back(oracle.stats(i).inputs);
   FusedPrediction out;
   out.round = impl_->fused_round;
   if (!fuser.needs_experts()) {
@@ -596,6 +599,14 @@ FusedPrediction Coordinator::predict(const torch::Tensor& inputs) {
     }
   }
   out.expert_queries = oracle.total_stats().inputs - before;
+  const auto& costs = impl_->options.algorithm_options.frugal().costs_by_name();
+  for (std::int64_t i = 0; i < oracle.num_experts(); ++i) {
+    const auto it = costs.find(experts[static_cast<std::size_t>(i)].name);
+    out.expert_cost +=
+        static_cast<double>(oracle.stats(i).inputs -
+                            before_each[static_cast<std::size_t>(i)]) *
+        (it == costs.end() ? 1.0 : it->second);
+  }
   return out;
 }
 
@@ -614,6 +625,7 @@ protocol::PredictAnswer Coordinator::answer(const protocol::PredictCall& call) {
   out.algorithm = impl_->options.algorithm;
   out.fused_round = static_cast<std::uint32_t>(prediction.round);
   out.expert_queries = static_cast<std::uint64_t>(prediction.expert_queries);
+  out.expert_cost = prediction.expert_cost;
   out.experts_away = prediction.experts_away;
   return out;
 }

@@ -142,6 +142,7 @@ void predict_remotely(const PredictOptions& o, const torch::Tensor& images,
       report.algorithm = r.algorithm;
       report.round = static_cast<int>(r.fused_round);
       report.expert_queries += static_cast<std::int64_t>(r.expert_queries);
+      report.expert_cost += r.expert_cost;
       for (const auto& name : r.experts_away) {
         auto& away = report.experts_away;
         if (std::find(away.begin(), away.end(), name) == away.end())

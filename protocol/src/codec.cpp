@@ -271,6 +271,7 @@ v1::Envelope envelope_of(PredictAnswer answer) {
   r->set_algorithm(std::move(answer.algorithm));
   r->set_fused_round(answer.fused_round);
   r->set_expert_queries(answer.expert_queries);
+  r->set_expert_cost(answer.expert_cost);
   for (auto& name : answer.experts_away) r->add_experts_away(std::move(name));
   return e;
 }
@@ -391,6 +392,7 @@ PredictAnswer predict_answer_of(v1::Envelope&& reply, std::string_view who) {
   a.algorithm = r.algorithm();
   a.fused_round = r.fused_round();
   a.expert_queries = r.expert_queries();
+  a.expert_cost = r.expert_cost();
   a.experts_away.assign(r.experts_away().begin(), r.experts_away().end());
   return a;
 }

@@ -262,6 +262,9 @@ TEST_CASE(
   CHECK(nodes.services.at("alpha")->inputs_answered() ==
         600 + world().test.x.size(0));
   CHECK(served.expert_queries == 2 * world().test.x.size(0));
+  // No node priced: each answer costs 1.
+  CHECK(served.expert_cost ==
+        doctest::Approx(2.0 * static_cast<double>(world().test.x.size(0))));
 }
 
 TEST_CASE(
@@ -537,6 +540,9 @@ TEST_CASE(
   Nodes nodes(side.registry->port(), dir / "nodes");
   auto o = options(dir / "run");
   o.algorithm = "foe";
+  // beta priced at 2.5 ([fusion.frugal] costs): the answer says what its
+  // expert answers cost.
+  o.algorithm_options.frugal().costs_by_name({{"beta", 2.5}});
   co::Coordinator coordinator(*side.registry, pool_data(), o);
   coordinator.run();
 
@@ -567,6 +573,7 @@ TEST_CASE(
         kSpace);
   // foe asks every fused expert about every input.
   CHECK(r.expert_queries() == 3 * 50);
+  CHECK(r.expert_cost() == doctest::Approx(50 * (1 + 2.5 + 1)));
   for (const auto& [name, service] : nodes.services) {
     CHECK(service->inputs_answered() == before[name] + 50);
   }

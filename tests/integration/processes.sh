@@ -86,6 +86,8 @@ rounds = $rounds
 run_dir = "run"
 [fusion]
 algorithm = "foe"
+[fusion.frugal]
+costs = { "b" = 2 }   # what each served answer costs (b: 2, the others 1)
 [data]
 transfer_size = $transfer
 fusion_labels = 100
@@ -157,6 +159,8 @@ check "report.json lists the rounds, round 1 from the checkpoint" \
   --limit 200 > predict.out 2> predict.err || fail "chorus predict: $(cat predict.err)"
 check "the operator got foe's fused answer from all three experts" \
   grep -Eq "expert queries +600 \(3\.00 per image\)" predict.out
+check "and what those answers cost, b's at 2 each" \
+  grep -Eq "their cost +800\.00 \(4\.00 per image\)" predict.out
 check "the fused answer is accurate" \
   grep -Eq "accuracy +0\.([6-9])" predict.out
 

@@ -117,7 +117,10 @@ std::string describe_left_out(const RoundReport& report);
 struct FusedPrediction {
   torch::Tensor probabilities;  ///< float32 [N, C] over the label space.
   std::int64_t expert_queries =
-      0;          ///< Expert answers consumed (inputs × experts).
+      0;  ///< Expert answers consumed (inputs × experts).
+  /// Their cost: each node's answers times its [fusion.frugal] cost (1
+  /// when not priced).
+  double expert_cost = 0;
   int round = 0;  ///< The round whose fused model answered.
   /// Experts the fuser needs that were not connected: it answered without
   /// them (their answers uninformative).

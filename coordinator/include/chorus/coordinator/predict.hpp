@@ -51,6 +51,9 @@ struct PredictReport {
   std::vector<std::int64_t> predicted;            ///< Arg-max column per image.
   std::vector<std::vector<float>> probabilities;  ///< [N][C].
   std::int64_t expert_queries = 0;  ///< Expert answers the coordinator used.
+  /// Their cost under the coordinator's node costs (a coordinator before
+  /// protocol 1.7 does not say: 0).
+  double expert_cost = 0;
   /// Experts of the fused model the coordinator answered without (not
   /// connected), in the order it first named them.
   std::vector<std::string> experts_away;

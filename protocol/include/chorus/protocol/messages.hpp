@@ -18,7 +18,7 @@ namespace chorus::protocol {
 /// The protocol version this build speaks.
 inline constexpr std::uint32_t kProtocolMajor = 1;
 /// 1.1: operators. 1.2: the task in Welcome; inputs in the task's dtype.
-inline constexpr std::uint32_t kProtocolMinor = 6;
+inline constexpr std::uint32_t kProtocolMinor = 7;
 
 /// Element types a tensor may travel in.
 enum class DType {
@@ -156,6 +156,8 @@ struct PredictAnswer {
   std::string algorithm;
   std::uint32_t fused_round = 0;
   std::uint64_t expert_queries = 0;
+  /// Their cost under the coordinator's node costs (1 an answer unpriced).
+  double expert_cost = 0;
   /// Experts of the fused model that were away (answered without them).
   std::vector<std::string> experts_away;
 };
