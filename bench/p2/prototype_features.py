@@ -29,7 +29,8 @@
 # maps beside the features (ml, off with x6ml=0) and fine-tuned encoders (ft, learning rates
 # x6lr=a,b); ks=1,5 chooses the shot counts (the README's P2 notes).
 # probe=1: each unseen pair's ceiling (a linear head on every training image); x7=1 (with
-# pc=K): the pool's images or centres nearest the prior means as pseudo-labelled shots.
+# pc=K): the pool's images or centres nearest the prior means as pseudo-labelled shots; x8=1
+# (with pc=K): LDA and distribution calibration with the pool's covariance.
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=mnist aw2=1000 semi=1000 semi_grid=1
 import copy, gzip, json, math, random, sys, time
 import numpy as np
@@ -281,6 +282,11 @@ if PC:
         for _ in range(25):
             a_ = (fp @ MU.t()).argmax(1)
             MU = F.normalize(torch.zeros_like(MU).index_add_(0, a_, fp) + 1e-6 * MU, dim=1)
+if PC and opt('x8', 0):
+    with torch.no_grad():  # the pool's within-cluster covariance (x8)
+        a_ = (fp @ MU.t()).argmax(1)
+        cm = torch.zeros_like(MU).index_add_(0, a_, fp) / torch.bincount(a_, minlength=PC).clamp(min=1).unsqueeze(1).float()
+        d_ = fp - cm[a_]; SW = d_.t() @ d_ / fp.size(0)
 def pull(c, lam, t):
     w = F.softmax(t * F.normalize(c, dim=1) @ MU.t(), 1)
     return F.normalize(F.normalize(c, dim=1) + lam * w @ MU, dim=1)
@@ -413,6 +419,35 @@ for k in [int(v) for v in opt('ks', '1,5').split(',')]:
                     o.zero_grad(); l.backward(); o.step()
                 with torch.no_grad(): sc = L(fp)
             with torch.no_grad(): r['pps'] = L(ft_)
+        if opt('x8', 0):
+            # x8=1 (with pc=K): the pool's covariance shapes the decision — LDA on the prior means
+            # with the pool's within-cluster covariance (ldaG<s>, shrunk by s toward its mean
+            # variance), or that of the pool's m=200 features nearest each prior class mean
+            # (ldaL<s>), and distribution calibration (dc<s>: 100 features per class drawn from
+            # N(prior mean, local covariance) join the shots, weight 0.3, in lin's head steps).
+            assert PC, 'x8=1 needs pc=K'
+            c2 = prior_means(fs_, sy, k)
+            r['p230'] = F.normalize(ft_, dim=1) @ c2.t() if k == 1 else lin_from(c2, fs_, sy, ft_)
+            def shrunk(S, s): return (1 - s) * S + s * S.diagonal().mean() * torch.eye(S.size(0))
+            def lda(S, c):
+                P = torch.linalg.solve(S, c.t()).t()  # rows: S^-1 c_j
+                return ft_ @ P.t() - 0.5 * (P * c).sum(1)
+            def local(c, m=opt('x8m', 200)):
+                out = []
+                for j in (0, 1):
+                    nb = fp[(fp @ c[j]).topk(m).indices]; d = nb - nb.mean(0)
+                    out.append(d.t() @ d / (m - 1))
+                return 0.5 * (out[0] + out[1])
+            SL = local(c2)
+            for s in (0.1, 0.3, 0.7):
+                r[f'ldaG{s:g}'] = lda(shrunk(SW, s), c2)
+                r[f'ldaL{s:g}'] = lda(shrunk(SL, s), c2)
+                if k > 1:
+                    Lc = torch.linalg.cholesky(shrunk(SL, s))
+                    g_ = torch.Generator().manual_seed(t)
+                    fu = torch.cat([c2[j] + torch.randn(100, c2.size(1), generator=g_) @ Lc.t() for j in (0, 1)])
+                    pu = F.one_hot(torch.tensor([0] * 100 + [1] * 100), 2).float()
+                    r[f'dc{s:g}'] = lin_from(c2, fs_, sy, ft_, fu=F.normalize(fu, dim=1), pu=pu, hw=0.3)
         if SEMI:
             pool_ab = torch.cat([ia, ib]); pool_ab = pool_ab[torch.randperm(len(pool_ab))[:SEMI]]
             fu = feats(trx[pool_ab]); c = refine(fs_, sy, fu)
