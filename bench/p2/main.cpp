@@ -8,7 +8,8 @@
 //            [--head-steps N] [--answer-weight X] [--[no-]answer-encoder]
 //            [--unlabelled N] [--unlabelled-weight X] [--unlabelled-rounds N]
 //            [--conv-channels N] [--encoder-shift N] [--pool-centres N]
-//            [--centre-weight X] [--centre-temperature X] [--paper]
+//            [--centre-weight X] [--centre-temperature X]
+//            [--covariance-shrinkage X] [--paper]
 //            [--test-per-class N] [--json FILE]
 //
 // Black boxes are binary classifiers on class pairs: MNIST-2 has two,
@@ -24,10 +25,12 @@
 // auto reads unseen tasks by the features head fitted on the shots and seen
 // ones by the prototypes, relabelled unless --no-relabel), tae-proto (the
 // same adaptation read out by the relabelled prototypes, where tae read by
-// features: what the readout adds), tae+U (where tae read by features, its
-// head refined over --unlabelled images of the task's two classes drawn from
-// the training split, the shots possibly among them: a node that holds
-// unlabelled data of the new task; the other rows use the shots alone),
+// features: what the readout adds), tae-ncm (where tae's one-shot head used
+// the pool's covariance, the same class means read by nearest class mean,
+// covariance_shrinkage 1: what the covariance adds), tae+U (where tae read by
+// features, its head refined over --unlabelled images of the task's two classes
+// drawn from the training split, the shots possibly among them: a node that
+// holds unlabelled data of the new task; the other rows use the shots alone),
 // FS+U (tae+U's like-for-like: FS labels the same unlabelled images and a
 // fresh model trains on the shots and those pseudo-labels, 10 epochs), B+
 // (the black boxes' lifted sum, compared
@@ -99,6 +102,9 @@ struct Args {
   std::int64_t pool_centres = fu::TaeTrainingOptions().pool_centres();
   double centre_weight = fu::TaeAdaptationOptions().centre_weight();
   double centre_temperature = fu::TaeAdaptationOptions().centre_temperature();
+  /// TaeAdaptationOptions::covariance_shrinkage.
+  double covariance_shrinkage =
+      fu::TaeAdaptationOptions().covariance_shrinkage();
   /// Unlabelled images of each task for the tae+U row (0: no such row), and
   /// TaeAdaptationOptions::unlabelled_weight and unlabelled_rounds.
   std::int64_t unlabelled = 1000;
@@ -243,6 +249,8 @@ int main(int argc, char** argv) {
       args.centre_weight = std::stod(next());
     else if (a == "--centre-temperature")
       args.centre_temperature = std::stod(next());
+    else if (a == "--covariance-shrinkage")
+      args.covariance_shrinkage = std::stod(next());
     else if (a == "--paper") {
       // The paper's configuration as we read it (ALGORITHMS.md §4): none of
       // our additions, G's Gibbs loss trained with the ELBO.
@@ -272,7 +280,8 @@ int main(int argc, char** argv) {
           "[--head-steps N] [--answer-weight X] [--[no-]answer-encoder] "
           "[--unlabelled N] [--unlabelled-weight X] [--unlabelled-rounds N] "
           "[--conv-channels N] [--encoder-shift N] [--pool-centres N] "
-          "[--centre-weight X] [--centre-temperature X] [--paper] "
+          "[--centre-weight X] [--centre-temperature X] "
+          "[--covariance-shrinkage X] [--paper] "
           "[--test-per-class N] [--json FILE]\n");
       return 2;
     }
@@ -301,6 +310,7 @@ int main(int argc, char** argv) {
                        {"tae_pool_centres", args.pool_centres},
                        {"tae_centre_weight", args.centre_weight},
                        {"tae_centre_temperature", args.centre_temperature},
+                       {"tae_covariance_shrinkage", args.covariance_shrinkage},
                        {"unlabelled", args.unlabelled},
                        {"tae_unlabelled_weight", args.unlabelled_weight},
                        {"tae_unlabelled_rounds", args.unlabelled_rounds},
@@ -384,7 +394,8 @@ int main(int argc, char** argv) {
                               .unlabelled_weight(args.unlabelled_weight)
                               .unlabelled_rounds(args.unlabelled_rounds)
                               .centre_weight(args.centre_weight)
-                              .centre_temperature(args.centre_temperature))
+                              .centre_temperature(args.centre_temperature)
+                              .covariance_shrinkage(args.covariance_shrinkage))
               .seed(args.seed)
               .threads(args.threads);
       fu::TaeModel tae(
@@ -483,6 +494,19 @@ int main(int argc, char** argv) {
               acc["tae-proto"].push_back(
                   score(tae.predict(tx, adapted.posterior, classes, votes)));
             }
+            if (adapted.head_weight.defined() && k == 1 &&
+                tae.pool_covariance().defined() &&
+                args.covariance_shrinkage < 1) {
+              // The same class means read by nearest class mean.
+              const auto with = tae.options().adaptation();
+              tae.set_adaptation(
+                  fu::TaeAdaptationOptions(with).covariance_shrinkage(1));
+              auto ncm = adapted;
+              std::tie(ncm.head_weight, ncm.head_bias) =
+                  tae.fit_head(sx, sy, classes);
+              tae.set_adaptation(with);
+              acc["tae-ncm"].push_back(score(tae.predict(tx, ncm, classes)));
+            }
             // A generator of this task's own for a method's draws (`stream`
             // tells the methods apart): the tasks and the other rows stay as
             // without them.
@@ -571,8 +595,8 @@ int main(int argc, char** argv) {
             acc["FT"].push_back(score(pf));
             secs["FT"] += since(t_method);
           }
-          for (const char* method :
-               {"tae", "tae+U", "tae-proto", "B+", "FS", "FS+U", "FT"}) {
+          for (const char* method : {"tae", "tae+U", "tae-proto", "tae-ncm",
+                                     "B+", "FS", "FS+U", "FT"}) {
             if (acc[method].empty()) continue;
             auto [m, sd] = mean_sd(acc[method]);
             const auto key = fmt::format("{} {} {} {}", name, kind, k, method);
@@ -614,7 +638,7 @@ int main(int argc, char** argv) {
         "tae_readout={} tae_head_steps={} tae_input_encoder={} "
         "tae_answer_weight={} tae_answer_encoder={} tae_conv_channels={} "
         "tae_encoder_shift={} tae_pool_centres={} tae_centre_weight={} "
-        "tae_centre_temperature={} "
+        "tae_centre_temperature={} tae_covariance_shrinkage={} "
         "unlabelled={} tae_unlabelled_weight={} tae_unlabelled_rounds={} "
         "total={:.1f} s\n",
         args.tasks, args.seed, args.threads, args.epochs, args.space,
@@ -622,7 +646,8 @@ int main(int argc, char** argv) {
         args.readout, args.head_steps, args.input_encoder, args.answer_weight,
         args.answer_encoder, args.conv_channels, args.encoder_shift,
         args.pool_centres, args.centre_weight, args.centre_temperature,
-        args.unlabelled, args.unlabelled_weight, args.unlabelled_rounds, total);
+        args.covariance_shrinkage, args.unlabelled, args.unlabelled_weight,
+        args.unlabelled_rounds, total);
     out["total_seconds"] = total;
     chorus::write_file_atomic(args.json, out.dump(2) + "\n");
     fmt::print("wrote {}\n", args.json);

@@ -17,6 +17,38 @@ namespace chorus::fusion {
 
 using namespace tae_internal;  // NOLINT: the shared helpers of tae
 
+namespace {
+
+/// Throws `chorus::Error` (INVALID_ARGUMENT) naming the first adaptation
+/// option out of its range.
+void check_adaptation(const TaeAdaptationOptions& a) {
+  CHORUS_CHECK(a.samples() > 0, "tae: samples must be positive, got {}",
+               a.samples());
+  CHORUS_CHECK(a.delta() > 0 && a.delta() < 1,
+               "tae: delta must be in (0, 1), got {}", a.delta());
+  CHORUS_CHECK(
+      a.unlabelled_rounds() >= 0 && std::isfinite(a.unlabelled_temperature()) &&
+          a.unlabelled_temperature() >= 0 &&
+          std::isfinite(a.unlabelled_weight()) && a.unlabelled_weight() >= 0,
+      "tae: unlabelled_rounds, unlabelled_temperature and "
+      "unlabelled_weight must be finite and non-negative, got {}, "
+      "{}, {}",
+      a.unlabelled_rounds(), a.unlabelled_temperature(), a.unlabelled_weight());
+  CHORUS_CHECK(a.centre_weight() >= 0 && std::isfinite(a.centre_weight()) &&
+                   a.centre_temperature() >= 0 &&
+                   std::isfinite(a.centre_temperature()),
+               "tae: centre_weight and centre_temperature must be finite "
+               "and non-negative, got {}, {}",
+               a.centre_weight(), a.centre_temperature());
+  CHORUS_CHECK(std::isfinite(a.covariance_shrinkage()) &&
+                   a.covariance_shrinkage() >= 0 &&
+                   a.covariance_shrinkage() <= 1,
+               "tae: covariance_shrinkage must be in [0, 1], got {}",
+               a.covariance_shrinkage());
+}
+
+}  // namespace
+
 TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
                    std::int64_t task_dim, TaeOptions options)
     : options_(std::move(options)), net_(nullptr) {
@@ -27,21 +59,9 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
       input_dim, outputs, task_dim);
   CHORUS_CHECK(options_.network().w_dim() > 0 &&
                    options_.network().z_dim() > 0 &&
-                   options_.network().prototypes() > 0 &&
-                   options_.adaptation().samples() > 0,
-               "tae: w_dim, z_dim, prototypes and samples must be positive");
-  CHORUS_CHECK(
-      options_.adaptation().delta() > 0 && options_.adaptation().delta() < 1,
-      "tae: delta must be in (0, 1), got {}", options_.adaptation().delta());
-  const auto& a = options_.adaptation();
-  CHORUS_CHECK(
-      a.unlabelled_rounds() >= 0 && std::isfinite(a.unlabelled_temperature()) &&
-          a.unlabelled_temperature() >= 0 &&
-          std::isfinite(a.unlabelled_weight()) && a.unlabelled_weight() >= 0,
-      "tae: unlabelled_rounds, unlabelled_temperature and "
-      "unlabelled_weight must be finite and non-negative, got {}, "
-      "{}, {}",
-      a.unlabelled_rounds(), a.unlabelled_temperature(), a.unlabelled_weight());
+                   options_.network().prototypes() > 0,
+               "tae: w_dim, z_dim and prototypes must be positive");
+  check_adaptation(options_.adaptation());
   const auto& shape = options_.network().image_shape();
   if (!shape.empty()) {
     std::int64_t size = 1;
@@ -53,14 +73,9 @@ TaeModel::TaeModel(std::int64_t input_dim, std::int64_t outputs,
                  "whose product is the input size {}",
                  fmt::join(shape, ", "), input_dim);
   }
-  CHORUS_CHECK(
-      options_.training().pool_centres() >= 0 && a.centre_weight() >= 0 &&
-          std::isfinite(a.centre_weight()) && a.centre_temperature() >= 0 &&
-          std::isfinite(a.centre_temperature()),
-      "tae: pool_centres, centre_weight and centre_temperature must be finite "
-      "and non-negative, got {}, {}, {}",
-      options_.training().pool_centres(), a.centre_weight(),
-      a.centre_temperature());
+  CHORUS_CHECK(options_.training().pool_centres() >= 0,
+               "tae: pool_centres must be non-negative, got {}",
+               options_.training().pool_centres());
   CHORUS_CHECK(options_.network().conv_channels() >= 0,
                "tae: conv_channels must be non-negative, got {}",
                options_.network().conv_channels());
@@ -270,8 +285,14 @@ std::vector<double> TaeModel::train(const TaeData& data) {
   return history;
 }
 
+void TaeModel::set_adaptation(TaeAdaptationOptions adaptation) {
+  check_adaptation(adaptation);
+  options_.adaptation(std::move(adaptation));
+}
+
 void TaeModel::cluster_pool(const torch::Tensor& x) {
   centres_ = torch::Tensor();
+  covariance_ = torch::Tensor();
   const auto k = std::min(options_.training().pool_centres(), x.size(0));
   if (!net_->input_encoder || k <= 0) return;
   torch::NoGradGuard no_grad;
@@ -294,6 +315,15 @@ void TaeModel::cluster_pool(const torch::Tensor& x) {
         torch::zeros_like(mu).index_add_(0, nearest, f) + 1e-6 * mu, unit);
   }
   centres_ = mu;
+  // Within-cluster covariance: each feature about its cluster's mean.
+  const auto nearest = torch::matmul(f, mu.t()).argmax(1);
+  auto sums = torch::zeros_like(mu).index_add_(0, nearest, f);
+  auto counts = torch::bincount(nearest, {}, mu.size(0)).clamp_min(1);
+  auto d = (f - (sums / counts.unsqueeze(1).to(f.scalar_type()))
+                    .index_select(0, nearest))
+               .to(torch::kFloat64);
+  covariance_ = (torch::matmul(d.t(), d) / static_cast<double>(f.size(0)))
+                    .to(torch::kFloat32);
 }
 
 double TaeModel::negative_elbo(const TaeData& data) {

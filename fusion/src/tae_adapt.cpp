@@ -141,7 +141,11 @@ std::pair<torch::Tensor, torch::Tensor> TaeModel::fit_head(
                            torch::zeros_like(pulled));
     // One shot per class: steps on the two points would undo the prior.
     auto held = mass.masked_select(mass.gt(0));
-    if (held.numel() > 0 && held.min().item<double>() < 2) steps = 0;
+    if (held.numel() > 0 && held.min().item<double>() < 2) {
+      steps = 0;
+      if (covariance_.defined() && a.covariance_shrinkage() < 1)
+        return covariance_head(centres);
+    }
   }
   auto weight = (2 * centres).set_requires_grad(true);
   auto bias = (-centres.pow(2).sum(1)).set_requires_grad(true);
@@ -158,6 +162,22 @@ std::pair<torch::Tensor, torch::Tensor> TaeModel::fit_head(
     }
   }
   return {weight.detach(), bias.detach()};
+}
+
+std::pair<torch::Tensor, torch::Tensor> TaeModel::covariance_head(
+    const torch::Tensor& centres) const {
+  torch::NoGradGuard no_grad;
+  const auto s = options_.adaptation().covariance_shrinkage();
+  auto cov = covariance_.to(torch::kFloat64);
+  const auto dim = cov.size(0);
+  // Scaled to mean variance 1, so that s = 1 is the nearest class mean.
+  const auto mean_var = cov.diagonal().mean().clamp_min(1e-12);
+  auto shrunk = (1 - s) * cov / mean_var + s * torch::eye(dim, cov.options());
+  auto c = centres.to(torch::kFloat64);             // [width, F]
+  auto p = torch::linalg_solve(shrunk, c.t()).t();  // rows S⁻¹c_y
+  // A class without a shot keeps c = 0: weight and bias 0.
+  return {(2 * p).to(centres.scalar_type()),
+          (-(p * c).sum(1)).to(centres.scalar_type())};
 }
 
 torch::Tensor TaeModel::refine_centres(const torch::Tensor& f,

@@ -162,8 +162,11 @@ void TaeModel::save(const std::filesystem::path& path) const {
   put("adaptation.unlabelled_weight", a.unlabelled_weight());
   put("adaptation.centre_weight", a.centre_weight());
   put("adaptation.centre_temperature", a.centre_temperature());
+  put("adaptation.covariance_shrinkage", a.covariance_shrinkage());
   if (centres_.defined())
     archive.write("pool_centres", centres_, /*is_buffer=*/true);
+  if (covariance_.defined())
+    archive.write("pool_covariance", covariance_, /*is_buffer=*/true);
   archive.write("prototypes", prototypes_, /*is_buffer=*/true);
   archive.write("known_outputs", known_, /*is_buffer=*/true);
   std::string names;
@@ -323,6 +326,13 @@ TaeHeader read_header(torch::serialize::InputArchive& archive,
   a.centre_weight(non_negative("adaptation.centre_weight", a.centre_weight()));
   a.centre_temperature(
       non_negative("adaptation.centre_temperature", a.centre_temperature()));
+  // Written since the pool's covariance (files before it: the nearest
+  // class mean, as they were trained to be read).
+  a.covariance_shrinkage(non_negative("adaptation.covariance_shrinkage", 1.0));
+  CHORUS_CHECK_CODE(a.covariance_shrinkage() <= 1, Code::kDataLoss,
+                    "tae model '{}': adaptation.covariance_shrinkage must be "
+                    "in [0, 1], got {}",
+                    path.string(), a.covariance_shrinkage());
   return h;
 }
 
@@ -428,6 +438,20 @@ TaeModel TaeModel::load(const std::filesystem::path& path) {
                         "'{}': pool_centres must be finite floats [K, {}]",
                         path.string(), model.feature_dim());
       model.centres_ = centres.clone();
+    }
+    if (torch::Tensor cov; archive.try_read("pool_covariance", cov, true)) {
+      const auto dim = model.feature_dim();
+      CHORUS_CHECK_CODE(
+          model.centres_.defined() && cov.dim() == 2 && cov.size(0) == dim &&
+              cov.size(1) == dim && cov.scalar_type() == torch::kFloat32 &&
+              torch::isfinite(cov).all().item<bool>() &&
+              torch::allclose(cov, cov.t(), 1e-5, 1e-7) &&
+              cov.diagonal().min().item<double>() >= 0,
+          Code::kDataLoss,
+          "'{}': pool_covariance must be a symmetric finite float [{}, {}] "
+          "with non-negative variances, beside pool_centres",
+          path.string(), dim, dim);
+      model.covariance_ = cov.clone();
     }
     c10::IValue names;
     archive.read("labels", names);

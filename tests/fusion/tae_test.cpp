@@ -850,21 +850,48 @@ TEST_CASE(
   REQUIRE(mu.defined());
   CHECK(mu.sizes() == torch::IntArrayRef{k, m.feature_dim()});
   CHECK(torch::allclose(mu.norm(2, 1), torch::ones({k}), 1e-4, 1e-4));
-  // One shot per class of a task no expert knew: the head is the nearest
-  // class mean of the shots' means pulled toward the centres near them,
-  // worth centre_weight shots, without head steps.
+  // One shot per class of a task no expert knew: the class means are the
+  // shots' pulled toward the centres near them, worth centre_weight shots,
+  // and the head reads them with the pool's covariance, without head steps.
   const std::vector<std::int64_t> task = {4, 5};
   const auto pool = draw(600, 41, kSix);
   auto [x1, y1] = shots_of(pool, task, 1);
-  const auto& a = m.options().adaptation();
+  const auto a = m.options().adaptation();
   auto f = m.features(x1);  // one row per class, in task order
   auto near = torch::softmax(a.centre_temperature() * f.matmul(mu.t()), 1);
   auto want = torch::nn::functional::normalize(
       f + a.centre_weight() * near.matmul(mu),
       torch::nn::functional::NormalizeFuncOptions().dim(1));
+  // The covariance is the pool's features' about their nearest centre's
+  // cluster mean.
+  const auto& cov = m.pool_covariance();
+  REQUIRE(cov.defined());
+  {
+    auto fp = m.features(draw(1500, 1, kSix).x);
+    auto nearest = fp.matmul(mu.t()).argmax(1);
+    auto sums = torch::zeros_like(mu).index_add_(0, nearest, fp);
+    auto counts = torch::bincount(nearest, {}, mu.size(0)).clamp_min(1);
+    auto dev = fp - (sums / counts.unsqueeze(1)).index_select(0, nearest);
+    CHECK(torch::allclose(cov, dev.t().matmul(dev) / fp.size(0), 1e-4, 1e-6));
+  }
+  const auto s = a.covariance_shrinkage();
+  REQUIRE(s < 1);
+  auto shrunk =
+      (1 - s) * cov / cov.diagonal().mean() + s * torch::eye(cov.size(0));
+  auto p = torch::linalg_solve(shrunk, want.t()).t();  // S⁻¹c per class
   auto [w1, b1] = m.fit_head(x1, y1, task);
-  CHECK(torch::allclose(w1, 2 * want, 1e-4, 1e-5));
-  CHECK(torch::allclose(b1, -torch::ones({2}), 1e-4, 1e-5));
+  CHECK(torch::allclose(w1, 2 * p, 1e-3, 1e-4));
+  CHECK(torch::allclose(b1, -(p * want).sum(1), 1e-3, 1e-4));
+  // Shrinkage 1 is the nearest pulled class mean.
+  m.set_adaptation(fu::TaeAdaptationOptions(a).covariance_shrinkage(1));
+  auto [w1n, b1n] = m.fit_head(x1, y1, task);
+  CHECK(torch::allclose(w1n, 2 * want, 1e-4, 1e-5));
+  CHECK(torch::allclose(b1n, -torch::ones({2}), 1e-4, 1e-5));
+  CHECK(code_of([&] {
+          m.set_adaptation(
+              fu::TaeAdaptationOptions(a).covariance_shrinkage(1.5));
+        }) == Code::kInvalidArgument);
+  m.set_adaptation(a);
   // With two shots per class the head steps start from the pulled means.
   auto [x2, y2] = shots_of(pool, task, 2);
   auto [w2, b2] = m.fit_head(x2, y2, task);
@@ -878,7 +905,9 @@ TEST_CASE(
   m.save(dir / "centres.pt");
   auto again = fu::TaeModel::load(dir / "centres.pt");
   CHECK(torch::equal(again.pool_centres(), mu));
+  CHECK(torch::equal(again.pool_covariance(), cov));
   CHECK(again.options().adaptation().centre_weight() == a.centre_weight());
+  CHECK(again.options().adaptation().covariance_shrinkage() == s);
   auto [w1b, b1b] = again.fit_head(x1, y1, task);
   CHECK(torch::allclose(w1b, w1, 1e-5, 1e-6));
   // A model trained without centres has none (the shots' own means, then
@@ -888,6 +917,7 @@ TEST_CASE(
   fu::TaeModel plain(kPixels, kClasses, kClasses, none);
   plain.train(data(draw(600, 1)));
   CHECK_FALSE(plain.pool_centres().defined());
+  CHECK_FALSE(plain.pool_covariance().defined());
   auto bad = quick();
   bad.adaptation().centre_weight(-1);
   CHECK(code_of([&] { fu::TaeModel(kPixels, kClasses, kClasses, bad); }) ==

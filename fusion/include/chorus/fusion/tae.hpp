@@ -202,6 +202,15 @@ struct TaeAdaptationOptions {
   /// bench_p2: see the README's "what helped".
   TORCH_ARG(double, centre_weight) = 2.0;
   TORCH_ARG(double, centre_temperature) = 30.0;
+  /// With one shot per class and the pool's centres, the head is linear
+  /// discriminant analysis on the pulled class means c_y with the pool's
+  /// within-cluster covariance Σ (ours; `TaeModel::pool_covariance`):
+  /// scores 2·c_y·S⁻¹f − c_y·S⁻¹c_y, S = (1 − s)·Σ/σ̄² + s·I, σ̄² Σ's mean
+  /// variance and s this shrinkage. The pool tells which directions of the
+  /// features vary within a kind of input and so say little about the
+  /// class; one shot cannot. 1: the nearest pulled class mean (S = I).
+  /// bench_p2: see the README's "what helped".
+  TORCH_ARG(double, covariance_shrinkage) = 0.3;
 };
 
 /// Options of tae, by concern. The paper's defaults for 28×28 inputs; our
@@ -496,6 +505,10 @@ class TaeModel {
   static TaeModel load(const std::filesystem::path& path);
 
   const TaeOptions& options() const { return options_; }
+  /// Replaces the adaptation options (how later `adapt` and `fit_head`
+  /// calls read a task; the trained model is unchanged). Throws
+  /// `chorus::Error` (INVALID_ARGUMENT) on an option out of its range.
+  void set_adaptation(TaeAdaptationOptions adaptation);
   /// Names of the outputs (the deployment's label space), saved with the
   /// model so that a node can map its own labels onto them.
   const std::vector<std::string>& labels() const { return labels_; }
@@ -511,6 +524,10 @@ class TaeModel {
   /// (`TaeTrainingOptions::pool_centres`); undefined when the model has
   /// none.
   const torch::Tensor& pool_centres() const { return centres_; }
+  /// The pool's within-cluster covariance of the features [F, F] about the
+  /// centres (`TaeAdaptationOptions::covariance_shrinkage`); undefined when
+  /// the model has no centres (or was saved before it).
+  const torch::Tensor& pool_covariance() const { return covariance_; }
 
  private:
   /// Throws `chorus::Error` (INVALID_ARGUMENT, naming `what`) when the
@@ -523,7 +540,13 @@ class TaeModel {
   torch::Tensor refine_centres(const torch::Tensor& f,
                                const torch::Tensor& targets,
                                const torch::Tensor& unlabelled);
-  /// The pool's feature centres by spherical k-means (`pool_centres`).
+  /// The one-shot head over the pulled class means `centres` [width, F]
+  /// with the pool's covariance (`covariance_shrinkage`): weight 2·S⁻¹c_y,
+  /// bias −c_y·S⁻¹c_y.
+  std::pair<torch::Tensor, torch::Tensor> covariance_head(
+      const torch::Tensor& centres) const;
+  /// The pool's feature centres by spherical k-means (`pool_centres`) and
+  /// the features' covariance about them (`pool_covariance`).
   void cluster_pool(const torch::Tensor& x);
   /// β log p_θ(x|z_j, w) for every input and prototype: [N, m].
   torch::Tensor log_px(const torch::Tensor& x, const torch::Tensor& w);
@@ -535,6 +558,7 @@ class TaeModel {
   std::optional<TaeTask> default_task_;
   torch::Tensor known_;
   torch::Tensor centres_;
+  torch::Tensor covariance_;
 };
 
 }  // namespace chorus::fusion
