@@ -294,6 +294,9 @@ const std::vector<Key>& keys() {
           }),
       key("tae", "head_steps", &S::tae, &S::Tae::head_steps, count(0),
           [](O& o, V v) { o.tae().adaptation().head_steps(v); }),
+      key("tae", "covariance_shrinkage", &S::tae, &S::Tae::covariance_shrinkage,
+          fraction(/*closed=*/true),
+          [](O& o, D v) { o.tae().adaptation().covariance_shrinkage(v); }),
       // [fusion.dro]
       key("dro", "meta_steps", &S::dro, &S::Dro::meta_steps, count(1),
           [](O& o, V v) { o.dro().meta_steps(v); }),

@@ -920,11 +920,13 @@ TEST_CASE(
   CHECK(o.tae().adaptation().readout() == defaults.adaptation().readout());
   CHECK(o.tae().adaptation().head_steps() ==
         defaults.adaptation().head_steps());
+  CHECK(o.tae().adaptation().covariance_shrinkage() ==
+        defaults.adaptation().covariance_shrinkage());
 
   auto k = coordinator_config(
       "[fusion.tae]\nepochs = 3\nconv_channels = 0\npool_centres = 0\n"
       "encoder_shift = 1\nanswer_weight = 10\nreadout = \"features\"\n"
-      "head_steps = 7\n");
+      "head_steps = 7\ncovariance_shrinkage = 1\n");
   o = co::algorithm_options(k);
   CHECK(o.tae().training().epochs() == 3);
   CHECK(o.tae().network().conv_channels() == 0);
@@ -933,6 +935,7 @@ TEST_CASE(
   CHECK(o.tae().training().answer_weight() == 10.0);
   CHECK(o.tae().adaptation().readout() == fu::TaeReadout::kFeatures);
   CHECK(o.tae().adaptation().head_steps() == 7);
+  CHECK(o.tae().adaptation().covariance_shrinkage() == 1.0);
   // The resolved config (--print-config, the run's config.toml) reads back
   // as the same settings.
   const auto resolved = co::to_toml(k);
@@ -1091,6 +1094,8 @@ TEST_CASE(
       {"readout = \"nope\"", "fusion.tae.readout"},
       {"epochs = 0", "fusion.tae.epochs must be at least 1"},
       {"head_steps = -1", "fusion.tae.head_steps must not be negative"},
+      {"covariance_shrinkage = 1.5",
+       "fusion.tae.covariance_shrinkage must be in [0, 1]"},
       {"conv_channels = -8", "fusion.tae.conv_channels must not be negative"},
       {"encoder_shift = -1", "fusion.tae.encoder_shift must not be negative"},
       {"answer_weight = -1", "fusion.tae.answer_weight must be finite"},

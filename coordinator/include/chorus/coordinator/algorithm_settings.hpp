@@ -52,16 +52,18 @@ struct AlgorithmSettings {
     std::map<std::string, double> costs;
   } frugal;
   /// [fusion.tae]: tae's main knobs (`fusion::TaeOptions`). The
-  /// adaptation's (`readout`, `head_steps`) are saved with the model, so the
+  /// adaptation's (`readout`, `head_steps`, `covariance_shrinkage`) are
+  /// saved with the model, so the
   /// nodes adapt with them too.
   struct Tae {
-    std::int64_t epochs = 20;         ///< training.epochs
-    std::int64_t conv_channels = 8;   ///< network.conv_channels (0: none)
-    std::int64_t pool_centres = 200;  ///< training.pool_centres (0: none)
-    std::int64_t encoder_shift = 0;   ///< training.encoder_shift (0: none)
-    double answer_weight = 1000.0;    ///< training.answer_weight
-    std::string readout = "auto";     ///< adaptation.readout
-    std::int64_t head_steps = 100;    ///< adaptation.head_steps
+    std::int64_t epochs = 20;           ///< training.epochs
+    std::int64_t conv_channels = 8;     ///< network.conv_channels (0: none)
+    std::int64_t pool_centres = 200;    ///< training.pool_centres (0: none)
+    std::int64_t encoder_shift = 0;     ///< training.encoder_shift (0: none)
+    double answer_weight = 1000.0;      ///< training.answer_weight
+    std::string readout = "auto";       ///< adaptation.readout
+    std::int64_t head_steps = 100;      ///< adaptation.head_steps
+    double covariance_shrinkage = 0.3;  ///< adaptation.covariance_shrinkage
   } tae;
   /// [fusion.dro]: dro's meta-learning (`fusion::DroOptions`).
   struct Dro {
