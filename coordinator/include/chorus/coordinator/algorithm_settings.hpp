@@ -53,8 +53,7 @@ struct AlgorithmSettings {
   } frugal;
   /// [fusion.tae]: tae's main knobs (`fusion::TaeOptions`). The
   /// adaptation's (`readout`, `head_steps`, `covariance_shrinkage`) are
-  /// saved with the model, so the
-  /// nodes adapt with them too.
+  /// saved with the model, so the nodes adapt with them too.
   struct Tae {
     std::int64_t epochs = 20;           ///< training.epochs
     std::int64_t conv_channels = 8;     ///< network.conv_channels (0: none)

@@ -426,7 +426,9 @@ class TaeModel {
   /// `head_steps` steps of cross-entropy on the shots. A model with the
   /// pool's centres pulls the class means toward them first
   /// (`TaeAdaptationOptions::centre_weight`), and takes no steps when a
-  /// class has a single shot. With `unlabelled`
+  /// class has a single shot: then, with the pool's covariance, the head is
+  /// LDA on the pulled means (`TaeAdaptationOptions::covariance_shrinkage`).
+  /// With `unlabelled`
   /// inputs of the task [u, input] (u ≥ 1), the class means are refined over
   /// them instead of the steps (`TaeAdaptationOptions::unlabelled_rounds`).
   /// Returns {weight [width, F], bias [width]}. Throws `chorus::Error`
