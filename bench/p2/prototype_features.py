@@ -78,10 +78,13 @@ def train_clf(x, y, epochs=3):
             i = p[b:b+64]; l = F.cross_entropy(m(x[i]), y[i]); o.zero_grad(); l.backward(); o.step()
     return m
 # The experts' union answer on the pool (the target of aw).
+# at=T: each expert's answer softened by temperature T (p^(1/T), renormalised: what a black
+# box's probabilities give without its logits) before the union.
+AT = opt('at', 1.0)
 U = torch.zeros(pool.size(0), 10); BOXES = []
 for a, b in pairs:
     i = (tr_y == a) | (tr_y == b); box = train_clf(trx[i], (tr_y[i] == b).long()); BOXES.append(box)
-    with torch.no_grad(): pr = F.softmax(box(pool), 1)
+    with torch.no_grad(): pr = F.softmax(box(pool) / AT, 1)
     U[:, a] += pr[:, 0]; U[:, b] += pr[:, 1]
 U = U / U.sum(1, keepdim=True)
 
