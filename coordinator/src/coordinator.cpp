@@ -17,6 +17,7 @@
 #include "chorus/core/log.hpp"
 #include "chorus/core/metrics.hpp"
 #include "chorus/fusion/data_files.hpp"
+#include "chorus/fusion/frugal.hpp"
 #include "chorus/fusion/fused_model.hpp"
 #include "chorus/fusion/robust.hpp"
 #include "chorus/protocol/eventual.hpp"
@@ -601,11 +602,10 @@ FusedPrediction Coordinator::predict(const torch::Tensor& inputs) {
   out.expert_queries = oracle.total_stats().inputs - before;
   const auto& costs = impl_->options.algorithm_options.frugal().costs_by_name();
   for (std::int64_t i = 0; i < oracle.num_experts(); ++i) {
-    const auto it = costs.find(experts[static_cast<std::size_t>(i)].name);
     out.expert_cost +=
         static_cast<double>(oracle.stats(i).inputs -
                             before_each[static_cast<std::size_t>(i)]) *
-        (it == costs.end() ? 1.0 : it->second);
+        fusion::expert_cost(costs, experts[static_cast<std::size_t>(i)].name);
   }
   return out;
 }

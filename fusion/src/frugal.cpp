@@ -167,14 +167,17 @@ void FrugalFoe::prepare_fusers(const std::vector<Mask>& masks) {
     fusers_.emplace(todo[i], std::move(trained[i]));
 }
 
+double expert_cost(const ExpertCosts& costs, const std::string& name) {
+  const auto it = costs.find(name);
+  return it == costs.end() ? 1.0 : it->second;
+}
+
 std::vector<double> FrugalFoe::resolve_costs(const QueryOracle& oracle) const {
   const auto& experts = oracle.experts();
   std::vector<double> costs = options_.costs();
   if (costs.empty()) {
-    for (const auto& e : experts) {
-      auto it = options_.costs_by_name().find(e.name);
-      costs.push_back(it == options_.costs_by_name().end() ? 1.0 : it->second);
-    }
+    for (const auto& e : experts)
+      costs.push_back(expert_cost(options_.costs_by_name(), e.name));
   }
   for (std::size_t i = 0; i < costs.size(); ++i) {
     CHORUS_CHECK(std::isfinite(costs[i]) && costs[i] > 0,

@@ -85,6 +85,14 @@ th { background: #f4f4f4; }
 svg { display: block; margin: 0.5em 0; max-width: 100%; height: auto; }
 )";
 
+// Where a point of report.json sits on the cost axis: its cost per test
+// input; a report written before rows had costs gives queries only (its
+// table cells say "-"), placed as if each cost 1.
+double cost_of(const json& point) {
+  return num(point, "cost_per_test_input",
+             num(point, "queries_per_test_input"));
+}
+
 // The results table and the cost/accuracy plane (simulate's report.json).
 std::string results(const json& report) {
   const auto& rows = report.at("rows");
@@ -92,22 +100,23 @@ std::string results(const json& report) {
       "<h2>Results</h2>\n<table>\n<tr><th>method</th>"
       "<th>accuracy</th><th>accuracy on its task</th>"
       "<th>inputs queried (fusion)</th><th>queries per test "
-      "input</th><th>MB sent</th><th>MB received</th>"
-      "<th>seconds</th></tr>\n";
+      "input</th><th>their cost per test input</th><th>MB sent</th>"
+      "<th>MB received</th><th>seconds</th></tr>\n";
   std::vector<svg::Point> points;
   for (const auto& r : rows) {
     const auto method = str(r, "method");
     const double task = num(r, "task_accuracy");
     out += fmt::format(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-        "<td>{}</td><td>{}</td><td>{}</td></tr>\n",
+        "<td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
         escape(method), fixed(num(r, "accuracy"), 4), fixed(task, 4),
         fixed(num(r, "train_queries"), 0),
         fixed(num(r, "queries_per_test_input"), 2),
+        fixed(num(r, "cost_per_test_input"), 2),
         megabytes(num(r, "bytes_sent")), megabytes(num(r, "bytes_received")),
         fixed(num(r, "seconds"), 1));
     points.push_back(
-        svg::Point{.x = num(r, "queries_per_test_input"),
+        svg::Point{.x = cost_of(r),
                    .y = num(r, "accuracy"),
                    .label = method,
                    .group = method.rfind("expert ", 0) == 0 ? 0 : 1});
@@ -119,7 +128,7 @@ std::string results(const json& report) {
       curve != report.end() && curve->is_array()) {
     for (const auto& p : *curve) {
       const auto label = fmt::format("frugal λ={}", fixed(num(p, "lambda"), 2));
-      points.push_back(svg::Point{.x = num(p, "queries_per_test_input"),
+      points.push_back(svg::Point{.x = cost_of(p),
                                   .y = num(p, "accuracy"),
                                   .label = label,
                                   .group = 2});
@@ -132,12 +141,13 @@ std::string results(const json& report) {
   }
   out +=
       "<h2>Cost and accuracy</h2>\n<p class=\"note\">Each method's test "
-      "accuracy against the expert queries it makes per test input: a "
-      "single expert asks one, the ensembles and foe ask every expert, "
-      "frugal fewer (its λ curve, when frugal ran, in its own colour: a "
-      "larger λ asks fewer). Grey: the experts alone.</p>\n";
-  out += svg::scatter(points, "expert queries per test input", "test accuracy",
-                      "Accuracy against expert queries");
+      "accuracy against what its expert queries cost per test input (each "
+      "query at its node's <code>--frugal costs</code> entry, 1 for a node "
+      "not named): a single expert asks one, the ensembles and foe ask "
+      "every expert, frugal fewer (its λ curve, when frugal ran, in its own "
+      "colour: a larger λ spends less). Grey: the experts alone.</p>\n";
+  out += svg::scatter(points, "expert cost per test input", "test accuracy",
+                      "Accuracy against expert cost");
   if (!curve_rows.empty()) {
     out +=
         "<table>\n<tr><th>frugal λ</th><th>accuracy</th><th>queries per "

@@ -19,6 +19,7 @@ void write_report(const SimulateOptions& o, const SimulateResult& result) {
                                           : nlohmann::json(r.task_accuracy)},
                     {"train_queries", r.train_queries},
                     {"queries_per_test_input", r.queries_per_input},
+                    {"cost_per_test_input", r.cost_per_input},
                     {"bytes_sent", r.bytes_sent},
                     {"bytes_received", r.bytes_received},
                     {"seconds", r.seconds}});

@@ -17,6 +17,7 @@
 #include "chorus/fusion/datasets.hpp"
 #include "chorus/fusion/device.hpp"
 #include "chorus/fusion/ensemble.hpp"
+#include "chorus/fusion/frugal.hpp"
 #include "chorus/fusion/partition.hpp"
 #include "chorus/fusion/train.hpp"
 #include "chorus/node/adapt.hpp"
@@ -342,6 +343,8 @@ SimulateResult run_simulation(const SimulateOptions& o) {
     oracle.reset_stats();
     auto test_answers = oracle.query_all(test.inputs);
     const auto& fused_experts = coordinator.experts();
+    // What the test queries cost, at the nodes' --frugal costs.
+    const auto& costs = o.algorithms.frugal.costs;
     for (std::size_t k = 0; k < fused_experts.size(); ++k) {
       const auto& info = fused_experts[k];
       auto local = fu::to_local_labels(test.labels, info.labels);
@@ -356,10 +359,20 @@ SimulateResult run_simulation(const SimulateOptions& o) {
                                         local.index_select(0, known)),
           .train_queries = stats.inputs,
           .queries_per_input = 1,
+          .cost_per_input = fu::expert_cost(costs, info.name),
           .bytes_sent = stats.bytes_sent,
           .bytes_received = stats.bytes_received,
           .seconds = 0});
     }
+    auto cost_per_input = [&](const fu::QueryOracle& asked) {
+      double total = 0;
+      for (std::int64_t i = 0; i < asked.num_experts(); ++i) {
+        total += static_cast<double>(asked.stats(i).inputs) *
+                 fu::expert_cost(
+                     costs, asked.experts()[static_cast<std::size_t>(i)].name);
+      }
+      return total / static_cast<double>(test.size());
+    };
     ReplayOracle replay(classes, fused_experts, test.inputs, test_answers,
                         task.dtype == InputDType::kUInt8 ? 1 : 4);
     std::vector<std::string> methods = {"bplus", "bmax"};
@@ -403,6 +416,7 @@ SimulateResult run_simulation(const SimulateOptions& o) {
               name == "bplus" || name == "bmax" ? 0 : train_queries,
           .queries_per_input =
               static_cast<double>(s.inputs) / static_cast<double>(test.size()),
+          .cost_per_input = cost_per_input(replay),
           .bytes_sent = s.bytes_sent,
           .bytes_received = s.bytes_received,
           .seconds =

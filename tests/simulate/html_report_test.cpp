@@ -25,6 +25,7 @@ TEST_CASE("report: a run directory becomes one self-contained page") {
        "bytes_sent": 1000, "bytes_received": 200, "seconds": 0.1},
       {"method": "foe (broadcast)", "accuracy": 0.95, "task_accuracy": null,
        "train_queries": 100, "queries_per_test_input": 2.0,
+       "cost_per_test_input": 3.5,
        "bytes_sent": 2000, "bytes_received": 400, "seconds": 0.5}],
     "adaptation_by_shots": [
       {"shots": 0, "accuracy": 0.55, "nodes": 2},
@@ -49,7 +50,15 @@ TEST_CASE("report: a run directory becomes one self-contained page") {
   const auto html = chorus::read_file(path);
   CHECK(html.rfind("<!DOCTYPE html>", 0) == 0);
   CHECK(contains(html, "<td>foe (broadcast)</td><td>0.9500</td>"));
-  CHECK(contains(html, "Accuracy against expert queries"));
+  // The plane's x is what the queries cost (foe: 2 queries costing 3.5),
+  // queries where a report predates costs (the expert row, λ = 0 below).
+  CHECK(contains(html, "Accuracy against expert cost"));
+  CHECK(contains(html, "<td>2.00</td><td>3.50</td>"));
+  CHECK(contains(html, "<td>1.00</td><td>-</td>"));
+  CHECK(contains(html, "<title>foe (broadcast): 3.5 , 0.95</title>"));
+  CHECK(contains(html, "<title>expert a (0,1): 1 , 0.6</title>"));
+  CHECK(contains(html, "<title>frugal λ=0.10: 2.35 , 0.81</title>"));
+  CHECK(contains(html, "<title>frugal λ=0.00: 1.9 , 0.94</title>"));
   // tae/dro: accuracy by shots, drawn and tabled.
   CHECK(contains(html, "Accuracy after adaptation, by shots"));
   CHECK(contains(html, "<tr><td>5</td><td>0.8750</td><td>2</td></tr>"));

@@ -4,7 +4,8 @@ cli tests to match:
 
   report_curves.py shots REPORT    tae/dro: the shots, the nodes, accuracies
   report_curves.py frugal REPORT   frugal: the λ sweep, its queries, and the
-                                   λs where the queries cost more than 1 each
+                                   λs where the queries cost more than 1 each;
+                                   then each row's queries and their cost
 """
 import json
 import sys
@@ -28,5 +29,7 @@ elif kind == "frugal":
           "non-increasing" if falling else "grew", queries,
           "cost never below queries" if never_below else "cost BELOW queries",
           "cost above queries at lambdas", dearer)
+    print("rows", "; ".join(f'{r["method"]} {r["queries_per_test_input"]:.2f} -> '
+                            f'{r["cost_per_test_input"]:.2f}' for r in report["rows"]))
 else:
     sys.exit(f"unknown kind {kind!r}")

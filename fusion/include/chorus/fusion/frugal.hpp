@@ -20,6 +20,10 @@ namespace chorus::fusion {
 /// Query costs by expert name.
 using ExpertCosts = std::map<std::string, double>;
 
+/// The cost of one query to the expert `name`: its entry in `costs`, 1 when
+/// it has none.
+double expert_cost(const ExpertCosts& costs, const std::string& name);
+
 /// Options of `FrugalFoe`.
 struct FrugalOptions {
   /// Options of every subset's fuser (an MLP per subset, trained on V).

@@ -60,6 +60,9 @@ struct ResultRow {
   double task_accuracy = -1;  ///< On its own classes (experts); -1: n/a.
   std::int64_t train_queries = 0;  ///< Inputs the round asked of the nodes.
   double queries_per_input = 0;    ///< Expert queries per test input.
+  /// Their cost per test input: each query at its node's `--frugal costs`
+  /// entry, 1 for a node not named (then equal to `queries_per_input`).
+  double cost_per_input = 0;
   std::int64_t bytes_sent = 0, bytes_received = 0;
   double seconds = 0;
 };
