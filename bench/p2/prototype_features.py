@@ -456,6 +456,13 @@ for k in [int(v) for v in opt('ks', '1,5').split(',')]:
             fu = feats(trx[pool_ab]); c = refine(fs_, sy, fu)
             r['sncm'] = 10.0 * F.normalize(ft_, dim=1) @ c.t()
             r['slin'] = lin_from(c, fs_, sy, ft_)
+            if opt('x8', 0):
+                # with x8=1: LDA with the pool's covariance on tae+U's refined means (2 rounds,
+                # temperature 5, weight 0.03: tae's defaults), against their nearest mean (su).
+                c3 = refine(fs_, sy, fu, 2, 5.0, 0.03)
+                r['su'] = F.normalize(ft_, dim=1) @ c3.t()
+                for s in (0.1, 0.3, 0.7):
+                    r[f'slda{s:g}'] = lda(shrunk(SW, s), c3)
             if opt('semi_grid', 0):
                 for uw in (0.003, 0.01, 0.03, 0.1):
                     c2 = refine(fs_, sy, fu, 2, 5.0, uw)
