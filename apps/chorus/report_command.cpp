@@ -19,9 +19,10 @@ std::function<int()> add_report_command(CLI::App& app) {
       "report",
       "Write one self-contained HTML page (inline SVG charts, no script, no "
       "network) of a run directory of 'chorus simulate' or 'chorus "
-      "coordinator': the results table, accuracy against expert queries, "
-      "the confusion matrix, per-round time and traffic, and per node the "
-      "inputs answered, bytes, latency percentiles, refusals and budget. "
+      "coordinator': the results table, accuracy against what the expert "
+      "queries cost, the confusion matrix, per-round time and traffic, and "
+      "per node the inputs answered, bytes, latency percentiles, refusals and "
+      "budget. "
       "'chorus simulate' writes it at the end of every run.");
   cmd->add_option("RUN_DIR", args->run_dir,
                   "The run directory (its report.json and metrics.jsonl)")
