@@ -31,6 +31,7 @@
 # probe=1: each unseen pair's ceiling (a linear head on every training image); x7=1 (with
 # pc=K): the pool's images or centres nearest the prior means as pseudo-labelled shots; x8=1
 # (with pc=K): LDA and distribution calibration with the pool's covariance.
+# pooln=N (ds=fmnist): the encoders' pool is N training images instead of bench_p2's 10,000.
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=mnist aw2=1000 semi=1000 semi_grid=1
 import copy, gzip, json, math, random, sys, time
 import numpy as np
@@ -65,7 +66,9 @@ if DS == 'mnist':
 else:
     X = idx(f'{FMNIST}/train-images-idx3-ubyte.gz'); Y = idx(f'{FMNIST}/train-labels-idx1-ubyte.gz')
     tex = idx(f'{FMNIST}/t10k-images-idx3-ubyte.gz'); tey = idx(f'{FMNIST}/t10k-labels-idx1-ubyte.gz')
-    p = torch.randperm(X.size(0))[:20000]; trx, tr_y = X[p], Y[p]; pool = trx[:10000]; seen = [0, 1, 2, 3, 4, 5]
+    # pooln=N: a pool of N training images (10,000 as bench_p2; the first 20,000 are the tasks')
+    PN = opt('pooln', 10000); p = torch.randperm(X.size(0))
+    trx, tr_y = X[p[:20000]], Y[p[:20000]]; pool = X[p[:PN]]; seen = [0, 1, 2, 3, 4, 5]
 unseen = [c for c in range(10) if c not in seen]
 pairs = [(seen[i], seen[i + 1]) for i in range(0, len(seen), 2)]
 
