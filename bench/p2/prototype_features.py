@@ -30,7 +30,8 @@
 # x6lr=a,b); ks=1,5 chooses the shot counts (the README's P2 notes).
 # probe=1: each unseen pair's ceiling (a linear head on every training image); x7=1 (with
 # pc=K): the pool's images or centres nearest the prior means as pseudo-labelled shots; x8=1
-# (with pc=K): LDA and distribution calibration with the pool's covariance.
+# (with pc=K): LDA and distribution calibration with the pool's covariance. probe=2 / 3: the
+# probe on the unnormalised hidden layers / with their log norms; x9=1: heads on them (5 shots).
 # pooln=N (ds=fmnist): the encoders' pool is N training images instead of bench_p2's 10,000.
 #   /usr/bin/python3 bench/p2/prototype_features.py ds=mnist aw2=1000 semi=1000 semi_grid=1
 import copy, gzip, json, math, random, sys, time
@@ -167,7 +168,13 @@ def feats(x): return F.normalize(hidden(x), dim=1)
 # weight decay 1e-4) on every training image of the pair's two classes, scored on the test
 # split's — against an MLP 784-100-2 on the same pixels (fs_all); then exit.
 if opt('probe', 0):
-    def batched(x): return torch.cat([feats(x[i:i + 4096]) for i in range(0, x.size(0), 4096)])
+    PR = opt('probe', 0)  # 2: the encoders' hidden layers unnormalised; 3: normalised + each one's log norm
+    def pf(x):
+        if PR == 1: return feats(x)
+        with torch.no_grad(): hs = [e(x) for e in encs]
+        if PR == 2: return torch.cat(hs, 1)
+        return torch.cat([feats(x)] + [h.norm(dim=1, keepdim=True).clamp_min(1e-6).log() for h in hs], 1)
+    def batched(x): return torch.cat([pf(x[i:i + 4096]) for i in range(0, x.size(0), 4096)])
     rows = []
     for i, a in enumerate(unseen):
         for b in unseen[i + 1:]:
@@ -333,6 +340,24 @@ for k in [int(v) for v in opt('ks', '1,5').split(',')]:
                     c2 = prior_means(fs_, sy, k, lam, t_)
                     r[f'pcd{lam:g}/{t_:g}'] = (F.normalize(ft_, dim=1) @ c2.t() if k == 1
                                                else lin_from(c2, fs_, sy, ft_))
+        if opt('x9', 0):
+            # x9=1: the encoders' hidden layers unnormalised (the probe's 2: they hold more of
+            # sneaker / ankle boot than the normalised features), scaled by the pool's mean norm
+            # (rawlin) or standardised per unit over the pool (zlin), alone or beside the features.
+            global RAW_S, RAW_MU, RAW_SD
+            if 'RAW_S' not in globals():
+                with torch.no_grad():
+                    hp = torch.cat([torch.cat([e(pool[i:i + 4096]) for e in encs], 1) for i in range(0, pool.size(0), 4096)])
+                RAW_S = hp.norm(dim=1).mean(); RAW_MU = hp.mean(0); RAW_SD = hp.std(0).clamp_min(1e-3)
+            def rawh(x):
+                with torch.no_grad(): return torch.cat([e(x) for e in encs], 1)
+            hs_, ht_ = rawh(sx), rawh(tx)
+            rs, rt = hs_ / RAW_S, ht_ / RAW_S
+            zs, zt = (hs_ - RAW_MU) / RAW_SD / math.sqrt(hs_.size(1)), (ht_ - RAW_MU) / RAW_SD / math.sqrt(hs_.size(1))
+            r['rawlin'] = lin(rs, sy, rt); r['zlin'] = lin(zs, sy, zt); r['zncm'] = ncm(zs, sy, zt)
+            for a9 in (0.5, 1.0):
+                r[f'catraw{a9:g}'] = lin(torch.cat([fs_, a9 * rs], 1), sy, torch.cat([ft_, a9 * rt], 1))
+                r[f'catz{a9:g}'] = lin(torch.cat([fs_, a9 * zs], 1), sy, torch.cat([ft_, a9 * zt], 1))
         if opt('x5', 0):
             # x5=1: heads for 5 shots — more steps (300), shots shifted by ±1 pixel as extra shots
             # (aug1), and the features side by side with the centred, normalised pixels scaled by
