@@ -598,8 +598,13 @@ ReloadSummary NodeRegistry::reload(Roster roster,
       return {};
     };
     for (auto& [id, e] : impl_->nodes) {
-      auto reason = why(e.connection, impl_->roster.admits(id));
+      const bool listed = impl_->roster.admits(id);
+      auto reason = why(e.connection, listed);
       if (!reason.empty()) drop.emplace_back(e.connection, reason);
+      if (listed && revoked.count(e.connection->peer_serial())) {
+        summary.revoked_members.push_back(
+            fmt::format("{} (serial {})", id, e.connection->peer_serial()));
+      }
     }
     const auto& ops = impl_->options.operators;
     for (auto& [id, c] : impl_->operators) {

@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <asio/io_context.hpp>
 #include <asio/signal_set.hpp>
 #include <cmath>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <stop_token>
 
 #include "chorus/coordinator/coordinator.hpp"
@@ -360,6 +362,43 @@ void check_run_dir(const std::filesystem::path& dir) {
   std::filesystem::remove(probe, ec);
 }
 
+// The keys whose values differ between two configurations rendered by
+// to_toml ("section.key", in the order of `after`, then keys only `before`
+// has): what a reload could not apply.
+std::vector<std::string> changed_keys(const std::string& before,
+                                      const std::string& after) {
+  auto parse = [](const std::string& toml) {
+    std::vector<std::pair<std::string, std::string>> out;
+    std::string section, line;
+    std::istringstream in(toml);
+    while (std::getline(in, line)) {
+      if (line.empty() || line[0] == '#') continue;
+      if (line[0] == '[') {
+        section = line.substr(1, line.find(']') - 1);
+        continue;
+      }
+      const auto eq = line.find(" = ");
+      if (eq == std::string::npos) continue;
+      out.emplace_back(section + "." + line.substr(0, eq), line.substr(eq + 3));
+    }
+    return out;
+  };
+  const auto a = parse(before), b = parse(after);
+  auto find = [](const auto& v, const std::string& key) {
+    return std::find_if(v.begin(), v.end(),
+                        [&](const auto& kv) { return kv.first == key; });
+  };
+  std::vector<std::string> keys;
+  for (const auto& [key, value] : b) {
+    auto it = find(a, key);
+    if (it == a.end() || it->second != value) keys.push_back(key);
+  }
+  for (const auto& [key, value] : a) {
+    if (find(b, key) == b.end()) keys.push_back(key);
+  }
+  return keys;
+}
+
 // SIGHUP's work: reads the configuration again and hands the registry the
 // new roster, operators and TLS files. A configuration that cannot be read
 // or used changes nothing and is said; changes to other keys wait for a
@@ -379,7 +418,7 @@ void reload_membership(NodeRegistry& registry, const CoordinatorConfig& k,
     others.cert = k.cert;
     others.key = k.key;
     others.crl = k.crl;
-    const bool others_changed = to_toml(others) != to_toml(k);
+    const auto unapplied = changed_keys(to_toml(k), to_toml(others));
     const auto tls =
         protocol::TlsMaterial::load(fresh.ca, fresh.cert, fresh.key, fresh.crl);
     const auto summary =
@@ -402,11 +441,34 @@ void reload_membership(NodeRegistry& registry, const CoordinatorConfig& k,
         list(fresh.roster), list(summary.nodes_added),
         list(summary.nodes_removed), list(fresh.operators),
         summary.revoked_serials, list(summary.dropped));
-    if (others_changed) {
+    if (!summary.revoked_members.empty()) {
+      // min_nodes = 0 counts the whole roster: a member that cannot rejoin
+      // would hold every round until quorum_timeout.
       log.warn(
-          "event=reload_partial reason=\"keys other than coordinator.roster, "
-          "coordinator.operators and [tls] changed; they take effect at the "
-          "next start\"");
+          "event=roster_revoked nodes=[{}] reason=\"on coordinator.roster, "
+          "certificate revoked: it rejoins only with a new certificate; if "
+          "it is not coming back, take it off coordinator.roster or rounds "
+          "that need the whole roster wait for it\"",
+          fmt::join(summary.revoked_members, ", "));
+      progress::println(
+          "warning: {} on the roster, certificate revoked: it rejoins only "
+          "with a new certificate (chorus certs sign --renew); if it is not "
+          "coming back, take it off coordinator.roster, or rounds that need "
+          "the whole roster (min_nodes = 0) wait for it until "
+          "quorum_timeout_s\n",
+          list(summary.revoked_members));
+    }
+    if (!unapplied.empty()) {
+      log.warn(
+          "event=reload_partial keys=[{}] reason=\"only coordinator.roster, "
+          "coordinator.operators and [tls] are reloaded; the other keys "
+          "changed take effect at the next start\"",
+          fmt::join(unapplied, ", "));
+      progress::println(
+          "reload (SIGHUP): not applied until the next start: {} (only "
+          "coordinator.roster, coordinator.operators and [tls] are "
+          "reloaded)\n",
+          list(unapplied));
     }
   } catch (const Error& e) {
     log.error(

@@ -13,12 +13,15 @@
 #    a restart and the round runs with a, b and c. c warns that its
 #    certificate expires within 14 days.
 # 3. `certs revoke a`, SIGHUP: the coordinator drops a's live connection,
-#    refuses its reconnects at the TLS handshake, and agrees with
-#    `openssl verify -crl_check` on every certificate.
+#    refuses its reconnects at the TLS handshake, warns that a is still on
+#    the roster, and agrees with `openssl verify -crl_check` on every
+#    certificate.
 # 4. b's certificate is renewed (new key at b, --renew at the CA), the old
 #    one revoked by serial, SIGHUP: b is dropped and comes back with the
 #    renewed certificate, without a restart.
-# 5. A broken configuration on SIGHUP changes nothing and is said.
+# 5. A key SIGHUP does not reload (coordinator.max_inflight_mb) is named as
+#    waiting for a restart; the roster is still applied.
+# 6. A broken configuration on SIGHUP changes nothing and is said.
 set -euo pipefail
 
 chorus=$(realpath "$1")
@@ -158,6 +161,11 @@ wait_for 20 "a's reconnect to be refused at the handshake" \
   grep -q "event=tls_refused .*CN=a.*certificate revoked" coordinator.err
 sleep 1
 check "a stays out: no second join" test "$(grep -c 'node=a event=joined' coordinator.err)" -eq 1
+check "the reload warns that a, still on the roster, holds a revoked certificate" \
+  grep -q "warning: a (serial [0-9A-F]*) on the roster, certificate revoked: it rejoins only with a new certificate" coordinator.err
+check "... in the log too" grep -q "event=roster_revoked nodes=\[a (serial [0-9A-F]*)\]" coordinator.err
+check "a reload that changes only membership names no unapplied key" \
+  bash -c "! grep -q 'not applied until the next start' coordinator.err"
 for f in pki/a.crt pki/b.crt inst-c/c.crt; do
   if openssl verify -crl_check -CAfile pki/ca.crt -CRLfile pki/crl.pem "$f" >/dev/null 2>&1; then
     verdict=valid
@@ -187,7 +195,14 @@ check "b is the same process" kill -0 "$node_b"
 check "b's renewed certificate (serial $new_serial) is valid for openssl too" \
   openssl verify -crl_check -CAfile pki/ca.crt -CRLfile pki/crl.pem pki/b.crt
 
-# --- 5. a reload that cannot work changes nothing -----------------------------
+# --- 5. keys a reload cannot apply are named ----------------------------------
+write_coordinator_toml '["a", "b", "c"]' 'max_inflight_mb = 32'
+kill -HUP "$coordinator_pid"
+wait_for 10 "the partial reload to be said" grep -q "reload (SIGHUP): not applied until the next start: coordinator.max_inflight_mb (only" coordinator.err
+check "... in the log, the key named" grep -q "event=reload_partial keys=\[coordinator.max_inflight_mb\]" coordinator.err
+check "the roster part of it was still applied" test "$(grep -c 'reloaded (SIGHUP): roster a, b, c' coordinator.err)" -eq 4
+
+# --- 6. a reload that cannot work changes nothing -----------------------------
 write_coordinator_toml '["a", "b", "c"]' 'no_such_key = 1'
 kill -HUP "$coordinator_pid"
 wait_for 10 "the failed reload to be said" grep -q "reload (SIGHUP) failed, nothing changed" coordinator.err

@@ -76,6 +76,9 @@ struct ReloadSummary {
   std::size_t revoked_serials = 0;
   /// Connections closed, each "identity (why)".
   std::vector<std::string> dropped;
+  /// Members of the new roster whose last certificate seen is revoked, each
+  /// "identity (serial S)": they cannot rejoin until they hold a new one.
+  std::vector<std::string> revoked_members;
 };
 
 /// Answers an operator's PredictRequest (blocking; called on the registry's
