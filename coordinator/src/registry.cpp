@@ -40,6 +40,12 @@ struct NodeRegistry::Impl {
   std::map<std::string, Entry> nodes;
   std::map<std::string, int> generations;
   std::map<std::string, std::string> refused;  // Identity → why, last refusal.
+  // Identity → the serial of the last certificate it joined with, kept
+  // after it leaves, so that a reload can tell which roster members a CRL
+  // shuts out (guarded by `mutex`).
+  std::map<std::string, std::string> last_serial;
+  // The serials the CRL in use revokes (guarded by `mutex`).
+  std::set<std::string> revoked;
   std::atomic<bool> stopping{false};
   // Operators: their connections, the handler, and the one thread that
   // runs their predictions (a fused prediction blocks on the nodes, whose
@@ -284,6 +290,8 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
     endpoints.emplace_back(address, impl->options.port);
   }
   CHORUS_CHECK(!endpoints.empty(), "name at least one address to listen on");
+  if (!impl->options.tls.crl_pem.empty())
+    impl->revoked = protocol::crl_revoked_serials(impl->options.tls.crl_pem);
   impl->server = std::make_unique<protocol::Server>(
       io, endpoints, impl->options.tls, impl->options.channel, welcome,
       [this, impl](const std::string& identity, const protocol::Hello& hello) {
@@ -390,6 +398,7 @@ NodeRegistry::NodeRegistry(asio::io_context& io, Roster roster,
         {
           std::lock_guard lock(impl->mutex);
           impl->refused.erase(identity);
+          impl->last_serial[identity] = connection->peer_serial();
           auto& entry = impl->nodes[identity];
           replaced = entry.connection;
           entry.connection = connection;
@@ -581,6 +590,7 @@ ReloadSummary NodeRegistry::reload(Roster roster,
       drop;
   {
     std::lock_guard lock(impl_->mutex);
+    impl_->revoked = revoked;
     summary.nodes_added = diff(roster.identities(), impl_->roster.identities());
     summary.nodes_removed =
         diff(impl_->roster.identities(), roster.identities());
@@ -598,12 +608,14 @@ ReloadSummary NodeRegistry::reload(Roster roster,
       return {};
     };
     for (auto& [id, e] : impl_->nodes) {
-      const bool listed = impl_->roster.admits(id);
-      auto reason = why(e.connection, listed);
+      auto reason = why(e.connection, impl_->roster.admits(id));
       if (!reason.empty()) drop.emplace_back(e.connection, reason);
-      if (listed && revoked.count(e.connection->peer_serial())) {
+    }
+    for (const auto& id : impl_->roster.identities()) {
+      auto it = impl_->last_serial.find(id);
+      if (it != impl_->last_serial.end() && revoked.count(it->second)) {
         summary.revoked_members.push_back(
-            fmt::format("{} (serial {})", id, e.connection->peer_serial()));
+            fmt::format("{} (serial {})", id, it->second));
       }
     }
     const auto& ops = impl_->options.operators;
@@ -712,6 +724,14 @@ asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> NodeRegistry::quorum(
         auto it = impl_->refused.find(m);
         if (it != impl_->refused.end())
           why += fmt::format("; '{}' was refused: {}", m, it->second);
+        auto serial = impl_->last_serial.find(m);
+        if (serial != impl_->last_serial.end() &&
+            impl_->revoked.count(serial->second)) {
+          why += fmt::format(
+              "; '{}' cannot rejoin: its certificate (serial {}) is revoked "
+              "(take it off coordinator.roster if it is not coming back)",
+              m, serial->second);
+        }
       }
     }
     out.error = Error(

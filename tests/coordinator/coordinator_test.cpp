@@ -462,10 +462,13 @@ struct LoopClient {
   std::shared_ptr<pr::Connection> connection;
 
   LoopClient(std::uint16_t port, const pr::KeyPair& keys,
+             const pr::Hello& hello, pr::Connection::RequestHandler serve)
+      : LoopClient(port, world().material(keys), hello, std::move(serve)) {}
+  LoopClient(std::uint16_t port, const pr::TlsMaterial& tls,
              const pr::Hello& hello, pr::Connection::RequestHandler serve) {
     try {
-      connection = pr::connect(io, "127.0.0.1", port, world().material(keys),
-                               pr::ChannelOptions{}, hello, std::move(serve));
+      connection = pr::connect(io, "127.0.0.1", port, tls, pr::ChannelOptions{},
+                               hello, std::move(serve));
     } catch (...) {
       stop();
       throw;
@@ -506,6 +509,61 @@ struct Operator : LoopClient {
 };
 
 }  // namespace
+
+TEST_CASE(
+    "coordinator: a reload names roster members whose certificate the CRL "
+    "revokes, and a quorum that waits for one says it cannot rejoin") {
+  chorus::testing::TempDir pki;
+  pr::init_deployment(pki.path(), {"127.0.0.1"}, {"alpha", "beta"});
+  auto material = [&](const std::string& name, bool crl) {
+    return pr::TlsMaterial::load(
+        pki / "ca.crt", pki / (name + ".crt"), pki / (name + ".key"),
+        crl ? pki / "crl.pem" : std::filesystem::path());
+  };
+  asio::io_context io;
+  co::RegistryOptions o;
+  o.port = 0;
+  o.tls = material("coordinator", true);
+  co::NodeRegistry registry(io, co::Roster({"alpha", "beta"}), o);
+  registry.start();
+  std::thread thread([&] { io.run(); });
+  {
+    LoopClient alpha(registry.port(), material("alpha", false), pr::Hello{},
+                     serve_nothing);
+    for (int i = 0; i < 200 && !registry.is_connected("alpha"); ++i)
+      std::this_thread::sleep_for(10ms);
+    REQUIRE(registry.is_connected("alpha"));
+    const auto serials = pr::revoke_certificate(pki.path(), "alpha");
+    REQUIRE(serials.size() == 1);
+    auto summary = registry.reload(co::Roster({"alpha", "beta"}), {},
+                                   material("coordinator", true));
+    CHECK(summary.revoked_members ==
+          std::vector<std::string>{"alpha (serial " + serials[0] + ")"});
+    CHECK(summary.dropped.size() == 1);
+    // Gone, alpha is still named at the next reload: it is on the roster.
+    for (int i = 0; i < 200 && registry.is_connected("alpha"); ++i)
+      std::this_thread::sleep_for(10ms);
+    CHECK_FALSE(registry.is_connected("alpha"));
+    summary = registry.reload(co::Roster({"alpha", "beta"}), {},
+                              material("coordinator", true));
+    CHECK(summary.revoked_members.size() == 1);
+    std::string msg;
+    CHECK(code_of([&] { registry.wait_for_quorum(0, 300ms); }, &msg) ==
+          Code::kDeadlineExceeded);
+    CHECK(msg.find("missing: alpha, beta") != std::string::npos);
+    CHECK(msg.find("'alpha' cannot rejoin: its certificate (serial " +
+                   serials[0] + ") is revoked") != std::string::npos);
+    CHECK(msg.find("'beta' cannot rejoin") == std::string::npos);
+    // Off the roster, alpha is no longer named.
+    summary = registry.reload(co::Roster({"beta"}), {},
+                              material("coordinator", true));
+    CHECK(summary.revoked_members.empty());
+  }
+  registry.stop("test over");
+  std::this_thread::sleep_for(100ms);
+  io.stop();
+  thread.join();
+}
 
 TEST_CASE(
     "coordinator: operator sessions are capped, and a closed one frees its "

@@ -191,6 +191,8 @@ kill -HUP "$coordinator_pid"
 wait_for 10 "b's old certificate to be dropped" grep -q "peer=b event=dropped reason=\"its certificate (serial $old_serial) is revoked\"" coordinator.err
 wait_for 30 "b to join again" bash -c "grep -c 'node=b event=joined' coordinator.err | grep -q 2"
 check "b read its renewed certificate without a restart" grep -q "event=tls_reloaded" state/b.log
+check "this reload names a again (no longer connected) and b's old certificate" \
+  grep -q "event=roster_revoked nodes=\[a (serial [0-9A-F]*), b (serial $old_serial)\]" coordinator.err
 check "b is the same process" kill -0 "$node_b"
 check "b's renewed certificate (serial $new_serial) is valid for openssl too" \
   openssl verify -crl_check -CAfile pki/ca.crt -CRLfile pki/crl.pem pki/b.crt

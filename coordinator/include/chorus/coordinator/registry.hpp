@@ -76,8 +76,9 @@ struct ReloadSummary {
   std::size_t revoked_serials = 0;
   /// Connections closed, each "identity (why)".
   std::vector<std::string> dropped;
-  /// Members of the new roster whose last certificate seen is revoked, each
-  /// "identity (serial S)": they cannot rejoin until they hold a new one.
+  /// Members of the new roster whose certificate at their last join is
+  /// revoked, connected or not, each "identity (serial S)": they rejoin only
+  /// with a new certificate.
   std::vector<std::string> revoked_members;
 };
 
