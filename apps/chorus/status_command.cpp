@@ -66,7 +66,10 @@ void print(const protocol::CoordinatorStatus& s, const std::string& where) {
     fmt::print("{:<16} {:<13} {:>19} {:>13} {:>9} {:>10} {:>10}\n", n.name,
                n.state, round, heard(n.last_heard_ms), n.inputs,
                bytes(n.bytes_sent), bytes(n.bytes_received));
-    if (!n.reason.empty()) fmt::print("  left out: {}\n", n.reason);
+    if (!n.reason.empty()) {
+      fmt::print("  {}: {}\n", n.state == "refused" ? "refused" : "left out",
+                 n.reason);
+    }
   }
 }
 
@@ -126,7 +129,8 @@ std::function<int()> add_status_command(CLI::App& app) {
       "status",
       "Ask a running coordinator what it is doing (an operator's certificate): "
       "the round and its phase, each rostered node's state (answering, "
-      "connected, left out and why, disconnected), when it was last heard "
+      "connected, left out and why, refused and why, disconnected), when it "
+      "was last heard "
       "from, its progress in the round, and the inputs and bytes so far.");
   cmd->add_option("--coordinator", args->coordinator,
                   "HOST:PORT of the coordinator (its coordinator.listen and "

@@ -459,6 +459,7 @@ v1::Envelope NodeRegistry::Impl::status() const {
   std::map<std::string, std::chrono::steady_clock::time_point> heard;
   std::shared_ptr<const StatusBoard> board;
   std::vector<std::string> names;
+  std::map<std::string, std::string> why_refused;
   {
     std::lock_guard lock(mutex);
     board = status_board;
@@ -466,10 +467,19 @@ v1::Envelope NodeRegistry::Impl::status() const {
     for (const auto& [id, e] : nodes) {
       if (e.connection->is_open()) heard[id] = e.connection->last_heard();
     }
+    for (const auto& id : names) {
+      if (auto it = refused.find(id); it != refused.end())
+        why_refused[id] = it->second;
+      if (auto it = last_serial.find(id);
+          it != last_serial.end() && revoked.count(it->second)) {
+        why_refused[id] =
+            fmt::format("its certificate (serial {}) is revoked", it->second);
+      }
+    }
   }
   CHORUS_CHECK_CODE(board != nullptr, Code::kUnavailable,
                     "this coordinator has not started its rounds yet");
-  return protocol::envelope_of(board->snapshot(names, heard));
+  return protocol::envelope_of(board->snapshot(names, heard, why_refused));
 }
 
 asio::awaitable<v1::Envelope> NodeRegistry::Impl::serve_operator(

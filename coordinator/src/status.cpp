@@ -73,7 +73,8 @@ void StatusBoard::round_done(std::uint32_t round) {
 protocol::CoordinatorStatus StatusBoard::snapshot(
     const std::vector<std::string>& roster,
     const std::map<std::string, std::chrono::steady_clock::time_point>&
-        last_heard) const {
+        last_heard,
+    const std::map<std::string, std::string>& refused) const {
   const auto now = std::chrono::steady_clock::now();
   auto total = [](const char* name, const std::string& node) {
     return static_cast<std::int64_t>(metrics::value(name, {{"node", node}}));
@@ -105,7 +106,11 @@ protocol::CoordinatorStatus StatusBoard::snapshot(
                             now - heard->second)
                             .count();
     }
-    if (!n.reason.empty()) {
+    const auto why = refused.find(name);
+    if (heard == last_heard.end() && why != refused.end()) {
+      n.state = "refused";
+      n.reason = why->second;
+    } else if (!n.reason.empty()) {
       n.state = "left_out";
     } else if (heard == last_heard.end()) {
       n.state = "disconnected";

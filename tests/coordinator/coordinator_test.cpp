@@ -15,6 +15,7 @@
 #include "../fusion/synthetic.hpp"
 #include "chorus/coordinator/registry.hpp"
 #include "chorus/coordinator/run.hpp"
+#include "chorus/coordinator/status.hpp"
 #include "chorus/core/config.hpp"
 #include "chorus/core/fs.hpp"
 #include "chorus/fusion/algorithms.hpp"
@@ -509,6 +510,32 @@ struct Operator : LoopClient {
 };
 
 }  // namespace
+
+TEST_CASE(
+    "coordinator: status says refused, with why, for a rostered node not "
+    "connected that was refused; connected and left-out nodes keep theirs") {
+  co::StatusBoard board("c", "foe", 1);
+  board.phase(1, "query");
+  board.asking("gamma", 10);
+  board.left_out("gamma", "too slow");
+  const auto now = std::chrono::steady_clock::now();
+  const auto s =
+      board.snapshot({"alpha", "beta", "gamma", "delta"}, {{"alpha", now}},
+                     {{"alpha", "an old refusal"},
+                      {"beta", "its certificate (serial AB) is revoked"},
+                      {"gamma", "node 'gamma' has label 'c9'"}});
+  REQUIRE(s.nodes.size() == 4);
+  CHECK(s.nodes[0].state == "connected");  // Heard now: the refusal is past.
+  CHECK(s.nodes[0].reason.empty());
+  CHECK(s.nodes[1].state == "refused");
+  CHECK(s.nodes[1].reason == "its certificate (serial AB) is revoked");
+  CHECK(s.nodes[2].state == "refused");  // Not connected: refused since.
+  CHECK(s.nodes[2].reason == "node 'gamma' has label 'c9'");
+  CHECK(s.nodes[3].state == "disconnected");
+  CHECK(s.nodes[3].reason.empty());
+  // Without refusals, the left-out node says so.
+  CHECK(board.snapshot({"gamma"}, {}).nodes[0].state == "left_out");
+}
 
 TEST_CASE(
     "coordinator: a reload names roster members whose certificate the CRL "

@@ -164,6 +164,18 @@ check "a stays out: no second join" test "$(grep -c 'node=a event=joined' coordi
 check "the reload warns that a, still on the roster, holds a revoked certificate" \
   grep -q "warning: a (serial [0-9A-F]*) on the roster, certificate revoked: it rejoins only with a new certificate" coordinator.err
 check "... in the log too" grep -q "event=roster_revoked nodes=\[a (serial [0-9A-F]*)\]" coordinator.err
+cp pki/ca.crt inst-ops/ca.crt
+"$chorus" status --coordinator "127.0.0.1:$port" --pki inst-ops --identity ops --json \
+  > revoked-status.json 2> revoked-status.err || fail "chorus status: $(cat revoked-status.err)"
+check "chorus status says a is refused, its certificate revoked" \
+  /usr/bin/python3 -c 'import json, sys
+n = {x["name"]: x for x in json.load(open(sys.argv[1]))["nodes"]}
+sys.exit(not (n["a"]["state"] == "refused" and "is revoked" in n["a"]["reason"]
+              and n["b"]["state"] == "connected"))' revoked-status.json
+"$chorus" status --coordinator "127.0.0.1:$port" --pki inst-ops --identity ops \
+  > revoked-status.txt 2>&1 || fail "chorus status (table): $(cat revoked-status.txt)"
+check "... and its table gives the reason under a's row" \
+  grep -Eq "^  refused: its certificate \(serial [0-9A-F]+\) is revoked" revoked-status.txt
 check "a reload that changes only membership names no unapplied key" \
   bash -c "! grep -q 'not applied until the next start' coordinator.err"
 for f in pki/a.crt pki/b.crt inst-c/c.crt; do

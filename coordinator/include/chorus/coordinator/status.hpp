@@ -37,12 +37,14 @@ class StatusBoard {
   void round_done(std::uint32_t round);
 
   /// The status of `roster`: `last_heard` holds the connected nodes and the
-  /// time each was last heard from. Totals come from the metrics
-  /// (chorus_coordinator_*_total).
+  /// time each was last heard from, `refused` why a node not connected was
+  /// last refused (its Hello, or its certificate revoked). Totals come from
+  /// the metrics (chorus_coordinator_*_total).
   protocol::CoordinatorStatus snapshot(
       const std::vector<std::string>& roster,
       const std::map<std::string, std::chrono::steady_clock::time_point>&
-          last_heard) const;
+          last_heard,
+      const std::map<std::string, std::string>& refused = {}) const;
 
  private:
   struct Progress {
