@@ -22,6 +22,15 @@
 #include "chorus/protocol/offload.hpp"
 
 namespace chorus::coordinator {
+
+namespace {
+// Why a certificate the CRL revokes is shut out: the reason a dropped
+// connection closes with, and the status of a roster member holding one.
+std::string revoked_reason(const std::string& serial) {
+  return fmt::format("its certificate (serial {}) is revoked", serial);
+}
+}  // namespace
+
 struct NodeRegistry::Impl {
   asio::io_context& io;
   RegistryOptions options;  // options.operators: guarded by `mutex`.
@@ -472,8 +481,7 @@ v1::Envelope NodeRegistry::Impl::status() const {
         why_refused[id] = it->second;
       if (auto it = last_serial.find(id);
           it != last_serial.end() && revoked.count(it->second)) {
-        why_refused[id] =
-            fmt::format("its certificate (serial {}) is revoked", it->second);
+        why_refused[id] = revoked_reason(it->second);
       }
     }
   }
@@ -611,8 +619,7 @@ ReloadSummary NodeRegistry::reload(Roster roster,
     auto why = [&](const std::shared_ptr<protocol::Connection>& c,
                    bool listed) -> std::string {
       if (revoked.count(c->peer_serial())) {
-        return fmt::format("its certificate (serial {}) is revoked",
-                           c->peer_serial());
+        return revoked_reason(c->peer_serial());
       }
       if (!listed) return "removed from the coordinator's configuration";
       return {};
@@ -738,9 +745,9 @@ asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> NodeRegistry::quorum(
         if (serial != impl_->last_serial.end() &&
             impl_->revoked.count(serial->second)) {
           why += fmt::format(
-              "; '{}' cannot rejoin: its certificate (serial {}) is revoked "
-              "(take it off coordinator.roster if it is not coming back)",
-              m, serial->second);
+              "; '{}' cannot rejoin: {} (take it off coordinator.roster if it "
+              "is not coming back)",
+              m, revoked_reason(serial->second));
         }
       }
     }

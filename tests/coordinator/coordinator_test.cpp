@@ -513,7 +513,8 @@ struct Operator : LoopClient {
 
 TEST_CASE(
     "coordinator: status says refused, with why, for a rostered node not "
-    "connected that was refused; connected and left-out nodes keep theirs") {
+    "connected that was refused, and connected and left-out nodes keep "
+    "theirs") {
   co::StatusBoard board("c", "foe", 1);
   board.phase(1, "query");
   board.asking("gamma", 10);
