@@ -344,7 +344,6 @@ for k in [int(v) for v in opt('ks', '1,5').split(',')]:
             # x9=1: the encoders' hidden layers unnormalised (the probe's 2: they hold more of
             # sneaker / ankle boot than the normalised features), scaled by the pool's mean norm
             # (rawlin) or standardised per unit over the pool (zlin), alone or beside the features.
-            global RAW_S, RAW_MU, RAW_SD
             if 'RAW_S' not in globals():
                 with torch.no_grad():
                     hp = torch.cat([torch.cat([e(pool[i:i + 4096]) for e in encs], 1) for i in range(0, pool.size(0), 4096)])

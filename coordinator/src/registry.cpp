@@ -11,6 +11,7 @@
 #include <asio/thread_pool.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/use_future.hpp>
+#include <optional>
 #include <set>
 
 #include "chorus/coordinator/status.hpp"
@@ -65,6 +66,14 @@ struct NodeRegistry::Impl {
   asio::thread_pool operator_pool{1};
   // The request log (options.request_log), when kept.
   std::unique_ptr<protocol::AuditLog> requests;
+
+  // The serial of the certificate `identity` last joined with, when the CRL
+  // in use revokes it (the caller holds `mutex`).
+  std::optional<std::string> revoked_serial(const std::string& identity) const {
+    auto it = last_serial.find(identity);
+    if (it == last_serial.end() || !revoked.count(it->second)) return {};
+    return it->second;
+  }
 
   bool is_operator(const std::string& identity) const {
     std::lock_guard lock(mutex);
@@ -479,10 +488,8 @@ v1::Envelope NodeRegistry::Impl::status() const {
     for (const auto& id : names) {
       if (auto it = refused.find(id); it != refused.end())
         why_refused[id] = it->second;
-      if (auto it = last_serial.find(id);
-          it != last_serial.end() && revoked.count(it->second)) {
-        why_refused[id] = revoked_reason(it->second);
-      }
+      if (auto serial = revoked_serial(id))
+        why_refused[id] = revoked_reason(*serial);
     }
   }
   CHORUS_CHECK_CODE(board != nullptr, Code::kUnavailable,
@@ -629,10 +636,9 @@ ReloadSummary NodeRegistry::reload(Roster roster,
       if (!reason.empty()) drop.emplace_back(e.connection, reason);
     }
     for (const auto& id : impl_->roster.identities()) {
-      auto it = impl_->last_serial.find(id);
-      if (it != impl_->last_serial.end() && revoked.count(it->second)) {
+      if (auto serial = impl_->revoked_serial(id)) {
         summary.revoked_members.push_back(
-            fmt::format("{} (serial {})", id, it->second));
+            fmt::format("{} (serial {})", id, *serial));
       }
     }
     const auto& ops = impl_->options.operators;
@@ -741,13 +747,11 @@ asio::awaitable<protocol::Outcome<std::vector<NodeInfo>>> NodeRegistry::quorum(
         auto it = impl_->refused.find(m);
         if (it != impl_->refused.end())
           why += fmt::format("; '{}' was refused: {}", m, it->second);
-        auto serial = impl_->last_serial.find(m);
-        if (serial != impl_->last_serial.end() &&
-            impl_->revoked.count(serial->second)) {
+        if (auto serial = impl_->revoked_serial(m)) {
           why += fmt::format(
               "; '{}' cannot rejoin: {} (take it off coordinator.roster if it "
               "is not coming back)",
-              m, revoked_reason(serial->second));
+              m, revoked_reason(*serial));
         }
       }
     }

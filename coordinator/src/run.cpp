@@ -3,7 +3,6 @@
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
-#include <algorithm>
 #include <asio/io_context.hpp>
 #include <asio/signal_set.hpp>
 #include <cmath>
@@ -11,6 +10,7 @@
 #include <cstdio>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <stop_token>
 
@@ -363,40 +363,33 @@ void check_run_dir(const std::filesystem::path& dir) {
 }
 
 // The keys whose values differ between two configurations rendered by
-// to_toml ("section.key", in the order of `after`, then keys only `before`
-// has): what a reload could not apply.
+// to_toml ("section.key", in key order): what a reload could not apply.
 std::vector<std::string> changed_keys(const std::string& before,
                                       const std::string& after) {
   auto parse = [](const std::string& toml) {
-    std::vector<std::pair<std::string, std::string>> out;
+    std::map<std::string, std::string> out;
     std::string section, line;
     std::istringstream in(toml);
     while (std::getline(in, line)) {
       if (line.empty() || line[0] == '#') continue;
       if (line[0] == '[') {
         section = line.substr(1, line.find(']') - 1);
-        continue;
+      } else if (const auto eq = line.find(" = "); eq != std::string::npos) {
+        out[section + "." + line.substr(0, eq)] = line.substr(eq + 3);
       }
-      const auto eq = line.find(" = ");
-      if (eq == std::string::npos) continue;
-      out.emplace_back(section + "." + line.substr(0, eq), line.substr(eq + 3));
     }
     return out;
   };
   const auto a = parse(before), b = parse(after);
-  auto find = [](const auto& v, const std::string& key) {
-    return std::find_if(v.begin(), v.end(),
-                        [&](const auto& kv) { return kv.first == key; });
-  };
-  std::vector<std::string> keys;
+  std::set<std::string> keys;
   for (const auto& [key, value] : b) {
-    auto it = find(a, key);
-    if (it == a.end() || it->second != value) keys.push_back(key);
+    if (auto it = a.find(key); it == a.end() || it->second != value)
+      keys.insert(key);
   }
   for (const auto& [key, value] : a) {
-    if (find(b, key) == b.end()) keys.push_back(key);
+    if (!b.count(key)) keys.insert(key);
   }
-  return keys;
+  return {keys.begin(), keys.end()};
 }
 
 // SIGHUP's work: reads the configuration again and hands the registry the
